@@ -1,0 +1,89 @@
+//! The command line, declared with clap: subcommands, options, help texts.
+//! Declarations only; main.rs acts on them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::report::Format;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gilscope",
+    version,
+    about = "Who holds the GIL, who waits for it, and why: attach to a running CPython process",
+    long_about = "gilscope attaches to a running CPython (3.6-3.15) process from the outside, \
+                  without restarting or instrumenting it, and measures thread by thread how much \
+                  of the time each thread holds the GIL, waits for it, runs native code without \
+                  it, or is idle."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Sample a process's GIL and threads and report per-thread hold / wait / running / idle
+    #[command(after_help = "Examples:\n  \
+        gilscope record --pid 1234 --duration 10\n  \
+        gilscope record --pid 1234 -o report.json\n  \
+        gilscope record --duration 5 -- python3 app.py --workers 4")]
+    Record(RecordArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// Process id of a running Python program
+    #[arg(short, long, value_name = "PID", conflicts_with = "command")]
+    pub pid: Option<i32>,
+
+    /// Seconds to record (default: until Ctrl-C or until the target exits)
+    #[arg(short, long, value_name = "SECS", value_parser = parse_duration)]
+    pub duration: Option<f64>,
+
+    /// Samples per second
+    #[arg(short, long, value_name = "HZ", default_value_t = 1000.0, value_parser = parse_rate)]
+    pub rate: f64,
+
+    /// Report format (default: from the extension of -o, else text)
+    #[arg(short, long, value_enum)]
+    pub format: Option<Format>,
+
+    /// Write the report to FILE (atomically) instead of stdout
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Write every raw tick as a JSON line to FILE (for bug reports and analysis)
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub observations: Option<PathBuf>,
+
+    /// Command to start and record (after --)
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// Highest rate accepted: beyond this the sampler only measures itself.
+pub const MAX_RATE_HZ: f64 = 100_000.0;
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of samples per second"))?;
+    if !(rate.is_finite() && rate > 0.0 && rate <= MAX_RATE_HZ) {
+        return Err(format!(
+            "the rate must be more than 0 and at most {MAX_RATE_HZ} Hz"
+        ));
+    }
+    Ok(rate)
+}
+
+fn parse_duration(text: &str) -> Result<f64, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !(secs.is_finite() && secs > 0.0 && secs <= 1e7) {
+        return Err("the duration must be a positive number of seconds".into());
+    }
+    Ok(secs)
+}

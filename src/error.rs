@@ -1,0 +1,163 @@
+//! The errors a user can meet, each with a one-line message, a hint and an exit code.
+//! Errors describe; main.rs prints them. Nothing here panics or prints.
+
+use std::fmt;
+
+/// Exit codes, documented in docs/EXIT_CODES.md. Stable: scripts depend on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    Ok = 0,
+    Internal = 1,
+    Usage = 2,
+    NoSuchProcess = 3,
+    PermissionDenied = 4,
+    NotPython = 5,
+    UnsupportedVersion = 6,
+    Output = 7,
+    Spawn = 8,
+}
+
+#[derive(Debug)]
+pub enum Error {
+    NoSuchProcess {
+        pid: i32,
+    },
+    Zombie {
+        pid: i32,
+    },
+    KernelThread {
+        pid: i32,
+    },
+    SelfTarget {
+        pid: i32,
+    },
+    PermissionDenied {
+        pid: i32,
+        what: String,
+    },
+    NotPython {
+        pid: i32,
+        exe: String,
+    },
+    UnsupportedVersion {
+        version: String,
+        why: String,
+    },
+    UnrecognisedLayout {
+        version: String,
+        what: String,
+    },
+    NotReady {
+        pid: i32,
+        what: String,
+    },
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    Output {
+        path: String,
+        source: std::io::Error,
+    },
+    Usage(String),
+    Internal(String),
+}
+
+impl Error {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Error::NoSuchProcess { .. } | Error::Zombie { .. } | Error::KernelThread { .. } => {
+                ExitCode::NoSuchProcess
+            }
+            Error::PermissionDenied { .. } => ExitCode::PermissionDenied,
+            Error::NotPython { .. } | Error::SelfTarget { .. } | Error::NotReady { .. } => {
+                ExitCode::NotPython
+            }
+            Error::UnsupportedVersion { .. } | Error::UnrecognisedLayout { .. } => {
+                ExitCode::UnsupportedVersion
+            }
+            Error::Spawn { .. } => ExitCode::Spawn,
+            Error::Output { .. } => ExitCode::Output,
+            Error::Usage(_) => ExitCode::Usage,
+            Error::Internal(_) => ExitCode::Internal,
+        }
+    }
+
+    /// What the user can do about it, if there is something.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::PermissionDenied { .. } => Some(permission_hint()),
+            Error::NotReady { .. } => Some(
+                "if the process is still starting, try again in a moment; \
+                 gilscope record -- CMD waits for the interpreter by itself"
+                    .into(),
+            ),
+            Error::UnsupportedVersion { .. } => {
+                Some("gilscope supports CPython 3.6 to 3.15; see docs/COMPATIBILITY.md".into())
+            }
+            Error::UnrecognisedLayout { .. } => Some(
+                "please report this with the output of `python -VV` for that interpreter".into(),
+            ),
+            Error::NoSuchProcess { .. } => Some("check the pid with `ps -p PID`".into()),
+            _ => None,
+        }
+    }
+}
+
+fn permission_hint() -> String {
+    let mut hint = String::from(
+        "run as root or with CAP_SYS_PTRACE (sudo gilscope ...); in a container add \
+         `--cap-add SYS_PTRACE`",
+    );
+    if let Some(scope) = crate::target::process::ptrace_scope() {
+        if scope > 0 {
+            hint.push_str(&format!(
+                "; kernel.yama.ptrace_scope is {scope}, which limits ptrace access to \
+                 non-children without the capability"
+            ));
+        }
+    }
+    hint
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NoSuchProcess { pid } => write!(f, "no process with pid {pid}"),
+            Error::Zombie { pid } => write!(f, "process {pid} has exited (it is a zombie)"),
+            Error::KernelThread { pid } => {
+                write!(f, "pid {pid} is a kernel thread, not a Python process")
+            }
+            Error::SelfTarget { pid } => write!(f, "pid {pid} is gilscope itself"),
+            Error::PermissionDenied { pid, what } => {
+                write!(f, "permission denied: cannot {what} of process {pid}")
+            }
+            Error::NotPython { pid, exe } => {
+                write!(f, "process {pid} ({exe}) is not a Python process: no CPython interpreter is loaded")
+            }
+            Error::UnsupportedVersion { version, why } => {
+                write!(f, "Python {version} is not supported: {why}")
+            }
+            Error::UnrecognisedLayout { version, what } => {
+                write!(
+                    f,
+                    "unrecognised Python {version} interpreter layout: {what}"
+                )
+            }
+            Error::NotReady { pid, what } => {
+                write!(
+                    f,
+                    "the Python interpreter in process {pid} is not ready: {what}"
+                )
+            }
+            Error::Spawn { command, source } => write!(f, "cannot start `{command}`: {source}"),
+            Error::Output { path, source } => write!(f, "cannot write {path}: {source}"),
+            Error::Usage(message) => write!(f, "{message}"),
+            Error::Internal(message) => write!(f, "internal error: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,11 @@
+//! gilscope: attach to a running CPython process and measure, thread by thread, who holds the
+//! GIL, who waits for it, and who runs without it. Data flows target -> python -> sample -> report.
+
+pub mod cli;
+pub mod error;
+pub mod python;
+pub mod record;
+pub mod reference;
+pub mod report;
+pub mod sample;
+pub mod target;

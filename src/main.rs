@@ -1,0 +1,169 @@
+//! The gilscope command: parse the command line, run the library, print errors as one line
+//! with a hint, and map them to documented exit codes.
+
+use std::io::Write;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+
+use gilscope::cli::{Cli, Command, RecordArgs};
+use gilscope::error::{Error, ExitCode, Result};
+use gilscope::record::{self, RecordOptions, Target};
+use gilscope::report::{self, EndReason, Format};
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() {
+                ExitCode::Usage as i32
+            } else {
+                0
+            });
+        }
+    };
+    let result = match cli.command {
+        Command::Record(args) => record_command(args),
+    };
+    if let Err(error) = result {
+        eprintln!("gilscope: {error}");
+        if let Some(hint) = error.hint() {
+            eprintln!("hint: {hint}");
+        }
+        std::process::exit(error.exit_code() as i32);
+    }
+}
+
+/// SIGINT and SIGTERM end the recording (a second SIGINT ends gilscope at once).
+fn stop_flag() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register_conditional_shutdown(signal, 130, stop.clone());
+        let _ = signal_hook::flag::register(signal, stop.clone());
+    }
+    stop
+}
+
+fn record_command(args: RecordArgs) -> Result<()> {
+    let target = match (args.pid, args.command.is_empty()) {
+        (Some(pid), true) => Target::Pid(pid),
+        (None, false) => Target::Command(args.command.clone()),
+        (Some(_), false) => {
+            return Err(Error::Usage(
+                "give either --pid or a command after --, not both".into(),
+            ))
+        }
+        (None, true) => {
+            return Err(Error::Usage(
+                "nothing to record: give --pid PID or a command after --".into(),
+            ))
+        }
+    };
+    let format = args
+        .format
+        .or_else(|| args.output.as_deref().and_then(Format::from_path))
+        .unwrap_or(Format::Text);
+    if let Some(path) = &args.output {
+        check_writable(path)?;
+    }
+    let options = RecordOptions {
+        target: target.clone(),
+        rate_hz: args.rate,
+        duration: args.duration.map(Duration::from_secs_f64),
+    };
+    let stop = stop_flag();
+    let (mut spawned, mut observer) = match &target {
+        Target::Pid(pid) => (None, record::attach(*pid)?),
+        Target::Command(command) => {
+            let (spawned, observer) = record::spawn(command, &stop)?;
+            (Some(spawned), observer)
+        }
+    };
+    let mut observations = match &args.observations {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(|source| Error::Output {
+                path: path.display().to_string(),
+                source,
+            })?,
+        )),
+        None => None,
+    };
+    let mut write_observation = |o: &gilscope::sample::observe::Observation| {
+        if let Some(out) = observations.as_mut() {
+            let _ = serde_json::to_writer(&mut *out, o);
+            let _ = out.write_all(b"\n");
+        }
+    };
+    eprintln!(
+        "gilscope: sampling process {} (Python {}) at {} Hz{}; Ctrl-C to stop",
+        observer.pid,
+        observer.interpreter.version,
+        args.rate,
+        args.duration
+            .map(|d| format!(" for {d} s"))
+            .unwrap_or_default()
+    );
+    let recording = record::run(
+        &mut observer,
+        spawned.as_mut(),
+        &options,
+        &stop,
+        Some(&mut write_observation),
+    );
+    if let Some(spawned) = spawned {
+        spawned.finish();
+    }
+    if recording.sampler.ended == EndReason::TargetExited && matches!(target, Target::Pid(_)) {
+        eprintln!(
+            "gilscope: process {} exited after {:.2} s; the report covers what was gathered",
+            recording.target.pid,
+            recording.profile.duration_s()
+        );
+    }
+    let rendered = format.render(&recording);
+    match &args.output {
+        Some(path) => {
+            report::write_atomically(path, rendered.as_bytes()).map_err(|source| {
+                Error::Output {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?;
+            eprintln!("gilscope: wrote {}", path.display());
+        }
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(rendered.as_bytes());
+            let _ = stdout.flush();
+        }
+    }
+    if recording.profile.samples == 0 {
+        return Err(Error::Internal(
+            "no samples were taken (the target exited or could not be read)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Fail before recording, not after, if the output cannot be written.
+fn check_writable(path: &std::path::Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let error = |source| Error::Output {
+        path: path.display().to_string(),
+        source,
+    };
+    if path.is_dir() {
+        return Err(error(std::io::Error::other("it is a directory")));
+    }
+    tempfile::Builder::new()
+        .prefix(".gilscope-check-")
+        .tempfile_in(&dir)
+        .map(drop)
+        .map_err(error)
+}

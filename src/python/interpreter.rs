@@ -1,0 +1,605 @@
+//! The CPython runtime inside the target: which binary, which version and layout, and where
+//! the interpreters, thread states and GIL are. It reads and validates; it does not classify.
+
+use std::collections::HashSet;
+
+use super::debug_offsets;
+use super::layout::{self, GilFields, GilPlacement, Layout};
+use super::version::{self, Version};
+use crate::error::{Error, Result};
+use crate::target::elf::{self, ElfFile};
+use crate::target::maps::{self, Mapping};
+use crate::target::memory::{check_pointer, i32_at, u32_at, u64_at, Memory, ReadError};
+use crate::target::pthread::PthreadTids;
+
+/// Bounds on what a walk will follow: a target's lists are only trusted this far.
+pub const MAX_INTERPRETERS: usize = 256;
+pub const MAX_THREADS: usize = 16_384;
+/// How far into `_PyRuntime` or an interpreter a scan for a drifted field may look.
+const SCAN_BYTES: u64 = 8192;
+/// The switch interval is set in µs; anything outside this is not a GIL.
+const INTERVAL_RANGE: std::ops::RangeInclusive<u64> = 1..=100_000_000;
+
+/// Absolute addresses of the GIL's fields in the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GilAddresses {
+    pub locked: u64,
+    pub last_holder: u64,
+    pub switch_number: u64,
+    pub interval: u64,
+    /// Where `cond`, `mutex`, `switch_cond` and `switch_mutex` lie: [start, end) ranges.
+    pub sync: Vec<(u64, u64)>,
+    /// 3.6 only: `_PyThreadState_Current`, the holder while the GIL is not yet created.
+    pub current: Option<u64>,
+    /// Base and field layout when the GIL is one struct (3.7+): read it in one go.
+    pub block: Option<(u64, GilFields)>,
+}
+
+impl GilAddresses {
+    fn in_struct(base: u64, fields: GilFields) -> GilAddresses {
+        GilAddresses {
+            locked: base + fields.locked,
+            last_holder: base + fields.last_holder,
+            switch_number: base + fields.switch_number,
+            interval: base + fields.interval,
+            sync: vec![(base + fields.sync_start, base + fields.sync_end)],
+            current: None,
+            block: Some((base, fields)),
+        }
+    }
+
+    /// Is `addr` (a futex a thread sleeps on) one of the GIL's condition variables or mutexes?
+    pub fn is_sync_address(&self, addr: u64) -> bool {
+        self.sync
+            .iter()
+            .any(|(start, end)| (*start..*end).contains(&addr))
+    }
+}
+
+/// The GIL at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GilState {
+    /// The GIL exists (3.6 creates it only when a second thread starts).
+    pub created: bool,
+    pub locked: bool,
+    /// The `PyThreadState*` of the holder while locked (0 otherwise).
+    pub holder: u64,
+    /// Count of GIL hand-overs to a different thread since start-up.
+    pub switch_number: u64,
+    /// The switch interval in µs (`sys.getswitchinterval()`).
+    pub interval_us: u64,
+}
+
+/// One Python thread state at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PyThread {
+    /// Address of the `PyThreadState`.
+    pub tstate: u64,
+    /// Address of its `PyInterpreterState`.
+    pub interp: u64,
+    /// `threading.get_ident()`: the `pthread_t`.
+    pub thread_id: u64,
+    /// The kernel tid, once known.
+    pub native_id: Option<i32>,
+    /// The thread's own "I hold the GIL" flag (3.13+).
+    pub holds_gil: Option<bool>,
+    /// The thread's own "I am waiting for the GIL" flag (3.15+).
+    pub gil_requested: Option<bool>,
+}
+
+/// Where the layout came from, for the report header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayoutSource {
+    Table,
+    DebugOffsets,
+}
+
+/// A CPython interpreter found in a target process, ready to be sampled.
+pub struct Interpreter {
+    pub pid: i32,
+    pub version: Version,
+    /// The ELF file that holds the interpreter (libpython or the executable).
+    pub binary: String,
+    pub layout: Layout,
+    pub layout_source: LayoutSource,
+    /// Things that were not where the table said, and where they were found instead.
+    pub notes: Vec<String>,
+    /// Address of the pointer to the first interpreter (`interpreters.head`, `interp_head`).
+    head: u64,
+    gil: GilAddresses,
+    pthreads: PthreadTids,
+}
+
+impl Interpreter {
+    /// Find and validate the interpreter in process `pid`.
+    pub fn attach(pid: i32, memory: &dyn Memory) -> Result<Interpreter> {
+        let mappings = maps::read_maps(pid).map_err(|e| match e.raw_os_error() {
+            Some(libc::EACCES) | Some(libc::EPERM) => Error::PermissionDenied {
+                pid,
+                what: "read the memory map".into(),
+            },
+            _ => Error::NoSuchProcess { pid },
+        })?;
+        let binary = find_python_binary(pid, &mappings)?;
+        let version =
+            version::detect(&binary, memory).ok_or_else(|| Error::UnrecognisedLayout {
+                version: "?".into(),
+                what: format!("cannot tell the Python version of {}", binary.path),
+            })?;
+        check_supported(&version)?;
+        let (layout, layout_source, runtime) = choose_layout(&binary, &version, memory)?;
+        let mut interpreter = Interpreter {
+            pid,
+            binary: binary.path.clone(),
+            version,
+            layout,
+            layout_source,
+            notes: Vec::new(),
+            head: 0,
+            gil: GilAddresses::in_struct(0, layout::DEFAULT_GIL),
+            pthreads: PthreadTids::new(),
+        };
+        interpreter.locate(&binary, runtime, memory)?;
+        Ok(interpreter)
+    }
+
+    /// The GIL's field addresses (for classifying futex waits).
+    pub fn gil(&self) -> &GilAddresses {
+        &self.gil
+    }
+
+    /// Find `interpreters.head` and the GIL, checking each against the live process.
+    fn locate(
+        &mut self,
+        binary: &ElfFile,
+        runtime: Option<u64>,
+        memory: &dyn Memory,
+    ) -> Result<()> {
+        let version = self.version.to_string();
+        let missing = |what: &str| Error::UnrecognisedLayout {
+            version: version.clone(),
+            what: format!("{what} not found in {}", binary.path),
+        };
+        match (self.layout.gil, runtime) {
+            (GilPlacement::Globals, _) => {
+                self.head = binary
+                    .address_of("interp_head")
+                    .ok_or_else(|| missing("the symbol interp_head (is libpython stripped?)"))?;
+                self.gil = legacy_gil(binary).ok_or_else(|| missing("the GIL variables"))?;
+                self.first_threads(memory)?;
+            }
+            (_, Some(runtime)) => {
+                self.head = runtime + self.layout.runtime_interpreters_head;
+                if self.first_threads(memory).is_err() {
+                    let offset = self
+                        .scan_for_head(runtime, memory)
+                        .ok_or_else(|| self.not_ready_or_layout(memory, "the interpreter list"))?;
+                    self.notes.push(format!(
+                        "interpreters.head found at _PyRuntime+{offset} (table: +{})",
+                        self.layout.runtime_interpreters_head
+                    ));
+                    self.layout.runtime_interpreters_head = offset;
+                    self.head = runtime + offset;
+                }
+                self.gil = self.locate_gil(runtime, memory)?;
+            }
+            (_, None) => return Err(missing("_PyRuntime")),
+        }
+        Ok(())
+    }
+
+    /// The thread states of the first interpreter, or why there are none to be had.
+    fn first_threads(&self, memory: &dyn Memory) -> Result<Vec<u64>> {
+        let interps = self
+            .interpreters(memory)
+            .map_err(|e| self.not_ready_or_layout(memory, &format!("interpreter list: {e}")))?;
+        let Some(&interp) = interps.first() else {
+            return Err(Error::NotReady {
+                pid: self.pid,
+                what: "no interpreter yet".into(),
+            });
+        };
+        let tstates = self
+            .thread_states(memory, interp)
+            .map_err(|e| self.not_ready_or_layout(memory, &format!("thread list: {e}")))?;
+        if tstates.is_empty() {
+            return Err(Error::NotReady {
+                pid: self.pid,
+                what: "no Python thread yet".into(),
+            });
+        }
+        Ok(tstates)
+    }
+
+    fn not_ready_or_layout(&self, memory: &dyn Memory, what: &str) -> Error {
+        // An interpreter that has not finished starting has a null list head: not our bug.
+        match memory.read_u64(self.head) {
+            Ok(0) => Error::NotReady {
+                pid: self.pid,
+                what: "the interpreter has not started yet".into(),
+            },
+            Err(ReadError::Gone) => Error::NoSuchProcess { pid: self.pid },
+            Err(ReadError::Denied) => Error::PermissionDenied {
+                pid: self.pid,
+                what: "read the memory".into(),
+            },
+            _ => Error::UnrecognisedLayout {
+                version: self.version.to_string(),
+                what: what.to_string(),
+            },
+        }
+    }
+
+    /// Look through `_PyRuntime` for a pointer to an interpreter whose first thread points
+    /// back at it: the one shape `interpreters.head` must have.
+    fn scan_for_head(&self, runtime: u64, memory: &dyn Memory) -> Option<u64> {
+        let block = memory.read_bytes(runtime, SCAN_BYTES as usize).ok()?;
+        (0..SCAN_BYTES).step_by(8).find(|&offset| {
+            let Some(interp) = u64_at(&block, offset) else {
+                return false;
+            };
+            if check_pointer(interp, 8).is_err() {
+                return false;
+            }
+            let tstate = memory.read_u64(interp + self.layout.interp_threads_head);
+            tstate.is_ok_and(|t| {
+                check_pointer(t, 8).is_ok()
+                    && memory.read_u64(t + self.layout.tstate_interp) == Ok(interp)
+            })
+        })
+    }
+
+    /// Find the main interpreter's GIL and check it has a GIL's shape.
+    fn locate_gil(&mut self, runtime: u64, memory: &dyn Memory) -> Result<GilAddresses> {
+        let tstates: HashSet<u64> = self.first_threads(memory)?.into_iter().collect();
+        let fields = self.layout.gil_fields;
+        let (region, expected) = match self.layout.gil {
+            GilPlacement::InRuntime(offset) => (runtime, Some(runtime + offset)),
+            GilPlacement::InterpreterPointer(offset) => {
+                let interp = memory.read_u64(self.head).unwrap_or(0);
+                let gil = memory.read_u64(interp + offset).ok();
+                (interp, gil)
+            }
+            GilPlacement::Globals => {
+                return Err(Error::Internal(
+                    "3.6 GIL globals are located by symbol".into(),
+                ))
+            }
+        };
+        if let Some(base) = expected.filter(|&b| looks_like_gil(memory, b, fields, &tstates)) {
+            return Ok(GilAddresses::in_struct(base, fields));
+        }
+        // The table's offset has drifted (a patch release moved a field): look for the shape.
+        let found = scan_for_gil(memory, region, fields, &tstates, &self.layout.gil);
+        match found {
+            Some((base, where_)) => {
+                self.notes
+                    .push(format!("GIL found by its shape at {where_}"));
+                Ok(GilAddresses::in_struct(base, fields))
+            }
+            None => Err(Error::UnrecognisedLayout {
+                version: self.version.to_string(),
+                what: "the GIL state was not where this version keeps it".into(),
+            }),
+        }
+    }
+
+    /// Addresses of all interpreters, head first.
+    pub fn interpreters(&self, memory: &dyn Memory) -> std::result::Result<Vec<u64>, ReadError> {
+        let mut found = Vec::new();
+        let mut next = memory.read_u64(self.head)?;
+        while next != 0 && found.len() < MAX_INTERPRETERS {
+            check_pointer(next, 8)?;
+            if found.contains(&next) {
+                break;
+            }
+            found.push(next);
+            next = memory.read_u64(next + self.layout.interp_next)?;
+        }
+        Ok(found)
+    }
+
+    /// Addresses of one interpreter's thread states, following `next` with a bound.
+    fn thread_states(
+        &self,
+        memory: &dyn Memory,
+        interp: u64,
+    ) -> std::result::Result<Vec<u64>, ReadError> {
+        let mut found = Vec::new();
+        let mut seen = HashSet::new();
+        let mut next = memory.read_u64(interp + self.layout.interp_threads_head)?;
+        while next != 0 && found.len() < MAX_THREADS {
+            check_pointer(next, 8)?;
+            if !seen.insert(next) {
+                break;
+            }
+            if memory.read_u64(next + self.layout.tstate_interp)? != interp {
+                return Err(ReadError::BadPointer { addr: next });
+            }
+            found.push(next);
+            next = memory.read_u64(next + self.layout.tstate_next)?;
+        }
+        Ok(found)
+    }
+
+    /// Every Python thread of every interpreter, with kernel tids where they can be found.
+    /// `live_tids` (sorted) are the process's tasks now; threads not among them are left out.
+    pub fn threads(
+        &mut self,
+        memory: &dyn Memory,
+        live_tids: &[i32],
+    ) -> std::result::Result<Vec<PyThread>, ReadError> {
+        let read_size = self.layout.tstate_read_size() as usize;
+        let mut threads = Vec::new();
+        let mut seen = HashSet::new();
+        for interp in self.interpreters(memory)? {
+            let mut next = memory.read_u64(interp + self.layout.interp_threads_head)?;
+            while next != 0 && threads.len() < MAX_THREADS {
+                check_pointer(next, 8)?;
+                if !seen.insert(next) {
+                    break;
+                }
+                let block = memory.read_bytes(next, read_size)?;
+                let field = |offset| u64_at(&block, offset).unwrap_or(0);
+                if field(self.layout.tstate_interp) != interp {
+                    // The list changed under us (a thread is being created or deleted).
+                    return Err(ReadError::BadPointer { addr: next });
+                }
+                let flag = |f: Option<layout::Flag>| {
+                    f.and_then(|f| u32_at(&block, f.offset).map(|w| f.is_set(w)))
+                };
+                threads.push(PyThread {
+                    tstate: next,
+                    interp,
+                    thread_id: field(self.layout.tstate_thread_id),
+                    native_id: self
+                        .layout
+                        .tstate_native_thread_id
+                        .and_then(|o| i32_at(&block, o))
+                        .filter(|&tid| tid > 0),
+                    holds_gil: flag(self.layout.tstate_holds_gil),
+                    gil_requested: flag(self.layout.tstate_gil_requested),
+                });
+                next = field(self.layout.tstate_next);
+            }
+        }
+        if self.layout.tstate_native_thread_id.is_none() {
+            let pthreads: Vec<u64> = threads.iter().map(|t| t.thread_id).collect();
+            let tids = self.pthreads.resolve(memory, &pthreads, live_tids);
+            for (thread, tid) in threads.iter_mut().zip(tids) {
+                thread.native_id = tid;
+            }
+        }
+        threads.retain(|t| {
+            t.native_id
+                .is_some_and(|tid| live_tids.binary_search(&tid).is_ok())
+        });
+        Ok(threads)
+    }
+
+    /// The GIL now.
+    pub fn gil_state(&self, memory: &dyn Memory) -> std::result::Result<GilState, ReadError> {
+        read_gil(memory, &self.gil)
+    }
+}
+
+/// Read a GIL from its addresses: one read when it is a struct, field by field on 3.6.
+pub fn read_gil(
+    memory: &dyn Memory,
+    gil: &GilAddresses,
+) -> std::result::Result<GilState, ReadError> {
+    let (locked, holder, switch_number, interval) = match gil.block {
+        Some((base, fields)) => {
+            let block = memory.read_bytes(base, (fields.switch_number + 8) as usize)?;
+            (
+                i32_at(&block, fields.locked).unwrap_or(0),
+                u64_at(&block, fields.last_holder).unwrap_or(0),
+                u64_at(&block, fields.switch_number).unwrap_or(0),
+                u64_at(&block, fields.interval).unwrap_or(0),
+            )
+        }
+        None => (
+            memory.read_i32(gil.locked)?,
+            memory.read_u64(gil.last_holder)?,
+            memory.read_u64(gil.switch_number)?,
+            memory.read_u64(gil.interval)?,
+        ),
+    };
+    if locked < 0 {
+        // 3.6 before a second thread starts: no GIL; the running thread is the current one.
+        let current = match gil.current {
+            Some(addr) => memory.read_u64(addr)?,
+            None => 0,
+        };
+        return Ok(GilState {
+            created: false,
+            locked: current != 0,
+            holder: current,
+            switch_number,
+            interval_us: interval,
+        });
+    }
+    let locked = locked == 1;
+    Ok(GilState {
+        created: true,
+        locked,
+        holder: if locked { holder } else { 0 },
+        switch_number,
+        interval_us: interval,
+    })
+}
+
+/// Does `base` hold a `_gil_runtime_state`? locked is 0 or 1, the interval is plausible, the
+/// last holder is one of the thread states (or none yet), and the mutex is a default mutex.
+fn looks_like_gil(
+    memory: &dyn Memory,
+    base: u64,
+    fields: GilFields,
+    tstates: &HashSet<u64>,
+) -> bool {
+    if check_pointer(base, 8).is_err() {
+        return false;
+    }
+    let Ok(block) = memory.read_bytes(base, fields.size() as usize) else {
+        return false;
+    };
+    let locked = i32_at(&block, fields.locked);
+    let holder = u64_at(&block, fields.last_holder);
+    let interval = u64_at(&block, fields.interval);
+    // pthread_mutex_t.__kind (offset 16) is 0 for the default mutexes CPython creates.
+    let mutex_kind = i32_at(&block, fields.sync_start + 48 + 16);
+    matches!(locked, Some(0) | Some(1))
+        && interval.is_some_and(|i| INTERVAL_RANGE.contains(&i))
+        && holder.is_some_and(|h| tstates.contains(&h) || (h == 0 && locked == Some(0)))
+        && mutex_kind == Some(0)
+}
+
+fn scan_for_gil(
+    memory: &dyn Memory,
+    region: u64,
+    fields: GilFields,
+    tstates: &HashSet<u64>,
+    placement: &GilPlacement,
+) -> Option<(u64, String)> {
+    match placement {
+        GilPlacement::InRuntime(_) => (0..SCAN_BYTES)
+            .step_by(8)
+            .map(|offset| region + offset)
+            .find(|&base| looks_like_gil(memory, base, fields, tstates))
+            .map(|base| (base, format!("_PyRuntime+{}", base - region))),
+        GilPlacement::InterpreterPointer(_) => {
+            let block = memory.read_bytes(region, SCAN_BYTES as usize).ok()?;
+            (0..SCAN_BYTES).step_by(8).find_map(|offset| {
+                let base = u64_at(&block, offset)?;
+                looks_like_gil(memory, base, fields, tstates)
+                    .then(|| (base, format!("*(interp+{offset})")))
+            })
+        }
+        GilPlacement::Globals => None,
+    }
+}
+
+/// 3.6 keeps the GIL in separate static variables of ceval_gil.h.
+fn legacy_gil(binary: &ElfFile) -> Option<GilAddresses> {
+    let sync = ["gil_cond", "gil_mutex", "switch_cond", "switch_mutex"]
+        .iter()
+        .map(|name| {
+            let sym = binary.symbol(name)?;
+            let start = sym.value + binary.load_bias;
+            Some((start, start + sym.size.max(1)))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(GilAddresses {
+        locked: binary.address_of("gil_locked")?,
+        last_holder: binary.address_of("gil_last_holder")?,
+        switch_number: binary.address_of("gil_switch_number")?,
+        interval: binary.address_of("gil_interval")?,
+        sync,
+        current: binary.address_of("_PyThreadState_Current"),
+        block: None,
+    })
+}
+
+/// Symbols only a CPython interpreter defines.
+const PYTHON_SYMBOLS: [&str; 4] = [
+    "_PyRuntime",
+    "Py_Version",
+    "_PyThreadState_Current",
+    "PyEval_SaveThread",
+];
+
+fn is_python(binary: &ElfFile) -> bool {
+    PYTHON_SYMBOLS.iter().any(|s| binary.symbol(s).is_some())
+}
+
+/// The mapped ELF file that contains the interpreter: libpython if loaded, else the
+/// executable, else any other mapped object that defines CPython's symbols.
+fn find_python_binary(pid: i32, mappings: &[Mapping]) -> Result<ElfFile> {
+    let files = elf::mapped_files(mappings);
+    let exe = crate::target::process::executable(pid)
+        .map(|p| {
+            p.to_string_lossy()
+                .trim_end_matches(" (deleted)")
+                .to_string()
+        })
+        .unwrap_or_default();
+    let rank = |group: &Vec<&Mapping>| {
+        let name = elf::file_name(&group[0].path);
+        if name.starts_with("libpython") {
+            0
+        } else if group[0].path == exe {
+            1
+        } else if name.contains("python") {
+            2
+        } else {
+            3
+        }
+    };
+    let mut ranked: Vec<(u8, &Vec<&Mapping>)> = files.iter().map(|g| (rank(g), g)).collect();
+    ranked.sort_by_key(|(r, _)| *r);
+    let mut permission_error = None;
+    for (rank, group) in ranked {
+        if rank == 3 && elf::file_name(&group[0].path).starts_with("ld-") {
+            continue;
+        }
+        match ElfFile::open(pid, group) {
+            Ok(binary) if is_python(&binary) => return Ok(binary),
+            Ok(_) => {}
+            Err(elf::ElfError::Open { source, .. })
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                permission_error = Some(source);
+            }
+            Err(_) => {}
+        }
+    }
+    if permission_error.is_some() {
+        return Err(Error::PermissionDenied {
+            pid,
+            what: "open the binaries".into(),
+        });
+    }
+    Err(Error::NotPython {
+        pid,
+        exe: if exe.is_empty() { "?".into() } else { exe },
+    })
+}
+
+fn check_supported(version: &Version) -> Result<()> {
+    let why = if version.major == 2 {
+        "Python 2 keeps no GIL owner that can be read from outside; support is planned"
+    } else if version.major == 3 && version.minor < 6 {
+        "gilscope needs CPython 3.6 or later"
+    } else {
+        return Ok(());
+    };
+    Err(Error::UnsupportedVersion {
+        version: version.to_string(),
+        why: why.into(),
+    })
+}
+
+/// The layout to use, and `_PyRuntime`'s address where the version has one.
+fn choose_layout(
+    binary: &ElfFile,
+    version: &Version,
+    memory: &dyn Memory,
+) -> Result<(Layout, LayoutSource, Option<u64>)> {
+    let runtime = binary.address_of("_PyRuntime");
+    if let Some(runtime) = runtime {
+        if let Some(found) = debug_offsets::read(memory, runtime, version) {
+            let layout = found.map_err(|what| Error::UnrecognisedLayout {
+                version: version.to_string(),
+                what,
+            })?;
+            return Ok((layout, LayoutSource::DebugOffsets, Some(runtime)));
+        }
+    }
+    match layout::table_for(version) {
+        Some(layout) => Ok((layout, LayoutSource::Table, runtime)),
+        None => Err(Error::UnrecognisedLayout {
+            version: version.to_string(),
+            what: "no _Py_DebugOffsets and no table for this version".into(),
+        }),
+    }
+}

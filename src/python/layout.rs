@@ -1,0 +1,226 @@
+//! Where each CPython version keeps the things gilscope reads: one table per layout family,
+//! and the same `Layout` built from `_Py_DebugOffsets` on 3.13+. Only data lives here.
+
+use super::version::Version;
+
+/// A flag in a thread state: a whole int, or one bit of a bitfield word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flag {
+    pub offset: u64,
+    pub bit: Option<u8>,
+}
+
+impl Flag {
+    pub const fn int(offset: u64) -> Flag {
+        Flag { offset, bit: None }
+    }
+
+    pub const fn bit(offset: u64, bit: u8) -> Flag {
+        Flag {
+            offset,
+            bit: Some(bit),
+        }
+    }
+
+    /// Evaluate the flag on the 4 bytes read at its offset.
+    pub fn is_set(&self, word: u32) -> bool {
+        match self.bit {
+            Some(bit) => word >> bit & 1 == 1,
+            None => word != 0,
+        }
+    }
+}
+
+/// Where the interpreter's GIL (`struct _gil_runtime_state`) lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GilPlacement {
+    /// 3.6: separate static variables (local symbols `gil_locked`, `gil_last_holder`, ...).
+    Globals,
+    /// 3.7-3.11: embedded in `_PyRuntime` at this offset (`_PyRuntime.ceval.gil`).
+    InRuntime(u64),
+    /// 3.12+: a pointer at this offset in each `PyInterpreterState` (`interp->ceval.gil`).
+    InterpreterPointer(u64),
+}
+
+/// Field offsets inside `struct _gil_runtime_state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GilFields {
+    pub interval: u64,
+    pub last_holder: u64,
+    pub locked: u64,
+    pub switch_number: u64,
+    /// `cond`, `mutex`, `switch_cond`, `switch_mutex` lie in [sync_start, sync_end): a
+    /// thread blocked on a futex in that range is waiting on the GIL.
+    pub sync_start: u64,
+    pub sync_end: u64,
+    /// Free-threaded builds: `int enabled` (0 = no GIL).
+    pub enabled: Option<u64>,
+}
+
+impl GilFields {
+    /// The tail of `_gil_runtime_state` has kept one order from 3.7 to 3.15:
+    /// interval, last_holder, locked, switch_number, cond (48), mutex (40), switch_cond (48),
+    /// switch_mutex (40). Knowing where `locked` is fixes everything after it.
+    pub const fn from_locked(locked: u64, enabled: Option<u64>) -> GilFields {
+        GilFields {
+            interval: locked - 16,
+            last_holder: locked - 8,
+            locked,
+            switch_number: locked + 8,
+            sync_start: locked + 16,
+            sync_end: locked + 16 + 48 + 40 + 48 + 40,
+            enabled,
+        }
+    }
+
+    /// Bytes to read to cover every scalar field and the sync objects.
+    pub fn size(&self) -> u64 {
+        self.sync_end
+    }
+}
+
+pub const DEFAULT_GIL: GilFields = GilFields::from_locked(16, None);
+
+/// Everything gilscope needs to walk interpreters and threads and find the GIL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// Which table this is, for messages ("3.9-3.10", "_Py_DebugOffsets").
+    pub family: &'static str,
+    /// Offset of `interpreters.head` in `_PyRuntime` (unused on 3.6: `interp_head` symbol).
+    pub runtime_interpreters_head: u64,
+    pub gil: GilPlacement,
+    pub gil_fields: GilFields,
+    pub interp_next: u64,
+    pub interp_threads_head: u64,
+    pub tstate_next: u64,
+    pub tstate_interp: u64,
+    /// `thread_id`: a `pthread_t` (the address of glibc's `struct pthread`).
+    pub tstate_thread_id: u64,
+    /// `native_thread_id` (3.11+): the kernel tid.
+    pub tstate_native_thread_id: Option<u64>,
+    pub tstate_holds_gil: Option<Flag>,
+    pub tstate_gil_requested: Option<Flag>,
+}
+
+impl Layout {
+    /// Bytes to read from each thread state to see every field this layout uses.
+    pub fn tstate_read_size(&self) -> u64 {
+        let fields = [
+            Some(self.tstate_next),
+            Some(self.tstate_interp),
+            Some(self.tstate_thread_id),
+            self.tstate_native_thread_id,
+            self.tstate_holds_gil.map(|f| f.offset),
+            self.tstate_gil_requested.map(|f| f.offset),
+        ];
+        fields.into_iter().flatten().max().unwrap_or(0) + 8
+    }
+}
+
+/// The hand-written tables, for versions without `_Py_DebugOffsets`. Each was checked against
+/// the DWARF of a pyenv build and a live process (docs/COMPATIBILITY.md).
+pub fn table_for(version: &Version) -> Option<Layout> {
+    let base = Layout {
+        family: "",
+        runtime_interpreters_head: 0,
+        gil: GilPlacement::Globals,
+        gil_fields: DEFAULT_GIL,
+        interp_next: 0,
+        interp_threads_head: 8,
+        tstate_next: 8,
+        tstate_interp: 16,
+        tstate_thread_id: 176,
+        tstate_native_thread_id: None,
+        tstate_holds_gil: None,
+        tstate_gil_requested: None,
+    };
+    let layout = match (version.major, version.minor) {
+        (3, 6) => Layout {
+            family: "3.6",
+            tstate_thread_id: 152,
+            ..base
+        },
+        (3, 7) => Layout {
+            family: "3.7",
+            runtime_interpreters_head: 24,
+            gil: GilPlacement::InRuntime(1264),
+            ..base
+        },
+        (3, 8) => Layout {
+            family: "3.8",
+            runtime_interpreters_head: 32,
+            gil: GilPlacement::InRuntime(1152),
+            ..base
+        },
+        (3, 9) | (3, 10) => Layout {
+            family: "3.9-3.10",
+            runtime_interpreters_head: 32,
+            gil: GilPlacement::InRuntime(352),
+            ..base
+        },
+        (3, 11) => Layout {
+            family: "3.11",
+            runtime_interpreters_head: 40,
+            gil: GilPlacement::InRuntime(360),
+            interp_threads_head: 16,
+            tstate_thread_id: 152,
+            tstate_native_thread_id: Some(160),
+            ..base
+        },
+        (3, 12) => Layout {
+            family: "3.12",
+            runtime_interpreters_head: 40,
+            gil: GilPlacement::InterpreterPointer(384),
+            interp_threads_head: 72,
+            tstate_thread_id: 136,
+            tstate_native_thread_id: Some(144),
+            ..base
+        },
+        _ => return None,
+    };
+    Some(layout)
+}
+
+/// Per-thread GIL flags that `_Py_DebugOffsets` does not describe on some versions.
+/// 3.13: `_status.holds_gil` is bit 5 of the `_status` word. 3.14: `int holds_gil` at +36.
+pub fn supplement_debug_offsets(version: &Version, status_offset: u64) -> Option<Flag> {
+    match (version.major, version.minor) {
+        (3, 13) => Some(Flag::bit(status_offset, 5)),
+        (3, 14) => Some(Flag::int(36)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gil_tail_matches_the_measured_struct() {
+        let gil = DEFAULT_GIL;
+        assert_eq!(
+            (gil.interval, gil.last_holder, gil.switch_number),
+            (0, 8, 24)
+        );
+        assert_eq!((gil.sync_start, gil.sync_end), (32, 208));
+        let ft = GilFields::from_locked(24, Some(0));
+        assert_eq!((ft.interval, ft.last_holder, ft.sync_end), (8, 16, 216));
+    }
+
+    #[test]
+    fn every_table_version_has_a_layout_and_others_do_not() {
+        for minor in 6..=12 {
+            assert!(table_for(&Version::new(3, minor, 0)).is_some(), "3.{minor}");
+        }
+        assert!(table_for(&Version::new(3, 13, 0)).is_none());
+        assert!(table_for(&Version::new(2, 7, 18)).is_none());
+    }
+
+    #[test]
+    fn bit_flags_test_one_bit_and_int_flags_any() {
+        assert!(Flag::bit(0, 5).is_set(0b10_0000));
+        assert!(!Flag::bit(0, 5).is_set(0b01_1111));
+        assert!(Flag::int(36).is_set(1));
+        assert!(!Flag::int(36).is_set(0));
+    }
+}

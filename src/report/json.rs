@@ -1,0 +1,166 @@
+//! The JSON report: schema `gilscope.report/1`, documented in docs/JSON_SCHEMA.md.
+//! Field names and meanings are a contract: add fields, never change or remove them.
+
+use serde::Serialize;
+
+use super::profile::Counts;
+use super::Recording;
+use crate::sample::ThreadState;
+
+pub const SCHEMA: &str = "gilscope.report/1";
+
+#[derive(Serialize)]
+struct Report<'a> {
+    schema: &'static str,
+    target: &'a super::TargetInfo,
+    duration_s: f64,
+    rate_hz: f64,
+    samples: u64,
+    window: Window,
+    gil: Gil,
+    threads: Vec<Thread>,
+    sampler: &'a super::SamplerStats,
+    error: ErrorBounds,
+}
+
+#[derive(Serialize)]
+struct Window {
+    start_monotonic_ns: Option<u64>,
+    end_monotonic_ns: u64,
+}
+
+#[derive(Serialize)]
+struct Gil {
+    held: f64,
+    contended: f64,
+    mean_waiting: f64,
+    switches_per_s: Option<f64>,
+    interval_s: f64,
+    held_margin: Option<f64>,
+    contended_margin: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct Thread {
+    native_id: i32,
+    thread_id: Option<u64>,
+    name: String,
+    python: bool,
+    hold: f64,
+    wait: f64,
+    running: f64,
+    idle: f64,
+    samples: u64,
+    margin: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct ErrorBounds {
+    classifier: f64,
+    confidence: f64,
+}
+
+pub fn render(recording: &Recording) -> String {
+    let profile = &recording.profile;
+    let report = Report {
+        schema: SCHEMA,
+        target: &recording.target,
+        duration_s: round(profile.duration_s(), 6),
+        rate_hz: recording.sampler.rate_hz,
+        samples: profile.samples,
+        window: Window {
+            start_monotonic_ns: profile.start_ns,
+            end_monotonic_ns: profile.end_ns,
+        },
+        gil: Gil {
+            held: round(profile.held(), 4),
+            contended: round(profile.contended(), 4),
+            mean_waiting: round(profile.mean_waiting(), 4),
+            switches_per_s: profile.switches_per_s().map(|s| round(s, 2)),
+            interval_s: profile.interval_us as f64 / 1e6,
+            held_margin: profile.held_margin().map(|m| round(m, 4)),
+            contended_margin: profile.contended_margin().map(|m| round(m, 4)),
+        },
+        threads: profile
+            .threads()
+            .into_iter()
+            .map(|t| {
+                let [hold, wait, running, idle] = fractions_summing_to_one(&t.counts);
+                Thread {
+                    native_id: t.tid,
+                    thread_id: t.thread_id,
+                    name: t.name.clone(),
+                    python: t.thread_id.is_some(),
+                    hold,
+                    wait,
+                    running,
+                    idle,
+                    samples: t.counts.total(),
+                    margin: t.worst_margin().map(|m| round(m, 4)),
+                }
+            })
+            .collect(),
+        sampler: &recording.sampler,
+        error: ErrorBounds {
+            classifier: super::CLASSIFIER_ERROR,
+            confidence: 0.95,
+        },
+    };
+    let mut text = serde_json::to_string_pretty(&report).unwrap_or_else(|e| {
+        format!("{{\"schema\": \"{SCHEMA}\", \"error\": \"cannot serialise: {e}\"}}")
+    });
+    text.push('\n');
+    text
+}
+
+/// The four fractions in units of 1e-4, rounded so that they add up to exactly 1 (largest
+/// remainder), as the schema promises.
+fn fractions_summing_to_one(counts: &Counts) -> [f64; 4] {
+    const UNITS: u64 = 10_000;
+    let total = counts.total();
+    if total == 0 {
+        return [0.0; 4];
+    }
+    let exact: Vec<u128> = ThreadState::ALL
+        .iter()
+        .map(|s| counts.get(*s) as u128 * UNITS as u128)
+        .collect();
+    let mut units: Vec<u64> = exact.iter().map(|e| (e / total as u128) as u64).collect();
+    let mut order: Vec<usize> = (0..4).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(exact[i] % total as u128));
+    let missing = UNITS - units.iter().sum::<u64>();
+    for &i in order.iter().take(missing as usize) {
+        units[i] += 1;
+    }
+    [0, 1, 2, 3].map(|i| units[i] as f64 / UNITS as f64)
+}
+
+fn round(value: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (value * scale).round() / scale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounded_fractions_add_up_to_exactly_one() {
+        let mut counts = Counts {
+            by_state: [1, 1, 1, 0],
+        };
+        let f = fractions_summing_to_one(&counts);
+        assert_eq!(
+            f.iter().map(|x| (x * 1e4).round() as u64).sum::<u64>(),
+            10_000
+        );
+        assert_eq!(f[3], 0.0);
+        counts.by_state = [2, 3, 5, 7];
+        let f = fractions_summing_to_one(&counts);
+        assert_eq!(
+            f.iter().map(|x| (x * 1e4).round() as u64).sum::<u64>(),
+            10_000
+        );
+        assert_eq!(fractions_summing_to_one(&Counts::default()), [0.0; 4]);
+    }
+}

@@ -1,0 +1,151 @@
+//! Views over a finished recording: text and JSON, and the atomic writing of output files.
+//! Reports read `Recording`s only; they never touch the target.
+
+pub mod json;
+pub mod profile;
+pub mod text;
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::Serialize;
+
+pub use profile::Profile;
+
+/// What was recorded from.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetInfo {
+    pub pid: i32,
+    pub python_version: String,
+    /// The ELF file holding the interpreter.
+    pub binary: String,
+    pub command_line: String,
+    /// Which layout table (or `_Py_DebugOffsets`) described the interpreter.
+    pub layout: String,
+}
+
+/// Why the recording ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// --duration elapsed.
+    Duration,
+    /// Ctrl-C or SIGTERM.
+    Interrupted,
+    /// The target exited.
+    TargetExited,
+}
+
+/// How the sampler did.
+#[derive(Debug, Clone, Serialize)]
+pub struct SamplerStats {
+    pub rate_hz: f64,
+    /// Ticks that could not be taken (torn reads of a moving target).
+    pub errors: u64,
+    /// Ticks that started more than one period late.
+    pub late_ticks: u64,
+    pub max_lag_s: f64,
+    pub mean_lag_s: f64,
+    pub ended: EndReason,
+    /// The sampler ran at real-time priority, so ticks were on time under load.
+    pub realtime: bool,
+    /// Where per-thread CPU time came from: "perf" (exact at each tick) or "schedstat"
+    /// (advances only at scheduler ticks: coarser classification of runnable threads).
+    pub cpu_clock: String,
+}
+
+/// A finished recording: what every report format renders.
+#[derive(Debug, Clone)]
+pub struct Recording {
+    pub target: TargetInfo,
+    pub sampler: SamplerStats,
+    pub profile: Profile,
+}
+
+/// The classifier's error against the uprobe reference, as measured (docs/ACCURACY.md), in
+/// fraction units: stated next to every report's figures.
+pub const CLASSIFIER_ERROR: f64 = 0.02;
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+impl Format {
+    /// The format an output path implies, if its extension names one.
+    pub fn from_path(path: &Path) -> Option<Format> {
+        match path.extension()?.to_str()? {
+            "json" => Some(Format::Json),
+            "txt" => Some(Format::Text),
+            _ => None,
+        }
+    }
+
+    pub fn render(&self, recording: &Recording) -> String {
+        match self {
+            Format::Text => text::render(recording),
+            Format::Json => json::render(recording),
+        }
+    }
+}
+
+/// Write `contents` to `path` so that readers see the old file or the whole new one, never
+/// a part: write a temporary file beside it, flush it to disk, then rename it over.
+pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut file = tempfile::Builder::new()
+        .prefix(".gilscope-")
+        .tempfile_in(dir)?;
+    file.write_all(contents)?;
+    file.as_file().sync_all()?;
+    let mode = existing_mode(path).unwrap_or_else(default_mode);
+    std::fs::set_permissions(
+        file.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(mode),
+    )?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+fn existing_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    Some(std::fs::metadata(path).ok()?.permissions().mode() & 0o7777)
+}
+
+/// 0666 less the umask, as a plain `open(O_CREAT)` would give.
+fn default_mode() -> u32 {
+    let umask = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    nix::sys::stat::umask(umask);
+    0o666 & !umask.bits()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_whole_files_and_keeps_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("report.json");
+        write_atomically(&path, b"first").unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o640))
+            .unwrap();
+        write_atomically(&path, b"second").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        assert_eq!(existing_mode(&path), Some(0o640));
+        let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(leftovers, 1, "no temporary file may be left behind");
+    }
+
+    #[test]
+    fn formats_follow_the_extension() {
+        assert_eq!(Format::from_path(Path::new("a/b.json")), Some(Format::Json));
+        assert_eq!(Format::from_path(Path::new("b.txt")), Some(Format::Text));
+        assert_eq!(Format::from_path(Path::new("b")), None);
+    }
+}

@@ -1,0 +1,343 @@
+//! Aggregates samples as they arrive into per-thread and per-process figures, in bounded
+//! memory, with the sampling error of every fraction. It never touches the target.
+
+use std::collections::HashMap;
+
+use crate::sample::{Sample, ThreadState};
+
+/// Counts of one thread's states over a run of ticks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub by_state: [u64; 4],
+}
+
+impl Counts {
+    pub fn add(&mut self, state: ThreadState) {
+        self.by_state[state.index()] += 1;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.by_state.iter().sum()
+    }
+
+    pub fn get(&self, state: ThreadState) -> u64 {
+        self.by_state[state.index()]
+    }
+
+    pub fn fraction(&self, state: ThreadState) -> f64 {
+        let total = self.total();
+        if total == 0 {
+            0.0
+        } else {
+            self.get(state) as f64 / total as f64
+        }
+    }
+}
+
+/// Half-width of a 95% interval for a fraction `p` estimated from `n` ticks, against the
+/// true share of time over the same window. Ticks are jittered, so they sample the target's
+/// states at effectively random instants: the binomial bound holds, and is pessimistic when
+/// states last longer than the tick spacing.
+pub fn sampling_margin(p: f64, n: u64) -> Option<f64> {
+    if n < 30 {
+        return None;
+    }
+    Some(1.96 * (p * (1.0 - p) / n as f64).sqrt())
+}
+
+/// One thread over the whole recording.
+#[derive(Debug, Clone)]
+pub struct ThreadProfile {
+    pub tid: i32,
+    pub thread_id: Option<u64>,
+    pub name: String,
+    pub counts: Counts,
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+
+impl ThreadProfile {
+    pub fn fraction(&self, state: ThreadState) -> f64 {
+        self.counts.fraction(state)
+    }
+
+    /// 95% half-width for the fraction of `state`.
+    pub fn margin(&self, state: ThreadState) -> Option<f64> {
+        sampling_margin(self.fraction(state), self.counts.total())
+    }
+
+    /// The largest margin over the four states: one "±" for the row.
+    pub fn worst_margin(&self) -> Option<f64> {
+        ThreadState::ALL
+            .iter()
+            .filter_map(|s| self.margin(*s))
+            .reduce(f64::max)
+    }
+}
+
+/// Per-tick process figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct GilTicks {
+    ticks: u64,
+    held: u64,
+    contended: u64,
+    waiters: u64,
+}
+
+/// Everything a report shows, gathered sample by sample.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub samples: u64,
+    pub start_ns: Option<u64>,
+    pub end_ns: u64,
+    gil: GilTicks,
+    first_switch: Option<(u64, u64)>,
+    last_switch: Option<(u64, u64)>,
+    pub interval_us: u64,
+    /// One row per thread, in order of first sight.
+    threads: Vec<ThreadProfile>,
+    /// The row of each tid's current thread (a recycled tid gets a new row).
+    rows: HashMap<i32, usize>,
+}
+
+impl Default for Profile {
+    fn default() -> Profile {
+        Profile::new()
+    }
+}
+
+impl Profile {
+    pub fn new() -> Profile {
+        Profile {
+            samples: 0,
+            start_ns: None,
+            end_ns: 0,
+            gil: GilTicks::default(),
+            first_switch: None,
+            last_switch: None,
+            interval_us: 0,
+            threads: Vec::new(),
+            rows: HashMap::new(),
+        }
+    }
+
+    /// Add one sample. `name` gives a new thread its display name.
+    pub fn add(&mut self, sample: &Sample, mut name: impl FnMut(i32) -> String) {
+        self.samples += 1;
+        self.start_ns.get_or_insert(sample.time_ns);
+        self.end_ns = sample.time_ns;
+        if sample.gil.created {
+            self.first_switch
+                .get_or_insert((sample.time_ns, sample.gil.switch_number));
+            self.last_switch = Some((sample.time_ns, sample.gil.switch_number));
+            self.interval_us = sample.gil.interval_us;
+        }
+        let waiters = sample.waiters() as u64;
+        let tick = GilTicks {
+            ticks: 1,
+            held: sample.gil.locked as u64,
+            contended: (waiters > 0) as u64,
+            waiters,
+        };
+        add_gil(&mut self.gil, &tick);
+        for thread in &sample.threads {
+            let row = match self.rows.get(&thread.tid).copied() {
+                // A thread that gains a Python thread state is the same thread; one with a
+                // different Python thread id behind a known tid is a new thread.
+                Some(row)
+                    if thread.thread_id.is_none()
+                        || self.threads[row].thread_id.is_none()
+                        || self.threads[row].thread_id == thread.thread_id =>
+                {
+                    row
+                }
+                _ => {
+                    self.threads.push(ThreadProfile {
+                        tid: thread.tid,
+                        thread_id: thread.thread_id,
+                        name: name(thread.tid),
+                        counts: Counts::default(),
+                        first_ns: sample.time_ns,
+                        last_ns: sample.time_ns,
+                    });
+                    self.rows.insert(thread.tid, self.threads.len() - 1);
+                    self.threads.len() - 1
+                }
+            };
+            let entry = &mut self.threads[row];
+            if entry.thread_id.is_none() {
+                entry.thread_id = thread.thread_id;
+            }
+            entry.counts.add(thread.state);
+            entry.last_ns = sample.time_ns;
+        }
+    }
+
+    /// Wall time covered by the samples (s).
+    pub fn duration_s(&self) -> f64 {
+        match self.start_ns {
+            Some(start) => (self.end_ns.saturating_sub(start)) as f64 / 1e9,
+            None => 0.0,
+        }
+    }
+
+    /// Threads sorted by hold + wait, most first.
+    pub fn threads(&self) -> Vec<&ThreadProfile> {
+        let mut threads: Vec<&ThreadProfile> = self.threads.iter().collect();
+        threads.sort_by(|a, b| {
+            let key =
+                |t: &ThreadProfile| t.fraction(ThreadState::Hold) + t.fraction(ThreadState::Wait);
+            key(b).total_cmp(&key(a)).then(a.tid.cmp(&b.tid))
+        });
+        threads
+    }
+
+    fn gil_fraction(&self, part: impl Fn(&GilTicks) -> u64) -> f64 {
+        if self.gil.ticks == 0 {
+            0.0
+        } else {
+            part(&self.gil) as f64 / self.gil.ticks as f64
+        }
+    }
+
+    /// Fraction of ticks at which the GIL was held.
+    pub fn held(&self) -> f64 {
+        self.gil_fraction(|g| g.held)
+    }
+
+    /// Fraction of ticks with at least one waiter.
+    pub fn contended(&self) -> f64 {
+        self.gil_fraction(|g| g.contended)
+    }
+
+    /// Mean number of waiting threads per tick.
+    pub fn mean_waiting(&self) -> f64 {
+        self.gil_fraction(|g| g.waiters)
+    }
+
+    pub fn held_margin(&self) -> Option<f64> {
+        sampling_margin(self.held(), self.gil.ticks)
+    }
+
+    pub fn contended_margin(&self) -> Option<f64> {
+        sampling_margin(self.contended(), self.gil.ticks)
+    }
+
+    /// Give each thread that is still alive its current name (names are often set just
+    /// after a thread starts, after gilscope first saw it).
+    pub fn refresh_names(&mut self, mut name: impl FnMut(i32) -> Option<String>) {
+        for (tid, &row) in &self.rows {
+            if let Some(current) = name(*tid).filter(|n| !n.is_empty()) {
+                self.threads[row].name = current;
+            }
+        }
+    }
+
+    /// GIL hand-overs per second, from the interpreter's own switch counter.
+    pub fn switches_per_s(&self) -> Option<f64> {
+        let ((t0, n0), (t1, n1)) = (self.first_switch?, self.last_switch?);
+        if t1 <= t0 || n1 < n0 {
+            return None;
+        }
+        Some((n1 - n0) as f64 / ((t1 - t0) as f64 / 1e9))
+    }
+}
+
+fn add_gil(total: &mut GilTicks, tick: &GilTicks) {
+    total.ticks += tick.ticks;
+    total.held += tick.held;
+    total.contended += tick.contended;
+    total.waiters += tick.waiters;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::python::interpreter::GilState;
+    use crate::sample::ThreadSample;
+
+    fn sample(time_ns: u64, switch_number: u64, states: &[(i32, ThreadState)]) -> Sample {
+        Sample {
+            time_ns,
+            gil: GilState {
+                created: true,
+                locked: states.iter().any(|(_, s)| *s == ThreadState::Hold),
+                holder: 0,
+                switch_number,
+                interval_us: 5000,
+            },
+            threads: states
+                .iter()
+                .map(|&(tid, state)| ThreadSample {
+                    tid,
+                    thread_id: Some(tid as u64),
+                    state,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn fractions_switches_and_contention_add_up() {
+        let mut profile = Profile::new();
+        for i in 0..1000u64 {
+            let (a, b) = if i % 2 == 0 {
+                (ThreadState::Hold, ThreadState::Wait)
+            } else {
+                (ThreadState::Wait, ThreadState::Hold)
+            };
+            let idle = if i % 4 == 0 {
+                ThreadState::Idle
+            } else {
+                ThreadState::Running
+            };
+            profile.add(
+                &sample(i * 1_000_000, i, &[(1, a), (2, b), (3, idle)]),
+                |t| format!("t{t}"),
+            );
+        }
+        assert_eq!(profile.samples, 1000);
+        assert!((profile.held() - 1.0).abs() < 1e-9);
+        assert!((profile.contended() - 1.0).abs() < 1e-9);
+        assert!((profile.mean_waiting() - 1.0).abs() < 1e-9);
+        let switches = profile.switches_per_s().unwrap();
+        assert!((switches - 1000.0).abs() < 2.0, "{switches}");
+        let threads = profile.threads();
+        assert_eq!(threads.len(), 3);
+        assert_eq!(threads[2].tid, 3);
+        assert!((threads[2].fraction(ThreadState::Idle) - 0.25).abs() < 1e-9);
+        for t in &threads {
+            let sum: f64 = ThreadState::ALL.iter().map(|s| t.fraction(*s)).sum();
+            assert!((sum - 1.0).abs() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn a_thread_that_gains_its_thread_state_keeps_one_row() {
+        let mut profile = Profile::new();
+        let mut early = sample(0, 0, &[(5, ThreadState::Running)]);
+        early.threads[0].thread_id = None;
+        profile.add(&early, |_| "python".into());
+        profile.add(&sample(1_000_000, 0, &[(5, ThreadState::Hold)]), |_| {
+            "x".into()
+        });
+        let mut recycled = sample(2_000_000, 0, &[(5, ThreadState::Idle)]);
+        recycled.threads[0].thread_id = Some(99);
+        profile.add(&recycled, |_| "new".into());
+        let threads = profile.threads();
+        assert_eq!(threads.len(), 2);
+        let first = threads.iter().find(|t| t.thread_id == Some(5)).unwrap();
+        assert_eq!(first.counts.total(), 2);
+        profile.refresh_names(|tid| Some(format!("worker-{tid}")));
+        assert!(profile.threads().iter().any(|t| t.name == "worker-5"));
+    }
+
+    #[test]
+    fn sampling_margin_follows_the_binomial_bound() {
+        // p = 0.5 over 5000 ticks: 1.96 * sqrt(0.25 / 5000) = 0.01386.
+        let m = sampling_margin(0.5, 5000).unwrap();
+        assert!((m - 0.01386).abs() < 1e-4, "{m}");
+        assert_eq!(sampling_margin(0.0, 5000), Some(0.0));
+        assert!(sampling_margin(0.5, 10).is_none());
+    }
+}

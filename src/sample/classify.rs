@@ -1,0 +1,292 @@
+//! The rules that turn raw ticks into hold / wait / running / idle per thread, measured against
+//! the uprobe reference (docs/ACCURACY.md). Pure functions of observations: no reads here.
+//!
+//! A thread's own tick decides most cases: the holder holds; a thread asleep on a futex inside
+//! the GIL waits; a thread asleep on anything else is idle. A *runnable* thread that does not
+//! hold the GIL is the hard case: it may be running native code, or it may be on its way into
+//! or out of the GIL (woken by `drop_gil`, or preempted in it) and queued for a CPU. The
+//! difference shows in its CPU clock: GIL hand-off code runs for microseconds, native work for
+//! as long as it has a CPU. So a runnable thread that was *executing* just before the tick runs
+//! native code; one that was not is still wherever it was last seen doing something: in the
+//! GIL if it last held or waited for it, else wherever it was before. When the interval before
+//! the tick is polluted by holding (the thread held at the previous tick), the interval after
+//! the tick decides instead.
+
+use std::collections::HashMap;
+
+use super::observe::{Observation, ThreadObservation};
+use super::{Sample, ThreadSample, ThreadState};
+
+/// A runnable thread is executing if it used at least this share of the interval on a CPU.
+/// GIL hand-off code never comes close; measured plateau 0.1-0.3 (docs/ACCURACY.md).
+pub const EXECUTING_SHARE: f64 = 0.1;
+/// ...and at least this much CPU (ns), so that very high rates do not mistake hand-off code
+/// (a few futex calls: tens of µs at most) for work.
+pub const EXECUTING_FLOOR_NS: u64 = 100_000;
+
+/// What a tick says on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Evidence {
+    Hold,
+    Wait,
+    Idle,
+    Runnable,
+}
+
+fn evidence(thread: &ThreadObservation) -> Evidence {
+    if thread.holder {
+        Evidence::Hold
+    } else if thread.gil_futex || thread.gil_requested == Some(true) {
+        Evidence::Wait
+    } else if thread.runnable {
+        Evidence::Runnable
+    } else {
+        Evidence::Idle
+    }
+}
+
+/// Did the thread spend a real share of [from, to] on a CPU? (ns; cpu from schedstat)
+fn executing(cpu_from: u64, cpu_to: u64, from_ns: u64, to_ns: u64) -> bool {
+    let cpu = cpu_to.saturating_sub(cpu_from);
+    let wall = to_ns.saturating_sub(from_ns);
+    wall > 0 && cpu >= EXECUTING_FLOOR_NS && cpu as f64 >= EXECUTING_SHARE * wall as f64
+}
+
+/// A thread's tick with the time it stands for.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    time_ns: u64,
+    thread: ThreadObservation,
+}
+
+#[derive(Debug, Default)]
+struct Track {
+    /// The state of the thread's last tick that was not an unexplained runnable one.
+    anchor: Option<ThreadState>,
+    /// Its previous tick.
+    previous: Option<Seen>,
+}
+
+/// Turns a stream of observations into samples, one tick behind (it looks one tick ahead).
+#[derive(Default)]
+pub struct Classifier {
+    tracks: HashMap<i32, Track>,
+    pending: Option<Observation>,
+}
+
+impl Classifier {
+    pub fn new() -> Classifier {
+        Classifier::default()
+    }
+
+    /// Add a tick; returns the samples now complete (the previous tick's).
+    pub fn push(&mut self, observation: &Observation) -> Vec<Sample> {
+        let done = self
+            .pending
+            .take()
+            .map(|pending| self.classify(&pending, Some(observation)));
+        self.pending = Some(observation.clone());
+        done.into_iter().collect()
+    }
+
+    /// The last tick, classified without a look ahead.
+    pub fn finish(&mut self) -> Vec<Sample> {
+        let pending = self.pending.take();
+        pending
+            .map(|p| self.classify(&p, None))
+            .into_iter()
+            .collect()
+    }
+
+    fn classify(&mut self, tick: &Observation, next: Option<&Observation>) -> Sample {
+        let time_ns = tick.time_ns();
+        let next_time = next.map(|n| n.time_ns()).unwrap_or(time_ns);
+        let mut threads = Vec::with_capacity(tick.threads.len());
+        for thread in &tick.threads {
+            let track = self.tracks.entry(thread.tid).or_default();
+            if track
+                .previous
+                .is_some_and(|p| p.thread.thread_id != thread.thread_id)
+            {
+                // A new thread that was given a recycled tid (or a thread that just got its
+                // Python thread state): its history is not this one's.
+                *track = Track::default();
+            }
+            let after = next.and_then(|n| n.threads.iter().find(|t| t.tid == thread.tid));
+            let state = match evidence(thread) {
+                Evidence::Hold => ThreadState::Hold,
+                Evidence::Wait => ThreadState::Wait,
+                Evidence::Idle => ThreadState::Idle,
+                Evidence::Runnable => {
+                    let executing = match track.previous {
+                        // Nearest evidence first: the interval that ends at this tick...
+                        Some(p) if evidence(&p.thread) != Evidence::Hold => {
+                            executing(p.thread.cpu_ns, thread.cpu_ns, p.time_ns, time_ns)
+                        }
+                        // ...unless it was spent holding (Python code): then the one after.
+                        _ => after.is_some_and(|a| {
+                            evidence(a) != Evidence::Hold
+                                && executing(thread.cpu_ns, a.cpu_ns, time_ns, next_time)
+                        }),
+                    };
+                    if executing {
+                        ThreadState::Running
+                    } else {
+                        match track.anchor {
+                            Some(ThreadState::Hold) | Some(ThreadState::Wait) => ThreadState::Wait,
+                            _ => ThreadState::Running,
+                        }
+                    }
+                }
+            };
+            let queued_in_gil =
+                evidence(thread) == Evidence::Runnable && state == ThreadState::Wait;
+            if !queued_in_gil {
+                track.anchor = Some(state);
+            }
+            track.previous = Some(Seen {
+                time_ns,
+                thread: *thread,
+            });
+            threads.push(ThreadSample {
+                tid: thread.tid,
+                thread_id: thread.thread_id,
+                state,
+            });
+        }
+        let alive: std::collections::HashSet<i32> = tick.threads.iter().map(|t| t.tid).collect();
+        self.tracks.retain(|tid, _| alive.contains(tid));
+        Sample {
+            time_ns,
+            gil: tick.gil,
+            threads,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::python::interpreter::GilState;
+    use crate::target::task::{Activity, TaskReading};
+
+    /// A thread observation: `kind` is h(older), w(aiting on the GIL), i(dle), r(unnable).
+    fn thread(tid: i32, kind: char, cpu_ns: u64) -> ThreadObservation {
+        let activity = match kind {
+            'r' => Activity::Running,
+            _ => Activity::Syscall {
+                nr: 202,
+                args: [0; 3],
+                sp: 0,
+                pc: 0,
+            },
+        };
+        ThreadObservation {
+            tid,
+            thread_id: Some(tid as u64),
+            tstate: Some(0x1000),
+            task: TaskReading {
+                tid,
+                activity,
+                cpu_ns,
+                runqueue_ns: 0,
+            },
+            runnable: kind == 'r',
+            cpu_ns,
+            cpu_exact: true,
+            holder: kind == 'h',
+            gil_futex: kind == 'w',
+            blocked: kind == 'i',
+            gil_requested: None,
+        }
+    }
+
+    fn tick(ms: u64, threads: Vec<ThreadObservation>) -> Observation {
+        Observation {
+            start_ns: ms * 1_000_000,
+            end_ns: ms * 1_000_000,
+            gil: GilState::default(),
+            locked: false,
+            holder: 0,
+            switch_number: 0,
+            straddled: false,
+            threads,
+        }
+    }
+
+    /// Run one thread through ticks 1 ms apart: (kind, cpu µs at the tick).
+    fn states(ticks: &[(char, u64)]) -> Vec<ThreadState> {
+        let mut classifier = Classifier::new();
+        let mut out = Vec::new();
+        for (i, &(kind, cpu_us)) in ticks.iter().enumerate() {
+            let obs = tick(i as u64, vec![thread(7, kind, cpu_us * 1000)]);
+            out.extend(classifier.push(&obs));
+        }
+        out.extend(classifier.finish());
+        out.iter().map(|s| s.threads[0].state).collect()
+    }
+
+    use ThreadState::{Hold as H, Idle as I, Running as R, Wait as W};
+
+    #[test]
+    fn a_queued_thread_after_the_gil_is_still_in_the_gil() {
+        // Waits, is woken but gets no CPU for two ticks, then holds.
+        assert_eq!(
+            states(&[('w', 0), ('r', 5), ('r', 10), ('h', 600)]),
+            vec![W, W, W, H]
+        );
+        // Holds, is preempted while dropping (no CPU), then waits.
+        assert_eq!(
+            states(&[('h', 0), ('r', 900), ('r', 905), ('w', 910)]),
+            vec![H, W, W, W]
+        );
+        // Queued in take_gil at the tick, then takes the GIL and goes native after it: the
+        // CPU after the tick is not evidence about the tick.
+        assert_eq!(
+            states(&[('w', 0), ('r', 10), ('r', 850), ('w', 900)]),
+            vec![W, W, R, W]
+        );
+    }
+
+    #[test]
+    fn a_thread_burning_cpu_without_the_gil_runs_native_code() {
+        // Drops the GIL into zlib: executing from the first tick on.
+        assert_eq!(
+            states(&[('h', 0), ('r', 900), ('r', 1900), ('r', 2900), ('w', 3000)]),
+            vec![H, R, R, R, W]
+        );
+    }
+
+    #[test]
+    fn a_starved_native_thread_stays_running() {
+        // Executes, then sits on the run queue for two ticks (more threads than CPUs).
+        assert_eq!(
+            states(&[('r', 0), ('r', 900), ('r', 900), ('r', 905), ('r', 1900)]),
+            vec![R, R, R, R, R]
+        );
+    }
+
+    #[test]
+    fn a_thread_woken_from_io_is_not_waiting_until_it_reaches_the_gil() {
+        assert_eq!(states(&[('i', 0), ('r', 2), ('w', 10)]), vec![I, R, W]);
+    }
+
+    #[test]
+    fn cpu_spent_holding_does_not_make_the_next_tick_native() {
+        // Before the runnable tick it held (900 µs of Python), after it: nothing.
+        assert_eq!(states(&[('h', 0), ('r', 900), ('h', 905)]), vec![H, W, H]);
+    }
+
+    #[test]
+    fn a_recycled_tid_starts_a_fresh_history() {
+        let mut classifier = Classifier::new();
+        let mut old = thread(7, 'h', 0);
+        old.thread_id = Some(1);
+        let mut new = thread(7, 'r', 0);
+        new.thread_id = Some(2);
+        classifier.push(&tick(0, vec![old]));
+        let mut out = classifier.push(&tick(1, vec![new]));
+        out.extend(classifier.finish());
+        assert_eq!(out[1].threads[0].state, R);
+    }
+}

@@ -1,0 +1,82 @@
+//! The sampling loop: the timer, one tick of the target -> `Observation`, and the rules that
+//! turn observations into classified `Sample`s. It knows nothing about how results are shown.
+
+pub mod classify;
+pub mod observe;
+pub mod schedule;
+
+use serde::Serialize;
+
+use crate::python::interpreter::GilState;
+
+/// What one thread was doing at one tick, in the user's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ThreadState {
+    /// It held the GIL.
+    Hold,
+    /// It was blocked on the GIL, or on its way into or out of it.
+    Wait,
+    /// It was on a CPU (or ready for one) without the GIL: native code.
+    Running,
+    /// It was blocked on something else: sleep, I/O, another lock.
+    Idle,
+}
+
+impl ThreadState {
+    pub const ALL: [ThreadState; 4] = [
+        ThreadState::Hold,
+        ThreadState::Wait,
+        ThreadState::Running,
+        ThreadState::Idle,
+    ];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            ThreadState::Hold => "hold",
+            ThreadState::Wait => "wait",
+            ThreadState::Running => "running",
+            ThreadState::Idle => "idle",
+        }
+    }
+
+    pub fn index(&self) -> usize {
+        *self as usize
+    }
+}
+
+/// One thread at one tick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadSample {
+    /// Kernel thread id.
+    pub tid: i32,
+    /// `threading.get_ident()`, for Python threads.
+    pub thread_id: Option<u64>,
+    pub state: ThreadState,
+}
+
+/// One tick: the GIL and every thread of the target, classified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    /// CLOCK_MONOTONIC time of the tick (ns), comparable with perf and ftrace timestamps.
+    pub time_ns: u64,
+    pub gil: GilState,
+    pub threads: Vec<ThreadSample>,
+}
+
+impl Sample {
+    /// Threads waiting for the GIL at this tick.
+    pub fn waiters(&self) -> usize {
+        self.threads
+            .iter()
+            .filter(|t| t.state == ThreadState::Wait)
+            .count()
+    }
+}
+
+/// CLOCK_MONOTONIC now, in ns.
+pub fn monotonic_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}

@@ -1,0 +1,197 @@
+//! One tick of the target: read the GIL, the Python thread states and every OS thread's kernel
+//! state, as close together in time as possible. Raw facts only; classify.rs interprets them.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use super::monotonic_ns;
+use crate::python::interpreter::{GilState, Interpreter, PyThread};
+use crate::target::cpu_clock::CpuClocks;
+use crate::target::memory::{Memory, ReadError};
+use crate::target::task::{Activity, TaskError, TaskReading, Tasks};
+
+/// One thread at one tick, before classification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ThreadObservation {
+    pub tid: i32,
+    /// `threading.get_ident()` for threads with a Python thread state.
+    pub thread_id: Option<u64>,
+    /// The thread state's address, for Python threads.
+    pub tstate: Option<u64>,
+    #[serde(skip)]
+    pub task: TaskReading,
+    /// The kernel says it is runnable (on a CPU or about to be).
+    pub runnable: bool,
+    /// Total CPU time so far (ns).
+    pub cpu_ns: u64,
+    /// `cpu_ns` is exact at the tick (perf task-clock), not as of the last scheduler tick.
+    pub cpu_exact: bool,
+    /// It is the GIL's holder, by the GIL's state or its own flag.
+    pub holder: bool,
+    /// It sleeps on a futex inside the GIL (its cond, mutex, switch_cond, switch_mutex).
+    pub gil_futex: bool,
+    /// It sleeps on some other futex or in another system call or fault.
+    pub blocked: bool,
+    /// Its own "waiting for the GIL" flag, where the version has one.
+    pub gil_requested: Option<bool>,
+}
+
+/// Everything read at one tick.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Observation {
+    /// CLOCK_MONOTONIC at the start and end of the tick's reads (ns).
+    pub start_ns: u64,
+    pub end_ns: u64,
+    #[serde(skip)]
+    pub gil: GilState,
+    pub locked: bool,
+    pub holder: u64,
+    pub switch_number: u64,
+    /// The GIL changed hands while this tick was being read.
+    pub straddled: bool,
+    pub threads: Vec<ThreadObservation>,
+}
+
+impl Observation {
+    /// The instant the tick stands for.
+    pub fn time_ns(&self) -> u64 {
+        self.start_ns + (self.end_ns.saturating_sub(self.start_ns)) / 2
+    }
+}
+
+/// Why a tick could not be taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TickError {
+    /// The target has exited.
+    Gone,
+    /// We lost permission (the target changed credentials, e.g. exec of a setuid binary).
+    Denied,
+    /// A read failed or saw a list being changed: a torn tick, skipped and counted.
+    Torn(String),
+}
+
+impl From<ReadError> for TickError {
+    fn from(e: ReadError) -> TickError {
+        match e {
+            ReadError::Gone => TickError::Gone,
+            ReadError::Denied => TickError::Denied,
+            other => TickError::Torn(other.to_string()),
+        }
+    }
+}
+
+/// Reads ticks from one interpreter in one process.
+pub struct Observer<M: Memory> {
+    pub pid: i32,
+    memory: M,
+    pub interpreter: Interpreter,
+    tasks: Tasks,
+    clocks: CpuClocks,
+    names: HashMap<i32, String>,
+}
+
+impl<M: Memory> Observer<M> {
+    pub fn new(pid: i32, memory: M, interpreter: Interpreter) -> Observer<M> {
+        Observer {
+            pid,
+            memory,
+            interpreter,
+            tasks: Tasks::new(pid),
+            clocks: CpuClocks::new(),
+            names: HashMap::new(),
+        }
+    }
+
+    /// Why exact CPU clocks are not available (errno of perf_event_open), if they are not.
+    pub fn cpu_clock_unavailable(&self) -> Option<i32> {
+        self.clocks.unavailable
+    }
+
+    pub fn memory(&self) -> &M {
+        &self.memory
+    }
+
+    /// The OS name of a thread (cached; threads rarely rename themselves).
+    pub fn thread_name(&mut self, tid: i32) -> String {
+        if let Some(name) = self.names.get(&tid) {
+            return name.clone();
+        }
+        let name = self.tasks.name(tid).unwrap_or_default();
+        self.names.insert(tid, name.clone());
+        name
+    }
+
+    /// The OS name of a thread now, if it is still alive.
+    pub fn current_thread_name(&self, tid: i32) -> Option<String> {
+        self.tasks.name(tid)
+    }
+
+    /// Take one tick.
+    pub fn observe(&mut self) -> Result<Observation, TickError> {
+        let start_ns = monotonic_ns();
+        let gil = self.interpreter.gil_state(&self.memory)?;
+        let live = self.tasks.list().map_err(|_| TickError::Gone)?;
+        if live.is_empty() {
+            return Err(TickError::Gone);
+        }
+        let python = self.interpreter.threads(&self.memory, &live)?;
+        let by_tid: HashMap<i32, &PyThread> = python
+            .iter()
+            .filter_map(|t| Some((t.native_id?, t)))
+            .collect();
+        let sync = self.interpreter.gil().clone();
+        let mut threads = Vec::with_capacity(live.len());
+        for &tid in &live {
+            let task = match self.tasks.read(tid) {
+                Ok(task) => task,
+                Err(TaskError::Gone) => continue,
+                Err(TaskError::Denied) => return Err(TickError::Denied),
+                Err(TaskError::Io(errno)) => {
+                    return Err(TickError::Torn(format!("task {tid}: errno {errno}")))
+                }
+            };
+            let exact_cpu = self.clocks.read(tid);
+            let py = by_tid.get(&tid);
+            let holder = match py {
+                Some(t) => match t.holds_gil {
+                    Some(flag) => flag,
+                    None => gil.locked && gil.holder == t.tstate,
+                },
+                None => false,
+            };
+            let gil_futex = task
+                .activity
+                .futex_addr()
+                .is_some_and(|addr| sync.is_sync_address(addr));
+            threads.push(ThreadObservation {
+                tid,
+                thread_id: py.map(|t| t.thread_id),
+                tstate: py.map(|t| t.tstate),
+                task,
+                runnable: task.activity == Activity::Running,
+                cpu_ns: exact_cpu.unwrap_or(task.cpu_ns),
+                cpu_exact: exact_cpu.is_some(),
+                holder,
+                gil_futex,
+                blocked: !gil_futex && task.activity != Activity::Running,
+                gil_requested: py.and_then(|t| t.gil_requested),
+            });
+        }
+        self.tasks.retain(&live);
+        self.clocks.retain(&live);
+        self.names.retain(|tid, _| live.binary_search(tid).is_ok());
+        let after = self.interpreter.gil_state(&self.memory)?;
+        let end_ns = monotonic_ns();
+        Ok(Observation {
+            start_ns,
+            end_ns,
+            gil,
+            locked: gil.locked,
+            holder: gil.holder,
+            switch_number: gil.switch_number,
+            straddled: after.switch_number != gil.switch_number || after.holder != gil.holder,
+            threads,
+        })
+    }
+}

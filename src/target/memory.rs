@@ -1,0 +1,264 @@
+//! Reads of the target's memory: the one bounded, typed path every remote read goes through.
+//! It must not interpret what it reads (python/ does) and must never panic on a bad address.
+
+use std::fmt;
+
+/// Largest single read gilscope ever asks for; anything bigger is a garbage length.
+pub const MAX_READ: usize = 1 << 20;
+
+/// The lowest address a valid object can live at (the zero page is never mapped).
+const MIN_USER_ADDR: u64 = 0x1000;
+/// x86_64 user space ends below the canonical hole.
+const MAX_USER_ADDR: u64 = 0x0000_8000_0000_0000;
+
+/// Why a remote read failed. A moving target makes these routine, not exceptional.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadError {
+    /// The address cannot point at a live object (null, kernel half, misaligned).
+    BadPointer { addr: u64 },
+    /// The length read from the target is beyond any sane bound.
+    TooLarge { addr: u64, len: usize },
+    /// The kernel refused the read: unmapped memory, or the mapping went away.
+    Fault { addr: u64, len: usize, errno: i32 },
+    /// The target has exited.
+    Gone,
+    /// We may not read the target's memory.
+    Denied,
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::BadPointer { addr } => write!(f, "{addr:#x} is not a valid pointer"),
+            ReadError::TooLarge { addr, len } => {
+                write!(f, "refused to read {len} bytes at {addr:#x}")
+            }
+            ReadError::Fault { addr, len, errno } => write!(
+                f,
+                "could not read {len} bytes at {addr:#x}: {}",
+                std::io::Error::from_raw_os_error(*errno)
+            ),
+            ReadError::Gone => write!(f, "the target process has exited"),
+            ReadError::Denied => write!(f, "permission denied reading the target's memory"),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+/// True if `addr` could be the address of an object in user space.
+pub fn is_user_address(addr: u64) -> bool {
+    (MIN_USER_ADDR..MAX_USER_ADDR).contains(&addr)
+}
+
+/// A source of target memory. The live process implements it; tests and fuzzers use images.
+pub trait Memory {
+    /// Fill all of `buf` from `addr`, or fail: a short read is a failure.
+    fn read_exact(&self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError>;
+
+    fn read_bytes(&self, addr: u64, len: usize) -> Result<Vec<u8>, ReadError> {
+        if len > MAX_READ {
+            return Err(ReadError::TooLarge { addr, len });
+        }
+        if !is_user_address(addr) || addr.checked_add(len as u64).is_none() {
+            return Err(ReadError::BadPointer { addr });
+        }
+        let mut buf = vec![0u8; len];
+        self.read_exact(addr, &mut buf)?;
+        Ok(buf)
+    }
+
+    fn read_u64(&self, addr: u64) -> Result<u64, ReadError> {
+        let mut b = [0u8; 8];
+        self.read_checked(addr, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn read_u32(&self, addr: u64) -> Result<u32, ReadError> {
+        let mut b = [0u8; 4];
+        self.read_checked(addr, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn read_i32(&self, addr: u64) -> Result<i32, ReadError> {
+        Ok(self.read_u32(addr)? as i32)
+    }
+
+    /// Read a pointer and check it could point at an object aligned to `align`.
+    fn read_pointer(&self, addr: u64, align: u64) -> Result<u64, ReadError> {
+        let value = self.read_u64(addr)?;
+        check_pointer(value, align)?;
+        Ok(value)
+    }
+
+    /// Read `buf.len()` bytes after checking the address is plausible.
+    fn read_checked(&self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        if !is_user_address(addr) || addr.checked_add(buf.len() as u64).is_none() {
+            return Err(ReadError::BadPointer { addr });
+        }
+        self.read_exact(addr, buf)
+    }
+}
+
+/// Check that `addr` could be a pointer to an object aligned to `align` (a power of two).
+pub fn check_pointer(addr: u64, align: u64) -> Result<(), ReadError> {
+    if !is_user_address(addr) || (align > 1 && addr % align != 0) {
+        return Err(ReadError::BadPointer { addr });
+    }
+    Ok(())
+}
+
+/// Little-endian field access into a block read in one go.
+pub fn u64_at(block: &[u8], offset: u64) -> Option<u64> {
+    let start = usize::try_from(offset).ok()?;
+    let bytes = block.get(start..start.checked_add(8)?)?;
+    Some(u64::from_le_bytes(bytes.try_into().ok()?))
+}
+
+pub fn u32_at(block: &[u8], offset: u64) -> Option<u32> {
+    let start = usize::try_from(offset).ok()?;
+    let bytes = block.get(start..start.checked_add(4)?)?;
+    Some(u32::from_le_bytes(bytes.try_into().ok()?))
+}
+
+pub fn i32_at(block: &[u8], offset: u64) -> Option<i32> {
+    u32_at(block, offset).map(|v| v as i32)
+}
+
+/// The memory of a live process, read with process_vm_readv through remoteprocess.
+pub struct ProcessMemory {
+    process: remoteprocess::Process,
+}
+
+impl ProcessMemory {
+    pub fn new(pid: i32) -> ProcessMemory {
+        ProcessMemory {
+            process: remoteprocess::Process { pid },
+        }
+    }
+}
+
+impl Memory for ProcessMemory {
+    fn read_exact(&self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        use remoteprocess::ProcessMemory as _;
+        if buf.len() > MAX_READ {
+            return Err(ReadError::TooLarge {
+                addr,
+                len: buf.len(),
+            });
+        }
+        let Ok(address) = usize::try_from(addr) else {
+            return Err(ReadError::BadPointer { addr });
+        };
+        self.process
+            .read(address, buf)
+            .map_err(|e| classify_read_error(addr, buf.len(), &e))
+    }
+}
+
+fn classify_read_error(addr: u64, len: usize, error: &remoteprocess::Error) -> ReadError {
+    let errno = match error {
+        remoteprocess::Error::IOError(e) => e.raw_os_error(),
+        remoteprocess::Error::NixError(e) => Some(*e as i32),
+        _ => None,
+    };
+    match errno {
+        Some(libc::ESRCH) => ReadError::Gone,
+        Some(libc::EPERM) => ReadError::Denied,
+        Some(errno) => ReadError::Fault { addr, len, errno },
+        None => ReadError::Fault {
+            addr,
+            len,
+            errno: libc::EIO,
+        },
+    }
+}
+
+/// A memory image for tests: a few regions of bytes at fixed addresses.
+#[derive(Default, Clone)]
+pub struct MemoryImage {
+    regions: Vec<(u64, Vec<u8>)>,
+}
+
+impl MemoryImage {
+    pub fn new() -> MemoryImage {
+        MemoryImage::default()
+    }
+
+    pub fn add(&mut self, addr: u64, bytes: Vec<u8>) {
+        self.regions.push((addr, bytes));
+    }
+}
+
+impl Memory for MemoryImage {
+    fn read_exact(&self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        for (start, bytes) in &self.regions {
+            let Some(offset) = addr.checked_sub(*start) else {
+                continue;
+            };
+            let Ok(offset) = usize::try_from(offset) else {
+                continue;
+            };
+            if let Some(src) = offset
+                .checked_add(buf.len())
+                .and_then(|end| bytes.get(offset..end))
+            {
+                buf.copy_from_slice(src);
+                return Ok(());
+            }
+        }
+        Err(ReadError::Fault {
+            addr,
+            len: buf.len(),
+            errno: libc::EFAULT,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_reads_inside_regions_and_faults_outside() {
+        let mut image = MemoryImage::new();
+        image.add(0x10000, (0u8..32).collect());
+        assert_eq!(
+            image.read_u32(0x10004).unwrap(),
+            u32::from_le_bytes([4, 5, 6, 7])
+        );
+        assert!(matches!(
+            image.read_u64(0x1001c),
+            Err(ReadError::Fault { .. })
+        ));
+        assert!(matches!(
+            image.read_u64(0x10),
+            Err(ReadError::BadPointer { .. })
+        ));
+    }
+
+    #[test]
+    fn pointers_must_be_user_space_and_aligned() {
+        assert!(check_pointer(0x7f00_0000_1000, 8).is_ok());
+        assert!(check_pointer(0x7f00_0000_1004, 8).is_err());
+        assert!(check_pointer(0, 8).is_err());
+        assert!(check_pointer(0xffff_8000_0000_0000, 8).is_err());
+    }
+
+    #[test]
+    fn oversized_reads_are_refused_before_allocating() {
+        let image = MemoryImage::new();
+        assert!(matches!(
+            image.read_bytes(0x10000, MAX_READ + 1),
+            Err(ReadError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn block_accessors_never_read_past_the_end() {
+        let block = [1u8; 10];
+        assert_eq!(u64_at(&block, 2), Some(0x0101_0101_0101_0101));
+        assert_eq!(u64_at(&block, 3), None);
+        assert_eq!(u32_at(&block, u64::MAX), None);
+    }
+}

@@ -1,0 +1,10 @@
+//! The process over there: its memory, its memory map, the ELF files it mapped, its OS threads.
+//! Nothing here knows about Python.
+
+pub mod cpu_clock;
+pub mod elf;
+pub mod maps;
+pub mod memory;
+pub mod process;
+pub mod pthread;
+pub mod task;

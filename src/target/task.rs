@@ -1,0 +1,256 @@
+//! The target's OS threads as the kernel sees them: the task list and, per task, its run state,
+//! current syscall and CPU accounting. Files stay open and are re-read with pread.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+/// x86_64 syscall number of futex(2).
+pub const SYS_FUTEX: i64 = 202;
+
+/// What /proc/PID/task/TID/syscall says a thread is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    /// Runnable: on a CPU or waiting for one (the kernel cannot tell us which).
+    Running,
+    /// Blocked in a system call.
+    Syscall {
+        nr: i64,
+        args: [u64; 3],
+        sp: u64,
+        pc: u64,
+    },
+    /// Blocked outside a system call (page fault, stopped by a tracer, ...).
+    Blocked { sp: u64, pc: u64 },
+    /// The file could not be parsed.
+    Unknown,
+}
+
+impl Activity {
+    /// The futex address if the thread sleeps in futex(2).
+    pub fn futex_addr(&self) -> Option<u64> {
+        match self {
+            Activity::Syscall { nr, args, .. } if *nr == SYS_FUTEX => Some(args[0]),
+            _ => None,
+        }
+    }
+}
+
+/// One reading of one task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskReading {
+    pub tid: i32,
+    pub activity: Activity,
+    /// Total time on a CPU (ns), from schedstat.
+    pub cpu_ns: u64,
+    /// Total time runnable but waiting for a CPU (ns), from schedstat.
+    pub runqueue_ns: u64,
+}
+
+/// Why a task could not be read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TaskError {
+    /// The thread exited.
+    Gone,
+    Denied,
+    Io(i32),
+}
+
+impl From<io::Error> for TaskError {
+    fn from(e: io::Error) -> TaskError {
+        match e.raw_os_error() {
+            Some(libc::ENOENT) | Some(libc::ESRCH) => TaskError::Gone,
+            Some(libc::EACCES) | Some(libc::EPERM) => TaskError::Denied,
+            Some(errno) => TaskError::Io(errno),
+            None => TaskError::Io(libc::EIO),
+        }
+    }
+}
+
+struct TaskFiles {
+    syscall: File,
+    schedstat: Option<File>,
+}
+
+/// Reads the tasks of one process, keeping each task's files open between ticks.
+pub struct Tasks {
+    dir: PathBuf,
+    open: HashMap<i32, TaskFiles>,
+    buf: Vec<u8>,
+}
+
+impl Tasks {
+    pub fn new(pid: i32) -> Tasks {
+        Tasks {
+            dir: PathBuf::from(format!("/proc/{pid}/task")),
+            open: HashMap::new(),
+            buf: vec![0; 256],
+        }
+    }
+
+    /// The thread ids of the process now, sorted.
+    pub fn list(&self) -> io::Result<Vec<i32>> {
+        let mut tids: Vec<i32> = std::fs::read_dir(&self.dir)?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        tids.sort_unstable();
+        Ok(tids)
+    }
+
+    /// Read one task. A task that is gone is forgotten.
+    pub fn read(&mut self, tid: i32) -> Result<TaskReading, TaskError> {
+        let result = self.read_open(tid);
+        if result.is_err() {
+            self.open.remove(&tid);
+        }
+        result
+    }
+
+    fn read_open(&mut self, tid: i32) -> Result<TaskReading, TaskError> {
+        if !self.open.contains_key(&tid) {
+            let task_dir = self.dir.join(tid.to_string());
+            let files = TaskFiles {
+                syscall: File::open(task_dir.join("syscall"))?,
+                schedstat: File::open(task_dir.join("schedstat")).ok(),
+            };
+            self.open.insert(tid, files);
+        }
+        let Some(files) = self.open.get(&tid) else {
+            return Err(TaskError::Gone);
+        };
+        let n = files.syscall.read_at(&mut self.buf, 0)?;
+        let activity = parse_syscall(&self.buf[..n]);
+        let (cpu_ns, runqueue_ns) = match &files.schedstat {
+            Some(f) => {
+                let n = f.read_at(&mut self.buf, 0)?;
+                parse_schedstat(&self.buf[..n])
+            }
+            None => (0, 0),
+        };
+        Ok(TaskReading {
+            tid,
+            activity,
+            cpu_ns,
+            runqueue_ns,
+        })
+    }
+
+    /// Forget tasks not in `alive` (their files would only return errors).
+    pub fn retain(&mut self, alive: &[i32]) {
+        self.open.retain(|tid, _| alive.binary_search(tid).is_ok());
+    }
+
+    /// The kernel's name for a thread (what `pthread_setname_np` or `prctl` set).
+    pub fn name(&self, tid: i32) -> Option<String> {
+        let raw = std::fs::read(self.dir.join(tid.to_string()).join("comm")).ok()?;
+        Some(
+            String::from_utf8_lossy(&raw)
+                .trim_end_matches('\n')
+                .to_string(),
+        )
+    }
+
+    /// The one-letter scheduler state from /proc/PID/task/TID/stat (R, S, D, T, Z, ...).
+    pub fn state_letter(&self, tid: i32) -> Option<char> {
+        let raw = std::fs::read(self.dir.join(tid.to_string()).join("stat")).ok()?;
+        stat_state(&raw)
+    }
+}
+
+/// The state letter of a stat line: the first field after the ")" that closes the name.
+pub fn stat_state(stat: &[u8]) -> Option<char> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    stat.get(close + 2).map(|&b| b as char)
+}
+
+/// Parse /proc/TID/syscall: "running", "NR a0 a1 a2 a3 a4 a5 SP PC" or "-1 SP PC".
+pub fn parse_syscall(text: &[u8]) -> Activity {
+    let Ok(text) = std::str::from_utf8(text) else {
+        return Activity::Unknown;
+    };
+    let text = text.trim();
+    if text == "running" {
+        return Activity::Running;
+    }
+    let mut fields = text.split(' ');
+    let Some(Ok(nr)) = fields.next().map(str::parse::<i64>) else {
+        return Activity::Unknown;
+    };
+    let values: Vec<u64> = fields.filter_map(parse_hex).collect();
+    match (nr, values.as_slice()) {
+        (nr, [sp, pc]) if nr < 0 => Activity::Blocked { sp: *sp, pc: *pc },
+        (nr, [a0, a1, a2, _, _, _, sp, pc]) if nr >= 0 => Activity::Syscall {
+            nr,
+            args: [*a0, *a1, *a2],
+            sp: *sp,
+            pc: *pc,
+        },
+        _ => Activity::Unknown,
+    }
+}
+
+fn parse_hex(field: &str) -> Option<u64> {
+    u64::from_str_radix(field.strip_prefix("0x")?, 16).ok()
+}
+
+/// Parse /proc/TID/schedstat: "cpu_ns runqueue_ns timeslices".
+pub fn parse_schedstat(text: &[u8]) -> (u64, u64) {
+    let text = std::str::from_utf8(text).unwrap_or("");
+    let mut fields = text
+        .split_whitespace()
+        .map(|f| f.parse::<u64>().unwrap_or(0));
+    (fields.next().unwrap_or(0), fields.next().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_form_of_the_syscall_file() {
+        assert_eq!(parse_syscall(b"running\n"), Activity::Running);
+        let futex = parse_syscall(
+            b"202 0x7f10c9d41b28 0x189 0x0 0x0 0x0 0xffffffff 0x7ffd2c1a8e30 0x7f10c9e3a1f6\n",
+        );
+        assert_eq!(futex.futex_addr(), Some(0x7f10c9d41b28));
+        assert_eq!(
+            parse_syscall(b"-1 0x7ffd2c1a8e30 0x55d0c8a01234\n"),
+            Activity::Blocked {
+                sp: 0x7ffd2c1a8e30,
+                pc: 0x55d0c8a01234
+            }
+        );
+        assert_eq!(parse_syscall(b"garbage"), Activity::Unknown);
+        assert_eq!(parse_syscall(&[0xff, 0xfe]), Activity::Unknown);
+        let sleep = parse_syscall(b"230 0x1 0x1 0x7f 0x0 0x0 0x0 0x7ffd 0x7f11\n");
+        assert_eq!(sleep.futex_addr(), None);
+    }
+
+    #[test]
+    fn parses_schedstat_and_tolerates_junk() {
+        assert_eq!(parse_schedstat(b"261005311 20767 6\n"), (261005311, 20767));
+        assert_eq!(parse_schedstat(b""), (0, 0));
+    }
+
+    #[test]
+    fn reads_the_state_letter_after_names_with_parentheses() {
+        assert_eq!(stat_state(b"42 (a) b)) S 1 2 3"), Some('S'));
+        assert_eq!(stat_state(b"42 (python3) R 1"), Some('R'));
+        assert_eq!(stat_state(b"42 (x"), None);
+    }
+
+    #[test]
+    fn reads_its_own_threads() {
+        let mut tasks = Tasks::new(std::process::id() as i32);
+        let tids = tasks.list().unwrap();
+        assert!(tids.contains(&(std::process::id() as i32)));
+        let me = nix::unistd::gettid().as_raw();
+        let reading = tasks.read(me).unwrap();
+        // A thread reading its own syscall file is caught in the act: pread64 (17).
+        assert!(matches!(reading.activity, Activity::Syscall { nr: 17, .. }));
+        assert!(reading.cpu_ns > 0);
+        assert_eq!(tasks.read(i32::MAX), Err(TaskError::Gone));
+    }
+}
