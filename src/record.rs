@@ -17,6 +17,8 @@ use crate::target::process::{self, Liveness};
 
 /// How long a started command may take to become a running Python interpreter.
 const SPAWN_ATTACH_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often thread names are read again (threads often name themselves after they start).
+const NAME_REFRESH: Duration = Duration::from_millis(500);
 /// Consecutive failed ticks after which the target is considered unreadable.
 const MAX_CONSECUTIVE_ERRORS: u64 = 1000;
 
@@ -180,6 +182,7 @@ pub fn run(
     let mut errors = 0u64;
     let mut consecutive_errors = 0u64;
     let mut sink = sink;
+    let mut names_read = Instant::now();
     let ended = loop {
         if !schedule.wait(stop) {
             break EndReason::Interrupted;
@@ -198,6 +201,10 @@ pub fn run(
                 }
                 for sample in classifier.push(&observation) {
                     profile.add(&sample, |tid| observer.thread_name(tid));
+                }
+                if names_read.elapsed() >= NAME_REFRESH {
+                    profile.refresh_names(|tid| observer.current_thread_name(tid));
+                    names_read = Instant::now();
                 }
             }
             Err(TickError::Gone) => break EndReason::TargetExited,

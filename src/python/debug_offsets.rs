@@ -1,7 +1,7 @@
 //! `_Py_DebugOffsets` (3.13+): the offsets CPython publishes at the start of `_PyRuntime` for
 //! out-of-process tools. Field orders per version are data here; values come from the target.
 
-use super::layout::{self, Flag, GilFields, GilPlacement, Layout};
+use super::layout::{self, Current, Flag, GilFields, GilPlacement, Layout};
 use super::version::Version;
 use crate::target::memory::{u64_at, Memory};
 
@@ -239,6 +239,7 @@ fn build(block: &[u8], version: &Version, free_threaded: bool) -> Result<Layout,
         tstate_holds_gil: flag("holds_gil")
             .or_else(|| layout::supplement_debug_offsets(version, status)),
         tstate_gil_requested: flag("gil_requested"),
+        current: Current::ThreadFlag(Flag::bit(status, layout::ACTIVE_BIT)),
     })
 }
 

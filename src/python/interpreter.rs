@@ -29,7 +29,7 @@ pub struct GilAddresses {
     pub interval: u64,
     /// Where `cond`, `mutex`, `switch_cond` and `switch_mutex` lie: [start, end) ranges.
     pub sync: Vec<(u64, u64)>,
-    /// 3.6 only: `_PyThreadState_Current`, the holder while the GIL is not yet created.
+    /// The interpreter-wide "current thread state" pointer (3.6-3.11), if known.
     pub current: Option<u64>,
     /// Base and field layout when the GIL is one struct (3.7+): read it in one go.
     pub block: Option<(u64, GilFields)>,
@@ -68,6 +68,8 @@ pub struct GilState {
     pub switch_number: u64,
     /// The switch interval in µs (`sys.getswitchinterval()`).
     pub interval_us: u64,
+    /// The thread state CPython calls current (3.6-3.11): the thread running Python.
+    pub current: Option<u64>,
 }
 
 /// One Python thread state at one instant.
@@ -85,6 +87,8 @@ pub struct PyThread {
     pub holds_gil: Option<bool>,
     /// The thread's own "I am waiting for the GIL" flag (3.15+).
     pub gil_requested: Option<bool>,
+    /// The thread's own "I am running Python" flag (`_status.active`, 3.12+).
+    pub active: Option<bool>,
 }
 
 /// Where the layout came from, for the report header.
@@ -182,10 +186,40 @@ impl Interpreter {
                     self.head = runtime + offset;
                 }
                 self.gil = self.locate_gil(runtime, memory)?;
+                self.gil.current = self.locate_current(runtime, memory);
             }
             (_, None) => return Err(missing("_PyRuntime")),
         }
         Ok(())
+    }
+
+    /// 3.7-3.11: find `gilstate.tstate_current` and check it holds nothing but a thread
+    /// state or null. Without it, holding falls back to the GIL's `last_holder`.
+    fn locate_current(&mut self, runtime: u64, memory: &dyn Memory) -> Option<u64> {
+        let layout::Current::RuntimeField(offset) = self.layout.current else {
+            return None;
+        };
+        let tstates: HashSet<u64> = self.first_threads(memory).ok()?.into_iter().collect();
+        let plausible = |addr: u64| {
+            memory
+                .read_u64(addr)
+                .is_ok_and(|v| v == 0 || tstates.contains(&v))
+        };
+        let gil_base = self.gil.block.map(|(base, _)| base)?;
+        let after_gil = gil_base + layout::TSTATE_CURRENT_AFTER_GIL;
+        if plausible(runtime + offset) {
+            return Some(runtime + offset);
+        }
+        if plausible(after_gil) {
+            self.notes.push(format!(
+                "tstate_current found after the GIL at _PyRuntime+{}",
+                after_gil - runtime
+            ));
+            return Some(after_gil);
+        }
+        self.notes
+            .push("tstate_current not found; holder from last_holder".into());
+        None
     }
 
     /// The thread states of the first interpreter, or why there are none to be had.
@@ -359,6 +393,10 @@ impl Interpreter {
                         .filter(|&tid| tid > 0),
                     holds_gil: flag(self.layout.tstate_holds_gil),
                     gil_requested: flag(self.layout.tstate_gil_requested),
+                    active: match self.layout.current {
+                        layout::Current::ThreadFlag(f) => flag(Some(f)),
+                        _ => None,
+                    },
                 });
                 next = field(self.layout.tstate_next);
             }
@@ -388,14 +426,26 @@ pub fn read_gil(
     memory: &dyn Memory,
     gil: &GilAddresses,
 ) -> std::result::Result<GilState, ReadError> {
-    let (locked, holder, switch_number, interval) = match gil.block {
+    // The current-thread pointer sits just after the GIL on 3.7-3.11: one read covers both.
+    let near = |base: u64, addr: u64| addr >= base && addr - base < 4096;
+    let (locked, holder, switch_number, interval, current) = match gil.block {
         Some((base, fields)) => {
-            let block = memory.read_bytes(base, (fields.switch_number + 8) as usize)?;
+            let mut len = fields.switch_number + 8;
+            if let Some(current) = gil.current.filter(|c| near(base, *c)) {
+                len = len.max(current - base + 8);
+            }
+            let block = memory.read_bytes(base, len as usize)?;
+            let current = match gil.current {
+                Some(c) if near(base, c) => u64_at(&block, c - base),
+                Some(c) => Some(memory.read_u64(c)?),
+                None => None,
+            };
             (
                 i32_at(&block, fields.locked).unwrap_or(0),
                 u64_at(&block, fields.last_holder).unwrap_or(0),
                 u64_at(&block, fields.switch_number).unwrap_or(0),
                 u64_at(&block, fields.interval).unwrap_or(0),
+                current,
             )
         }
         None => (
@@ -403,20 +453,22 @@ pub fn read_gil(
             memory.read_u64(gil.last_holder)?,
             memory.read_u64(gil.switch_number)?,
             memory.read_u64(gil.interval)?,
+            match gil.current {
+                Some(c) => Some(memory.read_u64(c)?),
+                None => None,
+            },
         ),
     };
     if locked < 0 {
         // 3.6 before a second thread starts: no GIL; the running thread is the current one.
-        let current = match gil.current {
-            Some(addr) => memory.read_u64(addr)?,
-            None => 0,
-        };
+        let current = current.unwrap_or(0);
         return Ok(GilState {
             created: false,
             locked: current != 0,
             holder: current,
             switch_number,
             interval_us: interval,
+            current: Some(current),
         });
     }
     let locked = locked == 1;
@@ -426,6 +478,7 @@ pub fn read_gil(
         holder: if locked { holder } else { 0 },
         switch_number,
         interval_us: interval,
+        current,
     })
 }
 

@@ -100,6 +100,25 @@ pub struct Layout {
     pub tstate_native_thread_id: Option<u64>,
     pub tstate_holds_gil: Option<Flag>,
     pub tstate_gil_requested: Option<Flag>,
+    /// Where CPython records which thread is running Python: set right after `take_gil`
+    /// returns, cleared right before the GIL is released. This is "holding" in the exact
+    /// sense (the GIL's `locked` stays 1 a little longer while the thread is already inside
+    /// drop_gil, and becomes 1 a little earlier, before take_gil has returned).
+    pub current: Current,
+}
+
+/// Where the "current thread state" is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Current {
+    /// 3.6: the exported `_PyThreadState_Current`.
+    Symbol,
+    /// 3.7-3.11: `_PyRuntime.gilstate.tstate_current`, at this offset in `_PyRuntime`.
+    /// (`gilstate` directly follows `ceval`, whose last member is the GIL: GIL + 216.)
+    RuntimeField(u64),
+    /// 3.12+: a per-thread flag, `tstate->_status.active`.
+    ThreadFlag(Flag),
+    /// Unknown: fall back to the GIL's `last_holder`.
+    None,
 }
 
 impl Layout {
@@ -110,6 +129,10 @@ impl Layout {
             Some(self.tstate_interp),
             Some(self.tstate_thread_id),
             self.tstate_native_thread_id,
+            match self.current {
+                Current::ThreadFlag(f) => Some(f.offset),
+                _ => None,
+            },
             self.tstate_holds_gil.map(|f| f.offset),
             self.tstate_gil_requested.map(|f| f.offset),
         ];
@@ -133,29 +156,34 @@ pub fn table_for(version: &Version) -> Option<Layout> {
         tstate_native_thread_id: None,
         tstate_holds_gil: None,
         tstate_gil_requested: None,
+        current: Current::None,
     };
     let layout = match (version.major, version.minor) {
         (3, 6) => Layout {
             family: "3.6",
             tstate_thread_id: 152,
+            current: Current::Symbol,
             ..base
         },
         (3, 7) => Layout {
             family: "3.7",
             runtime_interpreters_head: 24,
             gil: GilPlacement::InRuntime(1264),
+            current: Current::RuntimeField(1480),
             ..base
         },
         (3, 8) => Layout {
             family: "3.8",
             runtime_interpreters_head: 32,
             gil: GilPlacement::InRuntime(1152),
+            current: Current::RuntimeField(1368),
             ..base
         },
         (3, 9) | (3, 10) => Layout {
             family: "3.9-3.10",
             runtime_interpreters_head: 32,
             gil: GilPlacement::InRuntime(352),
+            current: Current::RuntimeField(568),
             ..base
         },
         (3, 11) => Layout {
@@ -165,6 +193,7 @@ pub fn table_for(version: &Version) -> Option<Layout> {
             interp_threads_head: 16,
             tstate_thread_id: 152,
             tstate_native_thread_id: Some(160),
+            current: Current::RuntimeField(576),
             ..base
         },
         (3, 12) => Layout {
@@ -174,12 +203,19 @@ pub fn table_for(version: &Version) -> Option<Layout> {
             interp_threads_head: 72,
             tstate_thread_id: 136,
             tstate_native_thread_id: Some(144),
+            current: Current::ThreadFlag(Flag::bit(24, ACTIVE_BIT)),
             ..base
         },
         _ => return None,
     };
     Some(layout)
 }
+
+/// `_status.active` is bit 4 of the `_status` word from 3.12 to 3.15.
+pub const ACTIVE_BIT: u8 = 4;
+
+/// Distance from the GIL struct to `gilstate.tstate_current` in 3.7-3.11 `_PyRuntime`.
+pub const TSTATE_CURRENT_AFTER_GIL: u64 = 216;
 
 /// Per-thread GIL flags that `_Py_DebugOffsets` does not describe on some versions.
 /// 3.13: `_status.holds_gil` is bit 5 of the `_status` word. 3.14: `int holds_gil` at +36.

@@ -133,9 +133,12 @@ impl Profile {
             self.interval_us = sample.gil.interval_us;
         }
         let waiters = sample.waiters() as u64;
+        // Held means some thread holds it in the exact sense used for the thread rows, so
+        // that the process figure and the rows agree.
+        let held = sample.threads.iter().any(|t| t.state == ThreadState::Hold);
         let tick = GilTicks {
             ticks: 1,
-            held: sample.gil.locked as u64,
+            held: held as u64,
             contended: (waiters > 0) as u64,
             waiters,
         };
@@ -265,6 +268,7 @@ mod tests {
                 holder: 0,
                 switch_number,
                 interval_us: 5000,
+                current: None,
             },
             threads: states
                 .iter()

@@ -34,10 +34,12 @@ enum Evidence {
 }
 
 fn evidence(thread: &ThreadObservation) -> Evidence {
-    if thread.holder {
-        Evidence::Hold
-    } else if thread.gil_futex || thread.gil_requested == Some(true) {
+    // Asleep on the GIL's own mutex or condition variables means inside take_gil or
+    // drop_gil, whatever the holder fields say: that is waiting.
+    if thread.gil_futex || thread.gil_requested == Some(true) {
         Evidence::Wait
+    } else if thread.holder {
+        Evidence::Hold
     } else if thread.runnable {
         Evidence::Runnable
     } else {

@@ -60,6 +60,18 @@ impl Observation {
     }
 }
 
+/// Does `thread` hold the GIL, in the exact sense (between take_gil's return and the start
+/// of the release)? CPython's own record of the running thread says so best; the GIL's
+/// `locked`/`last_holder` pair lags it by the length of the hand-off code.
+pub fn is_holder(thread: &PyThread, gil: &GilState) -> bool {
+    match (thread.active, gil.current, thread.holds_gil) {
+        (Some(active), _, _) => active,
+        (None, Some(current), _) => current != 0 && current == thread.tstate,
+        (None, None, Some(holds)) => holds,
+        (None, None, None) => gil.locked && gil.holder == thread.tstate,
+    }
+}
+
 /// Why a tick could not be taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TickError {
@@ -153,13 +165,7 @@ impl<M: Memory> Observer<M> {
             };
             let exact_cpu = self.clocks.read(tid);
             let py = by_tid.get(&tid);
-            let holder = match py {
-                Some(t) => match t.holds_gil {
-                    Some(flag) => flag,
-                    None => gil.locked && gil.holder == t.tstate,
-                },
-                None => false,
-            };
+            let holder = py.is_some_and(|t| is_holder(t, &gil));
             let gil_futex = task
                 .activity
                 .futex_addr()

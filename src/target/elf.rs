@@ -202,6 +202,28 @@ fn load_bias(program_headers: &[ProgramHeader], mappings: &[&Mapping]) -> Option
     Some(mapping.start.wrapping_sub(first_load.p_vaddr & PAGE_MASK))
 }
 
+/// Defined function symbols (name, link-time address) of the ELF file in `data`.
+pub fn function_symbols(data: &[u8]) -> Result<Vec<(String, u64)>, String> {
+    let tables = parse_tables(data)?;
+    Ok(tables
+        .symbols(data)
+        .into_iter()
+        .filter(|(sym, _)| sym.is_function() && sym.st_value != 0)
+        .map(|(sym, name)| (name.to_string(), sym.st_value))
+        .collect())
+}
+
+/// The file offset of link-time address `vaddr` (what uprobes are placed by).
+pub fn file_offset(data: &[u8], vaddr: u64) -> Option<u64> {
+    parse_tables(data)
+        .ok()?
+        .program_headers
+        .iter()
+        .filter(|ph| ph.p_type == PT_LOAD)
+        .find(|ph| (ph.p_vaddr..ph.p_vaddr.saturating_add(ph.p_filesz)).contains(&vaddr))
+        .map(|ph| vaddr - ph.p_vaddr + ph.p_offset)
+}
+
 /// Longest symbol or section name accepted; anything longer is garbage.
 const MAX_NAME: usize = 4096;
 /// Most symbols read from one table (libpython has ~20,000).
