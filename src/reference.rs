@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use goblin::elf::{program_header::PT_LOAD, Elf};
+use crate::target::elf;
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 /// Per-CPU ring buffer: the busiest fixture makes ~10^5 events/s.
@@ -78,21 +78,20 @@ pub struct ProbeSites {
     pub drop: Vec<u64>,
 }
 
-/// Find `take_gil` / `drop_gil` and their compiler clones (`take_gil.constprop.0`,
-/// `take_gil.lto_priv.0`, ...) in `binary`'s symbol table or in a separate debug file with
-/// the same addresses. Split-off cold parts (`.cold`, `.part`) are not entry points.
+/// Find `take_gil` / `drop_gil` (and 3.14's `drop_gil_impl`, and `PyEval_SaveThread`, which
+/// LTO builds make release the GIL inline) with their compiler clones
+/// (`take_gil.constprop.0`, `take_gil.lto_priv.0`, ...) in `binary`'s symbol table or in a
+/// separate debug file with the same addresses. Split-off cold parts (`.cold`, `.part`) are
+/// not entry points.
 pub fn probe_sites(binary: &Path, debug_file: Option<&Path>) -> Result<ProbeSites, String> {
     let data = std::fs::read(binary).map_err(|e| format!("{}: {e}", binary.display()))?;
-    let elf = Elf::parse(&data).map_err(|e| format!("{}: {e}", binary.display()))?;
-    let debug_data = match debug_file {
-        Some(path) => Some(std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?),
-        None => None,
+    let symbols = match debug_file {
+        Some(path) => {
+            let debug = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            elf::function_symbols(&debug)?
+        }
+        None => elf::function_symbols(&data)?,
     };
-    let debug_elf = match &debug_data {
-        Some(d) => Some(Elf::parse(d).map_err(|e| format!("debug file: {e}"))?),
-        None => None,
-    };
-    let symbols = debug_elf.as_ref().unwrap_or(&elf);
     let is_function = |name: &str, base: &str| {
         name == base
             || name.strip_prefix(base).is_some_and(|rest| {
@@ -101,26 +100,21 @@ pub fn probe_sites(binary: &Path, debug_file: Option<&Path>) -> Result<ProbeSite
     };
     let mut take = Vec::new();
     let mut drop = Vec::new();
-    for sym in symbols.syms.iter() {
-        if sym.st_value == 0 || !sym.is_function() {
-            continue;
-        }
-        let Some(name) = symbols.strtab.get_at(sym.st_name) else {
-            continue;
-        };
-        let list = if is_function(name, "take_gil") {
+    for (name, value) in symbols {
+        // Releases do not all pass through drop_gil: 3.14+ split out drop_gil_impl, and LTO
+        // builds inline the whole release into PyEval_SaveThread (Py_BEGIN_ALLOW_THREADS).
+        // Probe all three and count nesting (see `truth`).
+        let list = if is_function(&name, "take_gil") {
             &mut take
-        } else if is_function(name, "drop_gil") {
+        } else if is_function(&name, "drop_gil")
+            || is_function(&name, "drop_gil_impl")
+            || name == "PyEval_SaveThread"
+        {
             &mut drop
         } else {
             continue;
         };
-        let offset = elf
-            .program_headers
-            .iter()
-            .filter(|ph| ph.p_type == PT_LOAD)
-            .find(|ph| (ph.p_vaddr..ph.p_vaddr + ph.p_filesz).contains(&sym.st_value))
-            .map(|ph| sym.st_value - ph.p_vaddr + ph.p_offset)
+        let offset = elf::file_offset(&data, value)
             .ok_or_else(|| format!("{name} is outside every loadable segment"))?;
         if !list.contains(&offset) {
             list.push(offset);
@@ -151,7 +145,9 @@ impl Tracer {
     /// Place the probes and start collecting. Only hits from process `pid` are kept.
     pub fn start(sites: &ProbeSites, pid: i32) -> Result<Tracer, String> {
         available()?;
-        let group = format!("gilscope_ref_{}", std::process::id());
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let serial = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let group = format!("gilscope_ref_{}_{serial}", std::process::id());
         remove_stale_groups();
         let mut definitions = Vec::new();
         let path = sites.binary.display();
@@ -258,19 +254,32 @@ impl Tracer {
 impl Drop for Tracer {
     fn drop(&mut self) {
         let _ = write(&self.instance.join("tracing_on"), "0");
-        let _ = write(
-            &self
-                .instance
-                .join("events")
-                .join(&self.group)
-                .join("enable"),
-            "0",
-        );
+        let group_dir = self.instance.join("events").join(&self.group);
+        let _ = write(&group_dir.join("enable"), "0");
+        // The instance must go first: its events keep the probes busy.
         let _ = std::fs::remove_dir(&self.instance);
-        let _ = append(
-            &Path::new(TRACEFS).join("uprobe_events"),
-            &format!("-:{}/*", self.group),
-        );
+        remove_group(&self.group);
+    }
+}
+
+/// Remove every probe of `group` (one by one: not every kernel takes a wildcard).
+fn remove_group(group: &str) {
+    let events = Path::new(TRACEFS).join("uprobe_events");
+    let Ok(defs) = std::fs::read_to_string(&events) else {
+        return;
+    };
+    for line in defs.lines() {
+        let Some(name) = line
+            .split_whitespace()
+            .next()
+            .and_then(|d| d.split_once(':'))
+            .map(|(_, name)| name.to_string())
+        else {
+            continue;
+        };
+        if name.split('/').next() == Some(group) {
+            let _ = append(&events, &format!("-:{name}"));
+        }
     }
 }
 
@@ -290,7 +299,10 @@ fn remove_stale_groups() {
         else {
             continue;
         };
-        if let Some(pid) = group.strip_prefix("gilscope_ref_") {
+        if let Some(pid) = group
+            .strip_prefix("gilscope_ref_")
+            .and_then(|rest| rest.split('_').next())
+        {
             if !Path::new("/proc").join(pid).exists() {
                 stale.insert(group);
             }
@@ -298,10 +310,7 @@ fn remove_stale_groups() {
     }
     for group in stale {
         let _ = std::fs::remove_dir(Path::new(TRACEFS).join("instances").join(&group));
-        let _ = append(
-            &Path::new(TRACEFS).join("uprobe_events"),
-            &format!("-:{group}/*"),
-        );
+        remove_group(&group);
     }
 }
 
@@ -348,51 +357,68 @@ pub fn parse_line(line: &str) -> Option<Event> {
     })
 }
 
-/// Each thread's exact hold and wait fractions over [start_ns, end_ns].
+/// Each thread's exact hold and wait fractions over [start_ns, end_ns]: waiting while inside
+/// any probed function (calls may nest: drop_gil -> drop_gil_impl), holding from take_gil's
+/// return until the next release starts, elsewhere otherwise.
 pub fn truth(events: &[Event], start_ns: u64, end_ns: u64) -> HashMap<i32, Truth> {
-    #[derive(Clone, Copy, PartialEq)]
-    enum State {
-        Other,
-        Hold,
-        Wait,
+    #[derive(Clone, Copy)]
+    struct Thread {
+        depth: u32,
+        holding: bool,
+        since: u64,
+    }
+    impl Thread {
+        fn state(&self) -> (bool, bool) {
+            (self.depth == 0 && self.holding, self.depth > 0)
+        }
     }
     let span = end_ns.saturating_sub(start_ns).max(1) as f64;
-    let mut current: HashMap<i32, (State, u64)> = HashMap::new();
+    let mut threads: HashMap<i32, Thread> = HashMap::new();
     let mut totals: HashMap<i32, (u64, u64)> = HashMap::new();
-    let close =
-        |tid: i32, state: State, from: u64, to: u64, totals: &mut HashMap<i32, (u64, u64)>| {
-            let (a, b) = (from.max(start_ns), to.min(end_ns));
-            let entry = totals.entry(tid).or_insert((0, 0));
-            if b > a {
-                match state {
-                    State::Hold => entry.0 += b - a,
-                    State::Wait => entry.1 += b - a,
-                    State::Other => {}
-                }
+    let mut add = |tid: i32, thread: &Thread, to: u64| {
+        let (a, b) = (thread.since.max(start_ns), to.min(end_ns));
+        let entry = totals.entry(tid).or_insert((0, 0));
+        if b > a {
+            match thread.state() {
+                (true, _) => entry.0 += b - a,
+                (_, true) => entry.1 += b - a,
+                _ => {}
             }
-        };
+        }
+    };
     for event in events {
-        let next = match event.probe {
-            Probe::TakeEntry | Probe::DropEntry => State::Wait,
-            Probe::TakeReturn => State::Hold,
-            Probe::DropReturn => State::Other,
-        };
-        let (state, since) = current.get(&event.tid).copied().unwrap_or_else(|| {
+        let thread = threads.entry(event.tid).or_insert_with(|| {
             // Before a thread's first event, its state follows from that event. (A return
             // probe armed while the thread was already inside take_gil never fires, so start
             // tracing well before the window.)
-            let before = match event.probe {
-                Probe::TakeEntry => State::Other,
-                Probe::TakeReturn | Probe::DropReturn => State::Wait,
-                Probe::DropEntry => State::Hold,
+            let (depth, holding) = match event.probe {
+                Probe::TakeEntry => (0, false),
+                Probe::TakeReturn | Probe::DropReturn => (1, false),
+                Probe::DropEntry => (0, true),
             };
-            (before, 0)
+            Thread {
+                depth,
+                holding,
+                since: 0,
+            }
         });
-        close(event.tid, state, since, event.time_ns, &mut totals);
-        current.insert(event.tid, (next, event.time_ns));
+        add(event.tid, thread, event.time_ns);
+        match event.probe {
+            Probe::TakeEntry => thread.depth += 1,
+            Probe::TakeReturn => {
+                thread.depth = thread.depth.saturating_sub(1);
+                thread.holding = true;
+            }
+            Probe::DropEntry => {
+                thread.depth += 1;
+                thread.holding = false;
+            }
+            Probe::DropReturn => thread.depth = thread.depth.saturating_sub(1),
+        }
+        thread.since = event.time_ns;
     }
-    for (tid, (state, since)) in current {
-        close(tid, state, since, end_ns, &mut totals);
+    for (tid, thread) in &threads {
+        add(*tid, thread, end_ns);
     }
     totals
         .into_iter()
@@ -441,5 +467,25 @@ mod tests {
         // A window that starts while the thread holds counts the hold from the window start.
         let t = truth(&events, 20, 70)[&1];
         assert!((t.hold - 0.8).abs() < 1e-9 && (t.wait - 0.2).abs() < 1e-9);
+    }
+
+    #[test]
+    fn nested_release_calls_count_as_one_wait() {
+        let ev = |t: u64, probe| Event {
+            tid: 1,
+            time_ns: t,
+            probe,
+        };
+        // drop_gil (10-40) calls drop_gil_impl (15-20), then waits on switch_cond until 40.
+        let events = [
+            ev(0, Probe::TakeReturn),
+            ev(10, Probe::DropEntry),
+            ev(15, Probe::DropEntry),
+            ev(20, Probe::DropReturn),
+            ev(40, Probe::DropReturn),
+        ];
+        let t = truth(&events, 0, 100)[&1];
+        assert!((t.hold - 0.1).abs() < 1e-9, "{t:?}");
+        assert!((t.wait - 0.3).abs() < 1e-9, "{t:?}");
     }
 }
