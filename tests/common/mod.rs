@@ -1,0 +1,278 @@
+//! Shared test plumbing: find the interpreters on this machine, start fixtures, run the real
+//! gilscope binary, and keep tests that measure GIL time from running at the same time.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// An interpreter to test against.
+#[derive(Debug, Clone)]
+pub struct Python {
+    /// "pyenv-3.12.1", "system-3.11.2", "debian-3.14.10".
+    pub label: String,
+    pub path: PathBuf,
+    pub version: String,
+    /// A separate file with the symbols of a stripped interpreter (for the uprobe reference).
+    pub debug_file: Option<PathBuf>,
+}
+
+/// What the suite expects to find, and what it found.
+pub struct Pythons {
+    pub found: Vec<Python>,
+    /// (label, why it is missing): reported as skipped trials, never as failures.
+    pub missing: Vec<(String, String)>,
+}
+
+pub fn pyenv_root() -> Option<PathBuf> {
+    if let Ok(root) = std::env::var("PYENV_ROOT") {
+        return Some(PathBuf::from(root));
+    }
+    if let Ok(out) = Command::new("pyenv").arg("root").output() {
+        if out.status.success() {
+            let root = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if !root.is_empty() {
+                return Some(PathBuf::from(root));
+            }
+        }
+    }
+    let home = PathBuf::from(std::env::var("HOME").ok()?).join(".pyenv");
+    home.exists().then_some(home)
+}
+
+/// The newest pyenv version directory for major.minor ("3.12" -> .../versions/3.12.1).
+pub fn pyenv_version(minor: &str) -> Option<PathBuf> {
+    let versions = pyenv_root()?.join("versions");
+    let prefix = format!("{minor}.");
+    let mut found: Vec<(Vec<u32>, PathBuf)> = std::fs::read_dir(versions)
+        .ok()?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let name = e.file_name().to_str()?.to_string();
+            let rest = name.strip_prefix(&prefix)?;
+            let patch: u32 = rest.parse().ok()?;
+            let parts = minor
+                .split('.')
+                .filter_map(|p| p.parse().ok())
+                .chain([patch]);
+            Some((parts.collect(), e.path()))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, p)| p)
+}
+
+/// The interpreter's own `sys.version_info` as "3.12.1".
+pub fn python_version(path: &Path) -> Option<String> {
+    let out = Command::new(path)
+        .args(["-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn debian_pythons_dir() -> PathBuf {
+    match std::env::var("GILSCOPE_PYTHONS") {
+        Ok(dir) => PathBuf::from(dir),
+        Err(_) => PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+            .join(".cache/gilscope/pythons"),
+    }
+}
+
+/// Every interpreter the suite covers: pyenv 3.6-3.13, the system python3, Debian 3.14/3.15.
+pub fn pythons() -> Pythons {
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    for minor in 6..=13 {
+        let label = format!("pyenv-3.{minor}");
+        let path = pyenv_version(&format!("3.{minor}"))
+            .map(|dir| dir.join("bin").join(format!("python3.{minor}")));
+        match path.as_deref().and_then(|p| Some((p, python_version(p)?))) {
+            Some((p, version)) => found.push(Python {
+                label: format!("pyenv-{version}"),
+                path: p.to_path_buf(),
+                version,
+                debug_file: None,
+            }),
+            None => missing.push((
+                label,
+                format!("no pyenv CPython 3.{minor} (pyenv install 3.{minor})"),
+            )),
+        }
+    }
+    let system = PathBuf::from("/usr/bin/python3");
+    match std::fs::canonicalize(&system)
+        .ok()
+        .and_then(|p| Some((python_version(&p)?, p)))
+    {
+        Some((version, path)) => found.push(Python {
+            label: format!("system-{version}"),
+            path,
+            version,
+            debug_file: None,
+        }),
+        None => missing.push(("system".into(), "no /usr/bin/python3".into())),
+    }
+    let debian = debian_pythons_dir();
+    for minor in ["3.14", "3.15"] {
+        let path = debian.join(minor).join("python");
+        match python_version(&path) {
+            Some(version) => {
+                let debug = debian.join(minor).join("python.debug");
+                found.push(Python {
+                    label: format!("debian-{version}"),
+                    path: std::fs::canonicalize(&path).unwrap_or(path),
+                    version,
+                    debug_file: debug.exists().then_some(debug),
+                })
+            }
+            None => missing.push((
+                format!("debian-{minor}"),
+                format!(
+                    "no Debian CPython {minor} in {} (run scripts/test-pythons)",
+                    debian.display()
+                ),
+            )),
+        }
+    }
+    Pythons { found, missing }
+}
+
+/// Hold this while a test measures GIL time: those tests share two cores and must not overlap,
+/// even across test binaries run in parallel by other runners.
+pub struct Exclusive {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+pub fn exclusive() -> Exclusive {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gil-measuring-tests.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .expect("lock file");
+    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("flock");
+    Exclusive { _lock: lock }
+}
+
+pub fn fixture_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(format!("{name}.py"))
+}
+
+/// A running fixture process; killed when dropped.
+pub struct Fixture {
+    pub child: Child,
+    pub pid: i32,
+    /// Role ("spinner-0", "main", ...) -> kernel tid.
+    pub threads: BTreeMap<String, i32>,
+    /// Facts the fixture announced about this build (`facts` in the announcement).
+    pub facts: serde_json::Value,
+}
+
+impl Fixture {
+    /// Start `fixtures/<name>.py` under `python` and wait for its announcement line.
+    pub fn start(python: &Path, name: &str, args: &[&str]) -> Result<Fixture, String> {
+        let mut child = Command::new(python)
+            .arg(fixture_path(name))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("start {}: {e}", python.display()))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                return Err(format!("{name} under {} did not start", python.display()));
+            }
+        };
+        let announce: serde_json::Value = serde_json::from_str(&line)
+            .map_err(|e| format!("{name}: bad announcement {line:?}: {e}"))?;
+        let threads = announce["threads"]
+            .as_object()
+            .ok_or("announcement without threads")?
+            .iter()
+            .map(|(role, tid)| (role.clone(), tid.as_i64().unwrap_or(0) as i32))
+            .collect();
+        Ok(Fixture {
+            pid: child.id() as i32,
+            child,
+            threads,
+            facts: announce["facts"].clone(),
+        })
+    }
+
+    pub fn tid(&self, role: &str) -> i32 {
+        self.threads[role]
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn gilscope_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_gilscope")
+}
+
+/// Run gilscope with `args` and return its output.
+pub fn gilscope(args: &[&str]) -> Output {
+    Command::new(gilscope_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run gilscope")
+}
+
+/// Record `pid` for `secs` seconds at default settings and parse the JSON report.
+pub fn record_json(pid: i32, secs: f64) -> Result<serde_json::Value, String> {
+    let out = gilscope(&[
+        "record",
+        "--pid",
+        &pid.to_string(),
+        "--duration",
+        &secs.to_string(),
+        "--format",
+        "json",
+    ]);
+    if !out.status.success() {
+        return Err(format!(
+            "gilscope failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("bad JSON: {e}"))
+}
+
+/// The report row of thread `tid`.
+pub fn thread_row(report: &serde_json::Value, tid: i32) -> Option<&serde_json::Value> {
+    report["threads"]
+        .as_array()?
+        .iter()
+        .find(|t| t["native_id"].as_i64() == Some(tid as i64))
+}
+
+pub fn fraction(row: &serde_json::Value, state: &str) -> f64 {
+    row[state].as_f64().unwrap_or(f64::NAN)
+}

@@ -1,0 +1,628 @@
+//! `gilscope record` end to end: known answers on every interpreter (workload facts that hold
+//! whatever the version), the report formats, output files, and how recordings end.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use serde_json::Value;
+
+use common::{fraction, thread_row, Fixture, Python};
+
+/// Seconds recorded by the known-answer tests.
+const RECORD_S: f64 = 3.0;
+
+fn main() {
+    let mut args = Arguments::from_args();
+    // Every test here runs Python processes on a shared two-core machine: one at a time.
+    args.test_threads = Some(1);
+    let pythons = common::pythons();
+    let mut trials = Vec::new();
+    let known: [(&str, KnownAnswer); 5] = [
+        ("spinners_share_the_gil", spinners_share_the_gil),
+        (
+            "a_thread_sleeping_in_c_with_the_gil_holds_it",
+            sleeper_holds,
+        ),
+        ("native_code_runs_without_the_gil", native_runs),
+        ("an_io_thread_waits_after_each_wakeup", io_waits),
+        ("a_regex_holds_the_gil_while_the_ticker_waits", regex_holds),
+    ];
+    for (name, test) in known {
+        for python in &pythons.found {
+            let python = python.clone();
+            trials.push(Trial::test(
+                format!("{name}::{}", python.label),
+                move || {
+                    let _exclusive = common::exclusive();
+                    test(&python)
+                },
+            ));
+        }
+        for (label, why) in &pythons.missing {
+            let why = why.clone();
+            trials.push(Trial::ignorable_test(
+                format!("{name}::{label}"),
+                move || Ok(Completion::ignored_with(why)),
+            ));
+        }
+    }
+    let cli: [(&str, KnownAnswer); 7] = [
+        ("text_report_has_a_header_and_a_row_per_thread", text_report),
+        ("json_report_matches_the_documented_schema", json_schema),
+        (
+            "output_files_are_replaced_whole_in_the_format_of_their_extension",
+            output_files,
+        ),
+        (
+            "ctrl_c_ends_the_recording_and_still_writes_the_report",
+            ctrl_c,
+        ),
+        ("a_target_that_exits_still_gets_its_report", target_exits),
+        (
+            "a_started_command_is_recorded_until_it_exits",
+            spawned_command,
+        ),
+        ("a_python_still_starting_is_waited_for", slow_start),
+    ];
+    let first = pythons
+        .found
+        .iter()
+        .find(|p| p.label.starts_with("pyenv-3.12"))
+        .or(pythons.found.first())
+        .cloned();
+    for (name, test) in cli {
+        let python = first.clone();
+        trials.push(Trial::ignorable_test(name, move || match &python {
+            Some(python) => {
+                let _exclusive = common::exclusive();
+                test(python).map(|()| Completion::Completed)
+            }
+            None => Ok(Completion::ignored_with("no Python 3 interpreter found")),
+        }));
+    }
+    let python2 = common::pyenv_version("2.7").map(|d| d.join("bin").join("python2.7"));
+    trials.push(Trial::ignorable_test(
+        "python_2_is_refused_naming_its_version",
+        move || match &python2 {
+            Some(p) if p.exists() => python_2_refused(p).map(|()| Completion::Completed),
+            _ => Ok(Completion::ignored_with("no pyenv CPython 2.7")),
+        },
+    ));
+    libtest_mimic::run(&args, trials).exit();
+}
+
+/// A test of one interpreter.
+type KnownAnswer = fn(&Python) -> Result<(), Failed>;
+
+/// Start a fixture, record it, and hand the report and fixture to `check`.
+fn recorded(python: &Python, fixture: &str, extra: &[&str]) -> Result<(Fixture, Value), Failed> {
+    let mut args = vec!["--duration", "60"];
+    args.extend_from_slice(extra);
+    let fx = Fixture::start(&python.path, fixture, &args)?;
+    let report = common::record_json(fx.pid, RECORD_S)?;
+    check_report_invariants(&report, python)?;
+    Ok((fx, report))
+}
+
+fn row<'a>(report: &'a Value, fx: &Fixture, role: &str) -> Result<&'a Value, Failed> {
+    thread_row(report, fx.tid(role))
+        .ok_or_else(|| format!("{role} ({}) is not in the report", fx.tid(role)).into())
+}
+
+fn expect(ok: bool, what: impl Into<String>, report: &Value) -> Result<(), Failed> {
+    if ok {
+        return Ok(());
+    }
+    let rows: Vec<String> = report["threads"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|t| {
+                    format!(
+                        "{} {}: hold {} wait {} running {} idle {}",
+                        t["native_id"], t["name"], t["hold"], t["wait"], t["running"], t["idle"]
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Err(format!("{}\n  {}", what.into(), rows.join("\n  ")).into())
+}
+
+/// What every report must satisfy: the version it found is the interpreter's, fractions of
+/// every thread add up to 1, and the process figures are fractions.
+fn check_report_invariants(report: &Value, python: &Python) -> Result<(), Failed> {
+    let version = report["target"]["python_version"].as_str().unwrap_or("");
+    expect(
+        version == python.version,
+        format!(
+            "detected Python {version}, the interpreter is {}",
+            python.version
+        ),
+        report,
+    )?;
+    for t in report["threads"].as_array().ok_or("no threads")? {
+        let sum: f64 = ["hold", "wait", "running", "idle"]
+            .iter()
+            .map(|s| fraction(t, s))
+            .sum();
+        expect(
+            (sum - 1.0).abs() < 1e-9,
+            format!("fractions sum to {sum}"),
+            report,
+        )?;
+    }
+    for key in ["held", "contended"] {
+        let v = report["gil"][key].as_f64().unwrap_or(-1.0);
+        expect((0.0..=1.0).contains(&v), format!("gil.{key} = {v}"), report)?;
+    }
+    Ok(())
+}
+
+/// Three pure-Python spinners: only one runs at a time, so together they hold the GIL nearly
+/// all the time, each waits most of it, and none ever runs without the GIL.
+fn spinners_share_the_gil(python: &Python) -> Result<(), Failed> {
+    let (fx, report) = recorded(python, "spinners", &["--threads", "3"])?;
+    let held = report["gil"]["held"].as_f64().unwrap_or(0.0);
+    expect(held > 0.95, format!("GIL held {held}"), &report)?;
+    let mean_waiting = report["gil"]["mean_waiting"].as_f64().unwrap_or(0.0);
+    // Two of three wait while one holds; hand-offs and the main thread's wake-ups shift it.
+    expect(
+        (1.5..=2.1).contains(&mean_waiting),
+        format!("mean waiting {mean_waiting}"),
+        &report,
+    )?;
+    let interval = report["gil"]["interval_s"].as_f64().unwrap_or(0.0);
+    expect(
+        (interval - 0.005).abs() < 1e-9,
+        format!("interval {interval}"),
+        &report,
+    )?;
+    let switches = report["gil"]["switches_per_s"].as_f64().unwrap_or(0.0);
+    // Forced switches every 5 ms at most: 200/s; never none with three spinners.
+    expect(
+        (50.0..=260.0).contains(&switches),
+        format!("{switches} switches/s"),
+        &report,
+    )?;
+    let mut total_hold = 0.0;
+    for role in ["spinner-0", "spinner-1", "spinner-2"] {
+        let t = row(&report, &fx, role)?;
+        let (hold, wait) = (fraction(t, "hold"), fraction(t, "wait"));
+        total_hold += hold;
+        expect(
+            hold + wait > 0.97,
+            format!("{role} hold+wait {}", hold + wait),
+            &report,
+        )?;
+        expect(
+            (0.2..=0.47).contains(&hold),
+            format!("{role} hold {hold}"),
+            &report,
+        )?;
+    }
+    // The spinners' holds are the GIL's held time, less the main thread's brief holds.
+    expect(
+        (total_hold - held).abs() < 0.03,
+        format!("spinners hold {total_hold} but the GIL is held {held}"),
+        &report,
+    )?;
+    let main = row(&report, &fx, "main")?;
+    expect(
+        fraction(main, "idle") > 0.8,
+        "main thread mostly idle",
+        &report,
+    )
+}
+
+/// ctypes.PyDLL calls keep the GIL: a thread in usleep through PyDLL is asleep to the OS and
+/// still the GIL holder. A tool that trusts the scheduler calls it idle.
+fn sleeper_holds(python: &Python) -> Result<(), Failed> {
+    let (fx, report) = recorded(python, "gil_sleeper", &[])?;
+    let sleeper = row(&report, &fx, "sleeper")?;
+    let hold = fraction(sleeper, "hold");
+    expect(hold > 0.3, format!("sleeper hold {hold}"), &report)?;
+    let idle = fraction(sleeper, "idle");
+    expect(idle < 0.05, format!("sleeper idle {idle}"), &report)?;
+    let spinner = row(&report, &fx, "spinner")?;
+    expect(
+        fraction(spinner, "wait") > 0.3,
+        "spinner waits for the sleeper",
+        &report,
+    )
+}
+
+/// zlib releases the GIL around its work, and so does hashlib where OpenSSL backs it: those
+/// threads run in parallel with the spinner, which holds the GIL most of the time. Where
+/// hashlib is the builtin `_sha256` (the fixture says so), sha256 holds the GIL instead.
+fn native_runs(python: &Python) -> Result<(), Failed> {
+    let (fx, report) = recorded(python, "native_release", &[])?;
+    let zlib = fraction(row(&report, &fx, "zlib")?, "running");
+    let sha = row(&report, &fx, "sha256")?;
+    let spinner = fraction(row(&report, &fx, "spinner")?, "hold");
+    if fx.facts["sha256_releases_gil"] == true {
+        expect(zlib > 0.6, format!("zlib running {zlib}"), &report)?;
+        let running = fraction(sha, "running");
+        expect(running > 0.3, format!("sha256 running {running}"), &report)?;
+        expect(spinner > 0.7, format!("spinner hold {spinner}"), &report)
+    } else {
+        // Two GIL-holding threads share it; zlib still runs whenever it has the CPU.
+        let hold = fraction(sha, "hold");
+        expect(hold > 0.4, format!("builtin sha256 hold {hold}"), &report)?;
+        expect(
+            fraction(sha, "running") < 0.05,
+            "builtin sha256 never runs without the GIL",
+            &report,
+        )?;
+        expect(zlib > 0.2, format!("zlib running {zlib}"), &report)
+    }
+}
+
+/// The I/O thread sleeps in recv (idle), then must win the GIL back from the CPU thread
+/// after every wake-up (wait): the convoy effect.
+fn io_waits(python: &Python) -> Result<(), Failed> {
+    let (fx, report) = recorded(python, "io_pingpong", &[])?;
+    let io = row(&report, &fx, "io")?;
+    expect(fraction(io, "wait") > 0.3, "io waits for the GIL", &report)?;
+    expect(fraction(io, "idle") > 0.05, "io sleeps in recv", &report)?;
+    let cpu = fraction(row(&report, &fx, "cpu")?, "hold");
+    expect(cpu > 0.8, format!("cpu hold {cpu}"), &report)
+}
+
+/// The re engine keeps the GIL for a whole match; the ticker wakes every 10 ms and waits.
+fn regex_holds(python: &Python) -> Result<(), Failed> {
+    let (fx, report) = recorded(python, "regex_backtrack", &[])?;
+    let regex = fraction(row(&report, &fx, "regex")?, "hold");
+    expect(regex > 0.95, format!("regex hold {regex}"), &report)?;
+    let ticker = fraction(row(&report, &fx, "ticker")?, "wait");
+    expect(ticker > 0.85, format!("ticker wait {ticker}"), &report)
+}
+
+fn stdout_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn text_report(python: &Python) -> Result<(), Failed> {
+    let fx = Fixture::start(&python.path, "spinners", &["--duration", "60"])?;
+    let out = common::gilscope(&["record", "--pid", &fx.pid.to_string(), "--duration", "1"]);
+    let text = stdout_of(&out);
+    if !out.status.success() {
+        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
+    }
+    for needle in [
+        format!("gilscope: pid {}", fx.pid),
+        format!("Python {}", python.version),
+        "GIL: held".into(),
+        "switches".into(),
+        "interval 5.0 ms".into(),
+        "HOLD".into(),
+        "WAIT".into(),
+        "RUNNING".into(),
+        "IDLE".into(),
+        "spinner-0".into(),
+        "spinner-2".into(),
+    ] {
+        if !text.contains(&needle) {
+            return Err(format!("text report lacks {needle:?}:\n{text}").into());
+        }
+    }
+    // Rows are sorted by hold + wait: the spinners come before the idle main thread.
+    let spinner_at = text.find("spinner-").unwrap_or(usize::MAX);
+    let main_line = format!("{:>8}  ", fx.tid("main"));
+    let main_at = text.find(&main_line).unwrap_or(0);
+    if spinner_at > main_at {
+        return Err(format!("rows are not sorted by hold + wait:\n{text}").into());
+    }
+    Ok(())
+}
+
+/// Every field documented in docs/JSON_SCHEMA.md is in the report with its documented type,
+/// and every field of the report is documented.
+fn json_schema(python: &Python) -> Result<(), Failed> {
+    let fx = Fixture::start(&python.path, "spinners", &["--duration", "60"])?;
+    let report = common::record_json(fx.pid, 1.0)?;
+    if report["schema"] != "gilscope.report/1" {
+        return Err(format!("schema is {}", report["schema"]).into());
+    }
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/JSON_SCHEMA.md"))?;
+    let documented = documented_fields(&doc);
+    if documented.len() < 20 {
+        return Err("docs/JSON_SCHEMA.md documents too few fields: table format changed?".into());
+    }
+    let mut actual = Vec::new();
+    collect_fields(&report, "", &mut actual);
+    for (path, kind) in &documented {
+        let found: Vec<&(String, &str)> = actual.iter().filter(|(p, _)| p == path).collect();
+        if found.is_empty() {
+            return Err(format!("documented field {path} is not in the report").into());
+        }
+        for (_, actual_kind) in found {
+            let ok = kind.split(" or ").any(|k| k.trim() == *actual_kind);
+            if !ok {
+                return Err(format!("{path} is {actual_kind}, documented as {kind}").into());
+            }
+        }
+    }
+    for (path, _) in &actual {
+        if !documented.iter().any(|(p, _)| p == path) {
+            return Err(format!("report field {path} is not documented").into());
+        }
+    }
+    Ok(())
+}
+
+/// Rows "| `path` | type | meaning |" of the field tables.
+fn documented_fields(doc: &str) -> Vec<(String, String)> {
+    doc.lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let path = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+            Some((path.to_string(), cells.get(2)?.to_string()))
+        })
+        .collect()
+}
+
+/// (path, JSON type) of every leaf and object; array elements as `name[]`.
+fn collect_fields(value: &Value, path: &str, out: &mut Vec<(String, &'static str)>) {
+    let kind = match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_u64() || n.is_i64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    if !path.is_empty() {
+        out.push((path.to_string(), kind));
+    }
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map {
+                let sub = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                collect_fields(v, &sub, out);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                collect_fields(item, &format!("{path}[]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn output_files(python: &Python) -> Result<(), Failed> {
+    let fx = Fixture::start(&python.path, "spinners", &["--duration", "60"])?;
+    let dir = tempfile::tempdir()?;
+    let json = dir.path().join("report.json");
+    std::fs::write(&json, "old contents")?;
+    let pid = fx.pid.to_string();
+    let out = common::gilscope(&[
+        "record",
+        "--pid",
+        &pid,
+        "--duration",
+        "0.5",
+        "-o",
+        json.to_str().unwrap(),
+    ]);
+    if !out.status.success() {
+        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
+    }
+    let parsed: Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+    if parsed["schema"] != "gilscope.report/1" {
+        return Err("-o report.json did not write JSON".into());
+    }
+    if !stdout_of(&out).is_empty() {
+        return Err("with -o, nothing goes to stdout".into());
+    }
+    let txt = dir.path().join("report.txt");
+    let out = common::gilscope(&[
+        "record",
+        "--pid",
+        &pid,
+        "--duration",
+        "0.5",
+        "-o",
+        txt.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&txt)?;
+    if !out.status.success() || !text.starts_with("gilscope: pid") {
+        return Err(format!("-o report.txt did not write text: {text}").into());
+    }
+    let forced = dir.path().join("report.out");
+    common::gilscope(&[
+        "record",
+        "--pid",
+        &pid,
+        "--duration",
+        "0.5",
+        "--format",
+        "json",
+        "-o",
+        forced.to_str().unwrap(),
+    ]);
+    serde_json::from_str::<Value>(&std::fs::read_to_string(&forced)?)
+        .map_err(|e| format!("--format json -o report.out: {e}"))?;
+    let names: Vec<String> = std::fs::read_dir(dir.path())?
+        .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+        .collect();
+    if names.len() != 3 {
+        return Err(format!("temporary files left behind: {names:?}").into());
+    }
+    let started = Instant::now();
+    let out = common::gilscope(&[
+        "record",
+        "--pid",
+        &pid,
+        "--duration",
+        "30",
+        "-o",
+        "/nonexistent-dir/r.json",
+    ]);
+    if out.status.code() != Some(7) || started.elapsed() > Duration::from_secs(10) {
+        return Err(format!(
+            "an unwritable -o must fail at once with exit 7, got {} after {:?}: {}",
+            out.status,
+            started.elapsed(),
+            stderr_of(&out)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn ctrl_c(python: &Python) -> Result<(), Failed> {
+    let fx = Fixture::start(&python.path, "spinners", &["--duration", "60"])?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("r.json");
+    let child = Command::new(common::gilscope_bin())
+        .args([
+            "record",
+            "--pid",
+            &fx.pid.to_string(),
+            "-o",
+            path.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(1500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err(format!("exit {} after Ctrl-C: {}", out.status, stderr_of(&out)).into());
+    }
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    if report["sampler"]["ended"] != "interrupted" || report["samples"].as_u64().unwrap_or(0) < 500
+    {
+        return Err(format!(
+            "report after Ctrl-C: ended {} samples {}",
+            report["sampler"]["ended"], report["samples"]
+        )
+        .into());
+    }
+    // The target is untouched: still running.
+    if gilscope::target::process::liveness(fx.pid) != gilscope::target::process::Liveness::Alive {
+        return Err("the target did not survive".into());
+    }
+    Ok(())
+}
+
+fn target_exits(python: &Python) -> Result<(), Failed> {
+    let fx = Fixture::start(&python.path, "spinners", &["--duration", "1.5"])?;
+    let out = common::gilscope(&["record", "--pid", &fx.pid.to_string(), "--format", "json"]);
+    let stderr = stderr_of(&out);
+    if !out.status.success() {
+        return Err(format!("exit {}: {stderr}", out.status).into());
+    }
+    let report: Value = serde_json::from_slice(&out.stdout)?;
+    if report["sampler"]["ended"] != "target_exited"
+        || report["samples"].as_u64().unwrap_or(0) < 200
+    {
+        return Err(format!(
+            "ended {} samples {}",
+            report["sampler"]["ended"], report["samples"]
+        )
+        .into());
+    }
+    if !stderr.contains("exited") {
+        return Err(format!("no note that the target exited: {stderr}").into());
+    }
+    Ok(())
+}
+
+fn spawned_command(python: &Python) -> Result<(), Failed> {
+    let fixture = common::fixture_path("spinners");
+    let out = common::gilscope(&[
+        "record",
+        "--format",
+        "json",
+        "--",
+        python.path.to_str().unwrap(),
+        fixture.to_str().unwrap(),
+        "--duration",
+        "1.5",
+    ]);
+    if !out.status.success() {
+        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
+    }
+    // The fixture's own announcement goes to the shared stdout before the report.
+    let text = stdout_of(&out);
+    let json_start = text.find("{\n").ok_or("no report")?;
+    let report: Value = serde_json::from_str(&text[json_start..])?;
+    if report["sampler"]["ended"] != "target_exited" {
+        return Err(format!("ended {}", report["sampler"]["ended"]).into());
+    }
+    let spinners = report["threads"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|t| t["name"].as_str().is_some_and(|n| n.starts_with("spinner")))
+                .count()
+        })
+        .unwrap_or(0);
+    if spinners != 3 {
+        return Err(format!("{spinners} spinner rows").into());
+    }
+    Ok(())
+}
+
+/// A command that takes a while to become Python (a shell that sleeps first, then execs).
+fn slow_start(python: &Python) -> Result<(), Failed> {
+    let fixture = common::fixture_path("spinners");
+    let script = format!(
+        "sleep 0.7; exec {} {} --duration 1.5",
+        python.path.display(),
+        fixture.display()
+    );
+    let out = common::gilscope(&["record", "--format", "json", "--", "sh", "-c", &script]);
+    if !out.status.success() {
+        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
+    }
+    let text = stdout_of(&out);
+    let json_start = text.find("{\n").ok_or("no report")?;
+    let report: Value = serde_json::from_str(&text[json_start..])?;
+    if report["target"]["python_version"] != python.version.as_str() {
+        return Err(format!("recorded {}", report["target"]["python_version"]).into());
+    }
+    Ok(())
+}
+
+fn python_2_refused(python2: &Path) -> Result<(), Failed> {
+    let mut child = Command::new(python2)
+        .args(["-c", "import time; time.sleep(30)"])
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(500));
+    let out = common::gilscope(&[
+        "record",
+        "--pid",
+        &child.id().to_string(),
+        "--duration",
+        "1",
+    ]);
+    let _ = child.kill();
+    let _ = child.wait();
+    let stderr = stderr_of(&out);
+    if out.status.code() != Some(6) || !stderr.contains("Python 2.7") {
+        return Err(format!("exit {}: {stderr}", out.status).into());
+    }
+    Ok(())
+}
