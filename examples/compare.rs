@@ -31,14 +31,6 @@ fn main() {
     let stop = AtomicBool::new(false);
     let (spawned, mut observer) = record::spawn(&command, &stop).expect("spawn");
     std::thread::sleep(Duration::from_millis(500));
-    if std::env::var("SLACK").is_ok() {
-        for e in std::fs::read_dir(format!("/proc/{}/task", spawned.pid())).unwrap() {
-            let p = std::path::Path::new("/proc")
-                .join(e.unwrap().file_name())
-                .join("timerslack_ns");
-            std::fs::write(&p, std::env::var("SLACK").unwrap()).unwrap();
-        }
-    }
     let binary = PathBuf::from(format!(
         "/proc/{}/root{}",
         spawned.pid(),
