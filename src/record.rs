@@ -183,8 +183,9 @@ pub fn run(
     let mut consecutive_errors = 0u64;
     let mut sink = sink;
     let mut names_read = Instant::now();
+    let mut busy_ns = 0;
     let ended = loop {
-        if !schedule.wait(stop) {
+        if !schedule.wait(stop, busy_ns) {
             break EndReason::Interrupted;
         }
         if deadline.is_some_and(|d| monotonic_ns() >= d) {
@@ -193,7 +194,10 @@ pub fn run(
         if spawned.as_mut().is_some_and(|s| s.exited()) {
             break EndReason::TargetExited;
         }
-        match observer.observe() {
+        let tick_start = monotonic_ns();
+        let result = observer.observe();
+        busy_ns = monotonic_ns().saturating_sub(tick_start);
+        match result {
             Ok(observation) => {
                 consecutive_errors = 0;
                 if let Some(sink) = sink.as_mut() {

@@ -114,7 +114,14 @@ impl Classifier {
                 // Python thread state): its history is not this one's.
                 *track = Track::default();
             }
-            let after = next.and_then(|n| n.threads.iter().find(|t| t.tid == thread.tid));
+            // A tick's threads are sorted by tid.
+            let after = next.and_then(|n| {
+                let i = n
+                    .threads
+                    .binary_search_by_key(&thread.tid, |t| t.tid)
+                    .ok()?;
+                n.threads.get(i)
+            });
             let state = match evidence(thread) {
                 Evidence::Hold => ThreadState::Hold,
                 Evidence::Wait => ThreadState::Wait,

@@ -50,6 +50,7 @@ pub struct Observation {
     pub switch_number: u64,
     /// The GIL changed hands while this tick was being read.
     pub straddled: bool,
+    /// Sorted by tid.
     pub threads: Vec<ThreadObservation>,
 }
 
@@ -152,10 +153,11 @@ impl<M: Memory> Observer<M> {
             .iter()
             .filter_map(|t| Some((t.native_id?, t)))
             .collect();
-        let sync = self.interpreter.gil().clone();
+        let sync = self.interpreter.gil();
         let mut threads = Vec::with_capacity(live.len());
         for &tid in &live {
-            let task = match self.tasks.read(tid) {
+            let exact_cpu = self.clocks.read(tid);
+            let task = match self.tasks.read(tid, exact_cpu.is_none()) {
                 Ok(task) => task,
                 Err(TaskError::Gone) => continue,
                 Err(TaskError::Denied) => return Err(TickError::Denied),
@@ -163,7 +165,6 @@ impl<M: Memory> Observer<M> {
                     return Err(TickError::Torn(format!("task {tid}: errno {errno}")))
                 }
             };
-            let exact_cpu = self.clocks.read(tid);
             let py = by_tid.get(&tid);
             let holder = py.is_some_and(|t| is_holder(t, &gil));
             let gil_futex = task

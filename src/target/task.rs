@@ -99,16 +99,17 @@ impl Tasks {
         Ok(tids)
     }
 
-    /// Read one task. A task that is gone is forgotten.
-    pub fn read(&mut self, tid: i32) -> Result<TaskReading, TaskError> {
-        let result = self.read_open(tid);
+    /// Read one task; its CPU clock too if `with_cpu` (callers with a better clock skip it).
+    /// A task that is gone is forgotten.
+    pub fn read(&mut self, tid: i32, with_cpu: bool) -> Result<TaskReading, TaskError> {
+        let result = self.read_open(tid, with_cpu);
         if result.is_err() {
             self.open.remove(&tid);
         }
         result
     }
 
-    fn read_open(&mut self, tid: i32) -> Result<TaskReading, TaskError> {
+    fn read_open(&mut self, tid: i32, with_cpu: bool) -> Result<TaskReading, TaskError> {
         if !self.open.contains_key(&tid) {
             let task_dir = self.dir.join(tid.to_string());
             let files = TaskFiles {
@@ -123,11 +124,11 @@ impl Tasks {
         let n = files.syscall.read_at(&mut self.buf, 0)?;
         let activity = parse_syscall(&self.buf[..n]);
         let (cpu_ns, runqueue_ns) = match &files.schedstat {
-            Some(f) => {
+            Some(f) if with_cpu => {
                 let n = f.read_at(&mut self.buf, 0)?;
                 parse_schedstat(&self.buf[..n])
             }
-            None => (0, 0),
+            _ => (0, 0),
         };
         Ok(TaskReading {
             tid,
@@ -247,13 +248,13 @@ mod tests {
         let tids = tasks.list().unwrap();
         assert!(tids.contains(&(std::process::id() as i32)));
         let me = nix::unistd::gettid().as_raw();
-        let reading = tasks.read(me).unwrap();
+        let reading = tasks.read(me, true).unwrap();
         // A thread reading its own syscall file is caught in the act: pread64 (17).
         assert!(matches!(reading.activity, Activity::Syscall { nr: 17, .. }));
         // The main thread has run and been switched out: its CPU clock is up to date and not
         // zero. (A brand-new thread's may still read 0: it advances at scheduler events.)
-        let main = tasks.read(std::process::id() as i32).unwrap();
+        let main = tasks.read(std::process::id() as i32, true).unwrap();
         assert!(main.cpu_ns > 0);
-        assert_eq!(tasks.read(i32::MAX), Err(TaskError::Gone));
+        assert_eq!(tasks.read(i32::MAX, true), Err(TaskError::Gone));
     }
 }
