@@ -178,6 +178,7 @@ pub fn run(
         .duration
         .map(|d| start + d.as_nanos().min(u64::MAX as u128) as u64);
     let realtime = crate::sample::schedule::sample_on_time();
+    let cpu_before = process::cpu_times();
     let mut schedule = Schedule::new(options.rate_hz, start);
     let mut errors = 0u64;
     let mut consecutive_errors = 0u64;
@@ -228,6 +229,7 @@ pub fn run(
         profile.add(&sample, |tid| observer.thread_name(tid));
     }
     profile.refresh_names(|tid| observer.current_thread_name(tid));
+    let host_steal = process::steal_share(cpu_before, process::cpu_times());
     let ticks = profile.samples + errors;
     Recording {
         target,
@@ -243,6 +245,7 @@ pub fn run(
             },
             ended,
             realtime,
+            host_steal: host_steal.map(|s| (s * 1e4).round() / 1e4),
             cpu_clock: match observer.cpu_clock_unavailable() {
                 None => "perf".into(),
                 Some(errno) => format!(

@@ -96,11 +96,46 @@ struct Row {
     ref_wait: f64,
 }
 
+/// Attempts per trial when the hypervisor keeps stealing CPU time.
+const ATTEMPTS: usize = 3;
+
+/// One trial. A window in which the hypervisor took more than gilscope's warning threshold of
+/// CPU time (ticks cannot happen while the sampler's CPU is stolen, measured: 10% steal gave
+/// errors of 1.5 points, 22% of 4, 41% of 8) is not a valid test of the classifier: a miss
+/// there is measured again, and skipped with the reason if the host keeps stealing.
 fn accuracy(python: &Python, fixture: &str) -> Result<Completion, Failed> {
+    let mut last = None;
+    for _ in 0..ATTEMPTS {
+        match attempt(python, fixture)? {
+            Attempt::Done(completion) => return Ok(completion),
+            Attempt::Missed { message, steal } => {
+                let disturbed = steal.is_some_and(|s| s > gilscope::report::STEAL_WARNING);
+                if !disturbed {
+                    return Err(message.into());
+                }
+                last = Some((message, steal.unwrap_or(0.0)));
+            }
+        }
+    }
+    let (message, steal) = last.unwrap_or_default();
+    Ok(Completion::ignored_with(format!(
+        "the hypervisor took {:.0}% of CPU time in each of {ATTEMPTS} windows, too much for a \
+         valid comparison; last: {}",
+        100.0 * steal,
+        message.lines().next().unwrap_or("")
+    )))
+}
+
+enum Attempt {
+    Done(Completion),
+    Missed { message: String, steal: Option<f64> },
+}
+
+fn attempt(python: &Python, fixture: &str) -> Result<Attempt, Failed> {
     if let Err(why) = reference::available() {
-        return Ok(Completion::ignored_with(format!(
+        return Ok(Attempt::Done(Completion::ignored_with(format!(
             "uprobe reference unavailable: {why}"
-        )));
+        ))));
     }
     let _exclusive = common::exclusive();
     let fx = Fixture::start(&python.path, fixture, &["--duration", "120"])?;
@@ -108,16 +143,17 @@ fn accuracy(python: &Python, fixture: &str) -> Result<Completion, Failed> {
     let sites = match reference::probe_sites(&binary, python.debug_file.as_deref()) {
         Ok(sites) => sites,
         Err(why) => {
-            return Ok(Completion::ignored_with(format!(
+            return Ok(Attempt::Done(Completion::ignored_with(format!(
                 "no uprobe reference for {}: {why}",
                 python.label
-            )))
+            ))))
         }
     };
     let tracer = reference::Tracer::start(&sites, fx.pid)?;
     let tids: Vec<i32> = fx.threads.values().copied().collect();
     let unknown = tracer.wait_until_known(&tids, Duration::from_secs(10));
     let report = common::record_json(fx.pid, WINDOW_S)?;
+    let steal = report["sampler"]["host_steal"].as_f64();
     let events = tracer.stop();
     let start = report["window"]["start_monotonic_ns"]
         .as_u64()
@@ -158,10 +194,9 @@ fn accuracy(python: &Python, fixture: &str) -> Result<Completion, Failed> {
         python,
         fixture,
         &rows,
-        mae_hold,
-        mae_wait,
-        worst,
+        (mae_hold, mae_wait, worst),
         events.len(),
+        steal,
     );
     let table: String = rows
         .iter()
@@ -181,29 +216,32 @@ fn accuracy(python: &Python, fixture: &str) -> Result<Completion, Failed> {
         _ => (MAX_MEAN_ERROR, MAX_THREAD_ERROR),
     };
     if mae_hold > max_mean || mae_wait > max_mean || worst > max_thread {
-        return Err(format!(
+        let message = format!(
             "{fixture} on {}: mean error hold {:.2} / wait {:.2} points, worst thread {:.2} \
-             (limits {:.1} and {:.1}); threads of unknown state at the start: {unknown:?}\n{table}",
+             (limits {:.1} and {:.1}); threads of unknown state at the start: {unknown:?}; \
+             host steal during the window: {}\n{table}",
             python.label,
             100.0 * mae_hold,
             100.0 * mae_wait,
             100.0 * worst,
             100.0 * max_mean,
-            100.0 * max_thread
-        )
-        .into());
+            100.0 * max_thread,
+            steal
+                .map(|s| format!("{:.1}% of CPU time", 100.0 * s))
+                .unwrap_or_else(|| "unknown".into())
+        );
+        return Ok(Attempt::Missed { message, steal });
     }
-    Ok(Completion::Completed)
+    Ok(Attempt::Done(Completion::Completed))
 }
 
 fn save_result(
     python: &Python,
     fixture: &str,
     rows: &[Row],
-    mae_hold: f64,
-    mae_wait: f64,
-    worst: f64,
+    (mae_hold, mae_wait, worst): (f64, f64, f64),
     events: usize,
+    steal: Option<f64>,
 ) {
     let threads: Vec<serde_json::Value> = rows
         .iter()
@@ -214,7 +252,8 @@ fn save_result(
         .collect();
     let line = serde_json::json!({
         "python": python.label, "fixture": fixture, "mae_hold": mae_hold,
-        "mae_wait": mae_wait, "worst": worst, "events": events, "threads": threads,
+        "mae_wait": mae_wait, "worst": worst, "events": events, "steal": steal,
+        "threads": threads,
     });
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .create(true)

@@ -549,6 +549,17 @@ fn target_exits(python: &Python) -> Result<(), Failed> {
     Ok(())
 }
 
+/// The JSON report of a started command: the fixture's one-line announcement shares stdout
+/// and comes first; the pretty-printed report starts with "{" on a line of its own.
+fn report_after_announcement(out: &std::process::Output) -> Result<Value, Failed> {
+    if !out.status.success() {
+        return Err(format!("exit {}: {}", out.status, stderr_of(out)).into());
+    }
+    let text = stdout_of(out);
+    let json_start = text.find("{\n").ok_or("no report")?;
+    Ok(serde_json::from_str(&text[json_start..])?)
+}
+
 fn spawned_command(python: &Python) -> Result<(), Failed> {
     let fixture = common::fixture_path("spinners");
     let out = common::gilscope(&[
@@ -561,13 +572,7 @@ fn spawned_command(python: &Python) -> Result<(), Failed> {
         "--duration",
         "1.5",
     ]);
-    if !out.status.success() {
-        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
-    }
-    // The fixture's own announcement goes to the shared stdout before the report.
-    let text = stdout_of(&out);
-    let json_start = text.find("{\n").ok_or("no report")?;
-    let report: Value = serde_json::from_str(&text[json_start..])?;
+    let report = report_after_announcement(&out)?;
     if report["sampler"]["ended"] != "target_exited" {
         return Err(format!("ended {}", report["sampler"]["ended"]).into());
     }
@@ -594,12 +599,7 @@ fn slow_start(python: &Python) -> Result<(), Failed> {
         fixture.display()
     );
     let out = common::gilscope(&["record", "--format", "json", "--", "sh", "-c", &script]);
-    if !out.status.success() {
-        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
-    }
-    let text = stdout_of(&out);
-    let json_start = text.find("{\n").ok_or("no report")?;
-    let report: Value = serde_json::from_str(&text[json_start..])?;
+    let report = report_after_announcement(&out)?;
     if report["target"]["python_version"] != python.version.as_str() {
         return Err(format!("recorded {}", report["target"]["python_version"]).into());
     }

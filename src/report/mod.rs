@@ -49,6 +49,10 @@ pub struct SamplerStats {
     pub ended: EndReason,
     /// The sampler ran at real-time priority, so ticks were on time under load.
     pub realtime: bool,
+    /// Share of this machine's CPU time the hypervisor gave to other guests during the
+    /// recording (null outside a VM or when unknown). Ticks cannot happen while the sampler's
+    /// CPU is stolen, so high steal makes every figure less certain.
+    pub host_steal: Option<f64>,
     /// Where per-thread CPU time came from: "perf" (exact at each tick) or "schedstat"
     /// (advances only at scheduler ticks: coarser classification of runnable threads).
     pub cpu_clock: String,
@@ -65,6 +69,10 @@ pub struct Recording {
 /// The classifier's error against the uprobe reference, as measured (docs/ACCURACY.md), in
 /// fraction units: stated next to every report's figures.
 pub const CLASSIFIER_ERROR: f64 = 0.02;
+
+/// Above this host steal share the classifier bound was not measured to hold
+/// (docs/ACCURACY.md): reports warn.
+pub const STEAL_WARNING: f64 = 0.10;
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

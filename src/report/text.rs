@@ -62,6 +62,14 @@ pub fn render(recording: &Recording) -> String {
             .unwrap_or_else(|| "unknown (too few samples)".into()),
         super::CLASSIFIER_ERROR * 100.0
     );
+    if let Some(steal) = sampler.host_steal.filter(|s| *s > super::STEAL_WARNING) {
+        let _ = writeln!(
+            out,
+            "warning: the hypervisor took {:.0}% of this machine's CPU time during the \
+             recording; figures are less certain than stated (docs/ACCURACY.md)",
+            steal * 100.0
+        );
+    }
     let _ = writeln!(out);
     let name_width = profile
         .threads()

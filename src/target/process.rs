@@ -58,6 +58,26 @@ pub fn may_inspect(pid: i32) -> Result<(), std::io::Error> {
     std::fs::File::open(format!("/proc/{pid}/mem")).map(|_| ())
 }
 
+/// (steal, total) CPU time of this machine so far, in clock ticks, from /proc/stat. "Steal"
+/// is time the hypervisor gave this VM's CPUs to other guests.
+pub fn cpu_times() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    Some((*fields.get(7)?, fields.iter().take(8).sum()))
+}
+
+/// Share of CPU time stolen by the hypervisor between two `cpu_times()` readings.
+pub fn steal_share(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let ((s0, t0), (s1, t1)) = (before?, after?);
+    (t1 > t0).then(|| s1.saturating_sub(s0) as f64 / (t1 - t0) as f64)
+}
+
 /// The kernel's ptrace restriction (kernel.yama.ptrace_scope), when Yama is present.
 pub fn ptrace_scope() -> Option<u8> {
     std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
@@ -93,6 +113,14 @@ mod tests {
             stat_flags(b"2 (kthread d) S 0 0 0 0 -1 2129984 0 0"),
             Some(2129984)
         );
+    }
+
+    #[test]
+    fn steal_is_the_stolen_share_of_the_interval() {
+        assert_eq!(steal_share(Some((10, 100)), Some((30, 300))), Some(0.1));
+        assert_eq!(steal_share(Some((10, 100)), Some((10, 100))), None);
+        assert_eq!(steal_share(None, Some((1, 2))), None);
+        assert!(cpu_times().is_some());
     }
 
     #[test]
