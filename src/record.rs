@@ -205,7 +205,9 @@ pub fn run(
                     sink(&observation);
                 }
                 for sample in classifier.push(&observation) {
-                    profile.add(&sample, |tid| observer.thread_name(tid));
+                    profile.add(&sample, |tid| {
+                        observer.current_thread_name(tid).unwrap_or_default()
+                    });
                 }
                 if names_read.elapsed() >= NAME_REFRESH {
                     profile.refresh_names(|tid| observer.current_thread_name(tid));
@@ -226,7 +228,9 @@ pub fn run(
         }
     };
     for sample in classifier.finish() {
-        profile.add(&sample, |tid| observer.thread_name(tid));
+        profile.add(&sample, |tid| {
+            observer.current_thread_name(tid).unwrap_or_default()
+        });
     }
     profile.refresh_names(|tid| observer.current_thread_name(tid));
     let host_steal = process::steal_share(cpu_before, process::cpu_times());

@@ -101,7 +101,6 @@ pub struct Observer<M: Memory> {
     pub interpreter: Interpreter,
     tasks: Tasks,
     clocks: CpuClocks,
-    names: HashMap<i32, String>,
 }
 
 impl<M: Memory> Observer<M> {
@@ -112,7 +111,6 @@ impl<M: Memory> Observer<M> {
             interpreter,
             tasks: Tasks::new(pid),
             clocks: CpuClocks::new(),
-            names: HashMap::new(),
         }
     }
 
@@ -125,17 +123,8 @@ impl<M: Memory> Observer<M> {
         &self.memory
     }
 
-    /// The OS name of a thread (cached; threads rarely rename themselves).
-    pub fn thread_name(&mut self, tid: i32) -> String {
-        if let Some(name) = self.names.get(&tid) {
-            return name.clone();
-        }
-        let name = self.tasks.name(tid).unwrap_or_default();
-        self.names.insert(tid, name.clone());
-        name
-    }
-
-    /// The OS name of a thread now, if it is still alive.
+    /// The OS name of a thread now, if it is still alive. (Read when a thread is first seen
+    /// and every half second after: threads often name themselves after they start.)
     pub fn current_thread_name(&self, tid: i32) -> Option<String> {
         self.tasks.name(tid)
     }
@@ -187,7 +176,6 @@ impl<M: Memory> Observer<M> {
         }
         self.tasks.retain(&live);
         self.clocks.retain(&live);
-        self.names.retain(|tid, _| live.binary_search(tid).is_ok());
         let after = self.interpreter.gil_state(&self.memory)?;
         let end_ns = monotonic_ns();
         Ok(Observation {
