@@ -96,44 +96,14 @@ struct Row {
     ref_wait: f64,
 }
 
-/// Attempts per trial when the hypervisor keeps stealing CPU time.
-const ATTEMPTS: usize = 3;
-
-/// One trial. A window in which the hypervisor took more than gilscope's warning threshold of
-/// CPU time (ticks cannot happen while the sampler's CPU is stolen, measured: 10% steal gave
-/// errors of 1.5 points, 22% of 4, 41% of 8) is not a valid test of the classifier: a miss
-/// there is measured again, and skipped with the reason if the host keeps stealing.
+/// One trial, measured again when the hypervisor disturbed it (see `common::unless_host_steals`).
 fn accuracy(python: &Python, fixture: &str) -> Result<Completion, Failed> {
-    let mut last = None;
-    for _ in 0..ATTEMPTS {
-        match attempt(python, fixture)? {
-            Attempt::Done(completion) => return Ok(completion),
-            Attempt::Missed { message, steal } => {
-                let disturbed = steal.is_some_and(|s| s > gilscope::report::STEAL_WARNING);
-                if !disturbed {
-                    return Err(message.into());
-                }
-                last = Some((message, steal.unwrap_or(0.0)));
-            }
-        }
-    }
-    let (message, steal) = last.unwrap_or_default();
-    Ok(Completion::ignored_with(format!(
-        "the hypervisor took {:.0}% of CPU time in each of {ATTEMPTS} windows, too much for a \
-         valid comparison; last: {}",
-        100.0 * steal,
-        message.lines().next().unwrap_or("")
-    )))
+    common::unless_host_steals(|| attempt(python, fixture))
 }
 
-enum Attempt {
-    Done(Completion),
-    Missed { message: String, steal: Option<f64> },
-}
-
-fn attempt(python: &Python, fixture: &str) -> Result<Attempt, Failed> {
+fn attempt(python: &Python, fixture: &str) -> Result<common::Attempt, Failed> {
     if let Err(why) = reference::available() {
-        return Ok(Attempt::Done(Completion::ignored_with(format!(
+        return Ok(common::Attempt::Done(Completion::ignored_with(format!(
             "uprobe reference unavailable: {why}"
         ))));
     }
@@ -143,7 +113,7 @@ fn attempt(python: &Python, fixture: &str) -> Result<Attempt, Failed> {
     let sites = match reference::probe_sites(&binary, python.debug_file.as_deref()) {
         Ok(sites) => sites,
         Err(why) => {
-            return Ok(Attempt::Done(Completion::ignored_with(format!(
+            return Ok(common::Attempt::Done(Completion::ignored_with(format!(
                 "no uprobe reference for {}: {why}",
                 python.label
             ))))
@@ -230,9 +200,9 @@ fn attempt(python: &Python, fixture: &str) -> Result<Attempt, Failed> {
                 .map(|s| format!("{:.1}% of CPU time", 100.0 * s))
                 .unwrap_or_else(|| "unknown".into())
         );
-        return Ok(Attempt::Missed { message, steal });
+        return Ok(common::Attempt::Missed { message, steal });
     }
-    Ok(Attempt::Done(Completion::Completed))
+    Ok(common::Attempt::Done(Completion::Completed))
 }
 
 fn save_result(
