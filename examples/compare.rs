@@ -49,6 +49,7 @@ fn main() {
         target: Target::Pid(spawned.pid()),
         rate_hz: 1000.0,
         duration: Some(Duration::from_secs_f64(secs)),
+        stacks: true,
     };
     let mut sink = |o: &gilscope::sample::observe::Observation| {
         if dump.is_some() {

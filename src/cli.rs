@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::report::Format;
+use crate::report::{Format, View};
+use crate::sample::ThreadState;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,6 +29,8 @@ pub enum Command {
     #[command(after_help = "Examples:\n  \
         gilscope record --pid 1234 --duration 10\n  \
         gilscope record --pid 1234 -o report.json\n  \
+        gilscope record --pid 1234 -o gil.svg --state hold,wait\n  \
+        gilscope record --pid 1234 -o blame.svg --view blame\n  \
         gilscope record --duration 5 -- python3 app.py --workers 4")]
     Record(RecordArgs),
 }
@@ -53,6 +56,22 @@ pub struct RecordArgs {
     /// Write the report to FILE (atomically) instead of stdout
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+
+    /// Measure the GIL and thread states only, without reading Python stacks (cheaper)
+    #[arg(long)]
+    pub gil_only: bool,
+
+    /// Stacks to show in flamegraph, collapsed and speedscope output
+    #[arg(long, value_enum, default_value_t = View::Threads)]
+    pub view: View,
+
+    /// States to show in the threads view (any of hold, wait, running, idle)
+    #[arg(long, value_delimiter = ',', value_name = "STATES")]
+    pub state: Vec<StateArg>,
+
+    /// Also show idle threads' stacks in the threads view
+    #[arg(long)]
+    pub idle: bool,
 
     /// Write every raw tick as a JSON line to FILE (for bug reports and analysis)
     #[arg(long, value_name = "FILE", hide = true)]
@@ -86,4 +105,24 @@ fn parse_duration(text: &str) -> Result<f64, String> {
         return Err("the duration must be a positive number of seconds".into());
     }
     Ok(secs)
+}
+
+/// A thread state named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StateArg {
+    Hold,
+    Wait,
+    Running,
+    Idle,
+}
+
+impl From<StateArg> for ThreadState {
+    fn from(arg: StateArg) -> ThreadState {
+        match arg {
+            StateArg::Hold => ThreadState::Hold,
+            StateArg::Wait => ThreadState::Wait,
+            StateArg::Running => ThreadState::Running,
+            StateArg::Idle => ThreadState::Idle,
+        }
+    }
 }

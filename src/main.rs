@@ -11,7 +11,8 @@ use clap::Parser;
 use gilscope::cli::{Cli, Command, RecordArgs};
 use gilscope::error::{Error, ExitCode, Result};
 use gilscope::record::{self, RecordOptions, Target};
-use gilscope::report::{self, EndReason, Format};
+use gilscope::report::{self, EndReason, Format, RenderOptions};
+use gilscope::sample::ThreadState;
 
 fn main() {
     let cli = match Cli::try_parse() {
@@ -69,10 +70,32 @@ fn record_command(args: RecordArgs) -> Result<()> {
     if let Some(path) = &args.output {
         check_writable(path)?;
     }
+    let mut render = RenderOptions {
+        view: args.view,
+        ..RenderOptions::default()
+    };
+    if !args.state.is_empty() {
+        render.states = Vec::new();
+        for state in args.state.iter().map(|&s| ThreadState::from(s)) {
+            if !render.states.contains(&state) {
+                render.states.push(state);
+            }
+        }
+    }
+    if args.idle && !render.states.contains(&ThreadState::Idle) {
+        render.states.push(ThreadState::Idle);
+    }
+    if args.gil_only && format.shows_stacks() {
+        eprintln!(
+            "gilscope: --gil-only records no stacks: the {} output shows threads and states only",
+            format!("{format:?}").to_lowercase()
+        );
+    }
     let options = RecordOptions {
         target: target.clone(),
         rate_hz: args.rate,
         duration: args.duration.map(Duration::from_secs_f64),
+        stacks: !args.gil_only,
     };
     let stop = stop_flag();
     let (mut spawned, mut observer) = match &target {
@@ -123,7 +146,7 @@ fn record_command(args: RecordArgs) -> Result<()> {
             recording.profile.duration_s()
         );
     }
-    let rendered = format.render(&recording);
+    let rendered = format.render(&recording, &render);
     match &args.output {
         Some(path) => {
             report::write_atomically(path, rendered.as_bytes()).map_err(|source| {

@@ -34,6 +34,8 @@ pub struct RecordOptions {
     pub target: Target,
     pub rate_hz: f64,
     pub duration: Option<Duration>,
+    /// Read Python stacks at every tick (off with --gil-only).
+    pub stacks: bool,
 }
 
 /// Observers of the raw ticks (for `--observations`): gets every observation in order.
@@ -171,6 +173,8 @@ pub fn run(
     sink: Option<ObservationSink>,
 ) -> Recording {
     let target = target_info(observer);
+    let stacks = options.stacks && observer.enable_stacks();
+    let mut stack_errors = 0u64;
     let mut profile = Profile::new();
     let mut classifier = Classifier::new();
     let start = monotonic_ns();
@@ -201,6 +205,7 @@ pub fn run(
         match result {
             Ok(observation) => {
                 consecutive_errors = 0;
+                stack_errors += observation.stack_errors as u64;
                 if let Some(sink) = sink.as_mut() {
                     sink(&observation);
                 }
@@ -250,6 +255,7 @@ pub fn run(
             ended,
             realtime,
             host_steal: host_steal.map(|s| (s * 1e4).round() / 1e4),
+            stack_errors,
             cpu_clock: match observer.cpu_clock_unavailable() {
                 None => "perf".into(),
                 Some(errno) => format!(
@@ -259,5 +265,10 @@ pub fn run(
             },
         },
         profile,
+        stacks: if stacks {
+            observer.take_stack_table()
+        } else {
+            None
+        },
     }
 }

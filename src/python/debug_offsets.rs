@@ -1,7 +1,10 @@
 //! `_Py_DebugOffsets` (3.13+): the offsets CPython publishes at the start of `_PyRuntime` for
 //! out-of-process tools. Field orders per version are data here; values come from the target.
 
-use super::layout::{self, Current, Flag, GilFields, GilPlacement, Layout};
+use super::layout::{
+    self, CodeFields, Current, Flag, FrameFields, GilFields, GilPlacement, Layout, LineTable,
+    StackLayout, UnicodeFields,
+};
 use super::version::Version;
 use crate::target::memory::{u64_at, Memory};
 
@@ -9,43 +12,89 @@ const COOKIE: &[u8; 8] = b"xdebugpy";
 /// cookie, version, free_threaded: then the sections, each a run of uint64_t.
 const HEADER_BYTES: u64 = 24;
 
-/// The field order of the sections gilscope reads, for one version of the struct.
+/// The field order of `_Py_DebugOffsets` for one version: its sections in order, each a
+/// name and its fields (every field a uint64_t). Sections after the last one gilscope reads
+/// are left out.
 struct Schema {
-    runtime_state: &'static [&'static str],
-    interpreter_state: &'static [&'static str],
-    thread_state: &'static [&'static str],
+    sections: &'static [(&'static str, &'static [&'static str])],
 }
 
 const RUNTIME_STATE: &[&str] = &["size", "finalizing", "interpreters_head"];
 
 /// 3.13 (checked against the DWARF of 3.13.0: docs/COMPATIBILITY.md).
+const INTERPRETER_STATE_3_13: &[&str] = &[
+    "size",
+    "id",
+    "next",
+    "threads_head",
+    "gc",
+    "imports_modules",
+    "sysdict",
+    "builtins",
+    "ceval_gil",
+    "gil_runtime_state",
+    "gil_runtime_state_enabled",
+    "gil_runtime_state_locked",
+    "gil_runtime_state_holder",
+];
+const THREAD_STATE_3_13: &[&str] = &[
+    "size",
+    "prev",
+    "next",
+    "interp",
+    "current_frame",
+    "thread_id",
+    "native_thread_id",
+    "datastack_chunk",
+    "status",
+];
+const INTERPRETER_FRAME_3_13: &[&str] = &[
+    "size",
+    "previous",
+    "executable",
+    "instr_ptr",
+    "localsplus",
+    "owner",
+];
+const CODE_OBJECT_3_13: &[&str] = &[
+    "size",
+    "filename",
+    "name",
+    "qualname",
+    "linetable",
+    "firstlineno",
+    "argcount",
+    "localsplusnames",
+    "localspluskinds",
+    "co_code_adaptive",
+];
+const PYOBJECT: &[&str] = &["size", "ob_type"];
+const TYPE_OBJECT_3_13: &[&str] = &["size", "tp_name", "tp_repr", "tp_flags"];
+const TUPLE_OBJECT: &[&str] = &["size", "ob_item", "ob_size"];
+const LIST_OBJECT: &[&str] = &["size", "ob_item", "ob_size"];
+const SET_OBJECT: &[&str] = &["size", "used", "table", "mask"];
+const DICT_OBJECT: &[&str] = &["size", "ma_keys", "ma_values"];
+const FLOAT_OBJECT: &[&str] = &["size", "ob_fval"];
+const LONG_OBJECT: &[&str] = &["size", "lv_tag", "ob_digit"];
+const BYTES_OBJECT: &[&str] = &["size", "ob_size", "ob_sval"];
+const UNICODE_OBJECT_3_13: &[&str] = &["size", "state", "length", "asciiobject_size"];
+
 const SCHEMA_3_13: Schema = Schema {
-    runtime_state: RUNTIME_STATE,
-    interpreter_state: &[
-        "size",
-        "id",
-        "next",
-        "threads_head",
-        "gc",
-        "imports_modules",
-        "sysdict",
-        "builtins",
-        "ceval_gil",
-        "gil_runtime_state",
-        "gil_runtime_state_enabled",
-        "gil_runtime_state_locked",
-        "gil_runtime_state_holder",
-    ],
-    thread_state: &[
-        "size",
-        "prev",
-        "next",
-        "interp",
-        "current_frame",
-        "thread_id",
-        "native_thread_id",
-        "datastack_chunk",
-        "status",
+    sections: &[
+        ("runtime_state", RUNTIME_STATE),
+        ("interpreter_state", INTERPRETER_STATE_3_13),
+        ("thread_state", THREAD_STATE_3_13),
+        ("interpreter_frame", INTERPRETER_FRAME_3_13),
+        ("code_object", CODE_OBJECT_3_13),
+        ("pyobject", PYOBJECT),
+        ("type_object", TYPE_OBJECT_3_13),
+        ("tuple_object", TUPLE_OBJECT),
+        ("list_object", LIST_OBJECT),
+        ("dict_object", DICT_OBJECT),
+        ("float_object", FLOAT_OBJECT),
+        ("long_object", LONG_OBJECT),
+        ("bytes_object", BYTES_OBJECT),
+        ("unicode_object", UNICODE_OBJECT_3_13),
     ],
 };
 
@@ -68,58 +117,133 @@ const INTERPRETER_STATE_3_14: &[&str] = &[
     "code_object_generation",
     "tlbc_generation",
 ];
+const INTERPRETER_FRAME_3_14: &[&str] = &[
+    "size",
+    "previous",
+    "executable",
+    "instr_ptr",
+    "localsplus",
+    "owner",
+    "stackpointer",
+    "tlbc_index",
+];
+const CODE_OBJECT_3_14: &[&str] = &[
+    "size",
+    "filename",
+    "name",
+    "qualname",
+    "linetable",
+    "firstlineno",
+    "argcount",
+    "localsplusnames",
+    "localspluskinds",
+    "co_code_adaptive",
+    "co_tlbc",
+];
 
 const SCHEMA_3_14: Schema = Schema {
-    runtime_state: RUNTIME_STATE,
-    interpreter_state: INTERPRETER_STATE_3_14,
-    thread_state: SCHEMA_3_13.thread_state,
+    sections: &[
+        ("runtime_state", RUNTIME_STATE),
+        ("interpreter_state", INTERPRETER_STATE_3_14),
+        ("thread_state", THREAD_STATE_3_13),
+        ("interpreter_frame", INTERPRETER_FRAME_3_14),
+        ("code_object", CODE_OBJECT_3_14),
+        ("pyobject", PYOBJECT),
+        ("type_object", TYPE_OBJECT_3_13),
+        ("tuple_object", TUPLE_OBJECT),
+        ("list_object", LIST_OBJECT),
+        ("set_object", SET_OBJECT),
+        ("dict_object", DICT_OBJECT),
+        ("float_object", FLOAT_OBJECT),
+        ("long_object", LONG_OBJECT),
+        ("bytes_object", BYTES_OBJECT),
+        ("unicode_object", UNICODE_OBJECT_3_13),
+    ],
 };
 
 /// 3.15 from beta 4: the thread section gains frame bookkeeping and the GIL flags.
-const SCHEMA_3_15: Schema = Schema {
-    runtime_state: RUNTIME_STATE,
-    interpreter_state: INTERPRETER_STATE_3_14,
-    thread_state: &[
-        "size",
-        "prev",
-        "next",
-        "interp",
-        "current_frame",
-        "base_frame",
-        "last_profiled_frame",
-        "last_profiled_frame_seq",
-        "thread_id",
-        "native_thread_id",
-        "datastack_chunk",
-        "status",
-        "holds_gil",
-        "gil_requested",
-        "current_exception",
-        "exc_state",
-    ],
-};
-
+const THREAD_STATE_3_15: &[&str] = &[
+    "size",
+    "prev",
+    "next",
+    "interp",
+    "current_frame",
+    "base_frame",
+    "last_profiled_frame",
+    "last_profiled_frame_seq",
+    "thread_id",
+    "native_thread_id",
+    "datastack_chunk",
+    "status",
+    "holds_gil",
+    "gil_requested",
+    "current_exception",
+    "exc_state",
+];
 /// 3.15 alphas and betas 1-3, before `last_profiled_frame_seq` was added.
+const THREAD_STATE_3_15_EARLY: &[&str] = &[
+    "size",
+    "prev",
+    "next",
+    "interp",
+    "current_frame",
+    "base_frame",
+    "last_profiled_frame",
+    "thread_id",
+    "native_thread_id",
+    "datastack_chunk",
+    "status",
+    "holds_gil",
+    "gil_requested",
+    "current_exception",
+    "exc_state",
+];
+const TYPE_OBJECT_3_15: &[&str] = &[
+    "size",
+    "tp_name",
+    "tp_repr",
+    "tp_flags",
+    "tp_basicsize",
+    "tp_dictoffset",
+];
+const UNICODE_OBJECT_3_15: &[&str] = &[
+    "size",
+    "state",
+    "length",
+    "asciiobject_size",
+    "compactunicodeobject_size",
+];
+
+macro_rules! sections_3_15 {
+    ($thread_state:expr) => {
+        &[
+            ("runtime_state", RUNTIME_STATE),
+            ("interpreter_state", INTERPRETER_STATE_3_14),
+            ("thread_state", $thread_state),
+            ("err_stackitem", &["exc_value"]),
+            ("interpreter_frame", INTERPRETER_FRAME_3_14),
+            ("code_object", CODE_OBJECT_3_14),
+            ("pyobject", PYOBJECT),
+            ("type_object", TYPE_OBJECT_3_15),
+            ("heap_type_object", &["size", "ht_cached_keys"]),
+            ("tuple_object", TUPLE_OBJECT),
+            ("list_object", LIST_OBJECT),
+            ("set_object", SET_OBJECT),
+            ("dict_object", DICT_OBJECT),
+            ("float_object", FLOAT_OBJECT),
+            ("long_object", LONG_OBJECT),
+            ("bytes_object", BYTES_OBJECT),
+            ("unicode_object", UNICODE_OBJECT_3_15),
+        ]
+    };
+}
+const SECTIONS_3_15: &[(&str, &[&str])] = sections_3_15!(THREAD_STATE_3_15);
+const SECTIONS_3_15_EARLY: &[(&str, &[&str])] = sections_3_15!(THREAD_STATE_3_15_EARLY);
+const SCHEMA_3_15: Schema = Schema {
+    sections: SECTIONS_3_15,
+};
 const SCHEMA_3_15_EARLY: Schema = Schema {
-    runtime_state: RUNTIME_STATE,
-    interpreter_state: INTERPRETER_STATE_3_14,
-    thread_state: &[
-        "size",
-        "prev",
-        "next",
-        "interp",
-        "current_frame",
-        "base_frame",
-        "last_profiled_frame",
-        "thread_id",
-        "native_thread_id",
-        "datastack_chunk",
-        "status",
-        "holds_gil",
-        "gil_requested",
-        "current_exception",
-        "exc_state",
-    ],
+    sections: SECTIONS_3_15_EARLY,
 };
 
 /// The struct's field order for the version the runtime reports. Versions newer than the
@@ -141,25 +265,26 @@ struct Sections<'a> {
 }
 
 impl Sections<'_> {
-    fn field(&self, section: usize, name: &str) -> Option<u64> {
-        let sections = [
-            self.schema.runtime_state,
-            self.schema.interpreter_state,
-            self.schema.thread_state,
-        ];
-        let start: usize = sections[..section].iter().map(|s| s.len()).sum();
-        let index = sections[section].iter().position(|f| *f == name)?;
-        u64_at(self.block, HEADER_BYTES + 8 * (start + index) as u64)
+    fn field(&self, section: &str, name: &str) -> Option<u64> {
+        let mut index = 0;
+        for (name_of_section, fields) in self.schema.sections {
+            if *name_of_section == section {
+                let at = fields.iter().position(|f| *f == name)?;
+                return u64_at(self.block, HEADER_BYTES + 8 * (index + at) as u64);
+            }
+            index += fields.len();
+        }
+        None
     }
 
     fn runtime(&self, name: &str) -> Option<u64> {
-        self.field(0, name)
+        self.field("runtime_state", name)
     }
     fn interp(&self, name: &str) -> Option<u64> {
-        self.field(1, name)
+        self.field("interpreter_state", name)
     }
     fn tstate(&self, name: &str) -> Option<u64> {
-        self.field(2, name)
+        self.field("thread_state", name)
     }
 }
 
@@ -232,6 +357,7 @@ fn build(block: &[u8], version: &Version, free_threaded: bool) -> Result<Layout,
         gil_fields,
         interp_next: interp_field("next")?,
         interp_threads_head: interp_field("threads_head")?,
+        interp_modules: interp_field("imports_modules").ok(),
         tstate_next: tstate_field("next")?,
         tstate_interp: tstate_field("interp")?,
         tstate_thread_id: tstate_field("thread_id")?,
@@ -240,6 +366,63 @@ fn build(block: &[u8], version: &Version, free_threaded: bool) -> Result<Layout,
             .or_else(|| layout::supplement_debug_offsets(version, status)),
         tstate_gil_requested: flag("gil_requested"),
         current: Current::ThreadFlag(Flag::bit(status, layout::ACTIVE_BIT)),
+        stack: stack_layout(&sections, version, tstate_field("current_frame")?).ok(),
+    })
+}
+
+/// The stack layout from the frame, code, object and string sections. An error leaves
+/// stacks out; the GIL figures do not need them.
+fn stack_layout(
+    sections: &Sections,
+    version: &Version,
+    current_frame: u64,
+) -> Result<StackLayout, String> {
+    let get = |section: &str, name: &str| -> Result<u64, String> {
+        let v = sections
+            .field(section, name)
+            .ok_or_else(|| format!("_Py_DebugOffsets has no {section}.{name}"))?;
+        let size = sections.field(section, "size").unwrap_or(1 << 20);
+        (v < size.max(1) && size < (1 << 20))
+            .then_some(v)
+            .ok_or_else(|| format!("implausible {section}.{name} = {v}"))
+    };
+    let frame = |name| get("interpreter_frame", name);
+    let code = |name| get("code_object", name);
+    let unicode = |name| get("unicode_object", name);
+    let ascii_data = get("unicode_object", "asciiobject_size")?;
+    Ok(StackLayout {
+        tstate_frame: current_frame,
+        cframe_frame: None,
+        frame: FrameFields::Interpreter {
+            previous: frame("previous")?,
+            code: frame("executable")?,
+            instr: frame("instr_ptr")?,
+            owner: frame("owner")?,
+            shim_owner: None,
+            tagged_code: version.minor >= 14,
+        },
+        code: CodeFields {
+            filename: code("filename")?,
+            name: code("name")?,
+            qualname: Some(code("qualname")?),
+            firstlineno: code("firstlineno")?,
+            linetable: code("linetable")?,
+            line_table: LineTable::Locations,
+            first_instruction: Some(code("co_code_adaptive")?),
+        },
+        unicode: UnicodeFields {
+            length: unicode("length")?,
+            state: unicode("state")?,
+            ascii_data,
+            // The compact header adds utf8_length and utf8 to the ASCII one.
+            compact_data: sections
+                .field("unicode_object", "compactunicodeobject_size")
+                .unwrap_or(ascii_data + 16),
+        },
+        bytes_size: get("bytes_object", "ob_size")?,
+        bytes_data: get("bytes_object", "ob_sval")?,
+        ob_type: get("pyobject", "ob_type")?,
+        tp_name: get("type_object", "tp_name")?,
     })
 }
 

@@ -92,6 +92,8 @@ pub struct Layout {
     pub gil_fields: GilFields,
     pub interp_next: u64,
     pub interp_threads_head: u64,
+    /// `interp->modules` (`imports.modules` from 3.12): the `sys.modules` dict.
+    pub interp_modules: Option<u64>,
     pub tstate_next: u64,
     pub tstate_interp: u64,
     /// `thread_id`: a `pthread_t` (the address of glibc's `struct pthread`).
@@ -105,6 +107,201 @@ pub struct Layout {
     /// sense (the GIL's `locked` stays 1 a little longer while the thread is already inside
     /// drop_gil, and becomes 1 a little earlier, before take_gil has returned).
     pub current: Current,
+    /// How to read Python stacks; None where the version's frames are not known.
+    pub stack: Option<StackLayout>,
+}
+
+/// How a code object maps instruction offsets to line numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineTable {
+    /// 3.6-3.9 `co_lnotab`: (byte offset delta, line delta) pairs.
+    Lnotab,
+    /// 3.10 `co_linetable`: (byte offset delta, line delta, -128 = no line) pairs.
+    Lines310,
+    /// 3.11+ `co_linetable`: the location table (variable-length entries per code unit run).
+    Locations,
+}
+
+/// Field offsets in `PyCodeObject`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeFields {
+    pub filename: u64,
+    pub name: u64,
+    /// 3.11+: the qualified name ("Class.method").
+    pub qualname: Option<u64>,
+    /// An `int`.
+    pub firstlineno: u64,
+    pub linetable: u64,
+    pub line_table: LineTable,
+    /// 3.11+: the first instruction (`co_code_adaptive`), inside the code object.
+    pub first_instruction: Option<u64>,
+}
+
+/// What a frame is and where its fields are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameFields {
+    /// 3.6-3.10: heap `PyFrameObject`s linked by `f_back`. `lasti` (an int) times
+    /// `lasti_scale` is the byte offset of the last instruction.
+    Object {
+        back: u64,
+        code: u64,
+        lasti: u64,
+        lasti_scale: u64,
+    },
+    /// 3.11+: `_PyInterpreterFrame`s on the thread's data stack, linked by `previous`.
+    /// `instr` points at the last (3.11-3.12) or current (3.13+) instruction.
+    Interpreter {
+        previous: u64,
+        code: u64,
+        instr: u64,
+        owner: u64,
+        /// The `owner` value of C-stack shim frames that carry a code object (3.12).
+        shim_owner: Option<u8>,
+        /// 3.14+: the code pointer is a `_PyStackRef` with tag bits.
+        tagged_code: bool,
+    },
+}
+
+/// Field offsets in `str` objects (`PyASCIIObject`, `PyCompactUnicodeObject`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnicodeFields {
+    pub length: u64,
+    /// The state bitfield: interned (2 bits), kind (3), compact (1), ascii (1).
+    pub state: u64,
+    /// Where the characters of a compact ASCII string start.
+    pub ascii_data: u64,
+    /// Where the characters of other compact strings start.
+    pub compact_data: u64,
+}
+
+/// Everything needed to read a thread's Python stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StackLayout {
+    /// Offset in the thread state of the pointer to the innermost frame, or (3.11-3.12) to
+    /// the `_PyCFrame` that holds it.
+    pub tstate_frame: u64,
+    /// 3.11-3.12: offset of `current_frame` in `_PyCFrame`.
+    pub cframe_frame: Option<u64>,
+    pub frame: FrameFields,
+    pub code: CodeFields,
+    pub unicode: UnicodeFields,
+    pub bytes_size: u64,
+    pub bytes_data: u64,
+    pub ob_type: u64,
+    pub tp_name: u64,
+}
+
+const UNICODE_3_6: UnicodeFields = UnicodeFields {
+    length: 16,
+    state: 32,
+    ascii_data: 48,
+    compact_data: 72,
+};
+/// 3.12 dropped `wstr` and `wstr_length`.
+const UNICODE_3_12: UnicodeFields = UnicodeFields {
+    length: 16,
+    state: 32,
+    ascii_data: 40,
+    compact_data: 56,
+};
+
+/// Stack layouts for the table versions (checked against the DWARF of the pyenv builds).
+fn stack_table(minor: u8) -> Option<StackLayout> {
+    let object_frame = |lasti, lasti_scale| FrameFields::Object {
+        back: 24,
+        code: 32,
+        lasti,
+        lasti_scale,
+    };
+    let code_36 = CodeFields {
+        filename: 96,
+        name: 104,
+        qualname: None,
+        firstlineno: 36,
+        linetable: 112,
+        line_table: LineTable::Lnotab,
+        first_instruction: None,
+    };
+    let code_38 = CodeFields {
+        filename: 104,
+        name: 112,
+        firstlineno: 40,
+        linetable: 120,
+        ..code_36
+    };
+    let code_311 = CodeFields {
+        filename: 112,
+        name: 120,
+        qualname: Some(128),
+        firstlineno: 72,
+        linetable: 136,
+        line_table: LineTable::Locations,
+        first_instruction: Some(184),
+    };
+    let base = StackLayout {
+        tstate_frame: 24,
+        cframe_frame: None,
+        frame: object_frame(104, 1),
+        code: code_36,
+        unicode: UNICODE_3_6,
+        bytes_size: 16,
+        bytes_data: 32,
+        ob_type: 8,
+        tp_name: 24,
+    };
+    Some(match minor {
+        6 => StackLayout {
+            frame: object_frame(120, 1),
+            ..base
+        },
+        7 => base,
+        8 | 9 => StackLayout {
+            code: code_38,
+            ..base
+        },
+        10 => StackLayout {
+            frame: object_frame(96, 2),
+            code: CodeFields {
+                line_table: LineTable::Lines310,
+                ..code_38
+            },
+            ..base
+        },
+        11 => StackLayout {
+            tstate_frame: 56,
+            cframe_frame: Some(8),
+            frame: FrameFields::Interpreter {
+                previous: 48,
+                code: 32,
+                instr: 56,
+                owner: 69,
+                shim_owner: None,
+                tagged_code: false,
+            },
+            code: code_311,
+            ..base
+        },
+        12 => StackLayout {
+            tstate_frame: 56,
+            cframe_frame: Some(0),
+            frame: FrameFields::Interpreter {
+                previous: 8,
+                code: 0,
+                instr: 56,
+                owner: 70,
+                shim_owner: Some(3),
+                tagged_code: false,
+            },
+            code: CodeFields {
+                firstlineno: 68,
+                first_instruction: Some(192),
+                ..code_311
+            },
+            unicode: UNICODE_3_12,
+            ..base
+        },
+        _ => return None,
+    })
 }
 
 /// Where the "current thread state" is kept.
@@ -150,6 +347,7 @@ pub fn table_for(version: &Version) -> Option<Layout> {
         gil_fields: DEFAULT_GIL,
         interp_next: 0,
         interp_threads_head: 8,
+        interp_modules: None,
         tstate_next: 8,
         tstate_interp: 16,
         tstate_thread_id: 176,
@@ -157,16 +355,19 @@ pub fn table_for(version: &Version) -> Option<Layout> {
         tstate_holds_gil: None,
         tstate_gil_requested: None,
         current: Current::None,
+        stack: stack_table(version.minor),
     };
     let layout = match (version.major, version.minor) {
         (3, 6) => Layout {
             family: "3.6",
+            interp_modules: Some(16),
             tstate_thread_id: 152,
             current: Current::Symbol,
             ..base
         },
         (3, 7) => Layout {
             family: "3.7",
+            interp_modules: Some(40),
             runtime_interpreters_head: 24,
             gil: GilPlacement::InRuntime(1264),
             current: Current::RuntimeField(1480),
@@ -174,6 +375,7 @@ pub fn table_for(version: &Version) -> Option<Layout> {
         },
         (3, 8) => Layout {
             family: "3.8",
+            interp_modules: Some(56),
             runtime_interpreters_head: 32,
             gil: GilPlacement::InRuntime(1152),
             current: Current::RuntimeField(1368),
@@ -181,6 +383,7 @@ pub fn table_for(version: &Version) -> Option<Layout> {
         },
         (3, 9) | (3, 10) => Layout {
             family: "3.9-3.10",
+            interp_modules: Some(856),
             runtime_interpreters_head: 32,
             gil: GilPlacement::InRuntime(352),
             current: Current::RuntimeField(568),
@@ -188,6 +391,7 @@ pub fn table_for(version: &Version) -> Option<Layout> {
         },
         (3, 11) => Layout {
             family: "3.11",
+            interp_modules: Some(888),
             runtime_interpreters_head: 40,
             gil: GilPlacement::InRuntime(360),
             interp_threads_head: 16,
@@ -198,6 +402,7 @@ pub fn table_for(version: &Version) -> Option<Layout> {
         },
         (3, 12) => Layout {
             family: "3.12",
+            interp_modules: Some(944),
             runtime_interpreters_head: 40,
             gil: GilPlacement::InterpreterPointer(384),
             interp_threads_head: 72,

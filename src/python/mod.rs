@@ -4,4 +4,6 @@
 pub mod debug_offsets;
 pub mod interpreter;
 pub mod layout;
+pub mod objects;
+pub mod stack;
 pub mod version;

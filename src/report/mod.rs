@@ -1,8 +1,11 @@
 //! Views over a finished recording: text and JSON, and the atomic writing of output files.
 //! Reports read `Recording`s only; they never touch the target.
 
+pub mod collapsed;
+pub mod flamegraph;
 pub mod json;
 pub mod profile;
+pub mod speedscope;
 pub mod text;
 
 use std::io::Write;
@@ -11,6 +14,9 @@ use std::path::Path;
 use serde::Serialize;
 
 pub use profile::Profile;
+
+use crate::python::stack::StackTable;
+use crate::sample::ThreadState;
 
 /// What was recorded from.
 #[derive(Debug, Clone, Serialize)]
@@ -53,6 +59,9 @@ pub struct SamplerStats {
     /// recording (null outside a VM or when unknown). Ticks cannot happen while the sampler's
     /// CPU is stolen, so high steal makes every figure less certain.
     pub host_steal: Option<f64>,
+    /// Python stacks dropped because they changed while being read (a thread's sample
+    /// then counts in its state, without a stack).
+    pub stack_errors: u64,
     /// Where per-thread CPU time came from: "perf" (exact at each tick) or "schedstat"
     /// (advances only at scheduler ticks: coarser classification of runnable threads).
     pub cpu_clock: String,
@@ -64,6 +73,9 @@ pub struct Recording {
     pub target: TargetInfo,
     pub sampler: SamplerStats,
     pub profile: Profile,
+    /// The stacks the profile's samples refer to (None: recorded with --gil-only, or the
+    /// interpreter's frames are not known).
+    pub stacks: Option<StackTable>,
 }
 
 /// The classifier's error against the uprobe reference, as measured (docs/ACCURACY.md), in
@@ -77,24 +89,76 @@ pub const STEAL_WARNING: f64 = 0.10;
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    /// Per-thread table, GIL figures and top locations
     Text,
+    /// Everything, as documented in docs/JSON_SCHEMA.md
     Json,
+    /// An SVG flamegraph (inferno)
+    Flamegraph,
+    /// Folded stacks ("a;b;c count"), for flamegraph.pl, inferno or speedscope
+    Collapsed,
+    /// speedscope's JSON file format, one profile per thread
+    Speedscope,
+}
+
+/// Which stacks a stack format shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum View {
+    /// Each thread's stacks under its state at each sample
+    #[default]
+    Threads,
+    /// The GIL holder's stack whenever threads waited, weighted by the number of waiters
+    Blame,
+}
+
+/// What the stack formats show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderOptions {
+    pub view: View,
+    /// States shown in the threads view, in this order.
+    pub states: Vec<ThreadState>,
+}
+
+impl Default for RenderOptions {
+    fn default() -> RenderOptions {
+        RenderOptions {
+            view: View::Threads,
+            states: vec![ThreadState::Hold, ThreadState::Wait, ThreadState::Running],
+        }
+    }
 }
 
 impl Format {
     /// The format an output path implies, if its extension names one.
     pub fn from_path(path: &Path) -> Option<Format> {
-        match path.extension()?.to_str()? {
+        let name = path.file_name()?.to_str()?.to_ascii_lowercase();
+        if name.ends_with(".speedscope.json") {
+            return Some(Format::Speedscope);
+        }
+        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
             "json" => Some(Format::Json),
             "txt" => Some(Format::Text),
+            "svg" => Some(Format::Flamegraph),
+            "folded" | "collapsed" => Some(Format::Collapsed),
             _ => None,
         }
     }
 
-    pub fn render(&self, recording: &Recording) -> String {
+    /// Does this format show stacks (and so need them recorded)?
+    pub fn shows_stacks(&self) -> bool {
+        matches!(
+            self,
+            Format::Flamegraph | Format::Collapsed | Format::Speedscope
+        )
+    }
+
+    pub fn render(&self, recording: &Recording, options: &RenderOptions) -> String {
         match self {
             Format::Text => text::render(recording),
             Format::Json => json::render(recording),
+            Format::Flamegraph => flamegraph::render(recording, options),
+            Format::Collapsed => collapsed::render(recording, options),
+            Format::Speedscope => speedscope::render(recording, options),
         }
     }
 }
@@ -155,5 +219,17 @@ mod tests {
         assert_eq!(Format::from_path(Path::new("a/b.json")), Some(Format::Json));
         assert_eq!(Format::from_path(Path::new("b.txt")), Some(Format::Text));
         assert_eq!(Format::from_path(Path::new("b")), None);
+        assert_eq!(
+            Format::from_path(Path::new("x/gil.svg")),
+            Some(Format::Flamegraph)
+        );
+        assert_eq!(
+            Format::from_path(Path::new("gil.folded")),
+            Some(Format::Collapsed)
+        );
+        assert_eq!(
+            Format::from_path(Path::new("gil.speedscope.json")),
+            Some(Format::Speedscope)
+        );
     }
 }

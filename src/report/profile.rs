@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use crate::python::stack::StackId;
 use crate::sample::{Sample, ThreadState};
 
 /// Counts of one thread's states over a run of ticks.
@@ -54,6 +55,8 @@ pub struct ThreadProfile {
     pub counts: Counts,
     pub first_ns: u64,
     pub last_ns: u64,
+    /// Ticks per Python stack, for each state (None: no stack read at that tick).
+    pub stacks: [HashMap<Option<StackId>, u64>; 4],
 }
 
 impl ThreadProfile {
@@ -98,6 +101,21 @@ pub struct Profile {
     threads: Vec<ThreadProfile>,
     /// The row of each tid's current thread (a recycled tid gets a new row).
     rows: HashMap<i32, usize>,
+    /// Waiters blamed on what the holder was running: (holder's row, holder's stack) ->
+    /// waiting threads summed over ticks.
+    blame: HashMap<(usize, Option<StackId>), u64>,
+    /// Waiters summed over ticks at which no thread held the GIL (a hand-off under way).
+    pub blame_unheld: u64,
+}
+
+/// What the waiters of a recording waited on: one holder's stack, weighted by the number
+/// of threads that waited while it held.
+#[derive(Debug, Clone)]
+pub struct Blame<'a> {
+    pub holder: &'a ThreadProfile,
+    pub stack: Option<StackId>,
+    /// Waiting threads summed over the ticks (each waiter at each tick counts 1).
+    pub waiter_ticks: u64,
 }
 
 impl Default for Profile {
@@ -118,6 +136,8 @@ impl Profile {
             interval_us: 0,
             threads: Vec::new(),
             rows: HashMap::new(),
+            blame: HashMap::new(),
+            blame_unheld: 0,
         }
     }
 
@@ -162,6 +182,7 @@ impl Profile {
                         counts: Counts::default(),
                         first_ns: sample.time_ns,
                         last_ns: sample.time_ns,
+                        stacks: Default::default(),
                     });
                     self.rows.insert(thread.tid, self.threads.len() - 1);
                     self.threads.len() - 1
@@ -173,7 +194,44 @@ impl Profile {
             }
             entry.counts.add(thread.state);
             entry.last_ns = sample.time_ns;
+            *entry.stacks[thread.state.index()]
+                .entry(thread.stack)
+                .or_default() += 1;
         }
+        if waiters > 0 {
+            let holder = sample.threads.iter().find(|t| t.state == ThreadState::Hold);
+            match holder.and_then(|h| Some((self.rows.get(&h.tid).copied()?, h.stack))) {
+                Some(key) => *self.blame.entry(key).or_default() += waiters,
+                None => self.blame_unheld += waiters,
+            }
+        }
+    }
+
+    /// What the waiters waited on, most first.
+    pub fn blame(&self) -> Vec<Blame<'_>> {
+        let mut blame: Vec<Blame> = self
+            .blame
+            .iter()
+            .filter_map(|(&(row, stack), &waiter_ticks)| {
+                Some(Blame {
+                    holder: self.threads.get(row)?,
+                    stack,
+                    waiter_ticks,
+                })
+            })
+            .collect();
+        blame.sort_by(|a, b| {
+            b.waiter_ticks
+                .cmp(&a.waiter_ticks)
+                .then(a.holder.tid.cmp(&b.holder.tid))
+                .then(a.stack.cmp(&b.stack))
+        });
+        blame
+    }
+
+    /// Waiters summed over all ticks (the total weight of the blame view).
+    pub fn waiter_ticks(&self) -> u64 {
+        self.gil.waiters
     }
 
     /// Wall time covered by the samples (s).
@@ -276,6 +334,7 @@ mod tests {
                     tid,
                     thread_id: Some(tid as u64),
                     state,
+                    stack: None,
                 })
                 .collect(),
         }

@@ -161,6 +161,7 @@ impl Classifier {
                 tid: thread.tid,
                 thread_id: thread.thread_id,
                 state,
+                stack: thread.stack,
             });
         }
         let alive: std::collections::HashSet<i32> = tick.threads.iter().map(|t| t.tid).collect();
@@ -207,6 +208,7 @@ mod tests {
             gil_futex: kind == 'w',
             blocked: kind == 'i',
             gil_requested: None,
+            stack: None,
         }
     }
 
@@ -220,6 +222,7 @@ mod tests {
             switch_number: 0,
             straddled: false,
             threads,
+            stack_errors: 0,
         }
     }
 

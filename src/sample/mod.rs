@@ -8,6 +8,7 @@ pub mod schedule;
 use serde::Serialize;
 
 use crate::python::interpreter::GilState;
+use crate::python::stack::StackId;
 
 /// What one thread was doing at one tick, in the user's terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -53,6 +54,8 @@ pub struct ThreadSample {
     /// `threading.get_ident()`, for Python threads.
     pub thread_id: Option<u64>,
     pub state: ThreadState,
+    /// Its Python stack at the tick, in the recording's stack table.
+    pub stack: Option<StackId>,
 }
 
 /// One tick: the GIL and every thread of the target, classified.

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::monotonic_ns;
 use crate::python::interpreter::{GilState, Interpreter, PyThread};
+use crate::python::stack::{StackId, StackReader, StackTable};
 use crate::target::cpu_clock::CpuClocks;
 use crate::target::memory::{Memory, ReadError};
 use crate::target::task::{Activity, TaskError, TaskReading, Tasks};
@@ -35,6 +36,9 @@ pub struct ThreadObservation {
     pub blocked: bool,
     /// Its own "waiting for the GIL" flag, where the version has one.
     pub gil_requested: Option<bool>,
+    /// Its Python stack, read just after the tick (None: not a Python thread, stacks off,
+    /// or the stack moved while it was read).
+    pub stack: Option<StackId>,
 }
 
 /// Everything read at one tick.
@@ -52,6 +56,8 @@ pub struct Observation {
     pub straddled: bool,
     /// Sorted by tid.
     pub threads: Vec<ThreadObservation>,
+    /// Stacks that could not be read consistently at this tick.
+    pub stack_errors: u32,
 }
 
 impl Observation {
@@ -101,6 +107,10 @@ pub struct Observer<M: Memory> {
     pub interpreter: Interpreter,
     tasks: Tasks,
     clocks: CpuClocks,
+    stacks: Option<StackReader>,
+    /// Each thread's last stack and the CPU time at which it was read: a thread whose exact
+    /// CPU time has not moved has not run, so its stack has not changed.
+    last_stacks: HashMap<i32, (u64, u64, StackId)>,
 }
 
 impl<M: Memory> Observer<M> {
@@ -111,7 +121,59 @@ impl<M: Memory> Observer<M> {
             interpreter,
             tasks: Tasks::new(pid),
             clocks: CpuClocks::new(),
+            stacks: None,
+            last_stacks: HashMap::new(),
         }
+    }
+
+    /// Read Python stacks at every tick, where the interpreter's layout knows its frames.
+    /// Returns whether stacks will be read.
+    pub fn enable_stacks(&mut self) -> bool {
+        self.stacks = self.interpreter.layout.stack.map(StackReader::new);
+        self.stacks.is_some()
+    }
+
+    /// Every stack and frame seen so far.
+    pub fn stack_table(&self) -> Option<&StackTable> {
+        self.stacks.as_ref().map(|s| &s.table)
+    }
+
+    /// Take the stack table out (at the end of a recording).
+    pub fn take_stack_table(&mut self) -> Option<StackTable> {
+        self.stacks.as_mut().map(|s| std::mem::take(&mut s.table))
+    }
+
+    /// Read the stacks of the Python threads of a tick, after the tick's timed reads.
+    fn read_stacks(&mut self, threads: &mut [ThreadObservation]) -> u32 {
+        let Some(reader) = self.stacks.as_mut() else {
+            return 0;
+        };
+        let mut errors = 0;
+        for thread in threads.iter_mut() {
+            let Some(tstate) = thread.tstate else {
+                continue;
+            };
+            if let Some(&(was_tstate, cpu, stack)) = self.last_stacks.get(&thread.tid) {
+                if thread.cpu_exact && was_tstate == tstate && cpu == thread.cpu_ns {
+                    thread.stack = Some(stack);
+                    continue;
+                }
+            }
+            match reader.read(&self.memory, tstate) {
+                Ok(stack) => {
+                    thread.stack = Some(stack);
+                    if thread.cpu_exact {
+                        self.last_stacks
+                            .insert(thread.tid, (tstate, thread.cpu_ns, stack));
+                    }
+                }
+                Err(_) => {
+                    errors += 1;
+                    self.last_stacks.remove(&thread.tid);
+                }
+            }
+        }
+        errors
     }
 
     /// Why exact CPU clocks are not available (errno of perf_event_open), if they are not.
@@ -172,12 +234,16 @@ impl<M: Memory> Observer<M> {
                 gil_futex,
                 blocked: !gil_futex && task.activity != Activity::Running,
                 gil_requested: py.and_then(|t| t.gil_requested),
+                stack: None,
             });
         }
         self.tasks.retain(&live);
         self.clocks.retain(&live);
+        self.last_stacks
+            .retain(|tid, _| live.binary_search(tid).is_ok());
         let after = self.interpreter.gil_state(&self.memory)?;
         let end_ns = monotonic_ns();
+        let stack_errors = self.read_stacks(&mut threads);
         Ok(Observation {
             start_ns,
             end_ns,
@@ -187,6 +253,7 @@ impl<M: Memory> Observer<M> {
             switch_number: gil.switch_number,
             straddled: after.switch_number != gil.switch_number || after.holder != gil.holder,
             threads,
+            stack_errors,
         })
     }
 }

@@ -1,0 +1,160 @@
+//! Reading Python objects out of the target: `str`, `bytes` and type names. Every size is
+//! bounded and every header checked; a moving target yields an error, never a wrong value.
+
+use super::layout::StackLayout;
+use crate::target::memory::{check_pointer, u32_at, u64_at, Memory, ReadError};
+
+/// Longest string read (characters): names and file names are far shorter.
+pub const MAX_STR_CHARS: u64 = 4096;
+/// Longest `bytes` read: a line table of a very large function.
+pub const MAX_BYTES: u64 = 1 << 20;
+
+/// The `kind` of a compact string: bytes per character.
+fn decode(kind: u32, data: &[u8]) -> Option<String> {
+    match kind {
+        1 => Some(data.iter().map(|&b| b as char).collect()),
+        2 => char::decode_utf16(
+            data.chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]])),
+        )
+        .collect::<Result<String, _>>()
+        .ok(),
+        4 => data
+            .chunks_exact(4)
+            .map(|c| char::from_u32(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
+        _ => None,
+    }
+}
+
+/// A `str` object's text. Only compact strings (every identifier and literal) are read;
+/// the legacy representation of strings built by old C APIs is reported as unreadable.
+pub fn read_str(memory: &dyn Memory, addr: u64, layout: &StackLayout) -> Result<String, ReadError> {
+    check_pointer(addr, 8)?;
+    let fields = &layout.unicode;
+    let header = memory.read_bytes(addr, (fields.state + 4) as usize)?;
+    let length = u64_at(&header, fields.length).ok_or(ReadError::BadPointer { addr })?;
+    let state = u32_at(&header, fields.state).ok_or(ReadError::BadPointer { addr })?;
+    let (kind, compact, ascii) = (state >> 2 & 7, state >> 5 & 1 == 1, state >> 6 & 1 == 1);
+    if !compact || length > MAX_STR_CHARS || (ascii && kind != 1) {
+        return Err(ReadError::BadPointer { addr });
+    }
+    let start = if ascii {
+        fields.ascii_data
+    } else {
+        fields.compact_data
+    };
+    let data = memory.read_bytes(addr + start, (length * kind as u64) as usize)?;
+    if ascii && !data.is_ascii() {
+        return Err(ReadError::BadPointer { addr });
+    }
+    decode(kind, &data).ok_or(ReadError::BadPointer { addr })
+}
+
+/// A `bytes` object's contents, up to `MAX_BYTES`.
+pub fn read_bytes_object(
+    memory: &dyn Memory,
+    addr: u64,
+    layout: &StackLayout,
+) -> Result<Vec<u8>, ReadError> {
+    check_pointer(addr, 8)?;
+    let size = memory.read_u64(addr + layout.bytes_size)?;
+    if size > MAX_BYTES {
+        return Err(ReadError::BadPointer { addr });
+    }
+    memory.read_bytes(addr + layout.bytes_data, size as usize)
+}
+
+/// The `tp_name` of an object's type (a C string, bounded).
+pub fn type_name(
+    memory: &dyn Memory,
+    object: u64,
+    layout: &StackLayout,
+) -> Result<String, ReadError> {
+    let ty = memory.read_pointer(object + layout.ob_type, 8)?;
+    let name = memory.read_pointer(ty + layout.tp_name, 1)?;
+    read_c_string(memory, name, 64)
+}
+
+/// Type of an object (its `ob_type` pointer).
+pub fn type_of(memory: &dyn Memory, object: u64, layout: &StackLayout) -> Result<u64, ReadError> {
+    memory.read_pointer(object + layout.ob_type, 8)
+}
+
+/// A NUL-terminated string of at most `max` bytes.
+pub fn read_c_string(memory: &dyn Memory, addr: u64, max: usize) -> Result<String, ReadError> {
+    let mut bytes = Vec::new();
+    // Read in small pieces: a short string may end just before an unmapped page.
+    let mut at = addr;
+    while bytes.len() < max {
+        let chunk = memory.read_bytes(at, 16.min(max - bytes.len()))?;
+        if let Some(end) = chunk.iter().position(|&b| b == 0) {
+            bytes.extend_from_slice(&chunk[..end]);
+            return String::from_utf8(bytes).map_err(|_| ReadError::BadPointer { addr });
+        }
+        bytes.extend_from_slice(&chunk);
+        at += chunk.len() as u64;
+    }
+    Err(ReadError::BadPointer { addr })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::python::layout::table_for;
+    use crate::python::version::Version;
+    use crate::target::memory::MemoryImage;
+
+    fn str_object(layout: &StackLayout, text: &str) -> Vec<u8> {
+        let chars: Vec<char> = text.chars().collect();
+        let max = chars.iter().map(|&c| c as u32).max().unwrap_or(0);
+        let (kind, ascii) = match max {
+            0..=0x7f => (1u32, true),
+            0x80..=0xff => (1, false),
+            0x100..=0xffff => (2, false),
+            _ => (4, false),
+        };
+        let u = layout.unicode;
+        let start = if ascii { u.ascii_data } else { u.compact_data } as usize;
+        let mut object = vec![0u8; start];
+        object[u.length as usize..u.length as usize + 8]
+            .copy_from_slice(&(chars.len() as u64).to_le_bytes());
+        let state = (kind << 2) | (1 << 5) | ((ascii as u32) << 6);
+        object[u.state as usize..u.state as usize + 4].copy_from_slice(&state.to_le_bytes());
+        for c in chars {
+            let v = c as u32;
+            object.extend_from_slice(&v.to_le_bytes()[..kind as usize]);
+        }
+        object
+    }
+
+    #[test]
+    fn strings_of_every_kind_read_back() {
+        for minor in [6, 11, 12] {
+            let layout = table_for(&Version::new(3, minor, 0))
+                .unwrap()
+                .stack
+                .unwrap();
+            for text in ["spin", "café", "数据处理", "🐍 snake", ""] {
+                let mut image = MemoryImage::new();
+                image.add(0x10000, str_object(&layout, text));
+                assert_eq!(
+                    read_str(&image, 0x10000, &layout).unwrap(),
+                    text,
+                    "3.{minor}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn implausible_strings_are_errors() {
+        let layout = table_for(&Version::new(3, 12, 0)).unwrap().stack.unwrap();
+        let mut object = str_object(&layout, "spin");
+        object[16..24].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        let mut image = MemoryImage::new();
+        image.add(0x10000, object);
+        assert!(read_str(&image, 0x10000, &layout).is_err());
+        assert!(read_str(&image, 0x10003, &layout).is_err());
+    }
+}

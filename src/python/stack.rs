@@ -1,0 +1,582 @@
+//! Python call stacks of the target's threads: the frame walk for every layout, line tables,
+//! caches of what does not change, and detection of stacks that moved while being read.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::layout::{FrameFields, LineTable, StackLayout};
+use super::objects;
+use crate::target::memory::{check_pointer, i32_at, u64_at, Memory, ReadError};
+
+/// Deepest stack read: deeper recursion keeps its innermost frames, under a marker frame.
+pub const MAX_FRAMES: usize = 4096;
+/// Code objects remembered; past this the cache starts over.
+const MAX_CODE_CACHE: usize = 65_536;
+/// (code, instruction) -> frame entries remembered; past this the cache starts over.
+const MAX_LINE_CACHE: usize = 1 << 20;
+/// Largest instruction offset believed: beyond it the frame is not what it was.
+const MAX_CODE_BYTES: u64 = 1 << 26;
+/// The function name of the marker frame at the root of a truncated stack.
+pub const TRUNCATED: &str = "[deeper frames not read]";
+
+/// One frame as shown to users.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Frame {
+    /// The function's (qualified, on 3.11+) name.
+    pub function: Arc<str>,
+    pub file: Arc<str>,
+    /// 0 when the instruction has no line.
+    pub line: u32,
+}
+
+impl Frame {
+    /// "function (file:line)", the label used by flamegraphs and text reports.
+    pub fn label(&self) -> String {
+        if self.file.is_empty() {
+            self.function.to_string()
+        } else {
+            format!("{} ({}:{})", self.function, self.file, self.line)
+        }
+    }
+}
+
+pub type FrameId = u32;
+pub type StackId = u32;
+
+/// Every distinct frame and stack seen, each stored once. Stacks are root first.
+#[derive(Debug, Clone, Default)]
+pub struct StackTable {
+    frames: Vec<Frame>,
+    frame_ids: HashMap<Frame, FrameId>,
+    stacks: Vec<Arc<[FrameId]>>,
+    stack_ids: HashMap<Arc<[FrameId]>, StackId>,
+}
+
+impl StackTable {
+    pub fn new() -> StackTable {
+        StackTable::default()
+    }
+
+    pub fn intern_frame(&mut self, frame: Frame) -> FrameId {
+        if let Some(&id) = self.frame_ids.get(&frame) {
+            return id;
+        }
+        let id = self.frames.len() as FrameId;
+        self.frames.push(frame.clone());
+        self.frame_ids.insert(frame, id);
+        id
+    }
+
+    /// Intern a stack given root first.
+    pub fn intern_stack(&mut self, frames: &[FrameId]) -> StackId {
+        if let Some(&id) = self.stack_ids.get(frames) {
+            return id;
+        }
+        let id = self.stacks.len() as StackId;
+        let stack: Arc<[FrameId]> = frames.into();
+        self.stacks.push(stack.clone());
+        self.stack_ids.insert(stack, id);
+        id
+    }
+
+    pub fn frame(&self, id: FrameId) -> Option<&Frame> {
+        self.frames.get(id as usize)
+    }
+
+    /// A stack's frame ids, root first.
+    pub fn stack(&self, id: StackId) -> &[FrameId] {
+        self.stacks.get(id as usize).map(|s| &s[..]).unwrap_or(&[])
+    }
+
+    /// A stack's frames, root first.
+    pub fn frames(&self, id: StackId) -> impl Iterator<Item = &Frame> + '_ {
+        self.stack(id).iter().filter_map(|&f| self.frame(f))
+    }
+
+    /// The innermost frame of a stack.
+    pub fn leaf(&self, id: StackId) -> Option<FrameId> {
+        self.stack(id).last().copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.stacks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stacks.is_empty()
+    }
+}
+
+/// Why a stack was not read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StackError {
+    /// The thread's stack changed while it was read: dropped, never reported.
+    Moved,
+    Read(ReadError),
+}
+
+impl From<ReadError> for StackError {
+    fn from(e: ReadError) -> StackError {
+        StackError::Read(e)
+    }
+}
+
+/// What a code object says about itself, read once.
+#[derive(Debug, Clone)]
+struct Code {
+    /// The pointer fields it was read from: a different code object at a recycled address
+    /// has different ones.
+    fingerprint: [u64; 4],
+    function: Arc<str>,
+    file: Arc<str>,
+    firstlineno: i32,
+    linetable: Arc<[u8]>,
+}
+
+/// Reads stacks of one interpreter, remembering code objects and lines across ticks.
+pub struct StackReader {
+    layout: StackLayout,
+    /// Bytes to read of each frame and each code object.
+    frame_size: usize,
+    code_size: usize,
+    codes: HashMap<u64, Code>,
+    lines: HashMap<(u64, u64), FrameId>,
+    /// Type objects known to be (or not to be) `code`.
+    code_types: HashMap<u64, bool>,
+    pub table: StackTable,
+}
+
+/// The innermost frame and its code object. If they are the same before and after a walk,
+/// the walk saw one stack: a thread that returned from or called a function in between has
+/// another innermost frame, or the same frame slot holding another function's code. (The
+/// instruction moves on in a running thread; the lines read are each frame's at the time
+/// it was read, all within the walk.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Top {
+    frame: u64,
+    code: u64,
+}
+
+impl StackReader {
+    pub fn new(layout: StackLayout) -> StackReader {
+        let frame_size = match layout.frame {
+            FrameFields::Object {
+                back, code, lasti, ..
+            } => back.max(code).max(lasti) + 8,
+            FrameFields::Interpreter {
+                previous,
+                code,
+                instr,
+                owner,
+                ..
+            } => previous.max(code).max(instr).max(owner) + 8,
+        } as usize;
+        let c = layout.code;
+        let code_size = [
+            layout.ob_type,
+            c.filename,
+            c.name,
+            c.qualname.unwrap_or(0),
+            c.firstlineno,
+            c.linetable,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0) as usize
+            + 8;
+        StackReader {
+            layout,
+            frame_size,
+            code_size,
+            codes: HashMap::new(),
+            lines: HashMap::new(),
+            code_types: HashMap::new(),
+            table: StackTable::new(),
+        }
+    }
+
+    /// The innermost frame of the thread state at `tstate` (0: no Python frame).
+    fn innermost(&self, memory: &dyn Memory, tstate: u64) -> Result<u64, ReadError> {
+        let first = memory.read_u64(tstate + self.layout.tstate_frame)?;
+        match self.layout.cframe_frame {
+            None => Ok(first),
+            Some(_) if first == 0 => Ok(0),
+            Some(offset) => {
+                check_pointer(first, 8)?;
+                memory.read_u64(first + offset)
+            }
+        }
+    }
+
+    /// Read a frame: (next frame outwards, code object, instruction, is a frame to show).
+    fn read_frame(
+        &self,
+        memory: &dyn Memory,
+        frame: u64,
+    ) -> Result<(u64, u64, u64, bool), ReadError> {
+        check_pointer(frame, 8)?;
+        let block = memory.read_bytes(frame, self.frame_size)?;
+        let at = |offset| u64_at(&block, offset).ok_or(ReadError::BadPointer { addr: frame });
+        match self.layout.frame {
+            FrameFields::Object {
+                back,
+                code,
+                lasti,
+                lasti_scale,
+            } => {
+                let lasti = i32_at(&block, lasti).ok_or(ReadError::BadPointer { addr: frame })?;
+                // -1 before the first instruction runs.
+                let offset = (lasti.max(0) as u64) * lasti_scale;
+                Ok((at(back)?, at(code)?, offset, true))
+            }
+            FrameFields::Interpreter {
+                previous,
+                code,
+                instr,
+                owner,
+                shim_owner,
+                tagged_code,
+            } => {
+                let mut code = at(code)?;
+                if tagged_code {
+                    code &= !7;
+                }
+                let owner = block.get(owner as usize).copied().unwrap_or(0);
+                let shown = shim_owner != Some(owner);
+                Ok((at(previous)?, code, at(instr)?, shown))
+            }
+        }
+    }
+
+    fn top(&self, memory: &dyn Memory, tstate: u64) -> Result<Option<Top>, ReadError> {
+        let frame = self.innermost(memory, tstate)?;
+        if frame == 0 {
+            return Ok(None);
+        }
+        let (_, code, _, _) = self.read_frame(memory, frame)?;
+        Ok(Some(Top { frame, code }))
+    }
+
+    /// Is `ty` the `code` type? Learned once per type object.
+    fn is_code_type(&mut self, memory: &dyn Memory, ty: u64) -> Result<bool, ReadError> {
+        if let Some(&known) = self.code_types.get(&ty) {
+            return Ok(known);
+        }
+        let name = memory.read_pointer(ty + self.layout.tp_name, 1)?;
+        let is_code = objects::read_c_string(memory, name, 64)? == "code";
+        if self.code_types.len() < 4096 {
+            self.code_types.insert(ty, is_code);
+        }
+        Ok(is_code)
+    }
+
+    /// The code object at `addr`, from the cache if it is still the same object. None if
+    /// it is not a code object (a shim or entry frame's placeholder).
+    fn code(&mut self, memory: &dyn Memory, addr: u64) -> Result<Option<Code>, ReadError> {
+        check_pointer(addr, 8)?;
+        let block = memory.read_bytes(addr, self.code_size)?;
+        let c = self.layout.code;
+        let field = |offset| u64_at(&block, offset).ok_or(ReadError::BadPointer { addr });
+        let ty = field(self.layout.ob_type)?;
+        check_pointer(ty, 8)?;
+        if !self.is_code_type(memory, ty)? {
+            return Ok(None);
+        }
+        let name_field = c.qualname.unwrap_or(c.name);
+        let fingerprint = [
+            field(c.filename)?,
+            field(name_field)?,
+            field(c.linetable)?,
+            field(c.firstlineno)? & 0xffff_ffff,
+        ];
+        if let Some(code) = self
+            .codes
+            .get(&addr)
+            .filter(|k| k.fingerprint == fingerprint)
+        {
+            return Ok(Some(code.clone()));
+        }
+        let function = objects::read_str(memory, fingerprint[1], &self.layout)?;
+        let file = objects::read_str(memory, fingerprint[0], &self.layout)?;
+        let linetable = objects::read_bytes_object(memory, fingerprint[2], &self.layout)?;
+        let code = Code {
+            fingerprint,
+            function: function.into(),
+            file: file.into(),
+            firstlineno: fingerprint[3] as u32 as i32,
+            linetable: linetable.into(),
+        };
+        if self.codes.len() >= MAX_CODE_CACHE {
+            self.codes.clear();
+            self.lines.clear();
+        }
+        self.codes.insert(addr, code.clone());
+        Ok(Some(code))
+    }
+
+    /// The frame entry for an instruction of a code object.
+    fn frame_id(&mut self, code_addr: u64, code: &Code, instr: u64) -> FrameId {
+        if let Some(&id) = self.lines.get(&(code_addr, instr)) {
+            if self.table.frame(id).is_some_and(|f| {
+                Arc::ptr_eq(&f.function, &code.function) || f.function == code.function
+            }) {
+                return id;
+            }
+        }
+        let line = match self.layout.code.line_table {
+            LineTable::Lnotab => lnotab_line(&code.linetable, code.firstlineno, instr),
+            LineTable::Lines310 => lines310_line(&code.linetable, code.firstlineno, instr),
+            LineTable::Locations => locations_line(&code.linetable, code.firstlineno, instr / 2),
+        };
+        let id = self.table.intern_frame(Frame {
+            function: code.function.clone(),
+            file: code.file.clone(),
+            line: line.unwrap_or(0).max(0) as u32,
+        });
+        if self.lines.len() >= MAX_LINE_CACHE {
+            self.lines.clear();
+        }
+        self.lines.insert((code_addr, instr), id);
+        id
+    }
+
+    /// Read the stack of the thread state at `tstate` and intern it. An empty stack (a
+    /// thread state with no Python frame) is a stack too.
+    pub fn read(&mut self, memory: &dyn Memory, tstate: u64) -> Result<StackId, StackError> {
+        let before = self.top(memory, tstate)?;
+        let mut frames: Vec<FrameId> = Vec::new();
+        let mut seen_codes: HashMap<u64, Option<Code>> = HashMap::new();
+        let mut frame = before.map(|t| t.frame).unwrap_or(0);
+        let mut truncated = false;
+        let mut walked = 0;
+        while frame != 0 {
+            if walked == MAX_FRAMES {
+                truncated = true;
+                break;
+            }
+            walked += 1;
+            let (next, code_addr, instr, shown) = self.read_frame(memory, frame)?;
+            if shown && code_addr != 0 {
+                let code = match seen_codes.get(&code_addr) {
+                    Some(code) => code.clone(),
+                    None => {
+                        let code = self.code(memory, code_addr)?;
+                        seen_codes.insert(code_addr, code.clone());
+                        code
+                    }
+                };
+                if let Some(code) = code {
+                    let offset = match self.layout.code.first_instruction {
+                        // 3.11-3.12 point one unit before the first instruction until it runs.
+                        Some(first) => instr.saturating_sub(code_addr + first),
+                        None => instr,
+                    };
+                    if offset > MAX_CODE_BYTES {
+                        return Err(StackError::Moved);
+                    }
+                    frames.push(self.frame_id(code_addr, &code, offset));
+                }
+            }
+            if next == frame {
+                return Err(StackError::Moved);
+            }
+            frame = next;
+        }
+        if self.top(memory, tstate)? != before {
+            return Err(StackError::Moved);
+        }
+        if truncated {
+            frames.push(self.table.intern_frame(Frame {
+                function: TRUNCATED.into(),
+                file: "".into(),
+                line: 0,
+            }));
+        }
+        frames.reverse();
+        Ok(self.table.intern_stack(&frames))
+    }
+}
+
+/// 3.6-3.9: the line of the instruction at byte `offset`, from `co_lnotab`.
+pub fn lnotab_line(table: &[u8], firstlineno: i32, offset: u64) -> Option<i32> {
+    let mut line = firstlineno;
+    let mut addr = 0u64;
+    for pair in table.chunks_exact(2) {
+        addr += pair[0] as u64;
+        if addr > offset {
+            break;
+        }
+        line += pair[1] as i8 as i32;
+    }
+    Some(line)
+}
+
+/// 3.10: the line of the instruction at byte `offset`, from `co_linetable`.
+pub fn lines310_line(table: &[u8], firstlineno: i32, offset: u64) -> Option<i32> {
+    let mut line = firstlineno;
+    let mut start = 0u64;
+    for pair in table.chunks_exact(2) {
+        let end = start + pair[0] as u64;
+        let delta = pair[1] as i8;
+        let this = if delta == -128 {
+            None
+        } else {
+            line += delta as i32;
+            Some(line)
+        };
+        if (start..end).contains(&offset) {
+            return this;
+        }
+        start = end;
+    }
+    None
+}
+
+/// 3.11+: the line of the code unit at `index`, from the location table.
+pub fn locations_line(table: &[u8], firstlineno: i32, index: u64) -> Option<i32> {
+    let mut bytes = table.iter().copied().peekable();
+    let mut line = firstlineno;
+    let mut unit = 0u64;
+    while let Some(first) = bytes.next() {
+        if first & 0x80 == 0 {
+            return None;
+        }
+        let code = (first >> 3) & 15;
+        let length = (first & 7) as u64 + 1;
+        let mut varint = || -> Option<u64> {
+            let mut value = 0u64;
+            let mut shift = 0;
+            loop {
+                let b = *bytes.peek()?;
+                if b & 0x80 != 0 || shift > 60 {
+                    return None;
+                }
+                bytes.next();
+                value |= ((b & 63) as u64) << shift;
+                shift += 6;
+                if b & 64 == 0 {
+                    return Some(value);
+                }
+            }
+        };
+        let this = match code {
+            15 => None,
+            14 | 13 => {
+                let raw = varint()?;
+                let delta = if raw & 1 == 1 {
+                    -((raw >> 1) as i64)
+                } else {
+                    (raw >> 1) as i64
+                };
+                line = line.wrapping_add(delta as i32);
+                if code == 14 {
+                    varint()?;
+                    varint()?;
+                    varint()?;
+                }
+                Some(line)
+            }
+            10..=12 => {
+                line += (code - 10) as i32;
+                bytes.next()?;
+                bytes.next()?;
+                Some(line)
+            }
+            _ => {
+                bytes.next()?;
+                Some(line)
+            }
+        };
+        if (unit..unit + length).contains(&index) {
+            return this;
+        }
+        unit += length;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lnotab_counts_lines_up_to_the_offset() {
+        // 0: line 10, 6: line 11, 20: line 9 (a loop back), 30: line 15.
+        let table = [6, 1, 14, (-2i8) as u8, 10, 6];
+        assert_eq!(lnotab_line(&table, 10, 0), Some(10));
+        assert_eq!(lnotab_line(&table, 10, 5), Some(10));
+        assert_eq!(lnotab_line(&table, 10, 6), Some(11));
+        assert_eq!(lnotab_line(&table, 10, 25), Some(9));
+        assert_eq!(lnotab_line(&table, 10, 300), Some(15));
+    }
+
+    #[test]
+    fn lines310_finds_the_range_of_the_offset() {
+        // [0,4): line 5+1, [4,10): no line, [10,14): line 6+2.
+        let table = [4, 1, 6, 0x80, 4, 2];
+        assert_eq!(lines310_line(&table, 5, 0), Some(6));
+        assert_eq!(lines310_line(&table, 5, 3), Some(6));
+        assert_eq!(lines310_line(&table, 5, 4), None);
+        assert_eq!(lines310_line(&table, 5, 12), Some(8));
+        assert_eq!(lines310_line(&table, 5, 14), None);
+    }
+
+    #[test]
+    fn location_table_entries_of_every_form() {
+        let mut table = Vec::new();
+        // Short form (code 0), 2 units, line stays 20.
+        table.extend_from_slice(&[0x80 | 1, 0x05]);
+        // One-line form (code 11): +1 line, 1 unit.
+        table.extend_from_slice(&[0x80 | (11 << 3), 0x02, 0x08]);
+        // No-column form (code 13): line delta -3 (svarint 7), 3 units.
+        table.extend_from_slice(&[0x80 | (13 << 3) | 2, 7]);
+        // Long form (code 14): +40 lines (svarint 80 = 0x50: two 6-bit chunks), 1 unit.
+        table.extend_from_slice(&[0x80 | (14 << 3), 0x40 | (80 & 63), 80 >> 6, 0, 1, 2]);
+        // No location (code 15), 1 unit.
+        table.push(0x80 | (15 << 3));
+        assert_eq!(locations_line(&table, 20, 0), Some(20));
+        assert_eq!(locations_line(&table, 20, 1), Some(20));
+        assert_eq!(locations_line(&table, 20, 2), Some(21));
+        assert_eq!(locations_line(&table, 20, 3), Some(18));
+        assert_eq!(locations_line(&table, 20, 5), Some(18));
+        assert_eq!(locations_line(&table, 20, 6), Some(58));
+        assert_eq!(locations_line(&table, 20, 7), None);
+        assert_eq!(locations_line(&table, 20, 8), None);
+    }
+
+    #[test]
+    fn garbage_line_tables_end_without_panicking() {
+        let mut state = 12345u64;
+        for _ in 0..2000 {
+            let table: Vec<u8> = (0..64)
+                .map(|_| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    (state >> 33) as u8
+                })
+                .collect();
+            let _ = locations_line(&table, 1, 40);
+            let _ = lines310_line(&table, 1, 40);
+            let _ = lnotab_line(&table, 1, 40);
+        }
+    }
+
+    #[test]
+    fn stacks_and_frames_are_stored_once() {
+        let mut table = StackTable::new();
+        let frame = |f: &str, line| Frame {
+            function: f.into(),
+            file: "a.py".into(),
+            line,
+        };
+        let a = table.intern_frame(frame("main", 1));
+        let b = table.intern_frame(frame("spin", 7));
+        assert_eq!(table.intern_frame(frame("main", 1)), a);
+        let s1 = table.intern_stack(&[a, b]);
+        let s2 = table.intern_stack(&[a]);
+        assert_eq!(table.intern_stack(&[a, b]), s1);
+        assert_ne!(s1, s2);
+        assert_eq!(table.leaf(s1), Some(b));
+        let labels: Vec<String> = table.frames(s1).map(|f| f.label()).collect();
+        assert_eq!(labels, ["main (a.py:1)", "spin (a.py:7)"]);
+    }
+}

@@ -1,0 +1,83 @@
+//! speedscope's JSON file format (https://www.speedscope.app/file-format-schema.json): one
+//! sampled profile per thread (or per holder, in the blame view), states as root frames.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use super::{collapsed, Recording, RenderOptions, View};
+
+pub fn render(recording: &Recording, options: &RenderOptions) -> String {
+    let mut frames: Vec<Value> = Vec::new();
+    let mut frame_index: HashMap<String, usize> = HashMap::new();
+    // Profiles by their root (the thread or holder), in first-seen order.
+    let mut profiles: Vec<(String, Vec<Vec<usize>>, Vec<u64>)> = Vec::new();
+    let mut profile_index: HashMap<String, usize> = HashMap::new();
+    for (path, count) in collapsed::folded(recording, options) {
+        let Some((root, rest)) = path.split_first() else {
+            continue;
+        };
+        let stack: Vec<usize> = rest
+            .iter()
+            .map(|label| {
+                *frame_index.entry(label.clone()).or_insert_with(|| {
+                    frames.push(frame_json(label));
+                    frames.len() - 1
+                })
+            })
+            .collect();
+        let i = *profile_index.entry(root.clone()).or_insert_with(|| {
+            profiles.push((root.clone(), Vec::new(), Vec::new()));
+            profiles.len() - 1
+        });
+        profiles[i].1.push(stack);
+        profiles[i].2.push(count);
+    }
+    let unit = match options.view {
+        View::Threads => "samples",
+        View::Blame => "waiter-samples",
+    };
+    let profiles: Vec<Value> = profiles
+        .into_iter()
+        .map(|(name, samples, weights)| {
+            let total: u64 = weights.iter().sum();
+            json!({
+                "type": "sampled",
+                "name": name,
+                "unit": "none",
+                "startValue": 0,
+                "endValue": total,
+                "samples": samples,
+                "weights": weights,
+            })
+        })
+        .collect();
+    let document = json!({
+        "$schema": "https://www.speedscope.app/file-format-schema.json",
+        "exporter": format!("gilscope {}", env!("CARGO_PKG_VERSION")),
+        "name": format!(
+            "gilscope {unit}: process {} (Python {})",
+            recording.target.pid, recording.target.python_version
+        ),
+        "activeProfileIndex": 0,
+        "shared": { "frames": frames },
+        "profiles": profiles,
+    });
+    let mut out = serde_json::to_string(&document).unwrap_or_default();
+    out.push('\n');
+    out
+}
+
+/// A frame from its label "function (file:line)"; pseudo-frames have a name only.
+fn frame_json(label: &str) -> Value {
+    if let Some(open) = label.rfind(" (") {
+        if let Some(inner) = label[open + 2..].strip_suffix(')') {
+            if let Some((file, line)) = inner.rsplit_once(':') {
+                if let Ok(line) = line.parse::<u64>() {
+                    return json!({"name": &label[..open], "file": file, "line": line});
+                }
+            }
+        }
+    }
+    json!({ "name": label })
+}
