@@ -434,9 +434,98 @@ pub fn truth(events: &[Event], start_ns: u64, end_ns: u64) -> HashMap<i32, Truth
         .collect()
 }
 
+/// A stay in take_gil/drop_gil that no GIL ever keeps a thread in: longer than `min_ns`
+/// while other threads took the GIL at least `min_takes` times. Such a stay means a probe
+/// hit was lost (the reference, not gilscope, is wrong there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImplausibleWait {
+    pub tid: i32,
+    pub ns: u64,
+    pub takes_by_others: u64,
+}
+
+/// Stays in the GIL code overlapping [start_ns, end_ns] that the GIL's hand-off rules make
+/// impossible: a waiter asks for the GIL after one switch interval, so it cannot sit in
+/// take_gil through hundreds of hand-offs to others.
+pub fn implausible_waits(
+    events: &[Event],
+    start_ns: u64,
+    end_ns: u64,
+    min_ns: u64,
+    min_takes: u64,
+) -> Vec<ImplausibleWait> {
+    let mut depth: HashMap<i32, u32> = HashMap::new();
+    // For each thread inside the GIL code: when it entered, and the takes counted then.
+    let mut inside: HashMap<i32, (u64, u64)> = HashMap::new();
+    let mut takes = 0u64;
+    let mut found = Vec::new();
+    let mut check = |tid: i32, (began, takes_then): (u64, u64), at: u64, takes_now: u64| {
+        let ns = at.min(end_ns).saturating_sub(began.max(start_ns));
+        // The thread's own take ends the stay, so every take counted since is another's.
+        let takes_by_others = takes_now.saturating_sub(takes_then);
+        if ns >= min_ns && takes_by_others >= min_takes {
+            found.push(ImplausibleWait {
+                tid,
+                ns,
+                takes_by_others,
+            });
+        }
+    };
+    for event in events {
+        let d = depth.entry(event.tid).or_insert(0);
+        let was = *d;
+        match event.probe {
+            Probe::TakeEntry | Probe::DropEntry => *d += 1,
+            Probe::TakeReturn | Probe::DropReturn => *d = d.saturating_sub(1),
+        }
+        if was == 0 && *d > 0 {
+            inside.insert(event.tid, (event.time_ns, takes));
+        } else if was > 0 && *d == 0 {
+            if let Some(stay) = inside.remove(&event.tid) {
+                check(event.tid, stay, event.time_ns, takes);
+            }
+        }
+        if event.probe == Probe::TakeReturn {
+            takes += 1;
+        }
+    }
+    for (tid, stay) in inside {
+        check(tid, stay, end_ns, takes);
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wait_through_hundreds_of_hand_offs_is_implausible() {
+        let event = |tid, ms: u64, probe| Event {
+            tid,
+            time_ns: ms * 1_000_000,
+            probe,
+        };
+        let mut events = vec![event(1, 0, Probe::TakeEntry)];
+        for i in 0..400 {
+            events.push(event(2, 1 + 5 * i, Probe::TakeEntry));
+            events.push(event(2, 2 + 5 * i, Probe::TakeReturn));
+            events.push(event(2, 4 + 5 * i, Probe::DropEntry));
+            events.push(event(2, 5 + 5 * i, Probe::DropReturn));
+        }
+        let found = implausible_waits(&events, 0, 2_000_000_000, 1_000_000_000, 100);
+        assert_eq!(found.len(), 1);
+        assert_eq!((found[0].tid, found[0].takes_by_others), (1, 400));
+        // A long wait behind one holder that never lets go is real.
+        let events = vec![
+            event(2, 0, Probe::TakeEntry),
+            event(2, 1, Probe::TakeReturn),
+            event(1, 2, Probe::TakeEntry),
+            event(2, 1900, Probe::DropEntry),
+            event(1, 1901, Probe::TakeReturn),
+        ];
+        assert!(implausible_waits(&events, 0, 2_000_000_000, 1_000_000_000, 100).is_empty());
+    }
 
     #[test]
     fn parses_trace_pipe_lines() {

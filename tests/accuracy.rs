@@ -132,6 +132,25 @@ fn attempt(python: &Python, fixture: &str) -> Result<common::Attempt, Failed> {
         .as_u64()
         .ok_or("no window")?;
     let truth = reference::truth(&events, start, end);
+    // Two seconds in the GIL code through 200 hand-offs to others: a lost probe hit.
+    let lost = reference::implausible_waits(&events, start, end, 2_000_000_000, 200);
+    if let Some(wait) = lost.first() {
+        let role = fx
+            .threads
+            .iter()
+            .find(|(_, &tid)| tid == wait.tid)
+            .map(|(role, _)| role.as_str())
+            .unwrap_or("?");
+        return Ok(common::Attempt::Invalid {
+            message: format!(
+                "the uprobe reference lost a probe hit: {role} ({}) stayed in take_gil/drop_gil \
+                 {:.1} s while others took the GIL {} times",
+                wait.tid,
+                wait.ns as f64 / 1e9,
+                wait.takes_by_others
+            ),
+        });
+    }
     let mut rows = Vec::new();
     for (role, &tid) in &fx.threads {
         let ours = common::thread_row(&report, tid)

@@ -288,6 +288,8 @@ pub enum Attempt {
         message: String,
         steal: Option<f64>,
     },
+    /// The measurement itself was invalid (the reference lost a probe hit): try again.
+    Invalid { message: String },
 }
 
 /// The host steal a report measured in its window.
@@ -305,9 +307,11 @@ pub fn unless_host_steals(
     mut attempt: impl FnMut() -> Result<Attempt, libtest_mimic::Failed>,
 ) -> Result<libtest_mimic::Completion, libtest_mimic::Failed> {
     let mut last = None;
+    let mut invalid = None;
     for _ in 0..ATTEMPTS {
         match attempt()? {
             Attempt::Done(completion) => return Ok(completion),
+            Attempt::Invalid { message } => invalid = Some(message),
             Attempt::Missed { message, steal } => {
                 let disturbed = steal.is_some_and(|s| s > gilscope::report::STEAL_WARNING);
                 if !disturbed {
@@ -317,7 +321,12 @@ pub fn unless_host_steals(
             }
         }
     }
-    let (message, steal) = last.unwrap_or_default();
+    let Some((message, steal)) = last else {
+        return Ok(libtest_mimic::Completion::ignored_with(format!(
+            "no valid measurement in {ATTEMPTS} attempts; last: {}",
+            invalid.unwrap_or_default()
+        )));
+    };
     Ok(libtest_mimic::Completion::ignored_with(format!(
         "the hypervisor took {:.0}% of CPU time in each of {ATTEMPTS} windows, too much for a \
          valid measurement; last: {}",
