@@ -77,7 +77,7 @@ fn main() {
             100.0 * r.wait,
             100.0 * t.fraction(ThreadState::Running),
             100.0 * t.fraction(ThreadState::Idle),
-            t.name
+            t.name()
         );
     }
     if let Some(dir) = dump {

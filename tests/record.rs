@@ -21,7 +21,7 @@ fn main() {
     args.test_threads = Some(1);
     let pythons = common::pythons();
     let mut trials = Vec::new();
-    let known: [(&str, KnownAnswer); 5] = [
+    let known: [(&str, KnownAnswer); 7] = [
         ("spinners_share_the_gil", spinners_share_the_gil),
         (
             "a_thread_sleeping_in_c_with_the_gil_holds_it",
@@ -30,6 +30,14 @@ fn main() {
         ("native_code_runs_without_the_gil", native_runs),
         ("an_io_thread_waits_after_each_wakeup", io_waits),
         ("a_regex_holds_the_gil_while_the_ticker_waits", regex_holds),
+        (
+            "stacks_show_each_threads_code_in_its_state",
+            stacks_in_states,
+        ),
+        (
+            "deep_and_non_ascii_stacks_survive_folded_output",
+            stacks_folded,
+        ),
     ];
     for (name, test) in known {
         for python in &pythons.found {
@@ -59,7 +67,11 @@ fn main() {
             ));
         }
     }
-    let cli: [(&str, KnownAnswer); 7] = [
+    let cli: [(&str, KnownAnswer); 11] = [
+        ("flamegraphs_keep_non_ascii_names_and_states", flamegraph),
+        ("speedscope_files_have_one_profile_per_thread", speedscope),
+        ("blame_weights_the_holders_code_by_its_waiters", blame_view),
+        ("gil_only_records_no_stacks", gil_only),
         ("text_report_has_a_header_and_a_row_per_thread", text_report),
         ("json_report_matches_the_documented_schema", json_schema),
         (
@@ -343,9 +355,9 @@ fn text_report(python: &Python) -> Result<(), Failed> {
 /// Every field documented in docs/JSON_SCHEMA.md is in the report with its documented type,
 /// and every field of the report is documented.
 fn json_schema(python: &Python) -> Result<(), Failed> {
-    let fx = Fixture::start(&python.path, "spinners", &["--duration", "60"])?;
+    let fx = Fixture::start(&python.path, "stacks", &["--duration", "60"])?;
     let report = common::record_json(fx.pid, 1.0)?;
-    if report["schema"] != "gilscope.report/1" {
+    if report["schema"] != "gilscope.report/2" {
         return Err(format!("schema is {}", report["schema"]).into());
     }
     let doc =
@@ -358,7 +370,7 @@ fn json_schema(python: &Python) -> Result<(), Failed> {
     collect_fields(&report, "", &mut actual);
     for (path, kind) in &documented {
         let found: Vec<&(String, &str)> = actual.iter().filter(|(p, _)| p == path).collect();
-        if found.is_empty() {
+        if found.is_empty() && !inside_empty_arrays(path, &actual) {
             return Err(format!("documented field {path} is not in the report").into());
         }
         for (_, actual_kind) in found {
@@ -374,6 +386,21 @@ fn json_schema(python: &Python) -> Result<(), Failed> {
         }
     }
     Ok(())
+}
+
+/// Is `path` inside an array that is present but empty in every instance (so no element
+/// could show the field)? E.g. `threads[].top_running[].line` when no thread ran native code.
+fn inside_empty_arrays(path: &str, actual: &[(String, &str)]) -> bool {
+    let Some(at) = path.rfind("[]") else {
+        return false;
+    };
+    let array = &path[..at];
+    let element = &path[..at + 2];
+    let has = |p: &str| actual.iter().any(|(a, _)| a == p);
+    if has(element) {
+        return false;
+    }
+    has(array) || inside_empty_arrays(array, actual)
 }
 
 /// Rows "| `path` | type | meaning |" of the field tables.
@@ -440,7 +467,7 @@ fn output_files(python: &Python) -> Result<(), Failed> {
         return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
     }
     let parsed: Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
-    if parsed["schema"] != "gilscope.report/1" {
+    if parsed["schema"] != "gilscope.report/2" {
         return Err("-o report.json did not write JSON".into());
     }
     if !stdout_of(&out).is_empty() {
@@ -641,4 +668,380 @@ fn python_2_refused(python2: &Path) -> Result<(), Failed> {
         return Err(format!("exit {}: {stderr}", out.status).into());
     }
     Ok(())
+}
+
+/// The line of `# line: NAME` in a fixture's source.
+fn marked_line(fixture_file: &str, name: &str) -> Result<u64, Failed> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(fixture_file);
+    let text = std::fs::read_to_string(&path)?;
+    let marker = format!("# line: {name}");
+    text.lines()
+        .position(|l| l.trim_end().ends_with(&marker))
+        .map(|i| i as u64 + 1)
+        .ok_or_else(|| format!("no {marker:?} in {}", path.display()).into())
+}
+
+/// The first location of a thread's `top_STATE` list: (function, file, line).
+fn top_location(t: &Value, state: &str) -> Option<(String, String, u64)> {
+    let l = &t[format!("top_{state}")][0];
+    Some((
+        l["function"].as_str()?.to_string(),
+        l["file"].as_str()?.to_string(),
+        l["line"].as_u64()?,
+    ))
+}
+
+fn expect_location(
+    report: &Value,
+    t: &Value,
+    state: &str,
+    function: &str,
+    file: &str,
+    lines: &[u64],
+) -> Result<(), Failed> {
+    let found = top_location(t, state);
+    let ok = found.as_ref().is_some_and(|(f, path, line)| {
+        f == function && path.ends_with(file) && lines.contains(line)
+    });
+    expect(
+        ok,
+        format!(
+            "{} top {state} is {found:?}, expected {function} in {file} at one of {lines:?}",
+            t["name"]
+        ),
+        report,
+    )
+}
+
+/// Each thread's innermost frame, in the state it spends its time in, is the function and
+/// line the fixture marks; blame puts the waiters on the holders' code.
+fn stacks_in_states(python: &Python) -> Result<(), Failed> {
+    let (fx, report) = recorded(python, "stacks", &[])?;
+    let line = |name| marked_line("stacks.py", name);
+    let spin = line("spin")?;
+    let unicode = marked_line("données_计算.py", "unicode")?;
+    let spinner = row(&report, &fx, "spinner-with-a-long-name")?;
+    // A spinner is stopped for the GIL at the loop's jump (the line before its body on
+    // some versions): both lines are the loop.
+    for state in ["hold", "wait"] {
+        expect_location(
+            &report,
+            spinner,
+            state,
+            "spin_here",
+            "stacks.py",
+            &[spin - 1, spin],
+        )?;
+    }
+    let holder = row(&report, &fx, "holder")?;
+    expect_location(
+        &report,
+        holder,
+        "hold",
+        "hold_in_c",
+        "stacks.py",
+        &[line("hold")?],
+    )?;
+    let io = row(&report, &fx, "io")?;
+    expect_location(
+        &report,
+        io,
+        "idle",
+        "wait_for_io",
+        "stacks.py",
+        &[line("io")?],
+    )?;
+    let deep = row(&report, &fx, "deep")?;
+    expect_location(
+        &report,
+        deep,
+        "idle",
+        "recurse",
+        "stacks.py",
+        &[line("deep")?],
+    )?;
+    let other = row(&report, &fx, "unicode")?;
+    expect_location(
+        &report,
+        other,
+        "hold",
+        "计算_données",
+        "données_计算.py",
+        &[unicode - 1, unicode],
+    )?;
+    // Blame: whatever a holder ran while others waited is its own code.
+    let top = report["blame"]["top"].as_array().ok_or("no blame.top")?;
+    let mut on_holder = 0.0;
+    for entry in top {
+        let holder_tid = entry["holder_native_id"].as_i64().unwrap_or(0) as i32;
+        let leaf = entry["stack"]
+            .as_array()
+            .and_then(|s| s.last())
+            .and_then(|f| f["function"].as_str())
+            .unwrap_or("");
+        let expected = [
+            (fx.tid("spinner-with-a-long-name"), "spin_here"),
+            (fx.tid("holder"), "hold_in_c"),
+            (fx.tid("unicode"), "计算_données"),
+        ];
+        if let Some((_, function)) = expected.iter().find(|(tid, _)| *tid == holder_tid) {
+            expect(
+                leaf == *function,
+                format!("blame puts waiters on {leaf:?} of thread {holder_tid}"),
+                &report,
+            )?;
+        }
+        if holder_tid == fx.tid("holder") {
+            on_holder += entry["share"].as_f64().unwrap_or(0.0);
+        }
+    }
+    // The holder keeps the GIL through each 3 ms sleep while both spinners wait: about a
+    // third of the hold time, and two waiters each time.
+    expect(
+        on_holder > 0.15,
+        format!("blame share of hold_in_c {on_holder}"),
+        &report,
+    )
+}
+
+/// Folded output keeps every one of the 2,000 frames of a deep stack, and non-ASCII
+/// function and file names byte for byte.
+fn stacks_folded(python: &Python) -> Result<(), Failed> {
+    let fx = Fixture::start(&python.path, "stacks", &["--duration", "60"])?;
+    let out = common::gilscope(&[
+        "record",
+        "--pid",
+        &fx.pid.to_string(),
+        "--duration",
+        "1.5",
+        "--format",
+        "collapsed",
+        "--idle",
+    ]);
+    if !out.status.success() {
+        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
+    }
+    let folded = stdout_of(&out);
+    let deep_head = format!("({});[idle];", fx.tid("deep"));
+    let deepest = folded
+        .lines()
+        .filter(|l| l.contains(&deep_head))
+        .map(|l| l.matches(";recurse (").count())
+        .max()
+        .unwrap_or(0);
+    // DEPTH + 1 calls of recurse, all of them read.
+    if deepest != 2001 {
+        return Err(
+            format!("deepest idle stack of the deep thread has {deepest} recurse frames").into(),
+        );
+    }
+    let unicode = marked_line("données_计算.py", "unicode")?;
+    let needle = format!("计算_données ({}", "");
+    let found = folded.lines().any(|l| {
+        l.contains(&format!("({});[hold];", fx.tid("unicode")))
+            && l.contains(&needle)
+            && (l.contains(&format!("données_计算.py:{unicode})"))
+                || l.contains(&format!("données_计算.py:{})", unicode - 1)))
+    });
+    if !found {
+        return Err(format!(
+            "no hold stack of 计算_données in données_计算.py:\n{}",
+            head(&folded)
+        )
+        .into());
+    }
+    for line in folded.lines() {
+        let count = line
+            .rsplit_once(' ')
+            .and_then(|(_, n)| n.parse::<u64>().ok());
+        if count.is_none() {
+            return Err(format!("not a folded line: {line:?}").into());
+        }
+    }
+    Ok(())
+}
+
+fn head(text: &str) -> String {
+    text.lines()
+        .take(20)
+        .map(|l| l.chars().take(300).collect::<String>())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A flamegraph SVG carries each thread, its states and its frames, non-ASCII included.
+fn flamegraph(python: &Python) -> Result<(), Failed> {
+    let fx = Fixture::start(&python.path, "stacks", &["--duration", "60"])?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("gil.svg");
+    let out = common::gilscope(&[
+        "record",
+        "--pid",
+        &fx.pid.to_string(),
+        "--duration",
+        "1",
+        "-o",
+        path.to_str().ok_or("path")?,
+        "--state",
+        "hold,wait",
+    ]);
+    if !out.status.success() {
+        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
+    }
+    let svg = std::fs::read_to_string(&path)?;
+    for needle in [
+        "<svg",
+        "[hold]",
+        "[wait]",
+        "spin_here",
+        "hold_in_c",
+        "计算_données",
+        "données_计算.py",
+        "spinner-with-a-long-name",
+    ] {
+        if !svg.contains(needle) {
+            return Err(format!("the SVG lacks {needle:?}").into());
+        }
+    }
+    if svg.contains("[idle]") || svg.contains("[running]") {
+        return Err("--state hold,wait still drew other states".into());
+    }
+    Ok(())
+}
+
+/// speedscope's file format: shared frames, one sampled profile per thread.
+fn speedscope(python: &Python) -> Result<(), Failed> {
+    let fx = Fixture::start(&python.path, "stacks", &["--duration", "60"])?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("gil.speedscope.json");
+    let out = common::gilscope(&[
+        "record",
+        "--pid",
+        &fx.pid.to_string(),
+        "--duration",
+        "1",
+        "-o",
+        path.to_str().ok_or("path")?,
+    ]);
+    if !out.status.success() {
+        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
+    }
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    if doc["$schema"] != "https://www.speedscope.app/file-format-schema.json" {
+        return Err(format!("not a speedscope file: {}", doc["$schema"]).into());
+    }
+    let frames = doc["shared"]["frames"].as_array().ok_or("no frames")?;
+    let profiles = doc["profiles"].as_array().ok_or("no profiles")?;
+    let spinner = format!("({})", fx.tid("spinner-with-a-long-name"));
+    let profile = profiles
+        .iter()
+        .find(|p| p["name"].as_str().is_some_and(|n| n.ends_with(&spinner)))
+        .ok_or("no profile for the spinner")?;
+    let samples = profile["samples"].as_array().ok_or("no samples")?;
+    let weights = profile["weights"].as_array().ok_or("no weights")?;
+    if samples.len() != weights.len() || samples.is_empty() {
+        return Err("samples and weights differ in length".into());
+    }
+    let leaf_names: Vec<&str> = samples
+        .iter()
+        .filter_map(|s| s.as_array()?.last()?.as_u64())
+        .filter_map(|i| frames.get(i as usize)?["name"].as_str())
+        .collect();
+    if !leaf_names.contains(&"spin_here") {
+        return Err(format!("spinner leaves: {leaf_names:?}").into());
+    }
+    let spin = frames
+        .iter()
+        .find(|f| f["name"] == "spin_here")
+        .ok_or("no spin_here frame")?;
+    if !spin["file"]
+        .as_str()
+        .is_some_and(|f| f.ends_with("stacks.py"))
+        || !spin["line"].is_u64()
+    {
+        return Err(format!("spin_here frame {spin}").into());
+    }
+    Ok(())
+}
+
+/// The blame view's stacks are the holders': each starts with the holding thread and ends
+/// in that thread's code.
+fn blame_view(python: &Python) -> Result<(), Failed> {
+    let fx = Fixture::start(&python.path, "stacks", &["--duration", "60"])?;
+    let out = common::gilscope(&[
+        "record",
+        "--pid",
+        &fx.pid.to_string(),
+        "--duration",
+        "1.5",
+        "--format",
+        "collapsed",
+        "--view",
+        "blame",
+    ]);
+    if !out.status.success() {
+        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
+    }
+    let folded = stdout_of(&out);
+    let weight_of = |head: String, leaf: &str| -> u64 {
+        folded
+            .lines()
+            .filter(|l| l.starts_with(&head))
+            .filter_map(|l| {
+                let (stack, n) = l.rsplit_once(' ')?;
+                let last = stack.rsplit(';').next()?;
+                last.starts_with(&format!("{leaf} ("))
+                    .then(|| n.parse::<u64>().ok())?
+            })
+            .sum()
+    };
+    let holder = weight_of(format!("holder ({})", fx.tid("holder")), "hold_in_c");
+    let spinner = weight_of(
+        format!(
+            "spinner-with-a-long-name ({})",
+            fx.tid("spinner-with-a-long-name")
+        ),
+        "spin_here",
+    );
+    let total: u64 = folded
+        .lines()
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum();
+    if holder == 0 || spinner == 0 || holder + spinner > total {
+        return Err(format!(
+            "blame: hold_in_c {holder}, spin_here {spinner} of {total}:\n{}",
+            head(&folded)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// --gil-only keeps the fractions and reads no stacks.
+fn gil_only(python: &Python) -> Result<(), Failed> {
+    let fx = Fixture::start(&python.path, "stacks", &["--duration", "60"])?;
+    let out = common::gilscope(&[
+        "record",
+        "--pid",
+        &fx.pid.to_string(),
+        "--duration",
+        "1",
+        "--format",
+        "json",
+        "--gil-only",
+    ]);
+    if !out.status.success() {
+        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
+    }
+    let report: Value = serde_json::from_str(&stdout_of(&out))?;
+    let holder = row(&report, &fx, "holder")?;
+    expect(
+        report["blame"]["stacks_recorded"] == false
+            && holder["top_hold"].as_array().is_some_and(|a| a.is_empty())
+            && fraction(holder, "hold") > 0.1,
+        "--gil-only: no stacks, fractions still there",
+        &report,
+    )
 }

@@ -49,7 +49,7 @@ pub fn folded(recording: &Recording, options: &RenderOptions) -> BTreeMap<Vec<St
     match options.view {
         View::Threads => {
             for thread in profile.threads() {
-                let head = thread_label(&thread.name, thread.tid);
+                let head = thread_label(thread.name(), thread.tid);
                 for &state in &options.states {
                     for (&stack, &count) in &thread.stacks[state.index()] {
                         let mut path = vec![head.clone(), state_label(state)];
@@ -61,7 +61,7 @@ pub fn folded(recording: &Recording, options: &RenderOptions) -> BTreeMap<Vec<St
         }
         View::Blame => {
             for blame in profile.blame() {
-                let mut path = vec![thread_label(&blame.holder.name, blame.holder.tid)];
+                let mut path = vec![thread_label(blame.holder.name(), blame.holder.tid)];
                 path.extend(frame_labels(recording, blame.stack));
                 *stacks.entry(path).or_default() += blame.waiter_ticks;
             }

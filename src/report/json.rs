@@ -1,13 +1,18 @@
-//! The JSON report: schema `gilscope.report/1`, documented in docs/JSON_SCHEMA.md.
+//! The JSON report: schema `gilscope.report/2`, documented in docs/JSON_SCHEMA.md.
 //! Field names and meanings are a contract: add fields, never change or remove them.
 
 use serde::Serialize;
 
-use super::profile::Counts;
+use super::profile::{Counts, ThreadProfile};
 use super::Recording;
+use crate::python::stack::{FrameId, StackTable};
 use crate::sample::ThreadState;
 
-pub const SCHEMA: &str = "gilscope.report/1";
+pub const SCHEMA: &str = "gilscope.report/2";
+
+/// Locations listed per thread and state, and blame stacks listed for the process.
+pub const TOP_LOCATIONS: usize = 5;
+pub const TOP_BLAME: usize = 10;
 
 #[derive(Serialize)]
 struct Report<'a> {
@@ -19,8 +24,41 @@ struct Report<'a> {
     window: Window,
     gil: Gil,
     threads: Vec<Thread>,
+    blame: Blame,
     sampler: &'a super::SamplerStats,
     error: ErrorBounds,
+}
+
+#[derive(Serialize)]
+struct Frame {
+    function: String,
+    file: String,
+    line: u32,
+}
+
+#[derive(Serialize)]
+struct Location {
+    #[serde(flatten)]
+    frame: Frame,
+    fraction: f64,
+    samples: u64,
+}
+
+#[derive(Serialize)]
+struct Blame {
+    stacks_recorded: bool,
+    waiter_samples: u64,
+    unheld: f64,
+    top: Vec<BlameStack>,
+}
+
+#[derive(Serialize)]
+struct BlameStack {
+    holder_native_id: i32,
+    holder_name: String,
+    share: f64,
+    waiter_samples: u64,
+    stack: Vec<Frame>,
 }
 
 #[derive(Serialize)]
@@ -45,6 +83,7 @@ struct Thread {
     native_id: i32,
     thread_id: Option<u64>,
     name: String,
+    os_name: String,
     python: bool,
     hold: f64,
     wait: f64,
@@ -52,6 +91,10 @@ struct Thread {
     idle: f64,
     samples: u64,
     margin: Option<f64>,
+    top_hold: Vec<Location>,
+    top_wait: Vec<Location>,
+    top_running: Vec<Location>,
+    top_idle: Vec<Location>,
 }
 
 #[derive(Serialize)]
@@ -89,7 +132,8 @@ pub fn render(recording: &Recording) -> String {
                 Thread {
                     native_id: t.tid,
                     thread_id: t.thread_id,
-                    name: t.name.clone(),
+                    name: t.name().to_string(),
+                    os_name: t.os_name.clone(),
                     python: t.thread_id.is_some(),
                     hold,
                     wait,
@@ -97,9 +141,14 @@ pub fn render(recording: &Recording) -> String {
                     idle,
                     samples: t.counts.total(),
                     margin: t.worst_margin().map(|m| round(m, 4)),
+                    top_hold: locations(recording, t, ThreadState::Hold),
+                    top_wait: locations(recording, t, ThreadState::Wait),
+                    top_running: locations(recording, t, ThreadState::Running),
+                    top_idle: locations(recording, t, ThreadState::Idle),
                 }
             })
             .collect(),
+        blame: blame(recording),
         sampler: &recording.sampler,
         error: ErrorBounds {
             classifier: super::CLASSIFIER_ERROR,
@@ -111,6 +160,69 @@ pub fn render(recording: &Recording) -> String {
     });
     text.push('\n');
     text
+}
+
+fn frame(table: &StackTable, id: FrameId) -> Option<Frame> {
+    let f = table.frame(id)?;
+    Some(Frame {
+        function: f.function.to_string(),
+        file: f.file.to_string(),
+        line: f.line,
+    })
+}
+
+fn locations(recording: &Recording, thread: &ThreadProfile, state: ThreadState) -> Vec<Location> {
+    let Some(table) = &recording.stacks else {
+        return Vec::new();
+    };
+    thread
+        .top_locations(state, table, TOP_LOCATIONS)
+        .into_iter()
+        .filter_map(|l| {
+            Some(Location {
+                frame: frame(table, l.frame)?,
+                fraction: round(l.fraction, 4),
+                samples: l.samples,
+            })
+        })
+        .collect()
+}
+
+fn blame(recording: &Recording) -> Blame {
+    let profile = &recording.profile;
+    let total = profile.waiter_ticks();
+    let share = |n: u64| {
+        if total == 0 {
+            0.0
+        } else {
+            round(n as f64 / total as f64, 4)
+        }
+    };
+    let top = profile
+        .blame()
+        .into_iter()
+        .take(TOP_BLAME)
+        .map(|b| BlameStack {
+            holder_native_id: b.holder.tid,
+            holder_name: b.holder.name().to_string(),
+            share: share(b.waiter_ticks),
+            waiter_samples: b.waiter_ticks,
+            stack: match (&recording.stacks, b.stack) {
+                (Some(table), Some(id)) => table
+                    .stack(id)
+                    .iter()
+                    .filter_map(|&f| frame(table, f))
+                    .collect(),
+                _ => Vec::new(),
+            },
+        })
+        .collect();
+    Blame {
+        stacks_recorded: recording.stacks.is_some(),
+        waiter_samples: total,
+        unheld: share(profile.blame_unheld),
+        top,
+    }
 }
 
 /// The four fractions in units of 1e-4, rounded so that they add up to exactly 1 (largest

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::python::stack::StackId;
+use crate::python::stack::{FrameId, StackId, StackTable};
 use crate::sample::{Sample, ThreadState};
 
 /// Counts of one thread's states over a run of ticks.
@@ -51,7 +51,10 @@ pub fn sampling_margin(p: f64, n: u64) -> Option<f64> {
 pub struct ThreadProfile {
     pub tid: i32,
     pub thread_id: Option<u64>,
-    pub name: String,
+    /// The OS thread name.
+    pub os_name: String,
+    /// `threading.current_thread().name`, where the target's `threading` knows the thread.
+    pub python_name: Option<String>,
     pub counts: Counts,
     pub first_ns: u64,
     pub last_ns: u64,
@@ -59,7 +62,49 @@ pub struct ThreadProfile {
     pub stacks: [HashMap<Option<StackId>, u64>; 4],
 }
 
+/// A place in the code and how often a thread was there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Location {
+    /// The innermost frame.
+    pub frame: FrameId,
+    pub samples: u64,
+    /// Share of the thread's samples.
+    pub fraction: f64,
+}
+
 impl ThreadProfile {
+    /// The name to show: the Python name where known, else the OS name.
+    pub fn name(&self) -> &str {
+        self.python_name.as_deref().unwrap_or(&self.os_name)
+    }
+
+    /// The innermost frames the thread was in while in `state`, most samples first.
+    pub fn top_locations(
+        &self,
+        state: ThreadState,
+        table: &StackTable,
+        limit: usize,
+    ) -> Vec<Location> {
+        let mut by_leaf: HashMap<FrameId, u64> = HashMap::new();
+        for (stack, &count) in &self.stacks[state.index()] {
+            if let Some(leaf) = stack.and_then(|s| table.leaf(s)) {
+                *by_leaf.entry(leaf).or_default() += count;
+            }
+        }
+        let total = self.counts.total().max(1) as f64;
+        let mut top: Vec<Location> = by_leaf
+            .into_iter()
+            .map(|(frame, samples)| Location {
+                frame,
+                samples,
+                fraction: samples as f64 / total,
+            })
+            .collect();
+        top.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.frame.cmp(&b.frame)));
+        top.truncate(limit);
+        top
+    }
+
     pub fn fraction(&self, state: ThreadState) -> f64 {
         self.counts.fraction(state)
     }
@@ -178,7 +223,8 @@ impl Profile {
                     self.threads.push(ThreadProfile {
                         tid: thread.tid,
                         thread_id: thread.thread_id,
-                        name: name(thread.tid),
+                        os_name: name(thread.tid),
+                        python_name: None,
                         counts: Counts::default(),
                         first_ns: sample.time_ns,
                         last_ns: sample.time_ns,
@@ -289,7 +335,18 @@ impl Profile {
     pub fn refresh_names(&mut self, mut name: impl FnMut(i32) -> Option<String>) {
         for (tid, &row) in &self.rows {
             if let Some(current) = name(*tid).filter(|n| !n.is_empty()) {
-                self.threads[row].name = current;
+                self.threads[row].os_name = current;
+            }
+        }
+    }
+
+    /// Give threads their Python names, by `threading.get_ident()`. A name once learned is
+    /// kept after the thread leaves `threading`'s registry (it still ran under that name).
+    pub fn set_python_names(&mut self, names: &HashMap<u64, String>) {
+        for &row in self.rows.values() {
+            let thread = &mut self.threads[row];
+            if let Some(name) = thread.thread_id.and_then(|id| names.get(&id)) {
+                thread.python_name = Some(name.clone());
             }
         }
     }
@@ -392,7 +449,15 @@ mod tests {
         let first = threads.iter().find(|t| t.thread_id == Some(5)).unwrap();
         assert_eq!(first.counts.total(), 2);
         profile.refresh_names(|tid| Some(format!("worker-{tid}")));
-        assert!(profile.threads().iter().any(|t| t.name == "worker-5"));
+        assert!(profile.threads().iter().any(|t| t.name() == "worker-5"));
+        let mut python = HashMap::new();
+        python.insert(5u64, "MainThread".to_string());
+        profile.set_python_names(&python);
+        let renamed = profile.threads().into_iter().find(|t| t.tid == 5).unwrap();
+        assert_eq!(
+            (renamed.name(), renamed.os_name.as_str()),
+            ("MainThread", "worker-5")
+        );
     }
 
     #[test]

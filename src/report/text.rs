@@ -3,7 +3,9 @@
 
 use std::fmt::Write;
 
+use super::profile::Location;
 use super::{EndReason, Recording};
+use crate::python::stack::{FrameId, StackTable};
 use crate::sample::ThreadState;
 
 pub fn render(recording: &Recording) -> String {
@@ -74,7 +76,7 @@ pub fn render(recording: &Recording) -> String {
     let name_width = profile
         .threads()
         .iter()
-        .map(|t| display_name(&t.name).chars().count())
+        .map(|t| display_name(t.name()).chars().count())
         .max()
         .unwrap_or(4)
         .clamp(4, 32);
@@ -84,7 +86,7 @@ pub fn render(recording: &Recording) -> String {
         "TID", "NAME", "HOLD", "WAIT", "RUNNING", "IDLE"
     );
     for thread in profile.threads() {
-        let name: String = display_name(&thread.name)
+        let name: String = display_name(thread.name())
             .chars()
             .take(name_width)
             .collect();
@@ -97,7 +99,105 @@ pub fn render(recording: &Recording) -> String {
         }
         let _ = writeln!(out);
     }
+    if let Some(table) = &recording.stacks {
+        where_threads_are(&mut out, recording, table);
+        who_makes_them_wait(&mut out, recording, table);
+    }
     out
+}
+
+/// Locations shown per thread and state in the text report.
+const TEXT_LOCATIONS: usize = 3;
+/// Holder stacks shown in the text report's blame section.
+const TEXT_BLAME: usize = 5;
+/// Caller frames shown after a blamed location.
+const TEXT_CALLERS: usize = 3;
+
+/// Per thread: the innermost frames it held the GIL in, waited in, and ran native code in.
+fn where_threads_are(out: &mut String, recording: &Recording, table: &StackTable) {
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "Where (innermost Python frame; share of the thread's samples):"
+    );
+    for thread in recording.profile.threads() {
+        let rows: Vec<(ThreadState, Vec<Location>)> =
+            [ThreadState::Hold, ThreadState::Wait, ThreadState::Running]
+                .into_iter()
+                .map(|s| (s, thread.top_locations(s, table, TEXT_LOCATIONS)))
+                .filter(|(_, l)| !l.is_empty())
+                .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "  {} ({})", display_name(thread.name()), thread.tid);
+        for (state, locations) in rows {
+            for (i, location) in locations.iter().enumerate() {
+                let label = if i == 0 { state.name() } else { "" };
+                let _ = writeln!(
+                    out,
+                    "    {:<8} {:>6}  {}",
+                    label,
+                    percent(location.fraction),
+                    frame_text(table, location.frame)
+                );
+            }
+        }
+    }
+}
+
+/// The holders' code that the waiters waited on, weighted by the number of waiters.
+fn who_makes_them_wait(out: &mut String, recording: &Recording, table: &StackTable) {
+    let profile = &recording.profile;
+    let total = profile.waiter_ticks();
+    if total == 0 {
+        return;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "Who made the others wait (the GIL holder's code; share of waiting-thread samples):"
+    );
+    for blame in profile.blame().into_iter().take(TEXT_BLAME) {
+        let share = blame.waiter_ticks as f64 / total as f64;
+        let frames: Vec<FrameId> = blame
+            .stack
+            .map(|s| table.stack(s).to_vec())
+            .unwrap_or_default();
+        let code = match frames.split_last() {
+            Some((&leaf, callers)) => {
+                let mut text = frame_text(table, leaf);
+                for &caller in callers.iter().rev().take(TEXT_CALLERS) {
+                    let name = table.frame(caller).map(|f| f.function.to_string());
+                    text.push_str(&format!(" <- {}", name.unwrap_or_default()));
+                }
+                text
+            }
+            None => "(no Python stack)".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "  {:>6}  {} ({}): {}",
+            percent(share),
+            display_name(blame.holder.name()),
+            blame.holder.tid,
+            code
+        );
+    }
+    if profile.blame_unheld > 0 {
+        let _ = writeln!(
+            out,
+            "  {:>6}  (nobody: the GIL was being handed over)",
+            percent(profile.blame_unheld as f64 / total as f64)
+        );
+    }
+}
+
+fn frame_text(table: &StackTable, id: FrameId) -> String {
+    table
+        .frame(id)
+        .map(|f| display_name(&f.label()))
+        .unwrap_or_default()
 }
 
 fn percent(fraction: f64) -> String {

@@ -289,7 +289,9 @@ pub enum Attempt {
         steal: Option<f64>,
     },
     /// The measurement itself was invalid (the reference lost a probe hit): try again.
-    Invalid { message: String },
+    Invalid {
+        message: String,
+    },
 }
 
 /// The host steal a report measured in its window.
