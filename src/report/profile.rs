@@ -343,8 +343,7 @@ impl Profile {
     /// Give threads their Python names, by `threading.get_ident()`. A name once learned is
     /// kept after the thread leaves `threading`'s registry (it still ran under that name).
     pub fn set_python_names(&mut self, names: &HashMap<u64, String>) {
-        for &row in self.rows.values() {
-            let thread = &mut self.threads[row];
+        for thread in &mut self.threads {
             if let Some(name) = thread.thread_id.and_then(|id| names.get(&id)) {
                 thread.python_name = Some(name.clone());
             }
@@ -453,10 +452,13 @@ mod tests {
         let mut python = HashMap::new();
         python.insert(5u64, "MainThread".to_string());
         profile.set_python_names(&python);
-        let renamed = profile.threads().into_iter().find(|t| t.tid == 5).unwrap();
+        let threads = profile.threads();
+        let renamed = threads.iter().find(|t| t.thread_id == Some(5)).unwrap();
+        assert_eq!(renamed.name(), "MainThread");
+        let recycled = threads.iter().find(|t| t.thread_id == Some(99)).unwrap();
         assert_eq!(
-            (renamed.name(), renamed.os_name.as_str()),
-            ("MainThread", "worker-5")
+            (recycled.name(), recycled.os_name.as_str()),
+            ("worker-5", "worker-5")
         );
     }
 
