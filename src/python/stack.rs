@@ -143,19 +143,37 @@ pub struct StackReader {
     lines: HashMap<(u64, u64), FrameId>,
     /// Type objects known to be (or not to be) `code`.
     code_types: HashMap<u64, bool>,
+    /// Each thread state's innermost frame when its stack was last read, and that stack.
+    last: HashMap<u64, (Option<Top>, StackId)>,
     pub table: StackTable,
 }
 
-/// The innermost frame and its code object. If they are the same before and after a walk,
-/// the walk saw one stack: a thread that returned from or called a function in between has
-/// another innermost frame, or the same frame slot holding another function's code. (The
-/// instruction moves on in a running thread; the lines read are each frame's at the time
-/// it was read, all within the walk.)
+/// The innermost frame, its code object and its instruction.
+///
+/// Consistency: if the frame and code are the same before and after a walk, the walk saw one
+/// stack: a thread that returned from or called a function in between has another innermost
+/// frame, or the same frame slot holding another function's code. (The instruction moves on
+/// in a running thread; the lines read are each frame's at the time it was read.)
+///
+/// Reuse: if all three are what they were when the thread's stack was last read, the stack
+/// is that one. Python frames change only while their thread holds the GIL and runs
+/// bytecode, which moves the innermost instruction; a waiter, an idle thread and one in
+/// native code sit on the call they made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Top {
     frame: u64,
     code: u64,
+    instr: u64,
 }
+
+impl Top {
+    fn same_frame(a: Option<Top>, b: Option<Top>) -> bool {
+        a.map(|t| (t.frame, t.code)) == b.map(|t| (t.frame, t.code))
+    }
+}
+
+/// Thread states whose last stack is remembered; past this the memory starts over.
+const MAX_REMEMBERED: usize = 65_536;
 
 impl StackReader {
     pub fn new(layout: StackLayout) -> StackReader {
@@ -191,6 +209,7 @@ impl StackReader {
             codes: HashMap::new(),
             lines: HashMap::new(),
             code_types: HashMap::new(),
+            last: HashMap::new(),
             table: StackTable::new(),
         }
     }
@@ -253,8 +272,8 @@ impl StackReader {
         if frame == 0 {
             return Ok(None);
         }
-        let (_, code, _, _) = self.read_frame(memory, frame)?;
-        Ok(Some(Top { frame, code }))
+        let (_, code, instr, _) = self.read_frame(memory, frame)?;
+        Ok(Some(Top { frame, code, instr }))
     }
 
     /// Is `ty` the `code` type? Learned once per type object.
@@ -344,6 +363,11 @@ impl StackReader {
     /// thread state with no Python frame) is a stack too.
     pub fn read(&mut self, memory: &dyn Memory, tstate: u64) -> Result<StackId, StackError> {
         let before = self.top(memory, tstate)?;
+        if let Some(&(top, stack)) = self.last.get(&tstate) {
+            if top == before {
+                return Ok(stack);
+            }
+        }
         let mut frames: Vec<FrameId> = Vec::new();
         let mut seen_codes: HashMap<u64, Option<Code>> = HashMap::new();
         let mut frame = before.map(|t| t.frame).unwrap_or(0);
@@ -382,7 +406,8 @@ impl StackReader {
             }
             frame = next;
         }
-        if self.top(memory, tstate)? != before {
+        if !Top::same_frame(self.top(memory, tstate)?, before) {
+            self.last.remove(&tstate);
             return Err(StackError::Moved);
         }
         if truncated {
@@ -393,7 +418,12 @@ impl StackReader {
             }));
         }
         frames.reverse();
-        Ok(self.table.intern_stack(&frames))
+        let stack = self.table.intern_stack(&frames);
+        if self.last.len() >= MAX_REMEMBERED {
+            self.last.clear();
+        }
+        self.last.insert(tstate, (before, stack));
+        Ok(stack)
     }
 }
 
