@@ -53,7 +53,8 @@ pub struct RecordArgs {
     #[arg(short, long, value_enum)]
     pub format: Option<Format>,
 
-    /// Write the report to FILE (atomically) instead of stdout
+    /// Write the report to FILE (atomically) instead of stdout; the format follows the
+    /// extension: .txt, .json, .svg (flamegraph), .folded, .speedscope.json
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 

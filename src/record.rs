@@ -216,6 +216,7 @@ pub fn run(
                 }
                 if names_read.elapsed() >= NAME_REFRESH {
                     profile.refresh_names(|tid| observer.current_thread_name(tid));
+                    profile.set_python_names(&observer.python_thread_names());
                     names_read = Instant::now();
                 }
             }
@@ -238,6 +239,7 @@ pub fn run(
         });
     }
     profile.refresh_names(|tid| observer.current_thread_name(tid));
+    profile.set_python_names(&observer.python_thread_names());
     let host_steal = process::steal_share(cpu_before, process::cpu_times());
     let ticks = profile.samples + errors;
     Recording {

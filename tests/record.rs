@@ -21,7 +21,7 @@ fn main() {
     args.test_threads = Some(1);
     let pythons = common::pythons();
     let mut trials = Vec::new();
-    let known: [(&str, KnownAnswer); 7] = [
+    let known: [(&str, KnownAnswer); 8] = [
         ("spinners_share_the_gil", spinners_share_the_gil),
         (
             "a_thread_sleeping_in_c_with_the_gil_holds_it",
@@ -37,6 +37,10 @@ fn main() {
         (
             "deep_and_non_ascii_stacks_survive_folded_output",
             stacks_folded,
+        ),
+        (
+            "python_thread_names_match_threading_in_every_storage",
+            thread_names,
         ),
     ];
     for (name, test) in known {
@@ -723,6 +727,18 @@ fn stacks_in_states(python: &Python) -> Result<(), Failed> {
     let spin = line("spin")?;
     let unicode = marked_line("données_计算.py", "unicode")?;
     let spinner = row(&report, &fx, "spinner-with-a-long-name")?;
+    // Python names come from `threading`, not from the OS (which truncates to 15 bytes).
+    let main = row(&report, &fx, "main")?;
+    expect(
+        spinner["name"] == "spinner-with-a-long-name"
+            && spinner["os_name"] == "spinner-with-a-"
+            && main["name"] == "MainThread",
+        format!(
+            "names: {} (OS {}), main {}",
+            spinner["name"], spinner["os_name"], main["name"]
+        ),
+        &report,
+    )?;
     // A spinner is stopped for the GIL at the loop's jump (the line before its body on
     // some versions): both lines are the loop.
     for state in ["hold", "wait"] {
@@ -770,6 +786,27 @@ fn stacks_in_states(python: &Python) -> Result<(), Failed> {
         "计算_données",
         "données_计算.py",
         &[unicode - 1, unicode],
+    )?;
+    // The loop bodies span three lines (while, +=, if): any of them is the loop.
+    let generator = row(&report, &fx, "generator")?;
+    let g = line("generator")?;
+    expect_location(
+        &report,
+        generator,
+        "hold",
+        "produce",
+        "stacks.py",
+        &[g - 1, g, g + 1],
+    )?;
+    let coroutine = row(&report, &fx, "coroutine")?;
+    let c = line("coroutine")?;
+    expect_location(
+        &report,
+        coroutine,
+        "hold",
+        "crunch",
+        "stacks.py",
+        &[c - 1, c, c + 1],
     )?;
     // Blame: whatever a holder ran while others waited is its own code.
     let top = report["blame"]["top"].as_array().ok_or("no blame.top")?;
@@ -848,6 +885,30 @@ fn stacks_folded(python: &Python) -> Result<(), Failed> {
     if !found {
         return Err(format!(
             "no hold stack of 计算_données in données_计算.py:\n{}",
+            head(&folded)
+        )
+        .into());
+    }
+    // A running generator sits on the frame of the loop that drives it, a coroutine on the
+    // event loop's.
+    let under = |role: &str, caller: &str, callee: &str| {
+        let head = format!("({});[hold];", fx.tid(role));
+        folded.lines().any(|l| {
+            l.contains(&head) && l.contains(&format!(";{caller} (")) && {
+                let stack = l.rsplit_once(' ').map(|(s, _)| s).unwrap_or(l);
+                stack
+                    .rsplit(';')
+                    .next()
+                    .is_some_and(|leaf| leaf.starts_with(&format!("{callee} (")))
+            }
+        })
+    };
+    if !under("generator", "consume", "produce") {
+        return Err(format!("no hold stack consume -> produce:\n{}", head(&folded)).into());
+    }
+    if !under("coroutine", "coroutines", "crunch") {
+        return Err(format!(
+            "no hold stack coroutines -> ... -> crunch:\n{}",
             head(&folded)
         )
         .into());
@@ -1044,4 +1105,109 @@ fn gil_only(python: &Python) -> Result<(), Failed> {
         "--gil-only: no stacks, fractions still there",
         &report,
     )
+}
+
+/// Threads named in every way `threading` stores names (plain, non-ASCII, renamed, with a
+/// materialised `__dict__`, with so many attributes that they move to a dict), and a thread
+/// `threading` did not start. Prints "ident\tname" per thread, then a blank line.
+const NAMED_THREADS: &str = r#"
+import sys
+sys.stdout.write("no threading: %s\n" % ("threading" not in sys.modules))
+sys.stdout.flush()
+sys.stdin.readline()
+import threading, _thread
+stop = threading.Event()
+def run():
+    stop.wait()
+names = ["worker-1", "数据-2", "🐍 snake-3", "café-4"]
+threads = [threading.Thread(target=run, name=n) for n in names]
+for t in threads:
+    t.daemon = True
+    t.start()
+threads[0].name = "renamed-1"
+vars(threads[1])
+for i in range(40):
+    setattr(threads[2], "extra_%d" % i, i)
+started = threading.Event()
+def dummy():
+    threading.current_thread()
+    started.set()
+    stop.wait()
+_thread.start_new_thread(dummy, ())
+started.wait()
+lines = ["%d\t%s" % (t.ident, t.name) for t in threading.enumerate()]
+sys.stdout.buffer.write(("\n".join(lines) + "\n\n").encode("utf-8"))
+sys.stdout.flush()
+sys.stdin.read()
+stop.set()
+"#;
+
+/// Python thread names read from outside equal what `threading` says inside, before
+/// `threading` is imported (none) and after, and every thread state's ident is among them.
+fn thread_names(python: &Python) -> Result<(), Failed> {
+    use gilscope::python::interpreter::Interpreter;
+    use gilscope::python::thread_names::ThreadNames;
+    use gilscope::target::memory::ProcessMemory;
+    use std::collections::HashMap;
+    use std::io::{BufRead, BufReader, Write};
+
+    let mut child = Command::new(&python.path)
+        .args(["-S", "-c", NAMED_THREADS])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let pid = child.id() as i32;
+    let result = (|| -> Result<(), Failed> {
+        let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let without_threading = line.trim_end() == "no threading: True";
+        let memory = ProcessMemory::new(pid);
+        let mut interpreter =
+            Interpreter::attach(pid, &memory).map_err(|e| format!("attach: {e}"))?;
+        let mut names = ThreadNames::new(&interpreter.version, &interpreter.layout)
+            .ok_or("no thread-name reader for this version")?;
+        let interp = *interpreter
+            .interpreters(&memory)?
+            .first()
+            .ok_or("no interpreter")?;
+        let before = names.read(&memory, interp)?;
+        if without_threading && !before.is_empty() {
+            return Err(format!("names before threading was imported: {before:?}").into());
+        }
+        let mut stdin = child.stdin.take().ok_or("no stdin")?;
+        stdin.write_all(b"go\n")?;
+        let mut expected = HashMap::new();
+        loop {
+            line.clear();
+            stdout.read_line(&mut line)?;
+            let Some((ident, name)) = line.trim_end_matches('\n').split_once('\t') else {
+                break;
+            };
+            expected.insert(ident.parse::<u64>()?, name.to_string());
+        }
+        let found = names.read(&memory, interp)?;
+        let again = names.read(&memory, interp)?;
+        let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        tids.sort();
+        let tstates = interpreter.threads(&memory, &tids)?;
+        drop(stdin);
+        if found != expected || again != expected {
+            return Err(
+                format!("read {found:?}, then {again:?}; threading says {expected:?}").into(),
+            );
+        }
+        // `threading.get_ident()` is the thread state's `thread_id`.
+        if tstates.len() != expected.len()
+            || tstates.iter().any(|t| !found.contains_key(&t.thread_id))
+        {
+            return Err(format!("thread states {tstates:?} vs names {found:?}").into());
+        }
+        Ok(())
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
 }

@@ -6,4 +6,5 @@ pub mod interpreter;
 pub mod layout;
 pub mod objects;
 pub mod stack;
+pub mod thread_names;
 pub mod version;

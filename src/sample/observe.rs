@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::monotonic_ns;
 use crate::python::interpreter::{GilState, Interpreter, PyThread};
 use crate::python::stack::{StackId, StackReader, StackTable};
+use crate::python::thread_names::ThreadNames;
 use crate::target::cpu_clock::CpuClocks;
 use crate::target::memory::{Memory, ReadError};
 use crate::target::task::{Activity, TaskError, TaskReading, Tasks};
@@ -108,6 +109,7 @@ pub struct Observer<M: Memory> {
     tasks: Tasks,
     clocks: CpuClocks,
     stacks: Option<StackReader>,
+    thread_names: Option<ThreadNames>,
     /// Each thread's last stack and the CPU time at which it was read: a thread whose exact
     /// CPU time has not moved has not run, so its stack has not changed.
     last_stacks: HashMap<i32, (u64, u64, StackId)>,
@@ -122,8 +124,32 @@ impl<M: Memory> Observer<M> {
             tasks: Tasks::new(pid),
             clocks: CpuClocks::new(),
             stacks: None,
+            thread_names: None,
             last_stacks: HashMap::new(),
         }
+    }
+
+    /// The Python names of the main interpreter's threads (`threading.current_thread().name`)
+    /// by `threading.get_ident()`; empty where the version's objects are not known, before
+    /// `threading` is imported, or when the target moved under the read.
+    pub fn python_thread_names(&mut self) -> HashMap<u64, String> {
+        if self.thread_names.is_none() {
+            self.thread_names =
+                ThreadNames::new(&self.interpreter.version, &self.interpreter.layout);
+        }
+        let Some(names) = self.thread_names.as_mut() else {
+            return HashMap::new();
+        };
+        let Some(&interp) = self
+            .interpreter
+            .interpreters(&self.memory)
+            .ok()
+            .and_then(|i| i.first().copied())
+            .as_ref()
+        else {
+            return HashMap::new();
+        };
+        names.read(&self.memory, interp).unwrap_or_default()
     }
 
     /// Read Python stacks at every tick, where the interpreter's layout knows its frames.
