@@ -145,6 +145,10 @@ pub struct StackReader {
     code_types: HashMap<u64, bool>,
     /// Each thread state's innermost frame when its stack was last read, and that stack.
     last: HashMap<u64, (Option<Top>, StackId)>,
+    /// Each thread state's outermost frame and its code, once two walks agreed on it.
+    roots: HashMap<u64, (u64, u64)>,
+    /// A root seen once, waiting for a second walk to agree.
+    pending_roots: HashMap<u64, (u64, u64)>,
     pub table: StackTable,
 }
 
@@ -210,6 +214,8 @@ impl StackReader {
             lines: HashMap::new(),
             code_types: HashMap::new(),
             last: HashMap::new(),
+            roots: HashMap::new(),
+            pending_roots: HashMap::new(),
             table: StackTable::new(),
         }
     }
@@ -359,6 +365,46 @@ impl StackReader {
         id
     }
 
+    /// Is `root` (the outermost frame a walk reached and its code; 0 for no frame) the
+    /// thread's root?
+    ///
+    /// A thread's outermost frame stays put for its whole life, while a walk that raced the
+    /// thread ends early: a generator or coroutine frame that yields is unlinked from its
+    /// caller (`previous` becomes NULL) and may be linked again by the time the innermost
+    /// frame is checked, and a C-level re-entry swaps the frame pointer's holder. A known
+    /// root that is still a root (same code, nothing before it) makes any other ending a
+    /// torn walk. A new root (first sight, or the old one gone: a thread state reused by a
+    /// new thread) is believed once two walks in a row end there.
+    fn root_confirmed(&mut self, memory: &dyn Memory, tstate: u64, root: (u64, u64)) -> bool {
+        if let Some(&known) = self.roots.get(&tstate) {
+            if known == root {
+                self.pending_roots.remove(&tstate);
+                return true;
+            }
+            let still_root = known.0 != 0
+                && self
+                    .read_frame(memory, known.0)
+                    .is_ok_and(|(previous, code, _, _)| previous == 0 && code == known.1);
+            if still_root {
+                return false;
+            }
+            self.roots.remove(&tstate);
+        }
+        if self.pending_roots.get(&tstate) == Some(&root) {
+            if self.roots.len() >= MAX_REMEMBERED {
+                self.roots.clear();
+            }
+            self.roots.insert(tstate, root);
+            self.pending_roots.remove(&tstate);
+            return true;
+        }
+        if self.pending_roots.len() >= MAX_REMEMBERED {
+            self.pending_roots.clear();
+        }
+        self.pending_roots.insert(tstate, root);
+        false
+    }
+
     /// Read the stack of the thread state at `tstate` and intern it. An empty stack (a
     /// thread state with no Python frame) is a stack too.
     pub fn read(&mut self, memory: &dyn Memory, tstate: u64) -> Result<StackId, StackError> {
@@ -373,6 +419,7 @@ impl StackReader {
         let mut frame = before.map(|t| t.frame).unwrap_or(0);
         let mut truncated = false;
         let mut walked = 0;
+        let mut root = (0, 0);
         while frame != 0 {
             if walked == MAX_FRAMES {
                 truncated = true;
@@ -404,9 +451,14 @@ impl StackReader {
             if next == frame {
                 return Err(StackError::Moved);
             }
+            root = (frame, code_addr);
             frame = next;
         }
         if !Top::same_frame(self.top(memory, tstate)?, before) {
+            self.last.remove(&tstate);
+            return Err(StackError::Moved);
+        }
+        if !truncated && !self.root_confirmed(memory, tstate, root) {
             self.last.remove(&tstate);
             return Err(StackError::Moved);
         }
@@ -608,5 +660,136 @@ mod tests {
         assert_eq!(table.leaf(s1), Some(b));
         let labels: Vec<String> = table.frames(s1).map(|f| f.label()).collect();
         assert_eq!(labels, ["main (a.py:1)", "spin (a.py:7)"]);
+    }
+
+    use crate::python::layout::table_for;
+    use crate::python::version::Version;
+    use crate::target::memory::MemoryImage;
+    use std::cell::Cell;
+
+    /// Memory that is one image for the first `switch_at` reads and another after: a
+    /// thread that moved while its stack was read.
+    struct Racing {
+        before: MemoryImage,
+        after: MemoryImage,
+        reads: Cell<usize>,
+        switch_at: usize,
+    }
+
+    impl Memory for Racing {
+        fn read_exact(&self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+            let n = self.reads.get();
+            self.reads.set(n + 1);
+            if n < self.switch_at {
+                self.before.read_exact(addr, buf)
+            } else {
+                self.after.read_exact(addr, buf)
+            }
+        }
+    }
+
+    const TSTATE: u64 = 0x10000;
+    const CFRAME: u64 = 0x20000;
+    const OUTER: u64 = 0x30000;
+    const GEN: u64 = 0x30100;
+
+    fn put(image: &mut [(u64, Vec<u8>)], addr: u64, offset: usize, value: u64) {
+        let region = image.iter_mut().find(|(a, _)| *a == addr).unwrap();
+        region.1[offset..offset + 8].copy_from_slice(&value.to_le_bytes());
+    }
+
+    /// A 3.12 thread whose stack is outer() -> gen(); `linked` says whether gen's frame
+    /// points back at outer's (a generator that yielded is unlinked).
+    fn thread_3_12(linked: bool) -> (StackLayout, MemoryImage) {
+        let layout = table_for(&Version::new(3, 12, 1)).unwrap().stack.unwrap();
+        let mut regions: Vec<(u64, Vec<u8>)> = Vec::new();
+        regions.push((TSTATE, vec![0; 128]));
+        put(&mut regions, TSTATE, 56, CFRAME);
+        regions.push((CFRAME, vec![0; 16]));
+        put(&mut regions, CFRAME, 0, GEN);
+        let ty = 0x50000;
+        regions.push((ty, vec![0; 64]));
+        put(&mut regions, ty, 24, ty + 32);
+        regions.last_mut().unwrap().1[32..37].copy_from_slice(b"code\0");
+        let empty_bytes = 0x58000;
+        regions.push((empty_bytes, vec![0; 40]));
+        for (i, (frame, name, previous)) in [
+            (OUTER, "outer", 0),
+            (GEN, "gen", if linked { OUTER } else { 0 }),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let code = 0x60000 + 0x1000 * i as u64;
+            let text = 0x70000 + 0x1000 * i as u64;
+            let mut string = vec![0u8; 40];
+            string[16..24].copy_from_slice(&(name.len() as u64).to_le_bytes());
+            string[32..36].copy_from_slice(&((1u32 << 2) | (1 << 5) | (1 << 6)).to_le_bytes());
+            string.extend_from_slice(name.as_bytes());
+            regions.push((text, string));
+            regions.push((code, vec![0; 256]));
+            put(&mut regions, code, 8, ty);
+            for field in [112, 120, 128] {
+                put(&mut regions, code, field, text);
+            }
+            put(&mut regions, code, 136, empty_bytes);
+            regions.push((frame, vec![0; 80]));
+            put(&mut regions, frame, 0, code);
+            put(&mut regions, frame, 8, previous);
+            put(&mut regions, frame, 56, code + 192);
+        }
+        let mut image = MemoryImage::new();
+        for (addr, bytes) in regions {
+            image.add(addr, bytes);
+        }
+        (layout, image)
+    }
+
+    fn functions(reader: &StackReader, id: StackId) -> Vec<String> {
+        reader
+            .table
+            .frames(id)
+            .map(|f| f.function.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_walk_cut_short_by_a_yielding_generator_is_dropped() {
+        let (layout, linked) = thread_3_12(true);
+        let mut reader = StackReader::new(layout);
+        // The first walk ends at outer(), not yet known as the thread's root; a second walk
+        // that ends there too confirms it.
+        assert_eq!(reader.read(&linked, TSTATE), Err(StackError::Moved));
+        let first = reader.read(&linked, TSTATE).unwrap();
+        assert_eq!(functions(&reader, first), ["outer", "gen"]);
+        // The generator yields after the innermost frame was read and is resumed before it
+        // is read again: the walk sees gen() alone, with outer() still the root.
+        let (_, unlinked) = thread_3_12(false);
+        reader.last.clear();
+        let racing = Racing {
+            before: linked,
+            after: unlinked,
+            reads: Cell::new(0),
+            switch_at: 3,
+        };
+        assert_eq!(reader.read(&racing, TSTATE), Err(StackError::Moved));
+    }
+
+    #[test]
+    fn a_stack_that_stands_still_is_not_walked_again() {
+        let (layout, image) = thread_3_12(true);
+        let mut reader = StackReader::new(layout);
+        let counting = Racing {
+            before: image,
+            after: MemoryImage::new(),
+            reads: Cell::new(0),
+            switch_at: usize::MAX,
+        };
+        assert_eq!(reader.read(&counting, TSTATE), Err(StackError::Moved));
+        let first = reader.read(&counting, TSTATE).unwrap();
+        let walked = counting.reads.get();
+        assert_eq!(reader.read(&counting, TSTATE), Ok(first));
+        // Only the innermost frame is read to see that nothing moved.
+        assert_eq!(counting.reads.get() - walked, 3);
     }
 }

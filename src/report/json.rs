@@ -58,6 +58,7 @@ struct BlameStack {
     holder_name: String,
     share: f64,
     waiter_samples: u64,
+    captured: bool,
     stack: Vec<Frame>,
 }
 
@@ -207,6 +208,7 @@ fn blame(recording: &Recording) -> Blame {
             holder_name: b.holder.name().to_string(),
             share: share(b.waiter_ticks),
             waiter_samples: b.waiter_ticks,
+            captured: b.stack.is_some(),
             stack: match (&recording.stacks, b.stack) {
                 (Some(table), Some(id)) => table
                     .stack(id)

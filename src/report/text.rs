@@ -173,7 +173,7 @@ fn who_makes_them_wait(out: &mut String, recording: &Recording, table: &StackTab
                 }
                 text
             }
-            None => "(no Python stack)".to_string(),
+            None => "(stack not captured: it changed while being read)".to_string(),
         };
         let _ = writeln!(
             out,

@@ -7,11 +7,14 @@ use serde::Serialize;
 
 use super::monotonic_ns;
 use crate::python::interpreter::{GilState, Interpreter, PyThread};
-use crate::python::stack::{StackId, StackReader, StackTable};
+use crate::python::stack::{StackError, StackId, StackReader, StackTable};
 use crate::python::thread_names::ThreadNames;
 use crate::target::cpu_clock::CpuClocks;
 use crate::target::memory::{Memory, ReadError};
 use crate::target::task::{Activity, TaskError, TaskReading, Tasks};
+
+/// Walks of one thread's stack per tick before it counts as unreadable.
+const STACK_ATTEMPTS: usize = 3;
 
 /// One thread at one tick, before classification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -185,7 +188,16 @@ impl<M: Memory> Observer<M> {
                     continue;
                 }
             }
-            match reader.read(&self.memory, tstate) {
+            // A thread calling and returning fast moves its stack under one walk in a few:
+            // another walk right away usually sees a still moment.
+            let mut read = reader.read(&self.memory, tstate);
+            for _ in 1..STACK_ATTEMPTS {
+                if read != Err(StackError::Moved) {
+                    break;
+                }
+                read = reader.read(&self.memory, tstate);
+            }
+            match read {
                 Ok(stack) => {
                     thread.stack = Some(stack);
                     if thread.cpu_exact {
