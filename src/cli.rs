@@ -33,6 +33,27 @@ pub enum Command {
         gilscope record --pid 1234 -o blame.svg --view blame\n  \
         gilscope record --duration 5 -- python3 app.py --workers 4")]
     Record(RecordArgs),
+    /// Print every thread's GIL state and Python stack right now (optionally after sampling)
+    #[command(after_help = "Examples:\n  \
+        gilscope dump --pid 1234\n  \
+        gilscope dump --pid 1234 --sample 2\n  \
+        gilscope dump --pid 1234 --json")]
+    Dump(DumpArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// Process id of a running Python program
+    #[arg(short, long, value_name = "PID")]
+    pub pid: i32,
+
+    /// Print JSON (schema gilscope.dump/1, docs/DUMP_SCHEMA.md)
+    #[arg(long)]
+    pub json: bool,
+
+    /// Sample for SECS first, and add each thread's fractions and the top blame stack
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub sample: Option<f64>,
 }
 
 #[derive(Debug, Args)]

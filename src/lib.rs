@@ -2,6 +2,7 @@
 //! GIL, who waits for it, and who runs without it. Data flows target -> python -> sample -> report.
 
 pub mod cli;
+pub mod dump;
 pub mod error;
 pub mod python;
 pub mod record;

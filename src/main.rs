@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use gilscope::cli::{Cli, Command, RecordArgs};
+use gilscope::cli::{Cli, Command, DumpArgs, RecordArgs};
 use gilscope::error::{Error, ExitCode, Result};
 use gilscope::record::{self, RecordOptions, Target};
 use gilscope::report::{self, EndReason, Format, RenderOptions};
@@ -28,6 +28,7 @@ fn main() {
     };
     let result = match cli.command {
         Command::Record(args) => record_command(args),
+        Command::Dump(args) => dump_command(args),
     };
     if let Err(error) = result {
         eprintln!("gilscope: {error}");
@@ -168,6 +169,20 @@ fn record_command(args: RecordArgs) -> Result<()> {
             "no samples were taken (the target exited or could not be read)".into(),
         ));
     }
+    Ok(())
+}
+
+fn dump_command(args: DumpArgs) -> Result<()> {
+    record::check_target(args.pid)?;
+    let snapshot = gilscope::dump::dump(args.pid, args.sample.map(Duration::from_secs_f64))?;
+    let text = if args.json {
+        report::dump::json(&snapshot)
+    } else {
+        report::dump::text(&snapshot)
+    };
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
     Ok(())
 }
 

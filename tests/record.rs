@@ -21,7 +21,7 @@ fn main() {
     args.test_threads = Some(1);
     let pythons = common::pythons();
     let mut trials = Vec::new();
-    let known: [(&str, KnownAnswer); 8] = [
+    let known: [(&str, KnownAnswer); 9] = [
         ("spinners_share_the_gil", spinners_share_the_gil),
         (
             "a_thread_sleeping_in_c_with_the_gil_holds_it",
@@ -42,6 +42,7 @@ fn main() {
             "python_thread_names_match_threading_in_every_storage",
             thread_names,
         ),
+        ("dump_shows_the_holder_and_every_stack", dump_snapshot),
     ];
     for (name, test) in known {
         for python in &pythons.found {
@@ -358,38 +359,92 @@ fn text_report(python: &Python) -> Result<(), Failed> {
 
 /// Every field documented in docs/JSON_SCHEMA.md is in the report with its documented type,
 /// and every field of the report is documented.
-fn json_schema(python: &Python) -> Result<(), Failed> {
-    let fx = Fixture::start(&python.path, "stacks", &["--duration", "60"])?;
-    let report = common::record_json(fx.pid, 1.0)?;
-    if report["schema"] != "gilscope.report/2" {
-        return Err(format!("schema is {}", report["schema"]).into());
-    }
-    let doc =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/JSON_SCHEMA.md"))?;
+/// Check a JSON document against a schema page's field table, in both directions.
+fn matches_documented_schema(document: &Value, page: &str) -> Result<(), Failed> {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(page))?;
     let documented = documented_fields(&doc);
     if documented.len() < 20 {
-        return Err("docs/JSON_SCHEMA.md documents too few fields: table format changed?".into());
+        return Err(format!("{page} documents too few fields: table format changed?").into());
     }
     let mut actual = Vec::new();
-    collect_fields(&report, "", &mut actual);
+    collect_fields(document, "", &mut actual);
     for (path, kind) in &documented {
         let found: Vec<&(String, &str)> = actual.iter().filter(|(p, _)| p == path).collect();
         if found.is_empty() && !inside_empty_arrays(path, &actual) {
-            return Err(format!("documented field {path} is not in the report").into());
+            return Err(format!("documented field {path} is not in the document").into());
         }
         for (_, actual_kind) in found {
-            let ok = kind.split(" or ").any(|k| k.trim() == *actual_kind);
-            if !ok {
+            if !kind.split(" or ").any(|k| k.trim() == *actual_kind) {
                 return Err(format!("{path} is {actual_kind}, documented as {kind}").into());
             }
         }
     }
     for (path, _) in &actual {
         if !documented.iter().any(|(p, _)| p == path) {
-            return Err(format!("report field {path} is not documented").into());
+            return Err(format!("field {path} is not documented in {page}").into());
         }
     }
     Ok(())
+}
+
+/// `dump` shows every thread with its stack, marks the PyDLL sleeper as the holder while it
+/// sleeps in C with the GIL, and its JSON is the documented one.
+fn dump_snapshot(python: &Python) -> Result<(), Failed> {
+    let fx = Fixture::start(&python.path, "gil_sleeper", &["--duration", "60"])?;
+    let pid = fx.pid.to_string();
+    let out = common::gilscope(&["dump", "--pid", &pid, "--json", "--sample", "0.5"]);
+    if !out.status.success() {
+        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
+    }
+    let sampled: Value = serde_json::from_str(&stdout_of(&out))?;
+    matches_documented_schema(&sampled, "docs/DUMP_SCHEMA.md")?;
+    let spinner_tid = fx.tid("spinner") as i64;
+    // The sleeper holds the GIL through each 2 ms sleep, the spinner between: some dump
+    // catches the sleeper holding.
+    for _ in 0..30 {
+        let out = common::gilscope(&["dump", "--pid", &pid, "--json"]);
+        if !out.status.success() {
+            return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
+        }
+        let dump: Value = serde_json::from_str(&stdout_of(&out))?;
+        let threads = dump["threads"].as_array().ok_or("no threads")?;
+        let by_tid = |tid: i64| {
+            threads
+                .iter()
+                .find(|t| t["native_id"].as_i64() == Some(tid))
+        };
+        let spinner = by_tid(spinner_tid).ok_or("no spinner")?;
+        let leaf = |t: &Value| t["stack"][0]["function"].as_str().map(str::to_string);
+        if spinner["stack_captured"] == true && leaf(spinner).as_deref() != Some("spin") {
+            return Err(format!("spinner's innermost frame: {:?}", leaf(spinner)).into());
+        }
+        let holders: Vec<&Value> = threads.iter().filter(|t| t["state"] == "hold").collect();
+        if holders.len() > 1 {
+            return Err(format!("{} holders at one instant", holders.len()).into());
+        }
+        if let Some(holder) = holders.first() {
+            if dump["gil"]["holder_native_id"] != holder["native_id"] {
+                return Err("gil.holder_native_id is not the holding thread".into());
+            }
+        }
+        let sleeper = by_tid(fx.tid("sleeper") as i64).ok_or("no sleeper")?;
+        if sleeper["state"] == "hold" && sleeper["stack_captured"] == true {
+            if leaf(sleeper).as_deref() != Some("sleep_holding_gil") {
+                return Err(format!("sleeper's innermost frame: {:?}", leaf(sleeper)).into());
+            }
+            return Ok(());
+        }
+    }
+    Err("in 30 dumps the sleeper was never shown holding the GIL".into())
+}
+
+fn json_schema(python: &Python) -> Result<(), Failed> {
+    let fx = Fixture::start(&python.path, "stacks", &["--duration", "60"])?;
+    let report = common::record_json(fx.pid, 1.0)?;
+    if report["schema"] != "gilscope.report/2" {
+        return Err(format!("schema is {}", report["schema"]).into());
+    }
+    matches_documented_schema(&report, "docs/JSON_SCHEMA.md")
 }
 
 /// Is `path` inside an array that is present but empty in every instance (so no element

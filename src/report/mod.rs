@@ -2,6 +2,7 @@
 //! Reports read `Recording`s only; they never touch the target.
 
 pub mod collapsed;
+pub mod dump;
 pub mod flamegraph;
 pub mod json;
 pub mod profile;

@@ -159,6 +159,8 @@ impl<M: Memory> Observer<M> {
     /// Returns whether stacks will be read.
     pub fn enable_stacks(&mut self) -> bool {
         self.stacks = self.interpreter.layout.stack.map(StackReader::new);
+        // Remembered stacks name entries of the previous table.
+        self.last_stacks.clear();
         self.stacks.is_some()
     }
 

@@ -1,0 +1,141 @@
+//! `gilscope dump`: one snapshot of every thread (GIL state and Python stack) at an instant,
+//! optionally after a short recording that adds fractions and blame. Never stops the target.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::python::stack::{Frame, StackTable};
+use crate::record::{self, RecordOptions, Target};
+use crate::report::{Recording, TargetInfo};
+use crate::sample::classify::Classifier;
+use crate::sample::observe::TickError;
+use crate::sample::ThreadState;
+
+/// Between the reads a snapshot classifies from: the spacing of a recording's ticks, so that
+/// a runnable thread's CPU clock tells native work from a queue for the GIL the same way.
+const SNAPSHOT_GAP: Duration = Duration::from_millis(1);
+/// Attempts at a snapshot whose reads a moving target tore.
+const SNAPSHOT_ATTEMPTS: usize = 20;
+
+/// One thread at the snapshot.
+#[derive(Debug, Clone)]
+pub struct ThreadSnapshot {
+    pub tid: i32,
+    pub thread_id: Option<u64>,
+    pub name: String,
+    pub os_name: String,
+    pub state: ThreadState,
+    /// Innermost frame first; None if the stack could not be read consistently (or the
+    /// thread has no Python thread state).
+    pub stack: Option<Vec<Frame>>,
+}
+
+/// Every thread at one instant.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub target: TargetInfo,
+    pub gil_locked: bool,
+    pub interval_us: u64,
+    pub threads: Vec<ThreadSnapshot>,
+    /// The recording made first with `--sample`.
+    pub recording: Option<Recording>,
+}
+
+/// Take a snapshot of process `pid`, after recording for `sample` if given.
+pub fn dump(pid: i32, sample: Option<Duration>) -> Result<Snapshot> {
+    let mut observer = record::attach(pid)?;
+    let recording = sample.map(|duration| {
+        let options = RecordOptions {
+            target: Target::Pid(pid),
+            rate_hz: 1000.0,
+            duration: Some(duration),
+            stacks: true,
+        };
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        record::run(&mut observer, None, &options, &stop, None)
+    });
+    let target = record::target_info(&observer);
+    observer.enable_stacks();
+    let mut last_error = String::new();
+    for _ in 0..SNAPSHOT_ATTEMPTS {
+        // Three reads a moment apart: the middle one is classified with a look at what
+        // each thread did just before and just after it, as in a recording.
+        let mut ticks = Vec::with_capacity(3);
+        for i in 0..3 {
+            if i > 0 {
+                std::thread::sleep(SNAPSHOT_GAP);
+            }
+            match observer.observe() {
+                Ok(o) => ticks.push(o),
+                Err(TickError::Torn(why)) => {
+                    last_error = why;
+                    break;
+                }
+                Err(_) => return Err(Error::NoSuchProcess { pid }),
+            }
+        }
+        if ticks.len() < 3 {
+            continue;
+        }
+        let mut classifier = Classifier::new();
+        classifier.push(&ticks[0]);
+        classifier.push(&ticks[1]);
+        let Some(sample) = classifier.push(&ticks[2]).pop() else {
+            continue;
+        };
+        let first = &ticks[1];
+        let python_names = observer.python_thread_names();
+        let table = observer.stack_table().cloned().unwrap_or_default();
+        let threads = sample
+            .threads
+            .iter()
+            .map(|t| {
+                let os_name = observer.current_thread_name(t.tid).unwrap_or_default();
+                let name = t
+                    .thread_id
+                    .and_then(|id| python_names.get(&id).cloned())
+                    .unwrap_or_else(|| os_name.clone());
+                ThreadSnapshot {
+                    tid: t.tid,
+                    thread_id: t.thread_id,
+                    name,
+                    os_name,
+                    state: t.state,
+                    stack: t.stack.map(|id| innermost_first(&table, id)),
+                }
+            })
+            .collect();
+        return Ok(Snapshot {
+            target,
+            gil_locked: first.locked,
+            interval_us: first.gil.interval_us,
+            threads,
+            recording,
+        });
+    }
+    Err(Error::Internal(format!(
+        "the target changed under every one of {SNAPSHOT_ATTEMPTS} snapshots ({last_error})"
+    )))
+}
+
+fn innermost_first(table: &StackTable, id: u32) -> Vec<Frame> {
+    let mut frames: Vec<Frame> = table.frames(id).cloned().collect();
+    frames.reverse();
+    frames
+}
+
+impl Snapshot {
+    /// The fractions of the `--sample` recording, by tid.
+    pub fn fractions(&self) -> HashMap<i32, [f64; 4]> {
+        let Some(recording) = &self.recording else {
+            return HashMap::new();
+        };
+        recording
+            .profile
+            .threads()
+            .into_iter()
+            .map(|t| (t.tid, ThreadState::ALL.map(|s| t.fraction(s))))
+            .collect()
+    }
+}

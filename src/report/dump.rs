@@ -1,0 +1,182 @@
+//! The `gilscope dump` outputs: every thread's GIL state and stack at one instant, in text and
+//! as JSON (schema `gilscope.dump/1`, docs/DUMP_SCHEMA.md). Rendering only.
+
+use std::fmt::Write;
+
+use serde_json::{json, Value};
+
+use crate::dump::Snapshot;
+use crate::python::stack::Frame;
+use crate::sample::ThreadState;
+
+pub const SCHEMA: &str = "gilscope.dump/1";
+
+fn state_text(state: ThreadState) -> &'static str {
+    match state {
+        ThreadState::Hold => "holding the GIL",
+        ThreadState::Wait => "waiting for the GIL",
+        ThreadState::Running => "running without the GIL",
+        ThreadState::Idle => "idle",
+    }
+}
+
+pub fn text(snapshot: &Snapshot) -> String {
+    let mut out = String::new();
+    let t = &snapshot.target;
+    let _ = writeln!(
+        out,
+        "gilscope dump: pid {} - Python {} ({})",
+        t.pid, t.python_version, t.binary
+    );
+    if !t.command_line.is_empty() {
+        let _ = writeln!(out, "command: {}", t.command_line);
+    }
+    let holder = snapshot
+        .threads
+        .iter()
+        .find(|t| t.state == ThreadState::Hold);
+    let _ = writeln!(
+        out,
+        "GIL: {}; switch interval {:.1} ms",
+        match holder {
+            Some(h) => format!("held by {} ({})", h.name, h.tid),
+            None if snapshot.gil_locked => "locked (being handed over)".to_string(),
+            None => "free".to_string(),
+        },
+        snapshot.interval_us as f64 / 1e3
+    );
+    let fractions = snapshot.fractions();
+    if let Some(recording) = &snapshot.recording {
+        let p = &recording.profile;
+        let _ = writeln!(
+            out,
+            "sampled {:.1} s first: GIL held {:.1}%, contended {:.1}%, {} samples",
+            p.duration_s(),
+            100.0 * p.held(),
+            100.0 * p.contended(),
+            p.samples
+        );
+        if let (Some(top), Some(table)) = (p.blame().first(), &recording.stacks) {
+            let share = top.waiter_ticks as f64 / p.waiter_ticks().max(1) as f64;
+            let place = top
+                .stack
+                .and_then(|s| table.leaf(s))
+                .and_then(|f| table.frame(f))
+                .map(|f| f.label())
+                .unwrap_or_else(|| "(stack not captured)".into());
+            let _ = writeln!(
+                out,
+                "the others waited most ({:.0}% of waiting) while {} ({}) ran {}",
+                100.0 * share,
+                top.holder.name(),
+                top.holder.tid,
+                place
+            );
+        }
+    }
+    for thread in &snapshot.threads {
+        let _ = writeln!(out);
+        let _ = write!(
+            out,
+            "Thread {} \"{}\": {}",
+            thread.tid,
+            thread.name.escape_debug(),
+            state_text(thread.state)
+        );
+        if let Some(f) = fractions.get(&thread.tid) {
+            let _ = write!(
+                out,
+                "  [sampled: hold {:.1}% wait {:.1}% running {:.1}% idle {:.1}%]",
+                100.0 * f[0],
+                100.0 * f[1],
+                100.0 * f[2],
+                100.0 * f[3]
+            );
+        }
+        let _ = writeln!(out);
+        match &thread.stack {
+            Some(frames) if frames.is_empty() => {
+                let _ = writeln!(out, "    (no Python frame)");
+            }
+            Some(frames) => {
+                for frame in frames {
+                    let _ = writeln!(out, "    {}", frame.label().escape_debug());
+                }
+            }
+            None if thread.thread_id.is_none() => {
+                let _ = writeln!(out, "    (not a Python thread)");
+            }
+            None => {
+                let _ = writeln!(out, "    (stack changed while being read)");
+            }
+        }
+    }
+    out
+}
+
+fn frame_json(frame: &Frame) -> Value {
+    json!({"function": &*frame.function, "file": &*frame.file, "line": frame.line})
+}
+
+pub fn json(snapshot: &Snapshot) -> String {
+    let fractions = snapshot.fractions();
+    let holder = snapshot
+        .threads
+        .iter()
+        .find(|t| t.state == ThreadState::Hold);
+    let threads: Vec<Value> = snapshot
+        .threads
+        .iter()
+        .map(|t| {
+            let sampled = fractions.get(&t.tid).map(|f| {
+                json!({"hold": f[0], "wait": f[1], "running": f[2], "idle": f[3]})
+            });
+            json!({
+                "native_id": t.tid,
+                "thread_id": t.thread_id,
+                "name": t.name,
+                "os_name": t.os_name,
+                "state": t.state.name(),
+                "stack_captured": t.stack.is_some(),
+                "stack": t.stack.as_deref().unwrap_or(&[]).iter().map(frame_json).collect::<Vec<_>>(),
+                "sampled": sampled,
+            })
+        })
+        .collect();
+    let sample = snapshot.recording.as_ref().map(|r| {
+        let p = &r.profile;
+        let blame = p.blame().into_iter().next().map(|b| {
+            let stack: Vec<Value> = match (&r.stacks, b.stack) {
+                (Some(table), Some(id)) => table.frames(id).map(frame_json).collect(),
+                _ => Vec::new(),
+            };
+            json!({
+                "holder_native_id": b.holder.tid,
+                "holder_name": b.holder.name(),
+                "share": b.waiter_ticks as f64 / p.waiter_ticks().max(1) as f64,
+                "stack": stack,
+            })
+        });
+        json!({
+            "duration_s": p.duration_s(),
+            "samples": p.samples,
+            "held": p.held(),
+            "contended": p.contended(),
+            "top_blame": blame,
+        })
+    });
+    let document = json!({
+        "schema": SCHEMA,
+        "target": snapshot.target,
+        "gil": {
+            "locked": snapshot.gil_locked,
+            "holder_native_id": holder.map(|h| h.tid),
+            "interval_s": snapshot.interval_us as f64 / 1e6,
+        },
+        "threads": threads,
+        "sample": sample,
+    });
+    let mut out = serde_json::to_string_pretty(&document).unwrap_or_default();
+    out.push('\n');
+    out
+}
