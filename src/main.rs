@@ -1,7 +1,7 @@
 //! The gilscope command: parse the command line, run the library, print errors as one line
 //! with a hint, and map them to documented exit codes.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,6 +97,9 @@ fn record_command(args: RecordArgs) -> Result<()> {
         rate_hz: args.rate,
         duration: args.duration.map(Duration::from_secs_f64),
         stacks: !args.gil_only,
+        progress: std::io::stderr()
+            .is_terminal()
+            .then_some(print_progress as fn(&record::Progress)),
     };
     let stop = stop_flag();
     let (mut spawned, mut observer) = match &target {
@@ -170,6 +173,28 @@ fn record_command(args: RecordArgs) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// One self-overwriting line on a terminal's stderr; cleared when the recording is over.
+fn print_progress(p: &record::Progress) {
+    let mut err = std::io::stderr().lock();
+    if p.done {
+        let _ = write!(err, "\r\x1b[2K");
+    } else {
+        let total = p
+            .total_s
+            .map(|t| format!(" / {t:.1}"))
+            .unwrap_or_default();
+        let _ = write!(
+            err,
+            "\r\x1b[2Kgilscope: {:.1}{total} s, {} samples, {} errors, max lag {:.1} ms",
+            p.elapsed_s,
+            p.samples,
+            p.errors,
+            p.max_lag_s * 1e3
+        );
+    }
+    let _ = err.flush();
 }
 
 fn dump_command(args: DumpArgs) -> Result<()> {

@@ -36,6 +36,21 @@ pub struct RecordOptions {
     pub duration: Option<Duration>,
     /// Read Python stacks at every tick (off with --gil-only).
     pub stacks: bool,
+    /// Told how the recording is going every half second, and once at the end.
+    pub progress: Option<fn(&Progress)>,
+}
+
+/// How a recording is going, for a progress line.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    pub elapsed_s: f64,
+    /// The requested duration, if any.
+    pub total_s: Option<f64>,
+    pub samples: u64,
+    pub errors: u64,
+    pub max_lag_s: f64,
+    /// The recording is over (the last call).
+    pub done: bool,
 }
 
 /// Observers of the raw ticks (for `--observations`): gets every observation in order.
@@ -215,6 +230,16 @@ pub fn run(
                     });
                 }
                 if names_read.elapsed() >= NAME_REFRESH {
+                    if let Some(progress) = options.progress {
+                        progress(&Progress {
+                            elapsed_s: monotonic_ns().saturating_sub(start) as f64 / 1e9,
+                            total_s: options.duration.map(|d| d.as_secs_f64()),
+                            samples: profile.samples,
+                            errors,
+                            max_lag_s: schedule.max_lag_ns as f64 / 1e9,
+                            done: false,
+                        });
+                    }
                     profile.refresh_names(|tid| observer.current_thread_name(tid));
                     profile.set_python_names(&observer.python_thread_names());
                     names_read = Instant::now();
@@ -240,6 +265,16 @@ pub fn run(
     }
     profile.refresh_names(|tid| observer.current_thread_name(tid));
     profile.set_python_names(&observer.python_thread_names());
+    if let Some(progress) = options.progress {
+        progress(&Progress {
+            elapsed_s: monotonic_ns().saturating_sub(start) as f64 / 1e9,
+            total_s: options.duration.map(|d| d.as_secs_f64()),
+            samples: profile.samples,
+            errors,
+            max_lag_s: schedule.max_lag_ns as f64 / 1e9,
+            done: true,
+        });
+    }
     let host_steal = process::steal_share(cpu_before, process::cpu_times());
     let ticks = profile.samples + errors;
     Recording {

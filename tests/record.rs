@@ -72,11 +72,12 @@ fn main() {
             ));
         }
     }
-    let cli: [(&str, KnownAnswer); 11] = [
+    let cli: [(&str, KnownAnswer); 12] = [
         ("flamegraphs_keep_non_ascii_names_and_states", flamegraph),
         ("speedscope_files_have_one_profile_per_thread", speedscope),
         ("blame_weights_the_holders_code_by_its_waiters", blame_view),
         ("gil_only_records_no_stacks", gil_only),
+        ("progress_shows_on_a_terminal_and_only_there", progress),
         ("text_report_has_a_header_and_a_row_per_thread", text_report),
         ("json_report_matches_the_documented_schema", json_schema),
         (
@@ -1265,4 +1266,55 @@ fn thread_names(python: &Python) -> Result<(), Failed> {
     let _ = child.kill();
     let _ = child.wait();
     result
+}
+
+/// Runs gilscope (argv after the script) on a pseudo-terminal and prints all it wrote there.
+const ON_A_TERMINAL: &str = r#"
+import os, pty, sys
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+data = b""
+while True:
+    try:
+        chunk = os.read(fd, 4096)
+    except OSError:
+        break
+    if not chunk:
+        break
+    data += chunk
+os.waitpid(pid, 0)
+sys.stdout.buffer.write(data)
+"#;
+
+/// On a terminal, record shows a self-overwriting progress line and clears it at the end;
+/// into a pipe it writes none.
+fn progress(python: &Python) -> Result<(), Failed> {
+    let fx = Fixture::start(&python.path, "spinners", &["--duration", "60"])?;
+    let pid = fx.pid.to_string();
+    let dir = tempfile::tempdir()?;
+    let report = dir.path().join("r.json");
+    let args = [
+        "record",
+        "--pid",
+        &pid,
+        "--duration",
+        "1.3",
+        "-o",
+        report.to_str().ok_or("path")?,
+    ];
+    let out = Command::new(&python.path)
+        .args(["-c", ON_A_TERMINAL, common::gilscope_bin()])
+        .args(args)
+        .output()?;
+    let screen = String::from_utf8_lossy(&out.stdout);
+    let lines = screen.matches("\r\x1b[2Kgilscope: ").count();
+    if lines < 2 || !screen.contains(" / 1.3 s, ") || !screen.contains(" samples, 0 errors") {
+        return Err(format!("no progress on the terminal: {screen:?}").into());
+    }
+    let piped = common::gilscope(&args);
+    if String::from_utf8_lossy(&piped.stderr).contains('\x1b') {
+        return Err("progress escapes written into a pipe".into());
+    }
+    Ok(())
 }
