@@ -181,10 +181,7 @@ fn print_progress(p: &record::Progress) {
     if p.done {
         let _ = write!(err, "\r\x1b[2K");
     } else {
-        let total = p
-            .total_s
-            .map(|t| format!(" / {t:.1}"))
-            .unwrap_or_default();
+        let total = p.total_s.map(|t| format!(" / {t:.1}")).unwrap_or_default();
         let _ = write!(
             err,
             "\r\x1b[2Kgilscope: {:.1}{total} s, {} samples, {} errors, max lag {:.1} ms",

@@ -21,7 +21,7 @@ fn main() {
     args.test_threads = Some(1);
     let pythons = common::pythons();
     let mut trials = Vec::new();
-    let known: [(&str, KnownAnswer); 9] = [
+    let known: [(&str, KnownAnswer); 10] = [
         ("spinners_share_the_gil", spinners_share_the_gil),
         (
             "a_thread_sleeping_in_c_with_the_gil_holds_it",
@@ -43,6 +43,7 @@ fn main() {
             thread_names,
         ),
         ("dump_shows_the_holder_and_every_stack", dump_snapshot),
+        ("findings_follow_the_figures_and_only_them", findings),
     ];
     for (name, test) in known {
         for python in &pythons.found {
@@ -1315,6 +1316,65 @@ fn progress(python: &Python) -> Result<(), Failed> {
     let piped = common::gilscope(&args);
     if String::from_utf8_lossy(&piped.stderr).contains('\x1b') {
         return Err("progress escapes written into a pipe".into());
+    }
+    Ok(())
+}
+
+/// The findings section of a 2 s text report of `fixture`.
+fn findings_of(python: &Python, fixture: &str) -> Result<(Fixture, String), Failed> {
+    let fx = Fixture::start(&python.path, fixture, &["--duration", "60"])?;
+    let before = gilscope::target::process::cpu_times();
+    let out = common::gilscope(&["record", "--pid", &fx.pid.to_string(), "--duration", "2"]);
+    let steal =
+        gilscope::target::process::steal_share(before, gilscope::target::process::cpu_times());
+    // The worst window decides whether a miss is measured again.
+    LAST_STEAL.set(match (LAST_STEAL.get(), steal) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    });
+    if !out.status.success() {
+        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
+    }
+    let text = stdout_of(&out);
+    let section = text
+        .split_once("\nFindings:\n")
+        .map(|(_, f)| f.to_string())
+        .unwrap_or_default();
+    Ok((fx, section))
+}
+
+/// Findings appear where the figures call for them, naming the thread and the figure, and
+/// not at all for a lone thread that nobody waits on.
+fn findings(python: &Python) -> Result<(), Failed> {
+    // Each fixture is ended before the next starts: a busy machine changes the figures.
+    {
+        let (fx, found) = findings_of(python, "spinners")?;
+        if !found.contains("The GIL was held") || !found.contains("3 threads wanted it") {
+            return Err(format!("spinners: no saturation finding:\n{found}").into());
+        }
+        let spinner = format!("({}) waited for the GIL", fx.tid("spinner-0"));
+        if !found.contains(&spinner) || !found.contains("in spin (") {
+            return Err(format!("spinners: no waiting finding on spin:\n{found}").into());
+        }
+    }
+    {
+        let (fx, found) = findings_of(python, "io_pingpong")?;
+        let convoy = format!("io ({}) waited", fx.tid("io"));
+        if !found.lines().any(|l| {
+            l.contains(&convoy) && l.contains("after each wake-up") && l.contains("convoy")
+        }) {
+            return Err(format!("io_pingpong: no convoy finding for io:\n{found}").into());
+        }
+    }
+    {
+        let (_fx, found) = findings_of(python, "native_release")?;
+        if !found.contains("ran native code without the GIL") {
+            return Err(format!("native_release: no native finding:\n{found}").into());
+        }
+    }
+    let (_fx, found) = findings_of(python, "single")?;
+    if !found.is_empty() {
+        return Err(format!("a single thread got findings:\n{found}").into());
     }
     Ok(())
 }

@@ -74,6 +74,9 @@ pub fn text(snapshot: &Snapshot) -> String {
             );
         }
     }
+    if let Some(recording) = &snapshot.recording {
+        super::text::findings_section(&mut out, recording);
+    }
     for thread in &snapshot.threads {
         let _ = writeln!(out);
         let _ = write!(

@@ -3,6 +3,7 @@
 
 pub mod collapsed;
 pub mod dump;
+pub mod findings;
 pub mod flamegraph;
 pub mod json;
 pub mod profile;

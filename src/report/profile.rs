@@ -60,6 +60,14 @@ pub struct ThreadProfile {
     pub last_ns: u64,
     /// Ticks per Python stack, for each state (None: no stack read at that tick).
     pub stacks: [HashMap<Option<StackId>, u64>; 4],
+    /// This thread's waiting ticks by what the holder ran: (holder's row, holder's stack).
+    pub waited_on: HashMap<(usize, Option<StackId>), u64>,
+    /// Times it went from idle to waiting: a wake-up that had to queue for the GIL.
+    pub wakeups: u64,
+    /// Waiting ticks from such a wake-up until it stopped waiting.
+    pub wakeup_wait_ticks: u64,
+    previous: Option<ThreadState>,
+    waking: bool,
 }
 
 /// A place in the code and how often a thread was there.
@@ -229,6 +237,11 @@ impl Profile {
                         first_ns: sample.time_ns,
                         last_ns: sample.time_ns,
                         stacks: Default::default(),
+                        waited_on: HashMap::new(),
+                        wakeups: 0,
+                        wakeup_wait_ticks: 0,
+                        previous: None,
+                        waking: false,
                     });
                     self.rows.insert(thread.tid, self.threads.len() - 1);
                     self.threads.len() - 1
@@ -243,11 +256,34 @@ impl Profile {
             *entry.stacks[thread.state.index()]
                 .entry(thread.stack)
                 .or_default() += 1;
+            if thread.state == ThreadState::Wait {
+                if entry.previous == Some(ThreadState::Idle) {
+                    entry.wakeups += 1;
+                    entry.waking = true;
+                }
+                if entry.waking {
+                    entry.wakeup_wait_ticks += 1;
+                }
+            } else {
+                entry.waking = false;
+            }
+            entry.previous = Some(thread.state);
         }
         if waiters > 0 {
             let holder = sample.threads.iter().find(|t| t.state == ThreadState::Hold);
             match holder.and_then(|h| Some((self.rows.get(&h.tid).copied()?, h.stack))) {
-                Some(key) => *self.blame.entry(key).or_default() += waiters,
+                Some(key) => {
+                    *self.blame.entry(key).or_default() += waiters;
+                    for waiter in sample
+                        .threads
+                        .iter()
+                        .filter(|t| t.state == ThreadState::Wait)
+                    {
+                        if let Some(&row) = self.rows.get(&waiter.tid) {
+                            *self.threads[row].waited_on.entry(key).or_default() += 1;
+                        }
+                    }
+                }
                 None => self.blame_unheld += waiters,
             }
         }
@@ -273,6 +309,20 @@ impl Profile {
                 .then(a.stack.cmp(&b.stack))
         });
         blame
+    }
+
+    /// The thread of a row (for blame keys).
+    pub fn thread_at(&self, row: usize) -> Option<&ThreadProfile> {
+        self.threads.get(row)
+    }
+
+    /// Mean wall time between two samples (s).
+    pub fn tick_s(&self) -> f64 {
+        if self.samples > 1 {
+            self.duration_s() / (self.samples - 1) as f64
+        } else {
+            0.0
+        }
     }
 
     /// Waiters summed over all ticks (the total weight of the blame view).

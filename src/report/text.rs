@@ -103,7 +103,21 @@ pub fn render(recording: &Recording) -> String {
         where_threads_are(&mut out, recording, table);
         who_makes_them_wait(&mut out, recording, table);
     }
+    findings_section(&mut out, recording);
     out
+}
+
+/// The findings, if the figures support any.
+pub fn findings_section(out: &mut String, recording: &Recording) {
+    let findings = super::findings::findings(recording);
+    if findings.is_empty() {
+        return;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Findings:");
+    for finding in findings {
+        let _ = writeln!(out, "- {}", display_name(&finding));
+    }
 }
 
 /// Locations shown per thread and state in the text report.

@@ -1,0 +1,118 @@
+//! Plain-language findings drawn from a recording's figures, each stating the figure it rests
+//! on. A finding is made only when the figures clearly support it; silence is an answer too.
+
+use super::Recording;
+use crate::sample::ThreadState;
+
+/// The GIL is saturated when held this much while several threads want it.
+const SATURATED: f64 = 0.9;
+/// A thread "wants" the GIL when it holds or waits for it this much.
+const WANTS: f64 = 0.1;
+/// A thread's waiting is worth a finding from this share on.
+const WAITS_A_LOT: f64 = 0.25;
+/// ... and is "mostly" on one holder's code from this share of its waiting on.
+const MOSTLY: f64 = 0.3;
+/// Native code that contends: running without the GIL and waiting to get it back.
+const NATIVE_RUNS: f64 = 0.2;
+const NATIVE_WAITS: f64 = 0.15;
+/// A convoy: enough wake-ups that each waited at least this many switch intervals.
+const CONVOY_WAKEUPS: u64 = 20;
+const CONVOY_INTERVALS: f64 = 0.5;
+/// Threads named in the waiting finding, most waiting first.
+const MAX_WAITERS: usize = 3;
+
+fn pct(f: f64) -> String {
+    format!("{:.0}%", 100.0 * f)
+}
+
+pub fn findings(recording: &Recording) -> Vec<String> {
+    let profile = &recording.profile;
+    let threads = profile.threads();
+    let mut found = Vec::new();
+    let wanting = threads
+        .iter()
+        .filter(|t| t.fraction(ThreadState::Hold) + t.fraction(ThreadState::Wait) >= WANTS)
+        .count();
+    if profile.held() >= SATURATED && wanting >= 2 {
+        found.push(format!(
+            "The GIL was held {} of the time while {wanting} threads wanted it: their Python \
+             code runs one at a time, so these threads add no parallelism.",
+            pct(profile.held())
+        ));
+    }
+    let mut waiters: Vec<_> = threads
+        .iter()
+        .filter(|t| t.fraction(ThreadState::Wait) >= WAITS_A_LOT)
+        .collect();
+    waiters.sort_by(|a, b| {
+        b.fraction(ThreadState::Wait)
+            .total_cmp(&a.fraction(ThreadState::Wait))
+    });
+    for thread in waiters.into_iter().take(MAX_WAITERS) {
+        let mut text = format!(
+            "{} ({}) waited for the GIL {} of the time",
+            thread.name(),
+            thread.tid,
+            pct(thread.fraction(ThreadState::Wait))
+        );
+        let total: u64 = thread.waited_on.values().sum();
+        let top = thread
+            .waited_on
+            .iter()
+            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)));
+        if let Some((&(row, stack), &ticks)) = top {
+            let share = ticks as f64 / total.max(1) as f64;
+            if let (Some(holder), true) = (profile.thread_at(row), share >= MOSTLY) {
+                text.push_str(&format!(
+                    ", {} of that while {} ({}) held it",
+                    pct(share),
+                    holder.name(),
+                    holder.tid
+                ));
+                let place = recording.stacks.as_ref().and_then(|table| {
+                    let frame = table.frame(table.leaf(stack?)?)?;
+                    Some(format!(" in {}", frame.label()))
+                });
+                text.push_str(&place.unwrap_or_default());
+            }
+        }
+        text.push('.');
+        found.push(text);
+    }
+    for thread in &threads {
+        let (running, wait) = (
+            thread.fraction(ThreadState::Running),
+            thread.fraction(ThreadState::Wait),
+        );
+        if running >= NATIVE_RUNS && wait >= NATIVE_WAITS {
+            found.push(format!(
+                "{} ({}) ran native code without the GIL {} of the time and waited {} to get \
+                 it back: its C calls release the GIL, the Python around them contends.",
+                thread.name(),
+                thread.tid,
+                pct(running),
+                pct(wait)
+            ));
+        }
+    }
+    let interval_s = profile.interval_us as f64 / 1e6;
+    for thread in &threads {
+        if thread.wakeups < CONVOY_WAKEUPS || interval_s <= 0.0 {
+            continue;
+        }
+        let mean_s = thread.wakeup_wait_ticks as f64 / thread.wakeups as f64 * profile.tick_s();
+        if mean_s >= CONVOY_INTERVALS * interval_s {
+            found.push(format!(
+                "{} ({}) waited {:.1} ms for the GIL after each wake-up on average ({} \
+                 wake-ups), {:.1} switch intervals: the convoy effect of waking threads beside \
+                 CPU-bound ones.",
+                thread.name(),
+                thread.tid,
+                mean_s * 1e3,
+                thread.wakeups,
+                mean_s / interval_s
+            ));
+        }
+    }
+    found
+}
