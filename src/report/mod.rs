@@ -86,7 +86,7 @@ pub const CLASSIFIER_ERROR: f64 = 0.02;
 
 /// Above this host steal share the classifier bound was not measured to hold
 /// (docs/ACCURACY.md): reports warn.
-pub const STEAL_WARNING: f64 = 0.10;
+pub const STEAL_WARNING: f64 = 0.05;
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
