@@ -179,6 +179,27 @@ pub fn target_info(observer: &Observer<ProcessMemory>) -> TargetInfo {
     }
 }
 
+/// Tell the progress callback, if any, how the recording is going.
+fn report_progress(
+    options: &RecordOptions,
+    start_ns: u64,
+    profile: &Profile,
+    errors: u64,
+    schedule: &Schedule,
+    done: bool,
+) {
+    if let Some(progress) = options.progress {
+        progress(&Progress {
+            elapsed_s: monotonic_ns().saturating_sub(start_ns) as f64 / 1e9,
+            total_s: options.duration.map(|d| d.as_secs_f64()),
+            samples: profile.samples,
+            errors,
+            max_lag_s: schedule.max_lag_ns as f64 / 1e9,
+            done,
+        });
+    }
+}
+
 /// Sample `observer` until the duration passes, `stop` is raised or the target exits.
 pub fn run(
     observer: &mut Observer<ProcessMemory>,
@@ -230,16 +251,7 @@ pub fn run(
                     });
                 }
                 if names_read.elapsed() >= NAME_REFRESH {
-                    if let Some(progress) = options.progress {
-                        progress(&Progress {
-                            elapsed_s: monotonic_ns().saturating_sub(start) as f64 / 1e9,
-                            total_s: options.duration.map(|d| d.as_secs_f64()),
-                            samples: profile.samples,
-                            errors,
-                            max_lag_s: schedule.max_lag_ns as f64 / 1e9,
-                            done: false,
-                        });
-                    }
+                    report_progress(options, start, &profile, errors, &schedule, false);
                     profile.refresh_names(|tid| observer.current_thread_name(tid));
                     profile.set_python_names(&observer.python_thread_names());
                     names_read = Instant::now();
@@ -265,16 +277,7 @@ pub fn run(
     }
     profile.refresh_names(|tid| observer.current_thread_name(tid));
     profile.set_python_names(&observer.python_thread_names());
-    if let Some(progress) = options.progress {
-        progress(&Progress {
-            elapsed_s: monotonic_ns().saturating_sub(start) as f64 / 1e9,
-            total_s: options.duration.map(|d| d.as_secs_f64()),
-            samples: profile.samples,
-            errors,
-            max_lag_s: schedule.max_lag_ns as f64 / 1e9,
-            done: true,
-        });
-    }
+    report_progress(options, start, &profile, errors, &schedule, true);
     let host_steal = process::steal_share(cpu_before, process::cpu_times());
     let ticks = profile.samples + errors;
     Recording {

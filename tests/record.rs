@@ -394,20 +394,14 @@ fn matches_documented_schema(document: &Value, page: &str) -> Result<(), Failed>
 fn dump_snapshot(python: &Python) -> Result<(), Failed> {
     let fx = Fixture::start(&python.path, "gil_sleeper", &["--duration", "60"])?;
     let pid = fx.pid.to_string();
-    let out = common::gilscope(&["dump", "--pid", &pid, "--json", "--sample", "0.5"]);
-    if !out.status.success() {
-        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
-    }
+    let out = gilscope_ok(&["dump", "--pid", &pid, "--json", "--sample", "0.5"])?;
     let sampled: Value = serde_json::from_str(&stdout_of(&out))?;
     matches_documented_schema(&sampled, "docs/DUMP_SCHEMA.md")?;
     let spinner_tid = fx.tid("spinner") as i64;
     // The sleeper holds the GIL through each 2 ms sleep, the spinner between: some dump
     // catches the sleeper holding.
     for _ in 0..30 {
-        let out = common::gilscope(&["dump", "--pid", &pid, "--json"]);
-        if !out.status.success() {
-            return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
-        }
+        let out = gilscope_ok(&["dump", "--pid", &pid, "--json"])?;
         let dump: Value = serde_json::from_str(&stdout_of(&out))?;
         let threads = dump["threads"].as_array().ok_or("no threads")?;
         let by_tid = |tid: i64| {
@@ -515,7 +509,7 @@ fn output_files(python: &Python) -> Result<(), Failed> {
     let json = dir.path().join("report.json");
     std::fs::write(&json, "old contents")?;
     let pid = fx.pid.to_string();
-    let out = common::gilscope(&[
+    let out = gilscope_ok(&[
         "record",
         "--pid",
         &pid,
@@ -523,10 +517,7 @@ fn output_files(python: &Python) -> Result<(), Failed> {
         "0.5",
         "-o",
         json.to_str().unwrap(),
-    ]);
-    if !out.status.success() {
-        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
-    }
+    ])?;
     let parsed: Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
     if parsed["schema"] != "gilscope.report/2" {
         return Err("-o report.json did not write JSON".into());
@@ -731,6 +722,15 @@ fn python_2_refused(python2: &Path) -> Result<(), Failed> {
     Ok(())
 }
 
+/// Run gilscope; its exit status must be success.
+fn gilscope_ok(args: &[&str]) -> Result<std::process::Output, Failed> {
+    let out = common::gilscope(args);
+    if !out.status.success() {
+        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
+    }
+    Ok(out)
+}
+
 /// The line of `# line: NAME` in a fixture's source.
 fn marked_line(fixture_file: &str, name: &str) -> Result<u64, Failed> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -904,7 +904,7 @@ fn stacks_in_states(python: &Python) -> Result<(), Failed> {
 /// function and file names byte for byte.
 fn stacks_folded(python: &Python) -> Result<(), Failed> {
     let fx = Fixture::start(&python.path, "stacks", &["--duration", "60"])?;
-    let out = common::gilscope(&[
+    let out = gilscope_ok(&[
         "record",
         "--pid",
         &fx.pid.to_string(),
@@ -913,10 +913,7 @@ fn stacks_folded(python: &Python) -> Result<(), Failed> {
         "--format",
         "collapsed",
         "--idle",
-    ]);
-    if !out.status.success() {
-        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
-    }
+    ])?;
     let folded = stdout_of(&out);
     let deep_head = format!("({});[idle];", fx.tid("deep"));
     let deepest = folded
@@ -994,7 +991,7 @@ fn flamegraph(python: &Python) -> Result<(), Failed> {
     let fx = Fixture::start(&python.path, "stacks", &["--duration", "60"])?;
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("gil.svg");
-    let out = common::gilscope(&[
+    gilscope_ok(&[
         "record",
         "--pid",
         &fx.pid.to_string(),
@@ -1004,10 +1001,7 @@ fn flamegraph(python: &Python) -> Result<(), Failed> {
         path.to_str().ok_or("path")?,
         "--state",
         "hold,wait",
-    ]);
-    if !out.status.success() {
-        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
-    }
+    ])?;
     let svg = std::fs::read_to_string(&path)?;
     for needle in [
         "<svg",
@@ -1034,7 +1028,7 @@ fn speedscope(python: &Python) -> Result<(), Failed> {
     let fx = Fixture::start(&python.path, "stacks", &["--duration", "60"])?;
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("gil.speedscope.json");
-    let out = common::gilscope(&[
+    gilscope_ok(&[
         "record",
         "--pid",
         &fx.pid.to_string(),
@@ -1042,10 +1036,7 @@ fn speedscope(python: &Python) -> Result<(), Failed> {
         "1",
         "-o",
         path.to_str().ok_or("path")?,
-    ]);
-    if !out.status.success() {
-        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
-    }
+    ])?;
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
     if doc["$schema"] != "https://www.speedscope.app/file-format-schema.json" {
         return Err(format!("not a speedscope file: {}", doc["$schema"]).into());
@@ -1088,7 +1079,7 @@ fn speedscope(python: &Python) -> Result<(), Failed> {
 /// in that thread's code.
 fn blame_view(python: &Python) -> Result<(), Failed> {
     let fx = Fixture::start(&python.path, "stacks", &["--duration", "60"])?;
-    let out = common::gilscope(&[
+    let out = gilscope_ok(&[
         "record",
         "--pid",
         &fx.pid.to_string(),
@@ -1098,10 +1089,7 @@ fn blame_view(python: &Python) -> Result<(), Failed> {
         "collapsed",
         "--view",
         "blame",
-    ]);
-    if !out.status.success() {
-        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
-    }
+    ])?;
     let folded = stdout_of(&out);
     let weight_of = |head: String, leaf: &str| -> u64 {
         folded
@@ -1140,7 +1128,7 @@ fn blame_view(python: &Python) -> Result<(), Failed> {
 /// --gil-only keeps the fractions and reads no stacks.
 fn gil_only(python: &Python) -> Result<(), Failed> {
     let fx = Fixture::start(&python.path, "stacks", &["--duration", "60"])?;
-    let out = common::gilscope(&[
+    let out = gilscope_ok(&[
         "record",
         "--pid",
         &fx.pid.to_string(),
@@ -1149,10 +1137,7 @@ fn gil_only(python: &Python) -> Result<(), Failed> {
         "--format",
         "json",
         "--gil-only",
-    ]);
-    if !out.status.success() {
-        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
-    }
+    ])?;
     let report: Value = serde_json::from_str(&stdout_of(&out))?;
     let holder = row(&report, &fx, "holder")?;
     expect(

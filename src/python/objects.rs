@@ -98,35 +98,37 @@ pub fn read_c_string(memory: &dyn Memory, addr: u64, max: usize) -> Result<Strin
     Err(ReadError::BadPointer { addr })
 }
 
+/// A compact `str` object as CPython lays it out, for tests that build target memory.
+#[cfg(test)]
+pub(crate) fn str_object(layout: &StackLayout, text: &str) -> Vec<u8> {
+    let chars: Vec<char> = text.chars().collect();
+    let max = chars.iter().map(|&c| c as u32).max().unwrap_or(0);
+    let (kind, ascii) = match max {
+        0..=0x7f => (1u32, true),
+        0x80..=0xff => (1, false),
+        0x100..=0xffff => (2, false),
+        _ => (4, false),
+    };
+    let u = layout.unicode;
+    let start = if ascii { u.ascii_data } else { u.compact_data } as usize;
+    let mut object = vec![0u8; start];
+    object[u.length as usize..u.length as usize + 8]
+        .copy_from_slice(&(chars.len() as u64).to_le_bytes());
+    let state = (kind << 2) | (1 << 5) | ((ascii as u32) << 6);
+    object[u.state as usize..u.state as usize + 4].copy_from_slice(&state.to_le_bytes());
+    for c in chars {
+        let v = c as u32;
+        object.extend_from_slice(&v.to_le_bytes()[..kind as usize]);
+    }
+    object
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::python::layout::table_for;
     use crate::python::version::Version;
     use crate::target::memory::MemoryImage;
-
-    fn str_object(layout: &StackLayout, text: &str) -> Vec<u8> {
-        let chars: Vec<char> = text.chars().collect();
-        let max = chars.iter().map(|&c| c as u32).max().unwrap_or(0);
-        let (kind, ascii) = match max {
-            0..=0x7f => (1u32, true),
-            0x80..=0xff => (1, false),
-            0x100..=0xffff => (2, false),
-            _ => (4, false),
-        };
-        let u = layout.unicode;
-        let start = if ascii { u.ascii_data } else { u.compact_data } as usize;
-        let mut object = vec![0u8; start];
-        object[u.length as usize..u.length as usize + 8]
-            .copy_from_slice(&(chars.len() as u64).to_le_bytes());
-        let state = (kind << 2) | (1 << 5) | ((ascii as u32) << 6);
-        object[u.state as usize..u.state as usize + 4].copy_from_slice(&state.to_le_bytes());
-        for c in chars {
-            let v = c as u32;
-            object.extend_from_slice(&v.to_le_bytes()[..kind as usize]);
-        }
-        object
-    }
 
     #[test]
     fn strings_of_every_kind_read_back() {

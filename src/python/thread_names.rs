@@ -866,22 +866,7 @@ mod tests {
         }
 
         fn str(&mut self, text: &str) -> u64 {
-            let chars: Vec<char> = text.chars().collect();
-            let max = chars.iter().map(|&c| c as u32).max().unwrap_or(0);
-            let (kind, ascii) = match max {
-                0..=0x7f => (1u32, true),
-                0x80..=0xff => (1, false),
-                0x100..=0xffff => (2, false),
-                _ => (4, false),
-            };
-            let u = self.strings.unicode;
-            let mut object = vec![0u8; if ascii { u.ascii_data } else { u.compact_data } as usize];
-            put(&mut object, u.length, &(chars.len() as u64).to_le_bytes());
-            let state = (kind << 2) | (1 << 5) | ((ascii as u32) << 6);
-            put(&mut object, u.state, &state.to_le_bytes());
-            for c in chars {
-                object.extend_from_slice(&(c as u32).to_le_bytes()[..kind as usize]);
-            }
+            let mut object = crate::python::objects::str_object(&self.strings, text);
             object.push(0);
             self.heap.alloc(&object)
         }
