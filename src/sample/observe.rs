@@ -143,12 +143,11 @@ impl<M: Memory> Observer<M> {
         let Some(names) = self.thread_names.as_mut() else {
             return HashMap::new();
         };
-        let Some(&interp) = self
+        let Some(interp) = self
             .interpreter
             .interpreters(&self.memory)
             .ok()
             .and_then(|i| i.first().copied())
-            .as_ref()
         else {
             return HashMap::new();
         };
