@@ -57,7 +57,7 @@ fn main() {
             ticks.push(serde_json::to_string(o).unwrap());
         }
     };
-    let recording = record::run(&mut observer, None, &options, &stop, Some(&mut sink));
+    let recording = record::run(&mut observer, None, &options, &stop, Some(&mut sink), None);
     let events = tracer.stop();
     spawned.finish();
     let p = &recording.profile;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::report::live::SortBy;
 use crate::report::{Format, View};
 use crate::sample::ThreadState;
 
@@ -39,6 +40,39 @@ pub enum Command {
         gilscope dump --pid 1234 --sample 2\n  \
         gilscope dump --pid 1234 --json")]
     Dump(DumpArgs),
+    /// Watch a process's GIL live: per-thread hold / wait / running / idle, refreshed every second
+    #[command(
+        after_help = "Keys: q quit, h sort by hold, w sort by wait, i show or hide idle threads.\n\
+        When stdout is not a terminal, prints one plain line of figures per second instead.\n\n\
+        Examples:\n  \
+        gilscope top --pid 1234\n  \
+        gilscope top --pid 1234 --sort wait --idle\n  \
+        gilscope top --pid 1234 | tee gil.log"
+    )]
+    Top(TopArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Process id of a running Python program
+    #[arg(short, long, value_name = "PID")]
+    pub pid: i32,
+
+    /// Samples per second
+    #[arg(short, long, value_name = "HZ", default_value_t = 1000.0, value_parser = parse_rate)]
+    pub rate: f64,
+
+    /// Sort threads by the share of the last 10 s they held, or waited for, the GIL
+    #[arg(long, value_enum, default_value_t = SortBy::Hold)]
+    pub sort: SortBy,
+
+    /// Show threads that were idle all through the last 10 s (key i toggles)
+    #[arg(long)]
+    pub idle: bool,
+
+    /// Measure the GIL and thread states only, without reading Python stacks (no blame)
+    #[arg(long)]
+    pub gil_only: bool,
 }
 
 #[derive(Debug, Args)]

@@ -54,7 +54,7 @@ pub fn dump(pid: i32, sample: Option<Duration>) -> Result<Snapshot> {
             progress: None,
         };
         let stop = std::sync::atomic::AtomicBool::new(false);
-        record::run(&mut observer, None, &options, &stop, None)
+        record::run(&mut observer, None, &options, &stop, None, None)
     });
     let target = record::target_info(&observer);
     observer.enable_stacks();

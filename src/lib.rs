@@ -10,3 +10,4 @@ pub mod reference;
 pub mod report;
 pub mod sample;
 pub mod target;
+pub mod top;

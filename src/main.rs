@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use gilscope::cli::{Cli, Command, DumpArgs, RecordArgs};
+use gilscope::cli::{Cli, Command, DumpArgs, RecordArgs, TopArgs};
 use gilscope::error::{Error, ExitCode, Result};
 use gilscope::record::{self, RecordOptions, Target};
+use gilscope::report::live::ViewState;
 use gilscope::report::{self, EndReason, Format, RenderOptions};
 use gilscope::sample::ThreadState;
+use gilscope::top::{TopEnd, TopOptions};
 
 fn main() {
     let cli = match Cli::try_parse() {
@@ -29,6 +31,7 @@ fn main() {
     let result = match cli.command {
         Command::Record(args) => record_command(args),
         Command::Dump(args) => dump_command(args),
+        Command::Top(args) => top_command(args),
     };
     if let Err(error) = result {
         eprintln!("gilscope: {error}");
@@ -139,6 +142,7 @@ fn record_command(args: RecordArgs) -> Result<()> {
         &options,
         &stop,
         Some(&mut write_observation),
+        None,
     );
     if let Some(spawned) = spawned {
         spawned.finish();
@@ -205,6 +209,33 @@ fn dump_command(args: DumpArgs) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(text.as_bytes());
     let _ = stdout.flush();
+    Ok(())
+}
+
+fn top_command(args: TopArgs) -> Result<()> {
+    record::check_target(args.pid)?;
+    // The view polls this flag: no forced exit on a second signal, which could leave the
+    // terminal in raw mode.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        let _ = signal_hook::flag::register(signal, stop.clone());
+    }
+    let options = TopOptions {
+        pid: args.pid,
+        rate_hz: args.rate,
+        view: ViewState {
+            sort: args.sort,
+            show_idle: args.idle,
+            stacks: !args.gil_only,
+        },
+    };
+    if gilscope::top::top(options, stop)? == TopEnd::TargetExited {
+        eprintln!("gilscope: process {} exited", args.pid);
+    }
     Ok(())
 }
 

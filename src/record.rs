@@ -56,6 +56,14 @@ pub struct Progress {
 /// Observers of the raw ticks (for `--observations`): gets every observation in order.
 pub type ObservationSink<'a> = &'a mut dyn FnMut(&Observation);
 
+/// Receivers of a recording in slices (for `top`): every `every`, the profile of the slice
+/// just ended, with its threads named, and the observer that can resolve its stacks. The
+/// next slice starts empty, so the `Recording` returned at the end holds only the last one.
+pub struct Slices<'a> {
+    pub every: Duration,
+    pub sink: &'a mut dyn FnMut(Profile, &Observer<ProcessMemory>),
+}
+
 /// Check that `pid` is a process we can look at, with the most useful error if not.
 pub fn check_target(pid: i32) -> Result<()> {
     if pid <= 0 {
@@ -200,6 +208,12 @@ fn report_progress(
     }
 }
 
+/// Give the profile's threads their current OS and Python names.
+fn name_threads(profile: &mut Profile, observer: &mut Observer<ProcessMemory>) {
+    profile.refresh_names(|tid| observer.current_thread_name(tid));
+    profile.set_python_names(&observer.python_thread_names());
+}
+
 /// Sample `observer` until the duration passes, `stop` is raised or the target exits.
 pub fn run(
     observer: &mut Observer<ProcessMemory>,
@@ -207,6 +221,7 @@ pub fn run(
     options: &RecordOptions,
     stop: &AtomicBool,
     sink: Option<ObservationSink>,
+    mut slices: Option<Slices>,
 ) -> Recording {
     let target = target_info(observer);
     let stacks = options.stacks && observer.enable_stacks();
@@ -224,6 +239,7 @@ pub fn run(
     let mut consecutive_errors = 0u64;
     let mut sink = sink;
     let mut names_read = Instant::now();
+    let mut slice_start = Instant::now();
     let mut busy_ns = 0;
     let ended = loop {
         if !schedule.wait(stop, busy_ns) {
@@ -252,9 +268,15 @@ pub fn run(
                 }
                 if names_read.elapsed() >= NAME_REFRESH {
                     report_progress(options, start, &profile, errors, &schedule, false);
-                    profile.refresh_names(|tid| observer.current_thread_name(tid));
-                    profile.set_python_names(&observer.python_thread_names());
+                    name_threads(&mut profile, observer);
                     names_read = Instant::now();
+                }
+                if let Some(slices) = slices.as_mut() {
+                    if slice_start.elapsed() >= slices.every {
+                        name_threads(&mut profile, observer);
+                        (slices.sink)(std::mem::take(&mut profile), observer);
+                        slice_start = Instant::now();
+                    }
                 }
             }
             Err(TickError::Gone) => break EndReason::TargetExited,
@@ -275,8 +297,7 @@ pub fn run(
             observer.current_thread_name(tid).unwrap_or_default()
         });
     }
-    profile.refresh_names(|tid| observer.current_thread_name(tid));
-    profile.set_python_names(&observer.python_thread_names());
+    name_threads(&mut profile, observer);
     report_progress(options, start, &profile, errors, &schedule, true);
     let host_steal = process::steal_share(cpu_before, process::cpu_times());
     let ticks = profile.samples + errors;

@@ -6,6 +6,7 @@ pub mod dump;
 pub mod findings;
 pub mod flamegraph;
 pub mod json;
+pub mod live;
 pub mod profile;
 pub mod speedscope;
 pub mod text;

@@ -131,13 +131,16 @@ impl ThreadProfile {
     }
 }
 
-/// Per-tick process figures.
+/// Process figures summed over ticks.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-struct GilTicks {
-    ticks: u64,
-    held: u64,
-    contended: u64,
-    waiters: u64,
+pub struct GilTicks {
+    pub ticks: u64,
+    /// Ticks at which some thread held the GIL.
+    pub held: u64,
+    /// Ticks with at least one waiter.
+    pub contended: u64,
+    /// Waiting threads summed over the ticks.
+    pub waiters: u64,
 }
 
 /// Everything a report shows, gathered sample by sample.
@@ -398,6 +401,17 @@ impl Profile {
                 thread.python_name = Some(name.clone());
             }
         }
+    }
+
+    /// The process figures, as counts.
+    pub fn gil_ticks(&self) -> GilTicks {
+        self.gil
+    }
+
+    /// The interpreter's switch counter at the first and the last sample that read it, each
+    /// as (time ns, switch number).
+    pub fn switch_span(&self) -> Option<((u64, u64), (u64, u64))> {
+        Some((self.first_switch?, self.last_switch?))
     }
 
     /// GIL hand-overs per second, from the interpreter's own switch counter.

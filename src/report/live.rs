@@ -1,0 +1,864 @@
+//! The live view of `gilscope top`: each second's profile reduced to counts, kept for a
+//! minute, and shown as moving averages on a screen or as one plain line. Never reads the target.
+
+use std::collections::{HashMap, VecDeque};
+
+use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
+
+use crate::python::stack::{Frame, StackTable};
+use crate::report::profile::{GilTicks, Profile};
+use crate::report::TargetInfo;
+use crate::sample::ThreadState;
+
+/// The moving averages shown, in slices of about a second.
+pub const WINDOWS: [usize; 3] = [1, 10, 60];
+/// The window that threads are sorted by, idle threads are told by and the top blame is
+/// taken from: long enough that rows do not jump every second, short enough to follow a change.
+pub const STEADY: usize = 10;
+/// A thread idle for at least this share of the steady window is an idle thread.
+const IDLE_THREAD: f64 = 0.99;
+/// Width of a percentage column ("100.0%" and a space).
+const COLUMN: usize = 7;
+const TID_COLUMN: usize = 7;
+const MIN_NAME: usize = 12;
+const MAX_NAME: usize = 24;
+
+/// One thread in one slice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThreadSlice {
+    pub tid: i32,
+    pub thread_id: Option<u64>,
+    pub name: String,
+    pub counts: [u64; 4],
+}
+
+/// What the waiters of one slice waited on: a holder and its innermost Python frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlameSlice {
+    /// "name (tid)".
+    pub holder: String,
+    /// The innermost Python frame; None if the stack was not captured.
+    pub frame: Option<Frame>,
+    /// Waiting threads summed over the ticks.
+    pub waiter_ticks: u64,
+}
+
+/// About a second of a live recording, reduced to counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Slice {
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub gil: GilTicks,
+    /// The interpreter's switch counter, (time ns, number), where the slice starts and ends.
+    pub switches: Option<((u64, u64), (u64, u64))>,
+    pub threads: Vec<ThreadSlice>,
+    pub blame: Vec<BlameSlice>,
+    /// Share of the machine's CPU time the hypervisor took during the slice.
+    pub host_steal: Option<f64>,
+}
+
+impl Slice {
+    /// Reduce a slice's profile; `table` resolves its stacks (None with --gil-only).
+    pub fn from_profile(
+        profile: &Profile,
+        table: Option<&StackTable>,
+        host_steal: Option<f64>,
+    ) -> Slice {
+        let threads = profile
+            .threads()
+            .into_iter()
+            .map(|t| ThreadSlice {
+                tid: t.tid,
+                thread_id: t.thread_id,
+                name: t.name().to_string(),
+                counts: t.counts.by_state,
+            })
+            .collect();
+        let mut blame: Vec<BlameSlice> = Vec::new();
+        if let Some(table) = table {
+            for entry in profile.blame() {
+                let frame = entry
+                    .stack
+                    .and_then(|s| table.leaf(s))
+                    .and_then(|f| table.frame(f))
+                    .cloned();
+                let holder = format!("{} ({})", entry.holder.name(), entry.holder.tid);
+                match blame
+                    .iter_mut()
+                    .find(|b| b.holder == holder && b.frame == frame)
+                {
+                    Some(b) => b.waiter_ticks += entry.waiter_ticks,
+                    None => blame.push(BlameSlice {
+                        holder,
+                        frame,
+                        waiter_ticks: entry.waiter_ticks,
+                    }),
+                }
+            }
+        }
+        Slice {
+            start_ns: profile.start_ns.unwrap_or(profile.end_ns),
+            end_ns: profile.end_ns,
+            gil: profile.gil_ticks(),
+            switches: profile.switch_span(),
+            threads,
+            blame,
+            host_steal,
+        }
+    }
+}
+
+/// The process over a window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProcessFigures {
+    pub held: f64,
+    pub contended: f64,
+    pub switches_per_s: Option<f64>,
+    pub samples: u64,
+}
+
+/// A thread alive in the latest slice, with its fractions over each of `WINDOWS`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThreadRow {
+    pub tid: i32,
+    pub name: String,
+    /// [window][state], states in `ThreadState::ALL` order.
+    pub fractions: [[f64; 4]; 3],
+}
+
+impl ThreadRow {
+    pub fn fraction(&self, window: usize, state: ThreadState) -> f64 {
+        self.fractions[window][state.index()]
+    }
+
+    /// Idle (almost) all through the steady window.
+    pub fn is_idle(&self) -> bool {
+        self.fraction(steady_index(), ThreadState::Idle) >= IDLE_THREAD
+    }
+}
+
+fn steady_index() -> usize {
+    WINDOWS.iter().position(|&w| w == STEADY).unwrap_or(0)
+}
+
+/// The holder code that waiters waited on most over a window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopBlame {
+    pub holder: String,
+    pub frame: Option<Frame>,
+    /// Of all waiting-thread samples in the window.
+    pub share: f64,
+}
+
+/// The last minute of slices.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    slices: VecDeque<Slice>,
+}
+
+impl History {
+    pub fn new() -> History {
+        History::default()
+    }
+
+    /// Add the slice just ended; the oldest beyond a minute is dropped.
+    pub fn push(&mut self, mut slice: Slice) {
+        // A slice's switches are counted from the previous slice's last reading, so that
+        // none is lost between slices.
+        if let (Some(previous), Some((_, end))) =
+            (self.slices.back().and_then(|s| s.switches), slice.switches)
+        {
+            if previous.1 .0 <= end.0 && previous.1 .1 <= end.1 {
+                slice.switches = Some((previous.1, end));
+            }
+        }
+        self.slices.push_back(slice);
+        while self.slices.len() > WINDOWS[WINDOWS.len() - 1] {
+            self.slices.pop_front();
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slices.is_empty()
+    }
+
+    /// Slices in the window of the last `n` (fewer at the start).
+    pub fn covered(&self, n: usize) -> usize {
+        n.min(self.slices.len())
+    }
+
+    fn window(&self, n: usize) -> impl Iterator<Item = &Slice> + '_ {
+        self.slices.iter().skip(self.slices.len() - self.covered(n))
+    }
+
+    /// Wall time from the first slice kept to the latest (s).
+    pub fn span_s(&self) -> f64 {
+        match (self.slices.front(), self.slices.back()) {
+            (Some(first), Some(last)) => last.end_ns.saturating_sub(first.start_ns) as f64 / 1e9,
+            _ => 0.0,
+        }
+    }
+
+    pub fn process(&self, n: usize) -> ProcessFigures {
+        let mut gil = GilTicks::default();
+        for slice in self.window(n) {
+            gil.ticks += slice.gil.ticks;
+            gil.held += slice.gil.held;
+            gil.contended += slice.gil.contended;
+        }
+        let share = |part: u64| {
+            if gil.ticks == 0 {
+                0.0
+            } else {
+                part as f64 / gil.ticks as f64
+            }
+        };
+        let first = self.window(n).next().and_then(|s| s.switches);
+        let last = self.window(n).last().and_then(|s| s.switches);
+        let switches_per_s = match (first, last) {
+            (Some(((t0, n0), _)), Some((_, (t1, n1)))) if t1 > t0 && n1 >= n0 => {
+                Some((n1 - n0) as f64 / ((t1 - t0) as f64 / 1e9))
+            }
+            _ => None,
+        };
+        ProcessFigures {
+            held: share(gil.held),
+            contended: share(gil.contended),
+            switches_per_s,
+            samples: gil.ticks,
+        }
+    }
+
+    /// The threads of the latest slice, with their fractions over each window. A thread is
+    /// followed by tid while its Python thread id stays the same (a reused tid is a new row).
+    pub fn threads(&self) -> Vec<ThreadRow> {
+        let Some(latest) = self.slices.back() else {
+            return Vec::new();
+        };
+        latest
+            .threads
+            .iter()
+            .map(|current| {
+                let mut fractions = [[0.0; 4]; 3];
+                for (w, &n) in WINDOWS.iter().enumerate() {
+                    let mut counts = [0u64; 4];
+                    for slice in self.window(n) {
+                        let same = slice.threads.iter().find(|t| {
+                            t.tid == current.tid
+                                && (t.thread_id.is_none()
+                                    || current.thread_id.is_none()
+                                    || t.thread_id == current.thread_id)
+                        });
+                        if let Some(t) = same {
+                            for (total, c) in counts.iter_mut().zip(t.counts) {
+                                *total += c;
+                            }
+                        }
+                    }
+                    let total: u64 = counts.iter().sum();
+                    if total > 0 {
+                        fractions[w] = counts.map(|c| c as f64 / total as f64);
+                    }
+                }
+                ThreadRow {
+                    tid: current.tid,
+                    name: current.name.clone(),
+                    fractions,
+                }
+            })
+            .collect()
+    }
+
+    /// The holder code waited on most over the last `n` slices (None if nobody waited, or
+    /// no stacks were read).
+    pub fn top_blame(&self, n: usize) -> Option<TopBlame> {
+        let mut by_code: HashMap<(&str, Option<&Frame>), u64> = HashMap::new();
+        let mut waiters = 0u64;
+        for slice in self.window(n) {
+            waiters += slice.gil.waiters;
+            for b in &slice.blame {
+                *by_code
+                    .entry((b.holder.as_str(), b.frame.as_ref()))
+                    .or_default() += b.waiter_ticks;
+            }
+        }
+        let ((holder, frame), ticks) = by_code
+            .into_iter()
+            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))?;
+        (waiters > 0).then(|| TopBlame {
+            holder: holder.to_string(),
+            frame: frame.cloned(),
+            share: ticks as f64 / waiters as f64,
+        })
+    }
+}
+
+/// The state threads are sorted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortBy {
+    Hold,
+    Wait,
+}
+
+impl SortBy {
+    fn state(self) -> ThreadState {
+        match self {
+            SortBy::Hold => ThreadState::Hold,
+            SortBy::Wait => ThreadState::Wait,
+        }
+    }
+}
+
+/// What the user chose to see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViewState {
+    pub sort: SortBy,
+    pub show_idle: bool,
+    /// Stacks are read (no --gil-only).
+    pub stacks: bool,
+}
+
+/// The rows to show, in order, and how many idle threads were left out.
+fn visible_rows(history: &History, view: &ViewState) -> (Vec<ThreadRow>, usize) {
+    let steady = steady_index();
+    let state = view.sort.state();
+    let mut rows = history.threads();
+    let all = rows.len();
+    if !view.show_idle {
+        rows.retain(|r| !r.is_idle());
+    }
+    let hidden = all - rows.len();
+    rows.sort_by(|a, b| {
+        b.fraction(steady, state)
+            .total_cmp(&a.fraction(steady, state))
+            .then(a.tid.cmp(&b.tid))
+    });
+    (rows, hidden)
+}
+
+fn percent(fraction: f64) -> String {
+    format!("{:.1}%", fraction * 100.0)
+}
+
+fn window_label(history: &History, n: usize) -> String {
+    format!("{} s", history.covered(n).max(1))
+}
+
+fn blame_text(history: &History, view: &ViewState) -> String {
+    let label = window_label(history, STEADY);
+    if !view.stacks {
+        return "waited on: stacks are not read (--gil-only)".to_string();
+    }
+    match history.top_blame(STEADY) {
+        Some(b) => format!(
+            "waited on most (last {label}): {} in {}, {} of waiting",
+            b.holder,
+            location(b.frame.as_ref(), true),
+            percent(b.share)
+        ),
+        None => format!("waited on most (last {label}): nobody waited for the GIL"),
+    }
+}
+
+/// Where a holder was, as "function (file:line)"; `short` keeps the file's last two path
+/// components, which is what fits on a screen line.
+fn location(frame: Option<&Frame>, short: bool) -> String {
+    let Some(frame) = frame else {
+        return "(stack not captured)".into();
+    };
+    if !short || frame.file.is_empty() {
+        return frame.label();
+    }
+    let parts: Vec<&str> = frame.file.rsplitn(3, '/').collect();
+    let file = if parts.len() == 3 {
+        format!(".../{}/{}", parts[1], parts[0])
+    } else {
+        frame.file.to_string()
+    };
+    format!("{} ({}:{})", frame.function, file, frame.line)
+}
+
+/// Names and code come from the target: control characters are shown escaped.
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
+/// `text` cut to at most `width` terminal columns.
+fn fit(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut used = 0;
+    for c in text.chars() {
+        let w = c.width().unwrap_or(0);
+        if used + w > width {
+            break;
+        }
+        used += w;
+        out.push(c);
+    }
+    out
+}
+
+/// `text` cut or padded to exactly `width` terminal columns.
+fn pad(text: &str, width: usize) -> String {
+    let mut out = fit(text, width);
+    let used = out.width();
+    out.extend(std::iter::repeat_n(' ', width.saturating_sub(used)));
+    out
+}
+
+/// The first line: what is being watched, for how long, and how well.
+fn title(target: &TargetInfo, rate_hz: f64, history: &History, elapsed_s: f64) -> String {
+    let secs = elapsed_s.max(0.0) as u64;
+    let samples = history.process(1).samples;
+    format!(
+        "gilscope top - pid {} - Python {} - {}:{:02}:{:02} - {} samples in the last second at {} Hz{}",
+        target.pid,
+        target.python_version,
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        samples,
+        rate_hz,
+        steal_warning(history)
+    )
+}
+
+/// A warning when the hypervisor took enough of the last second to make its figures less
+/// exact than stated (docs/ACCURACY.md).
+fn steal_warning(history: &History) -> String {
+    match history.slices.back().and_then(|s| s.host_steal) {
+        Some(steal) if steal > super::STEAL_WARNING => {
+            format!(" - host steal {}: figures less exact", percent(steal))
+        }
+        _ => String::new(),
+    }
+}
+
+/// The whole screen, `height` lines of at most `width` columns each.
+pub fn screen(
+    target: &TargetInfo,
+    rate_hz: f64,
+    elapsed_s: f64,
+    history: &History,
+    view: &ViewState,
+    width: usize,
+    height: usize,
+) -> Vec<String> {
+    let mut lines = vec![
+        title(target, rate_hz, history, elapsed_s),
+        format!(
+            "keys: q quit  h sort by hold  w sort by wait  i {} idle threads",
+            if view.show_idle { "hide" } else { "show" }
+        ),
+        String::new(),
+    ];
+    if history.is_empty() {
+        lines.push("measuring the first second...".into());
+        return finish(lines, width, height);
+    }
+    let windows: Vec<ProcessFigures> = WINDOWS.iter().map(|&n| history.process(n)).collect();
+    let mut head = format!("{:<13}", "GIL");
+    let mut held = format!("{:<13}", "  held");
+    let mut contended = format!("{:<13}", "  contended");
+    let mut switches = format!("{:<13}", "  switches/s");
+    for (&n, figures) in WINDOWS.iter().zip(&windows) {
+        head.push_str(&format!("{:>9}", window_label(history, n)));
+        held.push_str(&format!("{:>9}", percent(figures.held)));
+        contended.push_str(&format!("{:>9}", percent(figures.contended)));
+        switches.push_str(&format!(
+            "{:>9}",
+            figures
+                .switches_per_s
+                .map(|s| format!("{s:.0}"))
+                .unwrap_or_else(|| "-".into())
+        ));
+    }
+    lines.extend([head, held, contended, switches, String::new()]);
+    lines.push(printable(&blame_text(history, view)));
+    lines.push(String::new());
+
+    let (rows, hidden) = visible_rows(history, view);
+    // The 10 s and 60 s hold and wait columns when the terminal is wide enough for them
+    // and a readable name.
+    let base = TID_COLUMN + 1 + 4 * COLUMN;
+    let extras = 4 * COLUMN + 2;
+    let wide = width >= base + MIN_NAME + extras;
+    let name_width = width
+        .saturating_sub(base + if wide { extras } else { 0 })
+        .clamp(MIN_NAME, MAX_NAME);
+    let mut over = format!("{:>w$}", "", w = TID_COLUMN + 1 + name_width);
+    let mut columns = format!("{:>TID_COLUMN$} {}", "TID", pad("NAME", name_width));
+    over.push_str(&pad(
+        &format!("  last {}", window_label(history, 1)),
+        4 * COLUMN,
+    ));
+    for state in ThreadState::ALL {
+        let name = match state {
+            ThreadState::Running => "RUN",
+            other => &other.name().to_uppercase(),
+        };
+        columns.push_str(&format!("{name:>COLUMN$}"));
+    }
+    if wide {
+        over.push_str(&format!("  {:>w$}{:>w$}", "hold", "wait", w = 2 * COLUMN));
+        columns.push_str("  ");
+        for _ in 0..2 {
+            for &n in &WINDOWS[1..] {
+                columns.push_str(&format!("{:>COLUMN$}", window_label(history, n)));
+            }
+        }
+    }
+    lines.push(over);
+    lines.push(columns);
+    // On a short terminal, the keys line, the blank lines and the line over the column
+    // names make room for threads.
+    let wanted = lines.len() + rows.len().min(3) + 1;
+    if height < wanted {
+        let over = lines.len() - 2;
+        lines = lines
+            .into_iter()
+            .enumerate()
+            .filter(|(i, l)| *i != 1 && *i != over && !l.is_empty())
+            .map(|(_, l)| l)
+            .collect();
+    }
+    let footer = {
+        let mut parts = vec![format!(
+            "sorted by {} over the last {}",
+            view.sort.state().name(),
+            window_label(history, STEADY)
+        )];
+        if hidden > 0 {
+            parts.push(format!("{hidden} idle threads hidden (i shows them)"));
+        }
+        parts.join("; ")
+    };
+    let room = height.saturating_sub(lines.len() + 1);
+    let shown = if rows.len() > room {
+        room.saturating_sub(1)
+    } else {
+        rows.len()
+    };
+    for row in &rows[..shown] {
+        let mut line = format!(
+            "{:>TID_COLUMN$} {}",
+            row.tid,
+            pad(&printable(&row.name), name_width)
+        );
+        for state in ThreadState::ALL {
+            line.push_str(&format!("{:>COLUMN$}", percent(row.fraction(0, state))));
+        }
+        if wide {
+            line.push_str("  ");
+            for state in [ThreadState::Hold, ThreadState::Wait] {
+                for w in 1..WINDOWS.len() {
+                    line.push_str(&format!("{:>COLUMN$}", percent(row.fraction(w, state))));
+                }
+            }
+        }
+        lines.push(line);
+    }
+    if shown < rows.len() {
+        lines.push(format!("... {} more threads", rows.len() - shown));
+    }
+    lines.push(footer);
+    finish(lines, width, height)
+}
+
+fn finish(mut lines: Vec<String>, width: usize, height: usize) -> Vec<String> {
+    lines.truncate(height);
+    lines.iter().map(|l| fit(l, width)).collect()
+}
+
+/// One plain line of the last second's figures (for a pipe).
+pub fn plain_line(elapsed_s: f64, history: &History, view: &ViewState) -> String {
+    let p = history.process(1);
+    let mut line = format!(
+        "{elapsed_s:.1} s: held {} contended {} switches {}/s samples {}",
+        percent(p.held),
+        percent(p.contended),
+        p.switches_per_s
+            .map(|s| format!("{s:.0}"))
+            .unwrap_or_else(|| "-".into()),
+        p.samples
+    );
+    if view.stacks {
+        if let Some(b) = history.top_blame(1) {
+            line.push_str(&format!(
+                "; waited on {} in {} ({})",
+                b.holder,
+                location(b.frame.as_ref(), false),
+                percent(b.share)
+            ));
+        }
+    }
+    let (rows, hidden) = visible_rows(history, view);
+    for row in rows {
+        line.push_str(&format!(
+            " | {} ({}) hold {} wait {} running {} idle {}",
+            row.name,
+            row.tid,
+            percent(row.fraction(0, ThreadState::Hold)),
+            percent(row.fraction(0, ThreadState::Wait)),
+            percent(row.fraction(0, ThreadState::Running)),
+            percent(row.fraction(0, ThreadState::Idle)),
+        ));
+    }
+    if hidden > 0 {
+        line.push_str(&format!(" | {hidden} idle threads"));
+    }
+    line.push_str(&steal_warning(history).replace(" - ", " | "));
+    printable(&line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn thread(tid: i32, thread_id: u64, name: &str, counts: [u64; 4]) -> ThreadSlice {
+        ThreadSlice {
+            tid,
+            thread_id: Some(thread_id),
+            name: name.into(),
+            counts,
+        }
+    }
+
+    /// Second `i` of a recording at 1000 Hz: `held` ticks held, switch counter at `switches`.
+    fn slice(i: u64, held: u64, switches: u64, threads: Vec<ThreadSlice>) -> Slice {
+        let start = i * 1_000_000_000;
+        let end = start + 999_000_000;
+        Slice {
+            start_ns: start,
+            end_ns: end,
+            gil: GilTicks {
+                ticks: 1000,
+                held,
+                contended: held / 2,
+                waiters: held / 2,
+            },
+            switches: Some(((start, switches), (end, switches + 100))),
+            threads,
+            blame: Vec::new(),
+            host_steal: Some(0.0),
+        }
+    }
+
+    fn target() -> TargetInfo {
+        TargetInfo {
+            pid: 42,
+            python_version: "3.12.1".into(),
+            binary: String::new(),
+            command_line: String::new(),
+            layout: String::new(),
+        }
+    }
+
+    #[test]
+    fn windows_average_over_the_seconds_they_cover() {
+        let mut history = History::new();
+        for i in 0..12 {
+            // Held all of the last two seconds, none before.
+            let held = if i >= 10 { 1000 } else { 0 };
+            history.push(slice(i, held, i * 1000, vec![]));
+        }
+        assert_eq!(history.process(1).held, 1.0);
+        assert!((history.process(10).held - 0.2).abs() < 1e-9);
+        assert!((history.process(60).held - 2.0 / 12.0).abs() < 1e-9);
+        assert_eq!(history.covered(60), 12);
+        // Switches counted across slice borders: from second 10's last reading (10100) to
+        // second 11's (11100) in 1.0 s.
+        let rate = history.process(1).switches_per_s.unwrap();
+        assert!((rate - 1000.0).abs() < 1e-6, "{rate}");
+    }
+
+    #[test]
+    fn a_minute_is_kept_and_no_more() {
+        let mut history = History::new();
+        for i in 0..75 {
+            history.push(slice(i, 500, i * 1000, vec![]));
+        }
+        assert_eq!(history.covered(1000), 60);
+        assert!((history.span_s() - 59.999).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_reused_tid_is_a_new_thread() {
+        let mut history = History::new();
+        history.push(slice(0, 0, 0, vec![thread(7, 1, "old", [1000, 0, 0, 0])]));
+        history.push(slice(1, 0, 0, vec![thread(7, 2, "new", [0, 1000, 0, 0])]));
+        let rows = history.threads();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].name, "new");
+        assert_eq!(rows[0].fraction(1, ThreadState::Hold), 0.0);
+        assert_eq!(rows[0].fraction(1, ThreadState::Wait), 1.0);
+    }
+
+    #[test]
+    fn top_blame_sums_each_holders_code_over_the_window() {
+        let frame = |function: &str, line| Frame {
+            function: Arc::from(function),
+            file: Arc::from("/srv/app/handlers/parse.py"),
+            line,
+        };
+        let mut history = History::new();
+        for (i, (f, ticks)) in [("parse", 300), ("render", 200), ("render", 200)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut s = slice(i as u64, 1000, 0, vec![]);
+            s.gil.waiters = 1000;
+            s.blame = vec![BlameSlice {
+                holder: "worker (9)".into(),
+                frame: Some(frame(f, 40)),
+                waiter_ticks: ticks,
+            }];
+            history.push(s);
+        }
+        let top = history.top_blame(STEADY).unwrap();
+        assert_eq!(top.frame.unwrap().function.as_ref(), "render");
+        assert!((top.share - 400.0 / 3000.0).abs() < 1e-9);
+        // Over the last second only, the same.
+        assert!((history.top_blame(1).unwrap().share - 0.2).abs() < 1e-9);
+        let view = ViewState {
+            sort: SortBy::Hold,
+            show_idle: false,
+            stacks: true,
+        };
+        let text = blame_text(&history, &view);
+        assert!(
+            text.contains("worker (9) in render (.../handlers/parse.py:40)"),
+            "{text}"
+        );
+    }
+
+    fn busy_history() -> History {
+        let mut history = History::new();
+        for i in 0..3 {
+            history.push(slice(
+                i,
+                990,
+                0,
+                vec![
+                    thread(10, 1, "MainThread", [0, 0, 0, 1000]),
+                    thread(11, 2, "holder", [900, 100, 0, 0]),
+                    thread(12, 3, "waiter-计算", [90, 900, 10, 0]),
+                ],
+            ));
+        }
+        history
+    }
+
+    fn row_tids(lines: &[String]) -> Vec<i32> {
+        lines
+            .iter()
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+
+    #[test]
+    fn rows_follow_the_sort_and_the_idle_switch() {
+        let history = busy_history();
+        let mut view = ViewState {
+            sort: SortBy::Hold,
+            show_idle: false,
+            stacks: true,
+        };
+        let lines = screen(&target(), 1000.0, 3.0, &history, &view, 100, 40);
+        assert_eq!(row_tids(&lines), vec![11, 12]);
+        assert!(lines.iter().any(|l| l.contains("1 idle threads hidden")));
+        view.sort = SortBy::Wait;
+        view.show_idle = true;
+        let lines = screen(&target(), 1000.0, 3.0, &history, &view, 100, 40);
+        assert_eq!(row_tids(&lines), vec![12, 11, 10]);
+        assert!(!lines.iter().any(|l| l.contains("hidden")));
+        let plain = plain_line(3.0, &history, &view);
+        assert!(
+            plain.contains("| waiter-计算 (12) hold 9.0% wait 90.0% running 1.0% idle 0.0% |"),
+            "{plain}"
+        );
+    }
+
+    #[test]
+    fn the_screen_fits_any_terminal() {
+        let history = busy_history();
+        let view = ViewState {
+            sort: SortBy::Hold,
+            show_idle: true,
+            stacks: true,
+        };
+        for (width, height) in [(200, 60), (100, 30), (80, 24), (60, 12), (20, 5), (1, 1)] {
+            let lines = screen(&target(), 1000.0, 3.0, &history, &view, width, height);
+            assert!(lines.len() <= height, "{width}x{height}: {lines:?}");
+            for line in &lines {
+                assert!(line.width() <= width, "{width}x{height}: {line:?}");
+            }
+        }
+        // Wide enough: the 10 s and 60 s columns; narrow: not.
+        let wide = screen(&target(), 1000.0, 3.0, &history, &view, 100, 30);
+        let narrow = screen(&target(), 1000.0, 3.0, &history, &view, 60, 30);
+        let header = |lines: &[String]| lines.iter().find(|l| l.contains("TID")).cloned();
+        assert!(header(&wide).unwrap().trim_end().ends_with("3 s"));
+        assert!(header(&narrow).unwrap().trim_end().ends_with("IDLE"));
+        // Short: every thread still shown, the decoration goes.
+        let short = screen(&target(), 1000.0, 3.0, &history, &view, 100, 14);
+        assert_eq!(row_tids(&short).len(), 3, "{short:?}");
+        // The wide name is padded by its display width: the figures line up.
+        let rows: Vec<&String> = wide
+            .iter()
+            .filter(|l| l.trim_start().starts_with("1"))
+            .collect();
+        assert_eq!(rows.len(), 3);
+        let ends: Vec<usize> = rows.iter().map(|l| l.trim_end().width()).collect();
+        assert!(ends.windows(2).all(|w| w[0] == w[1]), "{rows:?}");
+    }
+
+    #[test]
+    fn names_from_the_target_cannot_move_the_cursor() {
+        let mut history = History::new();
+        history.push(slice(
+            0,
+            1000,
+            0,
+            vec![thread(5, 1, "evil\x1b[2J\r", [1000, 0, 0, 0])],
+        ));
+        let view = ViewState {
+            sort: SortBy::Hold,
+            show_idle: true,
+            stacks: false,
+        };
+        let lines = screen(&target(), 1000.0, 1.0, &history, &view, 100, 30);
+        assert!(lines
+            .iter()
+            .all(|l| !l.contains('\x1b') && !l.contains('\r')));
+        assert!(!plain_line(1.0, &history, &view).contains('\x1b'));
+    }
+
+    #[test]
+    fn steal_is_warned_about() {
+        let mut history = busy_history();
+        let mut s = slice(3, 990, 0, vec![]);
+        s.host_steal = Some(0.3);
+        history.push(s);
+        let view = ViewState {
+            sort: SortBy::Hold,
+            show_idle: false,
+            stacks: true,
+        };
+        let lines = screen(&target(), 1000.0, 4.0, &history, &view, 200, 30);
+        assert!(lines[0].contains("host steal 30.0%"), "{}", lines[0]);
+        assert!(
+            plain_line(4.0, &history, &view).ends_with("| host steal 30.0%: figures less exact")
+        );
+    }
+}
