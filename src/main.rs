@@ -241,13 +241,22 @@ fn top_command(args: TopArgs) -> Result<()> {
 
 /// Fail before recording, not after, if the output cannot be written.
 fn check_writable(path: &std::path::Path) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
     let error = |source| Error::Output {
         path: path.display().to_string(),
         source,
+    };
+    // A device or a FIFO is written to in place (see report::write_atomically).
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        return nix::unistd::access(path, nix::unistd::AccessFlags::W_OK)
+            .map_err(|e| error(std::io::Error::from(e)));
+    }
+    let resolved = std::fs::canonicalize(path)
+        .ok()
+        .filter(|_| path.is_symlink());
+    let path = resolved.as_deref().unwrap_or(path);
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
     };
     if path.is_dir() {
         return Err(error(std::io::Error::other("it is a directory")));

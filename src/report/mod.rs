@@ -168,7 +168,23 @@ impl Format {
 
 /// Write `contents` to `path` so that readers see the old file or the whole new one, never
 /// a part: write a temporary file beside it, flush it to disk, then rename it over.
+/// What is not a regular file (`/dev/null`, `/dev/stdout`, a FIFO) is written to, never
+/// replaced; a symbolic link stays a link, and the file it points to is replaced.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    if let Ok(metadata) = std::fs::metadata(path) {
+        if !metadata.is_file() && !metadata.is_dir() {
+            let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
+            return file.write_all(contents);
+        }
+    }
+    let resolved;
+    let path = match std::fs::canonicalize(path) {
+        Ok(target) if path.is_symlink() => {
+            resolved = target;
+            resolved.as_path()
+        }
+        _ => path,
+    };
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -215,6 +231,28 @@ mod tests {
         assert_eq!(existing_mode(&path), Some(0o640));
         let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(leftovers, 1, "no temporary file may be left behind");
+    }
+
+    #[test]
+    fn devices_fifos_and_links_are_written_through_not_replaced() {
+        use std::os::unix::fs::FileTypeExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read(fifo).unwrap())
+        };
+        write_atomically(&fifo, b"through the pipe").unwrap();
+        assert_eq!(reader.join().unwrap(), b"through the pipe");
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+        let file = dir.path().join("report.txt");
+        let link = dir.path().join("latest.txt");
+        std::fs::write(&file, b"old").unwrap();
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        write_atomically(&link, b"new").unwrap();
+        assert!(link.is_symlink());
+        assert_eq!(std::fs::read(&file).unwrap(), b"new");
     }
 
     #[test]
