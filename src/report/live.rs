@@ -487,34 +487,18 @@ pub fn screen(
     lines.push(String::new());
 
     let (rows, hidden) = visible_rows(history, view);
-    // The 10 s and 60 s hold and wait columns when the terminal is wide enough for them
-    // and a readable name.
-    let base = TID_COLUMN + 1 + 4 * COLUMN;
-    let extras = 4 * COLUMN + 2;
-    let wide = width >= base + MIN_NAME + extras;
-    let name_width = width
-        .saturating_sub(base + if wide { extras } else { 0 })
-        .clamp(MIN_NAME, MAX_NAME);
+    let (groups, name_width) = plan_columns(history, width);
     let mut over = format!("{:>w$}", "", w = TID_COLUMN + 1 + name_width);
     let mut columns = format!("{:>TID_COLUMN$} {}", "TID", pad("NAME", name_width));
-    over.push_str(&pad(
-        &format!("  last {}", window_label(history, 1)),
-        4 * COLUMN,
-    ));
-    for state in ThreadState::ALL {
-        let name = match state {
-            ThreadState::Running => "RUN",
-            other => &other.name().to_uppercase(),
-        };
-        columns.push_str(&format!("{name:>COLUMN$}"));
-    }
-    if wide {
-        over.push_str(&format!("  {:>w$}{:>w$}", "hold", "wait", w = 2 * COLUMN));
+    for group in &groups {
+        over.push_str(&format!(
+            "  {:>w$}",
+            group.title,
+            w = group.columns.len() * COLUMN
+        ));
         columns.push_str("  ");
-        for _ in 0..2 {
-            for &n in &WINDOWS[1..] {
-                columns.push_str(&format!("{:>COLUMN$}", window_label(history, n)));
-            }
+        for column in &group.columns {
+            columns.push_str(&format!("{:>COLUMN$}", column.label));
         }
     }
     lines.push(over);
@@ -554,15 +538,11 @@ pub fn screen(
             row.tid,
             pad(&printable(&row.name), name_width)
         );
-        for state in ThreadState::ALL {
-            line.push_str(&format!("{:>COLUMN$}", percent(row.fraction(0, state))));
-        }
-        if wide {
+        for group in &groups {
             line.push_str("  ");
-            for state in [ThreadState::Hold, ThreadState::Wait] {
-                for w in 1..WINDOWS.len() {
-                    line.push_str(&format!("{:>COLUMN$}", percent(row.fraction(w, state))));
-                }
+            for column in &group.columns {
+                let share = row.fraction(column.window, column.state);
+                line.push_str(&format!("{:>COLUMN$}", percent(share)));
             }
         }
         lines.push(line);
@@ -572,6 +552,73 @@ pub fn screen(
     }
     lines.push(footer);
     finish(lines, width, height)
+}
+
+/// One figure column of the thread table.
+struct Column {
+    state: ThreadState,
+    /// Index into `WINDOWS`.
+    window: usize,
+    label: String,
+}
+
+/// Columns under one title.
+struct Group {
+    title: String,
+    columns: Vec<Column>,
+}
+
+fn state_label(state: ThreadState) -> String {
+    match state {
+        ThreadState::Running => "RUN".into(),
+        other => other.name().to_uppercase(),
+    }
+}
+
+/// The richest thread table that fits `width` with a readable name, and the name's width:
+/// every state over every window; else every state over the last second and hold and wait
+/// over the longer windows; else every state over the last second.
+fn plan_columns(history: &History, width: usize) -> (Vec<Group>, usize) {
+    let last_second = || Group {
+        title: format!("last {}", window_label(history, 1)),
+        columns: ThreadState::ALL
+            .iter()
+            .map(|&state| Column {
+                state,
+                window: 0,
+                label: state_label(state),
+            })
+            .collect(),
+    };
+    let windows = |state: ThreadState, from: usize| Group {
+        title: state_label(state).to_lowercase(),
+        columns: (from..WINDOWS.len())
+            .map(|window| Column {
+                state,
+                window,
+                label: window_label(history, WINDOWS[window]),
+            })
+            .collect(),
+    };
+    let every: Vec<Group> = ThreadState::ALL.iter().map(|&s| windows(s, 0)).collect();
+    let mut some = vec![last_second()];
+    some.extend([ThreadState::Hold, ThreadState::Wait].map(|s| windows(s, 1)));
+    let needed = |groups: &[Group]| {
+        TID_COLUMN
+            + 1
+            + groups
+                .iter()
+                .map(|g| 2 + g.columns.len() * COLUMN)
+                .sum::<usize>()
+    };
+    for groups in [every, some, vec![last_second()]] {
+        let fixed = needed(&groups);
+        if width >= fixed + MIN_NAME {
+            return (groups, (width - fixed).min(MAX_NAME));
+        }
+    }
+    let groups = vec![last_second()];
+    (groups, MIN_NAME)
 }
 
 fn finish(mut lines: Vec<String>, width: usize, height: usize) -> Vec<String> {
@@ -809,6 +856,15 @@ mod tests {
         let narrow = screen(&target(), 1000.0, 3.0, &history, &view, 60, 30);
         let header = |lines: &[String]| lines.iter().find(|l| l.contains("TID")).cloned();
         assert!(header(&wide).unwrap().trim_end().ends_with("3 s"));
+        // Wider still: every state over every window.
+        let widest = screen(&target(), 1000.0, 3.0, &history, &view, 200, 30);
+        let labels = header(&widest).unwrap().matches(" s").count();
+        assert_eq!(labels, 12, "{widest:?}");
+        let row = widest
+            .iter()
+            .find(|l| l.trim_start().starts_with("11 "))
+            .unwrap();
+        assert_eq!(row.matches('%').count(), 12, "{row}");
         assert!(header(&narrow).unwrap().trim_end().ends_with("IDLE"));
         // Short: every thread still shown, the decoration goes.
         let short = screen(&target(), 1000.0, 3.0, &history, &view, 100, 14);
