@@ -45,28 +45,39 @@ fn free_pid() -> i32 {
         .expect("a free pid")
 }
 
+/// Each command that attaches to a pid, with the options that make it end by itself.
+const ATTACHING: [&[&str]; 3] = [&["record", "--duration", "1"], &["dump"], &["top"]];
+
+fn attach_args<'a>(command: &[&'a str], pid: &'a str) -> Vec<&'a str> {
+    let mut args = vec![command[0], "--pid", pid];
+    args.extend_from_slice(&command[1..]);
+    args
+}
+
 #[test]
 fn a_missing_pid_is_reported_with_a_hint() {
     let pid = free_pid().to_string();
-    let out = run(&["record", "--pid", &pid, "--duration", "1"]);
-    let stderr = assert_error(&out, 3, &format!("no process with pid {pid}"));
-    assert!(stderr.contains("hint: "), "{stderr}");
+    for command in ATTACHING {
+        let out = run(&attach_args(command, &pid));
+        let stderr = assert_error(&out, 3, &format!("no process with pid {pid}"));
+        assert!(stderr.contains("hint: "), "{command:?}: {stderr}");
+    }
 }
 
 #[test]
 fn a_non_python_process_is_named_as_such() {
     let mut sleeper = Command::new("sleep").arg("30").spawn().expect("sleep");
     std::thread::sleep(Duration::from_millis(200));
-    let out = run(&[
-        "record",
-        "--pid",
-        &sleeper.id().to_string(),
-        "--duration",
-        "1",
-    ]);
+    let pid = sleeper.id().to_string();
+    let outs: Vec<Output> = ATTACHING
+        .iter()
+        .map(|command| run(&attach_args(command, &pid)))
+        .collect();
     let _ = sleeper.kill();
     let _ = sleeper.wait();
-    assert_error(&out, 5, "is not a Python process");
+    for out in &outs {
+        assert_error(out, 5, "is not a Python process");
+    }
 }
 
 #[test]
