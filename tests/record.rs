@@ -96,12 +96,7 @@ fn main() {
         ),
         ("a_python_still_starting_is_waited_for", slow_start),
     ];
-    let first = pythons
-        .found
-        .iter()
-        .find(|p| p.label.starts_with("pyenv-3.12"))
-        .or(pythons.found.first())
-        .cloned();
+    let first = common::cli_python(&pythons);
     for (name, test) in cli {
         let python = first.clone();
         trials.push(Trial::ignorable_test(name, move || match &python {

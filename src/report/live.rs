@@ -7,7 +7,7 @@ use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
 use crate::python::stack::{Frame, StackTable};
 use crate::report::profile::{GilTicks, Profile};
-use crate::report::TargetInfo;
+use crate::report::{printable, TargetInfo};
 use crate::sample::ThreadState;
 
 /// The moving averages shown, in slices of about a second.
@@ -191,14 +191,6 @@ impl History {
         self.slices.iter().skip(self.slices.len() - self.covered(n))
     }
 
-    /// Wall time from the first slice kept to the latest (s).
-    pub fn span_s(&self) -> f64 {
-        match (self.slices.front(), self.slices.back()) {
-            (Some(first), Some(last)) => last.end_ns.saturating_sub(first.start_ns) as f64 / 1e9,
-            _ => 0.0,
-        }
-    }
-
     pub fn process(&self, n: usize) -> ProcessFigures {
         let mut gil = GilTicks::default();
         for slice in self.window(n) {
@@ -376,20 +368,6 @@ fn location(frame: Option<&Frame>, short: bool) -> String {
         frame.file.to_string()
     };
     format!("{} ({}:{})", frame.function, file, frame.line)
-}
-
-/// Names and code come from the target: control characters are shown escaped.
-fn printable(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect()
 }
 
 /// `text` cut to at most `width` terminal columns.
@@ -736,7 +714,9 @@ mod tests {
             history.push(slice(i, 500, i * 1000, vec![]));
         }
         assert_eq!(history.covered(1000), 60);
-        assert!((history.span_s() - 59.999).abs() < 1e-6);
+        // Seconds 15-74 are kept: the oldest switch reading is second 15's.
+        let first = history.window(60).next().unwrap();
+        assert_eq!(first.start_ns, 15_000_000_000);
     }
 
     #[test]

@@ -166,6 +166,20 @@ impl Format {
     }
 }
 
+/// Text from the target (names, code) with control characters escaped, so that it can
+/// never move a terminal's cursor or break a line.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Write `contents` to `path` so that readers see the old file or the whole new one, never
 /// a part: write a temporary file beside it, flush it to disk, then rename it over.
 /// What is not a regular file (`/dev/null`, `/dev/stdout`, a FIFO) is written to, never

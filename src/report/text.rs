@@ -218,19 +218,10 @@ fn percent(fraction: f64) -> String {
     format!("{:.1}%", fraction * 100.0)
 }
 
-/// Names come from the target: show control characters as escapes, never raw.
+/// Names come from the target: shown with control characters escaped, "?" if empty.
 fn display_name(name: &str) -> String {
     if name.is_empty() {
         return "?".into();
     }
-    name.chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect()
+    super::printable(name)
 }

@@ -143,6 +143,16 @@ pub fn pythons() -> Pythons {
     Pythons { found, missing }
 }
 
+/// The one interpreter that tests of the command line (not of a version) run against.
+pub fn cli_python(pythons: &Pythons) -> Option<Python> {
+    pythons
+        .found
+        .iter()
+        .find(|p| p.label.starts_with("pyenv-3.12"))
+        .or(pythons.found.first())
+        .cloned()
+}
+
 /// Hold this while a test measures GIL time: those tests share two cores and must not overlap,
 /// even across test binaries run in parallel by other runners.
 pub struct Exclusive {
