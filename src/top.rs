@@ -7,8 +7,11 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
+use std::io::Read;
+use std::os::fd::AsFd;
+
 use crossterm::{cursor, execute, queue, terminal};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::error::{Error, Result};
 use crate::record::{self, RecordOptions, Slices, Target};
@@ -187,32 +190,41 @@ impl Watch {
     /// Draw the view on the terminal and follow the keys until quit or the target exits.
     fn on_terminal(mut self) -> Result<TopEnd> {
         let _terminal = Screen::enter()?;
+        let mut keyboard = Keyboard::open();
         let mut dirty = true;
+        let mut drawn = (0, 0);
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(TopEnd::Quit);
             }
             if dirty {
-                self.draw()?;
+                drawn = self.draw()?;
                 dirty = false;
             }
-            if event::poll(KEY_POLL).map_err(terminal_error)? {
-                match event::read().map_err(terminal_error)? {
-                    Event::Key(key) if key.kind != KeyEventKind::Release => {
-                        let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
-                        match key.code {
-                            KeyCode::Char('c') if ctrl => return Ok(TopEnd::Quit),
-                            KeyCode::Char('q' | 'Q') | KeyCode::Esc => return Ok(TopEnd::Quit),
-                            KeyCode::Char('h' | 'H') => self.view.sort = live::SortBy::Hold,
-                            KeyCode::Char('w' | 'W') => self.view.sort = live::SortBy::Wait,
-                            KeyCode::Char('i' | 'I') => self.view.show_idle = !self.view.show_idle,
-                            _ => continue,
-                        }
-                        dirty = true;
-                    }
-                    Event::Resize(..) => dirty = true,
-                    _ => {}
+            let size = terminal::size().map_err(terminal_error)?;
+            if size != drawn {
+                dirty = true;
+                continue;
+            }
+            let keys = match keyboard.as_mut() {
+                Some(keyboard) => match keyboard.keys(KEY_POLL) {
+                    Ok(keys) => keys,
+                    // The terminal hung up: nobody is watching.
+                    Err(()) => return Ok(TopEnd::Quit),
+                },
+                None => {
+                    std::thread::sleep(KEY_POLL);
+                    Vec::new()
                 }
+            };
+            for key in keys {
+                match key {
+                    Key::Quit => return Ok(TopEnd::Quit),
+                    Key::SortHold => self.view.sort = live::SortBy::Hold,
+                    Key::SortWait => self.view.sort = live::SortBy::Wait,
+                    Key::ToggleIdle => self.view.show_idle = !self.view.show_idle,
+                }
+                dirty = true;
             }
             loop {
                 let news = match self.receiver.try_recv() {
@@ -228,7 +240,8 @@ impl Watch {
         }
     }
 
-    fn draw(&self) -> Result<()> {
+    /// Draw the view to fit the terminal; the size it was drawn for.
+    fn draw(&self) -> Result<(u16, u16)> {
         let (width, height) = terminal::size().map_err(terminal_error)?;
         let lines = live::screen(
             &self.target,
@@ -256,8 +269,79 @@ impl Watch {
             terminal::Clear(terminal::ClearType::FromCursorDown)
         )
         .map_err(terminal_error)?;
-        out.flush().map_err(terminal_error)
+        out.flush().map_err(terminal_error)?;
+        Ok((width, height))
     }
+}
+
+/// A key that means something to the view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Quit,
+    SortHold,
+    SortWait,
+    ToggleIdle,
+}
+
+/// The terminal's input, read with poll(2) and read(2). (crossterm's event reader spins for
+/// ever at full CPU on a terminal that has hung up; this one reports the hang-up.)
+struct Keyboard {
+    tty: std::fs::File,
+}
+
+impl Keyboard {
+    /// The terminal: standard input if it is one, else /dev/tty; None if neither is there.
+    fn open() -> Option<Keyboard> {
+        let tty = if std::io::stdin().is_terminal() {
+            std::io::stdin()
+                .as_fd()
+                .try_clone_to_owned()
+                .ok()
+                .map(std::fs::File::from)
+        } else {
+            std::fs::File::open("/dev/tty").ok()
+        }?;
+        Some(Keyboard { tty })
+    }
+
+    /// The keys typed within `timeout`; Err when the terminal is gone.
+    fn keys(&mut self, timeout: Duration) -> std::result::Result<Vec<Key>, ()> {
+        let millis = timeout.as_millis().min(u16::MAX as u128) as u16;
+        let mut fds = [PollFd::new(self.tty.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(millis)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => return Ok(Vec::new()),
+            Ok(_) => {}
+            Err(_) => return Err(()),
+        }
+        let mut bytes = [0u8; 64];
+        match self.tty.read(&mut bytes) {
+            Ok(0) => Err(()),
+            Ok(n) => Ok(parse_keys(&bytes[..n])),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(Vec::new()),
+            Err(_) => Err(()),
+        }
+    }
+}
+
+/// Keys in what one read of the terminal gave. In raw mode Ctrl-C arrives as byte 3. An
+/// escape sequence (an arrow key) starts with ESC and means nothing here; ESC alone quits.
+fn parse_keys(bytes: &[u8]) -> Vec<Key> {
+    if bytes == [0x1b] {
+        return vec![Key::Quit];
+    }
+    if bytes.first() == Some(&0x1b) {
+        return Vec::new();
+    }
+    bytes
+        .iter()
+        .filter_map(|b| match b {
+            b'q' | b'Q' | 0x03 => Some(Key::Quit),
+            b'h' | b'H' => Some(Key::SortHold),
+            b'w' | b'W' => Some(Key::SortWait),
+            b'i' | b'I' => Some(Key::ToggleIdle),
+            _ => None,
+        })
+        .collect()
 }
 
 fn terminal_error(e: std::io::Error) -> Error {
@@ -299,5 +383,23 @@ impl Screen {
 impl Drop for Screen {
     fn drop(&mut self) {
         Screen::leave();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_read_from_raw_bytes() {
+        assert_eq!(parse_keys(b"q"), vec![Key::Quit]);
+        assert_eq!(parse_keys(&[3]), vec![Key::Quit]);
+        assert_eq!(parse_keys(&[0x1b]), vec![Key::Quit]);
+        assert_eq!(parse_keys(b"\x1b[A"), vec![]);
+        assert_eq!(
+            parse_keys(b"wih"),
+            vec![Key::SortWait, Key::ToggleIdle, Key::SortHold]
+        );
+        assert_eq!(parse_keys(b"xyz"), vec![]);
     }
 }

@@ -495,8 +495,8 @@ fn terminal_keys(python: &Python) -> Result<Completion, Failed> {
     Ok(Completion::Completed)
 }
 
-/// Ctrl-C quits (a key in the view's raw mode, not a signal); a target that exits ends top
-/// with a note. Both leave the terminal restored.
+/// Ctrl-C quits (a key in the view's raw mode, not a signal); a terminal that hangs up ends
+/// top; a target that exits ends it with a note. The terminal is left restored.
 fn terminal_ends(python: &Python) -> Result<Completion, Failed> {
     let fx = Fixture::start(&python.path, "spinners", &["--duration", "60"])?;
     let tmux = match Tmux::start(&in_terminal(fx.pid), 100, 30)? {
@@ -508,6 +508,31 @@ fn terminal_ends(python: &Python) -> Result<Completion, Failed> {
     tmux.keys("C-c")?;
     check_restored(&tmux)?;
     drop(tmux);
+    // The terminal hangs up (an ssh connection drops): top must end, not go on reading a
+    // terminal that is gone.
+    let dir = tempfile::tempdir()?;
+    let pidfile = dir.path().join("top.pid");
+    let command = format!(
+        "echo $$ > '{}'; exec '{}' top --pid {}",
+        pidfile.display(),
+        common::gilscope_bin(),
+        fx.pid
+    );
+    let tmux = Tmux::start(&command, 100, 30)??;
+    tmux.wait_for("the spinners", |s| s.tids().contains(&spinner))?;
+    let top: i32 = std::fs::read_to_string(&pidfile)?.trim().parse()?;
+    drop(tmux);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gilscope::target::process::liveness(top) == gilscope::target::process::Liveness::Alive {
+        if Instant::now() > deadline {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(top),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            return Err("top kept running after its terminal hung up".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // tmux started a moment ago: a failure now is a failure.
     let tmux = Tmux::start(&in_terminal(fx.pid), 100, 30)??;
     tmux.wait_for("the spinners", |s| s.tids().contains(&spinner))?;
