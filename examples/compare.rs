@@ -50,6 +50,7 @@ fn main() {
         rate_hz: 1000.0,
         duration: Some(Duration::from_secs_f64(secs)),
         stacks: true,
+        timeline: false,
         progress: None,
     };
     let mut sink = |o: &gilscope::sample::observe::Observation| {

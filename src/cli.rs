@@ -32,6 +32,7 @@ pub enum Command {
         gilscope record --pid 1234 -o report.json\n  \
         gilscope record --pid 1234 -o gil.svg --state hold,wait\n  \
         gilscope record --pid 1234 -o blame.svg --view blame\n  \
+        gilscope record --pid 1234 -o trace.json --duration 5\n  \
         gilscope record --duration 5 -- python3 app.py --workers 4")]
     Record(RecordArgs),
     /// Print every thread's GIL state and Python stack right now (optionally after sampling)
@@ -109,7 +110,8 @@ pub struct RecordArgs {
     pub format: Option<Format>,
 
     /// Write the report to FILE (atomically) instead of stdout; the format follows the
-    /// extension: .txt, .json, .svg (flamegraph), .folded, .speedscope.json
+    /// extension: .txt, .json, .svg (flamegraph), .folded, .speedscope.json, trace.json
+    /// (Chrome trace), timeline.svg
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 

@@ -51,6 +51,7 @@ pub fn dump(pid: i32, sample: Option<Duration>) -> Result<Snapshot> {
             rate_hz: 1000.0,
             duration: Some(duration),
             stacks: true,
+            timeline: false,
             progress: None,
         };
         let stop = std::sync::atomic::AtomicBool::new(false);

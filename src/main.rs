@@ -100,6 +100,7 @@ fn record_command(args: RecordArgs) -> Result<()> {
         rate_hz: args.rate,
         duration: args.duration.map(Duration::from_secs_f64),
         stacks: !args.gil_only,
+        timeline: format.needs_timeline(),
         progress: std::io::stderr()
             .is_terminal()
             .then_some(print_progress as fn(&record::Progress)),

@@ -36,6 +36,8 @@ pub struct RecordOptions {
     pub duration: Option<Duration>,
     /// Read Python stacks at every tick (off with --gil-only).
     pub stacks: bool,
+    /// Keep each thread's states in time order (for the timeline formats).
+    pub timeline: bool,
     /// Told how the recording is going every half second, and once at the end.
     pub progress: Option<fn(&Progress)>,
 }
@@ -227,6 +229,9 @@ pub fn run(
     let stacks = options.stacks && observer.enable_stacks();
     let mut stack_errors = 0u64;
     let mut profile = Profile::new();
+    if options.timeline {
+        profile.record_timeline();
+    }
     let mut classifier = Classifier::new();
     let start = monotonic_ns();
     let deadline = options

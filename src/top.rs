@@ -70,6 +70,7 @@ pub fn top(options: TopOptions, stop: Arc<AtomicBool>) -> Result<TopEnd> {
         rate_hz: options.rate_hz,
         duration: None,
         stacks: options.view.stacks,
+        timeline: false,
         progress: None,
     };
     let thread = {

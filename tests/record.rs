@@ -73,7 +73,15 @@ fn main() {
             ));
         }
     }
-    let cli: [(&str, KnownAnswer); 12] = [
+    let cli: [(&str, KnownAnswer); 14] = [
+        (
+            "chrome_traces_have_one_holder_at_a_time_and_spans_that_agree_with_samples",
+            chrome_trace,
+        ),
+        (
+            "timeline_svgs_draw_each_thread_and_escape_hostile_names",
+            timeline_svg,
+        ),
         ("flamegraphs_keep_non_ascii_names_and_states", flamegraph),
         ("speedscope_files_have_one_profile_per_thread", speedscope),
         ("blame_weights_the_holders_code_by_its_waiters", blame_view),
@@ -1014,6 +1022,197 @@ fn flamegraph(python: &Python) -> Result<(), Failed> {
     }
     if svg.contains("[idle]") || svg.contains("[running]") {
         return Err("--state hold,wait still drew other states".into());
+    }
+    Ok(())
+}
+
+/// The Chrome trace of three spinners: a named track per thread, spans of one thread that
+/// tile the recording without overlapping, never two holders at once, span durations that
+/// agree with the sample counts they cover, the holder's stack at each hold span, and a
+/// counter of waiting threads.
+fn chrome_trace(python: &Python) -> Result<(), Failed> {
+    let fx = Fixture::start(&python.path, "spinners", &["--duration", "60"])?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("trace.json");
+    let pid = fx.pid.to_string();
+    let args = ["record", "--pid", &pid, "--duration", "2", "--idle", "-o"];
+    gilscope_ok(&[&args[..], &[path.to_str().ok_or("path")?]].concat())?;
+    let trace: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    let other = &trace["otherData"];
+    if other["schema"] != "gilscope.chrometrace/1" || other["spans_dropped"] != 0 {
+        return Err(format!("otherData: {other}").into());
+    }
+    let duration_us = other["duration_s"].as_f64().ok_or("duration_s")? * 1e6;
+    let samples = other["samples"].as_f64().ok_or("samples")?;
+    let events = trace["traceEvents"].as_array().ok_or("no traceEvents")?;
+    let of = |ph: &str, name: Option<&str>| -> Vec<&Value> {
+        events
+            .iter()
+            .filter(|e| e["ph"] == ph && name.is_none_or(|n| e["name"] == n))
+            .collect()
+    };
+    let span = |e: &Value| -> Result<(f64, f64), Failed> {
+        let ts = e["ts"].as_f64().ok_or("ts")?;
+        let dur = e["dur"].as_f64().ok_or("dur")?;
+        if ts < 0.0 || dur < 0.0 || ts + dur > duration_us + 1.0 {
+            return Err(format!("span outside the recording: {e}").into());
+        }
+        Ok((ts, ts + dur))
+    };
+    // Never two holders at once.
+    let mut holds: Vec<(f64, f64)> = of("X", Some("hold"))
+        .into_iter()
+        .map(span)
+        .collect::<Result<_, _>>()?;
+    holds.sort_by(|a, b| a.0.total_cmp(&b.0));
+    if let Some(w) = holds.windows(2).find(|w| w[1].0 < w[0].1 - 1e-3) {
+        return Err(format!("two hold spans overlap: {w:?}").into());
+    }
+    let spin = "spin (";
+    for role in ["spinner-0", "spinner-1", "spinner-2"] {
+        let tid = fx.tid(role);
+        let named = of("M", Some("thread_name"))
+            .into_iter()
+            .any(|e| e["tid"] == tid && e["args"]["name"] == role);
+        if !named {
+            return Err(format!("no track named {role} for {tid}").into());
+        }
+        let mut mine: Vec<&Value> = of("X", None)
+            .into_iter()
+            .filter(|e| e["tid"] == tid)
+            .collect();
+        let ts = |e: &Value| e["ts"].as_f64().unwrap_or(f64::NAN);
+        mine.sort_by(|a, b| ts(a).total_cmp(&ts(b)));
+        let spans: Vec<(f64, f64)> = mine.iter().map(|e| span(e)).collect::<Result<_, _>>()?;
+        if let Some(w) = spans.windows(2).find(|w| w[1].0 < w[0].1 - 1e-3) {
+            return Err(format!("{role}'s spans overlap: {w:?}").into());
+        }
+        // Every state drawn (--idle): a thread's spans tile the whole recording.
+        let covered: f64 = spans.iter().map(|(from, to)| to - from).sum();
+        if (covered - duration_us).abs() > 1.0 {
+            return Err(format!("{role}'s spans cover {covered} of {duration_us} µs").into());
+        }
+        // Edges are cut halfway between samples, so a state's share of the time is its
+        // share of the samples, except where ticks were late: a stall of the sampler counts
+        // in time and not in samples.
+        let hold: Vec<&&Value> = mine.iter().filter(|e| e["name"] == "hold").collect();
+        let by_time = hold
+            .iter()
+            .map(|e| e["dur"].as_f64().unwrap_or(0.0))
+            .sum::<f64>()
+            / duration_us;
+        let by_samples = hold
+            .iter()
+            .map(|e| e["args"]["samples"].as_f64().unwrap_or(0.0))
+            .sum::<f64>()
+            / samples;
+        if (by_time - by_samples).abs() > 0.06 || by_samples < 0.1 {
+            return Err(format!(
+                "{role}: hold {by_time:.3} of the time but {by_samples:.3} of the samples"
+            )
+            .into());
+        }
+        let stacked = hold.iter().all(|e| {
+            e["args"]["stack"][0]
+                .as_str()
+                .is_none_or(|leaf| leaf.starts_with(spin))
+        });
+        let with_stack = hold
+            .iter()
+            .filter(|e| e["args"]["stack"].is_array())
+            .count();
+        if !stacked || with_stack * 10 < hold.len() * 9 {
+            return Err(format!(
+                "{role}: {with_stack} of {} hold spans have a stack, all in spin: {stacked}",
+                hold.len()
+            )
+            .into());
+        }
+    }
+    let counters = of("C", Some("GIL waiters"));
+    let most = counters
+        .iter()
+        .filter_map(|e| e["args"]["waiting"].as_u64())
+        .max()
+        .unwrap_or(0);
+    // Two spinners wait while one holds; at a hand-off all three and the main thread may.
+    if counters.is_empty() || !(2..=4).contains(&most) {
+        return Err(format!("{} waiter counts, at most {most}", counters.len()).into());
+    }
+    Ok(())
+}
+
+/// Runs a spinner in a thread whose name is made to break markup, and says when it runs.
+const HOSTILE_NAME: &str = r#"
+import sys, threading
+def spin():
+    while True:
+        pass
+t = threading.Thread(target=spin, name='<script>alert("x")</script> & \'q\'')
+t.daemon = True
+t.start()
+print("ready", flush=True)
+sys.stdin.read()
+"#;
+
+/// The timeline SVG: a labelled row per thread, the hold runs of spinners with their
+/// function in the tooltip, and a thread name made of markup shown as text, in a file that
+/// an XML parser accepts.
+fn timeline_svg(python: &Python) -> Result<(), Failed> {
+    let fx = Fixture::start(&python.path, "spinners", &["--duration", "60"])?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("gil.timeline.svg");
+    let record = |pid: i32| -> Result<String, Failed> {
+        gilscope_ok(&[
+            "record",
+            "--pid",
+            &pid.to_string(),
+            "--duration",
+            "1.5",
+            "-o",
+            path.to_str().ok_or("path")?,
+        ])?;
+        let svg = std::fs::read_to_string(&path)?;
+        let parsed = Command::new(&python.path)
+            .args([
+                "-c",
+                "import sys, xml.dom.minidom; xml.dom.minidom.parse(sys.argv[1])",
+            ])
+            .arg(&path)
+            .output()?;
+        if !parsed.status.success() {
+            return Err(format!("not well-formed XML: {}", stderr_of(&parsed)).into());
+        }
+        Ok(svg)
+    };
+    let svg = record(fx.pid)?;
+    for role in ["spinner-0", "spinner-1", "spinner-2"] {
+        let label = format!(">{role} ({})</text>", fx.tid(role));
+        let runs = svg.matches(&format!("<title>{role}: hold from ")).count();
+        if !svg.contains(&label) || runs < 3 {
+            return Err(format!("{role}: label {}, {runs} hold runs", svg.contains(&label)).into());
+        }
+    }
+    if !svg.contains(", mostly in spin (") || svg.contains(": idle from ") {
+        return Err("no stack in the tooltips, or idle drawn without --idle".into());
+    }
+    drop(fx);
+    let mut hostile = Command::new(&python.path)
+        .args(["-c", HOSTILE_NAME])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(hostile.stdout.take().ok_or("stdout")?),
+        &mut ready,
+    )?;
+    let result = record(hostile.id() as i32);
+    let _ = hostile.kill();
+    let _ = hostile.wait();
+    let svg = result?;
+    if svg.contains("<script>") || !svg.contains("&lt;script&gt;alert(&quot;x&quot;)") {
+        return Err("the markup in a thread name was not escaped".into());
     }
     Ok(())
 }

@@ -43,17 +43,12 @@ pub fn render(recording: &Recording, options: &RenderOptions) -> String {
 }
 
 /// A valid SVG that says there was nothing to draw (inferno refuses empty input).
-fn empty_svg(title: &str) -> String {
-    let escape = |s: &str| {
-        s.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-    };
+pub(super) fn empty_svg(title: &str) -> String {
     format!(
         "<?xml version=\"1.0\" standalone=\"no\"?>\n<svg version=\"1.1\" width=\"1200\" \
          height=\"60\" xmlns=\"http://www.w3.org/2000/svg\"><text x=\"600\" y=\"24\" \
          text-anchor=\"middle\">{}</text><text x=\"600\" y=\"48\" text-anchor=\"middle\">no \
          samples in this view</text></svg>\n",
-        escape(title)
+        super::xml_text(title)
     )
 }

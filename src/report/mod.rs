@@ -1,6 +1,7 @@
 //! Views over a finished recording: text and JSON, and the atomic writing of output files.
 //! Reports read `Recording`s only; they never touch the target.
 
+pub mod chrometrace;
 pub mod collapsed;
 pub mod dump;
 pub mod findings;
@@ -10,6 +11,8 @@ pub mod live;
 pub mod profile;
 pub mod speedscope;
 pub mod text;
+pub mod timeline;
+pub mod timeline_svg;
 
 use std::io::Write;
 use std::path::Path;
@@ -102,6 +105,10 @@ pub enum Format {
     Collapsed,
     /// speedscope's JSON file format, one profile per thread
     Speedscope,
+    /// Chrome trace events (Perfetto, chrome://tracing): a span per run of one GIL state
+    Chrometrace,
+    /// An SVG timeline: a row per thread, coloured by GIL state over time
+    Timeline,
 }
 
 /// Which stacks a stack format shows.
@@ -138,6 +145,12 @@ impl Format {
         if name.ends_with(".speedscope.json") {
             return Some(Format::Speedscope);
         }
+        if name == "trace.json" || name.ends_with(".trace.json") {
+            return Some(Format::Chrometrace);
+        }
+        if name == "timeline.svg" || name.ends_with(".timeline.svg") {
+            return Some(Format::Timeline);
+        }
         match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
             "json" => Some(Format::Json),
             "txt" => Some(Format::Text),
@@ -151,8 +164,17 @@ impl Format {
     pub fn shows_stacks(&self) -> bool {
         matches!(
             self,
-            Format::Flamegraph | Format::Collapsed | Format::Speedscope
+            Format::Flamegraph
+                | Format::Collapsed
+                | Format::Speedscope
+                | Format::Chrometrace
+                | Format::Timeline
         )
+    }
+
+    /// Does this format draw the recording in time order (and so need its timeline kept)?
+    pub fn needs_timeline(&self) -> bool {
+        matches!(self, Format::Chrometrace | Format::Timeline)
     }
 
     pub fn render(&self, recording: &Recording, options: &RenderOptions) -> String {
@@ -162,6 +184,8 @@ impl Format {
             Format::Flamegraph => flamegraph::render(recording, options),
             Format::Collapsed => collapsed::render(recording, options),
             Format::Speedscope => speedscope::render(recording, options),
+            Format::Chrometrace => chrometrace::render(recording, options),
+            Format::Timeline => timeline_svg::render(recording, options),
         }
     }
 }
@@ -178,6 +202,16 @@ pub fn printable(text: &str) -> String {
         }
     }
     out
+}
+
+/// Text from the target made safe inside XML text and attribute values.
+pub fn xml_text(text: &str) -> String {
+    printable(text)
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
 }
 
 /// Write `contents` to `path` so that readers see the old file or the whole new one, never
@@ -285,6 +319,22 @@ mod tests {
         assert_eq!(
             Format::from_path(Path::new("gil.speedscope.json")),
             Some(Format::Speedscope)
+        );
+        assert_eq!(
+            Format::from_path(Path::new("/tmp/trace.json")),
+            Some(Format::Chrometrace)
+        );
+        assert_eq!(
+            Format::from_path(Path::new("run-2.trace.json")),
+            Some(Format::Chrometrace)
+        );
+        assert_eq!(
+            Format::from_path(Path::new("contrace.json")),
+            Some(Format::Json)
+        );
+        assert_eq!(
+            Format::from_path(Path::new("Timeline.svg")),
+            Some(Format::Timeline)
         );
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use super::timeline::Timeline;
 use crate::python::stack::{FrameId, StackId, StackTable};
 use crate::sample::{Sample, ThreadState};
 
@@ -162,6 +163,8 @@ pub struct Profile {
     blame: HashMap<(usize, Option<StackId>), u64>,
     /// Waiters summed over ticks at which no thread held the GIL (a hand-off under way).
     pub blame_unheld: u64,
+    /// Each thread's runs of one state in time order, when a timeline format needs them.
+    pub timeline: Option<Timeline>,
 }
 
 /// What the waiters of a recording waited on: one holder's stack, weighted by the number
@@ -194,7 +197,13 @@ impl Profile {
             rows: HashMap::new(),
             blame: HashMap::new(),
             blame_unheld: 0,
+            timeline: None,
         }
+    }
+
+    /// Keep the timeline from now on (for the chrometrace and timeline formats).
+    pub fn record_timeline(&mut self) {
+        self.timeline.get_or_insert_with(Timeline::new);
     }
 
     /// Add one sample. `name` gives a new thread its display name.
@@ -255,6 +264,9 @@ impl Profile {
                 entry.thread_id = thread.thread_id;
             }
             entry.counts.add(thread.state);
+            if let Some(timeline) = self.timeline.as_mut() {
+                timeline.add(row, thread.state, thread.stack, sample.time_ns);
+            }
             entry.last_ns = sample.time_ns;
             *entry.stacks[thread.state.index()]
                 .entry(thread.stack)
@@ -271,6 +283,9 @@ impl Profile {
                 entry.waking = false;
             }
             entry.previous = Some(thread.state);
+        }
+        if let Some(timeline) = self.timeline.as_mut() {
+            timeline.add_waiters(waiters as usize, sample.time_ns);
         }
         if waiters > 0 {
             let holder = sample.threads.iter().find(|t| t.state == ThreadState::Hold);
@@ -343,8 +358,16 @@ impl Profile {
 
     /// Threads sorted by hold + wait, most first.
     pub fn threads(&self) -> Vec<&ThreadProfile> {
-        let mut threads: Vec<&ThreadProfile> = self.threads.iter().collect();
-        threads.sort_by(|a, b| {
+        self.threads_with_rows()
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect()
+    }
+
+    /// Threads sorted as by `threads`, each with its row (what blame and timelines name).
+    pub fn threads_with_rows(&self) -> Vec<(usize, &ThreadProfile)> {
+        let mut threads: Vec<(usize, &ThreadProfile)> = self.threads.iter().enumerate().collect();
+        threads.sort_by(|(_, a), (_, b)| {
             let key =
                 |t: &ThreadProfile| t.fraction(ThreadState::Hold) + t.fraction(ThreadState::Wait);
             key(b).total_cmp(&key(a)).then(a.tid.cmp(&b.tid))

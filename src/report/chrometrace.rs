@@ -1,0 +1,82 @@
+//! The Chrome trace event format (Perfetto, chrome://tracing): a track per thread with a span
+//! for each run of one GIL state, its stack at the start, and a counter of waiting threads.
+
+use serde_json::{json, Value};
+
+use super::{printable, Recording, RenderOptions};
+use crate::python::stack::StackId;
+use crate::sample::ThreadState;
+
+pub const SCHEMA: &str = "gilscope.chrometrace/1";
+
+pub fn render(recording: &Recording, options: &RenderOptions) -> String {
+    let profile = &recording.profile;
+    let pid = recording.target.pid;
+    let origin = profile.start_ns.unwrap_or(0);
+    let micros = |ns: u64| ns.saturating_sub(origin) as f64 / 1e3;
+    let mut events: Vec<Value> = vec![json!({
+        "ph": "M", "pid": pid, "name": "process_name",
+        "args": {"name": format!("{} (pid {pid})", printable(&recording.target.command_line))},
+    })];
+    for (index, thread) in profile.threads().into_iter().enumerate() {
+        events.push(json!({
+            "ph": "M", "pid": pid, "tid": thread.tid, "name": "thread_name",
+            "args": {"name": printable(thread.name())},
+        }));
+        events.push(json!({
+            "ph": "M", "pid": pid, "tid": thread.tid, "name": "thread_sort_index",
+            "args": {"sort_index": index},
+        }));
+    }
+    let stack = |id: Option<StackId>| -> Value {
+        let (Some(id), Some(table)) = (id, recording.stacks.as_ref()) else {
+            return Value::Null;
+        };
+        let mut frames: Vec<String> = table.frames(id).map(|f| printable(&f.label())).collect();
+        frames.reverse();
+        json!(frames)
+    };
+    let mut dropped = 0;
+    if let Some(timeline) = &profile.timeline {
+        dropped = timeline.dropped;
+        for span in timeline.spans() {
+            if !options.states.contains(&span.state) {
+                continue;
+            }
+            let Some(thread) = profile.thread_at(span.row) else {
+                continue;
+            };
+            events.push(json!({
+                "ph": "X", "pid": pid, "tid": thread.tid, "cat": "gil",
+                "name": span.state.name(),
+                "ts": micros(span.start_ns),
+                "dur": span.end_ns.saturating_sub(span.start_ns) as f64 / 1e3,
+                "args": {"samples": span.samples, "stack": stack(span.stack)},
+            }));
+        }
+        for &(time_ns, waiting) in timeline.waiters() {
+            events.push(json!({
+                "ph": "C", "pid": pid, "name": "GIL waiters", "ts": micros(time_ns),
+                "args": {"waiting": waiting},
+            }));
+        }
+    }
+    let states: Vec<&str> = options.states.iter().map(ThreadState::name).collect();
+    let document = json!({
+        "traceEvents": events,
+        "displayTimeUnit": "ms",
+        "otherData": {
+            "schema": SCHEMA,
+            "pid": pid,
+            "python_version": recording.target.python_version,
+            "rate_hz": recording.sampler.rate_hz,
+            "duration_s": profile.duration_s(),
+            "samples": profile.samples,
+            "states": states,
+            "spans_dropped": dropped,
+        },
+    });
+    let mut out = serde_json::to_string(&document).unwrap_or_default();
+    out.push('\n');
+    out
+}

@@ -1,0 +1,268 @@
+//! The timeline as a standalone SVG: a row per thread, coloured by its GIL state over time, a
+//! pixel showing the state that filled most of its time. Rendering only, from timeline.rs.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use super::timeline::Span;
+use super::{flamegraph, xml_text, Recording, RenderOptions};
+use crate::python::stack::StackTable;
+use crate::sample::ThreadState;
+
+const WIDTH: usize = 1200;
+const LABELS: usize = 230;
+const PLOT: usize = WIDTH - LABELS - 20;
+const ROW: usize = 18;
+const TOP: usize = 76;
+const TITLE: &str = "GIL timeline";
+
+fn colour(state: ThreadState) -> &'static str {
+    match state {
+        ThreadState::Hold => "#d62728",
+        ThreadState::Wait => "#ff9f1c",
+        ThreadState::Running => "#2ca02c",
+        ThreadState::Idle => "#c7c7c7",
+    }
+}
+
+pub fn render(recording: &Recording, options: &RenderOptions) -> String {
+    let profile = &recording.profile;
+    let (Some(timeline), Some(origin)) = (&profile.timeline, profile.start_ns) else {
+        return flamegraph::empty_svg(TITLE);
+    };
+    let spans = timeline.spans();
+    let threads = profile.threads_with_rows();
+    if spans.is_empty() || threads.is_empty() {
+        return flamegraph::empty_svg(TITLE);
+    }
+    let end = profile.end_ns.max(origin + 1);
+    let ns_per_px = (end - origin) as f64 / PLOT as f64;
+    let height = TOP + threads.len() * ROW + 44;
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        "<?xml version=\"1.0\" standalone=\"no\"?>\n<svg version=\"1.1\" width=\"{WIDTH}\" \
+         height=\"{height}\" viewBox=\"0 0 {WIDTH} {height}\" \
+         xmlns=\"http://www.w3.org/2000/svg\" font-family=\"Verdana, sans-serif\" \
+         font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"#ffffff\"/>\n"
+    );
+    let states: Vec<&str> = options.states.iter().map(ThreadState::name).collect();
+    let _ = writeln!(
+        svg,
+        "<text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"17\">{}</text>",
+        WIDTH / 2,
+        xml_text(&format!(
+            "{TITLE}: process {} (Python {})",
+            recording.target.pid, recording.target.python_version
+        ))
+    );
+    let _ = writeln!(
+        svg,
+        "<text x=\"{}\" y=\"44\" text-anchor=\"middle\" fill=\"#555\">{}</text>",
+        WIDTH / 2,
+        xml_text(&format!(
+            "{:.2} s at {} Hz, {} samples; each pixel shows the state that filled most of its \
+             {:.1} ms; shown: {}",
+            profile.duration_s(),
+            recording.sampler.rate_hz,
+            profile.samples,
+            ns_per_px / 1e6,
+            states.join(", ")
+        ))
+    );
+    let mut x = LABELS;
+    for &state in &options.states {
+        let _ = writeln!(
+            svg,
+            "<rect x=\"{x}\" y=\"54\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" \
+             y=\"65\">{}</text>",
+            colour(state),
+            x + 16,
+            state.name()
+        );
+        x += 90;
+    }
+    let mut by_row: HashMap<usize, Vec<&Span>> = HashMap::new();
+    for span in &spans {
+        by_row.entry(span.row).or_default().push(span);
+    }
+    let mut columns = vec![[0u64; 4]; PLOT];
+    for (i, (row, thread)) in threads.iter().enumerate() {
+        let y = TOP + i * ROW;
+        if i % 2 == 1 {
+            let _ = writeln!(
+                svg,
+                "<rect x=\"0\" y=\"{y}\" width=\"{WIDTH}\" height=\"{ROW}\" fill=\"#f4f4f4\"/>"
+            );
+        }
+        let mut label = format!("{} ({})", thread.name(), thread.tid);
+        if label.chars().count() > 34 {
+            label = label.chars().take(33).collect::<String>() + "…";
+        }
+        let _ = writeln!(
+            svg,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",
+            LABELS - 8,
+            y + 13,
+            xml_text(&label)
+        );
+        let Some(spans) = by_row.get(row) else {
+            continue;
+        };
+        for column in columns.iter_mut() {
+            *column = [0; 4];
+        }
+        for span in spans {
+            spread(span, origin, ns_per_px, &mut columns);
+        }
+        let row = Row {
+            name: thread.name(),
+            y,
+            columns: &columns,
+            spans,
+        };
+        draw_row(
+            &mut svg,
+            &row,
+            recording.stacks.as_ref(),
+            options,
+            origin,
+            ns_per_px,
+        );
+    }
+    axis(&mut svg, TOP + threads.len() * ROW + 4, end - origin);
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// Add a span's time to the pixel columns it covers.
+fn spread(span: &Span, origin: u64, ns_per_px: f64, columns: &mut [[u64; 4]]) {
+    let start = span.start_ns.saturating_sub(origin) as f64;
+    let end = span.end_ns.saturating_sub(origin) as f64;
+    if end <= start {
+        // A one-sample run: give it the width of a sample's share of its pixel.
+        let px = ((start / ns_per_px) as usize).min(columns.len() - 1);
+        columns[px][span.state.index()] += 1;
+        return;
+    }
+    let first = (start / ns_per_px) as usize;
+    let last = ((end / ns_per_px) as usize).min(columns.len() - 1);
+    for (px, column) in columns.iter_mut().enumerate().take(last + 1).skip(first) {
+        let lo = start.max(px as f64 * ns_per_px);
+        let hi = end.min((px + 1) as f64 * ns_per_px);
+        if hi > lo {
+            column[span.state.index()] += (hi - lo) as u64;
+        }
+    }
+}
+
+/// A thread's row to draw: its pixel columns' time per state, and its spans.
+struct Row<'a> {
+    name: &'a str,
+    y: usize,
+    columns: &'a [[u64; 4]],
+    spans: &'a [&'a Span],
+}
+
+/// One thread's row: runs of pixels whose dominant state is a shown one, with a tooltip
+/// naming the innermost frame of the longest span under it.
+fn draw_row(
+    svg: &mut String,
+    row: &Row,
+    table: Option<&StackTable>,
+    options: &RenderOptions,
+    origin: u64,
+    ns_per_px: f64,
+) {
+    let Row {
+        name,
+        y,
+        columns,
+        spans,
+    } = *row;
+    let dominant = |c: &[u64; 4]| -> Option<ThreadState> {
+        // The most time; on a tie, the state listed first.
+        let (index, &most) = c.iter().enumerate().max_by_key(|&(i, v)| (*v, 4 - i))?;
+        let state = ThreadState::ALL[index];
+        (most > 0 && options.states.contains(&state)).then_some(state)
+    };
+    let mut px = 0;
+    while px < columns.len() {
+        let Some(state) = dominant(&columns[px]) else {
+            px += 1;
+            continue;
+        };
+        let start = px;
+        while px < columns.len() && dominant(&columns[px]) == Some(state) {
+            px += 1;
+        }
+        let t0 = origin + (start as f64 * ns_per_px) as u64;
+        let t1 = origin + (px as f64 * ns_per_px) as u64;
+        let mut tip = format!(
+            "{name}: {} from {:.3} s to {:.3} s",
+            state.name(),
+            (t0 - origin) as f64 / 1e9,
+            (t1 - origin) as f64 / 1e9
+        );
+        let longest = spans
+            .iter()
+            .filter(|s| s.state == state && s.end_ns >= t0 && s.start_ns <= t1)
+            .max_by_key(|s| s.end_ns.min(t1).saturating_sub(s.start_ns.max(t0)));
+        let frame = longest
+            .and_then(|s| s.stack)
+            .zip(table)
+            .and_then(|(id, table)| table.frame(table.leaf(id)?));
+        if let Some(frame) = frame {
+            let _ = write!(tip, ", mostly in {}", frame.label());
+        }
+        let _ = writeln!(
+            svg,
+            "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"{}\"><title>{}</title></rect>",
+            LABELS + start,
+            y + 2,
+            px - start,
+            ROW - 4,
+            colour(state),
+            xml_text(&tip)
+        );
+    }
+}
+
+/// Time ticks under the rows, at 1, 2 or 5 times a power of ten seconds.
+fn axis(svg: &mut String, y: usize, span_ns: u64) {
+    let span_s = span_ns as f64 / 1e9;
+    let rough = span_s / 10.0;
+    let power = 10f64.powf(rough.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * power)
+        .find(|s| *s >= rough)
+        .unwrap_or(power * 10.0);
+    let _ = writeln!(
+        svg,
+        "<line x1=\"{LABELS}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"#888\"/>",
+        LABELS + PLOT
+    );
+    let mut tick = 0.0;
+    while tick <= span_s + 1e-9 && step > 0.0 {
+        let x = LABELS + (tick / span_s * PLOT as f64) as usize;
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{x}\" y1=\"{y}\" x2=\"{x}\" y2=\"{}\" stroke=\"#888\"/><text x=\"{x}\" \
+             y=\"{}\" text-anchor=\"middle\" fill=\"#555\">{} s</text>",
+            y + 5,
+            y + 18,
+            format_seconds(tick, step)
+        );
+        tick += step;
+    }
+}
+
+fn format_seconds(value: f64, step: f64) -> String {
+    let decimals = if step >= 1.0 {
+        0
+    } else {
+        (-step.log10().floor()) as usize
+    };
+    format!("{value:.decimals$}")
+}
