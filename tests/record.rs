@@ -110,7 +110,7 @@ fn main() {
         trials.push(Trial::ignorable_test(name, move || match &python {
             Some(python) => {
                 let _exclusive = common::exclusive();
-                test(python).map(|()| Completion::Completed)
+                common::unless_host_steals(|| Ok(common::steal_measured(|| test(python))))
             }
             None => Ok(Completion::ignored_with("no Python 3 interpreter found")),
         }));

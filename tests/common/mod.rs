@@ -304,6 +304,22 @@ pub enum Attempt {
     },
 }
 
+/// Run a test that samples a real process, measuring the host steal over the whole test
+/// (for tests that read no report's own figure): its outcome as an `Attempt`.
+pub fn steal_measured(test: impl FnOnce() -> Result<(), libtest_mimic::Failed>) -> Attempt {
+    let before = gilscope::target::process::cpu_times();
+    let result = test();
+    let steal =
+        gilscope::target::process::steal_share(before, gilscope::target::process::cpu_times());
+    match result {
+        Ok(()) => Attempt::Done(libtest_mimic::Completion::Completed),
+        Err(failed) => Attempt::Missed {
+            message: failed.message().unwrap_or("failed").to_string(),
+            steal,
+        },
+    }
+}
+
 /// The host steal a report measured in its window.
 pub fn report_steal(report: &serde_json::Value) -> Option<f64> {
     report["sampler"]["host_steal"].as_f64()
