@@ -53,9 +53,11 @@ fn main() {
         timeline: false,
         progress: None,
     };
+    let mut observations = Vec::new();
     let mut sink = |o: &gilscope::sample::observe::Observation| {
         if dump.is_some() {
             ticks.push(serde_json::to_string(o).unwrap());
+            observations.push(o.clone());
         }
     };
     let recording = record::run(&mut observer, None, &options, &stop, Some(&mut sink), None);
@@ -85,6 +87,19 @@ fn main() {
     if let Some(dir) = dump {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("ticks.jsonl"), ticks.join("\n")).unwrap();
+        // The classifier's verdict on each tick, to set beside the reference.
+        let mut classifier = gilscope::sample::classify::Classifier::new();
+        let mut samples: Vec<_> = observations
+            .iter()
+            .flat_map(|o| classifier.push(o))
+            .collect();
+        samples.extend(classifier.finish());
+        let mut f = std::fs::File::create(dir.join("states.txt")).unwrap();
+        for s in &samples {
+            for t in &s.threads {
+                writeln!(f, "{} {} {:?}", t.tid, s.time_ns, t.state).unwrap();
+            }
+        }
         let mut f = std::fs::File::create(dir.join("events.txt")).unwrap();
         for e in &events {
             writeln!(f, "{} {} {:?}", e.tid, e.time_ns, e.probe).unwrap();

@@ -81,9 +81,9 @@ pub fn dump(pid: i32, sample: Option<Duration>) -> Result<Snapshot> {
             continue;
         }
         let mut classifier = Classifier::new();
-        classifier.push(&ticks[0]);
-        classifier.push(&ticks[1]);
-        let Some(sample) = classifier.push(&ticks[2]).pop() else {
+        let mut samples: Vec<_> = ticks.iter().flat_map(|t| classifier.push(t)).collect();
+        samples.extend(classifier.finish());
+        let Some(sample) = samples.into_iter().nth(1) else {
             continue;
         };
         let first = &ticks[1];

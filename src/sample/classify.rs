@@ -11,8 +11,14 @@
 //! GIL if it last held or waited for it, else wherever it was before. When the interval before
 //! the tick is polluted by holding (the thread held at the previous tick), the interval after
 //! the tick decides instead.
+//!
+//! One more piece of evidence comes from the ticks that follow. A runnable thread that next
+//! shows up in the GIL (asleep on it, or holding it) without having used the CPU in between
+//! was already on its way into the GIL at this tick: preempted, or woken from the GIL's mutex
+//! and queued for a CPU, before any flag or futex said so. Native code would have needed CPU
+//! to get there. So the classifier looks a few ticks ahead ([`LOOKAHEAD`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use super::observe::{Observation, ThreadObservation};
 use super::{Sample, ThreadSample, ThreadState};
@@ -23,6 +29,14 @@ pub const EXECUTING_SHARE: f64 = 0.1;
 /// ...and at least this much CPU (ns), so that very high rates do not mistake hand-off code
 /// (a few futex calls: tens of µs at most) for work.
 pub const EXECUTING_FLOOR_NS: u64 = 100_000;
+/// A thread that goes from a tick into the GIL's futex using less CPU than this (ns) was
+/// already entering `take_gil`: locking its mutex and sleeping on its condition costs 7-45 µs
+/// (measured against the uprobe reference on a 2-core VM, docs/ACCURACY.md), while native code
+/// preempted that close to its end is rare (the chance is this over the length of the call).
+pub const ENTERING_GIL_CPU_NS: u64 = 50_000;
+/// How many ticks the classifier looks ahead (and so how many it holds back): a thread queued
+/// for a CPU is seen within a few scheduler slices of a few ms each.
+pub const LOOKAHEAD: usize = 24;
 
 /// What a tick says on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +68,37 @@ fn executing(cpu_from: u64, cpu_to: u64, from_ns: u64, to_ns: u64) -> bool {
     wall > 0 && cpu >= EXECUTING_FLOOR_NS && cpu as f64 >= EXECUTING_SHARE * wall as f64
 }
 
+/// Does the thread, runnable at this tick, next show up in the GIL (waiting or holding) without
+/// having used [`ENTERING_GIL_CPU_NS`] of CPU on the way? Then it was already in (or at the
+/// door of) `take_gil`. Unknown futures (the thread gone, a different thread on the tid, an
+/// inexact clock, the look ahead exhausted) say no.
+fn enters_gil_without_cpu<'a>(
+    thread: &ThreadObservation,
+    future: impl IntoIterator<Item = &'a Observation>,
+) -> bool {
+    if !thread.cpu_exact {
+        return false;
+    }
+    for tick in future {
+        let Ok(i) = tick.threads.binary_search_by_key(&thread.tid, |t| t.tid) else {
+            return false;
+        };
+        let later = &tick.threads[i];
+        if later.thread_id != thread.thread_id || !later.cpu_exact {
+            return false;
+        }
+        if later.cpu_ns.saturating_sub(thread.cpu_ns) >= ENTERING_GIL_CPU_NS {
+            return false;
+        }
+        match evidence(later) {
+            Evidence::Wait | Evidence::Hold => return true,
+            Evidence::Idle => return false,
+            Evidence::Runnable => {}
+        }
+    }
+    false
+}
+
 /// A thread's tick with the time it stands for.
 #[derive(Debug, Clone, Copy)]
 struct Seen {
@@ -69,11 +114,11 @@ struct Track {
     previous: Option<Seen>,
 }
 
-/// Turns a stream of observations into samples, one tick behind (it looks one tick ahead).
+/// Turns a stream of observations into samples, [`LOOKAHEAD`] ticks behind (it looks ahead).
 #[derive(Default)]
 pub struct Classifier {
     tracks: HashMap<i32, Track>,
-    pending: Option<Observation>,
+    pending: VecDeque<Observation>,
 }
 
 impl Classifier {
@@ -81,26 +126,33 @@ impl Classifier {
         Classifier::default()
     }
 
-    /// Add a tick; returns the samples now complete (the previous tick's).
+    /// Add a tick; returns the samples now complete (those with enough ticks after them).
     pub fn push(&mut self, observation: &Observation) -> Vec<Sample> {
-        let done = self
-            .pending
-            .take()
-            .map(|pending| self.classify(&pending, Some(observation)));
-        self.pending = Some(observation.clone());
-        done.into_iter().collect()
+        self.pending.push_back(observation.clone());
+        let mut done = Vec::new();
+        while self.pending.len() > LOOKAHEAD {
+            done.push(self.classify_oldest());
+        }
+        done
     }
 
-    /// The last tick, classified without a look ahead.
+    /// The ticks held back, classified with whatever look ahead they have.
     pub fn finish(&mut self) -> Vec<Sample> {
-        let pending = self.pending.take();
-        pending
-            .map(|p| self.classify(&p, None))
-            .into_iter()
-            .collect()
+        let mut done = Vec::with_capacity(self.pending.len());
+        while !self.pending.is_empty() {
+            done.push(self.classify_oldest());
+        }
+        done
     }
 
-    fn classify(&mut self, tick: &Observation, next: Option<&Observation>) -> Sample {
+    fn classify_oldest(&mut self) -> Sample {
+        let tick = self.pending.pop_front().expect("a pending tick");
+        self.classify(&tick)
+    }
+
+    /// Classify `tick`; the ticks after it are `self.pending`.
+    fn classify(&mut self, tick: &Observation) -> Sample {
+        let next = self.pending.front();
         let time_ns = tick.time_ns();
         let next_time = next.map(|n| n.time_ns()).unwrap_or(time_ns);
         let mut threads = Vec::with_capacity(tick.threads.len());
@@ -123,6 +175,12 @@ impl Classifier {
                 n.threads.get(i)
             });
             let state = match evidence(thread) {
+                Evidence::Runnable
+                    if track.anchor != Some(ThreadState::Idle)
+                        && enters_gil_without_cpu(thread, &self.pending) =>
+                {
+                    ThreadState::Wait
+                }
                 Evidence::Hold => ThreadState::Hold,
                 Evidence::Wait => ThreadState::Wait,
                 Evidence::Idle => ThreadState::Idle,
@@ -253,10 +311,52 @@ mod tests {
             vec![H, W, W, W]
         );
         // Queued in take_gil at the tick, then takes the GIL and goes native after it: the
-        // CPU after the tick is not evidence about the tick.
+        // CPU after the tick is not evidence about the tick. At the third tick it has just
+        // run native code, and needs ENTERING_GIL_CPU_NS more to reach the GIL: native code.
         assert_eq!(
             states(&[('w', 0), ('r', 10), ('r', 850), ('w', 900)]),
             vec![W, W, R, W]
+        );
+        // With 30 µs to go it was already entering take_gil.
+        assert_eq!(
+            states(&[('w', 0), ('r', 10), ('r', 850), ('w', 880)]),
+            vec![W, W, W, W]
+        );
+    }
+
+    #[test]
+    fn a_native_thread_queued_on_its_way_into_the_gil_waits() {
+        // Runs zlib, then sits on the run queue with no CPU until it is seen asleep on the
+        // GIL: it had left native code and was in take_gil before any flag or futex showed it.
+        assert_eq!(
+            states(&[('r', 0), ('r', 900), ('r', 920), ('r', 930), ('w', 940)]),
+            vec![R, W, W, W, W]
+        );
+        // ...or until it holds it.
+        assert_eq!(
+            states(&[('r', 0), ('r', 900), ('r', 920), ('h', 940)]),
+            vec![R, W, W, H]
+        );
+        // Preempted in native code instead: it needs CPU to get to the GIL.
+        assert_eq!(
+            states(&[('r', 0), ('r', 900), ('r', 900), ('r', 1500), ('w', 1530)]),
+            vec![R, R, R, W, W]
+        );
+    }
+
+    #[test]
+    fn the_look_ahead_is_bounded_and_stops_at_sleep() {
+        // Queued for longer than the look ahead: the early ticks cannot know.
+        let mut ticks = vec![('r', 0), ('r', 900)];
+        ticks.extend(std::iter::repeat_n(('r', 900), LOOKAHEAD + 2));
+        ticks.push(('w', 905));
+        let out = states(&ticks);
+        assert_eq!(out[1], R);
+        assert_eq!(out[out.len() - 2], W);
+        // Falls asleep somewhere else first (I/O): no evidence about the GIL.
+        assert_eq!(
+            states(&[('r', 0), ('r', 900), ('i', 905), ('w', 910)]),
+            vec![R, R, I, W]
         );
     }
 
