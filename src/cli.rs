@@ -51,6 +51,70 @@ pub enum Command {
         gilscope top --pid 1234 | tee gil.log"
     )]
     Top(TopArgs),
+    /// Sample a process without end and serve its GIL metrics to Prometheus at /metrics
+    #[command(
+        after_help = "Counters (seconds of wall time; rate() gives a share of time):\n  \
+        gilscope_thread_gil_seconds_total{pid,thread,state}  hold / wait / running / idle\n  \
+        gilscope_gil_held_seconds_total{pid}, gilscope_gil_contended_seconds_total{pid},\n  \
+        gilscope_gil_switches_total{pid}, and the sampler's health (docs/METRICS.md).\n\n\
+        Examples:\n  \
+        gilscope serve --pid 1234\n  \
+        gilscope serve --follow-name app.py --listen 127.0.0.1:9464\n  \
+        curl -s http://127.0.0.1:9464/metrics"
+    )]
+    Serve(ServeArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell)
+    #[command(after_help = "Examples:\n  \
+        gilscope completions bash > /etc/bash_completion.d/gilscope\n  \
+        gilscope completions zsh > \"${fpath[1]}/_gilscope\"\n  \
+        gilscope completions fish > ~/.config/fish/completions/gilscope.fish")]
+    Completions(CompletionsArgs),
+    /// Print the manual pages (roff), generated from this command line's definition
+    #[command(after_help = "Examples:\n  \
+        gilscope man | man -l -\n  \
+        gilscope man record | man -l -\n  \
+        gilscope man --out-dir /usr/local/share/man/man1")]
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The page of this subcommand (gilscope-SUBCOMMAND(1)) instead of gilscope(1)
+    #[arg(value_name = "SUBCOMMAND")]
+    pub subcommand: Option<String>,
+
+    /// Write every page (gilscope.1, gilscope-record.1, ...) into this directory
+    #[arg(long, value_name = "DIR", conflicts_with = "subcommand")]
+    pub out_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("target").required(true).multiple(true))]
+pub struct ServeArgs {
+    /// Process id of a running Python program
+    #[arg(short, long, value_name = "PID", group = "target")]
+    pub pid: Option<i32>,
+
+    /// Keep serving when the process exits, and sample the next process of this name (its
+    /// program, script or module name, e.g. app.py or gunicorn); without --pid, start with
+    /// the oldest one
+    #[arg(long, value_name = "NAME", group = "target")]
+    pub follow_name: Option<String>,
+
+    /// Address and port to serve /metrics on (loopback unless told otherwise)
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9464")]
+    pub listen: std::net::SocketAddr,
+
+    /// Samples per second (low by default: serve runs for days)
+    #[arg(short, long, value_name = "HZ", default_value_t = 100.0, value_parser = parse_rate)]
+    pub rate: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]

@@ -9,5 +9,6 @@ pub mod record;
 pub mod reference;
 pub mod report;
 pub mod sample;
+pub mod serve;
 pub mod target;
 pub mod top;

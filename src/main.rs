@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use gilscope::cli::{Cli, Command, DumpArgs, RecordArgs, TopArgs};
+use gilscope::cli::{Cli, Command, DumpArgs, ManArgs, RecordArgs, ServeArgs, TopArgs};
 use gilscope::error::{Error, ExitCode, Result};
 use gilscope::record::{self, RecordOptions, Target};
 use gilscope::report::live::ViewState;
 use gilscope::report::{self, EndReason, Format, RenderOptions};
 use gilscope::sample::ThreadState;
+use gilscope::serve::{ServeEnd, ServeOptions};
 use gilscope::top::{TopEnd, TopOptions};
 
 fn main() {
@@ -32,6 +33,14 @@ fn main() {
         Command::Record(args) => record_command(args),
         Command::Dump(args) => dump_command(args),
         Command::Top(args) => top_command(args),
+        Command::Serve(args) => serve_command(args),
+        Command::Completions(args) => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let name = command.get_name().to_string();
+            clap_complete::generate(args.shell, &mut command, name, &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man(args) => man_pages(args),
     };
     if let Err(error) = result {
         eprintln!("gilscope: {error}");
@@ -40,6 +49,48 @@ fn main() {
         }
         std::process::exit(error.exit_code() as i32);
     }
+}
+
+/// The manual pages, one per command as git has them: gilscope(1) lists the subcommands and
+/// refers to gilscope-record(1) and the others.
+fn man_pages(args: ManArgs) -> Result<()> {
+    let command = <Cli as clap::CommandFactory>::command();
+    if let Some(dir) = args.out_dir {
+        return clap_mangen::generate_to(command, &dir).map_err(|e| Error::Output {
+            path: dir.display().to_string(),
+            source: e,
+        });
+    }
+    let page = match args.subcommand {
+        None => command,
+        Some(name) => {
+            let Some(sub) = command.find_subcommand(&name) else {
+                let names: Vec<&str> = command
+                    .get_subcommands()
+                    .map(|s| s.get_name())
+                    .filter(|&n| n != "help")
+                    .collect();
+                return Err(Error::Usage(format!(
+                    "no subcommand '{name}': the pages are for {}",
+                    names.join(", ")
+                )));
+            };
+            let title = format!("{}-{}", command.get_name(), sub.get_name());
+            sub.clone()
+                .name(title)
+                .bin_name(format!("{} {}", command.get_name(), sub.get_name()))
+                .version(command.get_version().unwrap_or_default().to_string())
+                .disable_version_flag(true)
+        }
+    };
+    let mut roff = Vec::new();
+    clap_mangen::Man::new(page)
+        .render(&mut roff)
+        .map_err(|e| Error::Internal(format!("cannot render the manual page: {e}")))?;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(&roff);
+    let _ = stdout.flush();
+    Ok(())
 }
 
 /// SIGINT and SIGTERM end the recording (a second SIGINT ends gilscope at once).
@@ -236,6 +287,24 @@ fn top_command(args: TopArgs) -> Result<()> {
     };
     if gilscope::top::top(options, stop)? == TopEnd::TargetExited {
         eprintln!("gilscope: process {} exited", args.pid);
+    }
+    Ok(())
+}
+
+fn serve_command(args: ServeArgs) -> Result<()> {
+    if let Some(pid) = args.pid {
+        record::check_target(pid)?;
+    }
+    let stop = stop_flag();
+    let options = ServeOptions {
+        pid: args.pid,
+        follow_name: args.follow_name,
+        listen: args.listen,
+        rate_hz: args.rate,
+    };
+    let announce: fn(&str) = |line| eprintln!("gilscope: {line}");
+    if gilscope::serve::serve(options, stop, announce)? == ServeEnd::TargetExited {
+        eprintln!("gilscope: the process exited; stopping (--follow-name keeps serving)");
     }
     Ok(())
 }

@@ -63,8 +63,10 @@ pub type ObservationSink<'a> = &'a mut dyn FnMut(&Observation);
 /// next slice starts empty, so the `Recording` returned at the end holds only the last one.
 pub struct Slices<'a> {
     pub every: Duration,
-    pub sink: &'a mut dyn FnMut(Profile, &Observer<ProcessMemory>),
+    pub sink: &'a mut dyn FnMut(Profile, &Health, &Observer<ProcessMemory>),
 }
+
+pub use crate::sample::Health;
 
 /// Check that `pid` is a process we can look at, with the most useful error if not.
 pub fn check_target(pid: i32) -> Result<()> {
@@ -210,6 +212,14 @@ fn report_progress(
     }
 }
 
+fn health(errors: u64, schedule: &Schedule) -> Health {
+    Health {
+        errors,
+        late_ticks: schedule.late_ticks,
+        total_lag_ns: schedule.total_lag_ns,
+    }
+}
+
 /// Give the profile's threads their current OS and Python names.
 fn name_threads(profile: &mut Profile, observer: &mut Observer<ProcessMemory>) {
     profile.refresh_names(|tid| observer.current_thread_name(tid));
@@ -279,7 +289,8 @@ pub fn run(
                 if let Some(slices) = slices.as_mut() {
                     if slice_start.elapsed() >= slices.every {
                         name_threads(&mut profile, observer);
-                        (slices.sink)(std::mem::take(&mut profile), observer);
+                        let health = health(errors, &schedule);
+                        (slices.sink)(std::mem::take(&mut profile), &health, observer);
                         slice_start = Instant::now();
                     }
                 }
@@ -330,6 +341,7 @@ pub fn run(
                 ),
             },
         },
+        health: health(errors, &schedule),
         profile,
         stacks: if stacks {
             observer.take_stack_table()

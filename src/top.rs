@@ -81,6 +81,7 @@ pub fn top(options: TopOptions, stop: Arc<AtomicBool>) -> Result<TopEnd> {
                 let mut cpu = process::cpu_times();
                 let mut send =
                     |profile: crate::report::Profile,
+                     _: &record::Health,
                      observer: &crate::sample::observe::Observer<_>| {
                         let now = process::cpu_times();
                         let steal = process::steal_share(cpu, now);

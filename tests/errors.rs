@@ -46,7 +46,12 @@ fn free_pid() -> i32 {
 }
 
 /// Each command that attaches to a pid, with the options that make it end by itself.
-const ATTACHING: [&[&str]; 3] = [&["record", "--duration", "1"], &["dump"], &["top"]];
+const ATTACHING: [&[&str]; 4] = [
+    &["record", "--duration", "1"],
+    &["dump"],
+    &["top"],
+    &["serve", "--listen", "127.0.0.1:0"],
+];
 
 fn attach_args<'a>(command: &[&'a str], pid: &'a str) -> Vec<&'a str> {
     let mut args = vec![command[0], "--pid", pid];

@@ -8,6 +8,7 @@ pub mod findings;
 pub mod flamegraph;
 pub mod json;
 pub mod live;
+pub mod metrics;
 pub mod profile;
 pub mod speedscope;
 pub mod text;
@@ -82,6 +83,8 @@ pub struct Recording {
     /// The stacks the profile's samples refer to (None: recorded with --gil-only, or the
     /// interpreter's frames are not known).
     pub stacks: Option<StackTable>,
+    /// The sampler's health over the whole recording (all slices).
+    pub health: crate::sample::Health,
 }
 
 /// The classifier's error against the uprobe reference, as measured (docs/ACCURACY.md), in

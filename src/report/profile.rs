@@ -454,34 +454,43 @@ fn add_gil(total: &mut GilTicks, tick: &GilTicks) {
     total.waiters += tick.waiters;
 }
 
+/// A sample for tests: threads `(tid, state)` at `time_ns`, the switch counter at
+/// `switch_number`, the GIL locked if one of them holds it.
+#[cfg(test)]
+pub(crate) fn test_sample(
+    time_ns: u64,
+    switch_number: u64,
+    states: &[(i32, ThreadState)],
+) -> Sample {
+    use crate::python::interpreter::GilState;
+    use crate::sample::ThreadSample;
+    Sample {
+        time_ns,
+        gil: GilState {
+            created: true,
+            locked: states.iter().any(|(_, s)| *s == ThreadState::Hold),
+            holder: 0,
+            switch_number,
+            interval_us: 5000,
+            current: None,
+        },
+        threads: states
+            .iter()
+            .map(|&(tid, state)| ThreadSample {
+                tid,
+                thread_id: Some(tid as u64),
+                state,
+                stack: None,
+            })
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::python::interpreter::GilState;
-    use crate::sample::ThreadSample;
 
-    fn sample(time_ns: u64, switch_number: u64, states: &[(i32, ThreadState)]) -> Sample {
-        Sample {
-            time_ns,
-            gil: GilState {
-                created: true,
-                locked: states.iter().any(|(_, s)| *s == ThreadState::Hold),
-                holder: 0,
-                switch_number,
-                interval_us: 5000,
-                current: None,
-            },
-            threads: states
-                .iter()
-                .map(|&(tid, state)| ThreadSample {
-                    tid,
-                    thread_id: Some(tid as u64),
-                    state,
-                    stack: None,
-                })
-                .collect(),
-        }
-    }
+    use test_sample as sample;
 
     #[test]
     fn fractions_switches_and_contention_add_up() {

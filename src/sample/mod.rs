@@ -46,6 +46,16 @@ impl ThreadState {
     }
 }
 
+/// How the sampler has fared since the recording began (cumulative, for counters).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Ticks that could not be read (a torn read of a moving target).
+    pub errors: u64,
+    /// Ticks taken later than scheduled, and their total lag (ns).
+    pub late_ticks: u64,
+    pub total_lag_ns: u64,
+}
+
 /// One thread at one tick.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThreadSample {

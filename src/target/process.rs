@@ -29,11 +29,86 @@ pub fn liveness(pid: i32) -> Liveness {
     }
 }
 
-/// The `flags` field (the 9th) of a stat line.
-fn stat_flags(stat: &[u8]) -> Option<u64> {
+/// Field `n` (1-based, as in proc(5)) of a stat line, for n >= 3: after the command name,
+/// which may hold spaces and parentheses.
+fn stat_field(stat: &[u8], n: usize) -> Option<u64> {
     let close = stat.iter().rposition(|&b| b == b')')?;
     let rest = std::str::from_utf8(stat.get(close + 2..)?).ok()?;
-    rest.split(' ').nth(6)?.parse().ok()
+    rest.split(' ').nth(n.checked_sub(3)?)?.parse().ok()
+}
+
+/// The `flags` field (the 9th) of a stat line.
+fn stat_flags(stat: &[u8]) -> Option<u64> {
+    stat_field(stat, 9)
+}
+
+/// Live processes that go by `name`, oldest first, never this one: their kernel name
+/// (`comm`), the file name of their program, or the script or module it runs (`python3 -u
+/// app.py` goes by python3 and app.py, `python3 -m http.server` by http.server).
+pub fn named(name: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found: Vec<(u64, i32)> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me && liveness(pid) == Liveness::Alive)
+        .filter(|&pid| goes_by(pid, name))
+        .map(|pid| {
+            let stat = std::fs::read(format!("/proc/{pid}/stat")).unwrap_or_default();
+            (stat_field(&stat, 22).unwrap_or(u64::MAX), pid)
+        })
+        .collect();
+    found.sort_unstable();
+    found.into_iter().map(|(_, pid)| pid).collect()
+}
+
+fn goes_by(pid: i32, name: &str) -> bool {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim_end_matches('\n') == name {
+        return true;
+    }
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<String> = raw
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    program_names(&args).iter().any(|n| n == name)
+}
+
+/// The names a command line goes by: its program's file name, then the first argument that is
+/// not an option or an option's value (its file name), or the module after `-m`.
+fn program_names(args: &[String]) -> Vec<String> {
+    let file_name = |a: &str| a.rsplit('/').next().unwrap_or(a).to_string();
+    let mut names = Vec::new();
+    let Some((program, rest)) = args.split_first() else {
+        return names;
+    };
+    names.push(file_name(program));
+    let mut rest = rest.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "-m" => {
+                names.extend(rest.next().cloned());
+                break;
+            }
+            // Python's options that take the next argument as their value.
+            "-X" | "-W" | "--check-hash-based-pycs" => {
+                rest.next();
+                continue;
+            }
+            // A program given inline has no file name.
+            "-c" => break,
+            _ => {}
+        }
+        if !arg.starts_with('-') {
+            names.push(file_name(arg));
+            break;
+        }
+    }
+    names
 }
 
 /// The command line, NUL-separated arguments joined by spaces (lossy UTF-8).
@@ -126,5 +201,37 @@ mod tests {
     #[test]
     fn a_missing_pid_is_gone() {
         assert_eq!(liveness(i32::MAX), Liveness::Gone);
+    }
+
+    #[test]
+    fn a_command_line_goes_by_its_program_and_its_script_or_module() {
+        let args = |line: &str| line.split(' ').map(String::from).collect::<Vec<_>>();
+        assert_eq!(
+            program_names(&args("/usr/bin/python3 -u /srv/app.py --port 80")),
+            ["python3", "app.py"]
+        );
+        assert_eq!(
+            program_names(&args("python3 -X dev -m http.server 8000")),
+            ["python3", "http.server"]
+        );
+        assert_eq!(program_names(&args("gunicorn")), ["gunicorn"]);
+        assert_eq!(program_names(&args("python3 -c pass")), ["python3"]);
+        assert!(program_names(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_child_is_found_by_its_name_and_never_this_process() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let pid = child.id() as i32;
+        let found = named("sleep");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.contains(&pid), "{found:?}");
+        let me = std::process::id() as i32;
+        let own = std::fs::read_to_string("/proc/self/comm").unwrap();
+        assert!(!named(own.trim()).contains(&me));
     }
 }

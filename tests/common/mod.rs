@@ -192,9 +192,20 @@ pub struct Fixture {
 impl Fixture {
     /// Start `fixtures/<name>.py` under `python` and wait for its announcement line.
     pub fn start(python: &Path, name: &str, args: &[&str]) -> Result<Fixture, String> {
+        Fixture::start_script(python, &fixture_path(name), args)
+    }
+
+    /// Start a fixture from a script anywhere (a copy under another name, say): it finds
+    /// `gilfixture` in fixtures/ through PYTHONPATH.
+    pub fn start_script(python: &Path, script: &Path, args: &[&str]) -> Result<Fixture, String> {
+        let name = script.display();
         let mut child = Command::new(python)
-            .arg(fixture_path(name))
+            .arg(script)
             .args(args)
+            .env(
+                "PYTHONPATH",
+                fixture_path("gilfixture").parent().expect("fixtures"),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -1,0 +1,355 @@
+//! Prometheus metrics of a recording that never ends (`gilscope serve`): counters fed one
+//! slice at a time and encoded in the OpenMetrics text format. No HTTP and no target here.
+//!
+//! Time is counted in seconds of wall time, not samples, so that `rate()` over any window
+//! gives a share of time (0-1) that does not depend on the sampling rate. Each slice credits
+//! the wall time since the previous slice's last tick to its samples in equal parts.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::{Profile, TargetInfo};
+use crate::sample::{Health, ThreadState};
+
+/// The content type of [`Metrics::encode`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Seconds = Counter<f64, AtomicU64>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ThreadLabels {
+    pid: String,
+    thread: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProcessLabels {
+    pid: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    pid: String,
+    command: String,
+    python_version: String,
+}
+
+/// Where the previous slice of the current target ended, to count what lies between slices.
+#[derive(Debug, Default)]
+struct Cursor {
+    end_ns: Option<u64>,
+    switch_number: Option<u64>,
+    health: Health,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    thread_seconds: Family<ThreadLabels, Seconds>,
+    held: Family<ProcessLabels, Seconds>,
+    contended: Family<ProcessLabels, Seconds>,
+    switches: Family<ProcessLabels, Counter>,
+    samples: Family<ProcessLabels, Counter>,
+    errors: Family<ProcessLabels, Counter>,
+    late: Family<ProcessLabels, Counter>,
+    lag: Family<ProcessLabels, Seconds>,
+    target: Family<TargetLabels, Gauge>,
+    up: Gauge,
+    current: Option<(TargetLabels, Cursor)>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("gilscope");
+        let thread_seconds = Family::<ThreadLabels, Seconds>::default();
+        registry.register_with_unit(
+            "thread_gil",
+            "Wall time each thread spent in each GIL state (hold, wait, running without \
+             the GIL, idle); threads of the same name add up",
+            Unit::Seconds,
+            thread_seconds.clone(),
+        );
+        let held = Family::<ProcessLabels, Seconds>::default();
+        registry.register_with_unit(
+            "gil_held",
+            "Wall time some thread held the GIL",
+            Unit::Seconds,
+            held.clone(),
+        );
+        let contended = Family::<ProcessLabels, Seconds>::default();
+        registry.register_with_unit(
+            "gil_contended",
+            "Wall time at least one thread waited for the GIL",
+            Unit::Seconds,
+            contended.clone(),
+        );
+        let switches = Family::<ProcessLabels, Counter>::default();
+        registry.register(
+            "gil_switches",
+            "GIL hand-overs from one thread to another (the interpreter's own count)",
+            switches.clone(),
+        );
+        let samples = Family::<ProcessLabels, Counter>::default();
+        registry.register("samples", "Ticks sampled", samples.clone());
+        let errors = Family::<ProcessLabels, Counter>::default();
+        registry.register(
+            "sample_errors",
+            "Ticks that could not be read (torn reads of a moving target)",
+            errors.clone(),
+        );
+        let late = Family::<ProcessLabels, Counter>::default();
+        registry.register(
+            "late_samples",
+            "Ticks taken later than scheduled",
+            late.clone(),
+        );
+        let lag = Family::<ProcessLabels, Seconds>::default();
+        registry.register_with_unit(
+            "sample_lag",
+            "Total lag of ticks behind their schedule",
+            Unit::Seconds,
+            lag.clone(),
+        );
+        let target = Family::<TargetLabels, Gauge>::default();
+        registry.register(
+            "target",
+            "The process being sampled (1), with its command line and Python version",
+            target.clone(),
+        );
+        let up = Gauge::default();
+        registry.register(
+            "attached",
+            "1 while a process is being sampled, 0 while waiting for one (--follow-name)",
+            up.clone(),
+        );
+        Metrics {
+            registry,
+            thread_seconds,
+            held,
+            contended,
+            switches,
+            samples,
+            errors,
+            late,
+            lag,
+            target,
+            up,
+            current: None,
+        }
+    }
+
+    /// A new target is being sampled; the previous one, if any, is no longer.
+    pub fn attached(&mut self, target: &TargetInfo) {
+        self.detached();
+        let labels = TargetLabels {
+            pid: target.pid.to_string(),
+            command: target.command_line.clone(),
+            python_version: target.python_version.clone(),
+        };
+        self.target.get_or_create(&labels).set(1);
+        self.up.set(1);
+        // Create the process series at 0 so that rate() has a start.
+        let process = ProcessLabels {
+            pid: labels.pid.clone(),
+        };
+        for family in [&self.held, &self.contended, &self.lag] {
+            family.get_or_create(&process).inc_by(0.0);
+        }
+        for family in [&self.switches, &self.samples, &self.errors, &self.late] {
+            family.get_or_create(&process).inc_by(0);
+        }
+        self.current = Some((labels, Cursor::default()));
+    }
+
+    /// The target is gone. Its counters stay, flat, as Prometheus expects of counters.
+    pub fn detached(&mut self) {
+        if let Some((labels, _)) = self.current.take() {
+            self.target.remove(&labels);
+        }
+        self.up.set(0);
+    }
+
+    /// Count one slice of the current target's recording.
+    pub fn add_slice(&mut self, profile: &Profile, health: &Health) {
+        let Some((labels, cursor)) = self.current.as_mut() else {
+            return;
+        };
+        let process = ProcessLabels {
+            pid: labels.pid.clone(),
+        };
+        let grew = |now: u64, before: u64| now.saturating_sub(before);
+        self.errors
+            .get_or_create(&process)
+            .inc_by(grew(health.errors, cursor.health.errors));
+        self.late
+            .get_or_create(&process)
+            .inc_by(grew(health.late_ticks, cursor.health.late_ticks));
+        self.lag
+            .get_or_create(&process)
+            .inc_by(grew(health.total_lag_ns, cursor.health.total_lag_ns) as f64 / 1e9);
+        cursor.health = *health;
+        let Some(start_ns) = profile.start_ns.filter(|_| profile.samples > 0) else {
+            return;
+        };
+        self.samples.get_or_create(&process).inc_by(profile.samples);
+        // The wall time since the previous slice's last tick; the first slice also counts one
+        // tick's worth for its first sample.
+        let credit_ns = match cursor.end_ns {
+            Some(before) if profile.end_ns > before => profile.end_ns - before,
+            _ => (profile.end_ns.saturating_sub(start_ns) as f64 + profile.tick_s() * 1e9) as u64,
+        };
+        cursor.end_ns = Some(profile.end_ns);
+        let per_sample = credit_ns as f64 / 1e9 / profile.samples as f64;
+        for thread in profile.threads() {
+            for state in ThreadState::ALL {
+                self.thread_seconds
+                    .get_or_create(&ThreadLabels {
+                        pid: labels.pid.clone(),
+                        thread: thread.name().to_string(),
+                        state: state.name().to_string(),
+                    })
+                    .inc_by(thread.counts.get(state) as f64 * per_sample);
+            }
+        }
+        let gil = profile.gil_ticks();
+        self.held
+            .get_or_create(&process)
+            .inc_by(gil.held as f64 * per_sample);
+        self.contended
+            .get_or_create(&process)
+            .inc_by(gil.contended as f64 * per_sample);
+        if let Some(((_, first), (_, last))) = profile.switch_span() {
+            let switches = match cursor.switch_number {
+                Some(before) if last >= before => last - before,
+                _ => last.saturating_sub(first),
+            };
+            self.switches.get_or_create(&process).inc_by(switches);
+            cursor.switch_number = Some(last);
+        }
+    }
+
+    /// The exposition text of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::profile::test_sample;
+    use ThreadState::{Hold, Idle, Wait};
+
+    fn target(pid: i32) -> TargetInfo {
+        TargetInfo {
+            pid,
+            python_version: "3.12.1".into(),
+            binary: "/usr/bin/python3".into(),
+            command_line: "python3 \"app\".py".into(),
+            layout: String::new(),
+        }
+    }
+
+    /// One second of ticks 1 ms apart from `from_ms`: thread 1 holds, thread 2 waits on even
+    /// ticks and is idle on odd ones; the switch counter goes up by one a tick.
+    fn slice(from_ms: u64) -> Profile {
+        let mut profile = Profile::new();
+        for i in from_ms..from_ms + 1000 {
+            let other = if i % 2 == 0 { Wait } else { Idle };
+            profile.add(
+                &test_sample(i * 1_000_000, i, &[(1, Hold), (2, other)]),
+                |t| format!("worker-{t}"),
+            );
+        }
+        profile
+    }
+
+    /// The value of the series whose line starts with `series` (name and labels).
+    fn value(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    }
+
+    #[test]
+    fn slices_add_up_to_wall_time_without_gaps() {
+        let mut metrics = Metrics::new();
+        metrics.attached(&target(42));
+        let mut health = Health::default();
+        for k in 0..3 {
+            health.errors += 2;
+            metrics.add_slice(&slice(k * 1000), &health);
+        }
+        let text = metrics.encode();
+        let thread = |name: &str, state: &str| {
+            value(
+                &text,
+                &format!(
+                    "gilscope_thread_gil_seconds_total{{pid=\"42\",thread=\"{name}\",state=\"{state}\"}}"
+                ),
+            )
+        };
+        // 3000 ticks 1 ms apart: 3 s, all of it held by worker-1.
+        assert!((thread("worker-1", "hold") - 3.0).abs() < 1e-6);
+        assert!((thread("worker-2", "wait") - 1.5).abs() < 1e-6);
+        assert!((thread("worker-2", "idle") - 1.5).abs() < 1e-6);
+        assert_eq!(thread("worker-2", "running"), 0.0);
+        let process = |name: &str| value(&text, &format!("gilscope_{name}{{pid=\"42\"}}"));
+        assert!((process("gil_held_seconds_total") - 3.0).abs() < 1e-6);
+        assert!((process("gil_contended_seconds_total") - 1.5).abs() < 1e-6);
+        // 2999 hand-overs between the first tick and the last, none lost between slices.
+        assert_eq!(process("gil_switches_total"), 2999.0);
+        assert_eq!(process("samples_total"), 3000.0);
+        assert_eq!(process("sample_errors_total"), 6.0);
+        assert_eq!(value(&text, "gilscope_attached"), 1.0);
+        assert!(text.contains("# TYPE gilscope_thread_gil_seconds counter"));
+        assert!(text.contains("# UNIT gilscope_thread_gil_seconds seconds"));
+        assert!(text.trim_end().ends_with("# EOF"));
+    }
+
+    #[test]
+    fn a_new_target_keeps_the_old_counters_and_starts_its_own() {
+        let mut metrics = Metrics::new();
+        metrics.attached(&target(42));
+        metrics.add_slice(&slice(0), &Health::default());
+        metrics.detached();
+        let text = metrics.encode();
+        assert_eq!(value(&text, "gilscope_attached"), 0.0);
+        assert!(!text.contains("gilscope_target{"), "{text}");
+        metrics.attached(&target(43));
+        // Its ticks restart from 0 ms: no credit for the time before it.
+        metrics.add_slice(&slice(0), &Health::default());
+        let text = metrics.encode();
+        assert!((value(&text, "gilscope_gil_held_seconds_total{pid=\"42\"}") - 1.0).abs() < 1e-6);
+        assert!((value(&text, "gilscope_gil_held_seconds_total{pid=\"43\"}") - 1.0).abs() < 1e-6);
+        // Label values are escaped.
+        assert!(
+            text.contains(r#"gilscope_target{pid="43",command="python3 \"app\".py",python_version="3.12.1"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_empty_slice_counts_nothing() {
+        let mut metrics = Metrics::new();
+        metrics.attached(&target(7));
+        metrics.add_slice(&Profile::new(), &Health::default());
+        let text = metrics.encode();
+        assert_eq!(value(&text, "gilscope_samples_total{pid=\"7\"}"), 0.0);
+        assert!(!text.contains("gilscope_thread_gil_seconds_total{"));
+    }
+}

@@ -1,0 +1,203 @@
+//! `gilscope serve`: sample a process at a low rate for as long as it runs and expose what is
+//! measured as Prometheus metrics on an HTTP endpoint. Owns the listener and the following of
+//! a command name across restarts; the sampling is `record`'s and the counting `metrics`'s.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::record::{self, Health, RecordOptions, Slices, Target};
+use crate::report::metrics::{self, Metrics};
+use crate::report::{EndReason, Profile, TargetInfo};
+use crate::target::process;
+
+/// How often the metrics are brought up to date.
+pub const UPDATE: Duration = Duration::from_secs(1);
+/// How often a process of the followed name is looked for while there is none.
+const FOLLOW_POLL: Duration = Duration::from_millis(500);
+/// How long the HTTP thread waits for a request before it looks at the stop flag.
+const ACCEPT_POLL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The process to start with; with `follow_name` and no pid, the first one of that name.
+    pub pid: Option<i32>,
+    /// Keep serving when the target exits, and sample the next process of this name.
+    pub follow_name: Option<String>,
+    pub listen: SocketAddr,
+    pub rate_hz: f64,
+}
+
+/// Why `serve` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServeEnd {
+    /// Ctrl-C or SIGTERM.
+    Stopped,
+    /// The target exited and no name was followed.
+    TargetExited,
+}
+
+/// Serve metrics until `stop` is raised (or the target exits, when no name is followed).
+/// `announce` hears about each step (listening, attached, detached) for the user.
+pub fn serve(options: ServeOptions, stop: Arc<AtomicBool>, announce: fn(&str)) -> Result<ServeEnd> {
+    // A bad pid is an error before anything listens.
+    let mut next = match options.pid {
+        Some(pid) => Some(record::attach(pid)?),
+        None => None,
+    };
+    let server = tiny_http::Server::http(options.listen)
+        .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", options.listen)))?;
+    let address = server
+        .server_addr()
+        .to_ip()
+        .map_or_else(|| options.listen.to_string(), |a| a.to_string());
+    announce(&format!("serving metrics on http://{address}/metrics"));
+    let metrics = Arc::new(Mutex::new(Metrics::new()));
+    let http = {
+        let (metrics, stop) = (metrics.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("gilscope-http".into())
+            .spawn(move || answer(&server, &metrics, &stop))
+            .map_err(|e| Error::Internal(format!("cannot start the HTTP thread: {e}")))?
+    };
+    let end = loop {
+        let observer = match next.take() {
+            Some(observer) => observer,
+            None => match options.follow_name.as_deref() {
+                Some(name) => match wait_for(name, &stop, announce) {
+                    Some(observer) => observer,
+                    None => break ServeEnd::Stopped,
+                },
+                None => break ServeEnd::TargetExited,
+            },
+        };
+        match sample(observer, &options, &metrics, &stop, announce) {
+            EndReason::TargetExited if options.follow_name.is_some() => continue,
+            EndReason::TargetExited => break ServeEnd::TargetExited,
+            _ => break ServeEnd::Stopped,
+        }
+    };
+    stop.store(true, Ordering::Relaxed);
+    let _ = http.join();
+    Ok(end)
+}
+
+/// Sample one target until it exits or `stop`, counting each slice into `metrics`.
+fn sample(
+    mut observer: crate::sample::observe::Observer<crate::target::memory::ProcessMemory>,
+    options: &ServeOptions,
+    metrics: &Mutex<Metrics>,
+    stop: &AtomicBool,
+    announce: fn(&str),
+) -> EndReason {
+    let target = record::target_info(&observer);
+    announce(&attached_line(&target));
+    lock(metrics).attached(&target);
+    let record_options = RecordOptions {
+        target: Target::Pid(target.pid),
+        rate_hz: options.rate_hz,
+        duration: None,
+        // Metrics have no stacks: sampling stays cheap.
+        stacks: false,
+        timeline: false,
+        progress: None,
+    };
+    let mut count = |profile: Profile, health: &Health, _: &_| {
+        lock(metrics).add_slice(&profile, health);
+    };
+    let recording = record::run(
+        &mut observer,
+        None,
+        &record_options,
+        stop,
+        None,
+        Some(Slices {
+            every: UPDATE,
+            sink: &mut count,
+        }),
+    );
+    let mut metrics = lock(metrics);
+    metrics.add_slice(&recording.profile, &recording.health);
+    if recording.sampler.ended == EndReason::TargetExited {
+        announce(&format!("pid {} exited", target.pid));
+        metrics.detached();
+    }
+    recording.sampler.ended
+}
+
+fn attached_line(target: &TargetInfo) -> String {
+    format!(
+        "sampling pid {} - Python {}: {}",
+        target.pid,
+        target.python_version,
+        crate::report::printable(&target.command_line)
+    )
+}
+
+/// The metrics, even if a thread panicked while holding them (they are counters: still valid).
+fn lock(metrics: &Mutex<Metrics>) -> std::sync::MutexGuard<'_, Metrics> {
+    metrics.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Wait for a Python process of the name `name` and attach to it; None once `stop` is raised.
+fn wait_for(
+    name: &str,
+    stop: &AtomicBool,
+    announce: fn(&str),
+) -> Option<crate::sample::observe::Observer<crate::target::memory::ProcessMemory>> {
+    announce(&format!("waiting for a process named {name}"));
+    let mut last_error = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        for pid in process::named(name) {
+            match record::attach(pid) {
+                Ok(observer) => return Some(observer),
+                // Not Python yet (still starting), or not Python at all: say so once.
+                Err(e) => {
+                    let error = format!("pid {pid}: {e}");
+                    if error != last_error {
+                        announce(&error);
+                        last_error = error;
+                    }
+                }
+            }
+        }
+        std::thread::sleep(FOLLOW_POLL);
+    }
+    None
+}
+
+/// Answer HTTP requests until `stop`: /metrics, and a pointer to it at /.
+fn answer(server: &tiny_http::Server, metrics: &Mutex<Metrics>, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        let request = match server.recv_timeout(ACCEPT_POLL) {
+            Ok(Some(request)) => request,
+            Ok(None) => continue,
+            Err(_) => break,
+        };
+        let (status, content_type, body) = match (request.method(), request.url()) {
+            (tiny_http::Method::Get | tiny_http::Method::Head, "/metrics") => {
+                (200, metrics::CONTENT_TYPE, lock(metrics).encode())
+            }
+            (tiny_http::Method::Get | tiny_http::Method::Head, "/") => (
+                200,
+                "text/plain; charset=utf-8",
+                "gilscope: GIL metrics at /metrics\n".to_string(),
+            ),
+            (tiny_http::Method::Get | tiny_http::Method::Head, _) => (
+                404,
+                "text/plain; charset=utf-8",
+                "not found: try /metrics\n".into(),
+            ),
+            _ => (405, "text/plain; charset=utf-8", "only GET\n".into()),
+        };
+        let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes())
+            .expect("a valid header");
+        let response = tiny_http::Response::from_string(body)
+            .with_status_code(status)
+            .with_header(header);
+        // A client that went away is its own business.
+        let _ = request.respond(response);
+    }
+}
