@@ -398,10 +398,10 @@ fn follows_name(python: &Python) -> Result<Completion, Failed> {
     if !old.is_some_and(|n| n > 100.0) || !new.is_some_and(|n| n > 100.0) {
         return Err(format!("samples of the old pid {old:?}, of the new {new:?}:\n{text}").into());
     }
-    let target = format!("gilscope_target{{pid=\"{}\"", second.pid);
+    let target = format!("gilscope_target_info{{pid=\"{}\"", second.pid);
     if value(&text, "gilscope_attached") != Some(1.0)
         || !text.contains(&target)
-        || text.contains(&format!("gilscope_target{{pid=\"{}\"", first.pid))
+        || text.contains(&format!("gilscope_target_info{{pid=\"{}\"", first.pid))
     {
         return Err(format!("the target series should name only the new pid:\n{text}").into());
     }

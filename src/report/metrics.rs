@@ -123,7 +123,7 @@ impl Metrics {
         );
         let target = Family::<TargetLabels, Gauge>::default();
         registry.register(
-            "target",
+            "target_info",
             "The process being sampled (1), with its command line and Python version",
             target.clone(),
         );
@@ -329,7 +329,7 @@ mod tests {
         metrics.detached();
         let text = metrics.encode();
         assert_eq!(value(&text, "gilscope_attached"), 0.0);
-        assert!(!text.contains("gilscope_target{"), "{text}");
+        assert!(!text.contains("gilscope_target_info{"), "{text}");
         metrics.attached(&target(43));
         // Its ticks restart from 0 ms: no credit for the time before it.
         metrics.add_slice(&slice(0), &Health::default());
@@ -338,7 +338,7 @@ mod tests {
         assert!((value(&text, "gilscope_gil_held_seconds_total{pid=\"43\"}") - 1.0).abs() < 1e-6);
         // Label values are escaped.
         assert!(
-            text.contains(r#"gilscope_target{pid="43",command="python3 \"app\".py",python_version="3.12.1"} 1"#),
+            text.contains(r#"gilscope_target_info{pid="43",command="python3 \"app\".py",python_version="3.12.1"} 1"#),
             "{text}"
         );
     }
