@@ -11,6 +11,8 @@ use crate::error::{Error, Result};
 use crate::record::{self, Health, RecordOptions, Slices, Target};
 use crate::report::metrics::{self, Metrics};
 use crate::report::{EndReason, Profile, TargetInfo};
+use crate::sample::observe::Observer;
+use crate::target::memory::ProcessMemory;
 use crate::target::process;
 
 /// How often the metrics are brought up to date.
@@ -86,7 +88,7 @@ pub fn serve(options: ServeOptions, stop: Arc<AtomicBool>, announce: fn(&str)) -
 
 /// Sample one target until it exits or `stop`, counting each slice into `metrics`.
 fn sample(
-    mut observer: crate::sample::observe::Observer<crate::target::memory::ProcessMemory>,
+    mut observer: Observer<ProcessMemory>,
     options: &ServeOptions,
     metrics: &Mutex<Metrics>,
     stop: &AtomicBool,
@@ -142,11 +144,7 @@ fn lock(metrics: &Mutex<Metrics>) -> std::sync::MutexGuard<'_, Metrics> {
 }
 
 /// Wait for a Python process of the name `name` and attach to it; None once `stop` is raised.
-fn wait_for(
-    name: &str,
-    stop: &AtomicBool,
-    announce: fn(&str),
-) -> Option<crate::sample::observe::Observer<crate::target::memory::ProcessMemory>> {
+fn wait_for(name: &str, stop: &AtomicBool, announce: fn(&str)) -> Option<Observer<ProcessMemory>> {
     announce(&format!("waiting for a process named {name}"));
     let mut last_error = String::new();
     while !stop.load(Ordering::Relaxed) {

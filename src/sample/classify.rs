@@ -131,23 +131,19 @@ impl Classifier {
         self.pending.push_back(observation.clone());
         let mut done = Vec::new();
         while self.pending.len() > LOOKAHEAD {
-            done.push(self.classify_oldest());
+            done.extend(self.classify_oldest());
         }
         done
     }
 
     /// The ticks held back, classified with whatever look ahead they have.
     pub fn finish(&mut self) -> Vec<Sample> {
-        let mut done = Vec::with_capacity(self.pending.len());
-        while !self.pending.is_empty() {
-            done.push(self.classify_oldest());
-        }
-        done
+        std::iter::from_fn(|| self.classify_oldest()).collect()
     }
 
-    fn classify_oldest(&mut self) -> Sample {
-        let tick = self.pending.pop_front().expect("a pending tick");
-        self.classify(&tick)
+    fn classify_oldest(&mut self) -> Option<Sample> {
+        let tick = self.pending.pop_front()?;
+        Some(self.classify(&tick))
     }
 
     /// Classify `tick`; the ticks after it are `self.pending`.
