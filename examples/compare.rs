@@ -29,7 +29,7 @@ fn main() {
     let debug_file = opt("--debug-file").map(PathBuf::from);
     let secs: f64 = opt("--duration").map(|d| d.parse().unwrap()).unwrap_or(5.0);
     let stop = AtomicBool::new(false);
-    let (spawned, mut observer) = record::spawn(&command, &stop).expect("spawn");
+    let (spawned, observer) = record::spawn(&command, &stop).expect("spawn");
     std::thread::sleep(Duration::from_millis(500));
     let binary = PathBuf::from(format!(
         "/proc/{}/root{}",
@@ -54,13 +54,13 @@ fn main() {
         progress: None,
     };
     let mut observations = Vec::new();
-    let mut sink = |o: &gilscope::sample::observe::Observation| {
+    let mut sink = |_: i32, o: &gilscope::sample::observe::Observation| {
         if dump.is_some() {
             ticks.push(serde_json::to_string(o).unwrap());
             observations.push(o.clone());
         }
     };
-    let recording = record::run(&mut observer, None, &options, &stop, Some(&mut sink), None);
+    let (recording, _) = record::run(observer, None, &options, &stop, Some(&mut sink), None);
     let events = tracer.stop();
     spawned.finish();
     let p = &recording.profile;

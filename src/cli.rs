@@ -153,6 +153,11 @@ pub struct DumpArgs {
     /// Sample for SECS first, and add each thread's fractions and the top blame stack
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
     pub sample: Option<f64>,
+
+    /// Also sample every Python process below PID (children, and theirs), including ones
+    /// started later, and report each process
+    #[arg(short, long)]
+    pub subprocesses: bool,
 }
 
 #[derive(Debug, Args)]
@@ -194,6 +199,11 @@ pub struct RecordArgs {
     /// Also show idle threads' stacks in the threads view
     #[arg(long)]
     pub idle: bool,
+
+    /// Also sample every Python process below the target (children, and theirs), including ones
+    /// started later, and report each process
+    #[arg(short, long)]
+    pub subprocesses: bool,
 
     /// Write every raw tick as a JSON line to FILE (for bug reports and analysis)
     #[arg(long, value_name = "FILE", hide = true)]

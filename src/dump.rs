@@ -2,6 +2,7 @@
 //! optionally after a short recording that adds fractions and blame. Never stops the target.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -9,8 +10,10 @@ use crate::python::stack::{Frame, StackTable};
 use crate::record::{self, RecordOptions, Target};
 use crate::report::{Recording, TargetInfo};
 use crate::sample::classify::Classifier;
-use crate::sample::observe::TickError;
+use crate::sample::observe::{Observer, TickError};
 use crate::sample::ThreadState;
+use crate::target::memory::ProcessMemory;
+use crate::target::process;
 
 /// Between the reads a snapshot classifies from: the spacing of a recording's ticks, so that
 /// a runnable thread's CPU clock tells native work from a queue for the GIL the same way.
@@ -42,21 +45,80 @@ pub struct Snapshot {
     pub recording: Option<Recording>,
 }
 
+fn sample_options(pid: i32, duration: Duration) -> RecordOptions {
+    RecordOptions {
+        target: Target::Pid(pid),
+        rate_hz: 1000.0,
+        duration: Some(duration),
+        stacks: true,
+        timeline: false,
+        progress: None,
+    }
+}
+
 /// Take a snapshot of process `pid`, after recording for `sample` if given.
 pub fn dump(pid: i32, sample: Option<Duration>) -> Result<Snapshot> {
-    let mut observer = record::attach(pid)?;
-    let recording = sample.map(|duration| {
-        let options = RecordOptions {
-            target: Target::Pid(pid),
-            rate_hz: 1000.0,
-            duration: Some(duration),
-            stacks: true,
-            timeline: false,
-            progress: None,
-        };
-        let stop = std::sync::atomic::AtomicBool::new(false);
-        record::run(&mut observer, None, &options, &stop, None, None)
-    });
+    let observer = record::attach(pid)?;
+    let (recording, observer) = match sample {
+        Some(duration) => {
+            let stop = AtomicBool::new(false);
+            let options = sample_options(pid, duration);
+            let (recording, observer) = record::run(observer, None, &options, &stop, None, None);
+            (Some(recording), observer)
+        }
+        None => (None, observer),
+    };
+    snapshot(observer, recording)
+}
+
+/// Snapshots of process `pid` (if it is Python) and of every Python process below it, after
+/// recording them all together for `sample` if given; in the order found, `pid` first.
+pub fn dump_tree(pid: i32, sample: Option<Duration>) -> Result<Vec<Snapshot>> {
+    let root = match record::attach(pid) {
+        Ok(observer) => Some(observer),
+        Err(Error::NotPython { .. } | Error::NotReady { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    let mut descendants = record::Descendants::new(pid);
+    let observed: Vec<(Option<Recording>, _)> = match sample {
+        Some(duration) => {
+            let stop = AtomicBool::new(false);
+            let options = sample_options(pid, duration);
+            record::run_tree(root, &mut descendants, None, &options, &stop, None, None)
+                .into_iter()
+                .map(|(recording, observer)| (Some(recording), observer))
+                .collect()
+        }
+        None => root
+            .into_iter()
+            .chain(
+                process::descendants(&[pid])
+                    .into_iter()
+                    .filter_map(|p| record::attach(p).ok()),
+            )
+            .map(|observer| (None, observer))
+            .collect(),
+    };
+    if observed.is_empty() {
+        return Err(Error::NoPythonInTree { pid });
+    }
+    // A process that exited since it was found has no snapshot; the others still do.
+    let snapshots: Vec<Snapshot> = observed
+        .into_iter()
+        .filter_map(|(recording, observer)| snapshot(observer, recording).ok())
+        .collect();
+    if snapshots.is_empty() {
+        return Err(Error::NoSuchProcess { pid });
+    }
+    Ok(snapshots)
+}
+
+/// Every thread of `observer`'s process at one instant.
+fn snapshot(
+    mut observer: Observer<ProcessMemory>,
+    recording: Option<Recording>,
+) -> Result<Snapshot> {
+    let pid = observer.pid;
     let target = record::target_info(&observer);
     observer.enable_stacks();
     let mut last_error = String::new();

@@ -39,6 +39,10 @@ pub enum Error {
         pid: i32,
         exe: String,
     },
+    /// --subprocesses found no Python process at or below `pid`.
+    NoPythonInTree {
+        pid: i32,
+    },
     UnsupportedVersion {
         version: String,
         why: String,
@@ -70,9 +74,10 @@ impl Error {
                 ExitCode::NoSuchProcess
             }
             Error::PermissionDenied { .. } => ExitCode::PermissionDenied,
-            Error::NotPython { .. } | Error::SelfTarget { .. } | Error::NotReady { .. } => {
-                ExitCode::NotPython
-            }
+            Error::NotPython { .. }
+            | Error::NoPythonInTree { .. }
+            | Error::SelfTarget { .. }
+            | Error::NotReady { .. } => ExitCode::NotPython,
             Error::UnsupportedVersion { .. } | Error::UnrecognisedLayout { .. } => {
                 ExitCode::UnsupportedVersion
             }
@@ -135,6 +140,10 @@ impl fmt::Display for Error {
             Error::NotPython { pid, exe } => {
                 write!(f, "process {pid} ({exe}) is not a Python process: no CPython interpreter is loaded")
             }
+            Error::NoPythonInTree { pid } => write!(
+                f,
+                "no Python process was found in process {pid} or below it"
+            ),
             Error::UnsupportedVersion { version, why } => {
                 write!(f, "Python {version} is not supported: {why}")
             }

@@ -157,13 +157,6 @@ fn record_command(args: RecordArgs) -> Result<()> {
             .then_some(print_progress as fn(&record::Progress)),
     };
     let stop = stop_flag();
-    let (mut spawned, mut observer) = match &target {
-        Target::Pid(pid) => (None, record::attach(*pid)?),
-        Target::Command(command) => {
-            let (spawned, observer) = record::spawn(command, &stop)?;
-            (Some(spawned), observer)
-        }
-    };
     let mut observations = match &args.observations {
         Some(path) => Some(std::io::BufWriter::new(
             std::fs::File::create(path).map_err(|source| Error::Output {
@@ -173,40 +166,117 @@ fn record_command(args: RecordArgs) -> Result<()> {
         )),
         None => None,
     };
-    let mut write_observation = |o: &gilscope::sample::observe::Observation| {
+    let mut write_observation = |pid: i32, o: &gilscope::sample::observe::Observation| {
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            pid: i32,
+            #[serde(flatten)]
+            observation: &'a gilscope::sample::observe::Observation,
+        }
         if let Some(out) = observations.as_mut() {
-            let _ = serde_json::to_writer(&mut *out, o);
+            let _ = serde_json::to_writer(
+                &mut *out,
+                &Line {
+                    pid,
+                    observation: o,
+                },
+            );
             let _ = out.write_all(b"\n");
         }
     };
-    eprintln!(
-        "gilscope: sampling process {} (Python {}) at {} Hz{}; Ctrl-C to stop",
-        observer.pid,
-        observer.interpreter.version,
-        args.rate,
-        args.duration
-            .map(|d| format!(" for {d} s"))
-            .unwrap_or_default()
-    );
-    let recording = record::run(
-        &mut observer,
-        spawned.as_mut(),
-        &options,
-        &stop,
-        Some(&mut write_observation),
-        None,
-    );
+    let duration_text = args
+        .duration
+        .map(|d| format!(" for {d} s"))
+        .unwrap_or_default();
+    let (recordings, spawned) = if args.subprocesses {
+        let (spawned, root) = match &target {
+            Target::Pid(pid) => (None, *pid),
+            Target::Command(command) => {
+                let spawned = record::start(command)?;
+                let pid = spawned.pid();
+                (Some(spawned), pid)
+            }
+        };
+        let mut spawned = spawned;
+        let first = match record::attach(root) {
+            Ok(observer) => Some(observer),
+            // The root may be a shell or a launcher that starts Python later.
+            Err(Error::NotPython { .. } | Error::NotReady { .. }) => None,
+            Err(e) => {
+                if let Some(spawned) = spawned {
+                    spawned.finish();
+                }
+                return Err(e);
+            }
+        };
+        eprintln!(
+            "gilscope: sampling process {root} and the Python processes below it at {} Hz{duration_text}; Ctrl-C to stop",
+            args.rate
+        );
+        let mut tree = record::Descendants::new(root);
+        let recordings: Vec<report::Recording> = record::run_tree(
+            first,
+            &mut tree,
+            spawned.as_mut(),
+            &options,
+            &stop,
+            Some(&mut write_observation),
+            None,
+        )
+        .into_iter()
+        .map(|(recording, _)| recording)
+        .collect();
+        for (pid, why) in tree.refused() {
+            eprintln!("gilscope: process {pid} was not sampled: {why}");
+        }
+        if recordings.is_empty() {
+            if let Some(spawned) = spawned {
+                spawned.finish();
+            }
+            return Err(Error::NoPythonInTree { pid: root });
+        }
+        (recordings, spawned)
+    } else {
+        let (mut spawned, observer) = match &target {
+            Target::Pid(pid) => (None, record::attach(*pid)?),
+            Target::Command(command) => {
+                let (spawned, observer) = record::spawn(command, &stop)?;
+                (Some(spawned), observer)
+            }
+        };
+        eprintln!(
+            "gilscope: sampling process {} (Python {}) at {} Hz{duration_text}; Ctrl-C to stop",
+            observer.pid, observer.interpreter.version, args.rate,
+        );
+        let (recording, _) = record::run(
+            observer,
+            spawned.as_mut(),
+            &options,
+            &stop,
+            Some(&mut write_observation),
+            None,
+        );
+        (vec![recording], spawned)
+    };
     if let Some(spawned) = spawned {
         spawned.finish();
     }
-    if recording.sampler.ended == EndReason::TargetExited && matches!(target, Target::Pid(_)) {
-        eprintln!(
-            "gilscope: process {} exited after {:.2} s; the report covers what was gathered",
-            recording.target.pid,
-            recording.profile.duration_s()
-        );
+    if matches!(target, Target::Pid(_)) {
+        for recording in &recordings {
+            if recording.sampler.ended == EndReason::TargetExited {
+                eprintln!(
+                    "gilscope: process {} exited after {:.2} s; the report covers what was gathered",
+                    recording.target.pid,
+                    recording.profile.duration_s()
+                );
+            }
+        }
     }
-    let rendered = format.render(&recording, &render);
+    let rendered = if args.subprocesses {
+        format.render_processes(&recordings, &render)
+    } else {
+        format.render(&recordings[0], &render)
+    };
     match &args.output {
         Some(path) => {
             report::write_atomically(path, rendered.as_bytes()).map_err(|source| {
@@ -223,7 +293,7 @@ fn record_command(args: RecordArgs) -> Result<()> {
             let _ = stdout.flush();
         }
     }
-    if recording.profile.samples == 0 {
+    if recordings.iter().all(|r| r.profile.samples == 0) {
         return Err(Error::Internal(
             "no samples were taken (the target exited or could not be read)".into(),
         ));
@@ -252,11 +322,21 @@ fn print_progress(p: &record::Progress) {
 
 fn dump_command(args: DumpArgs) -> Result<()> {
     record::check_target(args.pid)?;
-    let snapshot = gilscope::dump::dump(args.pid, args.sample.map(Duration::from_secs_f64))?;
-    let text = if args.json {
-        report::dump::json(&snapshot)
+    let sample = args.sample.map(Duration::from_secs_f64);
+    let text = if args.subprocesses {
+        let snapshots = gilscope::dump::dump_tree(args.pid, sample)?;
+        if args.json {
+            report::dump::json_processes(&snapshots)
+        } else {
+            report::dump::text_processes(&snapshots)
+        }
     } else {
-        report::dump::text(&snapshot)
+        let snapshot = gilscope::dump::dump(args.pid, sample)?;
+        if args.json {
+            report::dump::json(&snapshot)
+        } else {
+            report::dump::text(&snapshot)
+        }
     };
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(text.as_bytes());

@@ -1,6 +1,8 @@
 //! A recording from start to end: find or start the target, attach to its interpreter, run
 //! the sampling loop until the duration, a stop request or the target's exit, and aggregate.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -55,8 +57,9 @@ pub struct Progress {
     pub done: bool,
 }
 
-/// Observers of the raw ticks (for `--observations`): gets every observation in order.
-pub type ObservationSink<'a> = &'a mut dyn FnMut(&Observation);
+/// Observers of the raw ticks (for `--observations`): gets every observation in order, with
+/// the pid of the process it is of.
+pub type ObservationSink<'a> = &'a mut dyn FnMut(i32, &Observation);
 
 /// Receivers of a recording in slices (for `top`): every `every`, the profile of the slice
 /// just ended, with its threads named, and the observer that can resolve its stacks. The
@@ -132,8 +135,8 @@ impl Spawned {
     }
 }
 
-/// Start a command and wait until it is a Python interpreter we can sample.
-pub fn spawn(command: &[String], stop: &AtomicBool) -> Result<(Spawned, Observer<ProcessMemory>)> {
+/// Start a command.
+pub fn start(command: &[String]) -> Result<Spawned> {
     let (program, args) = command
         .split_first()
         .ok_or_else(|| Error::Usage("no command given after --".into()))?;
@@ -144,7 +147,12 @@ pub fn spawn(command: &[String], stop: &AtomicBool) -> Result<(Spawned, Observer
             command: command.join(" "),
             source,
         })?;
-    let mut spawned = Spawned { child };
+    Ok(Spawned { child })
+}
+
+/// Start a command and wait until it is a Python interpreter we can sample.
+pub fn spawn(command: &[String], stop: &AtomicBool) -> Result<(Spawned, Observer<ProcessMemory>)> {
+    let mut spawned = start(command)?;
     let pid = spawned.pid();
     let started = Instant::now();
     loop {
@@ -195,8 +203,7 @@ pub fn target_info(observer: &Observer<ProcessMemory>) -> TargetInfo {
 fn report_progress(
     options: &RecordOptions,
     start_ns: u64,
-    profile: &Profile,
-    errors: u64,
+    members: &[Member],
     schedule: &Schedule,
     done: bool,
 ) {
@@ -204,8 +211,8 @@ fn report_progress(
         progress(&Progress {
             elapsed_s: monotonic_ns().saturating_sub(start_ns) as f64 / 1e9,
             total_s: options.duration.map(|d| d.as_secs_f64()),
-            samples: profile.samples,
-            errors,
+            samples: members.iter().map(|m| m.profile.samples).sum(),
+            errors: members.iter().map(|m| m.errors).sum(),
             max_lag_s: schedule.max_lag_ns as f64 / 1e9,
             done,
         });
@@ -220,29 +227,268 @@ fn health(errors: u64, schedule: &Schedule) -> Health {
     }
 }
 
-/// Give the profile's threads their current OS and Python names.
-fn name_threads(profile: &mut Profile, observer: &mut Observer<ProcessMemory>) {
-    profile.refresh_names(|tid| observer.current_thread_name(tid));
-    profile.set_python_names(&observer.python_thread_names());
+/// One Python process being sampled: what it is, and what has been gathered from it.
+struct Member {
+    observer: Observer<ProcessMemory>,
+    target: TargetInfo,
+    stacks: bool,
+    classifier: Classifier,
+    profile: Profile,
+    errors: u64,
+    consecutive_errors: u64,
+    stack_errors: u64,
+    /// Its process exited (or could no longer be read): it is sampled no more.
+    exited: bool,
 }
 
-/// Sample `observer` until the duration passes, `stop` is raised or the target exits.
+impl Member {
+    fn new(mut observer: Observer<ProcessMemory>, options: &RecordOptions) -> Member {
+        let target = target_info(&observer);
+        let stacks = options.stacks && observer.enable_stacks();
+        let mut profile = Profile::new();
+        if options.timeline {
+            profile.record_timeline();
+        }
+        Member {
+            observer,
+            target,
+            stacks,
+            classifier: Classifier::new(),
+            profile,
+            errors: 0,
+            consecutive_errors: 0,
+            stack_errors: 0,
+            exited: false,
+        }
+    }
+
+    /// Take one tick of this process into its profile.
+    fn tick(&mut self, sink: &mut Option<ObservationSink>) {
+        match self.observer.observe() {
+            Ok(observation) => {
+                self.consecutive_errors = 0;
+                self.stack_errors += observation.stack_errors as u64;
+                if let Some(sink) = sink.as_mut() {
+                    sink(self.observer.pid, &observation);
+                }
+                let observer = &self.observer;
+                for sample in self.classifier.push(&observation) {
+                    self.profile.add(&sample, |tid| {
+                        observer.current_thread_name(tid).unwrap_or_default()
+                    });
+                }
+            }
+            Err(TickError::Gone) | Err(TickError::Denied) => self.exited = true,
+            Err(TickError::Torn(_)) => {
+                self.errors += 1;
+                self.consecutive_errors += 1;
+                if self.consecutive_errors >= MAX_CONSECUTIVE_ERRORS
+                    || process::liveness(self.observer.pid) != Liveness::Alive
+                {
+                    self.exited = true;
+                }
+            }
+        }
+    }
+
+    /// Give the profile's threads their current OS and Python names.
+    fn name_threads(&mut self) {
+        let observer = &mut self.observer;
+        self.profile
+            .refresh_names(|tid| observer.current_thread_name(tid));
+        self.profile
+            .set_python_names(&observer.python_thread_names());
+    }
+
+    /// The recording of this process, once sampling is over.
+    fn finish(
+        mut self,
+        ended: EndReason,
+        options: &RecordOptions,
+        schedule: &Schedule,
+        host_steal: Option<f64>,
+        realtime: bool,
+    ) -> (Recording, Observer<ProcessMemory>) {
+        let observer = &self.observer;
+        for sample in self.classifier.finish() {
+            self.profile.add(&sample, |tid| {
+                observer.current_thread_name(tid).unwrap_or_default()
+            });
+        }
+        self.name_threads();
+        let ticks = self.profile.samples + self.errors;
+        let stacks = if self.stacks {
+            self.observer.take_stack_table()
+        } else {
+            None
+        };
+        let recording = Recording {
+            target: self.target,
+            sampler: SamplerStats {
+                rate_hz: options.rate_hz,
+                errors: self.errors,
+                late_ticks: schedule.late_ticks,
+                max_lag_s: schedule.max_lag_ns as f64 / 1e9,
+                mean_lag_s: if ticks > 0 {
+                    schedule.total_lag_ns as f64 / ticks as f64 / 1e9
+                } else {
+                    0.0
+                },
+                ended: if self.exited {
+                    EndReason::TargetExited
+                } else {
+                    ended
+                },
+                realtime,
+                host_steal: host_steal.map(|s| (s * 1e4).round() / 1e4),
+                stack_errors: self.stack_errors,
+                cpu_clock: match self.observer.cpu_clock_unavailable() {
+                    None => "perf".into(),
+                    Some(errno) => format!(
+                        "schedstat (perf_event_open: {})",
+                        std::io::Error::from_raw_os_error(errno)
+                    ),
+                },
+            },
+            health: health(self.errors, schedule),
+            profile: self.profile,
+            stacks,
+        };
+        (recording, self.observer)
+    }
+}
+
+/// How often the target's process tree is read again for new Python processes.
+const RESCAN: Duration = Duration::from_millis(200);
+
+/// Finds the Python processes below a root as they appear: children forked by the target,
+/// and programs that a shell or launcher starts (and execs into Python) at any time.
+pub struct Descendants {
+    root: i32,
+    last_scan: Option<Instant>,
+    /// Processes that were not (yet) Python: their executable when last tried, and since when
+    /// it has been that executable.
+    tried: HashMap<i32, (Option<PathBuf>, Instant)>,
+    /// Processes that are Python but cannot be sampled, with the reason (said once).
+    refused: Vec<(i32, String)>,
+}
+
+impl Descendants {
+    pub fn new(root: i32) -> Descendants {
+        Descendants {
+            root,
+            last_scan: None,
+            tried: HashMap::new(),
+            refused: Vec::new(),
+        }
+    }
+
+    /// Processes of the tree that are Python but could not be sampled, and why.
+    pub fn refused(&self) -> &[(i32, String)] {
+        &self.refused
+    }
+
+    /// Attach to the tree's new Python processes, if a scan is due.
+    fn scan(&mut self, members: &mut Vec<Member>, options: &RecordOptions) {
+        if self.last_scan.is_some_and(|t| t.elapsed() < RESCAN) {
+            return;
+        }
+        self.last_scan = Some(Instant::now());
+        let mut roots = vec![self.root];
+        roots.extend(members.iter().filter(|m| !m.exited).map(|m| m.observer.pid));
+        let mut candidates = vec![self.root];
+        candidates.extend(process::descendants(&roots));
+        for pid in candidates {
+            if members.iter().any(|m| m.observer.pid == pid)
+                || self.refused.iter().any(|&(p, _)| p == pid)
+                || members.len() >= process::MAX_DESCENDANTS
+            {
+                continue;
+            }
+            let exe = process::executable(pid);
+            let now = Instant::now();
+            if let Some((tried_exe, since)) = self.tried.get_mut(&pid) {
+                // The same program as when last tried: try again only while it may still
+                // be starting up.
+                if *tried_exe == exe && since.elapsed() > SPAWN_ATTACH_TIMEOUT {
+                    continue;
+                }
+                if *tried_exe != exe {
+                    *tried_exe = exe.clone();
+                    *since = now;
+                }
+            }
+            match attach(pid) {
+                Ok(observer) => {
+                    self.tried.remove(&pid);
+                    members.push(Member::new(observer, options));
+                }
+                Err(
+                    Error::NotReady { .. }
+                    | Error::NotPython { .. }
+                    | Error::UnrecognisedLayout { .. }
+                    | Error::NoSuchProcess { .. }
+                    | Error::Zombie { .. },
+                ) => {
+                    self.tried.entry(pid).or_insert((exe, now));
+                }
+                Err(e) => self.refused.push((pid, e.to_string())),
+            }
+        }
+        self.tried
+            .retain(|&pid, _| process::liveness(pid) == Liveness::Alive);
+    }
+}
+
+/// Sample `observer` until the duration passes, `stop` is raised or the target exits; the
+/// observer is given back, its stacks taken into the recording.
 pub fn run(
-    observer: &mut Observer<ProcessMemory>,
+    observer: Observer<ProcessMemory>,
+    spawned: Option<&mut Spawned>,
+    options: &RecordOptions,
+    stop: &AtomicBool,
+    sink: Option<ObservationSink>,
+    slices: Option<Slices>,
+) -> (Recording, Observer<ProcessMemory>) {
+    let members = vec![Member::new(observer, options)];
+    let mut finished = sample(members, None, spawned, options, stop, sink, slices);
+    finished.remove(0)
+}
+
+/// Sample every Python process of a tree: `first` (the root, if it is Python) and each one
+/// `descendants` finds, until the duration passes, `stop` is raised, or the root and every
+/// process found have exited. A recording per process, in the order they were found, with
+/// its observer.
+pub fn run_tree(
+    first: Option<Observer<ProcessMemory>>,
+    descendants: &mut Descendants,
+    spawned: Option<&mut Spawned>,
+    options: &RecordOptions,
+    stop: &AtomicBool,
+    sink: Option<ObservationSink>,
+    slices: Option<Slices>,
+) -> Vec<(Recording, Observer<ProcessMemory>)> {
+    let members = first.into_iter().map(|o| Member::new(o, options)).collect();
+    sample(
+        members,
+        Some(descendants),
+        spawned,
+        options,
+        stop,
+        sink,
+        slices,
+    )
+}
+
+fn sample(
+    mut members: Vec<Member>,
+    mut descendants: Option<&mut Descendants>,
     mut spawned: Option<&mut Spawned>,
     options: &RecordOptions,
     stop: &AtomicBool,
     sink: Option<ObservationSink>,
     mut slices: Option<Slices>,
-) -> Recording {
-    let target = target_info(observer);
-    let stacks = options.stacks && observer.enable_stacks();
-    let mut stack_errors = 0u64;
-    let mut profile = Profile::new();
-    if options.timeline {
-        profile.record_timeline();
-    }
-    let mut classifier = Classifier::new();
+) -> Vec<(Recording, Observer<ProcessMemory>)> {
     let start = monotonic_ns();
     let deadline = options
         .duration
@@ -250,8 +496,6 @@ pub fn run(
     let realtime = crate::sample::schedule::sample_on_time();
     let cpu_before = process::cpu_times();
     let mut schedule = Schedule::new(options.rate_hz, start);
-    let mut errors = 0u64;
-    let mut consecutive_errors = 0u64;
     let mut sink = sink;
     let mut names_read = Instant::now();
     let mut slice_start = Instant::now();
@@ -263,90 +507,47 @@ pub fn run(
         if deadline.is_some_and(|d| monotonic_ns() >= d) {
             break EndReason::Duration;
         }
-        if spawned.as_mut().is_some_and(|s| s.exited()) {
+        let tick_start = monotonic_ns();
+        let root_exited = match (spawned.as_mut(), descendants.as_deref()) {
+            (Some(spawned), _) => spawned.exited(),
+            (None, Some(tree)) => process::liveness(tree.root) != Liveness::Alive,
+            (None, None) => false,
+        };
+        if let Some(tree) = descendants.as_mut() {
+            tree.scan(&mut members, options);
+        }
+        let all_exited = members.iter().all(|m| m.exited);
+        // Alone, the target's exit ends the recording; in a tree, the last exit does.
+        if (descendants.is_none() && (root_exited || all_exited))
+            || (descendants.is_some() && root_exited && all_exited)
+        {
             break EndReason::TargetExited;
         }
-        let tick_start = monotonic_ns();
-        let result = observer.observe();
+        for member in members.iter_mut().filter(|m| !m.exited) {
+            member.tick(&mut sink);
+        }
         busy_ns = monotonic_ns().saturating_sub(tick_start);
-        match result {
-            Ok(observation) => {
-                consecutive_errors = 0;
-                stack_errors += observation.stack_errors as u64;
-                if let Some(sink) = sink.as_mut() {
-                    sink(&observation);
+        if names_read.elapsed() >= NAME_REFRESH {
+            report_progress(options, start, &members, &schedule, false);
+            members.iter_mut().for_each(Member::name_threads);
+            names_read = Instant::now();
+        }
+        if let Some(slices) = slices.as_mut() {
+            if slice_start.elapsed() >= slices.every {
+                for member in members.iter_mut() {
+                    member.name_threads();
+                    let health = health(member.errors, &schedule);
+                    let profile = std::mem::take(&mut member.profile);
+                    (slices.sink)(profile, &health, &member.observer);
                 }
-                for sample in classifier.push(&observation) {
-                    profile.add(&sample, |tid| {
-                        observer.current_thread_name(tid).unwrap_or_default()
-                    });
-                }
-                if names_read.elapsed() >= NAME_REFRESH {
-                    report_progress(options, start, &profile, errors, &schedule, false);
-                    name_threads(&mut profile, observer);
-                    names_read = Instant::now();
-                }
-                if let Some(slices) = slices.as_mut() {
-                    if slice_start.elapsed() >= slices.every {
-                        name_threads(&mut profile, observer);
-                        let health = health(errors, &schedule);
-                        (slices.sink)(std::mem::take(&mut profile), &health, observer);
-                        slice_start = Instant::now();
-                    }
-                }
-            }
-            Err(TickError::Gone) => break EndReason::TargetExited,
-            Err(TickError::Denied) => break EndReason::TargetExited,
-            Err(TickError::Torn(_)) => {
-                errors += 1;
-                consecutive_errors += 1;
-                if consecutive_errors >= MAX_CONSECUTIVE_ERRORS
-                    || process::liveness(observer.pid) != Liveness::Alive
-                {
-                    break EndReason::TargetExited;
-                }
+                slice_start = Instant::now();
             }
         }
     };
-    for sample in classifier.finish() {
-        profile.add(&sample, |tid| {
-            observer.current_thread_name(tid).unwrap_or_default()
-        });
-    }
-    name_threads(&mut profile, observer);
-    report_progress(options, start, &profile, errors, &schedule, true);
+    report_progress(options, start, &members, &schedule, true);
     let host_steal = process::steal_share(cpu_before, process::cpu_times());
-    let ticks = profile.samples + errors;
-    Recording {
-        target,
-        sampler: SamplerStats {
-            rate_hz: options.rate_hz,
-            errors,
-            late_ticks: schedule.late_ticks,
-            max_lag_s: schedule.max_lag_ns as f64 / 1e9,
-            mean_lag_s: if ticks > 0 {
-                schedule.total_lag_ns as f64 / ticks as f64 / 1e9
-            } else {
-                0.0
-            },
-            ended,
-            realtime,
-            host_steal: host_steal.map(|s| (s * 1e4).round() / 1e4),
-            stack_errors,
-            cpu_clock: match observer.cpu_clock_unavailable() {
-                None => "perf".into(),
-                Some(errno) => format!(
-                    "schedstat (perf_event_open: {})",
-                    std::io::Error::from_raw_os_error(errno)
-                ),
-            },
-        },
-        health: health(errors, &schedule),
-        profile,
-        stacks: if stacks {
-            observer.take_stack_table()
-        } else {
-            None
-        },
-    }
+    members
+        .into_iter()
+        .map(|m| m.finish(ended, options, &schedule, host_steal, realtime))
+        .collect()
 }

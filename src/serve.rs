@@ -88,7 +88,7 @@ pub fn serve(options: ServeOptions, stop: Arc<AtomicBool>, announce: fn(&str)) -
 
 /// Sample one target until it exits or `stop`, counting each slice into `metrics`.
 fn sample(
-    mut observer: Observer<ProcessMemory>,
+    observer: Observer<ProcessMemory>,
     options: &ServeOptions,
     metrics: &Mutex<Metrics>,
     stop: &AtomicBool,
@@ -109,8 +109,8 @@ fn sample(
     let mut count = |profile: Profile, health: &Health, _: &_| {
         lock(metrics).add_slice(&profile, health);
     };
-    let recording = record::run(
-        &mut observer,
+    let (recording, _) = record::run(
+        observer,
         None,
         &record_options,
         stop,

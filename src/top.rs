@@ -61,7 +61,7 @@ impl Drop for Sampler {
 
 /// Watch process `options.pid` until q, Ctrl-C, `stop` or its exit.
 pub fn top(options: TopOptions, stop: Arc<AtomicBool>) -> Result<TopEnd> {
-    let mut observer = record::attach(options.pid)?;
+    let observer = record::attach(options.pid)?;
     let target = record::target_info(&observer);
     let (news, receiver) = mpsc::channel();
     let sampler_stop = Arc::new(AtomicBool::new(false));
@@ -89,8 +89,8 @@ pub fn top(options: TopOptions, stop: Arc<AtomicBool>) -> Result<TopEnd> {
                         let slice = Slice::from_profile(&profile, observer.stack_table(), steal);
                         let _ = news.send(News::Slice(Box::new(slice)));
                     };
-                let recording = record::run(
-                    &mut observer,
+                let (recording, _) = record::run(
+                    observer,
                     None,
                     &record_options,
                     &stop,

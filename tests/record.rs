@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use serde_json::Value;
 
-use common::{fraction, thread_row, Attempt, Fixture, Python};
+use common::{
+    fraction, gilscope_ok, matches_documented_schema, stderr_of, stdout_of, thread_row, Attempt,
+    Fixture, Python,
+};
 
 /// Seconds recorded by the known-answer tests.
 const RECORD_S: f64 = 3.0;
@@ -320,14 +323,6 @@ fn regex_holds(python: &Python) -> Result<(), Failed> {
     expect(ticker > 0.85, format!("ticker wait {ticker}"), &report)
 }
 
-fn stdout_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 fn text_report(python: &Python) -> Result<(), Failed> {
     let fx = Fixture::start(&python.path, "spinners", &["--duration", "60"])?;
     let out = common::gilscope(&["record", "--pid", &fx.pid.to_string(), "--duration", "1"]);
@@ -358,39 +353,6 @@ fn text_report(python: &Python) -> Result<(), Failed> {
     let main_at = text.find(&main_line).unwrap_or(0);
     if spinner_at > main_at {
         return Err(format!("rows are not sorted by hold + wait:\n{text}").into());
-    }
-    Ok(())
-}
-
-/// Every field documented in docs/JSON_SCHEMA.md is in the report with its documented type,
-/// and every field of the report is documented.
-/// Check a JSON document against a schema page's field table, in both directions.
-fn matches_documented_schema(document: &Value, page: &str) -> Result<(), Failed> {
-    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(page))?;
-    let documented = documented_fields(&doc);
-    if documented.len() < 20 {
-        return Err(format!("{page} documents too few fields: table format changed?").into());
-    }
-    let mut actual = Vec::new();
-    collect_fields(document, "", &mut actual);
-    for (path, kind) in &documented {
-        let found: Vec<&(String, &str)> = actual.iter().filter(|(p, _)| p == path).collect();
-        if found.is_empty()
-            && !inside_empty_arrays(path, &actual)
-            && !inside_null_object(path, &documented, &actual)
-        {
-            return Err(format!("documented field {path} is not in the document").into());
-        }
-        for (_, actual_kind) in found {
-            if !kind.split(" or ").any(|k| k.trim() == *actual_kind) {
-                return Err(format!("{path} is {actual_kind}, documented as {kind}").into());
-            }
-        }
-    }
-    for (path, _) in &actual {
-        if !documented.iter().any(|(p, _)| p == path) {
-            return Err(format!("field {path} is not documented in {page}").into());
-        }
     }
     Ok(())
 }
@@ -447,83 +409,6 @@ fn json_schema(python: &Python) -> Result<(), Failed> {
         return Err(format!("schema is {}", report["schema"]).into());
     }
     matches_documented_schema(&report, "docs/JSON_SCHEMA.md")
-}
-
-/// Is `path` inside an array that is present but empty in every instance (so no element
-/// could show the field)? E.g. `threads[].top_running[].line` when no thread ran native code.
-fn inside_empty_arrays(path: &str, actual: &[(String, &str)]) -> bool {
-    let Some(at) = path.rfind("[]") else {
-        return false;
-    };
-    let array = &path[..at];
-    let element = &path[..at + 2];
-    let has = |p: &str| actual.iter().any(|(a, _)| a == p);
-    if has(element) {
-        return false;
-    }
-    has(array) || inside_empty_arrays(array, actual)
-}
-
-/// Is `path` under an object that this document has as null, where the schema allows null?
-/// E.g. `sample.top_blame.share` when nobody waited during the sample.
-fn inside_null_object(
-    path: &str,
-    documented: &[(String, String)],
-    actual: &[(String, &str)],
-) -> bool {
-    let parents = path.match_indices('.').map(|(at, _)| &path[..at]);
-    parents.into_iter().any(|parent| {
-        let null_here = actual.iter().any(|(p, k)| p == parent && *k == "null");
-        let may_be_null = documented
-            .iter()
-            .any(|(p, kind)| p == parent && kind.split(" or ").any(|k| k.trim() == "null"));
-        null_here && may_be_null
-    })
-}
-
-/// Rows "| `path` | type | meaning |" of the field tables.
-fn documented_fields(doc: &str) -> Vec<(String, String)> {
-    doc.lines()
-        .filter_map(|line| {
-            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-            let path = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
-            Some((path.to_string(), cells.get(2)?.to_string()))
-        })
-        .collect()
-}
-
-/// (path, JSON type) of every leaf and object; array elements as `name[]`.
-fn collect_fields(value: &Value, path: &str, out: &mut Vec<(String, &'static str)>) {
-    let kind = match value {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(n) if n.is_u64() || n.is_i64() => "integer",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    };
-    if !path.is_empty() {
-        out.push((path.to_string(), kind));
-    }
-    match value {
-        Value::Object(map) => {
-            for (key, v) in map {
-                let sub = if path.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{path}.{key}")
-                };
-                collect_fields(v, &sub, out);
-            }
-        }
-        Value::Array(items) => {
-            for item in items {
-                collect_fields(item, &format!("{path}[]"), out);
-            }
-        }
-        _ => {}
-    }
 }
 
 fn output_files(python: &Python) -> Result<(), Failed> {
@@ -746,14 +631,6 @@ fn python_2_refused(python2: &Path) -> Result<(), Failed> {
 }
 
 /// Run gilscope; its exit status must be success.
-fn gilscope_ok(args: &[&str]) -> Result<std::process::Output, Failed> {
-    let out = common::gilscope(args);
-    if !out.status.success() {
-        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
-    }
-    Ok(out)
-}
-
 /// The line of `# line: NAME` in a fixture's source.
 fn marked_line(fixture_file: &str, name: &str) -> Result<u64, Failed> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

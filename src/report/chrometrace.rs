@@ -10,14 +10,67 @@ use crate::sample::ThreadState;
 pub const SCHEMA: &str = "gilscope.chrometrace/1";
 
 pub fn render(recording: &Recording, options: &RenderOptions) -> String {
+    render_processes(std::slice::from_ref(recording), options)
+}
+
+/// Several processes on one time axis (the sampler's clock), each its own process track.
+pub fn render_processes(recordings: &[Recording], options: &RenderOptions) -> String {
+    let origin = recordings
+        .iter()
+        .filter_map(|r| r.profile.start_ns)
+        .min()
+        .unwrap_or(0);
+    let mut events = Vec::new();
+    let mut dropped = 0;
+    for (index, recording) in recordings.iter().enumerate() {
+        dropped += process_events(recording, options, origin, index, &mut events);
+    }
+    let first = recordings.first();
+    let end = recordings
+        .iter()
+        .map(|r| r.profile.end_ns)
+        .max()
+        .unwrap_or(origin);
+    let states: Vec<&str> = options.states.iter().map(ThreadState::name).collect();
+    let pids: Vec<i32> = recordings.iter().map(|r| r.target.pid).collect();
+    let document = json!({
+        "traceEvents": events,
+        "displayTimeUnit": "ms",
+        "otherData": {
+            "schema": SCHEMA,
+            "pid": first.map(|r| r.target.pid),
+            "pids": pids,
+            "python_version": first.map(|r| r.target.python_version.clone()),
+            "rate_hz": first.map(|r| r.sampler.rate_hz),
+            "duration_s": end.saturating_sub(origin) as f64 / 1e9,
+            "samples": recordings.iter().map(|r| r.profile.samples).sum::<u64>(),
+            "states": states,
+            "spans_dropped": dropped,
+        },
+    });
+    let mut out = serde_json::to_string(&document).unwrap_or_default();
+    out.push('\n');
+    out
+}
+
+/// The events of one process, timed from `origin`; the number of spans it dropped.
+fn process_events(
+    recording: &Recording,
+    options: &RenderOptions,
+    origin: u64,
+    index: usize,
+    events: &mut Vec<Value>,
+) -> u64 {
     let profile = &recording.profile;
     let pid = recording.target.pid;
-    let origin = profile.start_ns.unwrap_or(0);
     let micros = |ns: u64| ns.saturating_sub(origin) as f64 / 1e3;
-    let mut events: Vec<Value> = vec![json!({
+    events.push(json!({
         "ph": "M", "pid": pid, "name": "process_name",
         "args": {"name": format!("{} (pid {pid})", printable(&recording.target.command_line))},
-    })];
+    }));
+    events.push(json!({
+        "ph": "M", "pid": pid, "name": "process_sort_index", "args": {"sort_index": index},
+    }));
     for (index, thread) in profile.threads().into_iter().enumerate() {
         events.push(json!({
             "ph": "M", "pid": pid, "tid": thread.tid, "name": "thread_name",
@@ -61,22 +114,5 @@ pub fn render(recording: &Recording, options: &RenderOptions) -> String {
             }));
         }
     }
-    let states: Vec<&str> = options.states.iter().map(ThreadState::name).collect();
-    let document = json!({
-        "traceEvents": events,
-        "displayTimeUnit": "ms",
-        "otherData": {
-            "schema": SCHEMA,
-            "pid": pid,
-            "python_version": recording.target.python_version,
-            "rate_hz": recording.sampler.rate_hz,
-            "duration_s": profile.duration_s(),
-            "samples": profile.samples,
-            "states": states,
-            "spans_dropped": dropped,
-        },
-    });
-    let mut out = serde_json::to_string(&document).unwrap_or_default();
-    out.push('\n');
-    out
+    dropped
 }

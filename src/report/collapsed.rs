@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Recording, RenderOptions, View};
+use super::{Recording, RenderOptions, TargetInfo, View};
 use crate::python::stack::StackId;
 use crate::sample::ThreadState;
 
@@ -27,6 +27,21 @@ pub fn clean(label: &str) -> String {
 pub fn thread_label(name: &str, tid: i32) -> String {
     let name = if name.is_empty() { "thread" } else { name };
     clean(&format!("{name} ({tid})"))
+}
+
+/// Characters of a command line shown in a process's root frame.
+const COMMAND_CHARS: usize = 60;
+
+/// "command (pid N)": how a process heads its threads when several are shown.
+pub fn process_label(target: &TargetInfo) -> String {
+    let mut command: String = target.command_line.chars().take(COMMAND_CHARS).collect();
+    if command.len() < target.command_line.len() {
+        command.push_str("...");
+    }
+    if command.is_empty() {
+        command = "python".into();
+    }
+    clean(&format!("{command} (pid {})", target.pid))
 }
 
 /// The pseudo-frame of a state under each thread.
@@ -74,10 +89,35 @@ pub fn folded(recording: &Recording, options: &RenderOptions) -> BTreeMap<Vec<St
     stacks
 }
 
+/// Every folded stack of several processes, each under its process's root frame.
+pub fn folded_processes(
+    recordings: &[Recording],
+    options: &RenderOptions,
+) -> BTreeMap<Vec<String>, u64> {
+    let mut stacks = BTreeMap::new();
+    for recording in recordings {
+        let head = process_label(&recording.target);
+        for (mut path, count) in folded(recording, options) {
+            path.insert(0, head.clone());
+            *stacks.entry(path).or_default() += count;
+        }
+    }
+    stacks
+}
+
 /// The folded-stack file: one "frame;frame count" line per stack.
 pub fn render(recording: &Recording, options: &RenderOptions) -> String {
+    lines(folded(recording, options))
+}
+
+/// The folded-stack file of several processes, each process a root frame.
+pub fn render_processes(recordings: &[Recording], options: &RenderOptions) -> String {
+    lines(folded_processes(recordings, options))
+}
+
+fn lines(stacks: BTreeMap<Vec<String>, u64>) -> String {
     let mut out = String::new();
-    for (path, count) in folded(recording, options) {
+    for (path, count) in stacks {
         out.push_str(&path.join(";"));
         out.push(' ');
         out.push_str(&count.to_string());

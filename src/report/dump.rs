@@ -10,6 +10,7 @@ use crate::python::stack::Frame;
 use crate::sample::ThreadState;
 
 pub const SCHEMA: &str = "gilscope.dump/1";
+pub const PROCESSES_SCHEMA: &str = "gilscope.dumps/1";
 
 fn state_text(state: ThreadState) -> &'static str {
     match state {
@@ -121,7 +122,40 @@ fn frame_json(frame: &Frame) -> Value {
     json!({"function": &*frame.function, "file": &*frame.file, "line": frame.line})
 }
 
+/// Several processes (`--subprocesses`): each process's dump after a line for the tree.
+pub fn text_processes(snapshots: &[Snapshot]) -> String {
+    let mut out = format!(
+        "gilscope: {} Python process{}\n",
+        snapshots.len(),
+        if snapshots.len() == 1 { "" } else { "es" }
+    );
+    for snapshot in snapshots {
+        out.push('\n');
+        out.push_str(&text(snapshot));
+    }
+    out
+}
+
+/// Several processes: schema `gilscope.dumps/1`, whose `processes` holds a
+/// `gilscope.dump/1` document per process.
+pub fn json_processes(snapshots: &[Snapshot]) -> String {
+    let processes: Vec<Value> = snapshots.iter().map(document).collect();
+    let mut out = serde_json::to_string_pretty(&json!({
+        "schema": PROCESSES_SCHEMA,
+        "processes": processes,
+    }))
+    .unwrap_or_default();
+    out.push('\n');
+    out
+}
+
 pub fn json(snapshot: &Snapshot) -> String {
+    let mut out = serde_json::to_string_pretty(&document(snapshot)).unwrap_or_default();
+    out.push('\n');
+    out
+}
+
+fn document(snapshot: &Snapshot) -> Value {
     let fractions = snapshot.fractions();
     let holder = snapshot
         .threads
@@ -168,7 +202,7 @@ pub fn json(snapshot: &Snapshot) -> String {
             "top_blame": blame,
         })
     });
-    let document = json!({
+    json!({
         "schema": SCHEMA,
         "target": snapshot.target,
         "gil": {
@@ -178,8 +212,5 @@ pub fn json(snapshot: &Snapshot) -> String {
         },
         "threads": threads,
         "sample": sample,
-    });
-    let mut out = serde_json::to_string_pretty(&document).unwrap_or_default();
-    out.push('\n');
-    out
+    })
 }

@@ -4,10 +4,39 @@
 use super::{collapsed, Recording, RenderOptions, View};
 
 pub fn render(recording: &Recording, options: &RenderOptions) -> String {
-    let lines: Vec<String> = collapsed::render(recording, options)
-        .lines()
-        .map(str::to_string)
+    let subtitle = format!(
+        "process {} (Python {}), {:.1} s at {} Hz, {} samples",
+        recording.target.pid,
+        recording.target.python_version,
+        recording.profile.duration_s(),
+        recording.sampler.rate_hz,
+        recording.profile.samples
+    );
+    draw(&collapsed::render(recording, options), options, subtitle)
+}
+
+/// Several processes in one flamegraph, each process a root frame.
+pub fn render_processes(recordings: &[Recording], options: &RenderOptions) -> String {
+    let pids: Vec<String> = recordings
+        .iter()
+        .map(|r| r.target.pid.to_string())
         .collect();
+    let samples: u64 = recordings.iter().map(|r| r.profile.samples).sum();
+    let rate = recordings.first().map_or(0.0, |r| r.sampler.rate_hz);
+    let subtitle = format!(
+        "{} processes (pids {}) at {rate} Hz, {samples} samples",
+        recordings.len(),
+        pids.join(", ")
+    );
+    draw(
+        &collapsed::render_processes(recordings, options),
+        options,
+        subtitle,
+    )
+}
+
+fn draw(folded: &str, options: &RenderOptions, subtitle: String) -> String {
+    let lines: Vec<&str> = folded.lines().collect();
     let mut inferno = inferno::flamegraph::Options::default();
     let states: Vec<&str> = options.states.iter().map(|s| s.name()).collect();
     let (title, count_name) = match options.view {
@@ -22,21 +51,13 @@ pub fn render(recording: &Recording, options: &RenderOptions) -> String {
     };
     inferno.title = title;
     inferno.count_name = count_name.to_string();
-    inferno.subtitle = Some(format!(
-        "process {} (Python {}), {:.1} s at {} Hz, {} samples",
-        recording.target.pid,
-        recording.target.python_version,
-        recording.profile.duration_s(),
-        recording.sampler.rate_hz,
-        recording.profile.samples
-    ));
+    inferno.subtitle = Some(subtitle);
     inferno.deterministic = true;
     let mut svg = Vec::new();
     if lines.is_empty() {
         return empty_svg(&inferno.title);
     }
-    match inferno::flamegraph::from_lines(&mut inferno, lines.iter().map(|l| l.as_str()), &mut svg)
-    {
+    match inferno::flamegraph::from_lines(&mut inferno, lines.iter().copied(), &mut svg) {
         Ok(()) => String::from_utf8_lossy(&svg).into_owned(),
         Err(_) => empty_svg(&inferno.title),
     }

@@ -1,4 +1,5 @@
-//! The JSON report: schema `gilscope.report/2`, documented in docs/JSON_SCHEMA.md.
+//! The JSON report: schema `gilscope.report/2` (and `gilscope.processes/1` around several),
+//! documented in docs/JSON_SCHEMA.md.
 //! Field names and meanings are a contract: add fields, never change or remove them.
 
 use serde::Serialize;
@@ -9,6 +10,7 @@ use crate::python::stack::{FrameId, StackTable};
 use crate::sample::ThreadState;
 
 pub const SCHEMA: &str = "gilscope.report/2";
+pub const PROCESSES_SCHEMA: &str = "gilscope.processes/1";
 
 /// Locations listed per thread and state, and blame stacks listed for the process.
 pub const TOP_LOCATIONS: usize = 5;
@@ -105,8 +107,33 @@ struct ErrorBounds {
 }
 
 pub fn render(recording: &Recording) -> String {
+    finish(serde_json::to_string_pretty(&report(recording)))
+}
+
+/// Several processes (`--subprocesses`): schema `gilscope.processes/1`, whose `processes`
+/// holds a `gilscope.report/2` document per process, in the order they were found.
+pub fn render_processes(recordings: &[Recording]) -> String {
+    let processes: Vec<serde_json::Value> = recordings
+        .iter()
+        .filter_map(|r| serde_json::to_value(report(r)).ok())
+        .collect();
+    finish(serde_json::to_string_pretty(&serde_json::json!({
+        "schema": PROCESSES_SCHEMA,
+        "processes": processes,
+    })))
+}
+
+fn finish(document: serde_json::Result<String>) -> String {
+    let mut text = document.unwrap_or_else(|e| {
+        format!("{{\"schema\": \"{SCHEMA}\", \"error\": \"cannot serialise: {e}\"}}")
+    });
+    text.push('\n');
+    text
+}
+
+fn report(recording: &Recording) -> Report<'_> {
     let profile = &recording.profile;
-    let report = Report {
+    Report {
         schema: SCHEMA,
         target: &recording.target,
         duration_s: round(profile.duration_s(), 6),
@@ -155,12 +182,7 @@ pub fn render(recording: &Recording) -> String {
             classifier: super::CLASSIFIER_ERROR,
             confidence: 0.95,
         },
-    };
-    let mut text = serde_json::to_string_pretty(&report).unwrap_or_else(|e| {
-        format!("{{\"schema\": \"{SCHEMA}\", \"error\": \"cannot serialise: {e}\"}}")
-    });
-    text.push('\n');
-    text
+    }
 }
 
 fn frame(table: &StackTable, id: FrameId) -> Option<Frame> {

@@ -191,6 +191,19 @@ impl Format {
             Format::Timeline => timeline_svg::render(recording, options),
         }
     }
+
+    /// Several processes (`--subprocesses`): each process's threads under it.
+    pub fn render_processes(&self, recordings: &[Recording], options: &RenderOptions) -> String {
+        match self {
+            Format::Text => text::render_processes(recordings),
+            Format::Json => json::render_processes(recordings),
+            Format::Flamegraph => flamegraph::render_processes(recordings, options),
+            Format::Collapsed => collapsed::render_processes(recordings, options),
+            Format::Speedscope => speedscope::render_processes(recordings, options),
+            Format::Chrometrace => chrometrace::render_processes(recordings, options),
+            Format::Timeline => timeline_svg::render_processes(recordings, options),
+        }
+    }
 }
 
 /// Text from the target (names, code) with control characters escaped, so that it can

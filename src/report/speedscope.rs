@@ -8,15 +8,46 @@ use serde_json::{json, Value};
 use super::{collapsed, Recording, RenderOptions, View};
 
 pub fn render(recording: &Recording, options: &RenderOptions) -> String {
+    let name = format!(
+        "process {} (Python {})",
+        recording.target.pid, recording.target.python_version
+    );
+    document(collapsed::folded(recording, options), options, &name, 1)
+}
+
+/// Several processes: a profile per thread of each process, named after both.
+pub fn render_processes(recordings: &[Recording], options: &RenderOptions) -> String {
+    let pids: Vec<String> = recordings
+        .iter()
+        .map(|r| r.target.pid.to_string())
+        .collect();
+    let name = format!("processes {}", pids.join(", "));
+    document(
+        collapsed::folded_processes(recordings, options),
+        options,
+        &name,
+        2,
+    )
+}
+
+/// The speedscope document of folded stacks, a profile per distinct first `roots` frames.
+fn document(
+    folded: std::collections::BTreeMap<Vec<String>, u64>,
+    options: &RenderOptions,
+    name: &str,
+    roots: usize,
+) -> String {
     let mut frames: Vec<Value> = Vec::new();
     let mut frame_index: HashMap<String, usize> = HashMap::new();
     // Profiles by their root (the thread or holder), in first-seen order.
     let mut profiles: Vec<(String, Vec<Vec<usize>>, Vec<u64>)> = Vec::new();
     let mut profile_index: HashMap<String, usize> = HashMap::new();
-    for (path, count) in collapsed::folded(recording, options) {
-        let Some((root, rest)) = path.split_first() else {
+    for (path, count) in folded {
+        if path.len() < roots {
             continue;
-        };
+        }
+        let (root, rest) = path.split_at(roots);
+        let root = root.join(" / ");
         let stack: Vec<usize> = rest
             .iter()
             .map(|label| {
@@ -55,10 +86,7 @@ pub fn render(recording: &Recording, options: &RenderOptions) -> String {
     let document = json!({
         "$schema": "https://www.speedscope.app/file-format-schema.json",
         "exporter": format!("gilscope {}", env!("CARGO_PKG_VERSION")),
-        "name": format!(
-            "gilscope {unit}: process {} (Python {})",
-            recording.target.pid, recording.target.python_version
-        ),
+        "name": format!("gilscope {unit}: {name}"),
         "activeProfileIndex": 0,
         "shared": { "frames": frames },
         "profiles": profiles,

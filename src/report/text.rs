@@ -8,6 +8,22 @@ use super::{EndReason, Recording};
 use crate::python::stack::{FrameId, StackTable};
 use crate::sample::ThreadState;
 
+/// Several processes (`--subprocesses`): a line for the tree, then each process's report.
+pub fn render_processes(recordings: &[Recording]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "gilscope: {} Python process{}",
+        recordings.len(),
+        if recordings.len() == 1 { "" } else { "es" }
+    );
+    for recording in recordings {
+        out.push('\n');
+        out.push_str(&render(recording));
+    }
+    out
+}
+
 pub fn render(recording: &Recording) -> String {
     let mut out = String::new();
     let target = &recording.target;
@@ -19,7 +35,7 @@ pub fn render(recording: &Recording) -> String {
         target.pid, target.python_version, target.binary
     );
     if !target.command_line.is_empty() {
-        let _ = writeln!(out, "command: {}", target.command_line);
+        let _ = writeln!(out, "command: {}", super::printable(&target.command_line));
     }
     let ended = match sampler.ended {
         EndReason::Duration => "",

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 
+use super::profile::ThreadProfile;
 use super::timeline::Span;
 use super::{flamegraph, xml_text, Recording, RenderOptions};
 use crate::python::stack::StackTable;
@@ -26,18 +27,63 @@ fn colour(state: ThreadState) -> &'static str {
 }
 
 pub fn render(recording: &Recording, options: &RenderOptions) -> String {
-    let profile = &recording.profile;
-    let (Some(timeline), Some(origin)) = (&profile.timeline, profile.start_ns) else {
+    draw(std::slice::from_ref(recording), options, false)
+}
+
+/// Several processes on one time axis: each process's name, then its threads' rows.
+pub fn render_processes(recordings: &[Recording], options: &RenderOptions) -> String {
+    draw(recordings, options, true)
+}
+
+/// A row of the picture: a process's heading, or a thread (its row in the process's profile).
+enum Line<'a> {
+    Process(&'a Recording),
+    Thread(&'a Recording, usize, &'a ThreadProfile),
+}
+
+fn draw(recordings: &[Recording], options: &RenderOptions, headed: bool) -> String {
+    let timed: Vec<&Recording> = recordings
+        .iter()
+        .filter(|r| r.profile.timeline.is_some() && r.profile.start_ns.is_some())
+        .collect();
+    let Some(origin) = timed.iter().filter_map(|r| r.profile.start_ns).min() else {
         return flamegraph::empty_svg(TITLE);
     };
-    let spans = timeline.spans();
-    let threads = profile.threads_with_rows();
-    if spans.is_empty() || threads.is_empty() {
+    let mut lines = Vec::new();
+    let mut spans_of: Vec<HashMap<usize, Vec<Span>>> = Vec::new();
+    for recording in &timed {
+        let mut by_row: HashMap<usize, Vec<Span>> = HashMap::new();
+        if let Some(timeline) = &recording.profile.timeline {
+            for span in timeline.spans() {
+                by_row.entry(span.row).or_default().push(span);
+            }
+        }
+        let threads = recording.profile.threads_with_rows();
+        if by_row.is_empty() || threads.is_empty() {
+            continue;
+        }
+        if headed {
+            lines.push(Line::Process(recording));
+        }
+        lines.extend(
+            threads
+                .into_iter()
+                .map(|(row, thread)| Line::Thread(recording, row, thread)),
+        );
+        spans_of.push(by_row);
+    }
+    if spans_of.is_empty() {
         return flamegraph::empty_svg(TITLE);
     }
-    let end = profile.end_ns.max(origin + 1);
+    let end = timed
+        .iter()
+        .map(|r| r.profile.end_ns)
+        .max()
+        .unwrap_or(origin)
+        .max(origin + 1);
+    let samples: u64 = timed.iter().map(|r| r.profile.samples).sum();
     let ns_per_px = (end - origin) as f64 / PLOT as f64;
-    let height = TOP + threads.len() * ROW + 44;
+    let height = TOP + lines.len() * ROW + 44;
     let mut svg = String::new();
     let _ = write!(
         svg,
@@ -47,14 +93,20 @@ pub fn render(recording: &Recording, options: &RenderOptions) -> String {
          font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"#ffffff\"/>\n"
     );
     let states: Vec<&str> = options.states.iter().map(ThreadState::name).collect();
+    let first = timed[0];
+    let title = if headed {
+        format!("{TITLE}: {} Python processes", spans_of.len())
+    } else {
+        format!(
+            "{TITLE}: process {} (Python {})",
+            first.target.pid, first.target.python_version
+        )
+    };
     let _ = writeln!(
         svg,
         "<text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"17\">{}</text>",
         WIDTH / 2,
-        xml_text(&format!(
-            "{TITLE}: process {} (Python {})",
-            recording.target.pid, recording.target.python_version
-        ))
+        xml_text(&title)
     );
     let _ = writeln!(
         svg,
@@ -63,9 +115,9 @@ pub fn render(recording: &Recording, options: &RenderOptions) -> String {
         xml_text(&format!(
             "{:.2} s at {} Hz, {} samples; each pixel shows the state that filled most of its \
              {:.1} ms; shown: {}",
-            profile.duration_s(),
-            recording.sampler.rate_hz,
-            profile.samples,
+            (end - origin) as f64 / 1e9,
+            first.sampler.rate_hz,
+            samples,
             ns_per_px / 1e6,
             states.join(", ")
         ))
@@ -82,13 +134,26 @@ pub fn render(recording: &Recording, options: &RenderOptions) -> String {
         );
         x += 90;
     }
-    let mut by_row: HashMap<usize, Vec<&Span>> = HashMap::new();
-    for span in &spans {
-        by_row.entry(span.row).or_default().push(span);
-    }
     let mut columns = vec![[0u64; 4]; PLOT];
-    for (i, (row, thread)) in threads.iter().enumerate() {
+    let mut process = 0;
+    for (i, line) in lines.iter().enumerate() {
         let y = TOP + i * ROW;
+        let (recording, row, thread) = match *line {
+            Line::Process(recording) => {
+                if i > 0 {
+                    process += 1;
+                }
+                let label = super::collapsed::process_label(&recording.target);
+                let _ = writeln!(
+                    svg,
+                    "<text x=\"8\" y=\"{}\" font-weight=\"bold\">{}</text>",
+                    y + 13,
+                    xml_text(&label)
+                );
+                continue;
+            }
+            Line::Thread(recording, row, thread) => (recording, row, thread),
+        };
         if i % 2 == 1 {
             let _ = writeln!(
                 svg,
@@ -106,7 +171,7 @@ pub fn render(recording: &Recording, options: &RenderOptions) -> String {
             y + 13,
             xml_text(&label)
         );
-        let Some(spans) = by_row.get(row) else {
+        let Some(spans) = spans_of[process].get(&row) else {
             continue;
         };
         for column in columns.iter_mut() {
@@ -115,11 +180,12 @@ pub fn render(recording: &Recording, options: &RenderOptions) -> String {
         for span in spans {
             spread(span, origin, ns_per_px, &mut columns);
         }
+        let spans: Vec<&Span> = spans.iter().collect();
         let row = Row {
             name: thread.name(),
             y,
             columns: &columns,
-            spans,
+            spans: &spans,
         };
         draw_row(
             &mut svg,
@@ -130,7 +196,7 @@ pub fn render(recording: &Recording, options: &RenderOptions) -> String {
             ns_per_px,
         );
     }
-    axis(&mut svg, TOP + threads.len() * ROW + 4, end - origin);
+    axis(&mut svg, TOP + lines.len() * ROW + 4, end - origin);
     svg.push_str("</svg>\n");
     svg
 }

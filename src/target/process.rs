@@ -111,6 +111,75 @@ fn program_names(args: &[String]) -> Vec<String> {
     names
 }
 
+/// At most this many processes are followed below one root: a fork bomb under the target
+/// must not make the sampler read without end.
+pub const MAX_DESCENDANTS: usize = 4096;
+
+/// The live descendants of `roots` (children, their children, ...), not the roots
+/// themselves, in the order found. Read from each thread's `children` list where the kernel
+/// has them (a child belongs to the thread that forked it), else from every process's parent
+/// in /proc. A process that is reparented away (its parent exited) is no longer found.
+pub fn descendants(roots: &[i32]) -> Vec<i32> {
+    let by_lists = roots.iter().all(|&r| children_lists(r).is_some());
+    let parents = if by_lists { None } else { Some(all_parents()) };
+    let mut found: Vec<i32> = Vec::new();
+    let mut queue: std::collections::VecDeque<i32> = roots.iter().copied().collect();
+    while let Some(pid) = queue.pop_front() {
+        let children = match &parents {
+            None => children_lists(pid).unwrap_or_default(),
+            Some(parents) => parents
+                .iter()
+                .filter(|&&(_, parent)| parent == pid)
+                .map(|&(child, _)| child)
+                .collect(),
+        };
+        for child in children {
+            if found.len() >= MAX_DESCENDANTS {
+                return found;
+            }
+            if !roots.contains(&child) && !found.contains(&child) {
+                found.push(child);
+                queue.push_back(child);
+            }
+        }
+    }
+    found
+}
+
+/// The children of every thread of `pid` (None: the kernel has no such lists).
+fn children_lists(pid: i32) -> Option<Vec<i32>> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut children = Vec::new();
+    let mut any = false;
+    for task in tasks.flatten() {
+        let Ok(list) = std::fs::read_to_string(task.path().join("children")) else {
+            continue;
+        };
+        any = true;
+        children.extend(
+            list.split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok()),
+        );
+    }
+    // A process that exited has no tasks left: an empty list, not a missing feature.
+    (any || !std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(children)
+}
+
+/// (pid, parent pid) of every process.
+fn all_parents() -> Vec<(i32, i32)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+            Some((pid, stat_field(&stat, 4)? as i32))
+        })
+        .collect()
+}
+
 /// The command line, NUL-separated arguments joined by spaces (lossy UTF-8).
 pub fn command_line(pid: i32) -> Option<String> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
@@ -196,6 +265,47 @@ mod tests {
         assert_eq!(steal_share(Some((10, 100)), Some((10, 100))), None);
         assert_eq!(steal_share(None, Some((1, 2))), None);
         assert!(cpu_times().is_some());
+    }
+
+    #[test]
+    fn descendants_are_found_through_a_shell_and_are_never_the_root() {
+        let mut shell = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 30; wait"])
+            .spawn()
+            .expect("sh");
+        let root = shell.id() as i32;
+        let mut found = Vec::new();
+        for _ in 0..200 {
+            found = descendants(&[root]);
+            if found.len() >= 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let by_scan: Vec<i32> = all_parents()
+            .into_iter()
+            .filter(|&(_, parent)| parent == root)
+            .map(|(pid, _)| pid)
+            .collect();
+        for pid in &found {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = shell.kill();
+        let _ = shell.wait();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(!found.contains(&root));
+        let mut sorted = found.clone();
+        sorted.sort_unstable();
+        let mut scanned = by_scan;
+        scanned.sort_unstable();
+        assert_eq!(
+            sorted, scanned,
+            "children lists and the parent scan disagree"
+        );
+        assert!(descendants(&[i32::MAX]).is_empty());
     }
 
     #[test]

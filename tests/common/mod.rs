@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -202,6 +203,7 @@ impl Fixture {
         let mut child = Command::new(python)
             .arg(script)
             .args(args)
+            .process_group(0)
             .env(
                 "PYTHONPATH",
                 fixture_path("gilfixture").parent().expect("fixtures"),
@@ -246,7 +248,13 @@ impl Fixture {
 }
 
 impl Drop for Fixture {
+    /// Kill the fixture's whole process group: helpers it started (a pool's workers, its fork
+    /// server) must not outlive the test and take CPU from the next one.
     fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -263,6 +271,23 @@ pub fn gilscope(args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("run gilscope")
+}
+
+pub fn stdout_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Run gilscope with `args`; its output if it succeeded, else a failure with its stderr.
+pub fn gilscope_ok(args: &[&str]) -> Result<Output, libtest_mimic::Failed> {
+    let out = gilscope(args);
+    if !out.status.success() {
+        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
+    }
+    Ok(out)
 }
 
 /// Record `pid` for `secs` seconds at default settings and parse the JSON report.
@@ -372,4 +397,117 @@ pub fn unless_host_steals(
         100.0 * steal,
         message.lines().next().unwrap_or("")
     )))
+}
+
+/// Check a JSON document against a schema page's field table, in both directions: every
+/// documented field is in the document with its documented type, and every field of the
+/// document is documented.
+pub fn matches_documented_schema(
+    document: &serde_json::Value,
+    page: &str,
+) -> Result<(), libtest_mimic::Failed> {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(page))?;
+    let documented = documented_fields(&doc);
+    if documented.len() < 20 {
+        return Err(format!("{page} documents too few fields: table format changed?").into());
+    }
+    let mut actual = Vec::new();
+    collect_fields(document, "", &mut actual);
+    for (path, kind) in &documented {
+        let found: Vec<&(String, &str)> = actual.iter().filter(|(p, _)| p == path).collect();
+        if found.is_empty()
+            && !inside_empty_arrays(path, &actual)
+            && !inside_null_object(path, &documented, &actual)
+        {
+            return Err(format!("documented field {path} is not in the document").into());
+        }
+        for (_, actual_kind) in found {
+            if !kind.split(" or ").any(|k| k.trim() == *actual_kind) {
+                return Err(format!("{path} is {actual_kind}, documented as {kind}").into());
+            }
+        }
+    }
+    for (path, _) in &actual {
+        if !documented.iter().any(|(p, _)| p == path) {
+            return Err(format!("field {path} is not documented in {page}").into());
+        }
+    }
+    Ok(())
+}
+
+/// Is `path` inside an array that is present but empty in every instance (so no element
+/// could show the field)? E.g. `threads[].top_running[].line` when no thread ran native code.
+fn inside_empty_arrays(path: &str, actual: &[(String, &str)]) -> bool {
+    let Some(at) = path.rfind("[]") else {
+        return false;
+    };
+    let array = &path[..at];
+    let element = &path[..at + 2];
+    let has = |p: &str| actual.iter().any(|(a, _)| a == p);
+    if has(element) {
+        return false;
+    }
+    has(array) || inside_empty_arrays(array, actual)
+}
+
+/// Is `path` under an object that this document has as null, where the schema allows null?
+/// E.g. `sample.top_blame.share` when nobody waited during the sample.
+fn inside_null_object(
+    path: &str,
+    documented: &[(String, String)],
+    actual: &[(String, &str)],
+) -> bool {
+    let parents = path.match_indices('.').map(|(at, _)| &path[..at]);
+    parents.into_iter().any(|parent| {
+        let null_here = actual.iter().any(|(p, k)| p == parent && *k == "null");
+        let may_be_null = documented
+            .iter()
+            .any(|(p, kind)| p == parent && kind.split(" or ").any(|k| k.trim() == "null"));
+        null_here && may_be_null
+    })
+}
+
+/// Rows "| `path` | type | meaning |" of the field tables.
+fn documented_fields(doc: &str) -> Vec<(String, String)> {
+    doc.lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let path = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+            Some((path.to_string(), cells.get(2)?.to_string()))
+        })
+        .collect()
+}
+
+/// (path, JSON type) of every leaf and object; array elements as `name[]`.
+fn collect_fields(value: &serde_json::Value, path: &str, out: &mut Vec<(String, &'static str)>) {
+    let kind = match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "boolean",
+        serde_json::Value::Number(n) if n.is_u64() || n.is_i64() => "integer",
+        serde_json::Value::Number(_) => "number",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
+    };
+    if !path.is_empty() {
+        out.push((path.to_string(), kind));
+    }
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                let sub = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                collect_fields(v, &sub, out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                collect_fields(item, &format!("{path}[]"), out);
+            }
+        }
+        _ => {}
+    }
 }
