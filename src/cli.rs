@@ -108,6 +108,11 @@ pub struct ServeArgs {
     /// Samples per second (low by default: serve runs for days)
     #[arg(short, long, value_name = "HZ", default_value_t = 100.0, value_parser = parse_rate)]
     pub rate: f64,
+
+    /// Also sample every Python process below the target (children, and theirs), including
+    /// ones started later: each is its own set of series, told apart by its pid label
+    #[arg(short, long)]
+    pub subprocesses: bool,
 }
 
 #[derive(Debug, Args)]
@@ -138,6 +143,11 @@ pub struct TopArgs {
     /// Measure the GIL and thread states only, without reading Python stacks (no blame)
     #[arg(long)]
     pub gil_only: bool,
+
+    /// Also watch every Python process below PID (children, and theirs), including ones
+    /// started later, each process's threads under it
+    #[arg(short, long)]
+    pub subprocesses: bool,
 }
 
 #[derive(Debug, Args)]

@@ -364,6 +364,7 @@ fn top_command(args: TopArgs) -> Result<()> {
             show_idle: args.idle,
             stacks: !args.gil_only,
         },
+        subprocesses: args.subprocesses,
     };
     if gilscope::top::top(options, stop)? == TopEnd::TargetExited {
         eprintln!("gilscope: process {} exited", args.pid);
@@ -381,6 +382,7 @@ fn serve_command(args: ServeArgs) -> Result<()> {
         follow_name: args.follow_name,
         listen: args.listen,
         rate_hz: args.rate,
+        subprocesses: args.subprocesses,
     };
     let announce: fn(&str) = |line| eprintln!("gilscope: {line}");
     if gilscope::serve::serve(options, stop, announce)? == ServeEnd::TargetExited {

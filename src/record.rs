@@ -61,12 +61,24 @@ pub struct Progress {
 /// the pid of the process it is of.
 pub type ObservationSink<'a> = &'a mut dyn FnMut(i32, &Observation);
 
-/// Receivers of a recording in slices (for `top`): every `every`, the profile of the slice
-/// just ended, with its threads named, and the observer that can resolve its stacks. The
-/// next slice starts empty, so the `Recording` returned at the end holds only the last one.
+/// Receivers of a recording in slices (for `top` and `serve`): every `every`, for each
+/// process, the profile of the slice just ended. The next slice starts empty, so a
+/// `Recording` returned at the end holds only the last one.
 pub struct Slices<'a> {
     pub every: Duration,
-    pub sink: &'a mut dyn FnMut(Profile, &Health, &Observer<ProcessMemory>),
+    pub sink: &'a mut dyn FnMut(ProcessSlice),
+}
+
+/// One process's slice of a recording.
+pub struct ProcessSlice<'a> {
+    /// With its threads named.
+    pub profile: Profile,
+    /// The sampler's health over the whole recording so far.
+    pub health: &'a Health,
+    /// The process's observer, which can resolve the profile's stacks.
+    pub observer: &'a Observer<ProcessMemory>,
+    /// The process exited: this is its last slice.
+    pub exited: bool,
 }
 
 pub use crate::sample::Health;
@@ -239,6 +251,8 @@ struct Member {
     stack_errors: u64,
     /// Its process exited (or could no longer be read): it is sampled no more.
     exited: bool,
+    /// Its last slice, the one that says it exited, was given out.
+    sliced_out: bool,
 }
 
 impl Member {
@@ -259,6 +273,7 @@ impl Member {
             consecutive_errors: 0,
             stack_errors: 0,
             exited: false,
+            sliced_out: false,
         }
     }
 
@@ -534,11 +549,16 @@ fn sample(
         }
         if let Some(slices) = slices.as_mut() {
             if slice_start.elapsed() >= slices.every {
-                for member in members.iter_mut() {
+                for member in members.iter_mut().filter(|m| !m.sliced_out) {
                     member.name_threads();
                     let health = health(member.errors, &schedule);
-                    let profile = std::mem::take(&mut member.profile);
-                    (slices.sink)(profile, &health, &member.observer);
+                    (slices.sink)(ProcessSlice {
+                        profile: std::mem::take(&mut member.profile),
+                        health: &health,
+                        observer: &member.observer,
+                        exited: member.exited,
+                    });
+                    member.sliced_out = member.exited;
                 }
                 slice_start = Instant::now();
             }

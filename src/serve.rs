@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::record::{self, Health, RecordOptions, Slices, Target};
+use crate::record::{self, ProcessSlice, RecordOptions, Slices, Target};
 use crate::report::metrics::{self, Metrics};
-use crate::report::{EndReason, Profile, TargetInfo};
+use crate::report::{EndReason, TargetInfo};
 use crate::sample::observe::Observer;
 use crate::target::memory::ProcessMemory;
 use crate::target::process;
@@ -30,6 +30,8 @@ pub struct ServeOptions {
     pub follow_name: Option<String>,
     pub listen: SocketAddr,
     pub rate_hz: f64,
+    /// Also sample the Python processes below the target.
+    pub subprocesses: bool,
 }
 
 /// Why `serve` ended.
@@ -86,7 +88,8 @@ pub fn serve(options: ServeOptions, stop: Arc<AtomicBool>, announce: fn(&str)) -
     Ok(end)
 }
 
-/// Sample one target until it exits or `stop`, counting each slice into `metrics`.
+/// Sample one target (and with --subprocesses the Python processes below it) until it exits
+/// or `stop`, counting each process's slices into `metrics` under its pid.
 fn sample(
     observer: Observer<ProcessMemory>,
     options: &ServeOptions,
@@ -94,11 +97,9 @@ fn sample(
     stop: &AtomicBool,
     announce: fn(&str),
 ) -> EndReason {
-    let target = record::target_info(&observer);
-    announce(&attached_line(&target));
-    lock(metrics).attached(&target);
+    let root = observer.pid;
     let record_options = RecordOptions {
-        target: Target::Pid(target.pid),
+        target: Target::Pid(root),
         rate_hz: options.rate_hz,
         duration: None,
         // Metrics have no stacks: sampling stays cheap.
@@ -106,27 +107,65 @@ fn sample(
         timeline: false,
         progress: None,
     };
-    let mut count = |profile: Profile, health: &Health, _: &_| {
-        lock(metrics).add_slice(&profile, health);
+    let attach = |metrics: &mut Metrics, observer: &Observer<ProcessMemory>| {
+        if !metrics.is_attached(observer.pid) {
+            let target = record::target_info(observer);
+            announce(&attached_line(&target));
+            metrics.attached(&target);
+        }
     };
-    let (recording, _) = record::run(
-        observer,
-        None,
-        &record_options,
-        stop,
-        None,
-        Some(Slices {
-            every: UPDATE,
-            sink: &mut count,
-        }),
-    );
+    let detach = |metrics: &mut Metrics, pid: i32| {
+        if metrics.is_attached(pid) {
+            announce(&format!("pid {pid} exited"));
+            metrics.detached(pid);
+        }
+    };
+    attach(&mut lock(metrics), &observer);
+    let mut count = |slice: ProcessSlice| {
+        let mut metrics = lock(metrics);
+        attach(&mut metrics, slice.observer);
+        metrics.add_slice(slice.observer.pid, &slice.profile, slice.health);
+        if slice.exited {
+            detach(&mut metrics, slice.observer.pid);
+        }
+    };
+    let slices = Some(Slices {
+        every: UPDATE,
+        sink: &mut count,
+    });
+    let finished = if options.subprocesses {
+        let mut tree = record::Descendants::new(root);
+        record::run_tree(
+            Some(observer),
+            &mut tree,
+            None,
+            &record_options,
+            stop,
+            None,
+            slices,
+        )
+    } else {
+        vec![record::run(
+            observer,
+            None,
+            &record_options,
+            stop,
+            None,
+            slices,
+        )]
+    };
     let mut metrics = lock(metrics);
-    metrics.add_slice(&recording.profile, &recording.health);
-    if recording.sampler.ended == EndReason::TargetExited {
-        announce(&format!("pid {} exited", target.pid));
-        metrics.detached();
+    let mut ended = EndReason::TargetExited;
+    for (recording, _) in &finished {
+        let pid = recording.target.pid;
+        metrics.add_slice(pid, &recording.profile, &recording.health);
+        if recording.sampler.ended == EndReason::TargetExited {
+            detach(&mut metrics, pid);
+        } else {
+            ended = recording.sampler.ended;
+        }
     }
-    recording.sampler.ended
+    ended
 }
 
 fn attached_line(target: &TargetInfo) -> String {

@@ -29,6 +29,8 @@ pub struct TopOptions {
     pub pid: i32,
     pub rate_hz: f64,
     pub view: ViewState,
+    /// Also watch the Python processes below `pid`, grouped by process.
+    pub subprocesses: bool,
 }
 
 /// Why `top` ended.
@@ -40,7 +42,12 @@ pub enum TopEnd {
 }
 
 enum News {
-    Slice(Box<Slice>),
+    /// A second of one process; `exited` when it is that process's last.
+    Slice {
+        target: Box<TargetInfo>,
+        slice: Box<Slice>,
+        exited: bool,
+    },
     Ended(EndReason),
 }
 
@@ -73,34 +80,55 @@ pub fn top(options: TopOptions, stop: Arc<AtomicBool>) -> Result<TopEnd> {
         timeline: false,
         progress: None,
     };
+    let (root, subprocesses) = (options.pid, options.subprocesses);
     let thread = {
         let stop = sampler_stop.clone();
         std::thread::Builder::new()
             .name("gilscope-sampler".into())
             .spawn(move || {
                 let mut cpu = process::cpu_times();
-                let mut send =
-                    |profile: crate::report::Profile,
-                     _: &record::Health,
-                     observer: &crate::sample::observe::Observer<_>| {
+                let mut steal = None;
+                let mut send = |part: record::ProcessSlice| {
+                    // One reading of steal per refresh, shared by the processes of that refresh.
+                    if part.observer.pid == root {
                         let now = process::cpu_times();
-                        let steal = process::steal_share(cpu, now);
+                        steal = process::steal_share(cpu, now);
                         cpu = now;
-                        let slice = Slice::from_profile(&profile, observer.stack_table(), steal);
-                        let _ = news.send(News::Slice(Box::new(slice)));
-                    };
-                let (recording, _) = record::run(
-                    observer,
-                    None,
-                    &record_options,
-                    &stop,
-                    None,
-                    Some(Slices {
-                        every: REFRESH,
-                        sink: &mut send,
-                    }),
-                );
-                let _ = news.send(News::Ended(recording.sampler.ended));
+                    }
+                    let slice =
+                        Slice::from_profile(&part.profile, part.observer.stack_table(), steal);
+                    let _ = news.send(News::Slice {
+                        target: Box::new(record::target_info(part.observer)),
+                        slice: Box::new(slice),
+                        exited: part.exited,
+                    });
+                };
+                let slices = Some(Slices {
+                    every: REFRESH,
+                    sink: &mut send,
+                });
+                let ended = if subprocesses {
+                    let mut tree = record::Descendants::new(root);
+                    let finished = record::run_tree(
+                        Some(observer),
+                        &mut tree,
+                        None,
+                        &record_options,
+                        &stop,
+                        None,
+                        slices,
+                    );
+                    finished
+                        .iter()
+                        .map(|(r, _)| r.sampler.ended)
+                        .find(|&e| e != EndReason::TargetExited)
+                        .unwrap_or(EndReason::TargetExited)
+                } else {
+                    let (recording, _) =
+                        record::run(observer, None, &record_options, &stop, None, slices);
+                    recording.sampler.ended
+                };
+                let _ = news.send(News::Ended(ended));
             })
             .map_err(|e| Error::Internal(format!("cannot start the sampler thread: {e}")))?
     };
@@ -109,10 +137,12 @@ pub fn top(options: TopOptions, stop: Arc<AtomicBool>) -> Result<TopEnd> {
         thread: Some(thread),
     };
     let watch = Watch {
-        target,
+        root: options.pid,
+        processes: vec![(target, History::new())],
+        exited: Vec::new(),
+        subprocesses: options.subprocesses,
         rate_hz: options.rate_hz,
         view: options.view,
-        history: History::new(),
         started: Instant::now(),
         receiver,
         stop,
@@ -127,10 +157,14 @@ pub fn top(options: TopOptions, stop: Arc<AtomicBool>) -> Result<TopEnd> {
 }
 
 struct Watch {
-    target: TargetInfo,
+    root: i32,
+    /// The processes watched, each with its seconds; the first is `root`.
+    processes: Vec<(TargetInfo, History)>,
+    /// Processes whose last second was the latest news.
+    exited: Vec<i32>,
+    subprocesses: bool,
     rate_hz: f64,
     view: ViewState,
-    history: History,
     started: Instant,
     receiver: Receiver<News>,
     stop: Arc<AtomicBool>,
@@ -138,16 +172,37 @@ struct Watch {
 
 /// What a look at the sampler found.
 enum Heard {
-    Slice,
+    /// A second of this process.
+    Slice(i32),
     End(TopEnd),
 }
 
 impl Watch {
     fn hear(&mut self, news: std::result::Result<News, ()>) -> Result<Heard> {
         match news {
-            Ok(News::Slice(slice)) => {
-                self.history.push(*slice);
-                Ok(Heard::Slice)
+            Ok(News::Slice {
+                target,
+                slice,
+                exited,
+            }) => {
+                // Alone, the target's exit ends the view; among several, a process that
+                // exited leaves it once its last second has been shown.
+                self.processes
+                    .retain(|(t, _)| !self.exited.contains(&t.pid));
+                self.exited.clear();
+                let pid = target.pid;
+                match self.processes.iter_mut().find(|(t, _)| t.pid == pid) {
+                    Some((_, history)) => history.push(*slice),
+                    None => {
+                        let mut history = History::new();
+                        history.push(*slice);
+                        self.processes.push((*target, history));
+                    }
+                }
+                if exited && self.subprocesses {
+                    self.exited.push(pid);
+                }
+                Ok(Heard::Slice(pid))
             }
             Ok(News::Ended(EndReason::TargetExited)) => Ok(Heard::End(TopEnd::TargetExited)),
             Ok(News::Ended(_)) => Ok(Heard::End(TopEnd::Quit)),
@@ -157,10 +212,23 @@ impl Watch {
 
     /// Print one line per refresh until stopped or the target exits.
     fn in_plain_lines(mut self) -> Result<TopEnd> {
+        let (target, _) = &self.processes[0];
         eprintln!(
-            "gilscope: watching process {} (Python {}) at {} Hz; a line per second of the last \
-             second's figures; Ctrl-C to stop",
-            self.target.pid, self.target.python_version, self.rate_hz
+            "gilscope: watching process {} (Python {}){} at {} Hz; a line per second of the \
+             last second's figures{}; Ctrl-C to stop",
+            target.pid,
+            target.python_version,
+            if self.subprocesses {
+                " and the Python processes below it"
+            } else {
+                ""
+            },
+            self.rate_hz,
+            if self.subprocesses {
+                ", per process"
+            } else {
+                ""
+            }
         );
         loop {
             if self.stop.load(Ordering::Relaxed) {
@@ -173,12 +241,16 @@ impl Watch {
             };
             match self.hear(news)? {
                 Heard::End(end) => return Ok(end),
-                Heard::Slice => {
-                    let line = live::plain_line(
-                        self.started.elapsed().as_secs_f64(),
-                        &self.history,
-                        &self.view,
-                    );
+                Heard::Slice(pid) => {
+                    let elapsed = self.started.elapsed().as_secs_f64();
+                    let Some((_, history)) = self.processes.iter().find(|(t, _)| t.pid == pid)
+                    else {
+                        continue;
+                    };
+                    let mut line = live::plain_line(elapsed, history, &self.view);
+                    if self.subprocesses {
+                        line = format!("pid {pid}: {line}");
+                    }
                     let mut out = std::io::stdout().lock();
                     // A closed pipe (`| head`) is the reader's way of saying it has enough.
                     if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
@@ -235,7 +307,7 @@ impl Watch {
                     Err(TryRecvError::Disconnected) => Err(()),
                 };
                 match self.hear(news)? {
-                    Heard::Slice => dirty = true,
+                    Heard::Slice(_) => dirty = true,
                     Heard::End(end) => return Ok(end),
                 }
             }
@@ -245,15 +317,31 @@ impl Watch {
     /// Draw the view to fit the terminal; the size it was drawn for.
     fn draw(&self) -> Result<(u16, u16)> {
         let (width, height) = terminal::size().map_err(terminal_error)?;
-        let lines = live::screen(
-            &self.target,
-            self.rate_hz,
-            self.started.elapsed().as_secs_f64(),
-            &self.history,
-            &self.view,
-            width as usize,
-            height as usize,
-        );
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let lines = if self.subprocesses {
+            let processes: Vec<(&TargetInfo, &History)> =
+                self.processes.iter().map(|(t, h)| (t, h)).collect();
+            live::screen_processes(
+                self.root,
+                &processes,
+                self.rate_hz,
+                elapsed,
+                &self.view,
+                width as usize,
+                height as usize,
+            )
+        } else {
+            let (target, history) = &self.processes[0];
+            live::screen(
+                target,
+                self.rate_hz,
+                elapsed,
+                history,
+                &self.view,
+                width as usize,
+                height as usize,
+            )
+        };
         let mut out = std::io::stdout().lock();
         queue!(out, cursor::MoveTo(0, 0)).map_err(terminal_error)?;
         for (i, line) in lines.iter().enumerate() {

@@ -1425,7 +1425,13 @@ fn findings(python: &Python) -> Result<(), Failed> {
     // Each fixture is ended before the next starts: a busy machine changes the figures.
     {
         let (fx, found) = findings_of(python, "spinners")?;
-        if !found.contains("The GIL was held") || !found.contains("3 threads wanted it") {
+        // The three spinners want it; the main thread too when, woken from its sleeps, it
+        // waits long enough for the GIL (the convoy effect of 3.7 and earlier, say).
+        let wanting = found
+            .split_once(" threads wanted it")
+            .and_then(|(before, _)| before.rsplit(' ').next())
+            .and_then(|n| n.parse::<usize>().ok());
+        if !found.contains("The GIL was held") || !wanting.is_some_and(|n| (3..=4).contains(&n)) {
             return Err(format!("spinners: no saturation finding:\n{found}").into());
         }
         let spinner = format!("({}) waited for the GIL", fx.tid("spinner-0"));

@@ -22,7 +22,11 @@ fn main() {
     // Python processes on a shared two-core machine: one at a time.
     args.test_threads = Some(1);
     let pythons = common::pythons();
-    let tests: [(&str, Test); 4] = [
+    let tests: [(&str, Test); 5] = [
+        (
+            "subprocesses_are_served_as_series_of_their_own_pids",
+            subprocesses,
+        ),
         (
             "prometheus_scrapes_the_shares_of_two_spinners",
             prometheus_scrapes,
@@ -436,6 +440,45 @@ fn http_surface(python: &Python) -> Result<Completion, Failed> {
         || !stderr.starts_with(&format!("gilscope: cannot listen on {}", serve.address))
     {
         return Err(format!("a taken port gave {:?}: {stderr}", out.status.code()).into());
+    }
+    Ok(Completion::Completed)
+}
+
+/// With --subprocesses, each worker of a pool is announced and counted under its own pid:
+/// about a second of GIL held per worker (its task's length), the waiting main process
+/// next to nothing; a worker that exited keeps its counters but loses its target_info.
+fn subprocesses(python: &Python) -> Result<Completion, Failed> {
+    let fixture = Fixture::start(&python.path, "pool", &["--duration", "60"])?;
+    let pid = fixture.pid.to_string();
+    let mut serve = Serve::start(&["--pid", &pid, "--subprocesses", "--listen", "127.0.0.1:0"])?;
+    serve.wait_for(&format!("sampling pid {pid}"), Duration::from_secs(10))?;
+    // Tasks last 1 s and each worker one task: wait for a worker to come and go.
+    let first = serve.wait_for("sampling pid ", Duration::from_secs(10))?;
+    let worker = first
+        .split("sampling pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .ok_or_else(|| format!("no pid in {first:?}"))?
+        .to_string();
+    serve.wait_for(&format!("pid {worker} exited"), Duration::from_secs(10))?;
+    // Its last second reaches the counters on the next update.
+    std::thread::sleep(Duration::from_millis(1500));
+    let text = serve.metrics()?;
+    let held = |p: &str| {
+        value(
+            &text,
+            &format!("gilscope_gil_held_seconds_total{{pid=\"{p}\"}}"),
+        )
+    };
+    match (held(&worker), held(&pid)) {
+        (Some(w), Some(main)) if (0.6..=1.3).contains(&w) && main < 0.2 => {}
+        other => return Err(format!("held seconds (worker, main): {other:?}\n{text}").into()),
+    }
+    if text.contains(&format!("gilscope_target_info{{pid=\"{worker}\"")) {
+        return Err(format!("the exited worker {worker} is still a target:\n{text}").into());
+    }
+    if !text.contains(&format!("gilscope_target_info{{pid=\"{pid}\"")) {
+        return Err(format!("the pool's main process is not a target:\n{text}").into());
     }
     Ok(Completion::Completed)
 }

@@ -160,10 +160,12 @@ fn pool_workers(python: &Python) -> Result<(), Failed> {
     if root["target"]["python_version"] != python.version.as_str() {
         return Err(format!("root process: {}", root["target"]).into());
     }
+    let outer: Vec<&String> = report.as_object().ok_or("not an object")?.keys().collect();
+    if outer != ["processes", "schema"] {
+        return Err(format!("gilscope.processes/1 has fields {outer:?}").into());
+    }
     for process in all {
-        if process["schema"] != "gilscope.report/2" {
-            return Err(format!("a process document has schema {}", process["schema"]).into());
-        }
+        matches_documented_schema(process, "docs/JSON_SCHEMA.md")?;
     }
     let mut exited = 0;
     for (pid, tids) in &workers {

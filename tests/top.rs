@@ -44,7 +44,11 @@ fn main() {
         ));
     }
     type Cli = fn(&Python) -> Result<Completion, Failed>;
-    let cli: [(&str, Cli); 3] = [
+    let cli: [(&str, Cli); 4] = [
+        (
+            "top_with_subprocesses_shows_each_process_and_follows_new_workers",
+            subprocesses,
+        ),
         (
             "top_in_a_terminal_follows_keys_and_resizes_and_restores_the_terminal",
             terminal_keys,
@@ -81,8 +85,13 @@ struct PipedTop {
 
 impl PipedTop {
     fn start(pid: i32) -> Result<PipedTop, Failed> {
+        PipedTop::start_with(pid, &[])
+    }
+
+    fn start_with(pid: i32, extra: &[&str]) -> Result<PipedTop, Failed> {
         let mut child = Command::new(common::gilscope_bin())
             .args(["top", "--pid", &pid.to_string()])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -421,8 +430,12 @@ impl Screen {
 
 /// The shell line run in tmux: top, then its exit status and the terminal's modes.
 fn in_terminal(pid: i32) -> String {
+    in_terminal_with(pid, "")
+}
+
+fn in_terminal_with(pid: i32, extra: &str) -> String {
     format!(
-        "'{}' top --pid {pid}; echo \"top exited with $?\"; stty -a; sleep 600",
+        "'{}' top --pid {pid}{extra}; echo \"top exited with $?\"; stty -a; sleep 600",
         common::gilscope_bin()
     )
 }
@@ -541,6 +554,67 @@ fn terminal_ends(python: &Python) -> Result<Completion, Failed> {
     tmux.wait_for("the target's exit", |s| {
         s.contains(&format!("process {pid} exited"))
     })?;
+    check_restored(&tmux)?;
+    Ok(Completion::Completed)
+}
+
+/// `top --subprocesses` into a pipe prints a line per process per second, "pid N: ...": the
+/// pool's workers appear as they start (each task's workers are new processes), each with its
+/// two spinners sharing its GIL, and the waiting main process shows no busy thread. On a
+/// terminal, each process heads its threads.
+fn subprocesses(python: &Python) -> Result<Completion, Failed> {
+    let fx = Fixture::start(&python.path, "pool", &["--duration", "60"])?;
+    let top = PipedTop::start_with(fx.pid, &["--subprocesses"])?;
+    let mut lines = Vec::new();
+    let mut workers = std::collections::BTreeSet::new();
+    let started = std::time::Instant::now();
+    // Tasks last 1 s: in 5 s, at least two generations of two workers.
+    while started.elapsed() < Duration::from_secs(5) {
+        let line = top.line(Duration::from_secs(10))?;
+        let (pid, rest) = line
+            .strip_prefix("pid ")
+            .and_then(|l| l.split_once(": "))
+            .ok_or_else(|| format!("a line without its process: {line:?}"))?;
+        let pid: i32 = pid.parse()?;
+        let (_, threads) = parse_plain(rest)?;
+        if pid != fx.pid && threads.len() == 2 {
+            // Lines of the seconds in which a worker ran its task throughout.
+            let sharing = threads.iter().all(|t| t.hold + t.wait > 0.9);
+            let even = threads.iter().all(|t| t.hold > 0.2 && t.wait > 0.2);
+            if sharing && !even {
+                return Err(format!("spinners of {pid} do not share: {line}").into());
+            }
+            workers.insert(pid);
+        }
+        if pid == fx.pid && !threads.is_empty() {
+            return Err(format!("the pool's main process has busy threads: {line}").into());
+        }
+        lines.push(line);
+    }
+    top.signal(nix::sys::signal::Signal::SIGINT)?;
+    let (status, _) = top.finish(Duration::from_secs(5))?;
+    if !status.success() || workers.len() < 4 {
+        return Err(format!(
+            "exit {status}, {} workers seen:\n  {}",
+            workers.len(),
+            lines.join("\n  ")
+        )
+        .into());
+    }
+    let tmux = match Tmux::start(&in_terminal_with(fx.pid, " --subprocesses"), 150, 30)? {
+        Ok(tmux) => tmux,
+        Err(why) => return Ok(Completion::ignored_with(why)),
+    };
+    let headings = |s: &Screen| {
+        s.0.lines()
+            .filter(|l| l.starts_with("pid ") && l.contains(" - Python "))
+            .count()
+    };
+    let screen = tmux.wait_for("a heading per process", |s| headings(s) >= 3)?;
+    if !screen.contains(&format!("pid {} and below", fx.pid)) {
+        return Err(format!("no title for the tree:\n{}", screen.0).into());
+    }
+    tmux.keys("q")?;
     check_restored(&tmux)?;
     Ok(Completion::Completed)
 }

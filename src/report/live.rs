@@ -466,21 +466,7 @@ pub fn screen(
 
     let (rows, hidden) = visible_rows(history, view);
     let (groups, name_width) = plan_columns(history, width);
-    let mut over = format!("{:>w$}", "", w = TID_COLUMN + 1 + name_width);
-    let mut columns = format!("{:>TID_COLUMN$} {}", "TID", pad("NAME", name_width));
-    for group in &groups {
-        over.push_str(&format!(
-            "  {:>w$}",
-            group.title,
-            w = group.columns.len() * COLUMN
-        ));
-        columns.push_str("  ");
-        for column in &group.columns {
-            columns.push_str(&format!("{:>COLUMN$}", column.label));
-        }
-    }
-    lines.push(over);
-    lines.push(columns);
+    lines.extend(column_heads(&groups, name_width));
     // On a short terminal, the keys line, the blank lines and the line over the column
     // names make room for threads.
     let wanted = lines.len() + rows.len().min(3) + 1;
@@ -511,23 +497,135 @@ pub fn screen(
         rows.len()
     };
     for row in &rows[..shown] {
-        let mut line = format!(
-            "{:>TID_COLUMN$} {}",
-            row.tid,
-            pad(&printable(&row.name), name_width)
-        );
-        for group in &groups {
-            line.push_str("  ");
-            for column in &group.columns {
-                let share = row.fraction(column.window, column.state);
-                line.push_str(&format!("{:>COLUMN$}", percent(share)));
-            }
-        }
-        lines.push(line);
+        lines.push(row_line(row, &groups, name_width));
     }
     if shown < rows.len() {
         lines.push(format!("... {} more threads", rows.len() - shown));
     }
+    lines.push(footer);
+    finish(lines, width, height)
+}
+
+/// A thread's line of the table.
+fn row_line(row: &ThreadRow, groups: &[Group], name_width: usize) -> String {
+    let mut line = format!(
+        "{:>TID_COLUMN$} {}",
+        row.tid,
+        pad(&printable(&row.name), name_width)
+    );
+    for group in groups {
+        line.push_str("  ");
+        for column in &group.columns {
+            let share = row.fraction(column.window, column.state);
+            line.push_str(&format!("{:>COLUMN$}", percent(share)));
+        }
+    }
+    line
+}
+
+/// The column headings over the thread table: window titles, then state names.
+fn column_heads(groups: &[Group], name_width: usize) -> [String; 2] {
+    let mut over = format!("{:>w$}", "", w = TID_COLUMN + 1 + name_width);
+    let mut columns = format!("{:>TID_COLUMN$} {}", "TID", pad("NAME", name_width));
+    for group in groups {
+        over.push_str(&format!(
+            "  {:>w$}",
+            group.title,
+            w = group.columns.len() * COLUMN
+        ));
+        columns.push_str("  ");
+        for column in &group.columns {
+            columns.push_str(&format!("{:>COLUMN$}", column.label));
+        }
+    }
+    [over, columns]
+}
+
+/// The screen of several processes (`top --subprocesses`): one thread table, each process's
+/// threads under a line with its pid, command and GIL figures; the processes whose GIL was
+/// held most over the steady window first.
+pub fn screen_processes(
+    root: i32,
+    processes: &[(&TargetInfo, &History)],
+    rate_hz: f64,
+    elapsed_s: f64,
+    view: &ViewState,
+    width: usize,
+    height: usize,
+) -> Vec<String> {
+    let secs = elapsed_s.max(0.0) as u64;
+    let samples: u64 = processes.iter().map(|(_, h)| h.process(1).samples).sum();
+    let mut lines = vec![
+        format!(
+            "gilscope top - pid {root} and below: {} Python process{} - {}:{:02}:{:02} - {} \
+             samples in the last second at {} Hz",
+            processes.len(),
+            if processes.len() == 1 { "" } else { "es" },
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60,
+            samples,
+            rate_hz,
+        ),
+        format!(
+            "keys: q quit  h sort by hold  w sort by wait  i {} idle threads",
+            if view.show_idle { "hide" } else { "show" }
+        ),
+        String::new(),
+    ];
+    let longest = processes
+        .iter()
+        .map(|(_, h)| *h)
+        .max_by_key(|h| h.covered(STEADY));
+    let Some(longest) = longest.filter(|h| !h.is_empty()) else {
+        lines.push("measuring the first second...".into());
+        return finish(lines, width, height);
+    };
+    let (groups, name_width) = plan_columns(longest, width);
+    lines.extend(column_heads(&groups, name_width));
+    let mut order: Vec<&(&TargetInfo, &History)> = processes.iter().collect();
+    order.sort_by(|a, b| {
+        let held = |h: &History| h.process(STEADY).held;
+        held(b.1).total_cmp(&held(a.1)).then(a.0.pid.cmp(&b.0.pid))
+    });
+    let mut body = Vec::new();
+    let mut hidden_threads = 0;
+    for (target, history) in order {
+        let figures = history.process(STEADY);
+        body.push(format!(
+            "pid {} - Python {} - held {} contended {} switches {}/s over {} - {}",
+            target.pid,
+            target.python_version,
+            percent(figures.held),
+            percent(figures.contended),
+            figures
+                .switches_per_s
+                .map(|s| format!("{s:.0}"))
+                .unwrap_or_else(|| "-".into()),
+            window_label(history, STEADY),
+            printable(&target.command_line)
+        ));
+        let (rows, hidden) = visible_rows(history, view);
+        hidden_threads += hidden;
+        body.extend(rows.iter().map(|row| row_line(row, &groups, name_width)));
+    }
+    let mut footer = format!(
+        "sorted by {} over the last {}",
+        view.sort.state().name(),
+        window_label(longest, STEADY)
+    );
+    if hidden_threads > 0 {
+        footer.push_str(&format!(
+            "; {hidden_threads} idle threads hidden (i shows them)"
+        ));
+    }
+    let room = height.saturating_sub(lines.len() + 1);
+    if body.len() > room {
+        let cut = body.len() - room.saturating_sub(1);
+        body.truncate(room.saturating_sub(1));
+        body.push(format!("... {cut} more lines"));
+    }
+    lines.extend(body);
     lines.push(footer);
     finish(lines, width, height)
 }

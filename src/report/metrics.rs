@@ -60,7 +60,8 @@ pub struct Metrics {
     lag: Family<ProcessLabels, Seconds>,
     target: Family<TargetLabels, Gauge>,
     up: Gauge,
-    current: Option<(TargetLabels, Cursor)>,
+    /// The processes being sampled, each with where its last slice ended.
+    current: Vec<(TargetLabels, Cursor)>,
 }
 
 impl Default for Metrics {
@@ -145,13 +146,19 @@ impl Metrics {
             lag,
             target,
             up,
-            current: None,
+            current: Vec::new(),
         }
     }
 
-    /// A new target is being sampled; the previous one, if any, is no longer.
+    /// Is process `pid` being sampled?
+    pub fn is_attached(&self, pid: i32) -> bool {
+        let pid = pid.to_string();
+        self.current.iter().any(|(labels, _)| labels.pid == pid)
+    }
+
+    /// A process is being sampled (besides any others: --subprocesses).
     pub fn attached(&mut self, target: &TargetInfo) {
-        self.detached();
+        self.detached(target.pid);
         let labels = TargetLabels {
             pid: target.pid.to_string(),
             command: target.command_line.clone(),
@@ -169,20 +176,23 @@ impl Metrics {
         for family in [&self.switches, &self.samples, &self.errors, &self.late] {
             family.get_or_create(&process).inc_by(0);
         }
-        self.current = Some((labels, Cursor::default()));
+        self.current.push((labels, Cursor::default()));
     }
 
-    /// The target is gone. Its counters stay, flat, as Prometheus expects of counters.
-    pub fn detached(&mut self) {
-        if let Some((labels, _)) = self.current.take() {
-            self.target.remove(&labels);
+    /// Process `pid` is gone. Its counters stay, flat, as Prometheus expects of counters.
+    pub fn detached(&mut self, pid: i32) {
+        let pid = pid.to_string();
+        for (labels, _) in self.current.iter().filter(|(l, _)| l.pid == pid) {
+            self.target.remove(labels);
         }
-        self.up.set(0);
+        self.current.retain(|(labels, _)| labels.pid != pid);
+        self.up.set(i64::from(!self.current.is_empty()));
     }
 
-    /// Count one slice of the current target's recording.
-    pub fn add_slice(&mut self, profile: &Profile, health: &Health) {
-        let Some((labels, cursor)) = self.current.as_mut() else {
+    /// Count one slice of process `pid`'s recording.
+    pub fn add_slice(&mut self, pid: i32, profile: &Profile, health: &Health) {
+        let pid = pid.to_string();
+        let Some((labels, cursor)) = self.current.iter_mut().find(|(l, _)| l.pid == pid) else {
             return;
         };
         let process = ProcessLabels {
@@ -292,7 +302,7 @@ mod tests {
         let mut health = Health::default();
         for k in 0..3 {
             health.errors += 2;
-            metrics.add_slice(&slice(k * 1000), &health);
+            metrics.add_slice(42, &slice(k * 1000), &health);
         }
         let text = metrics.encode();
         let thread = |name: &str, state: &str| {
@@ -325,14 +335,14 @@ mod tests {
     fn a_new_target_keeps_the_old_counters_and_starts_its_own() {
         let mut metrics = Metrics::new();
         metrics.attached(&target(42));
-        metrics.add_slice(&slice(0), &Health::default());
-        metrics.detached();
+        metrics.add_slice(42, &slice(0), &Health::default());
+        metrics.detached(42);
         let text = metrics.encode();
         assert_eq!(value(&text, "gilscope_attached"), 0.0);
         assert!(!text.contains("gilscope_target_info{"), "{text}");
         metrics.attached(&target(43));
         // Its ticks restart from 0 ms: no credit for the time before it.
-        metrics.add_slice(&slice(0), &Health::default());
+        metrics.add_slice(43, &slice(0), &Health::default());
         let text = metrics.encode();
         assert!((value(&text, "gilscope_gil_held_seconds_total{pid=\"42\"}") - 1.0).abs() < 1e-6);
         assert!((value(&text, "gilscope_gil_held_seconds_total{pid=\"43\"}") - 1.0).abs() < 1e-6);
@@ -344,10 +354,33 @@ mod tests {
     }
 
     #[test]
+    fn processes_sampled_together_count_apart() {
+        let mut metrics = Metrics::new();
+        metrics.attached(&target(42));
+        metrics.attached(&target(43));
+        metrics.add_slice(42, &slice(0), &Health::default());
+        metrics.add_slice(42, &slice(1000), &Health::default());
+        metrics.add_slice(43, &slice(0), &Health::default());
+        // A slice of a process not (or no longer) attached counts nowhere.
+        metrics.add_slice(44, &slice(0), &Health::default());
+        let text = metrics.encode();
+        assert!((value(&text, "gilscope_gil_held_seconds_total{pid=\"42\"}") - 2.0).abs() < 1e-6);
+        assert!((value(&text, "gilscope_gil_held_seconds_total{pid=\"43\"}") - 1.0).abs() < 1e-6);
+        assert!(!text.contains("pid=\"44\""));
+        metrics.detached(42);
+        let text = metrics.encode();
+        assert_eq!(value(&text, "gilscope_attached"), 1.0);
+        assert!(text.contains("gilscope_target_info{pid=\"43\""));
+        assert!(!text.contains("gilscope_target_info{pid=\"42\""));
+        metrics.detached(43);
+        assert_eq!(value(&metrics.encode(), "gilscope_attached"), 0.0);
+    }
+
+    #[test]
     fn an_empty_slice_counts_nothing() {
         let mut metrics = Metrics::new();
         metrics.attached(&target(7));
-        metrics.add_slice(&Profile::new(), &Health::default());
+        metrics.add_slice(7, &Profile::new(), &Health::default());
         let text = metrics.encode();
         assert_eq!(value(&text, "gilscope_samples_total{pid=\"7\"}"), 0.0);
         assert!(!text.contains("gilscope_thread_gil_seconds_total{"));
