@@ -376,14 +376,26 @@ impl Member {
 /// How often the target's process tree is read again for new Python processes.
 const RESCAN: Duration = Duration::from_millis(200);
 
+/// How long a process that shows no Python is tried again, in case it is one still loading.
+const STARTING: Duration = Duration::from_secs(2);
+
+/// A process of the tree that could not be sampled yet.
+struct Tried {
+    /// Its program when tried (an exec starts the tries again).
+    exe: Option<PathBuf>,
+    /// When it was first tried as this program.
+    since: Instant,
+    /// How long to go on trying.
+    patience: Duration,
+}
+
 /// Finds the Python processes below a root as they appear: children forked by the target,
 /// and programs that a shell or launcher starts (and execs into Python) at any time.
 pub struct Descendants {
     root: i32,
     last_scan: Option<Instant>,
-    /// Processes that were not (yet) Python: their executable when last tried, and since when
-    /// it has been that executable.
-    tried: HashMap<i32, (Option<PathBuf>, Instant)>,
+    /// Processes that were not (yet) Python when tried.
+    tried: HashMap<i32, Tried>,
     /// Processes that are Python but cannot be sampled, with the reason (said once).
     refused: Vec<(i32, String)>,
 }
@@ -422,15 +434,16 @@ impl Descendants {
             }
             let exe = process::executable(pid);
             let now = Instant::now();
-            if let Some((tried_exe, since)) = self.tried.get_mut(&pid) {
-                // The same program as when last tried: try again only while it may still
-                // be starting up.
-                if *tried_exe == exe && since.elapsed() > SPAWN_ATTACH_TIMEOUT {
+            if let Some(tried) = self.tried.get_mut(&pid) {
+                if tried.exe != exe {
+                    // It exec'd another program: that one gets its own chances.
+                    *tried = Tried {
+                        exe: exe.clone(),
+                        since: now,
+                        patience: STARTING,
+                    };
+                } else if tried.since.elapsed() > tried.patience {
                     continue;
-                }
-                if *tried_exe != exe {
-                    *tried_exe = exe.clone();
-                    *since = now;
                 }
             }
             match attach(pid) {
@@ -438,14 +451,24 @@ impl Descendants {
                     self.tried.remove(&pid);
                     members.push(Member::new(observer, options));
                 }
+                // Not Python, or not yet: a Python that is still loading its libraries looks
+                // like no Python for a moment, one still initialising for longer.
                 Err(
-                    Error::NotReady { .. }
-                    | Error::NotPython { .. }
-                    | Error::UnrecognisedLayout { .. }
-                    | Error::NoSuchProcess { .. }
-                    | Error::Zombie { .. },
+                    Error::NotPython { .. } | Error::NoSuchProcess { .. } | Error::Zombie { .. },
                 ) => {
-                    self.tried.entry(pid).or_insert((exe, now));
+                    self.tried.entry(pid).or_insert(Tried {
+                        exe,
+                        since: now,
+                        patience: STARTING,
+                    });
+                }
+                Err(Error::NotReady { .. } | Error::UnrecognisedLayout { .. }) => {
+                    let tried = self.tried.entry(pid).or_insert(Tried {
+                        exe,
+                        since: now,
+                        patience: STARTING,
+                    });
+                    tried.patience = SPAWN_ATTACH_TIMEOUT;
                 }
                 Err(e) => self.refused.push((pid, e.to_string())),
             }

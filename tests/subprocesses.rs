@@ -19,6 +19,8 @@ use common::{
 /// Seconds the pool fixture runs: with 1 s tasks and one task per worker, three generations
 /// of two workers, the later ones started while the recording runs.
 const POOL_S: &str = "3";
+/// Seconds after which a recording of a fixture that should have ended by itself is cut.
+const GUARD_S: &str = "30";
 
 /// A test of one interpreter.
 type Test = fn(&Python) -> Result<(), Failed>;
@@ -58,8 +60,9 @@ fn main() {
             ));
         }
     }
-    let once: [(&str, Test); 4] = [
+    let once: [(&str, Test); 5] = [
         ("every_format_roots_each_process", formats),
+        ("a_shell_that_execs_python_late_is_followed", late_exec),
         ("dump_shows_every_process_of_the_tree", dump_tree),
         ("a_pid_given_later_follows_its_children_too", by_pid),
         ("a_tree_without_python_is_a_clear_error", no_python),
@@ -106,9 +109,12 @@ fn record_pool(
     let log = dir.join("pool.log");
     let _ = std::fs::remove_file(&log);
     let script = fixture_path("pool");
+    // The recording ends when the pool has exited; --duration only bounds a hang.
     let out = gilscope(&[
         "record",
         "--subprocesses",
+        "--duration",
+        GUARD_S,
         "--format",
         format,
         "-o",
@@ -123,6 +129,10 @@ fn record_pool(
     ]);
     if !out.status.success() {
         return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
+    }
+    let report_end = std::fs::read_to_string(output).unwrap_or_default();
+    if report_end.contains("\"ended\": \"duration\"") {
+        return Err(format!("the pool did not exit within {GUARD_S} s").into());
     }
     let workers = logged_workers(&log)?;
     if workers.len() < 4 {
@@ -209,20 +219,34 @@ fn pool_workers(python: &Python) -> Result<(), Failed> {
 /// A shell script that sleeps, then runs Python: the recording starts before any Python
 /// exists, finds the interpreter when it appears, and measures its spinners.
 fn late_python(python: &Python) -> Result<(), Failed> {
+    late_spinners(python, None)
+}
+
+/// The same when the shell execs Python after 3 s: its own process becomes Python, later than
+/// a starting program is waited for.
+fn late_exec(python: &Python) -> Result<(), Failed> {
+    late_spinners(python, Some("exec"))
+}
+
+fn late_spinners(python: &Python, exec: Option<&str>) -> Result<(), Failed> {
+    let delay = if exec.is_some() { "3" } else { "1" };
     let dir = tempfile::tempdir()?;
     let output = dir.path().join("late.json");
     let script = fixture_path("late_python").with_extension("sh");
     let out = gilscope(&[
         "record",
         "--subprocesses",
+        "--duration",
+        GUARD_S,
         "-o",
         output.to_str().ok_or("path")?,
         "--",
         "sh",
         script.to_str().ok_or("path")?,
         python.path.to_str().ok_or("path")?,
-        "1",
+        delay,
         "2",
+        exec.unwrap_or(""),
     ]);
     if !out.status.success() {
         return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
@@ -387,7 +411,16 @@ fn by_pid(python: &Python) -> Result<(), Failed> {
         .stdout(Stdio::null())
         .spawn()?;
     let pid = shell.id().to_string();
-    let out = gilscope(&["record", "--pid", &pid, "--subprocesses", "-f", "json"]);
+    let out = gilscope(&[
+        "record",
+        "--pid",
+        &pid,
+        "--subprocesses",
+        "--duration",
+        GUARD_S,
+        "-f",
+        "json",
+    ]);
     let _ = shell.kill();
     let _ = shell.wait();
     if !out.status.success() {
@@ -404,7 +437,10 @@ fn by_pid(python: &Python) -> Result<(), Failed> {
     if !found {
         return Err(format!("no spinners process under the shell: {report}").into());
     }
-    // The recording ended with the shell's tree, not at a timeout: no --duration was given.
+    // The recording ended with the shell's tree, not at the guard's timeout.
+    if all.iter().any(|p| p["sampler"]["ended"] != "target_exited") {
+        return Err(format!("the recording outlived the shell's tree: {report}").into());
+    }
     Ok(())
 }
 
