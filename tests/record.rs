@@ -211,10 +211,27 @@ fn spinners_share_the_gil(python: &Python) -> Result<(), Failed> {
     let held = report["gil"]["held"].as_f64().unwrap_or(0.0);
     expect(held > 0.95, format!("GIL held {held}"), &report)?;
     let mean_waiting = report["gil"]["mean_waiting"].as_f64().unwrap_or(0.0);
-    // Two of three wait while one holds; hand-offs and the main thread's wake-ups shift it.
+    // Two of three spinners wait while one holds. The main thread waits too after each of its
+    // wake-ups, for as long as the spinners keep the GIL from it (up to 14% of its time on
+    // 3.14): that is counted in the mean, so the mean is the sum of every thread's waiting.
+    let mut spinners_waiting = 0.0;
+    for role in ["spinner-0", "spinner-1", "spinner-2"] {
+        spinners_waiting += fraction(row(&report, &fx, role)?, "wait");
+    }
     expect(
-        (1.5..=2.1).contains(&mean_waiting),
-        format!("mean waiting {mean_waiting}"),
+        (1.85..=2.1).contains(&spinners_waiting),
+        format!("spinners waiting {spinners_waiting} on average"),
+        &report,
+    )?;
+    let all_waiting: f64 = report["threads"]
+        .as_array()
+        .ok_or("no threads")?
+        .iter()
+        .map(|t| fraction(t, "wait"))
+        .sum();
+    expect(
+        (mean_waiting - all_waiting).abs() < 0.02,
+        format!("mean waiting {mean_waiting}, but the threads wait {all_waiting} in all"),
         &report,
     )?;
     let interval = report["gil"]["interval_s"].as_f64().unwrap_or(0.0);
@@ -287,8 +304,11 @@ fn native_runs(python: &Python) -> Result<(), Failed> {
     let spinner = fraction(row(&report, &fx, "spinner")?, "hold");
     if fx.facts["sha256_releases_gil"] == true {
         expect(zlib > 0.6, format!("zlib running {zlib}"), &report)?;
+        // How long each hash runs against how long the thread then waits for the spinner to
+        // give the GIL back varies with the machine: 0.27-0.41 on 3.7 here, matching the
+        // uprobe reference each time. The known answer is that it runs a good share.
         let running = fraction(sha, "running");
-        expect(running > 0.3, format!("sha256 running {running}"), &report)?;
+        expect(running > 0.2, format!("sha256 running {running}"), &report)?;
         expect(spinner > 0.7, format!("spinner hold {spinner}"), &report)
     } else {
         // Two GIL-holding threads share it; zlib still runs whenever it has the CPU.
