@@ -198,10 +198,13 @@ fn record_command(args: RecordArgs) -> Result<()> {
             }
         };
         let mut spawned = spawned;
+        let started = spawned.is_some();
         let first = match record::attach(root) {
             Ok(observer) => Some(observer),
-            // The root may be a shell or a launcher that starts Python later.
+            // The root may be a shell or a launcher that starts Python later, or a Python
+            // that gilscope just started and is still setting up: the tree's scan tries again.
             Err(Error::NotPython { .. } | Error::NotReady { .. }) => None,
+            Err(Error::UnrecognisedLayout { .. }) if started => None,
             Err(e) => {
                 if let Some(spawned) = spawned {
                     spawned.finish();

@@ -306,8 +306,12 @@ impl Member {
         }
     }
 
-    /// Give the profile's threads their current OS and Python names.
+    /// Give the profile's threads their current OS and Python names. Not once the process
+    /// has exited: its pid may be another process's by now, and the last names stand.
     fn name_threads(&mut self) {
+        if self.exited {
+            return;
+        }
         let observer = &mut self.observer;
         self.profile
             .refresh_names(|tid| observer.current_thread_name(tid));
@@ -331,7 +335,6 @@ impl Member {
             });
         }
         self.name_threads();
-        let ticks = self.profile.samples + self.errors;
         let stacks = if self.stacks {
             self.observer.take_stack_table()
         } else {
@@ -344,8 +347,9 @@ impl Member {
                 errors: self.errors,
                 late_ticks: schedule.late_ticks,
                 max_lag_s: schedule.max_lag_ns as f64 / 1e9,
-                mean_lag_s: if ticks > 0 {
-                    schedule.total_lag_ns as f64 / ticks as f64 / 1e9
+                // The schedule is shared by every process sampled: its own figures.
+                mean_lag_s: if schedule.ticks > 0 {
+                    schedule.total_lag_ns as f64 / schedule.ticks as f64 / 1e9
                 } else {
                     0.0
                 },
@@ -387,6 +391,8 @@ struct Tried {
     since: Instant,
     /// How long to go on trying.
     patience: Duration,
+    /// Why it could not be sampled, if it is a Python (said if it never can be).
+    python: Option<String>,
 }
 
 /// Finds the Python processes below a root as they appear: children forked by the target,
@@ -441,8 +447,13 @@ impl Descendants {
                         exe: exe.clone(),
                         since: now,
                         patience: STARTING,
+                        python: None,
                     };
                 } else if tried.since.elapsed() > tried.patience {
+                    // A Python that never became readable is said, once; others are let be.
+                    if let Some(why) = tried.python.take() {
+                        self.refused.push((pid, why));
+                    }
                     continue;
                 }
             }
@@ -460,15 +471,18 @@ impl Descendants {
                         exe,
                         since: now,
                         patience: STARTING,
+                        python: None,
                     });
                 }
-                Err(Error::NotReady { .. } | Error::UnrecognisedLayout { .. }) => {
+                Err(e @ (Error::NotReady { .. } | Error::UnrecognisedLayout { .. })) => {
                     let tried = self.tried.entry(pid).or_insert(Tried {
                         exe,
                         since: now,
                         patience: STARTING,
+                        python: None,
                     });
                     tried.patience = SPAWN_ATTACH_TIMEOUT;
+                    tried.python = Some(e.to_string());
                 }
                 Err(e) => self.refused.push((pid, e.to_string())),
             }

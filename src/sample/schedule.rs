@@ -19,6 +19,8 @@ pub struct Schedule {
     pub max_lag_ns: u64,
     /// Total lateness (ns), for the mean.
     pub total_lag_ns: u64,
+    /// Ticks taken so far.
+    pub ticks: u64,
 }
 
 impl Schedule {
@@ -32,6 +34,7 @@ impl Schedule {
             late_ticks: 0,
             max_lag_ns: 0,
             total_lag_ns: 0,
+            ticks: 0,
         }
     }
 
@@ -62,6 +65,7 @@ impl Schedule {
         }
         let now = monotonic_ns();
         let lag = now.saturating_sub(self.next_ns);
+        self.ticks += 1;
         self.total_lag_ns += lag;
         self.max_lag_ns = self.max_lag_ns.max(lag);
         if lag > self.period_ns {
