@@ -577,13 +577,22 @@ fn subprocesses(python: &Python) -> Result<Completion, Failed> {
             .ok_or_else(|| format!("a line without its process: {line:?}"))?;
         let pid: i32 = pid.parse()?;
         let (_, threads) = parse_plain(rest)?;
-        if pid != fx.pid && threads.len() == 2 {
+        let samples: u64 = rest
+            .split(" samples ")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        // A worker's first and last seconds may hold a few samples only: judged on full ones.
+        if pid != fx.pid && threads.len() == 2 && samples >= 300 {
             // Lines of the seconds in which a worker ran its task throughout.
             let sharing = threads.iter().all(|t| t.hold + t.wait > 0.9);
             let even = threads.iter().all(|t| t.hold > 0.2 && t.wait > 0.2);
             if sharing && !even {
                 return Err(format!("spinners of {pid} do not share: {line}").into());
             }
+        }
+        if pid != fx.pid && threads.len() == 2 {
             workers.insert(pid);
         }
         if pid == fx.pid && !threads.is_empty() {
