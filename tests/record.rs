@@ -49,32 +49,19 @@ fn main() {
         ("findings_follow_the_figures_and_only_them", findings),
     ];
     for (name, test) in known {
-        for python in &pythons.found {
-            let python = python.clone();
-            trials.push(Trial::ignorable_test(
-                format!("{name}::{}", python.label),
-                move || {
-                    let _exclusive = common::exclusive();
-                    common::unless_host_steals(|| {
-                        LAST_STEAL.set(None);
-                        Ok(match test(&python) {
-                            Ok(()) => Attempt::Done(Completion::Completed),
-                            Err(failed) => Attempt::Missed {
-                                message: failed.message().unwrap_or("failed").to_string(),
-                                steal: LAST_STEAL.get(),
-                            },
-                        })
-                    })
-                },
-            ));
-        }
-        for (label, why) in &pythons.missing {
-            let why = why.clone();
-            trials.push(Trial::ignorable_test(
-                format!("{name}::{label}"),
-                move || Ok(Completion::ignored_with(why)),
-            ));
-        }
+        trials.extend(common::per_interpreter(&pythons, name, move |python| {
+            let _exclusive = common::exclusive();
+            common::unless_host_steals(|| {
+                LAST_STEAL.set(None);
+                Ok(match test(python) {
+                    Ok(()) => Attempt::Done(Completion::Completed),
+                    Err(failed) => Attempt::Missed {
+                        message: failed.message().unwrap_or("failed").to_string(),
+                        steal: LAST_STEAL.get(),
+                    },
+                })
+            })
+        }));
     }
     let cli: [(&str, KnownAnswer); 14] = [
         (
@@ -107,15 +94,9 @@ fn main() {
         ),
         ("a_python_still_starting_is_waited_for", slow_start),
     ];
-    let first = common::cli_python(&pythons);
     for (name, test) in cli {
-        let python = first.clone();
-        trials.push(Trial::ignorable_test(name, move || match &python {
-            Some(python) => {
-                let _exclusive = common::exclusive();
-                common::unless_host_steals(|| Ok(common::steal_measured(|| test(python))))
-            }
-            None => Ok(Completion::ignored_with("no Python 3 interpreter found")),
+        trials.push(common::on_cli_python(&pythons, name, move |python| {
+            common::unless_host_steals(|| Ok(common::steal_measured(|| test(python))))
         }));
     }
     let python2 = common::pyenv_version("2.7").map(|d| d.join("bin").join("python2.7"));

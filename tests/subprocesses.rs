@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use libtest_mimic::{Arguments, Completion, Failed};
 use serde_json::Value;
 
 use common::{
@@ -42,23 +42,10 @@ fn main() {
         ),
     ];
     for (name, test) in per_version {
-        for python in &pythons.found {
-            let python = python.clone();
-            trials.push(Trial::ignorable_test(
-                format!("{name}::{}", python.label),
-                move || {
-                    let _exclusive = common::exclusive();
-                    test(&python).map(|()| Completion::Completed)
-                },
-            ));
-        }
-        for (label, why) in &pythons.missing {
-            let why = why.clone();
-            trials.push(Trial::ignorable_test(
-                format!("{name}::{label}"),
-                move || Ok(Completion::ignored_with(why)),
-            ));
-        }
+        trials.extend(common::per_interpreter(&pythons, name, move |python| {
+            let _exclusive = common::exclusive();
+            test(python).map(|()| Completion::Completed)
+        }));
     }
     let once: [(&str, Test); 5] = [
         ("every_format_roots_each_process", formats),
@@ -67,15 +54,9 @@ fn main() {
         ("a_pid_given_later_follows_its_children_too", by_pid),
         ("a_tree_without_python_is_a_clear_error", no_python),
     ];
-    let first = common::cli_python(&pythons);
     for (name, test) in once {
-        let python = first.clone();
-        trials.push(Trial::ignorable_test(name, move || match &python {
-            Some(python) => {
-                let _exclusive = common::exclusive();
-                test(python).map(|()| Completion::Completed)
-            }
-            None => Ok(Completion::ignored_with("no Python 3 interpreter found")),
+        trials.push(common::on_cli_python(&pythons, name, move |python| {
+            test(python).map(|()| Completion::Completed)
         }));
     }
     libtest_mimic::run(&args, trials).exit();

@@ -124,16 +124,7 @@ fn frame_json(frame: &Frame) -> Value {
 
 /// Several processes (`--subprocesses`): each process's dump after a line for the tree.
 pub fn text_processes(snapshots: &[Snapshot]) -> String {
-    let mut out = format!(
-        "gilscope: {} Python process{}\n",
-        snapshots.len(),
-        if snapshots.len() == 1 { "" } else { "es" }
-    );
-    for snapshot in snapshots {
-        out.push('\n');
-        out.push_str(&text(snapshot));
-    }
-    out
+    super::process_sections(snapshots.iter().map(text))
 }
 
 /// Several processes: schema `gilscope.dumps/1`, whose `processes` holds a

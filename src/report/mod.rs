@@ -206,6 +206,20 @@ impl Format {
     }
 }
 
+/// Several processes' text reports under a line that counts them (`--subprocesses`).
+pub fn process_sections(sections: impl ExactSizeIterator<Item = String>) -> String {
+    let count = sections.len();
+    let mut out = format!(
+        "gilscope: {count} Python process{}\n",
+        if count == 1 { "" } else { "es" }
+    );
+    for section in sections {
+        out.push('\n');
+        out.push_str(&section);
+    }
+    out
+}
+
 /// Text from the target (names, code) with control characters escaped, so that it can
 /// never move a terminal's cursor or break a line.
 pub fn printable(text: &str) -> String {

@@ -10,18 +10,7 @@ use crate::sample::ThreadState;
 
 /// Several processes (`--subprocesses`): a line for the tree, then each process's report.
 pub fn render_processes(recordings: &[Recording]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "gilscope: {} Python process{}",
-        recordings.len(),
-        if recordings.len() == 1 { "" } else { "es" }
-    );
-    for recording in recordings {
-        out.push('\n');
-        out.push_str(&render(recording));
-    }
-    out
+    super::process_sections(recordings.iter().map(render))
 }
 
 pub fn render(recording: &Recording) -> String {

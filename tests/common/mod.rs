@@ -154,6 +154,51 @@ pub fn cli_python(pythons: &Pythons) -> Option<Python> {
         .cloned()
 }
 
+/// A trial named `name::LABEL` per interpreter found, running `test` on it, and one per
+/// interpreter missing, ignored with the reason.
+pub fn per_interpreter<F>(pythons: &Pythons, name: &str, test: F) -> Vec<libtest_mimic::Trial>
+where
+    F: Fn(&Python) -> Result<libtest_mimic::Completion, libtest_mimic::Failed>
+        + Clone
+        + Send
+        + 'static,
+{
+    let mut trials = Vec::new();
+    for python in &pythons.found {
+        let (python, test) = (python.clone(), test.clone());
+        trials.push(libtest_mimic::Trial::ignorable_test(
+            format!("{name}::{}", python.label),
+            move || test(&python),
+        ));
+    }
+    for (label, why) in &pythons.missing {
+        let why = why.clone();
+        trials.push(libtest_mimic::Trial::ignorable_test(
+            format!("{name}::{label}"),
+            move || Ok(libtest_mimic::Completion::ignored_with(why)),
+        ));
+    }
+    trials
+}
+
+/// A trial of `test` on the interpreter the CLI tests use (ignored if there is none), with
+/// the machine to itself.
+pub fn on_cli_python<F>(pythons: &Pythons, name: &str, test: F) -> libtest_mimic::Trial
+where
+    F: FnOnce(&Python) -> Result<libtest_mimic::Completion, libtest_mimic::Failed> + Send + 'static,
+{
+    let python = cli_python(pythons);
+    libtest_mimic::Trial::ignorable_test(name, move || match &python {
+        Some(python) => {
+            let _exclusive = exclusive();
+            test(python)
+        }
+        None => Ok(libtest_mimic::Completion::ignored_with(
+            "no Python 3 interpreter found",
+        )),
+    })
+}
+
 /// Hold this while a test measures GIL time: those tests share two cores and must not overlap,
 /// even across test binaries run in parallel by other runners.
 pub struct Exclusive {
