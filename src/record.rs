@@ -395,6 +395,17 @@ struct Tried {
     python: Option<String>,
 }
 
+impl Tried {
+    fn new(exe: Option<PathBuf>, since: Instant) -> Tried {
+        Tried {
+            exe,
+            since,
+            patience: STARTING,
+            python: None,
+        }
+    }
+}
+
 /// Finds the Python processes below a root as they appear: children forked by the target,
 /// and programs that a shell or launcher starts (and execs into Python) at any time.
 pub struct Descendants {
@@ -443,12 +454,7 @@ impl Descendants {
             if let Some(tried) = self.tried.get_mut(&pid) {
                 if tried.exe != exe {
                     // It exec'd another program: that one gets its own chances.
-                    *tried = Tried {
-                        exe: exe.clone(),
-                        since: now,
-                        patience: STARTING,
-                        python: None,
-                    };
+                    *tried = Tried::new(exe.clone(), now);
                 } else if tried.since.elapsed() > tried.patience {
                     // A Python that never became readable is said, once; others are let be.
                     if let Some(why) = tried.python.take() {
@@ -467,20 +473,10 @@ impl Descendants {
                 Err(
                     Error::NotPython { .. } | Error::NoSuchProcess { .. } | Error::Zombie { .. },
                 ) => {
-                    self.tried.entry(pid).or_insert(Tried {
-                        exe,
-                        since: now,
-                        patience: STARTING,
-                        python: None,
-                    });
+                    self.tried.entry(pid).or_insert(Tried::new(exe, now));
                 }
                 Err(e @ (Error::NotReady { .. } | Error::UnrecognisedLayout { .. })) => {
-                    let tried = self.tried.entry(pid).or_insert(Tried {
-                        exe,
-                        since: now,
-                        patience: STARTING,
-                        python: None,
-                    });
+                    let tried = self.tried.entry(pid).or_insert(Tried::new(exe, now));
                     tried.patience = SPAWN_ATTACH_TIMEOUT;
                     tried.python = Some(e.to_string());
                 }

@@ -305,9 +305,20 @@ fn formats(python: &Python) -> Result<(), Failed> {
             );
         }
     }
-    let times: Vec<f64> = events.iter().filter_map(|e| e["ts"].as_f64()).collect();
-    if times.iter().any(|&t| t < 0.0) {
-        return Err("trace events before the common origin".into());
+    // One time axis: each process's spans start when it was sampled first, so the last
+    // generation of workers starts well after the first one (tasks last 1 s).
+    let first_span = |pid: i64| {
+        events
+            .iter()
+            .filter(|e| e["ph"] == "X" && e["pid"].as_i64() == Some(pid))
+            .filter_map(|e| e["ts"].as_f64())
+            .fold(f64::INFINITY, f64::min)
+    };
+    let starts: Vec<f64> = workers.iter().map(|(pid, _)| first_span(*pid)).collect();
+    let earliest = starts.iter().copied().fold(f64::INFINITY, f64::min);
+    let latest = starts.iter().copied().fold(0.0, f64::max);
+    if latest - earliest < 500_000.0 {
+        return Err(format!("workers' first spans at {starts:?} µs: not on one time axis").into());
     }
     for (format, file) in [
         ("flamegraph", "pool.svg"),
