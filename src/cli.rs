@@ -92,7 +92,7 @@ pub struct ManArgs {
 #[command(group = clap::ArgGroup::new("target").required(true).multiple(true))]
 pub struct ServeArgs {
     /// Process id of a running Python program
-    #[arg(short, long, value_name = "PID", group = "target")]
+    #[arg(short, long, value_name = "PID", value_parser = parse_pid, group = "target")]
     pub pid: Option<i32>,
 
     /// Keep serving when the process exits, and sample the next process of this name (its
@@ -125,7 +125,7 @@ pub struct CompletionsArgs {
 #[derive(Debug, Args)]
 pub struct TopArgs {
     /// Process id of a running Python program
-    #[arg(short, long, value_name = "PID")]
+    #[arg(short, long, value_name = "PID", value_parser = parse_pid)]
     pub pid: i32,
 
     /// Samples per second
@@ -153,7 +153,7 @@ pub struct TopArgs {
 #[derive(Debug, Args)]
 pub struct DumpArgs {
     /// Process id of a running Python program
-    #[arg(short, long, value_name = "PID")]
+    #[arg(short, long, value_name = "PID", value_parser = parse_pid)]
     pub pid: i32,
 
     /// Print JSON (schema gilscope.dump/1, docs/DUMP_SCHEMA.md)
@@ -173,7 +173,7 @@ pub struct DumpArgs {
 #[derive(Debug, Args)]
 pub struct RecordArgs {
     /// Process id of a running Python program
-    #[arg(short, long, value_name = "PID", conflicts_with = "command")]
+    #[arg(short, long, value_name = "PID", value_parser = parse_pid, conflicts_with = "command")]
     pub pid: Option<i32>,
 
     /// Seconds to record (default: until Ctrl-C or until the target exits)
@@ -237,6 +237,20 @@ fn parse_rate(text: &str) -> Result<f64, String> {
         ));
     }
     Ok(rate)
+}
+
+/// A process id: a whole number from 1 up (the kernel's pid_max is far below i32::MAX).
+fn parse_pid(text: &str) -> Result<i32, String> {
+    match text.trim().parse::<i64>() {
+        Ok(pid) if pid > 0 && pid <= i64::from(i32::MAX) => Ok(pid as i32),
+        Ok(pid) if pid > 0 => Err(format!("{text} is not a valid pid (beyond any pid)")),
+        Ok(_) => Err(format!(
+            "{text} is not a valid pid (pids are whole numbers from 1)"
+        )),
+        Err(_) => Err(format!(
+            "{text} is not a valid pid (a process id is a number)"
+        )),
+    }
 }
 
 fn parse_duration(text: &str) -> Result<f64, String> {

@@ -156,8 +156,10 @@ fn snapshot(
             .iter()
             .map(|t| {
                 let os_name = observer.current_thread_name(t.tid).unwrap_or_default();
+                // A thread that ended since the tick may have passed its ident on.
                 let name = t
                     .thread_id
+                    .filter(|_| observer.thread_alive(t.tid))
                     .and_then(|id| python_names.get(&id).cloned())
                     .unwrap_or_else(|| os_name.clone());
                 ThreadSnapshot {

@@ -20,13 +20,16 @@ use gilscope::top::{TopEnd, TopOptions};
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
             let _ = e.print();
-            std::process::exit(if e.use_stderr() {
-                ExitCode::Usage as i32
-            } else {
-                0
-            });
+            std::process::exit(0);
+        }
+        Err(e) => {
+            let (message, usage) = usage_error(&e.to_string());
+            eprintln!("gilscope: {message}");
+            eprintln!("hint: {usage}");
+            std::process::exit(ExitCode::Usage as i32);
         }
     };
     let result = match cli.command {
@@ -49,6 +52,38 @@ fn main() {
         }
         std::process::exit(error.exit_code() as i32);
     }
+}
+
+/// clap's several-line usage error as gilscope's one line and a hint: the message with what
+/// clap puts on the lines below it ("possible values", the missing arguments), and the usage.
+fn usage_error(rendered: &str) -> (String, String) {
+    let mut message = String::new();
+    let mut usage = None;
+    for line in rendered.lines().map(str::trim) {
+        if let Some(u) = line.strip_prefix("Usage: ") {
+            usage = Some(u.to_string());
+        } else if line.is_empty() || line.starts_with("For more information") {
+            continue;
+        } else if usage.is_none() {
+            let line = line.strip_prefix("error: ").unwrap_or(line);
+            let line = line
+                .strip_prefix('[')
+                .and_then(|l| l.strip_suffix(']'))
+                .unwrap_or(line);
+            if !message.is_empty() && !message.ends_with(':') {
+                message.push(';');
+            }
+            if !message.is_empty() {
+                message.push(' ');
+            }
+            message.push_str(line);
+        }
+    }
+    let hint = match usage {
+        Some(usage) => format!("usage: {usage} (see --help)"),
+        None => "see gilscope --help".to_string(),
+    };
+    (message, hint)
 }
 
 /// The manual pages, one per command as git has them: gilscope(1) lists the subcommands and
@@ -266,13 +301,16 @@ fn record_command(args: RecordArgs) -> Result<()> {
     }
     if matches!(target, Target::Pid(_)) {
         for recording in &recordings {
-            if recording.sampler.ended == EndReason::TargetExited {
-                eprintln!(
-                    "gilscope: process {} exited after {:.2} s; the report covers what was gathered",
-                    recording.target.pid,
-                    recording.profile.duration_s()
-                );
-            }
+            let gone = match recording.sampler.ended {
+                EndReason::TargetExited => "exited",
+                EndReason::TargetExeced => "exec'd another program",
+                _ => continue,
+            };
+            eprintln!(
+                "gilscope: process {} {gone} after {:.2} s; the report covers what was gathered",
+                recording.target.pid,
+                recording.profile.duration_s()
+            );
         }
     }
     let rendered = if args.subprocesses {
@@ -420,5 +458,5 @@ fn check_writable(path: &std::path::Path) -> Result<()> {
         .prefix(".gilscope-check-")
         .tempfile_in(&dir)
         .map(drop)
-        .map_err(error)
+        .map_err(|e| error(report::without_temporary_path(e)))
 }

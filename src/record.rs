@@ -251,6 +251,10 @@ struct Member {
     stack_errors: u64,
     /// Its process exited (or could no longer be read): it is sampled no more.
     exited: bool,
+    /// What its process was when attached: an exec changes it (`process::exec_identity`).
+    identity: Option<u64>,
+    /// The program its process exec'd, if it did: its Python is gone (`exited` is set too).
+    execed: Option<PathBuf>,
     /// Its last slice, the one that says it exited, was given out.
     sliced_out: bool,
 }
@@ -258,6 +262,7 @@ struct Member {
 impl Member {
     fn new(mut observer: Observer<ProcessMemory>, options: &RecordOptions) -> Member {
         let target = target_info(&observer);
+        let identity = process::exec_identity(observer.pid);
         let stacks = options.stacks && observer.enable_stacks();
         let mut profile = Profile::new();
         if options.timeline {
@@ -273,8 +278,24 @@ impl Member {
             consecutive_errors: 0,
             stack_errors: 0,
             exited: false,
+            identity,
+            execed: None,
             sliced_out: false,
         }
+    }
+
+    /// Has the process exec'd another program since it was attached? Then its Python is gone
+    /// and the ticks to come would read a stranger's memory: sample it no more.
+    fn check_exec(&mut self) -> bool {
+        let pid = self.observer.pid;
+        if self.execed.is_none()
+            && self.identity.is_some()
+            && process::exec_identity(pid).is_some_and(|now| Some(now) != self.identity)
+        {
+            self.execed = Some(process::executable(pid).unwrap_or_else(|| "?".into()));
+            self.exited = true;
+        }
+        self.execed.is_some()
     }
 
     /// Take one tick of this process into its profile.
@@ -294,6 +315,7 @@ impl Member {
                 }
             }
             Err(TickError::Gone) | Err(TickError::Denied) => self.exited = true,
+            Err(TickError::Torn(_)) if self.check_exec() => {}
             Err(TickError::Torn(_)) => {
                 self.errors += 1;
                 self.consecutive_errors += 1;
@@ -309,14 +331,15 @@ impl Member {
     /// Give the profile's threads their current OS and Python names. Not once the process
     /// has exited: its pid may be another process's by now, and the last names stand.
     fn name_threads(&mut self) {
-        if self.exited {
+        if self.exited || self.check_exec() {
             return;
         }
         let observer = &mut self.observer;
         self.profile
             .refresh_names(|tid| observer.current_thread_name(tid));
+        let names = observer.python_thread_names();
         self.profile
-            .set_python_names(&observer.python_thread_names());
+            .set_python_names(&names, |tid| observer.thread_alive(tid));
     }
 
     /// The recording of this process, once sampling is over.
@@ -353,7 +376,9 @@ impl Member {
                 } else {
                     0.0
                 },
-                ended: if self.exited {
+                ended: if self.execed.is_some() {
+                    EndReason::TargetExeced
+                } else if self.exited {
                     EndReason::TargetExited
                 } else {
                     ended
@@ -443,7 +468,10 @@ impl Descendants {
         let mut candidates = vec![self.root];
         candidates.extend(process::descendants(&roots));
         for pid in candidates {
-            if members.iter().any(|m| m.observer.pid == pid)
+            // A member that exec'd is gone as that Python; its new program may be another.
+            if members
+                .iter()
+                .any(|m| m.observer.pid == pid && m.execed.is_none())
                 || self.refused.iter().any(|&(p, _)| p == pid)
                 || members.len() >= process::MAX_DESCENDANTS
             {

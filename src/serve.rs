@@ -78,8 +78,8 @@ pub fn serve(options: ServeOptions, stop: Arc<AtomicBool>, announce: fn(&str)) -
             },
         };
         match sample(observer, &options, &metrics, &stop, announce) {
-            EndReason::TargetExited if options.follow_name.is_some() => continue,
-            EndReason::TargetExited => break ServeEnd::TargetExited,
+            e if e.target_gone() && options.follow_name.is_some() => continue,
+            e if e.target_gone() => break ServeEnd::TargetExited,
             _ => break ServeEnd::Stopped,
         }
     };
@@ -159,7 +159,7 @@ fn sample(
     for (recording, _) in &finished {
         let pid = recording.target.pid;
         metrics.add_slice(pid, &recording.profile, &recording.health);
-        if recording.sampler.ended == EndReason::TargetExited {
+        if recording.sampler.ended.target_gone() {
             detach(&mut metrics, pid);
         } else {
             ended = recording.sampler.ended;

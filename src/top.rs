@@ -121,7 +121,7 @@ pub fn top(options: TopOptions, stop: Arc<AtomicBool>) -> Result<TopEnd> {
                     finished
                         .iter()
                         .map(|(r, _)| r.sampler.ended)
-                        .find(|&e| e != EndReason::TargetExited)
+                        .find(|e| !e.target_gone())
                         .unwrap_or(EndReason::TargetExited)
                 } else {
                     let (recording, _) =
@@ -204,7 +204,7 @@ impl Watch {
                 }
                 Ok(Heard::Slice(pid))
             }
-            Ok(News::Ended(EndReason::TargetExited)) => Ok(Heard::End(TopEnd::TargetExited)),
+            Ok(News::Ended(e)) if e.target_gone() => Ok(Heard::End(TopEnd::TargetExited)),
             Ok(News::Ended(_)) => Ok(Heard::End(TopEnd::Quit)),
             Err(()) => Err(Error::Internal("the sampler thread stopped".into())),
         }

@@ -151,6 +151,65 @@ fn usage_errors_exit_2_without_a_backtrace() {
 }
 
 #[test]
+fn a_pid_that_is_not_a_number_or_beyond_any_pid_is_a_usage_error() {
+    for pid in ["/etc/passwd", "99999999999", "12abc", ""] {
+        for command in ["record", "dump", "top"] {
+            let out = run(&[command, "--pid", pid]);
+            assert_error(&out, 2, "not a valid pid");
+        }
+    }
+    let out = run(&["serve", "--pid", "/etc/passwd"]);
+    assert_error(&out, 2, "not a valid pid");
+}
+
+#[test]
+fn a_pid_above_pid_max_is_no_such_process() {
+    let pid_max: i64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4_194_304);
+    let out = run(&[
+        "record",
+        "--pid",
+        &(pid_max + 1).to_string(),
+        "--duration",
+        "1",
+    ]);
+    assert_error(&out, 3, "no process with pid");
+}
+
+#[test]
+fn an_unwritable_output_is_refused_before_recording_without_naming_temporary_files() {
+    for path in ["/nonexistent-dir/r.json", "/proc/r.json"] {
+        let out = run(&["record", "--pid", "1", "-o", path, "--duration", "1"]);
+        let stderr = assert_error(&out, 7, &format!("cannot write {path}"));
+        assert!(!stderr.contains(".gilscope"), "{stderr}");
+    }
+}
+
+#[test]
+fn usage_errors_are_one_line_and_a_hint() {
+    for args in [
+        &["record", "--pid", "1", "--format", "xml"][..],
+        &["record", "--pid", "1", "--bogus"],
+        &["dump"],
+        &["frobnicate"],
+    ] {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(lines.len(), 2, "{args:?}: {stderr}");
+        assert!(lines[0].starts_with("gilscope: "), "{args:?}: {stderr}");
+        assert!(lines[1].starts_with("hint: "), "{args:?}: {stderr}");
+    }
+    let out = run(&["record", "--pid", "1", "--format", "xml"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("possible values: text, json"));
+    let out = run(&["dump"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--pid <PID>"));
+}
+
+#[test]
 fn a_negative_or_zero_pid_is_a_usage_error() {
     let out = run(&["record", "--pid", "0", "--duration", "1"]);
     assert_error(&out, 2, "not a valid pid");

@@ -47,6 +47,16 @@ pub enum EndReason {
     Interrupted,
     /// The target exited.
     TargetExited,
+    /// The target exec'd another program: the Python that was recorded is gone, though the
+    /// process lives on.
+    TargetExeced,
+}
+
+impl EndReason {
+    /// The recorded Python is gone: the process exited or became another program.
+    pub fn target_gone(self) -> bool {
+        matches!(self, EndReason::TargetExited | EndReason::TargetExeced)
+    }
 }
 
 /// How the sampler did.
@@ -244,6 +254,16 @@ pub fn xml_text(text: &str) -> String {
         .replace('\'', "&apos;")
 }
 
+/// The error of creating a temporary file, without the temporary file's name (which the user
+/// never asked for and which no longer exists): "Permission denied (os error 13)".
+pub fn without_temporary_path(error: std::io::Error) -> std::io::Error {
+    let text = error.to_string();
+    match text.split_once(" at path ") {
+        Some((reason, _)) => std::io::Error::new(error.kind(), reason.to_string()),
+        None => error,
+    }
+}
+
 /// Write `contents` to `path` so that readers see the old file or the whole new one, never
 /// a part: write a temporary file beside it, flush it to disk, then rename it over.
 /// What is not a regular file (`/dev/null`, `/dev/stdout`, a FIFO) is written to, never
@@ -269,7 +289,8 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     };
     let mut file = tempfile::Builder::new()
         .prefix(".gilscope-")
-        .tempfile_in(dir)?;
+        .tempfile_in(dir)
+        .map_err(without_temporary_path)?;
     file.write_all(contents)?;
     file.as_file().sync_all()?;
     let mode = existing_mode(path).unwrap_or_else(default_mode);

@@ -418,10 +418,15 @@ impl Profile {
 
     /// Give threads their Python names, by `threading.get_ident()`. A name once learned is
     /// kept after the thread leaves `threading`'s registry (it still ran under that name).
-    pub fn set_python_names(&mut self, names: &HashMap<u64, String>) {
-        for thread in &mut self.threads {
+    /// Only threads `alive` (by tid) now take a name: an ended thread's ident may already be
+    /// a new thread's, and the name read with it that thread's.
+    pub fn set_python_names(&mut self, names: &HashMap<u64, String>, alive: impl Fn(i32) -> bool) {
+        for (&tid, &row) in &self.rows {
+            let thread = &mut self.threads[row];
             if let Some(name) = thread.thread_id.and_then(|id| names.get(&id)) {
-                thread.python_name = Some(name.clone());
+                if alive(tid) {
+                    thread.python_name = Some(name.clone());
+                }
             }
         }
     }
@@ -545,17 +550,46 @@ mod tests {
         assert_eq!(first.counts.total(), 2);
         profile.refresh_names(|tid| Some(format!("worker-{tid}")));
         assert!(profile.threads().iter().any(|t| t.name() == "worker-5"));
+        // Ident 5 ended (tid 5 is ident 99's now): a name read for 5 belongs to whoever
+        // has that ident now, not to the thread that ended.
         let mut python = HashMap::new();
         python.insert(5u64, "MainThread".to_string());
-        profile.set_python_names(&python);
+        profile.set_python_names(&python, |_| true);
         let threads = profile.threads();
-        let renamed = threads.iter().find(|t| t.thread_id == Some(5)).unwrap();
-        assert_eq!(renamed.name(), "MainThread");
+        let ended = threads.iter().find(|t| t.thread_id == Some(5)).unwrap();
+        assert_eq!(ended.python_name, None);
         let recycled = threads.iter().find(|t| t.thread_id == Some(99)).unwrap();
         assert_eq!(
             (recycled.name(), recycled.os_name.as_str()),
             ("worker-5", "worker-5")
         );
+        python.insert(99u64, "Thread-2".to_string());
+        profile.set_python_names(&python, |_| true);
+        let recycled = profile
+            .threads()
+            .into_iter()
+            .find(|t| t.thread_id == Some(99));
+        assert_eq!(recycled.unwrap().name(), "Thread-2");
+    }
+
+    #[test]
+    fn an_ended_thread_takes_no_name_read_after_it_ended() {
+        let mut profile = Profile::new();
+        profile.add(
+            &sample(0, 0, &[(5, ThreadState::Hold), (6, ThreadState::Idle)]),
+            |_| "python3".into(),
+        );
+        // Threads 5 and 6 were named while alive; then 6 ended and its ident went to a new
+        // thread named "short-368".
+        let mut names = HashMap::new();
+        names.insert(5u64, "worker".to_string());
+        names.insert(6u64, "first".to_string());
+        profile.set_python_names(&names, |_| true);
+        names.insert(6u64, "short-368".to_string());
+        profile.set_python_names(&names, |tid| tid == 5);
+        let threads = profile.threads();
+        let name = |tid| threads.iter().find(|t| t.tid == tid).unwrap().name();
+        assert_eq!((name(5), name(6)), ("worker", "first"));
     }
 
     #[test]

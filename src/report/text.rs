@@ -30,6 +30,7 @@ pub fn render(recording: &Recording) -> String {
         EndReason::Duration => "",
         EndReason::Interrupted => " (interrupted)",
         EndReason::TargetExited => " (target exited)",
+        EndReason::TargetExeced => " (target exec'd another program)",
     };
     let _ = writeln!(
         out,
@@ -187,7 +188,7 @@ fn who_makes_them_wait(out: &mut String, recording: &Recording, table: &StackTab
             Some((&leaf, callers)) => {
                 let mut text = frame_text(table, leaf);
                 for &caller in callers.iter().rev().take(TEXT_CALLERS) {
-                    let name = table.frame(caller).map(|f| f.function.to_string());
+                    let name = table.frame(caller).map(|f| display_name(&f.function));
                     text.push_str(&format!(" <- {}", name.unwrap_or_default()));
                 }
                 text

@@ -230,6 +230,11 @@ impl<M: Memory> Observer<M> {
         self.tasks.name(tid)
     }
 
+    /// Is thread `tid` of the target alive now?
+    pub fn thread_alive(&self, tid: i32) -> bool {
+        std::path::Path::new(&format!("/proc/{}/task/{tid}", self.pid)).exists()
+    }
+
     /// Take one tick.
     pub fn observe(&mut self) -> Result<Observation, TickError> {
         let start_ns = monotonic_ns();

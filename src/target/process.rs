@@ -196,6 +196,22 @@ pub fn executable(pid: i32) -> Option<PathBuf> {
     std::fs::read_link(format!("/proc/{pid}/exe")).ok()
 }
 
+/// What changes when a process execs another program and at no other time: the address of
+/// the random bytes the kernel puts on each new program's stack (`AT_RANDOM` in
+/// /proc/PID/auxv). None if the process is gone or hides it.
+pub fn exec_identity(pid: i32) -> Option<u64> {
+    const AT_RANDOM: u64 = 25;
+    let auxv = std::fs::read(format!("/proc/{pid}/auxv")).ok()?;
+    auxv.chunks_exact(16)
+        .map(|pair| {
+            let word =
+                |at: usize| u64::from_ne_bytes(pair[at..at + 8].try_into().unwrap_or([0; 8]));
+            (word(0), word(8))
+        })
+        .find(|&(key, _)| key == AT_RANDOM)
+        .map(|(_, value)| value)
+}
+
 /// May this process read the target's memory? Opening /proc/PID/mem makes the kernel check
 /// the same ptrace access mode as process_vm_readv, without touching the target.
 pub fn may_inspect(pid: i32) -> Result<(), std::io::Error> {
@@ -241,6 +257,26 @@ mod tests {
         assert_eq!(liveness(pid), Liveness::Alive);
         assert!(may_inspect(pid).is_ok());
         assert!(command_line(pid).is_some());
+    }
+
+    #[test]
+    fn an_exec_changes_the_identity_and_nothing_else_does() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 0.4; exec sleep 5"])
+            .spawn()
+            .expect("sh");
+        let pid = child.id() as i32;
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let before = exec_identity(pid);
+        assert!(before.is_some());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert_eq!(exec_identity(pid), before, "no exec yet");
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        let after = exec_identity(pid);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(after.is_some());
+        assert_ne!(after, before, "sh exec'd sleep");
     }
 
     #[test]
