@@ -4,6 +4,8 @@
 pub mod cli;
 pub mod dump;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod python;
 pub mod record;
 pub mod reference;

@@ -110,6 +110,8 @@ pub struct Interpreter {
     pub notes: Vec<String>,
     /// Address of the pointer to the first interpreter (`interpreters.head`, `interp_head`).
     head: u64,
+    /// Address of `_PyRuntime` (3.7+).
+    runtime: Option<u64>,
     gil: GilAddresses,
     pthreads: PthreadTids,
 }
@@ -140,6 +142,7 @@ impl Interpreter {
             layout_source,
             notes: Vec::new(),
             head: 0,
+            runtime,
             gil: GilAddresses::in_struct(0, layout::DEFAULT_GIL),
             pthreads: PthreadTids::new(),
         };
@@ -147,9 +150,63 @@ impl Interpreter {
         Ok(interpreter)
     }
 
+    /// An interpreter put together from parts found earlier, with no process behind it: for
+    /// memory images (saved snapshots, fuzzing). `attach` is the way to a live one.
+    pub fn from_parts(
+        version: Version,
+        layout: Layout,
+        layout_source: LayoutSource,
+        head: u64,
+        runtime: Option<u64>,
+        gil: GilAddresses,
+    ) -> Interpreter {
+        Interpreter {
+            pid: 0,
+            version,
+            binary: String::new(),
+            layout,
+            layout_source,
+            notes: Vec::new(),
+            head,
+            runtime,
+            gil,
+            pthreads: PthreadTids::new(),
+        }
+    }
+
     /// The GIL's field addresses (for classifying futex waits).
     pub fn gil(&self) -> &GilAddresses {
         &self.gil
+    }
+
+    /// Address of the pointer to the first interpreter.
+    pub fn head(&self) -> u64 {
+        self.head
+    }
+
+    /// Address of `_PyRuntime`, on versions that have one.
+    pub fn runtime(&self) -> Option<u64> {
+        self.runtime
+    }
+
+    /// Find `interpreters.head` and the GIL from `_PyRuntime` (3.7+), checking each against
+    /// the memory and scanning for their shapes where the layout's offsets have drifted.
+    pub fn locate_in_runtime(&mut self, runtime: u64, memory: &dyn Memory) -> Result<()> {
+        self.head = runtime + self.layout.runtime_interpreters_head;
+        if self.first_threads(memory).is_err() {
+            let offset = self
+                .scan_for_head(runtime, memory)
+                .ok_or_else(|| self.not_ready_or_layout(memory, "the interpreter list"))?;
+            self.notes.push(format!(
+                "interpreters.head found at _PyRuntime+{offset} (table: +{})",
+                self.layout.runtime_interpreters_head
+            ));
+            self.layout.runtime_interpreters_head = offset;
+            self.head = runtime + offset;
+        }
+        self.gil = self.locate_gil(runtime, memory)?;
+        self.gil.current = self.locate_current(runtime, memory);
+        Ok(())
     }
 
     /// Find `interpreters.head` and the GIL, checking each against the live process.
@@ -172,22 +229,7 @@ impl Interpreter {
                 self.gil = legacy_gil(binary).ok_or_else(|| missing("the GIL variables"))?;
                 self.first_threads(memory)?;
             }
-            (_, Some(runtime)) => {
-                self.head = runtime + self.layout.runtime_interpreters_head;
-                if self.first_threads(memory).is_err() {
-                    let offset = self
-                        .scan_for_head(runtime, memory)
-                        .ok_or_else(|| self.not_ready_or_layout(memory, "the interpreter list"))?;
-                    self.notes.push(format!(
-                        "interpreters.head found at _PyRuntime+{offset} (table: +{})",
-                        self.layout.runtime_interpreters_head
-                    ));
-                    self.layout.runtime_interpreters_head = offset;
-                    self.head = runtime + offset;
-                }
-                self.gil = self.locate_gil(runtime, memory)?;
-                self.gil.current = self.locate_current(runtime, memory);
-            }
+            (_, Some(runtime)) => self.locate_in_runtime(runtime, memory)?,
             (_, None) => return Err(missing("_PyRuntime")),
         }
         Ok(())

@@ -42,7 +42,24 @@ pub struct ElfFile {
     pub has_symtab: bool,
     symbols: HashMap<String, Symbol>,
     sections: Vec<Section>,
-    data: Mmap,
+    data: ElfData,
+}
+
+/// The bytes of an ELF file: mapped from disk, or already in memory.
+pub enum ElfData {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for ElfData {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            ElfData::Mapped(map) => map,
+            ElfData::Owned(bytes) => bytes,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +89,12 @@ impl ElfFile {
             path: path.clone(),
             source,
         })?;
+        ElfFile::parse(path, ElfData::Mapped(data), mappings)
+    }
+
+    /// Read the object in `data` as mapped at `mappings`: the one parser `open` uses, for
+    /// files already in memory (fuzzing, saved binaries). Never panics on any bytes.
+    pub fn parse(path: String, data: ElfData, mappings: &[&Mapping]) -> Result<ElfFile, ElfError> {
         let parsed = parse_tables(&data).map_err(|reason| ElfError::Parse {
             path: path.clone(),
             reason,
