@@ -9,19 +9,28 @@ pub const MAX_STR_CHARS: u64 = 4096;
 /// Longest `bytes` read: a line table of a very large function.
 pub const MAX_BYTES: u64 = 1 << 20;
 
-/// The `kind` of a compact string: bytes per character.
+/// A code point of a `str`. A lone surrogate (what `os.fsdecode` makes of bytes that are not
+/// UTF-8, so common in `co_filename`) has no Rust `char`: it becomes U+FFFD. Past U+10FFFF
+/// is no code point at all: the object is not a string (None).
+fn code_point(value: u32) -> Option<char> {
+    match value {
+        0xD800..=0xDFFF => Some(char::REPLACEMENT_CHARACTER),
+        _ => char::from_u32(value),
+    }
+}
+
+/// The `kind` of a compact string: bytes per character. Each unit is one code point (a
+/// UCS-2 string holds no surrogate pairs, only surrogates).
 fn decode(kind: u32, data: &[u8]) -> Option<String> {
     match kind {
         1 => Some(data.iter().map(|&b| b as char).collect()),
-        2 => char::decode_utf16(
-            data.chunks_exact(2)
-                .map(|c| u16::from_le_bytes([c[0], c[1]])),
-        )
-        .collect::<Result<String, _>>()
-        .ok(),
+        2 => data
+            .chunks_exact(2)
+            .map(|c| code_point(u16::from_le_bytes([c[0], c[1]]) as u32))
+            .collect(),
         4 => data
             .chunks_exact(4)
-            .map(|c| char::from_u32(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .map(|c| code_point(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
             .collect(),
         _ => None,
     }
@@ -146,6 +155,35 @@ mod tests {
                     "3.{minor}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn lone_surrogates_read_as_replacement_characters() {
+        let layout = table_for(&Version::new(3, 12, 0)).unwrap().stack.unwrap();
+        // os.fsdecode(b"/tmp/\xff-\xe9.py"): kind 2, two lone low surrogates; then a kind 4
+        // string with a surrogate pair's halves, which stay two code points.
+        for (units, kind, expected) in [
+            (
+                vec![0x2fu32, 0xdcff, 0x2d, 0xdce9, 0x2e],
+                2u32,
+                "/\u{fffd}-\u{fffd}.",
+            ),
+            (vec![0x1f40d, 0xd83d, 0xde00], 4, "🐍\u{fffd}\u{fffd}"),
+        ] {
+            let mut object = str_object(&layout, "");
+            let u = layout.unicode;
+            object[u.length as usize..u.length as usize + 8]
+                .copy_from_slice(&(units.len() as u64).to_le_bytes());
+            let state = (kind << 2) | (1 << 5);
+            object[u.state as usize..u.state as usize + 4].copy_from_slice(&state.to_le_bytes());
+            object.resize(u.compact_data as usize, 0);
+            for unit in units {
+                object.extend_from_slice(&unit.to_le_bytes()[..kind as usize]);
+            }
+            let mut image = MemoryImage::new();
+            image.add(0x10000, object);
+            assert_eq!(read_str(&image, 0x10000, &layout).unwrap(), expected);
         }
     }
 
