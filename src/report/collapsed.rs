@@ -11,16 +11,10 @@ use crate::sample::ThreadState;
 pub const UNHELD: &str = "[GIL not held: hand-off]";
 
 /// A frame label made safe for the folded format: `;` separates frames and a line ends a
-/// stack, so neither may appear inside a label.
+/// stack, so a `;` becomes `:` and control characters are escaped as in the text report
+/// (`\n`, `\u{1b}`): the SVG drawn from these lines may hold no raw control character either.
 pub fn clean(label: &str) -> String {
-    label
-        .chars()
-        .map(|c| match c {
-            ';' => ':',
-            '\n' | '\r' | '\t' => ' ',
-            c => c,
-        })
-        .collect()
+    super::printable(label).replace(';', ":")
 }
 
 /// "name (tid)": how a thread heads its stacks.
@@ -124,4 +118,17 @@ fn lines(stacks: BTreeMap<Vec<String>, u64>) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_labels_stay_one_frame_on_one_line() {
+        assert_eq!(
+            clean("a;b\nc\td\u{1b}[2J\0 (f;x.py:3)"),
+            "a:b\\nc\\td\\u{1b}[2J\\u{0} (f:x.py:3)"
+        );
+    }
 }

@@ -5,6 +5,7 @@ use std::fmt::Write;
 
 use serde_json::{json, Value};
 
+use super::printable;
 use crate::dump::Snapshot;
 use crate::python::stack::Frame;
 use crate::sample::ThreadState;
@@ -30,7 +31,7 @@ pub fn text(snapshot: &Snapshot) -> String {
         t.pid, t.python_version, t.binary
     );
     if !t.command_line.is_empty() {
-        let _ = writeln!(out, "command: {}", t.command_line);
+        let _ = writeln!(out, "command: {}", printable(&t.command_line));
     }
     let holder = snapshot
         .threads
@@ -40,7 +41,7 @@ pub fn text(snapshot: &Snapshot) -> String {
         out,
         "GIL: {}; switch interval {:.1} ms",
         match holder {
-            Some(h) => format!("held by {} ({})", h.name, h.tid),
+            Some(h) => format!("held by {} ({})", printable(&h.name), h.tid),
             None if snapshot.gil_locked => "locked (being handed over)".to_string(),
             None => "free".to_string(),
         },
@@ -63,13 +64,13 @@ pub fn text(snapshot: &Snapshot) -> String {
                 .stack
                 .and_then(|s| table.leaf(s))
                 .and_then(|f| table.frame(f))
-                .map(|f| f.label())
+                .map(|f| printable(&f.label()))
                 .unwrap_or_else(|| "(stack not captured)".into());
             let _ = writeln!(
                 out,
                 "the others waited most ({:.0}% of waiting) while {} ({}) ran {}",
                 100.0 * share,
-                top.holder.name(),
+                printable(top.holder.name()),
                 top.holder.tid,
                 place
             );
@@ -84,7 +85,7 @@ pub fn text(snapshot: &Snapshot) -> String {
             out,
             "Thread {} \"{}\": {}",
             thread.tid,
-            thread.name.escape_debug(),
+            printable(&thread.name),
             state_text(thread.state)
         );
         if let Some(f) = fractions.get(&thread.tid) {
@@ -104,7 +105,7 @@ pub fn text(snapshot: &Snapshot) -> String {
             }
             Some(frames) => {
                 for frame in frames {
-                    let _ = writeln!(out, "    {}", frame.label().escape_debug());
+                    let _ = writeln!(out, "    {}", printable(&frame.label()));
                 }
             }
             None if thread.thread_id.is_none() => {

@@ -12,7 +12,13 @@ pub fn render(recording: &Recording, options: &RenderOptions) -> String {
         "process {} (Python {})",
         recording.target.pid, recording.target.python_version
     );
-    document(collapsed::folded(recording, options), options, &name, 1)
+    document(
+        collapsed::folded(recording, options),
+        &frames_by_label(std::slice::from_ref(recording)),
+        options,
+        &name,
+        1,
+    )
 }
 
 /// Several processes: a profile per thread of each process, named after both.
@@ -24,6 +30,7 @@ pub fn render_processes(recordings: &[Recording], options: &RenderOptions) -> St
     let name = format!("processes {}", pids.join(", "));
     document(
         collapsed::folded_processes(recordings, options),
+        &frames_by_label(recordings),
         options,
         &name,
         2,
@@ -33,6 +40,7 @@ pub fn render_processes(recordings: &[Recording], options: &RenderOptions) -> St
 /// The speedscope document of folded stacks, a profile per distinct first `roots` frames.
 fn document(
     folded: std::collections::BTreeMap<Vec<String>, u64>,
+    by_label: &HashMap<String, Value>,
     options: &RenderOptions,
     name: &str,
     roots: usize,
@@ -52,7 +60,12 @@ fn document(
             .iter()
             .map(|label| {
                 *frame_index.entry(label.clone()).or_insert_with(|| {
-                    frames.push(frame_json(label));
+                    frames.push(
+                        by_label
+                            .get(label)
+                            .cloned()
+                            .unwrap_or_else(|| json!({ "name": label })),
+                    );
                     frames.len() - 1
                 })
             })
@@ -96,16 +109,26 @@ fn document(
     out
 }
 
-/// A frame from its label "function (file:line)"; pseudo-frames have a name only.
-fn frame_json(label: &str) -> Value {
-    if let Some(open) = label.rfind(" (") {
-        if let Some(inner) = label[open + 2..].strip_suffix(')') {
-            if let Some((file, line)) = inner.rsplit_once(':') {
-                if let Ok(line) = line.parse::<u64>() {
-                    return json!({"name": &label[..open], "file": file, "line": line});
-                }
+/// Each Python frame's speedscope frame by its folded label. The label cannot be split back
+/// into function and file: either may hold " (" and ":". Frames with no file (the marker of a
+/// truncated stack) and pseudo-frames (threads, states) are not here: they have a name only.
+fn frames_by_label(recordings: &[Recording]) -> HashMap<String, Value> {
+    let mut frames = HashMap::new();
+    for table in recordings.iter().filter_map(|r| r.stacks.as_ref()) {
+        for frame in (0..).map_while(|id| table.frame(id)) {
+            if frame.file.is_empty() {
+                continue;
             }
+            frames
+                .entry(collapsed::clean(&frame.label()))
+                .or_insert_with(|| {
+                    json!({
+                        "name": collapsed::clean(&frame.function),
+                        "file": collapsed::clean(&frame.file),
+                        "line": frame.line,
+                    })
+                });
         }
     }
-    json!({ "name": label })
+    frames
 }
