@@ -46,7 +46,16 @@ struct Cursor {
     end_ns: Option<u64>,
     switch_number: Option<u64>,
     health: Health,
+    /// Thread names given a series of their own so far.
+    thread_names: std::collections::HashSet<String>,
 }
+
+/// Thread names per process that get series of their own. A program that starts a thread per
+/// request, each with a new name ("Thread-1234"), would otherwise add series without end,
+/// which Prometheus pays for with memory; later names add up under `OTHER_THREADS`.
+pub const MAX_THREAD_SERIES: usize = 100;
+/// The thread label of the series that sums threads beyond `MAX_THREAD_SERIES`.
+pub const OTHER_THREADS: &str = "[other threads]";
 
 pub struct Metrics {
     registry: Registry,
@@ -222,11 +231,19 @@ impl Metrics {
         cursor.end_ns = Some(profile.end_ns);
         let per_sample = credit_ns as f64 / 1e9 / profile.samples as f64;
         for thread in profile.threads() {
+            let mut name = thread.name();
+            if !cursor.thread_names.contains(name) {
+                if cursor.thread_names.len() < MAX_THREAD_SERIES {
+                    cursor.thread_names.insert(name.to_string());
+                } else {
+                    name = OTHER_THREADS;
+                }
+            }
             for state in ThreadState::ALL {
                 self.thread_seconds
                     .get_or_create(&ThreadLabels {
                         pid: labels.pid.clone(),
-                        thread: thread.name().to_string(),
+                        thread: name.to_string(),
                         state: state.name().to_string(),
                     })
                     .inc_by(thread.counts.get(state) as f64 * per_sample);
@@ -293,6 +310,34 @@ mod tests {
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
             .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    }
+
+    #[test]
+    fn threads_beyond_the_series_limit_add_up_under_one_label() {
+        let mut metrics = Metrics::new();
+        metrics.attached(&target(42));
+        // 300 threads, each named anew, one tick each, holding.
+        let mut profile = Profile::new();
+        for i in 0..300u64 {
+            profile.add(
+                &test_sample(i * 1_000_000, i, &[(10 + i as i32, Hold)]),
+                |t| format!("Thread-{t}"),
+            );
+        }
+        metrics.add_slice(42, &profile, &Health::default());
+        let text = metrics.encode();
+        let series: std::collections::HashSet<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("gilscope_thread_gil_seconds_total{"))
+            .filter_map(|l| l.split("thread=\"").nth(1)?.split('"').next())
+            .collect();
+        assert_eq!(series.len(), MAX_THREAD_SERIES + 1, "{series:?}");
+        let other = value(
+            &text,
+            "gilscope_thread_gil_seconds_total{pid=\"42\",thread=\"[other threads]\",state=\"hold\"}",
+        );
+        // 200 of the 300 ticks, at 1 ms each (the first also credits one tick).
+        assert!((other - 0.2).abs() < 0.002, "{other}");
     }
 
     #[test]

@@ -118,6 +118,25 @@ impl ThreadProfile {
         self.counts.fraction(state)
     }
 
+    /// Add another thread's ticks to this one's (folding threads that ended).
+    fn absorb(&mut self, other: ThreadProfile) {
+        for (mine, theirs) in self.counts.by_state.iter_mut().zip(other.counts.by_state) {
+            *mine += theirs;
+        }
+        self.first_ns = self.first_ns.min(other.first_ns);
+        self.last_ns = self.last_ns.max(other.last_ns);
+        for (mine, theirs) in self.stacks.iter_mut().zip(other.stacks) {
+            for (stack, n) in theirs {
+                *mine.entry(stack).or_default() += n;
+            }
+        }
+        for (key, n) in other.waited_on {
+            *self.waited_on.entry(key).or_default() += n;
+        }
+        self.wakeups += other.wakeups;
+        self.wakeup_wait_ticks += other.wakeup_wait_ticks;
+    }
+
     /// 95% half-width for the fraction of `state`.
     pub fn margin(&self, state: ThreadState) -> Option<f64> {
         sampling_margin(self.fraction(state), self.counts.total())
@@ -165,7 +184,23 @@ pub struct Profile {
     pub blame_unheld: u64,
     /// Each thread's runs of one state in time order, when a timeline format needs them.
     pub timeline: Option<Timeline>,
+    /// Threads that ended and were summed into one row (`FOLDED_TID`) to bound memory.
+    pub folded_threads: u64,
+    next_fold_ns: u64,
 }
+
+/// Rows kept before threads that ended are folded together: a program that starts a thread
+/// per request would otherwise grow the profile (and the report) by a row per request.
+pub const MAX_THREAD_ROWS: usize = 1024;
+/// Threads that ended kept as rows of their own when folding: those that held or waited for
+/// the GIL most.
+pub const KEEP_ENDED_ROWS: usize = 256;
+/// A thread not seen for this long has ended (a live thread is listed at every tick).
+const ENDED_AFTER_NS: u64 = 1_000_000_000;
+/// How often at most rows are folded.
+const FOLD_EVERY_NS: u64 = 100_000_000;
+/// The tid of the row that sums folded threads (no real thread has tid 0).
+pub const FOLDED_TID: i32 = 0;
 
 /// What the waiters of a recording waited on: one holder's stack, weighted by the number
 /// of threads that waited while it held.
@@ -198,6 +233,8 @@ impl Profile {
             blame: HashMap::new(),
             blame_unheld: 0,
             timeline: None,
+            folded_threads: 0,
+            next_fold_ns: 0,
         }
     }
 
@@ -305,6 +342,87 @@ impl Profile {
                 None => self.blame_unheld += waiters,
             }
         }
+        if self.threads.len() > MAX_THREAD_ROWS
+            && self.timeline.is_none()
+            && sample.time_ns >= self.next_fold_ns
+        {
+            self.fold_ended(sample.time_ns);
+            // Folding walks every row: not at every tick when many threads are recent.
+            self.next_fold_ns = sample.time_ns + FOLD_EVERY_NS;
+        }
+    }
+
+    /// Sum the threads that ended, but for the `KEEP_ENDED_ROWS` that held or waited most,
+    /// into one row, renumbering the rows that stay (blame and waits name rows). Not done
+    /// with a timeline, whose spans name every thread's row.
+    fn fold_ended(&mut self, now_ns: u64) {
+        let ended = |t: &ThreadProfile| {
+            t.tid != FOLDED_TID && t.last_ns.saturating_add(ENDED_AFTER_NS) < now_ns
+        };
+        let mut candidates: Vec<usize> = (0..self.threads.len())
+            .filter(|&row| ended(&self.threads[row]))
+            .collect();
+        let weight =
+            |t: &ThreadProfile| t.counts.get(ThreadState::Hold) + t.counts.get(ThreadState::Wait);
+        candidates.sort_by_key(|&row| std::cmp::Reverse(weight(&self.threads[row])));
+        let fold: std::collections::HashSet<usize> =
+            candidates.into_iter().skip(KEEP_ENDED_ROWS).collect();
+        if fold.is_empty() {
+            return;
+        }
+        let existing = self.threads.iter().position(|t| t.tid == FOLDED_TID);
+        let mut kept = Vec::with_capacity(self.threads.len() - fold.len() + 1);
+        let mut new_row = vec![0usize; self.threads.len()];
+        let mut folded: Option<ThreadProfile> = None;
+        for (row, thread) in std::mem::take(&mut self.threads).into_iter().enumerate() {
+            if fold.contains(&row) || Some(row) == existing {
+                if Some(row) != existing {
+                    self.folded_threads += 1;
+                }
+                folded = Some(match folded {
+                    None => thread,
+                    Some(mut sum) => {
+                        sum.absorb(thread);
+                        sum
+                    }
+                });
+            } else {
+                new_row[row] = kept.len();
+                kept.push(thread);
+            }
+        }
+        let mut sum = folded.expect("at least one row folded");
+        sum.tid = FOLDED_TID;
+        sum.thread_id = None;
+        sum.os_name = String::new();
+        sum.python_name = Some(format!("[{} threads that ended]", self.folded_threads));
+        sum.previous = None;
+        sum.waking = false;
+        let sum_row = kept.len();
+        for (row, slot) in new_row.iter_mut().enumerate() {
+            if fold.contains(&row) || Some(row) == existing {
+                *slot = sum_row;
+            }
+        }
+        kept.push(sum);
+        let rekey = |map: HashMap<(usize, Option<StackId>), u64>| {
+            let mut out: HashMap<(usize, Option<StackId>), u64> = HashMap::new();
+            for ((row, stack), n) in map {
+                *out.entry((new_row[row], stack)).or_default() += n;
+            }
+            out
+        };
+        for thread in &mut kept {
+            thread.waited_on = rekey(std::mem::take(&mut thread.waited_on));
+        }
+        self.blame = rekey(std::mem::take(&mut self.blame));
+        self.rows = kept
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.tid != FOLDED_TID)
+            .map(|(row, t)| (t.tid, row))
+            .collect();
+        self.threads = kept;
     }
 
     /// What the waiters waited on, most first.
@@ -570,6 +688,77 @@ mod tests {
             .into_iter()
             .find(|t| t.thread_id == Some(99));
         assert_eq!(recycled.unwrap().name(), "Thread-2");
+    }
+
+    #[test]
+    fn threads_that_ended_are_folded_into_one_row_and_nothing_is_lost() {
+        let mut profile = Profile::new();
+        let ms = 1_000_000u64;
+        // Thread 1 holds throughout; 2,000 short threads wait one tick each, one a tick.
+        for i in 0..2000u64 {
+            let short = 10 + i as i32;
+            let state = if i % 2 == 0 {
+                ThreadState::Wait
+            } else {
+                ThreadState::Running
+            };
+            profile.add(
+                &sample(i * ms, i, &[(1, ThreadState::Hold), (short, state)]),
+                |_| "t".into(),
+            );
+        }
+        let threads = profile.threads();
+        // Left: the threads of the last second (not known to have ended: 1,001 here) and
+        // those since the last fold (at most 100 ms: 100), the heaviest that ended, thread 1
+        // and the folded row.
+        assert!(
+            threads.len() <= 1001 + 100 + KEEP_ENDED_ROWS + 2,
+            "{}",
+            threads.len()
+        );
+        let folded = threads.iter().find(|t| t.tid == FOLDED_TID).unwrap();
+        assert_eq!(
+            folded.name(),
+            format!("[{} threads that ended]", profile.folded_threads)
+        );
+        // Every tick of every thread is still counted: 2,000 for thread 1, 2,000 short.
+        let total: u64 = threads.iter().map(|t| t.counts.total()).sum();
+        assert_eq!(total, 4000);
+        let holder = threads.iter().find(|t| t.tid == 1).unwrap();
+        assert_eq!(holder.counts.get(ThreadState::Hold), 2000);
+        // Each wait is blamed on thread 1, whose row moved as rows were folded.
+        let blame = profile.blame();
+        assert_eq!(blame.len(), 1);
+        assert_eq!((blame[0].holder.tid, blame[0].waiter_ticks), (1, 1000));
+        let waits: u64 = threads
+            .iter()
+            .flat_map(|t| t.waited_on.iter())
+            .map(|(&(row, _), &n)| {
+                assert_eq!(profile.thread_at(row).unwrap().tid, 1);
+                n
+            })
+            .sum();
+        assert_eq!(waits, 1000);
+        // The threads kept are those that waited (the heaviest), plus the recent ones.
+        let kept_waiters = threads
+            .iter()
+            .filter(|t| t.tid >= 10 && t.counts.get(ThreadState::Wait) == 1)
+            .count();
+        assert!(kept_waiters >= KEEP_ENDED_ROWS, "{kept_waiters}");
+    }
+
+    #[test]
+    fn a_timeline_keeps_every_thread_row() {
+        let mut profile = Profile::new();
+        profile.record_timeline();
+        for i in 0..1500u64 {
+            profile.add(
+                &sample(i * 1_000_000, i, &[(10 + i as i32, ThreadState::Hold)]),
+                |_| "t".into(),
+            );
+        }
+        assert_eq!(profile.threads().len(), 1500);
+        assert_eq!(profile.folded_threads, 0);
     }
 
     #[test]
