@@ -174,10 +174,14 @@ fn classify_read_error(addr: u64, len: usize, error: &remoteprocess::Error) -> R
     }
 }
 
-/// A memory image for tests: a few regions of bytes at fixed addresses.
+/// A memory image for tests and fuzzing: regions of bytes at fixed addresses. Where regions
+/// overlap, the one added first answers.
 #[derive(Default, Clone)]
 pub struct MemoryImage {
     regions: Vec<(u64, Vec<u8>)>,
+    /// (start, index in `regions`), sorted: a snapshot has thousands of regions.
+    by_start: Vec<(u64, usize)>,
+    longest: u64,
 }
 
 impl MemoryImage {
@@ -186,32 +190,40 @@ impl MemoryImage {
     }
 
     pub fn add(&mut self, addr: u64, bytes: Vec<u8>) {
+        let key = (addr, self.regions.len());
+        let at = self.by_start.partition_point(|k| *k < key);
+        self.by_start.insert(at, key);
+        self.longest = self.longest.max(bytes.len() as u64);
         self.regions.push((addr, bytes));
     }
 }
 
 impl Memory for MemoryImage {
     fn read_exact(&self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
-        for (start, bytes) in &self.regions {
-            let Some(offset) = addr.checked_sub(*start) else {
-                continue;
-            };
-            let Ok(offset) = usize::try_from(offset) else {
-                continue;
-            };
-            if let Some(src) = offset
-                .checked_add(buf.len())
-                .and_then(|end| bytes.get(offset..end))
-            {
+        // Only regions starting at most `longest` bytes below `addr` can hold it.
+        let end = self.by_start.partition_point(|&(start, _)| start <= addr);
+        let lowest = addr.saturating_sub(self.longest);
+        let begin = self.by_start[..end].partition_point(|&(start, _)| start < lowest);
+        let holder = self.by_start[begin..end]
+            .iter()
+            .filter_map(|&(start, index)| {
+                let offset = usize::try_from(addr - start).ok()?;
+                let bytes = &self.regions[index].1;
+                let src = bytes.get(offset..offset.checked_add(buf.len())?)?;
+                Some((index, src))
+            })
+            .min_by_key(|(index, _)| *index);
+        match holder {
+            Some((_, src)) => {
                 buf.copy_from_slice(src);
-                return Ok(());
+                Ok(())
             }
+            None => Err(ReadError::Fault {
+                addr,
+                len: buf.len(),
+                errno: libc::EFAULT,
+            }),
         }
-        Err(ReadError::Fault {
-            addr,
-            len: buf.len(),
-            errno: libc::EFAULT,
-        })
     }
 }
 
@@ -235,6 +247,18 @@ mod tests {
             image.read_u64(0x10),
             Err(ReadError::BadPointer { .. })
         ));
+    }
+
+    #[test]
+    fn the_region_added_first_answers_where_regions_overlap() {
+        let mut image = MemoryImage::new();
+        image.add(0x10000, vec![1; 64]);
+        image.add(0x10008, vec![2; 8]);
+        image.add(0x8000, vec![3; 0x9000]);
+        assert_eq!(image.read_u64(0x10008).unwrap(), 0x0101_0101_0101_0101);
+        assert_eq!(image.read_u64(0x8000).unwrap(), 0x0303_0303_0303_0303);
+        assert_eq!(image.read_u64(0x11000 - 8).unwrap(), 0x0303_0303_0303_0303);
+        assert!(image.read_u64(0x11000 - 4).is_err());
     }
 
     #[test]
