@@ -1,0 +1,588 @@
+//! Reliability end to end: targets that exec or churn threads, gilscope killed in the middle
+//! of a recording, output files replaced only whole, and memory that stays bounded.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use common::{fixture_path, gilscope, stderr_of, Fixture, Python};
+
+/// Sampling rate of the churn and kill tests: the highest a user would ask for with stacks.
+const RATE_HZ: f64 = 1000.0;
+/// How long after its kernel exit event a thread may still be listed: the event fires in
+/// do_exit, a moment before the thread leaves /proc/PID/task.
+const EXIT_GRACE_NS: u64 = 2_000_000;
+
+type Test = fn(&Python) -> Result<(), Failed>;
+
+fn main() {
+    let mut args = Arguments::from_args();
+    // Spinning fixtures on a shared two-core machine: one test at a time.
+    args.test_threads = Some(1);
+    let pythons = common::pythons();
+    let mut trials: Vec<Trial> = Vec::new();
+    let per_version: [(&str, Test); 2] = [
+        (
+            "a_target_that_execs_ends_the_recording_with_a_note",
+            exec_note,
+        ),
+        ("thread_churn_reports_no_thread_after_it_ended", churn),
+    ];
+    for (name, test) in per_version {
+        trials.extend(common::per_interpreter(&pythons, name, move |python| {
+            let _exclusive = common::exclusive();
+            test(python).map(|()| Completion::Completed)
+        }));
+    }
+    let once: [(&str, Test); 4] = [
+        (
+            "a_python_that_execs_python_is_followed_as_a_new_process",
+            exec_followed,
+        ),
+        (
+            "sigkill_mid_recording_leaves_the_target_running_and_the_old_output",
+            sigkill,
+        ),
+        (
+            "sigterm_ends_the_recording_and_replaces_the_output_whole",
+            sigterm,
+        ),
+        (
+            "a_long_recording_of_thread_churn_keeps_its_memory_bounded",
+            long_churn_memory,
+        ),
+    ];
+    for (name, test) in once {
+        trials.push(common::on_cli_python(&pythons, name, move |python| {
+            test(python).map(|()| Completion::Completed)
+        }));
+    }
+    libtest_mimic::run(&args, trials).exit();
+}
+
+/// A script in `dir` that announces itself like a fixture, spins in a thread, and after
+/// `after` seconds execs `program` with `args`.
+fn exec_script(dir: &Path, after: f64, program: &str, args: &[&str]) -> Result<PathBuf, Failed> {
+    let script = dir.join("execs.py");
+    let argv: Vec<String> = std::iter::once(program)
+        .chain(args.iter().copied())
+        .map(|a| format!("{a:?}"))
+        .collect();
+    std::fs::write(
+        &script,
+        format!(
+            "import json, os, sys, threading, time\n\
+             def spin():\n    while True:\n        pass\n\
+             t = threading.Thread(target=spin)\nt.daemon = True\nt.start()\n\
+             print(json.dumps({{'fixture': 'execs', 'pid': os.getpid(), 'threads': {{}}, \
+             'facts': {{}}}}), flush=True)\n\
+             time.sleep({after})\n\
+             os.execv({program:?}, [{}])\n",
+            argv.join(", ")
+        ),
+    )?;
+    Ok(script)
+}
+
+/// `record --pid` of a Python that execs `sleep`: the recording ends at the exec, not at
+/// --duration, says so, and keeps what it measured before.
+fn exec_note(python: &Python) -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let script = exec_script(dir.path(), 1.5, "/bin/sleep", &["30"])?;
+    let fx = Fixture::start_script(&python.path, &script, &[])?;
+    let out = gilscope(&[
+        "record",
+        "--pid",
+        &fx.pid.to_string(),
+        "--duration",
+        "20",
+        "--format",
+        "json",
+    ]);
+    let stderr = stderr_of(&out);
+    if !out.status.success() {
+        return Err(format!("exit {}: {stderr}", out.status).into());
+    }
+    let report: Value = serde_json::from_slice(&out.stdout)?;
+    let (ended, samples, errors) = (
+        &report["sampler"]["ended"],
+        report["samples"].as_u64().unwrap_or(0),
+        report["sampler"]["errors"].as_u64().unwrap_or(u64::MAX),
+    );
+    // 1.5 s at 100 Hz before the exec; the spinner held the GIL all that time.
+    if ended != "target_execed" || samples < 50 || report["duration_s"].as_f64() > Some(10.0) {
+        return Err(format!("ended {ended} after {samples} samples: {stderr}").into());
+    }
+    if !stderr.contains(&format!("process {} exec'd another program", fx.pid)) {
+        return Err(format!("no note of the exec: {stderr}").into());
+    }
+    // The ticks that met the new program's memory are not counted as the target's errors.
+    if errors > 5 {
+        return Err(format!("{errors} errors around the exec").into());
+    }
+    if report["gil"]["held"].as_f64().unwrap_or(0.0) < 0.8 {
+        return Err(format!("held {} before the exec", report["gil"]["held"]).into());
+    }
+    Ok(())
+}
+
+/// With --subprocesses, a Python that execs another Python (a re-exec, a launcher) is
+/// recorded as two processes with one pid: the first ends at the exec, the second runs the
+/// new program to its end.
+fn exec_followed(python: &Python) -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let single = fixture_path("single");
+    let python_path = python.path.to_str().ok_or("path")?;
+    let script = exec_script(
+        dir.path(),
+        1.5,
+        python_path,
+        &[single.to_str().ok_or("path")?, "--duration", "2"],
+    )?;
+    let output = dir.path().join("r.json");
+    let out = Command::new(common::gilscope_bin())
+        .args(["record", "--subprocesses", "--duration", "30", "-o"])
+        .arg(&output)
+        .args(["--format", "json", "--", python_path])
+        .arg(&script)
+        .env("PYTHONPATH", single.parent().ok_or("fixtures")?)
+        .stdin(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
+    }
+    let report: Value = serde_json::from_slice(&std::fs::read(&output)?)?;
+    let processes = report["processes"].as_array().ok_or("no processes")?;
+    let summary: Vec<String> = processes
+        .iter()
+        .map(|p| {
+            format!(
+                "pid {} {} ended {} samples {}",
+                p["target"]["pid"],
+                p["target"]["command_line"],
+                p["sampler"]["ended"],
+                p["samples"]
+            )
+        })
+        .collect();
+    let [before, after] = processes.as_slice() else {
+        return Err(format!("expected two processes: {summary:?}").into());
+    };
+    if before["target"]["pid"] != after["target"]["pid"]
+        || before["sampler"]["ended"] != "target_execed"
+        || !after["target"]["command_line"]
+            .as_str()
+            .unwrap_or("")
+            .contains("single.py")
+        || after["sampler"]["ended"] == "duration"
+        || after["samples"].as_u64().unwrap_or(0) < 50
+    {
+        return Err(format!("{summary:?}").into());
+    }
+    Ok(())
+}
+
+/// Kernel exit times of threads, from the sched_process_exit tracepoint in a private ftrace
+/// instance (CLOCK_MONOTONIC, as gilscope's tick times). Removed on drop.
+struct ExitTracer {
+    instance: PathBuf,
+}
+
+impl ExitTracer {
+    fn start() -> Result<ExitTracer, String> {
+        let root = Path::new("/sys/kernel/tracing");
+        if !root.join("instances").is_dir() {
+            return Err("tracefs is not mounted at /sys/kernel/tracing".into());
+        }
+        let instance = root
+            .join("instances")
+            .join(format!("gilscope_exits_{}", std::process::id()));
+        match std::fs::create_dir(&instance) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("ftrace instance: {e}")),
+        }
+        let tracer = ExitTracer { instance };
+        for (file, value) in [
+            ("trace_clock", "mono"),
+            ("buffer_size_kb", "16384"),
+            ("events/sched/sched_process_exit/enable", "1"),
+            ("tracing_on", "1"),
+        ] {
+            std::fs::write(tracer.instance.join(file), value)
+                .map_err(|e| format!("{file}: {e}"))?;
+        }
+        Ok(tracer)
+    }
+
+    /// tid -> exit time (ns) of every thread that exited since the start.
+    fn exits(&self) -> Result<HashMap<i32, u64>, String> {
+        let text = std::fs::read_to_string(self.instance.join("trace"))
+            .map_err(|e| format!("trace: {e}"))?;
+        Ok(text.lines().filter_map(parse_exit).collect())
+    }
+}
+
+impl Drop for ExitTracer {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.instance.join("tracing_on"), "0");
+        let _ = std::fs::remove_dir(&self.instance);
+    }
+}
+
+/// `<idle>-0 [001] d..2. 9915.700340: sched_process_exit: comm=x pid=123 prio=120 ...`
+fn parse_exit(line: &str) -> Option<(i32, u64)> {
+    let (head, event) = line.split_once(": sched_process_exit: ")?;
+    let stamp = head.split_whitespace().last()?;
+    let (secs, micros) = stamp.split_once('.')?;
+    let time_ns = secs.parse::<u64>().ok()? * 1_000_000_000 + micros.parse::<u64>().ok()? * 1000;
+    let pid = event
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("pid="))?;
+    Some((pid.parse().ok()?, time_ns))
+}
+
+/// Each short-lived thread the churn fixture logged: tid -> (created, ended) in ns, where
+/// "ended" is when its Python work ended (the OS thread lives a little longer).
+fn churn_log(path: &Path) -> Result<HashMap<i32, (u64, u64)>, Failed> {
+    let text = std::fs::read_to_string(path)?;
+    let ns = |v: &Value| (v.as_f64().unwrap_or(0.0) * 1e9) as u64;
+    text.lines()
+        .map(|line| {
+            let entry: Value = serde_json::from_str(line)?;
+            let tid = entry["tid"].as_i64().ok_or("no tid")? as i32;
+            Ok((tid, (ns(&entry["created"]), ns(&entry["end"]))))
+        })
+        .collect()
+}
+
+/// Wait for `child` for at most `limit`; kill it and fail if it is still running.
+fn wait_bounded(child: &mut Child, limit: Duration, what: &str) -> Result<(), Failed> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(format!("{what} did not end within {} s: a hang", limit.as_secs()).into())
+}
+
+/// Hundreds of threads started and ended a second (30 s on the versions whose thread ids are
+/// hardest to follow, 8 s elsewhere): gilscope does not crash or hang, reports errors that
+/// stay bounded, reports no thread it did not see (every thread row is a thread the fixture
+/// started) and never lists a thread after the kernel says it exited.
+fn churn(python: &Python) -> Result<(), Failed> {
+    let long = ["3.6.", "3.12.", "3.13."]
+        .iter()
+        .any(|v| python.version.starts_with(v));
+    let secs: u64 = if long { 30 } else { 8 };
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("churn.log");
+    let observations = dir.path().join("ticks.jsonl");
+    let exits = ExitTracer::start();
+    let fx = Fixture::start(
+        &python.path,
+        "churn",
+        &[
+            "--duration",
+            &(secs + 2).to_string(),
+            "--log",
+            log.to_str().ok_or("path")?,
+        ],
+    )?;
+    let mut recorder = Command::new(common::gilscope_bin())
+        .args(["record", "--pid", &fx.pid.to_string(), "--format", "json"])
+        .args([
+            "--rate",
+            &RATE_HZ.to_string(),
+            "--duration",
+            &secs.to_string(),
+        ])
+        .arg("--observations")
+        .arg(&observations)
+        .arg("-o")
+        .arg(dir.path().join("r.json"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    wait_bounded(&mut recorder, Duration::from_secs(secs + 60), "gilscope")?;
+    let out = recorder.wait_with_output()?;
+    if !out.status.success() {
+        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
+    }
+    let mut fixture = fx;
+    wait_bounded(
+        &mut fixture.child,
+        Duration::from_secs(30),
+        "the churn fixture",
+    )?;
+    let lives = churn_log(&log)?;
+    if (lives.len() as u64) < secs * 100 {
+        return Err(format!(
+            "the fixture started only {} threads in {secs} s",
+            lives.len()
+        )
+        .into());
+    }
+    let report: Value = serde_json::from_slice(&std::fs::read(dir.path().join("r.json"))?)?;
+    let samples = report["samples"].as_u64().unwrap_or(0);
+    let errors = report["sampler"]["errors"].as_u64().unwrap_or(u64::MAX);
+    let stack_errors = report["sampler"]["stack_errors"].as_u64();
+    if samples < secs * 100 || errors > samples / 100 || stack_errors.is_none() {
+        return Err(
+            format!("samples {samples}, errors {errors}, stack errors {stack_errors:?}").into(),
+        );
+    }
+    let known: BTreeSet<i32> = fixture
+        .threads
+        .values()
+        .copied()
+        .chain(lives.keys().copied())
+        .collect();
+    let threads = report["threads"].as_array().ok_or("no threads")?;
+    let strangers: Vec<i64> = threads
+        .iter()
+        .filter_map(|t| t["native_id"].as_i64())
+        .filter(|&tid| tid != 0 && !known.contains(&(tid as i32)))
+        .collect();
+    if !strangers.is_empty() {
+        return Err(format!("threads the fixture never started: {strangers:?}").into());
+    }
+    let exits = match exits.and_then(|tracer| tracer.exits()) {
+        Ok(exits) => exits,
+        Err(why) => {
+            eprintln!("  (no kernel exit times: {why}; the after-exit check is skipped)");
+            return Ok(());
+        }
+    };
+    // Every tick that listed a short thread started before it exited, and ended after it
+    // was created.
+    let mut checked = 0;
+    for line in std::fs::read_to_string(&observations)?.lines() {
+        let tick: Value = serde_json::from_str(line)?;
+        let (start, end) = (
+            tick["start_ns"].as_u64().unwrap_or(0),
+            tick["end_ns"].as_u64().unwrap_or(0),
+        );
+        for tid in tick["threads"]
+            .as_array()
+            .ok_or("no threads in a tick")?
+            .iter()
+            .filter_map(|t| t["tid"].as_i64())
+        {
+            let tid = tid as i32;
+            let Some(&(created, _)) = lives.get(&tid) else {
+                continue;
+            };
+            let Some(&exit) = exits.get(&tid) else {
+                continue;
+            };
+            checked += 1;
+            if start > exit + EXIT_GRACE_NS || end < created {
+                return Err(format!(
+                    "thread {tid} listed by the tick at {start}..{end} ns; it lived \
+                     {created}..{exit} ns"
+                )
+                .into());
+            }
+        }
+    }
+    if checked < lives.len() / 2 {
+        return Err(format!(
+            "only {checked} sightings of {} short threads could be checked (exit events: {})",
+            lives.len(),
+            exits.len()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The state letters of every thread of `pid` (from /proc/PID/task/*/stat).
+fn task_states(pid: i32) -> Vec<char> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            stat.rsplit_once(") ")?.1.chars().next()
+        })
+        .collect()
+}
+
+/// utime + stime of `pid` in clock ticks.
+fn cpu_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Start recording `fx` at 1 kHz with stacks into `output`, and let it run 1.5 s.
+fn recording_into(fx: &Fixture, output: &Path) -> Result<Child, Failed> {
+    let child = Command::new(common::gilscope_bin())
+        .args(["record", "--pid", &fx.pid.to_string(), "--rate", "1000"])
+        .arg("-o")
+        .arg(output)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(1500));
+    Ok(child)
+}
+
+/// gilscope killed with SIGKILL in the middle of a recording: the target is not stopped or
+/// traced and goes on running, and the file given to -o is the old one, untouched, with no
+/// temporary file left beside it.
+fn sigkill(python: &Python) -> Result<(), Failed> {
+    let fx = Fixture::start(&python.path, "spinners", &["--duration", "60"])?;
+    let dir = tempfile::tempdir()?;
+    let output = dir.path().join("report.json");
+    std::fs::write(&output, "the previous report\n")?;
+    let mut child = recording_into(&fx, &output)?;
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL)?;
+    child.wait()?;
+    std::thread::sleep(Duration::from_millis(200));
+    let states = task_states(fx.pid);
+    if states.is_empty() || states.iter().any(|s| matches!(s, 'T' | 't' | 'Z' | 'X')) {
+        return Err(format!("target threads in states {states:?} after the kill").into());
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", fx.pid))?;
+    if !status.lines().any(|l| l == "TracerPid:\t0") {
+        return Err("the target is being traced after the kill".into());
+    }
+    let before = cpu_ticks(fx.pid).ok_or("no cpu time")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let after = cpu_ticks(fx.pid).ok_or("no cpu time")?;
+    // Its spinners keep a CPU busy: 0.5 s is about 50 ticks of 10 ms.
+    if after < before + 20 {
+        return Err(format!(
+            "the target used {} ticks in 0.5 s after the kill",
+            after - before
+        )
+        .into());
+    }
+    if std::fs::read_to_string(&output)? != "the previous report\n" {
+        return Err("the old report was changed by a recording that never finished".into());
+    }
+    let files: Vec<_> = std::fs::read_dir(dir.path())?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    if files.len() != 1 {
+        return Err(format!("files left beside the report: {files:?}").into());
+    }
+    Ok(())
+}
+
+/// SIGTERM ends a recording like Ctrl-C: exit 0, and the old file at -o is replaced by the
+/// whole new report (read while being replaced, it is either one or the other).
+fn sigterm(python: &Python) -> Result<(), Failed> {
+    let fx = Fixture::start(&python.path, "spinners", &["--duration", "60"])?;
+    let dir = tempfile::tempdir()?;
+    let output = dir.path().join("report.json");
+    std::fs::write(&output, "the previous report\n")?;
+    let child = recording_into(&fx, &output)?;
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM)?;
+    // Watch the file while gilscope writes it: never empty, never a part.
+    let watcher_path = output.clone();
+    let watcher = std::thread::spawn(move || {
+        let mut seen = BTreeSet::new();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(3) {
+            if let Ok(text) = std::fs::read_to_string(&watcher_path) {
+                let kind = if text == "the previous report\n" {
+                    "old"
+                } else if serde_json::from_str::<Value>(&text).is_ok() {
+                    "new"
+                } else {
+                    "partial"
+                };
+                seen.insert(kind);
+                if kind == "new" {
+                    break;
+                }
+            }
+        }
+        seen
+    });
+    let out = child.wait_with_output()?;
+    let seen = watcher.join().map_err(|_| "watcher")?;
+    if !out.status.success() {
+        return Err(format!("exit {} after SIGTERM: {}", out.status, stderr_of(&out)).into());
+    }
+    if seen.contains("partial") {
+        return Err(format!("a reader saw a partial report: {seen:?}").into());
+    }
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&output)?)?;
+    if report["sampler"]["ended"] != "interrupted" || report["samples"].as_u64() < Some(500) {
+        return Err(format!(
+            "ended {} with {} samples",
+            report["sampler"]["ended"], report["samples"]
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Resident memory of `pid` in kB.
+fn rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A 1 kHz recording of a target that starts 300 threads a second aggregates as it goes:
+/// its memory after 40 s is within a few MB of its memory after 10 s (it grew by 1.2 MB
+/// every 10 s, a row per thread, before ended threads were folded).
+fn long_churn_memory(python: &Python) -> Result<(), Failed> {
+    let fx = Fixture::start(&python.path, "churn", &["--duration", "60"])?;
+    let dir = tempfile::tempdir()?;
+    let output = dir.path().join("r.json");
+    let mut child = Command::new(common::gilscope_bin())
+        .args(["record", "--pid", &fx.pid.to_string(), "--rate", "1000"])
+        .args(["--duration", "45", "--format", "json", "-o"])
+        .arg(&output)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(10));
+    let early = rss_kb(child.id()).ok_or("no rss")?;
+    std::thread::sleep(Duration::from_secs(30));
+    let late = rss_kb(child.id()).ok_or("no rss")?;
+    wait_bounded(&mut child, Duration::from_secs(60), "gilscope")?;
+    let report: Value = serde_json::from_slice(&std::fs::read(&output)?)?;
+    let rows = report["threads"].as_array().map_or(0, Vec::len);
+    let folded = report["threads"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["native_id"] == 0))
+        .map(|t| t["name"].to_string());
+    // 30 s more of 300 threads a second would be 9,000 rows, about 5 MB unfolded.
+    if late > early + 3 * 1024 || rows > 2000 || folded.is_none() {
+        return Err(format!(
+            "rss {early} kB at 10 s, {late} kB at 40 s; {rows} rows; folded row {folded:?}"
+        )
+        .into());
+    }
+    Ok(())
+}
