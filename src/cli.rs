@@ -282,3 +282,18 @@ impl From<StateArg> for ThreadState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn serve_listens_on_loopback_unless_told_otherwise() {
+        let cli = Cli::try_parse_from(["gilscope", "serve", "--pid", "1"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve");
+        };
+        assert!(args.listen.ip().is_loopback(), "{}", args.listen);
+    }
+}

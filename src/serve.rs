@@ -205,7 +205,7 @@ fn wait_for(name: &str, stop: &AtomicBool, announce: fn(&str)) -> Option<Observe
     None
 }
 
-/// Answer HTTP requests until `stop`: /metrics, and a pointer to it at /.
+/// Answer HTTP requests until `stop`: GET (or HEAD) /metrics, and nothing else.
 fn answer(server: &tiny_http::Server, metrics: &Mutex<Metrics>, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         let request = match server.recv_timeout(ACCEPT_POLL) {
@@ -213,21 +213,19 @@ fn answer(server: &tiny_http::Server, metrics: &Mutex<Metrics>, stop: &AtomicBoo
             Ok(None) => continue,
             Err(_) => break,
         };
-        let (status, content_type, body) = match (request.method(), request.url()) {
-            (tiny_http::Method::Get | tiny_http::Method::Head, "/metrics") => {
-                (200, metrics::CONTENT_TYPE, lock(metrics).encode())
-            }
-            (tiny_http::Method::Get | tiny_http::Method::Head, "/") => (
-                200,
-                "text/plain; charset=utf-8",
-                "gilscope: GIL metrics at /metrics\n".to_string(),
-            ),
-            (tiny_http::Method::Get | tiny_http::Method::Head, _) => (
+        let path = request.url().split('?').next().unwrap_or("");
+        let read = matches!(
+            request.method(),
+            tiny_http::Method::Get | tiny_http::Method::Head
+        );
+        let (status, content_type, body) = match (read, path) {
+            (true, "/metrics") => (200, metrics::CONTENT_TYPE, lock(metrics).encode()),
+            (false, "/metrics") => (405, "text/plain; charset=utf-8", "only GET\n".into()),
+            _ => (
                 404,
                 "text/plain; charset=utf-8",
-                "not found: try /metrics\n".into(),
+                "not found: gilscope serves /metrics only\n".into(),
             ),
-            _ => (405, "text/plain; charset=utf-8", "only GET\n".into()),
         };
         let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes())
             .expect("a valid header");

@@ -37,7 +37,7 @@ fn main() {
             follows_name,
         ),
         (
-            "metrics_only_at_metrics_and_a_taken_port_is_an_error",
+            "only_get_metrics_is_served_and_a_taken_port_is_an_error",
             http_surface,
         ),
     ];
@@ -158,12 +158,20 @@ impl Drop for Serve {
 
 /// A minimal HTTP/1.0 GET: (status, body).
 fn http_get(address: &str, path: &str) -> Result<(u16, String), Failed> {
+    http_request(address, "GET", path)
+}
+
+fn http_request(address: &str, method: &str, path: &str) -> Result<(u16, String), Failed> {
     let mut stream =
         TcpStream::connect(address).map_err(|e| format!("connect to {address}: {e}"))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {address}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
     let mut response = String::new();
     stream
         .read_to_string(&mut response)
@@ -430,9 +438,20 @@ fn http_surface(python: &Python) -> Result<Completion, Failed> {
     if status != 404 {
         return Err(format!("/nothing answered {status}").into());
     }
-    let (status, body) = http_get(&serve.address, "/")?;
-    if status != 200 || !body.contains("/metrics") {
-        return Err(format!("/ answered {status}: {body}").into());
+    // Only /metrics is served: no index, no other path, no other method.
+    for path in ["/", "/metrics/", "/../metrics", "/debug"] {
+        let (status, _) = http_get(&serve.address, path)?;
+        if status != 404 {
+            return Err(format!("{path} answered {status}").into());
+        }
+    }
+    let (status, body) = http_get(&serve.address, "/metrics?name[]=x")?;
+    if status != 200 || !body.contains("gilscope_attached") {
+        return Err(format!("/metrics with a query answered {status}").into());
+    }
+    let (status, _) = http_request(&serve.address, "POST", "/metrics")?;
+    if status != 405 {
+        return Err(format!("POST /metrics answered {status}").into());
     }
     let out = common::gilscope(&["serve", "--pid", &pid, "--listen", &serve.address]);
     let stderr = String::from_utf8_lossy(&out.stderr);
