@@ -244,9 +244,25 @@ impl Fixture {
     /// Start a fixture from a script anywhere (a copy under another name, say): it finds
     /// `gilfixture` in fixtures/ through PYTHONPATH.
     pub fn start_script(python: &Path, script: &Path, args: &[&str]) -> Result<Fixture, String> {
-        let name = script.display();
-        let mut child = Command::new(python)
-            .arg(script)
+        let mut argv: Vec<&std::ffi::OsStr> = vec![script.as_os_str()];
+        argv.extend(args.iter().map(std::ffi::OsStr::new));
+        Fixture::start_command(python, &argv)
+    }
+
+    /// Start any command that runs a fixture (an embedding program, the dynamic loader, a
+    /// namespace): it must print the fixture's announcement line first.
+    pub fn start_command<S: AsRef<std::ffi::OsStr>>(
+        program: &Path,
+        args: &[S],
+    ) -> Result<Fixture, String> {
+        let name = format!(
+            "{} {}",
+            program.display(),
+            args.first()
+                .map(|a| a.as_ref().to_string_lossy().into_owned())
+                .unwrap_or_default()
+        );
+        let mut child = Command::new(program)
             .args(args)
             .process_group(0)
             .env(
@@ -256,7 +272,7 @@ impl Fixture {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| format!("start {}: {e}", python.display()))?;
+            .map_err(|e| format!("start {}: {e}", program.display()))?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -268,7 +284,7 @@ impl Fixture {
             Ok(line) => line,
             Err(_) => {
                 let _ = child.kill();
-                return Err(format!("{name} under {} did not start", python.display()));
+                return Err(format!("{name} did not start"));
             }
         };
         let announce: serde_json::Value = serde_json::from_str(&line)
