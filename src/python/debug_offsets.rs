@@ -333,9 +333,11 @@ fn build(block: &[u8], version: &Version, free_threaded: bool) -> Result<Layout,
         return Err("free-threaded builds are not supported yet".into());
     }
     let gil_base = interp_field("gil_runtime_state")?;
+    // `interval` and `last_holder` come before `locked`: 16 bytes of the struct at least.
     let locked = interp_field("gil_runtime_state_locked")?
         .checked_sub(gil_base)
-        .ok_or("gil_runtime_state_locked lies before the GIL struct")?;
+        .filter(|&locked| locked >= 16)
+        .ok_or("gil_runtime_state_locked lies too near the start of the GIL struct")?;
     let holder = interp_field("gil_runtime_state_holder")?
         .checked_sub(gil_base)
         .ok_or("gil_runtime_state_holder lies before the GIL struct")?;
@@ -347,12 +349,16 @@ fn build(block: &[u8], version: &Version, free_threaded: bool) -> Result<Layout,
     }
     let status = tstate_field("status")?;
     let flag = |name: &str| tstate_field(name).ok().map(Flag::int);
+    let runtime_size = need(sections.runtime("size"), "runtime size")?;
+    let interpreters_head = need(sections.runtime("interpreters_head"), "interpreters_head")?;
+    if !plausible(interpreters_head, runtime_size) {
+        return Err(format!(
+            "implausible runtime_state.interpreters_head = {interpreters_head}"
+        ));
+    }
     Ok(Layout {
         family: "_Py_DebugOffsets",
-        runtime_interpreters_head: need(
-            sections.runtime("interpreters_head"),
-            "interpreters_head",
-        )?,
+        runtime_interpreters_head: interpreters_head,
         gil: GilPlacement::InterpreterPointer(interp_field("ceval_gil")?),
         gil_fields,
         interp_next: interp_field("next")?,
