@@ -488,7 +488,7 @@ pub fn lnotab_line(table: &[u8], firstlineno: i32, offset: u64) -> Option<i32> {
         if addr > offset {
             break;
         }
-        line += pair[1] as i8 as i32;
+        line = line.saturating_add(pair[1] as i8 as i32);
     }
     Some(line)
 }
@@ -503,7 +503,7 @@ pub fn lines310_line(table: &[u8], firstlineno: i32, offset: u64) -> Option<i32>
         let this = if delta == -128 {
             None
         } else {
-            line += delta as i32;
+            line = line.saturating_add(delta as i32);
             Some(line)
         };
         if (start..end).contains(&offset) {
@@ -559,7 +559,7 @@ pub fn locations_line(table: &[u8], firstlineno: i32, index: u64) -> Option<i32>
                 Some(line)
             }
             10..=12 => {
-                line += (code - 10) as i32;
+                line = line.saturating_add((code - 10) as i32);
                 bytes.next()?;
                 bytes.next()?;
                 Some(line)
@@ -640,6 +640,17 @@ mod tests {
             let _ = lines310_line(&table, 1, 40);
             let _ = lnotab_line(&table, 1, 40);
         }
+    }
+
+    #[test]
+    fn a_first_line_at_the_end_of_the_int_range_does_not_overflow() {
+        // co_firstlineno comes from the target: garbage may be i32::MAX.
+        assert_eq!(lnotab_line(&[2, 1], i32::MAX, 4), Some(i32::MAX));
+        assert_eq!(lines310_line(&[4, 1], i32::MAX, 0), Some(i32::MAX));
+        assert_eq!(
+            locations_line(&[0x80 | (12 << 3), 0, 0], i32::MAX, 0),
+            Some(i32::MAX)
+        );
     }
 
     #[test]
