@@ -333,7 +333,7 @@ impl Interpreter {
             GilPlacement::InRuntime(offset) => (runtime, Some(runtime + offset)),
             GilPlacement::InterpreterPointer(offset) => {
                 let interp = memory.read_u64(self.head).unwrap_or(0);
-                let gil = memory.read_u64(interp + offset).ok();
+                let gil = memory.read_u64(interp.saturating_add(offset)).ok();
                 (interp, gil)
             }
             GilPlacement::Globals => {
@@ -579,9 +579,8 @@ fn legacy_gil(binary: &ElfFile) -> Option<GilAddresses> {
     let sync = ["gil_cond", "gil_mutex", "switch_cond", "switch_mutex"]
         .iter()
         .map(|name| {
-            let sym = binary.symbol(name)?;
-            let start = sym.value + binary.load_bias;
-            Some((start, start + sym.size.max(1)))
+            let start = binary.address_of(name)?;
+            Some((start, start.checked_add(binary.symbol(name)?.size.max(1))?))
         })
         .collect::<Option<Vec<_>>>()?;
     Some(GilAddresses {

@@ -122,7 +122,10 @@ fn version_from_bss(binary: &ElfFile, memory: &dyn Memory) -> Option<Version> {
     let mut offset = 0;
     while offset < size {
         let len = (size - offset).min(BSS_CHUNK + 64);
-        if let Ok(chunk) = memory.read_bytes(start + offset, len as usize) {
+        let Some(at) = start.checked_add(offset) else {
+            break;
+        };
+        if let Ok(chunk) = memory.read_bytes(at, len as usize) {
             if let Some(v) = parse_version_buffer(&chunk) {
                 return Some(v);
             }

@@ -244,13 +244,15 @@ pub fn file_offset(data: &[u8], vaddr: u64) -> Option<u64> {
         .iter()
         .filter(|ph| ph.p_type == PT_LOAD)
         .find(|ph| (ph.p_vaddr..ph.p_vaddr.saturating_add(ph.p_filesz)).contains(&vaddr))
-        .map(|ph| vaddr - ph.p_vaddr + ph.p_offset)
+        .and_then(|ph| (vaddr - ph.p_vaddr).checked_add(ph.p_offset))
 }
 
 /// Longest symbol or section name accepted; anything longer is garbage.
 const MAX_NAME: usize = 4096;
 /// Most symbols read from one table (libpython has ~20,000).
 const MAX_SYMBOLS: usize = 2_000_000;
+/// Size of an ELF64 symbol table entry.
+const SYM_BYTES: usize = 24;
 
 /// The parts of an ELF file gilscope reads, parsed so that one bad string or table costs only
 /// itself: patched binaries (patchelf, Nix) may carry odd bytes in places nobody else reads.
@@ -306,7 +308,10 @@ impl Tables {
         let mut out = Vec::new();
         for (section, strings) in [&self.symtab, &self.dynsym].into_iter().flatten() {
             let entry = section.sh_entsize.max(1);
-            let count = ((section.sh_size / entry) as usize).min(MAX_SYMBOLS);
+            // A garbage size must not size the allocation: no more entries than the file holds.
+            let count = ((section.sh_size / entry) as usize)
+                .min(MAX_SYMBOLS)
+                .min(data.len() / SYM_BYTES);
             let Ok(syms) = Sym::parse(data, section.sh_offset as usize, count, self.ctx) else {
                 continue;
             };
