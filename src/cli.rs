@@ -215,6 +215,11 @@ pub struct RecordArgs {
     #[arg(short, long)]
     pub subprocesses: bool,
 
+    /// Print at the end where the sampler's time went, per tick: remote reads, /proc reads,
+    /// stack walks, aggregation (also in the JSON report, as sampler.stats)
+    #[arg(long)]
+    pub stats: bool,
+
     /// Write every raw tick as a JSON line to FILE (for bug reports and analysis)
     #[arg(long, value_name = "FILE", hide = true)]
     pub observations: Option<PathBuf>,

@@ -313,6 +313,15 @@ fn record_command(args: RecordArgs) -> Result<()> {
             );
         }
     }
+    if args.stats {
+        for recording in &recordings {
+            eprint!(
+                "gilscope: sampler stats for pid {}: {}",
+                recording.target.pid,
+                recording.sampler.stats.render()
+            );
+        }
+    }
     let rendered = if args.subprocesses {
         format.render_processes(&recordings, &render)
     } else {

@@ -14,6 +14,7 @@ use crate::sample::classify::Classifier;
 use crate::sample::monotonic_ns;
 use crate::sample::observe::{Observation, Observer, TickError};
 use crate::sample::schedule::Schedule;
+use crate::sample::stats::Stopwatch;
 use crate::target::memory::ProcessMemory;
 use crate::target::process::{self, Liveness};
 
@@ -300,6 +301,15 @@ impl Member {
 
     /// Take one tick of this process into its profile.
     fn tick(&mut self, sink: &mut Option<ObservationSink>) {
+        let mut lap = Stopwatch::start();
+        let start_ns = lap.last_ns();
+        self.take_tick(sink, &mut lap);
+        let stats = &mut self.observer.stats;
+        stats.ticks += 1;
+        stats.tick_ns += monotonic_ns().saturating_sub(start_ns);
+    }
+
+    fn take_tick(&mut self, sink: &mut Option<ObservationSink>, lap: &mut Stopwatch) {
         match self.observer.observe() {
             Ok(observation) => {
                 self.consecutive_errors = 0;
@@ -307,12 +317,14 @@ impl Member {
                 if let Some(sink) = sink.as_mut() {
                     sink(self.observer.pid, &observation);
                 }
+                lap.split();
                 let observer = &self.observer;
                 for sample in self.classifier.push(&observation) {
                     self.profile.add(&sample, |tid| {
                         observer.current_thread_name(tid).unwrap_or_default()
                     });
                 }
+                self.observer.stats.aggregate_ns += lap.split();
             }
             Err(TickError::Gone) | Err(TickError::Denied) => self.exited = true,
             Err(TickError::Torn(_)) if self.check_exec() => {}
@@ -386,6 +398,7 @@ impl Member {
                 realtime,
                 host_steal: host_steal.map(|s| (s * 1e4).round() / 1e4),
                 stack_errors: self.stack_errors,
+                stats: self.observer.stats,
                 cpu_clock: match self.observer.cpu_clock_unavailable() {
                     None => "perf".into(),
                     Some(errno) => format!(

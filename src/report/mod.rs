@@ -82,6 +82,8 @@ pub struct SamplerStats {
     /// Where per-thread CPU time came from: "perf" (exact at each tick) or "schedstat"
     /// (advances only at scheduler ticks: coarser classification of runnable threads).
     pub cpu_clock: String,
+    /// What the ticks cost, phase by phase (`--stats`).
+    pub stats: crate::sample::stats::TickStats,
 }
 
 /// A finished recording: what every report format renders.

@@ -4,6 +4,7 @@
 pub mod classify;
 pub mod observe;
 pub mod schedule;
+pub mod stats;
 
 use serde::Serialize;
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::monotonic_ns;
+use super::stats::{Stopwatch, TickStats};
 use crate::python::interpreter::{GilState, Interpreter, PyThread};
 use crate::python::stack::{StackError, StackId, StackReader, StackTable};
 use crate::python::thread_names::ThreadNames;
@@ -116,6 +116,8 @@ pub struct Observer<M: Memory> {
     /// Each thread's last stack and the CPU time at which it was read: a thread whose exact
     /// CPU time has not moved has not run, so its stack has not changed.
     last_stacks: HashMap<i32, (u64, u64, StackId)>,
+    /// What the ticks so far cost, phase by phase.
+    pub stats: TickStats,
 }
 
 impl<M: Memory> Observer<M> {
@@ -129,6 +131,7 @@ impl<M: Memory> Observer<M> {
             stacks: None,
             thread_names: None,
             last_stacks: HashMap::new(),
+            stats: TickStats::default(),
         }
     }
 
@@ -235,21 +238,39 @@ impl<M: Memory> Observer<M> {
         std::path::Path::new(&format!("/proc/{}/task/{tid}", self.pid)).exists()
     }
 
-    /// Take one tick.
+    /// Take one tick, and count what it cost in `stats`.
     pub fn observe(&mut self) -> Result<Observation, TickError> {
-        let start_ns = monotonic_ns();
+        let reads = self.memory.reads();
+        let stack_reads = self.stats.stack_reads;
+        let result = self.read_tick();
+        let stats = &mut self.stats;
+        // A torn tick counts as far as it went.
+        let this_tick = self.memory.reads() - reads;
+        stats.memory_reads += this_tick - (stats.stack_reads - stack_reads);
+        stats.proc_reads = self.tasks.reads;
+        stats.clock_reads = self.clocks.reads;
+        result
+    }
+
+    fn read_tick(&mut self) -> Result<Observation, TickError> {
+        let mut lap = Stopwatch::start();
+        let start_ns = lap.last_ns();
         let gil = self.interpreter.gil_state(&self.memory)?;
+        self.stats.memory_ns += lap.split();
         let live = self.tasks.list().map_err(|_| TickError::Gone)?;
+        self.stats.proc_ns += lap.split();
         if live.is_empty() {
             return Err(TickError::Gone);
         }
         let python = self.interpreter.threads(&self.memory, &live)?;
+        self.stats.memory_ns += lap.split();
         let by_tid: HashMap<i32, &PyThread> = python
             .iter()
             .filter_map(|t| Some((t.native_id?, t)))
             .collect();
         let sync = self.interpreter.gil();
         let mut threads = Vec::with_capacity(live.len());
+        lap.split();
         for &tid in &live {
             let exact_cpu = self.clocks.read(tid);
             let task = match self.tasks.read(tid, exact_cpu.is_none()) {
@@ -281,13 +302,19 @@ impl<M: Memory> Observer<M> {
                 stack: None,
             });
         }
+        self.stats.proc_ns += lap.split();
         self.tasks.retain(&live);
         self.clocks.retain(&live);
         self.last_stacks
             .retain(|tid, _| live.binary_search(tid).is_ok());
+        lap.split();
         let after = self.interpreter.gil_state(&self.memory)?;
-        let end_ns = monotonic_ns();
+        self.stats.memory_ns += lap.split();
+        let end_ns = lap.last_ns();
+        let reads = self.memory.reads();
         let stack_errors = self.read_stacks(&mut threads);
+        self.stats.stack_ns += lap.split();
+        self.stats.stack_reads += self.memory.reads() - reads;
         Ok(Observation {
             start_ns,
             end_ns,

@@ -32,6 +32,8 @@ pub struct CpuClocks {
     counters: HashMap<i32, OwnedFd>,
     /// perf_event_open was refused (seccomp in containers, perf_event_paranoid): do not retry.
     pub unavailable: Option<i32>,
+    /// Counter reads so far (for `--stats`).
+    pub reads: u64,
 }
 
 impl Default for CpuClocks {
@@ -45,6 +47,7 @@ impl CpuClocks {
         CpuClocks {
             counters: HashMap::new(),
             unavailable: None,
+            reads: 0,
         }
     }
 
@@ -70,6 +73,7 @@ impl CpuClocks {
             }
         }
         let fd = self.counters.get(&tid)?;
+        self.reads += 1;
         let mut value = 0u64;
         // SAFETY: reading 8 bytes into a u64 from a perf counter fd we own.
         let n = unsafe {

@@ -1,6 +1,7 @@
 //! Reads of the target's memory: the one bounded, typed path every remote read goes through.
 //! It must not interpret what it reads (python/ does) and must never panic on a bad address.
 
+use std::cell::Cell;
 use std::fmt;
 
 /// Largest single read gilscope ever asks for; anything bigger is a garbage length.
@@ -55,6 +56,11 @@ pub fn is_user_address(addr: u64) -> bool {
 pub trait Memory {
     /// Fill all of `buf` from `addr`, or fail: a short read is a failure.
     fn read_exact(&self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError>;
+
+    /// Reads that went to the target so far (for `--stats`; 0 where nothing is counted).
+    fn reads(&self) -> u64 {
+        0
+    }
 
     fn read_bytes(&self, addr: u64, len: usize) -> Result<Vec<u8>, ReadError> {
         if len > MAX_READ {
@@ -128,12 +134,14 @@ pub fn i32_at(block: &[u8], offset: u64) -> Option<i32> {
 /// The memory of a live process, read with process_vm_readv through remoteprocess.
 pub struct ProcessMemory {
     process: remoteprocess::Process,
+    reads: Cell<u64>,
 }
 
 impl ProcessMemory {
     pub fn new(pid: i32) -> ProcessMemory {
         ProcessMemory {
             process: remoteprocess::Process { pid },
+            reads: Cell::new(0),
         }
     }
 }
@@ -150,9 +158,14 @@ impl Memory for ProcessMemory {
         let Ok(address) = usize::try_from(addr) else {
             return Err(ReadError::BadPointer { addr });
         };
+        self.reads.set(self.reads.get() + 1);
         self.process
             .read(address, buf)
             .map_err(|e| classify_read_error(addr, buf.len(), &e))
+    }
+
+    fn reads(&self) -> u64 {
+        self.reads.get()
     }
 }
 

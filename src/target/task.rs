@@ -79,6 +79,8 @@ pub struct Tasks {
     dir: PathBuf,
     open: HashMap<i32, TaskFiles>,
     buf: Vec<u8>,
+    /// Directory listings and file reads so far (for `--stats`).
+    pub reads: u64,
 }
 
 impl Tasks {
@@ -87,11 +89,13 @@ impl Tasks {
             dir: PathBuf::from(format!("/proc/{pid}/task")),
             open: HashMap::new(),
             buf: vec![0; 256],
+            reads: 0,
         }
     }
 
     /// The thread ids of the process now, sorted.
-    pub fn list(&self) -> io::Result<Vec<i32>> {
+    pub fn list(&mut self) -> io::Result<Vec<i32>> {
+        self.reads += 1;
         let mut tids: Vec<i32> = std::fs::read_dir(&self.dir)?
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
             .collect();
@@ -121,10 +125,12 @@ impl Tasks {
         let Some(files) = self.open.get(&tid) else {
             return Err(TaskError::Gone);
         };
+        self.reads += 1;
         let n = files.syscall.read_at(&mut self.buf, 0)?;
         let activity = parse_syscall(&self.buf[..n]);
         let (cpu_ns, runqueue_ns) = match &files.schedstat {
             Some(f) if with_cpu => {
+                self.reads += 1;
                 let n = f.read_at(&mut self.buf, 0)?;
                 parse_schedstat(&self.buf[..n])
             }

@@ -1,0 +1,153 @@
+//! Where a recording's time goes, tick by tick (`record --stats`, `sampler.stats` in JSON):
+//! totals of time and counts per kind of work. Plain counters, no allocation per tick.
+
+use serde::Serialize;
+
+use super::monotonic_ns;
+
+/// Splits time into consecutive phases: each `split` is the time since the last one.
+pub struct Stopwatch {
+    last_ns: u64,
+}
+
+impl Stopwatch {
+    pub fn start() -> Stopwatch {
+        Stopwatch {
+            last_ns: monotonic_ns(),
+        }
+    }
+
+    /// When the last phase ended (or the watch started), CLOCK_MONOTONIC ns.
+    pub fn last_ns(&self) -> u64 {
+        self.last_ns
+    }
+
+    /// The time since the last split (ns); a new phase starts now.
+    pub fn split(&mut self) -> u64 {
+        let now = monotonic_ns();
+        let phase = now.saturating_sub(self.last_ns);
+        self.last_ns = now;
+        phase
+    }
+}
+
+/// Cumulative cost of the ticks of one process. Times are CLOCK_MONOTONIC nanoseconds of the
+/// sampler's wall time: on a loaded machine they include time the sampler was preempted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TickStats {
+    /// Ticks taken (including torn ones).
+    pub ticks: u64,
+    /// Whole ticks: every phase below, and what lies between them.
+    pub tick_ns: u64,
+    /// Reading the GIL and the Python thread states (remote reads), before and after the
+    /// kernel's view of the threads.
+    pub memory_ns: u64,
+    /// Remote reads (process_vm_readv calls) of those phases.
+    pub memory_reads: u64,
+    /// Listing the threads and reading each one's /proc files and CPU clock.
+    pub proc_ns: u64,
+    /// /proc reads: directory listings and file reads.
+    pub proc_reads: u64,
+    /// CPU clock (perf counter) reads.
+    pub clock_reads: u64,
+    /// Walking the Python stacks (their remote reads included).
+    pub stack_ns: u64,
+    /// Remote reads of the stack walks.
+    pub stack_reads: u64,
+    /// Classifying the tick and adding it to the profile.
+    pub aggregate_ns: u64,
+}
+
+impl TickStats {
+    /// Add the figures of another process's ticks (for a total over a tree).
+    pub fn add(&mut self, other: &TickStats) {
+        self.ticks += other.ticks;
+        self.tick_ns += other.tick_ns;
+        self.memory_ns += other.memory_ns;
+        self.memory_reads += other.memory_reads;
+        self.proc_ns += other.proc_ns;
+        self.proc_reads += other.proc_reads;
+        self.clock_reads += other.clock_reads;
+        self.stack_ns += other.stack_ns;
+        self.stack_reads += other.stack_reads;
+        self.aggregate_ns += other.aggregate_ns;
+    }
+
+    /// Time of a tick not in any phase counted (the clock reads themselves, bookkeeping).
+    pub fn other_ns(&self) -> u64 {
+        self.tick_ns
+            .saturating_sub(self.memory_ns + self.proc_ns + self.stack_ns + self.aggregate_ns)
+    }
+
+    /// A per-tick breakdown for people: one line per kind of work, with its mean per tick.
+    pub fn render(&self) -> String {
+        let ticks = self.ticks.max(1) as f64;
+        let per_tick_us = |ns: u64| ns as f64 / ticks / 1e3;
+        let line = |what: &str, ns: u64, count: Option<(u64, &str)>| {
+            let count = count
+                .map(|(n, unit)| format!("  {:>8.1} {unit}/tick", n as f64 / ticks))
+                .unwrap_or_default();
+            format!(
+                "  {what:<14}{:>10.1} us/tick {:>10.1} ms total{count}\n",
+                per_tick_us(ns),
+                ns as f64 / 1e6
+            )
+        };
+        let mut text = format!(
+            "{} ticks, {:.1} us per tick\n",
+            self.ticks,
+            per_tick_us(self.tick_ns)
+        );
+        text += &line(
+            "remote reads",
+            self.memory_ns,
+            Some((self.memory_reads, "reads")),
+        );
+        text += &line(
+            "/proc reads",
+            self.proc_ns,
+            Some((self.proc_reads, "reads")),
+        );
+        text += &format!(
+            "  {:<14}{:>38}  {:>8.1} perf reads/tick\n",
+            "(cpu clocks)",
+            "(in /proc reads)",
+            self.clock_reads as f64 / ticks
+        );
+        text += &line(
+            "stack walks",
+            self.stack_ns,
+            Some((self.stack_reads, "reads")),
+        );
+        text += &line("aggregation", self.aggregate_ns, None);
+        text += &line("other", self.other_ns(), None);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_breakdown_shows_means_per_tick_and_what_is_left_over() {
+        let stats = TickStats {
+            ticks: 4,
+            tick_ns: 400_000,
+            memory_ns: 100_000,
+            memory_reads: 40,
+            proc_ns: 200_000,
+            proc_reads: 80,
+            clock_reads: 40,
+            stack_ns: 40_000,
+            stack_reads: 20,
+            aggregate_ns: 20_000,
+        };
+        assert_eq!(stats.other_ns(), 40_000);
+        let text = stats.render();
+        assert!(text.starts_with("4 ticks, 100.0 us per tick"), "{text}");
+        assert!(text.contains("remote reads        25.0 us/tick"), "{text}");
+        assert!(text.contains("10.0 reads/tick"), "{text}");
+        assert!(text.contains("other               10.0 us/tick"), "{text}");
+    }
+}
