@@ -15,6 +15,8 @@ use crate::target::pthread::PthreadTids;
 /// Bounds on what a walk will follow: a target's lists are only trusted this far.
 pub const MAX_INTERPRETERS: usize = 256;
 pub const MAX_THREADS: usize = 16_384;
+/// Tries beyond the first to locate the interpreter's lists and GIL in a moving target.
+const ATTACH_ATTEMPTS: u32 = 4;
 /// How far into `_PyRuntime` or an interpreter a scan for a drifted field may look.
 const SCAN_BYTES: u64 = 8192;
 /// The switch interval is set in µs; anything outside this is not a GIL.
@@ -134,20 +136,32 @@ impl Interpreter {
             })?;
         check_supported(&version)?;
         let (layout, layout_source, runtime) = choose_layout(&binary, &version, memory)?;
-        let mut interpreter = Interpreter {
-            pid,
-            binary: binary.path.clone(),
-            version,
-            layout,
-            layout_source,
-            notes: Vec::new(),
-            head: 0,
-            runtime,
-            gil: GilAddresses::in_struct(0, layout::DEFAULT_GIL),
-            pthreads: PthreadTids::new(),
-        };
-        interpreter.locate(&binary, runtime, memory)?;
-        Ok(interpreter)
+        // The lists are read while the target runs: a thread state freed in the middle of
+        // the walk (a program starting hundreds of threads a second) makes one attempt fail
+        // where the next succeeds. A layout that is really wrong fails every time.
+        let mut attempts = 0;
+        loop {
+            let mut interpreter = Interpreter {
+                pid,
+                binary: binary.path.clone(),
+                version,
+                layout: layout.clone(),
+                layout_source: layout_source.clone(),
+                notes: Vec::new(),
+                head: 0,
+                runtime,
+                gil: GilAddresses::in_struct(0, layout::DEFAULT_GIL),
+                pthreads: PthreadTids::new(),
+            };
+            match interpreter.locate(&binary, runtime, memory) {
+                Ok(()) => return Ok(interpreter),
+                Err(Error::UnrecognisedLayout { .. }) if attempts < ATTACH_ATTEMPTS => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// An interpreter put together from parts found earlier, with no process behind it: for
@@ -242,11 +256,15 @@ impl Interpreter {
             return None;
         };
         let tstates: HashSet<u64> = self.first_threads(memory).ok()?.into_iter().collect();
-        let plausible = |addr: u64| {
-            memory
-                .read_u64(addr)
-                .is_ok_and(|v| v == 0 || tstates.contains(&v))
+        let interp = memory.read_u64(self.head).ok()?;
+        // A thread started since the list was read is current as rightly as a listed one:
+        // any thread state of this interpreter will do.
+        let is_tstate = |v: u64| {
+            tstates.contains(&v)
+                || (check_pointer(v, 8).is_ok()
+                    && memory.read_u64(v + self.layout.tstate_interp) == Ok(interp))
         };
+        let plausible = |addr: u64| memory.read_u64(addr).is_ok_and(|v| v == 0 || is_tstate(v));
         let gil_base = self.gil.block.map(|(base, _)| base)?;
         let after_gil = gil_base + layout::TSTATE_CURRENT_AFTER_GIL;
         if plausible(runtime + offset) {
@@ -342,10 +360,13 @@ impl Interpreter {
                 ))
             }
         };
-        if let Some(base) = expected.filter(|&b| looks_like_gil(memory, b, fields, &tstates)) {
+        // Where the layout says it is, the GIL's shape is enough: its last holder may be a
+        // thread that has ended since (CPython does not clear it) or one not listed yet.
+        if let Some(base) = expected.filter(|&b| looks_like_gil(memory, b, fields, None)) {
             return Ok(GilAddresses::in_struct(base, fields));
         }
-        // The table's offset has drifted (a patch release moved a field): look for the shape.
+        // The table's offset has drifted (a patch release moved a field): look for the shape,
+        // with the last holder one of the threads, lest some other bytes pass for a GIL.
         let found = scan_for_gil(memory, region, fields, &tstates, &self.layout.gil);
         match found {
             Some((base, where_)) => {
@@ -526,11 +547,14 @@ pub fn read_gil(
 
 /// Does `base` hold a `_gil_runtime_state`? locked is 0 or 1, the interval is plausible, the
 /// last holder is one of the thread states (or none yet), and the mutex is a default mutex.
+/// Does `base` hold a GIL? Its flags and interval in range, a default mutex, and a last
+/// holder that is null (only while unlocked) or, with `tstates`, one of them; without, any
+/// pointer a thread state could have.
 fn looks_like_gil(
     memory: &dyn Memory,
     base: u64,
     fields: GilFields,
-    tstates: &HashSet<u64>,
+    tstates: Option<&HashSet<u64>>,
 ) -> bool {
     if check_pointer(base, 8).is_err() {
         return false;
@@ -545,7 +569,10 @@ fn looks_like_gil(
     let mutex_kind = i32_at(&block, fields.sync_start + 48 + 16);
     matches!(locked, Some(0) | Some(1))
         && interval.is_some_and(|i| INTERVAL_RANGE.contains(&i))
-        && holder.is_some_and(|h| tstates.contains(&h) || (h == 0 && locked == Some(0)))
+        && holder.is_some_and(|h| {
+            (h == 0 && locked == Some(0))
+                || tstates.map_or(check_pointer(h, 8).is_ok(), |t| t.contains(&h))
+        })
         && mutex_kind == Some(0)
 }
 
@@ -560,13 +587,13 @@ fn scan_for_gil(
         GilPlacement::InRuntime(_) => (0..SCAN_BYTES)
             .step_by(8)
             .map(|offset| region + offset)
-            .find(|&base| looks_like_gil(memory, base, fields, tstates))
+            .find(|&base| looks_like_gil(memory, base, fields, Some(tstates)))
             .map(|base| (base, format!("_PyRuntime+{}", base - region))),
         GilPlacement::InterpreterPointer(_) => {
             let block = memory.read_bytes(region, SCAN_BYTES as usize).ok()?;
             (0..SCAN_BYTES).step_by(8).find_map(|offset| {
                 let base = u64_at(&block, offset)?;
-                looks_like_gil(memory, base, fields, tstates)
+                looks_like_gil(memory, base, fields, Some(tstates))
                     .then(|| (base, format!("*(interp+{offset})")))
             })
         }
