@@ -129,24 +129,26 @@ impl Interpreter {
             _ => Error::NoSuchProcess { pid },
         })?;
         let binary = find_python_binary(pid, &mappings)?;
-        let version =
-            version::detect(&binary, memory).ok_or_else(|| Error::UnrecognisedLayout {
-                version: "?".into(),
-                what: format!("cannot tell the Python version of {}", binary.path),
-            })?;
-        check_supported(&version)?;
-        let (layout, layout_source, runtime) = choose_layout(&binary, &version, memory)?;
         // The lists are read while the target runs: a thread state freed in the middle of
         // the walk (a program starting hundreds of threads a second) makes one attempt fail
-        // where the next succeeds. A layout that is really wrong fails every time.
+        // where the next succeeds. A layout that is really wrong fails every time. Each
+        // attempt reads the version again: a process caught starting may not have written
+        // its version string yet (and the library's name tells only "3.9").
         let mut attempts = 0;
         loop {
+            let version =
+                version::detect(&binary, memory).ok_or_else(|| Error::UnrecognisedLayout {
+                    version: "?".into(),
+                    what: format!("cannot tell the Python version of {}", binary.path),
+                })?;
+            check_supported(&version)?;
+            let (layout, layout_source, runtime) = choose_layout(&binary, &version, memory)?;
             let mut interpreter = Interpreter {
                 pid,
                 binary: binary.path.clone(),
                 version,
-                layout: layout.clone(),
-                layout_source: layout_source.clone(),
+                layout,
+                layout_source,
                 notes: Vec::new(),
                 head: 0,
                 runtime,
