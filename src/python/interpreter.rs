@@ -116,6 +116,11 @@ pub struct Interpreter {
     runtime: Option<u64>,
     gil: GilAddresses,
     pthreads: PthreadTids,
+    /// The interpreters and their thread states as the last walk found them, to read again
+    /// in one batch (most ticks find the lists as they were).
+    shape: Vec<(u64, Vec<u64>)>,
+    /// The batch's buffer, kept between ticks.
+    batch: Vec<u8>,
 }
 
 impl Interpreter {
@@ -154,6 +159,8 @@ impl Interpreter {
                 runtime,
                 gil: GilAddresses::in_struct(0, layout::DEFAULT_GIL),
                 pthreads: PthreadTids::new(),
+                shape: Vec::new(),
+                batch: Vec::new(),
             };
             match interpreter.locate(&binary, runtime, memory) {
                 Ok(()) => return Ok(interpreter),
@@ -187,6 +194,8 @@ impl Interpreter {
             runtime,
             gil,
             pthreads: PthreadTids::new(),
+            shape: Vec::new(),
+            batch: Vec::new(),
         }
     }
 
@@ -428,44 +437,10 @@ impl Interpreter {
         memory: &dyn Memory,
         live_tids: &[i32],
     ) -> std::result::Result<Vec<PyThread>, ReadError> {
-        let read_size = self.layout.tstate_read_size() as usize;
-        let mut threads = Vec::new();
-        let mut seen = HashSet::new();
-        for interp in self.interpreters(memory)? {
-            let mut next = memory.read_u64(interp + self.layout.interp_threads_head)?;
-            while next != 0 && threads.len() < MAX_THREADS {
-                check_pointer(next, 8)?;
-                if !seen.insert(next) {
-                    break;
-                }
-                let block = memory.read_bytes(next, read_size)?;
-                let field = |offset| u64_at(&block, offset).unwrap_or(0);
-                if field(self.layout.tstate_interp) != interp {
-                    // The list changed under us (a thread is being created or deleted).
-                    return Err(ReadError::BadPointer { addr: next });
-                }
-                let flag = |f: Option<layout::Flag>| {
-                    f.and_then(|f| u32_at(&block, f.offset).map(|w| f.is_set(w)))
-                };
-                threads.push(PyThread {
-                    tstate: next,
-                    interp,
-                    thread_id: field(self.layout.tstate_thread_id),
-                    native_id: self
-                        .layout
-                        .tstate_native_thread_id
-                        .and_then(|o| i32_at(&block, o))
-                        .filter(|&tid| tid > 0),
-                    holds_gil: flag(self.layout.tstate_holds_gil),
-                    gil_requested: flag(self.layout.tstate_gil_requested),
-                    active: match self.layout.current {
-                        layout::Current::ThreadFlag(f) => flag(Some(f)),
-                        _ => None,
-                    },
-                });
-                next = field(self.layout.tstate_next);
-            }
-        }
+        let mut threads = match self.threads_as_before(memory) {
+            Some(threads) => threads,
+            None => self.walk_threads(memory)?,
+        };
         if self.layout.tstate_native_thread_id.is_none() {
             let pthreads: Vec<u64> = threads.iter().map(|t| t.thread_id).collect();
             let tids = self.pthreads.resolve(memory, &pthreads, live_tids);
@@ -478,6 +453,124 @@ impl Interpreter {
                 .is_some_and(|tid| live_tids.binary_search(&tid).is_ok())
         });
         Ok(threads)
+    }
+
+    /// Walk the lists pointer by pointer, and remember their shape for the next tick.
+    fn walk_threads(
+        &mut self,
+        memory: &dyn Memory,
+    ) -> std::result::Result<Vec<PyThread>, ReadError> {
+        let read_size = self.layout.tstate_read_size() as usize;
+        let mut threads = Vec::new();
+        let mut shape = Vec::new();
+        let mut seen = HashSet::new();
+        for interp in self.interpreters(memory)? {
+            let mut chain = Vec::new();
+            let mut next = memory.read_u64(interp + self.layout.interp_threads_head)?;
+            while next != 0 && threads.len() < MAX_THREADS {
+                check_pointer(next, 8)?;
+                if !seen.insert(next) {
+                    break;
+                }
+                let block = memory.read_bytes(next, read_size)?;
+                let thread = self.thread_from_block(next, interp, &block)?;
+                chain.push(next);
+                threads.push(thread);
+                next = u64_at(&block, self.layout.tstate_next).unwrap_or(0);
+            }
+            shape.push((interp, chain));
+        }
+        self.shape = shape;
+        Ok(threads)
+    }
+
+    /// Read the interpreters and thread states where the last walk found them, in one batch,
+    /// and keep the result only if every link still points where it did: the head at the
+    /// first interpreter, each interpreter at the next and at its first thread state, each
+    /// thread state at its interpreter and the next. Any change (a thread started or ended)
+    /// and the caller walks again.
+    fn threads_as_before(&mut self, memory: &dyn Memory) -> Option<Vec<PyThread>> {
+        if self.shape.is_empty() {
+            return None;
+        }
+        let read_size = self.layout.tstate_read_size() as usize;
+        let mut blocks = vec![(self.head, 8)];
+        for (interp, chain) in &self.shape {
+            blocks.push((interp + self.layout.interp_next, 8));
+            blocks.push((interp + self.layout.interp_threads_head, 8));
+            blocks.extend(chain.iter().map(|&tstate| (tstate, read_size)));
+        }
+        let mut batch = std::mem::take(&mut self.batch);
+        let read = memory.read_many(&blocks, &mut batch).ok();
+        let threads = read.and_then(|()| self.parse_batch(&batch, read_size));
+        self.batch = batch;
+        threads
+    }
+
+    fn parse_batch(&self, batch: &[u8], read_size: usize) -> Option<Vec<PyThread>> {
+        let mut at = 0usize;
+        let mut word = || {
+            let value = u64_at(batch, at as u64);
+            at += 8;
+            value
+        };
+        if word()? != self.shape[0].0 {
+            return None;
+        }
+        let mut threads = Vec::new();
+        for (i, (interp, chain)) in self.shape.iter().enumerate() {
+            let next_interp = self.shape.get(i + 1).map_or(0, |(next, _)| *next);
+            let mut word = || {
+                let value = u64_at(batch, at as u64);
+                at += 8;
+                value
+            };
+            if word()? != next_interp || word()? != chain.first().copied().unwrap_or(0) {
+                return None;
+            }
+            for (j, &tstate) in chain.iter().enumerate() {
+                let block = batch.get(at..at + read_size)?;
+                at += read_size;
+                let next = chain.get(j + 1).copied().unwrap_or(0);
+                if u64_at(block, self.layout.tstate_next)? != next {
+                    return None;
+                }
+                threads.push(self.thread_from_block(tstate, *interp, block).ok()?);
+            }
+        }
+        Some(threads)
+    }
+
+    /// One thread state from its block, which must name `interp` as its interpreter.
+    fn thread_from_block(
+        &self,
+        tstate: u64,
+        interp: u64,
+        block: &[u8],
+    ) -> std::result::Result<PyThread, ReadError> {
+        let field = |offset| u64_at(block, offset).unwrap_or(0);
+        if field(self.layout.tstate_interp) != interp {
+            // The list changed under us (a thread is being created or deleted).
+            return Err(ReadError::BadPointer { addr: tstate });
+        }
+        let flag =
+            |f: Option<layout::Flag>| f.and_then(|f| u32_at(block, f.offset).map(|w| f.is_set(w)));
+        Ok(PyThread {
+            tstate,
+            interp,
+            thread_id: field(self.layout.tstate_thread_id),
+            native_id: self
+                .layout
+                .tstate_native_thread_id
+                .and_then(|o| i32_at(block, o))
+                .filter(|&tid| tid > 0),
+            holds_gil: flag(self.layout.tstate_holds_gil),
+            gil_requested: flag(self.layout.tstate_gil_requested),
+            active: match self.layout.current {
+                layout::Current::ThreadFlag(f) => flag(Some(f)),
+                _ => None,
+            },
+        })
     }
 
     /// The GIL now.
@@ -724,5 +817,123 @@ fn choose_layout(
             version: version.to_string(),
             what: "no _Py_DebugOffsets and no table for this version".into(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::memory::MemoryImage;
+    use std::cell::Cell;
+
+    /// An image that counts how it is read.
+    struct Counted {
+        image: MemoryImage,
+        single: Cell<u32>,
+        batches: Cell<u32>,
+    }
+
+    impl Memory for Counted {
+        fn read_exact(&self, addr: u64, buf: &mut [u8]) -> std::result::Result<(), ReadError> {
+            self.single.set(self.single.get() + 1);
+            self.image.read_exact(addr, buf)
+        }
+
+        fn read_many(
+            &self,
+            blocks: &[(u64, usize)],
+            out: &mut Vec<u8>,
+        ) -> std::result::Result<(), ReadError> {
+            self.batches.set(self.batches.get() + 1);
+            self.image.read_many(blocks, out)
+        }
+    }
+
+    const HEAD: u64 = 0x10_0000;
+    const INTERP: u64 = 0x20_0000;
+
+    /// One interpreter whose threads are (tstate address, native tid), in list order.
+    fn process(layout: &Layout, threads: &[(u64, i32)]) -> Counted {
+        let mut image = MemoryImage::new();
+        image.add(HEAD, INTERP.to_le_bytes().to_vec());
+        let mut interp = vec![0u8; 4096];
+        let first = threads.first().map_or(0, |t| t.0);
+        let at = layout.interp_threads_head as usize;
+        interp[at..at + 8].copy_from_slice(&first.to_le_bytes());
+        image.add(INTERP, interp);
+        for (i, &(tstate, tid)) in threads.iter().enumerate() {
+            let mut block = vec![0u8; layout.tstate_read_size() as usize];
+            let mut put = |offset: u64, value: u64| {
+                block[offset as usize..offset as usize + 8].copy_from_slice(&value.to_le_bytes())
+            };
+            put(layout.tstate_interp, INTERP);
+            put(layout.tstate_next, threads.get(i + 1).map_or(0, |t| t.0));
+            put(layout.tstate_thread_id, 0x7f00_0000_0000 + tid as u64);
+            put(layout.tstate_native_thread_id.unwrap(), tid as u64);
+            image.add(tstate, block);
+        }
+        Counted {
+            image,
+            single: Cell::new(0),
+            batches: Cell::new(0),
+        }
+    }
+
+    fn tids(threads: &[PyThread]) -> Vec<i32> {
+        threads.iter().filter_map(|t| t.native_id).collect()
+    }
+
+    #[test]
+    fn a_tick_reads_unchanged_lists_in_one_batch_and_walks_again_when_they_change() {
+        let layout = layout::table_for(&Version::new(3, 11, 7)).unwrap();
+        let mut interpreter = Interpreter::from_parts(
+            Version::new(3, 11, 7),
+            layout.clone(),
+            LayoutSource::Table,
+            HEAD,
+            None,
+            GilAddresses::in_struct(0x30_0000, layout::DEFAULT_GIL),
+        );
+        let live = [100, 101, 102, 103];
+        let before = process(&layout, &[(0x40_0000, 101), (0x41_0000, 100)]);
+        assert_eq!(
+            tids(&interpreter.threads(&before, &live).unwrap()),
+            [101, 100]
+        );
+        let walk_reads = before.single.get();
+        assert!(walk_reads >= 4);
+        // Nothing changed: one batch, no pointer chasing.
+        assert_eq!(
+            tids(&interpreter.threads(&before, &live).unwrap()),
+            [101, 100]
+        );
+        assert_eq!((before.single.get(), before.batches.get()), (walk_reads, 1));
+        // The same shape with new contents (a tstate reused by a new thread): read as it is.
+        let reused = process(&layout, &[(0x40_0000, 102), (0x41_0000, 100)]);
+        assert_eq!(
+            tids(&interpreter.threads(&reused, &live).unwrap()),
+            [102, 100]
+        );
+        assert_eq!(reused.single.get(), 0);
+        // A thread started at the head: the batch no longer matches, the lists are walked.
+        let started = process(
+            &layout,
+            &[(0x42_0000, 103), (0x40_0000, 102), (0x41_0000, 100)],
+        );
+        assert_eq!(
+            tids(&interpreter.threads(&started, &live).unwrap()),
+            [103, 102, 100]
+        );
+        assert!(started.single.get() >= 5);
+        // A thread ended at the tail; then every thread: each seen at once.
+        let ended = process(&layout, &[(0x42_0000, 103), (0x40_0000, 102)]);
+        assert_eq!(
+            tids(&interpreter.threads(&ended, &live).unwrap()),
+            [103, 102]
+        );
+        let none = process(&layout, &[]);
+        assert!(interpreter.threads(&none, &live).unwrap().is_empty());
+        assert!(interpreter.threads(&none, &live).unwrap().is_empty());
+        assert_eq!(none.batches.get(), 2);
     }
 }

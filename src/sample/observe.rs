@@ -15,6 +15,10 @@ use crate::target::task::{Activity, TaskError, TaskReading, Tasks};
 
 /// Walks of one thread's stack per tick before it counts as unreadable.
 const STACK_ATTEMPTS: usize = 3;
+/// A thread asleep whose exact CPU clock has not moved is still asleep where it was: its
+/// /proc reading is reused, but never for longer than this (ns), so that a thread that ended
+/// (its tid free for reuse, its counter frozen) is noticed by a real read.
+const REUSE_SLEEPER_NS: u64 = 50_000_000;
 
 /// One thread at one tick, before classification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -116,6 +120,9 @@ pub struct Observer<M: Memory> {
     /// Each thread's last stack and the CPU time at which it was read: a thread whose exact
     /// CPU time has not moved has not run, so its stack has not changed.
     last_stacks: HashMap<i32, (u64, u64, StackId)>,
+    /// Each sleeping thread's last real /proc reading: the exact CPU time at it, when it was
+    /// taken, and the reading.
+    last_sleeps: HashMap<i32, (u64, u64, TaskReading)>,
     /// What the ticks so far cost, phase by phase.
     pub stats: TickStats,
 }
@@ -131,6 +138,7 @@ impl<M: Memory> Observer<M> {
             stacks: None,
             thread_names: None,
             last_stacks: HashMap::new(),
+            last_sleeps: HashMap::new(),
             stats: TickStats::default(),
         }
     }
@@ -273,9 +281,23 @@ impl<M: Memory> Observer<M> {
         lap.split();
         for &tid in &live {
             let exact_cpu = self.clocks.read(tid);
-            let task = match self.tasks.read(tid, exact_cpu.is_none()) {
+            let task = match sleeper_reading(&self.last_sleeps, tid, exact_cpu, start_ns) {
+                Some(task) => {
+                    self.stats.proc_reads_reused += 1;
+                    Ok(task)
+                }
+                None => self.tasks.read(tid, exact_cpu.is_none()).inspect(|&task| {
+                    remember_sleeper(&mut self.last_sleeps, tid, exact_cpu, start_ns, task);
+                }),
+            };
+            let task = match task {
                 Ok(task) => task,
-                Err(TaskError::Gone) => continue,
+                Err(TaskError::Gone) => {
+                    // Its counter would go on reading the dead thread's frozen clock.
+                    self.clocks.forget(tid);
+                    self.last_sleeps.remove(&tid);
+                    continue;
+                }
                 Err(TaskError::Denied) => return Err(TickError::Denied),
                 Err(TaskError::Io(errno)) => {
                     return Err(TickError::Torn(format!("task {tid}: errno {errno}")))
@@ -305,6 +327,8 @@ impl<M: Memory> Observer<M> {
         self.stats.proc_ns += lap.split();
         self.tasks.retain(&live);
         self.clocks.retain(&live);
+        self.last_sleeps
+            .retain(|tid, _| live.binary_search(tid).is_ok());
         self.last_stacks
             .retain(|tid, _| live.binary_search(tid).is_ok());
         lap.split();
@@ -326,5 +350,85 @@ impl<M: Memory> Observer<M> {
             threads,
             stack_errors,
         })
+    }
+}
+
+/// The last reading of a thread that was asleep then and, by its exact CPU clock, has not
+/// run since: it cannot have left the system call it slept in (a thread woken but not yet
+/// on a CPU is still where it slept as far as its state goes). Saves most of a tick's
+/// /proc reads on targets whose threads mostly sleep.
+fn sleeper_reading(
+    last_sleeps: &HashMap<i32, (u64, u64, TaskReading)>,
+    tid: i32,
+    exact_cpu: Option<u64>,
+    now_ns: u64,
+) -> Option<TaskReading> {
+    let cpu = exact_cpu?;
+    let &(was_cpu, read_ns, reading) = last_sleeps.get(&tid)?;
+    (was_cpu == cpu && now_ns.saturating_sub(read_ns) <= REUSE_SLEEPER_NS).then_some(reading)
+}
+
+/// Keep a real reading of a sleeping thread for [`sleeper_reading`].
+fn remember_sleeper(
+    last_sleeps: &mut HashMap<i32, (u64, u64, TaskReading)>,
+    tid: i32,
+    exact_cpu: Option<u64>,
+    now_ns: u64,
+    task: TaskReading,
+) {
+    let asleep = matches!(
+        task.activity,
+        Activity::Syscall { .. } | Activity::Blocked { .. }
+    );
+    match exact_cpu {
+        Some(cpu) if asleep => {
+            last_sleeps.insert(tid, (cpu, now_ns, task));
+        }
+        _ => {
+            last_sleeps.remove(&tid);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(activity: Activity) -> TaskReading {
+        TaskReading {
+            tid: 7,
+            activity,
+            cpu_ns: 0,
+            runqueue_ns: 0,
+        }
+    }
+
+    #[test]
+    fn a_sleeper_is_not_read_again_until_its_clock_moves_or_the_reading_is_old() {
+        let mut last = HashMap::new();
+        let futex = reading(Activity::Syscall {
+            nr: 202,
+            args: [0x1000, 0x189, 0],
+            sp: 1,
+            pc: 2,
+        });
+        remember_sleeper(&mut last, 7, Some(500), 1_000, futex);
+        assert_eq!(sleeper_reading(&last, 7, Some(500), 2_000), Some(futex));
+        // It ran (however briefly): it may be anywhere now.
+        assert_eq!(sleeper_reading(&last, 7, Some(501), 2_000), None);
+        // No exact clock: nothing can be known.
+        assert_eq!(sleeper_reading(&last, 7, None, 2_000), None);
+        assert_eq!(sleeper_reading(&last, 8, Some(500), 2_000), None);
+        // Too old: read again (a thread that ended has a frozen clock too).
+        let late = 1_000 + REUSE_SLEEPER_NS + 1;
+        assert_eq!(sleeper_reading(&last, 7, Some(500), late), None);
+        // A runnable thread is never reused, and forgets what it was.
+        remember_sleeper(&mut last, 7, Some(900), 3_000, reading(Activity::Running));
+        assert_eq!(sleeper_reading(&last, 7, Some(900), 3_000), None);
+        let fault = reading(Activity::Blocked { sp: 1, pc: 2 });
+        remember_sleeper(&mut last, 7, Some(900), 3_000, fault);
+        assert_eq!(sleeper_reading(&last, 7, Some(900), 4_000), Some(fault));
+        remember_sleeper(&mut last, 7, None, 5_000, fault);
+        assert!(last.is_empty());
     }
 }

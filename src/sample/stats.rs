@@ -50,6 +50,8 @@ pub struct TickStats {
     pub proc_reads: u64,
     /// CPU clock (perf counter) reads.
     pub clock_reads: u64,
+    /// /proc readings of sleeping threads reused because their exact CPU clock had not moved.
+    pub proc_reads_reused: u64,
     /// Walking the Python stacks (their remote reads included).
     pub stack_ns: u64,
     /// Remote reads of the stack walks.
@@ -68,6 +70,7 @@ impl TickStats {
         self.proc_ns += other.proc_ns;
         self.proc_reads += other.proc_reads;
         self.clock_reads += other.clock_reads;
+        self.proc_reads_reused += other.proc_reads_reused;
         self.stack_ns += other.stack_ns;
         self.stack_reads += other.stack_reads;
         self.aggregate_ns += other.aggregate_ns;
@@ -114,6 +117,12 @@ impl TickStats {
             "(in /proc reads)",
             self.clock_reads as f64 / ticks
         );
+        text += &format!(
+            "  {:<14}{:>38}  {:>8.1} reused/tick\n",
+            "(sleepers)",
+            "(not re-read)",
+            self.proc_reads_reused as f64 / ticks
+        );
         text += &line(
             "stack walks",
             self.stack_ns,
@@ -139,6 +148,7 @@ mod tests {
             proc_ns: 200_000,
             proc_reads: 80,
             clock_reads: 40,
+            proc_reads_reused: 12,
             stack_ns: 40_000,
             stack_reads: 20,
             aggregate_ns: 20_000,
@@ -148,6 +158,7 @@ mod tests {
         assert!(text.starts_with("4 ticks, 100.0 us per tick"), "{text}");
         assert!(text.contains("remote reads        25.0 us/tick"), "{text}");
         assert!(text.contains("10.0 reads/tick"), "{text}");
+        assert!(text.contains("3.0 reused/tick"), "{text}");
         assert!(text.contains("other               10.0 us/tick"), "{text}");
     }
 }

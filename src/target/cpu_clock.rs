@@ -90,6 +90,11 @@ impl CpuClocks {
         Some(value)
     }
 
+    /// Close the counter of a thread that is gone (its tid may be reused by a new thread).
+    pub fn forget(&mut self, tid: i32) {
+        self.counters.remove(&tid);
+    }
+
     /// Close the counters of threads that are gone.
     pub fn retain(&mut self, alive: &[i32]) {
         self.counters

@@ -97,6 +97,19 @@ pub trait Memory {
         Ok(value)
     }
 
+    /// Read several blocks, `(address, length)` each, into `out` one after the other: all of
+    /// them or an error. A live process answers with one system call (where an image reads
+    /// block by block), which is what makes it worth asking for blocks together.
+    fn read_many(&self, blocks: &[(u64, usize)], out: &mut Vec<u8>) -> Result<(), ReadError> {
+        out.clear();
+        for &(addr, len) in blocks {
+            let at = out.len();
+            out.resize(at + checked_len(addr, len)?, 0);
+            self.read_checked(addr, &mut out[at..])?;
+        }
+        Ok(())
+    }
+
     /// Read `buf.len()` bytes after checking the address is plausible.
     fn read_checked(&self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
         if !is_user_address(addr) || addr.checked_add(buf.len() as u64).is_none() {
@@ -104,6 +117,17 @@ pub trait Memory {
         }
         self.read_exact(addr, buf)
     }
+}
+
+/// `len` if a read of it at `addr` is within bounds: a user address, not too long.
+fn checked_len(addr: u64, len: usize) -> Result<usize, ReadError> {
+    if len > MAX_READ {
+        return Err(ReadError::TooLarge { addr, len });
+    }
+    if !is_user_address(addr) || addr.checked_add(len as u64).is_none() {
+        return Err(ReadError::BadPointer { addr });
+    }
+    Ok(len)
 }
 
 /// Check that `addr` could be a pointer to an object aligned to `align` (a power of two).
@@ -167,7 +191,90 @@ impl Memory for ProcessMemory {
     fn reads(&self) -> u64 {
         self.reads.get()
     }
+
+    fn read_many(&self, blocks: &[(u64, usize)], out: &mut Vec<u8>) -> Result<(), ReadError> {
+        out.clear();
+        let mut total = 0usize;
+        for &(addr, len) in blocks {
+            total = total
+                .checked_add(checked_len(addr, len)?)
+                .filter(|&t| t <= MAX_BATCH)
+                .ok_or(ReadError::TooLarge { addr, len })?;
+        }
+        out.resize(total, 0);
+        let mut done = 0;
+        for chunk in blocks.chunks(IOV_PER_CALL) {
+            let local: Vec<libc::iovec> = chunk
+                .iter()
+                .scan(done, |at, &(_, len)| {
+                    let start = *at;
+                    *at += len;
+                    Some(libc::iovec {
+                        // SAFETY: start + len <= total = out.len(): inside the buffer.
+                        iov_base: unsafe { out.as_mut_ptr().add(start) }.cast(),
+                        iov_len: len,
+                    })
+                })
+                .collect();
+            let remote: Vec<libc::iovec> = chunk
+                .iter()
+                .map(|&(addr, len)| libc::iovec {
+                    iov_base: addr as usize as *mut libc::c_void,
+                    iov_len: len,
+                })
+                .collect();
+            let want: usize = chunk.iter().map(|&(_, len)| len).sum();
+            self.reads.set(self.reads.get() + 1);
+            // SAFETY: every local iovec lies inside `out`; remote addresses are only read by
+            // the kernel, which checks them.
+            let got = unsafe {
+                libc::process_vm_readv(
+                    self.process.pid,
+                    local.as_ptr(),
+                    local.len() as libc::c_ulong,
+                    remote.as_ptr(),
+                    remote.len() as libc::c_ulong,
+                    0,
+                )
+            };
+            if got < 0 {
+                let errno = std::io::Error::last_os_error().raw_os_error();
+                let (addr, len) = chunk[0];
+                return Err(match errno {
+                    Some(libc::ESRCH) => ReadError::Gone,
+                    Some(libc::EPERM) => ReadError::Denied,
+                    Some(errno) => ReadError::Fault { addr, len, errno },
+                    None => ReadError::Fault {
+                        addr,
+                        len,
+                        errno: libc::EIO,
+                    },
+                });
+            }
+            if got as usize != want {
+                // A partial read stops at the first block that faulted: name it.
+                let mut at = 0;
+                for &(addr, len) in chunk {
+                    if at + len > got as usize {
+                        return Err(ReadError::Fault {
+                            addr,
+                            len,
+                            errno: libc::EFAULT,
+                        });
+                    }
+                    at += len;
+                }
+            }
+            done += want;
+        }
+        Ok(())
+    }
 }
+
+/// Blocks per process_vm_readv call (the kernel's UIO_MAXIOV).
+const IOV_PER_CALL: usize = 1024;
+/// Bytes one `read_many` may ask for in all.
+const MAX_BATCH: usize = 16 << 20;
 
 fn classify_read_error(addr: u64, len: usize, error: &remoteprocess::Error) -> ReadError {
     let errno = match error {
@@ -289,6 +396,42 @@ mod tests {
             image.read_bytes(0x10000, MAX_READ + 1),
             Err(ReadError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn a_batch_reads_every_block_in_order_or_names_the_one_that_faulted() {
+        let here = ProcessMemory::new(std::process::id() as i32);
+        let a = [1u8, 2, 3, 4, 5, 6, 7, 8];
+        let b = vec![9u8; 3000];
+        let blocks = [
+            (a.as_ptr() as u64 + 2, 4),
+            (b.as_ptr() as u64, b.len()),
+            (a.as_ptr() as u64, 1),
+        ];
+        let mut out = Vec::new();
+        here.read_many(&blocks, &mut out).unwrap();
+        assert_eq!(&out[..4], &[3, 4, 5, 6]);
+        assert!(out[4..3004].iter().all(|&x| x == 9));
+        assert_eq!(out[3004..], [1]);
+        assert_eq!(here.reads(), 1);
+        // A page nobody maps (the first above the null guard): the batch fails there.
+        let blocks = [(a.as_ptr() as u64, 8), (0x1000, 8)];
+        assert!(matches!(
+            here.read_many(&blocks, &mut out),
+            Err(ReadError::Fault { addr: 0x1000, .. })
+        ));
+        assert!(matches!(
+            here.read_many(&[(0x10, 8)], &mut out),
+            Err(ReadError::BadPointer { .. })
+        ));
+        // An image answers the same way, block by block.
+        let mut image = MemoryImage::new();
+        image.add(0x10000, (0u8..32).collect());
+        image
+            .read_many(&[(0x10004, 2), (0x10000, 1)], &mut out)
+            .unwrap();
+        assert_eq!(out, [4, 5, 0]);
+        assert!(image.read_many(&[(0x20000, 1)], &mut out).is_err());
     }
 
     #[test]

@@ -4,8 +4,12 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+
+/// getdents64 calls per listing at most (32 KiB each: about a million threads).
+const MAX_LISTING_CALLS: usize = 1 << 15;
 
 /// x86_64 syscall number of futex(2).
 pub const SYS_FUTEX: i64 = 202;
@@ -79,6 +83,9 @@ pub struct Tasks {
     dir: PathBuf,
     open: HashMap<i32, TaskFiles>,
     buf: Vec<u8>,
+    /// The task directory, kept open between listings, and a buffer for its entries.
+    dir_fd: Option<File>,
+    dirents: Vec<u8>,
     /// Directory listings and file reads so far (for `--stats`).
     pub reads: u64,
 }
@@ -89,16 +96,56 @@ impl Tasks {
             dir: PathBuf::from(format!("/proc/{pid}/task")),
             open: HashMap::new(),
             buf: vec![0; 256],
+            dir_fd: None,
+            dirents: vec![0; 32 * 1024],
             reads: 0,
         }
     }
 
-    /// The thread ids of the process now, sorted.
+    /// The thread ids of the process now, sorted. The directory stays open: a listing is a
+    /// rewind and a getdents64 or two, not an open, a stat and a close per tick.
     pub fn list(&mut self) -> io::Result<Vec<i32>> {
         self.reads += 1;
-        let mut tids: Vec<i32> = std::fs::read_dir(&self.dir)?
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect();
+        let result = self.list_open();
+        if result.is_err() {
+            self.dir_fd = None;
+        }
+        result
+    }
+
+    fn list_open(&mut self) -> io::Result<Vec<i32>> {
+        if self.dir_fd.is_none() {
+            let dir = File::open(&self.dir)?;
+            self.dir_fd = Some(dir);
+        }
+        let Some(dir) = self.dir_fd.as_ref() else {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        };
+        let fd = dir.as_raw_fd();
+        // SAFETY: lseek on a directory fd we own.
+        if unsafe { libc::lseek(fd, 0, libc::SEEK_SET) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut tids = Vec::with_capacity(self.open.len() + 1);
+        // Each call returns at least one entry until the end: bounded by the thread count.
+        for _ in 0..MAX_LISTING_CALLS {
+            // SAFETY: getdents64 writes at most `len` bytes into our buffer.
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_getdents64,
+                    fd,
+                    self.dirents.as_mut_ptr(),
+                    self.dirents.len(),
+                )
+            };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if n == 0 {
+                break;
+            }
+            tids.extend(dirent_tids(&self.dirents[..n as usize]));
+        }
         tids.sort_unstable();
         Ok(tids)
     }
@@ -164,6 +211,21 @@ impl Tasks {
         let raw = std::fs::read(self.dir.join(tid.to_string()).join("stat")).ok()?;
         stat_state(&raw)
     }
+}
+
+/// The numeric names in a getdents64 buffer: records of d_ino (8 bytes), d_off (8), d_reclen
+/// (2), d_type (1) and a NUL-terminated name.
+fn dirent_tids(mut entries: &[u8]) -> impl Iterator<Item = i32> + '_ {
+    std::iter::from_fn(move || loop {
+        let reclen = u16::from_le_bytes(entries.get(16..18)?.try_into().ok()?) as usize;
+        let record = entries.get(..reclen.max(19))?;
+        entries = &entries[record.len()..];
+        let name = &record[19..];
+        let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+        if let Some(tid) = std::str::from_utf8(name).ok().and_then(|n| n.parse().ok()) {
+            return Some(tid);
+        }
+    })
 }
 
 /// The state letter of a stat line: the first field after the ")" that closes the name.
@@ -262,5 +324,38 @@ mod tests {
         let main = tasks.read(std::process::id() as i32, true).unwrap();
         assert!(main.cpu_ns > 0);
         assert_eq!(tasks.read(i32::MAX, true), Err(TaskError::Gone));
+    }
+
+    #[test]
+    fn a_listing_sees_threads_started_and_ended_since_the_last() {
+        let mut tasks = Tasks::new(std::process::id() as i32);
+        let before = tasks.list().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            tx.send(nix::unistd::gettid().as_raw()).unwrap();
+            let _ = done_rx.recv();
+        });
+        let tid = rx.recv().unwrap();
+        let during = tasks.list().unwrap();
+        assert!(!before.contains(&tid) && during.contains(&tid));
+        assert!(during.windows(2).all(|w| w[0] < w[1]));
+        done_tx.send(()).unwrap();
+        thread.join().unwrap();
+        assert!(!tasks.list().unwrap().contains(&tid));
+    }
+
+    #[test]
+    fn dirent_records_give_their_numeric_names() {
+        let mut buf = Vec::new();
+        for name in [".", "..", "4242", "17"] {
+            let reclen = (19 + name.len() + 1).next_multiple_of(8);
+            let mut record = vec![0u8; reclen];
+            record[16..18].copy_from_slice(&(reclen as u16).to_le_bytes());
+            record[19..19 + name.len()].copy_from_slice(name.as_bytes());
+            buf.extend(record);
+        }
+        assert_eq!(dirent_tids(&buf).collect::<Vec<_>>(), vec![4242, 17]);
+        assert_eq!(dirent_tids(&buf[..30]).count(), 0);
     }
 }
