@@ -32,6 +32,8 @@ fn main() {
             std::process::exit(ExitCode::Usage as i32);
         }
     };
+    // Each thread of a target keeps two files open while it is sampled.
+    gilscope::target::process::raise_open_file_limit();
     let result = match cli.command {
         Command::Record(args) => record_command(args),
         Command::Dump(args) => dump_command(args),

@@ -437,10 +437,32 @@ impl Interpreter {
         memory: &dyn Memory,
         live_tids: &[i32],
     ) -> std::result::Result<Vec<PyThread>, ReadError> {
-        let mut threads = match self.threads_as_before(memory) {
-            Some(threads) => threads,
-            None => self.walk_threads(memory)?,
-        };
+        let (_, threads) = self.read_state(memory)?;
+        Ok(self.resolve_threads(memory, threads, live_tids))
+    }
+
+    /// The GIL and every Python thread state, read together: in one batch when the lists are
+    /// as the last read left them (the usual tick), else the GIL and then a walk. Kernel tids
+    /// are those the thread states hold: [`Self::resolve_threads`] completes them.
+    pub fn read_state(
+        &mut self,
+        memory: &dyn Memory,
+    ) -> std::result::Result<(GilState, Vec<PyThread>), ReadError> {
+        if let Some(state) = self.state_as_before(memory) {
+            return Ok(state);
+        }
+        let gil = self.gil_state(memory)?;
+        Ok((gil, self.walk_threads(memory)?))
+    }
+
+    /// Give threads read by [`Self::read_state`] their kernel tids (3.6-3.10 keep only the
+    /// `pthread_t`), and keep those among `live_tids` (sorted): the process's tasks now.
+    pub fn resolve_threads(
+        &mut self,
+        memory: &dyn Memory,
+        mut threads: Vec<PyThread>,
+        live_tids: &[i32],
+    ) -> Vec<PyThread> {
         if self.layout.tstate_native_thread_id.is_none() {
             let pthreads: Vec<u64> = threads.iter().map(|t| t.thread_id).collect();
             let tids = self.pthreads.resolve(memory, &pthreads, live_tids);
@@ -452,7 +474,7 @@ impl Interpreter {
             t.native_id
                 .is_some_and(|tid| live_tids.binary_search(&tid).is_ok())
         });
-        Ok(threads)
+        threads
     }
 
     /// Walk the lists pointer by pointer, and remember their shape for the next tick.
@@ -489,22 +511,45 @@ impl Interpreter {
     /// first interpreter, each interpreter at the next and at its first thread state, each
     /// thread state at its interpreter and the next. Any change (a thread started or ended)
     /// and the caller walks again.
-    fn threads_as_before(&mut self, memory: &dyn Memory) -> Option<Vec<PyThread>> {
+    fn state_as_before(&mut self, memory: &dyn Memory) -> Option<(GilState, Vec<PyThread>)> {
         if self.shape.is_empty() {
             return None;
         }
         let read_size = self.layout.tstate_read_size() as usize;
-        let mut blocks = vec![(self.head, 8)];
+        // The GIL goes in the batch where it is one block that holds everything read_gil needs.
+        let gil_span = gil_span(&self.gil).filter(|&(base, len)| {
+            self.gil
+                .current
+                .is_none_or(|c| c >= base && c + 8 <= base + len as u64)
+        });
+        let mut blocks =
+            Vec::with_capacity(self.shape.iter().map(|(_, c)| c.len() + 2).sum::<usize>() + 2);
+        blocks.extend(gil_span);
+        blocks.push((self.head, 8));
         for (interp, chain) in &self.shape {
             blocks.push((interp + self.layout.interp_next, 8));
             blocks.push((interp + self.layout.interp_threads_head, 8));
             blocks.extend(chain.iter().map(|&tstate| (tstate, read_size)));
         }
+        let gil = match gil_span {
+            Some(_) => None,
+            None => Some(self.gil_state(memory).ok()?),
+        };
         let mut batch = std::mem::take(&mut self.batch);
         let read = memory.read_many(&blocks, &mut batch).ok();
-        let threads = read.and_then(|()| self.parse_batch(&batch, read_size));
+        let state = read.and_then(|()| {
+            let (gil, lists) = match (gil, gil_span) {
+                (Some(gil), _) => (gil, &batch[..]),
+                (None, Some((_, len))) => {
+                    let block = batch.get(..len)?;
+                    (gil_from_block(block, &self.gil).ok()?, batch.get(len..)?)
+                }
+                (None, None) => return None,
+            };
+            Some((gil, self.parse_batch(lists, read_size)?))
+        });
         self.batch = batch;
-        threads
+        state
     }
 
     fn parse_batch(&self, batch: &[u8], read_size: usize) -> Option<Vec<PyThread>> {
@@ -579,34 +624,38 @@ impl Interpreter {
     }
 }
 
+/// Where a GIL kept in one struct lies, `(base, length)`, with the current-thread pointer
+/// that sits just after it on 3.7-3.11 when it is near enough to come in the same read.
+fn gil_span(gil: &GilAddresses) -> Option<(u64, usize)> {
+    let (base, fields) = gil.block?;
+    let mut len = fields.switch_number + 8;
+    if let Some(current) = gil.current.filter(|&c| near_gil(base, c)) {
+        len = len.max(current - base + 8);
+    }
+    Some((base, len as usize))
+}
+
+fn near_gil(base: u64, addr: u64) -> bool {
+    addr >= base && addr - base < 4096
+}
+
 /// Read a GIL from its addresses: one read when it is a struct, field by field on 3.6.
 pub fn read_gil(
     memory: &dyn Memory,
     gil: &GilAddresses,
 ) -> std::result::Result<GilState, ReadError> {
-    // The current-thread pointer sits just after the GIL on 3.7-3.11: one read covers both.
-    let near = |base: u64, addr: u64| addr >= base && addr - base < 4096;
-    let (locked, holder, switch_number, interval, current) = match gil.block {
-        Some((base, fields)) => {
-            let mut len = fields.switch_number + 8;
-            if let Some(current) = gil.current.filter(|c| near(base, *c)) {
-                len = len.max(current - base + 8);
+    match (gil_span(gil), gil.block) {
+        (Some((base, len)), Some((_, fields))) => {
+            let block = memory.read_bytes(base, len)?;
+            match gil_from_block(&block, gil) {
+                Ok(state) => Ok(state),
+                Err(far_current) => {
+                    let current = memory.read_u64(far_current)?;
+                    Ok(block_state(&block, fields, Some(current)))
+                }
             }
-            let block = memory.read_bytes(base, len as usize)?;
-            let current = match gil.current {
-                Some(c) if near(base, c) => u64_at(&block, c - base),
-                Some(c) => Some(memory.read_u64(c)?),
-                None => None,
-            };
-            (
-                i32_at(&block, fields.locked).unwrap_or(0),
-                u64_at(&block, fields.last_holder).unwrap_or(0),
-                u64_at(&block, fields.switch_number).unwrap_or(0),
-                u64_at(&block, fields.interval).unwrap_or(0),
-                current,
-            )
         }
-        None => (
+        _ => Ok(gil_state(
             memory.read_i32(gil.locked)?,
             memory.read_u64(gil.last_holder)?,
             memory.read_u64(gil.switch_number)?,
@@ -615,29 +664,62 @@ pub fn read_gil(
                 Some(c) => Some(memory.read_u64(c)?),
                 None => None,
             },
-        ),
+        )),
+    }
+}
+
+/// The GIL from its struct read in one block at [`gil_span`]. Err(address) if the current
+/// thread pointer is elsewhere and must be read on its own.
+fn gil_from_block(block: &[u8], gil: &GilAddresses) -> std::result::Result<GilState, u64> {
+    let Some((base, fields)) = gil.block else {
+        return Err(gil.locked);
     };
+    let current = match gil.current {
+        Some(c) if near_gil(base, c) => u64_at(block, c - base),
+        Some(c) => return Err(c),
+        None => None,
+    };
+    Ok(block_state(block, fields, current))
+}
+
+fn block_state(block: &[u8], fields: GilFields, current: Option<u64>) -> GilState {
+    gil_state(
+        i32_at(block, fields.locked).unwrap_or(0),
+        u64_at(block, fields.last_holder).unwrap_or(0),
+        u64_at(block, fields.switch_number).unwrap_or(0),
+        u64_at(block, fields.interval).unwrap_or(0),
+        current,
+    )
+}
+
+fn gil_state(
+    locked: i32,
+    holder: u64,
+    switch_number: u64,
+    interval: u64,
+    current: Option<u64>,
+) -> GilState {
     if locked < 0 {
         // 3.6 before a second thread starts: no GIL; the running thread is the current one.
         let current = current.unwrap_or(0);
-        return Ok(GilState {
+        return GilState {
             created: false,
             locked: current != 0,
             holder: current,
             switch_number,
             interval_us: interval,
             current: Some(current),
-        });
+        };
     }
     let locked = locked == 1;
-    Ok(GilState {
+    GilState {
         created: true,
         locked,
         holder: if locked { holder } else { 0 },
         switch_number,
         interval_us: interval,
         current,
-    })
+    }
 }
 
 /// Does `base` hold a `_gil_runtime_state`? locked is 0 or 1, the interval is plausible, the
@@ -851,11 +933,19 @@ mod tests {
 
     const HEAD: u64 = 0x10_0000;
     const INTERP: u64 = 0x20_0000;
+    const GIL: u64 = 0x30_0000;
 
     /// One interpreter whose threads are (tstate address, native tid), in list order.
     fn process(layout: &Layout, threads: &[(u64, i32)]) -> Counted {
         let mut image = MemoryImage::new();
         image.add(HEAD, INTERP.to_le_bytes().to_vec());
+        // The GIL, locked by the first thread after 7 switches.
+        let mut gil = vec![0u8; 208];
+        gil[0..8].copy_from_slice(&5000u64.to_le_bytes());
+        gil[8..16].copy_from_slice(&threads.first().map_or(0, |t| t.0).to_le_bytes());
+        gil[16..20].copy_from_slice(&1i32.to_le_bytes());
+        gil[24..32].copy_from_slice(&7u64.to_le_bytes());
+        image.add(GIL, gil);
         let mut interp = vec![0u8; 4096];
         let first = threads.first().map_or(0, |t| t.0);
         let at = layout.interp_threads_head as usize;
@@ -892,7 +982,7 @@ mod tests {
             LayoutSource::Table,
             HEAD,
             None,
-            GilAddresses::in_struct(0x30_0000, layout::DEFAULT_GIL),
+            GilAddresses::in_struct(GIL, layout::DEFAULT_GIL),
         );
         let live = [100, 101, 102, 103];
         let before = process(&layout, &[(0x40_0000, 101), (0x41_0000, 100)]);
@@ -908,6 +998,13 @@ mod tests {
             [101, 100]
         );
         assert_eq!((before.single.get(), before.batches.get()), (walk_reads, 1));
+        // The GIL came in the same batch.
+        let (gil, _) = interpreter.read_state(&before).unwrap();
+        assert_eq!(
+            (gil.locked, gil.holder, gil.switch_number),
+            (true, 0x40_0000, 7)
+        );
+        assert_eq!((before.single.get(), before.batches.get()), (walk_reads, 2));
         // The same shape with new contents (a tstate reused by a new thread): read as it is.
         let reused = process(&layout, &[(0x40_0000, 102), (0x41_0000, 100)]);
         assert_eq!(

@@ -274,7 +274,6 @@ mod tests {
             locked: false,
             holder: 0,
             switch_number: 0,
-            straddled: false,
             threads,
             stack_errors: 0,
         }

@@ -60,8 +60,6 @@ pub struct Observation {
     pub locked: bool,
     pub holder: u64,
     pub switch_number: u64,
-    /// The GIL changed hands while this tick was being read.
-    pub straddled: bool,
     /// Sorted by tid.
     pub threads: Vec<ThreadObservation>,
     /// Stacks that could not be read consistently at this tick.
@@ -263,14 +261,16 @@ impl<M: Memory> Observer<M> {
     fn read_tick(&mut self) -> Result<Observation, TickError> {
         let mut lap = Stopwatch::start();
         let start_ns = lap.last_ns();
-        let gil = self.interpreter.gil_state(&self.memory)?;
+        let (gil, python) = self.interpreter.read_state(&self.memory)?;
         self.stats.memory_ns += lap.split();
         let live = self.tasks.list().map_err(|_| TickError::Gone)?;
         self.stats.proc_ns += lap.split();
         if live.is_empty() {
             return Err(TickError::Gone);
         }
-        let python = self.interpreter.threads(&self.memory, &live)?;
+        let python = self
+            .interpreter
+            .resolve_threads(&self.memory, python, &live);
         self.stats.memory_ns += lap.split();
         let by_tid: HashMap<i32, &PyThread> = python
             .iter()
@@ -332,8 +332,6 @@ impl<M: Memory> Observer<M> {
         self.last_stacks
             .retain(|tid, _| live.binary_search(tid).is_ok());
         lap.split();
-        let after = self.interpreter.gil_state(&self.memory)?;
-        self.stats.memory_ns += lap.split();
         let end_ns = lap.last_ns();
         let reads = self.memory.reads();
         let stack_errors = self.read_stacks(&mut threads);
@@ -346,7 +344,6 @@ impl<M: Memory> Observer<M> {
             locked: gil.locked,
             holder: gil.holder,
             switch_number: gil.switch_number,
-            straddled: after.switch_number != gil.switch_number || after.holder != gil.holder,
             threads,
             stack_errors,
         })

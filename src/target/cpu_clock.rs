@@ -30,6 +30,8 @@ struct PerfEventAttr {
 /// Open task-clock counters, one per thread.
 pub struct CpuClocks {
     counters: HashMap<i32, OwnedFd>,
+    /// Out of file descriptors: open no more counters until one is closed.
+    full: bool,
     /// perf_event_open was refused (seccomp in containers, perf_event_paranoid): do not retry.
     pub unavailable: Option<i32>,
     /// Counter reads so far (for `--stats`).
@@ -46,6 +48,7 @@ impl CpuClocks {
     pub fn new() -> CpuClocks {
         CpuClocks {
             counters: HashMap::new(),
+            full: false,
             unavailable: None,
             reads: 0,
         }
@@ -57,6 +60,9 @@ impl CpuClocks {
             return None;
         }
         if let std::collections::hash_map::Entry::Vacant(slot) = self.counters.entry(tid) {
+            if self.full {
+                return None;
+            }
             match open_task_clock(tid) {
                 Ok(fd) => {
                     slot.insert(fd);
@@ -68,6 +74,9 @@ impl CpuClocks {
                     ) {
                         self.unavailable = Some(errno);
                     }
+                    // The thread is read from schedstat instead; trying again every tick
+                    // would cost a failed system call per thread.
+                    self.full |= matches!(errno, libc::EMFILE | libc::ENFILE);
                     return None;
                 }
             }
@@ -92,13 +101,15 @@ impl CpuClocks {
 
     /// Close the counter of a thread that is gone (its tid may be reused by a new thread).
     pub fn forget(&mut self, tid: i32) {
-        self.counters.remove(&tid);
+        self.full &= self.counters.remove(&tid).is_none();
     }
 
     /// Close the counters of threads that are gone.
     pub fn retain(&mut self, alive: &[i32]) {
+        let before = self.counters.len();
         self.counters
             .retain(|tid, _| alive.binary_search(tid).is_ok());
+        self.full &= self.counters.len() == before;
     }
 }
 

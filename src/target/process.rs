@@ -16,6 +16,24 @@ pub enum Liveness {
     Gone,
 }
 
+/// Raise this process's soft limit on open files to its hard limit: the sampler keeps a
+/// /proc file and a CPU counter open per thread of the target, and the usual soft limit
+/// (1024) would run out on a target with 500 threads. Best effort: nothing fails if not.
+pub fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct, on this process only.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 /// What /proc/PID/stat says about the process.
 pub fn liveness(pid: i32) -> Liveness {
     let Ok(stat) = std::fs::read(format!("/proc/{pid}/stat")) else {

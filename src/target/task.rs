@@ -162,16 +162,20 @@ impl Tasks {
 
     fn read_open(&mut self, tid: i32, with_cpu: bool) -> Result<TaskReading, TaskError> {
         if !self.open.contains_key(&tid) {
-            let task_dir = self.dir.join(tid.to_string());
+            let syscall = File::open(self.dir.join(tid.to_string()).join("syscall"))?;
             let files = TaskFiles {
-                syscall: File::open(task_dir.join("syscall"))?,
-                schedstat: File::open(task_dir.join("schedstat")).ok(),
+                syscall,
+                schedstat: None,
             };
             self.open.insert(tid, files);
         }
-        let Some(files) = self.open.get(&tid) else {
+        let Some(files) = self.open.get_mut(&tid) else {
             return Err(TaskError::Gone);
         };
+        // schedstat only for threads without an exact clock: opened the first time it is needed.
+        if with_cpu && files.schedstat.is_none() {
+            files.schedstat = File::open(self.dir.join(tid.to_string()).join("schedstat")).ok();
+        }
         self.reads += 1;
         let n = files.syscall.read_at(&mut self.buf, 0)?;
         let activity = parse_syscall(&self.buf[..n]);
