@@ -849,3 +849,50 @@ fn choose_layout(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::elf::ElfData;
+
+    /// pyenv's libraries keep `interp_head` in `.symtab`: the accessor's code must lead to
+    /// the same address. Skipped where pyenv has no such build.
+    #[test]
+    fn the_accessor_code_leads_to_interp_head() {
+        let root = std::env::var_os("PYENV_ROOT")
+            .map(std::path::PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".pyenv")));
+        let Some(versions) = root.map(|r| r.join("versions")) else {
+            return;
+        };
+        let libraries = [
+            "2.7.18/lib/libpython2.7.so.1.0",
+            "3.6.15/lib/libpython3.6m.so.1.0",
+        ];
+        for library in libraries {
+            let Ok(bytes) = std::fs::read(versions.join(library)) else {
+                eprintln!("skipped: no {library}");
+                continue;
+            };
+            let mapping = Mapping {
+                start: 0x7f00_0000_0000,
+                end: 0x7f00_0010_0000,
+                readable: true,
+                writable: false,
+                executable: false,
+                offset: 0,
+                inode: 1,
+                path: library.into(),
+                deleted: false,
+            };
+            let binary =
+                ElfFile::parse(library.into(), ElfData::Owned(bytes), &[&mapping]).unwrap();
+            let symbol = binary.address_of("interp_head").unwrap();
+            assert_eq!(
+                interp_head_from_accessor(&binary),
+                Some(symbol),
+                "{library}"
+            );
+        }
+    }
+}
