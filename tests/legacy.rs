@@ -112,7 +112,7 @@ fn main() {
     args.test_threads = Some(1);
     let scratch = tempfile::tempdir().expect("scratch directory");
     let (found, missing) = legacy_pythons(scratch.path());
-    let tests: [(&str, Test); 6] = [
+    let tests: [(&str, Test); 7] = [
         (
             "a_spinner_holds_a_sleeper_idles_and_wait_is_null",
             spinner_and_sleeper,
@@ -122,6 +122,7 @@ fn main() {
         ("stacks_name_the_fixture_functions_and_file", stacks),
         ("dump_shows_the_holder_and_its_stack", dump),
         ("json_report_matches_the_documented_schema", json_schema),
+        ("top_shows_wait_as_not_available", top),
     ];
     let mut trials = Vec::new();
     for (name, test) in tests {
@@ -137,9 +138,10 @@ fn main() {
         }
         for (label, why) in &missing {
             let why = why.clone();
-            trials.push(Trial::ignorable_test(format!("{name}::{label}"), move || {
-                Ok(Completion::ignored_with(why))
-            }));
+            trials.push(Trial::ignorable_test(
+                format!("{name}::{label}"),
+                move || Ok(Completion::ignored_with(why)),
+            ));
         }
     }
     let conclusion = libtest_mimic::run(&args, trials);
@@ -183,7 +185,10 @@ fn fail(what: String, report: &Value) -> Failed {
 fn check_report(report: &Value, legacy: &Legacy) -> Result<(), Failed> {
     let target = &report["target"];
     if target["python_version"] != legacy.version.as_str() {
-        return Err(fail(format!("detected {}", target["python_version"]), report));
+        return Err(fail(
+            format!("detected {}", target["python_version"]),
+            report,
+        ));
     }
     if target["wait_measured"] != false {
         return Err(fail("target.wait_measured is not false".into(), report));
@@ -192,9 +197,17 @@ fn check_report(report: &Value, legacy: &Legacy) -> Result<(), Failed> {
     if legacy.stripped.is_some() && !layout.contains("PyInterpreterState_Head") {
         return Err(fail(format!("stripped, yet layout {layout:?}"), report));
     }
-    for key in ["contended", "mean_waiting", "contended_margin", "interval_s"] {
+    for key in [
+        "contended",
+        "mean_waiting",
+        "contended_margin",
+        "interval_s",
+    ] {
         if !report["gil"][key].is_null() {
-            return Err(fail(format!("gil.{key} is {}, not null", report["gil"][key]), report));
+            return Err(fail(
+                format!("gil.{key} is {}, not null", report["gil"][key]),
+                report,
+            ));
         }
     }
     if !report["blame"].is_null() {
@@ -277,7 +290,10 @@ fn two_spinners(legacy: &Legacy) -> Result<(), Failed> {
     }
     // Rows and the process figure count the same ticks; both are rounded to 4 decimals.
     if (sum - held).abs() > 0.01 {
-        return Err(fail(format!("holds add up to {sum}, gil.held {held}"), &report));
+        return Err(fail(
+            format!("holds add up to {sum}, gil.held {held}"),
+            &report,
+        ));
     }
     if holds.iter().any(|&h| !(0.15..=0.85).contains(&h)) {
         return Err(fail(format!("holds {holds:?}"), &report));
@@ -380,4 +396,37 @@ fn json_schema(legacy: &Legacy) -> Result<(), Failed> {
         return Err(format!("schema {}", report["schema"]).into());
     }
     common::matches_documented_schema(&report, "docs/JSON_SCHEMA.md")
+}
+
+/// `gilscope top` into a pipe: its line of the last second says n/a for contention and for
+/// each thread's wait.
+fn top(legacy: &Legacy) -> Result<(), Failed> {
+    use std::io::BufRead;
+    let fx = legacy.start(&["--duration", "60"])?;
+    let mut child = Command::new(common::gilscope_bin())
+        .args(["top", "--pid", &fx.pid.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(std::time::Duration::from_secs(10));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.map_err(|_| "no line from gilscope top in time")?;
+    let spinner = format!("({}) hold ", fx.tid("spinner-0"));
+    let ok = line.contains("contended n/a")
+        && line.contains(&spinner)
+        && line.contains(" wait n/a ")
+        && !line.contains(" wait 0.0%");
+    if !ok {
+        return Err(format!("top line: {line}").into());
+    }
+    Ok(())
 }
