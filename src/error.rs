@@ -98,7 +98,7 @@ impl Error {
                     .into(),
             ),
             Error::UnsupportedVersion { .. } => {
-                Some("gilscope supports CPython 3.6 to 3.15; see docs/COMPATIBILITY.md".into())
+                Some("gilscope supports CPython 2.7 and 3.6 to 3.15; see docs/COMPATIBILITY.md".into())
             }
             Error::UnrecognisedLayout { .. } => Some(
                 "please report this with the output of `python -VV` for that interpreter".into(),

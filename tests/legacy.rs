@@ -1,5 +1,5 @@
-//! Interpreters whose GIL waits cannot be seen: CPython 2.7, and 3.6 with a libpython stripped
-//! of its symbol table. Known answers from fixtures/legacy.py: holding, running and idle are
+//! Interpreters whose GIL waits cannot be seen: CPython 2.7 (with and without its symbol
+//! table), and 3.6 with a libpython stripped of its symbol table. Known answers from fixtures/legacy.py: holding, running and idle are
 //! measured, and every wait figure is reported as unavailable (null, "n/a"), never as 0.
 
 mod common;
@@ -50,8 +50,8 @@ impl Legacy {
     }
 }
 
-/// pyenv's 2.7, and pyenv's 3.6 run with a stripped copy of its libpython in `scratch`;
-/// each missing one with the reason.
+/// pyenv's 2.7, as built and with a stripped copy of its libpython, and pyenv's 3.6 with a
+/// stripped copy (copies in `scratch`); each missing one with the reason.
 fn legacy_pythons(scratch: &Path) -> (Vec<Legacy>, Vec<(String, String)>) {
     let mut found = Vec::new();
     let mut missing = Vec::new();
@@ -69,29 +69,36 @@ fn legacy_pythons(scratch: &Path) -> (Vec<Legacy>, Vec<(String, String)>) {
         }),
         None => missing.push(("pyenv-2.7".into(), "no pyenv CPython 2.7".into())),
     }
-    match python("3.6", "python3.6").map(|(p, v)| (strip_library(&p, scratch), p, v)) {
-        Some((Ok(library), python, version)) => found.push(Legacy {
-            label: format!("pyenv-{version}-stripped"),
-            python,
-            version,
-            stripped: Some(library),
-        }),
-        Some((Err(why), _, _)) => missing.push(("pyenv-3.6-stripped".into(), why)),
-        None => missing.push(("pyenv-3.6-stripped".into(), "no pyenv CPython 3.6".into())),
+    for (minor, name, library) in [
+        ("2.7", "python2.7", "libpython2.7.so.1.0"),
+        ("3.6", "python3.6", "libpython3.6m.so.1.0"),
+    ] {
+        let label = format!("pyenv-{minor}-stripped");
+        let dir = scratch.join(minor);
+        match python(minor, name).map(|(p, v)| (strip_library(&p, library, &dir), p, v)) {
+            Some((Ok(library), python, version)) => found.push(Legacy {
+                label: format!("pyenv-{version}-stripped"),
+                python,
+                version,
+                stripped: Some(library),
+            }),
+            Some((Err(why), _, _)) => missing.push((label, why)),
+            None => missing.push((label, format!("no pyenv CPython {minor}"))),
+        }
     }
     (found, missing)
 }
 
-/// Copy the interpreter's libpython3.6m into `scratch` and `strip --strip-all` it.
-fn strip_library(python: &Path, scratch: &Path) -> Result<PathBuf, String> {
-    let name = "libpython3.6m.so.1.0";
+/// Copy the interpreter's shared `name` into `dir` and `strip --strip-all` it.
+fn strip_library(python: &Path, name: &str, dir: &Path) -> Result<PathBuf, String> {
     let original = python
         .parent()
         .and_then(Path::parent)
         .map(|prefix| prefix.join("lib").join(name))
         .filter(|p| p.exists())
-        .ok_or("pyenv's 3.6 has no shared libpython")?;
-    let copy = scratch.join(name);
+        .ok_or_else(|| format!("no shared {name} beside {}", python.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let copy = dir.join(name);
     std::fs::copy(&original, &copy).map_err(|e| format!("copy {name}: {e}"))?;
     let status = Command::new("strip")
         .arg("--strip-all")
