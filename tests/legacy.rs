@@ -171,20 +171,7 @@ fn row<'a>(report: &'a Value, fx: &Fixture, role: &str) -> Result<&'a Value, Fai
 }
 
 fn fail(what: String, report: &Value) -> Failed {
-    let rows: Vec<String> = report["threads"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|t| {
-                    format!(
-                        "{} {}: hold {} wait {} running {} idle {}",
-                        t["native_id"], t["name"], t["hold"], t["wait"], t["running"], t["idle"]
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    format!("{what}\n  {}", rows.join("\n  ")).into()
+    format!("{what}\n  {}", common::thread_rows(report).join("\n  ")).into()
 }
 
 /// What every report of these interpreters must say: the version, that waits are not
@@ -321,23 +308,24 @@ fn stacks(legacy: &Legacy) -> Result<(), Failed> {
             top["line"].as_u64().unwrap_or(0),
         ))
     };
-    let source = std::fs::read_to_string(common::fixture_path("legacy"))?;
-    let line_of = |text: &str| {
-        source
+    let line_of = |fixture: &str, function: &str| -> Result<u64, Failed> {
+        let source = std::fs::read_to_string(common::fixture_path(fixture))?;
+        let def = format!("def {function}(");
+        Ok(source
             .lines()
-            .position(|l| l.starts_with(text))
+            .position(|l| l.starts_with(&def))
             .map(|i| i as u64 + 1)
-            .unwrap_or(0)
+            .unwrap_or(0))
     };
-    for (role, state, function, def) in [
-        ("spinner-0", "hold", "spin", "def spin"),
-        ("sleeper", "idle", "doze", "def doze"),
-        ("alternator", "hold", "alternate", "def alternate"),
-        ("alternator", "idle", "alternate", "def alternate"),
+    for (role, state, function, fixture) in [
+        ("spinner-0", "hold", "spin", "gilfixture"),
+        ("sleeper", "idle", "doze", "legacy"),
+        ("alternator", "hold", "alternate", "legacy"),
+        ("alternator", "idle", "alternate", "legacy"),
     ] {
         let (name, file, line) = leaf(role, state)?;
-        let first = line_of(def);
-        if name != function || !file.ends_with("fixtures/legacy.py") {
+        let first = line_of(fixture, function)?;
+        if name != function || !file.ends_with(&format!("fixtures/{fixture}.py")) {
             return Err(fail(format!("{role} {state}: {name} in {file}"), &report));
         }
         if !(first < line && line < first + 10) {

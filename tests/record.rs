@@ -131,19 +131,7 @@ fn expect(ok: bool, what: impl Into<String>, report: &Value) -> Result<(), Faile
     if ok {
         return Ok(());
     }
-    let rows: Vec<String> = report["threads"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|t| {
-                    format!(
-                        "{} {}: hold {} wait {} running {} idle {}",
-                        t["native_id"], t["name"], t["hold"], t["wait"], t["running"], t["idle"]
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let rows = common::thread_rows(report);
     Err(format!("{}\n  {}", what.into(), rows.join("\n  ")).into())
 }
 
