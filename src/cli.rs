@@ -156,7 +156,7 @@ pub struct DumpArgs {
     #[arg(short, long, value_name = "PID", value_parser = parse_pid)]
     pub pid: i32,
 
-    /// Print JSON (schema gilscope.dump/1, docs/DUMP_SCHEMA.md)
+    /// Print JSON (schema gilscope.dump/2, docs/DUMP_SCHEMA.md)
     #[arg(long)]
     pub json: bool,
 

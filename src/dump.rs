@@ -9,7 +9,6 @@ use crate::error::{Error, Result};
 use crate::python::stack::{Frame, StackTable};
 use crate::record::{self, RecordOptions, Target};
 use crate::report::{Recording, TargetInfo};
-use crate::sample::classify::Classifier;
 use crate::sample::observe::{Observer, TickError};
 use crate::sample::ThreadState;
 use crate::target::memory::ProcessMemory;
@@ -142,7 +141,7 @@ fn snapshot(
         if ticks.len() < 3 {
             continue;
         }
-        let mut classifier = Classifier::new();
+        let mut classifier = record::classifier_for(&observer);
         let mut samples: Vec<_> = ticks.iter().flat_map(|t| classifier.push(t)).collect();
         samples.extend(classifier.finish());
         let Some(sample) = samples.into_iter().nth(1) else {

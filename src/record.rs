@@ -192,6 +192,16 @@ pub fn spawn(command: &[String], stop: &AtomicBool) -> Result<(Spawned, Observer
     }
 }
 
+/// The classifier for an attached target: one that never says "waiting" where waits cannot
+/// be seen.
+pub fn classifier_for(observer: &Observer<ProcessMemory>) -> Classifier {
+    if observer.interpreter.measures_wait() {
+        Classifier::new()
+    } else {
+        Classifier::without_wait()
+    }
+}
+
 /// Describe the attached target for reports.
 pub fn target_info(observer: &Observer<ProcessMemory>) -> TargetInfo {
     let interpreter = &observer.interpreter;
@@ -209,6 +219,7 @@ pub fn target_info(observer: &Observer<ProcessMemory>) -> TargetInfo {
         binary: interpreter.binary.clone(),
         command_line: process::command_line(observer.pid).unwrap_or_default(),
         layout,
+        wait_measured: interpreter.measures_wait(),
     }
 }
 
@@ -263,6 +274,7 @@ struct Member {
 impl Member {
     fn new(mut observer: Observer<ProcessMemory>, options: &RecordOptions) -> Member {
         let target = target_info(&observer);
+        let classifier = classifier_for(&observer);
         let identity = process::exec_identity(observer.pid);
         let stacks = options.stacks && observer.enable_stacks();
         let mut profile = Profile::new();
@@ -273,7 +285,7 @@ impl Member {
             observer,
             target,
             stacks,
-            classifier: Classifier::new(),
+            classifier,
             profile,
             errors: 0,
             consecutive_errors: 0,

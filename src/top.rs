@@ -243,11 +243,12 @@ impl Watch {
                 Heard::End(end) => return Ok(end),
                 Heard::Slice(pid) => {
                     let elapsed = self.started.elapsed().as_secs_f64();
-                    let Some((_, history)) = self.processes.iter().find(|(t, _)| t.pid == pid)
+                    let Some((target, history)) = self.processes.iter().find(|(t, _)| t.pid == pid)
                     else {
                         continue;
                     };
-                    let mut line = live::plain_line(elapsed, history, &self.view);
+                    let mut line =
+                        live::plain_line(elapsed, history, &self.view, target.wait_measured);
                     if self.subprocesses {
                         line = format!("pid {pid}: {line}");
                     }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use libtest_mimic::{Arguments, Completion, Failed};
 use serde_json::Value;
 
 use common::{
@@ -99,14 +99,6 @@ fn main() {
             common::unless_host_steals(|| Ok(common::steal_measured(|| test(python))))
         }));
     }
-    let python2 = common::pyenv_version("2.7").map(|d| d.join("bin").join("python2.7"));
-    trials.push(Trial::ignorable_test(
-        "python_2_is_refused_naming_its_version",
-        move || match &python2 {
-            Some(p) if p.exists() => python_2_refused(p).map(|()| Completion::Completed),
-            _ => Ok(Completion::ignored_with("no pyenv CPython 2.7")),
-        },
-    ));
     libtest_mimic::run(&args, trials).exit();
 }
 
@@ -139,19 +131,7 @@ fn expect(ok: bool, what: impl Into<String>, report: &Value) -> Result<(), Faile
     if ok {
         return Ok(());
     }
-    let rows: Vec<String> = report["threads"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|t| {
-                    format!(
-                        "{} {}: hold {} wait {} running {} idle {}",
-                        t["native_id"], t["name"], t["hold"], t["wait"], t["running"], t["idle"]
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let rows = common::thread_rows(report);
     Err(format!("{}\n  {}", what.into(), rows.join("\n  ")).into())
 }
 
@@ -406,7 +386,7 @@ fn dump_snapshot(python: &Python) -> Result<(), Failed> {
 fn json_schema(python: &Python) -> Result<(), Failed> {
     let fx = Fixture::start(&python.path, "stacks", &["--duration", "60"])?;
     let report = common::record_json(fx.pid, 1.0)?;
-    if report["schema"] != "gilscope.report/2" {
+    if report["schema"] != "gilscope.report/3" {
         return Err(format!("schema is {}", report["schema"]).into());
     }
     matches_documented_schema(&report, "docs/JSON_SCHEMA.md")
@@ -428,7 +408,7 @@ fn output_files(python: &Python) -> Result<(), Failed> {
         json.to_str().unwrap(),
     ])?;
     let parsed: Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
-    if parsed["schema"] != "gilscope.report/2" {
+    if parsed["schema"] != "gilscope.report/3" {
         return Err("-o report.json did not write JSON".into());
     }
     if !stdout_of(&out).is_empty() {
@@ -606,27 +586,6 @@ fn slow_start(python: &Python) -> Result<(), Failed> {
     let report = report_after_announcement(&out)?;
     if report["target"]["python_version"] != python.version.as_str() {
         return Err(format!("recorded {}", report["target"]["python_version"]).into());
-    }
-    Ok(())
-}
-
-fn python_2_refused(python2: &Path) -> Result<(), Failed> {
-    let mut child = Command::new(python2)
-        .args(["-c", "import time; time.sleep(30)"])
-        .spawn()?;
-    std::thread::sleep(Duration::from_millis(500));
-    let out = common::gilscope(&[
-        "record",
-        "--pid",
-        &child.id().to_string(),
-        "--duration",
-        "1",
-    ]);
-    let _ = child.kill();
-    let _ = child.wait();
-    let stderr = stderr_of(&out);
-    if out.status.code() != Some(6) || !stderr.contains("Python 2.7") {
-        return Err(format!("exit {}: {stderr}", out.status).into());
     }
     Ok(())
 }

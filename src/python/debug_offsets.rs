@@ -3,7 +3,7 @@
 
 use super::layout::{
     self, CodeFields, Current, Flag, FrameFields, GilFields, GilPlacement, Layout, LineTable,
-    StackLayout, UnicodeFields,
+    StackLayout, TextKind, UnicodeFields,
 };
 use super::version::Version;
 use crate::target::memory::{u64_at, Memory};
@@ -416,6 +416,7 @@ fn stack_layout(
             line_table: LineTable::Locations,
             first_instruction: Some(code("co_code_adaptive")?),
         },
+        text: TextKind::Unicode,
         unicode: UnicodeFields {
             length: unicode("length")?,
             state: unicode("state")?,

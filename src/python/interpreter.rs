@@ -50,6 +50,27 @@ impl GilAddresses {
         }
     }
 
+    /// A GIL of which only the holder can be read, from the interpreter's "current thread
+    /// state" pointer at `current`: 2.7 (a bare semaphore), and 3.6 whose GIL variables were
+    /// stripped from the symbol table.
+    pub fn holder_only(current: u64) -> GilAddresses {
+        GilAddresses {
+            locked: 0,
+            last_holder: 0,
+            switch_number: 0,
+            interval: 0,
+            sync: Vec::new(),
+            current: Some(current),
+            block: None,
+        }
+    }
+
+    /// Are the GIL's own fields (locked, last holder, switch counter, interval) known? Not
+    /// for a [`GilAddresses::holder_only`] GIL, whose field addresses are 0.
+    pub fn has_fields(&self) -> bool {
+        self.block.is_some() || self.locked != 0
+    }
+
     /// Is `addr` (a futex a thread sleeps on) one of the GIL's condition variables or mutexes?
     pub fn is_sync_address(&self, addr: u64) -> bool {
         self.sync
@@ -209,6 +230,14 @@ impl Interpreter {
         self.head
     }
 
+    /// Can threads waiting for the GIL be told apart? They can where the GIL's condition
+    /// variables and mutexes are known (a waiter sleeps on them) or a thread flags its own
+    /// request; not on 2.7 (a bare semaphore, and waiters mostly spin) nor where a stripped
+    /// 3.6 hides the GIL's variables. Reports then show every wait figure as unavailable.
+    pub fn measures_wait(&self) -> bool {
+        !self.gil.sync.is_empty() || self.layout.tstate_gil_requested.is_some()
+    }
+
     /// Address of `_PyRuntime`, on versions that have one.
     pub fn runtime(&self) -> Option<u64> {
         self.runtime
@@ -247,17 +276,69 @@ impl Interpreter {
             what: format!("{what} not found in {}", binary.path),
         };
         match (self.layout.gil, runtime) {
-            (GilPlacement::Globals, _) => {
-                self.head = binary
-                    .address_of("interp_head")
-                    .ok_or_else(|| missing("the symbol interp_head (is libpython stripped?)"))?;
-                self.gil = legacy_gil(binary).ok_or_else(|| missing("the GIL variables"))?;
+            (GilPlacement::Globals | GilPlacement::HolderOnly, _) => {
+                self.head = match binary.address_of("interp_head") {
+                    Some(head) => head,
+                    None => {
+                        let head = interp_head_from_accessor(binary).ok_or_else(|| {
+                            missing("interp_head (no symbol, and PyInterpreterState_Head is not the expected load)")
+                        })?;
+                        self.notes
+                            .push("interp_head from the code of PyInterpreterState_Head".into());
+                        head
+                    }
+                };
+                let globals = match self.layout.gil {
+                    GilPlacement::Globals => legacy_gil(binary),
+                    _ => None,
+                };
+                self.gil = match globals {
+                    Some(gil) => gil,
+                    None => {
+                        let current = binary
+                            .address_of("_PyThreadState_Current")
+                            .ok_or_else(|| missing("_PyThreadState_Current"))?;
+                        if self.layout.gil == GilPlacement::Globals {
+                            self.notes.push(
+                                "GIL variables not in the symbol table (stripped): holder from \
+                                 _PyThreadState_Current, waiting not measured"
+                                    .into(),
+                            );
+                        }
+                        GilAddresses::holder_only(current)
+                    }
+                };
                 self.first_threads(memory)?;
+                self.check_current(memory)?;
             }
             (_, Some(runtime)) => self.locate_in_runtime(runtime, memory)?,
             (_, None) => return Err(missing("_PyRuntime")),
         }
         Ok(())
+    }
+
+    /// A non-null `_PyThreadState_Current` must be a thread state of one of the interpreters
+    /// found: a cross-check of the interpreter list head and of the symbol.
+    fn check_current(&self, memory: &dyn Memory) -> Result<()> {
+        let Some(current) = self.gil.current else {
+            return Ok(());
+        };
+        let tstate = memory
+            .read_u64(current)
+            .map_err(|e| self.not_ready_or_layout(memory, &format!("current thread: {e}")))?;
+        if tstate == 0 {
+            return Ok(());
+        }
+        let interps = self.interpreters(memory).unwrap_or_default();
+        let interp = check_pointer(tstate, 8)
+            .and_then(|()| memory.read_u64(tstate + self.layout.tstate_interp));
+        if interp.is_ok_and(|i| interps.contains(&i)) {
+            return Ok(());
+        }
+        Err(Error::UnrecognisedLayout {
+            version: self.version.to_string(),
+            what: "the current thread state does not belong to the interpreter list".into(),
+        })
     }
 
     /// 3.7-3.11: find `gilstate.tstate_current` and check it holds nothing but a thread
@@ -365,9 +446,9 @@ impl Interpreter {
                 let gil = memory.read_u64(interp.saturating_add(offset)).ok();
                 (interp, gil)
             }
-            GilPlacement::Globals => {
+            GilPlacement::Globals | GilPlacement::HolderOnly => {
                 return Err(Error::Internal(
-                    "3.6 GIL globals are located by symbol".into(),
+                    "2.7 and 3.6 GILs are located by symbol".into(),
                 ))
             }
         };
@@ -644,6 +725,20 @@ pub fn read_gil(
     memory: &dyn Memory,
     gil: &GilAddresses,
 ) -> std::result::Result<GilState, ReadError> {
+    if !gil.has_fields() {
+        let current = match gil.current {
+            Some(c) => memory.read_u64(c)?,
+            None => 0,
+        };
+        return Ok(GilState {
+            created: false,
+            locked: current != 0,
+            holder: current,
+            switch_number: 0,
+            interval_us: 0,
+            current: Some(current),
+        });
+    }
     match (gil_span(gil), gil.block) {
         (Some((base, len)), Some((_, fields))) => {
             let block = memory.read_bytes(base, len)?;
@@ -774,7 +869,7 @@ fn scan_for_gil(
                     .then(|| (base, format!("*(interp+{offset})")))
             })
         }
-        GilPlacement::Globals => None,
+        GilPlacement::Globals | GilPlacement::HolderOnly => None,
     }
 }
 
@@ -796,6 +891,34 @@ fn legacy_gil(binary: &ElfFile) -> Option<GilAddresses> {
         current: binary.address_of("_PyThreadState_Current"),
         block: None,
     })
+}
+
+/// `interp_head` is a local symbol, gone from a stripped library; the exported accessor
+/// `PyInterpreterState_Head()` returns it. On x86-64 its whole body is one RIP-relative load,
+/// `mov rax, [rip+disp32]; ret` (48 8b 05 disp32 c3), after an `endbr64` in CET builds.
+/// Anything else (another compiler's code, another architecture) is not guessed at: None.
+/// The address found must be an aligned pointer in the library's data; the live process
+/// checks the rest (`first_threads`, `check_current`).
+fn interp_head_from_accessor(binary: &ElfFile) -> Option<u64> {
+    const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
+    const LOAD_RAX: [u8; 3] = [0x48, 0x8b, 0x05];
+    const RET: u8 = 0xc3;
+    let symbol = binary.symbol("PyInterpreterState_Head")?;
+    let mut at = symbol.value;
+    let mut code = binary.bytes_at(at, 8)?;
+    if code.starts_with(&ENDBR64) {
+        at = at.checked_add(4)?;
+        code = binary.bytes_at(at, 8)?;
+    }
+    let body_len = at - symbol.value + 8;
+    if (symbol.size != 0 && symbol.size != body_len) || code[..3] != LOAD_RAX || code[7] != RET {
+        return None;
+    }
+    let disp = i32::from_le_bytes([code[3], code[4], code[5], code[6]]);
+    let head = at.checked_add(7)?.checked_add_signed(disp as i64)?;
+    let section = binary.section_at(head)?;
+    let in_data = matches!(section.name.as_str(), ".bss" | ".data");
+    (in_data && head % 8 == 0).then(|| head.wrapping_add(binary.load_bias))
 }
 
 /// Symbols only a CPython interpreter defines.
@@ -864,8 +987,8 @@ fn find_python_binary(pid: i32, mappings: &[Mapping]) -> Result<ElfFile> {
 }
 
 fn check_supported(version: &Version) -> Result<()> {
-    let why = if version.major == 2 {
-        "Python 2 keeps no GIL owner that can be read from outside; support is planned"
+    let why = if version.major == 2 && version.minor < 7 {
+        "gilscope needs CPython 2.7, or 3.6 or later"
     } else if version.major == 3 && version.minor < 6 {
         "gilscope needs CPython 3.6 or later"
     } else {
@@ -1032,5 +1155,48 @@ mod tests {
         assert!(interpreter.threads(&none, &live).unwrap().is_empty());
         assert!(interpreter.threads(&none, &live).unwrap().is_empty());
         assert_eq!(none.batches.get(), 2);
+    }
+
+    use crate::target::elf::ElfData;
+
+    /// pyenv's libraries keep `interp_head` in `.symtab`: the accessor's code must lead to
+    /// the same address. Skipped where pyenv has no such build.
+    #[test]
+    fn the_accessor_code_leads_to_interp_head() {
+        let root = std::env::var_os("PYENV_ROOT")
+            .map(std::path::PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".pyenv")));
+        let Some(versions) = root.map(|r| r.join("versions")) else {
+            return;
+        };
+        let libraries = [
+            "2.7.18/lib/libpython2.7.so.1.0",
+            "3.6.15/lib/libpython3.6m.so.1.0",
+        ];
+        for library in libraries {
+            let Ok(bytes) = std::fs::read(versions.join(library)) else {
+                eprintln!("skipped: no {library}");
+                continue;
+            };
+            let mapping = Mapping {
+                start: 0x7f00_0000_0000,
+                end: 0x7f00_0010_0000,
+                readable: true,
+                writable: false,
+                executable: false,
+                offset: 0,
+                inode: 1,
+                path: library.into(),
+                deleted: false,
+            };
+            let binary =
+                ElfFile::parse(library.into(), ElfData::Owned(bytes), &[&mapping]).unwrap();
+            let symbol = binary.address_of("interp_head").unwrap();
+            assert_eq!(
+                interp_head_from_accessor(&binary),
+                Some(symbol),
+                "{library}"
+            );
+        }
     }
 }

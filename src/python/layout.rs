@@ -40,6 +40,9 @@ pub enum GilPlacement {
     InRuntime(u64),
     /// 3.12+: a pointer at this offset in each `PyInterpreterState` (`interp->ceval.gil`).
     InterpreterPointer(u64),
+    /// 2.7: a bare semaphore (`interpreter_lock`) with no owner, no counter and no
+    /// condition variable to sleep on: only the holder can be read (`current`).
+    HolderOnly,
 }
 
 /// Field offsets inside `struct _gil_runtime_state`.
@@ -114,7 +117,9 @@ pub struct Layout {
 /// How a code object maps instruction offsets to line numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LineTable {
-    /// 3.6-3.9 `co_lnotab`: (byte offset delta, line delta) pairs.
+    /// 2.7 `co_lnotab`: (byte offset delta, line delta) pairs, both unsigned.
+    LnotabUnsigned,
+    /// 3.6-3.9 `co_lnotab`: (byte offset delta, signed line delta) pairs.
     Lnotab,
     /// 3.10 `co_linetable`: (byte offset delta, line delta, -128 = no line) pairs.
     Lines310,
@@ -174,6 +179,16 @@ pub struct UnicodeFields {
     pub compact_data: u64,
 }
 
+/// What the names in code objects (`co_name`, `co_filename`) are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextKind {
+    /// `str` objects (3.x): read with `unicode`.
+    Unicode,
+    /// 2.7 `str` is bytes (`PyStringObject`): read with `bytes_size` and `bytes_data`, and
+    /// decoded as UTF-8 (the usual file system encoding), invalid bytes as U+FFFD.
+    Bytes,
+}
+
 /// Everything needed to read a thread's Python stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StackLayout {
@@ -184,6 +199,7 @@ pub struct StackLayout {
     pub cframe_frame: Option<u64>,
     pub frame: FrameFields,
     pub code: CodeFields,
+    pub text: TextKind,
     pub unicode: UnicodeFields,
     pub bytes_size: u64,
     pub bytes_data: u64,
@@ -206,7 +222,7 @@ const UNICODE_3_12: UnicodeFields = UnicodeFields {
 };
 
 /// Stack layouts for the table versions (checked against the DWARF of the pyenv builds).
-fn stack_table(minor: u8) -> Option<StackLayout> {
+fn stack_table(major: u8, minor: u8) -> Option<StackLayout> {
     let object_frame = |lasti, lasti_scale| FrameFields::Object {
         back: 24,
         code: 32,
@@ -243,12 +259,34 @@ fn stack_table(minor: u8) -> Option<StackLayout> {
         cframe_frame: None,
         frame: object_frame(104, 1),
         code: code_36,
+        text: TextKind::Unicode,
         unicode: UNICODE_3_6,
         bytes_size: 16,
         bytes_data: 32,
         ob_type: 8,
         tp_name: 24,
     };
+    if major == 2 {
+        // 2.7.18: `PyStringObject` keeps `ob_shash` and `ob_sstate` before its bytes.
+        return (minor == 7).then_some(StackLayout {
+            tstate_frame: 16,
+            frame: object_frame(120, 1),
+            code: CodeFields {
+                filename: 80,
+                name: 88,
+                firstlineno: 96,
+                linetable: 104,
+                line_table: LineTable::LnotabUnsigned,
+                ..code_36
+            },
+            text: TextKind::Bytes,
+            bytes_data: 36,
+            ..base
+        });
+    }
+    if major != 3 {
+        return None;
+    }
     Some(match minor {
         6 => StackLayout {
             frame: object_frame(120, 1),
@@ -307,7 +345,7 @@ fn stack_table(minor: u8) -> Option<StackLayout> {
 /// Where the "current thread state" is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Current {
-    /// 3.6: the exported `_PyThreadState_Current`.
+    /// 2.7, 3.6: the exported `_PyThreadState_Current`.
     Symbol,
     /// 3.7-3.11: `_PyRuntime.gilstate.tstate_current`, at this offset in `_PyRuntime`.
     /// (`gilstate` directly follows `ceval`, whose last member is the GIL: GIL + 216.)
@@ -355,9 +393,19 @@ pub fn table_for(version: &Version) -> Option<Layout> {
         tstate_holds_gil: None,
         tstate_gil_requested: None,
         current: Current::None,
-        stack: stack_table(version.minor),
+        stack: stack_table(version.major, version.minor),
     };
     let layout = match (version.major, version.minor) {
+        (2, 7) => Layout {
+            family: "2.7",
+            gil: GilPlacement::HolderOnly,
+            interp_modules: Some(16),
+            tstate_next: 0,
+            tstate_interp: 8,
+            tstate_thread_id: 144,
+            current: Current::Symbol,
+            ..base
+        },
         (3, 6) => Layout {
             family: "3.6",
             interp_modules: Some(16),
@@ -454,7 +502,37 @@ mod tests {
             assert!(table_for(&Version::new(3, minor, 0)).is_some(), "3.{minor}");
         }
         assert!(table_for(&Version::new(3, 13, 0)).is_none());
-        assert!(table_for(&Version::new(2, 7, 18)).is_none());
+        assert!(table_for(&Version::new(2, 6, 9)).is_none());
+    }
+
+    #[test]
+    fn python_2_7_has_its_own_thread_and_frame_offsets() {
+        // `ptype /o` of pyenv's 2.7.18 libpython: PyThreadState {next 0, interp 8, frame 16,
+        // thread_id 144}, PyFrameObject {f_back 24, f_code 32, f_lasti 120}, PyCodeObject
+        // {co_filename 80, co_name 88, co_firstlineno 96, co_lnotab 104},
+        // PyStringObject {ob_size 16, ob_sval 36}.
+        let layout = table_for(&Version::new(2, 7, 18)).unwrap();
+        assert_eq!(layout.gil, GilPlacement::HolderOnly);
+        assert_eq!(
+            (
+                layout.tstate_next,
+                layout.tstate_interp,
+                layout.tstate_thread_id
+            ),
+            (0, 8, 144)
+        );
+        let stack = layout.stack.unwrap();
+        assert_eq!(stack.tstate_frame, 16);
+        assert_eq!(stack.text, TextKind::Bytes);
+        assert_eq!((stack.bytes_size, stack.bytes_data), (16, 36));
+        assert_eq!(
+            (stack.code.filename, stack.code.name, stack.code.linetable),
+            (80, 88, 104)
+        );
+        assert_eq!(stack.code.line_table, LineTable::LnotabUnsigned);
+        // The 3.7 stack layout is not 2.7's, though both have minor 7.
+        let py37 = table_for(&Version::new(3, 7, 16)).unwrap().stack.unwrap();
+        assert_eq!(py37.text, TextKind::Unicode);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Reading Python objects out of the target: `str`, `bytes` and type names. Every size is
 //! bounded and every header checked; a moving target yields an error, never a wrong value.
 
-use super::layout::StackLayout;
+use super::layout::{StackLayout, TextKind};
 use crate::target::memory::{check_pointer, u32_at, u64_at, Memory, ReadError};
 
 /// Longest string read (characters): names and file names are far shorter.
@@ -58,6 +58,28 @@ pub fn read_str(memory: &dyn Memory, addr: u64, layout: &StackLayout) -> Result<
         return Err(ReadError::BadPointer { addr });
     }
     decode(kind, &data).ok_or(ReadError::BadPointer { addr })
+}
+
+/// A name from a code object (`co_name`, `co_filename`), in whatever kind of object the
+/// version keeps names: a `str`, or on 2.7 a byte string, decoded as UTF-8 (invalid bytes
+/// become U+FFFD, as lone surrogates of a 3.x name do).
+pub fn read_name(
+    memory: &dyn Memory,
+    addr: u64,
+    layout: &StackLayout,
+) -> Result<String, ReadError> {
+    match layout.text {
+        TextKind::Unicode => read_str(memory, addr, layout),
+        TextKind::Bytes => {
+            check_pointer(addr, 8)?;
+            let size = memory.read_u64(addr + layout.bytes_size)?;
+            if size > MAX_STR_CHARS {
+                return Err(ReadError::BadPointer { addr });
+            }
+            let bytes = memory.read_bytes(addr + layout.bytes_data, size as usize)?;
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        }
+    }
 }
 
 /// A `bytes` object's contents, up to `MAX_BYTES`.
@@ -185,6 +207,33 @@ mod tests {
             image.add(0x10000, object);
             assert_eq!(read_str(&image, 0x10000, &layout).unwrap(), expected);
         }
+    }
+
+    #[test]
+    fn python_2_names_are_byte_strings() {
+        let layout = table_for(&Version::new(2, 7, 18)).unwrap().stack.unwrap();
+        let string = |bytes: &[u8]| {
+            let mut object = vec![0u8; 36];
+            object[16..24].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
+            object.extend_from_slice(bytes);
+            object.push(0);
+            object
+        };
+        let mut image = MemoryImage::new();
+        image.add(0x10000, string(b"/srv/app/legacy.py"));
+        image.add(0x20000, string(b"caf\xc3\xa9-\xff"));
+        let mut huge = string(b"x");
+        huge[16..24].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        image.add(0x30000, huge);
+        assert_eq!(
+            read_name(&image, 0x10000, &layout).unwrap(),
+            "/srv/app/legacy.py"
+        );
+        assert_eq!(
+            read_name(&image, 0x20000, &layout).unwrap(),
+            "café-\u{fffd}"
+        );
+        assert!(read_name(&image, 0x30000, &layout).is_err());
     }
 
     #[test]

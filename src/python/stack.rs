@@ -321,8 +321,8 @@ impl StackReader {
         {
             return Ok(Some(code.clone()));
         }
-        let function = objects::read_str(memory, fingerprint[1], &self.layout)?;
-        let file = objects::read_str(memory, fingerprint[0], &self.layout)?;
+        let function = objects::read_name(memory, fingerprint[1], &self.layout)?;
+        let file = objects::read_name(memory, fingerprint[0], &self.layout)?;
         let linetable = objects::read_bytes_object(memory, fingerprint[2], &self.layout)?;
         let code = Code {
             fingerprint,
@@ -349,7 +349,10 @@ impl StackReader {
             }
         }
         let line = match self.layout.code.line_table {
-            LineTable::Lnotab => lnotab_line(&code.linetable, code.firstlineno, instr),
+            LineTable::LnotabUnsigned => {
+                lnotab_line(&code.linetable, code.firstlineno, instr, false)
+            }
+            LineTable::Lnotab => lnotab_line(&code.linetable, code.firstlineno, instr, true),
             LineTable::Lines310 => lines310_line(&code.linetable, code.firstlineno, instr),
             LineTable::Locations => locations_line(&code.linetable, code.firstlineno, instr / 2),
         };
@@ -479,8 +482,9 @@ impl StackReader {
     }
 }
 
-/// 3.6-3.9: the line of the instruction at byte `offset`, from `co_lnotab`.
-pub fn lnotab_line(table: &[u8], firstlineno: i32, offset: u64) -> Option<i32> {
+/// 2.7-3.9: the line of the instruction at byte `offset`, from `co_lnotab`. Line increments
+/// are signed from 3.6 (`signed_lines`), unsigned before.
+pub fn lnotab_line(table: &[u8], firstlineno: i32, offset: u64, signed_lines: bool) -> Option<i32> {
     let mut line = firstlineno;
     let mut addr = 0u64;
     for pair in table.chunks_exact(2) {
@@ -488,7 +492,12 @@ pub fn lnotab_line(table: &[u8], firstlineno: i32, offset: u64) -> Option<i32> {
         if addr > offset {
             break;
         }
-        line = line.saturating_add(pair[1] as i8 as i32);
+        let delta = if signed_lines {
+            pair[1] as i8 as i32
+        } else {
+            pair[1] as i32
+        };
+        line = line.saturating_add(delta);
     }
     Some(line)
 }
@@ -585,11 +594,21 @@ mod tests {
     fn lnotab_counts_lines_up_to_the_offset() {
         // 0: line 10, 6: line 11, 20: line 9 (a loop back), 30: line 15.
         let table = [6, 1, 14, (-2i8) as u8, 10, 6];
-        assert_eq!(lnotab_line(&table, 10, 0), Some(10));
-        assert_eq!(lnotab_line(&table, 10, 5), Some(10));
-        assert_eq!(lnotab_line(&table, 10, 6), Some(11));
-        assert_eq!(lnotab_line(&table, 10, 25), Some(9));
-        assert_eq!(lnotab_line(&table, 10, 300), Some(15));
+        assert_eq!(lnotab_line(&table, 10, 0, true), Some(10));
+        assert_eq!(lnotab_line(&table, 10, 5, true), Some(10));
+        assert_eq!(lnotab_line(&table, 10, 6, true), Some(11));
+        assert_eq!(lnotab_line(&table, 10, 25, true), Some(9));
+        assert_eq!(lnotab_line(&table, 10, 300, true), Some(15));
+    }
+
+    #[test]
+    fn python_2_lnotab_line_increments_are_unsigned() {
+        // 2.7 splits a jump of 300 lines into 255 + 45; a byte of 0xfe is +254, not -2.
+        let table = [0, 255, 4, 45, 6, 0xfe];
+        assert_eq!(lnotab_line(&table, 1, 0, false), Some(256));
+        assert_eq!(lnotab_line(&table, 1, 4, false), Some(301));
+        assert_eq!(lnotab_line(&table, 1, 10, false), Some(555));
+        assert_eq!(lnotab_line(&table, 1, 10, true), Some(43));
     }
 
     #[test]
@@ -638,14 +657,16 @@ mod tests {
                 .collect();
             let _ = locations_line(&table, 1, 40);
             let _ = lines310_line(&table, 1, 40);
-            let _ = lnotab_line(&table, 1, 40);
+            let _ = lnotab_line(&table, 1, 40, true);
+            let _ = lnotab_line(&table, 1, 40, false);
         }
     }
 
     #[test]
     fn a_first_line_at_the_end_of_the_int_range_does_not_overflow() {
         // co_firstlineno comes from the target: garbage may be i32::MAX.
-        assert_eq!(lnotab_line(&[2, 1], i32::MAX, 4), Some(i32::MAX));
+        assert_eq!(lnotab_line(&[2, 1], i32::MAX, 4, true), Some(i32::MAX));
+        assert_eq!(lnotab_line(&[2, 255], i32::MAX, 4, false), Some(i32::MAX));
         assert_eq!(lines310_line(&[4, 1], i32::MAX, 0), Some(i32::MAX));
         assert_eq!(
             locations_line(&[0x80 | (12 << 3), 0, 0], i32::MAX, 0),

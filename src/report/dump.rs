@@ -1,5 +1,5 @@
 //! The `gilscope dump` outputs: every thread's GIL state and stack at one instant, in text and
-//! as JSON (schema `gilscope.dump/1`, docs/DUMP_SCHEMA.md). Rendering only.
+//! as JSON (schema `gilscope.dump/2`, docs/DUMP_SCHEMA.md). Rendering only.
 
 use std::fmt::Write;
 
@@ -10,8 +10,8 @@ use crate::dump::Snapshot;
 use crate::python::stack::Frame;
 use crate::sample::ThreadState;
 
-pub const SCHEMA: &str = "gilscope.dump/1";
-pub const PROCESSES_SCHEMA: &str = "gilscope.dumps/1";
+pub const SCHEMA: &str = "gilscope.dump/2";
+pub const PROCESSES_SCHEMA: &str = "gilscope.dumps/2";
 
 fn state_text(state: ThreadState) -> &'static str {
     match state {
@@ -37,25 +37,40 @@ pub fn text(snapshot: &Snapshot) -> String {
         .threads
         .iter()
         .find(|t| t.state == ThreadState::Hold);
+    let measured = t.wait_measured;
+    let wait_percent = |fraction: f64| {
+        if measured {
+            format!("{:.1}%", 100.0 * fraction)
+        } else {
+            super::UNAVAILABLE.to_string()
+        }
+    };
     let _ = writeln!(
         out,
-        "GIL: {}; switch interval {:.1} ms",
+        "GIL: {}; switch interval {}",
         match holder {
             Some(h) => format!("held by {} ({})", printable(&h.name), h.tid),
             None if snapshot.gil_locked => "locked (being handed over)".to_string(),
             None => "free".to_string(),
         },
-        snapshot.interval_us as f64 / 1e3
+        if snapshot.interval_us > 0 {
+            format!("{:.1} ms", snapshot.interval_us as f64 / 1e3)
+        } else {
+            super::UNAVAILABLE.to_string()
+        }
     );
+    if !measured {
+        let _ = writeln!(out, "note: {}", super::WAIT_UNAVAILABLE);
+    }
     let fractions = snapshot.fractions();
     if let Some(recording) = &snapshot.recording {
         let p = &recording.profile;
         let _ = writeln!(
             out,
-            "sampled {:.1} s first: GIL held {:.1}%, contended {:.1}%, {} samples",
+            "sampled {:.1} s first: GIL held {:.1}%, contended {}, {} samples",
             p.duration_s(),
             100.0 * p.held(),
-            100.0 * p.contended(),
+            wait_percent(p.contended()),
             p.samples
         );
         if let (Some(top), Some(table)) = (p.blame().first(), &recording.stacks) {
@@ -91,9 +106,9 @@ pub fn text(snapshot: &Snapshot) -> String {
         if let Some(f) = fractions.get(&thread.tid) {
             let _ = write!(
                 out,
-                "  [sampled: hold {:.1}% wait {:.1}% running {:.1}% idle {:.1}%]",
+                "  [sampled: hold {:.1}% wait {} running {:.1}% idle {:.1}%]",
                 100.0 * f[0],
-                100.0 * f[1],
+                wait_percent(f[1]),
                 100.0 * f[2],
                 100.0 * f[3]
             );
@@ -128,8 +143,8 @@ pub fn text_processes(snapshots: &[Snapshot]) -> String {
     super::process_sections(snapshots.iter().map(text))
 }
 
-/// Several processes: schema `gilscope.dumps/1`, whose `processes` holds a
-/// `gilscope.dump/1` document per process.
+/// Several processes: schema `gilscope.dumps/2`, whose `processes` holds a
+/// `gilscope.dump/2` document per process.
 pub fn json_processes(snapshots: &[Snapshot]) -> String {
     let processes: Vec<Value> = snapshots.iter().map(document).collect();
     let mut out = serde_json::to_string_pretty(&json!({
@@ -149,6 +164,9 @@ pub fn json(snapshot: &Snapshot) -> String {
 
 fn document(snapshot: &Snapshot) -> Value {
     let fractions = snapshot.fractions();
+    // Null, not 0, where waits cannot be seen (docs/DUMP_SCHEMA.md).
+    let measured = snapshot.target.wait_measured;
+    let wait_figure = |value: f64| measured.then_some(value);
     let holder = snapshot
         .threads
         .iter()
@@ -158,7 +176,7 @@ fn document(snapshot: &Snapshot) -> Value {
         .iter()
         .map(|t| {
             let sampled = fractions.get(&t.tid).map(|f| {
-                json!({"hold": f[0], "wait": f[1], "running": f[2], "idle": f[3]})
+                json!({"hold": f[0], "wait": wait_figure(f[1]), "running": f[2], "idle": f[3]})
             });
             json!({
                 "native_id": t.tid,
@@ -174,7 +192,7 @@ fn document(snapshot: &Snapshot) -> Value {
         .collect();
     let sample = snapshot.recording.as_ref().map(|r| {
         let p = &r.profile;
-        let blame = p.blame().into_iter().next().map(|b| {
+        let blame = p.blame().into_iter().next().filter(|_| measured).map(|b| {
             let stack: Vec<Value> = match (&r.stacks, b.stack) {
                 (Some(table), Some(id)) => table.frames(id).map(frame_json).collect(),
                 _ => Vec::new(),
@@ -190,7 +208,7 @@ fn document(snapshot: &Snapshot) -> Value {
             "duration_s": p.duration_s(),
             "samples": p.samples,
             "held": p.held(),
-            "contended": p.contended(),
+            "contended": wait_figure(p.contended()),
             "top_blame": blame,
         })
     });
@@ -200,7 +218,7 @@ fn document(snapshot: &Snapshot) -> Value {
         "gil": {
             "locked": snapshot.gil_locked,
             "holder_native_id": holder.map(|h| h.tid),
-            "interval_s": snapshot.interval_us as f64 / 1e6,
+            "interval_s": (snapshot.interval_us > 0).then(|| snapshot.interval_us as f64 / 1e6),
         },
         "threads": threads,
         "sample": sample,

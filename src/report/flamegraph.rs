@@ -2,9 +2,10 @@
 //! and stacks, or the blame view. Rendering only; the stacks come from collapsed.rs.
 
 use super::{collapsed, Recording, RenderOptions, View};
+use crate::sample::ThreadState;
 
 pub fn render(recording: &Recording, options: &RenderOptions) -> String {
-    let subtitle = format!(
+    let mut subtitle = format!(
         "process {} (Python {}), {:.1} s at {} Hz, {} samples",
         recording.target.pid,
         recording.target.python_version,
@@ -12,7 +13,24 @@ pub fn render(recording: &Recording, options: &RenderOptions) -> String {
         recording.sampler.rate_hz,
         recording.profile.samples
     );
+    if !recording.target.wait_measured {
+        // An empty "waiting" graph would say nobody waited; say why there is none instead.
+        let only_waiting =
+            options.view == View::Blame || options.states.iter().all(|&s| s == ThreadState::Wait);
+        if only_waiting {
+            return message_svg(&title(options), super::WAIT_UNAVAILABLE);
+        }
+        subtitle.push_str(", waiting not measured on this interpreter");
+    }
     draw(&collapsed::render(recording, options), options, subtitle)
+}
+
+fn title(options: &RenderOptions) -> String {
+    let states: Vec<&str> = options.states.iter().map(|s| s.name()).collect();
+    match options.view {
+        View::Threads => format!("GIL by thread and state ({})", states.join(", ")),
+        View::Blame => "What the GIL holder ran while others waited".to_string(),
+    }
 }
 
 /// Several processes in one flamegraph, each process a root frame.
@@ -38,18 +56,11 @@ pub fn render_processes(recordings: &[Recording], options: &RenderOptions) -> St
 fn draw(folded: &str, options: &RenderOptions, subtitle: String) -> String {
     let lines: Vec<&str> = folded.lines().collect();
     let mut inferno = inferno::flamegraph::Options::default();
-    let states: Vec<&str> = options.states.iter().map(|s| s.name()).collect();
-    let (title, count_name) = match options.view {
-        View::Threads => (
-            format!("GIL by thread and state ({})", states.join(", ")),
-            "samples",
-        ),
-        View::Blame => (
-            "What the GIL holder ran while others waited".to_string(),
-            "waiter-samples",
-        ),
+    let count_name = match options.view {
+        View::Threads => "samples",
+        View::Blame => "waiter-samples",
     };
-    inferno.title = title;
+    inferno.title = title(options);
     inferno.count_name = count_name.to_string();
     inferno.subtitle = Some(subtitle);
     inferno.deterministic = true;
@@ -65,11 +76,21 @@ fn draw(folded: &str, options: &RenderOptions, subtitle: String) -> String {
 
 /// A valid SVG that says there was nothing to draw (inferno refuses empty input).
 pub(super) fn empty_svg(title: &str) -> String {
+    message_svg(title, "no samples in this view")
+}
+
+/// A valid SVG with a title and one line of explanation instead of a graph.
+fn message_svg(title: &str, message: &str) -> String {
+    // About 7 px per character at 12 px: wide enough that the line is not cut.
+    let width = (message.chars().count() * 7).max(1200);
     format!(
-        "<?xml version=\"1.0\" standalone=\"no\"?>\n<svg version=\"1.1\" width=\"1200\" \
-         height=\"60\" xmlns=\"http://www.w3.org/2000/svg\"><text x=\"600\" y=\"24\" \
-         text-anchor=\"middle\">{}</text><text x=\"600\" y=\"48\" text-anchor=\"middle\">no \
-         samples in this view</text></svg>\n",
-        super::xml_text(title)
+        "<?xml version=\"1.0\" standalone=\"no\"?>\n<svg version=\"1.1\" width=\"{width}\" \
+         height=\"60\" xmlns=\"http://www.w3.org/2000/svg\"><text x=\"{}\" y=\"24\" \
+         text-anchor=\"middle\">{}</text><text x=\"{}\" y=\"48\" text-anchor=\"middle\" \
+         font-size=\"12\">{}</text></svg>\n",
+        width / 2,
+        super::xml_text(title),
+        width / 2,
+        super::xml_text(message)
     )
 }

@@ -1,4 +1,4 @@
-//! The JSON report: schema `gilscope.report/2` (and `gilscope.processes/1` around several),
+//! The JSON report: schema `gilscope.report/3` (and `gilscope.processes/2` around several),
 //! documented in docs/JSON_SCHEMA.md.
 //! Field names and meanings are a contract: add fields, never change or remove them.
 
@@ -9,8 +9,8 @@ use super::Recording;
 use crate::python::stack::{FrameId, StackTable};
 use crate::sample::ThreadState;
 
-pub const SCHEMA: &str = "gilscope.report/2";
-pub const PROCESSES_SCHEMA: &str = "gilscope.processes/1";
+pub const SCHEMA: &str = "gilscope.report/3";
+pub const PROCESSES_SCHEMA: &str = "gilscope.processes/2";
 
 /// Locations listed per thread and state, and blame stacks listed for the process.
 pub const TOP_LOCATIONS: usize = 5;
@@ -26,7 +26,8 @@ struct Report<'a> {
     window: Window,
     gil: Gil,
     threads: Vec<Thread>,
-    blame: Blame,
+    /// None where waiting is not measured: there is nothing to blame.
+    blame: Option<Blame>,
     sampler: &'a super::SamplerStats,
     error: ErrorBounds,
 }
@@ -73,10 +74,10 @@ struct Window {
 #[derive(Serialize)]
 struct Gil {
     held: f64,
-    contended: f64,
-    mean_waiting: f64,
+    contended: Option<f64>,
+    mean_waiting: Option<f64>,
     switches_per_s: Option<f64>,
-    interval_s: f64,
+    interval_s: Option<f64>,
     held_margin: Option<f64>,
     contended_margin: Option<f64>,
 }
@@ -89,13 +90,13 @@ struct Thread {
     os_name: String,
     python: bool,
     hold: f64,
-    wait: f64,
+    wait: Option<f64>,
     running: f64,
     idle: f64,
     samples: u64,
     margin: Option<f64>,
     top_hold: Vec<Location>,
-    top_wait: Vec<Location>,
+    top_wait: Option<Vec<Location>>,
     top_running: Vec<Location>,
     top_idle: Vec<Location>,
 }
@@ -110,8 +111,8 @@ pub fn render(recording: &Recording) -> String {
     finish(serde_json::to_string_pretty(&report(recording)))
 }
 
-/// Several processes (`--subprocesses`): schema `gilscope.processes/1`, whose `processes`
-/// holds a `gilscope.report/2` document per process, in the order they were found.
+/// Several processes (`--subprocesses`): schema `gilscope.processes/2`, whose `processes`
+/// holds a `gilscope.report/3` document per process, in the order they were found.
 pub fn render_processes(recordings: &[Recording]) -> String {
     let processes: Vec<serde_json::Value> = recordings
         .iter()
@@ -133,6 +134,10 @@ fn finish(document: serde_json::Result<String>) -> String {
 
 fn report(recording: &Recording) -> Report<'_> {
     let profile = &recording.profile;
+    // Where waits cannot be seen, every figure about them is null, never a 0 that would
+    // read as "nobody waited".
+    let measured = recording.target.wait_measured;
+    let wait_figure = |value: f64| measured.then_some(value);
     Report {
         schema: SCHEMA,
         target: &recording.target,
@@ -145,12 +150,15 @@ fn report(recording: &Recording) -> Report<'_> {
         },
         gil: Gil {
             held: round(profile.held(), 4),
-            contended: round(profile.contended(), 4),
-            mean_waiting: round(profile.mean_waiting(), 4),
+            contended: wait_figure(round(profile.contended(), 4)),
+            mean_waiting: wait_figure(round(profile.mean_waiting(), 4)),
             switches_per_s: profile.switches_per_s().map(|s| round(s, 2)),
-            interval_s: profile.interval_us as f64 / 1e6,
+            interval_s: (profile.interval_us > 0).then(|| profile.interval_us as f64 / 1e6),
             held_margin: profile.held_margin().map(|m| round(m, 4)),
-            contended_margin: profile.contended_margin().map(|m| round(m, 4)),
+            contended_margin: profile
+                .contended_margin()
+                .filter(|_| measured)
+                .map(|m| round(m, 4)),
         },
         threads: profile
             .threads()
@@ -164,19 +172,19 @@ fn report(recording: &Recording) -> Report<'_> {
                     os_name: t.os_name.clone(),
                     python: t.thread_id.is_some(),
                     hold,
-                    wait,
+                    wait: wait_figure(wait),
                     running,
                     idle,
                     samples: t.counts.total(),
                     margin: t.worst_margin().map(|m| round(m, 4)),
                     top_hold: locations(recording, t, ThreadState::Hold),
-                    top_wait: locations(recording, t, ThreadState::Wait),
+                    top_wait: measured.then(|| locations(recording, t, ThreadState::Wait)),
                     top_running: locations(recording, t, ThreadState::Running),
                     top_idle: locations(recording, t, ThreadState::Idle),
                 }
             })
             .collect(),
-        blame: blame(recording),
+        blame: measured.then(|| blame(recording)),
         sampler: &recording.sampler,
         error: ErrorBounds {
             classifier: super::CLASSIFIER_ERROR,

@@ -336,8 +336,11 @@ fn window_label(history: &History, n: usize) -> String {
     format!("{} s", history.covered(n).max(1))
 }
 
-fn blame_text(history: &History, view: &ViewState) -> String {
+fn blame_text(history: &History, view: &ViewState, wait_measured: bool) -> String {
     let label = window_label(history, STEADY);
+    if !wait_measured {
+        return format!("waited on: {}", super::UNAVAILABLE);
+    }
     if !view.stacks {
         return "waited on: stacks are not read (--gil-only)".to_string();
     }
@@ -451,7 +454,10 @@ pub fn screen(
     for (&n, figures) in WINDOWS.iter().zip(&windows) {
         head.push_str(&format!("{:>9}", window_label(history, n)));
         held.push_str(&format!("{:>9}", percent(figures.held)));
-        contended.push_str(&format!("{:>9}", percent(figures.contended)));
+        contended.push_str(&format!(
+            "{:>9}",
+            wait_figure(percent(figures.contended), target.wait_measured)
+        ));
         switches.push_str(&format!(
             "{:>9}",
             figures
@@ -461,7 +467,7 @@ pub fn screen(
         ));
     }
     lines.extend([head, held, contended, switches, String::new()]);
-    lines.push(printable(&blame_text(history, view)));
+    lines.push(printable(&blame_text(history, view, target.wait_measured)));
     lines.push(String::new());
 
     let (rows, hidden) = visible_rows(history, view);
@@ -497,7 +503,7 @@ pub fn screen(
         rows.len()
     };
     for row in &rows[..shown] {
-        lines.push(row_line(row, &groups, name_width));
+        lines.push(row_line(row, &groups, name_width, target.wait_measured));
     }
     if shown < rows.len() {
         lines.push(format!("... {} more threads", rows.len() - shown));
@@ -506,8 +512,17 @@ pub fn screen(
     finish(lines, width, height)
 }
 
+/// A wait figure, or "n/a" where waits are not measured.
+fn wait_figure(text: String, wait_measured: bool) -> String {
+    if wait_measured {
+        text
+    } else {
+        super::UNAVAILABLE.to_string()
+    }
+}
+
 /// A thread's line of the table.
-fn row_line(row: &ThreadRow, groups: &[Group], name_width: usize) -> String {
+fn row_line(row: &ThreadRow, groups: &[Group], name_width: usize, wait_measured: bool) -> String {
     let mut line = format!(
         "{:>TID_COLUMN$} {}",
         row.tid,
@@ -516,8 +531,12 @@ fn row_line(row: &ThreadRow, groups: &[Group], name_width: usize) -> String {
     for group in groups {
         line.push_str("  ");
         for column in &group.columns {
-            let share = row.fraction(column.window, column.state);
-            line.push_str(&format!("{:>COLUMN$}", percent(share)));
+            let share = percent(row.fraction(column.window, column.state));
+            let figure = match column.state {
+                ThreadState::Wait => wait_figure(share, wait_measured),
+                _ => share,
+            };
+            line.push_str(&format!("{figure:>COLUMN$}"));
         }
     }
     line
@@ -597,7 +616,7 @@ pub fn screen_processes(
             target.pid,
             target.python_version,
             percent(figures.held),
-            percent(figures.contended),
+            wait_figure(percent(figures.contended), target.wait_measured),
             figures
                 .switches_per_s
                 .map(|s| format!("{s:.0}"))
@@ -607,7 +626,10 @@ pub fn screen_processes(
         ));
         let (rows, hidden) = visible_rows(history, view);
         hidden_threads += hidden;
-        body.extend(rows.iter().map(|row| row_line(row, &groups, name_width)));
+        body.extend(
+            rows.iter()
+                .map(|row| row_line(row, &groups, name_width, target.wait_measured)),
+        );
     }
     let mut footer = format!(
         "sorted by {} over the last {}",
@@ -703,12 +725,17 @@ fn finish(mut lines: Vec<String>, width: usize, height: usize) -> Vec<String> {
 }
 
 /// One plain line of the last second's figures (for a pipe).
-pub fn plain_line(elapsed_s: f64, history: &History, view: &ViewState) -> String {
+pub fn plain_line(
+    elapsed_s: f64,
+    history: &History,
+    view: &ViewState,
+    wait_measured: bool,
+) -> String {
     let p = history.process(1);
     let mut line = format!(
         "{elapsed_s:.1} s: held {} contended {} switches {}/s samples {}",
         percent(p.held),
-        percent(p.contended),
+        wait_figure(percent(p.contended), wait_measured),
         p.switches_per_s
             .map(|s| format!("{s:.0}"))
             .unwrap_or_else(|| "-".into()),
@@ -731,7 +758,7 @@ pub fn plain_line(elapsed_s: f64, history: &History, view: &ViewState) -> String
             row.name,
             row.tid,
             percent(row.fraction(0, ThreadState::Hold)),
-            percent(row.fraction(0, ThreadState::Wait)),
+            wait_figure(percent(row.fraction(0, ThreadState::Wait)), wait_measured),
             percent(row.fraction(0, ThreadState::Running)),
             percent(row.fraction(0, ThreadState::Idle)),
         ));
@@ -784,6 +811,7 @@ mod tests {
             binary: String::new(),
             command_line: String::new(),
             layout: String::new(),
+            wait_measured: true,
         }
     }
 
@@ -860,7 +888,7 @@ mod tests {
             show_idle: false,
             stacks: true,
         };
-        let text = blame_text(&history, &view);
+        let text = blame_text(&history, &view, true);
         assert!(
             text.contains("worker (9) in render (.../handlers/parse.py:40)"),
             "{text}"
@@ -907,7 +935,7 @@ mod tests {
         let lines = screen(&target(), 1000.0, 3.0, &history, &view, 100, 40);
         assert_eq!(row_tids(&lines), vec![12, 11, 10]);
         assert!(!lines.iter().any(|l| l.contains("hidden")));
-        let plain = plain_line(3.0, &history, &view);
+        let plain = plain_line(3.0, &history, &view, true);
         assert!(
             plain.contains("| waiter-计算 (12) hold 9.0% wait 90.0% running 1.0% idle 0.0% |"),
             "{plain}"
@@ -975,7 +1003,7 @@ mod tests {
         assert!(lines
             .iter()
             .all(|l| !l.contains('\x1b') && !l.contains('\r')));
-        assert!(!plain_line(1.0, &history, &view).contains('\x1b'));
+        assert!(!plain_line(1.0, &history, &view, true).contains('\x1b'));
     }
 
     #[test]
@@ -991,8 +1019,7 @@ mod tests {
         };
         let lines = screen(&target(), 1000.0, 4.0, &history, &view, 200, 30);
         assert!(lines[0].contains("host steal 30.0%"), "{}", lines[0]);
-        assert!(
-            plain_line(4.0, &history, &view).ends_with("| host steal 30.0%: figures less exact")
-        );
+        assert!(plain_line(4.0, &history, &view, true)
+            .ends_with("| host steal 30.0%: figures less exact"));
     }
 }

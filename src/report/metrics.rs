@@ -48,6 +48,9 @@ struct Cursor {
     health: Health,
     /// Thread names given a series of their own so far.
     thread_names: std::collections::HashSet<String>,
+    /// Waits are not measured on this target's interpreter: no wait or contention series,
+    /// rather than series that say 0.
+    no_wait: bool,
 }
 
 /// Thread names per process that get series of their own. A program that starts a thread per
@@ -179,13 +182,20 @@ impl Metrics {
         let process = ProcessLabels {
             pid: labels.pid.clone(),
         };
-        for family in [&self.held, &self.contended, &self.lag] {
+        for family in [&self.held, &self.lag] {
             family.get_or_create(&process).inc_by(0.0);
+        }
+        if target.wait_measured {
+            self.contended.get_or_create(&process).inc_by(0.0);
         }
         for family in [&self.switches, &self.samples, &self.errors, &self.late] {
             family.get_or_create(&process).inc_by(0);
         }
-        self.current.push((labels, Cursor::default()));
+        let cursor = Cursor {
+            no_wait: !target.wait_measured,
+            ..Cursor::default()
+        };
+        self.current.push((labels, cursor));
     }
 
     /// Process `pid` is gone. Its counters stay, flat, as Prometheus expects of counters.
@@ -240,6 +250,9 @@ impl Metrics {
                 }
             }
             for state in ThreadState::ALL {
+                if state == ThreadState::Wait && cursor.no_wait {
+                    continue;
+                }
                 self.thread_seconds
                     .get_or_create(&ThreadLabels {
                         pid: labels.pid.clone(),
@@ -253,9 +266,11 @@ impl Metrics {
         self.held
             .get_or_create(&process)
             .inc_by(gil.held as f64 * per_sample);
-        self.contended
-            .get_or_create(&process)
-            .inc_by(gil.contended as f64 * per_sample);
+        if !cursor.no_wait {
+            self.contended
+                .get_or_create(&process)
+                .inc_by(gil.contended as f64 * per_sample);
+        }
         if let Some(((_, first), (_, last))) = profile.switch_span() {
             let switches = match cursor.switch_number {
                 Some(before) if last >= before => last - before,
@@ -288,6 +303,7 @@ mod tests {
             binary: "/usr/bin/python3".into(),
             command_line: "python3 \"app\".py".into(),
             layout: String::new(),
+            wait_measured: true,
         }
     }
 
@@ -419,6 +435,24 @@ mod tests {
         assert!(!text.contains("gilscope_target_info{pid=\"42\""));
         metrics.detached(43);
         assert_eq!(value(&metrics.encode(), "gilscope_attached"), 0.0);
+    }
+
+    #[test]
+    fn a_target_without_measured_waits_has_no_wait_series() {
+        let mut metrics = Metrics::new();
+        metrics.attached(&TargetInfo {
+            wait_measured: false,
+            ..target(42)
+        });
+        metrics.add_slice(42, &slice(0), &Health::default());
+        let text = metrics.encode();
+        assert!(text.contains("state=\"hold\""), "{text}");
+        assert!(!text.contains("state=\"wait\""), "{text}");
+        assert!(
+            !text.contains("gilscope_gil_contended_seconds_total{"),
+            "{text}"
+        );
+        assert!(text.contains("gilscope_gil_held_seconds_total{"), "{text}");
     }
 
     #[test]

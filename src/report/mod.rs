@@ -35,7 +35,19 @@ pub struct TargetInfo {
     pub command_line: String,
     /// Which layout table (or `_Py_DebugOffsets`) described the interpreter.
     pub layout: String,
+    /// Threads waiting for the GIL can be told apart on this interpreter. Where they cannot
+    /// (2.7, a stripped 3.6) every wait figure is unavailable: null in JSON, "n/a" in text.
+    pub wait_measured: bool,
 }
+
+/// What reports show for a figure that cannot be measured on the target's interpreter.
+pub const UNAVAILABLE: &str = "n/a";
+
+/// The sentence reports give where waiting cannot be measured.
+pub const WAIT_UNAVAILABLE: &str = "waiting for the GIL cannot be measured on this interpreter \
+     (Python 2.7, or a libpython stripped of its GIL variables): wait figures are n/a, and a \
+     thread spinning for the GIL counts as running, one asleep on it as idle \
+     (docs/COMPATIBILITY.md)";
 
 /// Why the recording ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -47,15 +47,31 @@ pub fn render(recording: &Recording) -> String {
         .switches_per_s()
         .map(|s| format!("{s:.0}/s"))
         .unwrap_or_else(|| "n/a".into());
+    let measured = target.wait_measured;
+    let wait_figure = |text: String| {
+        if measured {
+            text
+        } else {
+            super::UNAVAILABLE.to_string()
+        }
+    };
+    let interval = if profile.interval_us > 0 {
+        format!("{:.1} ms", profile.interval_us as f64 / 1e3)
+    } else {
+        super::UNAVAILABLE.to_string()
+    };
     let _ = writeln!(
         out,
-        "GIL: held {}  contended {}  mean waiting {:.2}  switches {}  interval {:.1} ms",
+        "GIL: held {}  contended {}  mean waiting {}  switches {}  interval {}",
         percent(profile.held()),
-        percent(profile.contended()),
-        profile.mean_waiting(),
+        wait_figure(percent(profile.contended())),
+        wait_figure(format!("{:.2}", profile.mean_waiting())),
         switches,
-        profile.interval_us as f64 / 1e3
+        interval
     );
+    if !measured {
+        let _ = writeln!(out, "note: {}", super::WAIT_UNAVAILABLE);
+    }
     let worst_sampling = profile
         .threads()
         .iter()
@@ -98,7 +114,11 @@ pub fn render(recording: &Recording) -> String {
             .collect();
         let _ = write!(out, "{:>8}  {:<name_width$}", thread.tid, name);
         for state in ThreadState::ALL {
-            let _ = write!(out, "  {:>7}", percent(thread.fraction(state)));
+            let figure = match state {
+                ThreadState::Wait if !measured => super::UNAVAILABLE.to_string(),
+                _ => percent(thread.fraction(state)),
+            };
+            let _ = write!(out, "  {figure:>7}");
         }
         if thread.thread_id.is_none() {
             let _ = write!(out, "  (no Python thread state)");

@@ -119,11 +119,23 @@ struct Track {
 pub struct Classifier {
     tracks: HashMap<i32, Track>,
     pending: VecDeque<Observation>,
+    /// Waiting cannot be seen on this interpreter (2.7, a stripped 3.6): no tick is waiting.
+    no_wait: bool,
 }
 
 impl Classifier {
     pub fn new() -> Classifier {
         Classifier::default()
+    }
+
+    /// For interpreters whose GIL waits cannot be seen: a runnable thread without the GIL
+    /// that the rules would place on its way into it is counted as running (on a CPU or
+    /// ready for one, without the GIL), which is all that can be known of it there.
+    pub fn without_wait() -> Classifier {
+        Classifier {
+            no_wait: true,
+            ..Classifier::default()
+        }
     }
 
     /// Add a tick; returns the samples now complete (those with enough ticks after them).
@@ -211,6 +223,10 @@ impl Classifier {
                 time_ns,
                 thread: *thread,
             });
+            let state = match state {
+                ThreadState::Wait if self.no_wait => ThreadState::Running,
+                state => state,
+            };
             threads.push(ThreadSample {
                 tid: thread.tid,
                 thread_id: thread.thread_id,
@@ -382,6 +398,21 @@ mod tests {
     fn cpu_spent_holding_does_not_make_the_next_tick_native() {
         // Before the runnable tick it held (900 µs of Python), after it: nothing.
         assert_eq!(states(&[('h', 0), ('r', 900), ('h', 905)]), vec![H, W, H]);
+    }
+
+    #[test]
+    fn without_wait_a_queued_thread_runs() {
+        let mut classifier = Classifier::without_wait();
+        let mut out = Vec::new();
+        for (i, &(kind, cpu_us)) in [('h', 0), ('r', 900), ('r', 905), ('h', 910)]
+            .iter()
+            .enumerate()
+        {
+            out.extend(classifier.push(&tick(i as u64, vec![thread(7, kind, cpu_us * 1000)])));
+        }
+        out.extend(classifier.finish());
+        let states: Vec<ThreadState> = out.iter().map(|s| s.threads[0].state).collect();
+        assert_eq!(states, vec![H, R, R, H]);
     }
 
     #[test]

@@ -160,6 +160,21 @@ impl ElfFile {
         self.sections.iter().find(|s| s.name == name)
     }
 
+    /// The section that holds link-time address `vaddr`, if any.
+    pub fn section_at(&self, vaddr: u64) -> Option<&Section> {
+        self.sections
+            .iter()
+            .filter(|s| s.addr != 0)
+            .find(|s| (s.addr..s.addr.saturating_add(s.size)).contains(&vaddr))
+    }
+
+    /// `len` file bytes at link-time address `vaddr` (code of a function, say), if the file
+    /// has them.
+    pub fn bytes_at(&self, vaddr: u64, len: usize) -> Option<&[u8]> {
+        let start = usize::try_from(file_offset(&self.data, vaddr)?).ok()?;
+        self.data.get(start..start.checked_add(len)?)
+    }
+
     /// The file bytes of a section (empty if it has none or lies outside the file).
     pub fn section_data(&self, name: &str) -> &[u8] {
         let Some(section) = self.section(name) else {

@@ -380,6 +380,23 @@ pub fn thread_row(report: &serde_json::Value, tid: i32) -> Option<&serde_json::V
         .find(|t| t["native_id"].as_i64() == Some(tid as i64))
 }
 
+/// Each thread of a report as one line of its fractions, for failure messages.
+pub fn thread_rows(report: &serde_json::Value) -> Vec<String> {
+    report["threads"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|t| {
+                    format!(
+                        "{} {}: hold {} wait {} running {} idle {}",
+                        t["native_id"], t["name"], t["hold"], t["wait"], t["running"], t["idle"]
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn fraction(row: &serde_json::Value, state: &str) -> f64 {
     row[state].as_f64().unwrap_or(f64::NAN)
 }
