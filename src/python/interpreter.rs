@@ -142,6 +142,8 @@ pub struct Interpreter {
     shape: Vec<(u64, Vec<u64>)>,
     /// The batch's buffer, kept between ticks.
     batch: Vec<u8>,
+    /// The last [`Interpreter::read_state`] found the lists as the one before had left them.
+    lists_unchanged: bool,
 }
 
 impl Interpreter {
@@ -182,6 +184,7 @@ impl Interpreter {
                 pthreads: PthreadTids::new(),
                 shape: Vec::new(),
                 batch: Vec::new(),
+                lists_unchanged: false,
             };
             match interpreter.locate(&binary, runtime, memory) {
                 Ok(()) => return Ok(interpreter),
@@ -217,6 +220,7 @@ impl Interpreter {
             pthreads: PthreadTids::new(),
             shape: Vec::new(),
             batch: Vec::new(),
+            lists_unchanged: false,
         }
     }
 
@@ -530,10 +534,18 @@ impl Interpreter {
         memory: &dyn Memory,
     ) -> std::result::Result<(GilState, Vec<PyThread>), ReadError> {
         if let Some(state) = self.state_as_before(memory) {
+            self.lists_unchanged = true;
             return Ok(state);
         }
+        self.lists_unchanged = false;
         let gil = self.gil_state(memory)?;
         Ok((gil, self.walk_threads(memory)?))
+    }
+
+    /// Did the last [`Self::read_state`] find every interpreter and thread state where the
+    /// one before it had (no Python thread started or ended in between)?
+    pub fn lists_unchanged(&self) -> bool {
+        self.lists_unchanged
     }
 
     /// Give threads read by [`Self::read_state`] their kernel tids (3.6-3.10 keep only the

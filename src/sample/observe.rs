@@ -16,9 +16,12 @@ use crate::target::task::{Activity, TaskError, TaskReading, Tasks};
 /// Walks of one thread's stack per tick before it counts as unreadable.
 const STACK_ATTEMPTS: usize = 3;
 /// A thread asleep whose exact CPU clock has not moved is still asleep where it was: its
-/// /proc reading is reused, but never for longer than this (ns), so that a thread that ended
-/// (its tid free for reuse, its counter frozen) is noticed by a real read.
-const REUSE_SLEEPER_NS: u64 = 50_000_000;
+/// /proc reading is reused, but never for longer than this (ns). A thread that ends leaves
+/// the task listing at once and is forgotten; this only bounds the case of its tid being
+/// given to a new thread between two ticks (the kernel hands tids out in a cycle through
+/// pid_max, so that takes tens of thousands of new tasks within the interval), whose frozen
+/// counter would otherwise never move.
+const REUSE_SLEEPER_NS: u64 = 1_000_000_000;
 
 /// One thread at one tick, before classification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -254,6 +257,7 @@ impl<M: Memory> Observer<M> {
         let this_tick = self.memory.reads() - reads;
         stats.memory_reads += this_tick - (stats.stack_reads - stack_reads);
         stats.proc_reads = self.tasks.reads;
+        stats.listings_reused = self.tasks.listings_reused;
         stats.clock_reads = self.clocks.reads;
         result
     }
@@ -263,7 +267,10 @@ impl<M: Memory> Observer<M> {
         let start_ns = lap.last_ns();
         let (gil, python) = self.interpreter.read_state(&self.memory)?;
         self.stats.memory_ns += lap.split();
-        let live = self.tasks.list().map_err(|_| TickError::Gone)?;
+        let live = self
+            .tasks
+            .list_unless_unchanged(self.interpreter.lists_unchanged(), start_ns)
+            .map_err(|_| TickError::Gone)?;
         self.stats.proc_ns += lap.split();
         if live.is_empty() {
             return Err(TickError::Gone);

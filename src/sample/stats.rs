@@ -52,6 +52,8 @@ pub struct TickStats {
     pub clock_reads: u64,
     /// /proc readings of sleeping threads reused because their exact CPU clock had not moved.
     pub proc_reads_reused: u64,
+    /// Ticks whose thread listing was the last one, nothing suggesting a change.
+    pub listings_reused: u64,
     /// Walking the Python stacks (their remote reads included).
     pub stack_ns: u64,
     /// Remote reads of the stack walks.
@@ -71,6 +73,7 @@ impl TickStats {
         self.proc_reads += other.proc_reads;
         self.clock_reads += other.clock_reads;
         self.proc_reads_reused += other.proc_reads_reused;
+        self.listings_reused += other.listings_reused;
         self.stack_ns += other.stack_ns;
         self.stack_reads += other.stack_reads;
         self.aggregate_ns += other.aggregate_ns;
@@ -123,6 +126,12 @@ impl TickStats {
             "(not re-read)",
             self.proc_reads_reused as f64 / ticks
         );
+        text += &format!(
+            "  {:<14}{:>38}  {:>8.1} reused/tick\n",
+            "(listings)",
+            "(not re-listed)",
+            self.listings_reused as f64 / ticks
+        );
         text += &line(
             "stack walks",
             self.stack_ns,
@@ -149,6 +158,7 @@ mod tests {
             proc_reads: 80,
             clock_reads: 40,
             proc_reads_reused: 12,
+            listings_reused: 2,
             stack_ns: 40_000,
             stack_reads: 20,
             aggregate_ns: 20_000,

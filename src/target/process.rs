@@ -49,7 +49,7 @@ pub fn liveness(pid: i32) -> Liveness {
 
 /// Field `n` (1-based, as in proc(5)) of a stat line, for n >= 3: after the command name,
 /// which may hold spaces and parentheses.
-fn stat_field(stat: &[u8], n: usize) -> Option<u64> {
+pub fn stat_field(stat: &[u8], n: usize) -> Option<u64> {
     let close = stat.iter().rposition(|&b| b == b')')?;
     let rest = std::str::from_utf8(stat.get(close + 2..)?).ok()?;
     rest.split(' ').nth(n.checked_sub(3)?)?.parse().ok()
