@@ -22,6 +22,12 @@ use crate::target::process::{self, Liveness};
 const SPAWN_ATTACH_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often thread names are read again (threads often name themselves after they start).
 const NAME_REFRESH: Duration = Duration::from_millis(500);
+/// Names are refreshed a slice at a time, this many slices per [`NAME_REFRESH`]: on a target
+/// with thousands of threads one pass would pause the sampler for tens of milliseconds.
+const NAME_SLICES: u32 = 10;
+/// Python names come from a walk of `threading`'s registry: read again when threads came or
+/// went (at most every [`NAME_REFRESH`]), and otherwise this often (a thread renamed).
+const PYTHON_NAME_REFRESH: Duration = Duration::from_secs(5);
 /// Consecutive failed ticks after which the target is considered unreadable.
 const MAX_CONSECUTIVE_ERRORS: u64 = 1000;
 
@@ -267,6 +273,8 @@ struct Member {
     identity: Option<u64>,
     /// The program its process exec'd, if it did: its Python is gone (`exited` is set too).
     execed: Option<PathBuf>,
+    /// When Python names were last read, and the interpreter's lists generation then.
+    python_names_read: Option<(Instant, u64)>,
     /// Its last slice, the one that says it exited, was given out.
     sliced_out: bool,
 }
@@ -293,6 +301,7 @@ impl Member {
             exited: false,
             identity,
             execed: None,
+            python_names_read: None,
             sliced_out: false,
         }
     }
@@ -361,9 +370,40 @@ impl Member {
         let observer = &mut self.observer;
         self.profile
             .refresh_names(|tid| observer.current_thread_name(tid));
+        self.read_python_names();
+    }
+
+    /// One slice of [`Member::name_threads`], for the sampling loop: a share of the OS names,
+    /// and the Python names if threads came or went (or they are old).
+    fn name_some_threads(&mut self) {
+        if self.exited || self.check_exec() {
+            return;
+        }
+        let observer = &mut self.observer;
+        let budget = self
+            .profile
+            .threads()
+            .len()
+            .div_ceil(NAME_SLICES as usize)
+            .max(1);
+        self.profile
+            .refresh_some_names(budget, |tid| observer.current_thread_name(tid));
+        let generation = self.observer.interpreter.lists_generation();
+        let due = self.python_names_read.is_none_or(|(at, seen)| {
+            let age = at.elapsed();
+            (seen != generation && age >= NAME_REFRESH) || age >= PYTHON_NAME_REFRESH
+        });
+        if due {
+            self.read_python_names();
+        }
+    }
+
+    fn read_python_names(&mut self) {
+        let observer = &mut self.observer;
         let names = observer.python_thread_names();
         self.profile
             .set_python_names(&names, |tid| observer.thread_alive(tid));
+        self.python_names_read = Some((Instant::now(), observer.interpreter.lists_generation()));
     }
 
     /// The recording of this process, once sampling is over.
@@ -599,6 +639,7 @@ fn sample(
     let mut schedule = Schedule::new(options.rate_hz, start);
     let mut sink = sink;
     let mut names_read = Instant::now();
+    let mut progress_shown = Instant::now();
     let mut slice_start = Instant::now();
     let mut busy_ns = 0;
     let ended = loop {
@@ -628,10 +669,13 @@ fn sample(
             member.tick(&mut sink);
         }
         busy_ns = monotonic_ns().saturating_sub(tick_start);
-        if names_read.elapsed() >= NAME_REFRESH {
-            report_progress(options, start, &members, &schedule, false);
-            members.iter_mut().for_each(Member::name_threads);
+        if names_read.elapsed() >= NAME_REFRESH / NAME_SLICES {
+            members.iter_mut().for_each(Member::name_some_threads);
             names_read = Instant::now();
+        }
+        if progress_shown.elapsed() >= NAME_REFRESH {
+            report_progress(options, start, &members, &schedule, false);
+            progress_shown = Instant::now();
         }
         if let Some(slices) = slices.as_mut() {
             if slice_start.elapsed() >= slices.every {

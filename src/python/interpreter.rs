@@ -144,6 +144,8 @@ pub struct Interpreter {
     batch: Vec<u8>,
     /// The last [`Interpreter::read_state`] found the lists as the one before had left them.
     lists_unchanged: bool,
+    /// Walks of the lists so far: it changes when threads come or go.
+    walks: u64,
 }
 
 impl Interpreter {
@@ -185,6 +187,7 @@ impl Interpreter {
                 shape: Vec::new(),
                 batch: Vec::new(),
                 lists_unchanged: false,
+                walks: 0,
             };
             match interpreter.locate(&binary, runtime, memory) {
                 Ok(()) => return Ok(interpreter),
@@ -221,6 +224,7 @@ impl Interpreter {
             shape: Vec::new(),
             batch: Vec::new(),
             lists_unchanged: false,
+            walks: 0,
         }
     }
 
@@ -548,6 +552,12 @@ impl Interpreter {
         self.lists_unchanged
     }
 
+    /// A number that changes whenever the lists had to be walked again (threads came or
+    /// went, or a batch could not be trusted): callers cache by it.
+    pub fn lists_generation(&self) -> u64 {
+        self.walks
+    }
+
     /// Give threads read by [`Self::read_state`] their kernel tids (3.6-3.10 keep only the
     /// `pthread_t`), and keep those among `live_tids` (sorted): the process's tasks now.
     pub fn resolve_threads(
@@ -596,6 +606,7 @@ impl Interpreter {
             shape.push((interp, chain));
         }
         self.shape = shape;
+        self.walks += 1;
         Ok(threads)
     }
 

@@ -177,6 +177,8 @@ pub struct Profile {
     threads: Vec<ThreadProfile>,
     /// The row of each tid's current thread (a recycled tid gets a new row).
     rows: HashMap<i32, usize>,
+    /// The tid after the last one [`Profile::refresh_some_names`] renamed.
+    name_cursor: i32,
     /// Waiters blamed on what the holder was running: (holder's row, holder's stack) ->
     /// waiting threads summed over ticks.
     blame: HashMap<(usize, Option<StackId>), u64>,
@@ -230,6 +232,7 @@ impl Profile {
             interval_us: 0,
             threads: Vec::new(),
             rows: HashMap::new(),
+            name_cursor: 0,
             blame: HashMap::new(),
             blame_unheld: 0,
             timeline: None,
@@ -526,11 +529,31 @@ impl Profile {
 
     /// Give each thread that is still alive its current name (names are often set just
     /// after a thread starts, after gilscope first saw it).
-    pub fn refresh_names(&mut self, mut name: impl FnMut(i32) -> Option<String>) {
-        for (tid, &row) in &self.rows {
-            if let Some(current) = name(*tid).filter(|n| !n.is_empty()) {
-                self.threads[row].os_name = current;
+    pub fn refresh_names(&mut self, name: impl FnMut(i32) -> Option<String>) {
+        self.refresh_some_names(usize::MAX, name);
+    }
+
+    /// [`Profile::refresh_names`] for at most `budget` of the current threads, taking up
+    /// where the last call stopped: a target with thousands of threads is renamed a slice
+    /// at a time, not in one pause of the sampler.
+    pub fn refresh_some_names(
+        &mut self,
+        budget: usize,
+        mut name: impl FnMut(i32) -> Option<String>,
+    ) {
+        let mut current: Vec<(i32, usize)> = self.rows.iter().map(|(&t, &r)| (t, r)).collect();
+        if current.is_empty() {
+            return;
+        }
+        current.sort_unstable();
+        let count = budget.min(current.len());
+        let start = current.partition_point(|&(tid, _)| tid < self.name_cursor);
+        for i in 0..count {
+            let (tid, row) = current[(start + i) % current.len()];
+            if let Some(now) = name(tid).filter(|n| !n.is_empty()) {
+                self.threads[row].os_name = now;
             }
+            self.name_cursor = tid.saturating_add(1);
         }
     }
 
@@ -648,6 +671,26 @@ mod tests {
             let sum: f64 = ThreadState::ALL.iter().map(|s| t.fraction(*s)).sum();
             assert!((sum - 1.0).abs() < 1e-9);
         }
+    }
+
+    #[test]
+    fn names_are_refreshed_a_slice_at_a_time_round_the_threads() {
+        let mut profile = Profile::new();
+        let tids: Vec<(i32, ThreadState)> = (1..=5).map(|t| (t * 10, ThreadState::Idle)).collect();
+        profile.add(&sample(0, 0, &tids), |_| "old".into());
+        let mut asked = Vec::new();
+        for _ in 0..3 {
+            profile.refresh_some_names(2, |tid| {
+                asked.push(tid);
+                Some(format!("new-{tid}"))
+            });
+        }
+        // Two per call, in tid order, wrapping round: every thread within ceil(5 / 2) calls.
+        assert_eq!(asked, [10, 20, 30, 40, 50, 10]);
+        assert!(profile
+            .threads()
+            .iter()
+            .all(|t| t.name().starts_with("new-")));
     }
 
     #[test]

@@ -124,6 +124,8 @@ pub struct Observer<M: Memory> {
     /// Each sleeping thread's last real /proc reading: the exact CPU time at it, when it was
     /// taken, and the reading.
     last_sleeps: HashMap<i32, (u64, u64, TaskReading)>,
+    /// The process's threads at the last tick, sorted.
+    live: Vec<i32>,
     /// What the ticks so far cost, phase by phase.
     pub stats: TickStats,
 }
@@ -140,6 +142,7 @@ impl<M: Memory> Observer<M> {
             thread_names: None,
             last_stacks: HashMap::new(),
             last_sleeps: HashMap::new(),
+            live: Vec::new(),
             stats: TickStats::default(),
         }
     }
@@ -243,8 +246,12 @@ impl<M: Memory> Observer<M> {
     }
 
     /// Is thread `tid` of the target alive now?
+    /// As of the last tick (which lists the threads); before any, from /proc now.
     pub fn thread_alive(&self, tid: i32) -> bool {
-        std::path::Path::new(&format!("/proc/{}/task/{tid}", self.pid)).exists()
+        if self.live.is_empty() {
+            return std::path::Path::new(&format!("/proc/{}/task/{tid}", self.pid)).exists();
+        }
+        self.live.binary_search(&tid).is_ok()
     }
 
     /// Take one tick, and count what it cost in `stats`.
@@ -338,6 +345,7 @@ impl<M: Memory> Observer<M> {
             .retain(|tid, _| live.binary_search(tid).is_ok());
         self.last_stacks
             .retain(|tid, _| live.binary_search(tid).is_ok());
+        self.live = live;
         lap.split();
         let end_ns = lap.last_ns();
         let reads = self.memory.reads();
