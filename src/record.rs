@@ -26,7 +26,8 @@ const NAME_REFRESH: Duration = Duration::from_millis(500);
 /// with thousands of threads one pass would pause the sampler for tens of milliseconds.
 const NAME_SLICES: u32 = 10;
 /// Python names come from a walk of `threading`'s registry: read again when threads came or
-/// went (at most every [`NAME_REFRESH`]), and otherwise this often (a thread renamed).
+/// went or some thread had no name yet (at most every [`NAME_REFRESH`]), and otherwise this
+/// often (a thread renamed).
 const PYTHON_NAME_REFRESH: Duration = Duration::from_secs(5);
 /// Consecutive failed ticks after which the target is considered unreadable.
 const MAX_CONSECUTIVE_ERRORS: u64 = 1000;
@@ -273,8 +274,9 @@ struct Member {
     identity: Option<u64>,
     /// The program its process exec'd, if it did: its Python is gone (`exited` is set too).
     execed: Option<PathBuf>,
-    /// When Python names were last read, and the interpreter's lists generation then.
-    python_names_read: Option<(Instant, u64)>,
+    /// When Python names were last read, the interpreter's lists generation then, and
+    /// whether they named every Python thread alive.
+    python_names_read: Option<(Instant, u64, bool)>,
     /// Its last slice, the one that says it exited, was given out.
     sliced_out: bool,
 }
@@ -389,9 +391,9 @@ impl Member {
         self.profile
             .refresh_some_names(budget, |tid| observer.current_thread_name(tid));
         let generation = self.observer.interpreter.lists_generation();
-        let due = self.python_names_read.is_none_or(|(at, seen)| {
+        let due = self.python_names_read.is_none_or(|(at, seen, complete)| {
             let age = at.elapsed();
-            (seen != generation && age >= NAME_REFRESH) || age >= PYTHON_NAME_REFRESH
+            ((seen != generation || !complete) && age >= NAME_REFRESH) || age >= PYTHON_NAME_REFRESH
         });
         if due {
             self.read_python_names();
@@ -403,7 +405,14 @@ impl Member {
         let names = observer.python_thread_names();
         self.profile
             .set_python_names(&names, |tid| observer.thread_alive(tid));
-        self.python_names_read = Some((Instant::now(), observer.interpreter.lists_generation()));
+        let complete = !self
+            .profile
+            .lacks_python_names(&names, |tid| observer.thread_alive(tid));
+        self.python_names_read = Some((
+            Instant::now(),
+            observer.interpreter.lists_generation(),
+            complete,
+        ));
     }
 
     /// The recording of this process, once sampling is over.

@@ -572,6 +572,23 @@ impl Profile {
         }
     }
 
+    /// Does some thread alive now have an ident that `names` does not name (a thread that has
+    /// not registered with `threading` yet, or `threading` not imported yet)? Also yes while
+    /// no thread or no name is known at all: nothing can be said to be complete yet.
+    pub fn lacks_python_names(
+        &self,
+        names: &HashMap<u64, String>,
+        alive: impl Fn(i32) -> bool,
+    ) -> bool {
+        self.rows.is_empty()
+            || names.is_empty()
+            || self.rows.iter().any(|(&tid, &row)| {
+                self.threads[row]
+                    .thread_id
+                    .is_some_and(|id| !names.contains_key(&id) && alive(tid))
+            })
+    }
+
     /// The process figures, as counts.
     pub fn gil_ticks(&self) -> GilTicks {
         self.gil
@@ -691,6 +708,25 @@ mod tests {
             .threads()
             .iter()
             .all(|t| t.name().starts_with("new-")));
+    }
+
+    #[test]
+    fn python_names_are_complete_only_when_every_live_python_thread_has_one() {
+        let mut profile = Profile::new();
+        let mut names = HashMap::new();
+        // Nothing seen yet: not complete, whatever the names.
+        assert!(profile.lacks_python_names(&names, |_| true));
+        let mut tick = sample(0, 0, &[(5, ThreadState::Hold), (6, ThreadState::Idle)]);
+        tick.threads[1].thread_id = None; // a native thread: it has no Python name to find
+        profile.add(&tick, |_| "os".into());
+        assert!(profile.lacks_python_names(&names, |_| true));
+        names.insert(5u64, "MainThread".to_string());
+        assert!(!profile.lacks_python_names(&names, |_| true));
+        names.clear();
+        names.insert(77u64, "other".to_string());
+        assert!(profile.lacks_python_names(&names, |_| true));
+        // A thread that ended needs no name.
+        assert!(!profile.lacks_python_names(&names, |tid| tid != 5));
     }
 
     #[test]
