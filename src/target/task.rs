@@ -407,6 +407,35 @@ mod tests {
     }
 
     #[test]
+    fn a_listing_is_reused_only_while_the_thread_count_and_python_threads_stand_still() {
+        // A process of its own, whose thread count nothing else changes (this test binary's
+        // other tests start threads).
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let mut tasks = Tasks::new(child.id() as i32);
+        let first = tasks.list_unless_unchanged(true, 1_000).unwrap();
+        assert_eq!(first, [child.id() as i32]);
+        assert_eq!(tasks.listings_reused, 0);
+        // Same count, same Python threads, young: the same listing, not read again.
+        assert_eq!(tasks.list_unless_unchanged(true, 2_000).unwrap(), first);
+        assert_eq!(tasks.listings_reused, 1);
+        // The caller saw Python threads come or go; or the listing is old: listed again.
+        tasks.list_unless_unchanged(false, 3_000).unwrap();
+        tasks
+            .list_unless_unchanged(true, 3_000 + RELIST_NS)
+            .unwrap();
+        assert_eq!(tasks.listings_reused, 1);
+        // Gone: the count cannot be read, so the directory is, and it is empty or gone.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let after = tasks.list_unless_unchanged(true, 4_000 + RELIST_NS);
+        assert!(after.map_or(true, |tids| tids.is_empty()));
+        assert_eq!(tasks.listings_reused, 1);
+    }
+
+    #[test]
     fn dirent_records_give_their_numeric_names() {
         let mut buf = Vec::new();
         for name in [".", "..", "4242", "17"] {
