@@ -604,8 +604,10 @@ pub(crate) fn test_sample(
                 thread_id: Some(tid as u64),
                 state,
                 stack: None,
+                gil: None,
             })
             .collect(),
+        gils: Vec::new(),
     }
 }
 

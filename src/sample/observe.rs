@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::stats::{Stopwatch, TickStats};
+use super::GilReading;
 use crate::python::interpreter::{GilState, Interpreter, PyThread};
 use crate::python::stack::{StackError, StackId, StackReader, StackTable};
 use crate::python::thread_names::ThreadNames;
@@ -47,6 +48,10 @@ pub struct ThreadObservation {
     /// Its Python stack, read just after the tick (None: not a Python thread, stacks off,
     /// or the stack moved while it was read).
     pub stack: Option<StackId>,
+    /// Its interpreter's GIL (an index into [`Observation::gils`]) and interpreter id, where
+    /// the process has more than one interpreter.
+    #[serde(skip)]
+    pub gil: Option<(u16, Option<i64>)>,
 }
 
 /// Everything read at one tick.
@@ -64,6 +69,9 @@ pub struct Observation {
     pub threads: Vec<ThreadObservation>,
     /// Stacks that could not be read consistently at this tick.
     pub stack_errors: u32,
+    /// Every GIL, the main one first, where the process has more than one interpreter.
+    #[serde(skip)]
+    pub gils: Vec<GilReading>,
 }
 
 impl Observation {
@@ -71,6 +79,23 @@ impl Observation {
     pub fn time_ns(&self) -> u64 {
         self.start_ns + (self.end_ns.saturating_sub(self.start_ns)) / 2
     }
+}
+
+/// Of the thread states that share one kernel tid (a thread that entered a subinterpreter
+/// has a thread state in each interpreter it ran in), the one that says what the thread is
+/// doing: the one holding its GIL, else the one whose GIL it sleeps on, else the one asking
+/// for its GIL, else the oldest interpreter's (the main interpreter is last in the list).
+fn pick_tstate<'a>(
+    candidates: impl Iterator<Item = &'a PyThread> + Clone,
+    holds: impl Fn(&PyThread) -> bool,
+    sleeps_on_its_gil: impl Fn(&PyThread) -> bool,
+) -> Option<&'a PyThread> {
+    candidates
+        .clone()
+        .find(|t| holds(t))
+        .or_else(|| candidates.clone().find(|t| sleeps_on_its_gil(t)))
+        .or_else(|| candidates.clone().find(|t| t.gil_requested == Some(true)))
+        .or_else(|| candidates.last())
 }
 
 /// Does `thread` hold the GIL, in the exact sense (between take_gil's return and the start
@@ -261,7 +286,8 @@ impl<M: Memory> Observer<M> {
     fn read_tick(&mut self) -> Result<Observation, TickError> {
         let mut lap = Stopwatch::start();
         let start_ns = lap.last_ns();
-        let (gil, python) = self.interpreter.read_state(&self.memory)?;
+        let state = self.interpreter.read_state(&self.memory)?;
+        let (gil, others, python) = (state.gil, state.others, state.threads);
         self.stats.memory_ns += lap.split();
         let live = self.tasks.list().map_err(|_| TickError::Gone)?;
         self.stats.proc_ns += lap.split();
@@ -272,11 +298,21 @@ impl<M: Memory> Observer<M> {
             .interpreter
             .resolve_threads(&self.memory, python, &live);
         self.stats.memory_ns += lap.split();
-        let by_tid: HashMap<i32, &PyThread> = python
-            .iter()
-            .filter_map(|t| Some((t.native_id?, t)))
-            .collect();
-        let sync = self.interpreter.gil();
+        let mut by_tid: HashMap<i32, &PyThread> = HashMap::with_capacity(python.len());
+        // Thread states whose tid another one has too: rare (threads that entered a
+        // subinterpreter), so kept aside rather than making every entry a list.
+        let mut shared_tids: Vec<&PyThread> = Vec::new();
+        for thread in &python {
+            if let Some(tid) = thread.native_id {
+                shared_tids.extend(by_tid.insert(tid, thread));
+            }
+        }
+        let interpreter = &self.interpreter;
+        let gils = gil_readings(interpreter, gil, &others);
+        let state_of = |index: usize| match index.checked_sub(1) {
+            Some(i) => others.get(i).copied().unwrap_or_default(),
+            None => gil,
+        };
         let mut threads = Vec::with_capacity(live.len());
         lap.split();
         for &tid in &live {
@@ -303,12 +339,37 @@ impl<M: Memory> Observer<M> {
                     return Err(TickError::Torn(format!("task {tid}: errno {errno}")))
                 }
             };
-            let py = by_tid.get(&tid);
-            let holder = py.is_some_and(|t| is_holder(t, &gil));
-            let gil_futex = task
-                .activity
-                .futex_addr()
-                .is_some_and(|addr| sync.is_sync_address(addr));
+            let futex = task.activity.futex_addr();
+            let sleeps_on_its_gil = |t: &PyThread| {
+                futex.is_some_and(|addr| interpreter.gil_at(t.gil).is_sync_address(addr))
+            };
+            let holds = |t: &PyThread| is_holder(t, &state_of(t.gil));
+            let py = match by_tid.get(&tid) {
+                Some(&only) if shared_tids.is_empty() => Some(only),
+                Some(&last) => pick_tstate(
+                    shared_tids
+                        .iter()
+                        .copied()
+                        .filter(|t| t.native_id == Some(tid))
+                        .chain([last]),
+                    holds,
+                    sleeps_on_its_gil,
+                ),
+                None => None,
+            };
+            let holder = py.is_some_and(holds);
+            let gil_futex = match py {
+                Some(t) => sleeps_on_its_gil(t),
+                // A thread without a thread state cannot wait for a GIL; it may still have
+                // been caught on one of their futexes on its way to getting a thread state.
+                None => futex.is_some_and(|addr| {
+                    interpreter.gil().is_sync_address(addr)
+                        || interpreter
+                            .other_gils()
+                            .iter()
+                            .any(|g| g.addresses.is_sync_address(addr))
+                }),
+            };
             threads.push(ThreadObservation {
                 tid,
                 thread_id: py.map(|t| t.thread_id),
@@ -322,6 +383,9 @@ impl<M: Memory> Observer<M> {
                 blocked: !gil_futex && task.activity != Activity::Running,
                 gil_requested: py.and_then(|t| t.gil_requested),
                 stack: None,
+                gil: py
+                    .filter(|_| !gils.is_empty())
+                    .map(|t| (t.gil as u16, interpreter_id(interpreter, t.interp))),
             });
         }
         self.stats.proc_ns += lap.split();
@@ -346,8 +410,47 @@ impl<M: Memory> Observer<M> {
             switch_number: gil.switch_number,
             threads,
             stack_errors,
+            gils,
         })
     }
+}
+
+/// Every GIL at this tick, the main one first, where the process has more than one
+/// interpreter; empty (no allocation) in the usual process with one.
+fn gil_readings(interpreter: &Interpreter, main: GilState, others: &[GilState]) -> Vec<GilReading> {
+    let groups = interpreter.other_gils();
+    let main_interps = interpreter.main_interpreters();
+    if groups.is_empty() && main_interps.len() <= 1 {
+        return Vec::new();
+    }
+    let ids = |interps: &[(u64, Option<i64>)]| interps.iter().map(|&(_, id)| id).collect();
+    let main_base = interpreter.gil().block.map_or(0, |(base, _)| base);
+    std::iter::once(GilReading {
+        base: main_base,
+        interpreters: ids(main_interps),
+        state: main,
+    })
+    .chain(groups.iter().zip(others).map(|(group, &state)| GilReading {
+        base: group.base(),
+        interpreters: ids(&group.interps),
+        state,
+    }))
+    .collect()
+}
+
+/// The id of the interpreter at `interp`, as the last walk read it.
+fn interpreter_id(interpreter: &Interpreter, interp: u64) -> Option<i64> {
+    interpreter
+        .main_interpreters()
+        .iter()
+        .chain(
+            interpreter
+                .other_gils()
+                .iter()
+                .flat_map(|g| g.interps.iter()),
+        )
+        .find(|&&(at, _)| at == interp)
+        .and_then(|&(_, id)| id)
 }
 
 /// The last reading of a thread that was asleep then and, by its exact CPU clock, has not
