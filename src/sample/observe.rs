@@ -84,18 +84,19 @@ impl Observation {
 /// Of the thread states that share one kernel tid (a thread that entered a subinterpreter
 /// has a thread state in each interpreter it ran in), the one that says what the thread is
 /// doing: the one holding its GIL, else the one whose GIL it sleeps on, else the one asking
-/// for its GIL, else the oldest interpreter's (the main interpreter is last in the list).
+/// for its GIL, else any. Ties go to the oldest interpreter's (the main interpreter is last
+/// in the list): 3.12 leaves a subinterpreter's first thread state with the tid of the thread
+/// that created it, though that thread runs in the main interpreter.
 fn pick_tstate<'a>(
     candidates: impl Iterator<Item = &'a PyThread> + Clone,
     holds: impl Fn(&PyThread) -> bool,
     sleeps_on_its_gil: impl Fn(&PyThread) -> bool,
 ) -> Option<&'a PyThread> {
-    candidates
-        .clone()
-        .find(|t| holds(t))
-        .or_else(|| candidates.clone().find(|t| sleeps_on_its_gil(t)))
-        .or_else(|| candidates.clone().find(|t| t.gil_requested == Some(true)))
-        .or_else(|| candidates.last())
+    let last = |keep: &dyn Fn(&PyThread) -> bool| candidates.clone().filter(|t| keep(t)).last();
+    last(&holds)
+        .or_else(|| last(&sleeps_on_its_gil))
+        .or_else(|| last(&|t| t.gil_requested == Some(true)))
+        .or_else(|| candidates.clone().last())
 }
 
 /// Does `thread` hold the GIL, in the exact sense (between take_gil's return and the start
