@@ -1340,6 +1340,134 @@ mod tests {
         assert_eq!(none.batches.get(), 2);
     }
 
+    /// A 3.12 process: a main interpreter with one thread and a subinterpreter with one,
+    /// whose GIL pointer leads to `sub_gil` (its own GIL, the main one, or garbage).
+    fn two_interpreters(layout: &Layout, sub_gil: u64) -> Counted {
+        const SUB: u64 = 0x50_0000;
+        const OWN_GIL: u64 = 0x60_0000;
+        let GilPlacement::InterpreterPointer(gil_at) = layout.gil else {
+            panic!("not a 3.12+ layout");
+        };
+        let mut image = MemoryImage::new();
+        // New interpreters go to the head: the subinterpreter first.
+        image.add(HEAD, SUB.to_le_bytes().to_vec());
+        let gil = |holder: u64, switches: u64| {
+            let mut gil = vec![0u8; 208];
+            gil[0..8].copy_from_slice(&5000u64.to_le_bytes());
+            gil[8..16].copy_from_slice(&holder.to_le_bytes());
+            gil[16..20].copy_from_slice(&1i32.to_le_bytes());
+            gil[24..32].copy_from_slice(&switches.to_le_bytes());
+            gil
+        };
+        image.add(GIL, gil(0x40_0000, 7));
+        image.add(OWN_GIL, gil(0x41_0000, 3));
+        image.add(0x70_0000, vec![0xff; 256]);
+        for (interp, next, id, gil, tstate, tid) in [
+            (INTERP, 0, 0u64, GIL, 0x40_0000u64, 100i32),
+            (SUB, INTERP, 1, sub_gil, 0x41_0000, 101),
+        ] {
+            let mut block = vec![0u8; 4096];
+            let mut put = |offset: u64, value: u64| {
+                block[offset as usize..offset as usize + 8].copy_from_slice(&value.to_le_bytes())
+            };
+            put(layout.interp_next, next);
+            put(layout.interp_id.unwrap(), id);
+            put(gil_at, gil);
+            put(layout.interp_threads_head, tstate);
+            image.add(interp, block);
+            let mut block = vec![0u8; layout.tstate_read_size() as usize];
+            let mut put = |offset: u64, value: u64| {
+                block[offset as usize..offset as usize + 8].copy_from_slice(&value.to_le_bytes())
+            };
+            put(layout.tstate_interp, interp);
+            put(layout.tstate_thread_id, 0x7f00_0000_0000 + tid as u64);
+            put(layout.tstate_native_thread_id.unwrap(), tid as u64);
+            image.add(tstate, block);
+        }
+        Counted {
+            image,
+            single: Cell::new(0),
+            batches: Cell::new(0),
+        }
+    }
+
+    fn interpreter_312() -> Interpreter {
+        let layout = layout::table_for(&Version::new(3, 12, 1)).unwrap();
+        Interpreter::from_parts(
+            Version::new(3, 12, 1),
+            layout,
+            LayoutSource::Table,
+            HEAD,
+            None,
+            GilAddresses::in_struct(GIL, layout::DEFAULT_GIL),
+        )
+    }
+
+    #[test]
+    fn an_own_gil_subinterpreter_has_its_gil_read_in_the_same_batch() {
+        let mut interpreter = interpreter_312();
+        let process = two_interpreters(&interpreter.layout.clone(), 0x60_0000);
+        let walked = interpreter.read_state(&process).unwrap();
+        let groups = interpreter.other_gils();
+        assert_eq!(groups.len(), 1);
+        assert_eq!(
+            (groups[0].base(), groups[0].interps.clone()),
+            (0x60_0000, vec![(0x50_0000, Some(1))])
+        );
+        assert_eq!(interpreter.main_interpreters(), [(INTERP, Some(0))]);
+        let gils: Vec<(i32, usize)> = walked
+            .threads
+            .iter()
+            .map(|t| (t.native_id.unwrap(), t.gil))
+            .collect();
+        assert_eq!(gils, [(101, 1), (100, 0)]);
+        assert_eq!(
+            interpreter.gil_at(1).sync,
+            vec![(0x60_0000 + 32, 0x60_0000 + 208)]
+        );
+        // The next tick: one batch, both GILs in it.
+        let (single, batches) = (process.single.get(), process.batches.get());
+        let state = interpreter.read_state(&process).unwrap();
+        assert_eq!(
+            (process.single.get(), process.batches.get()),
+            (single, batches + 1)
+        );
+        assert_eq!((state.gil.holder, state.gil.switch_number), (0x40_0000, 7));
+        assert_eq!(state.others.len(), 1);
+        assert_eq!(
+            (state.others[0].holder, state.others[0].switch_number),
+            (0x41_0000, 3)
+        );
+        assert_eq!(state.threads, walked.threads);
+    }
+
+    #[test]
+    fn a_subinterpreter_sharing_the_main_gil_or_pointing_at_garbage_is_on_the_main_gil() {
+        let mut interpreter = interpreter_312();
+        let layout = interpreter.layout.clone();
+        let shared = two_interpreters(&layout, GIL);
+        let state = interpreter.read_state(&shared).unwrap();
+        assert!(interpreter.other_gils().is_empty());
+        assert_eq!(
+            interpreter.main_interpreters(),
+            [(0x50_0000, Some(1)), (INTERP, Some(0))]
+        );
+        assert!(state.threads.iter().all(|t| t.gil == 0));
+        // Garbage (no GIL's shape) stays on the main GIL, and forces a bounded number of
+        // walks to see whether it settles.
+        let mut interpreter = interpreter_312();
+        let garbage = two_interpreters(&layout, 0x70_0000);
+        let mut walks = 0;
+        for _ in 0..MAX_REGROUPS * 2 {
+            let single = garbage.single.get();
+            let state = interpreter.read_state(&garbage).unwrap();
+            assert!(state.threads.iter().all(|t| t.gil == 0));
+            walks += (garbage.single.get() > single) as u32;
+        }
+        assert!(interpreter.other_gils().is_empty());
+        assert!((2..=MAX_REGROUPS + 1).contains(&walks), "{walks}");
+    }
+
     use crate::target::elf::ElfData;
 
     /// pyenv's libraries keep `interp_head` in `.symtab`: the accessor's code must lead to

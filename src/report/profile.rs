@@ -946,6 +946,65 @@ mod tests {
     }
 
     #[test]
+    fn each_gil_counts_its_own_threads_and_the_process_figures_are_the_main_gils() {
+        use crate::python::interpreter::GilState;
+        use crate::sample::GilReading;
+        let mut profile = Profile::new();
+        // Thread 1 (main interpreter) holds the main GIL while thread 3 waits for it; thread
+        // 2 (interpreter 1) holds its own GIL throughout.
+        for i in 0..100u64 {
+            let mut tick = sample(
+                i * 1_000_000,
+                i,
+                &[
+                    (1, ThreadState::Hold),
+                    (2, ThreadState::Hold),
+                    (3, ThreadState::Wait),
+                ],
+            );
+            let reading = |base, ids: Vec<Option<i64>>, switches| GilReading {
+                base,
+                interpreters: ids,
+                state: GilState {
+                    created: true,
+                    switch_number: switches,
+                    ..GilState::default()
+                },
+            };
+            tick.gils = vec![
+                reading(0x1000, vec![Some(0)], i),
+                reading(0x2000, vec![Some(1)], 0),
+            ];
+            for (thread, gil) in tick.threads.iter_mut().zip([(0, 0), (1, 1), (0, 0)]) {
+                thread.gil = Some((gil.0, Some(gil.1)));
+            }
+            profile.add(&tick, |t| format!("t{t}"));
+        }
+        assert!((profile.held() - 1.0).abs() < 1e-9);
+        assert!((profile.mean_waiting() - 1.0).abs() < 1e-9);
+        let gils = profile.gils();
+        assert_eq!(gils.len(), 2);
+        assert_eq!((gils[0].own, gils[1].own), (false, true));
+        assert_eq!(gils[1].interpreters, [Some(1)]);
+        assert_eq!((gils[1].held(), gils[1].contended()), (1.0, 0.0));
+        assert_eq!(gils[1].switches_per_s(), Some(0.0));
+        assert!(gils[0].switches_per_s().is_some());
+        let on = |tid| profile.threads().iter().find(|t| t.tid == tid).unwrap().gil;
+        assert_eq!(
+            (on(1), on(2), on(3)),
+            (
+                Some((0x1000, Some(0))),
+                Some((0x2000, Some(1))),
+                Some((0x1000, Some(0)))
+            )
+        );
+        // Thread 3 waited on thread 1, not on the other GIL's holder.
+        let blame = profile.blame();
+        assert_eq!(blame.len(), 1);
+        assert_eq!((blame[0].holder.tid, blame[0].waiter_ticks), (1, 100));
+    }
+
+    #[test]
     fn sampling_margin_follows_the_binomial_bound() {
         // p = 0.5 over 5000 ticks: 1.96 * sqrt(0.25 / 5000) = 0.01386.
         let m = sampling_margin(0.5, 5000).unwrap();
