@@ -36,26 +36,38 @@ fn main() {
     // These tests measure GIL time on a shared two-core machine: one at a time.
     args.test_threads = Some(1);
     let pythons = common::pythons();
-    let tests: [(&str, KnownAnswer); 2] = [
+    let tests: [(&str, KnownAnswer, Enter); 4] = [
         (
             "an_own_gil_subinterpreter_holds_its_gil_beside_the_main_one",
             own_gil,
+            Enter::Inside,
         ),
         (
             "a_subinterpreter_sharing_the_main_gil_takes_turns_with_it",
             shared_gil,
+            Enter::Inside,
+        ),
+        (
+            "a_thread_running_an_own_gil_subinterpreter_is_on_its_gil",
+            own_gil,
+            Enter::RunString,
+        ),
+        (
+            "a_thread_running_a_shared_gil_subinterpreter_takes_turns",
+            shared_gil,
+            Enter::RunString,
         ),
     ];
     let mut trials = Vec::new();
-    for (name, test) in tests {
+    for (name, test, enter) in tests {
         trials.extend(common::per_interpreter(&pythons, name, move |python| {
-            if let Some(why) = no_subinterpreters(python) {
+            if let Some(why) = no_subinterpreters(python, enter) {
                 return Ok(Completion::ignored_with(why));
             }
             let _exclusive = common::exclusive();
             common::unless_host_steals(|| {
                 LAST_STEAL.set(None);
-                Ok(match test(python) {
+                Ok(match test(python, enter) {
                     Ok(()) => Attempt::Done(Completion::Completed),
                     Err(failed) => Attempt::Missed {
                         message: failed.message().unwrap_or("failed").to_string(),
@@ -69,7 +81,26 @@ fn main() {
 }
 
 /// A test of one interpreter.
-type KnownAnswer = fn(&Python) -> Result<(), Failed>;
+type KnownAnswer = fn(&Python, Enter) -> Result<(), Failed>;
+
+/// How the subinterpreter's spinner runs (the fixture's `--enter`).
+#[derive(Debug, Clone, Copy)]
+enum Enter {
+    /// A thread started inside the subinterpreter: one thread state, its own.
+    Inside,
+    /// A main-interpreter thread calling `run_string`: a thread state in each interpreter,
+    /// with the same tid (3.13+).
+    RunString,
+}
+
+impl Enter {
+    fn arg(self) -> &'static str {
+        match self {
+            Enter::Inside => "inside",
+            Enter::RunString => "run_string",
+        }
+    }
+}
 
 thread_local! {
     /// The host steal measured by the last recording of this thread's trial: a miss in a
@@ -79,7 +110,7 @@ thread_local! {
 
 /// Why `python` cannot run the fixture, if it cannot: a subinterpreter with its own GIL
 /// needs 3.12 (`_xxsubinterpreters`) or later (`_interpreters`).
-fn no_subinterpreters(python: &Python) -> Option<String> {
+fn no_subinterpreters(python: &Python, enter: Enter) -> Option<String> {
     let mut parts = python
         .version
         .split('.')
@@ -90,6 +121,13 @@ fn no_subinterpreters(python: &Python) -> Option<String> {
             "CPython {} has no subinterpreters with a GIL of their own (3.12+)",
             python.version
         ));
+    }
+    if let (Enter::RunString, (3, 12)) = (enter, (major, minor)) {
+        return Some(
+            "3.12's run_string borrows the subinterpreter's first thread state, whose tid is \
+             the creating thread's (CPython gh-109860): not attributable"
+                .into(),
+        );
     }
     let has_module = std::process::Command::new(&python.path)
         .args(["-c", "import importlib.util as u, sys; sys.exit(not (u.find_spec('_interpreters') or u.find_spec('_xxsubinterpreters')))"])
@@ -104,11 +142,11 @@ fn no_subinterpreters(python: &Python) -> Option<String> {
 }
 
 /// Start the fixture with `--gil mode`, let its spinners start, record it.
-fn record(python: &Python, mode: &str) -> Result<(Fixture, Value), Failed> {
+fn record(python: &Python, mode: &str, enter: Enter) -> Result<(Fixture, Value), Failed> {
     let fixture = Fixture::start(
         &python.path,
         "subinterpreters",
-        &["--duration", "60", "--gil", mode],
+        &["--duration", "60", "--gil", mode, "--enter", enter.arg()],
     )?;
     std::thread::sleep(std::time::Duration::from_secs_f64(SETTLE_S));
     let report = common::record_json(fixture.pid, RECORD_S)?;
@@ -139,9 +177,23 @@ fn context(report: &Value) -> String {
     )
 }
 
-fn own_gil(python: &Python) -> Result<(), Failed> {
-    let (fixture, report) = record(python, "own")?;
+/// The subinterpreter's spinner is named only in its own interpreter's `threading` when it
+/// was started there (the fixture does not name its OS thread): its row must have that name.
+fn named_from_its_interpreter(report: &Value, fixture: &Fixture) -> Result<(), String> {
+    let row = thread_row(report, fixture.tid("sub-spinner")).ok_or("no sub-spinner row")?;
+    if row["name"] != "sub-spinner" {
+        return Err(format!(
+            "the subinterpreter's spinner is named {}",
+            row["name"]
+        ));
+    }
+    Ok(())
+}
+
+fn own_gil(python: &Python, enter: Enter) -> Result<(), Failed> {
+    let (fixture, report) = record(python, "own", enter)?;
     let check = || -> Result<(), String> {
+        named_from_its_interpreter(&report, &fixture)?;
         let gils = report["gils"].as_array().ok_or("no gils")?;
         if gils.len() != 2 {
             return Err(format!("{} GILs, expected 2", gils.len()));
@@ -192,9 +244,10 @@ fn own_gil(python: &Python) -> Result<(), Failed> {
     check().map_err(|e| format!("{e}\n{}", context(&report)).into())
 }
 
-fn shared_gil(python: &Python) -> Result<(), Failed> {
-    let (fixture, report) = record(python, "shared")?;
+fn shared_gil(python: &Python, enter: Enter) -> Result<(), Failed> {
+    let (fixture, report) = record(python, "shared", enter)?;
     let check = || -> Result<(), String> {
+        named_from_its_interpreter(&report, &fixture)?;
         let gils = report["gils"].as_array().ok_or("no gils")?;
         if gils.len() != 1 || gils[0]["own"] != false {
             return Err(format!("{} GILs, expected the main one alone", gils.len()));

@@ -14,6 +14,9 @@ use crate::target::cpu_clock::CpuClocks;
 use crate::target::memory::{Memory, ReadError};
 use crate::target::task::{Activity, TaskError, TaskReading, Tasks};
 
+/// Subinterpreters whose `threading` is read for thread names: each costs a few reads per
+/// name refresh.
+const MAX_NAMED_SUBINTERPRETERS: usize = 16;
 /// Walks of one thread's stack per tick before it counts as unreadable.
 const STACK_ATTEMPTS: usize = 3;
 /// A thread asleep whose exact CPU clock has not moved is still asleep where it was: its
@@ -84,19 +87,32 @@ impl Observation {
 /// Of the thread states that share one kernel tid (a thread that entered a subinterpreter
 /// has a thread state in each interpreter it ran in), the one that says what the thread is
 /// doing: the one holding its GIL, else the one whose GIL it sleeps on, else the one asking
-/// for its GIL, else any. Ties go to the oldest interpreter's (the main interpreter is last
-/// in the list): 3.12 leaves a subinterpreter's first thread state with the tid of the thread
-/// that created it, though that thread runs in the main interpreter.
+/// for its GIL, else any. Ties go to `held_last` (the thread state it last held with: two
+/// interpreters sharing a GIL share its futexes), else to the oldest interpreter's (the main
+/// interpreter is last in the list): 3.12 leaves a subinterpreter's first thread state with
+/// the tid of the thread that created it, though that thread runs in the main interpreter.
 fn pick_tstate<'a>(
     candidates: impl Iterator<Item = &'a PyThread> + Clone,
     holds: impl Fn(&PyThread) -> bool,
     sleeps_on_its_gil: impl Fn(&PyThread) -> bool,
+    held_last: Option<u64>,
 ) -> Option<&'a PyThread> {
-    let last = |keep: &dyn Fn(&PyThread) -> bool| candidates.clone().filter(|t| keep(t)).last();
+    let last = |keep: &dyn Fn(&PyThread) -> bool| {
+        let mut kept = candidates.clone().filter(|t| keep(t));
+        let first = kept.next()?;
+        let mut chosen = first;
+        for t in std::iter::once(first).chain(kept) {
+            if Some(t.tstate) == held_last {
+                return Some(t);
+            }
+            chosen = t;
+        }
+        Some(chosen)
+    };
     last(&holds)
         .or_else(|| last(&sleeps_on_its_gil))
         .or_else(|| last(&|t| t.gil_requested == Some(true)))
-        .or_else(|| candidates.clone().last())
+        .or_else(|| last(&|_| true))
 }
 
 /// Does `thread` hold the GIL, in the exact sense (between take_gil's return and the start
@@ -141,6 +157,10 @@ pub struct Observer<M: Memory> {
     clocks: CpuClocks,
     stacks: Option<StackReader>,
     thread_names: Option<ThreadNames>,
+    /// For a tid with thread states in several interpreters, the one it last held with.
+    held_last: HashMap<i32, u64>,
+    /// Readers of subinterpreters' `threading` (each caches its own interpreter's objects).
+    sub_thread_names: Vec<(u64, ThreadNames)>,
     /// Each thread's last stack and the CPU time at which it was read: a thread whose exact
     /// CPU time has not moved has not run, so its stack has not changed.
     last_stacks: HashMap<i32, (u64, u64, StackId)>,
@@ -161,32 +181,57 @@ impl<M: Memory> Observer<M> {
             clocks: CpuClocks::new(),
             stacks: None,
             thread_names: None,
+            sub_thread_names: Vec::new(),
+            held_last: HashMap::new(),
             last_stacks: HashMap::new(),
             last_sleeps: HashMap::new(),
             stats: TickStats::default(),
         }
     }
 
-    /// The Python names of the main interpreter's threads (`threading.current_thread().name`)
-    /// by `threading.get_ident()`; empty where the version's objects are not known, before
-    /// `threading` is imported, or when the target moved under the read.
+    /// The Python names of the threads (`threading.current_thread().name`) by
+    /// `threading.get_ident()`, from the main interpreter's `threading` and those of up to
+    /// [`MAX_NAMED_SUBINTERPRETERS`] subinterpreters; empty where the version's objects are
+    /// not known, before `threading` is imported, or when the target moved under the read.
     pub fn python_thread_names(&mut self) -> HashMap<u64, String> {
         if self.thread_names.is_none() {
             self.thread_names =
                 ThreadNames::new(&self.interpreter.version, &self.interpreter.layout);
         }
-        let Some(names) = self.thread_names.as_mut() else {
+        let Some(main_names) = self.thread_names.as_mut() else {
             return HashMap::new();
         };
-        let Some(interp) = self
+        let interps = self
             .interpreter
             .interpreters(&self.memory)
-            .ok()
-            .and_then(|i| i.first().copied())
-        else {
+            .unwrap_or_default();
+        // New interpreters are pushed at the head of the list: the main one is last.
+        let Some((&main, subs)) = interps.split_last() else {
             return HashMap::new();
         };
-        names.read(&self.memory, interp).unwrap_or_default()
+        let mut names = HashMap::new();
+        let subs = &subs[..subs.len().min(MAX_NAMED_SUBINTERPRETERS)];
+        self.sub_thread_names
+            .retain(|(interp, _)| subs.contains(interp));
+        for &interp in subs {
+            let at = match self.sub_thread_names.iter().position(|(i, _)| *i == interp) {
+                Some(at) => at,
+                None => {
+                    let Some(reader) =
+                        ThreadNames::new(&self.interpreter.version, &self.interpreter.layout)
+                    else {
+                        break;
+                    };
+                    self.sub_thread_names.push((interp, reader));
+                    self.sub_thread_names.len() - 1
+                }
+            };
+            let reader = &mut self.sub_thread_names[at].1;
+            names.extend(reader.read(&self.memory, interp).unwrap_or_default());
+        }
+        // A thread the main interpreter's `threading` knows too keeps that name.
+        names.extend(main_names.read(&self.memory, main).unwrap_or_default());
+        names
     }
 
     /// Read Python stacks at every tick, where the interpreter's layout knows its frames.
@@ -355,10 +400,16 @@ impl<M: Memory> Observer<M> {
                         .chain([last]),
                     holds,
                     sleeps_on_its_gil,
+                    self.held_last.get(&tid).copied(),
                 ),
                 None => None,
             };
             let holder = py.is_some_and(holds);
+            if let Some(t) = py.filter(|_| holder && !shared_tids.is_empty()) {
+                if shared_tids.iter().any(|s| s.native_id == Some(tid)) {
+                    self.held_last.insert(tid, t.tstate);
+                }
+            }
             let gil_futex = match py {
                 Some(t) => sleeps_on_its_gil(t),
                 // A thread without a thread state cannot wait for a GIL; it may still have
@@ -394,6 +445,10 @@ impl<M: Memory> Observer<M> {
         self.clocks.retain(&live);
         self.last_sleeps
             .retain(|tid, _| live.binary_search(tid).is_ok());
+        if !self.held_last.is_empty() {
+            self.held_last
+                .retain(|tid, _| live.binary_search(tid).is_ok());
+        }
         self.last_stacks
             .retain(|tid, _| live.binary_search(tid).is_ok());
         lap.split();
