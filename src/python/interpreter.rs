@@ -1246,33 +1246,44 @@ mod tests {
         let mut image = MemoryImage::new();
         image.add(HEAD, INTERP.to_le_bytes().to_vec());
         // The GIL, locked by the first thread after 7 switches.
-        let mut gil = vec![0u8; 208];
-        gil[0..8].copy_from_slice(&5000u64.to_le_bytes());
-        gil[8..16].copy_from_slice(&threads.first().map_or(0, |t| t.0).to_le_bytes());
-        gil[16..20].copy_from_slice(&1i32.to_le_bytes());
-        gil[24..32].copy_from_slice(&7u64.to_le_bytes());
-        image.add(GIL, gil);
+        image.add(GIL, gil_block(threads.first().map_or(0, |t| t.0), 7));
         let mut interp = vec![0u8; 4096];
         let first = threads.first().map_or(0, |t| t.0);
         let at = layout.interp_threads_head as usize;
         interp[at..at + 8].copy_from_slice(&first.to_le_bytes());
         image.add(INTERP, interp);
         for (i, &(tstate, tid)) in threads.iter().enumerate() {
-            let mut block = vec![0u8; layout.tstate_read_size() as usize];
-            let mut put = |offset: u64, value: u64| {
-                block[offset as usize..offset as usize + 8].copy_from_slice(&value.to_le_bytes())
-            };
-            put(layout.tstate_interp, INTERP);
-            put(layout.tstate_next, threads.get(i + 1).map_or(0, |t| t.0));
-            put(layout.tstate_thread_id, 0x7f00_0000_0000 + tid as u64);
-            put(layout.tstate_native_thread_id.unwrap(), tid as u64);
-            image.add(tstate, block);
+            let next = threads.get(i + 1).map_or(0, |t| t.0);
+            image.add(tstate, tstate_block(layout, INTERP, next, tid));
         }
         Counted {
             image,
             single: Cell::new(0),
             batches: Cell::new(0),
         }
+    }
+
+    /// A locked GIL held by `holder` after `switches` hand-overs.
+    fn gil_block(holder: u64, switches: u64) -> Vec<u8> {
+        let mut gil = vec![0u8; 208];
+        gil[0..8].copy_from_slice(&5000u64.to_le_bytes());
+        gil[8..16].copy_from_slice(&holder.to_le_bytes());
+        gil[16..20].copy_from_slice(&1i32.to_le_bytes());
+        gil[24..32].copy_from_slice(&switches.to_le_bytes());
+        gil
+    }
+
+    /// A thread state of `interp` for kernel thread `tid`, followed by `next`.
+    fn tstate_block(layout: &Layout, interp: u64, next: u64, tid: i32) -> Vec<u8> {
+        let mut block = vec![0u8; layout.tstate_read_size() as usize];
+        let mut put = |offset: u64, value: u64| {
+            block[offset as usize..offset as usize + 8].copy_from_slice(&value.to_le_bytes())
+        };
+        put(layout.tstate_interp, interp);
+        put(layout.tstate_next, next);
+        put(layout.tstate_thread_id, 0x7f00_0000_0000 + tid as u64);
+        put(layout.tstate_native_thread_id.unwrap(), tid as u64);
+        block
     }
 
     fn tids(threads: &[PyThread]) -> Vec<i32> {
@@ -1351,16 +1362,8 @@ mod tests {
         let mut image = MemoryImage::new();
         // New interpreters go to the head: the subinterpreter first.
         image.add(HEAD, SUB.to_le_bytes().to_vec());
-        let gil = |holder: u64, switches: u64| {
-            let mut gil = vec![0u8; 208];
-            gil[0..8].copy_from_slice(&5000u64.to_le_bytes());
-            gil[8..16].copy_from_slice(&holder.to_le_bytes());
-            gil[16..20].copy_from_slice(&1i32.to_le_bytes());
-            gil[24..32].copy_from_slice(&switches.to_le_bytes());
-            gil
-        };
-        image.add(GIL, gil(0x40_0000, 7));
-        image.add(OWN_GIL, gil(0x41_0000, 3));
+        image.add(GIL, gil_block(0x40_0000, 7));
+        image.add(OWN_GIL, gil_block(0x41_0000, 3));
         image.add(0x70_0000, vec![0xff; 256]);
         for (interp, next, id, gil, tstate, tid) in [
             (INTERP, 0, 0u64, GIL, 0x40_0000u64, 100i32),
@@ -1375,14 +1378,7 @@ mod tests {
             put(gil_at, gil);
             put(layout.interp_threads_head, tstate);
             image.add(interp, block);
-            let mut block = vec![0u8; layout.tstate_read_size() as usize];
-            let mut put = |offset: u64, value: u64| {
-                block[offset as usize..offset as usize + 8].copy_from_slice(&value.to_le_bytes())
-            };
-            put(layout.tstate_interp, interp);
-            put(layout.tstate_thread_id, 0x7f00_0000_0000 + tid as u64);
-            put(layout.tstate_native_thread_id.unwrap(), tid as u64);
-            image.add(tstate, block);
+            image.add(tstate, tstate_block(layout, interp, 0, tid));
         }
         Counted {
             image,
