@@ -387,7 +387,7 @@ fn dump(legacy: &Legacy) -> Result<(), Failed> {
 
 fn json_schema(legacy: &Legacy) -> Result<(), Failed> {
     let (_fx, report) = record(legacy, &["--alternator"])?;
-    if report["schema"] != "gilscope.report/3" {
+    if report["schema"] != "gilscope.report/4" {
         return Err(format!("schema {}", report["schema"]).into());
     }
     common::matches_documented_schema(&report, "docs/JSON_SCHEMA.md")

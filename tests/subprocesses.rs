@@ -143,7 +143,7 @@ fn pool_workers(python: &Python) -> Result<(), Failed> {
     let output = dir.path().join("pool.json");
     let workers = record_pool(python, dir.path(), "json", &output)?;
     let report: Value = serde_json::from_slice(&std::fs::read(&output)?)?;
-    if report["schema"] != "gilscope.processes/2" {
+    if report["schema"] != "gilscope.processes/3" {
         return Err(format!("schema {}", report["schema"]).into());
     }
     let all = processes(&report)?;
@@ -153,7 +153,7 @@ fn pool_workers(python: &Python) -> Result<(), Failed> {
     }
     let outer: Vec<&String> = report.as_object().ok_or("not an object")?.keys().collect();
     if outer != ["processes", "schema"] {
-        return Err(format!("gilscope.processes/2 has fields {outer:?}").into());
+        return Err(format!("gilscope.processes/3 has fields {outer:?}").into());
     }
     for process in all {
         matches_documented_schema(process, "docs/JSON_SCHEMA.md")?;

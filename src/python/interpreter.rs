@@ -15,6 +15,8 @@ use crate::target::pthread::PthreadTids;
 /// Bounds on what a walk will follow: a target's lists are only trusted this far.
 pub const MAX_INTERPRETERS: usize = 256;
 pub const MAX_THREADS: usize = 16_384;
+/// Extra walks to settle which GIL a new subinterpreter uses (see `regroups_left`).
+const MAX_REGROUPS: u32 = 64;
 /// Tries beyond the first to locate the interpreter's lists and GIL in a moving target.
 const ATTACH_ATTEMPTS: u32 = 4;
 /// How far into `_PyRuntime` or an interpreter a scan for a drifted field may look.
@@ -79,6 +81,36 @@ impl GilAddresses {
     }
 }
 
+/// A GIL and the interpreters that use it. 3.12+ lets a subinterpreter have a GIL of its own
+/// (`gil='own'`) or share the main interpreter's; before 3.12 there is one GIL per process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GilGroup {
+    pub addresses: GilAddresses,
+    /// Its interpreters: (`PyInterpreterState` address, `interp->id` where readable), in list
+    /// order (newest first).
+    pub interps: Vec<(u64, Option<i64>)>,
+}
+
+impl GilGroup {
+    /// Where the struct starts (the GIL's identity).
+    pub fn base(&self) -> u64 {
+        self.addresses
+            .block
+            .map_or(self.addresses.locked, |(base, _)| base)
+    }
+}
+
+/// What one tick reads of the runtime: every GIL and every Python thread state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeState {
+    /// The main interpreter's GIL (the process's only one unless subinterpreters have their
+    /// own).
+    pub gil: GilState,
+    /// The other GILs, in the order of [`Interpreter::other_gils`].
+    pub others: Vec<GilState>,
+    pub threads: Vec<PyThread>,
+}
+
 /// The GIL at one instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct GilState {
@@ -112,6 +144,9 @@ pub struct PyThread {
     pub gil_requested: Option<bool>,
     /// The thread's own "I am running Python" flag (`_status.active`, 3.12+).
     pub active: Option<bool>,
+    /// Which GIL its interpreter uses: 0 the main one, `i` the `i-1`th of
+    /// [`Interpreter::other_gils`].
+    pub gil: usize,
 }
 
 /// Where the layout came from, for the report header.
@@ -136,6 +171,19 @@ pub struct Interpreter {
     /// Address of `_PyRuntime` (3.7+).
     runtime: Option<u64>,
     gil: GilAddresses,
+    /// The interpreters that use the main GIL, as the last walk found them.
+    main_interps: Vec<(u64, Option<i64>)>,
+    /// GILs of subinterpreters that have their own, as the last walk found them.
+    others: Vec<GilGroup>,
+    /// (interpreter, GIL) pairs already checked to have a GIL's shape: a walk reads each
+    /// interpreter's GIL pointer again (an interpreter freed and another made at its address
+    /// may point elsewhere) but checks the shape only of a pair it has not seen.
+    checked_gils: Vec<(u64, u64)>,
+    /// Walks left that may be forced to group an interpreter whose GIL pointer did not yet
+    /// lead to a GIL (one being created): bounded, so garbage cannot force a walk per tick.
+    regroups_left: u32,
+    /// The next tick walks the lists even if they look unchanged.
+    regroup: bool,
     pthreads: PthreadTids,
     /// The interpreters and their thread states as the last walk found them, to read again
     /// in one batch (most ticks find the lists as they were).
@@ -183,6 +231,11 @@ impl Interpreter {
                 head: 0,
                 runtime,
                 gil: GilAddresses::in_struct(0, layout::DEFAULT_GIL),
+                main_interps: Vec::new(),
+                others: Vec::new(),
+                checked_gils: Vec::new(),
+                regroups_left: MAX_REGROUPS,
+                regroup: false,
                 pthreads: PthreadTids::new(),
                 shape: Vec::new(),
                 batch: Vec::new(),
@@ -220,6 +273,11 @@ impl Interpreter {
             head,
             runtime,
             gil,
+            main_interps: Vec::new(),
+            others: Vec::new(),
+            checked_gils: Vec::new(),
+            regroups_left: MAX_REGROUPS,
+            regroup: false,
             pthreads: PthreadTids::new(),
             shape: Vec::new(),
             batch: Vec::new(),
@@ -231,6 +289,25 @@ impl Interpreter {
     /// The GIL's field addresses (for classifying futex waits).
     pub fn gil(&self) -> &GilAddresses {
         &self.gil
+    }
+
+    /// The addresses of GIL `index` as [`PyThread::gil`] numbers them (0: the main one).
+    pub fn gil_at(&self, index: usize) -> &GilAddresses {
+        match index.checked_sub(1).and_then(|i| self.others.get(i)) {
+            Some(group) => &group.addresses,
+            None => &self.gil,
+        }
+    }
+
+    /// The interpreters that use the main GIL, as the last walk of the lists found them.
+    pub fn main_interpreters(&self) -> &[(u64, Option<i64>)] {
+        &self.main_interps
+    }
+
+    /// The GILs of subinterpreters that have their own (3.12+), as the last walk of the
+    /// lists found them; empty in a process with one GIL.
+    pub fn other_gils(&self) -> &[GilGroup] {
+        &self.others
     }
 
     /// Address of the pointer to the first interpreter.
@@ -450,7 +527,12 @@ impl Interpreter {
         let (region, expected) = match self.layout.gil {
             GilPlacement::InRuntime(offset) => (runtime, Some(runtime + offset)),
             GilPlacement::InterpreterPointer(offset) => {
-                let interp = memory.read_u64(self.head).unwrap_or(0);
+                // New interpreters go to the head of the list: the main one is last.
+                let interp = self
+                    .interpreters(memory)
+                    .ok()
+                    .and_then(|i| i.last().copied())
+                    .unwrap_or(0);
                 let gil = memory.read_u64(interp.saturating_add(offset)).ok();
                 (interp, gil)
             }
@@ -526,8 +608,8 @@ impl Interpreter {
         memory: &dyn Memory,
         live_tids: &[i32],
     ) -> std::result::Result<Vec<PyThread>, ReadError> {
-        let (_, threads) = self.read_state(memory)?;
-        Ok(self.resolve_threads(memory, threads, live_tids))
+        let state = self.read_state(memory)?;
+        Ok(self.resolve_threads(memory, state.threads, live_tids))
     }
 
     /// The GIL and every Python thread state, read together: in one batch when the lists are
@@ -536,14 +618,24 @@ impl Interpreter {
     pub fn read_state(
         &mut self,
         memory: &dyn Memory,
-    ) -> std::result::Result<(GilState, Vec<PyThread>), ReadError> {
+    ) -> std::result::Result<RuntimeState, ReadError> {
         if let Some(state) = self.state_as_before(memory) {
             self.lists_unchanged = true;
             return Ok(state);
         }
         self.lists_unchanged = false;
         let gil = self.gil_state(memory)?;
-        Ok((gil, self.walk_threads(memory)?))
+        let threads = self.walk_threads(memory)?;
+        let others = self
+            .others
+            .iter()
+            .map(|group| read_gil(memory, &group.addresses))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(RuntimeState {
+            gil,
+            others,
+            threads,
+        })
     }
 
     /// Did the last [`Self::read_state`] find every interpreter and thread state where the
@@ -589,7 +681,10 @@ impl Interpreter {
         let mut threads = Vec::new();
         let mut shape = Vec::new();
         let mut seen = HashSet::new();
-        for interp in self.interpreters(memory)? {
+        let interps = self.interpreters(memory)?;
+        self.group_by_gil(memory, &interps);
+        for interp in interps {
+            let gil = self.gil_index(interp);
             let mut chain = Vec::new();
             let mut next = memory.read_u64(interp + self.layout.interp_threads_head)?;
             while next != 0 && threads.len() < MAX_THREADS {
@@ -598,7 +693,7 @@ impl Interpreter {
                     break;
                 }
                 let block = memory.read_bytes(next, read_size)?;
-                let thread = self.thread_from_block(next, interp, &block)?;
+                let thread = self.thread_from_block(next, interp, gil, &block)?;
                 chain.push(next);
                 threads.push(thread);
                 next = u64_at(&block, self.layout.tstate_next).unwrap_or(0);
@@ -610,13 +705,76 @@ impl Interpreter {
         Ok(threads)
     }
 
+    /// Which GIL each interpreter uses: follow `*(interp + ceval.gil)` (3.12+) and group the
+    /// interpreters by it. One interpreter (the usual process) uses the main GIL: nothing to
+    /// read. A pointer that does not lead to a GIL's shape (an interpreter being created or
+    /// destroyed) leaves its interpreter on the main GIL until the next walk.
+    fn group_by_gil(&mut self, memory: &dyn Memory, interps: &[u64]) {
+        self.others.clear();
+        let GilPlacement::InterpreterPointer(offset) = self.layout.gil else {
+            self.main_interps = interps.iter().map(|&i| (i, None)).collect();
+            return;
+        };
+        if interps.len() <= 1 {
+            // The main interpreter is always id 0.
+            self.main_interps = interps.iter().map(|&i| (i, Some(0))).collect();
+            return;
+        }
+        let main_base = self.gil.block.map_or(0, |(base, _)| base);
+        let fields = self.layout.gil_fields;
+        let id_offset = self.layout.interp_id;
+        let mut main = Vec::new();
+        let mut checked = Vec::with_capacity(interps.len());
+        for &interp in interps {
+            let id = id_offset.and_then(|o| {
+                let id = memory.read_u64(interp.checked_add(o)?).ok()? as i64;
+                (id >= 0).then_some(id)
+            });
+            let base = interp
+                .checked_add(offset)
+                .and_then(|at| memory.read_u64(at).ok())
+                .unwrap_or(0);
+            let known = self.checked_gils.contains(&(interp, base));
+            let own = base != main_base
+                && base != 0
+                && (known || looks_like_gil(memory, base, fields, None));
+            if !own {
+                if base != main_base && self.regroups_left > 0 {
+                    self.regroups_left -= 1;
+                    self.regroup = true;
+                }
+                main.push((interp, id));
+                continue;
+            }
+            checked.push((interp, base));
+            match self.others.iter_mut().find(|g| g.base() == base) {
+                Some(group) => group.interps.push((interp, id)),
+                None => self.others.push(GilGroup {
+                    addresses: GilAddresses::in_struct(base, fields),
+                    interps: vec![(interp, id)],
+                }),
+            }
+        }
+        self.main_interps = main;
+        // Only the interpreters alive now: bounded by the list's own bound.
+        self.checked_gils = checked;
+    }
+
+    /// The GIL number ([`PyThread::gil`]) of interpreter `interp`.
+    fn gil_index(&self, interp: u64) -> usize {
+        self.others
+            .iter()
+            .position(|g| g.interps.iter().any(|&(i, _)| i == interp))
+            .map_or(0, |i| i + 1)
+    }
+
     /// Read the interpreters and thread states where the last walk found them, in one batch,
     /// and keep the result only if every link still points where it did: the head at the
     /// first interpreter, each interpreter at the next and at its first thread state, each
     /// thread state at its interpreter and the next. Any change (a thread started or ended)
     /// and the caller walks again.
-    fn state_as_before(&mut self, memory: &dyn Memory) -> Option<(GilState, Vec<PyThread>)> {
-        if self.shape.is_empty() {
+    fn state_as_before(&mut self, memory: &dyn Memory) -> Option<RuntimeState> {
+        if self.shape.is_empty() || std::mem::take(&mut self.regroup) {
             return None;
         }
         let read_size = self.layout.tstate_read_size() as usize;
@@ -626,9 +784,18 @@ impl Interpreter {
                 .current
                 .is_none_or(|c| c >= base && c + 8 <= base + len as u64)
         });
-        let mut blocks =
-            Vec::with_capacity(self.shape.iter().map(|(_, c)| c.len() + 2).sum::<usize>() + 2);
+        // Other GILs (own-GIL subinterpreters, 3.12+) keep no current-thread pointer: their
+        // struct is all there is to read.
+        let other_spans = self
+            .others
+            .iter()
+            .map(|g| self::gil_span(&g.addresses))
+            .collect::<Option<Vec<_>>>()?;
+        let mut blocks = Vec::with_capacity(
+            self.shape.iter().map(|(_, c)| c.len() + 2).sum::<usize>() + 2 + other_spans.len(),
+        );
         blocks.extend(gil_span);
+        blocks.extend(other_spans.iter().copied());
         blocks.push((self.head, 8));
         for (interp, chain) in &self.shape {
             blocks.push((interp + self.layout.interp_next, 8));
@@ -642,7 +809,7 @@ impl Interpreter {
         let mut batch = std::mem::take(&mut self.batch);
         let read = memory.read_many(&blocks, &mut batch).ok();
         let state = read.and_then(|()| {
-            let (gil, lists) = match (gil, gil_span) {
+            let (gil, mut rest) = match (gil, gil_span) {
                 (Some(gil), _) => (gil, &batch[..]),
                 (None, Some((_, len))) => {
                     let block = batch.get(..len)?;
@@ -650,7 +817,16 @@ impl Interpreter {
                 }
                 (None, None) => return None,
             };
-            Some((gil, self.parse_batch(lists, read_size)?))
+            let mut others = Vec::with_capacity(self.others.len());
+            for (group, &(_, len)) in self.others.iter().zip(&other_spans) {
+                others.push(gil_from_block(rest.get(..len)?, &group.addresses).ok()?);
+                rest = rest.get(len..)?;
+            }
+            Some(RuntimeState {
+                gil,
+                others,
+                threads: self.parse_batch(rest, read_size)?,
+            })
         });
         self.batch = batch;
         state
@@ -677,6 +853,11 @@ impl Interpreter {
             if word()? != next_interp || word()? != chain.first().copied().unwrap_or(0) {
                 return None;
             }
+            let gil = if self.others.is_empty() {
+                0
+            } else {
+                self.gil_index(*interp)
+            };
             for (j, &tstate) in chain.iter().enumerate() {
                 let block = batch.get(at..at + read_size)?;
                 at += read_size;
@@ -684,7 +865,7 @@ impl Interpreter {
                 if u64_at(block, self.layout.tstate_next)? != next {
                     return None;
                 }
-                threads.push(self.thread_from_block(tstate, *interp, block).ok()?);
+                threads.push(self.thread_from_block(tstate, *interp, gil, block).ok()?);
             }
         }
         Some(threads)
@@ -695,6 +876,7 @@ impl Interpreter {
         &self,
         tstate: u64,
         interp: u64,
+        gil: usize,
         block: &[u8],
     ) -> std::result::Result<PyThread, ReadError> {
         let field = |offset| u64_at(block, offset).unwrap_or(0);
@@ -719,6 +901,7 @@ impl Interpreter {
                 layout::Current::ThreadFlag(f) => flag(Some(f)),
                 _ => None,
             },
+            gil,
         })
     }
 
@@ -1086,33 +1269,44 @@ mod tests {
         let mut image = MemoryImage::new();
         image.add(HEAD, INTERP.to_le_bytes().to_vec());
         // The GIL, locked by the first thread after 7 switches.
-        let mut gil = vec![0u8; 208];
-        gil[0..8].copy_from_slice(&5000u64.to_le_bytes());
-        gil[8..16].copy_from_slice(&threads.first().map_or(0, |t| t.0).to_le_bytes());
-        gil[16..20].copy_from_slice(&1i32.to_le_bytes());
-        gil[24..32].copy_from_slice(&7u64.to_le_bytes());
-        image.add(GIL, gil);
+        image.add(GIL, gil_block(threads.first().map_or(0, |t| t.0), 7));
         let mut interp = vec![0u8; 4096];
         let first = threads.first().map_or(0, |t| t.0);
         let at = layout.interp_threads_head as usize;
         interp[at..at + 8].copy_from_slice(&first.to_le_bytes());
         image.add(INTERP, interp);
         for (i, &(tstate, tid)) in threads.iter().enumerate() {
-            let mut block = vec![0u8; layout.tstate_read_size() as usize];
-            let mut put = |offset: u64, value: u64| {
-                block[offset as usize..offset as usize + 8].copy_from_slice(&value.to_le_bytes())
-            };
-            put(layout.tstate_interp, INTERP);
-            put(layout.tstate_next, threads.get(i + 1).map_or(0, |t| t.0));
-            put(layout.tstate_thread_id, 0x7f00_0000_0000 + tid as u64);
-            put(layout.tstate_native_thread_id.unwrap(), tid as u64);
-            image.add(tstate, block);
+            let next = threads.get(i + 1).map_or(0, |t| t.0);
+            image.add(tstate, tstate_block(layout, INTERP, next, tid));
         }
         Counted {
             image,
             single: Cell::new(0),
             batches: Cell::new(0),
         }
+    }
+
+    /// A locked GIL held by `holder` after `switches` hand-overs.
+    fn gil_block(holder: u64, switches: u64) -> Vec<u8> {
+        let mut gil = vec![0u8; 208];
+        gil[0..8].copy_from_slice(&5000u64.to_le_bytes());
+        gil[8..16].copy_from_slice(&holder.to_le_bytes());
+        gil[16..20].copy_from_slice(&1i32.to_le_bytes());
+        gil[24..32].copy_from_slice(&switches.to_le_bytes());
+        gil
+    }
+
+    /// A thread state of `interp` for kernel thread `tid`, followed by `next`.
+    fn tstate_block(layout: &Layout, interp: u64, next: u64, tid: i32) -> Vec<u8> {
+        let mut block = vec![0u8; layout.tstate_read_size() as usize];
+        let mut put = |offset: u64, value: u64| {
+            block[offset as usize..offset as usize + 8].copy_from_slice(&value.to_le_bytes())
+        };
+        put(layout.tstate_interp, interp);
+        put(layout.tstate_next, next);
+        put(layout.tstate_thread_id, 0x7f00_0000_0000 + tid as u64);
+        put(layout.tstate_native_thread_id.unwrap(), tid as u64);
+        block
     }
 
     fn tids(threads: &[PyThread]) -> Vec<i32> {
@@ -1145,7 +1339,7 @@ mod tests {
         );
         assert_eq!((before.single.get(), before.batches.get()), (walk_reads, 1));
         // The GIL came in the same batch.
-        let (gil, _) = interpreter.read_state(&before).unwrap();
+        let gil = interpreter.read_state(&before).unwrap().gil;
         assert_eq!(
             (gil.locked, gil.holder, gil.switch_number),
             (true, 0x40_0000, 7)
@@ -1178,6 +1372,119 @@ mod tests {
         assert!(interpreter.threads(&none, &live).unwrap().is_empty());
         assert!(interpreter.threads(&none, &live).unwrap().is_empty());
         assert_eq!(none.batches.get(), 2);
+    }
+
+    /// A 3.12 process: a main interpreter with one thread and a subinterpreter with one,
+    /// whose GIL pointer leads to `sub_gil` (its own GIL, the main one, or garbage).
+    fn two_interpreters(layout: &Layout, sub_gil: u64) -> Counted {
+        const SUB: u64 = 0x50_0000;
+        const OWN_GIL: u64 = 0x60_0000;
+        let GilPlacement::InterpreterPointer(gil_at) = layout.gil else {
+            panic!("not a 3.12+ layout");
+        };
+        let mut image = MemoryImage::new();
+        // New interpreters go to the head: the subinterpreter first.
+        image.add(HEAD, SUB.to_le_bytes().to_vec());
+        image.add(GIL, gil_block(0x40_0000, 7));
+        image.add(OWN_GIL, gil_block(0x41_0000, 3));
+        image.add(0x70_0000, vec![0xff; 256]);
+        for (interp, next, id, gil, tstate, tid) in [
+            (INTERP, 0, 0u64, GIL, 0x40_0000u64, 100i32),
+            (SUB, INTERP, 1, sub_gil, 0x41_0000, 101),
+        ] {
+            let mut block = vec![0u8; 4096];
+            let mut put = |offset: u64, value: u64| {
+                block[offset as usize..offset as usize + 8].copy_from_slice(&value.to_le_bytes())
+            };
+            put(layout.interp_next, next);
+            put(layout.interp_id.unwrap(), id);
+            put(gil_at, gil);
+            put(layout.interp_threads_head, tstate);
+            image.add(interp, block);
+            image.add(tstate, tstate_block(layout, interp, 0, tid));
+        }
+        Counted {
+            image,
+            single: Cell::new(0),
+            batches: Cell::new(0),
+        }
+    }
+
+    fn interpreter_312() -> Interpreter {
+        let layout = layout::table_for(&Version::new(3, 12, 1)).unwrap();
+        Interpreter::from_parts(
+            Version::new(3, 12, 1),
+            layout,
+            LayoutSource::Table,
+            HEAD,
+            None,
+            GilAddresses::in_struct(GIL, layout::DEFAULT_GIL),
+        )
+    }
+
+    #[test]
+    fn an_own_gil_subinterpreter_has_its_gil_read_in_the_same_batch() {
+        let mut interpreter = interpreter_312();
+        let process = two_interpreters(&interpreter.layout.clone(), 0x60_0000);
+        let walked = interpreter.read_state(&process).unwrap();
+        let groups = interpreter.other_gils();
+        assert_eq!(groups.len(), 1);
+        assert_eq!(
+            (groups[0].base(), groups[0].interps.clone()),
+            (0x60_0000, vec![(0x50_0000, Some(1))])
+        );
+        assert_eq!(interpreter.main_interpreters(), [(INTERP, Some(0))]);
+        let gils: Vec<(i32, usize)> = walked
+            .threads
+            .iter()
+            .map(|t| (t.native_id.unwrap(), t.gil))
+            .collect();
+        assert_eq!(gils, [(101, 1), (100, 0)]);
+        assert_eq!(
+            interpreter.gil_at(1).sync,
+            vec![(0x60_0000 + 32, 0x60_0000 + 208)]
+        );
+        // The next tick: one batch, both GILs in it.
+        let (single, batches) = (process.single.get(), process.batches.get());
+        let state = interpreter.read_state(&process).unwrap();
+        assert_eq!(
+            (process.single.get(), process.batches.get()),
+            (single, batches + 1)
+        );
+        assert_eq!((state.gil.holder, state.gil.switch_number), (0x40_0000, 7));
+        assert_eq!(state.others.len(), 1);
+        assert_eq!(
+            (state.others[0].holder, state.others[0].switch_number),
+            (0x41_0000, 3)
+        );
+        assert_eq!(state.threads, walked.threads);
+    }
+
+    #[test]
+    fn a_subinterpreter_sharing_the_main_gil_or_pointing_at_garbage_is_on_the_main_gil() {
+        let mut interpreter = interpreter_312();
+        let layout = interpreter.layout.clone();
+        let shared = two_interpreters(&layout, GIL);
+        let state = interpreter.read_state(&shared).unwrap();
+        assert!(interpreter.other_gils().is_empty());
+        assert_eq!(
+            interpreter.main_interpreters(),
+            [(0x50_0000, Some(1)), (INTERP, Some(0))]
+        );
+        assert!(state.threads.iter().all(|t| t.gil == 0));
+        // Garbage (no GIL's shape) stays on the main GIL, and forces a bounded number of
+        // walks to see whether it settles.
+        let mut interpreter = interpreter_312();
+        let garbage = two_interpreters(&layout, 0x70_0000);
+        let mut walks = 0;
+        for _ in 0..MAX_REGROUPS * 2 {
+            let single = garbage.single.get();
+            let state = interpreter.read_state(&garbage).unwrap();
+            assert!(state.threads.iter().all(|t| t.gil == 0));
+            walks += (garbage.single.get() > single) as u32;
+        }
+        assert!(interpreter.other_gils().is_empty());
+        assert!((2..=MAX_REGROUPS + 1).contains(&walks), "{walks}");
     }
 
     use crate::target::elf::ElfData;

@@ -95,6 +95,8 @@ pub struct Layout {
     pub gil_fields: GilFields,
     pub interp_next: u64,
     pub interp_threads_head: u64,
+    /// `interp->id` (an int64; the main interpreter is 0), where known (3.12+).
+    pub interp_id: Option<u64>,
     /// `interp->modules` (`imports.modules` from 3.12): the `sys.modules` dict.
     pub interp_modules: Option<u64>,
     pub tstate_next: u64,
@@ -385,6 +387,7 @@ pub fn table_for(version: &Version) -> Option<Layout> {
         gil_fields: DEFAULT_GIL,
         interp_next: 0,
         interp_threads_head: 8,
+        interp_id: None,
         interp_modules: None,
         tstate_next: 8,
         tstate_interp: 16,
@@ -454,6 +457,7 @@ pub fn table_for(version: &Version) -> Option<Layout> {
             runtime_interpreters_head: 40,
             gil: GilPlacement::InterpreterPointer(384),
             interp_threads_head: 72,
+            interp_id: Some(8),
             tstate_thread_id: 136,
             tstate_native_thread_id: Some(144),
             current: Current::ThreadFlag(Flag::bit(24, ACTIVE_BIT)),

@@ -1,6 +1,7 @@
 //! Plain-language findings drawn from a recording's figures, each stating the figure it rests
 //! on. A finding is made only when the figures clearly support it; silence is an answer too.
 
+use super::profile::ThreadProfile;
 use super::Recording;
 use crate::sample::ThreadState;
 
@@ -29,8 +30,15 @@ pub fn findings(recording: &Recording) -> Vec<String> {
     let profile = &recording.profile;
     let threads = profile.threads();
     let mut found = Vec::new();
+    // Where subinterpreters have GILs of their own, only the main GIL's threads compete
+    // for the main GIL (the process figures').
+    let main_gil = profile.gils().first().map(|g| g.base);
+    let on_main_gil = |t: &&&ThreadProfile| {
+        main_gil.is_none() || t.gil.is_none_or(|(base, _)| Some(base) == main_gil)
+    };
     let wanting = threads
         .iter()
+        .filter(on_main_gil)
         .filter(|t| t.fraction(ThreadState::Hold) + t.fraction(ThreadState::Wait) >= WANTS)
         .count();
     if profile.held() >= SATURATED && wanting >= 2 {

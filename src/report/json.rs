@@ -1,4 +1,4 @@
-//! The JSON report: schema `gilscope.report/3` (and `gilscope.processes/2` around several),
+//! The JSON report: schema `gilscope.report/4` (and `gilscope.processes/3` around several),
 //! documented in docs/JSON_SCHEMA.md.
 //! Field names and meanings are a contract: add fields, never change or remove them.
 
@@ -9,8 +9,8 @@ use super::Recording;
 use crate::python::stack::{FrameId, StackTable};
 use crate::sample::ThreadState;
 
-pub const SCHEMA: &str = "gilscope.report/3";
-pub const PROCESSES_SCHEMA: &str = "gilscope.processes/2";
+pub const SCHEMA: &str = "gilscope.report/4";
+pub const PROCESSES_SCHEMA: &str = "gilscope.processes/3";
 
 /// Locations listed per thread and state, and blame stacks listed for the process.
 pub const TOP_LOCATIONS: usize = 5;
@@ -25,6 +25,7 @@ struct Report<'a> {
     samples: u64,
     window: Window,
     gil: Gil,
+    gils: Vec<GilEntry>,
     threads: Vec<Thread>,
     /// None where waiting is not measured: there is nothing to blame.
     blame: Option<Blame>,
@@ -82,6 +83,18 @@ struct Gil {
     contended_margin: Option<f64>,
 }
 
+/// One GIL and the interpreters and threads on it.
+#[derive(Serialize)]
+struct GilEntry {
+    interpreters: Vec<Option<i64>>,
+    own: bool,
+    held: f64,
+    contended: Option<f64>,
+    mean_waiting: Option<f64>,
+    switches_per_s: Option<f64>,
+    threads: Vec<i32>,
+}
+
 #[derive(Serialize)]
 struct Thread {
     native_id: i32,
@@ -89,6 +102,8 @@ struct Thread {
     name: String,
     os_name: String,
     python: bool,
+    interpreter: Option<i64>,
+    gil: Option<usize>,
     hold: f64,
     wait: Option<f64>,
     running: f64,
@@ -111,8 +126,8 @@ pub fn render(recording: &Recording) -> String {
     finish(serde_json::to_string_pretty(&report(recording)))
 }
 
-/// Several processes (`--subprocesses`): schema `gilscope.processes/2`, whose `processes`
-/// holds a `gilscope.report/3` document per process, in the order they were found.
+/// Several processes (`--subprocesses`): schema `gilscope.processes/3`, whose `processes`
+/// holds a `gilscope.report/4` document per process, in the order they were found.
 pub fn render_processes(recordings: &[Recording]) -> String {
     let processes: Vec<serde_json::Value> = recordings
         .iter()
@@ -160,17 +175,21 @@ fn report(recording: &Recording) -> Report<'_> {
                 .filter(|_| measured)
                 .map(|m| round(m, 4)),
         },
+        gils: gils(recording),
         threads: profile
             .threads()
             .into_iter()
             .map(|t| {
                 let [hold, wait, running, idle] = fractions_summing_to_one(&t.counts);
+                let (interpreter, gil) = thread_gil(profile, t);
                 Thread {
                     native_id: t.tid,
                     thread_id: t.thread_id,
                     name: t.name().to_string(),
                     os_name: t.os_name.clone(),
                     python: t.thread_id.is_some(),
+                    interpreter,
+                    gil,
                     hold,
                     wait: wait_figure(wait),
                     running,
@@ -191,6 +210,72 @@ fn report(recording: &Recording) -> Report<'_> {
             confidence: 0.95,
         },
     }
+}
+
+/// A thread's interpreter id and GIL (an index into `gils`). With one interpreter, every
+/// Python thread is the main interpreter's (id 0) and on the one GIL.
+fn thread_gil(
+    profile: &super::profile::Profile,
+    thread: &ThreadProfile,
+) -> (Option<i64>, Option<usize>) {
+    if thread.thread_id.is_none() {
+        return (None, None);
+    }
+    if profile.gils().is_empty() {
+        return (Some(0), Some(0));
+    }
+    match thread.gil {
+        Some((base, interpreter)) => (
+            interpreter,
+            profile.gils().iter().position(|g| g.base == base),
+        ),
+        None => (None, None),
+    }
+}
+
+/// Every GIL, the main interpreter's first. With one interpreter there is one GIL, whose
+/// figures are the process's.
+fn gils(recording: &Recording) -> Vec<GilEntry> {
+    let profile = &recording.profile;
+    let measured = recording.target.wait_measured;
+    let wait_figure = |value: f64| measured.then_some(round(value, 4));
+    let threads = profile.threads();
+    if profile.gils().is_empty() {
+        return vec![GilEntry {
+            interpreters: vec![Some(0)],
+            own: false,
+            held: round(profile.held(), 4),
+            contended: wait_figure(profile.contended()),
+            mean_waiting: wait_figure(profile.mean_waiting()),
+            switches_per_s: profile.switches_per_s().map(|s| round(s, 2)),
+            threads: threads
+                .iter()
+                .filter(|t| t.thread_id.is_some())
+                .map(|t| t.tid)
+                .collect(),
+        }];
+    }
+    profile
+        .gils()
+        .iter()
+        .map(|gil| GilEntry {
+            interpreters: {
+                let mut ids = gil.interpreters.clone();
+                ids.sort_by_key(|id| id.unwrap_or(i64::MAX));
+                ids
+            },
+            own: gil.own,
+            held: round(gil.held(), 4),
+            contended: wait_figure(gil.contended()),
+            mean_waiting: wait_figure(gil.mean_waiting()),
+            switches_per_s: gil.switches_per_s().map(|s| round(s, 2)),
+            threads: threads
+                .iter()
+                .filter(|t| t.thread_id.is_some() && t.gil.is_some_and(|(b, _)| b == gil.base))
+                .map(|t| t.tid)
+                .collect(),
+        })
+        .collect()
 }
 
 fn frame(table: &StackTable, id: FrameId) -> Option<Frame> {

@@ -67,6 +67,10 @@ pub struct ThreadProfile {
     pub wakeups: u64,
     /// Waiting ticks from such a wake-up until it stopped waiting.
     pub wakeup_wait_ticks: u64,
+    /// In a process with more than one interpreter: the GIL its interpreter uses (its
+    /// address, [`GilProfile::base`]) and the interpreter's id, as of the last tick it held
+    /// or waited (else the first tick it was seen). None: one interpreter, or no thread state.
+    pub gil: Option<(u64, Option<i64>)>,
     previous: Option<ThreadState>,
     waking: bool,
 }
@@ -163,6 +167,53 @@ pub struct GilTicks {
     pub waiters: u64,
 }
 
+/// One GIL over the recording, in a process with more than one interpreter (3.12+
+/// subinterpreters may each have a GIL of their own).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GilProfile {
+    /// Where its struct lies in the target: its identity.
+    pub base: u64,
+    /// Ids of the interpreters using it, as of the last tick that saw it.
+    pub interpreters: Vec<Option<i64>>,
+    /// A subinterpreter's own GIL, not the main interpreter's.
+    pub own: bool,
+    /// Its figures over the ticks that saw it (held and waiting by its own threads).
+    pub ticks: GilTicks,
+    first_switch: Option<(u64, u64)>,
+    last_switch: Option<(u64, u64)>,
+}
+
+impl GilProfile {
+    fn fraction(&self, part: u64) -> f64 {
+        if self.ticks.ticks == 0 {
+            0.0
+        } else {
+            part as f64 / self.ticks.ticks as f64
+        }
+    }
+
+    pub fn held(&self) -> f64 {
+        self.fraction(self.ticks.held)
+    }
+
+    pub fn contended(&self) -> f64 {
+        self.fraction(self.ticks.contended)
+    }
+
+    pub fn mean_waiting(&self) -> f64 {
+        self.fraction(self.ticks.waiters)
+    }
+
+    /// Hand-overs per second, from this GIL's own switch counter.
+    pub fn switches_per_s(&self) -> Option<f64> {
+        switch_rate(self.first_switch?, self.last_switch?)
+    }
+}
+
+/// GILs tracked one by one: a program that makes and destroys interpreters in a loop gets
+/// new GIL addresses; past this many, GILs not seen yet are left out of the per-GIL list.
+pub const MAX_GILS: usize = 256;
+
 /// Everything a report shows, gathered sample by sample.
 #[derive(Debug, Clone)]
 pub struct Profile {
@@ -184,6 +235,11 @@ pub struct Profile {
     blame: HashMap<(usize, Option<StackId>), u64>,
     /// Waiters summed over ticks at which no thread held the GIL (a hand-off under way).
     pub blame_unheld: u64,
+    /// Waiting threads summed over ticks, whichever GIL they waited for (the weight of the
+    /// blame view).
+    all_waiters: u64,
+    /// Each GIL, the main one first, where the process had more than one interpreter.
+    gils: Vec<GilProfile>,
     /// Each thread's runs of one state in time order, when a timeline format needs them.
     pub timeline: Option<Timeline>,
     /// Threads that ended and were summed into one row (`FOLDED_TID`) to bound memory.
@@ -235,6 +291,8 @@ impl Profile {
             name_cursor: 0,
             blame: HashMap::new(),
             blame_unheld: 0,
+            all_waiters: 0,
+            gils: Vec::new(),
             timeline: None,
             folded_threads: 0,
             next_fold_ns: 0,
@@ -257,15 +315,16 @@ impl Profile {
             self.last_switch = Some((sample.time_ns, sample.gil.switch_number));
             self.interval_us = sample.gil.interval_us;
         }
-        let waiters = sample.waiters() as u64;
-        // Held means some thread holds it in the exact sense used for the thread rows, so
-        // that the process figure and the rows agree.
-        let held = sample.threads.iter().any(|t| t.state == ThreadState::Hold);
-        let tick = GilTicks {
-            ticks: 1,
-            held: held as u64,
-            contended: (waiters > 0) as u64,
-            waiters,
+        let all_waiters = sample.waiters() as u64;
+        self.all_waiters += all_waiters;
+        // The process figures are the main GIL's: with several GILs, those of the threads
+        // of the interpreters that use it (and of threads without a thread state).
+        let tick = match sample.gils.is_empty() {
+            true => gil_tick(sample.threads.iter()),
+            false => {
+                self.add_gils(sample);
+                gil_tick(sample.threads.iter().filter(|t| gil_index(t) == 0))
+            }
         };
         add_gil(&mut self.gil, &tick);
         for thread in &sample.threads {
@@ -292,6 +351,7 @@ impl Profile {
                         waited_on: HashMap::new(),
                         wakeups: 0,
                         wakeup_wait_ticks: 0,
+                        gil: None,
                         previous: None,
                         waking: false,
                     });
@@ -304,6 +364,13 @@ impl Profile {
                 entry.thread_id = thread.thread_id;
             }
             entry.counts.add(thread.state);
+            if let Some((index, interpreter)) = thread.gil {
+                let in_gil = matches!(thread.state, ThreadState::Hold | ThreadState::Wait);
+                if in_gil || entry.gil.is_none() {
+                    let base = sample.gils.get(index as usize).map_or(0, |g| g.base);
+                    entry.gil = Some((base, interpreter));
+                }
+            }
             if let Some(timeline) = self.timeline.as_mut() {
                 timeline.add(row, thread.state, thread.stack, sample.time_ns);
             }
@@ -325,9 +392,12 @@ impl Profile {
             entry.previous = Some(thread.state);
         }
         if let Some(timeline) = self.timeline.as_mut() {
-            timeline.add_waiters(waiters as usize, sample.time_ns);
+            timeline.add_waiters(all_waiters as usize, sample.time_ns);
         }
-        if waiters > 0 {
+        if all_waiters > 0 && !sample.gils.is_empty() {
+            self.blame_each_gil(sample);
+        } else if all_waiters > 0 {
+            let waiters = all_waiters;
             let holder = sample.threads.iter().find(|t| t.state == ThreadState::Hold);
             match holder.and_then(|h| Some((self.rows.get(&h.tid).copied()?, h.stack))) {
                 Some(key) => {
@@ -353,6 +423,70 @@ impl Profile {
             // Folding walks every row: not at every tick when many threads are recent.
             self.next_fold_ns = sample.time_ns + FOLD_EVERY_NS;
         }
+    }
+
+    /// Add a tick's figures to each of its GILs' own.
+    fn add_gils(&mut self, sample: &Sample) {
+        for (index, reading) in sample.gils.iter().enumerate() {
+            let at = match self.gils.iter().position(|g| g.base == reading.base) {
+                Some(at) => at,
+                None if self.gils.len() < MAX_GILS => {
+                    self.gils.push(GilProfile {
+                        base: reading.base,
+                        interpreters: Vec::new(),
+                        own: index > 0,
+                        ticks: GilTicks::default(),
+                        first_switch: None,
+                        last_switch: None,
+                    });
+                    self.gils.len() - 1
+                }
+                None => continue,
+            };
+            let gil = &mut self.gils[at];
+            if gil.interpreters != reading.interpreters {
+                gil.interpreters.clone_from(&reading.interpreters);
+            }
+            let threads = sample
+                .threads
+                .iter()
+                .filter(|t| gil_index(t) == index as u16);
+            add_gil(&mut gil.ticks, &gil_tick(threads));
+            if reading.state.created {
+                let switch = (sample.time_ns, reading.state.switch_number);
+                gil.first_switch.get_or_insert(switch);
+                gil.last_switch = Some(switch);
+            }
+        }
+    }
+
+    /// Blame each waiter of a tick with several GILs on the holder of the GIL it waits for.
+    fn blame_each_gil(&mut self, sample: &Sample) {
+        for waiter in sample
+            .threads
+            .iter()
+            .filter(|t| t.state == ThreadState::Wait)
+        {
+            let holder = sample
+                .threads
+                .iter()
+                .find(|t| t.state == ThreadState::Hold && gil_index(t) == gil_index(waiter));
+            match holder.and_then(|h| Some((self.rows.get(&h.tid).copied()?, h.stack))) {
+                Some(key) => {
+                    *self.blame.entry(key).or_default() += 1;
+                    if let Some(&row) = self.rows.get(&waiter.tid) {
+                        *self.threads[row].waited_on.entry(key).or_default() += 1;
+                    }
+                }
+                None => self.blame_unheld += 1,
+            }
+        }
+    }
+
+    /// Each GIL over the recording, the main one first, where the process had more than one
+    /// interpreter; empty where it had one (its GIL is the process figures').
+    pub fn gils(&self) -> &[GilProfile] {
+        &self.gils
     }
 
     /// Sum the threads that ended, but for the `KEEP_ENDED_ROWS` that held or waited most,
@@ -464,9 +598,10 @@ impl Profile {
         }
     }
 
-    /// Waiters summed over all ticks (the total weight of the blame view).
+    /// Waiters summed over all ticks, whichever GIL they waited for (the total weight of
+    /// the blame view).
     pub fn waiter_ticks(&self) -> u64 {
-        self.gil.waiters
+        self.all_waiters
     }
 
     /// Wall time covered by the samples (s).
@@ -602,11 +737,38 @@ impl Profile {
 
     /// GIL hand-overs per second, from the interpreter's own switch counter.
     pub fn switches_per_s(&self) -> Option<f64> {
-        let ((t0, n0), (t1, n1)) = (self.first_switch?, self.last_switch?);
-        if t1 <= t0 || n1 < n0 {
-            return None;
-        }
-        Some((n1 - n0) as f64 / ((t1 - t0) as f64 / 1e9))
+        switch_rate(self.first_switch?, self.last_switch?)
+    }
+}
+
+/// Hand-overs per second between two readings (time ns, switch number) of a counter.
+fn switch_rate((t0, n0): (u64, u64), (t1, n1): (u64, u64)) -> Option<f64> {
+    if t1 <= t0 || n1 < n0 {
+        return None;
+    }
+    Some((n1 - n0) as f64 / ((t1 - t0) as f64 / 1e9))
+}
+
+/// The GIL a thread of a tick is judged against: its interpreter's, else (no thread state)
+/// the main one.
+fn gil_index(thread: &crate::sample::ThreadSample) -> u16 {
+    thread.gil.map_or(0, |(index, _)| index)
+}
+
+/// One tick's figures for a GIL from the threads judged against it. Held means one of them
+/// holds it in the exact sense used for the thread rows, so that the figures and the rows
+/// agree.
+fn gil_tick<'a>(threads: impl Iterator<Item = &'a crate::sample::ThreadSample>) -> GilTicks {
+    let (mut held, mut waiters) = (false, 0);
+    for thread in threads {
+        held |= thread.state == ThreadState::Hold;
+        waiters += (thread.state == ThreadState::Wait) as u64;
+    }
+    GilTicks {
+        ticks: 1,
+        held: held as u64,
+        contended: (waiters > 0) as u64,
+        waiters,
     }
 }
 
@@ -644,8 +806,10 @@ pub(crate) fn test_sample(
                 thread_id: Some(tid as u64),
                 state,
                 stack: None,
+                gil: None,
             })
             .collect(),
+        gils: Vec::new(),
     }
 }
 
@@ -858,6 +1022,65 @@ mod tests {
         let threads = profile.threads();
         let name = |tid| threads.iter().find(|t| t.tid == tid).unwrap().name();
         assert_eq!((name(5), name(6)), ("worker", "first"));
+    }
+
+    #[test]
+    fn each_gil_counts_its_own_threads_and_the_process_figures_are_the_main_gils() {
+        use crate::python::interpreter::GilState;
+        use crate::sample::GilReading;
+        let mut profile = Profile::new();
+        // Thread 1 (main interpreter) holds the main GIL while thread 3 waits for it; thread
+        // 2 (interpreter 1) holds its own GIL throughout.
+        for i in 0..100u64 {
+            let mut tick = sample(
+                i * 1_000_000,
+                i,
+                &[
+                    (1, ThreadState::Hold),
+                    (2, ThreadState::Hold),
+                    (3, ThreadState::Wait),
+                ],
+            );
+            let reading = |base, ids: Vec<Option<i64>>, switches| GilReading {
+                base,
+                interpreters: ids,
+                state: GilState {
+                    created: true,
+                    switch_number: switches,
+                    ..GilState::default()
+                },
+            };
+            tick.gils = vec![
+                reading(0x1000, vec![Some(0)], i),
+                reading(0x2000, vec![Some(1)], 0),
+            ];
+            for (thread, gil) in tick.threads.iter_mut().zip([(0, 0), (1, 1), (0, 0)]) {
+                thread.gil = Some((gil.0, Some(gil.1)));
+            }
+            profile.add(&tick, |t| format!("t{t}"));
+        }
+        assert!((profile.held() - 1.0).abs() < 1e-9);
+        assert!((profile.mean_waiting() - 1.0).abs() < 1e-9);
+        let gils = profile.gils();
+        assert_eq!(gils.len(), 2);
+        assert_eq!((gils[0].own, gils[1].own), (false, true));
+        assert_eq!(gils[1].interpreters, [Some(1)]);
+        assert_eq!((gils[1].held(), gils[1].contended()), (1.0, 0.0));
+        assert_eq!(gils[1].switches_per_s(), Some(0.0));
+        assert!(gils[0].switches_per_s().is_some());
+        let on = |tid| profile.threads().iter().find(|t| t.tid == tid).unwrap().gil;
+        assert_eq!(
+            (on(1), on(2), on(3)),
+            (
+                Some((0x1000, Some(0))),
+                Some((0x2000, Some(1))),
+                Some((0x1000, Some(0)))
+            )
+        );
+        // Thread 3 waited on thread 1, not on the other GIL's holder.
+        let blame = profile.blame();
+        assert_eq!(blame.len(), 1);
+        assert_eq!((blame[0].holder.tid, blame[0].waiter_ticks), (1, 100));
     }
 
     #[test]

@@ -60,15 +60,20 @@ pub fn render(recording: &Recording) -> String {
     } else {
         super::UNAVAILABLE.to_string()
     };
+    let several = profile.gils().len() > 1;
     let _ = writeln!(
         out,
-        "GIL: held {}  contended {}  mean waiting {}  switches {}  interval {}",
+        "{}: held {}  contended {}  mean waiting {}  switches {}  interval {}",
+        if several { "main GIL" } else { "GIL" },
         percent(profile.held()),
         wait_figure(percent(profile.contended())),
         wait_figure(format!("{:.2}", profile.mean_waiting())),
         switches,
         interval
     );
+    if several {
+        gils_section(&mut out, recording);
+    }
     if !measured {
         let _ = writeln!(out, "note: {}", super::WAIT_UNAVAILABLE);
     }
@@ -131,6 +136,47 @@ pub fn render(recording: &Recording) -> String {
     }
     findings_section(&mut out, recording);
     out
+}
+
+/// One line per GIL, where subinterpreters have GILs of their own (3.12+).
+fn gils_section(out: &mut String, recording: &Recording) {
+    let profile = &recording.profile;
+    let _ = writeln!(
+        out,
+        "{} GILs (subinterpreters with their own):",
+        profile.gils().len()
+    );
+    let threads = profile.threads();
+    for (index, gil) in profile.gils().iter().enumerate() {
+        let ids: Vec<String> = gil
+            .interpreters
+            .iter()
+            .map(|id| id.map_or("?".into(), |id| id.to_string()))
+            .collect();
+        let tids: Vec<String> = threads
+            .iter()
+            .filter(|t| t.gil.is_some_and(|(base, _)| base == gil.base))
+            .map(|t| t.tid.to_string())
+            .collect();
+        let _ = writeln!(
+            out,
+            "  GIL {index} ({}, interpreters {}): held {}  contended {}  mean waiting {:.2}  \
+             switches {}  threads {}",
+            if gil.own { "own" } else { "main" },
+            ids.join(","),
+            percent(gil.held()),
+            percent(gil.contended()),
+            gil.mean_waiting(),
+            gil.switches_per_s()
+                .map(|s| format!("{s:.0}/s"))
+                .unwrap_or_else(|| "n/a".into()),
+            if tids.is_empty() {
+                "-".into()
+            } else {
+                tids.join(",")
+            }
+        );
+    }
 }
 
 /// The findings, if the figures support any.

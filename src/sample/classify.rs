@@ -232,6 +232,7 @@ impl Classifier {
                 thread_id: thread.thread_id,
                 state,
                 stack: thread.stack,
+                gil: thread.gil,
             });
         }
         let alive: std::collections::HashSet<i32> = tick.threads.iter().map(|t| t.tid).collect();
@@ -240,6 +241,7 @@ impl Classifier {
             time_ns,
             gil: tick.gil,
             threads,
+            gils: tick.gils.clone(),
         }
     }
 }
@@ -279,6 +281,7 @@ mod tests {
             blocked: kind == 'i',
             gil_requested: None,
             stack: None,
+            gil: None,
         }
     }
 
@@ -292,6 +295,7 @@ mod tests {
             switch_number: 0,
             threads,
             stack_errors: 0,
+            gils: Vec::new(),
         }
     }
 

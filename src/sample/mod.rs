@@ -57,6 +57,16 @@ pub struct Health {
     pub total_lag_ns: u64,
 }
 
+/// One GIL at one tick, in a process with more than one interpreter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GilReading {
+    /// Where the GIL's struct lies in the target: its identity from tick to tick.
+    pub base: u64,
+    /// `interp->id` of the interpreters that use it (None where it cannot be read).
+    pub interpreters: Vec<Option<i64>>,
+    pub state: GilState,
+}
+
 /// One thread at one tick.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThreadSample {
@@ -67,6 +77,10 @@ pub struct ThreadSample {
     pub state: ThreadState,
     /// Its Python stack at the tick, in the recording's stack table.
     pub stack: Option<StackId>,
+    /// Its interpreter's GIL, an index into [`Sample::gils`] (0: the main interpreter's),
+    /// and its interpreter's id; None for threads without a Python thread state, and in a
+    /// process with one interpreter.
+    pub gil: Option<(u16, Option<i64>)>,
 }
 
 /// One tick: the GIL and every thread of the target, classified.
@@ -76,6 +90,10 @@ pub struct Sample {
     pub time_ns: u64,
     pub gil: GilState,
     pub threads: Vec<ThreadSample>,
+    /// Every GIL, the main interpreter's first, where the process has more than one
+    /// interpreter (3.12+ subinterpreters may have a GIL each); empty with one interpreter,
+    /// whose GIL is `gil`.
+    pub gils: Vec<GilReading>,
 }
 
 impl Sample {

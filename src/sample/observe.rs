@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::stats::{Stopwatch, TickStats};
+use super::GilReading;
 use crate::python::interpreter::{GilState, Interpreter, PyThread};
 use crate::python::stack::{StackError, StackId, StackReader, StackTable};
 use crate::python::thread_names::ThreadNames;
@@ -13,6 +14,9 @@ use crate::target::cpu_clock::CpuClocks;
 use crate::target::memory::{Memory, ReadError};
 use crate::target::task::{Activity, TaskError, TaskReading, Tasks};
 
+/// Subinterpreters whose `threading` is read for thread names: each costs a few reads per
+/// name refresh.
+const MAX_NAMED_SUBINTERPRETERS: usize = 16;
 /// Walks of one thread's stack per tick before it counts as unreadable.
 const STACK_ATTEMPTS: usize = 3;
 /// A thread asleep whose exact CPU clock has not moved is still asleep where it was: its
@@ -50,6 +54,10 @@ pub struct ThreadObservation {
     /// Its Python stack, read just after the tick (None: not a Python thread, stacks off,
     /// or the stack moved while it was read).
     pub stack: Option<StackId>,
+    /// Its interpreter's GIL (an index into [`Observation::gils`]) and interpreter id, where
+    /// the process has more than one interpreter.
+    #[serde(skip)]
+    pub gil: Option<(u16, Option<i64>)>,
 }
 
 /// Everything read at one tick.
@@ -67,6 +75,9 @@ pub struct Observation {
     pub threads: Vec<ThreadObservation>,
     /// Stacks that could not be read consistently at this tick.
     pub stack_errors: u32,
+    /// Every GIL, the main one first, where the process has more than one interpreter.
+    #[serde(skip)]
+    pub gils: Vec<GilReading>,
 }
 
 impl Observation {
@@ -74,6 +85,37 @@ impl Observation {
     pub fn time_ns(&self) -> u64 {
         self.start_ns + (self.end_ns.saturating_sub(self.start_ns)) / 2
     }
+}
+
+/// Of the thread states that share one kernel tid (a thread that entered a subinterpreter
+/// has a thread state in each interpreter it ran in), the one that says what the thread is
+/// doing: the one holding its GIL, else the one whose GIL it sleeps on, else the one asking
+/// for its GIL, else any. Ties go to `held_last` (the thread state it last held with: two
+/// interpreters sharing a GIL share its futexes), else to the oldest interpreter's (the main
+/// interpreter is last in the list): 3.12 leaves a subinterpreter's first thread state with
+/// the tid of the thread that created it, though that thread runs in the main interpreter.
+fn pick_tstate<'a>(
+    candidates: impl Iterator<Item = &'a PyThread> + Clone,
+    holds: impl Fn(&PyThread) -> bool,
+    sleeps_on_its_gil: impl Fn(&PyThread) -> bool,
+    held_last: Option<u64>,
+) -> Option<&'a PyThread> {
+    let last = |keep: &dyn Fn(&PyThread) -> bool| {
+        let mut kept = candidates.clone().filter(|t| keep(t));
+        let first = kept.next()?;
+        let mut chosen = first;
+        for t in std::iter::once(first).chain(kept) {
+            if Some(t.tstate) == held_last {
+                return Some(t);
+            }
+            chosen = t;
+        }
+        Some(chosen)
+    };
+    last(&holds)
+        .or_else(|| last(&sleeps_on_its_gil))
+        .or_else(|| last(&|t| t.gil_requested == Some(true)))
+        .or_else(|| last(&|_| true))
 }
 
 /// Does `thread` hold the GIL, in the exact sense (between take_gil's return and the start
@@ -118,6 +160,10 @@ pub struct Observer<M: Memory> {
     clocks: CpuClocks,
     stacks: Option<StackReader>,
     thread_names: Option<ThreadNames>,
+    /// For a tid with thread states in several interpreters, the one it last held with.
+    held_last: HashMap<i32, u64>,
+    /// Readers of subinterpreters' `threading` (each caches its own interpreter's objects).
+    sub_thread_names: Vec<(u64, ThreadNames)>,
     /// Each thread's last stack and the CPU time at which it was read: a thread whose exact
     /// CPU time has not moved has not run, so its stack has not changed.
     last_stacks: HashMap<i32, (u64, u64, StackId)>,
@@ -140,6 +186,8 @@ impl<M: Memory> Observer<M> {
             clocks: CpuClocks::new(),
             stacks: None,
             thread_names: None,
+            sub_thread_names: Vec::new(),
+            held_last: HashMap::new(),
             last_stacks: HashMap::new(),
             last_sleeps: HashMap::new(),
             live: Vec::new(),
@@ -147,26 +195,49 @@ impl<M: Memory> Observer<M> {
         }
     }
 
-    /// The Python names of the main interpreter's threads (`threading.current_thread().name`)
-    /// by `threading.get_ident()`; empty where the version's objects are not known, before
-    /// `threading` is imported, or when the target moved under the read.
+    /// The Python names of the threads (`threading.current_thread().name`) by
+    /// `threading.get_ident()`, from the main interpreter's `threading` and those of up to
+    /// [`MAX_NAMED_SUBINTERPRETERS`] subinterpreters; empty where the version's objects are
+    /// not known, before `threading` is imported, or when the target moved under the read.
     pub fn python_thread_names(&mut self) -> HashMap<u64, String> {
         if self.thread_names.is_none() {
             self.thread_names =
                 ThreadNames::new(&self.interpreter.version, &self.interpreter.layout);
         }
-        let Some(names) = self.thread_names.as_mut() else {
+        let Some(main_names) = self.thread_names.as_mut() else {
             return HashMap::new();
         };
-        let Some(interp) = self
+        let interps = self
             .interpreter
             .interpreters(&self.memory)
-            .ok()
-            .and_then(|i| i.first().copied())
-        else {
+            .unwrap_or_default();
+        // New interpreters are pushed at the head of the list: the main one is last.
+        let Some((&main, subs)) = interps.split_last() else {
             return HashMap::new();
         };
-        names.read(&self.memory, interp).unwrap_or_default()
+        let mut names = HashMap::new();
+        let subs = &subs[..subs.len().min(MAX_NAMED_SUBINTERPRETERS)];
+        self.sub_thread_names
+            .retain(|(interp, _)| subs.contains(interp));
+        for &interp in subs {
+            let at = match self.sub_thread_names.iter().position(|(i, _)| *i == interp) {
+                Some(at) => at,
+                None => {
+                    let Some(reader) =
+                        ThreadNames::new(&self.interpreter.version, &self.interpreter.layout)
+                    else {
+                        break;
+                    };
+                    self.sub_thread_names.push((interp, reader));
+                    self.sub_thread_names.len() - 1
+                }
+            };
+            let reader = &mut self.sub_thread_names[at].1;
+            names.extend(reader.read(&self.memory, interp).unwrap_or_default());
+        }
+        // A thread the main interpreter's `threading` knows too keeps that name.
+        names.extend(main_names.read(&self.memory, main).unwrap_or_default());
+        names
     }
 
     /// Read Python stacks at every tick, where the interpreter's layout knows its frames.
@@ -272,7 +343,8 @@ impl<M: Memory> Observer<M> {
     fn read_tick(&mut self) -> Result<Observation, TickError> {
         let mut lap = Stopwatch::start();
         let start_ns = lap.last_ns();
-        let (gil, python) = self.interpreter.read_state(&self.memory)?;
+        let state = self.interpreter.read_state(&self.memory)?;
+        let (gil, others, python) = (state.gil, state.others, state.threads);
         self.stats.memory_ns += lap.split();
         let live = self
             .tasks
@@ -286,11 +358,21 @@ impl<M: Memory> Observer<M> {
             .interpreter
             .resolve_threads(&self.memory, python, &live);
         self.stats.memory_ns += lap.split();
-        let by_tid: HashMap<i32, &PyThread> = python
-            .iter()
-            .filter_map(|t| Some((t.native_id?, t)))
-            .collect();
-        let sync = self.interpreter.gil();
+        let mut by_tid: HashMap<i32, &PyThread> = HashMap::with_capacity(python.len());
+        // Thread states whose tid another one has too: rare (threads that entered a
+        // subinterpreter), so kept aside rather than making every entry a list.
+        let mut shared_tids: Vec<&PyThread> = Vec::new();
+        for thread in &python {
+            if let Some(tid) = thread.native_id {
+                shared_tids.extend(by_tid.insert(tid, thread));
+            }
+        }
+        let interpreter = &self.interpreter;
+        let gils = gil_readings(interpreter, gil, &others);
+        let state_of = |index: usize| match index.checked_sub(1) {
+            Some(i) => others.get(i).copied().unwrap_or_default(),
+            None => gil,
+        };
         let mut threads = Vec::with_capacity(live.len());
         lap.split();
         for &tid in &live {
@@ -317,12 +399,43 @@ impl<M: Memory> Observer<M> {
                     return Err(TickError::Torn(format!("task {tid}: errno {errno}")))
                 }
             };
-            let py = by_tid.get(&tid);
-            let holder = py.is_some_and(|t| is_holder(t, &gil));
-            let gil_futex = task
-                .activity
-                .futex_addr()
-                .is_some_and(|addr| sync.is_sync_address(addr));
+            let futex = task.activity.futex_addr();
+            let sleeps_on_its_gil = |t: &PyThread| {
+                futex.is_some_and(|addr| interpreter.gil_at(t.gil).is_sync_address(addr))
+            };
+            let holds = |t: &PyThread| is_holder(t, &state_of(t.gil));
+            let py = match by_tid.get(&tid) {
+                Some(&only) if shared_tids.is_empty() => Some(only),
+                Some(&last) => pick_tstate(
+                    shared_tids
+                        .iter()
+                        .copied()
+                        .filter(|t| t.native_id == Some(tid))
+                        .chain([last]),
+                    holds,
+                    sleeps_on_its_gil,
+                    self.held_last.get(&tid).copied(),
+                ),
+                None => None,
+            };
+            let holder = py.is_some_and(holds);
+            if let Some(t) = py.filter(|_| holder && !shared_tids.is_empty()) {
+                if shared_tids.iter().any(|s| s.native_id == Some(tid)) {
+                    self.held_last.insert(tid, t.tstate);
+                }
+            }
+            let gil_futex = match py {
+                Some(t) => sleeps_on_its_gil(t),
+                // A thread without a thread state cannot wait for a GIL; it may still have
+                // been caught on one of their futexes on its way to getting a thread state.
+                None => futex.is_some_and(|addr| {
+                    interpreter.gil().is_sync_address(addr)
+                        || interpreter
+                            .other_gils()
+                            .iter()
+                            .any(|g| g.addresses.is_sync_address(addr))
+                }),
+            };
             threads.push(ThreadObservation {
                 tid,
                 thread_id: py.map(|t| t.thread_id),
@@ -336,6 +449,9 @@ impl<M: Memory> Observer<M> {
                 blocked: !gil_futex && task.activity != Activity::Running,
                 gil_requested: py.and_then(|t| t.gil_requested),
                 stack: None,
+                gil: py
+                    .filter(|_| !gils.is_empty())
+                    .map(|t| (t.gil as u16, interpreter_id(interpreter, t.interp))),
             });
         }
         self.stats.proc_ns += lap.split();
@@ -343,6 +459,10 @@ impl<M: Memory> Observer<M> {
         self.clocks.retain(&live);
         self.last_sleeps
             .retain(|tid, _| live.binary_search(tid).is_ok());
+        if !self.held_last.is_empty() {
+            self.held_last
+                .retain(|tid, _| live.binary_search(tid).is_ok());
+        }
         self.last_stacks
             .retain(|tid, _| live.binary_search(tid).is_ok());
         self.live = live;
@@ -361,8 +481,47 @@ impl<M: Memory> Observer<M> {
             switch_number: gil.switch_number,
             threads,
             stack_errors,
+            gils,
         })
     }
+}
+
+/// Every GIL at this tick, the main one first, where the process has more than one
+/// interpreter; empty (no allocation) in the usual process with one.
+fn gil_readings(interpreter: &Interpreter, main: GilState, others: &[GilState]) -> Vec<GilReading> {
+    let groups = interpreter.other_gils();
+    let main_interps = interpreter.main_interpreters();
+    if groups.is_empty() && main_interps.len() <= 1 {
+        return Vec::new();
+    }
+    let ids = |interps: &[(u64, Option<i64>)]| interps.iter().map(|&(_, id)| id).collect();
+    let main_base = interpreter.gil().block.map_or(0, |(base, _)| base);
+    std::iter::once(GilReading {
+        base: main_base,
+        interpreters: ids(main_interps),
+        state: main,
+    })
+    .chain(groups.iter().zip(others).map(|(group, &state)| GilReading {
+        base: group.base(),
+        interpreters: ids(&group.interps),
+        state,
+    }))
+    .collect()
+}
+
+/// The id of the interpreter at `interp`, as the last walk read it.
+fn interpreter_id(interpreter: &Interpreter, interp: u64) -> Option<i64> {
+    interpreter
+        .main_interpreters()
+        .iter()
+        .chain(
+            interpreter
+                .other_gils()
+                .iter()
+                .flat_map(|g| g.interps.iter()),
+        )
+        .find(|&&(at, _)| at == interp)
+        .and_then(|&(_, id)| id)
 }
 
 /// The last reading of a thread that was asleep then and, by its exact CPU clock, has not
