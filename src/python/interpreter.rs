@@ -224,23 +224,14 @@ impl Interpreter {
             let mut interpreter = Interpreter {
                 pid,
                 binary: binary.path.clone(),
-                version,
-                layout,
-                layout_source,
-                notes: Vec::new(),
-                head: 0,
-                runtime,
-                gil: GilAddresses::in_struct(0, layout::DEFAULT_GIL),
-                main_interps: Vec::new(),
-                others: Vec::new(),
-                checked_gils: Vec::new(),
-                regroups_left: MAX_REGROUPS,
-                regroup: false,
-                pthreads: PthreadTids::new(),
-                shape: Vec::new(),
-                batch: Vec::new(),
-                lists_unchanged: false,
-                walks: 0,
+                ..Interpreter::from_parts(
+                    version,
+                    layout,
+                    layout_source,
+                    0,
+                    runtime,
+                    GilAddresses::in_struct(0, layout::DEFAULT_GIL),
+                )
             };
             match interpreter.locate(&binary, runtime, memory) {
                 Ok(()) => return Ok(interpreter),

@@ -240,16 +240,7 @@ impl Memory for ProcessMemory {
             if got < 0 {
                 let errno = std::io::Error::last_os_error().raw_os_error();
                 let (addr, len) = chunk[0];
-                return Err(match errno {
-                    Some(libc::ESRCH) => ReadError::Gone,
-                    Some(libc::EPERM) => ReadError::Denied,
-                    Some(errno) => ReadError::Fault { addr, len, errno },
-                    None => ReadError::Fault {
-                        addr,
-                        len,
-                        errno: libc::EIO,
-                    },
-                });
+                return Err(read_error(addr, len, errno));
             }
             if got as usize != want {
                 // A partial read stops at the first block that faulted: name it.
@@ -282,6 +273,11 @@ fn classify_read_error(addr: u64, len: usize, error: &remoteprocess::Error) -> R
         remoteprocess::Error::NixError(e) => Some(*e as i32),
         _ => None,
     };
+    read_error(addr, len, errno)
+}
+
+/// The error of a read of `len` bytes at `addr` that failed with `errno`.
+fn read_error(addr: u64, len: usize, errno: Option<i32>) -> ReadError {
     match errno {
         Some(libc::ESRCH) => ReadError::Gone,
         Some(libc::EPERM) => ReadError::Denied,
