@@ -25,6 +25,8 @@ const NAME_REFRESH: Duration = Duration::from_millis(500);
 /// Names are refreshed a slice at a time, this many slices per [`NAME_REFRESH`]: on a target
 /// with thousands of threads one pass would pause the sampler for tens of milliseconds.
 const NAME_SLICES: u32 = 10;
+/// Share of the sampling interval a tick may spend on first walks of sleeping threads.
+const WALK_SHARE: f64 = 0.25;
 /// Python names come from a walk of `threading`'s registry: read again when threads came or
 /// went or some thread had no name yet (at most every [`NAME_REFRESH`]), and otherwise this
 /// often (a thread renamed).
@@ -287,6 +289,12 @@ impl Member {
         let classifier = classifier_for(&observer);
         let identity = process::exec_identity(observer.pid);
         let stacks = options.stacks && observer.enable_stacks();
+        // First walks of sleeping threads (a pool of idle workers seen at attach) may take a
+        // quarter of the interval per tick; the rest wait for later ticks (exactly resolved,
+        // as a sleeping thread's stack does not change).
+        if options.rate_hz > 0.0 {
+            observer.set_walk_budget(Some((WALK_SHARE * 1e9 / options.rate_hz) as u64));
+        }
         let mut profile = Profile::new();
         if options.timeline {
             profile.record_timeline();

@@ -47,6 +47,11 @@ pub fn sampling_margin(p: f64, n: u64) -> Option<f64> {
     Some(1.96 * (p * (1.0 - p) / n as f64).sqrt())
 }
 
+/// New threads named as their rows are made, per sample: more than this at one tick (a pool
+/// of a thousand seen at attach) would hold the sampler up; the others are named over the
+/// next slices of [`Profile::refresh_some_names`].
+pub const NEW_NAMES_PER_SAMPLE: usize = 64;
+
 /// One thread over the whole recording.
 #[derive(Debug, Clone)]
 pub struct ThreadProfile {
@@ -73,6 +78,9 @@ pub struct ThreadProfile {
     pub gil: Option<(u64, Option<i64>)>,
     previous: Option<ThreadState>,
     waking: bool,
+    /// Ticks per state counted without a stack because the walk was deferred: moved to the
+    /// stack once a later tick resolves it.
+    deferred: [u64; 4],
 }
 
 /// A place in the code and how often a thread was there.
@@ -89,6 +97,29 @@ impl ThreadProfile {
     /// The name to show: the Python name where known, else the OS name.
     pub fn name(&self) -> &str {
         self.python_name.as_deref().unwrap_or(&self.os_name)
+    }
+
+    /// Its ticks whose walk was deferred had `stack` after all (None: unknown; they stay
+    /// without a stack).
+    fn resolve_deferred(&mut self, stack: Option<StackId>) {
+        let deferred = std::mem::take(&mut self.deferred);
+        let Some(stack) = stack else {
+            return;
+        };
+        for (state, n) in deferred.into_iter().enumerate() {
+            let stacks = &mut self.stacks[state];
+            let Some(unknown) = stacks.get_mut(&None) else {
+                continue;
+            };
+            let n = n.min(*unknown);
+            *unknown -= n;
+            if *unknown == 0 {
+                stacks.remove(&None);
+            }
+            if n > 0 {
+                *stacks.entry(Some(stack)).or_default() += n;
+            }
+        }
     }
 
     /// The innermost frames the thread was in while in `state`, most samples first.
@@ -230,6 +261,9 @@ pub struct Profile {
     rows: HashMap<i32, usize>,
     /// The tid after the last one [`Profile::refresh_some_names`] renamed.
     name_cursor: i32,
+    /// Rows created without a name (more new threads at one tick than
+    /// [`NEW_NAMES_PER_SAMPLE`]): named first by [`Profile::refresh_some_names`].
+    unnamed: Vec<usize>,
     /// Waiters blamed on what the holder was running: (holder's row, holder's stack) ->
     /// waiting threads summed over ticks.
     blame: HashMap<(usize, Option<StackId>), u64>,
@@ -289,6 +323,7 @@ impl Profile {
             threads: Vec::new(),
             rows: HashMap::new(),
             name_cursor: 0,
+            unnamed: Vec::new(),
             blame: HashMap::new(),
             blame_unheld: 0,
             all_waiters: 0,
@@ -307,6 +342,7 @@ impl Profile {
     /// Add one sample. `name` gives a new thread its display name.
     pub fn add(&mut self, sample: &Sample, mut name: impl FnMut(i32) -> String) {
         self.samples += 1;
+        let mut names_left = NEW_NAMES_PER_SAMPLE;
         self.start_ns.get_or_insert(sample.time_ns);
         self.end_ns = sample.time_ns;
         if sample.gil.created {
@@ -339,10 +375,20 @@ impl Profile {
                     row
                 }
                 _ => {
+                    let os_name = match names_left.checked_sub(1) {
+                        Some(left) => {
+                            names_left = left;
+                            name(thread.tid)
+                        }
+                        None => {
+                            self.unnamed.push(self.threads.len());
+                            String::new()
+                        }
+                    };
                     self.threads.push(ThreadProfile {
                         tid: thread.tid,
                         thread_id: thread.thread_id,
-                        os_name: name(thread.tid),
+                        os_name,
                         python_name: None,
                         counts: Counts::default(),
                         first_ns: sample.time_ns,
@@ -354,6 +400,7 @@ impl Profile {
                         gil: None,
                         previous: None,
                         waking: false,
+                        deferred: [0; 4],
                     });
                     self.rows.insert(thread.tid, self.threads.len() - 1);
                     self.threads.len() - 1
@@ -378,6 +425,9 @@ impl Profile {
             *entry.stacks[thread.state.index()]
                 .entry(thread.stack)
                 .or_default() += 1;
+            if thread.deferred && thread.stack.is_none() {
+                entry.deferred[thread.state.index()] += 1;
+            }
             if thread.state == ThreadState::Wait {
                 if entry.previous == Some(ThreadState::Idle) {
                     entry.wakeups += 1;
@@ -390,6 +440,11 @@ impl Profile {
                 entry.waking = false;
             }
             entry.previous = Some(thread.state);
+        }
+        for &(tid, stack) in &sample.resolved {
+            if let Some(&row) = self.rows.get(&tid) {
+                self.threads[row].resolve_deferred(stack);
+            }
         }
         if let Some(timeline) = self.timeline.as_mut() {
             timeline.add_waiters(all_waiters as usize, sample.time_ns);
@@ -553,6 +608,11 @@ impl Profile {
             thread.waited_on = rekey(std::mem::take(&mut thread.waited_on));
         }
         self.blame = rekey(std::mem::take(&mut self.blame));
+        self.unnamed = std::mem::take(&mut self.unnamed)
+            .into_iter()
+            .filter(|row| !fold.contains(row))
+            .map(|row| new_row[row])
+            .collect();
         self.rows = kept
             .iter()
             .enumerate()
@@ -676,6 +736,19 @@ impl Profile {
         budget: usize,
         mut name: impl FnMut(i32) -> Option<String>,
     ) {
+        let mut budget = budget;
+        while budget > 0 {
+            let Some(row) = self.unnamed.pop() else {
+                break;
+            };
+            let Some(thread) = self.threads.get_mut(row) else {
+                continue;
+            };
+            if thread.os_name.is_empty() && self.rows.get(&thread.tid) == Some(&row) {
+                thread.os_name = name(thread.tid).unwrap_or_default();
+                budget -= 1;
+            }
+        }
         let mut current: Vec<(i32, usize)> = self.rows.iter().map(|(&t, &r)| (t, r)).collect();
         if current.is_empty() {
             return;
@@ -806,10 +879,12 @@ pub(crate) fn test_sample(
                 thread_id: Some(tid as u64),
                 state,
                 stack: None,
+                deferred: false,
                 gil: None,
             })
             .collect(),
         gils: Vec::new(),
+        resolved: Vec::new(),
     }
 }
 
@@ -852,6 +927,78 @@ mod tests {
             let sum: f64 = ThreadState::ALL.iter().map(|s| t.fraction(*s)).sum();
             assert!((sum - 1.0).abs() < 1e-9);
         }
+    }
+
+    #[test]
+    fn deferred_ticks_take_the_stack_a_later_walk_resolves_and_only_that() {
+        let mut profile = Profile::new();
+        let idle = |time, deferred: bool, stack: Option<StackId>| {
+            let mut tick = sample(time, 0, &[(7, ThreadState::Idle), (8, ThreadState::Idle)]);
+            for thread in &mut tick.threads {
+                thread.deferred = deferred;
+                thread.stack = stack;
+            }
+            tick
+        };
+        // Three ticks whose walks were deferred, then the walk: thread 7 had not run (its
+        // stack is resolved), thread 8 had (its deferred ticks stay without a stack).
+        for i in 0..3 {
+            profile.add(&idle(i, true, None), |_| "t".into());
+        }
+        let mut walked = idle(3, false, Some(42));
+        walked.resolved = vec![(7, Some(42)), (8, None)];
+        profile.add(&walked, |_| "t".into());
+        let stacks = |profile: &Profile, tid: i32| {
+            let threads = profile.threads();
+            let row = threads.iter().find(|t| t.tid == tid).unwrap();
+            row.stacks[ThreadState::Idle.index()].clone()
+        };
+        assert_eq!(stacks(&profile, 7), HashMap::from([(Some(42), 4)]));
+        assert_eq!(
+            stacks(&profile, 8),
+            HashMap::from([(None, 3), (Some(42), 1)])
+        );
+        // A resolution is used once: a later one finds nothing left to move.
+        let mut again = idle(4, false, Some(42));
+        again.resolved = vec![(8, Some(42))];
+        profile.add(&again, |_| "t".into());
+        assert_eq!(
+            stacks(&profile, 8),
+            HashMap::from([(None, 3), (Some(42), 2)])
+        );
+    }
+
+    #[test]
+    fn rows_past_the_naming_budget_of_a_tick_are_named_first_by_the_next_slices() {
+        let mut profile = Profile::new();
+        let many = NEW_NAMES_PER_SAMPLE as i32 + 10;
+        let tids: Vec<(i32, ThreadState)> = (1..=many).map(|t| (t, ThreadState::Idle)).collect();
+        let mut named = 0;
+        profile.add(&sample(0, 0, &tids), |tid| {
+            named += 1;
+            format!("os-{tid}")
+        });
+        assert_eq!(named, NEW_NAMES_PER_SAMPLE);
+        let unnamed = |profile: &Profile| {
+            profile
+                .threads()
+                .iter()
+                .filter(|t| t.os_name.is_empty())
+                .count()
+        };
+        assert_eq!(unnamed(&profile), 10);
+        let mut asked = Vec::new();
+        profile.refresh_some_names(10, |tid| {
+            asked.push(tid);
+            Some(format!("os-{tid}"))
+        });
+        // The budget went to the ten rows without a name, not round the named ones.
+        asked.sort_unstable();
+        assert_eq!(
+            asked,
+            (NEW_NAMES_PER_SAMPLE as i32 + 1..=many).collect::<Vec<_>>()
+        );
+        assert_eq!(unnamed(&profile), 0);
     }
 
     #[test]

@@ -232,6 +232,7 @@ impl Classifier {
                 thread_id: thread.thread_id,
                 state,
                 stack: thread.stack,
+                deferred: thread.deferred,
                 gil: thread.gil,
             });
         }
@@ -242,6 +243,7 @@ impl Classifier {
             gil: tick.gil,
             threads,
             gils: tick.gils.clone(),
+            resolved: tick.resolved.clone(),
         }
     }
 }
@@ -281,6 +283,7 @@ mod tests {
             blocked: kind == 'i',
             gil_requested: None,
             stack: None,
+            deferred: false,
             gil: None,
         }
     }
@@ -296,6 +299,7 @@ mod tests {
             threads,
             stack_errors: 0,
             gils: Vec::new(),
+            resolved: Vec::new(),
         }
     }
 

@@ -77,6 +77,10 @@ pub struct ThreadSample {
     pub state: ThreadState,
     /// Its Python stack at the tick, in the recording's stack table.
     pub stack: Option<StackId>,
+    /// Its stack was not read at this tick but will be (see
+    /// [`crate::sample::observe::ThreadObservation::deferred`]): counted without a stack
+    /// until a later sample's `resolved` names it.
+    pub deferred: bool,
     /// Its interpreter's GIL, an index into [`Sample::gils`] (0: the main interpreter's),
     /// and its interpreter's id; None for threads without a Python thread state, and in a
     /// process with one interpreter.
@@ -94,6 +98,8 @@ pub struct Sample {
     /// interpreter (3.12+ subinterpreters may have a GIL each); empty with one interpreter,
     /// whose GIL is `gil`.
     pub gils: Vec<GilReading>,
+    /// Threads whose earlier deferred ticks had this stack (None: unknown after all).
+    pub resolved: Vec<(i32, Option<StackId>)>,
 }
 
 impl Sample {

@@ -26,6 +26,9 @@ const STACK_ATTEMPTS: usize = 3;
 /// pid_max, so that takes tens of thousands of new tasks within the interval), whose frozen
 /// counter would otherwise never move.
 const REUSE_SLEEPER_NS: u64 = 1_000_000_000;
+/// Deferred walks remembered at most (threads seen asleep whose first walk waits for a tick
+/// with time to spare); past this, sleepers are walked at once whatever the budget.
+const MAX_DEFERRED: usize = 1 << 16;
 
 /// One thread at one tick, before classification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -52,8 +55,13 @@ pub struct ThreadObservation {
     /// Its own "waiting for the GIL" flag, where the version has one.
     pub gil_requested: Option<bool>,
     /// Its Python stack, read just after the tick (None: not a Python thread, stacks off,
-    /// or the stack moved while it was read).
+    /// or the stack moved while it was read, or its first walk was deferred).
     pub stack: Option<StackId>,
+    /// Its stack was not walked at this tick: it was asleep, had never been walked, and the
+    /// tick's walking budget was spent. A later tick's [`Observation::resolved`] says which
+    /// stack it had (a thread that has not run since cannot have changed its stack).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub deferred: bool,
     /// Its interpreter's GIL (an index into [`Observation::gils`]) and interpreter id, where
     /// the process has more than one interpreter.
     #[serde(skip)]
@@ -78,6 +86,11 @@ pub struct Observation {
     /// Every GIL, the main one first, where the process has more than one interpreter.
     #[serde(skip)]
     pub gils: Vec<GilReading>,
+    /// Threads whose walks were deferred at earlier ticks and are walked now: (tid, the
+    /// stack they had at every deferred tick), None if they ran in between (then those ticks
+    /// stay without a stack).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resolved: Vec<(i32, Option<StackId>)>,
 }
 
 impl Observation {
@@ -167,6 +180,11 @@ pub struct Observer<M: Memory> {
     /// Each thread's last stack and the CPU time at which it was read: a thread whose exact
     /// CPU time has not moved has not run, so its stack has not changed.
     last_stacks: HashMap<i32, (u64, u64, StackId)>,
+    /// Time a tick may spend on first walks of sleeping threads (ns); None: no limit.
+    walk_budget_ns: Option<u64>,
+    /// Sleeping threads whose first walk was put off: their thread state and CPU time at the
+    /// first deferred tick, and whether a later deferred tick saw them elsewhere (ran).
+    deferred: HashMap<i32, Deferred>,
     /// Each sleeping thread's last real /proc reading: the exact CPU time at it, when it was
     /// taken, and the reading.
     last_sleeps: HashMap<i32, (u64, u64, TaskReading)>,
@@ -189,6 +207,8 @@ impl<M: Memory> Observer<M> {
             sub_thread_names: Vec::new(),
             held_last: HashMap::new(),
             last_stacks: HashMap::new(),
+            walk_budget_ns: None,
+            deferred: HashMap::new(),
             last_sleeps: HashMap::new(),
             live: Vec::new(),
             stats: TickStats::default(),
@@ -249,6 +269,14 @@ impl<M: Memory> Observer<M> {
         self.stacks.is_some()
     }
 
+    /// Bound the time a tick spends walking, for the first time, the stacks of threads that
+    /// sleep (the thousand idle workers of a pool seen at attach): past `ns`, such walks are
+    /// deferred to later ticks and resolved then (see [`ThreadObservation::deferred`]). The
+    /// holder, waiters, runnable threads and threads walked before are always walked.
+    pub fn set_walk_budget(&mut self, ns: Option<u64>) {
+        self.walk_budget_ns = ns;
+    }
+
     /// Every stack and frame seen so far.
     pub fn stack_table(&self) -> Option<&StackTable> {
         self.stacks.as_ref().map(|s| &s.table)
@@ -260,11 +288,18 @@ impl<M: Memory> Observer<M> {
     }
 
     /// Read the stacks of the Python threads of a tick, after the tick's timed reads.
-    fn read_stacks(&mut self, threads: &mut [ThreadObservation]) -> u32 {
-        let Some(reader) = self.stacks.as_mut() else {
-            return 0;
-        };
+    /// Returns the number of stacks that could not be read, and the deferred walks resolved.
+    fn read_stacks(
+        &mut self,
+        threads: &mut [ThreadObservation],
+    ) -> (u32, Vec<(i32, Option<StackId>)>) {
+        let mut resolved = Vec::new();
+        if self.stacks.is_none() {
+            return (0, resolved);
+        }
         let mut errors = 0;
+        let started = crate::sample::monotonic_ns();
+        let mut spent = false;
         for thread in threads.iter_mut() {
             let Some(tstate) = thread.tstate else {
                 continue;
@@ -275,15 +310,31 @@ impl<M: Memory> Observer<M> {
                     continue;
                 }
             }
-            // A thread calling and returning fast moves its stack under one walk in a few:
-            // another walk right away usually sees a still moment.
-            let mut read = reader.read(&self.memory, tstate);
-            for _ in 1..STACK_ATTEMPTS {
-                if read != Err(StackError::Moved) {
-                    break;
-                }
-                read = reader.read(&self.memory, tstate);
+            let first_walk_of_sleeper = thread.cpu_exact
+                && !thread.holder
+                && !thread.runnable
+                && !thread.gil_futex
+                && thread.gil_requested != Some(true)
+                && !self.last_stacks.contains_key(&thread.tid);
+            if first_walk_of_sleeper && !spent {
+                spent = self.walk_budget_ns.is_some_and(|budget| {
+                    crate::sample::monotonic_ns().saturating_sub(started) >= budget
+                });
             }
+            if first_walk_of_sleeper && spent && self.deferred.len() < MAX_DEFERRED {
+                let seen = Deferred {
+                    tstate,
+                    cpu_ns: thread.cpu_ns,
+                    ran: false,
+                };
+                let entry = self.deferred.entry(thread.tid).or_insert(seen);
+                entry.ran |= entry.tstate != tstate || entry.cpu_ns != thread.cpu_ns;
+                thread.deferred = true;
+                self.stats.walks_deferred += 1;
+                continue;
+            }
+            let read = self.walk(tstate);
+            let was_deferred = self.deferred.remove(&thread.tid);
             match read {
                 Ok(stack) => {
                     thread.stack = Some(stack);
@@ -297,8 +348,33 @@ impl<M: Memory> Observer<M> {
                     self.last_stacks.remove(&thread.tid);
                 }
             }
+            if let Some(was) = was_deferred {
+                let still = !was.ran
+                    && was.tstate == tstate
+                    && thread.cpu_exact
+                    && was.cpu_ns == thread.cpu_ns;
+                let stack = thread.stack.filter(|_| still);
+                self.stats.walks_resolved += u64::from(stack.is_some());
+                resolved.push((thread.tid, stack));
+            }
         }
-        errors
+        (errors, resolved)
+    }
+
+    /// Walk one thread's stack. A thread calling and returning fast moves its stack under
+    /// one walk in a few: another walk right away usually sees a still moment.
+    fn walk(&mut self, tstate: u64) -> Result<StackId, StackError> {
+        let Some(reader) = self.stacks.as_mut() else {
+            return Err(StackError::Moved);
+        };
+        let mut read = reader.read(&self.memory, tstate);
+        for _ in 1..STACK_ATTEMPTS {
+            if read != Err(StackError::Moved) {
+                break;
+            }
+            read = reader.read(&self.memory, tstate);
+        }
+        read
     }
 
     /// Why exact CPU clocks are not available (errno of perf_event_open), if they are not.
@@ -449,6 +525,7 @@ impl<M: Memory> Observer<M> {
                 blocked: !gil_futex && task.activity != Activity::Running,
                 gil_requested: py.and_then(|t| t.gil_requested),
                 stack: None,
+                deferred: false,
                 gil: py
                     .filter(|_| !gils.is_empty())
                     .map(|t| (t.gil as u16, interpreter_id(interpreter, t.interp))),
@@ -465,11 +542,15 @@ impl<M: Memory> Observer<M> {
         }
         self.last_stacks
             .retain(|tid, _| live.binary_search(tid).is_ok());
+        if !self.deferred.is_empty() {
+            self.deferred
+                .retain(|tid, _| live.binary_search(tid).is_ok());
+        }
         self.live = live;
         lap.split();
         let end_ns = lap.last_ns();
         let reads = self.memory.reads();
-        let stack_errors = self.read_stacks(&mut threads);
+        let (stack_errors, resolved) = self.read_stacks(&mut threads);
         self.stats.stack_ns += lap.split();
         self.stats.stack_reads += self.memory.reads() - reads;
         Ok(Observation {
@@ -482,8 +563,18 @@ impl<M: Memory> Observer<M> {
             threads,
             stack_errors,
             gils,
+            resolved,
         })
     }
+}
+
+/// A sleeping thread whose first walk was put off (see [`Observer::set_walk_budget`]).
+#[derive(Debug, Clone, Copy)]
+struct Deferred {
+    tstate: u64,
+    cpu_ns: u64,
+    /// A later deferred tick saw another CPU time or thread state: it ran in between.
+    ran: bool,
 }
 
 /// Every GIL at this tick, the main one first, where the process has more than one

@@ -58,6 +58,12 @@ pub struct TickStats {
     pub stack_ns: u64,
     /// Remote reads of the stack walks.
     pub stack_reads: u64,
+    /// Walks put off to a later tick (first walks of sleeping threads past the tick's budget;
+    /// each put-off tick counts).
+    pub walks_deferred: u64,
+    /// Threads whose put-off walk was done at a later tick and had not run meanwhile: their
+    /// put-off ticks got the stack. Those of threads that ran stay without a stack.
+    pub walks_resolved: u64,
     /// Classifying the tick and adding it to the profile.
     pub aggregate_ns: u64,
 }
@@ -76,6 +82,8 @@ impl TickStats {
         self.listings_reused += other.listings_reused;
         self.stack_ns += other.stack_ns;
         self.stack_reads += other.stack_reads;
+        self.walks_deferred += other.walks_deferred;
+        self.walks_resolved += other.walks_resolved;
         self.aggregate_ns += other.aggregate_ns;
     }
 
@@ -137,6 +145,12 @@ impl TickStats {
             self.stack_ns,
             Some((self.stack_reads, "reads")),
         );
+        if self.walks_deferred > 0 {
+            text += &format!(
+                "  {:<14}{:>38}  {:>8} ticks put off, {} threads resolved\n",
+                "(first walks)", "(of sleeping threads)", self.walks_deferred, self.walks_resolved
+            );
+        }
         text += &line("aggregation", self.aggregate_ns, None);
         text += &line("other", self.other_ns(), None);
         text
@@ -161,6 +175,8 @@ mod tests {
             listings_reused: 2,
             stack_ns: 40_000,
             stack_reads: 20,
+            walks_deferred: 30,
+            walks_resolved: 9,
             aggregate_ns: 20_000,
         };
         assert_eq!(stats.other_ns(), 40_000);
@@ -170,5 +186,14 @@ mod tests {
         assert!(text.contains("10.0 reads/tick"), "{text}");
         assert!(text.contains("3.0 reused/tick"), "{text}");
         assert!(text.contains("other               10.0 us/tick"), "{text}");
+        assert!(
+            text.contains("30 ticks put off, 9 threads resolved"),
+            "{text}"
+        );
+        let quiet = TickStats {
+            walks_deferred: 0,
+            ..stats
+        };
+        assert!(!quiet.render().contains("put off"), "{text}");
     }
 }
