@@ -8,10 +8,12 @@ use super::monotonic_ns;
 
 /// Longest single sleep, so a stop request is seen promptly.
 const MAX_SLEEP_NS: u64 = 50_000_000;
-/// Rest the sampler may bank for later ticks (ns): what lets a tick that takes 40% of a short
-/// jittered interval follow one that took 40% of a long one, while over any stretch longer
-/// than this the sampler still works at most as long as it rests.
-const MAX_REST_CREDIT_NS: i64 = 1_000_000;
+/// Rest the sampler may bank for later ticks: one period, within these bounds (ns). It lets a
+/// tick that takes 40% of a short jittered interval (half a period at the least) follow one
+/// that took 40% of a long one, while over any stretch longer than the credit the sampler
+/// still works at most as long as it rests.
+const MIN_REST_CREDIT_NS: i64 = 1_000_000;
+const MAX_REST_CREDIT_NS: i64 = 20_000_000;
 
 pub struct Schedule {
     period_ns: u64,
@@ -25,8 +27,11 @@ pub struct Schedule {
     pub total_lag_ns: u64,
     /// Ticks taken so far.
     pub ticks: u64,
-    /// Time rested minus time worked (ns), at most [`MAX_REST_CREDIT_NS`].
+    /// Time rested minus time worked (ns), at most `rest_credit_ns`.
     rest_balance_ns: i64,
+    /// The most rest that may be banked (ns): a period, between [`MIN_REST_CREDIT_NS`] and
+    /// [`MAX_REST_CREDIT_NS`].
+    rest_credit_ns: i64,
 }
 
 impl Schedule {
@@ -42,6 +47,9 @@ impl Schedule {
             total_lag_ns: 0,
             ticks: 0,
             rest_balance_ns: 0,
+            rest_credit_ns: i64::try_from(period_ns)
+                .unwrap_or(i64::MAX)
+                .clamp(MIN_REST_CREDIT_NS, MAX_REST_CREDIT_NS),
         }
     }
 
@@ -51,7 +59,7 @@ impl Schedule {
 
     /// Sleep until the next tick is due. Returns false if `stop` was raised meanwhile.
     /// `busy_ns` is how long the last tick took: the sampler rests at least as long as it
-    /// works (beyond a credit of [`MAX_REST_CREDIT_NS`] banked from longer rests), so that at
+    /// works (beyond a credit of up to a period banked from longer rests), so that at
     /// real-time priority it can never take more than half of a CPU, however slow ticks get
     /// (a target with thousands of threads); it falls behind instead, and says so.
     pub fn wait(&mut self, stop: &AtomicBool, busy_ns: u64) -> bool {
@@ -61,6 +69,8 @@ impl Schedule {
             .saturating_sub(i64::try_from(busy_ns).unwrap_or(i64::MAX));
         let owed = u64::try_from(-self.rest_balance_ns.min(0)).unwrap_or(u64::MAX);
         let earliest = called.saturating_add(owed);
+        // Lateness is measured from when the tick was due, rest owed or not.
+        let due = self.next_ns;
         if self.next_ns < earliest {
             self.next_ns = earliest;
         }
@@ -80,8 +90,8 @@ impl Schedule {
         self.rest_balance_ns = self
             .rest_balance_ns
             .saturating_add(rested)
-            .min(MAX_REST_CREDIT_NS);
-        let lag = now.saturating_sub(self.next_ns);
+            .min(self.rest_credit_ns);
+        let lag = now.saturating_sub(due);
         self.ticks += 1;
         self.total_lag_ns += lag;
         self.max_lag_ns = self.max_lag_ns.max(lag);
@@ -143,12 +153,15 @@ mod tests {
     }
 
     #[test]
-    fn the_sampler_rests_at_least_as_long_as_it_worked() {
+    fn the_sampler_rests_at_least_as_long_as_it_worked_and_counts_the_rest_as_lag() {
         let mut schedule = Schedule::new(100_000.0, monotonic_ns());
         let stop = AtomicBool::new(false);
         let before = monotonic_ns();
         assert!(schedule.wait(&stop, 5_000_000));
         assert!(monotonic_ns() - before >= 5_000_000);
+        // The tick was due at once: resting made it late, and that is said.
+        assert_eq!(schedule.late_ticks, 1);
+        assert!(schedule.max_lag_ns >= 4_000_000, "{}", schedule.max_lag_ns);
     }
 
     #[test]
@@ -166,12 +179,19 @@ mod tests {
             "balance {}",
             schedule.rest_balance_ns
         );
+        // At 10 kHz at most 1 ms is banked, at 100 Hz a period, at 1 Hz no more than 20 ms.
+        assert!(schedule.rest_balance_ns <= MIN_REST_CREDIT_NS);
+        assert_eq!(
+            Schedule::new(100.0, monotonic_ns()).rest_credit_ns,
+            10_000_000
+        );
         // However long the sampler idled, one long tick is paid for almost in full.
         let mut schedule = Schedule::new(1.0, monotonic_ns());
-        schedule.rest_balance_ns = MAX_REST_CREDIT_NS;
+        assert_eq!(schedule.rest_credit_ns, MAX_REST_CREDIT_NS);
+        schedule.rest_balance_ns = schedule.rest_credit_ns;
         let before = monotonic_ns();
-        assert!(schedule.wait(&stop, 5_000_000));
-        assert!(monotonic_ns() - before >= 4_000_000);
+        assert!(schedule.wait(&stop, 50_000_000));
+        assert!(monotonic_ns() - before >= 30_000_000);
     }
 
     #[test]
