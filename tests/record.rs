@@ -63,7 +63,7 @@ fn main() {
             })
         }));
     }
-    let cli: [(&str, KnownAnswer); 14] = [
+    let cli: [(&str, KnownAnswer); 15] = [
         (
             "chrome_traces_have_one_holder_at_a_time_and_spans_that_agree_with_samples",
             chrome_trace,
@@ -76,6 +76,10 @@ fn main() {
         ("speedscope_files_have_one_profile_per_thread", speedscope),
         ("blame_weights_the_holders_code_by_its_waiters", blame_view),
         ("gil_only_records_no_stacks", gil_only),
+        (
+            "idle_threads_walked_late_still_get_a_stack_for_every_tick",
+            late_walks,
+        ),
         ("progress_shows_on_a_terminal_and_only_there", progress),
         ("text_report_has_a_header_and_a_row_per_thread", text_report),
         ("json_report_matches_the_documented_schema", json_schema),
@@ -1198,6 +1202,47 @@ fn gil_only(python: &Python) -> Result<(), Failed> {
         "--gil-only: no stacks, fractions still there",
         &report,
     )
+}
+
+/// 300 idle threads at 2000 Hz: a tick may spend 125 us on first walks of sleeping threads,
+/// far too little for all of them, so most are put off. None of them runs, so every put-off
+/// tick must end up with the stack found later: each idle thread has one innermost frame for
+/// all its samples.
+fn late_walks(python: &Python) -> Result<(), Failed> {
+    let args = ["--duration", "60", "--threads", "300", "--busy", "0"];
+    let fx = Fixture::start(&python.path, "many_threads", &args)?;
+    let out = gilscope_ok(&[
+        "record",
+        "--pid",
+        &fx.pid.to_string(),
+        "--rate",
+        "2000",
+        "--duration",
+        "2",
+        "--format",
+        "json",
+    ])?;
+    let report: Value = serde_json::from_str(&stdout_of(&out))?;
+    let stats = &report["sampler"]["stats"];
+    let deferred = stats["walks_deferred"].as_u64().unwrap_or(0);
+    let resolved = stats["walks_resolved"].as_u64().unwrap_or(0);
+    expect(
+        deferred > 0 && resolved >= 250,
+        format!("first walks put off {deferred}, resolved {resolved} (of 300 idle threads)"),
+        &report,
+    )?;
+    for (role, &tid) in fx.threads.iter().filter(|(r, _)| r.starts_with("idle-")) {
+        let row = common::thread_row(&report, tid).ok_or(format!("no row for {role}"))?;
+        let samples = row["samples"].as_u64().unwrap_or(0);
+        let top = row["top_idle"].as_array().and_then(|a| a.first());
+        let at_top = top.and_then(|t| t["samples"].as_u64()).unwrap_or(0);
+        expect(
+            samples > 0 && at_top == samples,
+            format!("{role}: {at_top} of {samples} idle samples have its stack"),
+            &report,
+        )?;
+    }
+    Ok(())
 }
 
 /// Threads named in every way `threading` stores names (plain, non-ASCII, renamed, with a

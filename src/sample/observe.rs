@@ -29,6 +29,9 @@ const REUSE_SLEEPER_NS: u64 = 1_000_000_000;
 /// Deferred walks remembered at most (threads seen asleep whose first walk waits for a tick
 /// with time to spare); past this, sleepers are walked at once whatever the budget.
 const MAX_DEFERRED: usize = 1 << 16;
+/// First walks of sleeping threads done at every tick whatever the budget, so that they are
+/// all walked in the end even while running threads' walks use the budget up.
+const MIN_FIRST_WALKS: usize = 8;
 
 /// One thread at one tick, before classification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -300,6 +303,7 @@ impl<M: Memory> Observer<M> {
         let mut errors = 0;
         let started = crate::sample::monotonic_ns();
         let mut spent = false;
+        let mut first_walks = 0;
         for thread in threads.iter_mut() {
             let Some(tstate) = thread.tstate else {
                 continue;
@@ -316,7 +320,7 @@ impl<M: Memory> Observer<M> {
                 && !thread.gil_futex
                 && thread.gil_requested != Some(true)
                 && !self.last_stacks.contains_key(&thread.tid);
-            if first_walk_of_sleeper && !spent {
+            if first_walk_of_sleeper && !spent && first_walks >= MIN_FIRST_WALKS {
                 spent = self.walk_budget_ns.is_some_and(|budget| {
                     crate::sample::monotonic_ns().saturating_sub(started) >= budget
                 });
@@ -333,6 +337,7 @@ impl<M: Memory> Observer<M> {
                 self.stats.walks_deferred += 1;
                 continue;
             }
+            first_walks += usize::from(first_walk_of_sleeper);
             let read = self.walk(tstate);
             let was_deferred = self.deferred.remove(&thread.tid);
             match read {
