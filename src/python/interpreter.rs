@@ -513,7 +513,6 @@ impl Interpreter {
 
     /// Find the main interpreter's GIL and check it has a GIL's shape.
     fn locate_gil(&mut self, runtime: u64, memory: &dyn Memory) -> Result<GilAddresses> {
-        let tstates: HashSet<u64> = self.first_threads(memory)?.into_iter().collect();
         let fields = self.layout.gil_fields;
         let (region, expected) = match self.layout.gil {
             GilPlacement::InRuntime(offset) => (runtime, Some(runtime + offset)),
@@ -540,6 +539,7 @@ impl Interpreter {
         }
         // The table's offset has drifted (a patch release moved a field): look for the shape,
         // with the last holder one of the threads, lest some other bytes pass for a GIL.
+        let tstates: HashSet<u64> = self.first_threads(memory)?.into_iter().collect();
         let found = scan_for_gil(memory, region, fields, &tstates, &self.layout.gil);
         match found {
             Some((base, where_)) => {
@@ -577,17 +577,25 @@ impl Interpreter {
     ) -> std::result::Result<Vec<u64>, ReadError> {
         let mut found = Vec::new();
         let mut seen = HashSet::new();
+        // `interp` and `next` of each thread state in one read (they are neighbours).
+        let (at_interp, at_next) = (self.layout.tstate_interp, self.layout.tstate_next);
+        let start = at_interp.min(at_next);
+        let len = (at_interp.max(at_next) - start + 8) as usize;
         let mut next = memory.read_u64(interp + self.layout.interp_threads_head)?;
         while next != 0 && found.len() < MAX_THREADS {
             check_pointer(next, 8)?;
             if !seen.insert(next) {
                 break;
             }
-            if memory.read_u64(next + self.layout.tstate_interp)? != interp {
+            let block = memory.read_bytes(next + start, len)?;
+            let field = |at: u64| {
+                u64_at(&block, at - start).ok_or(ReadError::BadPointer { addr: next + at })
+            };
+            if field(at_interp)? != interp {
                 return Err(ReadError::BadPointer { addr: next });
             }
             found.push(next);
-            next = memory.read_u64(next + self.layout.tstate_next)?;
+            next = field(at_next)?;
         }
         Ok(found)
     }
