@@ -1,5 +1,5 @@
 //! The `gilscope dump` outputs: every thread's GIL state and stack at one instant, in text and
-//! as JSON (schema `gilscope.dump/2`, docs/DUMP_SCHEMA.md). Rendering only.
+//! as JSON (schema `gilscope.dump/3`, docs/DUMP_SCHEMA.md). Rendering only.
 
 use std::fmt::Write;
 
@@ -10,8 +10,8 @@ use crate::dump::Snapshot;
 use crate::python::stack::Frame;
 use crate::sample::ThreadState;
 
-pub const SCHEMA: &str = "gilscope.dump/2";
-pub const PROCESSES_SCHEMA: &str = "gilscope.dumps/2";
+pub const SCHEMA: &str = "gilscope.dump/3";
+pub const PROCESSES_SCHEMA: &str = "gilscope.dumps/3";
 
 fn state_text(state: ThreadState) -> &'static str {
     match state {
@@ -158,8 +158,8 @@ pub fn text_processes(snapshots: &[Snapshot]) -> String {
     super::process_sections(snapshots.iter().map(text))
 }
 
-/// Several processes: schema `gilscope.dumps/2`, whose `processes` holds a
-/// `gilscope.dump/2` document per process.
+/// Several processes: schema `gilscope.dumps/3`, whose `processes` holds a
+/// `gilscope.dump/3` document per process.
 pub fn json_processes(snapshots: &[Snapshot]) -> String {
     let processes: Vec<Value> = snapshots.iter().map(document).collect();
     let mut out = serde_json::to_string_pretty(&json!({

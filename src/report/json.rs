@@ -132,8 +132,8 @@ pub fn render(recording: &Recording) -> String {
     finish(serde_json::to_string_pretty(&report(recording)))
 }
 
-/// Several processes (`--subprocesses`): schema `gilscope.processes/3`, whose `processes`
-/// holds a `gilscope.report/4` document per process, in the order they were found.
+/// Several processes (`--subprocesses`): schema `gilscope.processes/4`, whose `processes`
+/// holds a `gilscope.report/5` document per process, in the order they were found.
 pub fn render_processes(recordings: &[Recording]) -> String {
     let processes: Vec<serde_json::Value> = recordings
         .iter()
