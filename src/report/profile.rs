@@ -853,6 +853,33 @@ mod tests {
     use test_sample as sample;
 
     #[test]
+    fn ticks_without_a_gil_stay_out_of_the_gil_figures() {
+        let mut profile = Profile::new();
+        for i in 0..100u64 {
+            // A free-threaded build whose GIL goes on for the last quarter.
+            let on = i >= 75;
+            let states = if on {
+                [(1, ThreadState::Hold), (2, ThreadState::Wait)]
+            } else {
+                [(1, ThreadState::Attached), (2, ThreadState::Attached)]
+            };
+            let mut s = sample(i * 1_000_000, i, &states);
+            s.gil.enabled = Some(on);
+            profile.add(&s, |_| String::new());
+        }
+        let ticks = profile.gil_ticks();
+        assert_eq!((ticks.off, ticks.on, ticks.ticks), (75, 25, 25));
+        assert!(!ticks.no_gil());
+        assert_eq!(ticks.enabled_share(), Some(0.25));
+        // Held over the ticks with a GIL: every one of them.
+        assert_eq!(profile.held(), 1.0);
+        assert_eq!(profile.contended(), 1.0);
+        let thread = &profile.threads()[0];
+        assert_eq!(thread.fraction(ThreadState::Attached), 0.75);
+        assert_eq!(thread.fraction(ThreadState::Hold), 0.25);
+    }
+
+    #[test]
     fn fractions_switches_and_contention_add_up() {
         let mut profile = Profile::new();
         for i in 0..1000u64 {

@@ -144,6 +144,34 @@ pub fn pythons() -> Pythons {
     Pythons { found, missing }
 }
 
+/// Free-threaded builds, kept apart from [`pythons`]: without a GIL their threads neither hold
+/// nor wait, so the GIL tests of every other interpreter do not apply. `scripts/test-pythons
+/// 3.13t` builds 3.13t into the same cache as Debian's 3.14/3.15.
+pub fn free_threaded_pythons() -> Pythons {
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    let cache = debian_pythons_dir();
+    let version = "3.13t";
+    let path = cache.join(version).join("python");
+    match python_version(&path) {
+        Some(exact) => found.push(Python {
+            label: format!("source-{exact}t"),
+            path: std::fs::canonicalize(&path).unwrap_or(path),
+            version: exact,
+            debug_file: None,
+        }),
+        None => missing.push((
+            format!("source-{version}"),
+            format!(
+                "no free-threaded CPython {version} in {} (run scripts/test-pythons {version}: \
+                 a ~10 min build)",
+                cache.display()
+            ),
+        )),
+    }
+    Pythons { found, missing }
+}
+
 /// The one interpreter that tests of the command line (not of a version) run against.
 pub fn cli_python(pythons: &Pythons) -> Option<Python> {
     pythons
@@ -387,10 +415,17 @@ pub fn thread_rows(report: &serde_json::Value) -> Vec<String> {
         .map(|a| {
             a.iter()
                 .map(|t| {
-                    format!(
+                    let mut row = format!(
                         "{} {}: hold {} wait {} running {} idle {}",
                         t["native_id"], t["name"], t["hold"], t["wait"], t["running"], t["idle"]
-                    )
+                    );
+                    if !t["attached"].is_null() {
+                        row.push_str(&format!(
+                            " attached {} suspended {}",
+                            t["attached"], t["suspended"]
+                        ));
+                    }
+                    row
                 })
                 .collect()
         })
