@@ -32,13 +32,20 @@ const ONE_GIL_HOLD_SUM: f64 = 1.05;
 const HOLD_SUM_VS_HELD: f64 = 0.05;
 /// Three spinners on one GIL each hold about a third of the time and wait the rest.
 const SPINNER_WAIT: f64 = 0.4;
+/// The switching test turns the GIL on this long after the threads start: about half-way
+/// through a recording that starts 0.3 s after the announcement.
+const ENABLE_GIL_AFTER_S: f64 = 1.8;
+/// Share of the ticks with the GIL on, and each spinner's share of attached and of GIL ticks
+/// (hold + wait), around the expected half: the start of the window and the import's own
+/// time move it by a few tenths at most.
+const SWITCHING_SHARE: (f64, f64) = (0.2, 0.8);
 
 fn main() {
     let mut args = Arguments::from_args();
     // These tests measure shares of time on a shared two-core machine: one at a time.
     args.test_threads = Some(1);
     let pythons = common::free_threaded_pythons();
-    let tests: [(&str, KnownAnswer); 4] = [
+    let tests: [(&str, KnownAnswer); 5] = [
         (
             "without_a_gil_the_spinners_run_python_in_parallel",
             without_gil,
@@ -46,6 +53,10 @@ fn main() {
         ("with_python_gil_1_the_spinners_share_the_gil", with_gil),
         ("text_dump_and_top_say_there_is_no_gil", no_gil_views),
         ("json_reports_and_dumps_match_their_schemas", schemas),
+        (
+            "a_gil_turned_on_at_run_time_is_followed_tick_by_tick",
+            switching,
+        ),
     ];
     let mut trials: Vec<Trial> = Vec::new();
     for (name, test) in tests {
@@ -87,16 +98,30 @@ fn missed(what: String, report: &Value) -> (Failed, Option<f64>) {
 
 /// The fixture under `python`, with the GIL forced on where `gil` is true.
 fn start(python: &Python, gil: bool) -> Result<Fixture, (Failed, Option<f64>)> {
+    start_with(python, gil, &[])
+}
+
+fn start_with(
+    python: &Python,
+    gil: bool,
+    extra: &[&str],
+) -> Result<Fixture, (Failed, Option<f64>)> {
     let script = common::fixture_path("free_threaded");
-    let setting = format!("PYTHON_GIL={}", if gil { 1 } else { 0 });
-    // `env` execs the interpreter: the fixture's pid is the interpreter's.
-    let argv = [
-        setting.as_str(),
-        &python.path.to_string_lossy(),
-        &script.to_string_lossy(),
+    // Unset, PYTHON_GIL lets an extension turn the GIL on; 0 would forbid it. `env` execs
+    // the interpreter: the fixture's pid is the interpreter's.
+    let python_path = python.path.to_string_lossy();
+    let script_path = script.to_string_lossy();
+    let mut argv = vec!["-u", "PYTHON_GIL"];
+    if gil {
+        argv.push("PYTHON_GIL=1");
+    }
+    argv.extend([
+        python_path.as_ref(),
+        script_path.as_ref(),
         "--duration",
         "60",
-    ];
+    ]);
+    argv.extend(extra);
     let fx = Fixture::start_command(Path::new("/usr/bin/env"), &argv).map_err(failed)?;
     if fx.facts["gil_enabled"] != gil {
         return Err(failed(format!(
@@ -298,4 +323,80 @@ fn schemas(python: &Python) -> Result<(), (Failed, Option<f64>)> {
         return Err(failed(format!("dump spinner {spinner}")));
     }
     common::matches_documented_schema(&dump, "docs/DUMP_SCHEMA.md").map_err(|e| (e, None))
+}
+
+/// fixtures/gilneeder.c built for `python` in a scratch directory: an extension that does
+/// not declare free-threading support, so importing it turns the GIL on.
+fn build_gil_needer(python: &Python) -> Result<std::path::PathBuf, String> {
+    let out = std::process::Command::new(&python.path)
+        .args([
+            "-c",
+            "import sysconfig as s; print(s.get_paths()['include']); \
+             print(s.get_config_var('EXT_SUFFIX'))",
+        ])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    let (include, suffix) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("gilneeder-{}", python.label));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let module = dir.join(format!("gilneeder{suffix}"));
+    let cc = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-I", include, "-o"])
+        .arg(&module)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/gilneeder.c"))
+        .output()
+        .map_err(|e| format!("cc: {e}"))?;
+    if !cc.status.success() {
+        return Err(format!("cc: {}", String::from_utf8_lossy(&cc.stderr)));
+    }
+    Ok(dir)
+}
+
+/// The GIL off, then turned on by an import half-way through: the ticks before count as
+/// attached, those after as hold and wait, and the GIL figures cover only the ticks with a
+/// GIL: the holders' shares of all ticks add up to the GIL's utilisation times its share.
+fn switching(python: &Python) -> Result<(), (Failed, Option<f64>)> {
+    let dir = match build_gil_needer(python) {
+        Ok(dir) => dir,
+        Err(why) => return Err(failed(format!("cannot build fixtures/gilneeder.c: {why}"))),
+    };
+    let after = ENABLE_GIL_AFTER_S.to_string();
+    let dir = dir.to_string_lossy();
+    let fx = start_with(
+        python,
+        false,
+        &["--enable-gil-after", &after, "--module-dir", &dir],
+    )?;
+    let report = record(&fx)?;
+    let gil = &report["gil"];
+    let enabled = fraction(gil, "enabled");
+    let (low, high) = SWITCHING_SHARE;
+    if gil["mode"] != "switching" || !(above(enabled, low) && enabled < high) {
+        return Err(missed(format!("gil {gil}"), &report));
+    }
+    let mut hold_sum = 0.0;
+    for thread in report["threads"].as_array().into_iter().flatten() {
+        hold_sum += fraction(thread, "hold");
+    }
+    let held = fraction(gil, "held");
+    if held.is_nan() || (hold_sum - held * enabled).abs() > HOLD_SUM_VS_HELD {
+        return Err(missed(
+            format!("holders add up to {hold_sum:.3}, GIL held {held} of {enabled} of ticks"),
+            &report,
+        ));
+    }
+    for role in SPINNERS {
+        let r = row(&report, &fx, role)?;
+        let attached = fraction(r, "attached");
+        let in_gil = fraction(r, "hold") + fraction(r, "wait");
+        if !(above(attached, low) && above(in_gil, low) && attached < high && in_gil < high) {
+            return Err(missed(
+                format!("{role}: attached {attached}, hold + wait {in_gil}"),
+                &report,
+            ));
+        }
+    }
+    Ok(())
 }
