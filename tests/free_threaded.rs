@@ -262,35 +262,12 @@ fn no_gil_views(python: &Python) -> Result<(), (Failed, Option<f64>)> {
     if !dump.contains("GIL: no GIL") || !dump.contains(&spinner_line) {
         return Err(failed(format!("dump:\n{dump}")));
     }
-    let line = top_line(&pid)?;
+    let line = common::top_first_line(fx.pid).map_err(failed)?;
     let shown = format!("({spinner}) attached ");
     if !(line.contains("no GIL: held n/a contended n/a switches n/a") && line.contains(&shown)) {
         return Err(failed(format!("top line: {line}")));
     }
     Ok(())
-}
-
-/// The first line `gilscope top` writes into a pipe (the last second's figures).
-fn top_line(pid: &str) -> Result<String, (Failed, Option<f64>)> {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(common::gilscope_bin())
-        .args(["top", "--pid", pid])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| failed(e.to_string()))?;
-    let stdout = child.stdout.take().ok_or_else(|| failed("no stdout"))?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(std::time::Duration::from_secs(10));
-    let _ = child.kill();
-    let _ = child.wait();
-    line.map_err(|_| failed("no line from gilscope top in time"))
 }
 
 /// A report and a sampled dump without a GIL have every documented field and no other.

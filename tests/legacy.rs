@@ -396,25 +396,8 @@ fn json_schema(legacy: &Legacy) -> Result<(), Failed> {
 /// `gilscope top` into a pipe: its line of the last second says n/a for contention and for
 /// each thread's wait.
 fn top(legacy: &Legacy) -> Result<(), Failed> {
-    use std::io::BufRead;
     let fx = legacy.start(&["--duration", "60"])?;
-    let mut child = Command::new(common::gilscope_bin())
-        .args(["top", "--pid", &fx.pid.to_string()])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(std::time::Duration::from_secs(10));
-    let _ = child.kill();
-    let _ = child.wait();
-    let line = line.map_err(|_| "no line from gilscope top in time")?;
+    let line = common::top_first_line(fx.pid)?;
     let spinner = format!("({}) hold ", fx.tid("spinner-0"));
     let ok = line.contains("contended n/a")
         && line.contains(&spinner)

@@ -455,16 +455,11 @@ mod tests {
     use super::*;
     use crate::target::memory::MemoryImage;
 
-    /// The values 3.13.0 publishes (read with gdb from the pyenv build).
-    fn image_3_13() -> Vec<u8> {
+    /// A debug-offsets block: the cookie, then version, free_threaded and the runtime,
+    /// interpreter and thread sections of 3.13.
+    fn block_3_13(values: [u64; 2 + 3 + 13 + 9]) -> Vec<u8> {
         let mut block = Vec::new();
         block.extend_from_slice(COOKIE);
-        let values: [u64; 2 + 3 + 13 + 9] = [
-            0x030D00F0, 0, // version, free_threaded
-            283320, 608, 632, // runtime_state
-            194968, 7272, 7264, 7344, 7400, 7656, 7640, 7648, 16, 7752, 0, 7768, 7760, 304, 0, 8,
-            16, 72, 152, 160, 232, 32, // thread_state
-        ];
         for v in values {
             block.extend_from_slice(&v.to_le_bytes());
         }
@@ -472,22 +467,25 @@ mod tests {
         block
     }
 
+    /// The values 3.13.0 publishes (read with gdb from the pyenv build).
+    fn image_3_13() -> Vec<u8> {
+        block_3_13([
+            0x030D00F0, 0, // version, free_threaded
+            283320, 608, 632, // runtime_state
+            194968, 7272, 7264, 7344, 7400, 7656, 7640, 7648, 16, 7752, 0, 7768, 7760, 304, 0, 8,
+            16, 72, 152, 160, 232, 32, // thread_state
+        ])
+    }
+
     /// The values the free-threaded 3.13.5 build publishes (gdb on its `.PyRuntime`).
     /// `gil_runtime_state_enabled` is 0 there, not the field's offset in the interpreter.
     fn image_3_13t() -> Vec<u8> {
-        let mut block = Vec::new();
-        block.extend_from_slice(COOKIE);
-        let values: [u64; 2 + 3 + 13 + 9] = [
+        block_3_13([
             0x030D05F0, 1, // version, free_threaded
             328320, 608, 632, // runtime_state
             215616, 7272, 7264, 7344, 7400, 7664, 7648, 7656, 16, 7760, 0, 7784, 7776, 304, 0, 8,
             16, 72, 152, 160, 232, 32, // thread_state
-        ];
-        for v in values {
-            block.extend_from_slice(&v.to_le_bytes());
-        }
-        block.resize(1024, 0);
-        block
+        ])
     }
 
     #[test]

@@ -716,13 +716,7 @@ fn state_label(state: ThreadState) -> String {
 /// over the longer windows; else every state over the last second.
 fn plan_columns(history: &History, width: usize) -> (Vec<Group>, usize) {
     let whole = history.process(usize::MAX);
-    let mut ticks = GilTicks::default();
-    if whole.free_threaded {
-        // Only whether the build is free-threaded and whether it ever had a GIL matter here.
-        ticks.off = 1;
-        ticks.ticks = (!whole.no_gil) as u64;
-    }
-    let states = super::shown_states(whole.free_threaded, &ticks);
+    let states = super::shown_states(whole.free_threaded, whole.no_gil);
     let last_second = || Group {
         title: format!("last {}", window_label(history, 1)),
         columns: states
@@ -804,17 +798,7 @@ pub fn plain_line(
     let (rows, hidden) = visible_rows(history, view);
     for row in rows {
         line.push_str(&format!(" | {} ({})", row.name, row.tid));
-        let states: &[ThreadState] = match (p.free_threaded, p.no_gil) {
-            (false, _) => &ThreadState::WITH_GIL,
-            (true, true) => &[
-                ThreadState::Attached,
-                ThreadState::Running,
-                ThreadState::Idle,
-                ThreadState::Suspended,
-            ],
-            (true, false) => &ThreadState::ALL,
-        };
-        for &state in states {
+        for state in super::shown_states(p.free_threaded, p.no_gil) {
             let share = percent(row.fraction(0, state));
             let figure = match state {
                 ThreadState::Wait => wait_figure(share, wait_measured),

@@ -60,8 +60,8 @@ pub const NO_GIL: &str = "no GIL: this free-threaded build ran without one, so t
 
 /// The thread states a report shows as columns: the four GIL states; on a free-threaded
 /// build that never had its GIL on, the no-GIL states; on one that had it on, both.
-pub fn shown_states(free_threaded: bool, ticks: &profile::GilTicks) -> Vec<ThreadState> {
-    match (free_threaded, ticks.no_gil()) {
+pub fn shown_states(free_threaded: bool, no_gil: bool) -> Vec<ThreadState> {
+    match (free_threaded, no_gil) {
         (false, _) => ThreadState::WITH_GIL.to_vec(),
         (true, true) => vec![
             ThreadState::Attached,

@@ -126,7 +126,7 @@ pub fn render(recording: &Recording) -> String {
         .max()
         .unwrap_or(4)
         .clamp(4, 32);
-    let states = super::shown_states(target.free_threaded, &ticks);
+    let states = super::shown_states(target.free_threaded, no_gil);
     let _ = write!(out, "{:>8}  {:<name_width$}", "TID", "NAME");
     // Columns as wide as their heading, at least "100.0%".
     let width = |state: ThreadState| state.name().len().max(7);

@@ -301,16 +301,9 @@ impl Fixture {
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| format!("start {}: {e}", program.display()))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) => line,
-            Err(_) => {
+        let line = match first_line(&mut child, Duration::from_secs(30)) {
+            Some(line) => line,
+            None => {
                 let _ = child.kill();
                 return Err(format!("{name} did not start"));
             }
@@ -377,6 +370,35 @@ pub fn gilscope_ok(args: &[&str]) -> Result<Output, libtest_mimic::Failed> {
         return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
     }
     Ok(out)
+}
+
+/// The first line `gilscope top --pid PID` writes into a pipe (the last second's figures),
+/// within 10 s.
+pub fn top_first_line(pid: i32) -> Result<String, String> {
+    let mut child = Command::new(gilscope_bin())
+        .args(["top", "--pid", &pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("start gilscope top: {e}"))?;
+    let line = first_line(&mut child, Duration::from_secs(10));
+    let _ = child.kill();
+    let _ = child.wait();
+    line.ok_or_else(|| "no line from gilscope top in time".to_string())
+}
+
+/// The first line of `child`'s piped stdout, if it comes `within` the time (the child may
+/// write nothing and keep running: the line is read on a thread of its own).
+fn first_line(child: &mut Child, within: Duration) -> Option<String> {
+    let stdout = child.stdout.take()?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    rx.recv_timeout(within).ok()
 }
 
 /// Record `pid` for `secs` seconds at default settings and parse the JSON report.
