@@ -180,18 +180,23 @@ pub struct RenderOptions {
     pub states: Vec<ThreadState>,
 }
 
+impl RenderOptions {
+    /// The default states for `recordings`: where one is of a free-threaded build, also
+    /// attached, where such a build without a GIL runs Python (hold's counterpart).
+    pub fn with_states_of(mut self, recordings: &[Recording]) -> RenderOptions {
+        let free_threaded = recordings.iter().any(|r| r.target.free_threaded);
+        if free_threaded && !self.states.contains(&ThreadState::Attached) {
+            self.states.push(ThreadState::Attached);
+        }
+        self
+    }
+}
+
 impl Default for RenderOptions {
     fn default() -> RenderOptions {
         RenderOptions {
             view: View::Threads,
-            // Attached is where a free-threaded build without a GIL runs Python: hold's
-            // counterpart (never seen on other builds).
-            states: vec![
-                ThreadState::Hold,
-                ThreadState::Wait,
-                ThreadState::Running,
-                ThreadState::Attached,
-            ],
+            states: vec![ThreadState::Hold, ThreadState::Wait, ThreadState::Running],
         }
     }
 }
