@@ -275,6 +275,10 @@ pub enum StateArg {
     Wait,
     Running,
     Idle,
+    /// Free-threaded builds without a GIL: running Python.
+    Attached,
+    /// Free-threaded builds without a GIL: stopped by a stop-the-world pause.
+    Suspended,
 }
 
 impl From<StateArg> for ThreadState {
@@ -284,6 +288,8 @@ impl From<StateArg> for ThreadState {
             StateArg::Wait => ThreadState::Wait,
             StateArg::Running => ThreadState::Running,
             StateArg::Idle => ThreadState::Idle,
+            StateArg::Attached => ThreadState::Attached,
+            StateArg::Suspended => ThreadState::Suspended,
         }
     }
 }

@@ -38,6 +38,8 @@ pub struct ThreadSnapshot {
 pub struct Snapshot {
     pub target: TargetInfo,
     pub gil_locked: bool,
+    /// Free-threaded builds: whether the GIL was on at the snapshot (None elsewhere).
+    pub gil_enabled: Option<bool>,
     pub interval_us: u64,
     pub threads: Vec<ThreadSnapshot>,
     /// The recording made first with `--sample`.
@@ -174,6 +176,7 @@ fn snapshot(
         return Ok(Snapshot {
             target,
             gil_locked: first.locked,
+            gil_enabled: first.gil.enabled,
             interval_us: first.gil.interval_us,
             threads,
             recording,
@@ -192,7 +195,7 @@ fn innermost_first(table: &StackTable, id: u32) -> Vec<Frame> {
 
 impl Snapshot {
     /// The fractions of the `--sample` recording, by tid.
-    pub fn fractions(&self) -> HashMap<i32, [f64; 4]> {
+    pub fn fractions(&self) -> HashMap<i32, [f64; ThreadState::COUNT]> {
         let Some(recording) = &self.recording else {
             return HashMap::new();
         };

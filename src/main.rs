@@ -324,6 +324,9 @@ fn record_command(args: RecordArgs) -> Result<()> {
             );
         }
     }
+    if args.state.is_empty() {
+        render = render.with_states_of(&recordings);
+    }
     let rendered = if args.subprocesses {
         format.render_processes(&recordings, &render)
     } else {

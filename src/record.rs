@@ -229,6 +229,7 @@ pub fn target_info(observer: &Observer<ProcessMemory>) -> TargetInfo {
         command_line: process::command_line(observer.pid).unwrap_or_default(),
         layout,
         wait_measured: interpreter.measures_wait(),
+        free_threaded: interpreter.layout.free_threaded,
     }
 }
 

@@ -344,7 +344,7 @@ fn dump(legacy: &Legacy) -> Result<(), Failed> {
     let pid = fx.pid.to_string();
     let out = gilscope_ok(&["dump", "--pid", &pid, "--json", "--sample", "0.5"])?;
     let dump: Value = serde_json::from_slice(&out.stdout)?;
-    if dump["schema"] != "gilscope.dump/2" || dump["target"]["wait_measured"] != false {
+    if dump["schema"] != "gilscope.dump/3" || dump["target"]["wait_measured"] != false {
         return Err(format!("schema {} target {}", dump["schema"], dump["target"]).into());
     }
     if !dump["gil"]["interval_s"].is_null() || !dump["sample"]["contended"].is_null() {
@@ -387,7 +387,7 @@ fn dump(legacy: &Legacy) -> Result<(), Failed> {
 
 fn json_schema(legacy: &Legacy) -> Result<(), Failed> {
     let (_fx, report) = record(legacy, &["--alternator"])?;
-    if report["schema"] != "gilscope.report/4" {
+    if report["schema"] != "gilscope.report/5" {
         return Err(format!("schema {}", report["schema"]).into());
     }
     common::matches_documented_schema(&report, "docs/JSON_SCHEMA.md")
@@ -396,25 +396,8 @@ fn json_schema(legacy: &Legacy) -> Result<(), Failed> {
 /// `gilscope top` into a pipe: its line of the last second says n/a for contention and for
 /// each thread's wait.
 fn top(legacy: &Legacy) -> Result<(), Failed> {
-    use std::io::BufRead;
     let fx = legacy.start(&["--duration", "60"])?;
-    let mut child = Command::new(common::gilscope_bin())
-        .args(["top", "--pid", &fx.pid.to_string()])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(std::time::Duration::from_secs(10));
-    let _ = child.kill();
-    let _ = child.wait();
-    let line = line.map_err(|_| "no line from gilscope top in time")?;
+    let line = common::top_first_line(fx.pid)?;
     let spinner = format!("({}) hold ", fx.tid("spinner-0"));
     let ok = line.contains("contended n/a")
         && line.contains(&spinner)

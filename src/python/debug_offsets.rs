@@ -311,6 +311,11 @@ fn build(block: &[u8], version: &Version, free_threaded: bool) -> Result<Layout,
         block,
         schema: schema_for(version),
     };
+    if free_threaded && layout::attach_state_offset(version, 0).is_none() {
+        return Err(format!(
+            "free-threaded builds of {version} are not supported yet (only 3.13t)"
+        ));
+    }
     let need = |value: Option<u64>, what: &str| {
         value.ok_or_else(|| format!("_Py_DebugOffsets has no {what}"))
     };
@@ -329,9 +334,12 @@ fn build(block: &[u8], version: &Version, free_threaded: bool) -> Result<Layout,
             .then_some(v)
             .ok_or_else(|| format!("implausible thread_state.{name} = {v}"))
     };
-    if free_threaded {
-        return Err("free-threaded builds are not supported yet".into());
-    }
+    let status = tstate_field("status")?;
+    // Free-threaded builds: `tstate->state` tells a thread running Python from the others
+    // when the GIL is off; the debug offsets of 3.13 do not give it.
+    let attach_state = free_threaded
+        .then(|| layout::attach_state_offset(version, status))
+        .flatten();
     let gil_base = interp_field("gil_runtime_state")?;
     // `interval` and `last_holder` come before `locked`: 16 bytes of the struct at least.
     let locked = interp_field("gil_runtime_state_locked")?
@@ -341,13 +349,19 @@ fn build(block: &[u8], version: &Version, free_threaded: bool) -> Result<Layout,
     let holder = interp_field("gil_runtime_state_holder")?
         .checked_sub(gil_base)
         .ok_or("gil_runtime_state_holder lies before the GIL struct")?;
-    let gil_fields = GilFields::from_locked(locked, None);
+    // A free-threaded GIL starts with `int enabled`: `locked` is 8 bytes further in.
+    let enabled = free_threaded.then_some(0);
+    if free_threaded && locked != 24 {
+        return Err(format!(
+            "free-threaded GIL with locked at +{locked}, not after `enabled` at +24"
+        ));
+    }
+    let gil_fields = GilFields::from_locked(locked, enabled);
     if gil_fields.last_holder != holder {
         return Err(format!(
             "GIL holder at +{holder} and locked at +{locked} do not fit the known struct"
         ));
     }
-    let status = tstate_field("status")?;
     let flag = |name: &str| tstate_field(name).ok().map(Flag::int);
     let runtime_size = need(sections.runtime("size"), "runtime size")?;
     let interpreters_head = need(sections.runtime("interpreters_head"), "interpreters_head")?;
@@ -372,6 +386,8 @@ fn build(block: &[u8], version: &Version, free_threaded: bool) -> Result<Layout,
         tstate_holds_gil: flag("holds_gil")
             .or_else(|| layout::supplement_debug_offsets(version, status)),
         tstate_gil_requested: flag("gil_requested"),
+        free_threaded,
+        tstate_attach_state: attach_state,
         current: Current::ThreadFlag(Flag::bit(status, layout::ACTIVE_BIT)),
         stack: stack_layout(&sections, version, tstate_field("current_frame")?).ok(),
     })
@@ -439,21 +455,69 @@ mod tests {
     use super::*;
     use crate::target::memory::MemoryImage;
 
-    /// The values 3.13.0 publishes (read with gdb from the pyenv build).
-    fn image_3_13() -> Vec<u8> {
+    /// A debug-offsets block: the cookie, then version, free_threaded and the runtime,
+    /// interpreter and thread sections of 3.13.
+    fn block_3_13(values: [u64; 2 + 3 + 13 + 9]) -> Vec<u8> {
         let mut block = Vec::new();
         block.extend_from_slice(COOKIE);
-        let values: [u64; 2 + 3 + 13 + 9] = [
-            0x030D00F0, 0, // version, free_threaded
-            283320, 608, 632, // runtime_state
-            194968, 7272, 7264, 7344, 7400, 7656, 7640, 7648, 16, 7752, 0, 7768, 7760, 304, 0, 8,
-            16, 72, 152, 160, 232, 32, // thread_state
-        ];
         for v in values {
             block.extend_from_slice(&v.to_le_bytes());
         }
         block.resize(1024, 0);
         block
+    }
+
+    /// The values 3.13.0 publishes (read with gdb from the pyenv build).
+    fn image_3_13() -> Vec<u8> {
+        block_3_13([
+            0x030D00F0, 0, // version, free_threaded
+            283320, 608, 632, // runtime_state
+            194968, 7272, 7264, 7344, 7400, 7656, 7640, 7648, 16, 7752, 0, 7768, 7760, 304, 0, 8,
+            16, 72, 152, 160, 232, 32, // thread_state
+        ])
+    }
+
+    /// The values the free-threaded 3.13.5 build publishes (gdb on its `.PyRuntime`).
+    /// `gil_runtime_state_enabled` is 0 there, not the field's offset in the interpreter.
+    fn image_3_13t() -> Vec<u8> {
+        block_3_13([
+            0x030D05F0, 1, // version, free_threaded
+            328320, 608, 632, // runtime_state
+            215616, 7272, 7264, 7344, 7400, 7664, 7648, 7656, 16, 7760, 0, 7784, 7776, 304, 0, 8,
+            16, 72, 152, 160, 232, 32, // thread_state
+        ])
+    }
+
+    #[test]
+    fn a_free_threaded_3_13_gil_lies_past_its_enabled_field() {
+        let mut image = MemoryImage::new();
+        image.add(0x10000, image_3_13t());
+        let layout = read(&image, 0x10000, &Version::new(3, 13, 5))
+            .unwrap()
+            .unwrap();
+        assert!(layout.free_threaded);
+        let gil = layout.gil_fields;
+        assert_eq!(gil.enabled, Some(0));
+        assert_eq!((gil.interval, gil.last_holder, gil.locked), (8, 16, 24));
+        assert_eq!(
+            (gil.switch_number, gil.sync_start, gil.sync_end),
+            (32, 40, 216)
+        );
+        // offsetof(PyThreadState, state) in the 3.13.5 free-threaded build.
+        assert_eq!(layout.tstate_attach_state, Some(40));
+        assert!(layout.tstate_read_size() >= 48);
+    }
+
+    #[test]
+    fn free_threaded_builds_after_3_13_are_refused() {
+        let mut block = image_3_13t();
+        block[8..16].copy_from_slice(&0x030E00F0u64.to_le_bytes());
+        let mut image = MemoryImage::new();
+        image.add(0x10000, block);
+        let error = read(&image, 0x10000, &Version::new(3, 14, 0))
+            .unwrap()
+            .unwrap_err();
+        assert!(error.contains("free-threaded"), "{error}");
     }
 
     #[test]

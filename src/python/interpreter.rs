@@ -125,6 +125,18 @@ pub struct GilState {
     pub interval_us: u64,
     /// The thread state CPython calls current (3.6-3.11): the thread running Python.
     pub current: Option<u64>,
+    /// Free-threaded builds: is the GIL on (`enabled` != 0)? None on other builds, where
+    /// it always is. It can change at run time (an extension without free-threading support
+    /// turns it on).
+    pub enabled: Option<bool>,
+}
+
+impl GilState {
+    /// No GIL at this instant (a free-threaded build running without one): threads are
+    /// attached or detached, nobody holds or waits.
+    pub fn off(&self) -> bool {
+        self.enabled == Some(false)
+    }
 }
 
 /// One Python thread state at one instant.
@@ -144,6 +156,8 @@ pub struct PyThread {
     pub gil_requested: Option<bool>,
     /// The thread's own "I am running Python" flag (`_status.active`, 3.12+).
     pub active: Option<bool>,
+    /// `tstate->state` on free-threaded builds: attached, detached or suspended.
+    pub attach_state: Option<u32>,
     /// Which GIL its interpreter uses: 0 the main one, `i` the `i-1`th of
     /// [`Interpreter::other_gils`].
     pub gil: usize,
@@ -900,6 +914,10 @@ impl Interpreter {
                 layout::Current::ThreadFlag(f) => flag(Some(f)),
                 _ => None,
             },
+            attach_state: self
+                .layout
+                .tstate_attach_state
+                .and_then(|o| u32_at(block, o)),
             gil,
         })
     }
@@ -942,6 +960,7 @@ pub fn read_gil(
             switch_number: 0,
             interval_us: 0,
             current: Some(current),
+            enabled: None,
         });
     }
     match (gil_span(gil), gil.block) {
@@ -964,6 +983,7 @@ pub fn read_gil(
                 Some(c) => Some(memory.read_u64(c)?),
                 None => None,
             },
+            None,
         )),
     }
 }
@@ -989,6 +1009,7 @@ fn block_state(block: &[u8], fields: GilFields, current: Option<u64>) -> GilStat
         u64_at(block, fields.switch_number).unwrap_or(0),
         u64_at(block, fields.interval).unwrap_or(0),
         current,
+        fields.enabled.map(|e| i32_at(block, e).unwrap_or(0) != 0),
     )
 }
 
@@ -998,6 +1019,7 @@ fn gil_state(
     switch_number: u64,
     interval: u64,
     current: Option<u64>,
+    enabled: Option<bool>,
 ) -> GilState {
     if locked < 0 {
         // 3.6 before a second thread starts: no GIL; the running thread is the current one.
@@ -1009,6 +1031,7 @@ fn gil_state(
             switch_number,
             interval_us: interval,
             current: Some(current),
+            enabled,
         };
     }
     let locked = locked == 1;
@@ -1019,6 +1042,7 @@ fn gil_state(
         switch_number,
         interval_us: interval,
         current,
+        enabled,
     }
 }
 

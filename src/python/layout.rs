@@ -107,6 +107,12 @@ pub struct Layout {
     pub tstate_native_thread_id: Option<u64>,
     pub tstate_holds_gil: Option<Flag>,
     pub tstate_gil_requested: Option<Flag>,
+    /// A free-threaded build (3.13t): the GIL may be off (`gil_fields.enabled`), and object
+    /// headers are not the default ones.
+    pub free_threaded: bool,
+    /// `tstate->state` (an int: [`ATTACHED`], [`SUSPENDED`] or detached), read on
+    /// free-threaded builds to tell threads running Python from the rest when there is no GIL.
+    pub tstate_attach_state: Option<u64>,
     /// Where CPython records which thread is running Python: set right after `take_gil`
     /// returns, cleared right before the GIL is released. This is "holding" in the exact
     /// sense (the GIL's `locked` stays 1 a little longer while the thread is already inside
@@ -372,6 +378,7 @@ impl Layout {
             },
             self.tstate_holds_gil.map(|f| f.offset),
             self.tstate_gil_requested.map(|f| f.offset),
+            self.tstate_attach_state,
         ];
         fields.into_iter().flatten().max().unwrap_or(0) + 8
     }
@@ -395,6 +402,8 @@ pub fn table_for(version: &Version) -> Option<Layout> {
         tstate_native_thread_id: None,
         tstate_holds_gil: None,
         tstate_gil_requested: None,
+        free_threaded: false,
+        tstate_attach_state: None,
         current: Current::None,
         stack: stack_table(version.major, version.minor),
     };
@@ -473,6 +482,21 @@ pub const ACTIVE_BIT: u8 = 4;
 
 /// Distance from the GIL struct to `gilstate.tstate_current` in 3.7-3.11 `_PyRuntime`.
 pub const TSTATE_CURRENT_AFTER_GIL: u64 = 216;
+
+/// `tstate->state` values (3.13+): the thread runs Python (it may touch objects).
+pub const ATTACHED: u32 = 1;
+/// ...it was stopped by a stop-the-world pause (GC, fork) on its way to attaching.
+pub const SUSPENDED: u32 = 2;
+
+/// Offset of `tstate->state` where `_Py_DebugOffsets` does not give it: 3.13 keeps it after
+/// `_status` (a 4-byte bitfield word) and `int _whence`, at `_status + 8` (offsetof() in the
+/// 3.13.5 free-threaded build: 40, docs/COMPATIBILITY.md).
+pub fn attach_state_offset(version: &Version, status_offset: u64) -> Option<u64> {
+    match (version.major, version.minor) {
+        (3, 13) => Some(status_offset + 8),
+        _ => None,
+    }
+}
 
 /// Per-thread GIL flags that `_Py_DebugOffsets` does not describe on some versions.
 /// 3.13: `_status.holds_gil` is bit 5 of the `_status` word. 3.14: `int holds_gil` at +36.

@@ -275,8 +275,14 @@ fn byte_at(block: &[u8], offset: u64) -> Option<u64> {
 }
 
 impl ThreadNames {
-    /// None where the version's objects are not known (then OS thread names are used).
+    /// None where the version's objects are not known (then OS thread names are used). The
+    /// object tables here are for the default object header: a free-threaded build's is
+    /// 16 bytes longer (ob_tid, ob_ref_local, ob_ref_shared before ob_type), so every
+    /// offset would be off.
     pub fn new(version: &Version, layout: &Layout) -> Option<ThreadNames> {
+        if layout.free_threaded {
+            return None;
+        }
         Some(ThreadNames {
             objects: object_layout(version)?,
             strings: layout.stack?,

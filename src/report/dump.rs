@@ -1,5 +1,5 @@
 //! The `gilscope dump` outputs: every thread's GIL state and stack at one instant, in text and
-//! as JSON (schema `gilscope.dump/2`, docs/DUMP_SCHEMA.md). Rendering only.
+//! as JSON (schema `gilscope.dump/3`, docs/DUMP_SCHEMA.md). Rendering only.
 
 use std::fmt::Write;
 
@@ -10,8 +10,8 @@ use crate::dump::Snapshot;
 use crate::python::stack::Frame;
 use crate::sample::ThreadState;
 
-pub const SCHEMA: &str = "gilscope.dump/2";
-pub const PROCESSES_SCHEMA: &str = "gilscope.dumps/2";
+pub const SCHEMA: &str = "gilscope.dump/3";
+pub const PROCESSES_SCHEMA: &str = "gilscope.dumps/3";
 
 fn state_text(state: ThreadState) -> &'static str {
     match state {
@@ -19,6 +19,8 @@ fn state_text(state: ThreadState) -> &'static str {
         ThreadState::Wait => "waiting for the GIL",
         ThreadState::Running => "running without the GIL",
         ThreadState::Idle => "idle",
+        ThreadState::Attached => "attached (running Python, no GIL)",
+        ThreadState::Suspended => "suspended (stop-the-world pause)",
     }
 }
 
@@ -49,6 +51,9 @@ pub fn text(snapshot: &Snapshot) -> String {
         out,
         "GIL: {}; switch interval {}",
         match holder {
+            _ if snapshot.gil_enabled == Some(false) => {
+                "no GIL (free-threaded build, GIL disabled)".to_string()
+            }
             Some(h) => format!("held by {} ({})", printable(&h.name), h.tid),
             None if snapshot.gil_locked => "locked (being handed over)".to_string(),
             None => "free".to_string(),
@@ -59,7 +64,9 @@ pub fn text(snapshot: &Snapshot) -> String {
             super::UNAVAILABLE.to_string()
         }
     );
-    if !measured {
+    if snapshot.gil_enabled == Some(false) {
+        let _ = writeln!(out, "note: {}", super::NO_GIL);
+    } else if !measured {
         let _ = writeln!(out, "note: {}", super::WAIT_UNAVAILABLE);
     }
     let fractions = snapshot.fractions();
@@ -112,6 +119,14 @@ pub fn text(snapshot: &Snapshot) -> String {
                 100.0 * f[2],
                 100.0 * f[3]
             );
+            if t.free_threaded {
+                let _ = write!(
+                    out,
+                    "[attached {:.1}% suspended {:.1}%]",
+                    100.0 * f[ThreadState::Attached.index()],
+                    100.0 * f[ThreadState::Suspended.index()]
+                );
+            }
         }
         let _ = writeln!(out);
         match &thread.stack {
@@ -143,8 +158,8 @@ pub fn text_processes(snapshots: &[Snapshot]) -> String {
     super::process_sections(snapshots.iter().map(text))
 }
 
-/// Several processes: schema `gilscope.dumps/2`, whose `processes` holds a
-/// `gilscope.dump/2` document per process.
+/// Several processes: schema `gilscope.dumps/3`, whose `processes` holds a
+/// `gilscope.dump/3` document per process.
 pub fn json_processes(snapshots: &[Snapshot]) -> String {
     let processes: Vec<Value> = snapshots.iter().map(document).collect();
     let mut out = serde_json::to_string_pretty(&json!({
@@ -167,6 +182,7 @@ fn document(snapshot: &Snapshot) -> Value {
     // Null, not 0, where waits cannot be seen (docs/DUMP_SCHEMA.md).
     let measured = snapshot.target.wait_measured;
     let wait_figure = |value: f64| measured.then_some(value);
+    let free_threaded = snapshot.target.free_threaded;
     let holder = snapshot
         .threads
         .iter()
@@ -176,7 +192,10 @@ fn document(snapshot: &Snapshot) -> Value {
         .iter()
         .map(|t| {
             let sampled = fractions.get(&t.tid).map(|f| {
-                json!({"hold": f[0], "wait": wait_figure(f[1]), "running": f[2], "idle": f[3]})
+                let ft = |state: ThreadState| free_threaded.then_some(f[state.index()]);
+                json!({"hold": f[0], "wait": wait_figure(f[1]), "running": f[2], "idle": f[3],
+                       "attached": ft(ThreadState::Attached),
+                       "suspended": ft(ThreadState::Suspended)})
             });
             json!({
                 "native_id": t.tid,
@@ -204,11 +223,12 @@ fn document(snapshot: &Snapshot) -> Value {
                 "stack": stack,
             })
         });
+        let no_gil = p.gil_ticks().no_gil();
         json!({
             "duration_s": p.duration_s(),
             "samples": p.samples,
-            "held": p.held(),
-            "contended": wait_figure(p.contended()),
+            "held": (!no_gil).then_some(p.held()),
+            "contended": wait_figure(p.contended()).filter(|_| !no_gil),
             "top_blame": blame,
         })
     });
@@ -217,6 +237,7 @@ fn document(snapshot: &Snapshot) -> Value {
         "target": snapshot.target,
         "gil": {
             "locked": snapshot.gil_locked,
+            "enabled": snapshot.gil_enabled,
             "holder_native_id": holder.map(|h| h.tid),
             "interval_s": (snapshot.interval_us > 0).then(|| snapshot.interval_us as f64 / 1e6),
         },

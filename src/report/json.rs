@@ -1,4 +1,4 @@
-//! The JSON report: schema `gilscope.report/4` (and `gilscope.processes/3` around several),
+//! The JSON report: schema `gilscope.report/5` (and `gilscope.processes/4` around several),
 //! documented in docs/JSON_SCHEMA.md.
 //! Field names and meanings are a contract: add fields, never change or remove them.
 
@@ -9,8 +9,8 @@ use super::Recording;
 use crate::python::stack::{FrameId, StackTable};
 use crate::sample::ThreadState;
 
-pub const SCHEMA: &str = "gilscope.report/4";
-pub const PROCESSES_SCHEMA: &str = "gilscope.processes/3";
+pub const SCHEMA: &str = "gilscope.report/5";
+pub const PROCESSES_SCHEMA: &str = "gilscope.processes/4";
 
 /// Locations listed per thread and state, and blame stacks listed for the process.
 pub const TOP_LOCATIONS: usize = 5;
@@ -74,7 +74,10 @@ struct Window {
 
 #[derive(Serialize)]
 struct Gil {
-    held: f64,
+    /// "gil", "no_gil" or "switching" (free-threaded builds whose GIL went on or off).
+    mode: &'static str,
+    enabled: Option<f64>,
+    held: Option<f64>,
     contended: Option<f64>,
     mean_waiting: Option<f64>,
     switches_per_s: Option<f64>,
@@ -88,7 +91,7 @@ struct Gil {
 struct GilEntry {
     interpreters: Vec<Option<i64>>,
     own: bool,
-    held: f64,
+    held: Option<f64>,
     contended: Option<f64>,
     mean_waiting: Option<f64>,
     switches_per_s: Option<f64>,
@@ -104,16 +107,19 @@ struct Thread {
     python: bool,
     interpreter: Option<i64>,
     gil: Option<usize>,
-    hold: f64,
+    hold: Option<f64>,
     wait: Option<f64>,
     running: f64,
     idle: f64,
+    attached: Option<f64>,
+    suspended: Option<f64>,
     samples: u64,
     margin: Option<f64>,
     top_hold: Vec<Location>,
     top_wait: Option<Vec<Location>>,
     top_running: Vec<Location>,
     top_idle: Vec<Location>,
+    top_attached: Option<Vec<Location>>,
 }
 
 #[derive(Serialize)]
@@ -126,8 +132,8 @@ pub fn render(recording: &Recording) -> String {
     finish(serde_json::to_string_pretty(&report(recording)))
 }
 
-/// Several processes (`--subprocesses`): schema `gilscope.processes/3`, whose `processes`
-/// holds a `gilscope.report/4` document per process, in the order they were found.
+/// Several processes (`--subprocesses`): schema `gilscope.processes/4`, whose `processes`
+/// holds a `gilscope.report/5` document per process, in the order they were found.
 pub fn render_processes(recordings: &[Recording]) -> String {
     let processes: Vec<serde_json::Value> = recordings
         .iter()
@@ -151,8 +157,15 @@ fn report(recording: &Recording) -> Report<'_> {
     let profile = &recording.profile;
     // Where waits cannot be seen, every figure about them is null, never a 0 that would
     // read as "nobody waited".
-    let measured = recording.target.wait_measured;
+    // Without a GIL at any tick, nothing held or waited: GIL figures are null, as are
+    // waits on interpreters where they cannot be seen.
+    let ticks = profile.gil_ticks();
+    let no_gil = ticks.no_gil();
+    let measured = recording.target.wait_measured && !no_gil;
     let wait_figure = |value: f64| measured.then_some(value);
+    let gil_figure = |value: f64| (!no_gil).then_some(value);
+    let free_threaded = recording.target.free_threaded;
+    let ft_figure = |value: f64| free_threaded.then_some(value);
     Report {
         schema: SCHEMA,
         target: &recording.target,
@@ -164,12 +177,24 @@ fn report(recording: &Recording) -> Report<'_> {
             end_monotonic_ns: profile.end_ns,
         },
         gil: Gil {
-            held: round(profile.held(), 4),
+            mode: match (no_gil, ticks.off > 0) {
+                (true, _) => "no_gil",
+                (false, true) => "switching",
+                (false, false) => "gil",
+            },
+            enabled: ticks.enabled_share().map(|e| round(e, 4)),
+            held: gil_figure(round(profile.held(), 4)),
             contended: wait_figure(round(profile.contended(), 4)),
             mean_waiting: wait_figure(round(profile.mean_waiting(), 4)),
-            switches_per_s: profile.switches_per_s().map(|s| round(s, 2)),
+            switches_per_s: profile
+                .switches_per_s()
+                .filter(|_| !no_gil)
+                .map(|s| round(s, 2)),
             interval_s: (profile.interval_us > 0).then(|| profile.interval_us as f64 / 1e6),
-            held_margin: profile.held_margin().map(|m| round(m, 4)),
+            held_margin: profile
+                .held_margin()
+                .filter(|_| !no_gil)
+                .map(|m| round(m, 4)),
             contended_margin: profile
                 .contended_margin()
                 .filter(|_| measured)
@@ -180,7 +205,8 @@ fn report(recording: &Recording) -> Report<'_> {
             .threads()
             .into_iter()
             .map(|t| {
-                let [hold, wait, running, idle] = fractions_summing_to_one(&t.counts);
+                let [hold, wait, running, idle, attached, suspended] =
+                    fractions_summing_to_one(&t.counts);
                 let (interpreter, gil) = thread_gil(profile, t);
                 Thread {
                     native_id: t.tid,
@@ -190,16 +216,20 @@ fn report(recording: &Recording) -> Report<'_> {
                     python: t.thread_id.is_some(),
                     interpreter,
                     gil,
-                    hold,
+                    hold: gil_figure(hold),
                     wait: wait_figure(wait),
                     running,
                     idle,
+                    attached: ft_figure(attached),
+                    suspended: ft_figure(suspended),
                     samples: t.counts.total(),
                     margin: t.worst_margin().map(|m| round(m, 4)),
                     top_hold: locations(recording, t, ThreadState::Hold),
                     top_wait: measured.then(|| locations(recording, t, ThreadState::Wait)),
                     top_running: locations(recording, t, ThreadState::Running),
                     top_idle: locations(recording, t, ThreadState::Idle),
+                    top_attached: free_threaded
+                        .then(|| locations(recording, t, ThreadState::Attached)),
                 }
             })
             .collect(),
@@ -237,17 +267,22 @@ fn thread_gil(
 /// figures are the process's.
 fn gils(recording: &Recording) -> Vec<GilEntry> {
     let profile = &recording.profile;
-    let measured = recording.target.wait_measured;
+    let no_gil = profile.gil_ticks().no_gil();
+    let measured = recording.target.wait_measured && !no_gil;
     let wait_figure = |value: f64| measured.then_some(round(value, 4));
+    let held_figure = |value: f64| (!no_gil).then_some(round(value, 4));
     let threads = profile.threads();
     if profile.gils().is_empty() {
         return vec![GilEntry {
             interpreters: vec![Some(0)],
             own: false,
-            held: round(profile.held(), 4),
+            held: held_figure(profile.held()),
             contended: wait_figure(profile.contended()),
             mean_waiting: wait_figure(profile.mean_waiting()),
-            switches_per_s: profile.switches_per_s().map(|s| round(s, 2)),
+            switches_per_s: profile
+                .switches_per_s()
+                .filter(|_| !no_gil)
+                .map(|s| round(s, 2)),
             threads: threads
                 .iter()
                 .filter(|t| t.thread_id.is_some())
@@ -265,7 +300,7 @@ fn gils(recording: &Recording) -> Vec<GilEntry> {
                 ids
             },
             own: gil.own,
-            held: round(gil.held(), 4),
+            held: held_figure(gil.held()),
             contended: wait_figure(gil.contended()),
             mean_waiting: wait_figure(gil.mean_waiting()),
             switches_per_s: gil.switches_per_s().map(|s| round(s, 2)),
@@ -342,26 +377,26 @@ fn blame(recording: &Recording) -> Blame {
     }
 }
 
-/// The four fractions in units of 1e-4, rounded so that they add up to exactly 1 (largest
-/// remainder), as the schema promises.
-fn fractions_summing_to_one(counts: &Counts) -> [f64; 4] {
+/// The fractions of every state in units of 1e-4, rounded so that they add up to exactly 1
+/// (largest remainder), as the schema promises.
+fn fractions_summing_to_one(counts: &Counts) -> [f64; ThreadState::COUNT] {
     const UNITS: u64 = 10_000;
     let total = counts.total();
     if total == 0 {
-        return [0.0; 4];
+        return [0.0; ThreadState::COUNT];
     }
     let exact: Vec<u128> = ThreadState::ALL
         .iter()
         .map(|s| counts.get(*s) as u128 * UNITS as u128)
         .collect();
     let mut units: Vec<u64> = exact.iter().map(|e| (e / total as u128) as u64).collect();
-    let mut order: Vec<usize> = (0..4).collect();
+    let mut order: Vec<usize> = (0..ThreadState::COUNT).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(exact[i] % total as u128));
     let missing = UNITS - units.iter().sum::<u64>();
     for &i in order.iter().take(missing as usize) {
         units[i] += 1;
     }
-    [0, 1, 2, 3].map(|i| units[i] as f64 / UNITS as f64)
+    std::array::from_fn(|i| units[i] as f64 / UNITS as f64)
 }
 
 fn round(value: f64, digits: i32) -> f64 {
@@ -376,7 +411,7 @@ mod tests {
     #[test]
     fn rounded_fractions_add_up_to_exactly_one() {
         let mut counts = Counts {
-            by_state: [1, 1, 1, 0],
+            by_state: [1, 1, 1, 0, 0, 0],
         };
         let f = fractions_summing_to_one(&counts);
         assert_eq!(
@@ -384,12 +419,15 @@ mod tests {
             10_000
         );
         assert_eq!(f[3], 0.0);
-        counts.by_state = [2, 3, 5, 7];
+        counts.by_state = [2, 3, 5, 7, 0, 0];
         let f = fractions_summing_to_one(&counts);
         assert_eq!(
             f.iter().map(|x| (x * 1e4).round() as u64).sum::<u64>(),
             10_000
         );
-        assert_eq!(fractions_summing_to_one(&Counts::default()), [0.0; 4]);
+        assert_eq!(
+            fractions_summing_to_one(&Counts::default()),
+            [0.0; ThreadState::COUNT]
+        );
     }
 }

@@ -29,7 +29,7 @@ pub struct ThreadSlice {
     pub tid: i32,
     pub thread_id: Option<u64>,
     pub name: String,
-    pub counts: [u64; 4],
+    pub counts: [u64; ThreadState::COUNT],
 }
 
 /// What the waiters of one slice waited on: a holder and its innermost Python frame.
@@ -115,6 +115,20 @@ pub struct ProcessFigures {
     pub contended: f64,
     pub switches_per_s: Option<f64>,
     pub samples: u64,
+    /// A free-threaded build ran without a GIL all through the window: no GIL figures.
+    pub no_gil: bool,
+    pub free_threaded: bool,
+}
+
+impl ProcessFigures {
+    /// A GIL figure, or "n/a" where there was no GIL.
+    fn gil_figure(&self, text: String) -> String {
+        if self.no_gil {
+            super::UNAVAILABLE.to_string()
+        } else {
+            text
+        }
+    }
 }
 
 /// A thread alive in the latest slice, with its fractions over each of `WINDOWS`.
@@ -123,7 +137,7 @@ pub struct ThreadRow {
     pub tid: i32,
     pub name: String,
     /// [window][state], states in `ThreadState::ALL` order.
-    pub fractions: [[f64; 4]; 3],
+    pub fractions: [[f64; ThreadState::COUNT]; 3],
 }
 
 impl ThreadRow {
@@ -197,6 +211,8 @@ impl History {
             gil.ticks += slice.gil.ticks;
             gil.held += slice.gil.held;
             gil.contended += slice.gil.contended;
+            gil.off += slice.gil.off;
+            gil.on += slice.gil.on;
         }
         let share = |part: u64| {
             if gil.ticks == 0 {
@@ -217,7 +233,10 @@ impl History {
             held: share(gil.held),
             contended: share(gil.contended),
             switches_per_s,
-            samples: gil.ticks,
+            // Ticks without a GIL (free-threaded builds) are samples too.
+            samples: gil.ticks + gil.off,
+            no_gil: gil.no_gil(),
+            free_threaded: gil.free_threaded(),
         }
     }
 
@@ -231,9 +250,9 @@ impl History {
             .threads
             .iter()
             .map(|current| {
-                let mut fractions = [[0.0; 4]; 3];
+                let mut fractions = [[0.0; ThreadState::COUNT]; 3];
                 for (w, &n) in WINDOWS.iter().enumerate() {
-                    let mut counts = [0u64; 4];
+                    let mut counts = [0u64; ThreadState::COUNT];
                     for slice in self.window(n) {
                         let same = slice.threads.iter().find(|t| {
                             t.tid == current.tid
@@ -447,27 +466,39 @@ pub fn screen(
         return finish(lines, width, height);
     }
     let windows: Vec<ProcessFigures> = WINDOWS.iter().map(|&n| history.process(n)).collect();
-    let mut head = format!("{:<13}", "GIL");
+    let steady = history.process(STEADY);
+    let mut head = format!("{:<13}", if steady.no_gil { "no GIL" } else { "GIL" });
     let mut held = format!("{:<13}", "  held");
     let mut contended = format!("{:<13}", "  contended");
     let mut switches = format!("{:<13}", "  switches/s");
     for (&n, figures) in WINDOWS.iter().zip(&windows) {
         head.push_str(&format!("{:>9}", window_label(history, n)));
-        held.push_str(&format!("{:>9}", percent(figures.held)));
+        held.push_str(&format!("{:>9}", figures.gil_figure(percent(figures.held))));
         contended.push_str(&format!(
             "{:>9}",
-            wait_figure(percent(figures.contended), target.wait_measured)
+            figures.gil_figure(wait_figure(
+                percent(figures.contended),
+                target.wait_measured
+            ))
         ));
         switches.push_str(&format!(
             "{:>9}",
-            figures
-                .switches_per_s
-                .map(|s| format!("{s:.0}"))
-                .unwrap_or_else(|| "-".into())
+            figures.gil_figure(
+                figures
+                    .switches_per_s
+                    .map(|s| format!("{s:.0}"))
+                    .unwrap_or_else(|| "-".into())
+            )
         ));
     }
     lines.extend([head, held, contended, switches, String::new()]);
-    lines.push(printable(&blame_text(history, view, target.wait_measured)));
+    if steady.no_gil {
+        lines.push(
+            "no GIL: free-threaded build running without one; ATTACHED = running Python".into(),
+        );
+    } else {
+        lines.push(printable(&blame_text(history, view, target.wait_measured)));
+    }
     lines.push(String::new());
 
     let (rows, hidden) = visible_rows(history, view);
@@ -615,12 +646,17 @@ pub fn screen_processes(
             "pid {} - Python {} - held {} contended {} switches {}/s over {} - {}",
             target.pid,
             target.python_version,
-            percent(figures.held),
-            wait_figure(percent(figures.contended), target.wait_measured),
-            figures
-                .switches_per_s
-                .map(|s| format!("{s:.0}"))
-                .unwrap_or_else(|| "-".into()),
+            figures.gil_figure(percent(figures.held)),
+            figures.gil_figure(wait_figure(
+                percent(figures.contended),
+                target.wait_measured
+            )),
+            figures.gil_figure(
+                figures
+                    .switches_per_s
+                    .map(|s| format!("{s:.0}"))
+                    .unwrap_or_else(|| "-".into())
+            ),
             window_label(history, STEADY),
             printable(&target.command_line)
         ));
@@ -669,6 +705,8 @@ struct Group {
 fn state_label(state: ThreadState) -> String {
     match state {
         ThreadState::Running => "RUN".into(),
+        ThreadState::Attached => "ATTACH".into(),
+        ThreadState::Suspended => "SUSP".into(),
         other => other.name().to_uppercase(),
     }
 }
@@ -677,9 +715,11 @@ fn state_label(state: ThreadState) -> String {
 /// every state over every window; else every state over the last second and hold and wait
 /// over the longer windows; else every state over the last second.
 fn plan_columns(history: &History, width: usize) -> (Vec<Group>, usize) {
+    let whole = history.process(usize::MAX);
+    let states = super::shown_states(whole.free_threaded, whole.no_gil);
     let last_second = || Group {
         title: format!("last {}", window_label(history, 1)),
-        columns: ThreadState::ALL
+        columns: states
             .iter()
             .map(|&state| Column {
                 state,
@@ -698,9 +738,10 @@ fn plan_columns(history: &History, width: usize) -> (Vec<Group>, usize) {
             })
             .collect(),
     };
-    let every: Vec<Group> = ThreadState::ALL.iter().map(|&s| windows(s, 0)).collect();
+    let every: Vec<Group> = states.iter().map(|&s| windows(s, 0)).collect();
     let mut some = vec![last_second()];
-    some.extend([ThreadState::Hold, ThreadState::Wait].map(|s| windows(s, 1)));
+    // Hold and wait, or without a GIL attached and running.
+    some.extend([states[0], states[1]].map(|s| windows(s, 1)));
     let needed = |groups: &[Group]| {
         TID_COLUMN
             + 1
@@ -733,12 +774,15 @@ pub fn plain_line(
 ) -> String {
     let p = history.process(1);
     let mut line = format!(
-        "{elapsed_s:.1} s: held {} contended {} switches {}/s samples {}",
-        percent(p.held),
-        wait_figure(percent(p.contended), wait_measured),
-        p.switches_per_s
-            .map(|s| format!("{s:.0}"))
-            .unwrap_or_else(|| "-".into()),
+        "{elapsed_s:.1} s: {}held {} contended {} switches {}/s samples {}",
+        if p.no_gil { "no GIL: " } else { "" },
+        p.gil_figure(percent(p.held)),
+        p.gil_figure(wait_figure(percent(p.contended), wait_measured)),
+        p.gil_figure(
+            p.switches_per_s
+                .map(|s| format!("{s:.0}"))
+                .unwrap_or_else(|| "-".into())
+        ),
         p.samples
     );
     if view.stacks {
@@ -753,15 +797,15 @@ pub fn plain_line(
     }
     let (rows, hidden) = visible_rows(history, view);
     for row in rows {
-        line.push_str(&format!(
-            " | {} ({}) hold {} wait {} running {} idle {}",
-            row.name,
-            row.tid,
-            percent(row.fraction(0, ThreadState::Hold)),
-            wait_figure(percent(row.fraction(0, ThreadState::Wait)), wait_measured),
-            percent(row.fraction(0, ThreadState::Running)),
-            percent(row.fraction(0, ThreadState::Idle)),
-        ));
+        line.push_str(&format!(" | {} ({})", row.name, row.tid));
+        for state in super::shown_states(p.free_threaded, p.no_gil) {
+            let share = percent(row.fraction(0, state));
+            let figure = match state {
+                ThreadState::Wait => wait_figure(share, wait_measured),
+                _ => share,
+            };
+            line.push_str(&format!(" {} {figure}", state.name()));
+        }
     }
     if hidden > 0 {
         line.push_str(&format!(" | {hidden} idle threads"));
@@ -776,11 +820,13 @@ mod tests {
     use std::sync::Arc;
 
     fn thread(tid: i32, thread_id: u64, name: &str, counts: [u64; 4]) -> ThreadSlice {
+        let mut all = [0; ThreadState::COUNT];
+        all[..4].copy_from_slice(&counts);
         ThreadSlice {
             tid,
             thread_id: Some(thread_id),
             name: name.into(),
-            counts,
+            counts: all,
         }
     }
 
@@ -796,6 +842,7 @@ mod tests {
                 held,
                 contended: held / 2,
                 waiters: held / 2,
+                ..GilTicks::default()
             },
             switches: Some(((start, switches), (end, switches + 100))),
             threads,
@@ -812,6 +859,7 @@ mod tests {
             command_line: String::new(),
             layout: String::new(),
             wait_measured: true,
+            free_threaded: false,
         }
     }
 

@@ -51,6 +51,8 @@ struct Cursor {
     /// Waits are not measured on this target's interpreter: no wait or contention series,
     /// rather than series that say 0.
     no_wait: bool,
+    /// A free-threaded build: its threads also get attached and suspended series.
+    free_threaded: bool,
 }
 
 /// Thread names per process that get series of their own. A program that starts a thread per
@@ -193,6 +195,7 @@ impl Metrics {
         }
         let cursor = Cursor {
             no_wait: !target.wait_measured,
+            free_threaded: target.free_threaded,
             ..Cursor::default()
         };
         self.current.push((labels, cursor));
@@ -250,7 +253,9 @@ impl Metrics {
                 }
             }
             for state in ThreadState::ALL {
-                if state == ThreadState::Wait && cursor.no_wait {
+                if state == ThreadState::Wait && cursor.no_wait
+                    || !cursor.free_threaded && !ThreadState::WITH_GIL.contains(&state)
+                {
                     continue;
                 }
                 self.thread_seconds
@@ -304,6 +309,7 @@ mod tests {
             command_line: "python3 \"app\".py".into(),
             layout: String::new(),
             wait_measured: true,
+            free_threaded: false,
         }
     }
 

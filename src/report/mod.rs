@@ -38,6 +38,9 @@ pub struct TargetInfo {
     /// Threads waiting for the GIL can be told apart on this interpreter. Where they cannot
     /// (2.7, a stripped 3.6) every wait figure is unavailable: null in JSON, "n/a" in text.
     pub wait_measured: bool,
+    /// A free-threaded build (3.13t): the GIL may be off, and then threads are attached
+    /// (running Python) or detached instead of holding or waiting (docs/COMPATIBILITY.md).
+    pub free_threaded: bool,
 }
 
 /// What reports show for a figure that cannot be measured on the target's interpreter.
@@ -48,6 +51,27 @@ pub const WAIT_UNAVAILABLE: &str = "waiting for the GIL cannot be measured on th
      (Python 2.7, or a libpython stripped of its GIL variables): wait figures are n/a, and a \
      thread spinning for the GIL counts as running, one asleep on it as idle \
      (docs/COMPATIBILITY.md)";
+
+/// The sentence reports give where a free-threaded build ran without a GIL.
+pub const NO_GIL: &str = "no GIL: this free-threaded build ran without one, so threads run \
+     Python in parallel; attached = running Python, running = native code, idle = asleep, \
+     suspended = stopped by a stop-the-world pause; GIL figures are n/a \
+     (docs/COMPATIBILITY.md)";
+
+/// The thread states a report shows as columns: the four GIL states; on a free-threaded
+/// build that never had its GIL on, the no-GIL states; on one that had it on, both.
+pub fn shown_states(free_threaded: bool, no_gil: bool) -> Vec<ThreadState> {
+    match (free_threaded, no_gil) {
+        (false, _) => ThreadState::WITH_GIL.to_vec(),
+        (true, true) => vec![
+            ThreadState::Attached,
+            ThreadState::Running,
+            ThreadState::Idle,
+            ThreadState::Suspended,
+        ],
+        (true, false) => ThreadState::ALL.to_vec(),
+    }
+}
 
 /// Why the recording ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -154,6 +178,18 @@ pub struct RenderOptions {
     pub view: View,
     /// States shown in the threads view, in this order.
     pub states: Vec<ThreadState>,
+}
+
+impl RenderOptions {
+    /// The default states for `recordings`: where one is of a free-threaded build, also
+    /// attached, where such a build without a GIL runs Python (hold's counterpart).
+    pub fn with_states_of(mut self, recordings: &[Recording]) -> RenderOptions {
+        let free_threaded = recordings.iter().any(|r| r.target.free_threaded);
+        if free_threaded && !self.states.contains(&ThreadState::Attached) {
+            self.states.push(ThreadState::Attached);
+        }
+        self
+    }
 }
 
 impl Default for RenderOptions {

@@ -10,7 +10,7 @@ use crate::sample::{Sample, ThreadState};
 /// Counts of one thread's states over a run of ticks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
-    pub by_state: [u64; 4],
+    pub by_state: [u64; ThreadState::COUNT],
 }
 
 impl Counts {
@@ -65,7 +65,7 @@ pub struct ThreadProfile {
     pub first_ns: u64,
     pub last_ns: u64,
     /// Ticks per Python stack, for each state (None: no stack read at that tick).
-    pub stacks: [HashMap<Option<StackId>, u64>; 4],
+    pub stacks: [HashMap<Option<StackId>, u64>; ThreadState::COUNT],
     /// This thread's waiting ticks by what the holder ran: (holder's row, holder's stack).
     pub waited_on: HashMap<(usize, Option<StackId>), u64>,
     /// Times it went from idle to waiting: a wake-up that had to queue for the GIL.
@@ -196,6 +196,29 @@ pub struct GilTicks {
     pub contended: u64,
     /// Waiting threads summed over the ticks.
     pub waiters: u64,
+    /// Free-threaded builds: ticks at which the GIL was off, counted apart (`ticks` and the
+    /// figures above are over the ticks with a GIL)...
+    pub off: u64,
+    /// ...and ticks at which it was on.
+    pub on: u64,
+}
+
+impl GilTicks {
+    /// A free-threaded build was sampled (the GIL was seen on or off).
+    pub fn free_threaded(&self) -> bool {
+        self.off + self.on > 0
+    }
+
+    /// The GIL was never on: there are no GIL figures, only attached and detached threads.
+    pub fn no_gil(&self) -> bool {
+        self.off > 0 && self.ticks == 0
+    }
+
+    /// Share of the free-threaded ticks at which the GIL was on (None on other builds).
+    pub fn enabled_share(&self) -> Option<f64> {
+        self.free_threaded()
+            .then(|| self.on as f64 / (self.on + self.off) as f64)
+    }
 }
 
 /// One GIL over the recording, in a process with more than one interpreter (3.12+
@@ -345,7 +368,11 @@ impl Profile {
         let mut names_left = NEW_NAMES_PER_SAMPLE;
         self.start_ns.get_or_insert(sample.time_ns);
         self.end_ns = sample.time_ns;
-        if sample.gil.created {
+        if sample.gil.off() {
+            // No GIL at this tick: nothing to hold, wait for or hand over.
+            self.gil.off += 1;
+        } else if sample.gil.created {
+            self.gil.on += sample.gil.enabled.is_some() as u64;
             self.first_switch
                 .get_or_insert((sample.time_ns, sample.gil.switch_number));
             self.last_switch = Some((sample.time_ns, sample.gil.switch_number));
@@ -362,7 +389,9 @@ impl Profile {
                 gil_tick(sample.threads.iter().filter(|t| gil_index(t) == 0))
             }
         };
-        add_gil(&mut self.gil, &tick);
+        if !sample.gil.off() {
+            add_gil(&mut self.gil, &tick);
+        }
         for thread in &sample.threads {
             let row = match self.rows.get(&thread.tid).copied() {
                 // A thread that gains a Python thread state is the same thread; one with a
@@ -842,6 +871,7 @@ fn gil_tick<'a>(threads: impl Iterator<Item = &'a crate::sample::ThreadSample>) 
         held: held as u64,
         contended: (waiters > 0) as u64,
         waiters,
+        ..GilTicks::default()
     }
 }
 
@@ -850,6 +880,8 @@ fn add_gil(total: &mut GilTicks, tick: &GilTicks) {
     total.held += tick.held;
     total.contended += tick.contended;
     total.waiters += tick.waiters;
+    total.off += tick.off;
+    total.on += tick.on;
 }
 
 /// A sample for tests: threads `(tid, state)` at `time_ns`, the switch counter at
@@ -871,6 +903,7 @@ pub(crate) fn test_sample(
             switch_number,
             interval_us: 5000,
             current: None,
+            enabled: None,
         },
         threads: states
             .iter()
@@ -893,6 +926,33 @@ mod tests {
     use super::*;
 
     use test_sample as sample;
+
+    #[test]
+    fn ticks_without_a_gil_stay_out_of_the_gil_figures() {
+        let mut profile = Profile::new();
+        for i in 0..100u64 {
+            // A free-threaded build whose GIL goes on for the last quarter.
+            let on = i >= 75;
+            let states = if on {
+                [(1, ThreadState::Hold), (2, ThreadState::Wait)]
+            } else {
+                [(1, ThreadState::Attached), (2, ThreadState::Attached)]
+            };
+            let mut s = sample(i * 1_000_000, i, &states);
+            s.gil.enabled = Some(on);
+            profile.add(&s, |_| String::new());
+        }
+        let ticks = profile.gil_ticks();
+        assert_eq!((ticks.off, ticks.on, ticks.ticks), (75, 25, 25));
+        assert!(!ticks.no_gil());
+        assert_eq!(ticks.enabled_share(), Some(0.25));
+        // Held over the ticks with a GIL: every one of them.
+        assert_eq!(profile.held(), 1.0);
+        assert_eq!(profile.contended(), 1.0);
+        let thread = &profile.threads()[0];
+        assert_eq!(thread.fraction(ThreadState::Attached), 0.75);
+        assert_eq!(thread.fraction(ThreadState::Hold), 0.25);
+    }
 
     #[test]
     fn fractions_switches_and_contention_add_up() {

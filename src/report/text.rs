@@ -47,7 +47,9 @@ pub fn render(recording: &Recording) -> String {
         .switches_per_s()
         .map(|s| format!("{s:.0}/s"))
         .unwrap_or_else(|| "n/a".into());
-    let measured = target.wait_measured;
+    let ticks = profile.gil_ticks();
+    let no_gil = ticks.no_gil();
+    let measured = target.wait_measured && !no_gil;
     let wait_figure = |text: String| {
         if measured {
             text
@@ -61,20 +63,37 @@ pub fn render(recording: &Recording) -> String {
         super::UNAVAILABLE.to_string()
     };
     let several = profile.gils().len() > 1;
-    let _ = writeln!(
-        out,
-        "{}: held {}  contended {}  mean waiting {}  switches {}  interval {}",
-        if several { "main GIL" } else { "GIL" },
-        percent(profile.held()),
-        wait_figure(percent(profile.contended())),
-        wait_figure(format!("{:.2}", profile.mean_waiting())),
-        switches,
-        interval
-    );
+    if no_gil {
+        let _ = writeln!(
+            out,
+            "GIL: no GIL (free-threaded build, GIL disabled)  held n/a  contended n/a  \
+             switches n/a"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "{}: held {}  contended {}  mean waiting {}  switches {}  interval {}{}",
+            if several { "main GIL" } else { "GIL" },
+            percent(profile.held()),
+            wait_figure(percent(profile.contended())),
+            wait_figure(format!("{:.2}", profile.mean_waiting())),
+            switches,
+            interval,
+            match ticks.enabled_share() {
+                Some(on) => format!(
+                    "  (free-threaded build: GIL enabled at {} of samples)",
+                    percent(on)
+                ),
+                None => String::new(),
+            }
+        );
+    }
     if several {
         gils_section(&mut out, recording);
     }
-    if !measured {
+    if no_gil {
+        let _ = writeln!(out, "note: {}", super::NO_GIL);
+    } else if !measured {
         let _ = writeln!(out, "note: {}", super::WAIT_UNAVAILABLE);
     }
     let worst_sampling = profile
@@ -107,23 +126,31 @@ pub fn render(recording: &Recording) -> String {
         .max()
         .unwrap_or(4)
         .clamp(4, 32);
-    let _ = writeln!(
-        out,
-        "{:>8}  {:<name_width$}  {:>7}  {:>7}  {:>7}  {:>7}",
-        "TID", "NAME", "HOLD", "WAIT", "RUNNING", "IDLE"
-    );
+    let states = super::shown_states(target.free_threaded, no_gil);
+    let _ = write!(out, "{:>8}  {:<name_width$}", "TID", "NAME");
+    // Columns as wide as their heading, at least "100.0%".
+    let width = |state: ThreadState| state.name().len().max(7);
+    for &state in &states {
+        let _ = write!(
+            out,
+            "  {:>w$}",
+            state.name().to_uppercase(),
+            w = width(state)
+        );
+    }
+    let _ = writeln!(out);
     for thread in profile.threads() {
         let name: String = display_name(thread.name())
             .chars()
             .take(name_width)
             .collect();
         let _ = write!(out, "{:>8}  {:<name_width$}", thread.tid, name);
-        for state in ThreadState::ALL {
+        for &state in &states {
             let figure = match state {
                 ThreadState::Wait if !measured => super::UNAVAILABLE.to_string(),
                 _ => percent(thread.fraction(state)),
             };
-            let _ = write!(out, "  {figure:>7}");
+            let _ = write!(out, "  {figure:>w$}", w = width(state));
         }
         if thread.thread_id.is_none() {
             let _ = write!(out, "  (no Python thread state)");
@@ -207,12 +234,16 @@ fn where_threads_are(out: &mut String, recording: &Recording, table: &StackTable
         "Where (innermost Python frame; share of the thread's samples):"
     );
     for thread in recording.profile.threads() {
-        let rows: Vec<(ThreadState, Vec<Location>)> =
-            [ThreadState::Hold, ThreadState::Wait, ThreadState::Running]
-                .into_iter()
-                .map(|s| (s, thread.top_locations(s, table, TEXT_LOCATIONS)))
-                .filter(|(_, l)| !l.is_empty())
-                .collect();
+        let rows: Vec<(ThreadState, Vec<Location>)> = [
+            ThreadState::Hold,
+            ThreadState::Wait,
+            ThreadState::Attached,
+            ThreadState::Running,
+        ]
+        .into_iter()
+        .map(|s| (s, thread.top_locations(s, table, TEXT_LOCATIONS)))
+        .filter(|(_, l)| !l.is_empty())
+        .collect();
         if rows.is_empty() {
             continue;
         }

@@ -23,6 +23,8 @@ fn colour(state: ThreadState) -> &'static str {
         ThreadState::Wait => "#ff9f1c",
         ThreadState::Running => "#2ca02c",
         ThreadState::Idle => "#c7c7c7",
+        ThreadState::Attached => "#1f77b4",
+        ThreadState::Suspended => "#9467bd",
     }
 }
 
@@ -134,7 +136,7 @@ fn draw(recordings: &[Recording], options: &RenderOptions, headed: bool) -> Stri
         );
         x += 90;
     }
-    let mut columns = vec![[0u64; 4]; PLOT];
+    let mut columns = vec![[0u64; ThreadState::COUNT]; PLOT];
     let mut process = 0;
     for (i, line) in lines.iter().enumerate() {
         let y = TOP + i * ROW;
@@ -175,7 +177,7 @@ fn draw(recordings: &[Recording], options: &RenderOptions, headed: bool) -> Stri
             continue;
         };
         for column in columns.iter_mut() {
-            *column = [0; 4];
+            *column = [0; ThreadState::COUNT];
         }
         for span in spans {
             spread(span, origin, ns_per_px, &mut columns);
@@ -202,7 +204,7 @@ fn draw(recordings: &[Recording], options: &RenderOptions, headed: bool) -> Stri
 }
 
 /// Add a span's time to the pixel columns it covers.
-fn spread(span: &Span, origin: u64, ns_per_px: f64, columns: &mut [[u64; 4]]) {
+fn spread(span: &Span, origin: u64, ns_per_px: f64, columns: &mut [[u64; ThreadState::COUNT]]) {
     let start = span.start_ns.saturating_sub(origin) as f64;
     let end = span.end_ns.saturating_sub(origin) as f64;
     if end <= start {
@@ -226,7 +228,7 @@ fn spread(span: &Span, origin: u64, ns_per_px: f64, columns: &mut [[u64; 4]]) {
 struct Row<'a> {
     name: &'a str,
     y: usize,
-    columns: &'a [[u64; 4]],
+    columns: &'a [[u64; ThreadState::COUNT]],
     spans: &'a [&'a Span],
 }
 
@@ -246,9 +248,12 @@ fn draw_row(
         columns,
         spans,
     } = *row;
-    let dominant = |c: &[u64; 4]| -> Option<ThreadState> {
+    let dominant = |c: &[u64; ThreadState::COUNT]| -> Option<ThreadState> {
         // The most time; on a tie, the state listed first.
-        let (index, &most) = c.iter().enumerate().max_by_key(|&(i, v)| (*v, 4 - i))?;
+        let (index, &most) = c
+            .iter()
+            .enumerate()
+            .max_by_key(|&(i, v)| (*v, ThreadState::COUNT - i))?;
         let state = ThreadState::ALL[index];
         (most > 0 && options.states.contains(&state)).then_some(state)
     };

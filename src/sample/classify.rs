@@ -22,6 +22,7 @@ use std::collections::{HashMap, VecDeque};
 
 use super::observe::{Observation, ThreadObservation};
 use super::{Sample, ThreadSample, ThreadState};
+use crate::python::layout::{ATTACHED, SUSPENDED};
 
 /// A runnable thread is executing if it used at least this share of the interval on a CPU.
 /// GIL hand-off code never comes close; measured plateau 0.1-0.3 (docs/ACCURACY.md).
@@ -58,6 +59,18 @@ fn evidence(thread: &ThreadObservation) -> Evidence {
         Evidence::Runnable
     } else {
         Evidence::Idle
+    }
+}
+
+/// A thread's state at a tick without a GIL (a free-threaded build): attached threads run
+/// Python, suspended ones are held in a stop-the-world pause, and detached ones run native
+/// code or sleep, as the kernel says.
+fn no_gil_state(thread: &ThreadObservation) -> ThreadState {
+    match thread.attach_state {
+        Some(ATTACHED) => ThreadState::Attached,
+        Some(SUSPENDED) => ThreadState::Suspended,
+        _ if thread.runnable => ThreadState::Running,
+        _ => ThreadState::Idle,
     }
 }
 
@@ -183,6 +196,7 @@ impl Classifier {
                 n.threads.get(i)
             });
             let state = match evidence(thread) {
+                _ if thread.no_gil => no_gil_state(thread),
                 Evidence::Runnable
                     if track.anchor != Some(ThreadState::Idle)
                         && enters_gil_without_cpu(thread, &self.pending) =>
@@ -282,6 +296,8 @@ mod tests {
             gil_futex: kind == 'w',
             blocked: kind == 'i',
             gil_requested: None,
+            no_gil: false,
+            attach_state: None,
             stack: None,
             deferred: false,
             gil: None,
@@ -421,6 +437,35 @@ mod tests {
         out.extend(classifier.finish());
         let states: Vec<ThreadState> = out.iter().map(|s| s.threads[0].state).collect();
         assert_eq!(states, vec![H, R, R, H]);
+    }
+
+    #[test]
+    fn without_a_gil_threads_are_attached_detached_or_suspended() {
+        let mut classifier = Classifier::new();
+        let no_gil = |kind, attach| ThreadObservation {
+            no_gil: true,
+            attach_state: Some(attach),
+            holder: false,
+            gil_futex: false,
+            ..thread(7, kind, 0)
+        };
+        // Attached whatever the kernel says (a spinner queued for a CPU is still in Python);
+        // detached by the kernel's state; suspended in a stop-the-world pause.
+        let ticks = [
+            no_gil('r', ATTACHED),
+            no_gil('i', ATTACHED),
+            no_gil('r', 0),
+            no_gil('i', 0),
+            no_gil('r', SUSPENDED),
+        ];
+        let mut out = Vec::new();
+        for (i, t) in ticks.into_iter().enumerate() {
+            out.extend(classifier.push(&tick(i as u64, vec![t])));
+        }
+        out.extend(classifier.finish());
+        let states: Vec<ThreadState> = out.iter().map(|s| s.threads[0].state).collect();
+        use ThreadState::{Attached as A, Suspended as S};
+        assert_eq!(states, vec![A, A, R, I, S]);
     }
 
     #[test]

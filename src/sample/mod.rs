@@ -23,10 +23,25 @@ pub enum ThreadState {
     Running,
     /// It was blocked on something else: sleep, I/O, another lock.
     Idle,
+    /// No GIL (a free-threaded build running without one): it was attached, running Python.
+    /// Detached threads are running (native code) or idle by their OS state.
+    Attached,
+    /// No GIL: it was stopped by a stop-the-world pause (GC, fork) on its way to attaching.
+    Suspended,
 }
 
 impl ThreadState {
-    pub const ALL: [ThreadState; 4] = [
+    pub const COUNT: usize = 6;
+    pub const ALL: [ThreadState; ThreadState::COUNT] = [
+        ThreadState::Hold,
+        ThreadState::Wait,
+        ThreadState::Running,
+        ThreadState::Idle,
+        ThreadState::Attached,
+        ThreadState::Suspended,
+    ];
+    /// The states of a thread under a GIL, the columns every report shows.
+    pub const WITH_GIL: [ThreadState; 4] = [
         ThreadState::Hold,
         ThreadState::Wait,
         ThreadState::Running,
@@ -39,6 +54,8 @@ impl ThreadState {
             ThreadState::Wait => "wait",
             ThreadState::Running => "running",
             ThreadState::Idle => "idle",
+            ThreadState::Attached => "attached",
+            ThreadState::Suspended => "suspended",
         }
     }
 

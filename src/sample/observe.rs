@@ -57,6 +57,13 @@ pub struct ThreadObservation {
     pub blocked: bool,
     /// Its own "waiting for the GIL" flag, where the version has one.
     pub gil_requested: Option<bool>,
+    /// Its interpreter ran without a GIL at this tick (a free-threaded build): nobody holds
+    /// or waits; `attach_state` says who runs Python.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub no_gil: bool,
+    /// `tstate->state` on free-threaded builds: attached, detached or suspended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attach_state: Option<u32>,
     /// Its Python stack, read just after the tick (None: not a Python thread, stacks off,
     /// or the stack moved while it was read, or its first walk was deferred).
     pub stack: Option<StackId>,
@@ -499,13 +506,19 @@ impl<M: Memory> Observer<M> {
                 ),
                 None => None,
             };
-            let holder = py.is_some_and(holds);
+            // Without a GIL, `_status.active` still marks attached threads: not holders.
+            let no_gil = match py {
+                Some(t) => state_of(t.gil).off(),
+                None => gil.off(),
+            };
+            let holder = !no_gil && py.is_some_and(holds);
             if let Some(t) = py.filter(|_| holder && !shared_tids.is_empty()) {
                 if shared_tids.iter().any(|s| s.native_id == Some(tid)) {
                     self.held_last.insert(tid, t.tstate);
                 }
             }
             let gil_futex = match py {
+                _ if no_gil => false,
                 Some(t) => sleeps_on_its_gil(t),
                 // A thread without a thread state cannot wait for a GIL; it may still have
                 // been caught on one of their futexes on its way to getting a thread state.
@@ -529,6 +542,8 @@ impl<M: Memory> Observer<M> {
                 gil_futex,
                 blocked: !gil_futex && task.activity != Activity::Running,
                 gil_requested: py.and_then(|t| t.gil_requested),
+                no_gil,
+                attach_state: py.and_then(|t| t.attach_state),
                 stack: None,
                 deferred: false,
                 gil: py

@@ -144,6 +144,34 @@ pub fn pythons() -> Pythons {
     Pythons { found, missing }
 }
 
+/// Free-threaded builds, kept apart from [`pythons`]: without a GIL their threads neither hold
+/// nor wait, so the GIL tests of every other interpreter do not apply. `scripts/test-pythons
+/// 3.13t` builds 3.13t into the same cache as Debian's 3.14/3.15.
+pub fn free_threaded_pythons() -> Pythons {
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    let cache = debian_pythons_dir();
+    let version = "3.13t";
+    let path = cache.join(version).join("python");
+    match python_version(&path) {
+        Some(exact) => found.push(Python {
+            label: format!("source-{exact}t"),
+            path: std::fs::canonicalize(&path).unwrap_or(path),
+            version: exact,
+            debug_file: None,
+        }),
+        None => missing.push((
+            format!("source-{version}"),
+            format!(
+                "no free-threaded CPython {version} in {} (run scripts/test-pythons {version}: \
+                 a ~10 min build)",
+                cache.display()
+            ),
+        )),
+    }
+    Pythons { found, missing }
+}
+
 /// The one interpreter that tests of the command line (not of a version) run against.
 pub fn cli_python(pythons: &Pythons) -> Option<Python> {
     pythons
@@ -273,16 +301,9 @@ impl Fixture {
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| format!("start {}: {e}", program.display()))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) => line,
-            Err(_) => {
+        let line = match first_line(&mut child, Duration::from_secs(30)) {
+            Some(line) => line,
+            None => {
                 let _ = child.kill();
                 return Err(format!("{name} did not start"));
             }
@@ -351,6 +372,35 @@ pub fn gilscope_ok(args: &[&str]) -> Result<Output, libtest_mimic::Failed> {
     Ok(out)
 }
 
+/// The first line `gilscope top --pid PID` writes into a pipe (the last second's figures),
+/// within 10 s.
+pub fn top_first_line(pid: i32) -> Result<String, String> {
+    let mut child = Command::new(gilscope_bin())
+        .args(["top", "--pid", &pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("start gilscope top: {e}"))?;
+    let line = first_line(&mut child, Duration::from_secs(10));
+    let _ = child.kill();
+    let _ = child.wait();
+    line.ok_or_else(|| "no line from gilscope top in time".to_string())
+}
+
+/// The first line of `child`'s piped stdout, if it comes `within` the time (the child may
+/// write nothing and keep running: the line is read on a thread of its own).
+fn first_line(child: &mut Child, within: Duration) -> Option<String> {
+    let stdout = child.stdout.take()?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    rx.recv_timeout(within).ok()
+}
+
 /// Record `pid` for `secs` seconds at default settings and parse the JSON report.
 pub fn record_json(pid: i32, secs: f64) -> Result<serde_json::Value, String> {
     let out = gilscope(&[
@@ -387,10 +437,17 @@ pub fn thread_rows(report: &serde_json::Value) -> Vec<String> {
         .map(|a| {
             a.iter()
                 .map(|t| {
-                    format!(
+                    let mut row = format!(
                         "{} {}: hold {} wait {} running {} idle {}",
                         t["native_id"], t["name"], t["hold"], t["wait"], t["running"], t["idle"]
-                    )
+                    );
+                    if !t["attached"].is_null() {
+                        row.push_str(&format!(
+                            " attached {} suspended {}",
+                            t["attached"], t["suspended"]
+                        ));
+                    }
+                    row
                 })
                 .collect()
         })
