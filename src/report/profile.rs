@@ -80,7 +80,7 @@ pub struct ThreadProfile {
     waking: bool,
     /// Ticks per state counted without a stack because the walk was deferred: moved to the
     /// stack once a later tick resolves it.
-    deferred: [u64; 4],
+    deferred: [u64; ThreadState::COUNT],
 }
 
 /// A place in the code and how often a thread was there.
@@ -429,7 +429,7 @@ impl Profile {
                         gil: None,
                         previous: None,
                         waking: false,
-                        deferred: [0; 4],
+                        deferred: [0; ThreadState::COUNT],
                     });
                     self.rows.insert(thread.tid, self.threads.len() - 1);
                     self.threads.len() - 1
