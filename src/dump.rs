@@ -31,6 +31,23 @@ pub struct ThreadSnapshot {
     /// Innermost frame first; None if the stack could not be read consistently (or the
     /// thread has no Python thread state).
     pub stack: Option<Vec<Frame>>,
+    /// Id of the interpreter its thread state belongs to (0: the main one), where known.
+    pub interpreter: Option<i64>,
+    /// Index in [`Snapshot::gils`] of the GIL its interpreter uses; None without a thread
+    /// state.
+    pub gil: Option<usize>,
+}
+
+/// One GIL at the instant: with subinterpreters that have their own (3.12+), several.
+#[derive(Debug, Clone)]
+pub struct GilSnapshot {
+    /// Ids of the interpreters that use it, ascending (None: not readable, before 3.12).
+    pub interpreters: Vec<Option<i64>>,
+    /// A subinterpreter's own GIL (false for the main interpreter's).
+    pub own: bool,
+    pub locked: bool,
+    /// Kernel tid of the thread holding it.
+    pub holder: Option<i32>,
 }
 
 /// Every thread at one instant.
@@ -42,6 +59,8 @@ pub struct Snapshot {
     pub gil_enabled: Option<bool>,
     pub interval_us: u64,
     pub threads: Vec<ThreadSnapshot>,
+    /// Every GIL, the main interpreter's first (one in a process with one interpreter).
+    pub gils: Vec<GilSnapshot>,
     /// The recording made first with `--sample`.
     pub recording: Option<Recording>,
 }
@@ -152,7 +171,7 @@ fn snapshot(
         let first = &ticks[1];
         let python_names = observer.python_thread_names();
         let table = observer.stack_table().cloned().unwrap_or_default();
-        let threads = sample
+        let threads: Vec<ThreadSnapshot> = sample
             .threads
             .iter()
             .map(|t| {
@@ -170,15 +189,58 @@ fn snapshot(
                     os_name,
                     state: t.state,
                     stack: t.stack.map(|id| innermost_first(&table, id)),
+                    interpreter: match t.gil {
+                        Some((_, interpreter)) => interpreter,
+                        None if sample.gils.is_empty() && t.thread_id.is_some() => Some(0),
+                        None => None,
+                    },
+                    gil: match t.gil {
+                        Some((index, _)) => Some(index as usize),
+                        None => (sample.gils.is_empty() && t.thread_id.is_some()).then_some(0),
+                    },
                 }
             })
             .collect();
+        let holder_of = |index: usize| {
+            threads
+                .iter()
+                .find(|t| t.state == ThreadState::Hold && t.gil == Some(index))
+                .map(|t| t.tid)
+        };
+        let gils = if sample.gils.is_empty() {
+            vec![GilSnapshot {
+                interpreters: vec![Some(0)],
+                own: false,
+                locked: first.locked,
+                holder: threads
+                    .iter()
+                    .find(|t| t.state == ThreadState::Hold)
+                    .map(|t| t.tid),
+            }]
+        } else {
+            sample
+                .gils
+                .iter()
+                .enumerate()
+                .map(|(index, gil)| {
+                    let mut interpreters = gil.interpreters.clone();
+                    interpreters.sort_by_key(|id| id.unwrap_or(i64::MAX));
+                    GilSnapshot {
+                        interpreters,
+                        own: index > 0,
+                        locked: gil.state.locked,
+                        holder: holder_of(index),
+                    }
+                })
+                .collect()
+        };
         return Ok(Snapshot {
             target,
             gil_locked: first.locked,
             gil_enabled: first.gil.enabled,
             interval_us: first.gil.interval_us,
             threads,
+            gils,
             recording,
         });
     }

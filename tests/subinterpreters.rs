@@ -241,7 +241,55 @@ fn own_gil(python: &Python, enter: Enter) -> Result<(), Failed> {
         }
         Ok(())
     };
-    check().map_err(|e| format!("{e}\n{}", context(&report)).into())
+    check().map_err(|e| format!("{e}\n{}", context(&report)))?;
+    dump_shows_each_gil(&fixture)
+}
+
+/// A dump of the own-GIL fixture lists both GILs, puts each spinner on its own, and (at some
+/// instant: each spinner holds its GIL nearly all the time) shows both held at once, each by
+/// its spinner; the text dump has a line for the subinterpreter's GIL.
+fn dump_shows_each_gil(fixture: &Fixture) -> Result<(), Failed> {
+    let pid = fixture.pid.to_string();
+    let (main, sub) = (fixture.tid("main-spinner"), fixture.tid("sub-spinner"));
+    let mut last = Value::Null;
+    for _ in 0..20 {
+        let out = common::gilscope_ok(&["dump", "--pid", &pid, "--json"])?;
+        let dump: Value = serde_json::from_str(&common::stdout_of(&out))?;
+        common::matches_documented_schema(&dump, "docs/DUMP_SCHEMA.md")?;
+        let gils = dump["gils"].as_array().ok_or("dump without gils")?;
+        let thread = |tid: i32| {
+            dump["threads"].as_array().and_then(|t| {
+                t.iter()
+                    .find(|t| t["native_id"].as_i64() == Some(tid as i64))
+            })
+        };
+        let placed = |tid: i32, gil: u64, main_interpreter: bool| {
+            thread(tid).is_some_and(|t| {
+                t["gil"].as_u64() == Some(gil)
+                    && t["interpreter"]
+                        .as_i64()
+                        .is_some_and(|id| (id == 0) == main_interpreter)
+            })
+        };
+        if gils.len() != 2
+            || gils[1]["own"] != true
+            || !placed(main, 0, true)
+            || !placed(sub, 1, false)
+        {
+            return Err(format!("dump's GILs and threads are wrong:\n{dump:#}").into());
+        }
+        let held_by = |i: usize| gils[i]["holder_native_id"].as_i64();
+        if held_by(0) == Some(main as i64) && held_by(1) == Some(sub as i64) {
+            let out = common::gilscope_ok(&["dump", "--pid", &pid])?;
+            let text = common::stdout_of(&out);
+            if !text.contains("GIL of interpreter") || !text.contains(", GIL 1]") {
+                return Err(format!("text dump without a line per GIL:\n{text}").into());
+            }
+            return Ok(());
+        }
+        last = dump;
+    }
+    Err(format!("no dump saw both spinners holding their GILs; last:\n{last:#}").into())
 }
 
 fn shared_gil(python: &Python, enter: Enter) -> Result<(), Failed> {

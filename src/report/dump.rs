@@ -35,10 +35,12 @@ pub fn text(snapshot: &Snapshot) -> String {
     if !t.command_line.is_empty() {
         let _ = writeln!(out, "command: {}", printable(&t.command_line));
     }
+    // The main interpreter's GIL; subinterpreters' own GILs get a line each below.
     let holder = snapshot
-        .threads
-        .iter()
-        .find(|t| t.state == ThreadState::Hold);
+        .gils
+        .first()
+        .and_then(|g| g.holder)
+        .and_then(|tid| snapshot.threads.iter().find(|t| t.tid == tid));
     let measured = t.wait_measured;
     let wait_percent = |fraction: f64| {
         if measured {
@@ -64,6 +66,21 @@ pub fn text(snapshot: &Snapshot) -> String {
             super::UNAVAILABLE.to_string()
         }
     );
+    for gil in snapshot.gils.iter().skip(1) {
+        let holder = gil
+            .holder
+            .and_then(|tid| snapshot.threads.iter().find(|t| t.tid == tid));
+        let _ = writeln!(
+            out,
+            "GIL of interpreter {} (its own): {}",
+            interpreter_list(&gil.interpreters),
+            match holder {
+                Some(h) => format!("held by {} ({})", printable(&h.name), h.tid),
+                None if gil.locked => "locked (being handed over)".to_string(),
+                None => "free".to_string(),
+            }
+        );
+    }
     if snapshot.gil_enabled == Some(false) {
         let _ = writeln!(out, "note: {}", super::NO_GIL);
     } else if !measured {
@@ -105,9 +122,14 @@ pub fn text(snapshot: &Snapshot) -> String {
         let _ = writeln!(out);
         let _ = write!(
             out,
-            "Thread {} \"{}\": {}",
+            "Thread {} \"{}\"{}: {}",
             thread.tid,
             printable(&thread.name),
+            match (snapshot.gils.len() > 1, thread.interpreter, thread.gil) {
+                (true, Some(id), Some(gil)) => format!(" [interpreter {id}, GIL {gil}]"),
+                (true, None, Some(gil)) => format!(" [GIL {gil}]"),
+                _ => String::new(),
+            },
             state_text(thread.state)
         );
         if let Some(f) = fractions.get(&thread.tid) {
@@ -149,6 +171,15 @@ pub fn text(snapshot: &Snapshot) -> String {
     out
 }
 
+/// "1" or "1, 2"; "?" for ids that could not be read.
+fn interpreter_list(ids: &[Option<i64>]) -> String {
+    let ids: Vec<String> = ids
+        .iter()
+        .map(|id| id.map_or("?".to_string(), |id| id.to_string()))
+        .collect();
+    ids.join(", ")
+}
+
 fn frame_json(frame: &Frame) -> Value {
     json!({"function": &*frame.function, "file": &*frame.file, "line": frame.line})
 }
@@ -183,10 +214,7 @@ fn document(snapshot: &Snapshot) -> Value {
     let measured = snapshot.target.wait_measured;
     let wait_figure = |value: f64| measured.then_some(value);
     let free_threaded = snapshot.target.free_threaded;
-    let holder = snapshot
-        .threads
-        .iter()
-        .find(|t| t.state == ThreadState::Hold);
+    let holder = snapshot.gils.first().and_then(|g| g.holder);
     let threads: Vec<Value> = snapshot
         .threads
         .iter()
@@ -206,6 +234,8 @@ fn document(snapshot: &Snapshot) -> Value {
                 "stack_captured": t.stack.is_some(),
                 "stack": t.stack.as_deref().unwrap_or(&[]).iter().map(frame_json).collect::<Vec<_>>(),
                 "sampled": sampled,
+                "interpreter": t.interpreter,
+                "gil": t.gil,
             })
         })
         .collect();
@@ -238,9 +268,15 @@ fn document(snapshot: &Snapshot) -> Value {
         "gil": {
             "locked": snapshot.gil_locked,
             "enabled": snapshot.gil_enabled,
-            "holder_native_id": holder.map(|h| h.tid),
+            "holder_native_id": holder,
             "interval_s": (snapshot.interval_us > 0).then(|| snapshot.interval_us as f64 / 1e6),
         },
+        "gils": snapshot.gils.iter().map(|g| json!({
+            "interpreters": g.interpreters,
+            "own": g.own,
+            "locked": g.locked,
+            "holder_native_id": g.holder,
+        })).collect::<Vec<_>>(),
         "threads": threads,
         "sample": sample,
     })
