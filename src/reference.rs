@@ -100,17 +100,24 @@ pub fn probe_sites(binary: &Path, debug_file: Option<&Path>) -> Result<ProbeSite
     };
     let mut take = Vec::new();
     let mut drop = Vec::new();
+    // A build that inlines drop_gil everywhere (3.13t built without LTO keeps no drop_gil
+    // symbol) still releases through `_PyEval_ReleaseLock`, which callers in other files
+    // cannot inline: probed only then, so that other builds keep the reference they had.
+    let mut release_lock = Vec::new();
+    let mut has_drop_gil = false;
     for (name, value) in symbols {
         // Releases do not all pass through drop_gil: 3.14+ split out drop_gil_impl, and LTO
         // builds inline the whole release into PyEval_SaveThread (Py_BEGIN_ALLOW_THREADS).
         // Probe all three and count nesting (see `truth`).
         let list = if is_function(&name, "take_gil") {
             &mut take
-        } else if is_function(&name, "drop_gil")
-            || is_function(&name, "drop_gil_impl")
-            || name == "PyEval_SaveThread"
-        {
+        } else if is_function(&name, "drop_gil") || is_function(&name, "drop_gil_impl") {
+            has_drop_gil = true;
             &mut drop
+        } else if name == "PyEval_SaveThread" {
+            &mut drop
+        } else if name == "_PyEval_ReleaseLock" {
+            &mut release_lock
         } else {
             continue;
         };
@@ -118,6 +125,13 @@ pub fn probe_sites(binary: &Path, debug_file: Option<&Path>) -> Result<ProbeSite
             .ok_or_else(|| format!("{name} is outside every loadable segment"))?;
         if !list.contains(&offset) {
             list.push(offset);
+        }
+    }
+    if !has_drop_gil {
+        for offset in release_lock {
+            if !drop.contains(&offset) {
+                drop.push(offset);
+            }
         }
     }
     if take.is_empty() || drop.is_empty() {

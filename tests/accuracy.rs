@@ -50,21 +50,32 @@ fn main() {
     args.test_threads = Some(1);
     let _ = std::fs::remove_file(results_path());
     let pythons = common::pythons();
+    // A free-threaded build with its GIL turned on (`-X gil=1`) takes and drops it through
+    // the same take_gil/drop_gil: the same reference holds.
+    let free_threaded = common::free_threaded_pythons();
     let mut trials = Vec::new();
     for fixture in FIXTURES {
-        for python in &pythons.found {
-            let python = python.clone();
-            trials.push(Trial::ignorable_test(
-                format!("{fixture}_matches_the_uprobe_reference::{}", python.label),
-                move || accuracy(&python, fixture),
-            ));
-        }
-        for (label, why) in &pythons.missing {
-            let why = why.clone();
-            trials.push(Trial::ignorable_test(
-                format!("{fixture}_matches_the_uprobe_reference::{label}"),
-                move || Ok(Completion::ignored_with(why)),
-            ));
+        for (pythons, gil_on, suffix) in [
+            (&pythons, false, ""),
+            (&free_threaded, true, "_with_the_gil_on"),
+        ] {
+            for python in &pythons.found {
+                let python = python.clone();
+                trials.push(Trial::ignorable_test(
+                    format!(
+                        "{fixture}_matches_the_uprobe_reference{suffix}::{}",
+                        python.label
+                    ),
+                    move || accuracy(&python, fixture, gil_on),
+                ));
+            }
+            for (label, why) in &pythons.missing {
+                let why = why.clone();
+                trials.push(Trial::ignorable_test(
+                    format!("{fixture}_matches_the_uprobe_reference{suffix}::{label}"),
+                    move || Ok(Completion::ignored_with(why)),
+                ));
+            }
         }
     }
     libtest_mimic::run(&args, trials).exit();
@@ -97,18 +108,30 @@ struct Row {
 }
 
 /// One trial, measured again when the hypervisor disturbed it (see `common::unless_host_steals`).
-fn accuracy(python: &Python, fixture: &str) -> Result<Completion, Failed> {
-    common::unless_host_steals(|| attempt(python, fixture))
+fn accuracy(python: &Python, fixture: &str, gil_on: bool) -> Result<Completion, Failed> {
+    common::unless_host_steals(|| attempt(python, fixture, gil_on))
 }
 
-fn attempt(python: &Python, fixture: &str) -> Result<common::Attempt, Failed> {
+fn attempt(python: &Python, fixture: &str, gil_on: bool) -> Result<common::Attempt, Failed> {
     if let Err(why) = reference::available() {
         return Ok(common::Attempt::Done(Completion::ignored_with(format!(
             "uprobe reference unavailable: {why}"
         ))));
     }
     let _exclusive = common::exclusive();
-    let fx = Fixture::start(&python.path, fixture, &["--duration", "120"])?;
+    let fx = if gil_on {
+        let script = common::fixture_path(fixture);
+        let args = [
+            "-X".as_ref(),
+            "gil=1".as_ref(),
+            script.as_os_str(),
+            "--duration".as_ref(),
+            "120".as_ref(),
+        ];
+        Fixture::start_command::<&std::ffi::OsStr>(&python.path, &args)?
+    } else {
+        Fixture::start(&python.path, fixture, &["--duration", "120"])?
+    };
     let binary = interpreter_binary(fx.pid)?;
     let sites = match reference::probe_sites(&binary, python.debug_file.as_deref()) {
         Ok(sites) => sites,
