@@ -267,10 +267,14 @@ fn text_report(legacy: &Legacy) -> Result<(), Failed> {
     Ok(())
 }
 
-/// Two spinners always want the GIL: it is held nearly all the time, never by both at once
+/// Two spinners always want the GIL: it is held most of the time, never by both at once
 /// (their holds add up to the process's), and each gets a real share. 2.7 has no fairness
 /// (the thread that releases often takes the lock straight back) and 3.6 hands over every
 /// 5 ms: measured 46-54% each here, so 15% is a bound on seeing both hold, not on fairness.
+/// On 2.7 with two cores the lock is also free for a real share of the time: every 100
+/// bytecodes the holder releases it and both threads race to take it again, so
+/// `_PyThreadState_Current` is null 11-17% of the time (held 0.83-0.89 measured here, with the
+/// fixture as it was and as it is); 0.75 still fails a holder read that misses threads.
 fn two_spinners(legacy: &Legacy) -> Result<(), Failed> {
     let (fx, report) = record(legacy, &["--spinners", "2", "--no-sleeper"])?;
     let held = report["gil"]["held"].as_f64().unwrap_or(0.0);
@@ -279,7 +283,7 @@ fn two_spinners(legacy: &Legacy) -> Result<(), Failed> {
         .map(|role| row(&report, &fx, role).map(|r| fraction(r, "hold")))
         .collect::<Result<_, _>>()?;
     let sum: f64 = holds.iter().sum();
-    if held < 0.85 {
+    if held < 0.75 {
         return Err(fail(format!("gil.held {held} with two spinners"), &report));
     }
     // Rows and the process figure count the same ticks; both are rounded to 4 decimals.
