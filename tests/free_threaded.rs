@@ -187,6 +187,11 @@ fn without_gil(python: &Python) -> Result<(), (Failed, Option<f64>)> {
     let mut sum = 0.0;
     for role in SPINNERS {
         let r = row(&report, &fx, role)?;
+        // The fixture names each thread after its role: the Python name, read through the
+        // free-threaded object header (the OS name would be the program's).
+        if r["name"] != role {
+            return Err(missed(format!("{role} is named {}", r["name"]), &report));
+        }
         let attached = fraction(r, "attached");
         if !above(attached, SPINNER_ATTACHED) {
             return Err(missed(format!("{role} attached {attached}"), &report));

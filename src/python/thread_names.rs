@@ -193,15 +193,70 @@ const LAYOUT_3_15: ObjectLayout = ObjectLayout {
     ..LAYOUT_3_13
 };
 
-fn object_layout(version: &Version) -> Option<ObjectLayout> {
-    match (version.major, version.minor) {
-        (3, 6..=10) => Some(LAYOUT_3_6),
-        (3, 11) => Some(LAYOUT_3_11),
-        (3, 12) => Some(LAYOUT_3_12),
-        (3, 13 | 14) => Some(LAYOUT_3_13),
-        (3, 15) => Some(LAYOUT_3_15),
-        _ => None,
+fn object_layout(version: &Version, free_threaded: bool) -> Option<ObjectLayout> {
+    let default = match (version.major, version.minor) {
+        (3, 6..=10) => LAYOUT_3_6,
+        (3, 11) => LAYOUT_3_11,
+        (3, 12) => LAYOUT_3_12,
+        (3, 13 | 14) => LAYOUT_3_13,
+        (3, 15) => LAYOUT_3_15,
+        _ => return None,
+    };
+    if free_threaded {
+        free_threaded_layout(default)
+    } else {
+        Some(default)
     }
+}
+
+/// How much longer a free-threaded build's object header is: `ob_tid`, `ob_flags`,
+/// `ob_mutex`, `ob_gc_bits`, `ob_ref_local` and `ob_ref_shared` (24 bytes) take the place of
+/// `ob_refcnt` (8) before `ob_type`, so every field of an object lies 16 bytes further in.
+const FREE_THREADED_HEADER_EXTRA: u64 = 16;
+
+/// The default layout of a version moved to a free-threaded build's objects (3.13+ only):
+/// fields of objects (dicts, modules, types, ints) move by the longer header; the keys and
+/// values tables are not objects and do not move; with no GC header before an object, its
+/// managed dict is the word right before it (`MANAGED_DICT_OFFSET` is -1 word, not -3).
+/// Checked with gdb `ptype /o` on a 3.13.5 `--disable-gil` build and against the 3.14
+/// headers (pycore_object.h, cpython/object.h: `unique_id` is after `ht_cached_keys`).
+fn free_threaded_layout(default: ObjectLayout) -> Option<ObjectLayout> {
+    let InstanceDict::Inline {
+        inline_flag,
+        managed_flag,
+        ..
+    } = default.instance
+    else {
+        return None;
+    };
+    let family = match default.family {
+        "3.13-3.14" => "3.13-3.14 free-threaded",
+        "3.15" => "3.15 free-threaded",
+        _ => return None,
+    };
+    let shift = |offset: u64| offset + FREE_THREADED_HEADER_EXTRA;
+    Some(ObjectLayout {
+        family,
+        dict_used: shift(default.dict_used),
+        dict_keys: shift(default.dict_keys),
+        dict_values: shift(default.dict_values),
+        module_dict: shift(default.module_dict),
+        type_basicsize: shift(default.type_basicsize),
+        type_flags: shift(default.type_flags),
+        type_dictoffset: shift(default.type_dictoffset),
+        type_cached_keys: default.type_cached_keys.map(shift),
+        instance: InstanceDict::Inline {
+            inline_flag,
+            managed_flag,
+            dict_before: 8,
+        },
+        int_size: match default.int_size {
+            IntSize::SignedCount(at) => IntSize::SignedCount(shift(at)),
+            IntSize::Tag(at) => IntSize::Tag(shift(at)),
+        },
+        int_digits: shift(default.int_digits),
+        ..default
+    })
 }
 
 /// A key string found before. Keys of module and instance dicts are interned, so one seen
@@ -275,16 +330,10 @@ fn byte_at(block: &[u8], offset: u64) -> Option<u64> {
 }
 
 impl ThreadNames {
-    /// None where the version's objects are not known (then OS thread names are used). The
-    /// object tables here are for the default object header: a free-threaded build's is
-    /// 16 bytes longer (ob_tid, ob_ref_local, ob_ref_shared before ob_type), so every
-    /// offset would be off.
+    /// None where the version's objects are not known (then OS thread names are used).
     pub fn new(version: &Version, layout: &Layout) -> Option<ThreadNames> {
-        if layout.free_threaded {
-            return None;
-        }
         Some(ThreadNames {
-            objects: object_layout(version)?,
+            objects: object_layout(version, layout.free_threaded)?,
             strings: layout.stack?,
             modules: layout.interp_modules?,
             threading_key: KnownKey::default(),
@@ -414,8 +463,9 @@ impl ThreadNames {
     fn read_int(&self, memory: &dyn Memory, addr: u64) -> Result<u64, ReadError> {
         check_pointer(addr, 8)?;
         let objects = &self.objects;
-        // Every int object is at least 32 bytes long (28, rounded up by the allocator).
-        let mut block = memory.read_bytes(addr, 32)?;
+        // Every int object is at least this long: its size and one digit, rounded up by the
+        // allocator (28 -> 32 bytes, free-threaded 44 -> 48).
+        let mut block = memory.read_bytes(addr, objects.int_digits as usize + 8)?;
         let bad = ReadError::BadPointer { addr };
         let ndigits = match objects.int_size {
             IntSize::SignedCount(at) => {
@@ -871,6 +921,11 @@ mod tests {
             target
         }
 
+        /// `PyObject`: its fields end with `ob_type`.
+        fn header_size(&self) -> u64 {
+            self.strings.ob_type + 8
+        }
+
         fn str(&mut self, text: &str) -> u64 {
             let mut object = crate::python::objects::str_object(&self.strings, text);
             object.push(0);
@@ -885,7 +940,7 @@ mod tests {
                 rest >>= DIGIT_BITS;
             }
             let n = digits.len() as u64;
-            let mut object = vec![0u8; 32];
+            let mut object = vec![0u8; self.objects.int_digits as usize + 12];
             match self.objects.int_size {
                 IntSize::SignedCount(at) => put(&mut object, at, &n.to_le_bytes()),
                 IntSize::Tag(at) => {
@@ -956,7 +1011,7 @@ mod tests {
         }
 
         fn dict_object(&mut self, used: u64, keys: u64, values: u64) -> u64 {
-            let mut object = vec![0u8; 48];
+            let mut object = vec![0u8; self.objects.dict_values as usize + 8];
             put(&mut object, 0, &1u64.to_le_bytes());
             put(
                 &mut object,
@@ -1001,20 +1056,16 @@ mod tests {
             let (flags, basicsize, dictoffset) = match o.instance {
                 InstanceDict::DictOffset => (0, 24, 16),
                 InstanceDict::ValuesOrDict { flag, .. } | InstanceDict::TaggedWord { flag, .. } => {
-                    (flag, 16, -1i64 as u64)
+                    (flag, self.header_size(), -1i64 as u64)
                 }
                 InstanceDict::Inline {
                     inline_flag,
                     managed_flag,
                     ..
-                } => (inline_flag | managed_flag, 16, -1i64 as u64),
+                } => (inline_flag | managed_flag, self.header_size(), -1i64 as u64),
             };
             put(&mut object, o.type_flags, &flags.to_le_bytes());
-            put(
-                &mut object,
-                o.type_basicsize,
-                &(basicsize as u64).to_le_bytes(),
-            );
+            put(&mut object, o.type_basicsize, &basicsize.to_le_bytes());
             put(&mut object, o.type_dictoffset, &dictoffset.to_le_bytes());
             if let Some(at) = o.type_cached_keys {
                 put(&mut object, at, &self.shared_keys.to_le_bytes());
@@ -1032,7 +1083,7 @@ mod tests {
         fn thread_object(&mut self, name: &str, storage: Storage) -> u64 {
             let name = self.str(name);
             let attributes = [0x1_0000, name, 0x1_0000, 0x1_0000];
-            let mut header = vec![0u8; 16];
+            let mut header = vec![0u8; self.header_size() as usize];
             put(&mut header, 0, &1u64.to_le_bytes());
             put(
                 &mut header,
@@ -1112,7 +1163,7 @@ mod tests {
         }
 
         fn module(&mut self, globals: u64) -> u64 {
-            let mut object = vec![0u8; 56];
+            let mut object = vec![0u8; self.objects.module_dict as usize + 40];
             let module_type = self.module_type.to_le_bytes();
             put(&mut object, self.strings.ob_type, &module_type);
             put(
@@ -1135,7 +1186,61 @@ mod tests {
             // 3.13+ strings are laid out as on 3.12; only the objects table matters here.
             (Version::new(3, 13, 0), LAYOUT_3_13, layout(12)),
             (Version::new(3, 15, 2), LAYOUT_3_15, layout(12)),
+            (
+                Version::new(3, 13, 5),
+                free_threaded_layout(LAYOUT_3_13).unwrap(),
+                free_threaded(layout(12)),
+            ),
+            (
+                Version::new(3, 15, 2),
+                free_threaded_layout(LAYOUT_3_15).unwrap(),
+                free_threaded(layout(12)),
+            ),
         ]
+    }
+
+    /// A free-threaded build's layout: every field of an object 16 bytes further in.
+    fn free_threaded(layout: Layout) -> Layout {
+        let mut stack = layout.stack.unwrap();
+        let shift = |at: &mut u64| *at += FREE_THREADED_HEADER_EXTRA;
+        let u = &mut stack.unicode;
+        for at in [
+            &mut u.length,
+            &mut u.state,
+            &mut u.ascii_data,
+            &mut u.compact_data,
+        ] {
+            shift(at);
+        }
+        shift(&mut stack.ob_type);
+        shift(&mut stack.tp_name);
+        Layout {
+            stack: Some(stack),
+            free_threaded: true,
+            ..layout
+        }
+    }
+
+    #[test]
+    fn free_threaded_objects_match_a_disable_gil_build() {
+        // gdb `ptype /o` on CPython 3.13.5 built with --disable-gil.
+        let o = object_layout(&Version::new(3, 13, 5), true).unwrap();
+        assert_eq!((o.dict_used, o.dict_keys, o.dict_values), (32, 48, 56));
+        assert_eq!(o.module_dict, 32);
+        assert_eq!(
+            (o.type_basicsize, o.type_flags, o.type_dictoffset),
+            (48, 184, 304)
+        );
+        assert_eq!(o.type_cached_keys, Some(896));
+        assert_eq!((o.int_size, o.int_digits), (IntSize::Tag(32), 40));
+        assert!(matches!(
+            o.instance,
+            InstanceDict::Inline { dict_before: 8, .. }
+        ));
+        assert_eq!(o.keys, LAYOUT_3_13.keys);
+        assert_eq!(o.values, LAYOUT_3_13.values);
+        // Before 3.13 there is no free-threaded build to read.
+        assert!(object_layout(&Version::new(3, 12, 1), true).is_none());
     }
 
     const MAIN: u64 = 0x7f3a_1234_5640;
