@@ -53,6 +53,10 @@ struct Cursor {
     no_wait: bool,
     /// A free-threaded build: its threads also get attached and suspended series.
     free_threaded: bool,
+    /// The GIL has been on: always on other builds; on a free-threaded build only once a
+    /// slice had ticks with the GIL enabled. Until then there are no hold, wait, held or
+    /// contended series: a build without a GIL would read as "nobody held it".
+    gil_seen: bool,
 }
 
 /// Thread names per process that get series of their own. A program that starts a thread per
@@ -67,6 +71,7 @@ pub struct Metrics {
     thread_seconds: Family<ThreadLabels, Seconds>,
     held: Family<ProcessLabels, Seconds>,
     contended: Family<ProcessLabels, Seconds>,
+    enabled: Family<ProcessLabels, Seconds>,
     switches: Family<ProcessLabels, Counter>,
     samples: Family<ProcessLabels, Counter>,
     errors: Family<ProcessLabels, Counter>,
@@ -108,6 +113,13 @@ impl Metrics {
             "Wall time at least one thread waited for the GIL",
             Unit::Seconds,
             contended.clone(),
+        );
+        let enabled = Family::<ProcessLabels, Seconds>::default();
+        registry.register_with_unit(
+            "gil_enabled",
+            "Free-threaded builds: wall time the GIL was enabled",
+            Unit::Seconds,
+            enabled.clone(),
         );
         let switches = Family::<ProcessLabels, Counter>::default();
         registry.register(
@@ -153,6 +165,7 @@ impl Metrics {
             thread_seconds,
             held,
             contended,
+            enabled,
             switches,
             samples,
             errors,
@@ -184,11 +197,14 @@ impl Metrics {
         let process = ProcessLabels {
             pid: labels.pid.clone(),
         };
-        for family in [&self.held, &self.lag] {
-            family.get_or_create(&process).inc_by(0.0);
-        }
-        if target.wait_measured {
-            self.contended.get_or_create(&process).inc_by(0.0);
+        self.lag.get_or_create(&process).inc_by(0.0);
+        if target.free_threaded {
+            self.enabled.get_or_create(&process).inc_by(0.0);
+        } else {
+            self.held.get_or_create(&process).inc_by(0.0);
+            if target.wait_measured {
+                self.contended.get_or_create(&process).inc_by(0.0);
+            }
         }
         for family in [&self.switches, &self.samples, &self.errors, &self.late] {
             family.get_or_create(&process).inc_by(0);
@@ -196,6 +212,7 @@ impl Metrics {
         let cursor = Cursor {
             no_wait: !target.wait_measured,
             free_threaded: target.free_threaded,
+            gil_seen: !target.free_threaded,
             ..Cursor::default()
         };
         self.current.push((labels, cursor));
@@ -243,6 +260,8 @@ impl Metrics {
         };
         cursor.end_ns = Some(profile.end_ns);
         let per_sample = credit_ns as f64 / 1e9 / profile.samples as f64;
+        let gil = profile.gil_ticks();
+        cursor.gil_seen |= gil.ticks > 0;
         for thread in profile.threads() {
             let mut name = thread.name();
             if !cursor.thread_names.contains(name) {
@@ -253,7 +272,9 @@ impl Metrics {
                 }
             }
             for state in ThreadState::ALL {
+                let gil_state = matches!(state, ThreadState::Hold | ThreadState::Wait);
                 if state == ThreadState::Wait && cursor.no_wait
+                    || gil_state && !cursor.gil_seen
                     || !cursor.free_threaded && !ThreadState::WITH_GIL.contains(&state)
                 {
                     continue;
@@ -267,11 +288,17 @@ impl Metrics {
                     .inc_by(thread.counts.get(state) as f64 * per_sample);
             }
         }
-        let gil = profile.gil_ticks();
-        self.held
-            .get_or_create(&process)
-            .inc_by(gil.held as f64 * per_sample);
-        if !cursor.no_wait {
+        if cursor.free_threaded {
+            self.enabled
+                .get_or_create(&process)
+                .inc_by(gil.on as f64 * per_sample);
+        }
+        if cursor.gil_seen {
+            self.held
+                .get_or_create(&process)
+                .inc_by(gil.held as f64 * per_sample);
+        }
+        if cursor.gil_seen && !cursor.no_wait {
             self.contended
                 .get_or_create(&process)
                 .inc_by(gil.contended as f64 * per_sample);
@@ -459,6 +486,62 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("gilscope_gil_held_seconds_total{"), "{text}");
+    }
+
+    #[test]
+    fn a_free_threaded_target_has_gil_series_only_once_its_gil_is_on() {
+        use ThreadState::Attached;
+        // One second of ticks 1 ms apart; with the GIL on, thread 1 holds and 2 waits.
+        let slice = |from_ms: u64, on: bool| {
+            let mut profile = Profile::new();
+            for i in from_ms..from_ms + 1000 {
+                let states = if on {
+                    [(1, Hold), (2, Wait)]
+                } else {
+                    [(1, Attached), (2, Idle)]
+                };
+                let mut sample = test_sample(i * 1_000_000, i, &states);
+                sample.gil.enabled = Some(on);
+                profile.add(&sample, |t| format!("worker-{t}"));
+            }
+            profile
+        };
+        let mut metrics = Metrics::new();
+        metrics.attached(&TargetInfo {
+            free_threaded: true,
+            ..target(42)
+        });
+        metrics.add_slice(42, &slice(0, false), &Health::default());
+        let text = metrics.encode();
+        for absent in [
+            "gilscope_gil_held_seconds_total{",
+            "gilscope_gil_contended_seconds_total{",
+            "state=\"hold\"",
+            "state=\"wait\"",
+        ] {
+            assert!(!text.contains(absent), "{absent} in\n{text}");
+        }
+        let enabled = "gilscope_gil_enabled_seconds_total{pid=\"42\"}";
+        assert_eq!(value(&text, enabled), 0.0);
+        let attached =
+            "gilscope_thread_gil_seconds_total{pid=\"42\",thread=\"worker-1\",state=\"attached\"}";
+        assert!((value(&text, attached) - 1.0).abs() < 1e-6);
+        // `PYTHON_GIL=1` or an extension turned the GIL on: now it is measured.
+        metrics.add_slice(42, &slice(1000, true), &Health::default());
+        let text = metrics.encode();
+        assert!((value(&text, enabled) - 1.0).abs() < 1e-6);
+        let process = |name: &str| value(&text, &format!("gilscope_{name}{{pid=\"42\"}}"));
+        assert!((process("gil_held_seconds_total") - 1.0).abs() < 1e-6);
+        assert!((process("gil_contended_seconds_total") - 1.0).abs() < 1e-6);
+        let wait =
+            "gilscope_thread_gil_seconds_total{pid=\"42\",thread=\"worker-2\",state=\"wait\"}";
+        assert!((value(&text, wait) - 1.0).abs() < 1e-6);
+        // A GIL build has its GIL series from the start.
+        let mut metrics = Metrics::new();
+        metrics.attached(&target(43));
+        let text = metrics.encode();
+        assert!(text.contains("gilscope_gil_held_seconds_total{pid=\"43\"}"));
+        assert!(!text.contains("gilscope_gil_enabled_seconds_total{"));
     }
 
     #[test]
