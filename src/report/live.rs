@@ -43,6 +43,18 @@ pub struct BlameSlice {
     pub waiter_ticks: u64,
 }
 
+/// One GIL of a process with more than one (3.12+ subinterpreters with a GIL of their own),
+/// over a slice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GilSlice {
+    /// Where its struct lies in the target: its identity from slice to slice.
+    pub base: u64,
+    pub interpreters: Vec<Option<i64>>,
+    /// A subinterpreter's own GIL, not the main interpreter's.
+    pub own: bool,
+    pub ticks: GilTicks,
+}
+
 /// About a second of a live recording, reduced to counts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Slice {
@@ -55,6 +67,8 @@ pub struct Slice {
     pub blame: Vec<BlameSlice>,
     /// Share of the machine's CPU time the hypervisor took during the slice.
     pub host_steal: Option<f64>,
+    /// Each GIL, the main one first, when the process had more than one; else empty.
+    pub gils: Vec<GilSlice>,
 }
 
 impl Slice {
@@ -96,6 +110,20 @@ impl Slice {
                 }
             }
         }
+        let gils = if profile.gils().len() > 1 {
+            profile
+                .gils()
+                .iter()
+                .map(|g| GilSlice {
+                    base: g.base,
+                    interpreters: g.interpreters.clone(),
+                    own: g.own,
+                    ticks: g.ticks,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Slice {
             start_ns: profile.start_ns.unwrap_or(profile.end_ns),
             end_ns: profile.end_ns,
@@ -104,6 +132,7 @@ impl Slice {
             threads,
             blame,
             host_steal,
+            gils,
         }
     }
 }
@@ -129,6 +158,32 @@ impl ProcessFigures {
             text
         }
     }
+}
+
+/// One GIL of the latest slice over a window (processes with more than one GIL).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GilFigures {
+    /// "main GIL, interpreters 0 2" or "own GIL, interpreter 1".
+    pub label: String,
+    pub held: f64,
+    pub contended: f64,
+}
+
+/// Most GILs `top` gives a line of their own; the rest are counted.
+const MAX_GIL_LINES: usize = 6;
+
+fn gil_label(gil: &GilSlice) -> String {
+    let ids: Vec<String> = gil
+        .interpreters
+        .iter()
+        .map(|id| id.map_or_else(|| "?".to_string(), |id| id.to_string()))
+        .collect();
+    format!(
+        "{} GIL, interpreter{} {}",
+        if gil.own { "own" } else { "main" },
+        if ids.len() == 1 { "" } else { "s" },
+        ids.join(" ")
+    )
 }
 
 /// A thread alive in the latest slice, with its fractions over each of `WINDOWS`.
@@ -238,6 +293,40 @@ impl History {
             no_gil: gil.no_gil(),
             free_threaded: gil.free_threaded(),
         }
+    }
+
+    /// Each GIL of the latest slice, over the last `n` slices (those that saw it); empty
+    /// where the process has one GIL.
+    pub fn gils(&self, n: usize) -> Vec<GilFigures> {
+        let Some(latest) = self.slices.back() else {
+            return Vec::new();
+        };
+        latest
+            .gils
+            .iter()
+            .map(|gil| {
+                let mut ticks = GilTicks::default();
+                for slice in self.window(n) {
+                    for seen in slice.gils.iter().filter(|g| g.base == gil.base) {
+                        ticks.ticks += seen.ticks.ticks;
+                        ticks.held += seen.ticks.held;
+                        ticks.contended += seen.ticks.contended;
+                    }
+                }
+                let share = |part: u64| {
+                    if ticks.ticks == 0 {
+                        0.0
+                    } else {
+                        part as f64 / ticks.ticks as f64
+                    }
+                };
+                GilFigures {
+                    label: gil_label(gil),
+                    held: share(ticks.held),
+                    contended: share(ticks.contended),
+                }
+            })
+            .collect()
     }
 
     /// The threads of the latest slice, with their fractions over each window. A thread is
@@ -492,6 +581,31 @@ pub fn screen(
         ));
     }
     lines.extend([head, held, contended, switches, String::new()]);
+    let gils = history.gils(STEADY);
+    if !gils.is_empty() {
+        lines.push(format!(
+            "{:<34}{:>9}{:>11}",
+            format!(
+                "{} GILs, over the last {}",
+                gils.len(),
+                window_label(history, STEADY)
+            ),
+            "held",
+            "contended"
+        ));
+        for gil in gils.iter().take(MAX_GIL_LINES) {
+            lines.push(format!(
+                "  {:<32}{:>9}{:>11}",
+                gil.label,
+                percent(gil.held),
+                wait_figure(percent(gil.contended), target.wait_measured)
+            ));
+        }
+        if gils.len() > MAX_GIL_LINES {
+            lines.push(format!("  ... {} more GILs", gils.len() - MAX_GIL_LINES));
+        }
+        lines.push(String::new());
+    }
     if steady.no_gil {
         lines.push(
             "no GIL: free-threaded build running without one; ATTACHED = running Python".into(),
@@ -785,6 +899,14 @@ pub fn plain_line(
         ),
         p.samples
     );
+    for gil in history.gils(1) {
+        line.push_str(&format!(
+            " | {} held {} contended {}",
+            gil.label,
+            percent(gil.held),
+            wait_figure(percent(gil.contended), wait_measured)
+        ));
+    }
     if view.stacks {
         if let Some(b) = history.top_blame(1) {
             line.push_str(&format!(
@@ -848,6 +970,7 @@ mod tests {
             threads,
             blame: Vec::new(),
             host_steal: Some(0.0),
+            gils: Vec::new(),
         }
     }
 
@@ -988,6 +1111,74 @@ mod tests {
             plain.contains("| waiter-计算 (12) hold 9.0% wait 90.0% running 1.0% idle 0.0% |"),
             "{plain}"
         );
+    }
+
+    #[test]
+    fn each_gil_of_a_process_with_several_gets_its_figures() {
+        let gil = |base: u64, ids: &[i64], own: bool, held: u64, contended: u64| GilSlice {
+            base,
+            interpreters: ids.iter().map(|&i| Some(i)).collect(),
+            own,
+            ticks: GilTicks {
+                ticks: 1000,
+                held,
+                contended,
+                ..GilTicks::default()
+            },
+        };
+        let mut history = History::new();
+        for i in 0..10 {
+            let mut s = slice(
+                i,
+                500,
+                i * 100,
+                vec![thread(11, 1, "main", [500, 0, 0, 500])],
+            );
+            // The subinterpreter's GIL is held all through the second half only.
+            let own_held = if i >= 5 { 1000 } else { 0 };
+            s.gils = vec![
+                gil(0x1000, &[0, 2], false, 500, 250),
+                gil(0x2000, &[1], true, own_held, 0),
+            ];
+            history.push(s);
+        }
+        let gils = history.gils(10);
+        assert_eq!(gils.len(), 2);
+        assert_eq!(gils[0].label, "main GIL, interpreters 0 2");
+        assert_eq!((gils[0].held, gils[0].contended), (0.5, 0.25));
+        assert_eq!(gils[1].label, "own GIL, interpreter 1");
+        assert_eq!(gils[1].held, 0.5);
+        assert_eq!(history.gils(1)[1].held, 1.0);
+        let view = ViewState {
+            sort: SortBy::Hold,
+            show_idle: true,
+            stacks: false,
+        };
+        let lines = screen(&target(), 1000.0, 10.0, &history, &view, 100, 30);
+        let line = |label: &str| {
+            lines
+                .iter()
+                .find(|l| l.contains(label))
+                .unwrap_or_else(|| panic!("no {label} in {lines:?}"))
+                .clone()
+        };
+        assert!(line("2 GILs, over the last 10 s").contains("contended"));
+        let own = line("own GIL, interpreter 1");
+        assert_eq!(
+            own.split_whitespace().rev().take(2).collect::<Vec<_>>(),
+            ["0.0%", "50.0%"]
+        );
+        let plain = plain_line(10.0, &history, &view, true);
+        assert!(
+            plain.contains("| own GIL, interpreter 1 held 100.0% contended 0.0%"),
+            "{plain}"
+        );
+        // One GIL: no GIL lines.
+        let mut single = History::new();
+        single.push(slice(0, 500, 0, vec![]));
+        assert!(single.gils(10).is_empty());
+        let lines = screen(&target(), 1000.0, 1.0, &single, &view, 100, 30);
+        assert!(!lines.iter().any(|l| l.contains("GILs, over")), "{lines:?}");
     }
 
     #[test]
