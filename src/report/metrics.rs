@@ -33,6 +33,15 @@ struct ProcessLabels {
     pid: String,
 }
 
+/// One GIL of a process with several (3.12+ subinterpreters with a GIL of their own), named
+/// by the lowest id of the interpreters using it: 0 for the main GIL, the subinterpreter's id
+/// for its own. Stable while the interpreter lives, unlike the list of interpreters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GilLabels {
+    pid: String,
+    interpreter: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TargetLabels {
     pid: String,
@@ -57,6 +66,8 @@ struct Cursor {
     /// slice had ticks with the GIL enabled. Until then there are no hold, wait, held or
     /// contended series: a build without a GIL would read as "nobody held it".
     gil_seen: bool,
+    /// GILs given series of their own so far (their `interpreter` labels).
+    gil_labels: std::collections::HashSet<String>,
 }
 
 /// Thread names per process that get series of their own. A program that starts a thread per
@@ -65,6 +76,11 @@ struct Cursor {
 pub const MAX_THREAD_SERIES: usize = 100;
 /// The thread label of the series that sums threads beyond `MAX_THREAD_SERIES`.
 pub const OTHER_THREADS: &str = "[other threads]";
+/// GILs per process that get series of their own: a program that makes interpreters in a
+/// loop, each with its own GIL, would otherwise add series without end.
+pub const MAX_GIL_SERIES: usize = 32;
+/// The interpreter label of the series that sums GILs beyond `MAX_GIL_SERIES`.
+pub const OTHER_GILS: &str = "[other interpreters]";
 
 pub struct Metrics {
     registry: Registry,
@@ -72,6 +88,8 @@ pub struct Metrics {
     held: Family<ProcessLabels, Seconds>,
     contended: Family<ProcessLabels, Seconds>,
     enabled: Family<ProcessLabels, Seconds>,
+    gil_held: Family<GilLabels, Seconds>,
+    gil_contended: Family<GilLabels, Seconds>,
     switches: Family<ProcessLabels, Counter>,
     samples: Family<ProcessLabels, Counter>,
     errors: Family<ProcessLabels, Counter>,
@@ -121,6 +139,21 @@ impl Metrics {
             Unit::Seconds,
             enabled.clone(),
         );
+        let gil_held = Family::<GilLabels, Seconds>::default();
+        registry.register_with_unit(
+            "interpreter_gil_held",
+            "Processes with several GILs (subinterpreters with their own): wall time each GIL \
+             was held, by the lowest id of the interpreters using it (0: the main GIL)",
+            Unit::Seconds,
+            gil_held.clone(),
+        );
+        let gil_contended = Family::<GilLabels, Seconds>::default();
+        registry.register_with_unit(
+            "interpreter_gil_contended",
+            "Processes with several GILs: wall time at least one thread waited for each GIL",
+            Unit::Seconds,
+            gil_contended.clone(),
+        );
         let switches = Family::<ProcessLabels, Counter>::default();
         registry.register(
             "gil_switches",
@@ -166,6 +199,8 @@ impl Metrics {
             held,
             contended,
             enabled,
+            gil_held,
+            gil_contended,
             switches,
             samples,
             errors,
@@ -302,6 +337,35 @@ impl Metrics {
             self.contended
                 .get_or_create(&process)
                 .inc_by(gil.contended as f64 * per_sample);
+        }
+        if profile.gils().len() > 1 {
+            for gil in profile.gils() {
+                let mut interpreter = gil
+                    .interpreters
+                    .iter()
+                    .flatten()
+                    .min()
+                    .map_or_else(|| "?".to_string(), |id| id.to_string());
+                if !cursor.gil_labels.contains(&interpreter) {
+                    if cursor.gil_labels.len() < MAX_GIL_SERIES {
+                        cursor.gil_labels.insert(interpreter.clone());
+                    } else {
+                        interpreter = OTHER_GILS.to_string();
+                    }
+                }
+                let labels = GilLabels {
+                    pid: labels.pid.clone(),
+                    interpreter,
+                };
+                self.gil_held
+                    .get_or_create(&labels)
+                    .inc_by(gil.ticks.held as f64 * per_sample);
+                if !cursor.no_wait {
+                    self.gil_contended
+                        .get_or_create(&labels)
+                        .inc_by(gil.ticks.contended as f64 * per_sample);
+                }
+            }
         }
         if let Some(((_, first), (_, last))) = profile.switch_span() {
             let switches = match cursor.switch_number {
@@ -542,6 +606,58 @@ mod tests {
         let text = metrics.encode();
         assert!(text.contains("gilscope_gil_held_seconds_total{pid=\"43\"}"));
         assert!(!text.contains("gilscope_gil_enabled_seconds_total{"));
+    }
+
+    #[test]
+    fn each_gil_of_a_process_with_several_has_its_own_series() {
+        use crate::python::interpreter::GilState;
+        use crate::sample::GilReading;
+        // One second at 1 ms: thread 1 holds the main GIL and thread 3 waits for it on even
+        // ticks; thread 2 holds interpreter 1's own GIL on the first quarter only.
+        let mut profile = Profile::new();
+        for i in 0..1000u64 {
+            let own = if i < 250 { Hold } else { Idle };
+            let third = if i % 2 == 0 { Wait } else { Idle };
+            let mut tick = test_sample(i * 1_000_000, i, &[(1, Hold), (2, own), (3, third)]);
+            let reading = |base, ids: Vec<Option<i64>>| GilReading {
+                base,
+                interpreters: ids,
+                state: GilState {
+                    created: true,
+                    ..GilState::default()
+                },
+            };
+            tick.gils = vec![
+                reading(0x1000, vec![Some(0), Some(2)]),
+                reading(0x2000, vec![Some(1)]),
+            ];
+            for (thread, gil) in tick.threads.iter_mut().zip([0, 1, 0]) {
+                thread.gil = Some((gil, Some(i64::from(gil))));
+            }
+            profile.add(&tick, |t| format!("t{t}"));
+        }
+        let mut metrics = Metrics::new();
+        metrics.attached(&target(42));
+        metrics.add_slice(42, &profile, &Health::default());
+        let text = metrics.encode();
+        let gil = |name: &str, interpreter: &str| {
+            value(
+                &text,
+                &format!("gilscope_interpreter_gil_{name}_seconds_total{{pid=\"42\",interpreter=\"{interpreter}\"}}"),
+            )
+        };
+        assert!((gil("held", "0") - 1.0).abs() < 1e-6, "{text}");
+        assert!((gil("contended", "0") - 0.5).abs() < 1e-6);
+        assert!((gil("held", "1") - 0.25).abs() < 1e-6);
+        assert_eq!(gil("contended", "1"), 0.0);
+        assert!(!text.contains("interpreter=\"2\""), "{text}");
+        // One GIL: no per-GIL series.
+        let mut metrics = Metrics::new();
+        metrics.attached(&target(43));
+        metrics.add_slice(43, &slice(0), &Health::default());
+        assert!(!metrics
+            .encode()
+            .contains("gilscope_interpreter_gil_held_seconds_total{"));
     }
 
     #[test]
