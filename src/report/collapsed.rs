@@ -43,6 +43,27 @@ pub fn state_label(state: ThreadState) -> String {
     format!("[{}]", state.name())
 }
 
+/// The root frame of a thread's stacks in a process with more than one GIL (3.12+
+/// subinterpreters with their own): which GIL its states were judged against. None with one
+/// GIL, where stacks start at the thread as always.
+fn gil_root(recording: &Recording, gil: Option<(u64, Option<i64>)>) -> Option<String> {
+    let gils = recording.profile.gils();
+    if gils.len() < 2 {
+        return None;
+    }
+    Some(match gil {
+        Some((base, Some(id))) if base != gils[0].base => {
+            format!("[own GIL of interpreter {id}]")
+        }
+        Some((base, None)) if base != gils[0].base => "[own GIL]".to_string(),
+        // The main GIL; a thread without a thread state is judged against it too.
+        _ => MAIN_GIL.to_string(),
+    })
+}
+
+/// The root frame of threads on the main interpreter's GIL, with more than one GIL.
+pub const MAIN_GIL: &str = "[main GIL]";
+
 /// The frames of a stack, root first (nothing when there is no stack or no table).
 fn frame_labels(recording: &Recording, stack: Option<StackId>) -> Vec<String> {
     match (&recording.stacks, stack) {
@@ -59,9 +80,11 @@ pub fn folded(recording: &Recording, options: &RenderOptions) -> BTreeMap<Vec<St
         View::Threads => {
             for thread in profile.threads() {
                 let head = thread_label(thread.name(), thread.tid);
+                let root = gil_root(recording, thread.gil);
                 for &state in &options.states {
                     for (&stack, &count) in &thread.stacks[state.index()] {
-                        let mut path = vec![head.clone(), state_label(state)];
+                        let mut path: Vec<String> = root.iter().cloned().collect();
+                        path.extend([head.clone(), state_label(state)]);
                         path.extend(frame_labels(recording, stack));
                         *stacks.entry(path).or_default() += count;
                     }
@@ -70,7 +93,9 @@ pub fn folded(recording: &Recording, options: &RenderOptions) -> BTreeMap<Vec<St
         }
         View::Blame => {
             for blame in profile.blame() {
-                let mut path = vec![thread_label(blame.holder.name(), blame.holder.tid)];
+                let mut path: Vec<String> =
+                    gil_root(recording, blame.holder.gil).into_iter().collect();
+                path.push(thread_label(blame.holder.name(), blame.holder.tid));
                 path.extend(frame_labels(recording, blame.stack));
                 *stacks.entry(path).or_default() += blame.waiter_ticks;
             }
