@@ -242,7 +242,53 @@ fn own_gil(python: &Python, enter: Enter) -> Result<(), Failed> {
         Ok(())
     };
     check().map_err(|e| format!("{e}\n{}", context(&report)))?;
-    dump_shows_each_gil(&fixture)
+    dump_shows_each_gil(&fixture)?;
+    top_shows_each_gil(&fixture)?;
+    stacks_are_grouped_by_gil(&fixture)
+}
+
+/// Folded stacks start with the GIL each thread was judged against: the main spinner's under
+/// `[main GIL]`, the subinterpreter's spinner's under its interpreter's own.
+fn stacks_are_grouped_by_gil(fixture: &Fixture) -> Result<(), Failed> {
+    let pid = fixture.pid.to_string();
+    let out = common::gilscope_ok(&[
+        "record",
+        "--pid",
+        &pid,
+        "--duration",
+        "1",
+        "--format",
+        "collapsed",
+    ])?;
+    let folded = common::stdout_of(&out);
+    let root_of = |tid: i32| -> Option<String> {
+        let head = format!(" ({tid});");
+        let line = folded.lines().find(|l| l.contains(&head))?;
+        Some(line.split(';').next()?.to_string())
+    };
+    let (main, sub) = (fixture.tid("main-spinner"), fixture.tid("sub-spinner"));
+    match (root_of(main), root_of(sub)) {
+        (Some(m), Some(s)) if m == "[main GIL]" && s.starts_with("[own GIL of interpreter ") => {
+            Ok(())
+        }
+        roots => Err(format!("stack roots {roots:?}:\n{folded}").into()),
+    }
+}
+
+/// `top`'s plain line (stdout is a pipe) has the own GIL's figures, held nearly all the time
+/// by the subinterpreter's spinner.
+fn top_shows_each_gil(fixture: &Fixture) -> Result<(), Failed> {
+    let line = common::top_first_line(fixture.pid)?;
+    let held = line
+        .split(" | ")
+        .find_map(|part| part.strip_prefix("own GIL, interpreter "))
+        .and_then(|rest| rest.split(" held ").nth(1))
+        .and_then(|rest| rest.split('%').next())
+        .and_then(|figure| figure.parse::<f64>().ok());
+    match held {
+        Some(held) if held / 100.0 >= OWN_GIL_HOLD => Ok(()),
+        _ => Err(format!("top's line has no own GIL held >= {OWN_GIL_HOLD}:\n{line}").into()),
+    }
 }
 
 /// A dump of the own-GIL fixture lists both GILs, puts each spinner on its own, and (at some
