@@ -389,7 +389,13 @@ fn build(block: &[u8], version: &Version, free_threaded: bool) -> Result<Layout,
         free_threaded,
         tstate_attach_state: attach_state,
         current: Current::ThreadFlag(Flag::bit(status, layout::ACTIVE_BIT)),
-        stack: stack_layout(&sections, version, tstate_field("current_frame")?).ok(),
+        stack: stack_layout(
+            &sections,
+            version,
+            free_threaded,
+            tstate_field("current_frame")?,
+        )
+        .ok(),
     })
 }
 
@@ -398,6 +404,7 @@ fn build(block: &[u8], version: &Version, free_threaded: bool) -> Result<Layout,
 fn stack_layout(
     sections: &Sections,
     version: &Version,
+    free_threaded: bool,
     current_frame: u64,
 ) -> Result<StackLayout, String> {
     let get = |section: &str, name: &str| -> Result<u64, String> {
@@ -437,6 +444,14 @@ fn stack_layout(
         unicode: UnicodeFields {
             length: unicode("length")?,
             state: unicode("state")?,
+            // Free-threaded 3.14+ make `interned` an `unsigned char` (set atomically): the
+            // bitfields after it start at the next byte (gdb `ptype /o PyASCIIObject` on
+            // the 3.13.5 and 3.14.4 free-threaded builds: kind at bit 2, then at bit 8).
+            kind_bit: if free_threaded && version.minor >= 14 {
+                8
+            } else {
+                2
+            },
             ascii_data,
             // The compact header adds utf8_length and utf8 to the ASCII one.
             compact_data: sections

@@ -179,8 +179,11 @@ pub enum FrameFields {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnicodeFields {
     pub length: u64,
-    /// The state bitfield: interned (2 bits), kind (3), compact (1), ascii (1).
+    /// The state bitfield: interned, kind (3 bits), compact (1), ascii (1).
     pub state: u64,
+    /// The first bit of `kind` in the state word: 2 after `interned:2`; 8 where `interned`
+    /// is a whole byte (free-threaded 3.14+, which sets it atomically).
+    pub kind_bit: u8,
     /// Where the characters of a compact ASCII string start.
     pub ascii_data: u64,
     /// Where the characters of other compact strings start.
@@ -218,6 +221,7 @@ pub struct StackLayout {
 const UNICODE_3_6: UnicodeFields = UnicodeFields {
     length: 16,
     state: 32,
+    kind_bit: 2,
     ascii_data: 48,
     compact_data: 72,
 };
@@ -225,6 +229,7 @@ const UNICODE_3_6: UnicodeFields = UnicodeFields {
 const UNICODE_3_12: UnicodeFields = UnicodeFields {
     length: 16,
     state: 32,
+    kind_bit: 2,
     ascii_data: 40,
     compact_data: 56,
 };

@@ -44,7 +44,12 @@ pub fn read_str(memory: &dyn Memory, addr: u64, layout: &StackLayout) -> Result<
     let header = memory.read_bytes(addr, (fields.state + 4) as usize)?;
     let length = u64_at(&header, fields.length).ok_or(ReadError::BadPointer { addr })?;
     let state = u32_at(&header, fields.state).ok_or(ReadError::BadPointer { addr })?;
-    let (kind, compact, ascii) = (state >> 2 & 7, state >> 5 & 1 == 1, state >> 6 & 1 == 1);
+    let bit = u32::from(fields.kind_bit);
+    let (kind, compact, ascii) = (
+        state >> bit & 7,
+        state >> (bit + 3) & 1 == 1,
+        state >> (bit + 4) & 1 == 1,
+    );
     if !compact || length > MAX_STR_CHARS || (ascii && kind != 1) {
         return Err(ReadError::BadPointer { addr });
     }
@@ -145,7 +150,8 @@ pub(crate) fn str_object(layout: &StackLayout, text: &str) -> Vec<u8> {
     let mut object = vec![0u8; start];
     object[u.length as usize..u.length as usize + 8]
         .copy_from_slice(&(chars.len() as u64).to_le_bytes());
-    let state = (kind << 2) | (1 << 5) | ((ascii as u32) << 6);
+    let bit = u32::from(u.kind_bit);
+    let state = (kind << bit) | (1 << (bit + 3)) | ((ascii as u32) << (bit + 4));
     object[u.state as usize..u.state as usize + 4].copy_from_slice(&state.to_le_bytes());
     for c in chars {
         let v = c as u32;
@@ -177,6 +183,34 @@ mod tests {
                     "3.{minor}"
                 );
             }
+        }
+    }
+
+    /// "spin", interned, as the free-threaded 3.14.4 build lays it out (gdb `ptype /o
+    /// PyASCIIObject`): a 32-byte object header, length at 32, `unsigned char interned` at
+    /// 48, then kind (bits 0-2 of byte 49), compact (bit 3) and ascii (bit 4); the text at 56.
+    #[test]
+    fn free_threaded_3_14_strings_keep_kind_after_a_whole_interned_byte() {
+        let mut layout = table_for(&Version::new(3, 12, 0)).unwrap().stack.unwrap();
+        layout.unicode = crate::python::layout::UnicodeFields {
+            length: 32,
+            state: 48,
+            kind_bit: 8,
+            ascii_data: 56,
+            compact_data: 72,
+        };
+        let mut object = vec![0u8; 56];
+        object[32] = 4;
+        object[48] = 1;
+        object[49] = 1 | 1 << 3 | 1 << 4;
+        object.extend_from_slice(b"spin\0");
+        let mut image = MemoryImage::new();
+        image.add(0x10000, object);
+        assert_eq!(read_str(&image, 0x10000, &layout).unwrap(), "spin");
+        for text in ["café", "数据处理", "🐍 snake"] {
+            let mut image = MemoryImage::new();
+            image.add(0x10000, str_object(&layout, text));
+            assert_eq!(read_str(&image, 0x10000, &layout).unwrap(), text);
         }
     }
 
