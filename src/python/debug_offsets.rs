@@ -3,7 +3,7 @@
 
 use super::layout::{
     self, CodeFields, Current, Flag, FrameFields, GilFields, GilPlacement, Layout, LineTable,
-    StackLayout, TextKind, UnicodeFields,
+    StackLayout, TextKind, ThreadLocalBytecode, UnicodeFields,
 };
 use super::version::Version;
 use crate::target::memory::{u64_at, Memory};
@@ -420,6 +420,17 @@ fn stack_layout(
     let code = |name| get("code_object", name);
     let unicode = |name| get("unicode_object", name);
     let ascii_data = get("unicode_object", "asciiobject_size")?;
+    // Free-threaded 3.14+: both offsets are published, and 0 on other builds. A code object
+    // is a `PyVarObject` like a tuple: its `ob_size` is where the tuple's is.
+    let nonzero = |value: Result<u64, String>| value.ok().filter(|&v| v != 0);
+    let tlbc_index = nonzero(frame("tlbc_index"));
+    let thread_local_bytecode = match (tlbc_index, nonzero(code("co_tlbc"))) {
+        (Some(_), Some(array)) => Some(ThreadLocalBytecode {
+            array,
+            code_units: get("tuple_object", "ob_size")?,
+        }),
+        _ => None,
+    };
     Ok(StackLayout {
         tstate_frame: current_frame,
         cframe_frame: None,
@@ -430,6 +441,7 @@ fn stack_layout(
             owner: frame("owner")?,
             shim_owner: None,
             tagged_code: version.minor >= 14,
+            tlbc_index: thread_local_bytecode.and(tlbc_index),
         },
         code: CodeFields {
             filename: code("filename")?,
@@ -439,6 +451,7 @@ fn stack_layout(
             linetable: code("linetable")?,
             line_table: LineTable::Locations,
             first_instruction: Some(code("co_code_adaptive")?),
+            thread_local_bytecode,
         },
         text: TextKind::Unicode,
         unicode: UnicodeFields {

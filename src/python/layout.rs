@@ -148,6 +148,20 @@ pub struct CodeFields {
     pub line_table: LineTable,
     /// 3.11+: the first instruction (`co_code_adaptive`), inside the code object.
     pub first_instruction: Option<u64>,
+    /// Free-threaded 3.14+: each thread may run its own copy of the bytecode.
+    pub thread_local_bytecode: Option<ThreadLocalBytecode>,
+}
+
+/// Free-threaded 3.14+: where a code object keeps the per-thread copies of its bytecode.
+/// `co_tlbc` points at a `_PyCodeArray` {`Py_ssize_t size`; `char *entries[size]`}; entry 0
+/// is `co_code_adaptive`, entry i the copy of the threads whose frames have `tlbc_index` i.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThreadLocalBytecode {
+    /// `co_tlbc` in the code object.
+    pub array: u64,
+    /// `ob_size` of the code object (a `PyVarObject`): its length in 2-byte code units,
+    /// which is every copy's length too.
+    pub code_units: u64,
 }
 
 /// What a frame is and where its fields are.
@@ -172,6 +186,9 @@ pub enum FrameFields {
         shim_owner: Option<u8>,
         /// 3.14+: the code pointer is a `_PyStackRef` with tag bits.
         tagged_code: bool,
+        /// Free-threaded 3.14+: `int32_t tlbc_index`, which copy of the bytecode
+        /// `instr` points into ([`ThreadLocalBytecode`]).
+        tlbc_index: Option<u64>,
     },
 }
 
@@ -250,6 +267,7 @@ fn stack_table(major: u8, minor: u8) -> Option<StackLayout> {
         linetable: 112,
         line_table: LineTable::Lnotab,
         first_instruction: None,
+        thread_local_bytecode: None,
     };
     let code_38 = CodeFields {
         filename: 104,
@@ -266,6 +284,7 @@ fn stack_table(major: u8, minor: u8) -> Option<StackLayout> {
         linetable: 136,
         line_table: LineTable::Locations,
         first_instruction: Some(184),
+        thread_local_bytecode: None,
     };
     let base = StackLayout {
         tstate_frame: 24,
@@ -328,6 +347,7 @@ fn stack_table(major: u8, minor: u8) -> Option<StackLayout> {
                 owner: 69,
                 shim_owner: None,
                 tagged_code: false,
+                tlbc_index: None,
             },
             code: code_311,
             ..base
@@ -342,6 +362,7 @@ fn stack_table(major: u8, minor: u8) -> Option<StackLayout> {
                 owner: 70,
                 shim_owner: Some(3),
                 tagged_code: false,
+                tlbc_index: None,
             },
             code: CodeFields {
                 firstlineno: 68,

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::layout::{FrameFields, LineTable, StackLayout};
+use super::layout::{FrameFields, LineTable, StackLayout, ThreadLocalBytecode};
 use super::objects;
 use crate::target::memory::{check_pointer, i32_at, u64_at, Memory, ReadError};
 
@@ -16,6 +16,10 @@ const MAX_CODE_CACHE: usize = 65_536;
 const MAX_LINE_CACHE: usize = 1 << 20;
 /// Largest instruction offset believed: beyond it the frame is not what it was.
 const MAX_CODE_BYTES: u64 = 1 << 26;
+/// Most copies of one code object's bytecode believed (one per thread index in use).
+const MAX_BYTECODE_COPIES: u64 = 1 << 20;
+/// (code, copy index) -> bytecode copy addresses remembered; past this they start over.
+const MAX_COPY_CACHE: usize = 1 << 16;
 /// The function name of the marker frame at the root of a truncated stack.
 pub const TRUNCATED: &str = "[deeper frames not read]";
 
@@ -131,6 +135,22 @@ struct Code {
     file: Arc<str>,
     firstlineno: i32,
     linetable: Arc<[u8]>,
+    /// Length in code units (`ob_size`), where thread-local bytecode needs it.
+    code_units: u64,
+}
+
+/// What a frame holds that the walk uses.
+#[derive(Debug, Clone, Copy)]
+struct FrameRecord {
+    /// The next frame outwards (0: none).
+    previous: u64,
+    code: u64,
+    instr: u64,
+    /// Whether it is a frame to show (not a C-stack shim).
+    shown: bool,
+    /// Free-threaded 3.14+: which copy of the bytecode `instr` points into (0: the code
+    /// object's own).
+    tlbc_index: i32,
 }
 
 /// Reads stacks of one interpreter, remembering code objects and lines across ticks.
@@ -143,6 +163,8 @@ pub struct StackReader {
     lines: HashMap<(u64, u64), FrameId>,
     /// Type objects known to be (or not to be) `code`.
     code_types: HashMap<u64, bool>,
+    /// Free-threaded 3.14+: (code object, copy index) -> where that copy of its bytecode is.
+    bytecode_copies: HashMap<(u64, i32), u64>,
     /// Each thread state's innermost frame when its stack was last read, and that stack.
     last: HashMap<u64, (Option<Top>, StackId)>,
     /// Each thread state's outermost frame and its code, once two walks agreed on it.
@@ -190,8 +212,16 @@ impl StackReader {
                 code,
                 instr,
                 owner,
+                tlbc_index,
                 ..
-            } => previous.max(code).max(instr).max(owner) + 8,
+            } => {
+                previous
+                    .max(code)
+                    .max(instr)
+                    .max(owner)
+                    .max(tlbc_index.unwrap_or(0))
+                    + 8
+            }
         } as usize;
         let c = layout.code;
         let code_size = [
@@ -201,6 +231,7 @@ impl StackReader {
             c.qualname.unwrap_or(0),
             c.firstlineno,
             c.linetable,
+            c.thread_local_bytecode.map_or(0, |t| t.code_units),
         ]
         .into_iter()
         .max()
@@ -213,6 +244,7 @@ impl StackReader {
             codes: HashMap::new(),
             lines: HashMap::new(),
             code_types: HashMap::new(),
+            bytecode_copies: HashMap::new(),
             last: HashMap::new(),
             roots: HashMap::new(),
             pending_roots: HashMap::new(),
@@ -233,12 +265,8 @@ impl StackReader {
         }
     }
 
-    /// Read a frame: (next frame outwards, code object, instruction, is a frame to show).
-    fn read_frame(
-        &self,
-        memory: &dyn Memory,
-        frame: u64,
-    ) -> Result<(u64, u64, u64, bool), ReadError> {
+    /// Read a frame.
+    fn read_frame(&self, memory: &dyn Memory, frame: u64) -> Result<FrameRecord, ReadError> {
         check_pointer(frame, 8)?;
         let block = memory.read_bytes(frame, self.frame_size)?;
         let at = |offset| u64_at(&block, offset).ok_or(ReadError::BadPointer { addr: frame });
@@ -252,7 +280,13 @@ impl StackReader {
                 let lasti = i32_at(&block, lasti).ok_or(ReadError::BadPointer { addr: frame })?;
                 // -1 before the first instruction runs.
                 let offset = (lasti.max(0) as u64) * lasti_scale;
-                Ok((at(back)?, at(code)?, offset, true))
+                Ok(FrameRecord {
+                    previous: at(back)?,
+                    code: at(code)?,
+                    instr: offset,
+                    shown: true,
+                    tlbc_index: 0,
+                })
             }
             FrameFields::Interpreter {
                 previous,
@@ -261,14 +295,26 @@ impl StackReader {
                 owner,
                 shim_owner,
                 tagged_code,
+                tlbc_index,
             } => {
                 let mut code = at(code)?;
                 if tagged_code {
                     code &= !7;
                 }
                 let owner = block.get(owner as usize).copied().unwrap_or(0);
-                let shown = shim_owner != Some(owner);
-                Ok((at(previous)?, code, at(instr)?, shown))
+                let tlbc_index = match tlbc_index {
+                    Some(offset) => {
+                        i32_at(&block, offset).ok_or(ReadError::BadPointer { addr: frame })?
+                    }
+                    None => 0,
+                };
+                Ok(FrameRecord {
+                    previous: at(previous)?,
+                    code,
+                    instr: at(instr)?,
+                    shown: shim_owner != Some(owner),
+                    tlbc_index,
+                })
             }
         }
     }
@@ -278,8 +324,12 @@ impl StackReader {
         if frame == 0 {
             return Ok(None);
         }
-        let (_, code, instr, _) = self.read_frame(memory, frame)?;
-        Ok(Some(Top { frame, code, instr }))
+        let record = self.read_frame(memory, frame)?;
+        Ok(Some(Top {
+            frame,
+            code: record.code,
+            instr: record.instr,
+        }))
     }
 
     /// Is `ty` the `code` type? Learned once per type object.
@@ -321,6 +371,10 @@ impl StackReader {
         {
             return Ok(Some(code.clone()));
         }
+        let code_units = match c.thread_local_bytecode {
+            Some(t) => field(t.code_units)?,
+            None => 0,
+        };
         let function = objects::read_name(memory, fingerprint[1], &self.layout)?;
         let file = objects::read_name(memory, fingerprint[0], &self.layout)?;
         let linetable = objects::read_bytes_object(memory, fingerprint[2], &self.layout)?;
@@ -330,10 +384,12 @@ impl StackReader {
             file: file.into(),
             firstlineno: fingerprint[3] as u32 as i32,
             linetable: linetable.into(),
+            code_units,
         };
         if self.codes.len() >= MAX_CODE_CACHE {
             self.codes.clear();
             self.lines.clear();
+            self.bytecode_copies.clear();
         }
         self.codes.insert(addr, code.clone());
         Ok(Some(code))
@@ -368,6 +424,50 @@ impl StackReader {
         id
     }
 
+    /// Free-threaded 3.14+: the byte offset of a frame's instruction in the copy of its
+    /// code's bytecode that its thread runs (`tlbc_index` != 0). Where the copy was found
+    /// before and the instruction lies inside it, no read; else the code object's
+    /// `_PyCodeArray` is read again (it moves when it grows). An index the array does not
+    /// have, or an instruction outside the copy, is a frame read as it changed.
+    fn copy_offset(
+        &mut self,
+        memory: &dyn Memory,
+        code_addr: u64,
+        code: &Code,
+        record: FrameRecord,
+    ) -> Result<u64, StackError> {
+        let (Some(tlbc), Some(first)) = (
+            self.layout.code.thread_local_bytecode,
+            self.layout.code.first_instruction,
+        ) else {
+            return Err(StackError::Moved);
+        };
+        let bytes = code.code_units.saturating_mul(2);
+        let inside = |base: u64| {
+            record.instr >= base && record.instr - base < bytes.max(2) && bytes <= MAX_CODE_BYTES
+        };
+        let key = (code_addr, record.tlbc_index);
+        if let Some(&base) = self.bytecode_copies.get(&key) {
+            if inside(base) {
+                return Ok(record.instr - base);
+            }
+        }
+        let base = match copy_address(memory, code_addr, tlbc, record.tlbc_index)? {
+            // Not made yet: the thread runs the code object's own bytecode (as CPython's
+            // own remote unwinder also assumes).
+            0 => code_addr + first,
+            base => base,
+        };
+        if !inside(base) {
+            return Err(StackError::Moved);
+        }
+        if self.bytecode_copies.len() >= MAX_COPY_CACHE {
+            self.bytecode_copies.clear();
+        }
+        self.bytecode_copies.insert(key, base);
+        Ok(record.instr - base)
+    }
+
     /// Is `root` (the outermost frame a walk reached and its code; 0 for no frame) the
     /// thread's root?
     ///
@@ -387,7 +487,7 @@ impl StackReader {
             let still_root = known.0 != 0
                 && self
                     .read_frame(memory, known.0)
-                    .is_ok_and(|(previous, code, _, _)| previous == 0 && code == known.1);
+                    .is_ok_and(|f| f.previous == 0 && f.code == known.1);
             if still_root {
                 return false;
             }
@@ -429,8 +529,9 @@ impl StackReader {
                 break;
             }
             walked += 1;
-            let (next, code_addr, instr, shown) = self.read_frame(memory, frame)?;
-            if shown && code_addr != 0 {
+            let record = self.read_frame(memory, frame)?;
+            let (next, code_addr, instr) = (record.previous, record.code, record.instr);
+            if record.shown && code_addr != 0 {
                 let code = match seen_codes.get(&code_addr) {
                     Some(code) => code.clone(),
                     None => {
@@ -441,6 +542,9 @@ impl StackReader {
                 };
                 if let Some(code) = code {
                     let offset = match self.layout.code.first_instruction {
+                        Some(_) if record.tlbc_index != 0 => {
+                            self.copy_offset(memory, code_addr, &code, record)?
+                        }
                         // 3.11-3.12 point one unit before the first instruction until it runs.
                         Some(first) => instr.saturating_sub(code_addr + first),
                         None => instr,
@@ -480,6 +584,28 @@ impl StackReader {
         self.last.insert(tstate, (before, stack));
         Ok(stack)
     }
+}
+
+/// Entry `index` of the `_PyCodeArray` of the code object at `code` (0 where the copy does
+/// not exist yet).
+fn copy_address(
+    memory: &dyn Memory,
+    code: u64,
+    tlbc: ThreadLocalBytecode,
+    index: i32,
+) -> Result<u64, StackError> {
+    let array = memory.read_u64(code + tlbc.array)?;
+    check_pointer(array, 8)?;
+    let size = memory.read_u64(array)?;
+    let index = u64::try_from(index).map_err(|_| StackError::Moved)?;
+    if size > MAX_BYTECODE_COPIES || index >= size {
+        return Err(StackError::Moved);
+    }
+    let entry = memory.read_u64(array + 8 + 8 * index)?;
+    if entry != 0 {
+        check_pointer(entry, 2)?;
+    }
+    Ok(entry)
 }
 
 /// 2.7-3.9: the line of the instruction at byte `offset`, from `co_lnotab`. Line increments
@@ -733,6 +859,20 @@ mod tests {
     /// A 3.12 thread whose stack is outer() -> gen(); `linked` says whether gen's frame
     /// points back at outer's (a generator that yielded is unlinked).
     fn thread_3_12(linked: bool) -> (StackLayout, MemoryImage) {
+        let (layout, regions) = regions_3_12(linked);
+        (layout, image_of(regions))
+    }
+
+    fn image_of(regions: Vec<(u64, Vec<u8>)>) -> MemoryImage {
+        let mut image = MemoryImage::new();
+        for (addr, bytes) in regions {
+            image.add(addr, bytes);
+        }
+        image
+    }
+
+    /// [`thread_3_12`]'s memory, as regions to change before making the image.
+    fn regions_3_12(linked: bool) -> (StackLayout, Vec<(u64, Vec<u8>)>) {
         let layout = table_for(&Version::new(3, 12, 1)).unwrap().stack.unwrap();
         let mut regions: Vec<(u64, Vec<u8>)> = Vec::new();
         regions.push((TSTATE, vec![0; 128]));
@@ -770,11 +910,7 @@ mod tests {
             put(&mut regions, frame, 8, previous);
             put(&mut regions, frame, 56, code + 192);
         }
-        let mut image = MemoryImage::new();
-        for (addr, bytes) in regions {
-            image.add(addr, bytes);
-        }
-        (layout, image)
+        (layout, regions)
     }
 
     fn functions(reader: &StackReader, id: StackId) -> Vec<String> {
@@ -823,5 +959,59 @@ mod tests {
         assert_eq!(reader.read(&counting, TSTATE), Ok(first));
         // Only the innermost frame is read to see that nothing moved.
         assert_eq!(counting.reads.get() - walked, 3);
+    }
+
+    /// Free-threaded 3.14+: gen() runs in its thread's copy of the bytecode (`tlbc_index`
+    /// 1), so its line comes from its offset in that copy; outer() runs the code object's
+    /// own bytecode (index 0).
+    #[test]
+    fn an_instruction_in_a_thread_s_bytecode_copy_is_read_from_that_copy() {
+        let (mut layout, mut regions) = regions_3_12(true);
+        if let FrameFields::Interpreter { tlbc_index, .. } = &mut layout.frame {
+            *tlbc_index = Some(72);
+        }
+        layout.code.thread_local_bytecode = Some(ThreadLocalBytecode {
+            array: 224,
+            code_units: 16,
+        });
+        // One one-line entry (code 11: the next line) per code unit: unit i is line i + 1.
+        let table = 0x58100;
+        let mut bytes = vec![0u8; 32];
+        bytes[16..24].copy_from_slice(&24u64.to_le_bytes());
+        for _ in 0..8 {
+            bytes.extend([0x80 | 11 << 3, 0, 0]);
+        }
+        regions.push((table, bytes));
+        let (array, copy, outer_code, gen_code) = (0x80000, 0x90000, 0x60000, 0x61000);
+        regions.push((copy, vec![0; 16]));
+        regions.push((array, vec![0; 24]));
+        put(&mut regions, array, 0, 2);
+        put(&mut regions, array, 8, outer_code + 192);
+        put(&mut regions, array, 16, copy);
+        for code in [outer_code, gen_code] {
+            put(&mut regions, code, 136, table);
+            put(&mut regions, code, 16, 8);
+            put(&mut regions, code, 224, array);
+        }
+        put(&mut regions, OUTER, 56, outer_code + 192 + 2);
+        put(&mut regions, GEN, 56, copy + 6);
+        put(&mut regions, GEN, 72, 1);
+        let mut reader = StackReader::new(layout);
+        let image = image_of(regions.clone());
+        assert_eq!(reader.read(&image, TSTATE), Err(StackError::Moved));
+        let stack = reader.read(&image, TSTATE).unwrap();
+        let lines: Vec<u32> = reader.table.frames(stack).map(|f| f.line).collect();
+        assert_eq!(lines, [2, 4]);
+        // An index past the array, or an instruction outside the copy, is a torn read.
+        for (index, instr) in [(5, copy + 6), (1, copy + 64)] {
+            put(&mut regions, GEN, 72, index);
+            put(&mut regions, GEN, 56, instr);
+            reader.last.clear();
+            assert_eq!(
+                reader.read(&image_of(regions.clone()), TSTATE),
+                Err(StackError::Moved),
+                "index {index}, instruction {instr:#x}"
+            );
+        }
     }
 }
