@@ -313,7 +313,7 @@ fn build(block: &[u8], version: &Version, free_threaded: bool) -> Result<Layout,
     };
     if free_threaded && layout::attach_state_offset(version, 0).is_none() {
         return Err(format!(
-            "free-threaded builds of {version} are not supported yet (only 3.13t)"
+            "free-threaded builds of {version} are not supported yet (only 3.13t and 3.14t)"
         ));
     }
     let need = |value: Option<u64>, what: &str| {
@@ -516,13 +516,12 @@ mod tests {
         ])
     }
 
-    #[test]
-    fn a_free_threaded_3_13_gil_lies_past_its_enabled_field() {
+    /// The layout read from `block`, of a free-threaded build whose GIL starts with
+    /// `int enabled` (3.13t and 3.14t alike).
+    fn free_threaded_layout(block: Vec<u8>, version: Version) -> Layout {
         let mut image = MemoryImage::new();
-        image.add(0x10000, image_3_13t());
-        let layout = read(&image, 0x10000, &Version::new(3, 13, 5))
-            .unwrap()
-            .unwrap();
+        image.add(0x10000, block);
+        let layout = read(&image, 0x10000, &version).unwrap().unwrap();
         assert!(layout.free_threaded);
         let gil = layout.gil_fields;
         assert_eq!(gil.enabled, Some(0));
@@ -531,18 +530,119 @@ mod tests {
             (gil.switch_number, gil.sync_start, gil.sync_end),
             (32, 40, 216)
         );
-        // offsetof(PyThreadState, state) in the 3.13.5 free-threaded build.
-        assert_eq!(layout.tstate_attach_state, Some(40));
-        assert!(layout.tstate_read_size() >= 48);
+        layout
     }
 
     #[test]
-    fn free_threaded_builds_after_3_13_are_refused() {
-        let mut block = image_3_13t();
-        block[8..16].copy_from_slice(&0x030E00F0u64.to_le_bytes());
+    fn a_free_threaded_3_13_gil_lies_past_its_enabled_field() {
+        let layout = free_threaded_layout(image_3_13t(), Version::new(3, 13, 5));
+        // offsetof(PyThreadState, state) in the 3.13.5 free-threaded build.
+        assert_eq!(layout.tstate_attach_state, Some(40));
+        // 3.13t keeps `interned:2` a bitfield.
+        assert_eq!(layout.stack.unwrap().unicode.kind_bit, 2);
+        assert!(layout.tstate_read_size() >= 48);
+    }
+
+    /// The free-threaded 3.14.4 build's values from version to the unicode section (read
+    /// from its live `_PyRuntime`), cookie first.
+    fn image_3_14t() -> Vec<u8> {
+        #[rustfmt::skip]
+        let values: [u64; 80] = [
+            0x030E04F0, 1, // version, free_threaded
+            362368, 784, 808, // runtime_state
+            246720, 7280, 7272, 7344, 7360, 7408, 7712, 7696, 7704, 16, 7808, 0, 7832, 7824,
+            8024, 17628, // interpreter_state
+            832, 0, 8, 16, 72, 152, 160, 232, 32, // thread_state
+            88, 8, 0, 56, 80, 78, 64, 72, // interpreter_frame
+            240, 128, 136, 144, 152, 84, 68, 112, 120, 232, 224, // code_object
+            32, 24, // pyobject
+            432, 40, 104, 184, // type_object
+            56, 48, 32, // tuple_object
+            56, 40, 32, // list_object
+            216, 40, 56, 48, // set_object
+            64, 48, 56, // dict_object
+            40, 32, // float_object
+            48, 32, 40, // long_object
+            56, 32, 48, // bytes_object
+            80, 48, 32, 56, // unicode_object
+        ];
+        let mut block = COOKIE.to_vec();
+        for v in values {
+            block.extend_from_slice(&v.to_le_bytes());
+        }
+        block.resize(1024, 0);
+        block
+    }
+
+    /// Overwrite the value at `index` (counted from `version`) of a debug-offsets block.
+    fn set_value(block: &mut [u8], index: usize, value: u64) {
+        let at = 8 + 8 * index;
+        block[at..at + 8].copy_from_slice(&value.to_le_bytes());
+    }
+
+    #[test]
+    fn a_free_threaded_3_14_build_has_its_state_after_holds_gil_and_per_thread_bytecode() {
+        let layout = free_threaded_layout(image_3_14t(), Version::new(3, 14, 4));
+        // gdb `ptype /o struct _ts` on the build: _status 32, holds_gil 36, state 44.
+        assert_eq!(layout.tstate_attach_state, Some(44));
+        assert_eq!(layout.tstate_holds_gil, Some(Flag::int(36)));
+        let stack = layout.stack.unwrap();
+        assert_eq!(stack.ob_type, 24);
+        assert_eq!((stack.unicode.state, stack.unicode.kind_bit), (48, 8));
+        match stack.frame {
+            FrameFields::Interpreter {
+                tlbc_index,
+                tagged_code,
+                ..
+            } => assert_eq!((tlbc_index, tagged_code), (Some(72), true)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            stack.code.thread_local_bytecode,
+            Some(ThreadLocalBytecode {
+                array: 224,
+                code_units: 32
+            })
+        );
+    }
+
+    #[test]
+    fn default_3_14_builds_have_no_thread_local_bytecode() {
+        let mut block = image_3_14t();
+        // free_threaded 0, and the free-threaded-only offsets (tlbc_generation, tlbc_index,
+        // co_tlbc) 0 as such builds publish them.
+        for index in [1, 20, 37, 48] {
+            set_value(&mut block, index, 0);
+        }
+        // A default GIL: `locked` 16 bytes into it, `last_holder` 8.
+        let gil = 7808;
+        set_value(&mut block, 17, gil + 16);
+        set_value(&mut block, 18, gil + 8);
         let mut image = MemoryImage::new();
         image.add(0x10000, block);
-        let error = read(&image, 0x10000, &Version::new(3, 14, 0))
+        let layout = read(&image, 0x10000, &Version::new(3, 14, 4))
+            .unwrap()
+            .unwrap();
+        assert!(!layout.free_threaded);
+        assert_eq!(layout.tstate_attach_state, None);
+        let stack = layout.stack.unwrap();
+        assert_eq!(stack.code.thread_local_bytecode, None);
+        assert!(matches!(
+            stack.frame,
+            FrameFields::Interpreter {
+                tlbc_index: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn free_threaded_builds_after_3_14_are_refused() {
+        let mut block = image_3_13t();
+        block[8..16].copy_from_slice(&0x030F00F0u64.to_le_bytes());
+        let mut image = MemoryImage::new();
+        image.add(0x10000, block);
+        let error = read(&image, 0x10000, &Version::new(3, 15, 0))
             .unwrap()
             .unwrap_err();
         assert!(error.contains("free-threaded"), "{error}");

@@ -511,15 +511,19 @@ pub const TSTATE_CURRENT_AFTER_GIL: u64 = 216;
 
 /// `tstate->state` values (3.13+): the thread runs Python (it may touch objects).
 pub const ATTACHED: u32 = 1;
-/// ...it was stopped by a stop-the-world pause (GC, fork) on its way to attaching.
+/// ...it was stopped by a stop-the-world pause (GC, fork) on its way to attaching. (3.14's
+/// 3, `_Py_THREAD_SHUTTING_DOWN`, is a thread state being torn down at exit: neither
+/// attached nor suspended, so it is classified like a detached one.)
 pub const SUSPENDED: u32 = 2;
 
-/// Offset of `tstate->state` where `_Py_DebugOffsets` does not give it: 3.13 keeps it after
-/// `_status` (a 4-byte bitfield word) and `int _whence`, at `_status + 8` (offsetof() in the
-/// 3.13.5 free-threaded build: 40, docs/COMPATIBILITY.md).
+/// Offset of `tstate->state` where `_Py_DebugOffsets` does not give it (no version gives
+/// it). 3.13 keeps it after `_status` (a 4-byte bitfield word) and `int _whence`, at
+/// `_status + 8`; 3.14 puts `int holds_gil` between them, so `_status + 12` (offsetof() in
+/// the free-threaded 3.13.5 and 3.14.4 builds: 40 and 44, docs/COMPATIBILITY.md).
 pub fn attach_state_offset(version: &Version, status_offset: u64) -> Option<u64> {
     match (version.major, version.minor) {
         (3, 13) => Some(status_offset + 8),
+        (3, 14) => Some(status_offset + 12),
         _ => None,
     }
 }

@@ -146,28 +146,29 @@ pub fn pythons() -> Pythons {
 
 /// Free-threaded builds, kept apart from [`pythons`]: without a GIL their threads neither hold
 /// nor wait, so the GIL tests of every other interpreter do not apply. `scripts/test-pythons
-/// 3.13t` builds 3.13t into the same cache as Debian's 3.14/3.15.
+/// 3.13t 3.14t` builds them into the same cache as Debian's 3.14/3.15.
 pub fn free_threaded_pythons() -> Pythons {
     let mut found = Vec::new();
     let mut missing = Vec::new();
     let cache = debian_pythons_dir();
-    let version = "3.13t";
-    let path = cache.join(version).join("python");
-    match python_version(&path) {
-        Some(exact) => found.push(Python {
-            label: format!("source-{exact}t"),
-            path: std::fs::canonicalize(&path).unwrap_or(path),
-            version: exact,
-            debug_file: None,
-        }),
-        None => missing.push((
-            format!("source-{version}"),
-            format!(
-                "no free-threaded CPython {version} in {} (run scripts/test-pythons {version}: \
-                 a ~10 min build)",
-                cache.display()
-            ),
-        )),
+    for version in ["3.13t", "3.14t"] {
+        let path = cache.join(version).join("python");
+        match python_version(&path) {
+            Some(exact) => found.push(Python {
+                label: format!("source-{exact}t"),
+                path: std::fs::canonicalize(&path).unwrap_or(path),
+                version: exact,
+                debug_file: None,
+            }),
+            None => missing.push((
+                format!("source-{version}"),
+                format!(
+                    "no free-threaded CPython {version} in {} (run scripts/test-pythons \
+                     {version}: a ~10-15 min build)",
+                    cache.display()
+                ),
+            )),
+        }
     }
     Pythons { found, missing }
 }
