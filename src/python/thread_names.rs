@@ -1196,7 +1196,23 @@ mod tests {
                 free_threaded_layout(LAYOUT_3_15).unwrap(),
                 free_threaded(layout(12)),
             ),
+            // 3.14t's strings keep `kind` after a whole `interned` byte.
+            (
+                Version::new(3, 14, 4),
+                free_threaded_layout(LAYOUT_3_13).unwrap(),
+                free_threaded_3_14(layout(12)),
+            ),
         ]
+    }
+
+    /// A free-threaded 3.14 build's layout: [`free_threaded`], and `str` state bits as
+    /// the 3.14.4 build has them.
+    fn free_threaded_3_14(layout: Layout) -> Layout {
+        let mut layout = free_threaded(layout);
+        if let Some(stack) = layout.stack.as_mut() {
+            stack.unicode.kind_bit = 8;
+        }
+        layout
     }
 
     /// A free-threaded build's layout: every field of an object 16 bytes further in.
@@ -1239,6 +1255,8 @@ mod tests {
         ));
         assert_eq!(o.keys, LAYOUT_3_13.keys);
         assert_eq!(o.values, LAYOUT_3_13.values);
+        // The same `ptype /o` on the 3.14.4 build gives the same offsets.
+        assert_eq!(object_layout(&Version::new(3, 14, 4), true), Some(o));
         // Before 3.13 there is no free-threaded build to read.
         assert!(object_layout(&Version::new(3, 12, 1), true).is_none());
     }
