@@ -433,6 +433,11 @@ impl Member {
         host_steal: Option<f64>,
         realtime: bool,
     ) -> (Recording, Observer<ProcessMemory>) {
+        // Attached while the program was starting (gilscope started it, or --subprocesses
+        // caught a new worker), its version may have come from the library's name alone.
+        if self.observer.refine_version() {
+            self.target.python_version = self.observer.interpreter.version.to_string();
+        }
         let observer = &self.observer;
         for sample in self.classifier.finish() {
             self.profile.add(&sample, |tid| {

@@ -180,6 +180,9 @@ pub struct Interpreter {
     pub layout_source: LayoutSource,
     /// Things that were not where the table said, and where they were found instead.
     pub notes: Vec<String>,
+    /// Where to read the version again when it came from the library's name only (the
+    /// process was caught before start-up wrote its version string): the .bss range.
+    version_bss: Option<(u64, u64)>,
     /// Address of the pointer to the first interpreter (`interpreters.head`, `interp_head`).
     head: u64,
     /// Address of `_PyRuntime` (3.7+).
@@ -238,6 +241,9 @@ impl Interpreter {
             let mut interpreter = Interpreter {
                 pid,
                 binary: binary.path.clone(),
+                version_bss: (!version.exact)
+                    .then(|| version::bss_range(&binary))
+                    .flatten(),
                 ..Interpreter::from_parts(
                     version,
                     layout,
@@ -258,6 +264,27 @@ impl Interpreter {
         }
     }
 
+    /// A version known only from the library's name ("3.9": the process was attached to
+    /// before start-up wrote its version string, as when gilscope starts the program) is
+    /// read again; true if it is now exact. Only the version shown changes: the layout was
+    /// chosen by major.minor, which the name gives.
+    pub fn refine_version(&mut self, memory: &dyn Memory) -> bool {
+        if self.version.exact {
+            return false;
+        }
+        let Some((start, size)) = self.version_bss else {
+            return false;
+        };
+        match version::version_in(memory, start, size) {
+            Some(v) if (v.major, v.minor) == (self.version.major, self.version.minor) => {
+                self.version = v;
+                self.version_bss = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// An interpreter put together from parts found earlier, with no process behind it: for
     /// memory images (saved snapshots, fuzzing). `attach` is the way to a live one.
     pub fn from_parts(
@@ -275,6 +302,7 @@ impl Interpreter {
             layout,
             layout_source,
             notes: Vec::new(),
+            version_bss: None,
             head,
             runtime,
             gil,
@@ -1334,6 +1362,44 @@ mod tests {
 
     fn tids(threads: &[PyThread]) -> Vec<i32> {
         threads.iter().filter_map(|t| t.native_id).collect()
+    }
+
+    #[test]
+    fn a_version_from_the_library_name_is_read_again_once_start_up_wrote_it() {
+        const BSS: u64 = 0x7f00_0000;
+        let named = Version {
+            exact: false,
+            ..Version::new(3, 9, 0)
+        };
+        let layout = layout::table_for(&named).unwrap();
+        let mut interpreter = Interpreter::from_parts(
+            named,
+            layout.clone(),
+            LayoutSource::Table,
+            HEAD,
+            None,
+            GilAddresses::in_struct(GIL, layout::DEFAULT_GIL),
+        );
+        interpreter.version_bss = Some((BSS, 4096));
+        let mut image = MemoryImage::new();
+        // Start-up has not written the buffer yet: still "3.9".
+        image.add(BSS, vec![0; 4096]);
+        assert!(!interpreter.refine_version(&image));
+        assert_eq!(interpreter.version.to_string(), "3.9");
+        // Another library's version string is not taken for this one's.
+        let mut other = vec![0u8; 4096];
+        other[100..120].copy_from_slice(b"3.12.1 (main, Jan 1)");
+        let mut image = MemoryImage::new();
+        image.add(BSS, other);
+        assert!(!interpreter.refine_version(&image));
+        let mut written = vec![0u8; 4096];
+        written[64..84].copy_from_slice(b"3.9.18 (main, Jan 1)");
+        let mut image = MemoryImage::new();
+        image.add(BSS, written);
+        assert!(interpreter.refine_version(&image));
+        assert_eq!(interpreter.version.to_string(), "3.9.18");
+        // An exact version is left alone.
+        assert!(!interpreter.refine_version(&image));
     }
 
     #[test]

@@ -116,9 +116,21 @@ pub fn version_from_file_name(name: &str) -> Option<Version> {
 /// Py_GetVersion() writes "3.8.18 (default, <date>) [compiler]" into a static buffer during
 /// start-up; that buffer is in the interpreter's .bss, stripped or not.
 fn version_from_bss(binary: &ElfFile, memory: &dyn Memory) -> Option<Version> {
+    let (start, size) = bss_range(binary)?;
+    version_in(memory, start, size)
+}
+
+/// Where the interpreter's .bss lies in the target (start, length), for [`version_in`].
+pub fn bss_range(binary: &ElfFile) -> Option<(u64, u64)> {
     let bss = binary.section(".bss")?;
-    let start = bss.addr.wrapping_add(binary.load_bias);
-    let size = bss.size.min(MAX_BSS_SCAN);
+    Some((
+        bss.addr.wrapping_add(binary.load_bias),
+        bss.size.min(MAX_BSS_SCAN),
+    ))
+}
+
+/// The version buffer Py_GetVersion() writes, looked for in the target's .bss.
+pub fn version_in(memory: &dyn Memory, start: u64, size: u64) -> Option<Version> {
     let mut offset = 0;
     while offset < size {
         let len = (size - offset).min(BSS_CHUNK + 64);

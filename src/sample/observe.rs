@@ -394,6 +394,12 @@ impl<M: Memory> Observer<M> {
         self.clocks.unavailable
     }
 
+    /// Read a version known only from the library's name again
+    /// ([`Interpreter::refine_version`]); true if it is now exact.
+    pub fn refine_version(&mut self) -> bool {
+        self.interpreter.refine_version(&self.memory)
+    }
+
     pub fn memory(&self) -> &M {
         &self.memory
     }
