@@ -269,13 +269,6 @@ impl History {
             gil.off += slice.gil.off;
             gil.on += slice.gil.on;
         }
-        let share = |part: u64| {
-            if gil.ticks == 0 {
-                0.0
-            } else {
-                part as f64 / gil.ticks as f64
-            }
-        };
         let first = self.window(n).next().and_then(|s| s.switches);
         let last = self.window(n).last().and_then(|s| s.switches);
         let switches_per_s = match (first, last) {
@@ -285,8 +278,8 @@ impl History {
             _ => None,
         };
         ProcessFigures {
-            held: share(gil.held),
-            contended: share(gil.contended),
+            held: gil.share(gil.held),
+            contended: gil.share(gil.contended),
             switches_per_s,
             // Ticks without a GIL (free-threaded builds) are samples too.
             samples: gil.ticks + gil.off,
@@ -313,17 +306,10 @@ impl History {
                         ticks.contended += seen.ticks.contended;
                     }
                 }
-                let share = |part: u64| {
-                    if ticks.ticks == 0 {
-                        0.0
-                    } else {
-                        part as f64 / ticks.ticks as f64
-                    }
-                };
                 GilFigures {
                     label: gil_label(gil),
-                    held: share(ticks.held),
-                    contended: share(ticks.contended),
+                    held: ticks.share(ticks.held),
+                    contended: ticks.share(ticks.contended),
                 }
             })
             .collect()

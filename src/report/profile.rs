@@ -214,6 +214,15 @@ impl GilTicks {
         self.off > 0 && self.ticks == 0
     }
 
+    /// `part` (a count of these ticks) as a share of the ticks with a GIL; 0 without any.
+    pub fn share(&self, part: u64) -> f64 {
+        if self.ticks == 0 {
+            0.0
+        } else {
+            part as f64 / self.ticks as f64
+        }
+    }
+
     /// Share of the free-threaded ticks at which the GIL was on (None on other builds).
     pub fn enabled_share(&self) -> Option<f64> {
         self.free_threaded()
