@@ -353,16 +353,16 @@ impl Metrics {
                         interpreter = OTHER_GILS.to_string();
                     }
                 }
-                let labels = GilLabels {
+                let series = GilLabels {
                     pid: labels.pid.clone(),
                     interpreter,
                 };
                 self.gil_held
-                    .get_or_create(&labels)
+                    .get_or_create(&series)
                     .inc_by(gil.ticks.held as f64 * per_sample);
                 if !cursor.no_wait {
                     self.gil_contended
-                        .get_or_create(&labels)
+                        .get_or_create(&series)
                         .inc_by(gil.ticks.contended as f64 * per_sample);
                 }
             }
