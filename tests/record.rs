@@ -63,7 +63,7 @@ fn main() {
             })
         }));
     }
-    let cli: [(&str, KnownAnswer); 15] = [
+    let cli: [(&str, KnownAnswer); 16] = [
         (
             "chrome_traces_have_one_holder_at_a_time_and_spans_that_agree_with_samples",
             chrome_trace,
@@ -76,6 +76,10 @@ fn main() {
         ("speedscope_files_have_one_profile_per_thread", speedscope),
         ("blame_weights_the_holders_code_by_its_waiters", blame_view),
         ("gil_only_records_no_stacks", gil_only),
+        (
+            "a_holder_on_a_cpu_is_not_interrupted_for_its_cpu_clock",
+            running_holder_clock,
+        ),
         (
             "idle_threads_walked_late_still_get_a_stack_for_every_tick",
             late_walks,
@@ -1200,6 +1204,40 @@ fn gil_only(python: &Python) -> Result<(), Failed> {
             && holder["top_hold"].as_array().is_some_and(|a| a.is_empty())
             && fraction(holder, "hold") > 0.1,
         "--gil-only: no stacks, fractions still there",
+        &report,
+    )
+}
+
+/// One thread running Python alone holds the GIL on a CPU at almost every tick: its CPU
+/// clock is left unread (a perf counter read of a thread on another CPU interrupts that CPU),
+/// and it is still seen holding.
+fn running_holder_clock(python: &Python) -> Result<(), Failed> {
+    let fx = Fixture::start(&python.path, "single", &["--duration", "60"])?;
+    let out = gilscope_ok(&[
+        "record",
+        "--pid",
+        &fx.pid.to_string(),
+        "--rate",
+        "1000",
+        "--duration",
+        "1",
+        "--format",
+        "json",
+    ])?;
+    let report: Value = serde_json::from_str(&stdout_of(&out))?;
+    let stats = &report["sampler"]["stats"];
+    let ticks = stats["ticks"].as_u64().unwrap_or(0);
+    let skipped = stats["clock_reads_skipped"].as_u64().unwrap_or(0);
+    let reads = stats["clock_reads"].as_u64().unwrap_or(0);
+    expect(
+        ticks >= 200 && skipped * 2 >= ticks && reads < skipped,
+        format!("{ticks} ticks: clock reads {reads}, left out {skipped}"),
+        &report,
+    )?;
+    let main = row(&report, &fx, "main")?;
+    expect(
+        fraction(main, "hold") > 0.9,
+        "the lone Python thread holds",
         &report,
     )
 }

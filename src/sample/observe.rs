@@ -200,6 +200,9 @@ pub struct Observer<M: Memory> {
     last_sleeps: HashMap<i32, (u64, u64, TaskReading)>,
     /// The process's threads at the last tick, sorted.
     live: Vec<i32>,
+    /// Threads that held a GIL on a CPU at the last tick, and those doing so at this one.
+    held_running: Vec<i32>,
+    holding_running: Vec<i32>,
     /// What the ticks so far cost, phase by phase.
     pub stats: TickStats,
 }
@@ -221,6 +224,8 @@ impl<M: Memory> Observer<M> {
             deferred: HashMap::new(),
             last_sleeps: HashMap::new(),
             live: Vec::new(),
+            held_running: Vec::new(),
+            holding_running: Vec::new(),
             stats: TickStats::default(),
         }
     }
@@ -469,8 +474,29 @@ impl<M: Memory> Observer<M> {
         };
         let mut threads = Vec::with_capacity(live.len());
         lap.split();
+        self.holding_running.clear();
         for &tid in &live {
-            let exact_cpu = self.clocks.read(tid);
+            // A holder that held on a CPU at the last tick too is left without its exact
+            // clock: reading the counter of a thread on another CPU interrupts that CPU
+            // (an IPI per read, the main cost gilscope put on a busy target), and the
+            // classifier never looks at a holder's clock unless the thread was runnable
+            // without the GIL at its tick before (a hold right after that ends the
+            // look-ahead of [`crate::sample::classify`], which needs it exact).
+            let skip_clock = self.held_running.contains(&tid)
+                && by_tid.get(&tid).is_some_and(|&last| {
+                    let holds =
+                        |t: &PyThread| is_holder(t, &state_of(t.gil)) && !state_of(t.gil).off();
+                    holds(last)
+                        || shared_tids
+                            .iter()
+                            .any(|t| t.native_id == Some(tid) && holds(t))
+                });
+            let exact_cpu = if skip_clock {
+                self.stats.clock_reads_skipped += 1;
+                None
+            } else {
+                self.clocks.read(tid)
+            };
             let task = match sleeper_reading(&self.last_sleeps, tid, exact_cpu, start_ns) {
                 Some(task) => {
                     self.stats.proc_reads_reused += 1;
@@ -536,12 +562,16 @@ impl<M: Memory> Observer<M> {
                             .any(|g| g.addresses.is_sync_address(addr))
                 }),
             };
+            let runnable = task.activity == Activity::Running;
+            if holder && runnable {
+                self.holding_running.push(tid);
+            }
             threads.push(ThreadObservation {
                 tid,
                 thread_id: py.map(|t| t.thread_id),
                 tstate: py.map(|t| t.tstate),
                 task,
-                runnable: task.activity == Activity::Running,
+                runnable,
                 cpu_ns: exact_cpu.unwrap_or(task.cpu_ns),
                 cpu_exact: exact_cpu.is_some(),
                 holder,
@@ -558,6 +588,7 @@ impl<M: Memory> Observer<M> {
             });
         }
         self.stats.proc_ns += lap.split();
+        std::mem::swap(&mut self.held_running, &mut self.holding_running);
         self.tasks.retain(&live);
         self.clocks.retain(&live);
         self.last_sleeps

@@ -50,6 +50,9 @@ pub struct TickStats {
     pub proc_reads: u64,
     /// CPU clock (perf counter) reads.
     pub clock_reads: u64,
+    /// CPU clock reads left out: holders still holding on a CPU, whose counter read would
+    /// interrupt the target's CPU and whose clock nothing needs.
+    pub clock_reads_skipped: u64,
     /// /proc readings of sleeping threads reused because their exact CPU clock had not moved.
     pub proc_reads_reused: u64,
     /// Ticks whose thread listing was the last one, nothing suggesting a change.
@@ -78,6 +81,7 @@ impl TickStats {
         self.proc_ns += other.proc_ns;
         self.proc_reads += other.proc_reads;
         self.clock_reads += other.clock_reads;
+        self.clock_reads_skipped += other.clock_reads_skipped;
         self.proc_reads_reused += other.proc_reads_reused;
         self.listings_reused += other.listings_reused;
         self.stack_ns += other.stack_ns;
@@ -123,10 +127,11 @@ impl TickStats {
             Some((self.proc_reads, "reads")),
         );
         text += &format!(
-            "  {:<14}{:>38}  {:>8.1} perf reads/tick\n",
+            "  {:<14}{:>38}  {:>8.1} perf reads/tick, {:.1} left out\n",
             "(cpu clocks)",
             "(in /proc reads)",
-            self.clock_reads as f64 / ticks
+            self.clock_reads as f64 / ticks,
+            self.clock_reads_skipped as f64 / ticks
         );
         text += &format!(
             "  {:<14}{:>38}  {:>8.1} reused/tick\n",
@@ -171,6 +176,7 @@ mod tests {
             proc_ns: 200_000,
             proc_reads: 80,
             clock_reads: 40,
+            clock_reads_skipped: 4,
             proc_reads_reused: 12,
             listings_reused: 2,
             stack_ns: 40_000,
@@ -185,6 +191,10 @@ mod tests {
         assert!(text.contains("remote reads        25.0 us/tick"), "{text}");
         assert!(text.contains("10.0 reads/tick"), "{text}");
         assert!(text.contains("3.0 reused/tick"), "{text}");
+        assert!(
+            text.contains("10.0 perf reads/tick, 1.0 left out"),
+            "{text}"
+        );
         assert!(text.contains("other               10.0 us/tick"), "{text}");
         assert!(
             text.contains("30 ticks put off, 9 threads resolved"),
