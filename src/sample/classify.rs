@@ -81,6 +81,13 @@ fn executing(cpu_from: u64, cpu_to: u64, from_ns: u64, to_ns: u64) -> bool {
     wall > 0 && cpu >= EXECUTING_FLOOR_NS && cpu as f64 >= EXECUTING_SHARE * wall as f64
 }
 
+/// Can two readings of a thread's CPU time be subtracted? A perf counter counts from when it
+/// was opened, schedstat from the thread's start: a thread read from one at one tick and from
+/// the other at the next (a counter refused, or left unread for a holder) has no interval.
+fn same_clock(a: &ThreadObservation, b: &ThreadObservation) -> bool {
+    a.cpu_exact == b.cpu_exact
+}
+
 /// Does the thread, runnable at this tick, next show up in the GIL (waiting or holding) without
 /// having used [`ENTERING_GIL_CPU_NS`] of CPU on the way? Then it was already in (or at the
 /// door of) `take_gil`. Unknown futures (the thread gone, a different thread on the tid, an
@@ -209,12 +216,17 @@ impl Classifier {
                 Evidence::Runnable => {
                     let executing = match track.previous {
                         // Nearest evidence first: the interval that ends at this tick...
-                        Some(p) if evidence(&p.thread) != Evidence::Hold => {
+                        Some(p)
+                            if evidence(&p.thread) != Evidence::Hold
+                                && same_clock(&p.thread, thread) =>
+                        {
                             executing(p.thread.cpu_ns, thread.cpu_ns, p.time_ns, time_ns)
                         }
-                        // ...unless it was spent holding (Python code): then the one after.
+                        // ...unless it was spent holding (Python code), or its two ends were
+                        // read from different clocks: then the one after.
                         _ => after.is_some_and(|a| {
                             evidence(a) != Evidence::Hold
+                                && same_clock(thread, a)
                                 && executing(thread.cpu_ns, a.cpu_ns, time_ns, next_time)
                         }),
                     };
@@ -393,6 +405,30 @@ mod tests {
             states(&[('r', 0), ('r', 900), ('i', 905), ('w', 910)]),
             vec![R, R, I, W]
         );
+    }
+
+    #[test]
+    fn cpu_times_from_different_clocks_are_not_subtracted() {
+        // Asleep on the GIL's mutex read from schedstat (5 s of CPU since it started), then
+        // running native code read from its perf counter (opened later: 1 ms so far). The
+        // interval before the second tick has no length; the one after it (0.9 ms of CPU in
+        // 1 ms) says it runs native code.
+        let mut classifier = Classifier::new();
+        let mut asleep = thread(7, 'w', 5_000_000_000);
+        asleep.cpu_exact = false;
+        let ticks = [
+            asleep,
+            thread(7, 'r', 1_000_000),
+            thread(7, 'r', 1_900_000),
+            thread(7, 'r', 2_800_000),
+        ];
+        let mut out = Vec::new();
+        for (ms, t) in ticks.into_iter().enumerate() {
+            out.extend(classifier.push(&tick(ms as u64, vec![t])));
+        }
+        out.extend(classifier.finish());
+        let got: Vec<ThreadState> = out.iter().map(|s| s.threads[0].state).collect();
+        assert_eq!(got, vec![W, R, R, R]);
     }
 
     #[test]

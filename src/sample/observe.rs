@@ -562,6 +562,17 @@ impl<M: Memory> Observer<M> {
                             .any(|g| g.addresses.is_sync_address(addr))
                 }),
             };
+            let gil_requested = py.and_then(|t| t.gil_requested);
+            // Left out for a holder, the clock is wanted after all if the tick does not say
+            // "holds" (asleep on a GIL futex inside the release: the classifier compares
+            // its clock with the next tick's). Such a thread is off its CPU: no interrupt.
+            let exact_cpu = match exact_cpu {
+                None if skip_clock && (!holder || gil_futex || gil_requested == Some(true)) => {
+                    self.stats.clock_reads_skipped -= 1;
+                    self.clocks.read(tid)
+                }
+                read => read,
+            };
             let runnable = task.activity == Activity::Running;
             if holder && runnable {
                 self.holding_running.push(tid);
@@ -577,7 +588,7 @@ impl<M: Memory> Observer<M> {
                 holder,
                 gil_futex,
                 blocked: !gil_futex && task.activity != Activity::Running,
-                gil_requested: py.and_then(|t| t.gil_requested),
+                gil_requested,
                 no_gil,
                 attach_state: py.and_then(|t| t.attach_state),
                 stack: None,
