@@ -476,21 +476,14 @@ impl<M: Memory> Observer<M> {
         lap.split();
         self.holding_running.clear();
         for &tid in &live {
-            // A holder that held on a CPU at the last tick too is left without its exact
-            // clock: reading the counter of a thread on another CPU interrupts that CPU
-            // (an IPI per read, the main cost gilscope put on a busy target), and the
-            // classifier never looks at a holder's clock unless the thread was runnable
-            // without the GIL at its tick before (a hold right after that ends the
-            // look-ahead of [`crate::sample::classify`], which needs it exact).
-            let skip_clock = self.held_running.contains(&tid)
-                && by_tid.get(&tid).is_some_and(|&last| {
-                    let holds =
-                        |t: &PyThread| is_holder(t, &state_of(t.gil)) && !state_of(t.gil).off();
-                    holds(last)
-                        || shared_tids
-                            .iter()
-                            .any(|t| t.native_id == Some(tid) && holds(t))
-                });
+            // A thread that held a GIL on a CPU at the last tick is read without its exact
+            // clock while it still holds: reading the counter of a thread on another CPU
+            // interrupts that CPU (an IPI per read, the main cost gilscope put on a busy
+            // target), and the classifier never looks at a holder's clock unless the thread
+            // was runnable without the GIL at its tick before (a hold right after that ends
+            // the look-ahead of [`crate::sample::classify`], which needs it exact). One that
+            // no longer holds is read below, once the tick shows it.
+            let skip_clock = self.held_running.contains(&tid);
             let exact_cpu = if skip_clock {
                 self.stats.clock_reads_skipped += 1;
                 None
@@ -563,9 +556,9 @@ impl<M: Memory> Observer<M> {
                 }),
             };
             let gil_requested = py.and_then(|t| t.gil_requested);
-            // Left out for a holder, the clock is wanted after all if the tick does not say
-            // "holds" (asleep on a GIL futex inside the release: the classifier compares
-            // its clock with the next tick's). Such a thread is off its CPU: no interrupt.
+            // Left out above, the clock is wanted after all if the tick does not say "holds":
+            // the thread let the GIL go, or sleeps on a GIL futex inside the release (off its
+            // CPU: no interrupt), and the classifier compares its clock with the next tick's.
             let exact_cpu = match exact_cpu {
                 None if skip_clock && (!holder || gil_futex || gil_requested == Some(true)) => {
                     self.stats.clock_reads_skipped -= 1;
