@@ -248,11 +248,7 @@ pub struct GilProfile {
 
 impl GilProfile {
     fn fraction(&self, part: u64) -> f64 {
-        if self.ticks.ticks == 0 {
-            0.0
-        } else {
-            part as f64 / self.ticks.ticks as f64
-        }
+        self.ticks.share(part)
     }
 
     pub fn held(&self) -> f64 {
@@ -730,11 +726,7 @@ impl Profile {
     }
 
     fn gil_fraction(&self, part: impl Fn(&GilTicks) -> u64) -> f64 {
-        if self.gil.ticks == 0 {
-            0.0
-        } else {
-            part(&self.gil) as f64 / self.gil.ticks as f64
-        }
+        self.gil.share(part(&self.gil))
     }
 
     /// Fraction of ticks at which the GIL was held.
