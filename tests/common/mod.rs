@@ -229,13 +229,16 @@ where
 }
 
 /// Hold this while a test measures GIL time: those tests share two cores and must not overlap,
-/// even across test binaries run in parallel by other runners.
+/// even across test binaries run in parallel by other runners. Several checkouts on one
+/// machine share one lock through `GILSCOPE_TEST_LOCK` (a file path).
 pub struct Exclusive {
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
 pub fn exclusive() -> Exclusive {
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gil-measuring-tests.lock");
+    let path = std::env::var_os("GILSCOPE_TEST_LOCK")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("gil-measuring-tests.lock"));
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
