@@ -329,6 +329,16 @@ impl Modules {
         let Some(address) = address else {
             return Walk::Truncated;
         };
+        let start = self.function_start(last.lookup_address());
+        // Only a return address after a direct call to this very function is believed: a
+        // stale return address left in the frame's locals by an earlier call is the usual
+        // impostor, and its saved frame pointer looks as good as the real one. A function
+        // entered elsewhere than where its unwind entry starts (a hot/cold split part, an
+        // indirect call) is not recovered: the stack ends there, truncated, never made up.
+        // Without unwind tables to say where functions start, the lowest slot whose saved
+        // frame pointer points further up the stack is tried, and believed only if the
+        // unwind from it ends at the stack's root.
+        let strict = start.is_some();
         let mut tried = 0;
         for slot in (0..SCAN_SLOTS).map(|k| last.stack_pointer + 8 * k) {
             if tried == MAX_CANDIDATES {
@@ -337,7 +347,13 @@ impl Modules {
             let Some(ret) = read(slot + 8) else {
                 break;
             };
-            if !self.follows_a_call(ret) {
+            let Some(call) = self.call_before(ret) else {
+                continue;
+            };
+            let calls_this = matches!(call, Call::Direct(target) if Some(target) == start);
+            let saved = read(slot).unwrap_or(1);
+            let chained = saved == 0 || saved > slot + 8;
+            if (strict && !calls_this) || (!strict && !chained) {
                 continue;
             }
             tried += 1;
@@ -347,7 +363,7 @@ impl Modules {
             let gained = trial.len() + 1 - frames.len();
             let believable = match end {
                 Walk::Root => gained >= 2,
-                _ => gained >= CONFIRMING_FRAMES,
+                _ => strict && gained >= CONFIRMING_FRAMES,
             } && trial[frames.len() - 1..]
                 .iter()
                 .all(|f| self.module_at(f.lookup_address()).is_some());
@@ -359,24 +375,61 @@ impl Modules {
         Walk::Truncated
     }
 
-    /// Does `ret` point just after a call instruction in a module's code (as a return address
-    /// does)?
-    fn follows_a_call(&self, ret: u64) -> bool {
-        let Some(module) = self.module_at(ret) else {
-            return false;
-        };
-        let link = module.link_address(ret);
-        let Some(before) = link
-            .checked_sub(7)
-            .and_then(|start| module.file.bytes_at(start, 7))
-        else {
-            return false;
-        };
-        // e8 rel32 (5 bytes); ff /2 (indirect call) in its 2, 3, 4, 6 and 7 byte forms,
-        // with or without a REX prefix.
-        let indirect = |at: usize| before[at] == 0xff && (before[at + 1] >> 3) & 7 == 2;
-        before[2] == 0xe8 || [5, 4, 3, 1, 0].into_iter().any(indirect)
+    /// Where the function that holds target address `addr` starts, from its module's
+    /// `.eh_frame_hdr` table (stripped modules have it too).
+    fn function_start(&self, addr: u64) -> Option<u64> {
+        use addr2line::gimli::{BaseAddresses, EhFrame, EhFrameHdr, LittleEndian, UnwindSection};
+        let module = self.module_at(addr)?;
+        let file = &module.file;
+        let (hdr, eh) = (file.section(".eh_frame_hdr")?, file.section(".eh_frame")?);
+        let text = file.section(".text").map_or(0, |s| s.addr);
+        let bases = BaseAddresses::default()
+            .set_eh_frame_hdr(hdr.addr)
+            .set_eh_frame(eh.addr)
+            .set_text(text);
+        let hdr_data = EhFrameHdr::new(file.section_data(".eh_frame_hdr"), LittleEndian);
+        let parsed = hdr_data.parse(&bases, 8).ok()?;
+        let eh_frame = EhFrame::new(file.section_data(".eh_frame"), LittleEndian);
+        let fde = parsed
+            .table()?
+            .fde_for_address(
+                &eh_frame,
+                &bases,
+                module.link_address(addr),
+                EhFrame::cie_from_offset,
+            )
+            .ok()?;
+        Some(fde.initial_address().wrapping_add(file.load_bias))
     }
+
+    /// The call instruction that `ret` would return from, if the bytes before it are one
+    /// (as they are before a return address) in a module's code.
+    fn call_before(&self, ret: u64) -> Option<Call> {
+        let module = self.module_at(ret)?;
+        let before = module
+            .link_address(ret)
+            .checked_sub(7)
+            .and_then(|start| module.file.bytes_at(start, 7))?;
+        if before[2] == 0xe8 {
+            let offset = i32::from_le_bytes(before[3..7].try_into().ok()?);
+            return Some(Call::Direct(ret.wrapping_add(offset as i64 as u64)));
+        }
+        // ff /2 (an indirect call) in its 2, 3, 4, 6 and 7 byte forms.
+        let indirect = |at: usize| before[at] == 0xff && (before[at + 1] >> 3) & 7 == 2;
+        [5, 4, 3, 1, 0]
+            .into_iter()
+            .any(indirect)
+            .then_some(Call::Indirect)
+    }
+}
+
+/// A call instruction, as read before a return address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// `call rel32`, to this target address.
+    Direct(u64),
+    /// `call *...`: the target is not in the instruction.
+    Indirect,
 }
 
 /// The frame pointer given to framehop when it is not known: no stack holds it, so a rule
