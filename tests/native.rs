@@ -232,6 +232,7 @@ fn check_roles(fx: &Fixture) -> Result<(), Failed> {
     let mut symbols = Symbols::new(fx.pid);
     let mut sleepers = Sleepers::new(fx.pid);
     let mut perf = PerfStacks::new(PERF_PERIOD_NS, PERF_STACK_BYTES);
+    let mut costs: Vec<(&str, Duration)> = Vec::new();
     for expected in EXPECTED {
         let tid = fx.tid(expected.role);
         if !expected.asleep {
@@ -246,11 +247,17 @@ fn check_roles(fx: &Fixture) -> Result<(), Failed> {
             }
             let stack = if expected.asleep {
                 std::thread::sleep(Duration::from_millis(3));
-                sleepers.capture(tid, &memory, &mut modules, monotonic_ns())
+                let t = Instant::now();
+                let stack = sleepers.capture(tid, &memory, &mut modules, monotonic_ns());
+                costs.push(("syscall capture+unwind", t.elapsed()));
+                stack
             } else {
                 std::thread::sleep(Duration::from_millis(10));
+                let t = Instant::now();
                 perf.drain();
-                perf.capture(tid, monotonic_ns(), 20_000_000, &mut modules)
+                let stack = perf.capture(tid, monotonic_ns(), 20_000_000, &mut modules);
+                costs.push(("perf drain+unwind", t.elapsed()));
+                stack
             };
             let stack = match stack {
                 Ok(stack) => stack,
@@ -258,7 +265,9 @@ fn check_roles(fx: &Fixture) -> Result<(), Failed> {
                 Err(e) => return Err(format!("{}: {e}", expected.role).into()),
             };
             captures += 1;
+            let t = Instant::now();
             let named = name_stack(&stack, &modules, &mut symbols);
+            costs.push(("symbols", t.elapsed()));
             if in_order(&named.functions, expected.functions) {
                 break Some(named);
             }
@@ -304,6 +313,20 @@ fn check_roles(fx: &Fixture) -> Result<(), Failed> {
             .into());
         }
         perf.forget(tid);
+    }
+    if std::env::var_os("GILSCOPE_TEST_SHOW").is_some() {
+        for kind in ["syscall capture+unwind", "perf drain+unwind", "symbols"] {
+            let mut times: Vec<Duration> =
+                costs.iter().filter(|c| c.0 == kind).map(|c| c.1).collect();
+            times.sort();
+            if let (Some(first), Some(median)) = (times.first(), times.get(times.len() / 2)) {
+                eprintln!(
+                    "cost {kind}: n={} min {first:?} median {median:?}",
+                    times.len()
+                );
+            }
+        }
+        eprintln!("perf samples read {} lost {}", perf.read, perf.lost);
     }
     Ok(())
 }
