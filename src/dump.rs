@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::python::stack::{Frame, StackTable};
+use crate::stack::{Frame, StackTable};
 use crate::record::{self, RecordOptions, Target};
 use crate::report::{Recording, TargetInfo};
 use crate::sample::observe::{Observer, TickError};

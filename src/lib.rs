@@ -11,6 +11,7 @@ pub mod record;
 pub mod reference;
 pub mod report;
 pub mod sample;
+pub mod stack;
 pub mod serve;
 pub mod target;
 pub mod top;

@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use super::{printable, Recording, RenderOptions};
-use crate::python::stack::StackId;
+use crate::stack::StackId;
 use crate::sample::ThreadState;
 
 pub const SCHEMA: &str = "gilscope.chrometrace/1";
@@ -85,7 +85,7 @@ fn process_events(
         let (Some(id), Some(table)) = (id, recording.stacks.as_ref()) else {
             return Value::Null;
         };
-        let mut frames: Vec<String> = table.frames(id).map(|f| printable(&f.label())).collect();
+        let mut frames: Vec<String> = table.frames(id).map(|f| printable(&crate::report::labels::frame(f))).collect();
         frames.reverse();
         json!(frames)
     };

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::{Recording, RenderOptions, TargetInfo, View};
-use crate::python::stack::StackId;
+use crate::stack::StackId;
 use crate::sample::ThreadState;
 
 /// The root frame of waiters counted while no thread held the GIL (a hand-off under way).
@@ -67,7 +67,7 @@ pub const MAIN_GIL: &str = "[main GIL]";
 /// The frames of a stack, root first (nothing when there is no stack or no table).
 fn frame_labels(recording: &Recording, stack: Option<StackId>) -> Vec<String> {
     match (&recording.stacks, stack) {
-        (Some(table), Some(id)) => table.frames(id).map(|f| clean(&f.label())).collect(),
+        (Some(table), Some(id)) => table.frames(id).map(|f| clean(&crate::report::labels::frame(f))).collect(),
         _ => Vec::new(),
     }
 }

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::printable;
 use crate::dump::Snapshot;
-use crate::python::stack::Frame;
+use crate::stack::Frame;
 use crate::sample::ThreadState;
 
 pub const SCHEMA: &str = "gilscope.dump/3";
@@ -103,7 +103,7 @@ pub fn text(snapshot: &Snapshot) -> String {
                 .stack
                 .and_then(|s| table.leaf(s))
                 .and_then(|f| table.frame(f))
-                .map(|f| printable(&f.label()))
+                .map(|f| printable(&crate::report::labels::frame(f)))
                 .unwrap_or_else(|| "(stack not captured)".into());
             let _ = writeln!(
                 out,
@@ -157,7 +157,7 @@ pub fn text(snapshot: &Snapshot) -> String {
             }
             Some(frames) => {
                 for frame in frames {
-                    let _ = writeln!(out, "    {}", printable(&frame.label()));
+                    let _ = writeln!(out, "    {}", printable(&crate::report::labels::frame(frame)));
                 }
             }
             None if thread.thread_id.is_none() => {

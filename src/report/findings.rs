@@ -79,7 +79,7 @@ pub fn findings(recording: &Recording) -> Vec<String> {
                 ));
                 let place = recording.stacks.as_ref().and_then(|table| {
                     let frame = table.frame(table.leaf(stack?)?)?;
-                    Some(format!(" in {}", frame.label()))
+                    Some(format!(" in {}", crate::report::labels::frame(frame)))
                 });
                 text.push_str(&place.unwrap_or_default());
             }

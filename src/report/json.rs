@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::profile::{Counts, ThreadProfile};
 use super::Recording;
-use crate::python::stack::{FrameId, StackTable};
+use crate::stack::{FrameId, StackTable};
 use crate::sample::ThreadState;
 
 pub const SCHEMA: &str = "gilscope.report/5";

@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 
 use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
-use crate::python::stack::{Frame, StackTable};
+use crate::stack::{Frame, StackTable};
 use crate::report::profile::{GilTicks, Profile};
 use crate::report::{printable, TargetInfo};
 use crate::sample::ThreadState;
@@ -456,7 +456,7 @@ fn location(frame: Option<&Frame>, short: bool) -> String {
         return "(stack not captured)".into();
     };
     if !short || frame.file.is_empty() {
-        return frame.label();
+        return crate::report::labels::frame(frame);
     }
     let parts: Vec<&str> = frame.file.rsplitn(3, '/').collect();
     let file = if parts.len() == 3 {
@@ -1016,10 +1016,8 @@ mod tests {
 
     #[test]
     fn top_blame_sums_each_holders_code_over_the_window() {
-        let frame = |function: &str, line| Frame {
-            function: Arc::from(function),
-            file: Arc::from("/srv/app/handlers/parse.py"),
-            line,
+        let frame = |function: &str, line| {
+            Frame::python(Arc::from(function), Arc::from("/srv/app/handlers/parse.py"), line)
         };
         let mut history = History::new();
         for (i, (f, ticks)) in [("parse", 300), ("render", 200), ("render", 200)]

@@ -7,6 +7,7 @@ pub mod dump;
 pub mod findings;
 pub mod flamegraph;
 pub mod json;
+pub mod labels;
 pub mod live;
 pub mod metrics;
 pub mod profile;
@@ -22,7 +23,7 @@ use serde::Serialize;
 
 pub use profile::Profile;
 
-use crate::python::stack::StackTable;
+use crate::stack::StackTable;
 use crate::sample::ThreadState;
 
 /// What was recorded from.

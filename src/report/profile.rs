@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::timeline::Timeline;
-use crate::python::stack::{FrameId, StackId, StackTable};
+use crate::stack::{FrameId, StackId, StackTable};
 use crate::sample::{Sample, ThreadState};
 
 /// Counts of one thread's states over a run of ticks.

@@ -120,7 +120,7 @@ fn frames_by_label(recordings: &[Recording]) -> HashMap<String, Value> {
                 continue;
             }
             frames
-                .entry(collapsed::clean(&frame.label()))
+                .entry(collapsed::clean(&crate::report::labels::frame(frame)))
                 .or_insert_with(|| {
                     json!({
                         "name": collapsed::clean(&frame.function),

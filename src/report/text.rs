@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use super::profile::Location;
 use super::{EndReason, Recording};
-use crate::python::stack::{FrameId, StackTable};
+use crate::stack::{FrameId, StackTable};
 use crate::sample::ThreadState;
 
 /// Several processes (`--subprocesses`): a line for the tree, then each process's report.
@@ -313,7 +313,7 @@ fn who_makes_them_wait(out: &mut String, recording: &Recording, table: &StackTab
 fn frame_text(table: &StackTable, id: FrameId) -> String {
     table
         .frame(id)
-        .map(|f| display_name(&f.label()))
+        .map(|f| display_name(&crate::report::labels::frame(f)))
         .unwrap_or_default()
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::python::stack::StackId;
+use crate::stack::StackId;
 use crate::sample::ThreadState;
 
 /// Spans kept at most (about 40 bytes each): a long recording keeps its first spans and

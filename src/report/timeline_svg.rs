@@ -7,7 +7,7 @@ use std::fmt::Write;
 use super::profile::ThreadProfile;
 use super::timeline::Span;
 use super::{flamegraph, xml_text, Recording, RenderOptions};
-use crate::python::stack::StackTable;
+use crate::stack::StackTable;
 use crate::sample::ThreadState;
 
 const WIDTH: usize = 1200;
@@ -284,7 +284,7 @@ fn draw_row(
             .zip(table)
             .and_then(|(id, table)| table.frame(table.leaf(id)?));
         if let Some(frame) = frame {
-            let _ = write!(tip, ", mostly in {}", frame.label());
+            let _ = write!(tip, ", mostly in {}", crate::report::labels::frame(frame));
         }
         let _ = writeln!(
             svg,
