@@ -111,7 +111,10 @@ impl StackTable {
 
     /// Every frame, in id order.
     pub fn all_frames(&self) -> impl Iterator<Item = (FrameId, &Frame)> + '_ {
-        self.frames.iter().enumerate().map(|(i, f)| (i as FrameId, f))
+        self.frames
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (i as FrameId, f))
     }
 
     /// A stack's frame ids, root first.

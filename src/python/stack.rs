@@ -707,7 +707,6 @@ mod tests {
         );
     }
 
-
     use crate::python::layout::table_for;
     use crate::python::version::Version;
     use crate::target::memory::MemoryImage;
