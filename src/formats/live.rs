@@ -212,19 +212,19 @@ pub fn screen(
         head.push_str(&format!("{:>9}", window_label(history, n)));
         held.push_str(&format!(
             "{:>9}",
-            gil_figure(&figures, percent(figures.held))
+            gil_figure(figures, percent(figures.held))
         ));
         contended.push_str(&format!(
             "{:>9}",
             gil_figure(
-                &figures,
+                figures,
                 wait_figure(percent(figures.contended), target.wait_measured)
             )
         ));
         switches.push_str(&format!(
             "{:>9}",
             gil_figure(
-                &figures,
+                figures,
                 figures
                     .switches_per_s
                     .map(|s| format!("{s:.0}"))
