@@ -17,4 +17,5 @@ pub mod sample;
 pub mod stack;
 pub mod target;
 
+#[cfg(feature = "dev")]
 pub mod dev;
