@@ -8,6 +8,10 @@ use regex::bytes::Regex;
 use crate::target::elf::{self, ElfFile};
 use crate::target::memory::Memory;
 
+/// The CPython versions gilscope supports, as help texts, errors and docs name them. The
+/// layouts that make it true are listed in docs/ADDING_A_VERSION.md.
+pub const SUPPORTED: &str = "2.7 and 3.6-3.15";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Version {
     pub major: u8,

@@ -9,7 +9,7 @@ pub mod stats;
 use serde::Serialize;
 
 use crate::python::interpreter::GilState;
-use crate::python::stack::StackId;
+use crate::stack::StackId;
 
 /// What one thread was doing at one tick, in the user's terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
