@@ -1,11 +1,11 @@
 //! The subcommands, one module each: each turns its parsed arguments into a plan, runs it and
 //! writes what it made. main.rs only dispatches to them.
 
-pub mod dump;
-pub mod man;
-pub mod record;
-pub mod serve;
-pub mod top;
+pub(crate) mod dump;
+pub(crate) mod man;
+pub(crate) mod record;
+pub(crate) mod serve;
+pub(crate) mod top;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

@@ -2,18 +2,18 @@
 //! flamegraphs, folded stacks, speedscope, traces, timelines, metrics, the live view). They
 //! read the model only; they never touch the target and never write files themselves.
 
-pub mod chrometrace;
+pub(crate) mod chrometrace;
 pub mod collapsed;
-pub mod dump;
-pub mod findings;
-pub mod flamegraph;
-pub mod json;
-pub mod labels;
-pub mod live;
-pub mod metrics;
-pub mod speedscope;
-pub mod text;
-pub mod timeline_svg;
+pub(crate) mod dump;
+pub(crate) mod findings;
+pub(crate) mod flamegraph;
+pub(crate) mod json;
+pub(crate) mod labels;
+pub(crate) mod live;
+pub(crate) mod metrics;
+pub(crate) mod speedscope;
+pub(crate) mod text;
+pub(crate) mod timeline_svg;
 
 use std::path::Path;
 

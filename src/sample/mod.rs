@@ -3,8 +3,8 @@
 
 pub mod classify;
 pub mod observe;
-pub mod schedule;
-pub mod stats;
+pub(crate) mod schedule;
+pub(crate) mod stats;
 
 use serde::Serialize;
 
