@@ -47,6 +47,7 @@ fn main() {
         rate_hz: 1000.0,
         duration: Some(Duration::from_secs_f64(secs)),
         stacks: true,
+        native: false,
         timeline: false,
         progress: None,
     };

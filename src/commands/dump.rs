@@ -13,7 +13,7 @@ use crate::recorder::{self, snapshot};
 pub fn run(args: DumpArgs) -> Result<()> {
     recorder::check_target(args.pid)?;
     let sample = args.sample.map(Duration::from_secs_f64);
-    let snapshots = snapshot::dump(args.pid, args.subprocesses, sample)?;
+    let snapshots = snapshot::dump(args.pid, args.subprocesses, sample, args.native)?;
     let text = match (args.subprocesses, args.json) {
         (true, true) => formats::dump::json_processes(&snapshots),
         (true, false) => formats::dump::text_processes(&snapshots),

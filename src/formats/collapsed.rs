@@ -76,6 +76,17 @@ fn frame_labels(recording: &Recording, stack: Option<StackId>) -> Vec<String> {
     }
 }
 
+/// The folded labels of every native frame of `recordings` (for drawing them apart).
+pub fn native_labels(recordings: &[Recording]) -> std::collections::HashSet<String> {
+    recordings
+        .iter()
+        .filter_map(|r| r.stacks.as_ref())
+        .flat_map(|table| table.all_frames())
+        .filter(|(_, f)| f.kind == crate::stack::FrameKind::Native)
+        .map(|(_, f)| clean(&crate::formats::labels::frame(f)))
+        .collect()
+}
+
 /// Every folded stack of the chosen view with its weight, in a stable order.
 pub fn folded(recording: &Recording, options: &RenderOptions) -> BTreeMap<Vec<String>, u64> {
     let mut stacks: BTreeMap<Vec<String>, u64> = BTreeMap::new();

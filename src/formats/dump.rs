@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::printable;
 use crate::model::snapshot::Snapshot;
 use crate::sample::ThreadState;
-use crate::stack::Frame;
+use crate::stack::{Frame, FrameKind};
 
 pub const SCHEMA: &str = "gilscope.dump/3";
 pub const PROCESSES_SCHEMA: &str = "gilscope.dumps/3";
@@ -101,9 +101,8 @@ pub fn text(snapshot: &Snapshot) -> String {
             let share = top.waiter_ticks as f64 / p.waiter_ticks().max(1) as f64;
             let place = top
                 .stack
-                .and_then(|s| table.leaf(s))
-                .and_then(|f| table.frame(f))
-                .map(|f| printable(&crate::formats::labels::frame(f)))
+                .and_then(|s| table.place(s))
+                .map(|p| printable(&crate::formats::labels::place(table, p)))
                 .unwrap_or_else(|| "(stack not captured)".into());
             let _ = writeln!(
                 out,
@@ -160,7 +159,7 @@ pub fn text(snapshot: &Snapshot) -> String {
                     let _ = writeln!(
                         out,
                         "    {}",
-                        printable(&crate::formats::labels::frame(frame))
+                        printable(&crate::formats::labels::frame_in_full(frame))
                     );
                 }
             }
@@ -185,7 +184,16 @@ fn interpreter_list(ids: &[Option<i64>]) -> String {
 }
 
 fn frame_json(frame: &Frame) -> Value {
-    json!({"function": &*frame.function, "file": &*frame.file, "line": frame.line})
+    let mut value = json!({
+        "kind": frame.kind.name(),
+        "function": &*frame.function,
+        "file": &*frame.file,
+        "line": frame.line,
+    });
+    if frame.kind == FrameKind::Native {
+        value["module"] = json!(&*frame.module);
+    }
+    value
 }
 
 /// Several processes (`--subprocesses`): each process's dump after a line for the tree.

@@ -78,8 +78,11 @@ pub fn findings(recording: &Recording) -> Vec<String> {
                     holder.tid
                 ));
                 let place = recording.stacks.as_ref().and_then(|table| {
-                    let frame = table.frame(table.leaf(stack?)?)?;
-                    Some(format!(" in {}", crate::formats::labels::frame(frame)))
+                    let place = table.place(stack?)?;
+                    Some(format!(
+                        " in {}",
+                        crate::formats::labels::place(table, place)
+                    ))
                 });
                 text.push_str(&place.unwrap_or_default());
             }

@@ -1,6 +1,10 @@
 //! Flamegraph SVGs, drawn by inferno from the folded stacks: every thread with its states
 //! and stacks, or the blame view. Rendering only; the stacks come from collapsed.rs.
 
+use std::collections::HashSet;
+
+use inferno::flamegraph::color::{Color, PaletteMap};
+
 use super::{collapsed, RenderOptions, View};
 use crate::model::Recording;
 use crate::sample::ThreadState;
@@ -23,7 +27,13 @@ pub fn render(recording: &Recording, options: &RenderOptions) -> String {
         }
         subtitle.push_str(", waiting not measured on this interpreter");
     }
-    draw(&collapsed::render(recording, options), options, subtitle)
+    let native = collapsed::native_labels(std::slice::from_ref(recording));
+    draw(
+        &collapsed::render(recording, options),
+        options,
+        subtitle,
+        &native,
+    )
 }
 
 fn title(options: &RenderOptions) -> String {
@@ -51,10 +61,29 @@ pub fn render_processes(recordings: &[Recording], options: &RenderOptions) -> St
         &collapsed::render_processes(recordings, options),
         options,
         subtitle,
+        &collapsed::native_labels(recordings),
     )
 }
 
-fn draw(folded: &str, options: &RenderOptions, subtitle: String) -> String {
+/// A native frame's colour: blues and teals, apart from the warm colours of Python frames,
+/// varied by name so that neighbours can be told apart.
+fn native_colour(label: &str) -> Color {
+    let hash = label
+        .bytes()
+        .fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619));
+    Color {
+        r: 60 + (hash % 50) as u8,
+        g: 140 + (hash / 50 % 60) as u8,
+        b: 195 + (hash / 3000 % 55) as u8,
+    }
+}
+
+fn draw(
+    folded: &str,
+    options: &RenderOptions,
+    subtitle: String,
+    native: &HashSet<String>,
+) -> String {
     let lines: Vec<&str> = folded.lines().collect();
     let mut inferno = inferno::flamegraph::Options::default();
     let count_name = match options.view {
@@ -65,6 +94,16 @@ fn draw(folded: &str, options: &RenderOptions, subtitle: String) -> String {
     inferno.count_name = count_name.to_string();
     inferno.subtitle = Some(subtitle);
     inferno.deterministic = true;
+    let mut palette = PaletteMap::default();
+    for label in native {
+        palette.insert(label, native_colour(label));
+    }
+    if !native.is_empty() {
+        inferno.palette_map = Some(&mut palette);
+        inferno.subtitle = inferno
+            .subtitle
+            .map(|s| format!("{s}; native frames in blue"));
+    }
     let mut svg = Vec::new();
     if lines.is_empty() {
         return empty_svg(&inferno.title);

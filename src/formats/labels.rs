@@ -1,20 +1,48 @@
 //! How frames read in every format: the one place that turns a frame into words. Formats
 //! receive typed frames and make labels only as they write them.
 
-use crate::stack::{Frame, FrameKind};
+use crate::stack::{Frame, FrameKind, Place, StackTable};
 
-/// "function (file:line)" for Python frames; "symbol (file:line)" or "symbol (module)" for
-/// native ones; a marker's own words.
+/// "function (file:line)" for Python frames; "symbol (module)" for native ones (their source
+/// line, where debug information gives one, is in the JSON and the dump); a marker's own
+/// words.
 pub fn frame(frame: &Frame) -> String {
     match frame.kind {
         FrameKind::Marker => frame.function.to_string(),
-        FrameKind::Python | FrameKind::Native if !frame.file.is_empty() => {
-            format!("{} ({}:{})", frame.function, frame.file, frame.line)
-        }
         FrameKind::Native if !frame.module.is_empty() => {
             format!("{} ({})", frame.function, short_module(&frame.module))
         }
+        FrameKind::Python if !frame.file.is_empty() => {
+            format!("{} ({}:{})", frame.function, frame.file, frame.line)
+        }
         _ => frame.function.to_string(),
+    }
+}
+
+/// A frame with everything known of it: a native frame's source line as well as its module
+/// ("gn_nap (gilnative.so, gilnative.c:46)"), for the dump's stacks.
+pub fn frame_in_full(frame: &Frame) -> String {
+    match frame.kind {
+        FrameKind::Native if !frame.file.is_empty() => format!(
+            "{} ({}, {}:{})",
+            frame.function,
+            short_module(&frame.module),
+            short_module(&frame.file),
+            frame.line
+        ),
+        _ => self::frame(frame),
+    }
+}
+
+/// A stack summed up at its [`Place`]: "compress_block (libz.so.1) called from handler
+/// (app.py:42)", or a Python frame alone.
+pub fn place(table: &StackTable, place: Place) -> String {
+    let Some(at) = table.frame(place.frame) else {
+        return String::new();
+    };
+    match place.caller.and_then(|c| table.frame(c)) {
+        Some(caller) => format!("{} called from {}", self::frame(at), self::frame(caller)),
+        None => self::frame(at),
     }
 }
 
@@ -41,5 +69,28 @@ mod tests {
             module: "/usr/lib/libz.so.1".into(),
         };
         assert_eq!(frame(&native), "deflate (libz.so.1)");
+        let with_line = Frame {
+            file: "/src/zlib/deflate.c".into(),
+            line: 42,
+            ..native.clone()
+        };
+        assert_eq!(frame(&with_line), "deflate (libz.so.1)");
+        assert_eq!(
+            frame_in_full(&with_line),
+            "deflate (libz.so.1, deflate.c:42)"
+        );
+        let mut table = StackTable::new();
+        let caller = table.intern_frame(Frame::python("handler".into(), "app.py".into(), 42));
+        let at = table.intern_frame(with_line);
+        assert_eq!(
+            place(
+                &table,
+                Place {
+                    frame: at,
+                    caller: Some(caller)
+                }
+            ),
+            "deflate (libz.so.1) called from handler (app.py:42)"
+        );
     }
 }

@@ -7,7 +7,7 @@ use super::printable;
 use crate::model::live::*;
 use crate::model::TargetInfo;
 use crate::sample::ThreadState;
-use crate::stack::Frame;
+use crate::stack::{Frame, FrameKind};
 
 /// Width of a percentage column ("100.0%" and a space).
 const COLUMN: usize = 7;
@@ -104,29 +104,36 @@ fn blame_text(history: &History, view: &ViewState, wait_measured: bool) -> Strin
         Some(b) => format!(
             "waited on most (last {label}): {} in {}, {} of waiting",
             b.holder,
-            location(b.frame.as_ref(), true),
+            location(b.frame.as_ref(), b.caller.as_ref(), true),
             percent(b.share)
         ),
         None => format!("waited on most (last {label}): nobody waited for the GIL"),
     }
 }
 
-/// Where a holder was, as "function (file:line)"; `short` keeps the file's last two path
-/// components, which is what fits on a screen line.
-fn location(frame: Option<&Frame>, short: bool) -> String {
+/// Where a holder was, as "function (file:line)", or for native code "symbol (module) called
+/// from function (file:line)"; `short` keeps a Python file's last two path components,
+/// which is what fits on a screen line.
+fn location(frame: Option<&Frame>, caller: Option<&Frame>, short: bool) -> String {
     let Some(frame) = frame else {
         return "(stack not captured)".into();
     };
-    if !short || frame.file.is_empty() {
-        return crate::formats::labels::frame(frame);
-    }
-    let parts: Vec<&str> = frame.file.rsplitn(3, '/').collect();
-    let file = if parts.len() == 3 {
-        format!(".../{}/{}", parts[1], parts[0])
-    } else {
-        frame.file.to_string()
+    let one = |frame: &Frame| {
+        if !short || frame.file.is_empty() || frame.kind != FrameKind::Python {
+            return crate::formats::labels::frame(frame);
+        }
+        let parts: Vec<&str> = frame.file.rsplitn(3, '/').collect();
+        let file = if parts.len() == 3 {
+            format!(".../{}/{}", parts[1], parts[0])
+        } else {
+            frame.file.to_string()
+        };
+        format!("{} ({}:{})", frame.function, file, frame.line)
     };
-    format!("{} ({}:{})", frame.function, file, frame.line)
+    match caller {
+        Some(caller) => format!("{} called from {}", one(frame), one(caller)),
+        None => one(frame),
+    }
 }
 
 /// `text` cut to at most `width` terminal columns.
@@ -566,7 +573,7 @@ pub fn plain_line(
             line.push_str(&format!(
                 "; waited on {} in {} ({})",
                 b.holder,
-                location(b.frame.as_ref(), false),
+                location(b.frame.as_ref(), b.caller.as_ref(), false),
                 percent(b.share)
             ));
         }
@@ -702,6 +709,7 @@ mod tests {
             s.blame = vec![BlameSlice {
                 holder: "worker (9)".into(),
                 frame: Some(frame(f, 40)),
+                caller: None,
                 waiter_ticks: ticks,
             }];
             history.push(s);

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use super::{collapsed, RenderOptions, View};
 use crate::model::Recording;
+use crate::stack::FrameKind;
 
 pub fn render(recording: &Recording, options: &RenderOptions) -> String {
     let name = format!(
@@ -110,25 +111,34 @@ fn document(
     out
 }
 
-/// Each Python frame's speedscope frame by its folded label. The label cannot be split back
-/// into function and file: either may hold " (" and ":". Frames with no file (the marker of a
-/// truncated stack) and pseudo-frames (threads, states) are not here: they have a name only.
+/// Each Python and native frame's speedscope frame by its folded label. The label cannot be
+/// split back into function and file: either may hold " (" and ":". Frames with no file (the
+/// marker of a truncated stack) and pseudo-frames (threads, states) are not here: they have
+/// a name only. A native frame is named with its module ("deflate (libz.so.1)"), and its
+/// file is its source file where debug information gives one, else its module.
 fn frames_by_label(recordings: &[Recording]) -> HashMap<String, Value> {
     let mut frames = HashMap::new();
     for table in recordings.iter().filter_map(|r| r.stacks.as_ref()) {
-        for frame in (0..).map_while(|id| table.frame(id)) {
-            if frame.file.is_empty() {
-                continue;
-            }
-            frames
-                .entry(collapsed::clean(&crate::formats::labels::frame(frame)))
-                .or_insert_with(|| {
-                    json!({
-                        "name": collapsed::clean(&frame.function),
-                        "file": collapsed::clean(&frame.file),
-                        "line": frame.line,
-                    })
-                });
+        for (_, frame) in table.all_frames() {
+            let label = collapsed::clean(&crate::formats::labels::frame(frame));
+            let value = match frame.kind {
+                FrameKind::Native if frame.file.is_empty() => json!({
+                    "name": label,
+                    "file": collapsed::clean(&frame.module),
+                }),
+                FrameKind::Native => json!({
+                    "name": label,
+                    "file": collapsed::clean(&frame.file),
+                    "line": frame.line,
+                }),
+                _ if frame.file.is_empty() => continue,
+                _ => json!({
+                    "name": collapsed::clean(&frame.function),
+                    "file": collapsed::clean(&frame.file),
+                    "line": frame.line,
+                }),
+            };
+            frames.entry(label).or_insert(value);
         }
     }
     frames

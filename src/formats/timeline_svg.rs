@@ -280,12 +280,12 @@ fn draw_row(
             .iter()
             .filter(|s| s.state == state && s.end_ns >= t0 && s.start_ns <= t1)
             .max_by_key(|s| s.end_ns.min(t1).saturating_sub(s.start_ns.max(t0)));
-        let frame = longest
+        let place = longest
             .and_then(|s| s.stack)
             .zip(table)
-            .and_then(|(id, table)| table.frame(table.leaf(id)?));
-        if let Some(frame) = frame {
-            let _ = write!(tip, ", mostly in {}", crate::formats::labels::frame(frame));
+            .and_then(|(id, table)| Some(crate::formats::labels::place(table, table.place(id)?)));
+        if let Some(place) = place {
+            let _ = write!(tip, ", mostly in {place}");
         }
         let _ = writeln!(
             svg,

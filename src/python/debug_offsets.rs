@@ -2,8 +2,8 @@
 //! out-of-process tools. Field orders per version are data here; values come from the target.
 
 use super::layout::{
-    self, CodeFields, Current, Flag, FrameFields, GilFields, GilPlacement, Layout, LineTable,
-    StackLayout, TextKind, ThreadLocalBytecode, UnicodeFields,
+    self, CodeFields, Current, EvalCalls, Flag, FrameFields, GilFields, GilPlacement, Layout,
+    LineTable, StackLayout, TextKind, ThreadLocalBytecode, UnicodeFields,
 };
 use super::version::Version;
 use crate::target::memory::{u64_at, Memory};
@@ -434,6 +434,10 @@ fn stack_layout(
     Ok(StackLayout {
         tstate_frame: current_frame,
         cframe_frame: None,
+        // `FRAME_OWNED_BY_INTERPRETER` came before `FRAME_OWNED_BY_CSTACK` in 3.14.
+        eval_calls: EvalCalls::EntryFrames {
+            cstack_owner: if version.minor >= 14 { 4 } else { 3 },
+        },
         frame: FrameFields::Interpreter {
             previous: frame("previous")?,
             code: frame("executable")?,

@@ -8,6 +8,7 @@ use super::{RecordOptions, Recorder, Source};
 use crate::error::{Error, Result};
 use crate::model::snapshot::{GilSnapshot, Snapshot, ThreadSnapshot};
 use crate::model::Recording;
+use crate::sample::native::NativeOptions;
 use crate::sample::observe::{Observer, TickError};
 use crate::sample::ThreadState;
 use crate::stack::{Frame, StackTable};
@@ -18,12 +19,21 @@ use crate::target::memory::ProcessMemory;
 const SNAPSHOT_GAP: Duration = Duration::from_millis(1);
 /// Attempts at a snapshot whose reads a moving target tore.
 const SNAPSHOT_ATTEMPTS: usize = 20;
+/// With native frames: the perf period of a snapshot, and how long perf samples the threads
+/// before the snapshot's reads (a runnable thread's stack comes from a sample this recent).
+const SNAPSHOT_PERF_PERIOD_NS: u64 = 1_000_000;
+const SNAPSHOT_PERF_WARM_UP: Duration = Duration::from_millis(10);
 
 /// Snapshots of process `pid`, and with `subprocesses` of every Python process below it,
 /// after recording them all together for `sample` if given; in the order found, `pid` first.
 /// Alone, a process that cannot be snapshot is an error; in a tree, one that exited since it
-/// was found is left out.
-pub fn dump(pid: i32, subprocesses: bool, sample: Option<Duration>) -> Result<Vec<Snapshot>> {
+/// was found is left out. With `native`, stacks have their native frames merged in.
+pub fn dump(
+    pid: i32,
+    subprocesses: bool,
+    sample: Option<Duration>,
+    native: bool,
+) -> Result<Vec<Snapshot>> {
     let stop = AtomicBool::new(false);
     let mut recorder = Recorder::open(&Source::Pid(pid), subprocesses, &stop)?;
     let observed: Vec<(Option<Recording>, Observer<ProcessMemory>)> = match sample {
@@ -32,6 +42,7 @@ pub fn dump(pid: i32, subprocesses: bool, sample: Option<Duration>) -> Result<Ve
                 rate_hz: 1000.0,
                 duration: Some(duration),
                 stacks: true,
+                native,
                 timeline: false,
                 progress: None,
             };
@@ -50,7 +61,7 @@ pub fn dump(pid: i32, subprocesses: bool, sample: Option<Duration>) -> Result<Ve
     if !subprocesses {
         let mut observed = observed;
         return match observed.pop() {
-            Some((recording, observer)) => Ok(vec![snapshot(observer, recording)?]),
+            Some((recording, observer)) => Ok(vec![snapshot(observer, recording, native)?]),
             None => Err(Error::NoSuchProcess { pid }),
         };
     }
@@ -59,7 +70,7 @@ pub fn dump(pid: i32, subprocesses: bool, sample: Option<Duration>) -> Result<Ve
     }
     let snapshots: Vec<Snapshot> = observed
         .into_iter()
-        .filter_map(|(recording, observer)| snapshot(observer, recording).ok())
+        .filter_map(|(recording, observer)| snapshot(observer, recording, native).ok())
         .collect();
     if snapshots.is_empty() {
         return Err(Error::NoSuchProcess { pid });
@@ -71,10 +82,21 @@ pub fn dump(pid: i32, subprocesses: bool, sample: Option<Duration>) -> Result<Ve
 fn snapshot(
     mut observer: Observer<ProcessMemory>,
     recording: Option<Recording>,
+    native: bool,
 ) -> Result<Snapshot> {
     let pid = observer.pid;
     let target = super::target_info(&observer);
     observer.enable_stacks();
+    if native {
+        // Every thread followed at once: a snapshot has no time to learn which ones run.
+        let options = NativeOptions {
+            period_ns: SNAPSHOT_PERF_PERIOD_NS,
+            follow_every_thread: true,
+        };
+        if observer.enable_native(options).is_ok() && observer.observe().is_ok() {
+            std::thread::sleep(SNAPSHOT_PERF_WARM_UP);
+        }
+    }
     let mut last_error = String::new();
     for _ in 0..SNAPSHOT_ATTEMPTS {
         // Three reads a moment apart: the middle one is classified with a look at what

@@ -1,7 +1,9 @@
 //! Native stacks of threads on a CPU: perf `task-clock` sampling of each followed thread with
 //! its user registers and the top of its user stack copied by the kernel at the sample (as
-//! `perf record --call-graph dwarf`). Nothing is stopped; each sample costs the target the
-//! copy, in its own timer interrupt. Samples are kept a short while and matched to ticks by
+//! `perf record --call-graph dwarf`), and the same at each of its context switches (as
+//! `perf record -e context-switches`), so that a thread preempted or asleep has a sample of
+//! where it stopped. Nothing is stopped; each sample costs the target the copy, in its own
+//! timer interrupt or context switch. Samples are kept a short while and matched to ticks by
 //! their CLOCK_MONOTONIC time.
 
 use std::collections::{HashMap, VecDeque};
@@ -13,6 +15,9 @@ use super::{Capture, CaptureError, NativeStack, Registers};
 
 const PERF_TYPE_SOFTWARE: u32 = 1;
 const PERF_COUNT_SW_TASK_CLOCK: u64 = 1;
+const PERF_COUNT_SW_CONTEXT_SWITCHES: u64 = 3;
+/// `PERF_EVENT_IOC_SET_OUTPUT`: write an event's records into another event's ring.
+const PERF_EVENT_IOC_SET_OUTPUT: libc::c_ulong = 0x2405;
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
 /// `struct perf_event_attr` up to `clockid` (PERF_ATTR_SIZE_VER3).
 const PERF_ATTR_SIZE_VER3: u32 = 96;
@@ -22,6 +27,7 @@ const SAMPLE_REGS_USER: u64 = 1 << 12;
 const SAMPLE_STACK_USER: u64 = 1 << 13;
 /// x86_64 perf register numbers: BP, SP, IP (the sample lists them in this order).
 const REGS_BP_SP_IP: u64 = (1 << 6) | (1 << 7) | (1 << 8);
+const FLAG_SAMPLE_ID_ALL: u64 = 1 << 18;
 const FLAG_USE_CLOCKID: u64 = 1 << 25;
 const PERF_RECORD_LOST: u32 = 2;
 const PERF_RECORD_SAMPLE: u32 = 9;
@@ -29,8 +35,10 @@ const PERF_SAMPLE_REGS_ABI_64: u64 = 2;
 /// Where `data_head` and `data_tail` are in `struct perf_event_mmap_page`.
 const DATA_HEAD: usize = 1024;
 const DATA_TAIL: usize = 1032;
-/// Samples kept per thread: enough to find the one nearest a tick read a little late.
-const KEPT_PER_THREAD: usize = 4;
+/// Samples kept per thread: enough to find the latest one before a tick read a little late.
+const KEPT_PER_THREAD: usize = 8;
+/// Samples a ring holds between two readings (a thread switching often fills it fastest).
+const RING_SAMPLES: usize = 16;
 /// Largest stack copy the kernel accepts (it must fit a 16-bit record size with the rest).
 pub const MAX_STACK_COPY: u32 = 65_000 & !7;
 
@@ -69,10 +77,17 @@ pub struct UserSample {
 /// A perf ring buffer mapped from the kernel.
 struct Ring {
     fd: OwnedFd,
+    /// The context-switch event, whose samples go to this ring too (None where it could
+    /// not be opened: samples on the timer only).
+    _switches: Option<OwnedFd>,
     base: *mut u8,
     len: usize,
     page: usize,
 }
+
+// SAFETY: the mapping belongs to this ring alone and is read and written only through
+// `&mut self`; moving it to another thread (the sampler's) moves that ownership whole.
+unsafe impl Send for Ring {}
 
 impl Drop for Ring {
     fn drop(&mut self) {
@@ -137,6 +152,9 @@ pub struct PerfStacks {
     data_pages: usize,
     rings: HashMap<i32, Ring>,
     samples: HashMap<i32, VecDeque<UserSample>>,
+    /// When the kernel last dropped samples of each thread (a full ring): its samples from
+    /// before then may not be its latest (CLOCK_MONOTONIC ns).
+    lost_at: HashMap<i32, u64>,
     /// perf_event_open was refused for a reason that will not change: do not retry.
     pub unavailable: Option<i32>,
     /// Samples read, and samples the kernel dropped because a ring was full (for `--stats`).
@@ -149,8 +167,7 @@ impl PerfStacks {
     /// of its stack (rounded down to 8, at most [`MAX_STACK_COPY`]).
     pub fn new(period_ns: u64, stack_bytes: u32) -> PerfStacks {
         let stack_bytes = (stack_bytes & !7).clamp(8, MAX_STACK_COPY);
-        // Room for about eight samples between two drains.
-        let want = 8 * (stack_bytes as usize + 128);
+        let want = RING_SAMPLES * (stack_bytes as usize + 128);
         let page = page_size();
         let data_pages = want.div_ceil(page).next_power_of_two();
         PerfStacks {
@@ -159,6 +176,7 @@ impl PerfStacks {
             data_pages,
             rings: HashMap::new(),
             samples: HashMap::new(),
+            lost_at: HashMap::new(),
             unavailable: None,
             read: 0,
             lost: 0,
@@ -201,26 +219,30 @@ impl PerfStacks {
     pub fn retain(&mut self, alive: &[i32]) {
         self.rings.retain(|t, _| alive.binary_search(t).is_ok());
         self.samples.retain(|t, _| alive.binary_search(t).is_ok());
+        self.lost_at.retain(|t, _| alive.binary_search(t).is_ok());
     }
 
     /// Stop sampling thread `tid`.
     pub fn forget(&mut self, tid: i32) {
         self.rings.remove(&tid);
         self.samples.remove(&tid);
+        self.lost_at.remove(&tid);
     }
 
     pub fn followed(&self) -> usize {
         self.rings.len()
     }
 
-    fn open(&self, tid: i32) -> Result<Ring, i32> {
+    /// A sampling event of thread `tid`: `config` every `period` of it.
+    fn open_event(&self, tid: i32, config: u64, period: u64) -> Result<OwnedFd, i32> {
         let attr = PerfEventAttr {
             kind: PERF_TYPE_SOFTWARE,
             size: PERF_ATTR_SIZE_VER3,
-            config: PERF_COUNT_SW_TASK_CLOCK,
-            sample_period: self.period_ns,
+            config,
+            sample_period: period,
             sample_type: SAMPLE_TID | SAMPLE_TIME | SAMPLE_REGS_USER | SAMPLE_STACK_USER,
-            flags: FLAG_USE_CLOCKID,
+            // Records of lost samples carry the thread and the time too.
+            flags: FLAG_USE_CLOCKID | FLAG_SAMPLE_ID_ALL,
             sample_regs_user: REGS_BP_SP_IP,
             sample_stack_user: self.stack_bytes,
             clockid: libc::CLOCK_MONOTONIC,
@@ -241,7 +263,11 @@ impl PerfStacks {
             return Err(errno());
         }
         // SAFETY: a new fd that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    fn open(&self, tid: i32) -> Result<Ring, i32> {
+        let fd = self.open_event(tid, PERF_COUNT_SW_TASK_CLOCK, self.period_ns)?;
         let page = page_size();
         let len = page * (1 + self.data_pages);
         // SAFETY: mapping a perf fd as perf_event_open(2) describes; checked below.
@@ -258,27 +284,60 @@ impl PerfStacks {
         if base == libc::MAP_FAILED {
             return Err(errno());
         }
-        Ok(Ring {
+        let mut ring = Ring {
             fd,
+            _switches: None,
             base: base.cast(),
             len,
             page,
-        })
+        };
+        // Every switch: where a preempted thread waits for a CPU, or a thread went to sleep,
+        // which no timer sample after it will show. Its samples go to the ring just mapped
+        // (the kernel redirects only into a mapped one).
+        ring._switches = self
+            .open_event(tid, PERF_COUNT_SW_CONTEXT_SWITCHES, 1)
+            .ok()
+            .filter(|switches| {
+                // SAFETY: both fds are perf events of the same thread, open for this call.
+                let redirected = unsafe {
+                    libc::ioctl(
+                        switches.as_raw_fd(),
+                        PERF_EVENT_IOC_SET_OUTPUT as _,
+                        ring.fd.as_raw_fd(),
+                    )
+                };
+                redirected == 0
+            });
+        Ok(ring)
     }
 
     /// Read every ring: the samples taken since the last call join those kept.
     pub fn drain(&mut self) {
+        self.drain_rings(None);
+    }
+
+    /// Read the ring of thread `tid` only (just before its stack is wanted).
+    pub fn drain_thread(&mut self, tid: i32) {
+        self.drain_rings(Some(tid));
+    }
+
+    fn drain_rings(&mut self, only: Option<i32>) {
         let mut got: Vec<UserSample> = Vec::new();
         let mut lost = 0u64;
-        for ring in self.rings.values_mut() {
+        let lost_at = &mut self.lost_at;
+        let rings = self
+            .rings
+            .iter_mut()
+            .filter(|(tid, _)| only.is_none_or(|only| only == **tid));
+        for (_, ring) in rings {
             ring.drain(|record| match record_kind(record) {
                 Some(PERF_RECORD_SAMPLE) => got.extend(parse_sample(record)),
                 Some(PERF_RECORD_LOST) => {
-                    lost += record
-                        .get(16..24)
-                        .and_then(|b| b.try_into().ok())
-                        .map(u64::from_le_bytes)
-                        .unwrap_or(0);
+                    if let Some((count, tid, time)) = parse_lost(record) {
+                        lost += count;
+                        let at = lost_at.entry(tid).or_default();
+                        *at = (*at).max(time);
+                    }
                 }
                 _ => {}
             });
@@ -297,25 +356,33 @@ impl PerfStacks {
         }
     }
 
-    /// The kept sample of `tid` nearest `time_ns`, if one is within `within_ns` of it.
-    pub fn sample_near(&self, tid: i32, time_ns: u64, within_ns: u64) -> Option<&UserSample> {
+    /// The latest kept sample of `tid` taken by `now_ns`, if it was taken within `max_age_ns`
+    /// of it and no sample was lost after it.
+    ///
+    /// A followed thread is sampled every period of its own CPU time and at each context
+    /// switch, so its latest sample is where it stopped (preempted, or asleep), or at most
+    /// one period of its running behind: its wall-clock age says little on a busy machine.
+    pub fn latest(&self, tid: i32, now_ns: u64, max_age_ns: u64) -> Option<&UserSample> {
+        let lost_at = self.lost_at.get(&tid).copied().unwrap_or(0);
         self.samples
             .get(&tid)?
             .iter()
-            .min_by_key(|s| s.time_ns.abs_diff(time_ns))
-            .filter(|s| s.time_ns.abs_diff(time_ns) <= within_ns)
+            .filter(|s| s.time_ns <= now_ns)
+            .max_by_key(|s| s.time_ns)
+            .filter(|s| now_ns - s.time_ns <= max_age_ns && s.time_ns > lost_at)
     }
 
-    /// The native stack of `tid` from its sample nearest `time_ns` (within `within_ns`).
+    /// The native stack of `tid` from its latest sample, if taken within `max_age_ns` of
+    /// `now_ns`.
     pub fn capture(
         &self,
         tid: i32,
-        time_ns: u64,
-        within_ns: u64,
+        now_ns: u64,
+        max_age_ns: u64,
         modules: &mut Modules,
     ) -> Result<NativeStack, CaptureError> {
         let sample = self
-            .sample_near(tid, time_ns, within_ns)
+            .latest(tid, now_ns, max_age_ns)
             .ok_or(CaptureError::Running)?;
         Ok(unwind_sample(sample, modules))
     }
@@ -342,6 +409,15 @@ pub fn unwind_sample(sample: &UserSample, modules: &mut Modules) -> NativeStack 
 
 fn record_kind(record: &[u8]) -> Option<u32> {
     Some(u32::from_le_bytes(record.get(0..4)?.try_into().ok()?))
+}
+
+/// A PERF_RECORD_LOST: how many samples the kernel dropped, and the thread and time of the
+/// record (its sample_id fields: pid, tid, time, after the event id and the count).
+fn parse_lost(record: &[u8]) -> Option<(u64, i32, u64)> {
+    let u64_at = |at: usize| Some(u64::from_le_bytes(record.get(at..at + 8)?.try_into().ok()?));
+    let count = u64_at(16)?;
+    let tid = u32::from_le_bytes(record.get(28..32)?.try_into().ok()?) as i32;
+    Some((count, tid, u64_at(32)?))
 }
 
 /// A PERF_RECORD_SAMPLE of this file's sample type: pid, tid, time, abi, bp, sp, ip, size,
@@ -440,7 +516,7 @@ mod tests {
     }
 
     #[test]
-    fn the_sample_nearest_a_tick_is_chosen_only_within_the_window() {
+    fn the_latest_sample_is_chosen_only_if_recent_enough() {
         let mut perf = PerfStacks::new(1_000_000, 4096);
         perf.rings.clear();
         let kept = perf.samples.entry(5).or_default();
@@ -456,9 +532,31 @@ mod tests {
                 stack: Vec::new(),
             });
         }
-        assert_eq!(perf.sample_near(5, 2_400, 500).unwrap().time_ns, 2_000);
-        assert_eq!(perf.sample_near(5, 2_600, 500).unwrap().time_ns, 3_000);
-        assert!(perf.sample_near(5, 9_000, 500).is_none());
-        assert!(perf.sample_near(6, 2_000, 500).is_none());
+        assert_eq!(perf.latest(5, 3_400, 500).unwrap().time_ns, 3_000);
+        assert_eq!(perf.latest(5, 3_000, 0).unwrap().time_ns, 3_000);
+        // Samples after the moment asked about are not the thread at that moment.
+        assert_eq!(perf.latest(5, 2_500, 1_000).unwrap().time_ns, 2_000);
+        assert!(perf.latest(5, 9_000, 500).is_none());
+        assert!(perf.latest(6, 3_000, 500).is_none());
+        // Samples were lost after its latest kept one: that one may not be its latest.
+        perf.lost_at.insert(5, 3_100);
+        assert!(perf.latest(5, 3_400, 500).is_none());
+        perf.lost_at.insert(5, 2_900);
+        assert_eq!(perf.latest(5, 3_400, 500).unwrap().time_ns, 3_000);
+    }
+
+    #[test]
+    fn a_lost_record_says_whose_samples_were_dropped_and_when() {
+        let mut r = Vec::new();
+        r.extend(PERF_RECORD_LOST.to_le_bytes());
+        r.extend(0u16.to_le_bytes());
+        r.extend(40u16.to_le_bytes());
+        r.extend(99u64.to_le_bytes());
+        r.extend(3u64.to_le_bytes());
+        r.extend(7u32.to_le_bytes());
+        r.extend(42u32.to_le_bytes());
+        r.extend(1234u64.to_le_bytes());
+        assert_eq!(parse_lost(&r), Some((3, 42, 1234)));
+        assert_eq!(parse_lost(&r[..36]), None);
     }
 }

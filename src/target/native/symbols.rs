@@ -68,15 +68,18 @@ impl Symbols {
         }
         let symbols: Arc<[NativeSymbol]> = match modules.module_at(addr) {
             Some(module) => self.lookup_in(module, addr).into(),
-            None => vec![NativeSymbol {
-                module: "?".into(),
-                function: None,
-                file: None,
-                line: 0,
-                module_offset: addr,
-                inlined: false,
-            }]
-            .into(),
+            // Not remembered: the module may be one loaded since the map was read.
+            None => {
+                return vec![NativeSymbol {
+                    module: "?".into(),
+                    function: None,
+                    file: None,
+                    line: 0,
+                    module_offset: addr,
+                    inlined: false,
+                }]
+                .into()
+            }
         };
         if self.names.len() >= MAX_REMEMBERED {
             self.names.clear();
@@ -112,7 +115,7 @@ impl Symbols {
                         .function
                         .as_ref()
                         .and_then(|f| f.demangle().ok())
-                        .map(|n| short(&n));
+                        .map(|n| short(without_internal_alias(&n)));
                     let (file, line) = frame
                         .location
                         .map(|l| (l.file.map(Arc::from), l.line.unwrap_or(0)))
@@ -168,6 +171,13 @@ impl ModuleSymbols {
         // A symbol of size 0 (hand-written assembly) is believed up to the next symbol.
         (probe >= *start && (probe < *end || end == start)).then(|| name.clone())
     }
+}
+
+/// glibc's DWARF names its functions by their internal aliases (`__GI___clock_nanosleep`
+/// for `__clock_nanosleep`): the name without the `__GI_` prefix is the one its symbol
+/// table and its users know.
+fn without_internal_alias(name: &str) -> &str {
+    name.strip_prefix("__GI_").unwrap_or(name)
 }
 
 /// A name cut to [`MAX_NAME`] characters.
@@ -283,6 +293,11 @@ mod tests {
         let cut = short(&long);
         assert_eq!(cut.chars().count(), MAX_NAME + 1);
         assert_eq!(&*short("compress_block"), "compress_block");
+        assert_eq!(
+            without_internal_alias("__GI___clock_nanosleep"),
+            "__clock_nanosleep"
+        );
+        assert_eq!(without_internal_alias("__GIANT"), "__GIANT");
     }
 
     #[test]

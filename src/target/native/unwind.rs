@@ -202,7 +202,7 @@ impl Modules {
 
     /// The mapping that holds `addr` (a thread's stack, say), as of the last reading.
     pub fn mapping_at(&self, addr: u64) -> Option<&Mapping> {
-        self.maps.iter().find(|m| m.contains(addr))
+        self.maps.iter().find(|m| (m.start..m.end).contains(&addr))
     }
 
     /// Read the memory map again if an address was met that no module holds, at most once
