@@ -1,10 +1,11 @@
 //! Native stacks of real interpreters running the C fixture (fixtures/native/gilnative.c, built
 //! here against each interpreter's headers): the known C functions, in order, above the
-//! interpreter's evaluation loop, captured without ever stopping the target.
+//! interpreter's evaluation loop, captured without ever stopping the target; and `--native`
+//! recordings, dumps and reports that put them under the right Python frame and GIL state.
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -30,12 +31,553 @@ const PERF_STACK_BYTES: u32 = 16 * 1024;
 fn main() {
     let args = Arguments::from_args();
     let pythons = pythons();
-    let trials: Vec<Trial> = per_interpreter(
+    let mut trials: Vec<Trial> = per_interpreter(
         &pythons,
         "known_c_functions_in_order_never_stopped",
         known_stacks,
     );
+    trials.extend(per_interpreter(
+        &pythons,
+        "a_native_recording_puts_c_functions_under_their_python_frame_and_gil_state",
+        merged_recording,
+    ));
+    let cli: [(&str, fn(&Python) -> Result<Completion, Failed>); 3] = [
+        (
+            "native_json_reports_place_the_holder_in_c_and_follow_the_schema",
+            native_json_report,
+        ),
+        (
+            "native_dumps_show_c_frames_with_their_lines_and_follow_the_schema",
+            native_dump,
+        ),
+        (
+            "native_flamegraphs_and_speedscope_files_tell_native_frames_apart",
+            native_drawings,
+        ),
+    ];
+    for (name, test) in cli {
+        trials.push(common::on_cli_python(&pythons, name, test));
+    }
     libtest_mimic::run(&args, trials).exit();
+}
+
+/// Seconds and rate of the `--native` recordings: each role's C call lasts 20 ms of every 40,
+/// so a role shows its C functions at about 300 of the 600 ticks.
+const RECORD_SECS: &str = "3";
+const RECORD_RATE: &str = "200";
+/// Least number of ticks at which a role must show its known stack: far below the ~300
+/// expected, so that only a merge that does not work fails it.
+const MIN_SHOWN: u64 = 20;
+
+/// What each role of fixtures/native_frames.py must show in a `--native` recording: its
+/// frames root first (Python and C) and the GIL state it is in while there.
+struct Answer {
+    role: &'static str,
+    /// The state it shows its frames in at `MIN_SHOWN` ticks at least.
+    state: &'static str,
+    /// What the C code makes certain of that state there.
+    rule: Rule,
+    /// Root first; `python` names which of them is the Python frame.
+    frames: &'static [&'static str],
+    python: &'static str,
+}
+
+/// What a role's C code makes certain of its GIL state while its frames show.
+enum Rule {
+    /// It keeps the GIL all through its C call: it is mostly in `state` there (a tick may
+    /// still read the GIL a moment before the thread took it).
+    Mostly,
+    /// It released the GIL for its C call: it never holds it there. Running or waiting
+    /// depends on the machine's load (a preempted thread that had waited reads as waiting).
+    NeverHolds,
+    /// It competes for the GIL with the other roles while there: `state` at some ticks only.
+    Contended,
+}
+
+const ANSWERS: &[Answer] = &[
+    Answer {
+        role: "c-spinner",
+        state: "hold",
+        rule: Rule::Mostly,
+        frames: &["in_c_spinning", "gn_hold_spinning", "gn_burn"],
+        python: "in_c_spinning",
+    },
+    Answer {
+        role: "c-sleeper",
+        state: "hold",
+        rule: Rule::Mostly,
+        frames: &["in_c_sleeping", "gn_hold_sleeping", "gn_nap"],
+        python: "in_c_sleeping",
+    },
+    Answer {
+        role: "c-releaser",
+        state: "running",
+        rule: Rule::NeverHolds,
+        frames: &[
+            "in_c_released",
+            "gn_release_spinning",
+            "gn_burn_free",
+            "gn_burn",
+        ],
+        python: "in_c_released",
+    },
+    Answer {
+        role: "c-callback",
+        state: "hold",
+        rule: Rule::Contended,
+        frames: &["gn_callback_main", "gn_call_back", "called_from_c"],
+        python: "called_from_c",
+    },
+];
+
+/// The fixture's Python functions: every other name in a stack is native, the threading
+/// module's or the interpreter's.
+const PYTHON_FUNCTIONS: &[&str] = &[
+    "in_c_spinning",
+    "in_c_sleeping",
+    "in_c_released",
+    "called_from_c",
+];
+
+/// The interpreter's functions that take and give up the GIL, shown in merged stacks.
+const GIL_HAND_OFF: &[&str] = &[
+    "take_gil",
+    "drop_gil",
+    "PyEval_RestoreThread",
+    "PyEval_SaveThread",
+    "PyEval_AcquireThread",
+    "PyGILState_Ensure",
+    "PyGILState_Release",
+];
+
+/// One folded stack: the thread's tid, its state, its frames' function names root first.
+struct Folded {
+    tid: i32,
+    state: String,
+    functions: Vec<String>,
+    count: u64,
+}
+
+/// Folded stacks ("thread (tid);[state];frame;... count") as functions: a label is
+/// "function (file:line)" or "symbol (module)".
+fn parse_folded(text: &str) -> Vec<Folded> {
+    text.lines()
+        .filter_map(|line| {
+            let (path, count) = line.rsplit_once(' ')?;
+            let mut parts = path.split(';');
+            let head = parts.next()?;
+            let tid = head
+                .rsplit_once('(')?
+                .1
+                .trim_end_matches(')')
+                .parse()
+                .ok()?;
+            let state = parts.next()?.trim_matches(['[', ']']).to_string();
+            let functions = parts
+                .map(|label| match label.rsplit_once(" (") {
+                    Some((function, _)) => function.to_string(),
+                    None => label.to_string(),
+                })
+                .collect();
+            Some(Folded {
+                tid,
+                state,
+                functions,
+                count: count.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Are the answer's frames that `functions` holds in the answer's order, each once, with
+/// none of the fixture's other Python functions among them, and is the Python caller of a C
+/// function there whenever that function is?
+fn in_place(functions: &[String], answer: &Answer) -> bool {
+    let positions: Vec<Option<usize>> = answer
+        .frames
+        .iter()
+        .map(|frame| functions.iter().position(|f| f == frame))
+        .collect();
+    let present: Vec<usize> = positions.iter().flatten().copied().collect();
+    if !present.windows(2).all(|w| w[0] < w[1]) {
+        return false;
+    }
+    let once = answer
+        .frames
+        .iter()
+        .all(|frame| functions.iter().filter(|f| f == frame).count() <= 1);
+    let (Some(&first), Some(&last)) = (present.first(), present.last()) else {
+        return true;
+    };
+    let foreign = functions[first..=last]
+        .iter()
+        .any(|f| PYTHON_FUNCTIONS.contains(&f.as_str()) && !answer.frames.contains(&f.as_str()));
+    let python = answer.frames.iter().position(|f| *f == answer.python);
+    // A C function called from Python has its caller below it.
+    let caller_missing = python
+        .is_some_and(|p| positions[p].is_none() && positions[p + 1..].iter().any(Option::is_some));
+    once && !foreign && !caller_missing
+}
+
+/// Does `functions` hold `frames` in this order, with no Python frame of the fixture between
+/// the answer's Python frame and the native frames next to it?
+fn shows(functions: &[String], answer: &Answer) -> bool {
+    let mut at = Vec::new();
+    let mut from = 0;
+    for frame in answer.frames {
+        match functions[from..].iter().position(|f| f == frame) {
+            Some(i) => {
+                at.push(from + i);
+                from += i + 1;
+            }
+            None => return false,
+        }
+    }
+    let python = answer.frames.iter().position(|f| *f == answer.python);
+    let Some(python) = python else {
+        return false;
+    };
+    // The native frame next to the Python one (after it, or before it for a C thread
+    // calling into Python): nothing of the fixture's Python between them.
+    let (low, high) = match python {
+        0 => (at[0], at[1]),
+        p => (at[p - 1], at[p]),
+    };
+    !functions[low + 1..high]
+        .iter()
+        .any(|f| PYTHON_FUNCTIONS.contains(&f.as_str()))
+}
+
+/// Start the fixture with the C extension built for `python`, and watch its threads' states.
+fn native_fixture(python: &Python) -> Result<Option<Fixture>, Failed> {
+    let dir = match build_extension(python) {
+        Ok(dir) => dir,
+        Err(why) if why.starts_with("no Python.h") => return Ok(None),
+        Err(why) => return Err(format!("cannot build fixtures/native/gilnative.c: {why}").into()),
+    };
+    let dir = dir.to_string_lossy().into_owned();
+    Ok(Some(Fixture::start(
+        python.path.as_path(),
+        "native_frames",
+        &["--module-dir", &dir],
+    )?))
+}
+
+fn merged_recording(python: &Python) -> Result<Completion, Failed> {
+    let _exclusive = common::exclusive();
+    let Some(fx) = native_fixture(python)? else {
+        return Ok(Completion::ignored_with(
+            "no Python.h for this interpreter (Debian builds: libpython3.X-dev unpacked beside them)",
+        ));
+    };
+    let out =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("native-{}.folded", python.label));
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_states(fx.pid, stop.clone());
+    let recorded = common::gilscope_ok(&[
+        "record",
+        "--pid",
+        &fx.pid.to_string(),
+        "--native",
+        "-d",
+        RECORD_SECS,
+        "-r",
+        RECORD_RATE,
+        "-f",
+        "collapsed",
+        "-o",
+        &out.to_string_lossy(),
+    ]);
+    stop.store(true, Ordering::Relaxed);
+    let seen = watcher.join().map_err(|_| "state watcher panicked")?;
+    recorded?;
+    if seen.contains(&'t') || seen.contains(&'T') {
+        return Err(format!("a thread of the target was stopped: states seen {seen:?}").into());
+    }
+    let stacks = parse_folded(&std::fs::read_to_string(&out)?);
+    for answer in ANSWERS {
+        check_answer(&fx, &stacks, answer)?;
+    }
+    Ok(Completion::Completed)
+}
+
+/// A role's known stack shows at many ticks, in its GIL state mostly, and its C functions are
+/// never anywhere but where they belong.
+fn check_answer(fx: &Fixture, stacks: &[Folded], answer: &Answer) -> Result<(), Failed> {
+    let tid = fx.tid(answer.role);
+    let mine: Vec<&Folded> = stacks.iter().filter(|s| s.tid == tid).collect();
+    let describe = || {
+        let mut heaviest: Vec<&&Folded> = mine.iter().collect();
+        heaviest.sort_by_key(|s| std::cmp::Reverse(s.count));
+        heaviest
+            .iter()
+            .take(8)
+            .map(|s| format!("{} [{}] {}", s.count, s.state, s.functions.join(";")))
+            .collect::<Vec<_>>()
+            .join("\n  ")
+    };
+    // The C function only this role calls (gn_burn and gn_nap are shared).
+    let own = answer.frames[1];
+    let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut shown = 0;
+    for stack in &mine {
+        if !in_place(&stack.functions, answer) {
+            return Err(format!(
+                "{}: {:?} out of place in [{}] {}",
+                answer.role,
+                answer.frames,
+                stack.state,
+                stack.functions.join(";")
+            )
+            .into());
+        }
+        // In its code, not in the GIL's hand-off (a callback waiting to get back in).
+        let handing_over = stack
+            .functions
+            .iter()
+            .any(|f| GIL_HAND_OFF.contains(&f.as_str()));
+        if !shows(&stack.functions, answer) || handing_over {
+            continue;
+        }
+        *by_state.entry(&stack.state).or_default() += stack.count;
+        if stack.state == answer.state {
+            shown += stack.count;
+        }
+    }
+    // No other thread shows this role's own C function.
+    for stack in stacks.iter().filter(|s| s.tid != tid) {
+        if stack.functions.iter().any(|f| f == own) {
+            return Err(format!(
+                "{own} ({}) in another thread's stack: [{}] {}",
+                answer.role,
+                stack.state,
+                stack.functions.join(";")
+            )
+            .into());
+        }
+    }
+    if shown < MIN_SHOWN {
+        return Err(format!(
+            "{} showed {:?} in {} at {shown} ticks only; its heaviest stacks:\n  {}",
+            answer.role,
+            answer.frames,
+            answer.state,
+            describe()
+        )
+        .into());
+    }
+    let dominant = by_state.iter().max_by_key(|(_, n)| **n).map(|(s, _)| *s);
+    let broken = match answer.rule {
+        Rule::Mostly => dominant != Some(answer.state),
+        Rule::NeverHolds => by_state.contains_key("hold"),
+        Rule::Contended => false,
+    };
+    if broken {
+        return Err(format!(
+            "{} in {own}: states {by_state:?}, expected {} ({})",
+            answer.role,
+            answer.state,
+            match answer.rule {
+                Rule::Mostly => "mostly",
+                _ => "and never hold",
+            }
+        )
+        .into());
+    }
+    if std::env::var_os("GILSCOPE_TEST_SHOW").is_some() {
+        eprintln!("{}: {by_state:?}\n  {}", answer.role, describe());
+    }
+    Ok(())
+}
+
+fn native_json_report(python: &Python) -> Result<Completion, Failed> {
+    let Some(fx) = native_fixture(python)? else {
+        return Ok(Completion::ignored_with(
+            "no Python.h for the CLI interpreter",
+        ));
+    };
+    let out = common::gilscope_ok(&[
+        "record",
+        "--pid",
+        &fx.pid.to_string(),
+        "--native",
+        "-d",
+        "2",
+        "-r",
+        "200",
+        "-f",
+        "json",
+    ])?;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    common::matches_documented_schema(&report, "docs/JSON_SCHEMA.md")?;
+    if report["sampler"]["native"] != "perf" {
+        return Err(format!("sampler.native is {}", report["sampler"]["native"]).into());
+    }
+    let sleeper = common::thread_row(&report, fx.tid("c-sleeper")).ok_or("no c-sleeper row")?;
+    let top = &sleeper["top_hold"][0];
+    let module = top["module"].as_str().unwrap_or("");
+    if top["kind"] != "native" || top["function"] != "gn_nap" || !module.starts_with("gilnative") {
+        return Err(format!("c-sleeper's first hold location: {top}").into());
+    }
+    if top["called_from"]["function"] != "in_c_sleeping" || top["called_from"]["kind"] != "python" {
+        return Err(format!("gn_nap called from {}", top["called_from"]).into());
+    }
+    // Its blame stack has the C frames above the Python one.
+    let blamed = report["blame"]["top"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|b| b["holder_native_id"] == fx.tid("c-sleeper"))
+        .ok_or("c-sleeper is not blamed")?;
+    let kinds: Vec<(String, String)> = blamed["stack"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            (
+                f["function"].as_str().unwrap_or("").to_string(),
+                f["kind"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let at = |name: &str| kinds.iter().position(|(f, _)| f == name);
+    match (at("in_c_sleeping"), at("gn_hold_sleeping"), at("gn_nap")) {
+        (Some(p), Some(h), Some(n)) if p < h && h < n && kinds[n].1 == "native" => {}
+        _ => return Err(format!("blame stack of c-sleeper: {kinds:?}").into()),
+    }
+    Ok(Completion::Completed)
+}
+
+fn native_dump(python: &Python) -> Result<Completion, Failed> {
+    let Some(fx) = native_fixture(python)? else {
+        return Ok(Completion::ignored_with(
+            "no Python.h for the CLI interpreter",
+        ));
+    };
+    let pid = fx.pid.to_string();
+    // The sleeper holds the GIL in gn_nap half of the time: a few dumps find it there.
+    let mut last = String::new();
+    for _ in 0..20 {
+        let out = common::gilscope_ok(&["dump", "--pid", &pid, "--native", "--json"])?;
+        let dump: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        common::matches_documented_schema(&dump, "docs/DUMP_SCHEMA.md")?;
+        let sleeper = dump["threads"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|t| t["native_id"] == fx.tid("c-sleeper"))
+            .ok_or("no c-sleeper in the dump")?;
+        let stack = sleeper["stack"].as_array().cloned().unwrap_or_default();
+        let nap = stack.iter().position(|f| f["function"] == "gn_nap");
+        let caller = stack.iter().position(|f| f["function"] == "in_c_sleeping");
+        if let (Some(nap), Some(caller), "hold") =
+            (nap, caller, sleeper["state"].as_str().unwrap_or(""))
+        {
+            // Innermost first: the C frame before its Python caller, with its source line.
+            let frame = &stack[nap];
+            let file = frame["file"].as_str().unwrap_or("");
+            if nap > caller || frame["kind"] != "native" || !file.ends_with("gilnative.c") {
+                return Err(format!("c-sleeper's stack: {stack:?}").into());
+            }
+            if frame["line"].as_u64().unwrap_or(0) == 0 {
+                return Err(format!("gn_nap without a line: {frame}").into());
+            }
+            // The text dump shows the same frame with its module and line (at a dump that
+            // finds the sleeper in gn_nap again).
+            let mut text = String::new();
+            for _ in 0..20 {
+                let out = common::gilscope_ok(&["dump", "--pid", &pid, "--native"])?;
+                text = common::stdout_of(&out);
+                if text.contains("gn_nap (gilnative") {
+                    break;
+                }
+            }
+            let nap = text.lines().find(|l| l.contains("gn_nap (gilnative"));
+            if !nap.is_some_and(|l| l.contains("gilnative.c:")) {
+                return Err(format!("text dumps without gn_nap's module and line:\n{text}").into());
+            }
+            return Ok(Completion::Completed);
+        }
+        last = format!("{} {stack:?}", sleeper["state"]);
+    }
+    Err(format!("20 dumps never caught c-sleeper holding in gn_nap; the last: {last}").into())
+}
+
+fn native_drawings(python: &Python) -> Result<Completion, Failed> {
+    let Some(fx) = native_fixture(python)? else {
+        return Ok(Completion::ignored_with(
+            "no Python.h for the CLI interpreter",
+        ));
+    };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let svg = dir.join("native.svg");
+    let speedscope = dir.join("native.speedscope.json");
+    for out in [&svg, &speedscope] {
+        common::gilscope_ok(&[
+            "record",
+            "--pid",
+            &fx.pid.to_string(),
+            "--native",
+            "-d",
+            "1.5",
+            "-r",
+            "200",
+            "-o",
+            &out.to_string_lossy(),
+        ])?;
+    }
+    // Native frames are filled with blues (blue the largest component); Python ones with
+    // inferno's warm palette (red the largest).
+    let svg = std::fs::read_to_string(&svg)?;
+    let options = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..roxmltree::ParsingOptions::default()
+    };
+    let doc = roxmltree::Document::parse_with_options(&svg, options)?;
+    let fill_of = |prefix: &str| -> Option<(u8, u8, u8)> {
+        let group = doc.descendants().find(|n| {
+            n.has_tag_name("g")
+                && n.children().any(|c| {
+                    c.has_tag_name("title") && c.text().is_some_and(|t| t.starts_with(prefix))
+                })
+        })?;
+        let fill = group
+            .children()
+            .find(|c| c.has_tag_name("rect"))?
+            .attribute("fill")?;
+        let rgb: Vec<u8> = fill
+            .trim_start_matches("rgb(")
+            .trim_end_matches(')')
+            .split(',')
+            .filter_map(|c| c.trim().parse().ok())
+            .collect();
+        Some((*rgb.first()?, *rgb.get(1)?, *rgb.get(2)?))
+    };
+    let (r, g, b) = fill_of("gn_nap (gilnative").ok_or("no gn_nap frame in the flamegraph")?;
+    if !(b > r && b > g) {
+        return Err(format!("gn_nap is drawn rgb({r},{g},{b}), not in blue").into());
+    }
+    let (r, _, b) = fill_of("in_c_sleeping (").ok_or("no in_c_sleeping frame")?;
+    if b >= r {
+        return Err(format!("in_c_sleeping is drawn like a native frame (r {r}, b {b})").into());
+    }
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&speedscope)?)?;
+    let frames = doc["shared"]["frames"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let nap = frames
+        .iter()
+        .find(|f| {
+            f["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("gn_nap (gilnative"))
+        })
+        .ok_or("no gn_nap frame in the speedscope file")?;
+    if !nap["file"].as_str().unwrap_or("").ends_with("gilnative.c") {
+        return Err(format!("speedscope's gn_nap: {nap}").into());
+    }
+    Ok(Completion::Completed)
 }
 
 /// fixtures/native/gilnative.c built for `python` (with -O2 -g) in a scratch directory.

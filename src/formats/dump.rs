@@ -184,16 +184,13 @@ fn interpreter_list(ids: &[Option<i64>]) -> String {
 }
 
 fn frame_json(frame: &Frame) -> Value {
-    let mut value = json!({
+    json!({
         "kind": frame.kind.name(),
         "function": &*frame.function,
         "file": &*frame.file,
         "line": frame.line,
-    });
-    if frame.kind == FrameKind::Native {
-        value["module"] = json!(&*frame.module);
-    }
-    value
+        "module": (frame.kind == FrameKind::Native).then_some(&*frame.module),
+    })
 }
 
 /// Several processes (`--subprocesses`): each process's dump after a line for the tree.

@@ -41,8 +41,7 @@ struct Frame {
     /// "" where not known (a native frame without debug information).
     file: String,
     line: u32,
-    /// The shared object or executable of a native frame.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The shared object or executable of a native frame (null for others).
     module: Option<String>,
 }
 
@@ -50,8 +49,7 @@ struct Frame {
 struct Location {
     #[serde(flatten)]
     frame: Frame,
-    /// For a native frame, the innermost Python frame it was called from.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// For a native frame, the innermost Python frame it was called from (else null).
     called_from: Option<Frame>,
     fraction: f64,
     samples: u64,

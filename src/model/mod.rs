@@ -164,10 +164,7 @@ pub struct SamplerStats {
     #[serde(serialize_with = "as_text")]
     pub cpu_clock: CpuClock,
     /// Native frames were merged into the stacks (`--native`), and how they were taken.
-    #[serde(
-        serialize_with = "as_optional_text",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(serialize_with = "as_optional_text")]
     pub native: Option<NativeCapture>,
     /// What the ticks cost, phase by phase (`--stats`).
     pub stats: crate::sample::stats::TickStats,

@@ -434,10 +434,10 @@ fn stack_layout(
     Ok(StackLayout {
         tstate_frame: current_frame,
         cframe_frame: None,
-        // `FRAME_OWNED_BY_INTERPRETER` came before `FRAME_OWNED_BY_CSTACK` in 3.14.
-        eval_calls: EvalCalls::EntryFrames {
-            cstack_owner: if version.minor >= 14 { 4 } else { 3 },
-        },
+        // The evaluation loop's entry frame: `FRAME_OWNED_BY_CSTACK` (3) on 3.13, and from
+        // 3.14 `FRAME_OWNED_BY_INTERPRETER`, which took value 3 (CSTACK moved to 4 and marks
+        // no entry frame: ceval.c of 3.14.4).
+        eval_calls: EvalCalls::EntryFrames { entry_owner: 3 },
         frame: FrameFields::Interpreter {
             previous: frame("previous")?,
             code: frame("executable")?,

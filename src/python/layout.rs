@@ -204,8 +204,9 @@ pub enum EvalCalls {
     /// cframe's `previous` (at `cframe_previous`) chain them, innermost first.
     EntryFlag { is_entry: u64, cframe_previous: u64 },
     /// 3.12+: each call pushes an entry frame of its own, a local variable whose `owner` is
-    /// `FRAME_OWNED_BY_CSTACK` (`cstack_owner`), below the frames it runs.
-    EntryFrames { cstack_owner: u8 },
+    /// `entry_owner` (`FRAME_OWNED_BY_CSTACK` on 3.12-3.13, `FRAME_OWNED_BY_INTERPRETER` from
+    /// 3.14, both 3), below the frames it runs.
+    EntryFrames { entry_owner: u8 },
 }
 
 /// Field offsets in `str` objects (`PyASCIIObject`, `PyCompactUnicodeObject`).
@@ -378,7 +379,7 @@ pub(super) fn stack_table(major: u8, minor: u8) -> Option<StackLayout> {
         12 => StackLayout {
             tstate_frame: 56,
             cframe_frame: Some(0),
-            eval_calls: EvalCalls::EntryFrames { cstack_owner: 3 },
+            eval_calls: EvalCalls::EntryFrames { entry_owner: 3 },
             frame: FrameFields::Interpreter {
                 previous: 8,
                 code: 0,

@@ -260,7 +260,7 @@ impl StackReader {
                             _ => CallEdge::Entry,
                         }
                     }
-                    EvalCalls::EntryFrames { cstack_owner } if owner == cstack_owner => {
+                    EvalCalls::EntryFrames { entry_owner } if owner == entry_owner => {
                         CallEdge::Shim
                     }
                     EvalCalls::EntryFrames { .. } => CallEdge::Inside,

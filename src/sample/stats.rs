@@ -70,7 +70,6 @@ pub struct TickStats {
     /// Classifying the tick and adding it to the profile.
     pub aggregate_ns: u64,
     /// Native stacks (`--native`); all zero without it.
-    #[serde(skip_serializing_if = "NativeStats::is_empty")]
     pub native: NativeStats,
 }
 

@@ -12,8 +12,8 @@
 //!   `current_frame` is its innermost Python frame: the `tstate->cframe` chain gives each run
 //!   an anchor, so the evaluation frame is found by stack address, without symbols.
 //! - 3.12+: each call pushes an entry frame of its own C stack (`owner ==
-//!   FRAME_OWNED_BY_CSTACK`) below the Python frames it runs: that shim's address is the
-//!   anchor of the run above it.
+//!   FRAME_OWNED_BY_CSTACK`, 3.14+ `FRAME_OWNED_BY_INTERPRETER`, both 3) below the Python
+//!   frames it runs: that shim's address is the anchor of the run above it.
 
 /// The Python frames one call of the evaluation loop runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
