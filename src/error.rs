@@ -97,10 +97,11 @@ impl Error {
                  gilscope record -- CMD waits for the interpreter by itself"
                     .into(),
             ),
-            Error::UnsupportedVersion { .. } => Some(format!(
-                "gilscope supports CPython {}; see docs/COMPATIBILITY.md",
-                crate::python::version::SUPPORTED
-            )),
+            Error::UnsupportedVersion { .. } => Some(
+                "docs/COMPATIBILITY.md lists the versions gilscope supports and how each was \
+                 checked"
+                    .into(),
+            ),
             Error::UnrecognisedLayout { .. } => Some(
                 "please report this with the output of `python -VV` for that interpreter".into(),
             ),
