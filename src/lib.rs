@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod dump;
 pub mod error;
+pub mod exporter;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod python;
