@@ -335,6 +335,9 @@ async fn serve_connection(stream: tokio::net::TcpStream, page: Arc<Page>, _open:
         std::future::ready(Ok::<_, Infallible>(answer))
     });
     let _ = hyper::server::conn::http1::Builder::new()
+        // `printf 'GET /metrics HTTP/1.0\r\n\r\n' | nc -N HOST PORT` closes its side once
+        // the request is sent: it must still get its answer.
+        .half_close(true)
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_DEADLINE)
         .max_buf_size(MAX_HEAD)

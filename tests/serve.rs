@@ -23,7 +23,7 @@ fn main() {
     // Python processes on a shared two-core machine: one at a time.
     args.test_threads = Some(1);
     let pythons = common::pythons();
-    let tests: [(&str, Test); 15] = [
+    let tests: [(&str, Test); 16] = [
         (
             "subprocesses_are_served_as_series_of_their_own_pids",
             subprocesses,
@@ -52,6 +52,10 @@ fn main() {
             exposition_formats,
         ),
         ("metrics_are_served_on_ipv6_loopback", ipv6_loopback),
+        (
+            "a_client_that_closes_its_side_after_the_request_gets_its_answer",
+            half_closed,
+        ),
         (
             "a_client_that_pipelines_without_reading_blocks_no_other_scrape",
             pipeliner_blocks_nobody,
@@ -893,6 +897,40 @@ fn exposition_formats(python: &Python) -> Result<Completion, Failed> {
         if !out.status.success() {
             return Err(format!("promtool check metrics:\n{said}\n{text}").into());
         }
+    }
+    Ok(Completion::Completed)
+}
+
+/// `printf 'GET /metrics HTTP/1.0\r\n\r\n' | nc -N HOST PORT` sends its request and closes
+/// its side of the connection: the answer must still come, every time (HTTP/1.0 and 1.1).
+fn half_closed(python: &Python) -> Result<Completion, Failed> {
+    let (_fixture, serve) = serving_quiet_target(python)?;
+    let address = serve.address.as_str();
+    let mut lost = Vec::new();
+    for version in ["1.0", "1.1"] {
+        let request = format!("GET /metrics HTTP/{version}\r\nHost: {address}\r\n\r\n");
+        let mut answered = 0;
+        for _ in 0..100 {
+            let mut stream = connect(address)?;
+            stream
+                .write_all(request.as_bytes())
+                .and_then(|_| stream.shutdown(std::net::Shutdown::Write))
+                .map_err(|e| e.to_string())?;
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer);
+            if answer.starts_with(format!("HTTP/{version} 200 OK").as_bytes()) {
+                answered += 1;
+            }
+        }
+        if answered < 100 {
+            lost.push(format!(
+                "HTTP/{version}: {} of 100 unanswered",
+                100 - answered
+            ));
+        }
+    }
+    if !lost.is_empty() {
+        return Err(lost.join("; ").into());
     }
     Ok(Completion::Completed)
 }
