@@ -5,14 +5,16 @@
 //! What any client may cost, whatever it sends (docs/RELIABILITY.md lists what was tried):
 //! - one thread for the whole endpoint (a Tokio current-thread runtime), never one a client;
 //! - at most [`MAX_CONNECTIONS`] connections (fewer under a low RLIMIT_NOFILE: an eighth of
-//!   it, so the sampler keeps its file descriptors); a new connection beyond that closes the
-//!   oldest one, so a scraper is answered however many idle or slow connections are open;
+//!   it, so the sampler keeps its file descriptors); when that many are open the oldest is
+//!   closed to keep a place for the next, so a scraper is answered however many idle or slow
+//!   connections are open;
 //! - a request head of at most [`MAX_HEAD`] bytes (431 beyond), complete within
 //!   [`HEAD_DEADLINE`] of the connection opening or the previous answer ending;
 //! - an answer that cannot be written for [`WRITE_STALL`] closes the connection, so a client
 //!   that pipelines requests and never reads holds one answer, not a queue of them;
 //! - the page is made at most once per [`PAGE_REUSE`] per format, so a flood of requests does
-//!   not keep the metrics locked away from the sampler.
+//!   not keep the metrics locked away from the sampler, and connections answered with the
+//!   same page share it rather than hold a copy each.
 //!
 //! The endpoint never ends silently: if it stops for any reason but `stop`, the reason is
 //! kept for [`Running::join`] and `stop` is raised, so that serve ends with it as an error.
@@ -27,7 +29,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, ACCEPT, ALLOW, CONTENT_TYPE, VARY};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -72,7 +75,7 @@ type Render = dyn Fn(Exposition) -> String + Send + Sync;
 
 struct Page {
     render: Box<Render>,
-    made: Mutex<Vec<(Exposition, Instant, String)>>,
+    made: Mutex<Vec<(Exposition, Instant, Bytes)>>,
 }
 
 impl Endpoint {
@@ -216,8 +219,8 @@ where
     .await
 }
 
-/// The open connections, oldest first (ids grow), each with the handle that closes it.
-type Connections = Arc<Mutex<std::collections::BTreeMap<u64, tokio::task::AbortHandle>>>;
+/// The open connections, oldest first (ids grow), each with its task.
+type Connections = Arc<Mutex<std::collections::BTreeMap<u64, tokio::task::JoinHandle<()>>>>;
 
 /// Removes a connection from the open ones when its task ends, however it ends.
 struct Open {
@@ -235,11 +238,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Close the oldest connection; false if there is none.
-fn close_oldest(connections: &Connections) -> bool {
-    match lock(connections).pop_first() {
+/// Close the oldest connection and wait until its socket is closed; false if there is none.
+async fn close_oldest(connections: &Connections) -> bool {
+    let oldest = lock(connections).pop_first();
+    match oldest {
         Some((_, connection)) => {
             connection.abort();
+            // Ends once the task's future, and with it the socket, has been dropped.
+            let _ = connection.await;
             true
         }
         None => false,
@@ -257,6 +263,10 @@ async fn accept(
     let mut next_id = 0u64;
     let mut said_no_files = false;
     loop {
+        // A place for the next connection, whose file descriptor is then within the limit.
+        while lock(&connections).len() >= limit {
+            close_oldest(&connections).await;
+        }
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) if is_out_of_files(&e) => {
@@ -268,10 +278,7 @@ async fn accept(
                     ));
                     said_no_files = true;
                 }
-                if close_oldest(&connections) {
-                    // Let the runtime drop the closed connection and free its descriptor.
-                    tokio::task::yield_now().await;
-                } else {
+                if !close_oldest(&connections).await {
                     tokio::time::sleep(NO_FILES_PAUSE).await;
                 }
                 continue;
@@ -279,9 +286,6 @@ async fn accept(
             Err(e) if is_transient(&e) => continue,
             Err(e) => return Err(format!("cannot accept connections: {e}")),
         };
-        while lock(&connections).len() >= limit {
-            close_oldest(&connections);
-        }
         next_id += 1;
         let open = Open {
             id: next_id,
@@ -289,7 +293,7 @@ async fn accept(
         };
         let task = tokio::spawn(serve_connection(stream, page.clone(), open));
         // On a current-thread runtime the task cannot have run (and ended) yet.
-        lock(&connections).insert(next_id, task.abort_handle());
+        lock(&connections).insert(next_id, task);
         // Let the connections just accepted read their requests before the next accept, so
         // that a flood of new connections cannot close a scraper's before it is answered.
         tokio::task::yield_now().await;
@@ -347,7 +351,7 @@ async fn serve_connection(stream: tokio::net::TcpStream, page: Arc<Page>, _open:
 
 /// The answer to one request: the page for GET and HEAD of /metrics, 405 for other methods
 /// there, 404 elsewhere.
-fn answer(request: &Request<Incoming>, page: &Page) -> Response<String> {
+fn answer(request: &Request<Incoming>, page: &Page) -> Response<Full<Bytes>> {
     if request.uri().path() != "/metrics" {
         return plain(
             StatusCode::NOT_FOUND,
@@ -371,7 +375,7 @@ fn answer(request: &Request<Incoming>, page: &Page) -> Response<String> {
         .map(HeaderValue::as_bytes)
         .collect();
     let format = negotiate(&accept);
-    let mut response = Response::new(page.get(format));
+    let mut response = Response::new(Full::new(page.get(format)));
     let headers = response.headers_mut();
     headers.insert(
         CONTENT_TYPE,
@@ -381,8 +385,8 @@ fn answer(request: &Request<Incoming>, page: &Page) -> Response<String> {
     response
 }
 
-fn plain(status: StatusCode, text: &str) -> Response<String> {
-    let mut response = Response::new(text.to_string());
+fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
     *response.status_mut() = status;
     response.headers_mut().insert(
         CONTENT_TYPE,
@@ -393,7 +397,7 @@ fn plain(status: StatusCode, text: &str) -> Response<String> {
 
 impl Page {
     /// The page in `format`, made again only if the last one is older than PAGE_REUSE.
-    fn get(&self, format: Exposition) -> String {
+    fn get(&self, format: Exposition) -> Bytes {
         let now = Instant::now();
         let mut made = lock(&self.made);
         if let Some((_, _, text)) = made
@@ -402,7 +406,7 @@ impl Page {
         {
             return text.clone();
         }
-        let text = (self.render)(format);
+        let text = Bytes::from((self.render)(format));
         made.retain(|(f, _, _)| *f != format);
         made.push((format, now, text.clone()));
         text
@@ -655,7 +659,7 @@ mod tests {
     }
 
     #[test]
-    fn a_page_is_made_at_most_once_per_reuse_period_and_format() {
+    fn a_page_is_made_at_most_once_per_reuse_period_and_format_and_shared() {
         let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = made.clone();
         let page = Page {
@@ -670,6 +674,11 @@ mod tests {
             assert_eq!(page.get(Exposition::PrometheusText), "PrometheusText");
         }
         assert_eq!(made.load(Ordering::Relaxed), 2);
+        // Answers share the page: no copy per connection.
+        assert_eq!(
+            page.get(Exposition::OpenMetrics).as_ptr(),
+            page.get(Exposition::OpenMetrics).as_ptr()
+        );
         std::thread::sleep(PAGE_REUSE);
         page.get(Exposition::OpenMetrics);
         assert_eq!(made.load(Ordering::Relaxed), 3);
