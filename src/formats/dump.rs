@@ -253,7 +253,7 @@ fn document(snapshot: &Snapshot) -> Value {
             json!({
                 "holder_native_id": b.holder.tid,
                 "holder_name": b.holder.name(),
-                "share": b.waiter_ticks as f64 / p.waiter_ticks().max(1) as f64,
+                "share": super::json::round(b.waiter_ticks as f64 / p.waiter_ticks().max(1) as f64, 4),
                 "stack": stack,
             })
         });

@@ -155,6 +155,31 @@ impl Format {
         matches!(self, Format::Chrometrace | Format::Timeline)
     }
 
+    /// The file names that ask for a format, as help and errors list them.
+    pub const EXTENSIONS: &'static [&'static str] = &[
+        ".txt",
+        ".json",
+        ".svg",
+        ".folded",
+        ".collapsed",
+        ".speedscope.json",
+        "trace.json",
+        "timeline.svg",
+    ];
+
+    /// The format's name, as `--format` takes it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Format::Text => "text",
+            Format::Json => "json",
+            Format::Flamegraph => "flamegraph",
+            Format::Collapsed => "collapsed",
+            Format::Speedscope => "speedscope",
+            Format::Chrometrace => "chrometrace",
+            Format::Timeline => "timeline",
+        }
+    }
+
     /// The module that writes this format.
     pub fn report(&self) -> &'static dyn Report {
         match self {

@@ -88,6 +88,16 @@ pub fn render(recording: &Recording) -> String {
             }
         );
     }
+    // Said once, where it shows: the two figures count different things.
+    if measured && profile.contended() > profile.held() + profile.contended_margin().unwrap_or(0.0)
+    {
+        let _ = writeln!(
+            out,
+            "note: held = some thread had the GIL; contended = some thread waited for it. \
+             Contended above held: threads waited while nobody had it, in hand-offs (released, \
+             its next holder not yet running: long when CPUs are busy)"
+        );
+    }
     if several {
         gils_section(&mut out, recording);
     }
@@ -162,7 +172,15 @@ pub fn render(recording: &Recording) -> String {
     }
     if let Some(table) = &recording.stacks {
         where_threads_are(&mut out, recording, table);
-        who_makes_them_wait(&mut out, recording, table);
+        // With one Python thread, nobody waits on anybody: no blame to give.
+        let python_threads = profile
+            .threads()
+            .iter()
+            .filter(|t| t.thread_id.is_some())
+            .count();
+        if python_threads > 1 {
+            who_makes_them_wait(&mut out, recording, table);
+        }
     }
     findings_section(&mut out, recording);
     out
@@ -307,7 +325,8 @@ fn who_makes_them_wait(out: &mut String, recording: &Recording, table: &StackTab
     if profile.blame_unheld > 0 {
         let _ = writeln!(
             out,
-            "  {:>6}  (nobody: the GIL was being handed over)",
+            "  {:>6}  (nobody: the GIL was between holders, released and its next holder not \
+             yet running)",
             percent(profile.blame_unheld as f64 / total as f64)
         );
     }

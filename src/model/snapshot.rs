@@ -62,7 +62,7 @@ impl Snapshot {
             .profile
             .threads()
             .into_iter()
-            .map(|t| (t.tid, ThreadState::ALL.map(|s| t.fraction(s))))
+            .map(|t| (t.tid, t.counts.fractions_summing_to_one()))
             .collect()
     }
 }
