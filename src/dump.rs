@@ -24,6 +24,8 @@ const SNAPSHOT_ATTEMPTS: usize = 20;
 #[derive(Debug, Clone)]
 pub struct ThreadSnapshot {
     pub tid: i32,
+    /// Its id in its own PID namespace (a container's), where that differs.
+    pub ns_tid: Option<i32>,
     pub thread_id: Option<u64>,
     pub name: String,
     pub os_name: String,
@@ -184,6 +186,7 @@ fn snapshot(
                     .unwrap_or_else(|| os_name.clone());
                 ThreadSnapshot {
                     tid: t.tid,
+                    ns_tid: t.ns_tid,
                     thread_id: t.thread_id,
                     name,
                     os_name,

@@ -55,6 +55,12 @@ pub enum Error {
         pid: i32,
         what: String,
     },
+    /// The target lives in a PID namespace whose thread ids cannot be translated into ours:
+    /// its figures would be attributed to no thread.
+    ForeignNamespace {
+        pid: i32,
+        why: String,
+    },
     Spawn {
         command: String,
         source: std::io::Error,
@@ -73,7 +79,9 @@ impl Error {
             Error::NoSuchProcess { .. } | Error::Zombie { .. } | Error::KernelThread { .. } => {
                 ExitCode::NoSuchProcess
             }
-            Error::PermissionDenied { .. } => ExitCode::PermissionDenied,
+            Error::PermissionDenied { .. } | Error::ForeignNamespace { .. } => {
+                ExitCode::PermissionDenied
+            }
             Error::NotPython { .. }
             | Error::NoPythonInTree { .. }
             | Error::SelfTarget { .. }
@@ -104,6 +112,11 @@ impl Error {
                 "please report this with the output of `python -VV` for that interpreter".into(),
             ),
             Error::NoSuchProcess { .. } => Some("check the pid with `ps -p PID`".into()),
+            Error::ForeignNamespace { pid, .. } => Some(format!(
+                "run gilscope inside the target's PID namespace instead: \
+                 nsenter --target {pid} --pid --mount gilscope record --pid 1 (README: \
+                 Profiling in containers and Kubernetes)"
+            )),
             _ => None,
         }
     }
@@ -159,6 +172,10 @@ impl fmt::Display for Error {
                     "the Python interpreter in process {pid} is not ready: {what}"
                 )
             }
+            Error::ForeignNamespace { pid, why } => write!(
+                f,
+                "cannot match the threads of process {pid} with its Python threads: {why}"
+            ),
             Error::Spawn { command, source } => write!(f, "cannot start `{command}`: {source}"),
             Error::Output { path, source } => write!(f, "cannot write {path}: {source}"),
             Error::Usage(message) => write!(f, "{message}"),

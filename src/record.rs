@@ -13,9 +13,11 @@ use crate::report::{EndReason, Profile, Recording, SamplerStats, TargetInfo};
 use crate::sample::classify::Classifier;
 use crate::sample::monotonic_ns;
 use crate::sample::observe::{Observation, Observer, TickError};
+use crate::sample::privileges;
 use crate::sample::schedule::Schedule;
 use crate::sample::stats::Stopwatch;
 use crate::target::memory::ProcessMemory;
+use crate::target::namespace::ThreadIds;
 use crate::target::process::{self, Liveness};
 
 /// How long a started command may take to become a running Python interpreter.
@@ -120,8 +122,9 @@ pub fn check_target(pid: i32) -> Result<()> {
 pub fn attach(pid: i32) -> Result<Observer<ProcessMemory>> {
     check_target(pid)?;
     let memory = ProcessMemory::new(pid);
+    let ids = ThreadIds::of(pid).map_err(|e| Error::ForeignNamespace { pid, why: e.why })?;
     let interpreter = Interpreter::attach(pid, &memory)?;
-    Ok(Observer::new(pid, memory, interpreter))
+    Ok(Observer::new(pid, memory, interpreter, ids))
 }
 
 /// A command started by gilscope; killed when the recording is over if still running.
@@ -224,6 +227,7 @@ pub fn target_info(observer: &Observer<ProcessMemory>) -> TargetInfo {
     }
     TargetInfo {
         pid: observer.pid,
+        ns_pid: observer.ns_pid(),
         python_version: interpreter.version.to_string(),
         binary: interpreter.binary.clone(),
         command_line: process::command_line(observer.pid).unwrap_or_default(),
@@ -431,7 +435,7 @@ impl Member {
         options: &RecordOptions,
         schedule: &Schedule,
         host_steal: Option<f64>,
-        realtime: bool,
+        realtime: std::result::Result<(), i32>,
     ) -> (Recording, Observer<ProcessMemory>) {
         // Attached while the program was starting (gilscope started it, or --subprocesses
         // caught a new worker), its version may have come from the library's name alone.
@@ -470,7 +474,17 @@ impl Member {
                 } else {
                     ended
                 },
-                realtime,
+                realtime: realtime.is_ok(),
+                degraded: realtime
+                    .err()
+                    .map(privileges::without_realtime)
+                    .into_iter()
+                    .chain(
+                        self.observer
+                            .cpu_clock_unavailable()
+                            .map(privileges::without_perf),
+                    )
+                    .collect(),
                 host_steal: host_steal.map(|s| (s * 1e4).round() / 1e4),
                 stack_errors: self.stack_errors,
                 stats: self.observer.stats,

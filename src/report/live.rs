@@ -496,7 +496,7 @@ fn title(target: &TargetInfo, rate_hz: f64, history: &History, elapsed_s: f64) -
     let samples = history.process(1).samples;
     format!(
         "gilscope top - pid {} - Python {} - {}:{:02}:{:02} - {} samples in the last second at {} Hz{}",
-        target.pid,
+        super::id_with_namespace(target.pid, target.ns_pid),
         target.python_version,
         secs / 3600,
         secs / 60 % 60,
@@ -744,7 +744,7 @@ pub fn screen_processes(
         let figures = history.process(STEADY);
         body.push(format!(
             "pid {} - Python {} - held {} contended {} switches {}/s over {} - {}",
-            target.pid,
+            super::id_with_namespace(target.pid, target.ns_pid),
             target.python_version,
             figures.gil_figure(percent(figures.held)),
             figures.gil_figure(wait_figure(
@@ -963,6 +963,7 @@ mod tests {
     fn target() -> TargetInfo {
         TargetInfo {
             pid: 42,
+            ns_pid: None,
             python_version: "3.12.1".into(),
             binary: String::new(),
             command_line: String::new(),

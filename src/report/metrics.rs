@@ -395,6 +395,7 @@ mod tests {
     fn target(pid: i32) -> TargetInfo {
         TargetInfo {
             pid,
+            ns_pid: None,
             python_version: "3.12.1".into(),
             binary: "/usr/bin/python3".into(),
             command_line: "python3 \"app\".py".into(),

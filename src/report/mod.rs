@@ -29,6 +29,9 @@ use crate::sample::ThreadState;
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetInfo {
     pub pid: i32,
+    /// Its pid in its own PID namespace (a container's), where that differs from `pid`;
+    /// then its threads have ids of their own there too (`ns_tid`).
+    pub ns_pid: Option<i32>,
     pub python_version: String,
     /// The ELF file holding the interpreter.
     pub binary: String,
@@ -41,6 +44,15 @@ pub struct TargetInfo {
     /// A free-threaded build (3.13t): the GIL may be off, and then threads are attached
     /// (running Python) or detached instead of holding or waiting (docs/COMPATIBILITY.md).
     pub free_threaded: bool,
+}
+
+/// A process or thread id as reports show it: ours, and the one it has in its own PID
+/// namespace (a container's) where that differs: "10423 (2 in its namespace)".
+pub fn id_with_namespace(id: i32, ns_id: Option<i32>) -> String {
+    match ns_id {
+        Some(own) if own != id => format!("{id} ({own} in its namespace)"),
+        _ => id.to_string(),
+    }
 }
 
 /// What reports show for a figure that cannot be measured on the target's interpreter.
@@ -108,6 +120,9 @@ pub struct SamplerStats {
     pub ended: EndReason,
     /// The sampler ran at real-time priority, so ticks were on time under load.
     pub realtime: bool,
+    /// Methods the sampler had to do without for want of a privilege (real-time priority,
+    /// perf task clocks), what stood in, and what it costs; empty with every privilege.
+    pub degraded: Vec<crate::sample::privileges::Degradation>,
     /// Share of this machine's CPU time the hypervisor gave to other guests during the
     /// recording (null outside a VM or when unknown). Ticks cannot happen while the sampler's
     /// CPU is stolen, so high steal makes every figure less certain.
