@@ -94,6 +94,13 @@ fn main() {
         "perf_event_paranoid_2_and_3_with_sys_ptrace_alone",
         paranoid_levels,
     ));
+    trials.push(libtest_mimic::Trial::ignorable_test(
+        "the_static_binary_measures_an_old_distributions_python_in_a_chroot",
+        || {
+            let _exclusive = common::exclusive();
+            old_distribution()
+        },
+    ));
     libtest_mimic::run(&args, trials).exit();
 }
 
@@ -640,4 +647,145 @@ fn paranoid_levels(python: &Python) -> Result<Completion, Failed> {
     })();
     std::fs::write(KNOB, before.trim())?;
     result.map(|()| Completion::Completed)
+}
+
+/// The static (musl) build: `GILSCOPE_BIN` where that is one, else the one
+/// `cargo build --release --target x86_64-unknown-linux-musl` makes beside this build.
+fn static_binary() -> Option<PathBuf> {
+    let is_static = |path: &Path| {
+        std::fs::read(path)
+            .ok()
+            .is_some_and(|elf| elf.starts_with(b"\x7fELF") && requested_loader(&elf).is_none())
+    };
+    let chosen = PathBuf::from(common::gilscope_bin());
+    if is_static(&chosen) {
+        return Some(chosen);
+    }
+    // .../target/release/gilscope -> .../target/x86_64-unknown-linux-musl/release/gilscope
+    let target_dir = Path::new(env!("CARGO_BIN_EXE_gilscope"))
+        .parent()?
+        .parent()?;
+    let musl = target_dir.join("x86_64-unknown-linux-musl/release/gilscope");
+    is_static(&musl).then_some(musl)
+}
+
+/// Run `program` with `args` chrooted into `root`, with a /proc of its own mount namespace.
+fn in_chroot(root: &Path, program: &str, args: &[&str]) -> Command {
+    let mut command = Command::new("unshare");
+    let script = format!(
+        "mount -t proc proc '{}/proc' && exec chroot '{}' \"$@\"",
+        root.display(),
+        root.display()
+    );
+    command
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+            program,
+        ])
+        .args(args);
+    command
+}
+
+/// Debian 11 (glibc 2.31), where the glibc build does not start (it needs 2.34): the static
+/// build, copied into a chroot of it, measures that distribution's own python3.9 (a stripped,
+/// statically linked interpreter, as Debian builds it).
+fn old_distribution() -> Result<Completion, Failed> {
+    let cache = std::env::var("GILSCOPE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                .join(".cache/gilscope")
+        });
+    let root = cache.join("bullseye");
+    if !root.join("usr/bin/python3.9").exists() {
+        return Ok(Completion::ignored_with(format!(
+            "no Debian 11 root in {} (run scripts/old-distro)",
+            root.display()
+        )));
+    }
+    let Some(binary) = static_binary() else {
+        return Ok(Completion::ignored_with(
+            "no static build (cargo build --release --target x86_64-unknown-linux-musl, or \
+             GILSCOPE_BIN)",
+        ));
+    };
+    let dir = tempfile::tempdir_in(root.join("tmp"))?;
+    let inside = |name: &str| {
+        format!(
+            "/tmp/{}/{name}",
+            dir.path().file_name().unwrap_or_default().to_string_lossy()
+        )
+    };
+    for (from, name) in [
+        (binary.clone(), "gilscope"),
+        (
+            PathBuf::from(env!("CARGO_BIN_EXE_gilscope")),
+            "gilscope-glibc",
+        ),
+        (fixture_path("spinners"), "spinners.py"),
+        (fixture_path("gilfixture"), "gilfixture.py"),
+    ] {
+        std::fs::copy(&from, dir.path().join(name))?;
+    }
+    let glibc = in_chroot(&root, &inside("gilscope-glibc"), &["--version"]).output()?;
+    if glibc.status.success() {
+        eprintln!(
+            "note: the glibc build runs in this root too: the test shows less than it should"
+        );
+    }
+    let fixture = in_chroot(
+        &root,
+        "/usr/bin/python3.9",
+        &[&inside("spinners.py"), "--duration", "60"],
+    );
+    let args: Vec<String> = fixture
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let fx = Fixture::start_command(Path::new("unshare"), &args)?;
+    let pid = fx.pid.to_string();
+    // The fixture is the shell's exec'd chroot's exec'd python: one process, pid `fx.pid`.
+    let out = in_chroot(
+        &root,
+        &inside("gilscope"),
+        &[
+            "record",
+            "--pid",
+            &pid,
+            "--duration",
+            "1.5",
+            "--format",
+            "json",
+        ],
+    )
+    .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "the static build in the chroot: exit {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    let report: Value = serde_json::from_slice(&out.stdout)?;
+    spinners_in(&report, &fx.threads)?;
+    let version = report["target"]["python_version"].as_str().unwrap_or("");
+    let program = report["target"]["binary"].as_str().unwrap_or("");
+    // Named as the kernel names it to a reader in another mount namespace: from its root.
+    if !version.starts_with("3.9.") || !program.ends_with("/usr/bin/python3.9") {
+        return Err(format!("not Debian 11's python: {}", report["target"]).into());
+    }
+    for role in ["spinner-0", "spinner-1", "spinner-2"] {
+        let row = common::thread_row(&report, fx.tid(role)).ok_or("no spinner")?;
+        if row["name"] != role || row["top_hold"][0]["function"] != "spin" {
+            return Err(format!("{role}: {row}").into());
+        }
+    }
+    Ok(Completion::Completed)
 }

@@ -38,9 +38,10 @@ pub fn without_realtime(errno: i32) -> Degradation {
     Degradation {
         missing,
         fallback: "the sampler ran at normal priority".into(),
-        cost: "ticks come late when every CPU is busy, and land more often when target \
-               threads block: measured up to 4 points of error on a saturated 2-CPU machine, \
-               under 2 on an idle one (docs/ACCURACY.md)"
+        cost: "ticks come late when every CPU is busy, and then land more often where target \
+               threads block: on a 2-CPU machine saturated by other work, mean errors up to 3.4 \
+               points and a thread off by up to 8 where native code runs beside Python, against \
+               1.8 and 4 with it (docs/ACCURACY.md)"
             .into(),
     }
 }
@@ -76,8 +77,9 @@ pub fn without_perf(errno: i32) -> Degradation {
         fallback: "per-thread CPU time from schedstat, which advances only at scheduler ticks"
             .into(),
         cost: "a runnable thread's native work and its queueing for the GIL are told apart \
-               less well: measured up to 5 points of error on short native calls \
-               (docs/ACCURACY.md)"
+               less well: on a 2-CPU machine saturated by other work, mean errors up to 2.5 \
+               points and a thread off by up to 7 where native code runs beside Python, 11 on \
+               native calls shorter than a scheduler tick (docs/ACCURACY.md)"
             .into(),
     }
 }

@@ -186,7 +186,10 @@ mod tests {
         done_tx.send(()).unwrap();
         worker.join().unwrap();
         let (Some(opened), Some(counted)) = (opened, counted) else {
-            eprintln!("skipped: no perf task clocks here ({:?})", clocks.unavailable);
+            eprintln!(
+                "skipped: no perf task clocks here ({:?})",
+                clocks.unavailable
+            );
             return;
         };
         let counted = counted - opened;

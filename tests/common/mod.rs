@@ -473,7 +473,14 @@ impl Drop for Fixture {
 pub fn gilscope_bin() -> &'static str {
     static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     BIN.get_or_init(|| match std::env::var("GILSCOPE_BIN") {
-        Ok(bin) if !bin.is_empty() => bin,
+        Ok(bin) if !bin.is_empty() => {
+            // A mistyped path must not quietly test nothing.
+            assert!(
+                Path::new(&bin).is_file(),
+                "GILSCOPE_BIN={bin} is not a file"
+            );
+            bin
+        }
         _ => env!("CARGO_BIN_EXE_gilscope").to_string(),
     })
 }
