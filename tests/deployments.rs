@@ -126,7 +126,10 @@ fn spinners_measured(fx: &Fixture) -> Result<Value, Failed> {
 /// threads' ids as gilscope sees them.
 fn spinners_in(report: &Value, tids: &BTreeMap<String, i32>) -> Result<(), Failed> {
     let held = report["gil"]["held"].as_f64().unwrap_or(0.0);
-    if held < 0.9 {
+    // Between two spinners the GIL is free while the woken one waits for a CPU: on a machine
+    // saturated by other work (load average 13 on 2 CPUs) that came to 10% of the time. A
+    // gilscope that matches no thread says 0%.
+    if held < 0.8 {
         return Err(format!("GIL held {held}: three spinners hold it all the time").into());
     }
     for role in ["spinner-0", "spinner-1", "spinner-2"] {
