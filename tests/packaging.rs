@@ -158,7 +158,7 @@ fn the_wheel_for_other_hosts_carries_a_static_binary_tagged_manylinux2014() {
         .args(["--compatibility", "manylinux2014", "musllinux_1_2", "--out"])
         .arg(&wheels)
         .current_dir(repo)
-        .env("CARGO_TARGET_DIR", repo.join("target/pip"))
+        .env("CARGO_TARGET_DIR", musl_target_dir())
         .output()
         .expect("run maturin");
     assert!(
@@ -224,7 +224,11 @@ fn the_wheel_for_other_hosts_carries_a_static_binary_tagged_manylinux2014() {
         return;
     }
     let inside = tempfile::tempdir_in(root.join("tmp")).expect("tempdir in the root");
-    std::fs::copy(&binary, inside.path().join("gilscope")).expect("copy");
+    let copy = inside.path().join("gilscope");
+    std::fs::copy(&binary, &copy).expect("copy");
+    // `python -m zipfile -e` keeps no modes (pip sets the scripts' own when it installs).
+    std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
     let path = Path::new("/tmp")
         .join(inside.path().file_name().unwrap_or_default())
         .join("gilscope");
@@ -239,4 +243,15 @@ fn the_wheel_for_other_hosts_carries_a_static_binary_tagged_manylinux2014() {
         "the wheel's binary in Debian 11: {}",
         text(&out)
     );
+}
+
+/// Where maturin builds the static binary: this build's own target directory, whose musl part
+/// `.ci/run` has built already (and which this `cargo test` does not lock: it locks
+/// `release/`, not `x86_64-unknown-linux-musl/release/`), so that CI builds it once.
+fn musl_target_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_gilscope"))
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
 }
