@@ -2,7 +2,7 @@
 //! Nothing here knows about Python.
 
 pub mod cpu_clock;
-pub(crate) mod elf;
+pub mod elf;
 pub(crate) mod maps;
 pub mod memory;
 pub mod namespace;
