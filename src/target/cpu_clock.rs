@@ -156,18 +156,26 @@ mod tests {
     fn a_task_clock_counts_time_spent_in_the_kernel() {
         let (tx, rx) = std::sync::mpsc::channel();
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (finished_tx, finished_rx) = std::sync::mpsc::channel::<()>();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let thread_cpu_ns = || {
+            let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+                .unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
+            ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+        };
         let worker = std::thread::spawn(move || {
             tx.send(nix::unistd::gettid().as_raw()).unwrap();
             let _ = go_rx.recv();
-            // Almost all of this is kernel time: a cheap system call in a loop.
-            let until = std::time::Instant::now() + std::time::Duration::from_millis(200);
-            while std::time::Instant::now() < until {
+            // 50 ms of its own CPU time, however busy the machine, almost all of it in the
+            // kernel: a cheap system call in a loop.
+            let until = thread_cpu_ns() + 50_000_000;
+            while thread_cpu_ns() < until {
                 for _ in 0..1000 {
                     // SAFETY: getppid has no arguments and no side effects.
                     unsafe { libc::getppid() };
                 }
             }
+            finished_tx.send(()).unwrap();
             let _ = done_rx.recv();
         });
         let tid = rx.recv().unwrap();
@@ -179,8 +187,10 @@ mod tests {
         let opened = clocks.read(tid);
         let before = schedstat(tid);
         go_tx.send(()).unwrap();
-        // The worker blocks on `done_rx` once its loop is over: its schedstat is then exact.
-        std::thread::sleep(std::time::Duration::from_millis(600));
+        finished_rx.recv().unwrap();
+        // Asleep on `done_rx` now (or within microseconds): schedstat is up to date when a
+        // thread leaves its CPU.
+        std::thread::sleep(std::time::Duration::from_millis(50));
         let counted = clocks.read(tid);
         let ran = schedstat(tid) - before;
         done_tx.send(()).unwrap();
@@ -193,9 +203,10 @@ mod tests {
             return;
         };
         let counted = counted - opened;
-        // 200 ms of wall time, most of it on a CPU on a quiet machine; schedstat and the
-        // counter see the same run to within the moments between their reads.
-        assert!(ran > 20_000_000, "the worker hardly ran: {ran} ns");
+        // Both count the same run of at least 50 ms: they differ by the moments between
+        // their reads (microseconds). A counter that left out kernel time would have a
+        // fraction of it.
+        assert!(ran >= 50_000_000, "the worker ran {ran} ns");
         let gap = (counted as f64 - ran as f64).abs() / ran as f64;
         assert!(gap < 0.05, "task clock {counted} ns, schedstat {ran} ns");
     }
