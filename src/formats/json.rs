@@ -31,6 +31,8 @@ struct Report<'a> {
     blame: Option<Blame>,
     sampler: &'a crate::model::SamplerStats,
     error: ErrorBounds,
+    /// What the figures call for, in the words of the text report's findings.
+    findings: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -121,6 +123,11 @@ struct Thread {
     top_running: Vec<Location>,
     top_idle: Vec<Location>,
     top_attached: Option<Vec<Location>>,
+    /// Times it woke from something else and then had to wait for the GIL (None where
+    /// waiting is not measured).
+    wakeups: Option<u64>,
+    /// Its mean wait for the GIL after such a wake-up, in seconds (None without one).
+    wait_after_wakeup_s: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -232,6 +239,13 @@ fn report(recording: &Recording) -> Report<'_> {
                     top_idle: locations(recording, t, ThreadState::Idle),
                     top_attached: free_threaded
                         .then(|| locations(recording, t, ThreadState::Attached)),
+                    wakeups: measured.then_some(t.wakeups),
+                    wait_after_wakeup_s: (measured && t.wakeups > 0).then(|| {
+                        round(
+                            t.wakeup_wait_ticks as f64 / t.wakeups as f64 * profile.tick_s(),
+                            6,
+                        )
+                    }),
                 }
             })
             .collect(),
@@ -241,6 +255,7 @@ fn report(recording: &Recording) -> Report<'_> {
             classifier: crate::model::CLASSIFIER_ERROR,
             confidence: 0.95,
         },
+        findings: super::findings::findings(recording),
     }
 }
 
