@@ -55,6 +55,12 @@ pub enum Error {
         pid: i32,
         what: String,
     },
+    /// The target lives in a PID namespace whose thread ids cannot be translated into ours:
+    /// its figures would be attributed to no thread.
+    ForeignNamespace {
+        pid: i32,
+        why: String,
+    },
     Spawn {
         command: String,
         source: std::io::Error,
@@ -78,7 +84,9 @@ impl Error {
             Error::NoSuchProcess { .. } | Error::Zombie { .. } | Error::KernelThread { .. } => {
                 ExitCode::NoSuchProcess
             }
-            Error::PermissionDenied { .. } => ExitCode::PermissionDenied,
+            Error::PermissionDenied { .. } | Error::ForeignNamespace { .. } => {
+                ExitCode::PermissionDenied
+            }
             Error::NotPython { .. }
             | Error::NoPythonInTree { .. }
             | Error::SelfTarget { .. }
@@ -122,6 +130,11 @@ impl Error {
                 })
             }
             Error::Output { path, source } => output_hint(path, source),
+            Error::ForeignNamespace { pid, .. } => Some(format!(
+                "run gilscope inside the target's PID namespace instead: \
+                 nsenter --target {pid} --pid --mount gilscope record --pid 1 (README: \
+                 Profiling in containers and Kubernetes)"
+            )),
             Error::Listen { address, source } => listen_hint(address, source),
             _ => None,
         }
@@ -228,6 +241,10 @@ impl fmt::Display for Error {
                     "the Python interpreter in process {pid} is not ready: {what}"
                 )
             }
+            Error::ForeignNamespace { pid, why } => write!(
+                f,
+                "cannot match the threads of process {pid} with its Python threads: {why}"
+            ),
             Error::Spawn { command, source } => write!(f, "cannot start `{command}`: {source}"),
             Error::Output { path, source } => write!(f, "cannot write {path}: {source}"),
             Error::Listen { address, source } => match source.kind() {

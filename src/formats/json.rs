@@ -103,6 +103,7 @@ struct GilEntry {
 #[derive(Serialize)]
 struct Thread {
     native_id: i32,
+    ns_tid: Option<i32>,
     thread_id: Option<u64>,
     name: String,
     os_name: String,
@@ -217,6 +218,7 @@ fn report(recording: &Recording) -> Report<'_> {
                 let (interpreter, gil) = thread_gil(profile, t);
                 Thread {
                     native_id: t.tid,
+                    ns_tid: t.ns_tid,
                     thread_id: t.thread_id,
                     name: t.name().to_string(),
                     os_name: t.os_name.clone(),

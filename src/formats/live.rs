@@ -210,7 +210,11 @@ pub fn screen(
 ) -> Vec<String> {
     let mut lines = vec![
         title(
-            &format!("pid {} - Python {}", target.pid, target.python_version),
+            &format!(
+                "pid {} - Python {}",
+                super::id_with_namespace(target.pid, target.ns_pid),
+                target.python_version
+            ),
             rate_hz,
             history.process(1).samples,
             elapsed_s,
@@ -435,7 +439,7 @@ pub fn screen_processes(
         let figures = history.process(STEADY);
         body.push(format!(
             "pid {} - Python {} - held {} contended {} switches {}/s over {} - {}",
-            target.pid,
+            super::id_with_namespace(target.pid, target.ns_pid),
             target.python_version,
             gil_figure(&figures, percent(figures.held)),
             gil_figure(
@@ -658,6 +662,7 @@ mod tests {
     fn target() -> TargetInfo {
         TargetInfo {
             pid: 42,
+            ns_pid: None,
             python_version: crate::python::version::Version::new(3, 12, 1),
             binary: String::new(),
             command_line: String::new(),

@@ -20,6 +20,15 @@ use std::path::Path;
 use crate::model::Recording;
 use crate::sample::ThreadState;
 
+/// A process or thread id as reports show it: ours, and the one it has in its own PID
+/// namespace (a container's) where that differs: "10423 (2 in its namespace)".
+pub fn id_with_namespace(id: i32, ns_id: Option<i32>) -> String {
+    match ns_id {
+        Some(own) if own != id => format!("{id} ({own} in its namespace)"),
+        _ => id.to_string(),
+    }
+}
+
 /// What reports show for a figure that cannot be measured on the target's interpreter.
 pub const UNAVAILABLE: &str = "n/a";
 

@@ -21,7 +21,9 @@ pub fn render(recording: &Recording) -> String {
     let _ = writeln!(
         out,
         "gilscope: pid {} - Python {} ({})",
-        target.pid, target.python_version, target.binary
+        super::id_with_namespace(target.pid, target.ns_pid),
+        target.python_version,
+        target.binary
     );
     if !target.command_line.is_empty() {
         let _ = writeln!(out, "command: {}", super::printable(&target.command_line));
@@ -120,6 +122,13 @@ pub fn render(recording: &Recording) -> String {
             .unwrap_or_else(|| "unknown (too few samples)".into()),
         crate::model::CLASSIFIER_ERROR * 100.0
     );
+    for lost in &sampler.degraded {
+        let _ = writeln!(
+            out,
+            "degraded: without {}, {}; {}",
+            lost.missing, lost.fallback, lost.cost
+        );
+    }
     if let Some(steal) = sampler
         .host_steal
         .filter(|s| *s > crate::model::STEAL_WARNING)
@@ -140,7 +149,21 @@ pub fn render(recording: &Recording) -> String {
         .unwrap_or(4)
         .clamp(4, 32);
     let states = super::shown_states(target.free_threaded, no_gil);
-    let _ = write!(out, "{:>8}  {:<name_width$}", "TID", "NAME");
+    // In a container seen from outside, each thread's id in the container follows ours.
+    let tid_label = |thread: &crate::model::profile::ThreadProfile| match thread.ns_tid {
+        Some(own) => format!("{} ({own})", thread.tid),
+        None => thread.tid.to_string(),
+    };
+    let namespaced = profile.threads().iter().any(|t| t.ns_tid.is_some());
+    let tid_heading = if namespaced { "TID (IN NS)" } else { "TID" };
+    let tid_width = profile
+        .threads()
+        .iter()
+        .map(|t| tid_label(t).len())
+        .chain([8, tid_heading.len()])
+        .max()
+        .unwrap_or(8);
+    let _ = write!(out, "{tid_heading:>tid_width$}  {:<name_width$}", "NAME");
     // Columns as wide as their heading, at least "100.0%".
     let width = |state: ThreadState| state.name().len().max(7);
     for &state in &states {
@@ -157,7 +180,11 @@ pub fn render(recording: &Recording) -> String {
             .chars()
             .take(name_width)
             .collect();
-        let _ = write!(out, "{:>8}  {:<name_width$}", thread.tid, name);
+        let _ = write!(
+            out,
+            "{:>tid_width$}  {name:<name_width$}",
+            tid_label(thread)
+        );
         for &state in &states {
             let figure = match state {
                 ThreadState::Wait if !measured => super::UNAVAILABLE.to_string(),

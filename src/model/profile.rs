@@ -78,6 +78,8 @@ pub const NEW_NAMES_PER_SAMPLE: usize = 64;
 #[derive(Debug, Clone)]
 pub struct ThreadProfile {
     pub tid: i32,
+    /// Its id in its own PID namespace (a container's), where that differs from `tid`.
+    pub ns_tid: Option<i32>,
     pub thread_id: Option<u64>,
     /// The OS thread name.
     pub os_name: String,
@@ -447,6 +449,7 @@ impl Profile {
                     };
                     self.threads.push(ThreadProfile {
                         tid: thread.tid,
+                        ns_tid: thread.ns_tid,
                         thread_id: thread.thread_id,
                         os_name,
                         python_name: None,
@@ -945,6 +948,7 @@ pub(crate) fn test_sample(
             .iter()
             .map(|&(tid, state)| ThreadSample {
                 tid,
+                ns_tid: None,
                 thread_id: Some(tid as u64),
                 state,
                 stack: None,
