@@ -566,15 +566,13 @@ fn native_drawings(python: &Python) -> Result<Completion, Failed> {
         .as_array()
         .cloned()
         .unwrap_or_default();
+    // A native frame with a source line is named by its function, with its file and line.
     let nap = frames
         .iter()
-        .find(|f| {
-            f["name"]
-                .as_str()
-                .is_some_and(|n| n.starts_with("gn_nap (gilnative"))
-        })
+        .find(|f| f["name"] == "gn_nap")
         .ok_or("no gn_nap frame in the speedscope file")?;
-    if !nap["file"].as_str().unwrap_or("").ends_with("gilnative.c") {
+    let file = nap["file"].as_str().unwrap_or("");
+    if !file.ends_with("gilnative.c") || nap["line"].as_u64().unwrap_or(0) == 0 {
         return Err(format!("speedscope's gn_nap: {nap}").into());
     }
     Ok(Completion::Completed)

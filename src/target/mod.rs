@@ -2,9 +2,10 @@
 //! Nothing here knows about Python.
 
 pub mod cpu_clock;
-pub(crate) mod elf;
+pub mod elf;
 pub(crate) mod maps;
 pub mod memory;
+pub mod namespace;
 pub mod native;
 pub mod process;
 pub(crate) mod pthread;
