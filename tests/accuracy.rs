@@ -67,12 +67,15 @@ struct Setup {
     gil_on: bool,
     container: Option<Container>,
     privileges: Privileges,
+    /// `record --native`: native stacks must leave hold and wait as they were (issue 23).
+    native: bool,
 }
 
 const PLAIN: Setup = Setup {
     gil_on: false,
     container: None,
     privileges: Privileges::Full,
+    native: false,
 };
 
 fn results_path() -> PathBuf {
@@ -141,6 +144,18 @@ fn main() {
             }
         }
     }
+    // Native stacks on: perf samples of the fixture's threads and their stack copies must not
+    // change what is classified (threads in native code, with and without the GIL).
+    let native = Setup {
+        native: true,
+        ..PLAIN
+    };
+    trials.extend(setup_trials(
+        &representatives,
+        DEGRADED_FIXTURE,
+        native,
+        "_with_native_stacks",
+    ));
     libtest_mimic::run(&args, trials).exit();
 }
 
@@ -240,7 +255,11 @@ fn attempt(python: &Python, fixture: &str, setup: Setup) -> Result<common::Attem
     let tracer = reference::Tracer::start(&sites, fx.pid)?;
     let tids: Vec<i32> = fx.threads.values().copied().collect();
     let unknown = tracer.wait_until_known(&tids, Duration::from_secs(10));
-    let report = common::record_json_with(fx.pid, WINDOW_S, setup.privileges)?;
+    let options: &[&str] = if setup.native { &["--native"] } else { &[] };
+    let report = common::record_json_with_options(fx.pid, WINDOW_S, setup.privileges, options)?;
+    if setup.native && report["sampler"]["native"].is_null() {
+        return Err("--native recorded without native stacks (sampler.native null)".into());
+    }
     if setup.container.is_some() {
         names_and_stacks(&report, &fx)?;
     }
@@ -386,6 +405,9 @@ fn setup_label(setup: &Setup) -> String {
     }
     if setup.privileges != Privileges::Full {
         label.push_str(&format!(" {}", setup.privileges.label()));
+    }
+    if setup.native {
+        label.push_str(" native");
     }
     label
 }

@@ -651,6 +651,16 @@ pub fn record_json_with(
     secs: f64,
     privileges: Privileges,
 ) -> Result<serde_json::Value, String> {
+    record_json_with_options(pid, secs, privileges, &[])
+}
+
+/// [`record_json_with`] with more options of `record` (`--native`).
+pub fn record_json_with_options(
+    pid: i32,
+    secs: f64,
+    privileges: Privileges,
+    options: &[&str],
+) -> Result<serde_json::Value, String> {
     let out = privileges
         .gilscope()
         .args([
@@ -662,6 +672,7 @@ pub fn record_json_with(
             "--format",
             "json",
         ])
+        .args(options)
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("run gilscope: {e}"))?;
