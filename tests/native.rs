@@ -41,7 +41,7 @@ fn main() {
         "a_native_recording_puts_c_functions_under_their_python_frame_and_gil_state",
         merged_recording,
     ));
-    let cli: [(&str, fn(&Python) -> Result<Completion, Failed>); 3] = [
+    let cli: [(&str, CliTest); 3] = [
         (
             "native_json_reports_place_the_holder_in_c_and_follow_the_schema",
             native_json_report,
@@ -60,6 +60,9 @@ fn main() {
     }
     libtest_mimic::run(&args, trials).exit();
 }
+
+/// A test run once, with the interpreter the CLI tests use.
+type CliTest = fn(&Python) -> Result<Completion, Failed>;
 
 /// Seconds and rate of the `--native` recordings: each role's C call lasts 20 ms of every 40,
 /// so a role shows its C functions at about 300 of the 600 ticks.
