@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{per_interpreter, pythons, Fixture, Python};
+use common::{pythons, Fixture, Python};
 use gilscope::target::memory::ProcessMemory;
 use gilscope::target::native::merge::is_evaluator_name;
 use gilscope::target::native::perf::PerfStacks;
@@ -19,7 +19,7 @@ use gilscope::target::native::symbols::Symbols;
 use gilscope::target::native::syscall::Sleepers;
 use gilscope::target::native::unwind::Modules;
 use gilscope::target::native::{monotonic_ns, CaptureError, NativeStack, StackEnd};
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use libtest_mimic::{Completion, Failed};
 
 /// How long each role may take to show its known stack (its C call lasts 20 ms of every 40).
 const PATIENCE: Duration = Duration::from_secs(5);
@@ -29,18 +29,13 @@ const PERF_PERIOD_NS: u64 = 1_000_000;
 const PERF_STACK_BYTES: u32 = 16 * 1024;
 
 fn main() {
-    let args = Arguments::from_args();
-    let pythons = pythons();
-    let mut trials: Vec<Trial> = per_interpreter(
-        &pythons,
-        "known_c_functions_in_order_never_stopped",
-        known_stacks,
-    );
-    trials.extend(per_interpreter(
-        &pythons,
+    // The suite takes the machine-wide test lock around each per-version trial.
+    let mut suite = common::Suite::new(pythons());
+    suite.every_version("known_c_functions_in_order_never_stopped", known_stacks);
+    suite.every_version(
         "a_native_recording_puts_c_functions_under_their_python_frame_and_gil_state",
         merged_recording,
-    ));
+    );
     let cli: [(&str, CliTest); 4] = [
         (
             "native_json_reports_place_the_holder_in_c_and_follow_the_schema",
@@ -60,9 +55,9 @@ fn main() {
         ),
     ];
     for (name, test) in cli {
-        trials.push(common::on_cli_python(&pythons, name, test));
+        suite.once(name, test);
     }
-    libtest_mimic::run(&args, trials).exit();
+    suite.run();
 }
 
 /// A test run once, with the interpreter the CLI tests use.
@@ -279,7 +274,6 @@ fn merged_recording(python: &Python) -> Result<Completion, Failed> {
             "3.15: perf stacks do not merge yet (Python stack alone; docs/NATIVE.md)",
         ));
     }
-    let _exclusive = common::exclusive();
     let Some(fx) = native_fixture(python)? else {
         return Ok(Completion::ignored_with(
             "no Python.h for this interpreter (Debian builds: libpython3.X-dev unpacked beside them)",
@@ -842,7 +836,6 @@ fn known_stacks(python: &Python) -> Result<Completion, Failed> {
         Err(why) => return Err(format!("cannot build fixtures/native/gilnative.c: {why}").into()),
     };
     let dir = dir.to_string_lossy().into_owned();
-    let _exclusive = common::exclusive();
     let fx = Fixture::start(
         python.path.as_path(),
         "native_frames",
