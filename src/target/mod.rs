@@ -7,4 +7,5 @@ pub mod maps;
 pub mod memory;
 pub mod process;
 pub mod pthread;
+pub mod pthread_sync;
 pub mod task;
