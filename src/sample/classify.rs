@@ -171,6 +171,8 @@ struct Track {
     anchor: Option<ThreadState>,
     /// Its previous tick.
     previous: Option<Seen>,
+    /// Its previous tick put it inside the GIL (asleep there, in its code, or counted).
+    was_in_gil: bool,
     /// Its latest run of holding ticks: when the first was, and how long from the first to
     /// the last.
     hold_since: u64,
@@ -310,19 +312,31 @@ impl Classifier {
                     }
                 }
             };
+            // A runnable thread whose exact CPU clock has not moved since the last tick has
+            // not run: it is wherever that tick found it.
+            let stayed = evidence(thread) == Evidence::Runnable
+                && thread.cpu_exact
+                && track.was_in_gil
+                && track.previous.is_some_and(|p| {
+                    same_clock(&p.thread, thread) && p.thread.cpu_ns == thread.cpu_ns
+                });
             let likely = Likelihood {
+                stayed,
                 entering,
                 anchor: match track.anchor {
                     Some(ThreadState::Wait) => 2,
                     Some(ThreadState::Hold) => 1,
                     _ => 0,
                 },
-                cpu_before_ns: std::cmp::Reverse(
-                    track
-                        .previous
-                        .filter(|p| same_clock(&p.thread, thread))
-                        .map_or(u64::MAX, |p| thread.cpu_ns.saturating_sub(p.thread.cpu_ns)),
-                ),
+                // A thread seen for the first time exists to run Python, and the first thing
+                // it does is take the GIL: as likely as one that has not run since.
+                cpu_before_ns: std::cmp::Reverse(match track.previous {
+                    None => 0,
+                    Some(p) if same_clock(&p.thread, thread) => {
+                        thread.cpu_ns.saturating_sub(p.thread.cpu_ns)
+                    }
+                    Some(_) => u64::MAX,
+                }),
             };
             // A holder asked to let go (it held for a whole switch interval, so another thread
             // waited that long) goes from the release straight back into take_gil; one last
@@ -372,7 +386,7 @@ impl Classifier {
                 if unseen > 0 && !d.native_on {
                     unseen -= 1;
                     (d.state, d.rule) = (ThreadState::Wait, Rule::QueuedInGil);
-                } else if d.not_seen_leaving && d.rule != Rule::Executing {
+                } else if (d.not_seen_leaving || d.likely.stayed) && d.rule != Rule::Executing {
                     (d.state, d.rule) = (ThreadState::Wait, Rule::StillInGil);
                 } else if d.state == ThreadState::Wait {
                     (d.state, d.rule) = (ThreadState::Running, Rule::OutsideGil);
@@ -399,6 +413,7 @@ impl Classifier {
                 time_ns,
                 thread: *thread,
             });
+            track.was_in_gil = state == ThreadState::Wait;
             let state = match state {
                 ThreadState::Wait if self.no_wait => ThreadState::Running,
                 state => state,
@@ -441,6 +456,8 @@ struct Decision {
 /// choosing which ones the GIL's count names: compared field by field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Likelihood {
+    /// It was placed in the GIL at the last tick and has not run since: it cannot have left.
+    stayed: bool,
     /// It reached the GIL next with next to no CPU on the way.
     entering: bool,
     /// Where it was last seen: 2 in the GIL, 1 holding it, 0 elsewhere.
@@ -588,6 +605,19 @@ mod tests {
         assert_eq!(just_states(found.clone()), vec![W, W, W, I]);
         assert_eq!(found[0].1, Rule::InGilCode);
         assert_eq!(found[1].1, Rule::StillInGil);
+    }
+
+    #[test]
+    fn a_queued_thread_that_has_not_run_stays_where_it_was() {
+        // Counted inside the GIL, then not run since (its clock has not moved): it cannot
+        // have left, whatever the next tick's count says (a thread the tick saw going in
+        // after it read the mutexes makes the count miss one).
+        let found = counted(&[('r', 0, 1), ('r', 0, 0), ('r', 0, 0), ('h', 10, 0)]);
+        assert_eq!(just_states(found.clone()), vec![W, W, W, H]);
+        assert_eq!(found[1].1, Rule::StillInGil);
+        // Once it has run, the count decides again.
+        let found = counted(&[('r', 0, 1), ('r', 60, 0), ('r', 60, 0), ('i', 70, 0)]);
+        assert_eq!(just_states(found), vec![W, R, R, I]);
     }
 
     #[test]
