@@ -1022,7 +1022,8 @@ mod tests {
 
     #[test]
     fn parses_scheduler_and_new_task_lines() {
-        let line = "  opt cgu.1-3317    [000] d..2.   642.893733: sched_switch: prev_comm=opt cgu.1 \
+        let line =
+            "  opt cgu.1-3317    [000] d..2.   642.893733: sched_switch: prev_comm=opt cgu.1 \
                     prev_pid=3317 prev_prio=120 prev_state=R+ ==> next_comm=sleep next_pid=3316 \
                     next_prio=120";
         assert_eq!(
@@ -1059,10 +1060,16 @@ mod tests {
         ));
         let thread = "  python3-100  [001] .....  10.000001: task_newtask: pid=101 comm=python3 \
                       clone_flags=3d0f00 oom_score_adj=0";
-        assert_eq!(parse_new_task(thread), Some((10_000_001_000, 100, 101, true)));
+        assert_eq!(
+            parse_new_task(thread),
+            Some((10_000_001_000, 100, 101, true))
+        );
         let process = "  python3-100  [001] .....  10.000002: task_newtask: pid=102 \
                        comm=python3 clone_flags=1200000 oom_score_adj=0";
-        assert_eq!(parse_new_task(process), Some((10_000_002_000, 100, 102, false)));
+        assert_eq!(
+            parse_new_task(process),
+            Some((10_000_002_000, 100, 102, false))
+        );
         assert!(parse_sched_line("# tracer: nop").is_none());
     }
 
