@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use gilscope::record::{self, RecordOptions, Target};
-use gilscope::reference::{self, Event, GilRole, LeftCpu, Probe, SchedEvent, Trace};
+use gilscope::dev::reference::{self, Event, GilRole, LeftCpu, Probe, SchedEvent, Trace};
+use gilscope::recorder::{RecordOptions, Recorder, Source};
 use gilscope::sample::classify::{Classifier, Rule};
 use gilscope::sample::observe::{Observation, ThreadObservation};
 use gilscope::sample::{Sample, ThreadState};
@@ -229,16 +229,17 @@ fn main() {
 /// Record the target with gilscope's own sampler while the reference traces it.
 fn record_run(o: &Options) -> Run {
     let stop = AtomicBool::new(false);
-    let (spawned, observer) = match o.pid {
-        Some(pid) => (None, record::attach(pid).expect("attach")),
-        None => {
-            let (spawned, observer) = record::spawn(&o.command, &stop).expect("spawn");
-            std::thread::sleep(Duration::from_millis(500));
-            (Some(spawned), observer)
-        }
+    let source = match o.pid {
+        Some(pid) => Source::Pid(pid),
+        None => Source::Command(o.command.clone()),
     };
-    let pid = observer.pid;
-    let binary = PathBuf::from(format!("/proc/{pid}/root{}", observer.interpreter.binary));
+    let mut recorder = Recorder::open(&source, false, &stop).expect("attach");
+    if o.pid.is_none() {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let pid = recorder.root;
+    let target = recorder.target().expect("a Python process");
+    let binary = PathBuf::from(format!("/proc/{pid}/root{}", target.binary));
     let tracer = if o.without_reference {
         None
     } else {
@@ -257,7 +258,6 @@ fn record_run(o: &Options) -> Run {
         eprintln!("threads not seen entering take_gil before the window: {unknown:?}");
     }
     let options = RecordOptions {
-        target: Target::Pid(pid),
         rate_hz: o.rate,
         duration: Some(Duration::from_secs_f64(o.secs)),
         stacks: true,
@@ -266,11 +266,12 @@ fn record_run(o: &Options) -> Run {
     };
     let mut observations: Vec<Observation> = Vec::new();
     let mut sink = |_: i32, tick: &Observation| observations.push(tick.clone());
-    let (recording, observer) = record::run(observer, None, &options, &stop, Some(&mut sink), None);
+    let (recording, _) = recorder
+        .run(&options, &stop, Some(&mut sink), None)
+        .pop()
+        .expect("a recording");
     let trace = tracer.map(|t| t.stop_all()).unwrap_or_default();
-    if let Some(spawned) = spawned {
-        spawned.finish();
-    }
+    drop(recorder);
     let profile = &recording.profile;
     Run {
         observations,
@@ -282,7 +283,7 @@ fn record_run(o: &Options) -> Run {
             .collect(),
         start_ns: profile.start_ns.unwrap_or(0),
         end_ns: profile.end_ns,
-        measures_wait: observer.interpreter.measures_wait(),
+        measures_wait: target.wait_measured,
     }
 }
 

@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 use super::stats::{Stopwatch, TickStats};
 use super::GilReading;
 use crate::python::interpreter::{GilState, Interpreter, PyThread};
-use crate::python::stack::{StackError, StackId, StackReader, StackTable};
+use crate::python::stack::{StackError, StackReader};
 use crate::python::thread_names::ThreadNames;
+use crate::stack::{StackId, StackTable};
 use crate::target::cpu_clock::CpuClocks;
 use crate::target::memory::{Memory, ReadError};
 use crate::target::pthread_sync::{

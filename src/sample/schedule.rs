@@ -53,10 +53,6 @@ impl Schedule {
         }
     }
 
-    pub fn period_ns(&self) -> u64 {
-        self.period_ns
-    }
-
     /// Sleep until the next tick is due. Returns false if `stop` was raised meanwhile.
     /// `busy_ns` is how long the last tick took: the sampler rests at least as long as it
     /// works (beyond a credit of up to a period banked from longer rests), so that at

@@ -3,9 +3,9 @@
 
 pub mod cpu_clock;
 pub mod elf;
-pub mod maps;
+pub(crate) mod maps;
 pub mod memory;
 pub mod process;
-pub mod pthread;
+pub(crate) mod pthread;
 pub mod pthread_sync;
 pub mod task;

@@ -1,16 +1,18 @@
 //! `gilscope serve`: sample a process at a low rate for as long as it runs and expose what is
-//! measured as Prometheus metrics on an HTTP endpoint. Owns the listener and the following of
-//! a command name across restarts; the sampling is `record`'s and the counting `metrics`'s.
+//! measured as Prometheus metrics on an HTTP endpoint. Owns the following of a command name
+//! across restarts; the sampling is `record`'s, the counting `metrics`'s, the HTTP `exporter`'s.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::cli::ServeArgs;
 use crate::error::{Error, Result};
-use crate::record::{self, ProcessSlice, RecordOptions, Slices, Target};
-use crate::report::metrics::{self, Metrics};
-use crate::report::{EndReason, TargetInfo};
+use crate::exporter::Endpoint;
+use crate::formats::metrics::Metrics;
+use crate::model::{EndReason, TargetInfo};
+use crate::recorder::{self, ProcessSlice, RecordOptions, Recorder, Slices};
 use crate::sample::observe::Observer;
 use crate::target::memory::ProcessMemory;
 use crate::target::process;
@@ -19,8 +21,8 @@ use crate::target::process;
 pub const UPDATE: Duration = Duration::from_secs(1);
 /// How often a process of the followed name is looked for while there is none.
 const FOLLOW_POLL: Duration = Duration::from_millis(500);
-/// How long the HTTP thread waits for a request before it looks at the stop flag.
-const ACCEPT_POLL: Duration = Duration::from_millis(100);
+/// How many pids of a name are listed when several go by it.
+const LISTED_PIDS: usize = 8;
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -43,28 +45,47 @@ pub enum ServeEnd {
     TargetExited,
 }
 
+/// `gilscope serve`.
+pub fn run(args: ServeArgs) -> Result<()> {
+    if let Some(pid) = args.pid {
+        recorder::check_target(pid)?;
+    }
+    let stop = super::stop_flag();
+    let options = ServeOptions {
+        pid: args.pid,
+        follow_name: args.follow_name,
+        listen: args.listen,
+        rate_hz: args.rate,
+        subprocesses: args.subprocesses,
+    };
+    let announce: fn(&str) = |line| eprintln!("gilscope: {line}");
+    if serve(options, stop, announce)? == ServeEnd::TargetExited {
+        eprintln!("gilscope: the process exited; stopping (--follow-name keeps serving)");
+    }
+    Ok(())
+}
+
 /// Serve metrics until `stop` is raised (or the target exits, when no name is followed).
 /// `announce` hears about each step (listening, attached, detached) for the user.
 pub fn serve(options: ServeOptions, stop: Arc<AtomicBool>, announce: fn(&str)) -> Result<ServeEnd> {
     // A bad pid is an error before anything listens.
     let mut next = match options.pid {
-        Some(pid) => Some(record::attach(pid)?),
+        Some(pid) => Some(recorder::attach(pid)?),
         None => None,
     };
-    let server = tiny_http::Server::http(options.listen)
-        .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", options.listen)))?;
-    let address = server
-        .server_addr()
-        .to_ip()
-        .map_or_else(|| options.listen.to_string(), |a| a.to_string());
-    announce(&format!("serving metrics on http://{address}/metrics"));
+    let endpoint = Endpoint::bind(options.listen)?;
+    announce(&format!(
+        "serving metrics on http://{}/metrics",
+        endpoint.address()
+    ));
     let metrics = Arc::new(Mutex::new(Metrics::new()));
     let http = {
-        let (metrics, stop) = (metrics.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("gilscope-http".into())
-            .spawn(move || answer(&server, &metrics, &stop))
-            .map_err(|e| Error::Internal(format!("cannot start the HTTP thread: {e}")))?
+        let metrics = metrics.clone();
+        endpoint.spawn(
+            move |format| lock(&metrics).encode(format),
+            stop.clone(),
+            announce,
+        )?
     };
     let end = loop {
         let observer = match next.take() {
@@ -84,7 +105,9 @@ pub fn serve(options: ServeOptions, stop: Arc<AtomicBool>, announce: fn(&str)) -
         }
     };
     stop.store(true, Ordering::Relaxed);
-    let _ = http.join();
+    // An endpoint that failed raised `stop` itself: serve must not end as if all was well.
+    http.join()
+        .map_err(|why| Error::Internal(format!("the metrics endpoint stopped: {why}")))?;
     Ok(end)
 }
 
@@ -97,9 +120,7 @@ fn sample(
     stop: &AtomicBool,
     announce: fn(&str),
 ) -> EndReason {
-    let root = observer.pid;
     let record_options = RecordOptions {
-        target: Target::Pid(root),
         rate_hz: options.rate_hz,
         duration: None,
         // Metrics have no stacks: sampling stays cheap.
@@ -109,7 +130,7 @@ fn sample(
     };
     let attach = |metrics: &mut Metrics, observer: &Observer<ProcessMemory>| {
         if !metrics.is_attached(observer.pid) {
-            let target = record::target_info(observer);
+            let target = recorder::target_info(observer);
             announce(&attached_line(&target));
             metrics.attached(&target);
         }
@@ -133,27 +154,12 @@ fn sample(
         every: UPDATE,
         sink: &mut count,
     });
-    let finished = if options.subprocesses {
-        let mut tree = record::Descendants::new(root);
-        record::run_tree(
-            Some(observer),
-            &mut tree,
-            None,
-            &record_options,
-            stop,
-            None,
-            slices,
-        )
-    } else {
-        vec![record::run(
-            observer,
-            None,
-            &record_options,
-            stop,
-            None,
-            slices,
-        )]
-    };
+    let finished = Recorder::from_observer(observer, options.subprocesses).run(
+        &record_options,
+        stop,
+        None,
+        slices,
+    );
     let mut metrics = lock(metrics);
     let mut ended = EndReason::TargetExited;
     for (recording, _) in &finished {
@@ -173,7 +179,7 @@ fn attached_line(target: &TargetInfo) -> String {
         "sampling pid {} - Python {}: {}",
         target.pid,
         target.python_version,
-        crate::report::printable(&target.command_line)
+        crate::formats::printable(&target.command_line)
     )
 }
 
@@ -182,14 +188,21 @@ fn lock(metrics: &Mutex<Metrics>) -> std::sync::MutexGuard<'_, Metrics> {
     metrics.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Wait for a Python process of the name `name` and attach to it; None once `stop` is raised.
+/// Wait for a Python process of the name `name` and attach to it (the oldest, if several go
+/// by it: saying which, and how to choose another); None once `stop` is raised.
 fn wait_for(name: &str, stop: &AtomicBool, announce: fn(&str)) -> Option<Observer<ProcessMemory>> {
     announce(&format!("waiting for a process named {name}"));
     let mut last_error = String::new();
     while !stop.load(Ordering::Relaxed) {
-        for pid in process::named(name) {
-            match record::attach(pid) {
-                Ok(observer) => return Some(observer),
+        let named = process::named(name);
+        for &pid in &named {
+            match recorder::attach(pid) {
+                Ok(observer) => {
+                    if named.len() > 1 {
+                        announce(&several_named(name, &named, pid));
+                    }
+                    return Some(observer);
+                }
                 // Not Python yet (still starting), or not Python at all: say so once.
                 Err(e) => {
                     let error = format!("pid {pid}: {e}");
@@ -205,34 +218,39 @@ fn wait_for(name: &str, stop: &AtomicBool, announce: fn(&str)) -> Option<Observe
     None
 }
 
-/// Answer HTTP requests until `stop`: GET (or HEAD) /metrics, and nothing else.
-fn answer(server: &tiny_http::Server, metrics: &Mutex<Metrics>, stop: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) {
-        let request = match server.recv_timeout(ACCEPT_POLL) {
-            Ok(Some(request)) => request,
-            Ok(None) => continue,
-            Err(_) => break,
-        };
-        let path = request.url().split('?').next().unwrap_or("");
-        let read = matches!(
-            request.method(),
-            tiny_http::Method::Get | tiny_http::Method::Head
+/// The line that says which of several processes of a name is sampled, and how to choose.
+fn several_named(name: &str, pids: &[i32], chosen: i32) -> String {
+    let mut listed: Vec<String> = pids.iter().take(LISTED_PIDS).map(i32::to_string).collect();
+    if pids.len() > LISTED_PIDS {
+        listed.push("...".into());
+    }
+    let which = if pids.first() == Some(&chosen) {
+        format!("the oldest, pid {chosen}")
+    } else {
+        format!("pid {chosen}, the oldest that runs Python")
+    };
+    format!(
+        "{} processes are named {name} (pids {}): sampling {which}; to sample another, \
+         add --pid PID (--follow-name then follows its name after it exits)",
+        pids.len(),
+        listed.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_processes_of_a_name_are_listed_with_the_choice_and_how_to_change_it() {
+        let line = several_named("app.py", &[10, 20], 10);
+        assert_eq!(
+            line,
+            "2 processes are named app.py (pids 10, 20): sampling the oldest, pid 10; to \
+             sample another, add --pid PID (--follow-name then follows its name after it exits)"
         );
-        let (status, content_type, body) = match (read, path) {
-            (true, "/metrics") => (200, metrics::CONTENT_TYPE, lock(metrics).encode()),
-            (false, "/metrics") => (405, "text/plain; charset=utf-8", "only GET\n".into()),
-            _ => (
-                404,
-                "text/plain; charset=utf-8",
-                "not found: gilscope serves /metrics only\n".into(),
-            ),
-        };
-        let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes())
-            .expect("a valid header");
-        let response = tiny_http::Response::from_string(body)
-            .with_status_code(status)
-            .with_header(header);
-        // A client that went away is its own business.
-        let _ = request.respond(response);
+        let many: Vec<i32> = (1..=20).collect();
+        let line = several_named("gunicorn", &many, 3);
+        assert!(line.starts_with("20 processes are named gunicorn (pids 1, 2, 3, 4, 5, 6, 7, 8, ...): sampling pid 3, the oldest that runs Python;"), "{line}");
     }
 }
