@@ -872,26 +872,7 @@ pub fn process_truth(events: &[Event], start_ns: u64, end_ns: u64) -> ProcessTru
 impl Roles {
     /// See [`process_truth`].
     pub fn process_truth(&self, start_ns: u64, end_ns: u64) -> ProcessTruth {
-        let roles = self;
-        // Every change of any thread's role within the window, as (time, +-holders, +-waiters).
-        let mut changes: Vec<(u64, i64, i64)> = Vec::new();
-        for list in roles.by_thread.values() {
-            let mut previous = GilRole::Elsewhere;
-            for &(from, role) in list {
-                let at = from.max(start_ns);
-                if at > end_ns {
-                    break;
-                }
-                let count = |r: GilRole, which: GilRole| (r == which) as i64;
-                changes.push((
-                    at,
-                    count(role, GilRole::Hold) - count(previous, GilRole::Hold),
-                    count(role, GilRole::Wait) - count(previous, GilRole::Wait),
-                ));
-                previous = role;
-            }
-        }
-        changes.sort_by_key(|&(at, _, _)| at);
+        let changes = self.changes(start_ns, end_ns);
         let span = end_ns.saturating_sub(start_ns).max(1) as f64;
         let (mut holders, mut waiters) = (0i64, 0i64);
         let (mut held, mut contended, mut waiting) = (0u64, 0u64, 0u64);
@@ -914,6 +895,65 @@ impl Roles {
             contended: contended as f64 / span,
             mean_waiting: waiting as f64 / span,
         }
+    }
+
+    /// The process's figures as a sampler sees them at `instants` (in time order): the share
+    /// of instants at which some thread held the GIL, at which some thread waited, and the
+    /// waiters averaged over them. Beside [`Roles::process_truth`] over the same window, the
+    /// difference is the sampling error of those instants alone, whatever any classifier
+    /// said at them.
+    pub fn process_at(&self, instants: &[u64]) -> ProcessTruth {
+        let (Some(&first), Some(&last)) = (instants.first(), instants.last()) else {
+            return ProcessTruth::default();
+        };
+        let changes = self.changes(first, last);
+        let (mut holders, mut waiters) = (0i64, 0i64);
+        let (mut held, mut contended, mut waiting) = (0u64, 0u64, 0u64);
+        let mut next = changes.iter().peekable();
+        for &at in instants {
+            while let Some(&&(when, d_hold, d_wait)) = next.peek() {
+                if when > at {
+                    break;
+                }
+                holders += d_hold;
+                waiters += d_wait;
+                next.next();
+            }
+            held += (holders > 0) as u64;
+            contended += (waiters > 0) as u64;
+            waiting += waiters.max(0) as u64;
+        }
+        let n = instants.len() as f64;
+        ProcessTruth {
+            held: held as f64 / n,
+            contended: contended as f64 / n,
+            mean_waiting: waiting as f64 / n,
+        }
+    }
+
+    /// Every change of any thread's role up to `end_ns`, in time order, as (time, +-holders,
+    /// +-waiters); those before `start_ns` are moved to it.
+    fn changes(&self, start_ns: u64, end_ns: u64) -> Vec<(u64, i64, i64)> {
+        let roles = self;
+        let mut changes: Vec<(u64, i64, i64)> = Vec::new();
+        for list in roles.by_thread.values() {
+            let mut previous = GilRole::Elsewhere;
+            for &(from, role) in list {
+                let at = from.max(start_ns);
+                if at > end_ns {
+                    break;
+                }
+                let count = |r: GilRole, which: GilRole| (r == which) as i64;
+                changes.push((
+                    at,
+                    count(role, GilRole::Hold) - count(previous, GilRole::Hold),
+                    count(role, GilRole::Wait) - count(previous, GilRole::Wait),
+                ));
+                previous = role;
+            }
+        }
+        changes.sort_by_key(|&(at, _, _)| at);
+        changes
     }
 }
 
