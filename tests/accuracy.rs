@@ -123,16 +123,22 @@ const PLAIN: Setup = Setup {
     loaded: false,
 };
 
-/// (mean, worst thread) error bounds for the announced threads, beyond the sampling error.
-fn thread_bounds(fixture: &str, setup: &Setup) -> (f64, f64) {
+/// The mean error bound for the announced threads, and the bound for the thread `role`, both
+/// beyond the sampling error the trial measured.
+fn thread_bounds(fixture: &str, setup: &Setup, role: &str) -> (f64, f64) {
     match fixture {
         _ if setup.privileges != Privileges::Full => (DEGRADED_MEAN_ERROR, DEGRADED_THREAD_ERROR),
         "native_short" => (WEAK_SPOT_MEAN_ERROR, WEAK_SPOT_THREAD_ERROR),
         // Measured envelopes of the weak spots of docs/ACCURACY.md, not issue 20's targets
         // (2 and 5): a voluntary release preempted in its last steps is counted running,
-        // and these two fixtures make many such releases under contention.
+        // and these two fixtures make many such releases under contention. On native_brief
+        // only the threads that release briefly (the hashes, and the napper whose 100 µs
+        // sleeps over-count) are off: 16 points on zlib-16k's wait (3.12, load average 16),
+        // 13 on the napper's (3.8 beside CPU hogs); its spinner and main thread are held to
+        // the issue's 5 points, so a regression there still fails.
         "socket_writers" => (0.065, 0.11),
-        "native_brief" => (0.06, 0.16),
+        "native_brief" if ["sha256-64k", "zlib-16k", "napper"].contains(&role) => (0.07, 0.20),
+        "native_brief" => (0.07, MAX_THREAD_ERROR),
         // The reference's release probe on Debian's 3.14/3.15 (at PyEval_SaveThread's
         // entry, before the thread stops running Python) puts up to 6 points of a
         // thread's hold in the release under load; and 3.13t with the GIL on.
@@ -567,14 +573,19 @@ fn attempt(
         .iter()
         .flat_map(|r| [r.classification().0, r.classification().1])
         .fold(0.0, f64::max);
-    let (max_mean, max_thread) = thread_bounds(fixture, &setup);
+    let (max_mean, _) = thread_bounds(fixture, &setup, "");
     // Each thread's bound grows by the sampling error of its own ticks: beyond it, the
     // classifier erred.
     let thread_miss = rows.iter().find(|r| {
         let (s_hold, s_wait) = r.sampling();
+        let (_, max_thread) = thread_bounds(fixture, &setup, &r.role);
         (r.hold - r.ref_hold).abs() > max_thread + s_hold
             || (r.wait - r.ref_wait).abs() > max_thread + s_wait
     });
+    let max_thread = rows
+        .iter()
+        .map(|r| thread_bounds(fixture, &setup, &r.role).1)
+        .fold(0.0, f64::max);
     let instants: Vec<u64> = ticks.iter().map(|&(at, _)| at).collect();
     let process = BUSY_HOST_FIXTURES
         .contains(&fixture)
@@ -615,7 +626,8 @@ fn attempt(
         let message = format!(
             "{fixture}{} on {} over {window_s} s: mean error hold {:.2} / wait {:.2} points \
              (limit {:.1} plus the sampling error {:.2} / {:.2}), worst thread {:.2} (limit \
-             {:.1} plus its own sampling error; {:.2} from the classifier alone){}; threads of \
+             {:.1} at most, plus its own sampling error; {:.2} from the classifier alone; \
+             first thread beyond its limit: {}){}; threads of \
              unknown state at the start: {unknown:?}; host steal during the window: {}, load \
              average {load:.1}\n{table}{}",
             setup_label(&setup),
@@ -628,6 +640,7 @@ fn attempt(
             100.0 * worst,
             100.0 * max_thread,
             100.0 * worst_classification,
+            thread_miss.map_or("none", |r| r.role.as_str()),
             process_miss.map(|m| format!("; {m}")).unwrap_or_default(),
             steal
                 .map(|s| format!("{:.1}% of CPU time", 100.0 * s))
