@@ -8,4 +8,5 @@ pub mod memory;
 pub mod namespace;
 pub mod process;
 pub(crate) mod pthread;
+pub mod pthread_sync;
 pub mod task;

@@ -18,7 +18,7 @@ const MAX_LISTING_CALLS: usize = 1 << 15;
 pub const SYS_FUTEX: i64 = 202;
 
 /// What /proc/PID/task/TID/syscall says a thread is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Activity {
     /// Runnable: on a CPU or waiting for one (the kernel cannot tell us which).
     Running,
@@ -32,6 +32,7 @@ pub enum Activity {
     /// Blocked outside a system call (page fault, stopped by a tracer, ...).
     Blocked { sp: u64, pc: u64 },
     /// The file could not be parsed.
+    #[default]
     Unknown,
 }
 
@@ -46,7 +47,7 @@ impl Activity {
 }
 
 /// One reading of one task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TaskReading {
     pub tid: i32,
     pub activity: Activity,
