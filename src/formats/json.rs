@@ -394,6 +394,7 @@ fn blame(recording: &Recording) -> Blame {
     }
 }
 
+/// `value` rounded to `digits` decimals, as every figure of the report is.
 pub(super) fn round(value: f64, digits: i32) -> f64 {
     let scale = 10f64.powi(digits);
     (value * scale).round() / scale
