@@ -6,6 +6,7 @@ pub mod dump;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod output;
 pub mod python;
 pub mod record;
 pub mod reference;

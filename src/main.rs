@@ -2,7 +2,7 @@
 //! with a hint, and map them to documented exit codes.
 
 use std::io::{IsTerminal, Write};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use clap::Parser;
 
 use gilscope::cli::{Cli, Command, DumpArgs, ManArgs, RecordArgs, ServeArgs, TopArgs};
 use gilscope::error::{Error, ExitCode, Result};
+use gilscope::output::Output;
 use gilscope::record::{self, RecordOptions, Target};
 use gilscope::report::live::ViewState;
 use gilscope::report::{self, EndReason, Format, RenderOptions};
@@ -42,8 +43,10 @@ fn main() {
         Command::Completions(args) => {
             let mut command = <Cli as clap::CommandFactory>::command();
             let name = command.get_name().to_string();
-            clap_complete::generate(args.shell, &mut command, name, &mut std::io::stdout());
-            Ok(())
+            // Into memory first: clap_complete panics on a write error (a full disk).
+            let mut script = Vec::new();
+            clap_complete::generate(args.shell, &mut command, name, &mut script);
+            write_stdout(&script)
         }
         Command::Man(args) => man_pages(args),
     };
@@ -93,10 +96,9 @@ fn usage_error(rendered: &str) -> (String, String) {
 fn man_pages(args: ManArgs) -> Result<()> {
     let command = <Cli as clap::CommandFactory>::command();
     if let Some(dir) = args.out_dir {
-        return clap_mangen::generate_to(command, &dir).map_err(|e| Error::Output {
-            path: dir.display().to_string(),
-            source: e,
-        });
+        let mut command = command.disable_help_subcommand(true);
+        command.build();
+        return write_man_pages(command, &dir);
     }
     let page = match args.subcommand {
         None => command,
@@ -124,18 +126,77 @@ fn man_pages(args: ManArgs) -> Result<()> {
     clap_mangen::Man::new(page)
         .render(&mut roff)
         .map_err(|e| Error::Internal(format!("cannot render the manual page: {e}")))?;
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(&roff);
-    let _ = stdout.flush();
-    Ok(())
+    write_stdout(&roff)
 }
 
-/// SIGINT and SIGTERM end the recording (a second SIGINT ends gilscope at once).
+/// A command's page and each of its subcommands' into `dir`, as [`write_output`] writes
+/// files (a link or file planted there by another user is not written through).
+fn write_man_pages(command: clap::Command, dir: &std::path::Path) -> Result<()> {
+    for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+        write_man_pages(sub.clone(), dir)?;
+    }
+    let page = clap_mangen::Man::new(command);
+    let path = dir.join(page.get_filename());
+    let mut roff = Vec::new();
+    page.render(&mut roff)
+        .map_err(|e| Error::Internal(format!("cannot render the manual page: {e}")))?;
+    let output = prepare_output(&path)?;
+    write_output(output, &path, &roff)
+}
+
+/// Vet an output path before anything is recorded (gilscope::output).
+fn prepare_output(path: &std::path::Path) -> Result<Output> {
+    Output::prepare(path).map_err(|source| Error::Output {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Write a prepared output whole, or report why not under the path the user gave.
+fn write_output(mut output: Output, path: &std::path::Path, contents: &[u8]) -> Result<()> {
+    output
+        .write_all(contents)
+        .and_then(|()| output.commit())
+        .map_err(|source| Error::Output {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+/// Write to standard output; a write error (a full disk, a closed pipe) is an output error.
+fn write_stdout(contents: &[u8]) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(contents)
+        .and_then(|()| stdout.flush())
+        .map_err(|source| Error::Output {
+            path: "standard output".into(),
+            source,
+        })
+}
+
+/// SIGINT and SIGTERM end the recording. A second one is ignored: `timeout` and a terminal
+/// signal gilscope and its process group, two signals for one request, and the report is
+/// still to be written. A third ends gilscope at once (exit 130), saying so.
 fn stop_flag() -> Arc<AtomicBool> {
+    static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+    const GIVEN_UP: &[u8] =
+        b"\ngilscope: interrupted three times: ending at once, nothing written\n";
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        let _ = signal_hook::flag::register_conditional_shutdown(signal, 130, stop.clone());
-        let _ = signal_hook::flag::register(signal, stop.clone());
+        let stop = stop.clone();
+        let handler = move || {
+            stop.store(true, Ordering::SeqCst);
+            if SIGNALS.fetch_add(1, Ordering::SeqCst) >= 2 {
+                // SAFETY: write(2) and _exit(2) are async-signal-safe.
+                unsafe {
+                    libc::write(2, GIVEN_UP.as_ptr().cast(), GIVEN_UP.len());
+                    libc::_exit(130);
+                }
+            }
+        };
+        // SAFETY: the handler only stores to atomics and calls async-signal-safe functions.
+        let _ = unsafe { signal_hook::low_level::register(signal, handler) };
     }
     stop
 }
@@ -159,9 +220,14 @@ fn record_command(args: RecordArgs) -> Result<()> {
         .format
         .or_else(|| args.output.as_deref().and_then(Format::from_path))
         .unwrap_or(Format::Text);
-    if let Some(path) = &args.output {
-        check_writable(path)?;
-    }
+    // Every check that can be made before the recording is made now: the paths are vetted
+    // and held, and written only if the recording succeeds.
+    let output = args.output.as_deref().map(prepare_output).transpose()?;
+    let observations_output = args
+        .observations
+        .as_deref()
+        .map(prepare_output)
+        .transpose()?;
     let mut render = RenderOptions {
         view: args.view,
         ..RenderOptions::default()
@@ -194,15 +260,9 @@ fn record_command(args: RecordArgs) -> Result<()> {
             .then_some(print_progress as fn(&record::Progress)),
     };
     let stop = stop_flag();
-    let mut observations = match &args.observations {
-        Some(path) => Some(std::io::BufWriter::new(
-            std::fs::File::create(path).map_err(|source| Error::Output {
-                path: path.display().to_string(),
-                source,
-            })?,
-        )),
-        None => None,
-    };
+    let mut observations = observations_output.map(std::io::BufWriter::new);
+    // The first write error of the observations, said at the end (not one per tick).
+    let mut observations_failed: Option<std::io::Error> = None;
     let mut write_observation = |pid: i32, o: &gilscope::sample::observe::Observation| {
         #[derive(serde::Serialize)]
         struct Line<'a> {
@@ -210,15 +270,15 @@ fn record_command(args: RecordArgs) -> Result<()> {
             #[serde(flatten)]
             observation: &'a gilscope::sample::observe::Observation,
         }
-        if let Some(out) = observations.as_mut() {
-            let _ = serde_json::to_writer(
-                &mut *out,
-                &Line {
-                    pid,
-                    observation: o,
-                },
-            );
-            let _ = out.write_all(b"\n");
+        if let (Some(out), None) = (observations.as_mut(), &observations_failed) {
+            let line = Line {
+                pid,
+                observation: o,
+            };
+            let written = serde_json::to_writer(&mut *out, &line)
+                .map_err(std::io::Error::from)
+                .and_then(|()| out.write_all(b"\n"));
+            observations_failed = written.err();
         }
     };
     let duration_text = args
@@ -327,31 +387,36 @@ fn record_command(args: RecordArgs) -> Result<()> {
     if args.state.is_empty() {
         render = render.with_states_of(&recordings);
     }
+    // A run that failed writes nothing: the old file, if any, stays as it was.
+    if recordings.iter().all(|r| r.profile.samples == 0) {
+        return Err(Error::Internal(
+            "no samples were taken (the target exited or could not be read)".into(),
+        ));
+    }
+    if let (Some(observations), Some(path)) = (observations, &args.observations) {
+        let done = match observations_failed {
+            Some(e) => Err(e),
+            None => observations
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .and_then(Output::commit),
+        };
+        done.map_err(|source| Error::Output {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
     let rendered = if args.subprocesses {
         format.render_processes(&recordings, &render)
     } else {
         format.render(&recordings[0], &render)
     };
-    match &args.output {
-        Some(path) => {
-            report::write_atomically(path, rendered.as_bytes()).map_err(|source| {
-                Error::Output {
-                    path: path.display().to_string(),
-                    source,
-                }
-            })?;
+    match (output, &args.output) {
+        (Some(output), Some(path)) => {
+            write_output(output, path, rendered.as_bytes())?;
             eprintln!("gilscope: wrote {}", path.display());
         }
-        None => {
-            let mut stdout = std::io::stdout().lock();
-            let _ = stdout.write_all(rendered.as_bytes());
-            let _ = stdout.flush();
-        }
-    }
-    if recordings.iter().all(|r| r.profile.samples == 0) {
-        return Err(Error::Internal(
-            "no samples were taken (the target exited or could not be read)".into(),
-        ));
+        _ => write_stdout(rendered.as_bytes())?,
     }
     Ok(())
 }
@@ -393,10 +458,7 @@ fn dump_command(args: DumpArgs) -> Result<()> {
             report::dump::text(&snapshot)
         }
     };
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(text.as_bytes());
-    let _ = stdout.flush();
-    Ok(())
+    write_stdout(text.as_bytes())
 }
 
 fn top_command(args: TopArgs) -> Result<()> {
@@ -444,33 +506,4 @@ fn serve_command(args: ServeArgs) -> Result<()> {
         eprintln!("gilscope: the process exited; stopping (--follow-name keeps serving)");
     }
     Ok(())
-}
-
-/// Fail before recording, not after, if the output cannot be written.
-fn check_writable(path: &std::path::Path) -> Result<()> {
-    let error = |source| Error::Output {
-        path: path.display().to_string(),
-        source,
-    };
-    // A device or a FIFO is written to in place (see report::write_atomically).
-    if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
-        return nix::unistd::access(path, nix::unistd::AccessFlags::W_OK)
-            .map_err(|e| error(std::io::Error::from(e)));
-    }
-    let resolved = std::fs::canonicalize(path)
-        .ok()
-        .filter(|_| path.is_symlink());
-    let path = resolved.as_deref().unwrap_or(path);
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    if path.is_dir() {
-        return Err(error(std::io::Error::other("it is a directory")));
-    }
-    tempfile::Builder::new()
-        .prefix(".gilscope-check-")
-        .tempfile_in(&dir)
-        .map(drop)
-        .map_err(|e| error(report::without_temporary_path(e)))
 }

@@ -39,7 +39,15 @@ fn main() {
             test(python).map(|()| Completion::Completed)
         }));
     }
-    let once: [(&str, Test); 4] = [
+    let once: [(&str, Test); 6] = [
+        (
+            "a_second_sigterm_while_the_report_is_written_is_ignored",
+            second_sigterm,
+        ),
+        (
+            "a_run_killed_while_writing_leaves_no_temporary_file_behind",
+            killed_while_writing,
+        ),
         (
             "a_python_that_execs_python_is_followed_as_a_new_process",
             exec_followed,
@@ -535,6 +543,93 @@ fn sigterm(python: &Python) -> Result<(), Failed> {
             report["sampler"]["ended"], report["samples"]
         )
         .into());
+    }
+    Ok(())
+}
+
+/// Two SIGTERMs a moment apart (`timeout` signals gilscope and its process group; a
+/// terminal's Ctrl-C does too): the first ends the recording, the second is ignored while
+/// the report is written. Before, the second ended gilscope at once with 130 and no report.
+/// The report goes to a FIFO whose reader waits, so that the second signal comes while
+/// gilscope is still writing.
+fn second_sigterm(python: &Python) -> Result<(), Failed> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fx = Fixture::start(&python.path, "spinners", &["--duration", "60"])?;
+    let dir = tempfile::tempdir()?;
+    let fifo = dir.path().join("report.svg");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU)?;
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)?;
+    // The smallest pipe: a report longer than a page blocks its writer until it is read.
+    nix::fcntl::fcntl(&reader, nix::fcntl::FcntlArg::F_SETPIPE_SZ(4096))?;
+    let child = recording_into(&fx, &fifo)?;
+    let pid = Pid::from_raw(child.id() as i32);
+    kill(pid, Signal::SIGTERM)?;
+    std::thread::sleep(Duration::from_millis(500));
+    kill(pid, Signal::SIGTERM)?;
+    std::thread::sleep(Duration::from_millis(100));
+    // Read it all now, waiting for the writer (it writes or ends: no hang).
+    let flags = nix::fcntl::fcntl(&reader, nix::fcntl::FcntlArg::F_GETFL)?;
+    let blocking = nix::fcntl::OFlag::from_bits_truncate(flags) & !nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&reader, nix::fcntl::FcntlArg::F_SETFL(blocking))?;
+    let mut report = Vec::new();
+    reader.read_to_end(&mut report)?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "exit {} after two SIGTERMs: {}",
+            out.status,
+            stderr_of(&out)
+        )
+        .into());
+    }
+    let text = String::from_utf8_lossy(&report);
+    if report.len() <= 4096 || !text.trim_end().ends_with("</svg>") {
+        return Err(format!("a report of {} bytes: {text:.200}", report.len()).into());
+    }
+    Ok(())
+}
+
+/// gilscope killed with SIGKILL at 20 moments of its ending (0 to 19 ms after SIGTERM, when
+/// it finishes the recording and writes the report): no temporary file is left beside the
+/// output once the next run is over. Before, one kill in 20 left a `.gilscope-XXXXXX`.
+fn killed_while_writing(python: &Python) -> Result<(), Failed> {
+    let fx = Fixture::start(&python.path, "spinners", &["--duration", "60"])?;
+    let dir = tempfile::tempdir()?;
+    let output = dir.path().join("report.json");
+    let record = |duration: Option<&str>| {
+        let mut command = Command::new(common::gilscope_bin());
+        command
+            .args(["record", "--pid", &fx.pid.to_string(), "-o"])
+            .arg(&output)
+            .args(duration.map(|d| vec!["--duration", d]).unwrap_or_default())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command.spawn()
+    };
+    for delay_ms in 0..20 {
+        let mut child = record(None)?;
+        std::thread::sleep(Duration::from_millis(400));
+        let pid = Pid::from_raw(child.id() as i32);
+        kill(pid, Signal::SIGTERM)?;
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = kill(pid, Signal::SIGKILL);
+        child.wait()?;
+    }
+    let status = record(Some("0.3"))?.wait()?;
+    if !status.success() {
+        return Err(format!("the run after the kills: {status}").into());
+    }
+    let files: Vec<_> = std::fs::read_dir(dir.path())?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    if files != ["report.json"] {
+        return Err(format!("files beside the report: {files:?}").into());
     }
     Ok(())
 }
