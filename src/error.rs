@@ -38,6 +38,9 @@ pub enum Error {
     NotPython {
         pid: i32,
         exe: String,
+        /// Why its interpreter's file could not be opened, where that is why no interpreter
+        /// was found (the file was replaced, its file system does not answer).
+        unreadable: Option<String>,
     },
     /// --subprocesses found no Python process at or below `pid`.
     NoPythonInTree {
@@ -137,7 +140,15 @@ impl fmt::Display for Error {
             Error::PermissionDenied { pid, what } => {
                 write!(f, "permission denied: cannot {what} of process {pid}")
             }
-            Error::NotPython { pid, exe } => {
+            Error::NotPython {
+                pid,
+                exe,
+                unreadable: Some(why),
+            } => write!(
+                f,
+                "process {pid} ({exe}): no CPython interpreter could be read: {why}"
+            ),
+            Error::NotPython { pid, exe, .. } => {
                 write!(f, "process {pid} ({exe}) is not a Python process: no CPython interpreter is loaded")
             }
             Error::NoPythonInTree { pid } => write!(

@@ -70,6 +70,19 @@ fn main() {
             test(python).map(|()| Completion::Completed)
         }));
     }
+    // A copy of an interpreter that runs on its own (the system's, statically linked).
+    let standalone = pythons
+        .found
+        .iter()
+        .find(|p| p.label.starts_with("system-"))
+        .cloned();
+    trials.push(Trial::test(
+        "a_target_that_replaces_its_program_with_a_fifo_cannot_hang_gilscope",
+        move || match &standalone {
+            Some(python) => fifo_over_program(python),
+            None => Err("no system python3 to copy".into()),
+        },
+    ));
     libtest_mimic::run(&args, trials).exit();
 }
 
@@ -632,6 +645,103 @@ fn killed_while_writing(python: &Python) -> Result<(), Failed> {
         return Err(format!("files beside the report: {files:?}").into());
     }
     Ok(())
+}
+
+/// As `nobody`: a copy of the interpreter runs from a directory of theirs, then a FIFO (and
+/// then a link to a device) is renamed over the copy. gilscope opens the file the target
+/// mapped, never what is at its path now: `dump` works, as root and as root without
+/// CAP_SYS_ADMIN (no /proc/PID/map_files: the path in the target's root is used, and what is
+/// there is not a regular file any more, so the target is unreadable, exit 5). Nothing hangs.
+/// Before, the open of the FIFO blocked for good.
+fn fifo_over_program(python: &Python) -> Result<(), Failed> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("needs root to act as another user".into());
+    }
+    let dir = tempfile::tempdir()?;
+    nix::unistd::chown(dir.path(), Some(65534.into()), Some(65534.into()))?;
+    let copy = dir.path().join("py");
+    let nobody = |script: &str| {
+        let mut command = Command::new("setpriv");
+        command
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sh",
+                "-c",
+                script,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command
+    };
+    let status = nobody(&format!("cp {} {}", python.path.display(), copy.display())).status()?;
+    if !status.success() {
+        return Err("cannot copy the interpreter as nobody".into());
+    }
+    let mut target = nobody(&format!(
+        "exec {} -c 'import time; time.sleep(60)'",
+        copy.display()
+    ))
+    .spawn()?;
+    std::thread::sleep(Duration::from_millis(800));
+    let pid = target.id().to_string();
+    let mut failures = Vec::new();
+    let without_admin = [
+        "setpriv",
+        "--inh-caps=-sys_admin,-checkpoint_restore",
+        "--bounding-set=-sys_admin,-checkpoint_restore",
+    ];
+    for replacement in ["mkfifo {}.new", "ln -s /dev/zero {}.new"] {
+        let swap = format!(
+            "{} && mv -f {}.new {}",
+            replacement.replace("{}", &copy.display().to_string()),
+            copy.display(),
+            copy.display()
+        );
+        nobody(&swap).status()?;
+        for (label, prefix) in [
+            ("root", &[][..]),
+            ("without CAP_SYS_ADMIN", &without_admin[..]),
+        ] {
+            let (program, args) = match prefix.split_first() {
+                Some((first, rest)) => (first.to_string(), rest.to_vec()),
+                None => (common::gilscope_bin().to_string(), Vec::new()),
+            };
+            let mut command = Command::new(program);
+            command.args(args);
+            if !prefix.is_empty() {
+                command.arg(common::gilscope_bin());
+            }
+            let mut child = command
+                .args(["dump", "--pid", &pid])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()?;
+            if wait_bounded(&mut child, Duration::from_secs(20), "gilscope dump").is_err() {
+                failures.push(format!("{replacement}, {label}: hung"));
+                continue;
+            }
+            let out = child.wait_with_output()?;
+            let expected = if prefix.is_empty() { Some(0) } else { Some(5) };
+            if out.status.code() != expected {
+                failures.push(format!(
+                    "{replacement}, {label}: exit {}: {}",
+                    out.status,
+                    stderr_of(&out)
+                ));
+            }
+        }
+    }
+    let _ = target.kill();
+    let _ = target.wait();
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; ").into())
+    }
 }
 
 /// Resident memory of `pid` in kB.
