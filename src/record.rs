@@ -13,7 +13,7 @@ use crate::report::{EndReason, Profile, Recording, SamplerStats, TargetInfo};
 use crate::sample::classify::Classifier;
 use crate::sample::monotonic_ns;
 use crate::sample::observe::{Observation, Observer, TickError};
-use crate::sample::schedule::Schedule;
+use crate::sample::schedule::{Schedule, Wait};
 use crate::sample::stats::Stopwatch;
 use crate::target::memory::ProcessMemory;
 use crate::target::process::{self, Liveness};
@@ -666,8 +666,10 @@ fn sample(
     let mut slice_start = Instant::now();
     let mut busy_ns = 0;
     let ended = loop {
-        if !schedule.wait(stop, busy_ns) {
-            break EndReason::Interrupted;
+        match schedule.wait(stop, busy_ns, deadline) {
+            Wait::Tick => {}
+            Wait::Stopped => break EndReason::Interrupted,
+            Wait::Deadline => break EndReason::Duration,
         }
         if deadline.is_some_and(|d| monotonic_ns() >= d) {
             break EndReason::Duration;

@@ -39,7 +39,11 @@ fn main() {
             test(python).map(|()| Completion::Completed)
         }));
     }
-    let once: [(&str, Test); 6] = [
+    let once: [(&str, Test); 7] = [
+        (
+            "the_duration_ends_a_recording_before_a_slow_rate_s_next_tick",
+            duration_before_tick,
+        ),
         (
             "a_second_sigterm_while_the_report_is_written_is_ignored",
             second_sigterm,
@@ -742,6 +746,35 @@ fn fifo_over_program(python: &Python) -> Result<(), Failed> {
     } else {
         Err(failures.join("; ").into())
     }
+}
+
+/// `--rate 1 --duration 0.05`: the second tick is due 0.5 to 1.5 s after the first, the
+/// recording ends at 0.05 s. gilscope ends soon after it says it started sampling: well
+/// within the half second that the next tick would have taken at the earliest. Before, it
+/// waited for that tick (`--rate 0.1 --duration 1` took 15 s).
+fn duration_before_tick(python: &Python) -> Result<(), Failed> {
+    use std::io::BufRead;
+    let fx = Fixture::start(&python.path, "single", &["--duration", "60"])?;
+    let mut child = Command::new(common::gilscope_bin())
+        .args(["record", "--pid", &fx.pid.to_string(), "--rate", "1"])
+        .args(["--duration", "0.05", "--format", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stderr = std::io::BufReader::new(child.stderr.take().ok_or("stderr")?);
+    let mut line = String::new();
+    stderr.read_line(&mut line)?;
+    let started = Instant::now();
+    if !line.contains("sampling process") {
+        return Err(format!("unexpected: {line}").into());
+    }
+    let status = child.wait()?;
+    let took = started.elapsed();
+    if !status.success() || took >= Duration::from_millis(450) {
+        return Err(format!("{status} after {} ms", took.as_millis()).into());
+    }
+    Ok(())
 }
 
 /// Resident memory of `pid` in kB.
