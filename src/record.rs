@@ -18,6 +18,8 @@ use crate::sample::stats::Stopwatch;
 use crate::target::memory::ProcessMemory;
 use crate::target::process::{self, Liveness};
 
+/// How long a process that could no longer be read while alive is given to finish an exec.
+const EXEC_SETTLES: Duration = Duration::from_millis(200);
 /// How long a started command may take to become a running Python interpreter.
 const SPAWN_ATTACH_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often thread names are read again (threads often name themselves after they start).
@@ -273,8 +275,12 @@ struct Member {
     stack_errors: u64,
     /// Its process exited (or could no longer be read): it is sampled no more.
     exited: bool,
-    /// What its process was when attached: an exec changes it (`process::exec_identity`).
-    identity: Option<u64>,
+    /// What its process was when attached: an exec changes it, and so does the pid's reuse
+    /// by another process after this one exited (`process::identity`).
+    identity: Option<process::Identity>,
+    /// It could not be read any more while its process still lived: maybe in the middle of
+    /// an exec (the kernel ends every other thread first), said once the exec is over.
+    lost_alive: bool,
     /// The program its process exec'd, if it did: its Python is gone (`exited` is set too).
     execed: Option<PathBuf>,
     /// When Python names were last read, the interpreter's lists generation then, and
@@ -288,7 +294,7 @@ impl Member {
     fn new(mut observer: Observer<ProcessMemory>, options: &RecordOptions) -> Member {
         let target = target_info(&observer);
         let classifier = classifier_for(&observer);
-        let identity = process::exec_identity(observer.pid);
+        let identity = process::identity(observer.pid);
         let stacks = options.stacks && observer.enable_stacks();
         // First walks of sleeping threads (a pool of idle workers seen at attach) may take a
         // quarter of the interval per tick; the rest wait for later ticks (exactly resolved,
@@ -311,6 +317,7 @@ impl Member {
             stack_errors: 0,
             exited: false,
             identity,
+            lost_alive: false,
             execed: None,
             python_names_read: None,
             sliced_out: false,
@@ -318,17 +325,53 @@ impl Member {
     }
 
     /// Has the process exec'd another program since it was attached? Then its Python is gone
-    /// and the ticks to come would read a stranger's memory: sample it no more.
+    /// and the ticks to come would read a stranger's memory: sample it no more. Its pid taken
+    /// by another process means it exited.
     fn check_exec(&mut self) -> bool {
-        let pid = self.observer.pid;
-        if self.execed.is_none()
-            && self.identity.is_some()
-            && process::exec_identity(pid).is_some_and(|now| Some(now) != self.identity)
-        {
-            self.execed = Some(process::executable(pid).unwrap_or_else(|| "?".into()));
-            self.exited = true;
+        if self.execed.is_some() {
+            return true;
+        }
+        let (Some(before), Some(now)) = (self.identity, process::identity(self.observer.pid))
+        else {
+            return false;
+        };
+        match now.change_from(&before) {
+            process::Change::Same => {}
+            process::Change::Execed => {
+                self.execed =
+                    Some(process::executable(self.observer.pid).unwrap_or_else(|| "?".into()));
+                self.exited = true;
+            }
+            process::Change::Reused => self.exited = true,
         }
         self.execed.is_some()
+    }
+
+    /// Is this member the process that has its pid now (not one that exited or exec'd, whose
+    /// pid now belongs to another process or program)?
+    fn is_current(&self) -> bool {
+        if self.execed.is_some() {
+            return false;
+        }
+        match (self.identity, process::identity(self.observer.pid)) {
+            (Some(before), Some(now)) => now.change_from(&before) == process::Change::Same,
+            _ => true,
+        }
+    }
+
+    /// A member that could no longer be read while its process lived: wait a moment for an
+    /// exec under way to finish, so that it is said to have exec'd rather than exited.
+    fn settle_exec(&mut self) {
+        if !self.lost_alive || self.execed.is_some() {
+            return;
+        }
+        let deadline = Instant::now() + EXEC_SETTLES;
+        while Instant::now() < deadline {
+            if self.check_exec() || process::liveness(self.observer.pid) != Liveness::Alive {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Take one tick of this process into its profile.
@@ -358,7 +401,13 @@ impl Member {
                 }
                 self.observer.stats.aggregate_ns += lap.split();
             }
-            Err(TickError::Gone) | Err(TickError::Denied) => self.exited = true,
+            Err(TickError::Gone) | Err(TickError::Denied) => {
+                self.exited = true;
+                // Alive but unreadable: an exec from a thread other than the main one makes
+                // the kernel end every other thread before the new program is there.
+                self.lost_alive = process::liveness(self.observer.pid) == Liveness::Alive;
+                self.check_exec();
+            }
             Err(TickError::Torn(_)) if self.check_exec() => {}
             Err(TickError::Torn(_)) => {
                 self.errors += 1;
@@ -433,6 +482,7 @@ impl Member {
         host_steal: Option<f64>,
         realtime: bool,
     ) -> (Recording, Observer<ProcessMemory>) {
+        self.settle_exec();
         // Attached while the program was starting (gilscope started it, or --subprocesses
         // caught a new worker), its version may have come from the library's name alone.
         if self.observer.refine_version() {
@@ -558,8 +608,12 @@ impl Descendants {
         for pid in candidates {
             // A member that exec'd is gone as that Python; its new program may be another.
             if members
-                .iter()
-                .any(|m| m.observer.pid == pid && m.execed.is_none())
+                .iter_mut()
+                .filter(|m| m.observer.pid == pid)
+                .any(|m| {
+                    m.check_exec();
+                    m.is_current()
+                })
                 || self.refused.iter().any(|&(p, _)| p == pid)
                 || members.len() >= process::MAX_DESCENDANTS
             {

@@ -39,7 +39,23 @@ fn main() {
             test(python).map(|()| Completion::Completed)
         }));
     }
-    let once: [(&str, Test); 7] = [
+    let once: [(&str, Test); 11] = [
+        (
+            "a_python_that_execs_from_another_thread_is_followed_as_a_new_process",
+            exec_from_thread,
+        ),
+        (
+            "an_exec_without_address_randomisation_ends_the_recording",
+            exec_without_aslr,
+        ),
+        (
+            "a_pid_reused_by_another_process_is_an_exit_not_an_exec",
+            pid_reused,
+        ),
+        (
+            "a_process_whose_main_thread_exited_is_measured",
+            main_thread_exited,
+        ),
         (
             "the_duration_ends_a_recording_before_a_slow_rate_s_next_tick",
             duration_before_tick,
@@ -773,6 +789,231 @@ fn duration_before_tick(python: &Python) -> Result<(), Failed> {
     let took = started.elapsed();
     if !status.success() || took >= Duration::from_millis(450) {
         return Err(format!("{status} after {} ms", took.as_millis()).into());
+    }
+    Ok(())
+}
+
+/// A script that announces itself like a fixture (its main thread's tid as "main"), then
+/// runs `body` (Python source, indented by four spaces in a function).
+fn script_fixture(dir: &Path, name: &str, body: &str) -> Result<PathBuf, Failed> {
+    let script = dir.join(name);
+    std::fs::write(
+        &script,
+        format!(
+            "import ctypes, json, os, sys, threading, time\n\
+             from gilfixture import native_id\n\
+             def spin(seconds):\n    end = time.time() + seconds\n    while time.time() < end:\n        pass\n\
+             print(json.dumps({{'fixture': {name:?}, 'pid': os.getpid(), \
+             'threads': {{'main': native_id()}}, 'facts': {{}}}}), flush=True)\n\
+             def body():\n{body}\n\
+             body()\n"
+        ),
+    )?;
+    Ok(script)
+}
+
+/// With --subprocesses, a Python whose exec comes from a thread other than the main one (the
+/// kernel ends the other 200 threads first, and for that while the process cannot be read)
+/// is followed into its new program. Before, the tick that found it unreadable called it
+/// exited, and the new program was never followed (2 runs in 36; every run with 200 threads).
+fn exec_from_thread(python: &Python) -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let single = fixture_path("single");
+    let body = format!(
+        "    for _ in range(200):\n        threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n\
+         \x20   threading.Thread(target=spin, args=(60,), daemon=True).start()\n\
+         \x20   time.sleep(1.5)\n\
+         \x20   argv = [sys.executable, {:?}, '--duration', '2']\n\
+         \x20   threading.Thread(target=os.execv, args=(sys.executable, argv)).start()\n\
+         \x20   time.sleep(60)",
+        single.display()
+    );
+    let script = script_fixture(dir.path(), "thread_exec.py", &body)?;
+    let output = dir.path().join("r.json");
+    let python_path = python.path.to_str().ok_or("path")?;
+    let out = Command::new(common::gilscope_bin())
+        .args(["record", "--subprocesses", "--duration", "30", "-o"])
+        .arg(&output)
+        .args(["--format", "json", "--", python_path])
+        .arg(&script)
+        .env("PYTHONPATH", single.parent().ok_or("fixtures")?)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
+    }
+    let report: Value = serde_json::from_slice(&std::fs::read(&output)?)?;
+    let processes = report["processes"].as_array().ok_or("no processes")?;
+    let summary: Vec<String> = processes
+        .iter()
+        .map(|p| {
+            format!(
+                "{} ended {} samples {}",
+                p["target"]["command_line"], p["sampler"]["ended"], p["samples"]
+            )
+        })
+        .collect();
+    let [before, after] = processes.as_slice() else {
+        return Err(format!("expected two processes: {summary:?}").into());
+    };
+    if before["sampler"]["ended"] != "target_execed"
+        || !after["target"]["command_line"]
+            .as_str()
+            .unwrap_or("")
+            .contains("single.py")
+        || after["samples"].as_u64().unwrap_or(0) < 50
+    {
+        return Err(format!("{summary:?}").into());
+    }
+    Ok(())
+}
+
+/// `setarch -R` (no address space randomisation): the Python execs the same interpreter
+/// with arguments of the same lengths, so the new program's stack is laid out exactly as the
+/// old one's. `record --pid` ends at the exec. Before, the exec went unseen (the address of
+/// the kernel's random bytes, all gilscope compared, was the same), and the new program was
+/// read at the old one's addresses to the end of --duration.
+fn exec_without_aslr(python: &Python) -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    // The new program says nothing (the test stopped reading the fixture's output).
+    std::fs::write(
+        dir.path().join("b.py"),
+        "import time\nend = time.time() + 30\nwhile time.time() < end:\n    pass\n",
+    )?;
+    let body = "    threading.Thread(target=spin, args=(60,), daemon=True).start()\n\
+                \x20   time.sleep(1.5)\n\
+                \x20   os.execv(sys.executable, [sys.executable, sys.argv[0].replace('a.py', 'b.py')])";
+    let script = script_fixture(dir.path(), "a.py", body)?;
+    let setarch = Path::new("/usr/bin/setarch");
+    if !setarch.exists() {
+        return Err("no setarch (util-linux)".into());
+    }
+    let python_path = python.path.to_str().ok_or("path")?;
+    let script_path = script.to_str().ok_or("path")?;
+    let fx = Fixture::start_command(setarch, &["-R", python_path, script_path])?;
+    let out = gilscope(&[
+        "record",
+        "--pid",
+        &fx.pid.to_string(),
+        "--duration",
+        "10",
+        "--format",
+        "json",
+    ]);
+    if !out.status.success() {
+        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
+    }
+    let report: Value = serde_json::from_slice(&out.stdout)?;
+    if report["sampler"]["ended"] != "target_execed" || report["duration_s"].as_f64() > Some(5.0) {
+        return Err(format!(
+            "ended {} after {} s: {}",
+            report["sampler"]["ended"],
+            report["duration_s"],
+            stderr_of(&out)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The target is killed and its pid given to a new process (`ns_last_pid`) before the next
+/// tick (1 Hz): the recording says the target exited, not that it exec'd another program.
+fn pid_reused(python: &Python) -> Result<(), Failed> {
+    use std::io::BufRead;
+    let mut target = Command::new(&python.path)
+        .args(["-c", "import time; time.sleep(60)"])
+        .stdin(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = target.id() as i32;
+    let mut child = Command::new(common::gilscope_bin())
+        .args(["record", "--pid", &pid.to_string(), "--rate", "1"])
+        .args(["--duration", "30", "--format", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stderr = std::io::BufReader::new(child.stderr.take().ok_or("stderr")?);
+    let mut line = String::new();
+    stderr.read_line(&mut line)?;
+    target.kill()?;
+    target.wait()?;
+    let mut reused = None;
+    for _ in 0..50 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())?;
+        let mut other = Command::new("sleep").arg("30").spawn()?;
+        if other.id() as i32 == pid {
+            reused = Some(other);
+            break;
+        }
+        let _ = other.kill();
+        let _ = other.wait();
+    }
+    let Some(mut reused) = reused else {
+        let _ = child.kill();
+        return Err("could not give the pid to another process".into());
+    };
+    wait_bounded(&mut child, Duration::from_secs(20), "gilscope")?;
+    let _ = reused.kill();
+    let _ = reused.wait();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest)?;
+    let mut report = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().ok_or("stdout")?, &mut report)?;
+    let report: Value = serde_json::from_str(&report)?;
+    if report["sampler"]["ended"] != "target_exited" || rest.contains("exec'd") {
+        return Err(format!("ended {}: {rest}", report["sampler"]["ended"]).into());
+    }
+    Ok(())
+}
+
+/// The main thread calls `pthread_exit` while another thread runs Python: the process lives
+/// on. A recording that began before goes on to its --duration, and one that begins after
+/// attaches (through a thread that lives) and measures the spinner. Before, the process
+/// was refused as a zombie (exit 3), and a recording under way ended as "exited".
+fn main_thread_exited(python: &Python) -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let body = "    threading.Thread(target=spin, args=(30,)).start()\n\
+                \x20   time.sleep(1.0)\n\
+                \x20   ctypes.CDLL(None).pthread_exit(None)";
+    let script = script_fixture(dir.path(), "main_exits.py", body)?;
+    let fx = Fixture::start_script(&python.path, &script, &[])?;
+    let pid = fx.pid.to_string();
+    let during = gilscope(&[
+        "record",
+        "--pid",
+        &pid,
+        "--duration",
+        "3",
+        "--format",
+        "json",
+    ]);
+    let after = gilscope(&[
+        "record",
+        "--pid",
+        &pid,
+        "--duration",
+        "1",
+        "--format",
+        "json",
+    ]);
+    for (when, out) in [("during", &during), ("after", &after)] {
+        if !out.status.success() {
+            return Err(format!("{when}: exit {}: {}", out.status, stderr_of(out)).into());
+        }
+        let report: Value = serde_json::from_slice(&out.stdout)?;
+        let spinner = report["threads"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["tid"].as_i64() != Some(fx.pid as i64)))
+            .ok_or("no spinner")?;
+        if report["sampler"]["ended"] != "duration" || common::fraction(spinner, "hold") < 0.5 {
+            return Err(format!(
+                "{when}: ended {}, spinner {spinner}",
+                report["sampler"]["ended"]
+            )
+            .into());
+        }
     }
     Ok(())
 }

@@ -445,10 +445,15 @@ impl<M: Memory> Observer<M> {
         let state = self.interpreter.read_state(&self.memory)?;
         let (gil, others, python) = (state.gil, state.others, state.threads);
         self.stats.memory_ns += lap.split();
-        let live = self
+        let mut live = self
             .tasks
             .list_unless_unchanged(self.interpreter.lists_unchanged(), start_ns)
             .map_err(|_| TickError::Gone)?;
+        // A main thread that has exited (`pthread_exit`) stays listed, a zombie, until the
+        // whole process exits: it is a thread that ended.
+        if matches!(self.tasks.leader_state(), Some('Z' | 'X')) {
+            live.retain(|&tid| tid != self.pid);
+        }
         self.stats.proc_ns += lap.split();
         if live.is_empty() {
             return Err(TickError::Gone);

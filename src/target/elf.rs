@@ -263,6 +263,7 @@ fn open_and_read(pid: i32, mapping: &Mapping) -> std::io::Result<ElfData> {
 /// kernel's own link to the mapped file), else through the target's root, where links are
 /// resolved inside that root and never through /proc's magic links.
 fn mapped_handle(pid: i32, mapping: &Mapping) -> std::io::Result<OwnedFd> {
+    let pid = crate::target::process::memory_task(pid);
     let via_map_files = format!(
         "/proc/{pid}/map_files/{:x}-{:x}",
         mapping.start, mapping.end

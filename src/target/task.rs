@@ -89,8 +89,10 @@ pub struct Tasks {
     /// The task directory, kept open between listings, and a buffer for its entries.
     dir_fd: Option<File>,
     dirents: Vec<u8>,
-    /// /proc/PID/stat, kept open for its thread count.
+    /// /proc/PID/stat, kept open for its thread count and its main thread's state.
     stat: Option<File>,
+    /// The main thread's state letter at the last read of /proc/PID/stat.
+    leader_state: Option<char>,
     /// The last full listing, the thread count then, and when it was taken (ns).
     listed: Vec<i32>,
     listed_count: Option<u64>,
@@ -110,6 +112,7 @@ impl Tasks {
             dir_fd: None,
             dirents: vec![0; 32 * 1024],
             stat: None,
+            leader_state: None,
             listed: Vec::new(),
             listed_count: None,
             listed_ns: 0,
@@ -162,12 +165,21 @@ impl Tasks {
         self.reads += 1;
         let n = self.stat.as_ref()?.read_at(&mut self.buf, 0);
         match n {
-            Ok(n) => crate::target::process::stat_field(&self.buf[..n], 20),
+            Ok(n) => {
+                self.leader_state = stat_state(&self.buf[..n]);
+                crate::target::process::stat_field(&self.buf[..n], 20)
+            }
             Err(_) => {
                 self.stat = None;
+                self.leader_state = None;
                 None
             }
         }
+    }
+
+    /// The main thread's state letter as of the last listing (R, S, D, T, t, Z...).
+    pub fn leader_state(&self) -> Option<char> {
+        self.leader_state
     }
 
     fn list_open(&mut self) -> io::Result<Vec<i32>> {
