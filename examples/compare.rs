@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use gilscope::record::{self, RecordOptions, Target};
-use gilscope::reference;
+use gilscope::dev::reference;
+use gilscope::recorder::{RecordOptions, Recorder, Source};
 use gilscope::sample::ThreadState;
 
 fn main() {
@@ -29,16 +29,14 @@ fn main() {
     let debug_file = opt("--debug-file").map(PathBuf::from);
     let secs: f64 = opt("--duration").map(|d| d.parse().unwrap()).unwrap_or(5.0);
     let stop = AtomicBool::new(false);
-    let (spawned, observer) = record::spawn(&command, &stop).expect("spawn");
+    let mut recorder = Recorder::open(&Source::Command(command), false, &stop).expect("spawn");
+    let pid = recorder.root;
+    let target = recorder.target().expect("a Python process");
     std::thread::sleep(Duration::from_millis(500));
-    let binary = PathBuf::from(format!(
-        "/proc/{}/root{}",
-        spawned.pid(),
-        observer.interpreter.binary
-    ));
+    let binary = PathBuf::from(format!("/proc/{pid}/root{}", target.binary));
     let sites = reference::probe_sites(&binary, debug_file.as_deref()).expect("probe sites");
-    let tracer = reference::Tracer::start(&sites, spawned.pid()).expect("tracer");
-    let tids: Vec<i32> = std::fs::read_dir(format!("/proc/{}/task", spawned.pid()))
+    let tracer = reference::Tracer::start(&sites, pid).expect("tracer");
+    let tids: Vec<i32> = std::fs::read_dir(format!("/proc/{}/task", pid))
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
@@ -46,7 +44,6 @@ fn main() {
     eprintln!("threads with unknown state at window start: {unknown:?}");
     let mut ticks = Vec::new();
     let options = RecordOptions {
-        target: Target::Pid(spawned.pid()),
         rate_hz: 1000.0,
         duration: Some(Duration::from_secs_f64(secs)),
         stacks: true,
@@ -60,9 +57,12 @@ fn main() {
             observations.push(o.clone());
         }
     };
-    let (recording, _) = record::run(observer, None, &options, &stop, Some(&mut sink), None);
+    let (recording, _) = recorder
+        .run(&options, &stop, Some(&mut sink), None)
+        .pop()
+        .expect("a recording");
     let events = tracer.stop();
-    spawned.finish();
+    drop(recorder);
     let p = &recording.profile;
     let truth = reference::truth(&events, p.start_ns.unwrap(), p.end_ns);
     println!("{} events; {} samples", events.len(), p.samples);

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use gilscope::fuzzing::{self, Recording, Snapshot};
+use gilscope::dev::fuzzing::{self, Recording, Snapshot};
 use gilscope::python::interpreter::Interpreter;
 use gilscope::sample::observe::Observer;
 use gilscope::target::memory::{Memory, ProcessMemory};

@@ -1,12 +1,13 @@
-//! The command line, declared with clap: subcommands, options, help texts.
-//! Declarations only; main.rs acts on them.
+//! The command line, declared with clap: subcommands, options, help texts, and the values
+//! options take. Declarations only; commands/ turns them into plans and acts on them.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::report::live::SortBy;
-use crate::report::{Format, View};
+use crate::formats::live::SortBy;
+use crate::formats::{Format, View};
+use crate::python::version::SUPPORTED;
 use crate::sample::ThreadState;
 
 #[derive(Debug, Parser)]
@@ -14,10 +15,12 @@ use crate::sample::ThreadState;
     name = "gilscope",
     version,
     about = "Who holds the GIL, who waits for it, and why: attach to a running CPython process",
-    long_about = "gilscope attaches to a running CPython (3.6-3.15) process from the outside, \
-                  without restarting or instrumenting it, and measures thread by thread how much \
-                  of the time each thread holds the GIL, waits for it, runs native code without \
-                  it, or is idle."
+    long_about = format!(
+        "gilscope attaches to a running CPython ({SUPPORTED}) process from the outside, \
+         without restarting or instrumenting it, and measures thread by thread how much of \
+         the time each thread holds the GIL, waits for it, runs native code without it, or \
+         is idle."
+    )
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -133,8 +136,8 @@ pub struct TopArgs {
     pub rate: f64,
 
     /// Sort threads by the share of the last 10 s they held, or waited for, the GIL
-    #[arg(long, value_enum, default_value_t = SortBy::Hold)]
-    pub sort: SortBy,
+    #[arg(long, value_enum, default_value_t = SortArg::Hold)]
+    pub sort: SortArg,
 
     /// Show threads that were idle all through the last 10 s (key i toggles)
     #[arg(long)]
@@ -186,7 +189,7 @@ pub struct RecordArgs {
 
     /// Report format (default: from the extension of -o, else text)
     #[arg(short, long, value_enum)]
-    pub format: Option<Format>,
+    pub format: Option<FormatArg>,
 
     /// Write the report to FILE (atomically) instead of stdout; the format follows the
     /// extension: .txt, .json, .svg (flamegraph), .folded, .speedscope.json, trace.json
@@ -199,8 +202,8 @@ pub struct RecordArgs {
     pub gil_only: bool,
 
     /// Stacks to show in flamegraph, collapsed and speedscope output
-    #[arg(long, value_enum, default_value_t = View::Threads)]
-    pub view: View,
+    #[arg(long, value_enum, default_value_t = ViewArg::Threads)]
+    pub view: ViewArg,
 
     /// States to show in the threads view (any of hold, wait, running, idle)
     #[arg(long, value_delimiter = ',', value_name = "STATES")]
@@ -271,6 +274,73 @@ fn parse_duration(text: &str) -> Result<f64, String> {
         return Err("the duration must be a positive number of seconds".into());
     }
     Ok(secs)
+}
+
+/// A report format named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FormatArg {
+    /// Per-thread table, GIL figures and top locations
+    Text,
+    /// Everything, as documented in docs/JSON_SCHEMA.md
+    Json,
+    /// An SVG flamegraph (inferno)
+    Flamegraph,
+    /// Folded stacks ("a;b;c count"), for flamegraph.pl, inferno or speedscope
+    Collapsed,
+    /// speedscope's JSON file format, one profile per thread
+    Speedscope,
+    /// Chrome trace events (Perfetto, chrome://tracing): a span per run of one GIL state
+    Chrometrace,
+    /// An SVG timeline: a row per thread, coloured by GIL state over time
+    Timeline,
+}
+
+impl From<FormatArg> for Format {
+    fn from(arg: FormatArg) -> Format {
+        match arg {
+            FormatArg::Text => Format::Text,
+            FormatArg::Json => Format::Json,
+            FormatArg::Flamegraph => Format::Flamegraph,
+            FormatArg::Collapsed => Format::Collapsed,
+            FormatArg::Speedscope => Format::Speedscope,
+            FormatArg::Chrometrace => Format::Chrometrace,
+            FormatArg::Timeline => Format::Timeline,
+        }
+    }
+}
+
+/// Which stacks the stack formats show, named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ViewArg {
+    /// Each thread's stacks under its state at each sample
+    Threads,
+    /// The GIL holder's stack whenever threads waited, weighted by the number of waiters
+    Blame,
+}
+
+impl From<ViewArg> for View {
+    fn from(arg: ViewArg) -> View {
+        match arg {
+            ViewArg::Threads => View::Threads,
+            ViewArg::Blame => View::Blame,
+        }
+    }
+}
+
+/// What `top` sorts threads by, named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortArg {
+    Hold,
+    Wait,
+}
+
+impl From<SortArg> for SortBy {
+    fn from(arg: SortArg) -> SortBy {
+        match arg {
+            SortArg::Hold => SortBy::Hold,
+            SortArg::Wait => SortBy::Wait,
+        }
+    }
 }
 
 /// A thread state named on the command line.

@@ -100,9 +100,10 @@ impl Error {
                  gilscope record -- CMD waits for the interpreter by itself"
                     .into(),
             ),
-            Error::UnsupportedVersion { .. } => Some(
-                "gilscope supports CPython 2.7 and 3.6 to 3.15; see docs/COMPATIBILITY.md".into(),
-            ),
+            Error::UnsupportedVersion { .. } => Some(format!(
+                "gilscope supports CPython {}; see docs/COMPATIBILITY.md",
+                crate::python::version::SUPPORTED
+            )),
             Error::UnrecognisedLayout { .. } => Some(
                 "please report this with the output of `python -VV` for that interpreter".into(),
             ),

@@ -1,17 +1,21 @@
 //! gilscope: attach to a running CPython process and measure, thread by thread, who holds the
-//! GIL, who waits for it, and who runs without it. Data flows target -> python -> sample -> report.
+//! GIL, who waits for it, and who runs without it. docs/ARCHITECTURE.md draws the layers.
+//!
+//! Data flows one way, each layer importing only from those before it:
+//! `stack` -> `target` -> `python` -> `sample` -> `model` -> `recorder` -> `formats`, `output`
+//! -> `commands`. `error` and `cli` serve every layer that needs them.
 
 pub mod cli;
-pub mod dump;
+pub mod commands;
 pub mod error;
-#[doc(hidden)]
-pub mod fuzzing;
+pub mod formats;
+pub mod model;
 pub mod output;
 pub mod python;
-pub mod record;
-pub mod reference;
-pub mod report;
+pub mod recorder;
 pub mod sample;
-pub mod serve;
+pub mod stack;
 pub mod target;
-pub mod top;
+
+#[cfg(feature = "dev")]
+pub mod dev;

@@ -1,5 +1,6 @@
-//! Where gilscope's files go, created as root beside users it does not trust: a path is vetted
-//! once, held by its directory, and written whole at the end. It knows nothing of formats.
+//! Writing what gilscope made, as root beside users it does not trust: a path vetted once and
+//! held by its directory, written whole or not at all, and every error told in the user's
+//! terms. It knows nothing of what the bytes say.
 //!
 //! The rules (docs/RELIABILITY.md, "Output files"): a symbolic link is followed only if its
 //! owner is this user or root and nobody else could have planted it; a FIFO or device only if
@@ -19,6 +20,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
+
+use crate::error::{Error, Result};
 use nix::fcntl::{openat, readlinkat, renameat, AtFlags, OFlag, AT_FDCWD};
 use nix::sys::stat::{fchmod, fstat, fstatat, FileStat, Mode, SFlag};
 use nix::unistd::{linkat, unlinkat, Gid, Uid, UnlinkatFlags};
@@ -214,6 +217,38 @@ impl Drop for Temp {
             let _ = unlinkat(&dir, name.as_os_str(), UnlinkatFlags::NoRemoveDir);
         }
     }
+}
+
+/// Vet an output path before anything is recorded: [`Output::prepare`], its error told under
+/// the path the user gave.
+pub fn prepare(path: &Path) -> Result<Output> {
+    Output::prepare(path).map_err(|source| Error::Output {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Write a prepared output whole, or say why not under the path the user gave.
+pub fn write_prepared(mut output: Output, path: &Path, contents: &[u8]) -> Result<()> {
+    output
+        .write_all(contents)
+        .and_then(|()| output.commit())
+        .map_err(|source| Error::Output {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+/// Write to standard output; a write error (a full disk, a closed pipe) is an output error.
+pub fn write_stdout(contents: &[u8]) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(contents)
+        .and_then(|()| stdout.flush())
+        .map_err(|source| Error::Output {
+            path: "standard output".into(),
+            source,
+        })
 }
 
 /// A refusal, said in the user's terms.
@@ -592,7 +627,7 @@ mod tests {
     use super::*;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-    fn write(path: &Path, contents: &[u8]) -> io::Result<()> {
+    fn write_file(path: &Path, contents: &[u8]) -> io::Result<()> {
         let mut output = Output::prepare(path)?;
         output.write_all(contents)?;
         output.commit()
@@ -602,10 +637,10 @@ mod tests {
     fn files_are_replaced_whole_and_keep_their_modes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("report.json");
-        write(&path, b"first").unwrap();
+        write_file(&path, b"first").unwrap();
         std::fs::set_permissions(&path, PermissionsExt::from_mode(0o640)).unwrap();
         let before = std::fs::metadata(&path).unwrap().ino();
-        write(&path, b"second").unwrap();
+        write_file(&path, b"second").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"second");
         let after = std::fs::metadata(&path).unwrap();
         assert_eq!(after.mode() & 0o7777, 0o640);
@@ -667,17 +702,17 @@ mod tests {
         let link = dir.path().join("latest.txt");
         std::fs::write(&file, b"old").unwrap();
         std::os::unix::fs::symlink("report.txt", &link).unwrap();
-        write(&link, b"new").unwrap();
+        write_file(&link, b"new").unwrap();
         assert!(link.is_symlink());
         assert_eq!(std::fs::read(&file).unwrap(), b"new");
     }
 
     #[test]
     fn dev_null_and_own_descriptors_are_written_in_place() {
-        write(Path::new("/dev/null"), b"nothing").unwrap();
+        write_file(Path::new("/dev/null"), b"nothing").unwrap();
         let (reader, writer) = nix::unistd::pipe().unwrap();
         let path = PathBuf::from(format!("/proc/self/fd/{}", writer.as_raw_fd()));
-        write(&path, b"piped").unwrap();
+        write_file(&path, b"piped").unwrap();
         drop(writer);
         let mut got = String::new();
         std::io::Read::read_to_string(&mut File::from(reader), &mut got).unwrap();

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
 use common::{Fixture, Python};
+use gilscope::dev::reference;
 use gilscope::python::interpreter::Interpreter;
-use gilscope::reference;
 use gilscope::target::memory::ProcessMemory;
 
 const FIXTURES: [&str; 6] = [

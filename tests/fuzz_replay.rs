@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use gilscope::fuzzing::{read_elf_bytes, walk_snapshot, Snapshot};
+use gilscope::dev::fuzzing::{read_elf_bytes, walk_snapshot, Snapshot};
 
 /// Mutations of each seed: enough to reach the corners the seeds alone do not.
 const MUTATIONS: usize = 300;

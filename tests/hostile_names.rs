@@ -14,8 +14,8 @@ use serde_json::Value;
 
 use common::{gilscope_ok, stdout_of, Fixture, Python};
 
-use gilscope::report::collapsed::clean;
-use gilscope::report::printable;
+use gilscope::formats::collapsed::clean;
+use gilscope::formats::printable;
 
 /// Seconds each format is recorded: both spinners hold the GIL about half of it.
 const RECORD_S: &str = "1";

@@ -3,5 +3,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    gilscope::fuzzing::read_elf_bytes(data);
+    gilscope::dev::fuzzing::read_elf_bytes(data);
 });

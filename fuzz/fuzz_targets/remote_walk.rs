@@ -3,5 +3,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    gilscope::fuzzing::walk_snapshot(data);
+    gilscope::dev::fuzzing::walk_snapshot(data);
 });

@@ -1250,17 +1250,17 @@ fn find_python_binary(pid: i32, mappings: &[Mapping]) -> Result<ElfFile> {
     })
 }
 
+/// Versions older than the newest verified one must be verified ones; newer ones are tried
+/// through their `_Py_DebugOffsets`, which are checked against the live process.
 fn check_supported(version: &Version) -> Result<()> {
-    let why = if version.major == 2 && version.minor < 7 {
-        "gilscope needs CPython 2.7, or 3.6 or later"
-    } else if version.major == 3 && version.minor < 6 {
-        "gilscope needs CPython 3.6 or later"
-    } else {
+    let minor = (version.major, version.minor);
+    let newest = version::VERIFIED[version::VERIFIED.len() - 1];
+    if minor > newest || version::VERIFIED.contains(&minor) {
         return Ok(());
-    };
+    }
     Err(Error::UnsupportedVersion {
         version: version.to_string(),
-        why: why.into(),
+        why: format!("gilscope needs CPython {}", version::SUPPORTED),
     })
 }
 

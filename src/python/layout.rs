@@ -252,7 +252,7 @@ const UNICODE_3_12: UnicodeFields = UnicodeFields {
 };
 
 /// Stack layouts for the table versions (checked against the DWARF of the pyenv builds).
-fn stack_table(major: u8, minor: u8) -> Option<StackLayout> {
+pub(super) fn stack_table(major: u8, minor: u8) -> Option<StackLayout> {
     let object_frame = |lasti, lasti_scale| FrameFields::Object {
         back: 24,
         code: 32,

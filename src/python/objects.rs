@@ -112,11 +112,6 @@ pub fn type_name(
     read_c_string(memory, name, 64)
 }
 
-/// Type of an object (its `ob_type` pointer).
-pub fn type_of(memory: &dyn Memory, object: u64, layout: &StackLayout) -> Result<u64, ReadError> {
-    memory.read_pointer(object + layout.ob_type, 8)
-}
-
 /// A NUL-terminated string of at most `max` bytes.
 pub fn read_c_string(memory: &dyn Memory, addr: u64, max: usize) -> Result<String, ReadError> {
     let mut bytes = Vec::new();

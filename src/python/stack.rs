@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::layout::{FrameFields, LineTable, StackLayout, ThreadLocalBytecode};
 use super::objects;
+use crate::stack::{Frame, FrameId, StackId, StackTable, TRUNCATED};
 use crate::target::memory::{check_pointer, i32_at, u64_at, Memory, ReadError};
 
 /// Deepest stack read: deeper recursion keeps its innermost frames, under a marker frame.
@@ -20,96 +21,6 @@ const MAX_CODE_BYTES: u64 = 1 << 26;
 const MAX_BYTECODE_COPIES: u64 = 1 << 20;
 /// (code, copy index) -> bytecode copy addresses remembered; past this they start over.
 const MAX_COPY_CACHE: usize = 1 << 16;
-/// The function name of the marker frame at the root of a truncated stack.
-pub const TRUNCATED: &str = "[deeper frames not read]";
-
-/// One frame as shown to users.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Frame {
-    /// The function's (qualified, on 3.11+) name.
-    pub function: Arc<str>,
-    pub file: Arc<str>,
-    /// 0 when the instruction has no line.
-    pub line: u32,
-}
-
-impl Frame {
-    /// "function (file:line)", the label used by flamegraphs and text reports.
-    pub fn label(&self) -> String {
-        if self.file.is_empty() {
-            self.function.to_string()
-        } else {
-            format!("{} ({}:{})", self.function, self.file, self.line)
-        }
-    }
-}
-
-pub type FrameId = u32;
-pub type StackId = u32;
-
-/// Every distinct frame and stack seen, each stored once. Stacks are root first.
-#[derive(Debug, Clone, Default)]
-pub struct StackTable {
-    frames: Vec<Frame>,
-    frame_ids: HashMap<Frame, FrameId>,
-    stacks: Vec<Arc<[FrameId]>>,
-    stack_ids: HashMap<Arc<[FrameId]>, StackId>,
-}
-
-impl StackTable {
-    pub fn new() -> StackTable {
-        StackTable::default()
-    }
-
-    pub fn intern_frame(&mut self, frame: Frame) -> FrameId {
-        if let Some(&id) = self.frame_ids.get(&frame) {
-            return id;
-        }
-        let id = self.frames.len() as FrameId;
-        self.frames.push(frame.clone());
-        self.frame_ids.insert(frame, id);
-        id
-    }
-
-    /// Intern a stack given root first.
-    pub fn intern_stack(&mut self, frames: &[FrameId]) -> StackId {
-        if let Some(&id) = self.stack_ids.get(frames) {
-            return id;
-        }
-        let id = self.stacks.len() as StackId;
-        let stack: Arc<[FrameId]> = frames.into();
-        self.stacks.push(stack.clone());
-        self.stack_ids.insert(stack, id);
-        id
-    }
-
-    pub fn frame(&self, id: FrameId) -> Option<&Frame> {
-        self.frames.get(id as usize)
-    }
-
-    /// A stack's frame ids, root first.
-    pub fn stack(&self, id: StackId) -> &[FrameId] {
-        self.stacks.get(id as usize).map(|s| &s[..]).unwrap_or(&[])
-    }
-
-    /// A stack's frames, root first.
-    pub fn frames(&self, id: StackId) -> impl Iterator<Item = &Frame> + '_ {
-        self.stack(id).iter().filter_map(|&f| self.frame(f))
-    }
-
-    /// The innermost frame of a stack.
-    pub fn leaf(&self, id: StackId) -> Option<FrameId> {
-        self.stack(id).last().copied()
-    }
-
-    pub fn len(&self) -> usize {
-        self.stacks.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.stacks.is_empty()
-    }
-}
 
 /// Why a stack was not read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -412,11 +323,11 @@ impl StackReader {
             LineTable::Lines310 => lines310_line(&code.linetable, code.firstlineno, instr),
             LineTable::Locations => locations_line(&code.linetable, code.firstlineno, instr / 2),
         };
-        let id = self.table.intern_frame(Frame {
-            function: code.function.clone(),
-            file: code.file.clone(),
-            line: line.unwrap_or(0).max(0) as u32,
-        });
+        let id = self.table.intern_frame(Frame::python(
+            code.function.clone(),
+            code.file.clone(),
+            line.unwrap_or(0).max(0) as u32,
+        ));
         if self.lines.len() >= MAX_LINE_CACHE {
             self.lines.clear();
         }
@@ -570,11 +481,7 @@ impl StackReader {
             return Err(StackError::Moved);
         }
         if truncated {
-            frames.push(self.table.intern_frame(Frame {
-                function: TRUNCATED.into(),
-                file: "".into(),
-                line: 0,
-            }));
+            frames.push(self.table.intern_frame(Frame::marker(TRUNCATED)));
         }
         frames.reverse();
         let stack = self.table.intern_stack(&frames);
@@ -798,26 +705,6 @@ mod tests {
             locations_line(&[0x80 | (12 << 3), 0, 0], i32::MAX, 0),
             Some(i32::MAX)
         );
-    }
-
-    #[test]
-    fn stacks_and_frames_are_stored_once() {
-        let mut table = StackTable::new();
-        let frame = |f: &str, line| Frame {
-            function: f.into(),
-            file: "a.py".into(),
-            line,
-        };
-        let a = table.intern_frame(frame("main", 1));
-        let b = table.intern_frame(frame("spin", 7));
-        assert_eq!(table.intern_frame(frame("main", 1)), a);
-        let s1 = table.intern_stack(&[a, b]);
-        let s2 = table.intern_stack(&[a]);
-        assert_eq!(table.intern_stack(&[a, b]), s1);
-        assert_ne!(s1, s2);
-        assert_eq!(table.leaf(s1), Some(b));
-        let labels: Vec<String> = table.frames(s1).map(|f| f.label()).collect();
-        assert_eq!(labels, ["main (a.py:1)", "spin (a.py:7)"]);
     }
 
     use crate::python::layout::table_for;

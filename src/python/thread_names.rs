@@ -94,7 +94,7 @@ enum IntSize {
 /// and 3.15.2 debug files, and against the internal headers of each (pycore_dict.h,
 /// pycore_object.h).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ObjectLayout {
+pub(super) struct ObjectLayout {
     family: &'static str,
     dict_used: u64,
     dict_keys: u64,
@@ -193,7 +193,7 @@ const LAYOUT_3_15: ObjectLayout = ObjectLayout {
     ..LAYOUT_3_13
 };
 
-fn object_layout(version: &Version, free_threaded: bool) -> Option<ObjectLayout> {
+pub(super) fn object_layout(version: &Version, free_threaded: bool) -> Option<ObjectLayout> {
     let default = match (version.major, version.minor) {
         (3, 6..=10) => LAYOUT_3_6,
         (3, 11) => LAYOUT_3_11,

@@ -8,6 +8,28 @@ use regex::bytes::Regex;
 use crate::target::elf::{self, ElfFile};
 use crate::target::memory::Memory;
 
+/// Every CPython minor version gilscope is verified on, oldest first. Each has a layout
+/// (a table in layout.rs, or from 3.13 the interpreter's own `_Py_DebugOffsets`), a stack
+/// layout and, but for 2.7, the object tables that Python thread names need:
+/// docs/ADDING_A_VERSION.md names every table to extend, and python/mod.rs's tests fail when
+/// one is missing.
+pub const VERIFIED: &[(u8, u8)] = &[
+    (2, 7),
+    (3, 6),
+    (3, 7),
+    (3, 8),
+    (3, 9),
+    (3, 10),
+    (3, 11),
+    (3, 12),
+    (3, 13),
+    (3, 14),
+    (3, 15),
+];
+
+/// [`VERIFIED`] as help texts, errors and docs name it.
+pub const SUPPORTED: &str = "2.7 and 3.6-3.15";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Version {
     pub major: u8,

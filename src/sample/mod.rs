@@ -3,13 +3,13 @@
 
 pub mod classify;
 pub mod observe;
-pub mod schedule;
-pub mod stats;
+pub(crate) mod schedule;
+pub(crate) mod stats;
 
 use serde::Serialize;
 
 use crate::python::interpreter::GilState;
-use crate::python::stack::StackId;
+use crate::stack::StackId;
 
 /// What one thread was doing at one tick, in the user's terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

@@ -67,10 +67,6 @@ impl Schedule {
         }
     }
 
-    pub fn period_ns(&self) -> u64 {
-        self.period_ns
-    }
-
     /// Sleep until the next tick is due, `stop` is raised or `deadline_ns` comes (a recording
     /// at 0.1 Hz for 1 s ends after 1 s, not at its second tick 5 to 15 s later).
     ///

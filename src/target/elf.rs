@@ -42,8 +42,6 @@ pub struct ElfFile {
     pub path: String,
     /// What the target added to every link-time address of this object.
     pub load_bias: u64,
-    /// The object has a `.symtab` (not stripped).
-    pub has_symtab: bool,
     symbols: HashMap<String, Symbol>,
     sections: Vec<Section>,
     data: ElfData,
@@ -120,11 +118,9 @@ impl ElfFile {
                 })
             })
             .collect();
-        let has_symtab = parsed.symtab.is_some();
         Ok(ElfFile {
             path,
             load_bias,
-            has_symtab,
             symbols,
             sections,
             data,

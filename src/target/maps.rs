@@ -20,10 +20,6 @@ pub struct Mapping {
 }
 
 impl Mapping {
-    pub fn contains(&self, addr: u64) -> bool {
-        (self.start..self.end).contains(&addr)
-    }
-
     pub fn is_file(&self) -> bool {
         self.inode != 0 && self.path.starts_with('/')
     }

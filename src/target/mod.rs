@@ -2,9 +2,9 @@
 //! Nothing here knows about Python.
 
 pub mod cpu_clock;
-pub mod elf;
-pub mod maps;
+pub(crate) mod elf;
+pub(crate) mod maps;
 pub mod memory;
 pub mod process;
-pub mod pthread;
+pub(crate) mod pthread;
 pub mod task;

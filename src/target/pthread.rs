@@ -23,6 +23,7 @@ impl PthreadTids {
     }
 
     /// The offset in use, once one is known.
+    #[cfg(test)]
     pub fn offset(&self) -> Option<u64> {
         self.candidates.as_ref()?.iter().next().copied()
     }

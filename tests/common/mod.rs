@@ -516,7 +516,7 @@ pub fn unless_host_steals(
             Attempt::Done(completion) => return Ok(completion),
             Attempt::Invalid { message } => invalid = Some(message),
             Attempt::Missed { message, steal } => {
-                let disturbed = steal.is_some_and(|s| s > gilscope::report::STEAL_WARNING);
+                let disturbed = steal.is_some_and(|s| s > gilscope::model::STEAL_WARNING);
                 if !disturbed {
                     return Err(message.into());
                 }

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use super::timeline::Timeline;
-use crate::python::stack::{FrameId, StackId, StackTable};
 use crate::sample::{Sample, ThreadState};
+use crate::stack::{FrameId, StackId, StackTable};
 
 /// Counts of one thread's states over a run of ticks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -1,7 +1,8 @@
 //! Flamegraph SVGs, drawn by inferno from the folded stacks: every thread with its states
 //! and stacks, or the blame view. Rendering only; the stacks come from collapsed.rs.
 
-use super::{collapsed, Recording, RenderOptions, View};
+use super::{collapsed, RenderOptions, View};
+use crate::model::Recording;
 use crate::sample::ThreadState;
 
 pub fn render(recording: &Recording, options: &RenderOptions) -> String {
@@ -93,4 +94,17 @@ fn message_svg(title: &str, message: &str) -> String {
         width / 2,
         super::xml_text(message)
     )
+}
+
+/// This format, for [`super::Format::report`].
+pub struct Flamegraph;
+
+impl super::Report for Flamegraph {
+    fn one(&self, recording: &Recording, options: &RenderOptions) -> String {
+        render(recording, options)
+    }
+
+    fn several(&self, recordings: &[Recording], options: &RenderOptions) -> String {
+        render_processes(recordings, options)
+    }
 }

@@ -310,7 +310,10 @@ pub fn walk(snapshot: &Snapshot, memory: &dyn Memory) -> Walked {
     }
     if let Some(reader) = stacks {
         for id in 0..reader.table.len() as u32 {
-            reader.table.frames(id).for_each(|f| drop(f.label()));
+            reader
+                .table
+                .frames(id)
+                .for_each(|f| drop(crate::formats::labels::frame(f)));
         }
     }
     walked

@@ -13,10 +13,12 @@ use std::os::fd::AsFd;
 use crossterm::{cursor, execute, queue, terminal};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+use crate::cli::TopArgs;
 use crate::error::{Error, Result};
-use crate::record::{self, RecordOptions, Slices, Target};
-use crate::report::live::{self, History, Slice, ViewState};
-use crate::report::{EndReason, TargetInfo};
+use crate::formats::live::{self, ViewState};
+use crate::model::live::{History, Slice};
+use crate::model::{EndReason, TargetInfo};
+use crate::recorder::{self, RecordOptions, Recorder, Slices};
 use crate::target::process;
 
 /// How often the view is refreshed.
@@ -66,21 +68,50 @@ impl Drop for Sampler {
     }
 }
 
+/// `gilscope top`.
+pub fn run(args: TopArgs) -> Result<()> {
+    recorder::check_target(args.pid)?;
+    // The view polls this flag: no forced exit on a second signal, which could leave the
+    // terminal in raw mode.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        let _ = signal_hook::flag::register(signal, stop.clone());
+    }
+    let options = TopOptions {
+        pid: args.pid,
+        rate_hz: args.rate,
+        view: ViewState {
+            sort: args.sort.into(),
+            show_idle: args.idle,
+            stacks: !args.gil_only,
+        },
+        subprocesses: args.subprocesses,
+    };
+    if top(options, stop)? == TopEnd::TargetExited {
+        eprintln!("gilscope: process {} exited", args.pid);
+    }
+    Ok(())
+}
+
 /// Watch process `options.pid` until q, Ctrl-C, `stop` or its exit.
 pub fn top(options: TopOptions, stop: Arc<AtomicBool>) -> Result<TopEnd> {
-    let observer = record::attach(options.pid)?;
-    let target = record::target_info(&observer);
+    let observer = recorder::attach(options.pid)?;
+    let target = recorder::target_info(&observer);
+    let mut recording = Recorder::from_observer(observer, options.subprocesses);
     let (news, receiver) = mpsc::channel();
     let sampler_stop = Arc::new(AtomicBool::new(false));
     let record_options = RecordOptions {
-        target: Target::Pid(options.pid),
         rate_hz: options.rate_hz,
         duration: None,
         stacks: options.view.stacks,
         timeline: false,
         progress: None,
     };
-    let (root, subprocesses) = (options.pid, options.subprocesses);
+    let root = options.pid;
     let thread = {
         let stop = sampler_stop.clone();
         std::thread::Builder::new()
@@ -88,7 +119,7 @@ pub fn top(options: TopOptions, stop: Arc<AtomicBool>) -> Result<TopEnd> {
             .spawn(move || {
                 let mut cpu = process::cpu_times();
                 let mut steal = None;
-                let mut send = |part: record::ProcessSlice| {
+                let mut send = |part: recorder::ProcessSlice| {
                     // One reading of steal per refresh, shared by the processes of that refresh.
                     if part.observer.pid == root {
                         let now = process::cpu_times();
@@ -98,7 +129,7 @@ pub fn top(options: TopOptions, stop: Arc<AtomicBool>) -> Result<TopEnd> {
                     let slice =
                         Slice::from_profile(&part.profile, part.observer.stack_table(), steal);
                     let _ = news.send(News::Slice {
-                        target: Box::new(record::target_info(part.observer)),
+                        target: Box::new(recorder::target_info(part.observer)),
                         slice: Box::new(slice),
                         exited: part.exited,
                     });
@@ -107,27 +138,12 @@ pub fn top(options: TopOptions, stop: Arc<AtomicBool>) -> Result<TopEnd> {
                     every: REFRESH,
                     sink: &mut send,
                 });
-                let ended = if subprocesses {
-                    let mut tree = record::Descendants::new(root);
-                    let finished = record::run_tree(
-                        Some(observer),
-                        &mut tree,
-                        None,
-                        &record_options,
-                        &stop,
-                        None,
-                        slices,
-                    );
-                    finished
-                        .iter()
-                        .map(|(r, _)| r.sampler.ended)
-                        .find(|e| !e.target_gone())
-                        .unwrap_or(EndReason::TargetExited)
-                } else {
-                    let (recording, _) =
-                        record::run(observer, None, &record_options, &stop, None, slices);
-                    recording.sampler.ended
-                };
+                let ended = recording
+                    .run(&record_options, &stop, None, slices)
+                    .iter()
+                    .map(|(r, _)| r.sampler.ended)
+                    .find(|e| !e.target_gone())
+                    .unwrap_or(EndReason::TargetExited);
                 let _ = news.send(News::Ended(ended));
             })
             .map_err(|e| Error::Internal(format!("cannot start the sampler thread: {e}")))?

@@ -3,10 +3,10 @@
 
 use std::fmt::Write;
 
-use super::profile::Location;
-use super::{EndReason, Recording};
-use crate::python::stack::{FrameId, StackTable};
+use crate::model::profile::Location;
+use crate::model::{EndReason, Recording};
 use crate::sample::ThreadState;
+use crate::stack::{FrameId, StackTable};
 
 /// Several processes (`--subprocesses`): a line for the tree, then each process's report.
 pub fn render_processes(recordings: &[Recording]) -> String {
@@ -108,9 +108,12 @@ pub fn render(recording: &Recording) -> String {
         worst_sampling
             .map(|m| format!("+-{:.1} pp", m * 100.0))
             .unwrap_or_else(|| "unknown (too few samples)".into()),
-        super::CLASSIFIER_ERROR * 100.0
+        crate::model::CLASSIFIER_ERROR * 100.0
     );
-    if let Some(steal) = sampler.host_steal.filter(|s| *s > super::STEAL_WARNING) {
+    if let Some(steal) = sampler
+        .host_steal
+        .filter(|s| *s > crate::model::STEAL_WARNING)
+    {
         let _ = writeln!(
             out,
             "warning: the hypervisor took {:.0}% of this machine's CPU time during the \
@@ -313,7 +316,7 @@ fn who_makes_them_wait(out: &mut String, recording: &Recording, table: &StackTab
 fn frame_text(table: &StackTable, id: FrameId) -> String {
     table
         .frame(id)
-        .map(|f| display_name(&f.label()))
+        .map(|f| display_name(&crate::formats::labels::frame(f)))
         .unwrap_or_default()
 }
 
@@ -327,4 +330,17 @@ fn display_name(name: &str) -> String {
         return "?".into();
     }
     super::printable(name)
+}
+
+/// This format, for [`super::Format::report`].
+pub struct Text;
+
+impl super::Report for Text {
+    fn one(&self, recording: &Recording, _: &super::RenderOptions) -> String {
+        render(recording)
+    }
+
+    fn several(&self, recordings: &[Recording], _: &super::RenderOptions) -> String {
+        render_processes(recordings)
+    }
 }

@@ -1,46 +1,24 @@
-//! Views over a finished recording: text, JSON and the other formats, as strings.
-//! Reports read `Recording`s only; they never touch the target or write files (output.rs does).
+//! Formats: every way a recording, a snapshot or the live figures are shown (text, JSON,
+//! flamegraphs, folded stacks, speedscope, traces, timelines, metrics, the live view). They
+//! read the model only; they never touch the target and never write files themselves.
 
-pub mod chrometrace;
+pub(crate) mod chrometrace;
 pub mod collapsed;
-pub mod dump;
-pub mod findings;
-pub mod flamegraph;
-pub mod json;
-pub mod live;
-pub mod metrics;
-pub mod profile;
-pub mod speedscope;
-pub mod text;
-pub mod timeline;
-pub mod timeline_svg;
+pub(crate) mod dump;
+pub(crate) mod findings;
+pub(crate) mod flamegraph;
+pub(crate) mod json;
+pub(crate) mod labels;
+pub(crate) mod live;
+pub(crate) mod metrics;
+pub(crate) mod speedscope;
+pub(crate) mod text;
+pub(crate) mod timeline_svg;
 
 use std::path::Path;
 
-use serde::Serialize;
-
-pub use profile::Profile;
-
-use crate::python::stack::StackTable;
+use crate::model::Recording;
 use crate::sample::ThreadState;
-
-/// What was recorded from.
-#[derive(Debug, Clone, Serialize)]
-pub struct TargetInfo {
-    pub pid: i32,
-    pub python_version: String,
-    /// The ELF file holding the interpreter.
-    pub binary: String,
-    pub command_line: String,
-    /// Which layout table (or `_Py_DebugOffsets`) described the interpreter.
-    pub layout: String,
-    /// Threads waiting for the GIL can be told apart on this interpreter. Where they cannot
-    /// (2.7, a stripped 3.6) every wait figure is unavailable: null in JSON, "n/a" in text.
-    pub wait_measured: bool,
-    /// A free-threaded build (3.13t): the GIL may be off, and then threads are attached
-    /// (running Python) or detached instead of holding or waiting (docs/COMPATIBILITY.md).
-    pub free_threaded: bool,
-}
 
 /// What reports show for a figure that cannot be measured on the target's interpreter.
 pub const UNAVAILABLE: &str = "n/a";
@@ -72,102 +50,40 @@ pub fn shown_states(free_threaded: bool, no_gil: bool) -> Vec<ThreadState> {
     }
 }
 
-/// Why the recording ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EndReason {
-    /// --duration elapsed.
-    Duration,
-    /// Ctrl-C or SIGTERM.
-    Interrupted,
-    /// The target exited.
-    TargetExited,
-    /// The target exec'd another program: the Python that was recorded is gone, though the
-    /// process lives on.
-    TargetExeced,
+/// A report format: what every format module offers (`record`'s `--format`).
+pub trait Report {
+    /// The report of one process's recording.
+    fn one(&self, recording: &Recording, options: &RenderOptions) -> String;
+    /// The report of several processes (`--subprocesses`), each process's threads under it.
+    fn several(&self, recordings: &[Recording], options: &RenderOptions) -> String;
 }
 
-impl EndReason {
-    /// The recorded Python is gone: the process exited or became another program.
-    pub fn target_gone(self) -> bool {
-        matches!(self, EndReason::TargetExited | EndReason::TargetExeced)
-    }
-}
-
-/// How the sampler did.
-#[derive(Debug, Clone, Serialize)]
-pub struct SamplerStats {
-    pub rate_hz: f64,
-    /// Ticks that could not be taken (torn reads of a moving target).
-    pub errors: u64,
-    /// Ticks that started more than one period late.
-    pub late_ticks: u64,
-    pub max_lag_s: f64,
-    pub mean_lag_s: f64,
-    pub ended: EndReason,
-    /// The sampler ran at real-time priority, so ticks were on time under load.
-    pub realtime: bool,
-    /// Share of this machine's CPU time the hypervisor gave to other guests during the
-    /// recording (null outside a VM or when unknown). Ticks cannot happen while the sampler's
-    /// CPU is stolen, so high steal makes every figure less certain.
-    pub host_steal: Option<f64>,
-    /// Python stacks dropped because they changed while being read (a thread's sample
-    /// then counts in its state, without a stack).
-    pub stack_errors: u64,
-    /// Where per-thread CPU time came from: "perf" (exact at each tick) or "schedstat"
-    /// (advances only at scheduler ticks: coarser classification of runnable threads).
-    pub cpu_clock: String,
-    /// What the ticks cost, phase by phase (`--stats`).
-    pub stats: crate::sample::stats::TickStats,
-}
-
-/// A finished recording: what every report format renders.
-#[derive(Debug, Clone)]
-pub struct Recording {
-    pub target: TargetInfo,
-    pub sampler: SamplerStats,
-    pub profile: Profile,
-    /// The stacks the profile's samples refer to (None: recorded with --gil-only, or the
-    /// interpreter's frames are not known).
-    pub stacks: Option<StackTable>,
-    /// The sampler's health over the whole recording (all slices).
-    pub health: crate::sample::Health,
-}
-
-/// The classifier's error against the uprobe reference, as measured (docs/ACCURACY.md), in
-/// fraction units: stated next to every report's figures.
-pub const CLASSIFIER_ERROR: f64 = 0.02;
-
-/// Above this host steal share the classifier bound was not measured to hold
-/// (docs/ACCURACY.md): reports warn.
-pub const STEAL_WARNING: f64 = 0.05;
-
-/// Output formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// The report formats of `record`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
-    /// Per-thread table, GIL figures and top locations
+    /// Per-thread table, GIL figures and top locations.
     Text,
-    /// Everything, as documented in docs/JSON_SCHEMA.md
+    /// Everything, as documented in docs/JSON_SCHEMA.md.
     Json,
-    /// An SVG flamegraph (inferno)
+    /// An SVG flamegraph (inferno).
     Flamegraph,
-    /// Folded stacks ("a;b;c count"), for flamegraph.pl, inferno or speedscope
+    /// Folded stacks ("a;b;c count").
     Collapsed,
-    /// speedscope's JSON file format, one profile per thread
+    /// speedscope's JSON file format, one profile per thread.
     Speedscope,
-    /// Chrome trace events (Perfetto, chrome://tracing): a span per run of one GIL state
+    /// Chrome trace events: a span per run of one GIL state.
     Chrometrace,
-    /// An SVG timeline: a row per thread, coloured by GIL state over time
+    /// An SVG timeline: a row per thread, coloured by GIL state over time.
     Timeline,
 }
 
 /// Which stacks a stack format shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum View {
-    /// Each thread's stacks under its state at each sample
+    /// Each thread's stacks under its state at each sample.
     #[default]
     Threads,
-    /// The GIL holder's stack whenever threads waited, weighted by the number of waiters
+    /// The GIL holder's stack whenever threads waited, weighted by the number of waiters.
     Blame,
 }
 
@@ -239,28 +155,16 @@ impl Format {
         matches!(self, Format::Chrometrace | Format::Timeline)
     }
 
-    pub fn render(&self, recording: &Recording, options: &RenderOptions) -> String {
+    /// The module that writes this format.
+    pub fn report(&self) -> &'static dyn Report {
         match self {
-            Format::Text => text::render(recording),
-            Format::Json => json::render(recording),
-            Format::Flamegraph => flamegraph::render(recording, options),
-            Format::Collapsed => collapsed::render(recording, options),
-            Format::Speedscope => speedscope::render(recording, options),
-            Format::Chrometrace => chrometrace::render(recording, options),
-            Format::Timeline => timeline_svg::render(recording, options),
-        }
-    }
-
-    /// Several processes (`--subprocesses`): each process's threads under it.
-    pub fn render_processes(&self, recordings: &[Recording], options: &RenderOptions) -> String {
-        match self {
-            Format::Text => text::render_processes(recordings),
-            Format::Json => json::render_processes(recordings),
-            Format::Flamegraph => flamegraph::render_processes(recordings, options),
-            Format::Collapsed => collapsed::render_processes(recordings, options),
-            Format::Speedscope => speedscope::render_processes(recordings, options),
-            Format::Chrometrace => chrometrace::render_processes(recordings, options),
-            Format::Timeline => timeline_svg::render_processes(recordings, options),
+            Format::Text => &text::Text,
+            Format::Json => &json::Json,
+            Format::Flamegraph => &flamegraph::Flamegraph,
+            Format::Collapsed => &collapsed::Collapsed,
+            Format::Speedscope => &speedscope::Speedscope,
+            Format::Chrometrace => &chrometrace::Chrometrace,
+            Format::Timeline => &timeline_svg::TimelineSvg,
         }
     }
 }

@@ -6,9 +6,9 @@ use std::fmt::Write;
 use serde_json::{json, Value};
 
 use super::printable;
-use crate::dump::Snapshot;
-use crate::python::stack::Frame;
+use crate::model::snapshot::Snapshot;
 use crate::sample::ThreadState;
+use crate::stack::Frame;
 
 pub const SCHEMA: &str = "gilscope.dump/3";
 pub const PROCESSES_SCHEMA: &str = "gilscope.dumps/3";
@@ -103,7 +103,7 @@ pub fn text(snapshot: &Snapshot) -> String {
                 .stack
                 .and_then(|s| table.leaf(s))
                 .and_then(|f| table.frame(f))
-                .map(|f| printable(&f.label()))
+                .map(|f| printable(&crate::formats::labels::frame(f)))
                 .unwrap_or_else(|| "(stack not captured)".into());
             let _ = writeln!(
                 out,
@@ -157,7 +157,11 @@ pub fn text(snapshot: &Snapshot) -> String {
             }
             Some(frames) => {
                 for frame in frames {
-                    let _ = writeln!(out, "    {}", printable(&frame.label()));
+                    let _ = writeln!(
+                        out,
+                        "    {}",
+                        printable(&crate::formats::labels::frame(frame))
+                    );
                 }
             }
             None if thread.thread_id.is_none() => {

@@ -4,10 +4,10 @@
 
 use serde::Serialize;
 
-use super::profile::{Counts, ThreadProfile};
-use super::Recording;
-use crate::python::stack::{FrameId, StackTable};
+use crate::model::profile::{Counts, ThreadProfile};
+use crate::model::Recording;
 use crate::sample::ThreadState;
+use crate::stack::{FrameId, StackTable};
 
 pub const SCHEMA: &str = "gilscope.report/5";
 pub const PROCESSES_SCHEMA: &str = "gilscope.processes/4";
@@ -19,7 +19,7 @@ pub const TOP_BLAME: usize = 10;
 #[derive(Serialize)]
 struct Report<'a> {
     schema: &'static str,
-    target: &'a super::TargetInfo,
+    target: &'a crate::model::TargetInfo,
     duration_s: f64,
     rate_hz: f64,
     samples: u64,
@@ -29,7 +29,7 @@ struct Report<'a> {
     threads: Vec<Thread>,
     /// None where waiting is not measured: there is nothing to blame.
     blame: Option<Blame>,
-    sampler: &'a super::SamplerStats,
+    sampler: &'a crate::model::SamplerStats,
     error: ErrorBounds,
 }
 
@@ -236,7 +236,7 @@ fn report(recording: &Recording) -> Report<'_> {
         blame: measured.then(|| blame(recording)),
         sampler: &recording.sampler,
         error: ErrorBounds {
-            classifier: super::CLASSIFIER_ERROR,
+            classifier: crate::model::CLASSIFIER_ERROR,
             confidence: 0.95,
         },
     }
@@ -245,7 +245,7 @@ fn report(recording: &Recording) -> Report<'_> {
 /// A thread's interpreter id and GIL (an index into `gils`). With one interpreter, every
 /// Python thread is the main interpreter's (id 0) and on the one GIL.
 fn thread_gil(
-    profile: &super::profile::Profile,
+    profile: &crate::model::profile::Profile,
     thread: &ThreadProfile,
 ) -> (Option<i64>, Option<usize>) {
     if thread.thread_id.is_none() {
@@ -402,6 +402,19 @@ fn fractions_summing_to_one(counts: &Counts) -> [f64; ThreadState::COUNT] {
 fn round(value: f64, digits: i32) -> f64 {
     let scale = 10f64.powi(digits);
     (value * scale).round() / scale
+}
+
+/// This format, for [`super::Format::report`].
+pub struct Json;
+
+impl super::Report for Json {
+    fn one(&self, recording: &Recording, _: &super::RenderOptions) -> String {
+        render(recording)
+    }
+
+    fn several(&self, recordings: &[Recording], _: &super::RenderOptions) -> String {
+        render_processes(recordings)
+    }
 }
 
 #[cfg(test)]

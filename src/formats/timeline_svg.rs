@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 
-use super::profile::ThreadProfile;
-use super::timeline::Span;
-use super::{flamegraph, xml_text, Recording, RenderOptions};
-use crate::python::stack::StackTable;
+use super::{flamegraph, xml_text, RenderOptions};
+use crate::model::profile::ThreadProfile;
+use crate::model::timeline::Span;
+use crate::model::Recording;
 use crate::sample::ThreadState;
+use crate::stack::StackTable;
 
 const WIDTH: usize = 1200;
 const LABELS: usize = 230;
@@ -284,7 +285,7 @@ fn draw_row(
             .zip(table)
             .and_then(|(id, table)| table.frame(table.leaf(id)?));
         if let Some(frame) = frame {
-            let _ = write!(tip, ", mostly in {}", frame.label());
+            let _ = write!(tip, ", mostly in {}", crate::formats::labels::frame(frame));
         }
         let _ = writeln!(
             svg,
@@ -336,4 +337,17 @@ fn format_seconds(value: f64, step: f64) -> String {
         (-step.log10().floor()) as usize
     };
     format!("{value:.decimals$}")
+}
+
+/// This format, for [`super::Format::report`].
+pub struct TimelineSvg;
+
+impl super::Report for TimelineSvg {
+    fn one(&self, recording: &Recording, options: &RenderOptions) -> String {
+        render(recording, options)
+    }
+
+    fn several(&self, recordings: &[Recording], options: &RenderOptions) -> String {
+        render_processes(recordings, options)
+    }
 }

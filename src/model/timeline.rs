@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 
-use crate::python::stack::StackId;
 use crate::sample::ThreadState;
+use crate::stack::StackId;
 
 /// Spans kept at most (about 40 bytes each): a long recording keeps its first spans and
 /// counts the rest, rather than growing without bound.

@@ -13,7 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::{Profile, TargetInfo};
+use crate::model::{Profile, TargetInfo};
 use crate::sample::{Health, ThreadState};
 
 /// The content type of [`Metrics::encode`]'s text.
@@ -224,7 +224,7 @@ impl Metrics {
         let labels = TargetLabels {
             pid: target.pid.to_string(),
             command: target.command_line.clone(),
-            python_version: target.python_version.clone(),
+            python_version: target.python_version.to_string(),
         };
         self.target.get_or_create(&labels).set(1);
         self.up.set(1);
@@ -389,16 +389,16 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::profile::test_sample;
+    use crate::model::profile::test_sample;
     use ThreadState::{Hold, Idle, Wait};
 
     fn target(pid: i32) -> TargetInfo {
         TargetInfo {
             pid,
-            python_version: "3.12.1".into(),
+            python_version: crate::python::version::Version::new(3, 12, 1),
             binary: "/usr/bin/python3".into(),
             command_line: "python3 \"app\".py".into(),
-            layout: String::new(),
+            layout: crate::model::LayoutInfo::default(),
             wait_measured: true,
             free_threaded: false,
         }

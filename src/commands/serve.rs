@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::cli::ServeArgs;
 use crate::error::{Error, Result};
-use crate::record::{self, ProcessSlice, RecordOptions, Slices, Target};
-use crate::report::metrics::{self, Metrics};
-use crate::report::{EndReason, TargetInfo};
+use crate::formats::metrics::{self, Metrics};
+use crate::model::{EndReason, TargetInfo};
+use crate::recorder::{self, ProcessSlice, RecordOptions, Recorder, Slices};
 use crate::sample::observe::Observer;
 use crate::target::memory::ProcessMemory;
 use crate::target::process;
@@ -43,12 +44,32 @@ pub enum ServeEnd {
     TargetExited,
 }
 
+/// `gilscope serve`.
+pub fn run(args: ServeArgs) -> Result<()> {
+    if let Some(pid) = args.pid {
+        recorder::check_target(pid)?;
+    }
+    let stop = super::stop_flag();
+    let options = ServeOptions {
+        pid: args.pid,
+        follow_name: args.follow_name,
+        listen: args.listen,
+        rate_hz: args.rate,
+        subprocesses: args.subprocesses,
+    };
+    let announce: fn(&str) = |line| eprintln!("gilscope: {line}");
+    if serve(options, stop, announce)? == ServeEnd::TargetExited {
+        eprintln!("gilscope: the process exited; stopping (--follow-name keeps serving)");
+    }
+    Ok(())
+}
+
 /// Serve metrics until `stop` is raised (or the target exits, when no name is followed).
 /// `announce` hears about each step (listening, attached, detached) for the user.
 pub fn serve(options: ServeOptions, stop: Arc<AtomicBool>, announce: fn(&str)) -> Result<ServeEnd> {
     // A bad pid is an error before anything listens.
     let mut next = match options.pid {
-        Some(pid) => Some(record::attach(pid)?),
+        Some(pid) => Some(recorder::attach(pid)?),
         None => None,
     };
     let server = tiny_http::Server::http(options.listen)
@@ -97,9 +118,7 @@ fn sample(
     stop: &AtomicBool,
     announce: fn(&str),
 ) -> EndReason {
-    let root = observer.pid;
     let record_options = RecordOptions {
-        target: Target::Pid(root),
         rate_hz: options.rate_hz,
         duration: None,
         // Metrics have no stacks: sampling stays cheap.
@@ -109,7 +128,7 @@ fn sample(
     };
     let attach = |metrics: &mut Metrics, observer: &Observer<ProcessMemory>| {
         if !metrics.is_attached(observer.pid) {
-            let target = record::target_info(observer);
+            let target = recorder::target_info(observer);
             announce(&attached_line(&target));
             metrics.attached(&target);
         }
@@ -133,27 +152,12 @@ fn sample(
         every: UPDATE,
         sink: &mut count,
     });
-    let finished = if options.subprocesses {
-        let mut tree = record::Descendants::new(root);
-        record::run_tree(
-            Some(observer),
-            &mut tree,
-            None,
-            &record_options,
-            stop,
-            None,
-            slices,
-        )
-    } else {
-        vec![record::run(
-            observer,
-            None,
-            &record_options,
-            stop,
-            None,
-            slices,
-        )]
-    };
+    let finished = Recorder::from_observer(observer, options.subprocesses).run(
+        &record_options,
+        stop,
+        None,
+        slices,
+    );
     let mut metrics = lock(metrics);
     let mut ended = EndReason::TargetExited;
     for (recording, _) in &finished {
@@ -173,7 +177,7 @@ fn attached_line(target: &TargetInfo) -> String {
         "sampling pid {} - Python {}: {}",
         target.pid,
         target.python_version,
-        crate::report::printable(&target.command_line)
+        crate::formats::printable(&target.command_line)
     )
 }
 
@@ -188,7 +192,7 @@ fn wait_for(name: &str, stop: &AtomicBool, announce: fn(&str)) -> Option<Observe
     let mut last_error = String::new();
     while !stop.load(Ordering::Relaxed) {
         for pid in process::named(name) {
-            match record::attach(pid) {
+            match recorder::attach(pid) {
                 Ok(observer) => return Some(observer),
                 // Not Python yet (still starting), or not Python at all: say so once.
                 Err(e) => {

@@ -1,18 +1,17 @@
-//! `gilscope dump`: one snapshot of every thread (GIL state and Python stack) at an instant,
+//! Snapshots for `gilscope dump`: every thread's GIL state and Python stack at an instant,
 //! optionally after a short recording that adds fractions and blame. Never stops the target.
 
-use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use super::{RecordOptions, Recorder, Source};
 use crate::error::{Error, Result};
-use crate::python::stack::{Frame, StackTable};
-use crate::record::{self, RecordOptions, Target};
-use crate::report::{Recording, TargetInfo};
+use crate::model::snapshot::{GilSnapshot, Snapshot, ThreadSnapshot};
+use crate::model::Recording;
 use crate::sample::observe::{Observer, TickError};
 use crate::sample::ThreadState;
+use crate::stack::{Frame, StackTable};
 use crate::target::memory::ProcessMemory;
-use crate::target::process;
 
 /// Between the reads a snapshot classifies from: the spacing of a recording's ticks, so that
 /// a runnable thread's CPU clock tells native work from a queue for the GIL the same way.
@@ -20,109 +19,44 @@ const SNAPSHOT_GAP: Duration = Duration::from_millis(1);
 /// Attempts at a snapshot whose reads a moving target tore.
 const SNAPSHOT_ATTEMPTS: usize = 20;
 
-/// One thread at the snapshot.
-#[derive(Debug, Clone)]
-pub struct ThreadSnapshot {
-    pub tid: i32,
-    pub thread_id: Option<u64>,
-    pub name: String,
-    pub os_name: String,
-    pub state: ThreadState,
-    /// Innermost frame first; None if the stack could not be read consistently (or the
-    /// thread has no Python thread state).
-    pub stack: Option<Vec<Frame>>,
-    /// Id of the interpreter its thread state belongs to (0: the main one), where known.
-    pub interpreter: Option<i64>,
-    /// Index in [`Snapshot::gils`] of the GIL its interpreter uses; None without a thread
-    /// state.
-    pub gil: Option<usize>,
-}
-
-/// One GIL at the instant: with subinterpreters that have their own (3.12+), several.
-#[derive(Debug, Clone)]
-pub struct GilSnapshot {
-    /// Ids of the interpreters that use it, ascending (None: not readable, before 3.12).
-    pub interpreters: Vec<Option<i64>>,
-    /// A subinterpreter's own GIL (false for the main interpreter's).
-    pub own: bool,
-    pub locked: bool,
-    /// Kernel tid of the thread holding it.
-    pub holder: Option<i32>,
-}
-
-/// Every thread at one instant.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    pub target: TargetInfo,
-    pub gil_locked: bool,
-    /// Free-threaded builds: whether the GIL was on at the snapshot (None elsewhere).
-    pub gil_enabled: Option<bool>,
-    pub interval_us: u64,
-    pub threads: Vec<ThreadSnapshot>,
-    /// Every GIL, the main interpreter's first (one in a process with one interpreter).
-    pub gils: Vec<GilSnapshot>,
-    /// The recording made first with `--sample`.
-    pub recording: Option<Recording>,
-}
-
-fn sample_options(pid: i32, duration: Duration) -> RecordOptions {
-    RecordOptions {
-        target: Target::Pid(pid),
-        rate_hz: 1000.0,
-        duration: Some(duration),
-        stacks: true,
-        timeline: false,
-        progress: None,
-    }
-}
-
-/// Take a snapshot of process `pid`, after recording for `sample` if given.
-pub fn dump(pid: i32, sample: Option<Duration>) -> Result<Snapshot> {
-    let observer = record::attach(pid)?;
-    let (recording, observer) = match sample {
+/// Snapshots of process `pid`, and with `subprocesses` of every Python process below it,
+/// after recording them all together for `sample` if given; in the order found, `pid` first.
+/// Alone, a process that cannot be snapshot is an error; in a tree, one that exited since it
+/// was found is left out.
+pub fn dump(pid: i32, subprocesses: bool, sample: Option<Duration>) -> Result<Vec<Snapshot>> {
+    let stop = AtomicBool::new(false);
+    let mut recorder = Recorder::open(&Source::Pid(pid), subprocesses, &stop)?;
+    let observed: Vec<(Option<Recording>, Observer<ProcessMemory>)> = match sample {
         Some(duration) => {
-            let stop = AtomicBool::new(false);
-            let options = sample_options(pid, duration);
-            let (recording, observer) = record::run(observer, None, &options, &stop, None, None);
-            (Some(recording), observer)
-        }
-        None => (None, observer),
-    };
-    snapshot(observer, recording)
-}
-
-/// Snapshots of process `pid` (if it is Python) and of every Python process below it, after
-/// recording them all together for `sample` if given; in the order found, `pid` first.
-pub fn dump_tree(pid: i32, sample: Option<Duration>) -> Result<Vec<Snapshot>> {
-    let root = match record::attach(pid) {
-        Ok(observer) => Some(observer),
-        Err(Error::NotPython { .. } | Error::NotReady { .. }) => None,
-        Err(e) => return Err(e),
-    };
-    let mut descendants = record::Descendants::new(pid);
-    let observed: Vec<(Option<Recording>, _)> = match sample {
-        Some(duration) => {
-            let stop = AtomicBool::new(false);
-            let options = sample_options(pid, duration);
-            record::run_tree(root, &mut descendants, None, &options, &stop, None, None)
+            let options = RecordOptions {
+                rate_hz: 1000.0,
+                duration: Some(duration),
+                stacks: true,
+                timeline: false,
+                progress: None,
+            };
+            recorder
+                .run(&options, &stop, None, None)
                 .into_iter()
                 .map(|(recording, observer)| (Some(recording), observer))
                 .collect()
         }
-        None => root
+        None => recorder
+            .observers()
             .into_iter()
-            .chain(
-                process::descendants(&[pid])
-                    .into_iter()
-                    .filter_map(|p| record::attach(p).ok()),
-            )
             .map(|observer| (None, observer))
             .collect(),
     };
+    if !subprocesses {
+        let mut observed = observed;
+        return match observed.pop() {
+            Some((recording, observer)) => Ok(vec![snapshot(observer, recording)?]),
+            None => Err(Error::NoSuchProcess { pid }),
+        };
+    }
     if observed.is_empty() {
         return Err(Error::NoPythonInTree { pid });
     }
-    // A process that exited since it was found has no snapshot; the others still do.
     let snapshots: Vec<Snapshot> = observed
         .into_iter()
         .filter_map(|(recording, observer)| snapshot(observer, recording).ok())
@@ -139,7 +73,7 @@ fn snapshot(
     recording: Option<Recording>,
 ) -> Result<Snapshot> {
     let pid = observer.pid;
-    let target = record::target_info(&observer);
+    let target = super::target_info(&observer);
     observer.enable_stacks();
     let mut last_error = String::new();
     for _ in 0..SNAPSHOT_ATTEMPTS {
@@ -162,7 +96,7 @@ fn snapshot(
         if ticks.len() < 3 {
             continue;
         }
-        let mut classifier = record::classifier_for(&observer);
+        let mut classifier = super::classifier_for(&observer);
         let mut samples: Vec<_> = ticks.iter().flat_map(|t| classifier.push(t)).collect();
         samples.extend(classifier.finish());
         let Some(sample) = samples.into_iter().nth(1) else {
@@ -253,19 +187,4 @@ fn innermost_first(table: &StackTable, id: u32) -> Vec<Frame> {
     let mut frames: Vec<Frame> = table.frames(id).cloned().collect();
     frames.reverse();
     frames
-}
-
-impl Snapshot {
-    /// The fractions of the `--sample` recording, by tid.
-    pub fn fractions(&self) -> HashMap<i32, [f64; ThreadState::COUNT]> {
-        let Some(recording) = &self.recording else {
-            return HashMap::new();
-        };
-        recording
-            .profile
-            .threads()
-            .into_iter()
-            .map(|t| (t.tid, ThreadState::ALL.map(|s| t.fraction(s))))
-            .collect()
-    }
 }

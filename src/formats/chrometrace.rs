@@ -3,9 +3,10 @@
 
 use serde_json::{json, Value};
 
-use super::{printable, Recording, RenderOptions};
-use crate::python::stack::StackId;
+use super::{printable, RenderOptions};
+use crate::model::Recording;
 use crate::sample::ThreadState;
+use crate::stack::StackId;
 
 pub const SCHEMA: &str = "gilscope.chrometrace/1";
 
@@ -40,7 +41,7 @@ pub fn render_processes(recordings: &[Recording], options: &RenderOptions) -> St
             "schema": SCHEMA,
             "pid": first.map(|r| r.target.pid),
             "pids": pids,
-            "python_version": first.map(|r| r.target.python_version.clone()),
+            "python_version": first.map(|r| r.target.python_version.to_string()),
             "rate_hz": first.map(|r| r.sampler.rate_hz),
             "duration_s": end.saturating_sub(origin) as f64 / 1e9,
             "samples": recordings.iter().map(|r| r.profile.samples).sum::<u64>(),
@@ -85,7 +86,10 @@ fn process_events(
         let (Some(id), Some(table)) = (id, recording.stacks.as_ref()) else {
             return Value::Null;
         };
-        let mut frames: Vec<String> = table.frames(id).map(|f| printable(&f.label())).collect();
+        let mut frames: Vec<String> = table
+            .frames(id)
+            .map(|f| printable(&crate::formats::labels::frame(f)))
+            .collect();
         frames.reverse();
         json!(frames)
     };
@@ -115,4 +119,17 @@ fn process_events(
         }
     }
     dropped
+}
+
+/// This format, for [`super::Format::report`].
+pub struct Chrometrace;
+
+impl super::Report for Chrometrace {
+    fn one(&self, recording: &Recording, options: &RenderOptions) -> String {
+        render(recording, options)
+    }
+
+    fn several(&self, recordings: &[Recording], options: &RenderOptions) -> String {
+        render_processes(recordings, options)
+    }
 }

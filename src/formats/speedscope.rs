@@ -5,7 +5,8 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-use super::{collapsed, Recording, RenderOptions, View};
+use super::{collapsed, RenderOptions, View};
+use crate::model::Recording;
 
 pub fn render(recording: &Recording, options: &RenderOptions) -> String {
     let name = format!(
@@ -120,7 +121,7 @@ fn frames_by_label(recordings: &[Recording]) -> HashMap<String, Value> {
                 continue;
             }
             frames
-                .entry(collapsed::clean(&frame.label()))
+                .entry(collapsed::clean(&crate::formats::labels::frame(frame)))
                 .or_insert_with(|| {
                     json!({
                         "name": collapsed::clean(&frame.function),
@@ -131,4 +132,17 @@ fn frames_by_label(recordings: &[Recording]) -> HashMap<String, Value> {
         }
     }
     frames
+}
+
+/// This format, for [`super::Format::report`].
+pub struct Speedscope;
+
+impl super::Report for Speedscope {
+    fn one(&self, recording: &Recording, options: &RenderOptions) -> String {
+        render(recording, options)
+    }
+
+    fn several(&self, recordings: &[Recording], options: &RenderOptions) -> String {
+        render_processes(recordings, options)
+    }
 }

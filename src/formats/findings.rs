@@ -1,8 +1,8 @@
 //! Plain-language findings drawn from a recording's figures, each stating the figure it rests
 //! on. A finding is made only when the figures clearly support it; silence is an answer too.
 
-use super::profile::ThreadProfile;
-use super::Recording;
+use crate::model::profile::ThreadProfile;
+use crate::model::Recording;
 use crate::sample::ThreadState;
 
 /// The GIL is saturated when held this much while several threads want it.
@@ -79,7 +79,7 @@ pub fn findings(recording: &Recording) -> Vec<String> {
                 ));
                 let place = recording.stacks.as_ref().and_then(|table| {
                     let frame = table.frame(table.leaf(stack?)?)?;
-                    Some(format!(" in {}", frame.label()))
+                    Some(format!(" in {}", crate::formats::labels::frame(frame)))
                 });
                 text.push_str(&place.unwrap_or_default());
             }

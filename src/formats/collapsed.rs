@@ -3,9 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use super::{Recording, RenderOptions, TargetInfo, View};
-use crate::python::stack::StackId;
+use super::{RenderOptions, View};
+use crate::model::{Recording, TargetInfo};
 use crate::sample::ThreadState;
+use crate::stack::StackId;
 
 /// The root frame of waiters counted while no thread held the GIL (a hand-off under way).
 pub const UNHELD: &str = "[GIL not held: hand-off]";
@@ -67,7 +68,10 @@ pub const MAIN_GIL: &str = "[main GIL]";
 /// The frames of a stack, root first (nothing when there is no stack or no table).
 fn frame_labels(recording: &Recording, stack: Option<StackId>) -> Vec<String> {
     match (&recording.stacks, stack) {
-        (Some(table), Some(id)) => table.frames(id).map(|f| clean(&f.label())).collect(),
+        (Some(table), Some(id)) => table
+            .frames(id)
+            .map(|f| clean(&crate::formats::labels::frame(f)))
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -143,6 +147,19 @@ fn lines(stacks: BTreeMap<Vec<String>, u64>) -> String {
         out.push('\n');
     }
     out
+}
+
+/// This format, for [`super::Format::report`].
+pub struct Collapsed;
+
+impl super::Report for Collapsed {
+    fn one(&self, recording: &Recording, options: &RenderOptions) -> String {
+        render(recording, options)
+    }
+
+    fn several(&self, recordings: &[Recording], options: &RenderOptions) -> String {
+        render_processes(recordings, options)
+    }
 }
 
 #[cfg(test)]

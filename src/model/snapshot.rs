@@ -1,0 +1,68 @@
+//! A dump: every thread of a process at one instant (its GIL state and stack), with the
+//! recording that may have preceded it. Data only.
+
+use std::collections::HashMap;
+
+use super::{Recording, TargetInfo};
+use crate::sample::ThreadState;
+use crate::stack::Frame;
+
+/// One thread at the snapshot.
+#[derive(Debug, Clone)]
+pub struct ThreadSnapshot {
+    pub tid: i32,
+    pub thread_id: Option<u64>,
+    pub name: String,
+    pub os_name: String,
+    pub state: ThreadState,
+    /// Innermost frame first; None if the stack could not be read consistently (or the
+    /// thread has no Python thread state).
+    pub stack: Option<Vec<Frame>>,
+    /// Id of the interpreter its thread state belongs to (0: the main one), where known.
+    pub interpreter: Option<i64>,
+    /// Index in [`Snapshot::gils`] of the GIL its interpreter uses; None without a thread
+    /// state.
+    pub gil: Option<usize>,
+}
+
+/// One GIL at the instant: with subinterpreters that have their own (3.12+), several.
+#[derive(Debug, Clone)]
+pub struct GilSnapshot {
+    /// Ids of the interpreters that use it, ascending (None: not readable, before 3.12).
+    pub interpreters: Vec<Option<i64>>,
+    /// A subinterpreter's own GIL (false for the main interpreter's).
+    pub own: bool,
+    pub locked: bool,
+    /// Kernel tid of the thread holding it.
+    pub holder: Option<i32>,
+}
+
+/// Every thread at one instant.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub target: TargetInfo,
+    pub gil_locked: bool,
+    /// Free-threaded builds: whether the GIL was on at the snapshot (None elsewhere).
+    pub gil_enabled: Option<bool>,
+    pub interval_us: u64,
+    pub threads: Vec<ThreadSnapshot>,
+    /// Every GIL, the main interpreter's first (one in a process with one interpreter).
+    pub gils: Vec<GilSnapshot>,
+    /// The recording made first with `--sample`.
+    pub recording: Option<Recording>,
+}
+
+impl Snapshot {
+    /// The fractions of the `--sample` recording, by tid.
+    pub fn fractions(&self) -> HashMap<i32, [f64; ThreadState::COUNT]> {
+        let Some(recording) = &self.recording else {
+            return HashMap::new();
+        };
+        recording
+            .profile
+            .threads()
+            .into_iter()
+            .map(|t| (t.tid, ThreadState::ALL.map(|s| t.fraction(s))))
+            .collect()
+    }
+}
