@@ -66,6 +66,11 @@ pub enum Error {
         path: String,
         source: std::io::Error,
     },
+    /// The process lives but could not be read (gilscope out of open files, a corrupt list).
+    Unreadable {
+        pid: i32,
+        why: String,
+    },
     Usage(String),
     Internal(String),
 }
@@ -87,6 +92,7 @@ impl Error {
             Error::Spawn { .. } => ExitCode::Spawn,
             Error::Output { .. } => ExitCode::Output,
             Error::Usage(_) => ExitCode::Usage,
+            Error::Unreadable { .. } => ExitCode::Internal,
             Error::Internal(_) => ExitCode::Internal,
         }
     }
@@ -108,6 +114,11 @@ impl Error {
                 "please report this with the output of `python -VV` for that interpreter".into(),
             ),
             Error::NoSuchProcess { .. } => Some("check the pid with `ps -p PID`".into()),
+            Error::Unreadable { why, .. } if why.contains("RLIMIT_NOFILE") => Some(
+                "raise the limit before starting gilscope (`ulimit -n`, as root up to \
+                 fs.nr_open): each thread of the target needs a file or two"
+                    .into(),
+            ),
             _ => None,
         }
     }
@@ -173,6 +184,7 @@ impl fmt::Display for Error {
             }
             Error::Spawn { command, source } => write!(f, "cannot start `{command}`: {source}"),
             Error::Output { path, source } => write!(f, "cannot write {path}: {source}"),
+            Error::Unreadable { pid, why } => write!(f, "process {pid} could not be read: {why}"),
             Error::Usage(message) => write!(f, "{message}"),
             Error::Internal(message) => write!(f, "internal error: {message}"),
         }

@@ -39,7 +39,11 @@ fn main() {
             test(python).map(|()| Completion::Completed)
         }));
     }
-    let once: [(&str, Test); 11] = [
+    let once: [(&str, Test); 12] = [
+        (
+            "a_target_with_more_threads_than_gilscope_may_open_files_is_measured",
+            more_threads_than_files,
+        ),
         (
             "a_python_that_execs_from_another_thread_is_followed_as_a_new_process",
             exec_from_thread,
@@ -96,6 +100,29 @@ fn main() {
         .iter()
         .find(|p| p.label.starts_with("system-"))
         .cloned();
+    // A build whose `_Py_DebugOffsets` say where the thread list's head is (3.13 on).
+    let with_debug_offsets = pythons
+        .found
+        .iter()
+        .find(|p| {
+            let minor = p
+                .version
+                .split('.')
+                .nth(1)
+                .and_then(|m| m.parse::<u32>().ok());
+            p.version.starts_with("3.") && minor.is_some_and(|m| m >= 13)
+        })
+        .cloned();
+    trials.push(Trial::test(
+        "a_corrupt_thread_list_is_an_error_not_an_exit",
+        move || match &with_debug_offsets {
+            Some(python) => {
+                let _exclusive = common::exclusive();
+                corrupt_thread_list(python)
+            }
+            None => Err("no CPython 3.13 or later".into()),
+        },
+    ));
     trials.push(Trial::test(
         "a_target_that_replaces_its_program_with_a_fifo_cannot_hang_gilscope",
         move || match &standalone {
@@ -1014,6 +1041,114 @@ fn main_thread_exited(python: &Python) -> Result<(), Failed> {
             )
             .into());
         }
+    }
+    Ok(())
+}
+
+/// 1,500 threads, gilscope limited to 256 open files (soft and hard, so that it cannot raise
+/// them): it keeps as many files open as its budget allows and opens the others for each
+/// read. `dump` and `record` work. Before, every tick failed with EMFILE: dump said "errno
+/// 24" and record "exited after 0.00 s".
+fn more_threads_than_files(python: &Python) -> Result<(), Failed> {
+    use std::os::unix::process::CommandExt;
+    let args = ["--duration", "60", "--threads", "1500", "--busy", "1"];
+    let fx = Fixture::start(&python.path, "many_threads", &args)?;
+    let pid = fx.pid.to_string();
+    let limited = |args: &[&str]| -> std::io::Result<std::process::Output> {
+        let mut command = Command::new(common::gilscope_bin());
+        command.args(args).stdin(Stdio::null());
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: 256,
+                    rlim_max: 256,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        command.output()
+    };
+    let dump = limited(&["dump", "--pid", &pid])?;
+    if !dump.status.success() {
+        return Err(format!("dump: exit {}: {}", dump.status, stderr_of(&dump)).into());
+    }
+    let out = limited(&["record", "--pid", &pid, "--duration", "2", "--gil-only"])?;
+    let out_json = limited(&[
+        "record",
+        "--pid",
+        &pid,
+        "--duration",
+        "2",
+        "--gil-only",
+        "--format",
+        "json",
+    ])?;
+    if !out.status.success() || !out_json.status.success() {
+        return Err(format!("record: exit {}: {}", out.status, stderr_of(&out)).into());
+    }
+    let report: Value = serde_json::from_slice(&out_json.stdout)?;
+    if report["sampler"]["ended"] != "duration" || report["samples"].as_u64() < Some(5) {
+        return Err(format!(
+            "ended {} with {} samples: {}",
+            report["sampler"]["ended"],
+            report["samples"],
+            stderr_of(&out_json)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The interpreter's thread list head is overwritten with a pointer no object can be at (a
+/// 3.13+ build, whose `_Py_DebugOffsets` say where the head is), while the process goes on
+/// living. The recording ends as `target_unreadable`, says why, and is not called an exit.
+fn corrupt_thread_list(python: &Python) -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    // _Py_DebugOffsets: cookie, version, free_threaded, runtime_state (3 words), then
+    // interpreter_state: size, id, next, threads_head (the offset in PyInterpreterState).
+    let body =
+        "    runtime = ctypes.addressof(ctypes.c_char.in_dll(ctypes.pythonapi, '_PyRuntime'))\n\
+                \x20   head = ctypes.c_uint64.from_address(runtime + 72).value\n\
+                \x20   get = ctypes.pythonapi.PyInterpreterState_Get\n\
+                \x20   get.restype = ctypes.c_void_p\n\
+                \x20   interp = get()\n\
+                \x20   time.sleep(1.0)\n\
+                \x20   ctypes.c_uint64.from_address(interp + head).value = 0x10\n\
+                \x20   time.sleep(60)";
+    let script = script_fixture(dir.path(), "corrupt.py", body)?;
+    let fx = Fixture::start_script(&python.path, &script, &[])?;
+    let out = gilscope(&[
+        "record",
+        "--pid",
+        &fx.pid.to_string(),
+        "--duration",
+        "20",
+        "--format",
+        "json",
+    ]);
+    let stderr = stderr_of(&out);
+    let alive = std::path::Path::new(&format!("/proc/{}", fx.pid)).exists();
+    if !out.status.success() {
+        return Err(format!("exit {}: {stderr}", out.status).into());
+    }
+    let report: Value = serde_json::from_slice(&out.stdout)?;
+    if !alive
+        || report["sampler"]["ended"] != "target_unreadable"
+        || !report["sampler"]["unreadable"]
+            .as_str()
+            .is_some_and(|why| why.contains("not a valid pointer"))
+        || !stderr.contains("could no longer be read")
+        || stderr.contains("exited")
+    {
+        return Err(format!(
+            "alive {alive}, ended {}, why {}: {stderr}",
+            report["sampler"]["ended"], report["sampler"]["unreadable"]
+        )
+        .into());
     }
     Ok(())
 }

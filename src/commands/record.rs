@@ -144,9 +144,17 @@ impl RecordPlan {
         }
         if matches!(self.source, Source::Pid(_)) {
             for recording in &recordings {
+                let unreadable;
                 let gone = match recording.sampler.ended {
                     EndReason::TargetExited => "exited",
                     EndReason::TargetExeced => "exec'd another program",
+                    EndReason::TargetUnreadable => {
+                        unreadable = format!(
+                            "could no longer be read ({})",
+                            recording.sampler.unreadable.as_deref().unwrap_or("?")
+                        );
+                        &unreadable
+                    }
                     _ => continue,
                 };
                 eprintln!(
@@ -261,6 +269,17 @@ pub fn run(args: RecordArgs) -> Result<()> {
     let stop = super::stop_flag();
     let recordings = plan.record(&stop, observations.as_mut())?;
     // A run that failed writes nothing: the old files, if any, stay as they were.
+    if let Some(unread) = recordings
+        .iter()
+        .filter(|r| r.profile.samples == 0)
+        .find_map(|r| Some((r.target.pid, r.sampler.unreadable.clone()?)))
+        .filter(|_| recordings.iter().all(|r| r.profile.samples == 0))
+    {
+        return Err(Error::Unreadable {
+            pid: unread.0,
+            why: unread.1,
+        });
+    }
     if recordings.iter().all(|r| r.profile.samples == 0) {
         return Err(Error::Internal(
             "no samples were taken (the target exited or could not be read)".into(),

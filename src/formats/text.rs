@@ -31,6 +31,7 @@ pub fn render(recording: &Recording) -> String {
         EndReason::Interrupted => " (interrupted)",
         EndReason::TargetExited => " (target exited)",
         EndReason::TargetExeced => " (target exec'd another program)",
+        EndReason::TargetUnreadable => " (target could no longer be read)",
     };
     let _ = writeln!(
         out,

@@ -98,12 +98,19 @@ pub enum EndReason {
     /// The target exec'd another program: the Python that was recorded is gone, though the
     /// process lives on.
     TargetExeced,
+    /// The target lives but could no longer be read: every tick failed for a long run (a
+    /// corrupt thread list), or gilscope ran out of open files. `sampler.unreadable` says why.
+    TargetUnreadable,
 }
 
 impl EndReason {
-    /// The recorded Python is gone: the process exited or became another program.
+    /// Sampling the process is over: it exited, became another program, or could no
+    /// longer be read.
     pub fn target_gone(self) -> bool {
-        matches!(self, EndReason::TargetExited | EndReason::TargetExeced)
+        matches!(
+            self,
+            EndReason::TargetExited | EndReason::TargetExeced | EndReason::TargetUnreadable
+        )
     }
 }
 
@@ -118,6 +125,8 @@ pub struct SamplerStats {
     pub max_lag_s: f64,
     pub mean_lag_s: f64,
     pub ended: EndReason,
+    /// Why the target could not be read any more (`ended` is `target_unreadable`).
+    pub unreadable: Option<String>,
     /// The sampler ran at real-time priority, so ticks were on time under load.
     pub realtime: bool,
     /// Share of this machine's CPU time the hypervisor gave to other guests during the

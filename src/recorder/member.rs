@@ -43,6 +43,8 @@ pub(super) struct Member {
     /// It could not be read any more while its process still lived: maybe in the middle of
     /// an exec (the kernel ends every other thread first), said once the exec is over.
     pub(super) lost_alive: bool,
+    /// Why its process, alive, could no longer be read (`exited` is set too).
+    pub(super) unreadable: Option<String>,
     /// The program its process exec'd, if it did: its Python is gone (`exited` is set too).
     pub(super) execed: Option<PathBuf>,
     /// When Python names were last read, the interpreter's lists generation then, and
@@ -80,6 +82,7 @@ impl Member {
             exited: false,
             identity,
             lost_alive: false,
+            unreadable: None,
             execed: None,
             python_names_read: None,
             sliced_out: false,
@@ -170,13 +173,22 @@ impl Member {
                 self.lost_alive = process::liveness(self.observer.pid) == Liveness::Alive;
                 self.check_exec();
             }
+            Err(TickError::Limit(why)) => {
+                self.errors += 1;
+                self.unreadable = Some(why);
+                self.exited = true;
+            }
             Err(TickError::Torn(_)) if self.check_exec() => {}
-            Err(TickError::Torn(_)) => {
+            Err(TickError::Torn(why)) => {
                 self.errors += 1;
                 self.consecutive_errors += 1;
-                if self.consecutive_errors >= MAX_CONSECUTIVE_ERRORS
-                    || process::liveness(self.observer.pid) != Liveness::Alive
-                {
+                if process::liveness(self.observer.pid) != Liveness::Alive {
+                    self.exited = true;
+                } else if self.consecutive_errors >= MAX_CONSECUTIVE_ERRORS {
+                    // Alive, and not one tick in a long run could be read: not an exit.
+                    self.unreadable = Some(format!(
+                        "{MAX_CONSECUTIVE_ERRORS} ticks in a row failed, the last with: {why}"
+                    ));
                     self.exited = true;
                 }
             }
@@ -277,11 +289,14 @@ impl Member {
                 },
                 ended: if self.execed.is_some() {
                     EndReason::TargetExeced
+                } else if self.unreadable.is_some() {
+                    EndReason::TargetUnreadable
                 } else if self.exited {
                     EndReason::TargetExited
                 } else {
                     ended
                 },
+                unreadable: self.unreadable.take(),
                 realtime,
                 host_steal: host_steal.map(|s| (s * 1e4).round() / 1e4),
                 stack_errors: self.stack_errors,

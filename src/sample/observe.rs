@@ -163,6 +163,8 @@ pub enum TickError {
     Denied,
     /// A read failed or saw a list being changed: a torn tick, skipped and counted.
     Torn(String),
+    /// gilscope itself ran out of something (open files): no use trying again at once.
+    Limit(String),
 }
 
 impl From<ReadError> for TickError {
@@ -514,8 +516,14 @@ impl<M: Memory> Observer<M> {
                     continue;
                 }
                 Err(TaskError::Denied) => return Err(TickError::Denied),
+                Err(TaskError::Io(errno @ (libc::EMFILE | libc::ENFILE))) => {
+                    return Err(TickError::Limit(crate::target::fds::exhausted(errno)))
+                }
                 Err(TaskError::Io(errno)) => {
-                    return Err(TickError::Torn(format!("task {tid}: errno {errno}")))
+                    return Err(TickError::Torn(format!(
+                        "task {tid}: {}",
+                        std::io::Error::from_raw_os_error(errno)
+                    )))
                 }
             };
             let futex = task.activity.futex_addr();
