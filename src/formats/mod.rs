@@ -184,17 +184,36 @@ pub fn process_sections(sections: impl ExactSizeIterator<Item = String>) -> Stri
 }
 
 /// Text from the target (names, code) with control characters escaped, so that it can
-/// never move a terminal's cursor or break a line.
+/// never move a terminal's cursor or break a line; and with the characters that reorder or
+/// break what follows them escaped too: bidirectional overrides and isolates (U+202E turns
+/// the rest of a line around, so that a name can pass for another) and the Unicode line and
+/// paragraph separators (U+2028, U+2029), which some terminals and editors break lines at.
 pub fn printable(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if c.is_control() {
             out.extend(c.escape_default());
+        } else if reorders_or_breaks(c) {
+            out.extend(c.escape_unicode());
         } else {
             out.push(c);
         }
     }
     out
+}
+
+/// Bidirectional formatting characters and the line and paragraph separators.
+fn reorders_or_breaks(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}'
+            | '\u{200e}'
+            | '\u{200f}'
+            | '\u{2028}'
+            | '\u{2029}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
+    )
 }
 
 /// Text from the target made safe inside XML text and attribute values.
@@ -210,6 +229,17 @@ pub fn xml_text(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bidirectional_overrides_and_line_separators_are_escaped() {
+        assert_eq!(
+            printable("evil\u{202e}fdp.exe\u{2028}next\u{2029}\u{2066}x\u{2069}"),
+            "evil\\u{202e}fdp.exe\\u{2028}next\\u{2029}\\u{2066}x\\u{2069}"
+        );
+        assert_eq!(printable("tab\tesc\u{1b}"), "tab\\tesc\\u{1b}");
+        // Letters of right-to-left scripts, and joiners within emoji, are text: kept.
+        assert_eq!(printable("שלום 👩\u{200d}💻"), "שלום 👩\u{200d}💻");
+    }
 
     #[test]
     fn formats_follow_the_extension() {

@@ -156,6 +156,40 @@ pub struct Recording {
     pub health: crate::sample::Health,
 }
 
+/// A recording of `profile` for tests of the formats: a 3.12 target at 1 kHz, ended by its
+/// duration, without errors.
+#[cfg(test)]
+pub(crate) fn test_recording(profile: Profile, stacks: Option<StackTable>) -> Recording {
+    Recording {
+        target: TargetInfo {
+            pid: 42,
+            python_version: crate::python::version::Version::new(3, 12, 1),
+            binary: "python3.12".into(),
+            command_line: "python3.12 app.py".into(),
+            layout: LayoutInfo::default(),
+            wait_measured: true,
+            free_threaded: false,
+        },
+        sampler: SamplerStats {
+            rate_hz: 1000.0,
+            errors: 0,
+            late_ticks: 0,
+            max_lag_s: 0.0,
+            mean_lag_s: 0.0,
+            ended: EndReason::Duration,
+            unreadable: None,
+            realtime: true,
+            host_steal: None,
+            stack_errors: 0,
+            cpu_clock: CpuClock::Perf,
+            stats: Default::default(),
+        },
+        profile,
+        stacks,
+        health: Default::default(),
+    }
+}
+
 /// The classifier's error against the uprobe reference, as measured (docs/ACCURACY.md), in
 /// fraction units: stated next to every report's figures.
 pub const CLASSIFIER_ERROR: f64 = 0.02;
