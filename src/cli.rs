@@ -354,6 +354,8 @@ pub enum StateArg {
     Attached,
     /// Free-threaded builds without a GIL: stopped by a stop-the-world pause.
     Suspended,
+    /// Stopped by the kernel: SIGSTOP, job control or a debugger.
+    Stopped,
 }
 
 impl From<StateArg> for ThreadState {
@@ -365,6 +367,7 @@ impl From<StateArg> for ThreadState {
             StateArg::Idle => ThreadState::Idle,
             StateArg::Attached => ThreadState::Attached,
             StateArg::Suspended => ThreadState::Suspended,
+            StateArg::Stopped => ThreadState::Stopped,
         }
     }
 }

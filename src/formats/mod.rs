@@ -36,7 +36,9 @@ pub const NO_GIL: &str = "no GIL: this free-threaded build ran without one, so t
      (docs/COMPATIBILITY.md)";
 
 /// The thread states a report shows as columns: the four GIL states; on a free-threaded
-/// build that never had its GIL on, the no-GIL states; on one that had it on, both.
+/// build that never had its GIL on, the no-GIL states; on one that had it on, both. Stopped
+/// threads (SIGSTOP, a debugger) are a column of their own where there were any
+/// ([`with_stopped`]).
 pub fn shown_states(free_threaded: bool, no_gil: bool) -> Vec<ThreadState> {
     match (free_threaded, no_gil) {
         (false, _) => ThreadState::WITH_GIL.to_vec(),
@@ -46,8 +48,39 @@ pub fn shown_states(free_threaded: bool, no_gil: bool) -> Vec<ThreadState> {
             ThreadState::Idle,
             ThreadState::Suspended,
         ],
-        (true, false) => ThreadState::ALL.to_vec(),
+        (true, false) => ThreadState::ALL
+            .into_iter()
+            .filter(|&s| s != ThreadState::Stopped)
+            .collect(),
     }
+}
+
+/// `states` and, if some thread of `profile` was ever stopped, the stopped column.
+pub fn with_stopped(
+    mut states: Vec<ThreadState>,
+    profile: &crate::model::profile::Profile,
+) -> Vec<ThreadState> {
+    let any = profile
+        .threads()
+        .iter()
+        .any(|t| t.counts.get(ThreadState::Stopped) > 0);
+    if any {
+        states.push(ThreadState::Stopped);
+    }
+    states
+}
+
+/// The sentence reports give where the kernel stopped the whole process for a while.
+pub fn stopped_sentence(profile: &crate::model::profile::Profile) -> Option<String> {
+    let share = profile.stopped_share();
+    (share > 0.0).then(|| {
+        format!(
+            "the process was stopped (SIGSTOP, job control or a debugger) for {:.2} s, {:.1}% \
+             of the recording: nothing ran then, and the GIL figures cover the rest",
+            profile.stopped_s(),
+            share * 100.0
+        )
+    })
 }
 
 /// A report format: what every format module offers (`record`'s `--format`).

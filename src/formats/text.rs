@@ -44,6 +44,9 @@ pub fn render(recording: &Recording) -> String {
         sampler.late_ticks,
         sampler.max_lag_s * 1e3
     );
+    if let Some(sentence) = super::stopped_sentence(profile) {
+        let _ = writeln!(out, "stopped: {sentence}");
+    }
     // Stacks dropped matter once they are a share of the samples one can see missing.
     if recording.stacks.is_some() && sampler.stack_errors * 100 >= profile.samples.max(1) {
         let _ = writeln!(
@@ -139,7 +142,7 @@ pub fn render(recording: &Recording) -> String {
         .max()
         .unwrap_or(4)
         .clamp(4, 32);
-    let states = super::shown_states(target.free_threaded, no_gil);
+    let states = super::with_stopped(super::shown_states(target.free_threaded, no_gil), profile);
     let _ = write!(out, "{:>8}  {:<name_width$}", "TID", "NAME");
     // Columns as wide as their heading, at least "100.0%".
     let width = |state: ThreadState| state.name().len().max(7);

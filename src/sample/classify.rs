@@ -74,6 +74,20 @@ fn no_gil_state(thread: &ThreadObservation) -> ThreadState {
     }
 }
 
+/// A thread the kernel had stopped (SIGSTOP, job control, a debugger) is stopped, whatever
+/// its GIL flags say: it could run nothing, so it neither held nor waited for the GIL in any
+/// sense the program could feel, and its process's time stopped is not GIL time.
+fn stopped_sample(thread: &ThreadObservation) -> Option<ThreadSample> {
+    thread.stopped.then_some(ThreadSample {
+        tid: thread.tid,
+        thread_id: thread.thread_id,
+        state: ThreadState::Stopped,
+        stack: thread.stack,
+        deferred: thread.deferred,
+        gil: thread.gil,
+    })
+}
+
 /// Did the thread spend a real share of [from, to] on a CPU? (ns; cpu from schedstat)
 fn executing(cpu_from: u64, cpu_to: u64, from_ns: u64, to_ns: u64) -> bool {
     let cpu = cpu_to.saturating_sub(cpu_from);
@@ -104,7 +118,7 @@ fn enters_gil_without_cpu<'a>(
             return false;
         };
         let later = &tick.threads[i];
-        if later.thread_id != thread.thread_id || !later.cpu_exact {
+        if later.thread_id != thread.thread_id || !later.cpu_exact || later.stopped {
             return false;
         }
         if later.cpu_ns.saturating_sub(thread.cpu_ns) >= ENTERING_GIL_CPU_NS {
@@ -193,6 +207,16 @@ impl Classifier {
                 // A new thread that was given a recycled tid (or a thread that just got its
                 // Python thread state): its history is not this one's.
                 *track = Track::default();
+            }
+            if let Some(stopped) = stopped_sample(thread) {
+                // Its history stands as it was for when it runs again; the interval after
+                // this tick starts here.
+                track.previous = Some(Seen {
+                    time_ns,
+                    thread: *thread,
+                });
+                threads.push(stopped);
+                continue;
             }
             // A tick's threads are sorted by tid.
             let after = next.and_then(|n| {
@@ -308,6 +332,7 @@ mod tests {
             gil_futex: kind == 'w',
             blocked: kind == 'i',
             gil_requested: None,
+            stopped: false,
             no_gil: false,
             attach_state: None,
             stack: None,
@@ -502,6 +527,35 @@ mod tests {
         let states: Vec<ThreadState> = out.iter().map(|s| s.threads[0].state).collect();
         use ThreadState::{Attached as A, Suspended as S};
         assert_eq!(states, vec![A, A, R, I, S]);
+    }
+
+    #[test]
+    fn a_stopped_thread_is_stopped_whatever_its_gil_flags_and_resumes_where_it_was() {
+        // Holds, is stopped holding (a debugger), then holds again; a waiter stopped asleep on
+        // the GIL's futex is stopped too.
+        let mut classifier = Classifier::new();
+        let stopped = |mut t: ThreadObservation| {
+            t.stopped = true;
+            t.runnable = false;
+            t
+        };
+        let ticks = [
+            vec![thread(7, 'h', 0), thread(8, 'w', 0)],
+            vec![stopped(thread(7, 'h', 900)), stopped(thread(8, 'w', 0))],
+            vec![stopped(thread(7, 'h', 900)), stopped(thread(8, 'w', 0))],
+            vec![thread(7, 'h', 1800), thread(8, 'w', 0)],
+        ];
+        let mut out = Vec::new();
+        for (i, t) in ticks.into_iter().enumerate() {
+            out.extend(classifier.push(&tick(i as u64, t)));
+        }
+        out.extend(classifier.finish());
+        let got: Vec<(ThreadState, ThreadState)> = out
+            .iter()
+            .map(|s| (s.threads[0].state, s.threads[1].state))
+            .collect();
+        use ThreadState::Stopped as S;
+        assert_eq!(got, vec![(H, W), (S, S), (S, S), (H, W)]);
     }
 
     #[test]

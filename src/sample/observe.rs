@@ -58,6 +58,9 @@ pub struct ThreadObservation {
     pub blocked: bool,
     /// Its own "waiting for the GIL" flag, where the version has one.
     pub gil_requested: Option<bool>,
+    /// The kernel had stopped it (state T or t: SIGSTOP, job control, a debugger).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
     /// Its interpreter ran without a GIL at this tick (a free-threaded build): nobody holds
     /// or waits; `attach_state` says who runs Python.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -457,6 +460,9 @@ impl<M: Memory> Observer<M> {
         if matches!(self.tasks.leader_state(), Some('Z' | 'X')) {
             live.retain(|&tid| tid != self.pid);
         }
+        // A stop (SIGSTOP, job control, a debugger attaching) stops the main thread with the
+        // others: only then are the threads' own states read, one by one.
+        let stops_seen = matches!(self.tasks.leader_state(), Some('T' | 't'));
         self.stats.proc_ns += lap.split();
         if live.is_empty() {
             return Err(TickError::Gone);
@@ -581,6 +587,9 @@ impl<M: Memory> Observer<M> {
                 read => read,
             };
             let runnable = task.activity == Activity::Running;
+            // A stopped thread is never runnable: its system call file shows where it sleeps.
+            let stopped =
+                stops_seen && !runnable && matches!(self.tasks.state_letter(tid), Some('T' | 't'));
             if holder && runnable {
                 self.holding_running.push(tid);
             }
@@ -596,6 +605,7 @@ impl<M: Memory> Observer<M> {
                 gil_futex,
                 blocked: !gil_futex && task.activity != Activity::Running,
                 gil_requested,
+                stopped,
                 no_gil,
                 attach_state: py.and_then(|t| t.attach_state),
                 stack: None,
