@@ -13,7 +13,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use common::{fixture_path, gilscope, stderr_of, Fixture, Python};
+use common::{fixture_path, gilscope, stderr_of, stdout_of, Fixture, Python};
 
 /// Sampling rate of the churn and kill tests: the highest a user would ask for with stacks.
 const RATE_HZ: f64 = 1000.0;
@@ -39,7 +39,15 @@ fn main() {
             test(python).map(|()| Completion::Completed)
         }));
     }
-    let once: [(&str, Test); 12] = [
+    let once: [(&str, Test); 14] = [
+        (
+            "a_started_command_ends_with_a_gilscope_killed_by_sigkill",
+            orphan,
+        ),
+        (
+            "a_stopped_target_is_stopped_not_holding_or_waiting",
+            stopped_target,
+        ),
         (
             "a_target_with_more_threads_than_gilscope_may_open_files_is_measured",
             more_threads_than_files,
@@ -1149,6 +1157,116 @@ fn corrupt_thread_list(python: &Python) -> Result<(), Failed> {
             report["sampler"]["ended"], report["sampler"]["unreadable"]
         )
         .into());
+    }
+    Ok(())
+}
+
+/// Three spinners contend for the GIL; the process is stopped (SIGSTOP) for a second in the
+/// middle of a 3 s recording. Its threads are `stopped` that second, `stopped_s` says how
+/// long, the GIL figures cover the time it ran (held, contended as before and after), and
+/// the first finding says the process was stopped. A dump of the stopped process shows every
+/// thread stopped. Before, the stopped second counted as "GIL held, contended" (a stopped
+/// holder still holds, stopped waiters still sleep on the GIL) and findings blamed the GIL.
+fn stopped_target(python: &Python) -> Result<(), Failed> {
+    let fx = Fixture::start(&python.path, "spinners", &["--duration", "60"])?;
+    let target = Pid::from_raw(fx.pid);
+    let child = Command::new(common::gilscope_bin())
+        .args(["record", "--pid", &fx.pid.to_string(), "--duration", "3"])
+        .args(["--format", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(1000));
+    kill(target, Signal::SIGSTOP)?;
+    let stopped_at = Instant::now();
+    std::thread::sleep(Duration::from_millis(1000));
+    let dump = gilscope(&["dump", "--pid", &fx.pid.to_string(), "--json"]);
+    let stopped_for = stopped_at.elapsed().as_secs_f64();
+    kill(target, Signal::SIGCONT)?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
+    }
+    let report: Value = serde_json::from_slice(&out.stdout)?;
+    let duration = report["duration_s"].as_f64().unwrap_or(0.0);
+    let stopped_s = report["stopped_s"].as_f64().unwrap_or(-1.0);
+    // The stop is timed by this test to within its own scheduling (tens of ms on a loaded
+    // machine) and by the ticks to within a tick or two: 0.2 s is a generous bound.
+    if (stopped_s - stopped_for).abs() > 0.2 {
+        return Err(format!("stopped_s {stopped_s}, stopped for {stopped_for:.2} s").into());
+    }
+    let share = stopped_s / duration;
+    for row in report["threads"].as_array().ok_or("threads")? {
+        let stopped = row["stopped"].as_f64().unwrap_or(-1.0);
+        if (stopped - share).abs() > 0.1 {
+            return Err(format!(
+                "thread {} stopped {stopped}, the process {share:.2}",
+                row["native_id"]
+            )
+            .into());
+        }
+    }
+    let (held, contended) = (
+        report["gil"]["held"].as_f64().unwrap_or(0.0),
+        report["gil"]["contended"].as_f64().unwrap_or(0.0),
+    );
+    if held < 0.9 || contended < 0.5 {
+        return Err(format!("held {held}, contended {contended} while it ran").into());
+    }
+    let text = gilscope(&["record", "--pid", &fx.pid.to_string(), "--duration", "0.5"]);
+    if stdout_of(&text).contains("stopped:") {
+        return Err("a run without a stop says the process was stopped".into());
+    }
+    let dump: Value = serde_json::from_slice(&dump.stdout)?;
+    let states: Vec<&str> = dump["threads"]
+        .as_array()
+        .ok_or("dump threads")?
+        .iter()
+        .filter_map(|t| t["state"].as_str())
+        .collect();
+    if states.is_empty() || states.iter().any(|&s| s != "stopped") {
+        return Err(format!("the stopped process dumped as {states:?}").into());
+    }
+    Ok(())
+}
+
+/// `record -- python ...`, then gilscope is killed with SIGKILL (no chance to end what it
+/// started): the kernel kills the command too (PR_SET_PDEATHSIG). Before, the command ran
+/// on, orphaned.
+fn orphan(python: &Python) -> Result<(), Failed> {
+    use std::io::BufRead;
+    let mut child = Command::new(common::gilscope_bin())
+        .args(["record", "--duration", "60", "--format", "json", "--"])
+        .arg(&python.path)
+        .args(["-c", "import time\nwhile True: time.sleep(0.01)"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stderr = std::io::BufReader::new(child.stderr.take().ok_or("stderr")?);
+    let mut line = String::new();
+    stderr.read_line(&mut line)?;
+    // "gilscope: sampling process PID (Python ...": the command's pid.
+    let command_pid: i32 = line
+        .split("sampling process ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|pid| pid.parse().ok())
+        .ok_or_else(|| format!("no pid in {line:?}"))?;
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL)?;
+    child.wait()?;
+    let start = Instant::now();
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.contains(") Z") && !stat.contains(") X"))
+    };
+    while alive(command_pid) {
+        if start.elapsed() > Duration::from_secs(5) {
+            let _ = kill(Pid::from_raw(command_pid), Signal::SIGKILL);
+            return Err(format!("the command {command_pid} outlived gilscope by 5 s").into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
 }
