@@ -23,7 +23,7 @@ use nix::errno::Errno;
 
 use crate::error::{Error, Result};
 use nix::fcntl::{openat, readlinkat, renameat, AtFlags, OFlag, AT_FDCWD};
-use nix::sys::stat::{fchmod, fstat, fstatat, FileStat, Mode, SFlag};
+use nix::sys::stat::{fchmod, fstat, fstatat, mkdirat, FileStat, Mode, SFlag};
 use nix::unistd::{linkat, unlinkat, Gid, Uid, UnlinkatFlags};
 
 /// Symbolic links followed at most, as the kernel's own limit (ELOOP).
@@ -228,6 +228,21 @@ pub fn prepare(path: &Path) -> Result<Output> {
     })
 }
 
+/// Make the directory `path` and the missing ones above it, as root would make them for the
+/// user: every link on the way vetted as for an output file (create_dir_all follows any).
+pub fn create_dirs(path: &Path) -> Result<()> {
+    Walk {
+        links: 0,
+        create: true,
+    }
+    .open_dir(path)
+    .map(drop)
+    .map_err(|source| Error::Output {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
 /// Write a prepared output whole, or say why not under the path the user gave.
 pub fn write_prepared(mut output: Output, path: &Path, contents: &[u8]) -> Result<()> {
     output
@@ -301,6 +316,8 @@ fn vet_link(dir: &FileStat, link: &FileStat) -> io::Result<()> {
 /// budget of links for the whole path.
 struct Walk {
     links: usize,
+    /// Make each missing directory on the way (`man --out-dir share/man/man1`).
+    create: bool,
 }
 
 impl Walk {
@@ -334,7 +351,18 @@ impl Walk {
                 dir = open(dir.as_fd(), &name)?;
                 continue;
             }
-            let stat = fstatat(&dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+            let stat = match fstatat(&dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Err(Errno::ENOENT) if self.create => {
+                    // Made where the vetted walk stands, never through a link; one made by
+                    // someone else meanwhile is looked at like any other name.
+                    match mkdirat(&dir, name.as_os_str(), Mode::from_bits_truncate(0o777)) {
+                        Ok(()) | Err(Errno::EEXIST) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    fstatat(&dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)?
+                }
+                stat => stat?,
+            };
             if file_type(&stat) != SFlag::S_IFLNK {
                 // Swapped for a link since the look: O_NOFOLLOW with O_DIRECTORY refuses it.
                 dir = open(dir.as_fd(), &name)?;
@@ -377,7 +405,10 @@ fn split(path: &Path) -> io::Result<(PathBuf, OsString)> {
 /// Follow `path` to where the output goes, by the rules at the top of this file.
 fn resolve(path: &Path) -> io::Result<Destination> {
     let me = Uid::effective().as_raw();
-    let mut walk = Walk { links: 0 };
+    let mut walk = Walk {
+        links: 0,
+        create: false,
+    };
     let mut path = path.to_path_buf();
     loop {
         let (dir_path, name) = split(&path)?;
@@ -754,7 +785,12 @@ mod tests {
             .join(format!("{TEMP_PREFIX}{}-0000abcd", std::process::id()));
         std::fs::write(&dead, b"x").unwrap();
         std::fs::write(&running, b"x").unwrap();
-        let fd = Walk { links: 0 }.open_dir(dir.path()).unwrap();
+        let fd = Walk {
+            links: 0,
+            create: false,
+        }
+        .open_dir(dir.path())
+        .unwrap();
         remove_stale_temps(&fd);
         assert!(!dead.exists());
         assert!(running.exists());

@@ -10,6 +10,7 @@ use crate::output;
 pub fn run(args: ManArgs) -> Result<()> {
     let command = <Cli as clap::CommandFactory>::command();
     if let Some(dir) = args.out_dir {
+        output::create_dirs(&dir)?;
         let mut command = command.disable_help_subcommand(true);
         command.build();
         return write_pages(command, &dir);

@@ -1,15 +1,16 @@
 //! Folded stacks ("frame;frame;frame count"): the one stack view every stack format is built
 //! from, for the per-thread view (thread, state, stack) and the blame view (holder, stack).
+//! Paths are typed nodes; each format makes its labels from them as it writes.
 
 use std::collections::BTreeMap;
 
 use super::{RenderOptions, View};
 use crate::model::{Recording, TargetInfo};
 use crate::sample::ThreadState;
-use crate::stack::StackId;
+use crate::stack::{Frame, StackId};
 
 /// The root frame of waiters counted while no thread held the GIL (a hand-off under way).
-pub const UNHELD: &str = "[GIL not held: hand-off]";
+pub const UNHELD: &str = "[nobody held the GIL: hand-off to a thread not yet running]";
 
 /// A frame label made safe for the folded format: `;` separates frames and a line ends a
 /// stack, so a `;` becomes `:` and control characters are escaped as in the text report
@@ -65,31 +66,60 @@ fn gil_root(recording: &Recording, gil: Option<(u64, Option<i64>)>) -> Option<St
 /// The root frame of threads on the main interpreter's GIL, with more than one GIL.
 pub const MAIN_GIL: &str = "[main GIL]";
 
+/// One step of a folded path: what it stands for, labelled only when a format writes it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Node {
+    /// A process, at the root when several are shown: "command (pid N)".
+    Process(String),
+    /// The GIL a thread's states were judged against, with several GILs.
+    Gil(String),
+    /// A thread: "name (tid)".
+    Thread(String),
+    /// A thread's state at the samples below it.
+    State(ThreadState),
+    /// A frame of a stack.
+    Frame(Frame),
+    /// Waiters counted while nobody held the GIL.
+    Unheld,
+}
+
+impl Node {
+    /// The node as folded stacks and flamegraphs name it (made safe for the folded format).
+    pub fn label(&self) -> String {
+        match self {
+            Node::Process(label) | Node::Gil(label) | Node::Thread(label) => label.clone(),
+            Node::State(state) => state_label(*state),
+            Node::Frame(frame) => clean(&super::labels::frame(frame)),
+            Node::Unheld => UNHELD.to_string(),
+        }
+    }
+}
+
+/// A folded path and its weight, root first.
+pub type Folded = BTreeMap<Vec<Node>, u64>;
+
 /// The frames of a stack, root first (nothing when there is no stack or no table).
-fn frame_labels(recording: &Recording, stack: Option<StackId>) -> Vec<String> {
+fn frame_nodes(recording: &Recording, stack: Option<StackId>) -> Vec<Node> {
     match (&recording.stacks, stack) {
-        (Some(table), Some(id)) => table
-            .frames(id)
-            .map(|f| clean(&crate::formats::labels::frame(f)))
-            .collect(),
+        (Some(table), Some(id)) => table.frames(id).cloned().map(Node::Frame).collect(),
         _ => Vec::new(),
     }
 }
 
-/// Every folded stack of the chosen view with its weight, in a stable order.
-pub fn folded(recording: &Recording, options: &RenderOptions) -> BTreeMap<Vec<String>, u64> {
-    let mut stacks: BTreeMap<Vec<String>, u64> = BTreeMap::new();
+/// Every folded stack of the chosen view with its weight.
+pub fn folded(recording: &Recording, options: &RenderOptions) -> Folded {
+    let mut stacks = Folded::new();
     let profile = &recording.profile;
     match options.view {
         View::Threads => {
             for thread in profile.threads() {
-                let head = thread_label(thread.name(), thread.tid);
-                let root = gil_root(recording, thread.gil);
+                let head = Node::Thread(thread_label(thread.name(), thread.tid));
+                let root = gil_root(recording, thread.gil).map(Node::Gil);
                 for &state in &options.states {
                     for (&stack, &count) in &thread.stacks[state.index()] {
-                        let mut path: Vec<String> = root.iter().cloned().collect();
-                        path.extend([head.clone(), state_label(state)]);
-                        path.extend(frame_labels(recording, stack));
+                        let mut path: Vec<Node> = root.iter().cloned().collect();
+                        path.extend([head.clone(), Node::State(state)]);
+                        path.extend(frame_nodes(recording, stack));
                         *stacks.entry(path).or_default() += count;
                     }
                 }
@@ -97,14 +127,19 @@ pub fn folded(recording: &Recording, options: &RenderOptions) -> BTreeMap<Vec<St
         }
         View::Blame => {
             for blame in profile.blame() {
-                let mut path: Vec<String> =
-                    gil_root(recording, blame.holder.gil).into_iter().collect();
-                path.push(thread_label(blame.holder.name(), blame.holder.tid));
-                path.extend(frame_labels(recording, blame.stack));
+                let mut path: Vec<Node> = gil_root(recording, blame.holder.gil)
+                    .map(Node::Gil)
+                    .into_iter()
+                    .collect();
+                path.push(Node::Thread(thread_label(
+                    blame.holder.name(),
+                    blame.holder.tid,
+                )));
+                path.extend(frame_nodes(recording, blame.stack));
                 *stacks.entry(path).or_default() += blame.waiter_ticks;
             }
             if profile.blame_unheld > 0 {
-                *stacks.entry(vec![UNHELD.to_string()]).or_default() += profile.blame_unheld;
+                *stacks.entry(vec![Node::Unheld]).or_default() += profile.blame_unheld;
             }
         }
     }
@@ -113,13 +148,10 @@ pub fn folded(recording: &Recording, options: &RenderOptions) -> BTreeMap<Vec<St
 }
 
 /// Every folded stack of several processes, each under its process's root frame.
-pub fn folded_processes(
-    recordings: &[Recording],
-    options: &RenderOptions,
-) -> BTreeMap<Vec<String>, u64> {
-    let mut stacks = BTreeMap::new();
+pub fn folded_processes(recordings: &[Recording], options: &RenderOptions) -> Folded {
+    let mut stacks = Folded::new();
     for recording in recordings {
-        let head = process_label(&recording.target);
+        let head = Node::Process(process_label(&recording.target));
         for (mut path, count) in folded(recording, options) {
             path.insert(0, head.clone());
             *stacks.entry(path).or_default() += count;
@@ -138,10 +170,17 @@ pub fn render_processes(recordings: &[Recording], options: &RenderOptions) -> St
     lines(folded_processes(recordings, options))
 }
 
-fn lines(stacks: BTreeMap<Vec<String>, u64>) -> String {
-    let mut out = String::new();
+/// One "label;label count" line per path, sorted by their labels; paths whose labels are
+/// the same (two frames that read alike) are one line.
+fn lines(stacks: Folded) -> String {
+    let mut labelled: BTreeMap<String, u64> = BTreeMap::new();
     for (path, count) in stacks {
-        out.push_str(&path.join(";"));
+        let labels: Vec<String> = path.iter().map(Node::label).collect();
+        *labelled.entry(labels.join(";")).or_default() += count;
+    }
+    let mut out = String::new();
+    for (path, count) in labelled {
+        out.push_str(&path);
         out.push(' ');
         out.push_str(&count.to_string());
         out.push('\n');

@@ -5,21 +5,17 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-use super::{collapsed, RenderOptions, View};
+use super::collapsed::{self, Folded, Node};
+use super::{RenderOptions, View};
 use crate::model::Recording;
+use crate::stack::FrameKind;
 
 pub fn render(recording: &Recording, options: &RenderOptions) -> String {
     let name = format!(
         "process {} (Python {})",
         recording.target.pid, recording.target.python_version
     );
-    document(
-        collapsed::folded(recording, options),
-        &frames_by_label(std::slice::from_ref(recording)),
-        options,
-        &name,
-        1,
-    )
+    document(collapsed::folded(recording, options), options, &name)
 }
 
 /// Several processes: a profile per thread of each process, named after both.
@@ -31,42 +27,51 @@ pub fn render_processes(recordings: &[Recording], options: &RenderOptions) -> St
     let name = format!("processes {}", pids.join(", "));
     document(
         collapsed::folded_processes(recordings, options),
-        &frames_by_label(recordings),
         options,
         &name,
-        2,
     )
 }
 
-/// The speedscope document of folded stacks, a profile per distinct first `roots` frames.
-fn document(
-    folded: std::collections::BTreeMap<Vec<String>, u64>,
-    by_label: &HashMap<String, Value>,
-    options: &RenderOptions,
-    name: &str,
-    roots: usize,
-) -> String {
+/// A node as a speedscope frame: a stack frame with its file and line, anything else by name.
+fn frame_value(node: &Node) -> Value {
+    match node {
+        Node::Frame(frame) if !frame.file.is_empty() => json!({
+            "name": collapsed::clean(&frame.function),
+            "file": collapsed::clean(&frame.file),
+            "line": frame.line,
+        }),
+        Node::Frame(frame) if frame.kind == FrameKind::Native => json!({
+            "name": collapsed::clean(&frame.function),
+            "file": collapsed::clean(&frame.module),
+        }),
+        other => json!({ "name": other.label() }),
+    }
+}
+
+/// How many nodes of a path name its profile: up to its thread (with the process and GIL
+/// above it), or the whole path where there is no thread (waiters while nobody held the GIL).
+fn root_len(path: &[Node]) -> usize {
+    path.iter()
+        .position(|n| matches!(n, Node::Thread(_)))
+        .map_or(path.len(), |at| at + 1)
+}
+
+/// The speedscope document of folded stacks: a profile per thread (with its process and GIL).
+fn document(folded: Folded, options: &RenderOptions, name: &str) -> String {
     let mut frames: Vec<Value> = Vec::new();
-    let mut frame_index: HashMap<String, usize> = HashMap::new();
+    let mut frame_index: HashMap<Node, usize> = HashMap::new();
     // Profiles by their root (the thread or holder), in first-seen order.
     let mut profiles: Vec<(String, Vec<Vec<usize>>, Vec<u64>)> = Vec::new();
     let mut profile_index: HashMap<String, usize> = HashMap::new();
     for (path, count) in folded {
-        if path.len() < roots {
-            continue;
-        }
-        let (root, rest) = path.split_at(roots);
+        let (root, rest) = path.split_at(root_len(&path));
+        let root: Vec<String> = root.iter().map(Node::label).collect();
         let root = root.join(" / ");
         let stack: Vec<usize> = rest
             .iter()
-            .map(|label| {
-                *frame_index.entry(label.clone()).or_insert_with(|| {
-                    frames.push(
-                        by_label
-                            .get(label)
-                            .cloned()
-                            .unwrap_or_else(|| json!({ "name": label })),
-                    );
+            .map(|node| {
+                *frame_index.entry(node.clone()).or_insert_with(|| {
+                    frames.push(frame_value(node));
                     frames.len() - 1
                 })
             })
@@ -108,30 +113,6 @@ fn document(
     let mut out = serde_json::to_string(&document).unwrap_or_default();
     out.push('\n');
     out
-}
-
-/// Each Python frame's speedscope frame by its folded label. The label cannot be split back
-/// into function and file: either may hold " (" and ":". Frames with no file (the marker of a
-/// truncated stack) and pseudo-frames (threads, states) are not here: they have a name only.
-fn frames_by_label(recordings: &[Recording]) -> HashMap<String, Value> {
-    let mut frames = HashMap::new();
-    for table in recordings.iter().filter_map(|r| r.stacks.as_ref()) {
-        for frame in (0..).map_while(|id| table.frame(id)) {
-            if frame.file.is_empty() {
-                continue;
-            }
-            frames
-                .entry(collapsed::clean(&crate::formats::labels::frame(frame)))
-                .or_insert_with(|| {
-                    json!({
-                        "name": collapsed::clean(&frame.function),
-                        "file": collapsed::clean(&frame.file),
-                        "line": frame.line,
-                    })
-                });
-        }
-    }
-    frames
 }
 
 /// This format, for [`super::Format::report`].

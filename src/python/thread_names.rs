@@ -96,6 +96,8 @@ enum IntSize {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct ObjectLayout {
     family: &'static str,
+    /// The family of this layout's free-threaded counterpart, where the version has one.
+    free_threaded_family: Option<&'static str>,
     dict_used: u64,
     dict_keys: u64,
     dict_values: u64,
@@ -117,6 +119,7 @@ const PY_TPFLAGS_MANAGED_DICT: u64 = 1 << 4;
 
 const LAYOUT_3_6: ObjectLayout = ObjectLayout {
     family: "3.6-3.10",
+    free_threaded_family: None,
     dict_used: 16,
     dict_keys: 32,
     dict_values: 40,
@@ -173,6 +176,7 @@ const LAYOUT_3_12: ObjectLayout = ObjectLayout {
 
 const LAYOUT_3_13: ObjectLayout = ObjectLayout {
     family: "3.13-3.14",
+    free_threaded_family: Some("3.13-3.14 free-threaded"),
     values: ValuesFields {
         start: 8,
         capacity: Some(0),
@@ -189,6 +193,7 @@ const LAYOUT_3_13: ObjectLayout = ObjectLayout {
 /// 3.15 added a field to `PyTypeObject` (416 -> 424 bytes), moving `ht_cached_keys`.
 const LAYOUT_3_15: ObjectLayout = ObjectLayout {
     family: "3.15",
+    free_threaded_family: Some("3.15 free-threaded"),
     type_cached_keys: Some(888),
     ..LAYOUT_3_13
 };
@@ -229,11 +234,7 @@ fn free_threaded_layout(default: ObjectLayout) -> Option<ObjectLayout> {
     else {
         return None;
     };
-    let family = match default.family {
-        "3.13-3.14" => "3.13-3.14 free-threaded",
-        "3.15" => "3.15 free-threaded",
-        _ => return None,
-    };
+    let family = default.free_threaded_family?;
     let shift = |offset: u64| offset + FREE_THREADED_HEADER_EXTRA;
     Some(ObjectLayout {
         family,

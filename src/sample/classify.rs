@@ -80,6 +80,7 @@ fn no_gil_state(thread: &ThreadObservation) -> ThreadState {
 fn stopped_sample(thread: &ThreadObservation) -> Option<ThreadSample> {
     thread.stopped.then_some(ThreadSample {
         tid: thread.tid,
+        ns_tid: thread.ns_tid,
         thread_id: thread.thread_id,
         state: ThreadState::Stopped,
         stack: thread.stack,
@@ -279,6 +280,7 @@ impl Classifier {
             };
             threads.push(ThreadSample {
                 tid: thread.tid,
+                ns_tid: thread.ns_tid,
                 thread_id: thread.thread_id,
                 state,
                 stack: thread.stack,
@@ -317,6 +319,7 @@ mod tests {
         };
         ThreadObservation {
             tid,
+            ns_tid: None,
             thread_id: Some(tid as u64),
             tstate: Some(0x1000),
             task: TaskReading {

@@ -2,10 +2,11 @@
 //! Nothing here knows about Python.
 
 pub mod cpu_clock;
-pub(crate) mod elf;
+pub mod elf;
 pub mod fds;
 pub(crate) mod maps;
 pub mod memory;
+pub mod namespace;
 pub mod process;
 pub(crate) mod pthread;
 pub mod task;
