@@ -131,6 +131,14 @@ fn main() {
             None => Err("no CPython 3.13 or later".into()),
         },
     ));
+    let copied = standalone.clone();
+    trials.push(Trial::test(
+        "a_program_name_sends_no_escape_sequence_to_the_terminal",
+        move || match &copied {
+            Some(python) => escapes_in_program_names(python),
+            None => Err("no system python3 to copy".into()),
+        },
+    ));
     trials.push(Trial::test(
         "a_target_that_replaces_its_program_with_a_fifo_cannot_hang_gilscope",
         move || match &standalone {
@@ -700,6 +708,65 @@ fn killed_while_writing(python: &Python) -> Result<(), Failed> {
         return Err(format!("files beside the report: {files:?}").into());
     }
     Ok(())
+}
+
+/// A program's name is its user's to choose: copies of the interpreter and of `sleep` named
+/// with an OSC sequence (it sets a terminal's title; others answer back into its input),
+/// BEL, a colour, U+202E and U+2028. `dump` and `record` of the Python copy (their headers
+/// name the program) and `dump` of the `sleep` copy (the error names it) print none of
+/// them raw, on standard output or error, and say the name escaped. Before, the headers and
+/// the error wrote the name as it was, so a target could write escape sequences to root's
+/// terminal.
+fn escapes_in_program_names(python: &Python) -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let name = "py\x1b]0;owned\x07\x1b[31m\u{202e}x\u{2028}y";
+    let (copy, sleep_copy) = (
+        dir.path().join(name),
+        dir.path().join(format!("sleep{name}")),
+    );
+    std::fs::copy(&python.path, &copy)?;
+    std::fs::copy("/bin/sleep", &sleep_copy)?;
+    let mut targets = Vec::new();
+    let mut start = |command: &mut Command| -> Result<String, Failed> {
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let pid = child.id().to_string();
+        targets.push(child);
+        Ok(pid)
+    };
+    let python_pid = start(Command::new(&copy).args(["-c", "import time; time.sleep(60)"]))?;
+    let sleep_pid = start(Command::new(&sleep_copy).arg("60"))?;
+    // The interpreter's start (its first thread state) before it is read.
+    std::thread::sleep(Duration::from_millis(800));
+    let runs = [
+        vec!["dump", "--pid", &python_pid],
+        vec!["record", "--pid", &python_pid, "--duration", "0.3"],
+        vec!["dump", "--pid", &sleep_pid],
+    ];
+    let mut failures = Vec::new();
+    for args in runs {
+        let out = gilscope(&args);
+        let all = format!("{}{}", stdout_of(&out), stderr_of(&out));
+        let raw: Vec<char> = ['\x1b', '\x07', '\u{202e}', '\u{2028}']
+            .into_iter()
+            .filter(|&c| all.contains(c))
+            .collect();
+        if !raw.is_empty() || !all.contains("py\\u{1b}]0;owned\\u{7}") {
+            failures.push(format!("{args:?}: raw {raw:?} in {all:?}"));
+        }
+    }
+    for mut target in targets {
+        let _ = target.kill();
+        let _ = target.wait();
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; ").into())
+    }
 }
 
 /// As `nobody`: a copy of the interpreter runs from a directory of theirs, then a FIFO (and

@@ -151,7 +151,10 @@ impl RecordPlan {
             .map(|(recording, _)| recording)
             .collect();
         for (pid, why) in recorder.refused() {
-            eprintln!("gilscope: process {pid} was not sampled: {why}");
+            eprintln!(
+                "gilscope: process {pid} was not sampled: {}",
+                crate::formats::printable(why)
+            );
         }
         if recordings.is_empty() {
             return Err(Error::NoPythonInTree { pid: recorder.root });
@@ -165,7 +168,9 @@ impl RecordPlan {
                     EndReason::TargetUnreadable => {
                         unreadable = format!(
                             "could no longer be read ({})",
-                            recording.sampler.unreadable.as_deref().unwrap_or("?")
+                            crate::formats::printable(
+                                recording.sampler.unreadable.as_deref().unwrap_or("?")
+                            )
                         );
                         &unreadable
                     }

@@ -33,7 +33,7 @@ pub fn text(snapshot: &Snapshot) -> String {
         "gilscope dump: pid {} - Python {} ({})",
         super::id_with_namespace(t.pid, t.ns_pid),
         t.python_version,
-        t.binary
+        printable(&t.binary)
     );
     if !t.command_line.is_empty() {
         let _ = writeln!(out, "command: {}", printable(&t.command_line));

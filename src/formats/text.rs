@@ -23,7 +23,7 @@ pub fn render(recording: &Recording) -> String {
         "gilscope: pid {} - Python {} ({})",
         super::id_with_namespace(target.pid, target.ns_pid),
         target.python_version,
-        target.binary
+        super::printable(&target.binary)
     );
     if !target.command_line.is_empty() {
         let _ = writeln!(out, "command: {}", super::printable(&target.command_line));
