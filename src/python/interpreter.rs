@@ -1321,6 +1321,9 @@ fn find_python_binary(pid: i32, mappings: &[Mapping]) -> Result<ElfFile> {
     let mut ranked: Vec<(u8, &Vec<&Mapping>)> = files.iter().map(|g| (rank(g), g)).collect();
     ranked.sort_by_key(|(r, _)| *r);
     let mut permission_error = None;
+    // Why libpython or the program itself could not be opened, if it could not: a target
+    // whose file was replaced (by a FIFO, say) is said to be unreadable, not "not Python".
+    let mut unreadable = None;
     for (rank, group) in ranked {
         if rank == 3 && elf::file_name(&group[0].path).starts_with("ld-") {
             continue;
@@ -1332,6 +1335,9 @@ fn find_python_binary(pid: i32, mappings: &[Mapping]) -> Result<ElfFile> {
                 if source.kind() == std::io::ErrorKind::PermissionDenied =>
             {
                 permission_error = Some(source);
+            }
+            Err(e @ elf::ElfError::Open { .. }) if rank <= 1 => {
+                unreadable.get_or_insert(e.to_string());
             }
             Err(_) => {}
         }
@@ -1345,6 +1351,7 @@ fn find_python_binary(pid: i32, mappings: &[Mapping]) -> Result<ElfFile> {
     Err(Error::NotPython {
         pid,
         exe: if exe.is_empty() { "?".into() } else { exe },
+        unreadable,
     })
 }
 

@@ -431,6 +431,8 @@ impl StackReader {
         let mut frames: Vec<FrameId> = Vec::new();
         let mut seen_codes: HashMap<u64, Option<Code>> = HashMap::new();
         let mut frame = before.map(|t| t.frame).unwrap_or(0);
+        let mut visited: std::collections::HashSet<u64> = std::collections::HashSet::new();
+        visited.insert(frame);
         let mut truncated = false;
         let mut walked = 0;
         let mut root = (0, 0);
@@ -466,7 +468,9 @@ impl StackReader {
                     frames.push(self.frame_id(code_addr, &code, offset));
                 }
             }
-            if next == frame {
+            // A frame met twice: a chain that loops (read while it changed, or corrupt)
+            // would otherwise be walked to MAX_FRAMES and shown as a deep recursion.
+            if next == frame || (next != 0 && !visited.insert(next)) {
                 return Err(StackError::Moved);
             }
             root = (frame, code_addr);
@@ -828,6 +832,19 @@ mod tests {
             switch_at: 3,
         };
         assert_eq!(reader.read(&racing, TSTATE), Err(StackError::Moved));
+    }
+
+    #[test]
+    fn a_chain_of_frames_that_loops_is_a_torn_walk_not_a_deep_stack() {
+        // gen -> outer -> gen -> ...: two frames pointing at each other.
+        let (layout, mut regions) = regions_3_12(true);
+        put(&mut regions, OUTER, 8, GEN);
+        let image = image_of(regions);
+        let mut reader = StackReader::new(layout);
+        // Never a stack of MAX_FRAMES frames under the "deeper frames not read" marker.
+        for _ in 0..3 {
+            assert_eq!(reader.read(&image, TSTATE), Err(StackError::Moved));
+        }
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub const LOOKAHEAD: usize = 24;
 /// reference: examples/compare.rs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Rule {
+    /// The kernel had stopped it (SIGSTOP, job control, a debugger).
+    Stopped,
     /// A free-threaded build without its GIL: the thread's own attach state.
     NoGil,
     /// The GIL's holder.
@@ -113,6 +115,21 @@ fn no_gil_state(thread: &ThreadObservation) -> ThreadState {
     }
 }
 
+/// A thread the kernel had stopped (SIGSTOP, job control, a debugger) is stopped, whatever
+/// its GIL flags say: it could run nothing, so it neither held nor waited for the GIL in any
+/// sense the program could feel, and its process's time stopped is not GIL time.
+fn stopped_sample(thread: &ThreadObservation) -> Option<ThreadSample> {
+    thread.stopped.then_some(ThreadSample {
+        tid: thread.tid,
+        ns_tid: thread.ns_tid,
+        thread_id: thread.thread_id,
+        state: ThreadState::Stopped,
+        stack: thread.stack,
+        deferred: thread.deferred,
+        gil: thread.gil,
+    })
+}
+
 /// Did the thread spend a real share of [from, to] on a CPU? (ns; cpu from schedstat)
 fn executing(cpu_from: u64, cpu_to: u64, from_ns: u64, to_ns: u64) -> bool {
     let cpu = cpu_to.saturating_sub(cpu_from);
@@ -143,7 +160,7 @@ fn enters_gil_without_cpu<'a>(
             return false;
         };
         let later = &tick.threads[i];
-        if later.thread_id != thread.thread_id || !later.cpu_exact {
+        if later.thread_id != thread.thread_id || !later.cpu_exact || later.stopped {
             return false;
         }
         if later.cpu_ns.saturating_sub(thread.cpu_ns) >= ENTERING_GIL_CPU_NS {
@@ -261,6 +278,23 @@ impl Classifier {
                 // Python thread state): its history is not this one's.
                 *track = Track::default();
             }
+            if thread.stopped {
+                // Its history stands as it was for when it runs again (the last loop starts
+                // the interval after this tick here).
+                decisions.push(Decision {
+                    state: ThreadState::Stopped,
+                    rule: Rule::Stopped,
+                    likely: Likelihood {
+                        stayed: false,
+                        entering: false,
+                        anchor: 0,
+                        cpu_before_ns: std::cmp::Reverse(u64::MAX),
+                    },
+                    not_seen_leaving: false,
+                    native_on: false,
+                });
+                continue;
+            }
             // A tick's threads are sorted by tid.
             let after = next.and_then(|n| {
                 let i = n
@@ -373,6 +407,7 @@ impl Classifier {
                     let t = &tick.threads[i];
                     evidence(t) == Evidence::Runnable
                         && !t.no_gil
+                        && !t.stopped
                         && t.thread_id.is_some()
                         && t.gil.map_or(0, |(g, _)| g as usize) == gil
                 })
@@ -397,6 +432,15 @@ impl Classifier {
         let mut rules = Vec::with_capacity(tick.threads.len());
         for (thread, Decision { state, rule, .. }) in tick.threads.iter().zip(decisions) {
             let track = self.tracks.entry(thread.tid).or_default();
+            if state == ThreadState::Stopped {
+                track.previous = Some(Seen {
+                    time_ns,
+                    thread: *thread,
+                });
+                rules.push(rule);
+                threads.extend(stopped_sample(thread));
+                continue;
+            }
             let queued_in_gil =
                 evidence(thread) == Evidence::Runnable && state == ThreadState::Wait;
             if state == ThreadState::Hold {
@@ -504,6 +548,7 @@ mod tests {
             gil_requested: None,
             owns_gil_mutex: false,
             gil_in_its_name: false,
+            stopped: false,
             no_gil: false,
             attach_state: None,
             stack: None,
@@ -812,6 +857,35 @@ mod tests {
         let states: Vec<ThreadState> = out.iter().map(|s| s.threads[0].state).collect();
         use ThreadState::{Attached as A, Suspended as S};
         assert_eq!(states, vec![A, A, R, I, S]);
+    }
+
+    #[test]
+    fn a_stopped_thread_is_stopped_whatever_its_gil_flags_and_resumes_where_it_was() {
+        // Holds, is stopped holding (a debugger), then holds again; a waiter stopped asleep on
+        // the GIL's futex is stopped too.
+        let mut classifier = Classifier::new();
+        let stopped = |mut t: ThreadObservation| {
+            t.stopped = true;
+            t.runnable = false;
+            t
+        };
+        let ticks = [
+            vec![thread(7, 'h', 0), thread(8, 'w', 0)],
+            vec![stopped(thread(7, 'h', 900)), stopped(thread(8, 'w', 0))],
+            vec![stopped(thread(7, 'h', 900)), stopped(thread(8, 'w', 0))],
+            vec![thread(7, 'h', 1800), thread(8, 'w', 0)],
+        ];
+        let mut out = Vec::new();
+        for (i, t) in ticks.into_iter().enumerate() {
+            out.extend(classifier.push(&tick(i as u64, t)));
+        }
+        out.extend(classifier.finish());
+        let got: Vec<(ThreadState, ThreadState)> = out
+            .iter()
+            .map(|s| (s.threads[0].state, s.threads[1].state))
+            .collect();
+        use ThreadState::Stopped as S;
+        assert_eq!(got, vec![(H, W), (S, S), (S, S), (H, W)]);
     }
 
     #[test]

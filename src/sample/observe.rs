@@ -75,6 +75,9 @@ pub struct ThreadObservation {
     /// running Python: in `take_gil` after taking the GIL, or in a release before letting go.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub gil_in_its_name: bool,
+    /// The kernel had stopped it (state T or t: SIGSTOP, job control, a debugger).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
     /// Its interpreter ran without a GIL at this tick (a free-threaded build): nobody holds
     /// or waits; `attach_state` says who runs Python.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -196,6 +199,8 @@ pub enum TickError {
     Denied,
     /// A read failed or saw a list being changed: a torn tick, skipped and counted.
     Torn(String),
+    /// gilscope itself ran out of something (open files): no use trying again at once.
+    Limit(String),
 }
 
 impl From<ReadError> for TickError {
@@ -494,10 +499,18 @@ impl<M: Memory> Observer<M> {
         let state = self.interpreter.read_state(&self.memory)?;
         let (gil, others, python, syncs) = (state.gil, state.others, state.threads, state.syncs);
         self.stats.memory_ns += lap.split();
-        let live = self
+        let mut live = self
             .tasks
             .list_unless_unchanged(self.interpreter.lists_unchanged(), start_ns)
             .map_err(|_| TickError::Gone)?;
+        // A main thread that has exited (`pthread_exit`) stays listed, a zombie, until the
+        // whole process exits: it is a thread that ended.
+        if matches!(self.tasks.leader_state(), Some('Z' | 'X')) {
+            live.retain(|&tid| tid != self.pid);
+        }
+        // A stop (SIGSTOP, job control, a debugger attaching) stops the main thread with the
+        // others: only then are the threads' own states read, one by one.
+        let stops_seen = matches!(self.tasks.leader_state(), Some('T' | 't'));
         self.stats.proc_ns += lap.split();
         if live.is_empty() {
             return Err(TickError::Gone);
@@ -566,8 +579,14 @@ impl<M: Memory> Observer<M> {
                     continue;
                 }
                 Err(TaskError::Denied) => return Err(TickError::Denied),
+                Err(TaskError::Io(errno @ (libc::EMFILE | libc::ENFILE))) => {
+                    return Err(TickError::Limit(crate::target::fds::exhausted(errno)))
+                }
                 Err(TaskError::Io(errno)) => {
-                    return Err(TickError::Torn(format!("task {tid}: errno {errno}")))
+                    return Err(TickError::Torn(format!(
+                        "task {tid}: {}",
+                        std::io::Error::from_raw_os_error(errno)
+                    )))
                 }
             };
             let futex = task.activity.futex_addr();
@@ -654,6 +673,9 @@ impl<M: Memory> Observer<M> {
                 read => read,
             };
             let runnable = task.activity == Activity::Running;
+            // A stopped thread is never runnable: its system call file shows where it sleeps.
+            let stopped =
+                stops_seen && !runnable && matches!(self.tasks.state_letter(tid), Some('T' | 't'));
             if holder && runnable {
                 self.holding_running.push(tid);
             }
@@ -672,6 +694,7 @@ impl<M: Memory> Observer<M> {
                 gil_requested,
                 owns_gil_mutex,
                 gil_in_its_name,
+                stopped,
                 no_gil,
                 attach_state: py.and_then(|t| t.attach_state),
                 stack: None,

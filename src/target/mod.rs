@@ -3,6 +3,7 @@
 
 pub mod cpu_clock;
 pub mod elf;
+pub mod fds;
 pub(crate) mod maps;
 pub mod memory;
 pub mod namespace;
