@@ -42,6 +42,7 @@ pub enum Command {
     #[command(after_help = "Examples:\n  \
         gilscope dump --pid 1234\n  \
         gilscope dump --pid 1234 --sample 2\n  \
+        gilscope dump --pid 1234 --locals\n  \
         gilscope dump --pid 1234 --json")]
     Dump(DumpArgs),
     /// Watch a process's GIL live: per-thread hold / wait / running / idle, refreshed every second
@@ -159,13 +160,19 @@ pub struct DumpArgs {
     #[arg(short, long, value_name = "PID", value_parser = parse_pid)]
     pub pid: i32,
 
-    /// Print JSON (schema gilscope.dump/2, docs/DUMP_SCHEMA.md)
+    /// Print JSON (schema gilscope.dump/3, docs/DUMP_SCHEMA.md)
     #[arg(long)]
     pub json: bool,
 
-    /// Sample for SECS first, and add each thread's fractions and the top blame stack
+    /// Sample for SECS first, and add each thread's fractions, the top blame stack and
+    /// findings about stuck threads (a GIL kept while asleep, a deadlock, a stopped holder)
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
     pub sample: Option<f64>,
+
+    /// Show each frame's arguments and local variables: short previews of built-in values
+    /// (str, bytes, int, float, containers), other objects by type and address
+    #[arg(long)]
+    pub locals: bool,
 
     /// Also sample every Python process below PID (children, and theirs), including ones
     /// started later, and report each process
