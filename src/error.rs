@@ -55,12 +55,23 @@ pub enum Error {
         pid: i32,
         what: String,
     },
+    /// The target lives in a PID namespace whose thread ids cannot be translated into ours:
+    /// its figures would be attributed to no thread.
+    ForeignNamespace {
+        pid: i32,
+        why: String,
+    },
     Spawn {
         command: String,
         source: std::io::Error,
     },
     Output {
         path: String,
+        source: std::io::Error,
+    },
+    /// `serve --listen ADDRESS` could not listen there.
+    Listen {
+        address: std::net::SocketAddr,
         source: std::io::Error,
     },
     Usage(String),
@@ -73,7 +84,9 @@ impl Error {
             Error::NoSuchProcess { .. } | Error::Zombie { .. } | Error::KernelThread { .. } => {
                 ExitCode::NoSuchProcess
             }
-            Error::PermissionDenied { .. } => ExitCode::PermissionDenied,
+            Error::PermissionDenied { .. } | Error::ForeignNamespace { .. } => {
+                ExitCode::PermissionDenied
+            }
             Error::NotPython { .. }
             | Error::NoPythonInTree { .. }
             | Error::SelfTarget { .. }
@@ -83,7 +96,7 @@ impl Error {
             }
             Error::Spawn { .. } => ExitCode::Spawn,
             Error::Output { .. } => ExitCode::Output,
-            Error::Usage(_) => ExitCode::Usage,
+            Error::Listen { .. } | Error::Usage(_) => ExitCode::Usage,
             Error::Internal(_) => ExitCode::Internal,
         }
     }
@@ -97,20 +110,88 @@ impl Error {
                  gilscope record -- CMD waits for the interpreter by itself"
                     .into(),
             ),
-            Error::UnsupportedVersion { .. } => Some(format!(
-                "gilscope supports CPython {}; see docs/COMPATIBILITY.md",
-                crate::python::version::SUPPORTED
-            )),
+            Error::UnsupportedVersion { .. } => Some(
+                "docs/COMPATIBILITY.md lists the versions gilscope supports and how each was \
+                 checked"
+                    .into(),
+            ),
             Error::UnrecognisedLayout { .. } => Some(
                 "please report this with the output of `python -VV` for that interpreter".into(),
             ),
             Error::NoSuchProcess { .. } => Some("check the pid with `ps -p PID`".into()),
+            Error::NotPython { pid, .. } => {
+                let below = crate::target::process::descendants(&[*pid]).len();
+                (below > 0).then(|| {
+                    format!(
+                        "it has {below} process{} below it: if Python runs there (under a \
+                         shell or a launcher), add --subprocesses to follow it",
+                        if below == 1 { "" } else { "es" }
+                    )
+                })
+            }
+            Error::Output { path, source } => output_hint(path, source),
+            Error::ForeignNamespace { pid, .. } => Some(format!(
+                "run gilscope inside the target's PID namespace instead: \
+                 nsenter --target {pid} --pid --mount gilscope record --pid 1 (README: \
+                 Profiling in containers and Kubernetes)"
+            )),
+            Error::Listen { address, source } => listen_hint(address, source),
             _ => None,
         }
     }
 }
 
+fn listen_hint(address: &std::net::SocketAddr, source: &std::io::Error) -> Option<String> {
+    // The same host part with any free port, as --listen takes it.
+    let any_port = std::net::SocketAddr::new(address.ip(), 0);
+    match source.kind() {
+        std::io::ErrorKind::AddrInUse => Some(format!(
+            "another program listens there (`ss -ltnp 'sport = :{}'` shows which); choose \
+             another port, or --listen {any_port} for any free one (serve prints it)",
+            address.port()
+        )),
+        std::io::ErrorKind::AddrNotAvailable => Some(format!(
+            "{} is not an address of this host: the default 127.0.0.1 listens on loopback only, \
+             0.0.0.0 on every interface",
+            address.ip()
+        )),
+        std::io::ErrorKind::PermissionDenied if address.port() < 1024 => Some(format!(
+            "ports below 1024 need root or CAP_NET_BIND_SERVICE; choose one above, e.g. --listen {}",
+            std::net::SocketAddr::new(address.ip(), 9464)
+        )),
+        _ => None,
+    }
+}
+
+/// What to do about an output that cannot be written.
+fn output_hint(path: &str, source: &std::io::Error) -> Option<String> {
+    let parent = std::path::Path::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())?;
+    match source.kind() {
+        std::io::ErrorKind::NotFound if !parent.exists() => Some(format!(
+            "the directory {} does not exist: create it first (mkdir -p)",
+            parent.display()
+        )),
+        _ => None,
+    }
+}
+
 fn permission_hint() -> String {
+    if nix::unistd::geteuid().is_root() {
+        // Root was refused all the same: more privilege is not the answer.
+        let mut hint = String::from(
+            "gilscope runs as root and was refused all the same: the process may be in a \
+             user namespace root does not own, or a security module (SELinux, AppArmor, \
+             lockdown) forbids reading it",
+        );
+        if crate::target::process::ptrace_scope() == Some(3) {
+            hint = "kernel.yama.ptrace_scope is 3, which forbids ptrace access to every \
+                    process, even for root, until reboot"
+                .into();
+        }
+        return hint;
+    }
     let mut hint = String::from(
         "run as root or with CAP_SYS_PTRACE (sudo gilscope ...); in a container add \
          `--cap-add SYS_PTRACE`",
@@ -160,8 +241,21 @@ impl fmt::Display for Error {
                     "the Python interpreter in process {pid} is not ready: {what}"
                 )
             }
+            Error::ForeignNamespace { pid, why } => write!(
+                f,
+                "cannot match the threads of process {pid} with its Python threads: {why}"
+            ),
             Error::Spawn { command, source } => write!(f, "cannot start `{command}`: {source}"),
             Error::Output { path, source } => write!(f, "cannot write {path}: {source}"),
+            Error::Listen { address, source } => match source.kind() {
+                std::io::ErrorKind::AddrInUse => {
+                    write!(
+                        f,
+                        "cannot listen on {address}: the address is already in use"
+                    )
+                }
+                _ => write!(f, "cannot listen on {address}: {source}"),
+            },
             Error::Usage(message) => write!(f, "{message}"),
             Error::Internal(message) => write!(f, "internal error: {message}"),
         }

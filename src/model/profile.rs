@@ -34,6 +34,28 @@ impl Counts {
             self.get(state) as f64 / total as f64
         }
     }
+
+    /// Each state's fraction to four decimals, as reports print them, adding up to exactly 1
+    /// (the largest remainders get the units that rounding down left over).
+    pub fn fractions_summing_to_one(&self) -> [f64; ThreadState::COUNT] {
+        const UNITS: u64 = 10_000;
+        let total = self.total();
+        if total == 0 {
+            return [0.0; ThreadState::COUNT];
+        }
+        let exact: Vec<u128> = ThreadState::ALL
+            .iter()
+            .map(|s| self.get(*s) as u128 * UNITS as u128)
+            .collect();
+        let mut units: Vec<u64> = exact.iter().map(|e| (e / total as u128) as u64).collect();
+        let mut order: Vec<usize> = (0..ThreadState::COUNT).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(exact[i] % total as u128));
+        let missing = UNITS - units.iter().sum::<u64>();
+        for &i in order.iter().take(missing as usize) {
+            units[i] += 1;
+        }
+        std::array::from_fn(|i| units[i] as f64 / UNITS as f64)
+    }
 }
 
 /// Half-width of a 95% interval for a fraction `p` estimated from `n` ticks, against the
@@ -56,6 +78,8 @@ pub const NEW_NAMES_PER_SAMPLE: usize = 64;
 #[derive(Debug, Clone)]
 pub struct ThreadProfile {
     pub tid: i32,
+    /// Its id in its own PID namespace (a container's), where that differs from `tid`.
+    pub ns_tid: Option<i32>,
     pub thread_id: Option<u64>,
     /// The OS thread name.
     pub os_name: String,
@@ -68,7 +92,9 @@ pub struct ThreadProfile {
     pub stacks: [HashMap<Option<StackId>, u64>; ThreadState::COUNT],
     /// This thread's waiting ticks by what the holder ran: (holder's row, holder's stack).
     pub waited_on: HashMap<(usize, Option<StackId>), u64>,
-    /// Times it went from idle to waiting: a wake-up that had to queue for the GIL.
+    /// Times it woke from something else (idle) and then waited for the GIL, directly or
+    /// after a moment on a CPU without it (a system call's return): a wake-up that had to
+    /// queue for the GIL.
     pub wakeups: u64,
     /// Waiting ticks from such a wake-up until it stopped waiting.
     pub wakeup_wait_ticks: u64,
@@ -77,6 +103,8 @@ pub struct ThreadProfile {
     /// or waited (else the first tick it was seen). None: one interpreter, or no thread state.
     pub gil: Option<(u64, Option<i64>)>,
     previous: Option<ThreadState>,
+    /// It was idle, and has not held or waited since.
+    woken: bool,
     waking: bool,
     /// Ticks per state counted without a stack because the walk was deferred: moved to the
     /// stack once a later tick resolves it.
@@ -421,6 +449,7 @@ impl Profile {
                     };
                     self.threads.push(ThreadProfile {
                         tid: thread.tid,
+                        ns_tid: thread.ns_tid,
                         thread_id: thread.thread_id,
                         os_name,
                         python_name: None,
@@ -433,6 +462,7 @@ impl Profile {
                         wakeup_wait_ticks: 0,
                         gil: None,
                         previous: None,
+                        woken: false,
                         waking: false,
                         deferred: [0; ThreadState::COUNT],
                     });
@@ -462,11 +492,18 @@ impl Profile {
             if thread.deferred && thread.stack.is_none() {
                 entry.deferred[thread.state.index()] += 1;
             }
-            if thread.state == ThreadState::Wait {
-                if entry.previous == Some(ThreadState::Idle) {
+            match thread.state {
+                ThreadState::Idle => entry.woken = true,
+                // Leaving a sleep, a thread runs for a moment before it asks for the GIL.
+                ThreadState::Running => {}
+                ThreadState::Wait if entry.woken => {
                     entry.wakeups += 1;
+                    entry.woken = false;
                     entry.waking = true;
                 }
+                _ => entry.woken = false,
+            }
+            if thread.state == ThreadState::Wait {
                 if entry.waking {
                     entry.wakeup_wait_ticks += 1;
                 }
@@ -623,6 +660,7 @@ impl Profile {
         sum.os_name = String::new();
         sum.python_name = Some(format!("[{} threads that ended]", self.folded_threads));
         sum.previous = None;
+        sum.woken = false;
         sum.waking = false;
         let sum_row = kept.len();
         for (row, slot) in new_row.iter_mut().enumerate() {
@@ -910,6 +948,7 @@ pub(crate) fn test_sample(
             .iter()
             .map(|&(tid, state)| ThreadSample {
                 tid,
+                ns_tid: None,
                 thread_id: Some(tid as u64),
                 state,
                 stack: None,
@@ -925,6 +964,29 @@ pub(crate) fn test_sample(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounded_fractions_add_up_to_exactly_one() {
+        let mut counts = Counts {
+            by_state: [1, 1, 1, 0, 0, 0],
+        };
+        let f = counts.fractions_summing_to_one();
+        assert_eq!(
+            f.iter().map(|x| (x * 1e4).round() as u64).sum::<u64>(),
+            10_000
+        );
+        assert_eq!(f[3], 0.0);
+        counts.by_state = [2, 3, 5, 7, 0, 0];
+        let f = counts.fractions_summing_to_one();
+        assert_eq!(
+            f.iter().map(|x| (x * 1e4).round() as u64).sum::<u64>(),
+            10_000
+        );
+        assert_eq!(
+            Counts::default().fractions_summing_to_one(),
+            [0.0; ThreadState::COUNT]
+        );
+    }
 
     use test_sample as sample;
 

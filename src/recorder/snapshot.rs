@@ -176,6 +176,7 @@ fn snapshot(
                     .map(|(before, now)| now.saturating_sub(*before) as f64 / 1e9);
                 ThreadSnapshot {
                     tid: t.tid,
+                    ns_tid: t.ns_tid,
                     thread_id: t.thread_id,
                     name,
                     os_name,
