@@ -18,6 +18,11 @@ use crate::target::memory::{check_pointer, i32_at, u64_at, Memory, ReadError};
 pub const MAX_FRAMES_WITH_VARIABLES: usize = 256;
 /// Variables of one frame read; the rest are counted, not read.
 pub const MAX_VARIABLES: usize = 1024;
+/// Objects read for one thread's variables (each a few bounded reads of the target, at most
+/// about 1,100 for one variable: [`super::values::MAX_DEPTH`] levels of previews): past it,
+/// the remaining variables and frames are counted, not read, so that a target with deep
+/// stacks of large frames cannot make a dump take long.
+pub const MAX_OBJECTS_PER_THREAD: usize = 20_000;
 /// Walks of a thread's stack before it counts as moving too much to be read.
 const ATTEMPTS: usize = 3;
 /// Code objects whose names are remembered; past this the cache starts over.
@@ -107,6 +112,8 @@ pub struct LocalsReader {
     strings: StackLayout,
     values: ValueReader,
     codes: HashMap<u64, Arc<CodeSlots>>,
+    /// [`ValueReader::objects_read`] when the current read of a thread began.
+    thread_start: usize,
 }
 
 impl LocalsReader {
@@ -118,6 +125,7 @@ impl LocalsReader {
             values: ValueReader::new(strings, object_layout(version, layout.free_threaded)?)?,
             strings,
             codes: HashMap::new(),
+            thread_start: 0,
         })
     }
 
@@ -139,8 +147,12 @@ impl LocalsReader {
                     continue;
                 }
             };
+            self.thread_start = self.values.objects_read();
             let mut variables = Vec::new();
             for at in frames.iter().take(MAX_FRAMES_WITH_VARIABLES) {
+                if self.over_budget() {
+                    break;
+                }
                 variables.push(self.frame(memory, at)?);
             }
             match stacks.read_frames(memory, tstate) {
@@ -172,9 +184,14 @@ impl LocalsReader {
         };
         let tagged = self.layout.tagged_slots;
         let mut variables = Vec::new();
+        let mut not_read = code.not_read;
         for (i, slot) in code.slots.iter().enumerate() {
             if slot.hidden {
                 continue;
+            }
+            if self.over_budget() {
+                not_read += code.slots[i..].iter().filter(|s| !s.hidden).count();
+                break;
             }
             let location = at.frame + self.layout.frame_slots + 8 * i as u64;
             let value = match self.slot_value(memory, location, slot.in_cell, tagged) {
@@ -192,9 +209,14 @@ impl LocalsReader {
         }
         Ok(FrameVariables {
             variables,
-            not_read: code.not_read,
+            not_read,
             unreadable: false,
         })
+    }
+
+    /// This thread's variables have cost [`MAX_OBJECTS_PER_THREAD`] objects already.
+    fn over_budget(&self) -> bool {
+        self.values.objects_read() - self.thread_start >= MAX_OBJECTS_PER_THREAD
     }
 
     /// What the slot at `location` holds: for a cell, the cell's content; None if unbound

@@ -215,6 +215,8 @@ pub struct ValueReader {
     fields: ObjectFields,
     objects: ObjectLayout,
     types: HashMap<u64, TypeInfo>,
+    /// Objects read so far: what bounds the time one dump spends on variables.
+    objects_read: usize,
 }
 
 /// Errors that end the whole read (the target exited, or may no longer be read): every
@@ -231,7 +233,13 @@ impl ValueReader {
             strings,
             objects,
             types: HashMap::new(),
+            objects_read: 0,
         })
+    }
+
+    /// Objects read since this reader was made (each one a few bounded reads).
+    pub fn objects_read(&self) -> usize {
+        self.objects_read
     }
 
     /// The value a pointer at `location` points to, or None if it is NULL (an unbound
@@ -304,6 +312,7 @@ impl ValueReader {
         ancestors: &mut Vec<u64>,
     ) -> Result<Value, ReadError> {
         check_pointer(addr, 8)?;
+        self.objects_read += 1;
         let (ty, info) = self.type_of(memory, addr)?;
         let value = match info.kind {
             Kind::None => Value::None,
@@ -883,6 +892,23 @@ mod tests {
         assert!(matches!(read(&heap, absurd), Value::Unreadable { .. }));
         let bad_digit = heap.int(false, &[1 << 31]);
         assert!(matches!(read(&heap, bad_digit), Value::Unreadable { .. }));
+    }
+
+    #[test]
+    fn a_wide_tree_costs_a_bounded_number_of_objects() {
+        // Lists of PREVIEW_ITEMS lists, MAX_DEPTH + 2 levels deep, each of a million
+        // items: only the previews are read, PREVIEW_ITEMS more objects per level down to
+        // MAX_DEPTH, whatever the lengths say.
+        let mut heap = Heap::new();
+        let mut level = heap.int(false, &[1]);
+        for _ in 0..MAX_DEPTH + 2 {
+            level = heap.sequence("list", 1_000_000, &[level; PREVIEW_ITEMS]);
+        }
+        let location = heap.alloc(&level.to_le_bytes());
+        let mut reader = heap.reader();
+        reader.value_at(&heap.image(), location, false).unwrap();
+        let bound: usize = (0..=MAX_DEPTH).map(|d| PREVIEW_ITEMS.pow(d as u32)).sum();
+        assert_eq!(reader.objects_read(), bound);
     }
 
     /// Memory where the word at `location` is another pointer at every read.
