@@ -20,6 +20,11 @@ const CHANGING_DUMPS: usize = 20;
 /// A state "for the whole sample", as the findings define it (src/formats/hangs.rs).
 const WHOLE: f64 = 0.95;
 
+/// A test run on one interpreter: its outcome, or a completion that says why it was skipped.
+type ReadTest = fn(&Python) -> Result<Completion, Failed>;
+/// A hang test run on one interpreter.
+type HangTest = fn(&Python) -> Result<(), Failed>;
+
 fn main() {
     let mut args = Arguments::from_args();
     // Python processes on a shared two-core machine: one at a time.
@@ -41,7 +46,7 @@ fn main() {
             .collect(),
     };
     let mut trials = Vec::new();
-    let reads: [(&str, fn(&Python) -> Result<Completion, Failed>); 3] = [
+    let reads: [(&str, ReadTest); 3] = [
         ("variables_of_every_kind_read_back", every_kind),
         (
             "a_value_changing_fast_is_read_whole_or_said_to_change",
@@ -57,7 +62,7 @@ fn main() {
         "json_with_variables_matches_the_documented_schema",
         |python| schema(python).map(|()| Completion::Completed),
     ));
-    let hangs: [(&str, fn(&Python) -> Result<(), Failed>); 3] = [
+    let hangs: [(&str, HangTest); 3] = [
         ("a_thread_keeping_the_gil_asleep_is_named", asleep),
         ("a_deadlock_on_locks_names_each_threads_frame", deadlock),
         ("a_waiter_behind_a_stopped_holder_is_named", stopped),

@@ -355,7 +355,7 @@ fn dump_tree(python: &Python) -> Result<(), Failed> {
     let pid = fx.pid.to_string();
     let out = gilscope_ok(&["dump", "--pid", &pid, "--subprocesses", "--json"])?;
     let dump: Value = serde_json::from_str(&stdout_of(&out))?;
-    if dump["schema"] != "gilscope.dumps/3" {
+    if dump["schema"] != "gilscope.dumps/4" {
         return Err(format!("schema {}", dump["schema"]).into());
     }
     let all = processes(&dump)?;

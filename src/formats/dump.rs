@@ -1,5 +1,5 @@
 //! The `gilscope dump` outputs: every thread's GIL state and stack at one instant, in text and
-//! as JSON (schema `gilscope.dump/3`, docs/DUMP_SCHEMA.md). Rendering only.
+//! as JSON (schema `gilscope.dump/4`, docs/DUMP_SCHEMA.md). Rendering only.
 
 use std::fmt::Write;
 
@@ -10,8 +10,8 @@ use crate::model::snapshot::{FrameVariables, Locals, Snapshot, Value as Snapshot
 use crate::sample::ThreadState;
 use crate::stack::Frame;
 
-pub const SCHEMA: &str = "gilscope.dump/3";
-pub const PROCESSES_SCHEMA: &str = "gilscope.dumps/3";
+pub const SCHEMA: &str = "gilscope.dump/4";
+pub const PROCESSES_SCHEMA: &str = "gilscope.dumps/4";
 
 fn state_text(state: ThreadState) -> &'static str {
     match state {
@@ -332,8 +332,8 @@ pub fn text_processes(snapshots: &[Snapshot]) -> String {
     super::process_sections(snapshots.iter().map(text))
 }
 
-/// Several processes: schema `gilscope.dumps/3`, whose `processes` holds a
-/// `gilscope.dump/3` document per process.
+/// Several processes: schema `gilscope.dumps/4`, whose `processes` holds a
+/// `gilscope.dump/4` document per process.
 pub fn json_processes(snapshots: &[Snapshot]) -> String {
     let processes: Vec<Value> = snapshots.iter().map(document).collect();
     let mut out = serde_json::to_string_pretty(&json!({
