@@ -114,8 +114,7 @@ fn schema_names_in_help_man_pages_and_docs_are_the_ones_written() {
     let mut read = 0;
     // What the binary prints: every command's help and every manual page.
     let commands = ["record", "dump", "top", "serve", "man", "completions"];
-    for args in std::iter::once(vec!["--help"]).chain(commands.iter().map(|c| vec![*c, "--help"]))
-    {
+    for args in std::iter::once(vec!["--help"]).chain(commands.iter().map(|c| vec![*c, "--help"])) {
         let out = common::gilscope(&args);
         assert!(out.status.success(), "gilscope {args:?} failed");
         problems.extend(stale(
@@ -154,7 +153,11 @@ fn schema_names_in_help_man_pages_and_docs_are_the_ones_written() {
         read += 1;
     }
     assert!(read > 10, "only {read} texts read");
-    assert!(problems.is_empty(), "stale schema names:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "stale schema names:\n{}",
+        problems.join("\n")
+    );
 }
 
 #[test]
