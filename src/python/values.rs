@@ -911,6 +911,46 @@ mod tests {
         assert_eq!(reader.objects_read(), bound);
     }
 
+    #[test]
+    fn garbage_memory_never_panics_and_reads_are_bounded() {
+        // A heap of random words, a third of them pointers into the heap or at the built-in
+        // types: objects whose fields say anything. Every word read as a variable must give
+        // a value or an error, within the per-value bound on objects.
+        let mut heap = Heap::new();
+        let types: Vec<u64> = heap.types.values().copied().collect();
+        let start = heap.alloc(&[0; 8]);
+        let words = 4096u64;
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut random = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut garbage = Vec::new();
+        for _ in 0..words {
+            let r = random();
+            let word = match r % 6 {
+                0 => start + (random() % words) * 8,
+                1 => types[(random() % types.len() as u64) as usize],
+                2 => random() % 64,
+                _ => random(),
+            };
+            garbage.extend_from_slice(&word.to_le_bytes());
+        }
+        let region = heap.alloc(&garbage);
+        let image = heap.image();
+        let mut reader = heap.reader();
+        let per_value: usize = (0..=MAX_DEPTH)
+            .map(|d| (2 * PREVIEW_ITEMS).pow(d as u32))
+            .sum();
+        for i in 0..words {
+            let before = reader.objects_read();
+            let _ = reader.value_at(&image, region + 8 * i, i % 2 == 0);
+            assert!(reader.objects_read() - before <= ATTEMPTS * per_value);
+        }
+    }
+
     /// Memory where the word at `location` is another pointer at every read.
     struct Flipping {
         image: MemoryImage,
