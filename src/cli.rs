@@ -42,6 +42,7 @@ pub enum Command {
     #[command(after_help = "Examples:\n  \
         gilscope dump --pid 1234\n  \
         gilscope dump --pid 1234 --sample 2\n  \
+        gilscope dump --pid 1234 --locals\n  \
         gilscope dump --pid 1234 --json")]
     Dump(DumpArgs),
     /// Watch a process's GIL live: per-thread hold / wait / running / idle, refreshed every second
@@ -163,9 +164,15 @@ pub struct DumpArgs {
     #[arg(long, help = format!("Print JSON (schema {}, docs/DUMP_SCHEMA.md)", crate::formats::dump::SCHEMA))]
     pub json: bool,
 
-    /// Sample for SECS first, and add each thread's fractions and the top blame stack
+    /// Sample for SECS first, and add each thread's fractions, the top blame stack and
+    /// findings about stuck threads (a GIL kept while asleep, a deadlock, a stopped holder)
     #[arg(long, value_name = "SECS", value_parser = parse_duration, allow_negative_numbers = true)]
     pub sample: Option<f64>,
+
+    /// Show each frame's arguments and local variables: short previews of built-in values
+    /// (str, bytes, int, float, containers), other objects by type and address
+    #[arg(long)]
+    pub locals: bool,
 
     /// Also sample every Python process below PID (children, and theirs), including ones
     /// started later, and report each process

@@ -11,8 +11,11 @@ use crate::recorder::{self, snapshot};
 /// `gilscope dump`.
 pub fn run(args: DumpArgs) -> Result<()> {
     recorder::check_target(args.pid)?;
-    let sample = args.sample.map(Duration::from_secs_f64);
-    let snapshots = snapshot::dump(args.pid, args.subprocesses, sample)?;
+    let options = snapshot::DumpOptions {
+        sample: args.sample.map(Duration::from_secs_f64),
+        locals: args.locals,
+    };
+    let snapshots = snapshot::dump(args.pid, args.subprocesses, options)?;
     let text = match (args.subprocesses, args.json) {
         (true, true) => formats::dump::json_processes(&snapshots),
         (true, false) => formats::dump::text_processes(&snapshots),

@@ -5,8 +5,8 @@ use std::fmt::Write;
 
 use serde_json::{json, Value};
 
-use super::printable;
-use crate::model::snapshot::Snapshot;
+use super::{hangs, printable, values};
+use crate::model::snapshot::{FrameVariables, Locals, Snapshot, Value as SnapshotValue, Variable};
 use crate::sample::ThreadState;
 use crate::stack::Frame;
 
@@ -126,9 +126,7 @@ pub fn text(snapshot: &Snapshot) -> String {
             );
         }
     }
-    if let Some(recording) = &snapshot.recording {
-        super::text::findings_section(&mut out, recording);
-    }
+    findings_section(&mut out, snapshot);
     for thread in &snapshot.threads {
         let _ = writeln!(out);
         let _ = write!(
@@ -171,12 +169,27 @@ pub fn text(snapshot: &Snapshot) -> String {
                 let _ = writeln!(out, "    (no Python frame)");
             }
             Some(frames) => {
-                for frame in frames {
+                let variables = match &thread.locals {
+                    Locals::Read(variables) => Some(variables),
+                    _ => None,
+                };
+                for (i, frame) in frames.iter().enumerate() {
                     let _ = writeln!(
                         out,
                         "    {}",
                         printable(&crate::formats::labels::frame(frame))
                     );
+                    match variables.map(|v| (v.get(i), v.len())) {
+                        Some((Some(frame), _)) => frame_variables(&mut out, frame),
+                        Some((None, read)) if i == read => {
+                            let _ = writeln!(
+                                out,
+                                "        (variables of the {} outer frames not read)",
+                                frames.len() - read
+                            );
+                        }
+                        _ => {}
+                    }
                 }
             }
             None if thread.thread_id.is_none() => {
@@ -186,8 +199,67 @@ pub fn text(snapshot: &Snapshot) -> String {
                 let _ = writeln!(out, "    (stack changed while being read)");
             }
         }
+        match thread.locals {
+            Locals::Moved => {
+                let _ = writeln!(
+                    out,
+                    "    (variables not read: the stack changed under every read)"
+                );
+            }
+            Locals::Unsupported => {
+                let _ = writeln!(
+                    out,
+                    "    (variables cannot be read on Python {})",
+                    t.python_version
+                );
+            }
+            Locals::NotAsked | Locals::Read(_) => {}
+        }
     }
     out
+}
+
+/// A frame's variables, a line each: its kind, its name and its value.
+fn frame_variables(out: &mut String, frame: &FrameVariables) {
+    if frame.unreadable {
+        let _ = writeln!(out, "        (variables not readable)");
+    }
+    for variable in &frame.variables {
+        let _ = writeln!(
+            out,
+            "        {:<8} {} = {}",
+            variable.kind.name(),
+            values::escaped(&variable.name),
+            values::repr(&variable.value)
+        );
+    }
+    if frame.not_read > 0 {
+        let _ = writeln!(out, "        ({} more variables not read)", frame.not_read);
+    }
+}
+
+/// Findings about stuck threads first, then those of the sample's figures.
+fn findings_section(out: &mut String, snapshot: &Snapshot) {
+    let Some(recording) = &snapshot.recording else {
+        return;
+    };
+    let mut findings: Vec<String> = hangs::hangs(snapshot)
+        .into_iter()
+        .map(|hang| hang.text)
+        .collect();
+    findings.extend(
+        super::findings::findings(recording)
+            .iter()
+            .map(|finding| printable(finding)),
+    );
+    if findings.is_empty() {
+        return;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Findings:");
+    for finding in findings {
+        let _ = writeln!(out, "- {finding}");
+    }
 }
 
 /// "1" or "1, 2"; "?" for ids that could not be read.
@@ -201,6 +273,71 @@ fn interpreter_list(ids: &[Option<i64>]) -> String {
 
 fn frame_json(frame: &Frame) -> Value {
     json!({"function": &*frame.function, "file": &*frame.file, "line": frame.line})
+}
+
+/// A frame of a thread's stack, with its variables where they were read.
+fn stack_frame_json(frame: &Frame, variables: Option<&FrameVariables>) -> Value {
+    let mut value = frame_json(frame);
+    let readable = variables.filter(|v| !v.unreadable);
+    value["variables"] = match readable {
+        Some(v) => v.variables.iter().map(variable_json).collect(),
+        None => Value::Null,
+    };
+    value["variables_not_read"] = json!(readable.map(|v| v.not_read));
+    value
+}
+
+fn variable_json(variable: &Variable) -> Value {
+    let value = &variable.value;
+    let (length, address) = match *value {
+        SnapshotValue::Str { length, .. } | SnapshotValue::Bytes { length, .. } => {
+            (Some(length), None)
+        }
+        SnapshotValue::Sequence { length, addr, .. } | SnapshotValue::Dict { length, addr, .. } => {
+            (Some(length), Some(addr))
+        }
+        SnapshotValue::Object { addr, .. } | SnapshotValue::Recursive { addr, .. } => {
+            (None, Some(addr))
+        }
+        _ => (None, None),
+    };
+    json!({
+        "name": &*variable.name,
+        "kind": variable.kind.name(),
+        "type": value.type_name(),
+        "repr": values::repr(value),
+        "length": length,
+        "address": address.map(|a| format!("{a:#x}")),
+        "changed": matches!(value, SnapshotValue::Changed),
+    })
+}
+
+/// The findings about stuck threads, for JSON.
+fn hangs_json(snapshot: &Snapshot) -> Vec<Value> {
+    hangs::hangs(snapshot)
+        .iter()
+        .map(|hang| {
+            let threads: Vec<Value> = hang
+                .threads
+                .iter()
+                .map(|named| {
+                    let t = named.thread;
+                    let condition = t.condition.as_ref();
+                    json!({
+                        "native_id": t.tid,
+                        "name": t.name,
+                        "role": named.role.name(),
+                        "share": named.share,
+                        "frame": t.stack.as_deref().and_then(<[_]>::first).map(frame_json),
+                        "os_state": condition.map(|c| c.state.to_string()),
+                        "syscall": condition.and_then(|c| c.syscall).map(hangs::syscall_text),
+                        "sampled_cpu_s": t.sampled_cpu_s,
+                    })
+                })
+                .collect();
+            json!({"kind": hang.kind.name(), "text": hang.text, "threads": threads})
+        })
+        .collect()
 }
 
 /// Several processes (`--subprocesses`): each process's dump after a line for the tree.
@@ -245,6 +382,18 @@ fn document(snapshot: &Snapshot) -> Value {
                        "suspended": ft(ThreadState::Suspended),
                        "stopped": f[ThreadState::Stopped.index()]})
             });
+            let variables = match &t.locals {
+                Locals::Read(variables) => Some(variables),
+                _ => None,
+            };
+            let stack: Vec<Value> = t
+                .stack
+                .as_deref()
+                .unwrap_or(&[])
+                .iter()
+                .enumerate()
+                .map(|(i, frame)| stack_frame_json(frame, variables.and_then(|v| v.get(i))))
+                .collect();
             json!({
                 "native_id": t.tid,
                 "ns_tid": t.ns_tid,
@@ -253,7 +402,13 @@ fn document(snapshot: &Snapshot) -> Value {
                 "os_name": t.os_name,
                 "state": t.state.name(),
                 "stack_captured": t.stack.is_some(),
-                "stack": t.stack.as_deref().unwrap_or(&[]).iter().map(frame_json).collect::<Vec<_>>(),
+                "stack": stack,
+                "variables": match t.locals {
+                    Locals::NotAsked => None,
+                    Locals::Unsupported => Some("unsupported"),
+                    Locals::Moved => Some("moved"),
+                    Locals::Read(_) => Some("read"),
+                },
                 "sampled": sampled,
                 "interpreter": t.interpreter,
                 "gil": t.gil,
@@ -281,6 +436,7 @@ fn document(snapshot: &Snapshot) -> Value {
             "held": (!no_gil).then_some(p.held()),
             "contended": wait_figure(p.contended()).filter(|_| !no_gil),
             "top_blame": blame,
+            "findings": hangs_json(snapshot),
         })
     });
     json!({

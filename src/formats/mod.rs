@@ -7,6 +7,7 @@ pub mod collapsed;
 pub(crate) mod dump;
 pub(crate) mod findings;
 pub(crate) mod flamegraph;
+pub(crate) mod hangs;
 pub(crate) mod json;
 pub(crate) mod labels;
 pub(crate) mod live;
@@ -14,6 +15,7 @@ pub(crate) mod metrics;
 pub(crate) mod speedscope;
 pub(crate) mod text;
 pub(crate) mod timeline_svg;
+pub(crate) mod values;
 
 use std::path::Path;
 

@@ -4,9 +4,11 @@
 pub(crate) mod debug_offsets;
 pub mod interpreter;
 pub(crate) mod layout;
+pub(crate) mod locals;
 pub(crate) mod objects;
 pub(crate) mod stack;
 pub mod thread_names;
+pub(crate) mod values;
 pub(crate) mod version;
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ fn code_point(value: u32) -> Option<char> {
 
 /// The `kind` of a compact string: bytes per character. Each unit is one code point (a
 /// UCS-2 string holds no surrogate pairs, only surrogates).
-fn decode(kind: u32, data: &[u8]) -> Option<String> {
+pub(super) fn decode(kind: u32, data: &[u8]) -> Option<String> {
     match kind {
         1 => Some(data.iter().map(|&b| b as char).collect()),
         2 => data

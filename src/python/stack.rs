@@ -64,6 +64,13 @@ struct FrameRecord {
     tlbc_index: i32,
 }
 
+/// Where one Python frame of a stack is: the frame and its code object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameAt {
+    pub frame: u64,
+    pub code: u64,
+}
+
 /// Reads stacks of one interpreter, remembering code objects and lines across ticks.
 pub struct StackReader {
     layout: StackLayout,
@@ -422,8 +429,35 @@ impl StackReader {
     /// Read the stack of the thread state at `tstate` and intern it. An empty stack (a
     /// thread state with no Python frame) is a stack too.
     pub fn read(&mut self, memory: &dyn Memory, tstate: u64) -> Result<StackId, StackError> {
+        self.walk(memory, tstate, None)
+    }
+
+    /// Like [`StackReader::read`], walked again whatever was read before, and with where
+    /// each Python frame of the stack is, innermost first (for readers of what frames hold:
+    /// their variables). A marker frame (a cut stack) has no entry.
+    pub fn read_frames(
+        &mut self,
+        memory: &dyn Memory,
+        tstate: u64,
+    ) -> Result<(StackId, Vec<FrameAt>), StackError> {
+        let mut at = Vec::new();
+        let stack = self.walk(memory, tstate, Some(&mut at))?;
+        Ok((stack, at))
+    }
+
+    /// The frame layout the walk follows.
+    pub fn layout(&self) -> &StackLayout {
+        &self.layout
+    }
+
+    fn walk(
+        &mut self,
+        memory: &dyn Memory,
+        tstate: u64,
+        mut frames_at: Option<&mut Vec<FrameAt>>,
+    ) -> Result<StackId, StackError> {
         let before = self.top(memory, tstate)?;
-        if let Some(&(top, stack)) = self.last.get(&tstate) {
+        if let Some(&(top, stack)) = self.last.get(&tstate).filter(|_| frames_at.is_none()) {
             if top == before {
                 return Ok(stack);
             }
@@ -466,6 +500,12 @@ impl StackReader {
                         return Err(StackError::Moved);
                     }
                     frames.push(self.frame_id(code_addr, &code, offset));
+                    if let Some(at) = frames_at.as_deref_mut() {
+                        at.push(FrameAt {
+                            frame,
+                            code: code_addr,
+                        });
+                    }
                 }
             }
             // A frame met twice: a chain that loops (read while it changed, or corrupt)

@@ -1,17 +1,21 @@
 //! Snapshots for `gilscope dump`: every thread's GIL state and Python stack at an instant,
 //! optionally after a short recording that adds fractions and blame. Never stops the target.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use super::{RecordOptions, Recorder, Source};
 use crate::error::{Error, Result};
-use crate::model::snapshot::{GilSnapshot, Snapshot, ThreadSnapshot};
+use crate::model::snapshot::{Condition, GilSnapshot, Locals, Snapshot, Syscall, ThreadSnapshot};
 use crate::model::Recording;
-use crate::sample::observe::{Observer, TickError};
+use crate::python::locals::LocalsReader;
+use crate::python::stack::StackError;
+use crate::sample::observe::{Observation, Observer, TickError};
 use crate::sample::ThreadState;
-use crate::stack::{Frame, StackTable};
-use crate::target::memory::ProcessMemory;
+use crate::stack::{Frame, StackId, StackTable};
+use crate::target::memory::{ProcessMemory, ReadError};
+use crate::target::task;
 
 /// Between the reads a snapshot classifies from: the spacing of a recording's ticks, so that
 /// a runnable thread's CPU clock tells native work from a queue for the GIL the same way.
@@ -19,13 +23,37 @@ const SNAPSHOT_GAP: Duration = Duration::from_millis(1);
 /// Attempts at a snapshot whose reads a moving target tore.
 const SNAPSHOT_ATTEMPTS: usize = 20;
 
+/// What a dump reads besides every thread's state and stack.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DumpOptions {
+    /// Record this long first (`--sample`).
+    pub sample: Option<Duration>,
+    /// Read each frame's variables (`--locals`).
+    pub locals: bool,
+}
+
 /// Snapshots of process `pid`, and with `subprocesses` of every Python process below it,
-/// after recording them all together for `sample` if given; in the order found, `pid` first.
-/// Alone, a process that cannot be snapshot is an error; in a tree, one that exited since it
-/// was found is left out.
-pub fn dump(pid: i32, subprocesses: bool, sample: Option<Duration>) -> Result<Vec<Snapshot>> {
+/// after recording them all together for `options.sample` if given; in the order found,
+/// `pid` first. Alone, a process that cannot be snapshot is an error; in a tree, one that
+/// exited since it was found is left out.
+pub fn dump(pid: i32, subprocesses: bool, options: DumpOptions) -> Result<Vec<Snapshot>> {
     let stop = AtomicBool::new(false);
     let mut recorder = Recorder::open(&Source::Pid(pid), subprocesses, &stop)?;
+    let sample = options.sample;
+    // Each thread's CPU clock when the sample starts: what a thread did with the GIL it
+    // held (ran, or slept in a system call) shows in how far its clock moved.
+    let mut cpu_before = HashMap::new();
+    if sample.is_some() {
+        let mut pids = vec![pid];
+        if subprocesses {
+            pids.extend(crate::target::process::descendants(&[pid]));
+        }
+        for process in pids {
+            for (tid, ns) in task::cpu_times(process) {
+                cpu_before.insert((process, tid), ns);
+            }
+        }
+    }
     let observed: Vec<(Option<Recording>, Observer<ProcessMemory>)> = match sample {
         Some(duration) => {
             let options = RecordOptions {
@@ -50,7 +78,12 @@ pub fn dump(pid: i32, subprocesses: bool, sample: Option<Duration>) -> Result<Ve
     if !subprocesses {
         let mut observed = observed;
         return match observed.pop() {
-            Some((recording, observer)) => Ok(vec![snapshot(observer, recording)?]),
+            Some((recording, observer)) => Ok(vec![snapshot(
+                observer,
+                recording,
+                options.locals,
+                &cpu_before,
+            )?]),
             None => Err(Error::NoSuchProcess { pid }),
         };
     }
@@ -59,7 +92,9 @@ pub fn dump(pid: i32, subprocesses: bool, sample: Option<Duration>) -> Result<Ve
     }
     let snapshots: Vec<Snapshot> = observed
         .into_iter()
-        .filter_map(|(recording, observer)| snapshot(observer, recording).ok())
+        .filter_map(|(recording, observer)| {
+            snapshot(observer, recording, options.locals, &cpu_before).ok()
+        })
         .collect();
     if snapshots.is_empty() {
         return Err(Error::NoSuchProcess { pid });
@@ -67,10 +102,14 @@ pub fn dump(pid: i32, subprocesses: bool, sample: Option<Duration>) -> Result<Ve
     Ok(snapshots)
 }
 
-/// Every thread of `observer`'s process at one instant.
+/// Every thread of `observer`'s process at one instant; with `locals`, each frame's
+/// variables; with `cpu_before` (each thread's CPU clock when a sample started, by pid and
+/// tid), the CPU time each used since.
 fn snapshot(
     mut observer: Observer<ProcessMemory>,
     recording: Option<Recording>,
+    locals: bool,
+    cpu_before: &HashMap<(i32, i32), u64>,
 ) -> Result<Snapshot> {
     let pid = observer.pid;
     let target = super::target_info(&observer);
@@ -104,6 +143,16 @@ fn snapshot(
             continue;
         };
         let first = &ticks[1];
+        let mut variables = if locals {
+            read_locals(&mut observer, first)?
+        } else {
+            HashMap::new()
+        };
+        let cpu_now = if cpu_before.is_empty() {
+            HashMap::new()
+        } else {
+            task::cpu_times(pid)
+        };
         let python_names = observer.python_thread_names();
         let table = observer.stack_table().cloned().unwrap_or_default();
         let threads: Vec<ThreadSnapshot> = sample
@@ -117,6 +166,15 @@ fn snapshot(
                     .filter(|_| observer.thread_alive(t.tid))
                     .and_then(|id| python_names.get(&id).cloned())
                     .unwrap_or_else(|| os_name.clone());
+                let (locals, stack) = match variables.remove(&t.tid) {
+                    Some((locals, Some(stack))) => (locals, Some(stack)),
+                    Some((locals, None)) => (locals, t.stack),
+                    None => (Locals::NotAsked, t.stack),
+                };
+                let sampled_cpu_s = cpu_before
+                    .get(&(pid, t.tid))
+                    .zip(cpu_now.get(&t.tid))
+                    .map(|(before, now)| now.saturating_sub(*before) as f64 / 1e9);
                 ThreadSnapshot {
                     tid: t.tid,
                     ns_tid: t.ns_tid,
@@ -124,7 +182,10 @@ fn snapshot(
                     name,
                     os_name,
                     state: t.state,
-                    stack: t.stack.map(|id| innermost_first(&table, id)),
+                    stack: stack.map(|id| innermost_first(&table, id)),
+                    locals,
+                    condition: task::condition(pid, t.tid).map(condition),
+                    sampled_cpu_s,
                     interpreter: match t.gil {
                         Some((_, interpreter)) => interpreter,
                         None if sample.gils.is_empty() && t.thread_id.is_some() => Some(0),
@@ -183,6 +244,47 @@ fn snapshot(
     Err(Error::Internal(format!(
         "the target changed under every one of {SNAPSHOT_ATTEMPTS} snapshots ({last_error})"
     )))
+}
+
+/// The kernel's view of a thread, in the model's terms.
+fn condition(condition: task::Condition) -> Condition {
+    Condition {
+        state: condition.state,
+        syscall: condition.syscall.map(|(number, args)| Syscall {
+            number,
+            name: task::syscall_name(number),
+            untimed_futex: number == task::SYS_FUTEX && args[3] == 0,
+        }),
+        tracer: condition.tracer,
+    }
+}
+
+/// Each Python thread's variables and the stack they were read with, by tid.
+fn read_locals(
+    observer: &mut Observer<ProcessMemory>,
+    tick: &Observation,
+) -> Result<HashMap<i32, (Locals, Option<StackId>)>> {
+    let interpreter = &observer.interpreter;
+    let mut reader = LocalsReader::new(&interpreter.version, &interpreter.layout);
+    let mut read = HashMap::new();
+    for thread in &tick.threads {
+        let Some(tstate) = thread.tstate else {
+            continue;
+        };
+        let Some(reader) = reader.as_mut() else {
+            read.insert(thread.tid, (Locals::Unsupported, None));
+            continue;
+        };
+        let entry = match observer.read_locals(reader, tstate) {
+            Ok(locals) => (Locals::Read(locals.frames), Some(locals.stack)),
+            Err(StackError::Read(ReadError::Gone)) => {
+                return Err(Error::NoSuchProcess { pid: observer.pid })
+            }
+            Err(_) => (Locals::Moved, None),
+        };
+        read.insert(thread.tid, entry);
+    }
+    Ok(read)
 }
 
 fn innermost_first(table: &StackTable, id: u32) -> Vec<Frame> {

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::stats::{Stopwatch, TickStats};
 use super::GilReading;
 use crate::python::interpreter::{GilState, Interpreter, PyThread};
+use crate::python::locals::{LocalsReader, ThreadLocals};
 use crate::python::stack::{StackError, StackReader};
 use crate::python::thread_names::ThreadNames;
 use crate::stack::{StackId, StackTable};
@@ -423,6 +424,19 @@ impl<M: Memory> Observer<M> {
             }
         }
         (errors, resolved)
+    }
+
+    /// The stack of the thread state at `tstate` and each frame's variables (`dump
+    /// --locals`), read with `reader`; interned in this observer's stack table.
+    pub fn read_locals(
+        &mut self,
+        reader: &mut LocalsReader,
+        tstate: u64,
+    ) -> Result<ThreadLocals, StackError> {
+        match self.stacks.as_mut() {
+            Some(stacks) => reader.read(&self.memory, stacks, tstate),
+            None => Err(StackError::Moved),
+        }
     }
 
     /// Walk one thread's stack. A thread calling and returning fast moves its stack under

@@ -376,9 +376,118 @@ pub fn parse_schedstat(text: &[u8]) -> (u64, u64) {
     (fields.next().unwrap_or(0), fields.next().unwrap_or(0))
 }
 
+/// What the kernel says of a thread at one moment, for the findings about stuck threads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    /// The scheduler state letter (R running, S asleep, D uninterruptible, T stopped by a
+    /// signal, t stopped by a tracer, ...).
+    pub state: char,
+    /// The system call it is blocked in: its number and its six arguments.
+    pub syscall: Option<(i64, [u64; 6])>,
+    /// The process tracing it (ptrace): its pid and name.
+    pub tracer: Option<(i32, String)>,
+}
+
+/// Thread `tid` of process `pid` now, from its stat, syscall and status files; None if it
+/// has exited.
+pub fn condition(pid: i32, tid: i32) -> Option<Condition> {
+    let dir = PathBuf::from(format!("/proc/{pid}/task/{tid}"));
+    let state = stat_state(&std::fs::read(dir.join("stat")).ok()?)?;
+    let syscall = std::fs::read(dir.join("syscall"))
+        .ok()
+        .and_then(|text| syscall_arguments(&text));
+    let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+    let tracer = status
+        .lines()
+        .find_map(|line| line.strip_prefix("TracerPid:"))
+        .and_then(|pid| pid.trim().parse::<i32>().ok())
+        .filter(|&pid| pid > 0)
+        .map(|pid| {
+            let name = std::fs::read(format!("/proc/{pid}/comm"))
+                .map(|raw| String::from_utf8_lossy(&raw).trim_end().to_string())
+                .unwrap_or_default();
+            (pid, name)
+        });
+    Some(Condition {
+        state,
+        syscall,
+        tracer,
+    })
+}
+
+/// The system call number and six arguments of a syscall file's "NR a0 .. a5 SP PC" line.
+fn syscall_arguments(text: &[u8]) -> Option<(i64, [u64; 6])> {
+    let text = std::str::from_utf8(text).ok()?;
+    let mut fields = text.split_whitespace();
+    let nr = fields.next()?.parse::<i64>().ok().filter(|&nr| nr >= 0)?;
+    let values: Vec<u64> = fields.filter_map(parse_hex).collect();
+    let args: [u64; 6] = values.get(..6)?.try_into().ok()?;
+    (values.len() == 8).then_some((nr, args))
+}
+
+/// Total CPU time (ns) of each thread of `pid` now, by tid (schedstat).
+pub fn cpu_times(pid: i32) -> HashMap<i32, u64> {
+    let mut tasks = Tasks::new(pid);
+    let tids = tasks.list().unwrap_or_default();
+    tids.into_iter()
+        .filter_map(|tid| {
+            let raw = std::fs::read(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
+            Some((tid, parse_schedstat(&raw).0))
+        })
+        .collect()
+}
+
+/// The x86_64 name of the system calls a thread is commonly found blocked in.
+pub fn syscall_name(nr: i64) -> Option<&'static str> {
+    Some(match nr {
+        0 => "read",
+        1 => "write",
+        7 => "poll",
+        19 => "readv",
+        23 => "select",
+        34 => "pause",
+        35 => "nanosleep",
+        43 => "accept",
+        42 => "connect",
+        44 => "sendto",
+        45 => "recvfrom",
+        46 => "sendmsg",
+        47 => "recvmsg",
+        61 => "wait4",
+        202 => "futex",
+        230 => "clock_nanosleep",
+        232 => "epoll_wait",
+        247 => "waitid",
+        270 => "pselect6",
+        271 => "ppoll",
+        281 => "epoll_pwait",
+        288 => "accept4",
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_threads_condition_has_every_syscall_argument_and_its_tracer() {
+        let text =
+            b"202 0x7f10c9d41b28 0x189 0x0 0x0 0x0 0xffffffff 0x7ffd2c1a8e30 0x7f10c9e3a1f6\n";
+        assert_eq!(
+            syscall_arguments(text),
+            Some((202, [0x7f10c9d41b28, 0x189, 0, 0, 0, 0xffffffff]))
+        );
+        assert_eq!(syscall_arguments(b"running\n"), None);
+        assert_eq!(syscall_arguments(b"-1 0x7ffd 0x55d0\n"), None);
+        assert_eq!(syscall_arguments(b"202 0x1 0x2\n"), None);
+        let me = nix::unistd::gettid().as_raw();
+        let condition = condition(std::process::id() as i32, me).unwrap();
+        // Reading its own files, the thread is running; nothing traces a test.
+        assert_eq!(condition.state, 'R');
+        assert_eq!(condition.tracer, None);
+        assert!(cpu_times(std::process::id() as i32).contains_key(&me));
+    }
 
     #[test]
     fn parses_each_form_of_the_syscall_file() {
