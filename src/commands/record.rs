@@ -187,7 +187,7 @@ impl RecordPlan {
     }
 
     /// The report of `recordings` in the planned format.
-    pub fn render(&self, recordings: &[Recording]) -> String {
+    pub fn render(&self, recordings: &[Recording]) -> Vec<u8> {
         let render = if self.states_chosen {
             self.render.clone()
         } else {
@@ -202,20 +202,18 @@ impl RecordPlan {
     }
 
     /// Write the report where planned.
-    pub fn write(&self, report: &str) -> Result<()> {
+    pub fn write(&self, report: &[u8]) -> Result<()> {
         match &self.output {
             Some(path) => {
-                output::write_atomically(path, report.as_bytes()).map_err(|source| {
-                    Error::Output {
-                        path: path.display().to_string(),
-                        source,
-                    }
+                output::write_atomically(path, report).map_err(|source| Error::Output {
+                    path: path.display().to_string(),
+                    source,
                 })?;
                 eprintln!("gilscope: wrote {}", path.display());
             }
             None => {
                 let mut stdout = std::io::stdout().lock();
-                let _ = stdout.write_all(report.as_bytes());
+                let _ = stdout.write_all(report);
                 let _ = stdout.flush();
             }
         }

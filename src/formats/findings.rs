@@ -79,7 +79,8 @@ pub fn findings(recording: &Recording) -> Vec<String> {
                 ));
                 let place = recording.stacks.as_ref().and_then(|table| {
                     let frame = table.frame(table.leaf(stack?)?)?;
-                    Some(format!(" in {}", crate::formats::labels::frame(frame)))
+                    let paths = super::labels::Paths::of(std::slice::from_ref(recording));
+                    Some(format!(" in {}", super::labels::short(frame, &paths)))
                 });
                 text.push_str(&place.unwrap_or_default());
             }

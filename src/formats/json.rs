@@ -408,12 +408,12 @@ fn round(value: f64, digits: i32) -> f64 {
 pub struct Json;
 
 impl super::Report for Json {
-    fn one(&self, recording: &Recording, _: &super::RenderOptions) -> String {
-        render(recording)
+    fn one(&self, recording: &Recording, _: &super::RenderOptions) -> Vec<u8> {
+        render(recording).into_bytes()
     }
 
-    fn several(&self, recordings: &[Recording], _: &super::RenderOptions) -> String {
-        render_processes(recordings)
+    fn several(&self, recordings: &[Recording], _: &super::RenderOptions) -> Vec<u8> {
+        render_processes(recordings).into_bytes()
     }
 }
 

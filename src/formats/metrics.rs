@@ -401,6 +401,7 @@ mod tests {
             layout: crate::model::LayoutInfo::default(),
             wait_measured: true,
             free_threaded: false,
+            sys_path: Vec::new(),
         }
     }
 

@@ -11,6 +11,7 @@ pub(crate) mod json;
 pub(crate) mod labels;
 pub(crate) mod live;
 pub(crate) mod metrics;
+pub(crate) mod palette;
 pub(crate) mod speedscope;
 pub(crate) mod text;
 pub(crate) mod timeline_svg;
@@ -50,12 +51,13 @@ pub fn shown_states(free_threaded: bool, no_gil: bool) -> Vec<ThreadState> {
     }
 }
 
-/// A report format: what every format module offers (`record`'s `--format`).
+/// A report format: what every format module offers (`record`'s `--format`). Reports are
+/// bytes: most are text, pprof's is a gzip-compressed protobuf.
 pub trait Report {
     /// The report of one process's recording.
-    fn one(&self, recording: &Recording, options: &RenderOptions) -> String;
+    fn one(&self, recording: &Recording, options: &RenderOptions) -> Vec<u8>;
     /// The report of several processes (`--subprocesses`), each process's threads under it.
-    fn several(&self, recordings: &[Recording], options: &RenderOptions) -> String;
+    fn several(&self, recordings: &[Recording], options: &RenderOptions) -> Vec<u8>;
 }
 
 /// The report formats of `record`.

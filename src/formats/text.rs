@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use super::labels::Paths;
 use crate::model::profile::Location;
 use crate::model::{EndReason, Recording};
 use crate::sample::ThreadState;
@@ -231,6 +232,7 @@ const TEXT_CALLERS: usize = 3;
 
 /// Per thread: the innermost frames it held the GIL in, waited in, and ran native code in.
 fn where_threads_are(out: &mut String, recording: &Recording, table: &StackTable) {
+    let paths = Paths::of(std::slice::from_ref(recording));
     let _ = writeln!(out);
     let _ = writeln!(
         out,
@@ -259,7 +261,7 @@ fn where_threads_are(out: &mut String, recording: &Recording, table: &StackTable
                     "    {:<8} {:>6}  {}",
                     label,
                     percent(location.fraction),
-                    frame_text(table, location.frame)
+                    frame_text(table, location.frame, &paths)
                 );
             }
         }
@@ -268,6 +270,7 @@ fn where_threads_are(out: &mut String, recording: &Recording, table: &StackTable
 
 /// The holders' code that the waiters waited on, weighted by the number of waiters.
 fn who_makes_them_wait(out: &mut String, recording: &Recording, table: &StackTable) {
+    let paths = Paths::of(std::slice::from_ref(recording));
     let profile = &recording.profile;
     let total = profile.waiter_ticks();
     if total == 0 {
@@ -286,7 +289,7 @@ fn who_makes_them_wait(out: &mut String, recording: &Recording, table: &StackTab
             .unwrap_or_default();
         let code = match frames.split_last() {
             Some((&leaf, callers)) => {
-                let mut text = frame_text(table, leaf);
+                let mut text = frame_text(table, leaf, &paths);
                 for &caller in callers.iter().rev().take(TEXT_CALLERS) {
                     let name = table.frame(caller).map(|f| display_name(&f.function));
                     text.push_str(&format!(" <- {}", name.unwrap_or_default()));
@@ -313,10 +316,10 @@ fn who_makes_them_wait(out: &mut String, recording: &Recording, table: &StackTab
     }
 }
 
-fn frame_text(table: &StackTable, id: FrameId) -> String {
+fn frame_text(table: &StackTable, id: FrameId, paths: &Paths) -> String {
     table
         .frame(id)
-        .map(|f| display_name(&crate::formats::labels::frame(f)))
+        .map(|f| display_name(&super::labels::short(f, paths)))
         .unwrap_or_default()
 }
 
@@ -336,11 +339,11 @@ fn display_name(name: &str) -> String {
 pub struct Text;
 
 impl super::Report for Text {
-    fn one(&self, recording: &Recording, _: &super::RenderOptions) -> String {
-        render(recording)
+    fn one(&self, recording: &Recording, _: &super::RenderOptions) -> Vec<u8> {
+        render(recording).into_bytes()
     }
 
-    fn several(&self, recordings: &[Recording], _: &super::RenderOptions) -> String {
-        render_processes(recordings)
+    fn several(&self, recordings: &[Recording], _: &super::RenderOptions) -> Vec<u8> {
+        render_processes(recordings).into_bytes()
     }
 }

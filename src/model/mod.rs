@@ -83,6 +83,9 @@ pub struct TargetInfo {
     /// A free-threaded build (3.13t): the GIL may be off, and then threads are attached
     /// (running Python) or detached instead of holding or waiting (docs/COMPATIBILITY.md).
     pub free_threaded: bool,
+    /// The main interpreter's `sys.path`, read once: the directories modules were imported
+    /// from, which short file names are relative to. Empty where it could not be read.
+    pub sys_path: Vec<String>,
 }
 
 /// Why the recording ended.

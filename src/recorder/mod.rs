@@ -288,6 +288,7 @@ pub fn target_info(observer: &Observer<ProcessMemory>) -> TargetInfo {
         },
         wait_measured: interpreter.measures_wait(),
         free_threaded: interpreter.layout.free_threaded,
+        sys_path: observer.sys_path(),
     }
 }
 
@@ -381,7 +382,7 @@ fn sample(
                     member.name_threads();
                     let health = health(member.errors, &schedule);
                     (slices.sink)(ProcessSlice {
-                        profile: std::mem::take(&mut member.profile),
+                        profile: member.profile.take_slice(),
                         health: &health,
                         observer: &member.observer,
                         exited: member.exited,
