@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::model::profile::{Counts, ThreadProfile};
+use crate::model::profile::{Counts, Latency, ThreadProfile};
 use crate::model::Recording;
 use crate::sample::ThreadState;
 use crate::stack::{FrameId, StackTable};
@@ -84,6 +84,44 @@ struct Gil {
     interval_s: Option<f64>,
     held_margin: Option<f64>,
     contended_margin: Option<f64>,
+    /// Every thread's waits together (null: waits not measured).
+    latency: Option<LatencyEntry>,
+}
+
+/// The distribution of waits for the GIL (episodes), in seconds.
+#[derive(Serialize)]
+struct LatencyEntry {
+    waits: u64,
+    mean_s: Option<f64>,
+    p50_s: Option<f64>,
+    p90_s: Option<f64>,
+    p99_s: Option<f64>,
+    max_s: Option<f64>,
+    /// [start_s, end_s, waits] of each bucket holding waits, shortest first.
+    buckets: Vec<[f64; 3]>,
+}
+
+fn latency_entry(latency: &Latency) -> LatencyEntry {
+    let some = latency.episodes > 0;
+    let s = |v: Option<f64>| v.map(|v| round(v, 7));
+    LatencyEntry {
+        waits: latency.episodes,
+        mean_s: s(latency.mean_s()),
+        p50_s: s(latency.quantile(0.5)),
+        p90_s: s(latency.quantile(0.9)),
+        p99_s: s(latency.quantile(0.99)),
+        max_s: s(some.then(|| latency.max_ns as f64 / 1e9)),
+        buckets: latency
+            .buckets()
+            .map(|(i, n)| {
+                [
+                    round(Latency::bucket_start_s(i), 9),
+                    round(Latency::bucket_start_s(i + 1), 9),
+                    n as f64,
+                ]
+            })
+            .collect(),
+    }
 }
 
 /// One GIL and the interpreters and threads on it.
@@ -120,6 +158,8 @@ struct Thread {
     top_running: Vec<Location>,
     top_idle: Vec<Location>,
     top_attached: Option<Vec<Location>>,
+    /// Its waits for the GIL (null: waits not measured).
+    gil_latency: Option<LatencyEntry>,
 }
 
 #[derive(Serialize)]
@@ -199,6 +239,7 @@ fn report(recording: &Recording) -> Report<'_> {
                 .contended_margin()
                 .filter(|_| measured)
                 .map(|m| round(m, 4)),
+            latency: measured.then(|| latency_entry(&profile.latency())),
         },
         gils: gils(recording),
         threads: profile
@@ -230,6 +271,7 @@ fn report(recording: &Recording) -> Report<'_> {
                     top_idle: locations(recording, t, ThreadState::Idle),
                     top_attached: free_threaded
                         .then(|| locations(recording, t, ThreadState::Attached)),
+                    gil_latency: measured.then(|| latency_entry(&t.latency)),
                 }
             })
             .collect(),

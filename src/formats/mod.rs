@@ -7,11 +7,13 @@ pub mod collapsed;
 pub(crate) mod dump;
 pub(crate) mod findings;
 pub(crate) mod flamegraph;
+pub(crate) mod html;
 pub(crate) mod json;
 pub(crate) mod labels;
 pub(crate) mod live;
 pub(crate) mod metrics;
 pub(crate) mod palette;
+pub(crate) mod pprof;
 pub(crate) mod speedscope;
 pub(crate) mod text;
 pub(crate) mod timeline_svg;
@@ -77,6 +79,10 @@ pub enum Format {
     Chrometrace,
     /// An SVG timeline: a row per thread, coloured by GIL state over time.
     Timeline,
+    /// One self-contained HTML page: summary, threads, latency, timeline, flamegraphs.
+    Html,
+    /// pprof's gzip-compressed protobuf profile, a sample type per state.
+    Pprof,
 }
 
 /// Which stacks a stack format shows.
@@ -131,11 +137,16 @@ impl Format {
         if name == "timeline.svg" || name.ends_with(".timeline.svg") {
             return Some(Format::Timeline);
         }
+        if name.ends_with(".pb.gz") || name.ends_with(".pprof.gz") {
+            return Some(Format::Pprof);
+        }
         match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
             "json" => Some(Format::Json),
             "txt" => Some(Format::Text),
             "svg" => Some(Format::Flamegraph),
             "folded" | "collapsed" => Some(Format::Collapsed),
+            "html" | "htm" => Some(Format::Html),
+            "pprof" => Some(Format::Pprof),
             _ => None,
         }
     }
@@ -149,12 +160,14 @@ impl Format {
                 | Format::Speedscope
                 | Format::Chrometrace
                 | Format::Timeline
+                | Format::Html
+                | Format::Pprof
         )
     }
 
     /// Does this format draw the recording in time order (and so need its timeline kept)?
     pub fn needs_timeline(&self) -> bool {
-        matches!(self, Format::Chrometrace | Format::Timeline)
+        matches!(self, Format::Chrometrace | Format::Timeline | Format::Html)
     }
 
     /// The module that writes this format.
@@ -167,6 +180,8 @@ impl Format {
             Format::Speedscope => &speedscope::Speedscope,
             Format::Chrometrace => &chrometrace::Chrometrace,
             Format::Timeline => &timeline_svg::TimelineSvg,
+            Format::Html => &html::Html,
+            Format::Pprof => &pprof::Pprof,
         }
     }
 }
@@ -246,5 +261,15 @@ mod tests {
             Format::from_path(Path::new("Timeline.svg")),
             Some(Format::Timeline)
         );
+        assert_eq!(
+            Format::from_path(Path::new("report.html")),
+            Some(Format::Html)
+        );
+        assert_eq!(
+            Format::from_path(Path::new("/tmp/profile.pb.gz")),
+            Some(Format::Pprof)
+        );
+        assert_eq!(Format::from_path(Path::new("x.pprof")), Some(Format::Pprof));
+        assert_eq!(Format::from_path(Path::new("x.gz")), None);
     }
 }

@@ -161,12 +161,68 @@ pub fn render(recording: &Recording) -> String {
         }
         let _ = writeln!(out);
     }
+    if measured {
+        latency_section(&mut out, recording);
+    }
     if let Some(table) = &recording.stacks {
         where_threads_are(&mut out, recording, table);
         who_makes_them_wait(&mut out, recording, table);
     }
     findings_section(&mut out, recording);
     out
+}
+
+/// Each thread's waits for the GIL: how many, and how long each took (quantiles).
+fn latency_section(out: &mut String, recording: &Recording) {
+    let profile = &recording.profile;
+    let threads: Vec<_> = profile
+        .threads()
+        .into_iter()
+        .filter(|t| t.latency.episodes > 0)
+        .collect();
+    if threads.is_empty() {
+        return;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "GIL latency (each wait, from its first waiting sample to the GIL; +-{:.1} ms at \
+         this rate):",
+        profile.tick_s() * 1e3
+    );
+    let name_width = threads
+        .iter()
+        .map(|t| display_name(t.name()).chars().count())
+        .max()
+        .unwrap_or(4)
+        .clamp(13, 32);
+    let _ = writeln!(
+        out,
+        "{:>8}  {:<name_width$}  {:>7}  {:>9}  {:>9}  {:>9}  {:>9}",
+        "TID", "NAME", "WAITS", "P50", "P90", "P99", "MAX"
+    );
+    let ms = |s: Option<f64>| s.map_or_else(|| "-".to_string(), |s| format!("{:.1} ms", s * 1e3));
+    let mut rows: Vec<(String, &crate::model::profile::Latency, Option<i32>)> = threads
+        .iter()
+        .map(|t| (display_name(t.name()), &t.latency, Some(t.tid)))
+        .collect();
+    let all = profile.latency();
+    if rows.len() > 1 {
+        rows.push(("(all threads)".to_string(), &all, None));
+    }
+    for (name, latency, tid) in rows {
+        let name: String = name.chars().take(name_width).collect();
+        let tid = tid.map(|t| t.to_string()).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{tid:>8}  {name:<name_width$}  {:>7}  {:>9}  {:>9}  {:>9}  {:>9}",
+            latency.episodes,
+            ms(latency.quantile(0.5)),
+            ms(latency.quantile(0.9)),
+            ms(latency.quantile(0.99)),
+            ms(Some(latency.max_ns as f64 / 1e9)),
+        );
+    }
 }
 
 /// One line per GIL, where subinterpreters have GILs of their own (3.12+).
@@ -219,7 +275,7 @@ pub fn findings_section(out: &mut String, recording: &Recording) {
     let _ = writeln!(out);
     let _ = writeln!(out, "Findings:");
     for finding in findings {
-        let _ = writeln!(out, "- {}", display_name(&finding));
+        let _ = writeln!(out, "- {}", display_name(&finding.text));
     }
 }
 
