@@ -97,8 +97,15 @@ struct LatencyEntry {
     p90_s: Option<f64>,
     p99_s: Option<f64>,
     max_s: Option<f64>,
-    /// [start_s, end_s, waits] of each bucket holding waits, shortest first.
-    buckets: Vec<[f64; 3]>,
+    /// The buckets holding waits, shortest first.
+    buckets: Vec<LatencyBucket>,
+}
+
+#[derive(Serialize)]
+struct LatencyBucket {
+    start_s: f64,
+    end_s: f64,
+    waits: u64,
 }
 
 fn latency_entry(latency: &Latency) -> LatencyEntry {
@@ -113,12 +120,10 @@ fn latency_entry(latency: &Latency) -> LatencyEntry {
         max_s: s(some.then(|| latency.max_ns as f64 / 1e9)),
         buckets: latency
             .buckets()
-            .map(|(i, n)| {
-                [
-                    round(Latency::bucket_start_s(i), 9),
-                    round(Latency::bucket_start_s(i + 1), 9),
-                    n as f64,
-                ]
+            .map(|(i, n)| LatencyBucket {
+                start_s: round(Latency::bucket_start_s(i), 9),
+                end_s: round(Latency::bucket_start_s(i + 1), 9),
+                waits: n,
             })
             .collect(),
     }
