@@ -63,6 +63,11 @@ pub enum Error {
         path: String,
         source: std::io::Error,
     },
+    /// `serve --listen ADDRESS` could not listen there.
+    Listen {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     Usage(String),
     Internal(String),
 }
@@ -83,7 +88,7 @@ impl Error {
             }
             Error::Spawn { .. } => ExitCode::Spawn,
             Error::Output { .. } => ExitCode::Output,
-            Error::Usage(_) => ExitCode::Usage,
+            Error::Listen { .. } | Error::Usage(_) => ExitCode::Usage,
             Error::Internal(_) => ExitCode::Internal,
         }
     }
@@ -97,16 +102,40 @@ impl Error {
                  gilscope record -- CMD waits for the interpreter by itself"
                     .into(),
             ),
-            Error::UnsupportedVersion { .. } => Some(format!(
-                "gilscope supports CPython {}; see docs/COMPATIBILITY.md",
-                crate::python::version::SUPPORTED
-            )),
+            Error::UnsupportedVersion { .. } => Some(
+                "docs/COMPATIBILITY.md lists the versions gilscope supports and how each was \
+                 checked"
+                    .into(),
+            ),
             Error::UnrecognisedLayout { .. } => Some(
                 "please report this with the output of `python -VV` for that interpreter".into(),
             ),
             Error::NoSuchProcess { .. } => Some("check the pid with `ps -p PID`".into()),
+            Error::Listen { address, source } => listen_hint(address, source),
             _ => None,
         }
+    }
+}
+
+fn listen_hint(address: &std::net::SocketAddr, source: &std::io::Error) -> Option<String> {
+    // The same host part with any free port, as --listen takes it.
+    let any_port = std::net::SocketAddr::new(address.ip(), 0);
+    match source.kind() {
+        std::io::ErrorKind::AddrInUse => Some(format!(
+            "another program listens there (`ss -ltnp 'sport = :{}'` shows which); choose \
+             another port, or --listen {any_port} for any free one (serve prints it)",
+            address.port()
+        )),
+        std::io::ErrorKind::AddrNotAvailable => Some(format!(
+            "{} is not an address of this host: the default 127.0.0.1 listens on loopback only, \
+             0.0.0.0 on every interface",
+            address.ip()
+        )),
+        std::io::ErrorKind::PermissionDenied if address.port() < 1024 => Some(format!(
+            "ports below 1024 need root or CAP_NET_BIND_SERVICE; choose one above, e.g. --listen {}",
+            std::net::SocketAddr::new(address.ip(), 9464)
+        )),
+        _ => None,
     }
 }
 
@@ -162,6 +191,15 @@ impl fmt::Display for Error {
             }
             Error::Spawn { command, source } => write!(f, "cannot start `{command}`: {source}"),
             Error::Output { path, source } => write!(f, "cannot write {path}: {source}"),
+            Error::Listen { address, source } => match source.kind() {
+                std::io::ErrorKind::AddrInUse => {
+                    write!(
+                        f,
+                        "cannot listen on {address}: the address is already in use"
+                    )
+                }
+                _ => write!(f, "cannot listen on {address}: {source}"),
+            },
             Error::Usage(message) => write!(f, "{message}"),
             Error::Internal(message) => write!(f, "internal error: {message}"),
         }

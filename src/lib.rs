@@ -2,12 +2,13 @@
 //! GIL, who waits for it, and who runs without it. docs/ARCHITECTURE.md draws the layers.
 //!
 //! Data flows one way, each layer importing only from those before it:
-//! `stack` -> `target` -> `python` -> `sample` -> `model` -> `recorder` -> `formats`, `output`
-//! -> `commands`. `error` and `cli` serve every layer that needs them.
+//! `stack` -> `target` -> `python` -> `sample` -> `model` -> `recorder` -> `formats`, `output`,
+//! `exporter` -> `commands`. `error` and `cli` serve every layer that needs them.
 
 pub mod cli;
 pub mod commands;
 pub mod error;
+pub(crate) mod exporter;
 pub mod formats;
 pub mod model;
 pub mod output;

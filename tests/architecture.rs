@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 /// Each module and the modules it may use (besides itself). Read as "data flows one way":
-/// stack -> target -> error -> python -> sample -> model -> recorder | formats | output ->
-/// cli -> commands; dev (test tools) may use anything below the commands.
+/// stack -> target -> error -> python -> sample -> model -> recorder | formats | output |
+/// exporter -> cli -> commands; dev (test tools) may use anything below the commands.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("stack", &[]),
     ("target", &["stack"]),
@@ -21,12 +21,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // Formats read the model; they never touch the target or the recorder.
     ("formats", &["stack", "error", "python", "sample", "model"]),
     ("output", &["error"]),
+    // serve's HTTP endpoint: delivers the metrics formats' pages, as output writes files.
+    ("exporter", &["error", "formats"]),
     ("cli", &["python", "sample", "formats"]),
     (
         "commands",
         &[
             "stack", "target", "error", "python", "sample", "model", "recorder", "formats",
-            "output", "cli",
+            "output", "exporter", "cli",
         ],
     ),
     (

@@ -299,8 +299,17 @@ fn io_waits(python: &Python) -> Result<(), Failed> {
     let io = row(&report, &fx, "io")?;
     expect(fraction(io, "wait") > 0.3, "io waits for the GIL", &report)?;
     expect(fraction(io, "idle") > 0.05, "io sleeps in recv", &report)?;
+    // The I/O threads hold the GIL for microseconds at a time: when it is held, the CPU
+    // thread holds it. (How much of the time it is held at all depends on how long
+    // hand-offs take, which is the machine's load, not gilscope's.)
     let cpu = fraction(row(&report, &fx, "cpu")?, "hold");
-    expect(cpu > 0.8, format!("cpu hold {cpu}"), &report)
+    let held = report["gil"]["held"].as_f64().unwrap_or(0.0);
+    let margin = 2.0 * report["gil"]["held_margin"].as_f64().unwrap_or(0.05) + 0.05;
+    expect(
+        cpu > 0.5 && cpu >= held * (1.0 - margin),
+        format!("cpu hold {cpu} of the GIL's {held} (margin {margin:.3})"),
+        &report,
+    )
 }
 
 /// The re engine keeps the GIL for a whole match; the ticker wakes every 10 ms and waits.
@@ -759,11 +768,28 @@ fn stacks_in_states(python: &Python) -> Result<(), Failed> {
             on_holder += entry["share"].as_f64().unwrap_or(0.0);
         }
     }
-    // The holder keeps the GIL through each 3 ms sleep while both spinners wait: about a
-    // third of the hold time, and two waiters each time.
+    // The holder keeps the GIL through each 3 ms sleep while the four spinning threads
+    // wait; they hold it in turn otherwise, and it waits. So whoever holds, four threads
+    // wait, and the holder's share of the blame is its share of the holding.
+    let holds: f64 = [
+        "spinner-with-a-long-name",
+        "holder",
+        "unicode",
+        "generator",
+        "coroutine",
+    ]
+    .iter()
+    .map(|role| row(&report, &fx, role).map(|r| fraction(r, "hold")))
+    .sum::<Result<f64, Failed>>()?;
+    let expected = fraction(holder, "hold") / holds.max(1e-9);
+    let samples = report["samples"].as_f64().unwrap_or(1.0);
+    let margin = 3.0 * (expected * (1.0 - expected) / samples).sqrt() + 0.03 + 0.2 * expected;
     expect(
-        on_holder > 0.15,
-        format!("blame share of hold_in_c {on_holder}"),
+        expected > 0.0 && (on_holder - expected).abs() <= margin,
+        format!(
+            "blame share of hold_in_c {on_holder}, its share of the holding {expected:.4} \
+             (margin {margin:.4})"
+        ),
         &report,
     )
 }
@@ -1483,12 +1509,44 @@ fn findings(python: &Python) -> Result<(), Failed> {
         }
     }
     {
-        let (fx, found) = findings_of(python, "io_pingpong")?;
-        let convoy = format!("io ({}) waited", fx.tid("io"));
-        if !found.lines().any(|l| {
+        // The convoy finding needs 20 wake-ups; how many a second brings is the machine's
+        // doing. Record longer until the I/O thread has made them (or say it never did).
+        let fx = Fixture::start(&python.path, "io_pingpong", &["--duration", "120"])?;
+        let io = fx.tid("io");
+        let mut seen = Vec::new();
+        let mut found = None;
+        for secs in [2.0, 4.0, 8.0, 16.0] {
+            let report = common::record_json(fx.pid, secs)?;
+            let thread = thread_row(&report, io).ok_or("io is not in the report")?;
+            let wakeups = thread["wakeups"].as_u64().unwrap_or(0);
+            seen.push(format!("{wakeups} in {secs} s"));
+            if wakeups >= 30 {
+                found = Some(report);
+                break;
+            }
+        }
+        let Some(report) = found else {
+            return Err(format!(
+                "io_pingpong: the I/O thread made too few wake-ups for the test ({})",
+                seen.join(", ")
+            )
+            .into());
+        };
+        let convoy = format!("io ({io}) waited");
+        let findings: Vec<&str> = report["findings"]
+            .as_array()
+            .map(|f| f.iter().filter_map(|l| l.as_str()).collect())
+            .unwrap_or_default();
+        if !findings.iter().any(|l| {
             l.contains(&convoy) && l.contains("after each wake-up") && l.contains("convoy")
         }) {
-            return Err(format!("io_pingpong: no convoy finding for io:\n{found}").into());
+            let rows = common::thread_rows(&report);
+            return Err(format!(
+                "io_pingpong: no convoy finding for io:\n{}\n  {}",
+                findings.join("\n"),
+                rows.join("\n  ")
+            )
+            .into());
         }
     }
     {

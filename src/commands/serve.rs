@@ -1,6 +1,6 @@
 //! `gilscope serve`: sample a process at a low rate for as long as it runs and expose what is
-//! measured as Prometheus metrics on an HTTP endpoint. Owns the listener and the following of
-//! a command name across restarts; the sampling is `record`'s and the counting `metrics`'s.
+//! measured as Prometheus metrics on an HTTP endpoint. Owns the following of a command name
+//! across restarts; the sampling is `record`'s, the counting `metrics`'s, the HTTP `exporter`'s.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use crate::cli::ServeArgs;
 use crate::error::{Error, Result};
-use crate::formats::metrics::{self, Metrics};
+use crate::exporter::Endpoint;
+use crate::formats::metrics::Metrics;
 use crate::model::{EndReason, TargetInfo};
 use crate::recorder::{self, ProcessSlice, RecordOptions, Recorder, Slices};
 use crate::sample::observe::Observer;
@@ -20,8 +21,8 @@ use crate::target::process;
 pub const UPDATE: Duration = Duration::from_secs(1);
 /// How often a process of the followed name is looked for while there is none.
 const FOLLOW_POLL: Duration = Duration::from_millis(500);
-/// How long the HTTP thread waits for a request before it looks at the stop flag.
-const ACCEPT_POLL: Duration = Duration::from_millis(100);
+/// How many pids of a name are listed when several go by it.
+const LISTED_PIDS: usize = 8;
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -72,20 +73,19 @@ pub fn serve(options: ServeOptions, stop: Arc<AtomicBool>, announce: fn(&str)) -
         Some(pid) => Some(recorder::attach(pid)?),
         None => None,
     };
-    let server = tiny_http::Server::http(options.listen)
-        .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", options.listen)))?;
-    let address = server
-        .server_addr()
-        .to_ip()
-        .map_or_else(|| options.listen.to_string(), |a| a.to_string());
-    announce(&format!("serving metrics on http://{address}/metrics"));
+    let endpoint = Endpoint::bind(options.listen)?;
+    announce(&format!(
+        "serving metrics on http://{}/metrics",
+        endpoint.address()
+    ));
     let metrics = Arc::new(Mutex::new(Metrics::new()));
     let http = {
-        let (metrics, stop) = (metrics.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("gilscope-http".into())
-            .spawn(move || answer(&server, &metrics, &stop))
-            .map_err(|e| Error::Internal(format!("cannot start the HTTP thread: {e}")))?
+        let metrics = metrics.clone();
+        endpoint.spawn(
+            move |format| lock(&metrics).encode(format),
+            stop.clone(),
+            announce,
+        )?
     };
     let end = loop {
         let observer = match next.take() {
@@ -105,7 +105,9 @@ pub fn serve(options: ServeOptions, stop: Arc<AtomicBool>, announce: fn(&str)) -
         }
     };
     stop.store(true, Ordering::Relaxed);
-    let _ = http.join();
+    // An endpoint that failed raised `stop` itself: serve must not end as if all was well.
+    http.join()
+        .map_err(|why| Error::Internal(format!("the metrics endpoint stopped: {why}")))?;
     Ok(end)
 }
 
@@ -186,14 +188,21 @@ fn lock(metrics: &Mutex<Metrics>) -> std::sync::MutexGuard<'_, Metrics> {
     metrics.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Wait for a Python process of the name `name` and attach to it; None once `stop` is raised.
+/// Wait for a Python process of the name `name` and attach to it (the oldest, if several go
+/// by it: saying which, and how to choose another); None once `stop` is raised.
 fn wait_for(name: &str, stop: &AtomicBool, announce: fn(&str)) -> Option<Observer<ProcessMemory>> {
     announce(&format!("waiting for a process named {name}"));
     let mut last_error = String::new();
     while !stop.load(Ordering::Relaxed) {
-        for pid in process::named(name) {
+        let named = process::named(name);
+        for &pid in &named {
             match recorder::attach(pid) {
-                Ok(observer) => return Some(observer),
+                Ok(observer) => {
+                    if named.len() > 1 {
+                        announce(&several_named(name, &named, pid));
+                    }
+                    return Some(observer);
+                }
                 // Not Python yet (still starting), or not Python at all: say so once.
                 Err(e) => {
                     let error = format!("pid {pid}: {e}");
@@ -209,34 +218,39 @@ fn wait_for(name: &str, stop: &AtomicBool, announce: fn(&str)) -> Option<Observe
     None
 }
 
-/// Answer HTTP requests until `stop`: GET (or HEAD) /metrics, and nothing else.
-fn answer(server: &tiny_http::Server, metrics: &Mutex<Metrics>, stop: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) {
-        let request = match server.recv_timeout(ACCEPT_POLL) {
-            Ok(Some(request)) => request,
-            Ok(None) => continue,
-            Err(_) => break,
-        };
-        let path = request.url().split('?').next().unwrap_or("");
-        let read = matches!(
-            request.method(),
-            tiny_http::Method::Get | tiny_http::Method::Head
+/// The line that says which of several processes of a name is sampled, and how to choose.
+fn several_named(name: &str, pids: &[i32], chosen: i32) -> String {
+    let mut listed: Vec<String> = pids.iter().take(LISTED_PIDS).map(i32::to_string).collect();
+    if pids.len() > LISTED_PIDS {
+        listed.push("...".into());
+    }
+    let which = if pids.first() == Some(&chosen) {
+        format!("the oldest, pid {chosen}")
+    } else {
+        format!("pid {chosen}, the oldest that runs Python")
+    };
+    format!(
+        "{} processes are named {name} (pids {}): sampling {which}; to sample another, \
+         add --pid PID (--follow-name then follows its name after it exits)",
+        pids.len(),
+        listed.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_processes_of_a_name_are_listed_with_the_choice_and_how_to_change_it() {
+        let line = several_named("app.py", &[10, 20], 10);
+        assert_eq!(
+            line,
+            "2 processes are named app.py (pids 10, 20): sampling the oldest, pid 10; to \
+             sample another, add --pid PID (--follow-name then follows its name after it exits)"
         );
-        let (status, content_type, body) = match (read, path) {
-            (true, "/metrics") => (200, metrics::CONTENT_TYPE, lock(metrics).encode()),
-            (false, "/metrics") => (405, "text/plain; charset=utf-8", "only GET\n".into()),
-            _ => (
-                404,
-                "text/plain; charset=utf-8",
-                "not found: gilscope serves /metrics only\n".into(),
-            ),
-        };
-        let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes())
-            .expect("a valid header");
-        let response = tiny_http::Response::from_string(body)
-            .with_status_code(status)
-            .with_header(header);
-        // A client that went away is its own business.
-        let _ = request.respond(response);
+        let many: Vec<i32> = (1..=20).collect();
+        let line = several_named("gunicorn", &many, 3);
+        assert!(line.starts_with("20 processes are named gunicorn (pids 1, 2, 3, 4, 5, 6, 7, 8, ...): sampling pid 3, the oldest that runs Python;"), "{line}");
     }
 }

@@ -31,6 +31,8 @@ struct Report<'a> {
     blame: Option<Blame>,
     sampler: &'a crate::model::SamplerStats,
     error: ErrorBounds,
+    /// What the figures call for, in the words of the text report's findings.
+    findings: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -165,6 +167,11 @@ struct Thread {
     top_attached: Option<Vec<Location>>,
     /// Its waits for the GIL (null: waits not measured).
     gil_latency: Option<LatencyEntry>,
+    /// Times it woke from something else and then had to wait for the GIL (None where
+    /// waiting is not measured).
+    wakeups: Option<u64>,
+    /// Its mean wait for the GIL after such a wake-up, in seconds (None without one).
+    wait_after_wakeup_s: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -277,6 +284,13 @@ fn report(recording: &Recording) -> Report<'_> {
                     top_attached: free_threaded
                         .then(|| locations(recording, t, ThreadState::Attached)),
                     gil_latency: measured.then(|| latency_entry(&t.latency)),
+                    wakeups: measured.then_some(t.wakeups),
+                    wait_after_wakeup_s: (measured && t.wakeups > 0).then(|| {
+                        round(
+                            t.wakeup_wait_ticks as f64 / t.wakeups as f64 * profile.tick_s(),
+                            6,
+                        )
+                    }),
                 }
             })
             .collect(),
@@ -286,6 +300,10 @@ fn report(recording: &Recording) -> Report<'_> {
             classifier: crate::model::CLASSIFIER_ERROR,
             confidence: 0.95,
         },
+        findings: super::findings::findings(recording)
+            .into_iter()
+            .map(|f| f.text)
+            .collect(),
     }
 }
 

@@ -18,8 +18,41 @@ use crate::model::profile::Latency;
 use crate::model::{Profile, TargetInfo};
 use crate::sample::{Health, ThreadState};
 
-/// The content type of [`Metrics::encode`]'s text.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The text formats the metrics can be written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposition {
+    /// OpenMetrics 1.0.0 text, what Prometheus asks for first.
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4 (`text/plain; version=0.0.4`), for older scrapers
+    /// and tools that read only it.
+    PrometheusText,
+}
+
+impl Exposition {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Exposition::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Exposition::PrometheusText => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+
+    /// Type and subtype of its media type.
+    pub fn media_type(self) -> (&'static str, &'static str) {
+        match self {
+            Exposition::OpenMetrics => ("application", "openmetrics-text"),
+            Exposition::PrometheusText => ("text", "plain"),
+        }
+    }
+
+    /// The `version` parameters it satisfies: OpenMetrics 0.0.1 and 1.0.0 differ in nothing
+    /// these metrics use.
+    pub fn versions(self) -> &'static [&'static str] {
+        match self {
+            Exposition::OpenMetrics => &["1.0.0", "0.0.1"],
+            Exposition::PrometheusText => &["0.0.4"],
+        }
+    }
+}
 
 type Seconds = Counter<f64, AtomicU64>;
 
@@ -418,13 +451,55 @@ impl Metrics {
         }
     }
 
-    /// The exposition text of every metric.
-    pub fn encode(&self) -> String {
+    /// The exposition text of every metric, in `format`.
+    pub fn encode(&self, format: Exposition) -> String {
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
-        text
+        match format {
+            Exposition::OpenMetrics => text,
+            Exposition::PrometheusText => prometheus_text(&text),
+        }
     }
+}
+
+/// OpenMetrics text as the Prometheus text format 0.0.4: the same samples, with the metadata
+/// named as 0.0.4 names it. A counter family `x` is `x_total` there (its only sample), `# UNIT`
+/// and `# EOF` do not exist, and neither do info or stateset types (these metrics have none).
+/// Label values and HELP texts escape alike in both (backslash, quote, newline).
+fn prometheus_text(open_metrics: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in open_metrics.lines() {
+        if let Some(family) = line
+            .strip_prefix("# TYPE ")
+            .and_then(|rest| rest.strip_suffix(" counter"))
+        {
+            counters.insert(family);
+        }
+    }
+    let mut text = String::with_capacity(open_metrics.len());
+    for line in open_metrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let metadata = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|prefix| Some((prefix, line.strip_prefix(prefix)?)));
+        match metadata {
+            Some((prefix, rest)) => {
+                let (family, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let suffix = if counters.contains(family) {
+                    "_total"
+                } else {
+                    ""
+                };
+                text.push_str(&format!("{prefix}{family}{suffix} {tail}"));
+            }
+            None => text.push_str(line),
+        }
+        text.push('\n');
+    }
+    text
 }
 
 #[cfg(test)]
@@ -480,7 +555,7 @@ mod tests {
             );
         }
         metrics.add_slice(42, &profile, &Health::default());
-        let text = metrics.encode();
+        let text = metrics.encode(Exposition::OpenMetrics);
         let series: std::collections::HashSet<&str> = text
             .lines()
             .filter(|l| l.starts_with("gilscope_thread_gil_seconds_total{"))
@@ -504,7 +579,7 @@ mod tests {
             health.errors += 2;
             metrics.add_slice(42, &slice(k * 1000), &health);
         }
-        let text = metrics.encode();
+        let text = metrics.encode(Exposition::OpenMetrics);
         let thread = |name: &str, state: &str| {
             value(
                 &text,
@@ -537,13 +612,13 @@ mod tests {
         metrics.attached(&target(42));
         metrics.add_slice(42, &slice(0), &Health::default());
         metrics.detached(42);
-        let text = metrics.encode();
+        let text = metrics.encode(Exposition::OpenMetrics);
         assert_eq!(value(&text, "gilscope_attached"), 0.0);
         assert!(!text.contains("gilscope_target_info{"), "{text}");
         metrics.attached(&target(43));
         // Its ticks restart from 0 ms: no credit for the time before it.
         metrics.add_slice(43, &slice(0), &Health::default());
-        let text = metrics.encode();
+        let text = metrics.encode(Exposition::OpenMetrics);
         assert!((value(&text, "gilscope_gil_held_seconds_total{pid=\"42\"}") - 1.0).abs() < 1e-6);
         assert!((value(&text, "gilscope_gil_held_seconds_total{pid=\"43\"}") - 1.0).abs() < 1e-6);
         // Label values are escaped.
@@ -563,17 +638,23 @@ mod tests {
         metrics.add_slice(43, &slice(0), &Health::default());
         // A slice of a process not (or no longer) attached counts nowhere.
         metrics.add_slice(44, &slice(0), &Health::default());
-        let text = metrics.encode();
+        let text = metrics.encode(Exposition::OpenMetrics);
         assert!((value(&text, "gilscope_gil_held_seconds_total{pid=\"42\"}") - 2.0).abs() < 1e-6);
         assert!((value(&text, "gilscope_gil_held_seconds_total{pid=\"43\"}") - 1.0).abs() < 1e-6);
         assert!(!text.contains("pid=\"44\""));
         metrics.detached(42);
-        let text = metrics.encode();
+        let text = metrics.encode(Exposition::OpenMetrics);
         assert_eq!(value(&text, "gilscope_attached"), 1.0);
         assert!(text.contains("gilscope_target_info{pid=\"43\""));
         assert!(!text.contains("gilscope_target_info{pid=\"42\""));
         metrics.detached(43);
-        assert_eq!(value(&metrics.encode(), "gilscope_attached"), 0.0);
+        assert_eq!(
+            value(
+                &metrics.encode(Exposition::OpenMetrics),
+                "gilscope_attached"
+            ),
+            0.0
+        );
     }
 
     #[test]
@@ -584,7 +665,7 @@ mod tests {
             ..target(42)
         });
         metrics.add_slice(42, &slice(0), &Health::default());
-        let text = metrics.encode();
+        let text = metrics.encode(Exposition::OpenMetrics);
         assert!(text.contains("state=\"hold\""), "{text}");
         assert!(!text.contains("state=\"wait\""), "{text}");
         assert!(
@@ -618,7 +699,7 @@ mod tests {
             ..target(42)
         });
         metrics.add_slice(42, &slice(0, false), &Health::default());
-        let text = metrics.encode();
+        let text = metrics.encode(Exposition::OpenMetrics);
         for absent in [
             "gilscope_gil_held_seconds_total{",
             "gilscope_gil_contended_seconds_total{",
@@ -634,7 +715,7 @@ mod tests {
         assert!((value(&text, attached) - 1.0).abs() < 1e-6);
         // `PYTHON_GIL=1` or an extension turned the GIL on: now it is measured.
         metrics.add_slice(42, &slice(1000, true), &Health::default());
-        let text = metrics.encode();
+        let text = metrics.encode(Exposition::OpenMetrics);
         assert!((value(&text, enabled) - 1.0).abs() < 1e-6);
         let process = |name: &str| value(&text, &format!("gilscope_{name}{{pid=\"42\"}}"));
         assert!((process("gil_held_seconds_total") - 1.0).abs() < 1e-6);
@@ -645,7 +726,7 @@ mod tests {
         // A GIL build has its GIL series from the start.
         let mut metrics = Metrics::new();
         metrics.attached(&target(43));
-        let text = metrics.encode();
+        let text = metrics.encode(Exposition::OpenMetrics);
         assert!(text.contains("gilscope_gil_held_seconds_total{pid=\"43\"}"));
         assert!(!text.contains("gilscope_gil_enabled_seconds_total{"));
     }
@@ -681,7 +762,7 @@ mod tests {
         let mut metrics = Metrics::new();
         metrics.attached(&target(42));
         metrics.add_slice(42, &profile, &Health::default());
-        let text = metrics.encode();
+        let text = metrics.encode(Exposition::OpenMetrics);
         let gil = |name: &str, interpreter: &str| {
             value(
                 &text,
@@ -698,7 +779,7 @@ mod tests {
         metrics.attached(&target(43));
         metrics.add_slice(43, &slice(0), &Health::default());
         assert!(!metrics
-            .encode()
+            .encode(Exposition::OpenMetrics)
             .contains("gilscope_interpreter_gil_held_seconds_total{"));
     }
 
@@ -749,8 +830,51 @@ mod tests {
         let mut metrics = Metrics::new();
         metrics.attached(&target(7));
         metrics.add_slice(7, &Profile::new(), &Health::default());
-        let text = metrics.encode();
+        let text = metrics.encode(Exposition::OpenMetrics);
         assert_eq!(value(&text, "gilscope_samples_total{pid=\"7\"}"), 0.0);
         assert!(!text.contains("gilscope_thread_gil_seconds_total{"));
+    }
+
+    /// The 0.0.4 text names counters as their samples, has no UNIT or EOF, and keeps every
+    /// sample line as it is; HELP texts have nothing that would escape differently.
+    #[test]
+    fn the_prometheus_text_format_has_the_same_samples_under_its_own_metadata() {
+        let mut metrics = Metrics::new();
+        metrics.attached(&target(42));
+        metrics.add_slice(42, &slice(0), &Health::default());
+        let open = metrics.encode(Exposition::OpenMetrics);
+        let text = metrics.encode(Exposition::PrometheusText);
+        let samples = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(samples(&open), samples(&text));
+        assert!(
+            text.contains("# TYPE gilscope_samples_total counter\n"),
+            "{text}"
+        );
+        assert!(text.contains("# HELP gilscope_samples_total Ticks sampled.\n"));
+        assert!(text.contains("# TYPE gilscope_thread_gil_seconds_total counter\n"));
+        assert!(text.contains("# TYPE gilscope_target_info gauge\n"));
+        assert!(text.contains("# TYPE gilscope_attached gauge\n"));
+        assert!(
+            !text.contains("# UNIT") && !text.contains("# EOF"),
+            "{text}"
+        );
+        // Every family's metadata names a sample that exists.
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let name = line.split(' ').nth(2).unwrap();
+            assert!(
+                text.lines().any(|l| !l.starts_with('#')
+                    && (l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))),
+                "{line} names no sample in\n{text}"
+            );
+        }
+        assert!(!text
+            .lines()
+            .filter(|l| l.starts_with("# HELP"))
+            .any(|l| l.contains('\\')));
     }
 }

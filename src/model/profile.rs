@@ -182,7 +182,9 @@ pub struct ThreadProfile {
     pub stacks: [HashMap<Option<StackId>, u64>; ThreadState::COUNT],
     /// This thread's waiting ticks by what the holder ran: (holder's row, holder's stack).
     pub waited_on: HashMap<(usize, Option<StackId>), u64>,
-    /// Times it went from idle to waiting: a wake-up that had to queue for the GIL.
+    /// Times it woke from something else (idle) and then waited for the GIL, directly or
+    /// after a moment on a CPU without it (a system call's return): a wake-up that had to
+    /// queue for the GIL.
     pub wakeups: u64,
     /// Waiting ticks from such a wake-up until it stopped waiting.
     pub wakeup_wait_ticks: u64,
@@ -197,6 +199,8 @@ pub struct ThreadProfile {
     /// or waited (else the first tick it was seen). None: one interpreter, or no thread state.
     pub gil: Option<(u64, Option<i64>)>,
     previous: Option<ThreadState>,
+    /// It was idle, and has not held or waited since.
+    woken: bool,
     waking: bool,
     /// Ticks per state counted without a stack because the walk was deferred: moved to the
     /// stack once a later tick resolves it.
@@ -593,6 +597,7 @@ impl Profile {
                         wait_since_ns: None,
                         gil: None,
                         previous: None,
+                        woken: false,
                         waking: false,
                         deferred: [0; ThreadState::COUNT],
                     });
@@ -644,11 +649,18 @@ impl Profile {
             if thread.deferred && thread.stack.is_none() {
                 entry.deferred[thread.state.index()] += 1;
             }
-            if thread.state == ThreadState::Wait {
-                if entry.previous == Some(ThreadState::Idle) {
+            match thread.state {
+                ThreadState::Idle => entry.woken = true,
+                // Leaving a sleep, a thread runs for a moment before it asks for the GIL.
+                ThreadState::Running => {}
+                ThreadState::Wait if entry.woken => {
                     entry.wakeups += 1;
+                    entry.woken = false;
                     entry.waking = true;
                 }
+                _ => entry.woken = false,
+            }
+            if thread.state == ThreadState::Wait {
                 if entry.waking {
                     entry.wakeup_wait_ticks += 1;
                 }
@@ -805,6 +817,7 @@ impl Profile {
         sum.os_name = String::new();
         sum.python_name = Some(format!("[{} threads that ended]", self.folded_threads));
         sum.previous = None;
+        sum.woken = false;
         sum.waking = false;
         sum.wait_since_ns = None;
         let sum_row = kept.len();
