@@ -150,7 +150,7 @@ fn demo(python: &common::Python) -> Result<Completion, Failed> {
             "Chromium is not installed (apt-get install chromium)",
         ));
     };
-    let fx = common::Fixture::start(&python.path, "demo", &["--duration", "60"])?;
+    let fx = common::Fixture::start(&python.path, "demo", &["--duration", "60", "--announce"])?;
     let dir = tempfile::tempdir()?;
     let page = dir.path().join("report.html");
     let pid = fx.pid.to_string();

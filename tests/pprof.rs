@@ -29,7 +29,7 @@ fn go_pprof(python: &common::Python) -> Result<Completion, Failed> {
             "Go is not installed (apt-get install golang-go)",
         ));
     }
-    let fx = common::Fixture::start(&python.path, "demo", &["--duration", "60"])?;
+    let fx = common::Fixture::start(&python.path, "demo", &["--duration", "60", "--announce"])?;
     let dir = tempfile::tempdir()?;
     let profile = dir.path().join("profile.pb.gz");
     let pid = fx.pid.to_string();

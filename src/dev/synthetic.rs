@@ -145,6 +145,7 @@ pub fn recording(threads: usize, seconds: f64, rate_hz: f64) -> Recording {
                 };
                 ThreadSample {
                     tid: 1000 + i as i32,
+                    ns_tid: None,
                     thread_id: Some(0x7f00_0000 + i as u64),
                     state,
                     stack: Some(stacks[i][state.index()]),
@@ -173,6 +174,7 @@ pub fn recording(threads: usize, seconds: f64, rate_hz: f64) -> Recording {
     Recording {
         target: TargetInfo {
             pid: 4242,
+            ns_pid: None,
             python_version: Version::new(3, 12, 1),
             binary: "/usr/bin/python3.12".into(),
             command_line: "python3 /srv/app/service.py".into(),
@@ -197,6 +199,7 @@ pub fn recording(threads: usize, seconds: f64, rate_hz: f64) -> Recording {
             host_steal: None,
             stack_errors: 0,
             cpu_clock: CpuClock::Perf,
+            degraded: Vec::new(),
             stats: Default::default(),
         },
         profile,

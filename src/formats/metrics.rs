@@ -511,6 +511,7 @@ mod tests {
     fn target(pid: i32) -> TargetInfo {
         TargetInfo {
             pid,
+            ns_pid: None,
             python_version: crate::python::version::Version::new(3, 12, 1),
             binary: "/usr/bin/python3".into(),
             command_line: "python3 \"app\".py".into(),
@@ -805,7 +806,7 @@ mod tests {
         }
         tick(&mut profile, Idle);
         metrics.add_slice(42, &profile, &Health::default());
-        let text = metrics.encode();
+        let text = metrics.encode(Exposition::OpenMetrics);
         let series = |le: &str| {
             value(
                 &text,
@@ -863,14 +864,23 @@ mod tests {
             !text.contains("# UNIT") && !text.contains("# EOF"),
             "{text}"
         );
-        // Every family's metadata names a sample that exists.
+        // Every family's metadata names a sample that exists (a histogram's samples are its
+        // `_bucket`, `_sum` and `_count` series, alike in both formats).
         for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
             let name = line.split(' ').nth(2).unwrap();
-            assert!(
-                text.lines().any(|l| !l.starts_with('#')
-                    && (l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))),
-                "{line} names no sample in\n{text}"
-            );
+            let samples: &[&str] = if line.ends_with(" histogram") {
+                &["_bucket", "_sum", "_count"]
+            } else {
+                &[""]
+            };
+            for suffix in samples {
+                assert!(
+                    text.lines().any(|l| !l.starts_with('#')
+                        && (l.starts_with(&format!("{name}{suffix} "))
+                            || l.starts_with(&format!("{name}{suffix}{{")))),
+                    "{line} names no {name}{suffix} sample in\n{text}"
+                );
+            }
         }
         assert!(!text
             .lines()
