@@ -444,9 +444,7 @@ fn blame(recording: &Recording) -> Blame {
     }
 }
 
-/// The fractions of every state in units of 1e-4, rounded so that they add up to exactly 1
-/// (largest remainder), as the schema promises.
-
+/// `value` rounded to `digits` decimal places, as JSON numbers are given.
 pub(super) fn round(value: f64, digits: i32) -> f64 {
     let scale = 10f64.powi(digits);
     (value * scale).round() / scale
