@@ -130,6 +130,23 @@ fn draw(recordings: &[Recording], options: &RenderOptions, headed: bool) -> Stri
         );
         x += 90;
     }
+    // What a blank stretch means: a state not drawn (idle, by default), so that a reader
+    // does not take the white for missing samples.
+    let free_threaded = timed.iter().any(|r| r.target.free_threaded);
+    let hidden: Vec<&str> = super::shown_states(free_threaded, false)
+        .into_iter()
+        .filter(|state| !options.states.contains(state))
+        .map(|state| state.name())
+        .collect();
+    if !hidden.is_empty() {
+        let _ = writeln!(
+            svg,
+            "<rect x=\"{x}\" y=\"54\" width=\"12\" height=\"12\" fill=\"#ffffff\" \
+             stroke=\"#999\"/><text x=\"{}\" y=\"65\">blank: {}</text>",
+            x + 16,
+            hidden.join(", ")
+        );
+    }
     let mut columns = vec![[0u64; ThreadState::COUNT]; PLOT];
     let paths = super::labels::Paths::of(recordings);
     let mut process = 0;

@@ -365,8 +365,10 @@ window.addEventListener("error", function (e) { window.gilscopeErrors.push(Strin
         var on = P.waitedOn[i];
         var cell = el("td", { class: "on" });
         if (on) {
+          // Two lines, so that the table fits a laptop's width: whom, then in which code.
           var leaf = on[1] >= 0 ? leafOf(on[1]) : null;
-          cell.textContent = pct(on[2]) + " " + threadName(on[0]) + (leaf != null ? " in " + frameLabel(leaf) : "");
+          cell.appendChild(el("div", { text: threadName(on[0]) + ", " + pct(on[2]) + " of its waits" }));
+          if (leaf != null) cell.appendChild(el("div", { class: "where", text: "in " + frameLabel(leaf) }));
           cell.title = leaf != null ? frameFull(leaf) : "";
         }
         row.appendChild(cell);
@@ -408,16 +410,30 @@ window.addEventListener("error", function (e) { window.gilscopeErrors.push(Strin
       svg += '<text x="' + x(b) + '" y="' + (h - bottom + 14) + '" font-size="11" text-anchor="middle" fill="#5f6368">' + ms(bucketStart(b)) + "</text>";
     }
     svg += '<text x="' + (w / 2) + '" y="' + (h - 2) + '" font-size="11" text-anchor="middle" fill="#5f6368">length of each wait (log scale)</text>';
-    svg += '<text x="10" y="' + (top + 8) + '" font-size="11" fill="#5f6368">' + most + "</text>";
+    svg += '<text x="4" y="' + (top + 8) + '" font-size="11" fill="#5f6368">' + most + "</text>" +
+      '<text x="4" y="' + (top + 21) + '" font-size="11" fill="#5f6368">waits</text>';
+    // The switch interval: where the convoy effect's waits gather.
+    if (P.gil.intervalMs) {
+      var si = 80 + 8 * Math.log2(P.gil.intervalMs);
+      if (si >= first && si <= last + 1) {
+        svg += '<line x1="' + x(si) + '" x2="' + x(si) + '" y1="' + top + '" y2="' + (h - bottom) +
+          '" stroke="#0072b2" stroke-dasharray="1 3"/><text x="' + (x(si) - 3) + '" y="' + (h - bottom - 4) +
+          '" font-size="10" fill="#0072b2" text-anchor="end">switch interval</text>';
+      }
+    }
     l.buckets.forEach(function (bk) {
       svg += '<rect x="' + x(bk[0]) + '" y="' + y(bk[1]) + '" width="' + Math.max(1, x(bk[0] + 1) - x(bk[0]) - 1) +
         '" height="' + (h - bottom - y(bk[1])) + '" fill="' + colour("w") + '" stroke="#8a7600" stroke-width=".5">' +
         "<title>" + bk[1] + " waits of " + ms(bucketStart(bk[0])) + " to " + ms(bucketStart(bk[0] + 1)) + "</title></rect>";
     });
-    [["p50", l.p50], ["p90", l.p90], ["p99", l.p99]].forEach(function (q) {
+    // Quantile labels on rows of their own, so that close quantiles do not overprint, and
+    // turned left near the right edge, so that none is cut.
+    [["p50", l.p50], ["p90", l.p90], ["p99", l.p99]].forEach(function (q, k) {
       var b = 80 + 8 * Math.log2(q[1]);
+      var right = x(b) > w - 40;
       svg += '<line x1="' + x(b) + '" x2="' + x(b) + '" y1="' + top + '" y2="' + (h - bottom) + '" stroke="#1d1d1f" stroke-dasharray="3 2"/>' +
-        '<text x="' + (x(b) + 3) + '" y="' + (top + 10) + '" font-size="11">' + q[0] + "</text>";
+        '<text x="' + (right ? x(b) - 3 : x(b) + 3) + '" y="' + (top + 10 + 12 * k) + '" font-size="11"' +
+        (right ? ' text-anchor="end"' : "") + ">" + q[0] + "</text>";
     });
     svg += "</svg>";
     box.innerHTML = svg;
