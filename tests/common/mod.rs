@@ -183,6 +183,22 @@ pub fn cli_python(pythons: &Pythons) -> Option<Python> {
         .cloned()
 }
 
+/// Just the interpreter of [`cli_python`], for a test whose subject does not depend on the
+/// version (what gilscope concludes from figures, how a format escapes a name): the versions
+/// themselves are covered by the tests that read them.
+pub fn cli_only(pythons: &Pythons) -> Pythons {
+    match cli_python(pythons) {
+        Some(python) => Pythons {
+            found: vec![python],
+            missing: Vec::new(),
+        },
+        None => Pythons {
+            found: Vec::new(),
+            missing: vec![("any".into(), "no Python 3 interpreter found".into())],
+        },
+    }
+}
+
 /// A trial named `name::LABEL` per interpreter found, running `test` on it, and one per
 /// interpreter missing, ignored with the reason.
 pub fn per_interpreter<F>(pythons: &Pythons, name: &str, test: F) -> Vec<libtest_mimic::Trial>
