@@ -200,7 +200,7 @@ pub struct RecordArgs {
 
     /// Write the report to FILE (atomically) instead of stdout; the format follows the
     /// extension: .txt, .json, .svg (flamegraph), .folded, .speedscope.json, trace.json
-    /// (Chrome trace), timeline.svg
+    /// (Chrome trace), timeline.svg, .html, .pb.gz (pprof)
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 
@@ -300,6 +300,10 @@ pub enum FormatArg {
     Chrometrace,
     /// An SVG timeline: a row per thread, coloured by GIL state over time
     Timeline,
+    /// One self-contained HTML page: GIL summary, threads, GIL latency, timeline, flamegraphs
+    Html,
+    /// pprof's gzip-compressed protobuf (go tool pprof, Pyroscope, Parca): a sample type per state
+    Pprof,
 }
 
 impl From<FormatArg> for Format {
@@ -312,6 +316,8 @@ impl From<FormatArg> for Format {
             FormatArg::Speedscope => Format::Speedscope,
             FormatArg::Chrometrace => Format::Chrometrace,
             FormatArg::Timeline => Format::Timeline,
+            FormatArg::Html => Format::Html,
+            FormatArg::Pprof => Format::Pprof,
         }
     }
 }

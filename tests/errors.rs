@@ -561,7 +561,9 @@ fn an_output_extension_gilscope_does_not_write_is_refused_with_the_known_ones() 
         ]);
         let stderr = assert_error(&out, 2, "cannot tell the format");
         assert!(
-            stderr.contains(".speedscope.json") && stderr.contains(".json"),
+            [".speedscope.json", ".json", ".html", ".pb.gz"]
+                .iter()
+                .all(|known| stderr.contains(known)),
             "{stderr}"
         );
         assert!(!path.exists(), "{name} was written");
@@ -636,6 +638,9 @@ fn options_a_format_ignores_are_said_before_recording() {
         (&["--view", "blame"][..], "--view"),
         (&["--state", "hold"], "--state"),
         (&["--format", "flamegraph", "--gil-only"], "--gil-only"),
+        // pprof has a sample type per state; the HTML report switches between both views.
+        (&["--format", "pprof", "--state", "hold"], "--state"),
+        (&["-o", "report.html", "--view", "blame"], "--view"),
     ] {
         let mut all = vec!["record", "--pid", &pid, "--duration", "1"];
         all.extend_from_slice(args);

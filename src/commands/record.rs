@@ -73,15 +73,24 @@ impl RecordPlan {
         }
         let mut warnings = Vec::new();
         let stack_options = [
-            (args.view != ViewArg::Threads, "--view"),
-            (!args.state.is_empty(), "--state"),
-            (args.idle, "--idle"),
+            (
+                args.view != ViewArg::Threads,
+                "--view",
+                format.chooses_view(),
+            ),
+            (!args.state.is_empty(), "--state", format.chooses_states()),
+            (args.idle, "--idle", format.chooses_states()),
         ];
-        for (given, option) in stack_options {
-            if given && !format.shows_stacks() {
+        for (given, option, chosen) in stack_options {
+            if given && !chosen {
+                let why = match format {
+                    Format::Pprof => "has a sample type for every state",
+                    Format::Html => "switches between both views",
+                    _ => "has its own sections",
+                };
                 warnings.push(format!(
                     "{option} chooses the stacks of flamegraph, folded, speedscope, trace and \
-                     timeline output: the {} report has its own sections and ignores it",
+                     timeline output: the {} report {why} and ignores it",
                     format.name()
                 ));
             }
@@ -196,7 +205,7 @@ impl RecordPlan {
     }
 
     /// The report of `recordings` in the planned format.
-    pub fn render(&self, recordings: &[Recording]) -> String {
+    pub fn render(&self, recordings: &[Recording]) -> Vec<u8> {
         let render = if self.states_chosen {
             self.render.clone()
         } else {
@@ -211,14 +220,14 @@ impl RecordPlan {
     }
 
     /// Write the report where planned: into the output prepared for `-o`, else stdout.
-    pub fn write(&self, report: &str, prepared: Option<Output>) -> Result<()> {
+    pub fn write(&self, report: &[u8], prepared: Option<Output>) -> Result<()> {
         match (prepared, &self.output) {
             (Some(prepared), Some(path)) => {
-                output::write_prepared(prepared, path, report.as_bytes())?;
+                output::write_prepared(prepared, path, report)?;
                 eprintln!("gilscope: wrote {}", path.display());
                 Ok(())
             }
-            _ => output::write_stdout(report.as_bytes()),
+            _ => output::write_stdout(report),
         }
     }
 }

@@ -250,7 +250,7 @@ fn findings_section(out: &mut String, snapshot: &Snapshot) {
     findings.extend(
         super::findings::findings(recording)
             .iter()
-            .map(|finding| printable(finding)),
+            .map(|finding| printable(&finding.text)),
     );
     if findings.is_empty() {
         return;

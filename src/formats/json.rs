@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::model::profile::ThreadProfile;
+use crate::model::profile::{Latency, ThreadProfile};
 use crate::model::Recording;
 use crate::sample::ThreadState;
 use crate::stack::{FrameId, StackTable};
@@ -88,6 +88,49 @@ struct Gil {
     interval_s: Option<f64>,
     held_margin: Option<f64>,
     contended_margin: Option<f64>,
+    /// Every thread's waits together (null: waits not measured).
+    latency: Option<LatencyEntry>,
+}
+
+/// The distribution of waits for the GIL (episodes), in seconds.
+#[derive(Serialize)]
+struct LatencyEntry {
+    waits: u64,
+    mean_s: Option<f64>,
+    p50_s: Option<f64>,
+    p90_s: Option<f64>,
+    p99_s: Option<f64>,
+    max_s: Option<f64>,
+    /// The buckets holding waits, shortest first.
+    buckets: Vec<LatencyBucket>,
+}
+
+#[derive(Serialize)]
+struct LatencyBucket {
+    start_s: f64,
+    end_s: f64,
+    waits: u64,
+}
+
+fn latency_entry(latency: &Latency) -> LatencyEntry {
+    let some = latency.episodes > 0;
+    let s = |v: Option<f64>| v.map(|v| round(v, 7));
+    LatencyEntry {
+        waits: latency.episodes,
+        mean_s: s(latency.mean_s()),
+        p50_s: s(latency.quantile(0.5)),
+        p90_s: s(latency.quantile(0.9)),
+        p99_s: s(latency.quantile(0.99)),
+        max_s: s(some.then(|| latency.max_ns as f64 / 1e9)),
+        buckets: latency
+            .buckets()
+            .map(|(i, n)| LatencyBucket {
+                start_s: round(Latency::bucket_start_s(i), 9),
+                end_s: round(Latency::bucket_start_s(i + 1), 9),
+                waits: n,
+            })
+            .collect(),
+    }
 }
 
 /// One GIL and the interpreters and threads on it.
@@ -126,6 +169,8 @@ struct Thread {
     top_running: Vec<Location>,
     top_idle: Vec<Location>,
     top_attached: Option<Vec<Location>>,
+    /// Its waits for the GIL (null: waits not measured).
+    gil_latency: Option<LatencyEntry>,
     /// Times it woke from something else and then had to wait for the GIL (None where
     /// waiting is not measured).
     wakeups: Option<u64>,
@@ -211,6 +256,7 @@ fn report(recording: &Recording) -> Report<'_> {
                 .contended_margin()
                 .filter(|_| measured)
                 .map(|m| round(m, 4)),
+            latency: measured.then(|| latency_entry(&profile.latency())),
         },
         gils: gils(recording),
         threads: profile
@@ -244,6 +290,7 @@ fn report(recording: &Recording) -> Report<'_> {
                     top_idle: locations(recording, t, ThreadState::Idle),
                     top_attached: free_threaded
                         .then(|| locations(recording, t, ThreadState::Attached)),
+                    gil_latency: measured.then(|| latency_entry(&t.latency)),
                     wakeups: measured.then_some(t.wakeups),
                     wait_after_wakeup_s: (measured && t.wakeups > 0).then(|| {
                         round(
@@ -260,7 +307,10 @@ fn report(recording: &Recording) -> Report<'_> {
             classifier: crate::model::CLASSIFIER_ERROR,
             confidence: 0.95,
         },
-        findings: super::findings::findings(recording),
+        findings: super::findings::findings(recording)
+            .into_iter()
+            .map(|f| f.text)
+            .collect(),
     }
 }
 
@@ -409,11 +459,11 @@ pub(super) fn round(value: f64, digits: i32) -> f64 {
 pub struct Json;
 
 impl super::Report for Json {
-    fn one(&self, recording: &Recording, _: &super::RenderOptions) -> String {
-        render(recording)
+    fn one(&self, recording: &Recording, _: &super::RenderOptions) -> Vec<u8> {
+        render(recording).into_bytes()
     }
 
-    fn several(&self, recordings: &[Recording], _: &super::RenderOptions) -> String {
-        render_processes(recordings)
+    fn several(&self, recordings: &[Recording], _: &super::RenderOptions) -> Vec<u8> {
+        render_processes(recordings).into_bytes()
     }
 }

@@ -8,10 +8,13 @@ pub(crate) mod dump;
 pub(crate) mod findings;
 pub(crate) mod flamegraph;
 pub(crate) mod hangs;
+pub(crate) mod html;
 pub(crate) mod json;
 pub(crate) mod labels;
 pub(crate) mod live;
 pub(crate) mod metrics;
+pub(crate) mod palette;
+pub(crate) mod pprof;
 pub(crate) mod speedscope;
 pub(crate) mod text;
 pub(crate) mod timeline_svg;
@@ -94,12 +97,13 @@ pub fn stopped_sentence(profile: &crate::model::profile::Profile) -> Option<Stri
     })
 }
 
-/// A report format: what every format module offers (`record`'s `--format`).
+/// A report format: what every format module offers (`record`'s `--format`). Reports are
+/// bytes: most are text, pprof's is a gzip-compressed protobuf.
 pub trait Report {
     /// The report of one process's recording.
-    fn one(&self, recording: &Recording, options: &RenderOptions) -> String;
+    fn one(&self, recording: &Recording, options: &RenderOptions) -> Vec<u8>;
     /// The report of several processes (`--subprocesses`), each process's threads under it.
-    fn several(&self, recordings: &[Recording], options: &RenderOptions) -> String;
+    fn several(&self, recordings: &[Recording], options: &RenderOptions) -> Vec<u8>;
 }
 
 /// The report formats of `record`.
@@ -119,6 +123,10 @@ pub enum Format {
     Chrometrace,
     /// An SVG timeline: a row per thread, coloured by GIL state over time.
     Timeline,
+    /// One self-contained HTML page: summary, threads, latency, timeline, flamegraphs.
+    Html,
+    /// pprof's gzip-compressed protobuf profile, a sample type per state.
+    Pprof,
 }
 
 /// Which stacks a stack format shows.
@@ -173,11 +181,16 @@ impl Format {
         if name == "timeline.svg" || name.ends_with(".timeline.svg") {
             return Some(Format::Timeline);
         }
+        if name.ends_with(".pb.gz") || name.ends_with(".pprof.gz") {
+            return Some(Format::Pprof);
+        }
         match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
             "json" => Some(Format::Json),
             "txt" => Some(Format::Text),
             "svg" => Some(Format::Flamegraph),
             "folded" | "collapsed" => Some(Format::Collapsed),
+            "html" | "htm" => Some(Format::Html),
+            "pprof" => Some(Format::Pprof),
             _ => None,
         }
     }
@@ -191,12 +204,25 @@ impl Format {
                 | Format::Speedscope
                 | Format::Chrometrace
                 | Format::Timeline
+                | Format::Html
+                | Format::Pprof
         )
+    }
+
+    /// Does this format show the stacks `--state` and `--idle` choose? pprof has a sample
+    /// type for every state, whatever was chosen.
+    pub fn chooses_states(&self) -> bool {
+        self.shows_stacks() && *self != Format::Pprof
+    }
+
+    /// Does this format show the one view `--view` chooses? The HTML report has both.
+    pub fn chooses_view(&self) -> bool {
+        self.chooses_states() && *self != Format::Html
     }
 
     /// Does this format draw the recording in time order (and so need its timeline kept)?
     pub fn needs_timeline(&self) -> bool {
-        matches!(self, Format::Chrometrace | Format::Timeline)
+        matches!(self, Format::Chrometrace | Format::Timeline | Format::Html)
     }
 
     /// The file names that ask for a format, as help and errors list them.
@@ -209,6 +235,8 @@ impl Format {
         ".speedscope.json",
         "trace.json",
         "timeline.svg",
+        ".html",
+        ".pb.gz",
     ];
 
     /// The format's name, as `--format` takes it.
@@ -221,6 +249,8 @@ impl Format {
             Format::Speedscope => "speedscope",
             Format::Chrometrace => "chrometrace",
             Format::Timeline => "timeline",
+            Format::Html => "html",
+            Format::Pprof => "pprof",
         }
     }
 
@@ -234,6 +264,8 @@ impl Format {
             Format::Speedscope => &speedscope::Speedscope,
             Format::Chrometrace => &chrometrace::Chrometrace,
             Format::Timeline => &timeline_svg::TimelineSvg,
+            Format::Html => &html::Html,
+            Format::Pprof => &pprof::Pprof,
         }
     }
 }
@@ -343,5 +375,15 @@ mod tests {
             Format::from_path(Path::new("Timeline.svg")),
             Some(Format::Timeline)
         );
+        assert_eq!(
+            Format::from_path(Path::new("report.html")),
+            Some(Format::Html)
+        );
+        assert_eq!(
+            Format::from_path(Path::new("/tmp/profile.pb.gz")),
+            Some(Format::Pprof)
+        );
+        assert_eq!(Format::from_path(Path::new("x.pprof")), Some(Format::Pprof));
+        assert_eq!(Format::from_path(Path::new("x.gz")), None);
     }
 }

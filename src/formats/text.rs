@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use super::labels::Paths;
 use crate::model::profile::Location;
 use crate::model::{EndReason, Recording};
 use crate::sample::ThreadState;
@@ -210,6 +211,9 @@ pub fn render(recording: &Recording) -> String {
         }
         let _ = writeln!(out);
     }
+    if measured {
+        latency_section(&mut out, recording);
+    }
     if let Some(table) = &recording.stacks {
         where_threads_are(&mut out, recording, table);
         // With one Python thread, nobody waits on anybody: no blame to give.
@@ -224,6 +228,59 @@ pub fn render(recording: &Recording) -> String {
     }
     findings_section(&mut out, recording);
     out
+}
+
+/// Each thread's waits for the GIL: how many, and how long each took (quantiles).
+fn latency_section(out: &mut String, recording: &Recording) {
+    let profile = &recording.profile;
+    let threads: Vec<_> = profile
+        .threads()
+        .into_iter()
+        .filter(|t| t.latency.episodes > 0)
+        .collect();
+    if threads.is_empty() {
+        return;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "GIL latency (each wait, from its first waiting sample to the GIL; +-{:.1} ms at \
+         this rate):",
+        profile.tick_s() * 1e3
+    );
+    let name_width = threads
+        .iter()
+        .map(|t| display_name(t.name()).chars().count())
+        .max()
+        .unwrap_or(4)
+        .clamp(13, 32);
+    let _ = writeln!(
+        out,
+        "{:>8}  {:<name_width$}  {:>7}  {:>9}  {:>9}  {:>9}  {:>9}",
+        "TID", "NAME", "WAITS", "P50", "P90", "P99", "MAX"
+    );
+    let ms = |s: Option<f64>| s.map_or_else(|| "-".to_string(), |s| format!("{:.1} ms", s * 1e3));
+    let mut rows: Vec<(String, &crate::model::profile::Latency, Option<i32>)> = threads
+        .iter()
+        .map(|t| (display_name(t.name()), &t.latency, Some(t.tid)))
+        .collect();
+    let all = profile.latency();
+    if rows.len() > 1 {
+        rows.push(("(all threads)".to_string(), &all, None));
+    }
+    for (name, latency, tid) in rows {
+        let name: String = name.chars().take(name_width).collect();
+        let tid = tid.map(|t| t.to_string()).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{tid:>8}  {name:<name_width$}  {:>7}  {:>9}  {:>9}  {:>9}  {:>9}",
+            latency.episodes,
+            ms(latency.quantile(0.5)),
+            ms(latency.quantile(0.9)),
+            ms(latency.quantile(0.99)),
+            ms(Some(latency.max_ns as f64 / 1e9)),
+        );
+    }
 }
 
 /// One line per GIL, where subinterpreters have GILs of their own (3.12+).
@@ -276,7 +333,7 @@ pub fn findings_section(out: &mut String, recording: &Recording) {
     let _ = writeln!(out);
     let _ = writeln!(out, "Findings:");
     for finding in findings {
-        let _ = writeln!(out, "- {}", display_name(&finding));
+        let _ = writeln!(out, "- {}", display_name(&finding.text));
     }
 }
 
@@ -297,6 +354,7 @@ const SHOWN_STATES: [ThreadState; 4] = [
 
 /// Per thread: the innermost frames it held the GIL in, waited in, and ran native code in.
 fn where_threads_are(out: &mut String, recording: &Recording, table: &StackTable) {
+    let paths = Paths::of(std::slice::from_ref(recording));
     let _ = writeln!(out);
     let _ = writeln!(
         out,
@@ -339,7 +397,7 @@ fn where_threads_are(out: &mut String, recording: &Recording, table: &StackTable
                     "    {:<8} {:>6}  {}",
                     label,
                     percent(location.fraction),
-                    frame_text(table, location.frame)
+                    frame_text(table, location.frame, &paths)
                 );
             }
         }
@@ -348,6 +406,7 @@ fn where_threads_are(out: &mut String, recording: &Recording, table: &StackTable
 
 /// The holders' code that the waiters waited on, weighted by the number of waiters.
 fn who_makes_them_wait(out: &mut String, recording: &Recording, table: &StackTable) {
+    let paths = Paths::of(std::slice::from_ref(recording));
     let profile = &recording.profile;
     let total = profile.waiter_ticks();
     if total == 0 {
@@ -366,7 +425,7 @@ fn who_makes_them_wait(out: &mut String, recording: &Recording, table: &StackTab
             .unwrap_or_default();
         let code = match frames.split_last() {
             Some((&leaf, callers)) => {
-                let mut text = frame_text(table, leaf);
+                let mut text = frame_text(table, leaf, &paths);
                 for &caller in callers.iter().rev().take(TEXT_CALLERS) {
                     let name = table.frame(caller).map(|f| display_name(&f.function));
                     text.push_str(&format!(" <- {}", name.unwrap_or_default()));
@@ -394,10 +453,10 @@ fn who_makes_them_wait(out: &mut String, recording: &Recording, table: &StackTab
     }
 }
 
-fn frame_text(table: &StackTable, id: FrameId) -> String {
+fn frame_text(table: &StackTable, id: FrameId, paths: &Paths) -> String {
     table
         .frame(id)
-        .map(|f| display_name(&crate::formats::labels::frame(f)))
+        .map(|f| display_name(&super::labels::short(f, paths)))
         .unwrap_or_default()
 }
 
@@ -417,12 +476,12 @@ fn display_name(name: &str) -> String {
 pub struct Text;
 
 impl super::Report for Text {
-    fn one(&self, recording: &Recording, _: &super::RenderOptions) -> String {
-        render(recording)
+    fn one(&self, recording: &Recording, _: &super::RenderOptions) -> Vec<u8> {
+        render(recording).into_bytes()
     }
 
-    fn several(&self, recordings: &[Recording], _: &super::RenderOptions) -> String {
-        render_processes(recordings)
+    fn several(&self, recordings: &[Recording], _: &super::RenderOptions) -> Vec<u8> {
+        render_processes(recordings).into_bytes()
     }
 }
 

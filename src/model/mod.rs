@@ -86,6 +86,9 @@ pub struct TargetInfo {
     /// A free-threaded build (3.13t): the GIL may be off, and then threads are attached
     /// (running Python) or detached instead of holding or waiting (docs/COMPATIBILITY.md).
     pub free_threaded: bool,
+    /// The main interpreter's `sys.path`, read once: the directories modules were imported
+    /// from, which short file names are relative to. Empty where it could not be read.
+    pub sys_path: Vec<String>,
 }
 
 /// Why the recording ended.
@@ -176,6 +179,7 @@ pub(crate) fn test_recording(profile: Profile, stacks: Option<StackTable>) -> Re
             layout: LayoutInfo::default(),
             wait_measured: true,
             free_threaded: false,
+            sys_path: Vec::new(),
         },
         sampler: SamplerStats {
             rate_hz: 1000.0,

@@ -1,5 +1,6 @@
 //! Python-level thread names (`threading.current_thread().name`), read from the target's
-//! `threading._active` dict by walking dicts and instance attributes. It reads objects only.
+//! `threading._active` dict by walking dicts and instance attributes, and `sys.path`, by the
+//! same walk. It reads objects only.
 
 use std::collections::{HashMap, HashSet};
 
@@ -14,6 +15,8 @@ const MAX_MODULES: u64 = 100_000;
 const MAX_NAMESPACE: u64 = 100_000;
 /// Most threads believed in `threading._active`.
 const MAX_THREADS: u64 = 16_384;
+/// Most `sys.path` entries read.
+const MAX_SYS_PATH: u64 = 256;
 /// Largest hash table believed (entries): a bigger size is garbage.
 const MAX_TABLE: u64 = 1 << 24;
 /// The instance attribute `Thread.name` returns.
@@ -113,6 +116,9 @@ pub(super) struct ObjectLayout {
     pub(super) int_size: IntSize,
     /// The first 30-bit digit of an `int`.
     pub(super) int_digits: u64,
+    /// `PyListObject`: `ob_size` (its length) and `ob_item` (the array of items).
+    pub(super) list_size: u64,
+    pub(super) list_items: u64,
 }
 
 const PY_TPFLAGS_INLINE_VALUES: u64 = 1 << 2;
@@ -142,6 +148,8 @@ const LAYOUT_3_6: ObjectLayout = ObjectLayout {
     instance: InstanceDict::DictOffset,
     int_size: IntSize::SignedCount(16),
     int_digits: 24,
+    list_size: 16,
+    list_items: 24,
 };
 
 const LAYOUT_3_11: ObjectLayout = ObjectLayout {
@@ -257,6 +265,8 @@ fn free_threaded_layout(default: ObjectLayout) -> Option<ObjectLayout> {
             IntSize::Tag(at) => IntSize::Tag(shift(at)),
         },
         int_digits: shift(default.int_digits),
+        list_size: shift(default.list_size),
+        list_items: shift(default.list_items),
         ..default
     })
 }
@@ -565,6 +575,53 @@ impl ThreadNames {
             }
         }
         Ok(names)
+    }
+
+    /// The interpreter's `sys.path`: its `str` entries in order (anything else in the list is
+    /// skipped). Empty before `sys` has a `path`, or where it is not a list.
+    pub fn sys_path(&self, memory: &dyn Memory, interp: u64) -> Result<Vec<String>, ReadError> {
+        check_pointer(interp, 8)?;
+        let modules = memory.read_u64(interp + self.modules)?;
+        if modules == 0 {
+            return Ok(Vec::new());
+        }
+        let slots = self.objects.dict_slots(memory, modules, MAX_MODULES)?;
+        let found = self.find_key(memory, &slots, 0, "sys", &mut KnownKey::default())?;
+        let Some(sys) = found.filter(|&sys| self.is_a(memory, sys, "module").unwrap_or(false))
+        else {
+            return Ok(Vec::new());
+        };
+        let globals = memory.read_pointer(sys + self.objects.module_dict, 8)?;
+        let slots = self.objects.dict_slots(memory, globals, MAX_NAMESPACE)?;
+        let found = self.find_key(memory, &slots, 0, "path", &mut KnownKey::default())?;
+        let Some(list) = found.filter(|&list| self.is_a(memory, list, "list").unwrap_or(false))
+        else {
+            return Ok(Vec::new());
+        };
+        let objects = &self.objects;
+        let header = memory.read_bytes(list, objects.list_items as usize + 8)?;
+        let bad = ReadError::BadPointer { addr: list };
+        let length = u64_at(&header, objects.list_size).ok_or(bad.clone())?;
+        let items = u64_at(&header, objects.list_items).ok_or(bad.clone())?;
+        // A negative length (the high bit set) is garbage.
+        if length > i64::MAX as u64 {
+            return Err(bad);
+        }
+        let count = length.min(MAX_SYS_PATH);
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        check_pointer(items, 8)?;
+        let array = read_array(memory, items, count, 8)?;
+        let mut entries = Vec::new();
+        for item in array.chunks_exact(8).filter_map(|c| u64_at(c, 0)) {
+            match read_str(memory, item, &self.strings) {
+                Ok(entry) => entries.push(entry),
+                Err(e) if fatal(&e) => return Err(e),
+                Err(_) => {}
+            }
+        }
+        Ok(entries)
     }
 
     /// Is `object` of the built-in type named `name`?
@@ -1343,6 +1400,45 @@ mod tests {
             assert_eq!(names.read(&image, interp).unwrap(), expected, "{version}");
             // Again, now through the key strings it remembered.
             assert_eq!(names.read(&image, interp).unwrap(), expected, "{version}");
+        }
+    }
+
+    #[test]
+    fn sys_path_reads_back_in_every_family() {
+        for (version, objects, layout) in families() {
+            let mut t = Target::new(objects, layout.stack.unwrap());
+            let type_name = t.heap.alloc(b"list\0");
+            let mut list_type = vec![0u8; 416];
+            put(&mut list_type, t.strings.tp_name, &type_name.to_le_bytes());
+            let list_type = t.heap.alloc(&list_type);
+            let wanted = ["/srv/app", "/usr/lib/python3.12", "/opt/数据"];
+            let strs: Vec<u64> = wanted.iter().map(|e| t.str(e)).collect();
+            // Something that is not a string in the list is skipped.
+            let odd = t.int(5);
+            let items: Vec<u8> = [strs[0], odd, strs[1], strs[2]]
+                .iter()
+                .flat_map(|p| p.to_le_bytes())
+                .collect();
+            let items = t.heap.alloc(&items);
+            let mut list = vec![0u8; objects.list_items as usize + 8];
+            put(&mut list, 0, &1u64.to_le_bytes());
+            put(&mut list, t.strings.ob_type, &list_type.to_le_bytes());
+            put(&mut list, objects.list_size, &4u64.to_le_bytes());
+            put(&mut list, objects.list_items, &items.to_le_bytes());
+            let list = t.heap.alloc(&list);
+            let path_key = t.str("path");
+            let globals = t.dict(&[(path_key, list)], 1);
+            let sys = t.module(globals);
+            let sys_key = t.str("sys");
+            let interp = t.interpreter(layout.interp_modules.unwrap(), &[(sys_key, sys)]);
+            let names = ThreadNames::new(&version, &layout).unwrap();
+            let read = names.sys_path(&t.heap.image(), interp).unwrap();
+            assert_eq!(read, wanted, "{version}");
+            // No `sys` module yet: nothing, and no error.
+            let other = t.str("other");
+            let empty = t.interpreter(layout.interp_modules.unwrap(), &[(other, sys)]);
+            let read = names.sys_path(&t.heap.image(), empty).unwrap();
+            assert!(read.is_empty(), "{version}");
         }
     }
 

@@ -270,6 +270,13 @@ impl Member {
             });
         }
         self.name_threads();
+        // Read last, as complete as it gets; a target gone by now keeps what attach read.
+        if !self.exited {
+            let sys_path = self.observer.sys_path();
+            if !sys_path.is_empty() {
+                self.target.sys_path = sys_path;
+            }
+        }
         let stacks = if self.stacks {
             self.observer.take_stack_table()
         } else {

@@ -291,6 +291,7 @@ pub fn target_info(observer: &Observer<ProcessMemory>) -> TargetInfo {
         },
         wait_measured: interpreter.measures_wait(),
         free_threaded: interpreter.layout.free_threaded,
+        sys_path: observer.sys_path(),
     }
 }
 
@@ -386,7 +387,7 @@ fn sample(
                     member.name_threads();
                     let health = health(member.errors, &schedule);
                     (slices.sink)(ProcessSlice {
-                        profile: std::mem::take(&mut member.profile),
+                        profile: member.profile.take_slice(),
                         health: &health,
                         observer: &member.observer,
                         exited: member.exited,

@@ -323,6 +323,24 @@ impl<M: Memory> Observer<M> {
         names
     }
 
+    /// The main interpreter's `sys.path` (what short file names are relative to); empty
+    /// where the version's objects are not known or the target moved under the read.
+    pub fn sys_path(&self) -> Vec<String> {
+        let Some(reader) = ThreadNames::new(&self.interpreter.version, &self.interpreter.layout)
+        else {
+            return Vec::new();
+        };
+        let interps = self
+            .interpreter
+            .interpreters(&self.memory)
+            .unwrap_or_default();
+        // New interpreters are pushed at the head of the list: the main one is last.
+        match interps.last() {
+            Some(&main) => reader.sys_path(&self.memory, main).unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+
     /// Read Python stacks at every tick, where the interpreter's layout knows its frames.
     /// Returns whether stacks will be read.
     pub fn enable_stacks(&mut self) -> bool {
