@@ -5,6 +5,7 @@ pub(crate) mod debug_offsets;
 pub mod interpreter;
 pub(crate) mod layout;
 pub(crate) mod objects;
+pub(crate) mod frame_copy;
 pub(crate) mod stack;
 pub mod thread_names;
 pub(crate) mod version;
