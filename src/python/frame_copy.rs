@@ -195,7 +195,12 @@ impl FrameReader {
             layout.datastack.map(|offset| (offset, 16)),
         ];
         let first = fields.iter().flatten().map(|f| f.0).min().unwrap_or(0);
-        let end = fields.iter().flatten().map(|f| f.0 + f.1).max().unwrap_or(8);
+        let end = fields
+            .iter()
+            .flatten()
+            .map(|f| f.0 + f.1)
+            .max()
+            .unwrap_or(8);
         FrameReader {
             layout,
             frame_size,
@@ -222,7 +227,7 @@ impl FrameReader {
         let code_blocks: Vec<(u64, usize)> =
             plan.codes.iter().map(|&c| (c, self.code_size)).collect();
         // With a plan, one read gives the copy, its confirmation and the code headers.
-        let twice = blocks.len() > 1 && std::env::var_os("GS_SEPARATE").is_none();
+        let twice = blocks.len() > 1;
         let mut all = blocks.clone();
         if twice {
             all.extend_from_slice(&blocks);
@@ -235,15 +240,16 @@ impl FrameReader {
                 let first = Copied::from_parts(&blocks, &bytes[..copy_len]);
                 let (second, rest) = match twice {
                     true => (
-                        Some(Copied::from_parts(
-                            &blocks,
-                            &bytes[copy_len..2 * copy_len],
-                        )),
+                        Some(Copied::from_parts(&blocks, &bytes[copy_len..2 * copy_len])),
                         2 * copy_len,
                     ),
                     false => (None, copy_len),
                 };
-                (first, second, Copied::from_parts(&code_blocks, &bytes[rest..]))
+                (
+                    first,
+                    second,
+                    Copied::from_parts(&code_blocks, &bytes[rest..]),
+                )
             }
             Err(e @ (ReadError::Gone | ReadError::Denied)) => return Err(e.into()),
             // Something the plan named is gone (a chunk freed as the stack shrank, a
@@ -392,7 +398,13 @@ impl FrameReader {
                 .get(frame, self.frame_size)
                 .ok_or(ReadError::BadPointer { addr: frame })?;
             let record = self.decode(frame, block)?;
-            if !record.running || record.owner == OWNED_BY_FRAME_OBJECT {
+            // The innermost frame may be between its call and its first instruction, or
+            // between its last one and its caller's taking over: not marked running, and
+            // still the thread state's frame (which `confirms` checks).
+            // One with no caller is a generator's frame between its caller's unlinking and
+            // its own end of run: never a stack on its own.
+            let innermost = frames.is_empty() && record.previous != 0;
+            if (!record.running && !innermost) || record.owner == OWNED_BY_FRAME_OBJECT {
                 return Err(StackError::Moved);
             }
             frames.push((frame, record));
@@ -502,7 +514,7 @@ impl FrameReader {
             };
             let same = (is.previous, is.code, is.shown, is.tlbc_index, is.owner)
                 == (was.previous, was.code, was.shown, was.tlbc_index, was.owner);
-            if !same || !is.running || (i > 0 && is.instr != was.instr) {
+            if !same || is.running != was.running || (i > 0 && is.instr != was.instr) {
                 return false;
             }
             // A frame of the newest chunk must still be below its top: a frame the thread
@@ -512,7 +524,8 @@ impl FrameReader {
                 return false;
             }
         }
-        // 2.7 frames say nothing of running: the innermost frame must be the same one.
+        // 2.7 frames say nothing of running, and an innermost frame not marked running is
+        // being entered or left: then the innermost frame must be the same one.
         let unmarked = matches!(
             self.layout.frame,
             FrameFields::Object {
@@ -520,7 +533,15 @@ impl FrameReader {
                 ..
             }
         );
-        !unmarked || now.frame == head.frame
+        let entering = frames.first().is_some_and(|(_, r)| !r.running);
+        // 3.11+: a generator's frame lives outside the data stack and is linked to its
+        // caller only while it runs; the caller, in the chunk, is copied before it. A thread
+        // that resumes and suspends the generator flat out can be copied twice over as the
+        // generator running under a caller that has moved on past the call: the innermost
+        // frame must not have changed between the copies either.
+        let generators = matches!(self.layout.frame, FrameFields::Interpreter { .. })
+            && frames.iter().any(|(_, r)| r.owner == OWNED_BY_GENERATOR);
+        !(unmarked || entering || generators) || now.frame == head.frame
     }
 
     /// A frame's fields from its bytes.

@@ -412,7 +412,14 @@ impl<M: Memory> Observer<M> {
             self.stats.stack_attempts += 1;
             let out_of_time = attempts >= MIN_STACK_ATTEMPTS
                 && until.is_some_and(|t| crate::sample::monotonic_ns() >= t);
-            if read != Err(StackError::Moved) || attempts >= MAX_STACK_ATTEMPTS || out_of_time {
+            // A read that faulted or found garbage raced the thread as much as one that saw
+            // it move (a pointer read before the frame it named was freed): both retry.
+            let raced = match &read {
+                Ok(_) => false,
+                Err(StackError::Moved) => true,
+                Err(StackError::Read(e)) => !matches!(e, ReadError::Gone | ReadError::Denied),
+            };
+            if !raced || attempts >= MAX_STACK_ATTEMPTS || out_of_time {
                 return read;
             }
         }

@@ -213,7 +213,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("other               10.0 us/tick"), "{text}");
-        assert!(text.contains("2.0 walks/tick, 1.25 reads of each"), "{text}");
+        assert!(
+            text.contains("2.0 walks/tick, 1.25 reads of each"),
+            "{text}"
+        );
         assert!(
             text.contains("30 ticks put off, 9 threads resolved"),
             "{text}"
