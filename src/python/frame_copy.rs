@@ -6,20 +6,19 @@
 //! its stack lived in (3.11+: the used part of its data-stack chunk, with room to grow; the
 //! frames outside it, such as generators' and C-stack entry frames; before 3.11 every frame
 //! object) and the code objects it ran. One `process_vm_readv` reads the thread state's
-//! frame pointers and every planned block twice over, then the code objects' headers. The
-//! chain is walked in the first copy (frames it lacks are fetched, with the frames that
-//! followed them last time); the second copy, or a fresh one where anything was fetched,
-//! must confirm it.
+//! frame pointers and every planned block twice over, then the code objects' headers.
 //!
-//! What confirms a chain. A caller's frame does not change while its callee runs: the same
-//! link, code and instruction. So every frame of the chain must read the same in the second
-//! copy (the innermost frame's instruction excepted: it runs), and still be part of the
-//! stack there: below the data stack's top (3.11+), marked running (3.6-3.10), or the same
-//! innermost frame (2.7, which has no mark). A chain read while the thread moved holds a
-//! frame of one moment and its caller of another; the caller moved on or the frame ended by
-//! the second copy, which is a microsecond or so later, and a thread does not come back to
-//! the very same state that fast. Consistent chains are rejected only when the thread
-//! returned below their innermost frame between the two copies; the caller reads again.
+//! What confirms a chain. The thread state of the second copy is read after every block of
+//! the first and before any other of the second: at a moment T inside every frame's two
+//! copies. A frame that reads the same in both copies (link, code, instruction; the innermost
+//! frame's instruction excepted, as it runs) was so at T, short of changing and changing back
+//! in between. So the chain is walked from the innermost frame that thread state names, over
+//! the frames of the first copy, and believed where every frame reads the same in the second
+//! and was part of the stack at T: below the data stack's top (3.11+) and, on 3.6-3.10,
+//! marked running (the innermost frame may be being entered or left). A chain that needed
+//! frames the plan lacked is fetched, then confirmed by a read of the thread state and every
+//! block, which must show the same thread state. A thread that moved under the read is read
+//! again by the caller, with a plan this attempt brought up to date.
 
 use std::collections::{HashMap, HashSet};
 
@@ -234,10 +233,22 @@ impl FrameReader {
         }
         all.extend_from_slice(&code_blocks);
         let mut bytes = Vec::new();
+        // The thread state as the first copy saw it, before any of its frames.
+        let mut early = None;
         let (mut first, mut second, mut codes) = match memory.read_many(&all, &mut bytes) {
             Ok(()) => {
                 let copy_len: usize = blocks.iter().map(|b| b.1).sum();
-                let first = Copied::from_parts(&blocks, &bytes[..copy_len]);
+                let mut first = Copied::from_parts(&blocks, &bytes[..copy_len]);
+                early = self.head(&first, tstate).ok();
+                if twice {
+                    // The walk starts from the thread state as the second copy saw it: read
+                    // after every frame of the first copy and before any of the second, at a
+                    // moment when each frame that reads the same in both copies was as read.
+                    let heads =
+                        1 + usize::from(self.layout.cframe_frame.is_some() && plan.cframe != 0);
+                    let len: usize = blocks[..heads].iter().map(|b| b.1).sum();
+                    first.push(&blocks[..heads], &bytes[copy_len..copy_len + len]);
+                }
                 let (second, rest) = match twice {
                     true => (
                         Some(Copied::from_parts(&blocks, &bytes[copy_len..2 * copy_len])),
@@ -273,6 +284,15 @@ impl FrameReader {
         }
         self.plans.insert(tstate, plan);
         let (head, frames, truncated) = walked?;
+        // 3.11+: a generator's frame is linked to its caller only while it runs, and a thread
+        // that resumes and suspends it flat out shows the same two frames in both copies
+        // at the same phases of its loop (the caller at a line past the call): a chain
+        // through one also needs the same thread state before the first copy as at T.
+        let generator = matches!(self.layout.frame, FrameFields::Interpreter { .. })
+            && frames.iter().any(|(_, r)| r.owner == OWNED_BY_GENERATOR);
+        if generator && !fetched && early != Some(head) {
+            return Err(StackError::Moved);
+        }
         if fetched {
             let plan = self.plans.get(&tstate).cloned().unwrap_or_default();
             let blocks = self.blocks(tstate, &plan);
@@ -524,24 +544,10 @@ impl FrameReader {
                 return false;
             }
         }
-        // 2.7 frames say nothing of running, and an innermost frame not marked running is
-        // being entered or left: then the innermost frame must be the same one.
-        let unmarked = matches!(
-            self.layout.frame,
-            FrameFields::Object {
-                executing: None,
-                ..
-            }
-        );
-        let entering = frames.first().is_some_and(|(_, r)| !r.running);
-        // 3.11+: a generator's frame lives outside the data stack and is linked to its
-        // caller only while it runs; the caller, in the chunk, is copied before it. A thread
-        // that resumes and suspends the generator flat out can be copied twice over as the
-        // generator running under a caller that has moved on past the call: the innermost
-        // frame must not have changed between the copies either.
-        let generators = matches!(self.layout.frame, FrameFields::Interpreter { .. })
-            && frames.iter().any(|(_, r)| r.owner == OWNED_BY_GENERATOR);
-        !(unmarked || entering || generators) || now.frame == head.frame
+        // The thread state must read as the walk saw it: then it was read at a moment inside
+        // every frame's two copies (in one read, the second copy's first block; after a
+        // fetch, the confirming read's first block), when the chain it starts was the stack.
+        now == *head
     }
 
     /// A frame's fields from its bytes.
