@@ -9,6 +9,7 @@ use gilscope::dev::fuzzing::{self, Recording, Snapshot};
 use gilscope::python::interpreter::Interpreter;
 use gilscope::sample::observe::Observer;
 use gilscope::target::memory::{Memory, ProcessMemory};
+use gilscope::target::namespace::ThreadIds;
 use gilscope::target::task::Tasks;
 
 fn main() {
@@ -33,7 +34,9 @@ fn take(pid: i32, out: &str, ticks: usize) -> Result<(), String> {
     let interpreter = attach(pid)?;
     let live = Tasks::new(pid).list().map_err(|e| e.to_string())?;
     let mut snapshot = Snapshot::of(&interpreter, &live);
-    let mut observer = Observer::new(pid, Recording::new(ProcessMemory::new(pid)), interpreter);
+    let ids = ThreadIds::of(pid).map_err(|e| e.why)?;
+    let memory = Recording::new(ProcessMemory::new(pid));
+    let mut observer = Observer::new(pid, memory, interpreter, ids);
     observer.enable_stacks();
     for _ in 0..ticks {
         observer.observe().map_err(|e| format!("tick: {e:?}"))?;

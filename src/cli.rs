@@ -95,7 +95,7 @@ pub struct ManArgs {
 #[command(group = clap::ArgGroup::new("target").required(true).multiple(true))]
 pub struct ServeArgs {
     /// Process id of a running Python program
-    #[arg(short, long, value_name = "PID", value_parser = parse_pid, group = "target")]
+    #[arg(short, long, value_name = "PID", value_parser = parse_pid, group = "target", allow_negative_numbers = true)]
     pub pid: Option<i32>,
 
     /// Keep serving when the process exits, and sample the next process of this name (its
@@ -109,7 +109,7 @@ pub struct ServeArgs {
     pub listen: std::net::SocketAddr,
 
     /// Samples per second (low by default: serve runs for days)
-    #[arg(short, long, value_name = "HZ", default_value_t = 100.0, value_parser = parse_rate)]
+    #[arg(short, long, value_name = "HZ", default_value_t = 100.0, value_parser = parse_rate, allow_negative_numbers = true)]
     pub rate: f64,
 
     /// Also sample every Python process below the target (children, and theirs), including
@@ -128,11 +128,11 @@ pub struct CompletionsArgs {
 #[derive(Debug, Args)]
 pub struct TopArgs {
     /// Process id of a running Python program
-    #[arg(short, long, value_name = "PID", value_parser = parse_pid)]
+    #[arg(short, long, value_name = "PID", value_parser = parse_pid, allow_negative_numbers = true)]
     pub pid: i32,
 
     /// Samples per second
-    #[arg(short, long, value_name = "HZ", default_value_t = 1000.0, value_parser = parse_rate)]
+    #[arg(short, long, value_name = "HZ", default_value_t = 1000.0, value_parser = parse_rate, allow_negative_numbers = true)]
     pub rate: f64,
 
     /// Sort threads by the share of the last 10 s they held, or waited for, the GIL
@@ -156,15 +156,15 @@ pub struct TopArgs {
 #[derive(Debug, Args)]
 pub struct DumpArgs {
     /// Process id of a running Python program
-    #[arg(short, long, value_name = "PID", value_parser = parse_pid)]
+    #[arg(short, long, value_name = "PID", value_parser = parse_pid, allow_negative_numbers = true)]
     pub pid: i32,
 
-    /// Print JSON (schema gilscope.dump/2, docs/DUMP_SCHEMA.md)
-    #[arg(long)]
+    /// Print JSON (docs/DUMP_SCHEMA.md)
+    #[arg(long, help = format!("Print JSON (schema {}, docs/DUMP_SCHEMA.md)", crate::formats::dump::SCHEMA))]
     pub json: bool,
 
     /// Sample for SECS first, and add each thread's fractions and the top blame stack
-    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, allow_negative_numbers = true)]
     pub sample: Option<f64>,
 
     /// Also sample every Python process below PID (children, and theirs), including ones
@@ -176,15 +176,15 @@ pub struct DumpArgs {
 #[derive(Debug, Args)]
 pub struct RecordArgs {
     /// Process id of a running Python program
-    #[arg(short, long, value_name = "PID", value_parser = parse_pid, conflicts_with = "command")]
+    #[arg(short, long, value_name = "PID", value_parser = parse_pid, conflicts_with = "command", allow_negative_numbers = true)]
     pub pid: Option<i32>,
 
     /// Seconds to record (default: until Ctrl-C or until the target exits)
-    #[arg(short, long, value_name = "SECS", value_parser = parse_duration)]
+    #[arg(short, long, value_name = "SECS", value_parser = parse_duration, allow_negative_numbers = true)]
     pub duration: Option<f64>,
 
     /// Samples per second
-    #[arg(short, long, value_name = "HZ", default_value_t = 1000.0, value_parser = parse_rate)]
+    #[arg(short, long, value_name = "HZ", default_value_t = 1000.0, value_parser = parse_rate, allow_negative_numbers = true)]
     pub rate: f64,
 
     /// Report format (default: from the extension of -o, else text)

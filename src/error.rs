@@ -55,6 +55,12 @@ pub enum Error {
         pid: i32,
         what: String,
     },
+    /// The target lives in a PID namespace whose thread ids cannot be translated into ours:
+    /// its figures would be attributed to no thread.
+    ForeignNamespace {
+        pid: i32,
+        why: String,
+    },
     Spawn {
         command: String,
         source: std::io::Error,
@@ -78,7 +84,9 @@ impl Error {
             Error::NoSuchProcess { .. } | Error::Zombie { .. } | Error::KernelThread { .. } => {
                 ExitCode::NoSuchProcess
             }
-            Error::PermissionDenied { .. } => ExitCode::PermissionDenied,
+            Error::PermissionDenied { .. } | Error::ForeignNamespace { .. } => {
+                ExitCode::PermissionDenied
+            }
             Error::NotPython { .. }
             | Error::NoPythonInTree { .. }
             | Error::SelfTarget { .. }
@@ -111,6 +119,22 @@ impl Error {
                 "please report this with the output of `python -VV` for that interpreter".into(),
             ),
             Error::NoSuchProcess { .. } => Some("check the pid with `ps -p PID`".into()),
+            Error::NotPython { pid, .. } => {
+                let below = crate::target::process::descendants(&[*pid]).len();
+                (below > 0).then(|| {
+                    format!(
+                        "it has {below} process{} below it: if Python runs there (under a \
+                         shell or a launcher), add --subprocesses to follow it",
+                        if below == 1 { "" } else { "es" }
+                    )
+                })
+            }
+            Error::Output { path, source } => output_hint(path, source),
+            Error::ForeignNamespace { pid, .. } => Some(format!(
+                "run gilscope inside the target's PID namespace instead: \
+                 nsenter --target {pid} --pid --mount gilscope record --pid 1 (README: \
+                 Profiling in containers and Kubernetes)"
+            )),
             Error::Listen { address, source } => listen_hint(address, source),
             _ => None,
         }
@@ -139,7 +163,35 @@ fn listen_hint(address: &std::net::SocketAddr, source: &std::io::Error) -> Optio
     }
 }
 
+/// What to do about an output that cannot be written.
+fn output_hint(path: &str, source: &std::io::Error) -> Option<String> {
+    let parent = std::path::Path::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())?;
+    match source.kind() {
+        std::io::ErrorKind::NotFound if !parent.exists() => Some(format!(
+            "the directory {} does not exist: create it first (mkdir -p)",
+            parent.display()
+        )),
+        _ => None,
+    }
+}
+
 fn permission_hint() -> String {
+    if nix::unistd::geteuid().is_root() {
+        // Root was refused all the same: more privilege is not the answer.
+        let mut hint = String::from(
+            "gilscope runs as root and was refused all the same: the process may be in a \
+             user namespace root does not own, or a security module (SELinux, AppArmor, \
+             lockdown) forbids reading it",
+        );
+        if crate::target::process::ptrace_scope() == Some(3) {
+            hint = "kernel.yama.ptrace_scope is 3, which forbids ptrace access to every \
+                    process, even for root, until reboot"
+                .into();
+        }
+        return hint;
+    }
     let mut hint = String::from(
         "run as root or with CAP_SYS_PTRACE (sudo gilscope ...); in a container add \
          `--cap-add SYS_PTRACE`",
@@ -189,6 +241,10 @@ impl fmt::Display for Error {
                     "the Python interpreter in process {pid} is not ready: {what}"
                 )
             }
+            Error::ForeignNamespace { pid, why } => write!(
+                f,
+                "cannot match the threads of process {pid} with its Python threads: {why}"
+            ),
             Error::Spawn { command, source } => write!(f, "cannot start `{command}`: {source}"),
             Error::Output { path, source } => write!(f, "cannot write {path}: {source}"),
             Error::Listen { address, source } => match source.kind() {

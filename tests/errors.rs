@@ -268,3 +268,98 @@ fn permission_denied_says_what_is_needed() {
     assert!(stderr.contains("CAP_SYS_PTRACE"), "{stderr}");
     assert!(stderr.contains("--cap-add SYS_PTRACE"), "{stderr}");
 }
+
+#[test]
+fn a_negative_number_is_refused_for_what_it_is_not_taken_for_a_command() {
+    for (args, needle) in [
+        (
+            &["record", "--pid", "1", "--duration", "-1"][..],
+            "duration",
+        ),
+        (&["record", "--pid", "1", "--rate", "-5"], "rate"),
+        (&["dump", "--pid", "1", "--sample", "-2"], "duration"),
+    ] {
+        let out = run(args);
+        let stderr = assert_error(&out, 2, needle);
+        assert!(!stderr.contains("'-- -"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn an_output_extension_gilscope_does_not_write_is_refused_with_the_known_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["out.xyz", "x.speedscope", "report.pdf"] {
+        let path = dir.path().join(name);
+        let out = run(&[
+            "record",
+            "--pid",
+            "1",
+            "-o",
+            path.to_str().unwrap(),
+            "--duration",
+            "1",
+        ]);
+        let stderr = assert_error(&out, 2, "cannot tell the format");
+        assert!(
+            stderr.contains(".speedscope.json") && stderr.contains(".json"),
+            "{stderr}"
+        );
+        assert!(!path.exists(), "{name} was written");
+    }
+}
+
+#[test]
+fn options_a_format_ignores_are_said_before_recording() {
+    // The target need not exist for the plan to be made: the warning comes first.
+    let pid = free_pid().to_string();
+    for (args, option) in [
+        (&["--view", "blame"][..], "--view"),
+        (&["--state", "hold"], "--state"),
+        (&["--format", "flamegraph", "--gil-only"], "--gil-only"),
+    ] {
+        let mut all = vec!["record", "--pid", &pid, "--duration", "1"];
+        all.extend_from_slice(args);
+        let out = run(&all);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.lines().next().is_some_and(|l| l.contains(option)),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn man_pages_go_into_a_directory_that_did_not_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let pages = dir.path().join("share/man/man1");
+    let out = run(&["man", "--out-dir", pages.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(pages.join("gilscope-record.1").is_file());
+}
+
+#[test]
+fn a_shell_above_python_is_answered_with_subprocesses() {
+    let mut shell = Command::new("sh")
+        .args(["-c", "sleep 30 & wait"])
+        .spawn()
+        .expect("sh");
+    // The shell forks its child at once; give it the moment.
+    let pid = shell.id() as i32;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .map(|c| c.trim().is_empty())
+        .unwrap_or(true)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = run(&["dump", "--pid", &pid.to_string()]);
+    let _ = shell.kill();
+    let _ = shell.wait();
+    let stderr = assert_error(&out, 5, "is not a Python process");
+    assert!(stderr.contains("--subprocesses"), "{stderr}");
+}

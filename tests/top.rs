@@ -215,7 +215,7 @@ fn plain_lines(python: &Python) -> Result<Attempt, Failed> {
         }
         let (held, threads) = parse_plain(line)?;
         let by_tid = |tid: i32| threads.iter().find(|t| t.tid == tid);
-        if threads.iter().any(|t| t.tid == idle) || !line.contains("| 1 idle threads") {
+        if threads.iter().any(|t| t.tid == idle) || !line.contains("| 1 idle thread") {
             return Err(format!("the idle thread is shown: {line}").into());
         }
         let (Some(r), Some(t)) = (by_tid(regex), by_tid(ticker)) else {
@@ -463,7 +463,7 @@ fn terminal_keys(python: &Python) -> Result<Completion, Failed> {
     if rows[0].0 != regex || rows[0].1.first().is_none_or(|&hold| hold < 0.8) {
         return Err(format!("the regex thread is not first by hold:\n{}", screen.0).into());
     }
-    if rows.iter().any(|r| r.0 == idle) || !screen.contains("1 idle threads hidden") {
+    if rows.iter().any(|r| r.0 == idle) || !screen.contains("1 idle thread hidden") {
         return Err(format!("the idle thread is shown:\n{}", screen.0).into());
     }
     tmux.keys("w")?;

@@ -11,10 +11,12 @@ use crate::error::{Error, Result};
 pub fn run(args: ManArgs) -> Result<()> {
     let command = <Cli as clap::CommandFactory>::command();
     if let Some(dir) = args.out_dir {
-        return clap_mangen::generate_to(command, &dir).map_err(|e| Error::Output {
+        let error = |source| Error::Output {
             path: dir.display().to_string(),
-            source: e,
-        });
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(error)?;
+        return clap_mangen::generate_to(command, &dir).map_err(error);
     }
     let page = match args.subcommand {
         None => command,

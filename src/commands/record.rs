@@ -2,11 +2,11 @@
 //! report goes), the recording run, and the report written. Each step can be tried alone.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use crate::cli::RecordArgs;
+use crate::cli::{RecordArgs, ViewArg};
 use crate::error::{Error, Result};
 use crate::formats::{Format, RenderOptions};
 use crate::model::{EndReason, Recording};
@@ -51,11 +51,11 @@ impl RecordPlan {
                 ))
             }
         };
-        let format = args
-            .format
-            .map(Format::from)
-            .or_else(|| args.output.as_deref().and_then(Format::from_path))
-            .unwrap_or(Format::Text);
+        let format = match (args.format, args.output.as_deref()) {
+            (Some(format), _) => format.into(),
+            (None, Some(path)) => format_of_path(path)?,
+            (None, None) => Format::Text,
+        };
         let mut render = RenderOptions {
             view: args.view.into(),
             ..RenderOptions::default()
@@ -72,10 +72,24 @@ impl RecordPlan {
             render.states.push(ThreadState::Idle);
         }
         let mut warnings = Vec::new();
+        let stack_options = [
+            (args.view != ViewArg::Threads, "--view"),
+            (!args.state.is_empty(), "--state"),
+            (args.idle, "--idle"),
+        ];
+        for (given, option) in stack_options {
+            if given && !format.shows_stacks() {
+                warnings.push(format!(
+                    "{option} chooses the stacks of flamegraph, folded, speedscope, trace and \
+                     timeline output: the {} report has its own sections and ignores it",
+                    format.name()
+                ));
+            }
+        }
         if args.gil_only && format.shows_stacks() {
             warnings.push(format!(
                 "--gil-only records no stacks: the {} output shows threads and states only",
-                format!("{format:?}").to_lowercase()
+                format.name()
             ));
         }
         Ok(RecordPlan {
@@ -221,6 +235,27 @@ impl RecordPlan {
         }
         Ok(())
     }
+}
+
+/// The format an output file's name asks for. A name without an extension is a text report;
+/// an extension gilscope does not write is refused, not written as text.
+fn format_of_path(path: &Path) -> Result<Format> {
+    if let Some(format) = Format::from_path(path) {
+        return Ok(format);
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let Some((_, extension)) = name.rsplit_once('.').filter(|(stem, _)| !stem.is_empty()) else {
+        return Ok(Format::Text);
+    };
+    Err(Error::Usage(format!(
+        "cannot tell the format of {} from its extension .{extension}: gilscope writes {} \
+         (or give --format)",
+        path.display(),
+        Format::EXTENSIONS.join(", ")
+    )))
 }
 
 /// `gilscope record`.

@@ -10,7 +10,7 @@ use crate::sample::ThreadState;
 use crate::stack::{Frame, StackId};
 
 /// The root frame of waiters counted while no thread held the GIL (a hand-off under way).
-pub const UNHELD: &str = "[GIL not held: hand-off]";
+pub const UNHELD: &str = "[nobody held the GIL: hand-off to a thread not yet running]";
 
 /// A frame label made safe for the folded format: `;` separates frames and a line ends a
 /// stack, so a `;` becomes `:` and control characters are escaped as in the text report

@@ -30,7 +30,9 @@ pub fn text(snapshot: &Snapshot) -> String {
     let _ = writeln!(
         out,
         "gilscope dump: pid {} - Python {} ({})",
-        t.pid, t.python_version, t.binary
+        super::id_with_namespace(t.pid, t.ns_pid),
+        t.python_version,
+        t.binary
     );
     if !t.command_line.is_empty() {
         let _ = writeln!(out, "command: {}", printable(&t.command_line));
@@ -123,7 +125,7 @@ pub fn text(snapshot: &Snapshot) -> String {
         let _ = write!(
             out,
             "Thread {} \"{}\"{}: {}",
-            thread.tid,
+            super::id_with_namespace(thread.tid, thread.ns_tid),
             printable(&thread.name),
             match (snapshot.gils.len() > 1, thread.interpreter, thread.gil) {
                 (true, Some(id), Some(gil)) => format!(" [interpreter {id}, GIL {gil}]"),
@@ -231,6 +233,7 @@ fn document(snapshot: &Snapshot) -> Value {
             });
             json!({
                 "native_id": t.tid,
+                "ns_tid": t.ns_tid,
                 "thread_id": t.thread_id,
                 "name": t.name,
                 "os_name": t.os_name,
@@ -253,7 +256,7 @@ fn document(snapshot: &Snapshot) -> Value {
             json!({
                 "holder_native_id": b.holder.tid,
                 "holder_name": b.holder.name(),
-                "share": b.waiter_ticks as f64 / p.waiter_ticks().max(1) as f64,
+                "share": super::json::round(b.waiter_ticks as f64 / p.waiter_ticks().max(1) as f64, 4),
                 "stack": stack,
             })
         });

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::model::profile::{Counts, ThreadProfile};
+use crate::model::profile::ThreadProfile;
 use crate::model::Recording;
 use crate::sample::ThreadState;
 use crate::stack::{FrameId, StackTable};
@@ -103,6 +103,7 @@ struct GilEntry {
 #[derive(Serialize)]
 struct Thread {
     native_id: i32,
+    ns_tid: Option<i32>,
     thread_id: Option<u64>,
     name: String,
     os_name: String,
@@ -213,10 +214,11 @@ fn report(recording: &Recording) -> Report<'_> {
             .into_iter()
             .map(|t| {
                 let [hold, wait, running, idle, attached, suspended] =
-                    fractions_summing_to_one(&t.counts);
+                    t.counts.fractions_summing_to_one();
                 let (interpreter, gil) = thread_gil(profile, t);
                 Thread {
                     native_id: t.tid,
+                    ns_tid: t.ns_tid,
                     thread_id: t.thread_id,
                     name: t.name().to_string(),
                     os_name: t.os_name.clone(),
@@ -394,27 +396,8 @@ fn blame(recording: &Recording) -> Blame {
 
 /// The fractions of every state in units of 1e-4, rounded so that they add up to exactly 1
 /// (largest remainder), as the schema promises.
-fn fractions_summing_to_one(counts: &Counts) -> [f64; ThreadState::COUNT] {
-    const UNITS: u64 = 10_000;
-    let total = counts.total();
-    if total == 0 {
-        return [0.0; ThreadState::COUNT];
-    }
-    let exact: Vec<u128> = ThreadState::ALL
-        .iter()
-        .map(|s| counts.get(*s) as u128 * UNITS as u128)
-        .collect();
-    let mut units: Vec<u64> = exact.iter().map(|e| (e / total as u128) as u64).collect();
-    let mut order: Vec<usize> = (0..ThreadState::COUNT).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(exact[i] % total as u128));
-    let missing = UNITS - units.iter().sum::<u64>();
-    for &i in order.iter().take(missing as usize) {
-        units[i] += 1;
-    }
-    std::array::from_fn(|i| units[i] as f64 / UNITS as f64)
-}
 
-fn round(value: f64, digits: i32) -> f64 {
+pub(super) fn round(value: f64, digits: i32) -> f64 {
     let scale = 10f64.powi(digits);
     (value * scale).round() / scale
 }
@@ -429,33 +412,5 @@ impl super::Report for Json {
 
     fn several(&self, recordings: &[Recording], _: &super::RenderOptions) -> String {
         render_processes(recordings)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rounded_fractions_add_up_to_exactly_one() {
-        let mut counts = Counts {
-            by_state: [1, 1, 1, 0, 0, 0],
-        };
-        let f = fractions_summing_to_one(&counts);
-        assert_eq!(
-            f.iter().map(|x| (x * 1e4).round() as u64).sum::<u64>(),
-            10_000
-        );
-        assert_eq!(f[3], 0.0);
-        counts.by_state = [2, 3, 5, 7, 0, 0];
-        let f = fractions_summing_to_one(&counts);
-        assert_eq!(
-            f.iter().map(|x| (x * 1e4).round() as u64).sum::<u64>(),
-            10_000
-        );
-        assert_eq!(
-            fractions_summing_to_one(&Counts::default()),
-            [0.0; ThreadState::COUNT]
-        );
     }
 }

@@ -152,21 +152,39 @@ fn pad(text: &str, width: usize) -> String {
     out
 }
 
-/// The first line: what is being watched, for how long, and how well.
-fn title(target: &TargetInfo, rate_hz: f64, history: &History, elapsed_s: f64) -> String {
+/// "N idle thread(s)".
+fn idle_threads(n: usize) -> String {
+    format!("{n} idle thread{}", if n == 1 { "" } else { "s" })
+}
+
+/// The first line: what is being watched, for how long, and how well; the longest of its
+/// forms that fits `width`, so that a narrow terminal still shows the whole of one.
+fn title(
+    watched: &str,
+    rate_hz: f64,
+    samples: u64,
+    elapsed_s: f64,
+    warning: &str,
+    width: usize,
+) -> String {
     let secs = elapsed_s.max(0.0) as u64;
-    let samples = history.process(1).samples;
-    format!(
-        "gilscope top - pid {} - Python {} - {}:{:02}:{:02} - {} samples in the last second at {} Hz{}",
-        target.pid,
-        target.python_version,
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60,
-        samples,
-        rate_hz,
-        steal_warning(history)
-    )
+    let clock = format!("{}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
+    let forms = [
+        format!(
+            "gilscope top - {watched} - {clock} - {samples} samples in the last second at \
+             {rate_hz} Hz{warning}"
+        ),
+        format!("gilscope top - {watched} - {clock} - {samples}/s at {rate_hz} Hz{warning}"),
+        format!("{watched} - {clock} - {samples}/s at {rate_hz} Hz{warning}"),
+        format!("{watched} - {clock}"),
+    ];
+    let last = forms.len() - 1;
+    forms
+        .into_iter()
+        .enumerate()
+        .find(|(i, form)| form.width() <= width || *i == last)
+        .map(|(_, form)| form)
+        .unwrap_or_default()
 }
 
 /// A warning when the hypervisor took enough of the last second to make its figures less
@@ -191,7 +209,18 @@ pub fn screen(
     height: usize,
 ) -> Vec<String> {
     let mut lines = vec![
-        title(target, rate_hz, history, elapsed_s),
+        title(
+            &format!(
+                "pid {} - Python {}",
+                super::id_with_namespace(target.pid, target.ns_pid),
+                target.python_version
+            ),
+            rate_hz,
+            history.process(1).samples,
+            elapsed_s,
+            &steal_warning(history),
+            width,
+        ),
         format!(
             "keys: q quit  h sort by hold  w sort by wait  i {} idle threads",
             if view.show_idle { "hide" } else { "show" }
@@ -289,7 +318,7 @@ pub fn screen(
             window_label(history, STEADY)
         )];
         if hidden > 0 {
-            parts.push(format!("{hidden} idle threads hidden (i shows them)"));
+            parts.push(format!("{} hidden (i shows them)", idle_threads(hidden)));
         }
         parts.join("; ")
     };
@@ -369,19 +398,19 @@ pub fn screen_processes(
     width: usize,
     height: usize,
 ) -> Vec<String> {
-    let secs = elapsed_s.max(0.0) as u64;
     let samples: u64 = processes.iter().map(|(_, h)| h.process(1).samples).sum();
     let mut lines = vec![
-        format!(
-            "gilscope top - pid {root} and below: {} Python process{} - {}:{:02}:{:02} - {} \
-             samples in the last second at {} Hz",
-            processes.len(),
-            if processes.len() == 1 { "" } else { "es" },
-            secs / 3600,
-            secs / 60 % 60,
-            secs % 60,
-            samples,
+        title(
+            &format!(
+                "pid {root} and below: {} Python process{}",
+                processes.len(),
+                if processes.len() == 1 { "" } else { "es" },
+            ),
             rate_hz,
+            samples,
+            elapsed_s,
+            "",
+            width,
         ),
         format!(
             "keys: q quit  h sort by hold  w sort by wait  i {} idle threads",
@@ -410,7 +439,7 @@ pub fn screen_processes(
         let figures = history.process(STEADY);
         body.push(format!(
             "pid {} - Python {} - held {} contended {} switches {}/s over {} - {}",
-            target.pid,
+            super::id_with_namespace(target.pid, target.ns_pid),
             target.python_version,
             gil_figure(&figures, percent(figures.held)),
             gil_figure(
@@ -441,7 +470,8 @@ pub fn screen_processes(
     );
     if hidden_threads > 0 {
         footer.push_str(&format!(
-            "; {hidden_threads} idle threads hidden (i shows them)"
+            "; {} hidden (i shows them)",
+            idle_threads(hidden_threads)
         ));
     }
     let room = height.saturating_sub(lines.len() + 1);
@@ -584,7 +614,7 @@ pub fn plain_line(
         }
     }
     if hidden > 0 {
-        line.push_str(&format!(" | {hidden} idle threads"));
+        line.push_str(&format!(" | {}", idle_threads(hidden)));
     }
     line.push_str(&steal_warning(history).replace(" - ", " | "));
     printable(&line)
@@ -632,6 +662,7 @@ mod tests {
     fn target() -> TargetInfo {
         TargetInfo {
             pid: 42,
+            ns_pid: None,
             python_version: crate::python::version::Version::new(3, 12, 1),
             binary: String::new(),
             command_line: String::new(),
@@ -681,6 +712,20 @@ mod tests {
         assert_eq!(rows[0].name, "new");
         assert_eq!(rows[0].fraction(1, ThreadState::Hold), 0.0);
         assert_eq!(rows[0].fraction(1, ThreadState::Wait), 1.0);
+    }
+
+    #[test]
+    fn the_title_keeps_a_whole_form_on_a_narrow_terminal() {
+        let watched = "pid 4194304 - Python 3.12.1";
+        for width in [200, 80, 60, 40] {
+            let line = title(watched, 1000.0, 996, 42.0, "", width);
+            assert!(line.width() <= width.max(40), "{width}: {line}");
+            assert!(
+                line.contains("pid 4194304") && line.contains("0:00:42"),
+                "{line}"
+            );
+        }
+        assert!(title(watched, 1000.0, 996, 42.0, "", 80).ends_with("at 1000 Hz"));
     }
 
     #[test]
@@ -757,7 +802,7 @@ mod tests {
         };
         let lines = screen(&target(), 1000.0, 3.0, &history, &view, 100, 40);
         assert_eq!(row_tids(&lines), vec![11, 12]);
-        assert!(lines.iter().any(|l| l.contains("1 idle threads hidden")));
+        assert!(lines.iter().any(|l| l.contains("1 idle thread hidden")));
         view.sort = SortBy::Wait;
         view.show_idle = true;
         let lines = screen(&target(), 1000.0, 3.0, &history, &view, 100, 40);

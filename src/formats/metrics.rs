@@ -470,6 +470,7 @@ mod tests {
     fn target(pid: i32) -> TargetInfo {
         TargetInfo {
             pid,
+            ns_pid: None,
             python_version: crate::python::version::Version::new(3, 12, 1),
             binary: "/usr/bin/python3".into(),
             command_line: "python3 \"app\".py".into(),

@@ -20,6 +20,15 @@ use std::path::Path;
 use crate::model::Recording;
 use crate::sample::ThreadState;
 
+/// A process or thread id as reports show it: ours, and the one it has in its own PID
+/// namespace (a container's) where that differs: "10423 (2 in its namespace)".
+pub fn id_with_namespace(id: i32, ns_id: Option<i32>) -> String {
+    match ns_id {
+        Some(own) if own != id => format!("{id} ({own} in its namespace)"),
+        _ => id.to_string(),
+    }
+}
+
 /// What reports show for a figure that cannot be measured on the target's interpreter.
 pub const UNAVAILABLE: &str = "n/a";
 
@@ -153,6 +162,31 @@ impl Format {
     /// Does this format draw the recording in time order (and so need its timeline kept)?
     pub fn needs_timeline(&self) -> bool {
         matches!(self, Format::Chrometrace | Format::Timeline)
+    }
+
+    /// The file names that ask for a format, as help and errors list them.
+    pub const EXTENSIONS: &'static [&'static str] = &[
+        ".txt",
+        ".json",
+        ".svg",
+        ".folded",
+        ".collapsed",
+        ".speedscope.json",
+        "trace.json",
+        "timeline.svg",
+    ];
+
+    /// The format's name, as `--format` takes it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Format::Text => "text",
+            Format::Json => "json",
+            Format::Flamegraph => "flamegraph",
+            Format::Collapsed => "collapsed",
+            Format::Speedscope => "speedscope",
+            Format::Chrometrace => "chrometrace",
+            Format::Timeline => "timeline",
+        }
     }
 
     /// The module that writes this format.

@@ -21,7 +21,9 @@ pub fn render(recording: &Recording) -> String {
     let _ = writeln!(
         out,
         "gilscope: pid {} - Python {} ({})",
-        target.pid, target.python_version, target.binary
+        super::id_with_namespace(target.pid, target.ns_pid),
+        target.python_version,
+        target.binary
     );
     if !target.command_line.is_empty() {
         let _ = writeln!(out, "command: {}", super::printable(&target.command_line));
@@ -88,6 +90,16 @@ pub fn render(recording: &Recording) -> String {
             }
         );
     }
+    // Said once, where it shows: the two figures count different things.
+    if measured && profile.contended() > profile.held() + profile.contended_margin().unwrap_or(0.0)
+    {
+        let _ = writeln!(
+            out,
+            "note: held = some thread had the GIL; contended = some thread waited for it. \
+             Contended above held: threads waited while nobody had it, in hand-offs (released, \
+             its next holder not yet running: long when CPUs are busy)"
+        );
+    }
     if several {
         gils_section(&mut out, recording);
     }
@@ -110,6 +122,13 @@ pub fn render(recording: &Recording) -> String {
             .unwrap_or_else(|| "unknown (too few samples)".into()),
         crate::model::CLASSIFIER_ERROR * 100.0
     );
+    for lost in &sampler.degraded {
+        let _ = writeln!(
+            out,
+            "degraded: without {}, {}; {}",
+            lost.missing, lost.fallback, lost.cost
+        );
+    }
     if let Some(steal) = sampler
         .host_steal
         .filter(|s| *s > crate::model::STEAL_WARNING)
@@ -130,7 +149,21 @@ pub fn render(recording: &Recording) -> String {
         .unwrap_or(4)
         .clamp(4, 32);
     let states = super::shown_states(target.free_threaded, no_gil);
-    let _ = write!(out, "{:>8}  {:<name_width$}", "TID", "NAME");
+    // In a container seen from outside, each thread's id in the container follows ours.
+    let tid_label = |thread: &crate::model::profile::ThreadProfile| match thread.ns_tid {
+        Some(own) => format!("{} ({own})", thread.tid),
+        None => thread.tid.to_string(),
+    };
+    let namespaced = profile.threads().iter().any(|t| t.ns_tid.is_some());
+    let tid_heading = if namespaced { "TID (IN NS)" } else { "TID" };
+    let tid_width = profile
+        .threads()
+        .iter()
+        .map(|t| tid_label(t).len())
+        .chain([8, tid_heading.len()])
+        .max()
+        .unwrap_or(8);
+    let _ = write!(out, "{tid_heading:>tid_width$}  {:<name_width$}", "NAME");
     // Columns as wide as their heading, at least "100.0%".
     let width = |state: ThreadState| state.name().len().max(7);
     for &state in &states {
@@ -147,7 +180,11 @@ pub fn render(recording: &Recording) -> String {
             .chars()
             .take(name_width)
             .collect();
-        let _ = write!(out, "{:>8}  {:<name_width$}", thread.tid, name);
+        let _ = write!(
+            out,
+            "{:>tid_width$}  {name:<name_width$}",
+            tid_label(thread)
+        );
         for &state in &states {
             let figure = match state {
                 ThreadState::Wait if !measured => super::UNAVAILABLE.to_string(),
@@ -162,7 +199,15 @@ pub fn render(recording: &Recording) -> String {
     }
     if let Some(table) = &recording.stacks {
         where_threads_are(&mut out, recording, table);
-        who_makes_them_wait(&mut out, recording, table);
+        // With one Python thread, nobody waits on anybody: no blame to give.
+        let python_threads = profile
+            .threads()
+            .iter()
+            .filter(|t| t.thread_id.is_some())
+            .count();
+        if python_threads > 1 {
+            who_makes_them_wait(&mut out, recording, table);
+        }
     }
     findings_section(&mut out, recording);
     out
@@ -307,7 +352,8 @@ fn who_makes_them_wait(out: &mut String, recording: &Recording, table: &StackTab
     if profile.blame_unheld > 0 {
         let _ = writeln!(
             out,
-            "  {:>6}  (nobody: the GIL was being handed over)",
+            "  {:>6}  (nobody: the GIL was between holders, released and its next holder not \
+             yet running)",
             percent(profile.blame_unheld as f64 / total as f64)
         );
     }

@@ -69,6 +69,9 @@ impl fmt::Display for CpuClock {
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetInfo {
     pub pid: i32,
+    /// Its pid in its own PID namespace (a container's), where that differs from `pid`;
+    /// then its threads have ids of their own there too (`ns_tid`).
+    pub ns_pid: Option<i32>,
     #[serde(serialize_with = "as_text")]
     pub python_version: Version,
     /// The ELF file holding the interpreter.
@@ -120,6 +123,9 @@ pub struct SamplerStats {
     pub ended: EndReason,
     /// The sampler ran at real-time priority, so ticks were on time under load.
     pub realtime: bool,
+    /// Methods the sampler had to do without for want of a privilege (real-time priority,
+    /// perf task clocks), what stood in, and what it costs; empty with every privilege.
+    pub degraded: Vec<crate::sample::privileges::Degradation>,
     /// Share of this machine's CPU time the hypervisor gave to other guests during the
     /// recording (null outside a VM or when unknown). Ticks cannot happen while the sampler's
     /// CPU is stolen, so high steal makes every figure less certain.

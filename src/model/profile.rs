@@ -34,6 +34,28 @@ impl Counts {
             self.get(state) as f64 / total as f64
         }
     }
+
+    /// Each state's fraction to four decimals, as reports print them, adding up to exactly 1
+    /// (the largest remainders get the units that rounding down left over).
+    pub fn fractions_summing_to_one(&self) -> [f64; ThreadState::COUNT] {
+        const UNITS: u64 = 10_000;
+        let total = self.total();
+        if total == 0 {
+            return [0.0; ThreadState::COUNT];
+        }
+        let exact: Vec<u128> = ThreadState::ALL
+            .iter()
+            .map(|s| self.get(*s) as u128 * UNITS as u128)
+            .collect();
+        let mut units: Vec<u64> = exact.iter().map(|e| (e / total as u128) as u64).collect();
+        let mut order: Vec<usize> = (0..ThreadState::COUNT).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(exact[i] % total as u128));
+        let missing = UNITS - units.iter().sum::<u64>();
+        for &i in order.iter().take(missing as usize) {
+            units[i] += 1;
+        }
+        std::array::from_fn(|i| units[i] as f64 / UNITS as f64)
+    }
 }
 
 /// Half-width of a 95% interval for a fraction `p` estimated from `n` ticks, against the
@@ -56,6 +78,8 @@ pub const NEW_NAMES_PER_SAMPLE: usize = 64;
 #[derive(Debug, Clone)]
 pub struct ThreadProfile {
     pub tid: i32,
+    /// Its id in its own PID namespace (a container's), where that differs from `tid`.
+    pub ns_tid: Option<i32>,
     pub thread_id: Option<u64>,
     /// The OS thread name.
     pub os_name: String,
@@ -425,6 +449,7 @@ impl Profile {
                     };
                     self.threads.push(ThreadProfile {
                         tid: thread.tid,
+                        ns_tid: thread.ns_tid,
                         thread_id: thread.thread_id,
                         os_name,
                         python_name: None,
@@ -923,6 +948,7 @@ pub(crate) fn test_sample(
             .iter()
             .map(|&(tid, state)| ThreadSample {
                 tid,
+                ns_tid: None,
                 thread_id: Some(tid as u64),
                 state,
                 stack: None,
@@ -938,6 +964,29 @@ pub(crate) fn test_sample(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounded_fractions_add_up_to_exactly_one() {
+        let mut counts = Counts {
+            by_state: [1, 1, 1, 0, 0, 0],
+        };
+        let f = counts.fractions_summing_to_one();
+        assert_eq!(
+            f.iter().map(|x| (x * 1e4).round() as u64).sum::<u64>(),
+            10_000
+        );
+        assert_eq!(f[3], 0.0);
+        counts.by_state = [2, 3, 5, 7, 0, 0];
+        let f = counts.fractions_summing_to_one();
+        assert_eq!(
+            f.iter().map(|x| (x * 1e4).round() as u64).sum::<u64>(),
+            10_000
+        );
+        assert_eq!(
+            Counts::default().fractions_summing_to_one(),
+            [0.0; ThreadState::COUNT]
+        );
+    }
 
     use test_sample as sample;
 

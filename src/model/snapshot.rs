@@ -11,6 +11,8 @@ use crate::stack::Frame;
 #[derive(Debug, Clone)]
 pub struct ThreadSnapshot {
     pub tid: i32,
+    /// Its id in its own PID namespace (a container's), where that differs.
+    pub ns_tid: Option<i32>,
     pub thread_id: Option<u64>,
     pub name: String,
     pub os_name: String,
@@ -62,7 +64,7 @@ impl Snapshot {
             .profile
             .threads()
             .into_iter()
-            .map(|t| (t.tid, ThreadState::ALL.map(|s| t.fraction(s))))
+            .map(|t| (t.tid, t.counts.fractions_summing_to_one()))
             .collect()
     }
 }

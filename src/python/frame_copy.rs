@@ -210,12 +210,6 @@ impl FrameReader {
         }
     }
 
-    /// Bytes read of each frame.
-    #[cfg(test)]
-    pub fn frame_size(&self) -> usize {
-        self.frame_size
-    }
-
     /// One attempt at the chain of the thread state at `tstate`. `StackError::Moved`: the
     /// copies disagreed (the thread moved under the read); the caller may try again, with a
     /// plan that this attempt brought up to date.

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::target::elf::{self, ElfFile};
 use crate::target::maps::{self, Mapping};
 use crate::target::memory::{check_pointer, i32_at, u32_at, u64_at, Memory, ReadError};
+use crate::target::namespace::ThreadIds;
 use crate::target::pthread::PthreadTids;
 
 /// Bounds on what a walk will follow: a target's lists are only trusted this far.
@@ -650,7 +651,7 @@ impl Interpreter {
         live_tids: &[i32],
     ) -> std::result::Result<Vec<PyThread>, ReadError> {
         let state = self.read_state(memory)?;
-        Ok(self.resolve_threads(memory, state.threads, live_tids))
+        Ok(self.resolve_threads(memory, state.threads, live_tids, &ThreadIds::Same))
     }
 
     /// The GIL and every Python thread state, read together: in one batch when the lists are
@@ -692,18 +693,27 @@ impl Interpreter {
     }
 
     /// Give threads read by [`Self::read_state`] their kernel tids (3.6-3.10 keep only the
-    /// `pthread_t`), and keep those among `live_tids` (sorted): the process's tasks now.
+    /// `pthread_t`), and keep those among `live_tids` (sorted): the process's tasks now, as
+    /// our /proc numbers them. The interpreter stores the ids its threads know themselves by:
+    /// in a container, those of its own PID namespace, which `ids` translates into ours.
     pub fn resolve_threads(
         &mut self,
         memory: &dyn Memory,
         mut threads: Vec<PyThread>,
         live_tids: &[i32],
+        ids: &ThreadIds,
     ) -> Vec<PyThread> {
         if self.layout.tstate_native_thread_id.is_none() {
+            let own_live = ids.own_ids(live_tids);
             let pthreads: Vec<u64> = threads.iter().map(|t| t.thread_id).collect();
-            let tids = self.pthreads.resolve(memory, &pthreads, live_tids);
+            let tids = self.pthreads.resolve(memory, &pthreads, &own_live);
             for (thread, tid) in threads.iter_mut().zip(tids) {
                 thread.native_id = tid;
+            }
+        }
+        if ids.nested() {
+            for thread in threads.iter_mut() {
+                thread.native_id = thread.native_id.and_then(|own| ids.our_id(own));
             }
         }
         threads.retain(|t| {
@@ -1461,6 +1471,48 @@ mod tests {
         assert!(interpreter.threads(&none, &live).unwrap().is_empty());
         assert!(interpreter.threads(&none, &live).unwrap().is_empty());
         assert_eq!(none.batches.get(), 2);
+    }
+
+    #[test]
+    fn ids_a_container_stores_are_translated_into_ours_and_unknown_ones_dropped() {
+        let layout = layout::table_for(&Version::new(3, 11, 7)).unwrap();
+        let mut interpreter = Interpreter::from_parts(
+            Version::new(3, 11, 7),
+            layout.clone(),
+            LayoutSource::Table,
+            HEAD,
+            None,
+            GilAddresses::in_struct(GIL, layout::DEFAULT_GIL),
+        );
+        // The container's threads 1, 2 and 3 are our 500, 501 and 502; a thread state with
+        // id 7 names no live thread of the container.
+        let image = process(
+            &layout,
+            &[
+                (0x40_0000, 2),
+                (0x41_0000, 1),
+                (0x42_0000, 7),
+                (0x43_0000, 3),
+            ],
+        );
+        let live = [500, 501, 502];
+        let own: std::collections::HashMap<i32, i32> = [(500, 1), (501, 2), (502, 3)].into();
+        let ids = ThreadIds::Nested {
+            pid: 500,
+            own_pid: 1,
+            depth: 1,
+            ours: own.iter().map(|(&a, &b)| (b, a)).collect(),
+            own,
+            reads: 0,
+        };
+        let state = interpreter.read_state(&image).unwrap();
+        let threads = interpreter.resolve_threads(&image, state.threads, &live, &ids);
+        assert_eq!(tids(&threads), [501, 500, 502]);
+        // Read as our own ids, the container's would match none of our threads.
+        let state = interpreter.read_state(&image).unwrap();
+        let untranslated =
+            interpreter.resolve_threads(&image, state.threads, &live, &ThreadIds::Same);
+        assert!(untranslated.is_empty());
     }
 
     /// A 3.12 process: a main interpreter with one thread and a subinterpreter with one,

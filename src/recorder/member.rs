@@ -9,6 +9,7 @@ use crate::model::{CpuClock, EndReason, Profile, Recording, SamplerStats, Target
 use crate::sample::classify::Classifier;
 use crate::sample::monotonic_ns;
 use crate::sample::observe::{Observer, TickError};
+use crate::sample::privileges;
 use crate::sample::schedule::Schedule;
 use crate::sample::stats::Stopwatch;
 use crate::target::memory::ProcessMemory;
@@ -204,7 +205,7 @@ impl Member {
         options: &RecordOptions,
         schedule: &Schedule,
         host_steal: Option<f64>,
-        realtime: bool,
+        realtime: Result<(), i32>,
     ) -> (Recording, Observer<ProcessMemory>) {
         // Attached while the program was starting (gilscope started it, or --subprocesses
         // caught a new worker), its version may have come from the library's name alone.
@@ -243,7 +244,17 @@ impl Member {
                 } else {
                     ended
                 },
-                realtime,
+                realtime: realtime.is_ok(),
+                degraded: realtime
+                    .err()
+                    .map(privileges::without_realtime)
+                    .into_iter()
+                    .chain(
+                        self.observer
+                            .cpu_clock_unavailable()
+                            .map(privileges::without_perf),
+                    )
+                    .collect(),
                 host_steal: host_steal.map(|s| (s * 1e4).round() / 1e4),
                 stack_errors: self.stack_errors,
                 stats: self.observer.stats,

@@ -18,6 +18,7 @@ use crate::sample::monotonic_ns;
 use crate::sample::observe::{Observation, Observer};
 use crate::sample::schedule::Schedule;
 use crate::target::memory::ProcessMemory;
+use crate::target::namespace::ThreadIds;
 use crate::target::process::{self, Liveness};
 
 use member::Member;
@@ -257,8 +258,9 @@ pub fn check_target(pid: i32) -> Result<()> {
 pub fn attach(pid: i32) -> Result<Observer<ProcessMemory>> {
     check_target(pid)?;
     let memory = ProcessMemory::new(pid);
+    let ids = ThreadIds::of(pid).map_err(|e| Error::ForeignNamespace { pid, why: e.why })?;
     let interpreter = Interpreter::attach(pid, &memory)?;
-    Ok(Observer::new(pid, memory, interpreter))
+    Ok(Observer::new(pid, memory, interpreter, ids))
 }
 
 /// The classifier for an attached target: one that never says "waiting" where waits cannot
@@ -276,6 +278,7 @@ pub fn target_info(observer: &Observer<ProcessMemory>) -> TargetInfo {
     let interpreter = &observer.interpreter;
     TargetInfo {
         pid: observer.pid,
+        ns_pid: observer.ns_pid(),
         python_version: interpreter.version,
         binary: interpreter.binary.clone(),
         command_line: process::command_line(observer.pid).unwrap_or_default(),

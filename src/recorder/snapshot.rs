@@ -118,6 +118,7 @@ fn snapshot(
                     .unwrap_or_else(|| os_name.clone());
                 ThreadSnapshot {
                     tid: t.tid,
+                    ns_tid: t.ns_tid,
                     thread_id: t.thread_id,
                     name,
                     os_name,

@@ -255,6 +255,7 @@ impl Classifier {
             };
             threads.push(ThreadSample {
                 tid: thread.tid,
+                ns_tid: thread.ns_tid,
                 thread_id: thread.thread_id,
                 state,
                 stack: thread.stack,
@@ -293,6 +294,7 @@ mod tests {
         };
         ThreadObservation {
             tid,
+            ns_tid: None,
             thread_id: Some(tid as u64),
             tstate: Some(0x1000),
             task: TaskReading {

@@ -3,6 +3,7 @@
 
 pub mod classify;
 pub mod observe;
+pub(crate) mod privileges;
 pub(crate) mod schedule;
 pub(crate) mod stats;
 
@@ -89,6 +90,8 @@ pub struct GilReading {
 pub struct ThreadSample {
     /// Kernel thread id.
     pub tid: i32,
+    /// The id it has in its own PID namespace (a container's), where that differs.
+    pub ns_tid: Option<i32>,
     /// `threading.get_ident()`, for Python threads.
     pub thread_id: Option<u64>,
     pub state: ThreadState,

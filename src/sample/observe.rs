@@ -13,6 +13,7 @@ use crate::python::thread_names::ThreadNames;
 use crate::stack::{StackId, StackTable};
 use crate::target::cpu_clock::CpuClocks;
 use crate::target::memory::{Memory, ReadError};
+use crate::target::namespace::ThreadIds;
 use crate::target::task::{Activity, TaskError, TaskReading, Tasks};
 
 /// Subinterpreters whose `threading` is read for thread names: each costs a few reads per
@@ -42,6 +43,10 @@ const MIN_FIRST_WALKS: usize = 8;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ThreadObservation {
     pub tid: i32,
+    /// The id the thread knows itself by in its own PID namespace (a container's), where it
+    /// differs from `tid`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ns_tid: Option<i32>,
     /// `threading.get_ident()` for threads with a Python thread state.
     pub thread_id: Option<u64>,
     /// The thread state's address, for Python threads.
@@ -185,6 +190,8 @@ pub struct Observer<M: Memory> {
     memory: M,
     pub interpreter: Interpreter,
     tasks: Tasks,
+    /// The target's own thread ids (those the interpreter stores) against ours.
+    ids: ThreadIds,
     clocks: CpuClocks,
     stacks: Option<StackReader>,
     thread_names: Option<ThreadNames>,
@@ -216,12 +223,14 @@ pub struct Observer<M: Memory> {
 }
 
 impl<M: Memory> Observer<M> {
-    pub fn new(pid: i32, memory: M, interpreter: Interpreter) -> Observer<M> {
+    /// `ids` translates the thread ids the interpreter stores into ours ([`ThreadIds::of`]).
+    pub fn new(pid: i32, memory: M, interpreter: Interpreter, ids: ThreadIds) -> Observer<M> {
         Observer {
             pid,
             memory,
             interpreter,
             tasks: Tasks::new(pid),
+            ids,
             clocks: CpuClocks::new(),
             stacks: None,
             thread_names: None,
@@ -425,6 +434,12 @@ impl<M: Memory> Observer<M> {
         }
     }
 
+    /// The target's pid in its own PID namespace (a container seen from outside), where it
+    /// differs from [`Observer::pid`].
+    pub fn ns_pid(&self) -> Option<i32> {
+        self.ids.own_pid()
+    }
+
     /// Why exact CPU clocks are not available (errno of perf_event_open), if they are not.
     pub fn cpu_clock_unavailable(&self) -> Option<i32> {
         self.clocks.unavailable
@@ -467,6 +482,7 @@ impl<M: Memory> Observer<M> {
         stats.proc_reads = self.tasks.reads;
         stats.listings_reused = self.tasks.listings_reused;
         stats.clock_reads = self.clocks.reads;
+        stats.proc_reads += self.ids.reads();
         result
     }
 
@@ -484,9 +500,10 @@ impl<M: Memory> Observer<M> {
         if live.is_empty() {
             return Err(TickError::Gone);
         }
+        self.ids.update(&live);
         let python = self
             .interpreter
-            .resolve_threads(&self.memory, python, &live);
+            .resolve_threads(&self.memory, python, &live, &self.ids);
         self.stats.memory_ns += lap.split();
         let mut by_tid: HashMap<i32, &PyThread> = HashMap::with_capacity(python.len());
         // Thread states whose tid another one has too: rare (threads that entered a
@@ -603,6 +620,7 @@ impl<M: Memory> Observer<M> {
             }
             threads.push(ThreadObservation {
                 tid,
+                ns_tid: self.ids.own_id(tid),
                 thread_id: py.map(|t| t.thread_id),
                 tstate: py.map(|t| t.tstate),
                 task,

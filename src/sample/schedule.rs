@@ -114,13 +114,22 @@ impl Schedule {
 /// when they are due and not when the target happens to leave a CPU free: on a loaded machine
 /// a normal-priority sampler gets a CPU mostly while target threads block, which biases every
 /// fraction towards waiting. The sampler sleeps between ticks, so it takes no more CPU than
-/// before; it only takes it on time. Returns false if not permitted (then ticks are late).
-pub fn sample_on_time() -> bool {
-    let param = libc::sched_param { sched_priority: 1 };
+/// before; it only takes it on time. Returns the errno if not permitted (then ticks come late
+/// on a busy machine): see [`crate::sample::privileges::without_realtime`].
+pub fn sample_on_time() -> Result<(), i32> {
+    // musl's `sched_param` has more fields than glibc's (for SCHED_SPORADIC): zero them.
+    // SAFETY: sched_param is plain integers, for which all-zero bytes are a valid value.
+    let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
+    param.sched_priority = 1;
     // Nothing this thread starts may inherit the priority.
     let policy = libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK;
     // SAFETY: plain syscall on the calling thread with a valid parameter struct.
-    unsafe { libc::sched_setscheduler(0, policy, &param) == 0 }
+    if unsafe { libc::sched_setscheduler(0, policy, &param) } == 0 {
+        return Ok(());
+    }
+    Err(std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EPERM))
 }
 
 /// Ask the kernel for precise wake-ups (the default slack is 50 µs, 5% of a 1 ms period).

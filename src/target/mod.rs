@@ -5,6 +5,7 @@ pub mod cpu_clock;
 pub mod elf;
 pub(crate) mod maps;
 pub mod memory;
+pub mod namespace;
 pub mod process;
 pub(crate) mod pthread;
 pub mod task;

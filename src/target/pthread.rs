@@ -60,13 +60,17 @@ impl PthreadTids {
         if blocks.is_empty() {
             return;
         }
-        // An offset survives if, for every thread read now, it holds a live tid, and no two
-        // threads share one. Candidates only shrink: new threads refine an ambiguous guess.
+        // An offset survives if, for every thread read now, it holds a live tid that no other
+        // thread has (read now, or resolved before). Candidates only shrink: new threads
+        // refine an ambiguous guess. In a container tids are small (the main thread's is 1),
+        // and a flag or counter holding 1 in every thread would pass for a lone thread's tid:
+        // the tids already given out keep it from passing for the next thread's.
+        let taken: BTreeSet<i32> = self.cache.values().copied().collect();
         let mut fresh = BTreeSet::new();
         let shortest = blocks.iter().map(|(_, b)| b.len()).min().unwrap_or(0);
         for offset in (0..shortest.saturating_sub(3)).step_by(4) {
             let offset = offset as u64;
-            let mut seen = BTreeSet::new();
+            let mut seen = taken.clone();
             let ok = blocks.iter().all(|(_, block)| {
                 i32_at(block, offset).is_some_and(|tid| is_live(tid) && seen.insert(tid))
             });
@@ -146,6 +150,20 @@ mod tests {
         let tids = map.resolve(&image, &[0x10000, 0x20000], &[100, 101]);
         assert_eq!(map.offset(), Some(0x2d0));
         assert_eq!(tids, vec![Some(100), Some(101)]);
+    }
+
+    #[test]
+    fn a_flag_that_matched_a_lone_threads_tid_is_not_taken_for_the_next_threads() {
+        // In a container: the main thread is tid 1, and a field before the tid holds 1 in
+        // every thread. Alone, the main thread cannot tell them apart (either answer is 1).
+        let mut image = MemoryImage::new();
+        image.add(0x10000, fake_pthread(1, 0x2d0, Some((0x18, 1))));
+        let mut map = PthreadTids::new();
+        assert_eq!(map.resolve(&image, &[0x10000], &[1]), vec![Some(1)]);
+        image.add(0x20000, fake_pthread(2, 0x2d0, Some((0x18, 1))));
+        let tids = map.resolve(&image, &[0x10000, 0x20000], &[1, 2]);
+        assert_eq!(tids, vec![Some(1), Some(2)]);
+        assert_eq!(map.offset(), Some(0x2d0));
     }
 
     #[test]

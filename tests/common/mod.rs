@@ -183,6 +183,22 @@ pub fn cli_python(pythons: &Pythons) -> Option<Python> {
         .cloned()
 }
 
+/// Just the interpreter of [`cli_python`], for a test whose subject does not depend on the
+/// version (what gilscope concludes from figures, how a format escapes a name): the versions
+/// themselves are covered by the tests that read them.
+pub fn cli_only(pythons: &Pythons) -> Pythons {
+    match cli_python(pythons) {
+        Some(python) => Pythons {
+            found: vec![python],
+            missing: Vec::new(),
+        },
+        None => Pythons {
+            found: Vec::new(),
+            missing: vec![("any".into(), "no Python 3 interpreter found".into())],
+        },
+    }
+}
+
 /// A trial named `name::LABEL` per interpreter found, running `test` on it, and one per
 /// interpreter missing, ignored with the reason.
 pub fn per_interpreter<F>(pythons: &Pythons, name: &str, test: F) -> Vec<libtest_mimic::Trial>
@@ -257,12 +273,103 @@ pub fn fixture_path(name: &str) -> PathBuf {
         .join(format!("{name}.py"))
 }
 
+/// The namespaces a container runtime gives a program, made with util-linux's `unshare`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Container {
+    /// Its own PID namespace (and mount namespace, for its /proc): `docker run`.
+    Pid,
+    /// Its own user namespace too, root inside mapped to us outside: rootless Podman.
+    PidAndUser,
+}
+
+impl Container {
+    pub const ALL: [Container; 2] = [Container::Pid, Container::PidAndUser];
+
+    /// For test names: "in_its_own_pid_namespace", ...
+    pub fn label(self) -> &'static str {
+        match self {
+            Container::Pid => "pid_namespace",
+            Container::PidAndUser => "pid_and_user_namespaces",
+        }
+    }
+
+    fn unshare_args(self) -> impl Iterator<Item = &'static str> {
+        let user: &[&str] = match self {
+            Container::Pid => &[],
+            Container::PidAndUser => &["--user", "--map-root-user"],
+        };
+        user.iter()
+            .chain(&["--pid", "--fork", "--kill-child", "--mount-proc"])
+            .copied()
+    }
+
+    /// Why containers cannot be made here, if they cannot.
+    pub fn unavailable() -> Option<String> {
+        let probe = Command::new("unshare")
+            .args([
+                "--user",
+                "--map-root-user",
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "true",
+            ])
+            .output();
+        match probe {
+            Ok(out) if out.status.success() => None,
+            Ok(out) => Some(format!(
+                "unshare cannot make PID and user namespaces here: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => Some(format!("no unshare (util-linux): {e}")),
+        }
+    }
+}
+
+/// The one child of `pid` (a container's first process under `unshare --fork`), within 5 s.
+pub fn only_child(pid: i32) -> Option<i32> {
+    for _ in 0..500 {
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"));
+        if let Some(child) = children
+            .ok()
+            .and_then(|c| c.split_whitespace().next()?.parse().ok())
+        {
+            return Some(child);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+/// The threads of `pid`: the id each has in its own PID namespace -> this host's id, from
+/// the NSpid lines (the last id is the innermost namespace's).
+pub fn own_ids_on_host(pid: i32) -> BTreeMap<i32, i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return BTreeMap::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let host: i32 = task.file_name().to_str()?.parse().ok()?;
+            let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+            let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+            let own: i32 = line.split_whitespace().last()?.parse().ok()?;
+            Some((own, host))
+        })
+        .collect()
+}
+
 /// A running fixture process; killed when dropped.
 pub struct Fixture {
     pub child: Child,
     pub pid: i32,
     /// Role ("spinner-0", "main", ...) -> kernel tid.
     pub threads: BTreeMap<String, i32>,
+    /// In a container: role -> the tid the thread has in its own PID namespace (what the
+    /// fixture announced); empty otherwise.
+    pub ns_threads: BTreeMap<String, i32>,
+    /// The process group killed when the fixture is dropped (its first process's pid).
+    group: i32,
     /// Facts the fixture announced about this build (`facts` in the announcement).
     pub facts: serde_json::Value,
 }
@@ -322,10 +429,41 @@ impl Fixture {
             .collect();
         Ok(Fixture {
             pid: child.id() as i32,
+            group: child.id() as i32,
             child,
             threads,
+            ns_threads: BTreeMap::new(),
             facts: announce["facts"].clone(),
         })
+    }
+
+    /// Start `fixtures/<name>.py` in a container of `kind`, as a container runtime would:
+    /// `unshare` makes the namespaces and the fixture is their first process (pid 1). `pid`
+    /// and `threads` are then the ids this host gives them (what gilscope must report), and
+    /// `ns_threads` those the fixture announced from inside.
+    pub fn start_contained(
+        python: &Path,
+        name: &str,
+        args: &[&str],
+        kind: Container,
+    ) -> Result<Fixture, String> {
+        let script = fixture_path(name);
+        let mut argv: Vec<std::ffi::OsString> = kind.unshare_args().map(Into::into).collect();
+        argv.push(python.into());
+        argv.push(script.into());
+        argv.extend(args.iter().map(Into::into));
+        let mut fx = Fixture::start_command(Path::new("unshare"), &argv)?;
+        let host_pid = only_child(fx.pid).ok_or("no process inside the container")?;
+        let host_tids = own_ids_on_host(host_pid);
+        fx.ns_threads = std::mem::take(&mut fx.threads);
+        for (role, own) in &fx.ns_threads {
+            let host = host_tids.get(own).ok_or(format!(
+                "thread {role} ({own} inside) is not a thread on the host"
+            ))?;
+            fx.threads.insert(role.clone(), *host);
+        }
+        fx.pid = host_pid;
+        Ok(fx)
     }
 
     pub fn tid(&self, role: &str) -> i32 {
@@ -338,7 +476,7 @@ impl Drop for Fixture {
     /// server) must not outlive the test and take CPU from the next one.
     fn drop(&mut self) {
         let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(self.pid),
+            nix::unistd::Pid::from_raw(self.group),
             nix::sys::signal::Signal::SIGKILL,
         );
         let _ = self.child.kill();
@@ -346,8 +484,21 @@ impl Drop for Fixture {
     }
 }
 
+/// The gilscope binary the tests run: the one cargo built, or `GILSCOPE_BIN` (e.g. the static
+/// musl build, target/x86_64-unknown-linux-musl/release/gilscope).
 pub fn gilscope_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_gilscope")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| match std::env::var("GILSCOPE_BIN") {
+        Ok(bin) if !bin.is_empty() => {
+            // A mistyped path must not quietly test nothing.
+            assert!(
+                Path::new(&bin).is_file(),
+                "GILSCOPE_BIN={bin} is not a file"
+            );
+            bin
+        }
+        _ => env!("CARGO_BIN_EXE_gilscope").to_string(),
+    })
 }
 
 /// Run gilscope with `args` and return its output.
@@ -405,17 +556,131 @@ fn first_line(child: &mut Child, within: Duration) -> Option<String> {
     rx.recv_timeout(within).ok()
 }
 
+/// What gilscope may do, as deployments restrict it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Privileges {
+    /// Root with every capability.
+    Full,
+    /// Root with CAP_SYS_PTRACE alone: a pod with `capabilities: add: [SYS_PTRACE]`. No
+    /// real-time priority (CAP_SYS_NICE); perf task clocks still open at
+    /// perf_event_paranoid 2 and below.
+    SysPtraceOnly,
+    /// Every capability, but perf_event_open refused by a seccomp filter, as container
+    /// runtimes' default profiles refuse it.
+    NoPerfEvents,
+    /// Both: CAP_SYS_PTRACE alone under such a filter.
+    SysPtraceOnlyNoPerfEvents,
+}
+
+impl Privileges {
+    /// For test names.
+    pub fn label(self) -> &'static str {
+        match self {
+            Privileges::Full => "with_every_privilege",
+            Privileges::SysPtraceOnly => "with_sys_ptrace_alone",
+            Privileges::NoPerfEvents => "without_perf_events",
+            Privileges::SysPtraceOnlyNoPerfEvents => "with_sys_ptrace_alone_without_perf_events",
+        }
+    }
+
+    /// The capabilities-only modes drop everything but CAP_SYS_PTRACE with setpriv.
+    fn ptrace_only(self) -> bool {
+        matches!(
+            self,
+            Privileges::SysPtraceOnly | Privileges::SysPtraceOnlyNoPerfEvents
+        )
+    }
+
+    fn no_perf(self) -> bool {
+        matches!(
+            self,
+            Privileges::NoPerfEvents | Privileges::SysPtraceOnlyNoPerfEvents
+        )
+    }
+
+    /// A command that runs gilscope with these privileges.
+    pub fn gilscope(self) -> Command {
+        let mut command = if self.ptrace_only() {
+            let mut c = Command::new("setpriv");
+            c.args(["--inh-caps=-all", "--bounding-set=-all,+sys_ptrace", "--"])
+                .arg(gilscope_bin());
+            c
+        } else {
+            Command::new(gilscope_bin())
+        };
+        if self.no_perf() {
+            // SAFETY: between fork and exec only prctl is called, which is async-signal-safe.
+            unsafe {
+                command.pre_exec(refuse_perf_event_open);
+            }
+        }
+        command
+    }
+}
+
+/// Install a seccomp filter on this (forked) process that makes perf_event_open fail with
+/// EPERM, as Docker's default seccomp profile does for a container without CAP_PERFMON.
+fn refuse_perf_event_open() -> std::io::Result<()> {
+    const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+    const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+    const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+    const LOAD: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JUMP_IF_EQUAL: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RETURN: u16 = 0x06; // BPF_RET | BPF_K
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let program = [
+        op(LOAD, 0, 0, 4), // seccomp_data.arch
+        op(JUMP_IF_EQUAL, 1, 0, AUDIT_ARCH_X86_64),
+        op(RETURN, 0, 0, SECCOMP_RET_ALLOW),
+        op(LOAD, 0, 0, 0), // seccomp_data.nr
+        op(JUMP_IF_EQUAL, 0, 1, libc::SYS_perf_event_open as u32),
+        op(RETURN, 0, 0, SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        op(RETURN, 0, 0, SECCOMP_RET_ALLOW),
+    ];
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: prctl with a valid program that outlives the call.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            || libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &fprog as *const libc::sock_fprog,
+            ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Record `pid` for `secs` seconds at default settings and parse the JSON report.
 pub fn record_json(pid: i32, secs: f64) -> Result<serde_json::Value, String> {
-    let out = gilscope(&[
-        "record",
-        "--pid",
-        &pid.to_string(),
-        "--duration",
-        &secs.to_string(),
-        "--format",
-        "json",
-    ]);
+    record_json_with(pid, secs, Privileges::Full)
+}
+
+/// [`record_json`] with gilscope's privileges restricted.
+pub fn record_json_with(
+    pid: i32,
+    secs: f64,
+    privileges: Privileges,
+) -> Result<serde_json::Value, String> {
+    let out = privileges
+        .gilscope()
+        .args([
+            "record",
+            "--pid",
+            &pid.to_string(),
+            "--duration",
+            &secs.to_string(),
+            "--format",
+            "json",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("run gilscope: {e}"))?;
     if !out.status.success() {
         return Err(format!(
             "gilscope failed ({}): {}",
