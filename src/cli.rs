@@ -232,16 +232,21 @@ pub struct RecordArgs {
     pub command: Vec<String>,
 }
 
-/// Highest rate accepted: beyond this the sampler only measures itself.
-pub const MAX_RATE_HZ: f64 = 100_000.0;
+/// Highest rate accepted: the highest the sampler sustains on a small target
+/// (docs/PERFORMANCE.md); beyond it ticks only fall behind while the sampler's wake-ups
+/// take the CPU (100 kHz took nearly a whole one, and the target's throughput with it).
+pub const MAX_RATE_HZ: f64 = 10_000.0;
+/// Lowest rate accepted: below one tick a second a recording has too few ticks for any
+/// figure (the margins need 30), and a tick would be many seconds away.
+pub const MIN_RATE_HZ: f64 = 1.0;
 
 fn parse_rate(text: &str) -> Result<f64, String> {
     let rate: f64 = text
         .parse()
         .map_err(|_| format!("`{text}` is not a number of samples per second"))?;
-    if !(rate.is_finite() && rate > 0.0 && rate <= MAX_RATE_HZ) {
+    if !(rate.is_finite() && (MIN_RATE_HZ..=MAX_RATE_HZ).contains(&rate)) {
         return Err(format!(
-            "the rate must be more than 0 and at most {MAX_RATE_HZ} Hz"
+            "the rate must be from {MIN_RATE_HZ} to {MAX_RATE_HZ} Hz"
         ));
     }
     Ok(rate)
@@ -349,6 +354,8 @@ pub enum StateArg {
     Attached,
     /// Free-threaded builds without a GIL: stopped by a stop-the-world pause.
     Suspended,
+    /// Stopped by the kernel: SIGSTOP, job control or a debugger.
+    Stopped,
 }
 
 impl From<StateArg> for ThreadState {
@@ -360,6 +367,7 @@ impl From<StateArg> for ThreadState {
             StateArg::Idle => ThreadState::Idle,
             StateArg::Attached => ThreadState::Attached,
             StateArg::Suspended => ThreadState::Suspended,
+            StateArg::Stopped => ThreadState::Stopped,
         }
     }
 }

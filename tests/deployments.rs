@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use libtest_mimic::{Arguments, Completion, Failed};
+use libtest_mimic::{Completion, Failed};
 use serde_json::Value;
 
 use common::{fixture_path, gilscope_ok, Container, Fixture, Privileges, Python};
@@ -21,33 +21,28 @@ const LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
 type Test = fn(&Python) -> Result<Completion, Failed>;
 
 fn main() {
-    let mut args = Arguments::from_args();
-    args.test_threads = Some(1);
-    let pythons = common::pythons();
-    let mut trials = Vec::new();
+    let mut suite = common::Suite::new(common::pythons());
     let tests: [(&str, Test); 3] = [
         ("an_application_embedding_libpython_is_measured", embedded),
         ("a_python_started_by_the_dynamic_loader_is_measured", loader),
         ("a_python_in_another_mount_namespace_is_measured", namespace),
     ];
     for (name, test) in tests {
-        trials.extend(common::per_interpreter(&pythons, name, move |python| {
-            let _exclusive = common::exclusive();
-            test(python)
-        }));
+        suite.every_version(name, test);
     }
     for kind in Container::ALL {
         let name = format!(
             "a_python_in_its_own_{}_is_measured_from_the_host",
             kind.label()
         );
-        trials.extend(common::per_interpreter(&pythons, &name, move |python| {
+        let trials = common::per_interpreter(&suite.pythons, &name, move |python| {
             if let Some(why) = Container::unavailable() {
                 return Ok(Completion::ignored_with(why));
             }
             let _exclusive = common::exclusive();
             contained(python, kind)
-        }));
+        });
+        suite.add(trials);
     }
     let once: [(&str, Test); 5] = [
         (
@@ -72,12 +67,12 @@ fn main() {
         ),
     ];
     for (name, test) in once {
-        trials.push(common::on_cli_python(&pythons, name, move |python| {
+        suite.add([common::on_cli_python(&suite.pythons, name, move |python| {
             if let Some(why) = Container::unavailable() {
                 return Ok(Completion::ignored_with(why));
             }
             test(python)
-        }));
+        })]);
     }
     for privileges in [
         Privileges::SysPtraceOnly,
@@ -85,23 +80,24 @@ fn main() {
         Privileges::SysPtraceOnlyNoPerfEvents,
     ] {
         let name = format!("{}_the_report_names_what_was_missing", privileges.label());
-        trials.push(common::on_cli_python(&pythons, &name, move |python| {
-            restricted(python, privileges)
-        }));
+        suite.add([common::on_cli_python(
+            &suite.pythons,
+            &name,
+            move |python| restricted(python, privileges),
+        )]);
     }
-    trials.push(common::on_cli_python(
-        &pythons,
+    suite.once(
         "perf_event_paranoid_2_and_3_with_sys_ptrace_alone",
         paranoid_levels,
-    ));
-    trials.push(libtest_mimic::Trial::ignorable_test(
+    );
+    suite.add([libtest_mimic::Trial::ignorable_test(
         "the_static_binary_measures_an_old_distributions_python_in_a_chroot",
         || {
             let _exclusive = common::exclusive();
             old_distribution()
         },
-    ));
-    libtest_mimic::run(&args, trials).exit();
+    )]);
+    suite.run()
 }
 
 /// Record the spinners fixture (three threads) for a second and check that gilscope saw what

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use libtest_mimic::{Completion, Failed};
 use serde_json::Value;
 
 use common::{Fixture, Python};
@@ -19,10 +19,7 @@ use common::{Fixture, Python};
 type Test = fn(&Python) -> Result<Completion, Failed>;
 
 fn main() {
-    let mut args = Arguments::from_args();
-    // Python processes on a shared two-core machine: one at a time.
-    args.test_threads = Some(1);
-    let pythons = common::pythons();
+    let mut suite = common::Suite::new(common::pythons());
     let tests: [(&str, Test); 16] = [
         (
             "subprocesses_are_served_as_series_of_their_own_pids",
@@ -77,21 +74,10 @@ fn main() {
             hostile_crowd,
         ),
     ];
-    let python = common::cli_python(&pythons);
-    let trials = tests
-        .into_iter()
-        .map(|(name, test)| {
-            let python = python.clone();
-            Trial::ignorable_test(name, move || {
-                let Some(python) = python else {
-                    return Ok(Completion::ignored_with("no Python interpreter found"));
-                };
-                let _exclusive = common::exclusive();
-                test(&python)
-            })
-        })
-        .collect();
-    libtest_mimic::run(&args, trials).exit();
+    for (name, test) in tests {
+        suite.once(name, test);
+    }
+    suite.run()
 }
 
 /// A running `gilscope serve`; killed when dropped.

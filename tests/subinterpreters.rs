@@ -3,7 +3,7 @@
 
 mod common;
 
-use libtest_mimic::{Arguments, Completion, Failed};
+use libtest_mimic::{Completion, Failed};
 use serde_json::Value;
 
 use common::{fraction, thread_row, thread_rows, Attempt, Fixture, Python};
@@ -32,10 +32,7 @@ const ONE_GIL_HOLD_SUM: f64 = 1.05;
 const SHARED_WAIT_SUM: f64 = 0.5;
 
 fn main() {
-    let mut args = Arguments::from_args();
-    // These tests measure GIL time on a shared two-core machine: one at a time.
-    args.test_threads = Some(1);
-    let pythons = common::pythons();
+    let mut suite = common::Suite::new(common::pythons());
     let tests: [(&str, KnownAnswer, Enter); 4] = [
         (
             "an_own_gil_subinterpreter_holds_its_gil_beside_the_main_one",
@@ -58,9 +55,8 @@ fn main() {
             Enter::RunString,
         ),
     ];
-    let mut trials = Vec::new();
     for (name, test, enter) in tests {
-        trials.extend(common::per_interpreter(&pythons, name, move |python| {
+        let trials = common::per_interpreter(&suite.pythons, name, move |python| {
             if let Some(why) = no_subinterpreters(python, enter) {
                 return Ok(Completion::ignored_with(why));
             }
@@ -75,9 +71,10 @@ fn main() {
                     },
                 })
             })
-        }));
+        });
+        suite.add(trials);
     }
-    libtest_mimic::run(&args, trials).exit();
+    suite.run()
 }
 
 /// A test of one interpreter.

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use libtest_mimic::{Arguments, Completion, Failed};
+use libtest_mimic::{Completion, Failed};
 use regex::Regex;
 
 use common::{Attempt, Fixture, Python};
@@ -18,19 +18,16 @@ use common::{Attempt, Fixture, Python};
 const PLAIN_LINES: usize = 3;
 
 fn main() {
-    let mut args = Arguments::from_args();
-    // Every test here runs Python processes on a shared two-core machine: one at a time.
-    args.test_threads = Some(1);
-    let pythons = common::pythons();
-    let mut trials = Vec::new();
-    trials.extend(common::per_interpreter(
-        &pythons,
+    let mut suite = common::Suite::new(common::pythons());
+    let trials = common::per_interpreter(
+        &suite.pythons,
         "top_prints_a_line_of_the_last_seconds_figures_into_a_pipe",
         |python| {
             let _exclusive = common::exclusive();
             common::unless_host_steals(|| plain_lines(python))
         },
-    ));
+    );
+    suite.add(trials);
     type Cli = fn(&Python) -> Result<Completion, Failed>;
     let cli: [(&str, Cli); 4] = [
         (
@@ -51,9 +48,9 @@ fn main() {
         ),
     ];
     for (name, test) in cli {
-        trials.push(common::on_cli_python(&pythons, name, test));
+        suite.once(name, test);
     }
-    libtest_mimic::run(&args, trials).exit();
+    suite.run()
 }
 
 /// A `gilscope top` whose stdout is a pipe; killed if still running when dropped.

@@ -1,7 +1,6 @@
 //! `gilscope dump`: every thread's GIL state and stack now, as text or JSON, for one process
 //! or a tree.
 
-use std::io::Write;
 use std::time::Duration;
 
 use crate::cli::DumpArgs;
@@ -20,8 +19,5 @@ pub fn run(args: DumpArgs) -> Result<()> {
         (false, true) => formats::dump::json(&snapshots[0]),
         (false, false) => formats::dump::text(&snapshots[0]),
     };
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(text.as_bytes());
-    let _ = stdout.flush();
-    Ok(())
+    crate::output::write_stdout(text.as_bytes())
 }

@@ -1,5 +1,5 @@
 //! The `gilscope dump` outputs: every thread's GIL state and stack at one instant, in text and
-//! as JSON (schema `gilscope.dump/3`, docs/DUMP_SCHEMA.md). Rendering only.
+//! as JSON (schema `gilscope.dump/4`, docs/DUMP_SCHEMA.md). Rendering only.
 
 use std::fmt::Write;
 
@@ -10,8 +10,8 @@ use crate::model::snapshot::Snapshot;
 use crate::sample::ThreadState;
 use crate::stack::Frame;
 
-pub const SCHEMA: &str = "gilscope.dump/3";
-pub const PROCESSES_SCHEMA: &str = "gilscope.dumps/3";
+pub const SCHEMA: &str = "gilscope.dump/4";
+pub const PROCESSES_SCHEMA: &str = "gilscope.dumps/4";
 
 fn state_text(state: ThreadState) -> &'static str {
     match state {
@@ -21,6 +21,7 @@ fn state_text(state: ThreadState) -> &'static str {
         ThreadState::Idle => "idle",
         ThreadState::Attached => "attached (running Python, no GIL)",
         ThreadState::Suspended => "suspended (stop-the-world pause)",
+        ThreadState::Stopped => "stopped (SIGSTOP, job control or a debugger)",
     }
 }
 
@@ -32,7 +33,7 @@ pub fn text(snapshot: &Snapshot) -> String {
         "gilscope dump: pid {} - Python {} ({})",
         super::id_with_namespace(t.pid, t.ns_pid),
         t.python_version,
-        t.binary
+        printable(&t.binary)
     );
     if !t.command_line.is_empty() {
         let _ = writeln!(out, "command: {}", printable(&t.command_line));
@@ -51,6 +52,11 @@ pub fn text(snapshot: &Snapshot) -> String {
             super::UNAVAILABLE.to_string()
         }
     };
+    let all_stopped = !snapshot.threads.is_empty()
+        && snapshot
+            .threads
+            .iter()
+            .all(|t| t.state == ThreadState::Stopped);
     let _ = writeln!(
         out,
         "GIL: {}; switch interval {}",
@@ -59,6 +65,9 @@ pub fn text(snapshot: &Snapshot) -> String {
                 "no GIL (free-threaded build, GIL disabled)".to_string()
             }
             Some(h) => format!("held by {} ({})", printable(&h.name), h.tid),
+            None if snapshot.gil_locked && all_stopped => {
+                "locked, and every thread stopped (SIGSTOP, job control or a debugger)".to_string()
+            }
             None if snapshot.gil_locked => "locked (being handed over)".to_string(),
             None => "free".to_string(),
         },
@@ -151,6 +160,10 @@ pub fn text(snapshot: &Snapshot) -> String {
                     100.0 * f[ThreadState::Suspended.index()]
                 );
             }
+            let stopped = f[ThreadState::Stopped.index()];
+            if stopped > 0.0 {
+                let _ = write!(out, "[stopped {:.1}%]", 100.0 * stopped);
+            }
         }
         let _ = writeln!(out);
         match &thread.stack {
@@ -195,8 +208,8 @@ pub fn text_processes(snapshots: &[Snapshot]) -> String {
     super::process_sections(snapshots.iter().map(text))
 }
 
-/// Several processes: schema `gilscope.dumps/3`, whose `processes` holds a
-/// `gilscope.dump/3` document per process.
+/// Several processes: schema `gilscope.dumps/4`, whose `processes` holds a
+/// `gilscope.dump/4` document per process.
 pub fn json_processes(snapshots: &[Snapshot]) -> String {
     let processes: Vec<Value> = snapshots.iter().map(document).collect();
     let mut out = serde_json::to_string_pretty(&json!({
@@ -229,7 +242,8 @@ fn document(snapshot: &Snapshot) -> Value {
                 let ft = |state: ThreadState| free_threaded.then_some(f[state.index()]);
                 json!({"hold": f[0], "wait": wait_figure(f[1]), "running": f[2], "idle": f[3],
                        "attached": ft(ThreadState::Attached),
-                       "suspended": ft(ThreadState::Suspended)})
+                       "suspended": ft(ThreadState::Suspended),
+                       "stopped": f[ThreadState::Stopped.index()]})
             });
             json!({
                 "native_id": t.tid,

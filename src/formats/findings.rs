@@ -19,6 +19,8 @@ const NATIVE_WAITS: f64 = 0.15;
 /// A convoy: enough wake-ups that each waited at least this many switch intervals.
 const CONVOY_WAKEUPS: u64 = 20;
 const CONVOY_INTERVALS: f64 = 0.5;
+/// The process stopped for this share of the recording is worth saying.
+const STOPPED: f64 = 0.01;
 /// Threads named in the waiting finding, most waiting first.
 const MAX_WAITERS: usize = 3;
 
@@ -30,6 +32,16 @@ pub fn findings(recording: &Recording) -> Vec<String> {
     let profile = &recording.profile;
     let threads = profile.threads();
     let mut found = Vec::new();
+    // First, because it colours every other figure: the time the process could not run.
+    if profile.stopped_share() >= STOPPED {
+        found.push(format!(
+            "The process was stopped for {:.2} s ({} of the recording): SIGSTOP, job control \
+             or a debugger. No thread ran then, so that time is not GIL time; the GIL figures \
+             cover the time it ran.",
+            profile.stopped_s(),
+            pct(profile.stopped_share())
+        ));
+    }
     // Where subinterpreters have GILs of their own, only the main GIL's threads compete
     // for the main GIL (the process figures').
     let main_gil = profile.gils().first().map(|g| g.base);
@@ -123,4 +135,32 @@ pub fn findings(recording: &Recording) -> Vec<String> {
         }
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::profile::{test_sample, Profile};
+    use crate::model::test_recording;
+
+    #[test]
+    fn a_stopped_process_is_said_to_be_stopped_and_its_stop_blames_nothing() {
+        use ThreadState::{Idle, Running, Stopped};
+        let mut profile = Profile::new();
+        for i in 0..100u64 {
+            // Runs native code a tenth of the time, then the kernel stops it.
+            let states: &[(i32, ThreadState)] = if i < 10 {
+                &[(1, Running), (2, Idle)]
+            } else {
+                &[(1, Stopped), (2, Stopped)]
+            };
+            profile.add(&test_sample(i * 1_000_000, i, states), |_| String::new());
+        }
+        let found = findings(&test_recording(profile, None));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("The process was stopped for 0.09 s (90%"),
+            "{found:?}"
+        );
+    }
 }

@@ -1,4 +1,4 @@
-//! The JSON report: schema `gilscope.report/5` (and `gilscope.processes/4` around several),
+//! The JSON report: schema `gilscope.report/6` (and `gilscope.processes/5` around several),
 //! documented in docs/JSON_SCHEMA.md.
 //! Field names and meanings are a contract: add fields, never change or remove them.
 
@@ -9,8 +9,8 @@ use crate::model::Recording;
 use crate::sample::ThreadState;
 use crate::stack::{FrameId, StackTable};
 
-pub const SCHEMA: &str = "gilscope.report/5";
-pub const PROCESSES_SCHEMA: &str = "gilscope.processes/4";
+pub const SCHEMA: &str = "gilscope.report/6";
+pub const PROCESSES_SCHEMA: &str = "gilscope.processes/5";
 
 /// Locations listed per thread and state, and blame stacks listed for the process.
 pub const TOP_LOCATIONS: usize = 5;
@@ -23,6 +23,8 @@ struct Report<'a> {
     duration_s: f64,
     rate_hz: f64,
     samples: u64,
+    /// Wall time the kernel had the whole process stopped (SIGSTOP, a debugger).
+    stopped_s: f64,
     window: Window,
     gil: Gil,
     gils: Vec<GilEntry>,
@@ -116,6 +118,7 @@ struct Thread {
     idle: f64,
     attached: Option<f64>,
     suspended: Option<f64>,
+    stopped: f64,
     samples: u64,
     margin: Option<f64>,
     top_hold: Vec<Location>,
@@ -140,8 +143,8 @@ pub fn render(recording: &Recording) -> String {
     finish(serde_json::to_string_pretty(&report(recording)))
 }
 
-/// Several processes (`--subprocesses`): schema `gilscope.processes/4`, whose `processes`
-/// holds a `gilscope.report/5` document per process, in the order they were found.
+/// Several processes (`--subprocesses`): schema `gilscope.processes/5`, whose `processes`
+/// holds a `gilscope.report/6` document per process, in the order they were found.
 pub fn render_processes(recordings: &[Recording]) -> String {
     let processes: Vec<serde_json::Value> = recordings
         .iter()
@@ -180,6 +183,7 @@ fn report(recording: &Recording) -> Report<'_> {
         duration_s: round(profile.duration_s(), 6),
         rate_hz: recording.sampler.rate_hz,
         samples: profile.samples,
+        stopped_s: round(profile.stopped_s(), 6),
         window: Window {
             start_monotonic_ns: profile.start_ns,
             end_monotonic_ns: profile.end_ns,
@@ -213,7 +217,7 @@ fn report(recording: &Recording) -> Report<'_> {
             .threads()
             .into_iter()
             .map(|t| {
-                let [hold, wait, running, idle, attached, suspended] =
+                let [hold, wait, running, idle, attached, suspended, stopped] =
                     t.counts.fractions_summing_to_one();
                 let (interpreter, gil) = thread_gil(profile, t);
                 Thread {
@@ -231,6 +235,7 @@ fn report(recording: &Recording) -> Report<'_> {
                     idle,
                     attached: ft_figure(attached),
                     suspended: ft_figure(suspended),
+                    stopped,
                     samples: t.counts.total(),
                     margin: t.worst_margin().map(|m| round(m, 4)),
                     top_hold: locations(recording, t, ThreadState::Hold),
@@ -394,9 +399,7 @@ fn blame(recording: &Recording) -> Blame {
     }
 }
 
-/// The fractions of every state in units of 1e-4, rounded so that they add up to exactly 1
-/// (largest remainder), as the schema promises.
-
+/// `value` rounded to `digits` decimals, as every figure of the report is.
 pub(super) fn round(value: f64, digits: i32) -> f64 {
     let scale = 10f64.powi(digits);
     (value * scale).round() / scale

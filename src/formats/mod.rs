@@ -45,7 +45,9 @@ pub const NO_GIL: &str = "no GIL: this free-threaded build ran without one, so t
      (docs/COMPATIBILITY.md)";
 
 /// The thread states a report shows as columns: the four GIL states; on a free-threaded
-/// build that never had its GIL on, the no-GIL states; on one that had it on, both.
+/// build that never had its GIL on, the no-GIL states; on one that had it on, both. Stopped
+/// threads (SIGSTOP, a debugger) are a column of their own where there were any
+/// ([`with_stopped`]).
 pub fn shown_states(free_threaded: bool, no_gil: bool) -> Vec<ThreadState> {
     match (free_threaded, no_gil) {
         (false, _) => ThreadState::WITH_GIL.to_vec(),
@@ -55,8 +57,39 @@ pub fn shown_states(free_threaded: bool, no_gil: bool) -> Vec<ThreadState> {
             ThreadState::Idle,
             ThreadState::Suspended,
         ],
-        (true, false) => ThreadState::ALL.to_vec(),
+        (true, false) => ThreadState::ALL
+            .into_iter()
+            .filter(|&s| s != ThreadState::Stopped)
+            .collect(),
     }
+}
+
+/// `states` and, if some thread of `profile` was ever stopped, the stopped column.
+pub fn with_stopped(
+    mut states: Vec<ThreadState>,
+    profile: &crate::model::profile::Profile,
+) -> Vec<ThreadState> {
+    let any = profile
+        .threads()
+        .iter()
+        .any(|t| t.counts.get(ThreadState::Stopped) > 0);
+    if any {
+        states.push(ThreadState::Stopped);
+    }
+    states
+}
+
+/// The sentence reports give where the kernel stopped the whole process for a while.
+pub fn stopped_sentence(profile: &crate::model::profile::Profile) -> Option<String> {
+    let share = profile.stopped_share();
+    (share > 0.0).then(|| {
+        format!(
+            "the process was stopped (SIGSTOP, job control or a debugger) for {:.2} s, {:.1}% \
+             of the recording: nothing ran then, and the GIL figures cover the rest",
+            profile.stopped_s(),
+            share * 100.0
+        )
+    })
 }
 
 /// A report format: what every format module offers (`record`'s `--format`).
@@ -218,17 +251,36 @@ pub fn process_sections(sections: impl ExactSizeIterator<Item = String>) -> Stri
 }
 
 /// Text from the target (names, code) with control characters escaped, so that it can
-/// never move a terminal's cursor or break a line.
+/// never move a terminal's cursor or break a line; and with the characters that reorder or
+/// break what follows them escaped too: bidirectional overrides and isolates (U+202E turns
+/// the rest of a line around, so that a name can pass for another) and the Unicode line and
+/// paragraph separators (U+2028, U+2029), which some terminals and editors break lines at.
 pub fn printable(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if c.is_control() {
             out.extend(c.escape_default());
+        } else if reorders_or_breaks(c) {
+            out.extend(c.escape_unicode());
         } else {
             out.push(c);
         }
     }
     out
+}
+
+/// Bidirectional formatting characters and the line and paragraph separators.
+fn reorders_or_breaks(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}'
+            | '\u{200e}'
+            | '\u{200f}'
+            | '\u{2028}'
+            | '\u{2029}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
+    )
 }
 
 /// Text from the target made safe inside XML text and attribute values.
@@ -244,6 +296,17 @@ pub fn xml_text(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bidirectional_overrides_and_line_separators_are_escaped() {
+        assert_eq!(
+            printable("evil\u{202e}fdp.exe\u{2028}next\u{2029}\u{2066}x\u{2069}"),
+            "evil\\u{202e}fdp.exe\\u{2028}next\\u{2029}\\u{2066}x\\u{2069}"
+        );
+        assert_eq!(printable("tab\tesc\u{1b}"), "tab\\tesc\\u{1b}");
+        // Letters of right-to-left scripts, and joiners within emoji, are text: kept.
+        assert_eq!(printable("שלום 👩\u{200d}💻"), "שלום 👩\u{200d}💻");
+    }
 
     #[test]
     fn formats_follow_the_extension() {

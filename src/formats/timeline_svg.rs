@@ -26,6 +26,7 @@ fn colour(state: ThreadState) -> &'static str {
         ThreadState::Idle => "#c7c7c7",
         ThreadState::Attached => "#1f77b4",
         ThreadState::Suspended => "#9467bd",
+        ThreadState::Stopped => "#5d5d5d",
     }
 }
 

@@ -229,6 +229,9 @@ pub struct GilTicks {
     pub off: u64,
     /// ...and ticks at which it was on.
     pub on: u64,
+    /// Ticks at which the kernel had stopped every thread (SIGSTOP, a debugger): counted
+    /// apart, like `off`. Nothing held or waited for the GIL then; nothing ran at all.
+    pub stopped: u64,
 }
 
 impl GilTicks {
@@ -413,16 +416,26 @@ impl Profile {
         }
         let all_waiters = sample.waiters() as u64;
         self.all_waiters += all_waiters;
+        // A process the kernel had stopped whole is left out of the GIL figures: they say what
+        // its threads did with the GIL while they could run.
+        let stopped = !sample.threads.is_empty()
+            && sample
+                .threads
+                .iter()
+                .all(|t| t.state == ThreadState::Stopped);
+        self.gil.stopped += stopped as u64;
         // The process figures are the main GIL's: with several GILs, those of the threads
         // of the interpreters that use it (and of threads without a thread state).
         let tick = match sample.gils.is_empty() {
             true => gil_tick(sample.threads.iter()),
             false => {
-                self.add_gils(sample);
+                if !stopped {
+                    self.add_gils(sample);
+                }
                 gil_tick(sample.threads.iter().filter(|t| gil_index(t) == 0))
             }
         };
-        if !sample.gil.off() {
+        if !sample.gil.off() && !stopped {
             add_gil(&mut self.gil, &tick);
         }
         for thread in &sample.threads {
@@ -736,6 +749,21 @@ impl Profile {
         self.all_waiters
     }
 
+    /// Wall time the kernel had the whole process stopped (SIGSTOP, a debugger), from the
+    /// ticks that found it so (s).
+    pub fn stopped_s(&self) -> f64 {
+        self.gil.stopped as f64 * self.tick_s()
+    }
+
+    /// Share of the ticks at which the whole process was stopped.
+    pub fn stopped_share(&self) -> f64 {
+        if self.samples == 0 {
+            0.0
+        } else {
+            self.gil.stopped as f64 / self.samples as f64
+        }
+    }
+
     /// Wall time covered by the samples (s).
     pub fn duration_s(&self) -> f64 {
         match self.start_ns {
@@ -968,7 +996,7 @@ mod tests {
     #[test]
     fn rounded_fractions_add_up_to_exactly_one() {
         let mut counts = Counts {
-            by_state: [1, 1, 1, 0, 0, 0],
+            by_state: [1, 1, 1, 0, 0, 0, 0],
         };
         let f = counts.fractions_summing_to_one();
         assert_eq!(
@@ -976,7 +1004,7 @@ mod tests {
             10_000
         );
         assert_eq!(f[3], 0.0);
-        counts.by_state = [2, 3, 5, 7, 0, 0];
+        counts.by_state = [2, 3, 5, 7, 0, 0, 0];
         let f = counts.fractions_summing_to_one();
         assert_eq!(
             f.iter().map(|x| (x * 1e4).round() as u64).sum::<u64>(),
@@ -989,6 +1017,33 @@ mod tests {
     }
 
     use test_sample as sample;
+
+    #[test]
+    fn ticks_at_which_the_process_was_stopped_stay_out_of_the_gil_figures() {
+        use ThreadState::{Hold, Stopped, Wait};
+        let mut profile = Profile::new();
+        for i in 0..40u64 {
+            // Held and contended while it runs; stopped whole for the last half.
+            let states: &[(i32, ThreadState)] = if i < 20 {
+                &[(1, Hold), (2, Wait)]
+            } else {
+                &[(1, Stopped), (2, Stopped)]
+            };
+            profile.add(&sample(i * 1_000_000, i, states), |_| String::new());
+        }
+        assert_eq!(profile.held(), 1.0);
+        assert_eq!(profile.contended(), 1.0);
+        assert_eq!(profile.gil_ticks().stopped, 20);
+        assert_eq!(profile.stopped_share(), 0.5);
+        assert!(
+            (profile.stopped_s() - 0.020).abs() < 1e-9,
+            "{}",
+            profile.stopped_s()
+        );
+        let holder = profile.threads().into_iter().find(|t| t.tid == 1).unwrap();
+        assert_eq!(holder.fraction(Stopped), 0.5);
+        assert_eq!(holder.fraction(Hold), 0.5);
+    }
 
     #[test]
     fn ticks_without_a_gil_stay_out_of_the_gil_figures() {

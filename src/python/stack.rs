@@ -658,6 +658,19 @@ mod tests {
         assert_eq!(reader.read(&racing, TSTATE), Err(StackError::Moved));
     }
 
+    #[test]
+    fn a_chain_of_frames_that_loops_is_a_torn_walk_not_a_deep_stack() {
+        // gen -> outer -> gen -> ...: two frames pointing at each other.
+        let (layout, mut regions) = regions_3_12(true);
+        put(&mut regions, OUTER, 8, GEN);
+        let image = image_of(regions);
+        let mut reader = StackReader::new(layout);
+        // Never a stack of MAX_FRAMES frames under the "deeper frames not read" marker.
+        for _ in 0..3 {
+            assert_eq!(reader.read(&image, TSTATE), Err(StackError::Moved));
+        }
+    }
+
     /// Free-threaded 3.14+: gen() runs in its thread's copy of the bytecode (`tlbc_index`
     /// 1), so its line comes from its offset in that copy; outer() runs the code object's
     /// own bytecode (index 0).

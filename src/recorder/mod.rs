@@ -16,7 +16,7 @@ use crate::python::interpreter::{Interpreter, LayoutSource};
 use crate::sample::classify::Classifier;
 use crate::sample::monotonic_ns;
 use crate::sample::observe::{Observation, Observer};
-use crate::sample::schedule::Schedule;
+use crate::sample::schedule::{Schedule, Wait};
 use crate::target::memory::ProcessMemory;
 use crate::target::namespace::ThreadIds;
 use crate::target::process::{self, Liveness};
@@ -344,8 +344,10 @@ fn sample(
     let mut slice_start = Instant::now();
     let mut busy_ns = 0;
     let ended = loop {
-        if !schedule.wait(stop, busy_ns) {
-            break EndReason::Interrupted;
+        match schedule.wait(stop, busy_ns, deadline) {
+            Wait::Tick => {}
+            Wait::Stopped => break EndReason::Interrupted,
+            Wait::Deadline => break EndReason::Duration,
         }
         if deadline.is_some_and(|d| monotonic_ns() >= d) {
             break EndReason::Duration;

@@ -90,6 +90,7 @@ fn snapshot(
                     last_error = why;
                     break;
                 }
+                Err(TickError::Limit(why)) => return Err(Error::Unreadable { pid, why }),
                 Err(_) => return Err(Error::NoSuchProcess { pid }),
             }
         }

@@ -8,6 +8,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
+use super::fds;
+
 /// How long a listing may be reused while nothing suggests a change (ns).
 pub const RELIST_NS: u64 = 50_000_000;
 
@@ -18,7 +20,7 @@ const MAX_LISTING_CALLS: usize = 1 << 15;
 pub const SYS_FUTEX: i64 = 202;
 
 /// What /proc/PID/task/TID/syscall says a thread is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Activity {
     /// Runnable: on a CPU or waiting for one (the kernel cannot tell us which).
     Running,
@@ -32,6 +34,7 @@ pub enum Activity {
     /// Blocked outside a system call (page fault, stopped by a tracer, ...).
     Blocked { sp: u64, pc: u64 },
     /// The file could not be parsed.
+    #[default]
     Unknown,
 }
 
@@ -46,7 +49,7 @@ impl Activity {
 }
 
 /// One reading of one task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TaskReading {
     pub tid: i32,
     pub activity: Activity,
@@ -76,9 +79,10 @@ impl From<io::Error> for TaskError {
     }
 }
 
+/// A task's files kept open between ticks, each with its share of the open-file budget.
 struct TaskFiles {
-    syscall: File,
-    schedstat: Option<File>,
+    syscall: (File, fds::Kept),
+    schedstat: Option<(File, fds::Kept)>,
 }
 
 /// Reads the tasks of one process, keeping each task's files open between ticks.
@@ -87,10 +91,12 @@ pub struct Tasks {
     open: HashMap<i32, TaskFiles>,
     buf: Vec<u8>,
     /// The task directory, kept open between listings, and a buffer for its entries.
-    dir_fd: Option<File>,
+    dir_fd: Option<(File, fds::Kept)>,
     dirents: Vec<u8>,
-    /// /proc/PID/stat, kept open for its thread count.
-    stat: Option<File>,
+    /// /proc/PID/stat, kept open for its thread count and its main thread's state.
+    stat: Option<(File, fds::Kept)>,
+    /// The main thread's state letter at the last read of /proc/PID/stat.
+    leader_state: Option<char>,
     /// The last full listing, the thread count then, and when it was taken (ns).
     listed: Vec<i32>,
     listed_count: Option<u64>,
@@ -110,6 +116,7 @@ impl Tasks {
             dir_fd: None,
             dirents: vec![0; 32 * 1024],
             stat: None,
+            leader_state: None,
             listed: Vec::new(),
             listed_count: None,
             listed_ns: 0,
@@ -154,29 +161,52 @@ impl Tasks {
         Ok(tids)
     }
 
-    /// num_threads from /proc/PID/stat (kept open), or None if it cannot be read.
+    /// num_threads from /proc/PID/stat (kept open if the budget allows), or None if it
+    /// cannot be read.
     fn thread_count(&mut self) -> Option<u64> {
+        let path = self.dir.with_file_name("stat");
         if self.stat.is_none() {
-            self.stat = File::open(self.dir.with_file_name("stat")).ok();
+            if let Some(kept) = fds::keep() {
+                self.stat = File::open(&path).ok().map(|f| (f, kept));
+            }
         }
         self.reads += 1;
-        let n = self.stat.as_ref()?.read_at(&mut self.buf, 0);
+        let n = match &self.stat {
+            Some((file, _)) => file.read_at(&mut self.buf, 0),
+            None => File::open(&path).and_then(|f| f.read_at(&mut self.buf, 0)),
+        };
         match n {
-            Ok(n) => crate::target::process::stat_field(&self.buf[..n], 20),
+            Ok(n) => {
+                self.leader_state = stat_state(&self.buf[..n]);
+                crate::target::process::stat_field(&self.buf[..n], 20)
+            }
             Err(_) => {
                 self.stat = None;
+                self.leader_state = None;
                 None
             }
         }
     }
 
+    /// The main thread's state letter as of the last listing (R, S, D, T, t, Z...).
+    pub fn leader_state(&self) -> Option<char> {
+        self.leader_state
+    }
+
     fn list_open(&mut self) -> io::Result<Vec<i32>> {
         if self.dir_fd.is_none() {
-            let dir = File::open(&self.dir)?;
-            self.dir_fd = Some(dir);
+            if let Some(kept) = fds::keep() {
+                self.dir_fd = Some((File::open(&self.dir)?, kept));
+            }
         }
-        let Some(dir) = self.dir_fd.as_ref() else {
-            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        // Without a share of the budget, the directory is opened for this listing alone.
+        let transient;
+        let dir = match self.dir_fd.as_ref() {
+            Some((dir, _)) => dir,
+            None => {
+                transient = File::open(&self.dir)?;
+                &transient
+            }
         };
         let fd = dir.as_raw_fd();
         // SAFETY: lseek on a directory fd we own.
@@ -218,31 +248,43 @@ impl Tasks {
     }
 
     fn read_open(&mut self, tid: i32, with_cpu: bool) -> Result<TaskReading, TaskError> {
-        if !self.open.contains_key(&tid) {
-            let syscall = File::open(self.dir.join(tid.to_string()).join("syscall"))?;
-            let files = TaskFiles {
-                syscall,
-                schedstat: None,
-            };
-            self.open.insert(tid, files);
-        }
-        let Some(files) = self.open.get_mut(&tid) else {
-            return Err(TaskError::Gone);
-        };
-        // schedstat only for threads without an exact clock: opened the first time it is needed.
-        if with_cpu && files.schedstat.is_none() {
-            files.schedstat = File::open(self.dir.join(tid.to_string()).join("schedstat")).ok();
-        }
-        self.reads += 1;
-        let n = files.syscall.read_at(&mut self.buf, 0)?;
-        let activity = parse_syscall(&self.buf[..n]);
-        let (cpu_ns, runqueue_ns) = match &files.schedstat {
-            Some(f) if with_cpu => {
-                self.reads += 1;
-                let n = f.read_at(&mut self.buf, 0)?;
-                parse_schedstat(&self.buf[..n])
+        let task_dir = self.dir.join(tid.to_string());
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.open.entry(tid) {
+            if let Some(kept) = fds::keep() {
+                let syscall = File::open(task_dir.join("syscall"))?;
+                slot.insert(TaskFiles {
+                    syscall: (syscall, kept),
+                    schedstat: None,
+                });
             }
-            _ => (0, 0),
+        }
+        // schedstat only for threads without an exact clock: opened the first time it is needed.
+        if let Some(files) = self.open.get_mut(&tid) {
+            if with_cpu && files.schedstat.is_none() {
+                if let Some(kept) = fds::keep() {
+                    files.schedstat = File::open(task_dir.join("schedstat"))
+                        .ok()
+                        .map(|f| (f, kept));
+                }
+            }
+        }
+        // Past the budget, a file is opened for this read alone.
+        let files = self.open.get(&tid);
+        self.reads += 1;
+        let n = match files {
+            Some(TaskFiles { syscall, .. }) => syscall.0.read_at(&mut self.buf, 0)?,
+            None => File::open(task_dir.join("syscall"))?.read_at(&mut self.buf, 0)?,
+        };
+        let activity = parse_syscall(&self.buf[..n]);
+        let (cpu_ns, runqueue_ns) = if with_cpu {
+            self.reads += 1;
+            let n = match files.and_then(|f| f.schedstat.as_ref()) {
+                Some((file, _)) => file.read_at(&mut self.buf, 0)?,
+                None => File::open(task_dir.join("schedstat"))?.read_at(&mut self.buf, 0)?,
+            };
+            parse_schedstat(&self.buf[..n])
+        } else {
+            (0, 0)
         };
         Ok(TaskReading {
             tid,

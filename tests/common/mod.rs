@@ -667,17 +667,40 @@ pub fn record_json_with(
     secs: f64,
     privileges: Privileges,
 ) -> Result<serde_json::Value, String> {
-    let out = privileges
-        .gilscope()
-        .args([
-            "record",
-            "--pid",
-            &pid.to_string(),
-            "--duration",
-            &secs.to_string(),
-            "--format",
-            "json",
-        ])
+    record_json_ticks(pid, secs, privileges, None)
+}
+
+/// [`record_json_with`], also writing every raw tick to `ticks` (`record --observations`):
+/// the instants at which gilscope looked, to tell sampling error from classification error.
+pub fn record_json_observed(
+    pid: i32,
+    secs: f64,
+    privileges: Privileges,
+    ticks: &Path,
+) -> Result<serde_json::Value, String> {
+    record_json_ticks(pid, secs, privileges, Some(ticks))
+}
+
+fn record_json_ticks(
+    pid: i32,
+    secs: f64,
+    privileges: Privileges,
+    ticks: Option<&Path>,
+) -> Result<serde_json::Value, String> {
+    let mut command = privileges.gilscope();
+    command.args([
+        "record",
+        "--pid",
+        &pid.to_string(),
+        "--duration",
+        &secs.to_string(),
+        "--format",
+        "json",
+    ]);
+    if let Some(ticks) = ticks {
+        command.arg("--observations").arg(ticks);
+    }
+    let out = command
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("run gilscope: {e}"))?;
@@ -913,5 +936,80 @@ fn collect_fields(value: &serde_json::Value, path: &str, out: &mut Vec<(String, 
             }
         }
         _ => {}
+    }
+}
+
+/// What a test function returns: nothing (it completed) or a completion of its own (ignored
+/// with a reason).
+pub trait Outcome {
+    fn completion(self) -> libtest_mimic::Completion;
+}
+
+impl Outcome for () {
+    fn completion(self) -> libtest_mimic::Completion {
+        libtest_mimic::Completion::Completed
+    }
+}
+
+impl Outcome for libtest_mimic::Completion {
+    fn completion(self) -> libtest_mimic::Completion {
+        self
+    }
+}
+
+/// The harness every test binary of Python processes shares: trials run one at a time (they
+/// share two cores and measure time), a test of every version is named `name::LABEL` per
+/// interpreter (and ignored, with the reason, for one that is missing), and each holds the
+/// machine-wide [`exclusive`] lock while it runs.
+pub struct Suite {
+    args: libtest_mimic::Arguments,
+    pub pythons: Pythons,
+    trials: Vec<libtest_mimic::Trial>,
+}
+
+impl Suite {
+    /// A suite over `pythons`, from the command line's arguments.
+    pub fn new(pythons: Pythons) -> Suite {
+        let mut args = libtest_mimic::Arguments::from_args();
+        args.test_threads = Some(1);
+        Suite {
+            args,
+            pythons,
+            trials: Vec::new(),
+        }
+    }
+
+    /// `test` on every interpreter.
+    pub fn every_version<T: Outcome + 'static>(
+        &mut self,
+        name: &str,
+        test: fn(&Python) -> Result<T, libtest_mimic::Failed>,
+    ) {
+        self.trials
+            .extend(per_interpreter(&self.pythons, name, move |python| {
+                let _exclusive = exclusive();
+                test(python).map(Outcome::completion)
+            }));
+    }
+
+    /// `test` once, on the interpreter of [`cli_python`].
+    pub fn once<T: Outcome + 'static>(
+        &mut self,
+        name: &str,
+        test: fn(&Python) -> Result<T, libtest_mimic::Failed>,
+    ) {
+        self.trials
+            .push(on_cli_python(&self.pythons, name, move |python| {
+                test(python).map(Outcome::completion)
+            }));
+    }
+
+    /// Trials made by hand (a measured retry, a setup of their own).
+    pub fn add(&mut self, trials: impl IntoIterator<Item = libtest_mimic::Trial>) {
+        self.trials.extend(trials);
+    }
+
+    pub fn run(self) -> ! {
+        libtest_mimic::run(&self.args, self.trials).exit()
     }
 }
