@@ -42,6 +42,7 @@ pub enum Command {
     #[command(after_help = "Examples:\n  \
         gilscope dump --pid 1234\n  \
         gilscope dump --pid 1234 --sample 2\n  \
+        gilscope dump --pid 1234 --locals\n  \
         gilscope dump --pid 1234 --json")]
     Dump(DumpArgs),
     /// Watch a process's GIL live: per-thread hold / wait / running / idle, refreshed every second
@@ -168,7 +169,8 @@ pub struct DumpArgs {
     #[arg(long, help = format!("Print JSON (schema {}, docs/DUMP_SCHEMA.md)", crate::formats::dump::SCHEMA))]
     pub json: bool,
 
-    /// Sample for SECS first, and add each thread's fractions and the top blame stack
+    /// Sample for SECS first, and add each thread's fractions, the top blame stack and
+    /// findings about stuck threads (a GIL kept while asleep, a deadlock, a stopped holder)
     #[arg(long, value_name = "SECS", value_parser = parse_duration, allow_negative_numbers = true)]
     pub sample: Option<f64>,
 
@@ -176,6 +178,11 @@ pub struct DumpArgs {
     /// frames; taken without stopping the target (docs/NATIVE.md)
     #[arg(long)]
     pub native: bool,
+
+    /// Show each frame's arguments and local variables: short previews of built-in values
+    /// (str, bytes, int, float, containers), other objects by type and address
+    #[arg(long)]
+    pub locals: bool,
 
     /// Also sample every Python process below PID (children, and theirs), including ones
     /// started later, and report each process
@@ -203,7 +210,7 @@ pub struct RecordArgs {
 
     /// Write the report to FILE (atomically) instead of stdout; the format follows the
     /// extension: .txt, .json, .svg (flamegraph), .folded, .speedscope.json, trace.json
-    /// (Chrome trace), timeline.svg
+    /// (Chrome trace), timeline.svg, .html, .pb.gz (pprof)
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 
@@ -248,16 +255,21 @@ pub struct RecordArgs {
     pub command: Vec<String>,
 }
 
-/// Highest rate accepted: beyond this the sampler only measures itself.
-pub const MAX_RATE_HZ: f64 = 100_000.0;
+/// Highest rate accepted: the highest the sampler sustains on a small target
+/// (docs/PERFORMANCE.md); beyond it ticks only fall behind while the sampler's wake-ups
+/// take the CPU (100 kHz took nearly a whole one, and the target's throughput with it).
+pub const MAX_RATE_HZ: f64 = 10_000.0;
+/// Lowest rate accepted: below one tick a second a recording has too few ticks for any
+/// figure (the margins need 30), and a tick would be many seconds away.
+pub const MIN_RATE_HZ: f64 = 1.0;
 
 fn parse_rate(text: &str) -> Result<f64, String> {
     let rate: f64 = text
         .parse()
         .map_err(|_| format!("`{text}` is not a number of samples per second"))?;
-    if !(rate.is_finite() && rate > 0.0 && rate <= MAX_RATE_HZ) {
+    if !(rate.is_finite() && (MIN_RATE_HZ..=MAX_RATE_HZ).contains(&rate)) {
         return Err(format!(
-            "the rate must be more than 0 and at most {MAX_RATE_HZ} Hz"
+            "the rate must be from {MIN_RATE_HZ} to {MAX_RATE_HZ} Hz"
         ));
     }
     Ok(rate)
@@ -304,6 +316,10 @@ pub enum FormatArg {
     Chrometrace,
     /// An SVG timeline: a row per thread, coloured by GIL state over time
     Timeline,
+    /// One self-contained HTML page: GIL summary, threads, GIL latency, timeline, flamegraphs
+    Html,
+    /// pprof's gzip-compressed protobuf (go tool pprof, Pyroscope, Parca): a sample type per state
+    Pprof,
 }
 
 impl From<FormatArg> for Format {
@@ -316,6 +332,8 @@ impl From<FormatArg> for Format {
             FormatArg::Speedscope => Format::Speedscope,
             FormatArg::Chrometrace => Format::Chrometrace,
             FormatArg::Timeline => Format::Timeline,
+            FormatArg::Html => Format::Html,
+            FormatArg::Pprof => Format::Pprof,
         }
     }
 }
@@ -365,6 +383,8 @@ pub enum StateArg {
     Attached,
     /// Free-threaded builds without a GIL: stopped by a stop-the-world pause.
     Suspended,
+    /// Stopped by the kernel: SIGSTOP, job control or a debugger.
+    Stopped,
 }
 
 impl From<StateArg> for ThreadState {
@@ -376,6 +396,7 @@ impl From<StateArg> for ThreadState {
             StateArg::Idle => ThreadState::Idle,
             StateArg::Attached => ThreadState::Attached,
             StateArg::Suspended => ThreadState::Suspended,
+            StateArg::Stopped => ThreadState::Stopped,
         }
     }
 }

@@ -38,6 +38,9 @@ pub enum Error {
     NotPython {
         pid: i32,
         exe: String,
+        /// Why its interpreter's file could not be opened, where that is why no interpreter
+        /// was found (the file was replaced, its file system does not answer).
+        unreadable: Option<String>,
     },
     /// --subprocesses found no Python process at or below `pid`.
     NoPythonInTree {
@@ -69,6 +72,11 @@ pub enum Error {
         path: String,
         source: std::io::Error,
     },
+    /// The process lives but could not be read (gilscope out of open files, a corrupt list).
+    Unreadable {
+        pid: i32,
+        why: String,
+    },
     /// `serve --listen ADDRESS` could not listen there.
     Listen {
         address: std::net::SocketAddr,
@@ -97,6 +105,7 @@ impl Error {
             Error::Spawn { .. } => ExitCode::Spawn,
             Error::Output { .. } => ExitCode::Output,
             Error::Listen { .. } | Error::Usage(_) => ExitCode::Usage,
+            Error::Unreadable { .. } => ExitCode::Internal,
             Error::Internal(_) => ExitCode::Internal,
         }
     }
@@ -119,6 +128,11 @@ impl Error {
                 "please report this with the output of `python -VV` for that interpreter".into(),
             ),
             Error::NoSuchProcess { .. } => Some("check the pid with `ps -p PID`".into()),
+            Error::Unreadable { why, .. } if why.contains("RLIMIT_NOFILE") => Some(
+                "raise the limit before starting gilscope (`ulimit -n`, as root up to \
+                 fs.nr_open): each thread of the target needs a file or two"
+                    .into(),
+            ),
             Error::NotPython { pid, .. } => {
                 let below = crate::target::process::descendants(&[*pid]).len();
                 (below > 0).then(|| {
@@ -219,7 +233,15 @@ impl fmt::Display for Error {
             Error::PermissionDenied { pid, what } => {
                 write!(f, "permission denied: cannot {what} of process {pid}")
             }
-            Error::NotPython { pid, exe } => {
+            Error::NotPython {
+                pid,
+                exe,
+                unreadable: Some(why),
+            } => write!(
+                f,
+                "process {pid} ({exe}): no CPython interpreter could be read: {why}"
+            ),
+            Error::NotPython { pid, exe, .. } => {
                 write!(f, "process {pid} ({exe}) is not a Python process: no CPython interpreter is loaded")
             }
             Error::NoPythonInTree { pid } => write!(
@@ -247,6 +269,7 @@ impl fmt::Display for Error {
             ),
             Error::Spawn { command, source } => write!(f, "cannot start `{command}`: {source}"),
             Error::Output { path, source } => write!(f, "cannot write {path}: {source}"),
+            Error::Unreadable { pid, why } => write!(f, "process {pid} could not be read: {why}"),
             Error::Listen { address, source } => match source.kind() {
                 std::io::ErrorKind::AddrInUse => {
                     write!(

@@ -5,6 +5,7 @@ use clap::Parser;
 
 use gilscope::cli::Cli;
 use gilscope::error::ExitCode;
+use gilscope::formats::printable;
 
 fn main() {
     let cli = match Cli::try_parse() {
@@ -16,17 +17,19 @@ fn main() {
         }
         Err(e) => {
             let (message, usage) = usage_error(&e.to_string());
-            eprintln!("gilscope: {message}");
-            eprintln!("hint: {usage}");
+            eprintln!("gilscope: {}", printable(&message));
+            eprintln!("hint: {}", printable(&usage));
             std::process::exit(ExitCode::Usage as i32);
         }
     };
     // Each thread of a target keeps two files open while it is sampled.
     gilscope::target::process::raise_open_file_limit();
     if let Err(error) = gilscope::commands::run(cli.command) {
-        eprintln!("gilscope: {error}");
+        // Errors name what the target's user chose (its program's path, what its files
+        // hold): escaped, so that a name cannot send a root terminal escape sequences.
+        eprintln!("gilscope: {}", printable(&error.to_string()));
         if let Some(hint) = error.hint() {
-            eprintln!("hint: {hint}");
+            eprintln!("hint: {}", printable(&hint));
         }
         std::process::exit(error.exit_code() as i32);
     }

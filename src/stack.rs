@@ -102,17 +102,42 @@ fn is_system_module(module: &str) -> bool {
 
 /// The function name of the marker frame at the root of a truncated stack.
 pub const TRUNCATED: &str = "[deeper frames not read]";
+/// The function name of the one frame of the stack of a sample whose stack could not be read
+/// consistently (it changed under every read within the tick).
+pub const NOT_CAPTURED: &str = "[stack not captured]";
+
+/// The function name of the marker frame that stands for every stack seen after the table
+/// was full.
+pub const OVER_BUDGET: &str = "[stacks beyond gilscope's memory budget]";
+
+/// Bytes of frames and stacks one table may hold (as counted by [`StackTable`], about half of
+/// what they take with the maps' overhead). The target chooses its names and how many
+/// distinct ones it makes: a program that makes a function of a new 4,096-character name
+/// every millisecond would otherwise grow a root gilscope by 4 MB a second until the host
+/// runs out of memory. A large application's stacks over a long recording take a tenth.
+pub const MAX_TABLE_BYTES: usize = 256 << 20;
 
 pub type FrameId = u32;
 pub type StackId = u32;
 
-/// Every distinct frame and stack seen, each stored once. Stacks are root first.
-#[derive(Debug, Clone, Default)]
+/// Every distinct frame and stack seen, each stored once, within a memory budget: past it,
+/// new frames and stacks are all the one marker [`OVER_BUDGET`], counted in
+/// [`StackTable::over_budget`]. Stacks are root first.
+#[derive(Debug, Clone)]
 pub struct StackTable {
     frames: Vec<Frame>,
     frame_ids: HashMap<Frame, FrameId>,
     stacks: Vec<Arc<[FrameId]>>,
     stack_ids: HashMap<Arc<[FrameId]>, StackId>,
+    bytes: usize,
+    budget: usize,
+    over_budget: u64,
+}
+
+impl Default for StackTable {
+    fn default() -> StackTable {
+        StackTable::with_budget(MAX_TABLE_BYTES)
+    }
 }
 
 impl StackTable {
@@ -120,14 +145,51 @@ impl StackTable {
         StackTable::default()
     }
 
+    /// A table that holds at most `budget` bytes of frames and stacks.
+    pub fn with_budget(budget: usize) -> StackTable {
+        StackTable {
+            frames: Vec::new(),
+            frame_ids: HashMap::new(),
+            stacks: Vec::new(),
+            stack_ids: HashMap::new(),
+            bytes: 0,
+            budget,
+            over_budget: 0,
+        }
+    }
+
     pub fn intern_frame(&mut self, frame: Frame) -> FrameId {
         if let Some(&id) = self.frame_ids.get(&frame) {
             return id;
         }
+        // Stored twice (list and map), names counted as if not shared with other frames.
+        let cost = 2 * std::mem::size_of::<Frame>()
+            + frame.function.len()
+            + frame.file.len()
+            + frame.module.len()
+            + 16;
+        if self.bytes.saturating_add(cost) > self.budget {
+            self.over_budget += 1;
+            return self.over_budget_frame();
+        }
+        self.bytes += cost;
+        self.insert_frame(frame)
+    }
+
+    fn insert_frame(&mut self, frame: Frame) -> FrameId {
         let id = self.frames.len() as FrameId;
         self.frames.push(frame.clone());
         self.frame_ids.insert(frame, id);
         id
+    }
+
+    /// The marker frame, stored outside the budget (once).
+    fn over_budget_frame(&mut self) -> FrameId {
+        let marker = Frame::marker(OVER_BUDGET);
+        match self.frame_ids.get(&marker) {
+            Some(&id) => id,
+            None => self.insert_frame(marker),
+        }
     }
 
     /// Intern a stack given root first.
@@ -135,11 +197,40 @@ impl StackTable {
         if let Some(&id) = self.stack_ids.get(frames) {
             return id;
         }
+        let cost = 2 * std::mem::size_of::<Arc<[FrameId]>>()
+            + 16
+            + std::mem::size_of_val(frames)
+            + std::mem::size_of::<StackId>();
+        if self.bytes.saturating_add(cost) > self.budget {
+            self.over_budget += 1;
+            let marker = [self.over_budget_frame()];
+            return match self.stack_ids.get(&marker[..]) {
+                Some(&id) => id,
+                None => self.insert_stack(&marker),
+            };
+        }
+        self.bytes += cost;
+        self.insert_stack(frames)
+    }
+
+    fn insert_stack(&mut self, frames: &[FrameId]) -> StackId {
         let id = self.stacks.len() as StackId;
         let stack: Arc<[FrameId]> = frames.into();
         self.stacks.push(stack.clone());
         self.stack_ids.insert(stack, id);
         id
+    }
+
+    /// The stack of samples whose stack was not captured, if any sample had it.
+    pub fn not_captured(&self) -> Option<StackId> {
+        let frame = self.frame_ids.get(&Frame::marker(NOT_CAPTURED))?;
+        self.stack_ids.get(&[*frame][..]).copied()
+    }
+
+    /// How many frames and stacks were seen after the table was full (each stored as the
+    /// marker [`OVER_BUDGET`]).
+    pub fn over_budget(&self) -> u64 {
+        self.over_budget
     }
 
     pub fn frame(&self, id: FrameId) -> Option<&Frame> {
@@ -211,6 +302,7 @@ impl StackTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     #[test]
     fn stacks_and_frames_are_stored_once() {
@@ -263,6 +355,46 @@ mod tests {
         assert_eq!((p.frame, p.caller), (nap, None));
         let empty = table.intern_stack(&[]);
         assert!(table.place(empty).is_none());
+    }
+
+    #[test]
+    fn the_stack_not_captured_is_found_once_a_sample_had_it() {
+        let mut table = StackTable::new();
+        assert_eq!(table.not_captured(), None);
+        let marker = table.intern_frame(Frame::marker(NOT_CAPTURED));
+        let other = table.intern_frame(Frame::python("f".into(), "".into(), 0));
+        table.intern_stack(&[marker, other]);
+        assert_eq!(table.not_captured(), None);
+        let id = table.intern_stack(&[marker]);
+        assert_eq!(table.not_captured(), Some(id));
+    }
+
+    #[test]
+    fn past_its_budget_a_table_stores_new_stacks_as_one_marker_and_keeps_the_old_ones() {
+        let budget = 64 << 10;
+        let mut table = StackTable::with_budget(budget);
+        let name = "f".repeat(1000);
+        let frame = |i: u32| Frame::python(format!("{name}{i}").into(), "a.py".into(), i);
+        let first_frame = table.intern_frame(frame(0));
+        let first = table.intern_stack(&[first_frame]);
+        // A target that makes a new long name at every tick: 10,000 of them, 10 MB of names.
+        let mut ids = BTreeSet::new();
+        for i in 1..10_000 {
+            let f = table.intern_frame(frame(i));
+            ids.insert(table.intern_stack(&[first_frame, f]));
+        }
+        let names: usize = table.all_frames().map(|(_, f)| f.function.len()).sum();
+        assert!(names < budget, "{names} bytes of names kept");
+        assert!(table.len() < 100, "{} stacks kept", table.len());
+        let last = *ids.iter().next_back().unwrap();
+        // A frame that did not fit is the marker, in whatever stack fits.
+        let leaf = table.leaf(last).and_then(|f| table.frame(f)).unwrap();
+        assert_eq!(&*leaf.function, OVER_BUDGET);
+        assert!(table.over_budget() > 9_000);
+        // What was stored before stays as it was.
+        assert_eq!(table.intern_frame(frame(0)), first_frame);
+        assert_eq!(table.intern_stack(&[first_frame]), first);
+        assert_eq!(table.frame(first_frame), Some(&frame(0)));
     }
 
     #[test]

@@ -136,6 +136,9 @@ fn usage_errors_exit_2_without_a_backtrace() {
         &["record", "--pid", "1", "--rate", "-5"],
         &["record", "--pid", "1", "--rate", "lots"],
         &["record", "--pid", "1", "--rate", "1e9"],
+        &["record", "--pid", "1", "--rate", "100000"],
+        &["record", "--pid", "1", "--rate", "0.1"],
+        &["record", "--pid", "1", "--rate", "0.0001"],
         &["record", "--pid", "1", "--duration", "-1"],
         &["record", "--pid", "1", "--format", "xml"],
         &["record", "--pid", "abc"],
@@ -269,6 +272,263 @@ fn permission_denied_says_what_is_needed() {
     assert!(stderr.contains("--cap-add SYS_PTRACE"), "{stderr}");
 }
 
+/// Root, or the test is skipped with a message: it acts as another user through setpriv.
+fn root_for_hostile_user_tests() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("skipped: needs root to act as another user");
+    }
+    root
+}
+
+/// Run `args` as `nobody` (setpriv, util-linux); panics if that cannot be done.
+fn as_nobody(args: &[&str]) {
+    let status = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(args)
+        .status()
+        .expect("setpriv");
+    assert!(status.success(), "as nobody: {args:?}");
+}
+
+/// A sleeping process that is not Python: a command that checks its output before it looks
+/// at the target fails on the output (7); one that looks first fails on the target (5).
+fn not_python() -> std::process::Child {
+    let child = Command::new("sleep").arg("30").spawn().expect("sleep");
+    std::thread::sleep(Duration::from_millis(100));
+    child
+}
+
+/// Run gilscope, killed after 10 s: a FIFO nobody reads must not hang it.
+fn run_bounded(args: &[&str]) -> Output {
+    let mut child = Command::new(common::gilscope_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("gilscope");
+    let start = std::time::Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("gilscope {args:?} hung on its output");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+#[test]
+fn outputs_planted_by_another_user_are_refused_before_recording() {
+    if !root_for_hostile_user_tests() {
+        return;
+    }
+    // A root-only file and directory, and a shared sticky directory like /tmp.
+    let private = tempfile::tempdir().expect("tempdir");
+    let victim = private.path().join("victim");
+    std::fs::write(&victim, "root's secret\n").expect("victim");
+    let shared = tempfile::tempdir().expect("tempdir");
+    let chmod = |path: &std::path::Path, mode| {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .expect("chmod")
+    };
+    chmod(shared.path(), 0o1777);
+    chmod(private.path(), 0o700);
+    let at = |name: &str| {
+        shared
+            .path()
+            .join(name)
+            .to_str()
+            .expect("utf-8")
+            .to_string()
+    };
+    let victim_path = victim.to_str().expect("utf-8");
+    let private_path = private.path().to_str().expect("utf-8");
+    as_nobody(&["ln", "-s", victim_path, &at("report.json")]);
+    as_nobody(&["ln", "-s", private_path, &at("dir")]);
+    as_nobody(&["mkfifo", &at("fifo.txt")]);
+    as_nobody(&["sh", "-c", &format!("echo theirs > {}", at("theirs.txt"))]);
+    let mut sleeper = not_python();
+    let pid = sleeper.id().to_string();
+    let (link, through_dir, new_in_dir) = (
+        at("report.json"),
+        format!("{}/victim", at("dir")),
+        format!("{}/new.txt", at("dir")),
+    );
+    let (fifo, theirs, dir_link) = (at("fifo.txt"), at("theirs.txt"), at("dir"));
+    let cases: [(Vec<&str>, &str); 7] = [
+        (
+            vec!["record", "--pid", &pid, "-o", &link],
+            "symbolic link of user",
+        ),
+        (
+            vec!["record", "--pid", &pid, "-o", &through_dir],
+            "symbolic link of user",
+        ),
+        (
+            vec!["record", "--pid", &pid, "-o", &new_in_dir],
+            "symbolic link of user",
+        ),
+        (vec!["record", "--pid", &pid, "-o", &fifo], "FIFO of user"),
+        (vec!["record", "--pid", &pid, "-o", &theirs], "file of user"),
+        (
+            vec!["record", "--pid", &pid, "--observations", &link],
+            "symbolic link of user",
+        ),
+        (vec!["man", "--out-dir", &dir_link], "symbolic link of user"),
+    ];
+    let outs: Vec<(Vec<&str>, &str, Output)> = cases
+        .iter()
+        .map(|(args, why)| (args.clone(), *why, run_bounded(args)))
+        .collect();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    for (args, why, out) in &outs {
+        let stderr = assert_error(out, 7, why);
+        assert!(stderr.contains("other users"), "{args:?}: {stderr}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("victim"),
+        "root's secret\n"
+    );
+    let in_private: Vec<_> = std::fs::read_dir(private.path()).expect("ls").collect();
+    assert_eq!(
+        in_private.len(),
+        1,
+        "files written into the private directory"
+    );
+    assert_eq!(
+        std::fs::read_to_string(at("theirs.txt")).expect("theirs"),
+        "theirs\n"
+    );
+}
+
+#[test]
+fn a_name_too_long_or_a_directory_is_refused_before_recording() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let long = dir.path().join("x".repeat(300));
+    let mut sleeper = not_python();
+    let pid = sleeper.id().to_string();
+    let outs: Vec<Output> = [
+        long.to_str().expect("utf-8"),
+        dir.path().to_str().expect("utf-8"),
+        &format!("{}/", dir.path().display()),
+    ]
+    .iter()
+    .map(|path| run(&["record", "--pid", &pid, "-o", path]))
+    .collect();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_error(&outs[0], 7, "File name too long");
+    assert_error(&outs[1], 7, "it is a directory");
+    assert_error(&outs[2], 7, "it is a directory");
+}
+
+/// A Python that sleeps, for the tests that need a recording to succeed or fail.
+fn sleeping_python() -> Option<std::process::Child> {
+    let pythons = common::pythons();
+    let Some(python) = common::cli_python(&pythons) else {
+        eprintln!("skipped: no Python found");
+        return None;
+    };
+    let child = Command::new(python.path)
+        .args(["-c", "import time; time.sleep(60)"])
+        .spawn()
+        .expect("python");
+    std::thread::sleep(Duration::from_millis(500));
+    Some(child)
+}
+
+#[test]
+fn a_failed_run_leaves_the_old_output_alone() {
+    let Some(mut python) = sleeping_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = dir.path().join("old.txt");
+    std::fs::write(&old, "the previous report\n").expect("old");
+    // Over before the first tick: no sample, a failed run.
+    let out = run(&[
+        "record",
+        "--pid",
+        &python.id().to_string(),
+        "--duration",
+        "1e-9",
+        "-o",
+        old.to_str().expect("utf-8"),
+    ]);
+    let _ = python.kill();
+    let _ = python.wait();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("wrote"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&old).expect("old"),
+        "the previous report\n"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 1);
+}
+
+/// `cmd > /dev/full`.
+fn run_into_full_disk(args: &[&str]) -> Output {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    Command::new(common::gilscope_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(full)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("gilscope")
+}
+
+#[test]
+fn a_write_error_on_standard_output_is_an_output_error() {
+    for args in [
+        &["man"][..],
+        &["man", "record"],
+        &["completions", "bash"],
+        &["--help"],
+    ] {
+        let out = run_into_full_disk(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // --help is clap's: it may only not claim success silently with a panic.
+        if args == ["--help"] {
+            assert!(!stderr.contains("panicked"), "{stderr}");
+            continue;
+        }
+        assert_error(
+            &out,
+            7,
+            "cannot write standard output: No space left on device",
+        );
+    }
+    let Some(mut python) = sleeping_python() else {
+        return;
+    };
+    let pid = python.id().to_string();
+    let outs = [
+        run_into_full_disk(&["dump", "--pid", &pid]),
+        run_into_full_disk(&["record", "--pid", &pid, "--duration", "0.3"]),
+    ];
+    let _ = python.kill();
+    let _ = python.wait();
+    for out in &outs {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(7), "{stderr}");
+        assert!(
+            stderr
+                .lines()
+                .last()
+                .is_some_and(|l| l.starts_with("gilscope: cannot write standard output")),
+            "{stderr}"
+        );
+    }
+}
+
 #[test]
 fn a_negative_number_is_refused_for_what_it_is_not_taken_for_a_command() {
     for (args, needle) in [
@@ -301,11 +561,73 @@ fn an_output_extension_gilscope_does_not_write_is_refused_with_the_known_ones() 
         ]);
         let stderr = assert_error(&out, 2, "cannot tell the format");
         assert!(
-            stderr.contains(".speedscope.json") && stderr.contains(".json"),
+            [".speedscope.json", ".json", ".html", ".pb.gz"]
+                .iter()
+                .all(|known| stderr.contains(known)),
             "{stderr}"
         );
         assert!(!path.exists(), "{name} was written");
     }
+}
+
+#[test]
+fn a_full_disk_is_reported_under_the_path_given() {
+    if !root_for_hostile_user_tests() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8k", "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a small tmpfs here");
+        return;
+    }
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(dir.path());
+    // Filled but for a few bytes: the check before recording passes, the report does not fit.
+    let mut fill = std::fs::File::create(dir.path().join("fill")).expect("fill");
+    let _ = std::io::Write::write_all(&mut fill, &[0; 16 * 1024]);
+    drop(fill);
+    let Some(mut python) = sleeping_python() else {
+        return;
+    };
+    let report = dir.path().join("report.json");
+    let out = run(&[
+        "record",
+        "--pid",
+        &python.id().to_string(),
+        "--duration",
+        "0.3",
+        "-o",
+        report.to_str().expect("utf-8"),
+    ]);
+    let _ = python.kill();
+    let _ = python.wait();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!(
+            "gilscope: cannot write {}: No space left",
+            report.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(".gilscope"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, ["fill"], "nothing left beside the full disk's file");
 }
 
 #[test]
@@ -316,6 +638,9 @@ fn options_a_format_ignores_are_said_before_recording() {
         (&["--view", "blame"][..], "--view"),
         (&["--state", "hold"], "--state"),
         (&["--format", "flamegraph", "--gil-only"], "--gil-only"),
+        // pprof has a sample type per state; the HTML report switches between both views.
+        (&["--format", "pprof", "--state", "hold"], "--state"),
+        (&["-o", "report.html", "--view", "blame"], "--view"),
     ] {
         let mut all = vec!["record", "--pid", &pid, "--duration", "1"];
         all.extend_from_slice(args);

@@ -288,7 +288,7 @@ fn no_gil_views(python: &Python) -> Result<(), (Failed, Option<f64>)> {
 fn schemas(python: &Python) -> Result<(), (Failed, Option<f64>)> {
     let fx = start(python, false)?;
     let report = record(&fx)?;
-    if report["schema"] != "gilscope.report/5" {
+    if report["schema"] != "gilscope.report/6" {
         return Err(failed(format!("schema {}", report["schema"])));
     }
     common::matches_documented_schema(&report, "docs/JSON_SCHEMA.md").map_err(|e| (e, None))?;

@@ -45,6 +45,14 @@ fn main() {
     ];
     let one = common::cli_only(&pythons);
     let mut trials = Vec::new();
+    trials.extend(common::per_interpreter(
+        &pythons,
+        "a_function_name_of_10000_characters_is_cut_and_its_stack_kept",
+        |python| {
+            let _exclusive = common::exclusive();
+            long_name(python).map(|()| Completion::Completed)
+        },
+    ));
     for (name, check) in checks {
         let on = if name.starts_with("json_") {
             &pythons
@@ -149,11 +157,20 @@ fn record(fx: &Fixture, format: &str, extra: &[&str]) -> Result<String, Failed> 
 }
 
 /// Control characters that may not reach a terminal or a file: all but the line ends between
-/// lines (and, in XML, the whitespace the writer itself puts between elements).
+/// lines (and, in XML, the whitespace the writer itself puts between elements); and the
+/// characters that reorder or break a line: bidirectional overrides and isolates, and the
+/// Unicode line and paragraph separators.
 fn raw_controls(text: &str, allowed: &[char]) -> Vec<String> {
+    let reorders_or_breaks = |c: char| {
+        matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}'
+        ) || ('\u{202a}'..='\u{202e}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c)
+    };
     let mut found: Vec<String> = text
         .chars()
-        .filter(|c| c.is_control() && !allowed.contains(c))
+        .filter(|&c| (c.is_control() || reorders_or_breaks(c)) && !allowed.contains(&c))
         .map(|c| format!("{:?}", c))
         .collect();
     found.sort();
@@ -598,4 +615,36 @@ fn sample_labels(line: &str) -> Result<Vec<(String, String)>, String> {
         return Err(format!("a bad value {number:?}"));
     }
     Ok(labels)
+}
+
+/// A spinner inside a function whose name has 10,000 characters: `dump` shows its stack with
+/// the name cut after 4,096 characters and marked, and the text report places its samples
+/// there. Before, every read of that stack failed ("stack changed while being read") and the
+/// text report said nothing of it.
+fn long_name(python: &Python) -> Result<(), Failed> {
+    let fx = Fixture::start(&python.path, "long_name", &["--duration", "60"])?;
+    let cut = format!("{}...[5904 more characters]", "x".repeat(4096));
+    let pid = fx.pid.to_string();
+    let dump = stdout_of(&gilscope_ok(&["dump", "--pid", &pid])?);
+    if !dump.contains(&cut) {
+        return Err(format!("{}: the dump has no cut name:\n{dump:.600}", python.label).into());
+    }
+    let report = stdout_of(&gilscope_ok(&[
+        "record",
+        "--pid",
+        &pid,
+        "--duration",
+        RECORD_S,
+    ])?);
+    let placed = report
+        .lines()
+        .any(|l| l.trim_start().starts_with("hold") && l.contains(&cut));
+    if !placed {
+        return Err(format!(
+            "{}: no hold location in the cut name:\n{report:.2000}",
+            python.label
+        )
+        .into());
+    }
+    Ok(())
 }

@@ -348,7 +348,7 @@ fn dump(legacy: &Legacy) -> Result<(), Failed> {
     let pid = fx.pid.to_string();
     let out = gilscope_ok(&["dump", "--pid", &pid, "--json", "--sample", "0.5"])?;
     let dump: Value = serde_json::from_slice(&out.stdout)?;
-    if dump["schema"] != "gilscope.dump/3" || dump["target"]["wait_measured"] != false {
+    if dump["schema"] != "gilscope.dump/4" || dump["target"]["wait_measured"] != false {
         return Err(format!("schema {} target {}", dump["schema"], dump["target"]).into());
     }
     if !dump["gil"]["interval_s"].is_null() || !dump["sample"]["contended"].is_null() {
@@ -391,7 +391,7 @@ fn dump(legacy: &Legacy) -> Result<(), Failed> {
 
 fn json_schema(legacy: &Legacy) -> Result<(), Failed> {
     let (_fx, report) = record(legacy, &["--alternator"])?;
-    if report["schema"] != "gilscope.report/5" {
+    if report["schema"] != "gilscope.report/6" {
         return Err(format!("schema {}", report["schema"]).into());
     }
     common::matches_documented_schema(&report, "docs/JSON_SCHEMA.md")

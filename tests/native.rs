@@ -535,8 +535,8 @@ fn native_drawings(python: &Python) -> Result<Completion, Failed> {
             &out.to_string_lossy(),
         ])?;
     }
-    // Native frames are filled with blues (blue the largest component); Python ones with
-    // inferno's warm palette (red the largest).
+    // Native frames are filled with the native code's pale green (green the largest
+    // component, palette.rs); the program's Python frames with its pale sand (red the largest).
     let svg = std::fs::read_to_string(&svg)?;
     let options = roxmltree::ParsingOptions {
         allow_dtd: true,
@@ -563,12 +563,12 @@ fn native_drawings(python: &Python) -> Result<Completion, Failed> {
         Some((*rgb.first()?, *rgb.get(1)?, *rgb.get(2)?))
     };
     let (r, g, b) = fill_of("gn_nap (gilnative").ok_or("no gn_nap frame in the flamegraph")?;
-    if !(b > r && b > g) {
-        return Err(format!("gn_nap is drawn rgb({r},{g},{b}), not in blue").into());
+    if !(g > r && g > b) {
+        return Err(format!("gn_nap is drawn rgb({r},{g},{b}), not in green").into());
     }
-    let (r, _, b) = fill_of("in_c_sleeping (").ok_or("no in_c_sleeping frame")?;
-    if b >= r {
-        return Err(format!("in_c_sleeping is drawn like a native frame (r {r}, b {b})").into());
+    let (r, g, _) = fill_of("in_c_sleeping (").ok_or("no in_c_sleeping frame")?;
+    if g >= r {
+        return Err(format!("in_c_sleeping is drawn like a native frame (r {r}, g {g})").into());
     }
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&speedscope)?)?;
     let frames = doc["shared"]["frames"]

@@ -415,7 +415,7 @@ fn dump_snapshot(python: &Python) -> Result<(), Failed> {
 fn json_schema(python: &Python) -> Result<(), Failed> {
     let fx = Fixture::start(&python.path, "stacks", &["--duration", "60"])?;
     let report = common::record_json(fx.pid, 1.0)?;
-    if report["schema"] != "gilscope.report/5" {
+    if report["schema"] != "gilscope.report/6" {
         return Err(format!("schema is {}", report["schema"]).into());
     }
     matches_documented_schema(&report, "docs/JSON_SCHEMA.md")
@@ -437,7 +437,7 @@ fn output_files(python: &Python) -> Result<(), Failed> {
         json.to_str().unwrap(),
     ])?;
     let parsed: Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
-    if parsed["schema"] != "gilscope.report/5" {
+    if parsed["schema"] != "gilscope.report/6" {
         return Err("-o report.json did not write JSON".into());
     }
     if !stdout_of(&out).is_empty() {

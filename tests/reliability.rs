@@ -13,7 +13,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use common::{fixture_path, gilscope, stderr_of, Fixture, Python};
+use common::{fixture_path, gilscope, stderr_of, stdout_of, Fixture, Python};
 
 /// Sampling rate of the churn and kill tests: the highest a user would ask for with stacks.
 const RATE_HZ: f64 = 1000.0;
@@ -39,7 +39,47 @@ fn main() {
             test(python).map(|()| Completion::Completed)
         }));
     }
-    let once: [(&str, Test); 4] = [
+    let once: [(&str, Test); 14] = [
+        (
+            "a_started_command_ends_with_a_gilscope_killed_by_sigkill",
+            orphan,
+        ),
+        (
+            "a_stopped_target_is_stopped_not_holding_or_waiting",
+            stopped_target,
+        ),
+        (
+            "a_target_with_more_threads_than_gilscope_may_open_files_is_measured",
+            more_threads_than_files,
+        ),
+        (
+            "a_python_that_execs_from_another_thread_is_followed_as_a_new_process",
+            exec_from_thread,
+        ),
+        (
+            "an_exec_without_address_randomisation_ends_the_recording",
+            exec_without_aslr,
+        ),
+        (
+            "a_pid_reused_by_another_process_is_an_exit_not_an_exec",
+            pid_reused,
+        ),
+        (
+            "a_process_whose_main_thread_exited_is_measured",
+            main_thread_exited,
+        ),
+        (
+            "the_duration_ends_a_recording_before_a_slow_rate_s_next_tick",
+            duration_before_tick,
+        ),
+        (
+            "a_second_sigterm_while_the_report_is_written_is_ignored",
+            second_sigterm,
+        ),
+        (
+            "a_run_killed_while_writing_leaves_no_temporary_file_behind",
+            killed_while_writing,
+        ),
         (
             "a_python_that_execs_python_is_followed_as_a_new_process",
             exec_followed,
@@ -62,6 +102,50 @@ fn main() {
             test(python).map(|()| Completion::Completed)
         }));
     }
+    // A copy of an interpreter that runs on its own (the system's, statically linked).
+    let standalone = pythons
+        .found
+        .iter()
+        .find(|p| p.label.starts_with("system-"))
+        .cloned();
+    // A build whose `_Py_DebugOffsets` say where the thread list's head is (3.13 on).
+    let with_debug_offsets = pythons
+        .found
+        .iter()
+        .find(|p| {
+            let minor = p
+                .version
+                .split('.')
+                .nth(1)
+                .and_then(|m| m.parse::<u32>().ok());
+            p.version.starts_with("3.") && minor.is_some_and(|m| m >= 13)
+        })
+        .cloned();
+    trials.push(Trial::test(
+        "a_corrupt_thread_list_is_an_error_not_an_exit",
+        move || match &with_debug_offsets {
+            Some(python) => {
+                let _exclusive = common::exclusive();
+                corrupt_thread_list(python)
+            }
+            None => Err("no CPython 3.13 or later".into()),
+        },
+    ));
+    let copied = standalone.clone();
+    trials.push(Trial::test(
+        "a_program_name_sends_no_escape_sequence_to_the_terminal",
+        move || match &copied {
+            Some(python) => escapes_in_program_names(python),
+            None => Err("no system python3 to copy".into()),
+        },
+    ));
+    trials.push(Trial::test(
+        "a_target_that_replaces_its_program_with_a_fifo_cannot_hang_gilscope",
+        move || match &standalone {
+            Some(python) => fifo_over_program(python),
+            None => Err("no system python3 to copy".into()),
+        },
+    ));
     libtest_mimic::run(&args, trials).exit();
 }
 
@@ -535,6 +619,721 @@ fn sigterm(python: &Python) -> Result<(), Failed> {
             report["sampler"]["ended"], report["samples"]
         )
         .into());
+    }
+    Ok(())
+}
+
+/// Two SIGTERMs a moment apart (`timeout` signals gilscope and its process group; a
+/// terminal's Ctrl-C does too): the first ends the recording, the second is ignored while
+/// the report is written. Before, the second ended gilscope at once with 130 and no report.
+/// The report goes to a FIFO whose reader waits, so that the second signal comes while
+/// gilscope is still writing.
+fn second_sigterm(python: &Python) -> Result<(), Failed> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fx = Fixture::start(&python.path, "spinners", &["--duration", "60"])?;
+    let dir = tempfile::tempdir()?;
+    let fifo = dir.path().join("report.svg");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU)?;
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)?;
+    // The smallest pipe: a report longer than a page blocks its writer until it is read.
+    nix::fcntl::fcntl(&reader, nix::fcntl::FcntlArg::F_SETPIPE_SZ(4096))?;
+    let child = recording_into(&fx, &fifo)?;
+    let pid = Pid::from_raw(child.id() as i32);
+    kill(pid, Signal::SIGTERM)?;
+    std::thread::sleep(Duration::from_millis(500));
+    kill(pid, Signal::SIGTERM)?;
+    std::thread::sleep(Duration::from_millis(100));
+    // Read it all now, waiting for the writer (it writes or ends: no hang).
+    let flags = nix::fcntl::fcntl(&reader, nix::fcntl::FcntlArg::F_GETFL)?;
+    let blocking = nix::fcntl::OFlag::from_bits_truncate(flags) & !nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&reader, nix::fcntl::FcntlArg::F_SETFL(blocking))?;
+    let mut report = Vec::new();
+    reader.read_to_end(&mut report)?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "exit {} after two SIGTERMs: {}",
+            out.status,
+            stderr_of(&out)
+        )
+        .into());
+    }
+    let text = String::from_utf8_lossy(&report);
+    if report.len() <= 4096 || !text.trim_end().ends_with("</svg>") {
+        return Err(format!("a report of {} bytes: {text:.200}", report.len()).into());
+    }
+    Ok(())
+}
+
+/// gilscope killed with SIGKILL at 20 moments of its ending (0 to 19 ms after SIGTERM, when
+/// it finishes the recording and writes the report): no temporary file is left beside the
+/// output once the next run is over. Before, one kill in 20 left a `.gilscope-XXXXXX`.
+fn killed_while_writing(python: &Python) -> Result<(), Failed> {
+    let fx = Fixture::start(&python.path, "spinners", &["--duration", "60"])?;
+    let dir = tempfile::tempdir()?;
+    let output = dir.path().join("report.json");
+    let record = |duration: Option<&str>| {
+        let mut command = Command::new(common::gilscope_bin());
+        command
+            .args(["record", "--pid", &fx.pid.to_string(), "-o"])
+            .arg(&output)
+            .args(duration.map(|d| vec!["--duration", d]).unwrap_or_default())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command.spawn()
+    };
+    for delay_ms in 0..20 {
+        let mut child = record(None)?;
+        std::thread::sleep(Duration::from_millis(400));
+        let pid = Pid::from_raw(child.id() as i32);
+        kill(pid, Signal::SIGTERM)?;
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = kill(pid, Signal::SIGKILL);
+        child.wait()?;
+    }
+    let status = record(Some("0.3"))?.wait()?;
+    if !status.success() {
+        return Err(format!("the run after the kills: {status}").into());
+    }
+    let files: Vec<_> = std::fs::read_dir(dir.path())?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    if files != ["report.json"] {
+        return Err(format!("files beside the report: {files:?}").into());
+    }
+    Ok(())
+}
+
+/// A program's name is its user's to choose: copies of the interpreter and of `sleep` named
+/// with an OSC sequence (it sets a terminal's title; others answer back into its input),
+/// BEL, a colour, U+202E and U+2028. `dump` and `record` of the Python copy (their headers
+/// name the program) and `dump` of the `sleep` copy (the error names it) print none of
+/// them raw, on standard output or error, and say the name escaped. Before, the headers and
+/// the error wrote the name as it was, so a target could write escape sequences to root's
+/// terminal.
+fn escapes_in_program_names(python: &Python) -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let name = "py\x1b]0;owned\x07\x1b[31m\u{202e}x\u{2028}y";
+    let (copy, sleep_copy) = (
+        dir.path().join(name),
+        dir.path().join(format!("sleep{name}")),
+    );
+    std::fs::copy(&python.path, &copy)?;
+    std::fs::copy("/bin/sleep", &sleep_copy)?;
+    let mut targets = Vec::new();
+    let mut start = |command: &mut Command| -> Result<String, Failed> {
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let pid = child.id().to_string();
+        targets.push(child);
+        Ok(pid)
+    };
+    let python_pid = start(Command::new(&copy).args(["-c", "import time; time.sleep(60)"]))?;
+    let sleep_pid = start(Command::new(&sleep_copy).arg("60"))?;
+    // The interpreter's start (its first thread state) before it is read.
+    std::thread::sleep(Duration::from_millis(800));
+    let runs = [
+        vec!["dump", "--pid", &python_pid],
+        vec!["record", "--pid", &python_pid, "--duration", "0.3"],
+        vec!["dump", "--pid", &sleep_pid],
+    ];
+    let mut failures = Vec::new();
+    for args in runs {
+        let out = gilscope(&args);
+        let all = format!("{}{}", stdout_of(&out), stderr_of(&out));
+        let raw: Vec<char> = ['\x1b', '\x07', '\u{202e}', '\u{2028}']
+            .into_iter()
+            .filter(|&c| all.contains(c))
+            .collect();
+        if !raw.is_empty() || !all.contains("py\\u{1b}]0;owned\\u{7}") {
+            failures.push(format!("{args:?}: raw {raw:?} in {all:?}"));
+        }
+    }
+    for mut target in targets {
+        let _ = target.kill();
+        let _ = target.wait();
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; ").into())
+    }
+}
+
+/// As `nobody`: a copy of the interpreter runs from a directory of theirs, then a FIFO (and
+/// then a link to a device) is renamed over the copy. gilscope opens the file the target
+/// mapped, never what is at its path now: `dump` works, as root and as root without
+/// CAP_SYS_ADMIN (no /proc/PID/map_files: the path in the target's root is used, and what is
+/// there is not a regular file any more, so the target is unreadable, exit 5). Nothing hangs.
+/// Before, the open of the FIFO blocked for good.
+fn fifo_over_program(python: &Python) -> Result<(), Failed> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("needs root to act as another user".into());
+    }
+    let dir = tempfile::tempdir()?;
+    nix::unistd::chown(dir.path(), Some(65534.into()), Some(65534.into()))?;
+    let copy = dir.path().join("py");
+    let nobody = |script: &str| {
+        let mut command = Command::new("setpriv");
+        command
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sh",
+                "-c",
+                script,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command
+    };
+    let status = nobody(&format!("cp {} {}", python.path.display(), copy.display())).status()?;
+    if !status.success() {
+        return Err("cannot copy the interpreter as nobody".into());
+    }
+    let mut target = nobody(&format!(
+        "exec {} -c 'import time; time.sleep(60)'",
+        copy.display()
+    ))
+    .spawn()?;
+    std::thread::sleep(Duration::from_millis(800));
+    let pid = target.id().to_string();
+    let mut failures = Vec::new();
+    let without_admin = [
+        "setpriv",
+        "--inh-caps=-sys_admin,-checkpoint_restore",
+        "--bounding-set=-sys_admin,-checkpoint_restore",
+    ];
+    for replacement in ["mkfifo {}.new", "ln -s /dev/zero {}.new"] {
+        let swap = format!(
+            "{} && mv -f {}.new {}",
+            replacement.replace("{}", &copy.display().to_string()),
+            copy.display(),
+            copy.display()
+        );
+        nobody(&swap).status()?;
+        for (label, prefix) in [
+            ("root", &[][..]),
+            ("without CAP_SYS_ADMIN", &without_admin[..]),
+        ] {
+            let (program, args) = match prefix.split_first() {
+                Some((first, rest)) => (first.to_string(), rest.to_vec()),
+                None => (common::gilscope_bin().to_string(), Vec::new()),
+            };
+            let mut command = Command::new(program);
+            command.args(args);
+            if !prefix.is_empty() {
+                command.arg(common::gilscope_bin());
+            }
+            let mut child = command
+                .args(["dump", "--pid", &pid])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()?;
+            if wait_bounded(&mut child, Duration::from_secs(20), "gilscope dump").is_err() {
+                failures.push(format!("{replacement}, {label}: hung"));
+                continue;
+            }
+            let out = child.wait_with_output()?;
+            let expected = if prefix.is_empty() { Some(0) } else { Some(5) };
+            if out.status.code() != expected {
+                failures.push(format!(
+                    "{replacement}, {label}: exit {}: {}",
+                    out.status,
+                    stderr_of(&out)
+                ));
+            }
+        }
+    }
+    let _ = target.kill();
+    let _ = target.wait();
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; ").into())
+    }
+}
+
+/// `--rate 1 --duration 0.05`: the second tick is due 0.5 to 1.5 s after the first, the
+/// recording ends at 0.05 s. gilscope ends soon after it says it started sampling: well
+/// within the half second that the next tick would have taken at the earliest. Before, it
+/// waited for that tick (`--rate 0.1 --duration 1` took 15 s).
+fn duration_before_tick(python: &Python) -> Result<(), Failed> {
+    use std::io::BufRead;
+    let fx = Fixture::start(&python.path, "single", &["--duration", "60"])?;
+    let mut child = Command::new(common::gilscope_bin())
+        .args(["record", "--pid", &fx.pid.to_string(), "--rate", "1"])
+        .args(["--duration", "0.05", "--format", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stderr = std::io::BufReader::new(child.stderr.take().ok_or("stderr")?);
+    let mut line = String::new();
+    stderr.read_line(&mut line)?;
+    let started = Instant::now();
+    if !line.contains("sampling process") {
+        return Err(format!("unexpected: {line}").into());
+    }
+    let status = child.wait()?;
+    let took = started.elapsed();
+    if !status.success() || took >= Duration::from_millis(450) {
+        return Err(format!("{status} after {} ms", took.as_millis()).into());
+    }
+    Ok(())
+}
+
+/// A script that announces itself like a fixture (its main thread's tid as "main"), then
+/// runs `body` (Python source, indented by four spaces in a function).
+fn script_fixture(dir: &Path, name: &str, body: &str) -> Result<PathBuf, Failed> {
+    let script = dir.join(name);
+    std::fs::write(
+        &script,
+        format!(
+            "import ctypes, json, os, sys, threading, time\n\
+             from gilfixture import native_id\n\
+             def spin(seconds):\n    end = time.time() + seconds\n    while time.time() < end:\n        pass\n\
+             print(json.dumps({{'fixture': {name:?}, 'pid': os.getpid(), \
+             'threads': {{'main': native_id()}}, 'facts': {{}}}}), flush=True)\n\
+             def body():\n{body}\n\
+             body()\n"
+        ),
+    )?;
+    Ok(script)
+}
+
+/// With --subprocesses, a Python whose exec comes from a thread other than the main one (the
+/// kernel ends the other 200 threads first, and for that while the process cannot be read)
+/// is followed into its new program. Before, the tick that found it unreadable called it
+/// exited, and the new program was never followed (2 runs in 36; every run with 200 threads).
+fn exec_from_thread(python: &Python) -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let single = fixture_path("single");
+    let body = format!(
+        "    for _ in range(200):\n        threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n\
+         \x20   threading.Thread(target=spin, args=(60,), daemon=True).start()\n\
+         \x20   time.sleep(1.5)\n\
+         \x20   argv = [sys.executable, {:?}, '--duration', '2']\n\
+         \x20   threading.Thread(target=os.execv, args=(sys.executable, argv)).start()\n\
+         \x20   time.sleep(60)",
+        single.display()
+    );
+    let script = script_fixture(dir.path(), "thread_exec.py", &body)?;
+    let output = dir.path().join("r.json");
+    let python_path = python.path.to_str().ok_or("path")?;
+    let out = Command::new(common::gilscope_bin())
+        .args(["record", "--subprocesses", "--duration", "30", "-o"])
+        .arg(&output)
+        .args(["--format", "json", "--", python_path])
+        .arg(&script)
+        .env("PYTHONPATH", single.parent().ok_or("fixtures")?)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
+    }
+    let report: Value = serde_json::from_slice(&std::fs::read(&output)?)?;
+    let processes = report["processes"].as_array().ok_or("no processes")?;
+    let summary: Vec<String> = processes
+        .iter()
+        .map(|p| {
+            format!(
+                "{} ended {} samples {}",
+                p["target"]["command_line"], p["sampler"]["ended"], p["samples"]
+            )
+        })
+        .collect();
+    let [before, after] = processes.as_slice() else {
+        return Err(format!("expected two processes: {summary:?}").into());
+    };
+    if before["sampler"]["ended"] != "target_execed"
+        || !after["target"]["command_line"]
+            .as_str()
+            .unwrap_or("")
+            .contains("single.py")
+        || after["samples"].as_u64().unwrap_or(0) < 50
+    {
+        return Err(format!("{summary:?}").into());
+    }
+    Ok(())
+}
+
+/// `setarch -R` (no address space randomisation): the Python execs the same interpreter
+/// with arguments of the same lengths, so the new program's stack is laid out exactly as the
+/// old one's. `record --pid` ends at the exec. Before, the exec went unseen (the address of
+/// the kernel's random bytes, all gilscope compared, was the same), and the new program was
+/// read at the old one's addresses to the end of --duration.
+fn exec_without_aslr(python: &Python) -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    // The new program says nothing (the test stopped reading the fixture's output).
+    std::fs::write(
+        dir.path().join("b.py"),
+        "import time\nend = time.time() + 30\nwhile time.time() < end:\n    pass\n",
+    )?;
+    let body = "    threading.Thread(target=spin, args=(60,), daemon=True).start()\n\
+                \x20   time.sleep(1.5)\n\
+                \x20   os.execv(sys.executable, [sys.executable, sys.argv[0].replace('a.py', 'b.py')])";
+    let script = script_fixture(dir.path(), "a.py", body)?;
+    let setarch = Path::new("/usr/bin/setarch");
+    if !setarch.exists() {
+        return Err("no setarch (util-linux)".into());
+    }
+    let python_path = python.path.to_str().ok_or("path")?;
+    let script_path = script.to_str().ok_or("path")?;
+    let fx = Fixture::start_command(setarch, &["-R", python_path, script_path])?;
+    let out = gilscope(&[
+        "record",
+        "--pid",
+        &fx.pid.to_string(),
+        "--duration",
+        "10",
+        "--format",
+        "json",
+    ]);
+    if !out.status.success() {
+        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
+    }
+    let report: Value = serde_json::from_slice(&out.stdout)?;
+    if report["sampler"]["ended"] != "target_execed" || report["duration_s"].as_f64() > Some(5.0) {
+        return Err(format!(
+            "ended {} after {} s: {}",
+            report["sampler"]["ended"],
+            report["duration_s"],
+            stderr_of(&out)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The target is killed and its pid given to a new process (`ns_last_pid`) before the next
+/// tick (1 Hz): the recording says the target exited, not that it exec'd another program.
+fn pid_reused(python: &Python) -> Result<(), Failed> {
+    use std::io::BufRead;
+    let mut target = Command::new(&python.path)
+        .args(["-c", "import time; time.sleep(60)"])
+        .stdin(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = target.id() as i32;
+    let mut child = Command::new(common::gilscope_bin())
+        .args(["record", "--pid", &pid.to_string(), "--rate", "1"])
+        .args(["--duration", "30", "--format", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stderr = std::io::BufReader::new(child.stderr.take().ok_or("stderr")?);
+    let mut line = String::new();
+    stderr.read_line(&mut line)?;
+    target.kill()?;
+    target.wait()?;
+    let mut reused = None;
+    for _ in 0..50 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())?;
+        let mut other = Command::new("sleep").arg("30").spawn()?;
+        if other.id() as i32 == pid {
+            reused = Some(other);
+            break;
+        }
+        let _ = other.kill();
+        let _ = other.wait();
+    }
+    let Some(mut reused) = reused else {
+        let _ = child.kill();
+        return Err("could not give the pid to another process".into());
+    };
+    wait_bounded(&mut child, Duration::from_secs(20), "gilscope")?;
+    let _ = reused.kill();
+    let _ = reused.wait();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest)?;
+    let mut report = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().ok_or("stdout")?, &mut report)?;
+    let report: Value = serde_json::from_str(&report)?;
+    if report["sampler"]["ended"] != "target_exited" || rest.contains("exec'd") {
+        return Err(format!("ended {}: {rest}", report["sampler"]["ended"]).into());
+    }
+    Ok(())
+}
+
+/// The main thread calls `pthread_exit` while another thread runs Python: the process lives
+/// on. A recording that began before goes on to its --duration, and one that begins after
+/// attaches (through a thread that lives) and measures the spinner. Before, the process
+/// was refused as a zombie (exit 3), and a recording under way ended as "exited".
+fn main_thread_exited(python: &Python) -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let body = "    threading.Thread(target=spin, args=(30,)).start()\n\
+                \x20   time.sleep(1.0)\n\
+                \x20   ctypes.CDLL(None).pthread_exit(None)";
+    let script = script_fixture(dir.path(), "main_exits.py", body)?;
+    let fx = Fixture::start_script(&python.path, &script, &[])?;
+    let pid = fx.pid.to_string();
+    let during = gilscope(&[
+        "record",
+        "--pid",
+        &pid,
+        "--duration",
+        "3",
+        "--format",
+        "json",
+    ]);
+    let after = gilscope(&[
+        "record",
+        "--pid",
+        &pid,
+        "--duration",
+        "1",
+        "--format",
+        "json",
+    ]);
+    for (when, out) in [("during", &during), ("after", &after)] {
+        if !out.status.success() {
+            return Err(format!("{when}: exit {}: {}", out.status, stderr_of(out)).into());
+        }
+        let report: Value = serde_json::from_slice(&out.stdout)?;
+        let spinner = report["threads"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["tid"].as_i64() != Some(fx.pid as i64)))
+            .ok_or("no spinner")?;
+        if report["sampler"]["ended"] != "duration" || common::fraction(spinner, "hold") < 0.5 {
+            return Err(format!(
+                "{when}: ended {}, spinner {spinner}",
+                report["sampler"]["ended"]
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// 1,500 threads, gilscope limited to 256 open files (soft and hard, so that it cannot raise
+/// them): it keeps as many files open as its budget allows and opens the others for each
+/// read. `dump` and `record` work. Before, every tick failed with EMFILE: dump said "errno
+/// 24" and record "exited after 0.00 s".
+fn more_threads_than_files(python: &Python) -> Result<(), Failed> {
+    use std::os::unix::process::CommandExt;
+    let args = ["--duration", "60", "--threads", "1500", "--busy", "1"];
+    let fx = Fixture::start(&python.path, "many_threads", &args)?;
+    let pid = fx.pid.to_string();
+    let limited = |args: &[&str]| -> std::io::Result<std::process::Output> {
+        let mut command = Command::new(common::gilscope_bin());
+        command.args(args).stdin(Stdio::null());
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: 256,
+                    rlim_max: 256,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        command.output()
+    };
+    let dump = limited(&["dump", "--pid", &pid])?;
+    if !dump.status.success() {
+        return Err(format!("dump: exit {}: {}", dump.status, stderr_of(&dump)).into());
+    }
+    let out = limited(&["record", "--pid", &pid, "--duration", "2", "--gil-only"])?;
+    let out_json = limited(&[
+        "record",
+        "--pid",
+        &pid,
+        "--duration",
+        "2",
+        "--gil-only",
+        "--format",
+        "json",
+    ])?;
+    if !out.status.success() || !out_json.status.success() {
+        return Err(format!("record: exit {}: {}", out.status, stderr_of(&out)).into());
+    }
+    let report: Value = serde_json::from_slice(&out_json.stdout)?;
+    if report["sampler"]["ended"] != "duration" || report["samples"].as_u64() < Some(5) {
+        return Err(format!(
+            "ended {} with {} samples: {}",
+            report["sampler"]["ended"],
+            report["samples"],
+            stderr_of(&out_json)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The interpreter's thread list head is overwritten with a pointer no object can be at (a
+/// 3.13+ build, whose `_Py_DebugOffsets` say where the head is), while the process goes on
+/// living. The recording ends as `target_unreadable`, says why, and is not called an exit.
+fn corrupt_thread_list(python: &Python) -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    // _Py_DebugOffsets: cookie, version, free_threaded, runtime_state (3 words), then
+    // interpreter_state: size, id, next, threads_head (the offset in PyInterpreterState).
+    let body =
+        "    runtime = ctypes.addressof(ctypes.c_char.in_dll(ctypes.pythonapi, '_PyRuntime'))\n\
+                \x20   head = ctypes.c_uint64.from_address(runtime + 72).value\n\
+                \x20   get = ctypes.pythonapi.PyInterpreterState_Get\n\
+                \x20   get.restype = ctypes.c_void_p\n\
+                \x20   interp = get()\n\
+                \x20   time.sleep(1.0)\n\
+                \x20   ctypes.c_uint64.from_address(interp + head).value = 0x10\n\
+                \x20   time.sleep(60)";
+    let script = script_fixture(dir.path(), "corrupt.py", body)?;
+    let fx = Fixture::start_script(&python.path, &script, &[])?;
+    let out = gilscope(&[
+        "record",
+        "--pid",
+        &fx.pid.to_string(),
+        "--duration",
+        "20",
+        "--format",
+        "json",
+    ]);
+    let stderr = stderr_of(&out);
+    let alive = std::path::Path::new(&format!("/proc/{}", fx.pid)).exists();
+    if !out.status.success() {
+        return Err(format!("exit {}: {stderr}", out.status).into());
+    }
+    let report: Value = serde_json::from_slice(&out.stdout)?;
+    if !alive
+        || report["sampler"]["ended"] != "target_unreadable"
+        || !report["sampler"]["unreadable"]
+            .as_str()
+            .is_some_and(|why| why.contains("not a valid pointer"))
+        || !stderr.contains("could no longer be read")
+        || stderr.contains("exited")
+    {
+        return Err(format!(
+            "alive {alive}, ended {}, why {}: {stderr}",
+            report["sampler"]["ended"], report["sampler"]["unreadable"]
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Three spinners contend for the GIL; the process is stopped (SIGSTOP) for a second in the
+/// middle of a 3 s recording. Its threads are `stopped` that second, `stopped_s` says how
+/// long, the GIL figures cover the time it ran (held, contended as before and after), and
+/// the first finding says the process was stopped. A dump of the stopped process shows every
+/// thread stopped. Before, the stopped second counted as "GIL held, contended" (a stopped
+/// holder still holds, stopped waiters still sleep on the GIL) and findings blamed the GIL.
+fn stopped_target(python: &Python) -> Result<(), Failed> {
+    let fx = Fixture::start(&python.path, "spinners", &["--duration", "60"])?;
+    let target = Pid::from_raw(fx.pid);
+    let child = Command::new(common::gilscope_bin())
+        .args(["record", "--pid", &fx.pid.to_string(), "--duration", "3"])
+        .args(["--format", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(1000));
+    kill(target, Signal::SIGSTOP)?;
+    let stopped_at = Instant::now();
+    std::thread::sleep(Duration::from_millis(1000));
+    let dump = gilscope(&["dump", "--pid", &fx.pid.to_string(), "--json"]);
+    let stopped_for = stopped_at.elapsed().as_secs_f64();
+    kill(target, Signal::SIGCONT)?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err(format!("exit {}: {}", out.status, stderr_of(&out)).into());
+    }
+    let report: Value = serde_json::from_slice(&out.stdout)?;
+    let duration = report["duration_s"].as_f64().unwrap_or(0.0);
+    let stopped_s = report["stopped_s"].as_f64().unwrap_or(-1.0);
+    // The stop is timed by this test to within its own scheduling (tens of ms on a loaded
+    // machine) and by the ticks to within a tick or two: 0.2 s is a generous bound.
+    if (stopped_s - stopped_for).abs() > 0.2 {
+        return Err(format!("stopped_s {stopped_s}, stopped for {stopped_for:.2} s").into());
+    }
+    let share = stopped_s / duration;
+    for row in report["threads"].as_array().ok_or("threads")? {
+        let stopped = row["stopped"].as_f64().unwrap_or(-1.0);
+        if (stopped - share).abs() > 0.1 {
+            return Err(format!(
+                "thread {} stopped {stopped}, the process {share:.2}",
+                row["native_id"]
+            )
+            .into());
+        }
+    }
+    let (held, contended) = (
+        report["gil"]["held"].as_f64().unwrap_or(0.0),
+        report["gil"]["contended"].as_f64().unwrap_or(0.0),
+    );
+    if held < 0.9 || contended < 0.5 {
+        return Err(format!("held {held}, contended {contended} while it ran").into());
+    }
+    let text = gilscope(&["record", "--pid", &fx.pid.to_string(), "--duration", "0.5"]);
+    if stdout_of(&text).contains("stopped:") {
+        return Err("a run without a stop says the process was stopped".into());
+    }
+    let dump: Value = serde_json::from_slice(&dump.stdout)?;
+    let states: Vec<&str> = dump["threads"]
+        .as_array()
+        .ok_or("dump threads")?
+        .iter()
+        .filter_map(|t| t["state"].as_str())
+        .collect();
+    if states.is_empty() || states.iter().any(|&s| s != "stopped") {
+        return Err(format!("the stopped process dumped as {states:?}").into());
+    }
+    Ok(())
+}
+
+/// `record -- python ...`, then gilscope is killed with SIGKILL (no chance to end what it
+/// started): the kernel kills the command too (PR_SET_PDEATHSIG). Before, the command ran
+/// on, orphaned.
+fn orphan(python: &Python) -> Result<(), Failed> {
+    use std::io::BufRead;
+    let mut child = Command::new(common::gilscope_bin())
+        .args(["record", "--duration", "60", "--format", "json", "--"])
+        .arg(&python.path)
+        .args(["-c", "import time\nwhile True: time.sleep(0.01)"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stderr = std::io::BufReader::new(child.stderr.take().ok_or("stderr")?);
+    let mut line = String::new();
+    stderr.read_line(&mut line)?;
+    // "gilscope: sampling process PID (Python ...": the command's pid.
+    let command_pid: i32 = line
+        .split("sampling process ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|pid| pid.parse().ok())
+        .ok_or_else(|| format!("no pid in {line:?}"))?;
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL)?;
+    child.wait()?;
+    let start = Instant::now();
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.contains(") Z") && !stat.contains(") X"))
+    };
+    while alive(command_pid) {
+        if start.elapsed() > Duration::from_secs(5) {
+            let _ = kill(Pid::from_raw(command_pid), Signal::SIGKILL);
+            return Err(format!("the command {command_pid} outlived gilscope by 5 s").into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
 }

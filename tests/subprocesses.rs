@@ -143,7 +143,7 @@ fn pool_workers(python: &Python) -> Result<(), Failed> {
     let output = dir.path().join("pool.json");
     let workers = record_pool(python, dir.path(), "json", &output)?;
     let report: Value = serde_json::from_slice(&std::fs::read(&output)?)?;
-    if report["schema"] != "gilscope.processes/4" {
+    if report["schema"] != "gilscope.processes/5" {
         return Err(format!("schema {}", report["schema"]).into());
     }
     let all = processes(&report)?;
@@ -153,7 +153,7 @@ fn pool_workers(python: &Python) -> Result<(), Failed> {
     }
     let outer: Vec<&String> = report.as_object().ok_or("not an object")?.keys().collect();
     if outer != ["processes", "schema"] {
-        return Err(format!("gilscope.processes/4 has fields {outer:?}").into());
+        return Err(format!("gilscope.processes/5 has fields {outer:?}").into());
     }
     for process in all {
         matches_documented_schema(process, "docs/JSON_SCHEMA.md")?;
@@ -355,7 +355,7 @@ fn dump_tree(python: &Python) -> Result<(), Failed> {
     let pid = fx.pid.to_string();
     let out = gilscope_ok(&["dump", "--pid", &pid, "--subprocesses", "--json"])?;
     let dump: Value = serde_json::from_str(&stdout_of(&out))?;
-    if dump["schema"] != "gilscope.dumps/3" {
+    if dump["schema"] != "gilscope.dumps/4" {
         return Err(format!("schema {}", dump["schema"]).into());
     }
     let all = processes(&dump)?;

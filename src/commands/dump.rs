@@ -1,7 +1,6 @@
 //! `gilscope dump`: every thread's GIL state and stack now, as text or JSON, for one process
 //! or a tree.
 
-use std::io::Write;
 use std::time::Duration;
 
 use crate::cli::DumpArgs;
@@ -12,16 +11,17 @@ use crate::recorder::{self, snapshot};
 /// `gilscope dump`.
 pub fn run(args: DumpArgs) -> Result<()> {
     recorder::check_target(args.pid)?;
-    let sample = args.sample.map(Duration::from_secs_f64);
-    let snapshots = snapshot::dump(args.pid, args.subprocesses, sample, args.native)?;
+    let options = snapshot::DumpOptions {
+        sample: args.sample.map(Duration::from_secs_f64),
+        locals: args.locals,
+        native: args.native,
+    };
+    let snapshots = snapshot::dump(args.pid, args.subprocesses, options)?;
     let text = match (args.subprocesses, args.json) {
         (true, true) => formats::dump::json_processes(&snapshots),
         (true, false) => formats::dump::text_processes(&snapshots),
         (false, true) => formats::dump::json(&snapshots[0]),
         (false, false) => formats::dump::text(&snapshots[0]),
     };
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(text.as_bytes());
-    let _ = stdout.flush();
-    Ok(())
+    crate::output::write_stdout(text.as_bytes())
 }

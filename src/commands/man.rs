@@ -1,22 +1,19 @@
 //! `gilscope man` and `gilscope completions`: the manual pages and shell completions, made
 //! from the command line's own definition so that they cannot drift from it.
 
-use std::io::Write;
-
 use crate::cli::{Cli, CompletionsArgs, ManArgs};
 use crate::error::{Error, Result};
+use crate::output;
 
 /// The manual pages, one per command as git has them: gilscope(1) lists the subcommands and
 /// refers to gilscope-record(1) and the others.
 pub fn run(args: ManArgs) -> Result<()> {
     let command = <Cli as clap::CommandFactory>::command();
     if let Some(dir) = args.out_dir {
-        let error = |source| Error::Output {
-            path: dir.display().to_string(),
-            source,
-        };
-        std::fs::create_dir_all(&dir).map_err(error)?;
-        return clap_mangen::generate_to(command, &dir).map_err(error);
+        output::create_dirs(&dir)?;
+        let mut command = command.disable_help_subcommand(true);
+        command.build();
+        return write_pages(command, &dir);
     }
     let page = match args.subcommand {
         None => command,
@@ -44,16 +41,30 @@ pub fn run(args: ManArgs) -> Result<()> {
     clap_mangen::Man::new(page)
         .render(&mut roff)
         .map_err(|e| Error::Internal(format!("cannot render the manual page: {e}")))?;
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(&roff);
-    let _ = stdout.flush();
-    Ok(())
+    output::write_stdout(&roff)
+}
+
+/// A command's page and each of its subcommands' into `dir`, vetted and written whole as
+/// every output file is (a link or file planted there by another user is not written).
+fn write_pages(command: clap::Command, dir: &std::path::Path) -> Result<()> {
+    for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+        write_pages(sub.clone(), dir)?;
+    }
+    let page = clap_mangen::Man::new(command);
+    let path = dir.join(page.get_filename());
+    let mut roff = Vec::new();
+    page.render(&mut roff)
+        .map_err(|e| Error::Internal(format!("cannot render the manual page: {e}")))?;
+    let prepared = output::prepare(&path)?;
+    output::write_prepared(prepared, &path, &roff)
 }
 
 /// A shell's completion script.
 pub fn completions(args: CompletionsArgs) -> Result<()> {
     let mut command = <Cli as clap::CommandFactory>::command();
     let name = command.get_name().to_string();
-    clap_complete::generate(args.shell, &mut command, name, &mut std::io::stdout());
-    Ok(())
+    // Into memory first: clap_complete panics on a write error (a full disk).
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut command, name, &mut script);
+    output::write_stdout(&script)
 }

@@ -7,7 +7,7 @@ pub(crate) mod record;
 pub(crate) mod serve;
 pub(crate) mod top;
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::cli::Command;
@@ -25,12 +25,28 @@ pub fn run(command: Command) -> Result<()> {
     }
 }
 
-/// SIGINT and SIGTERM end the recording (a second SIGINT ends gilscope at once).
+/// SIGINT and SIGTERM end the recording. A second one is ignored: `timeout` and a terminal
+/// signal gilscope and its process group, two signals for one request, and the report is
+/// still to be written. A third ends gilscope at once (exit 130), saying so.
 pub fn stop_flag() -> Arc<AtomicBool> {
+    static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+    const GIVEN_UP: &[u8] =
+        b"\ngilscope: interrupted three times: ending at once, nothing written\n";
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        let _ = signal_hook::flag::register_conditional_shutdown(signal, 130, stop.clone());
-        let _ = signal_hook::flag::register(signal, stop.clone());
+        let stop = stop.clone();
+        let handler = move || {
+            stop.store(true, Ordering::SeqCst);
+            if SIGNALS.fetch_add(1, Ordering::SeqCst) >= 2 {
+                // SAFETY: write(2) and _exit(2) are async-signal-safe.
+                unsafe {
+                    libc::write(2, GIVEN_UP.as_ptr().cast(), GIVEN_UP.len());
+                    libc::_exit(130);
+                }
+            }
+        };
+        // SAFETY: the handler only stores to atomics and calls async-signal-safe functions.
+        let _ = unsafe { signal_hook::low_level::register(signal, handler) };
     }
     stop
 }

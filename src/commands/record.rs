@@ -10,7 +10,7 @@ use crate::cli::{RecordArgs, ViewArg};
 use crate::error::{Error, Result};
 use crate::formats::{Format, RenderOptions};
 use crate::model::{EndReason, Recording};
-use crate::output;
+use crate::output::{self, Output};
 use crate::recorder::{Progress, RecordOptions, Recorder, Source};
 use crate::sample::observe::Observation;
 use crate::sample::ThreadState;
@@ -73,15 +73,24 @@ impl RecordPlan {
         }
         let mut warnings = Vec::new();
         let stack_options = [
-            (args.view != ViewArg::Threads, "--view"),
-            (!args.state.is_empty(), "--state"),
-            (args.idle, "--idle"),
+            (
+                args.view != ViewArg::Threads,
+                "--view",
+                format.chooses_view(),
+            ),
+            (!args.state.is_empty(), "--state", format.chooses_states()),
+            (args.idle, "--idle", format.chooses_states()),
         ];
-        for (given, option) in stack_options {
-            if given && !format.shows_stacks() {
+        for (given, option, chosen) in stack_options {
+            if given && !chosen {
+                let why = match format {
+                    Format::Pprof => "has a sample type for every state",
+                    Format::Html => "switches between both views",
+                    _ => "has its own sections",
+                };
                 warnings.push(format!(
                     "{option} chooses the stacks of flamegraph, folded, speedscope, trace and \
-                     timeline output: the {} report has its own sections and ignores it",
+                     timeline output: the {} report {why} and ignores it",
                     format.name()
                 ));
             }
@@ -116,33 +125,15 @@ impl RecordPlan {
     }
 
     /// Record as planned until the duration, `stop`, or the target's exit: a recording per
-    /// process (one without `--subprocesses`).
-    pub fn record(&self, stop: &AtomicBool) -> Result<Vec<Recording>> {
-        let mut observations = match &self.observations {
-            Some(path) => Some(std::io::BufWriter::new(
-                std::fs::File::create(path).map_err(|source| Error::Output {
-                    path: path.display().to_string(),
-                    source,
-                })?,
-            )),
-            None => None,
-        };
+    /// process (one without `--subprocesses`). Every raw tick goes to `observations`, if any.
+    pub fn record(
+        &self,
+        stop: &AtomicBool,
+        mut observations: Option<&mut Observations>,
+    ) -> Result<Vec<Recording>> {
         let mut write_observation = |pid: i32, o: &Observation| {
-            #[derive(serde::Serialize)]
-            struct Line<'a> {
-                pid: i32,
-                #[serde(flatten)]
-                observation: &'a Observation,
-            }
             if let Some(out) = observations.as_mut() {
-                let _ = serde_json::to_writer(
-                    &mut *out,
-                    &Line {
-                        pid,
-                        observation: o,
-                    },
-                );
-                let _ = out.write_all(b"\n");
+                out.write(pid, o);
             }
         };
         let mut recorder = Recorder::open(&self.source, self.subprocesses, stop)?;
@@ -170,16 +161,29 @@ impl RecordPlan {
             .map(|(recording, _)| recording)
             .collect();
         for (pid, why) in recorder.refused() {
-            eprintln!("gilscope: process {pid} was not sampled: {why}");
+            eprintln!(
+                "gilscope: process {pid} was not sampled: {}",
+                crate::formats::printable(why)
+            );
         }
         if recordings.is_empty() {
             return Err(Error::NoPythonInTree { pid: recorder.root });
         }
         if matches!(self.source, Source::Pid(_)) {
             for recording in &recordings {
+                let unreadable;
                 let gone = match recording.sampler.ended {
                     EndReason::TargetExited => "exited",
                     EndReason::TargetExeced => "exec'd another program",
+                    EndReason::TargetUnreadable => {
+                        unreadable = format!(
+                            "could no longer be read ({})",
+                            crate::formats::printable(
+                                recording.sampler.unreadable.as_deref().unwrap_or("?")
+                            )
+                        );
+                        &unreadable
+                    }
                     _ => continue,
                 };
                 eprintln!(
@@ -202,7 +206,7 @@ impl RecordPlan {
     }
 
     /// The report of `recordings` in the planned format.
-    pub fn render(&self, recordings: &[Recording]) -> String {
+    pub fn render(&self, recordings: &[Recording]) -> Vec<u8> {
         let render = if self.states_chosen {
             self.render.clone()
         } else {
@@ -216,25 +220,65 @@ impl RecordPlan {
         }
     }
 
-    /// Write the report where planned.
-    pub fn write(&self, report: &str) -> Result<()> {
-        match &self.output {
-            Some(path) => {
-                output::write_atomically(path, report.as_bytes()).map_err(|source| {
-                    Error::Output {
-                        path: path.display().to_string(),
-                        source,
-                    }
-                })?;
+    /// Write the report where planned: into the output prepared for `-o`, else stdout.
+    pub fn write(&self, report: &[u8], prepared: Option<Output>) -> Result<()> {
+        match (prepared, &self.output) {
+            (Some(prepared), Some(path)) => {
+                output::write_prepared(prepared, path, report)?;
                 eprintln!("gilscope: wrote {}", path.display());
+                Ok(())
             }
-            None => {
-                let mut stdout = std::io::stdout().lock();
-                let _ = stdout.write_all(report.as_bytes());
-                let _ = stdout.flush();
-            }
+            _ => output::write_stdout(report),
         }
-        Ok(())
+    }
+}
+
+/// Where `--observations` writes every raw tick, a JSON line each; kept only if the run
+/// succeeds.
+pub struct Observations {
+    out: std::io::BufWriter<Output>,
+    /// The first write error, said at the end (not once per tick).
+    failed: Option<std::io::Error>,
+}
+
+impl Observations {
+    pub fn new(prepared: Output) -> Observations {
+        Observations {
+            out: std::io::BufWriter::new(prepared),
+            failed: None,
+        }
+    }
+
+    fn write(&mut self, pid: i32, observation: &Observation) {
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            pid: i32,
+            #[serde(flatten)]
+            observation: &'a Observation,
+        }
+        if self.failed.is_some() {
+            return;
+        }
+        let written = serde_json::to_writer(&mut self.out, &Line { pid, observation })
+            .map_err(std::io::Error::from)
+            .and_then(|()| self.out.write_all(b"\n"));
+        self.failed = written.err();
+    }
+
+    /// Put the lines in place, or say why not under the path the user gave.
+    pub fn commit(self, path: &std::path::Path) -> Result<()> {
+        let done = match self.failed {
+            Some(e) => Err(e),
+            None => self
+                .out
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .and_then(Output::commit),
+        };
+        done.map_err(|source| Error::Output {
+            path: path.display().to_string(),
+            source,
+        })
     }
 }
 
@@ -262,21 +306,39 @@ fn format_of_path(path: &Path) -> Result<Format> {
 /// `gilscope record`.
 pub fn run(args: RecordArgs) -> Result<()> {
     let plan = RecordPlan::new(args)?;
-    if let Some(path) = &plan.output {
-        output::check_writable(path)?;
-    }
+    // Every check that can be made before the recording is made now: the paths are vetted
+    // and held, and written only if the recording succeeds.
+    let prepared = plan.output.as_deref().map(output::prepare).transpose()?;
+    let mut observations = match &plan.observations {
+        Some(path) => Some(Observations::new(output::prepare(path)?)),
+        None => None,
+    };
     for warning in &plan.warnings {
         eprintln!("gilscope: {warning}");
     }
     let stop = super::stop_flag();
-    let recordings = plan.record(&stop)?;
-    plan.write(&plan.render(&recordings))?;
+    let recordings = plan.record(&stop, observations.as_mut())?;
+    // A run that failed writes nothing: the old files, if any, stay as they were.
+    if let Some(unread) = recordings
+        .iter()
+        .filter(|r| r.profile.samples == 0)
+        .find_map(|r| Some((r.target.pid, r.sampler.unreadable.clone()?)))
+        .filter(|_| recordings.iter().all(|r| r.profile.samples == 0))
+    {
+        return Err(Error::Unreadable {
+            pid: unread.0,
+            why: unread.1,
+        });
+    }
     if recordings.iter().all(|r| r.profile.samples == 0) {
         return Err(Error::Internal(
             "no samples were taken (the target exited or could not be read)".into(),
         ));
     }
-    Ok(())
+    if let (Some(observations), Some(path)) = (observations, &plan.observations) {
+        observations.commit(path)?;
+    }
+    plan.write(&plan.render(&recordings), prepared)
 }
 
 /// One self-overwriting line on a terminal's stderr; cleared when the recording is over.

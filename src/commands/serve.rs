@@ -58,7 +58,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         rate_hz: args.rate,
         subprocesses: args.subprocesses,
     };
-    let announce: fn(&str) = |line| eprintln!("gilscope: {line}");
+    let announce: fn(&str) = |line| eprintln!("gilscope: {}", crate::formats::printable(line));
     if serve(options, stop, announce)? == ServeEnd::TargetExited {
         eprintln!("gilscope: the process exited; stopping (--follow-name keeps serving)");
     }

@@ -365,7 +365,14 @@ impl Watch {
         };
         let mut out = std::io::stdout().lock();
         queue!(out, cursor::MoveTo(0, 0)).map_err(terminal_error)?;
+        // https://no-color.org: colour only where the user did not turn it off.
+        let colour = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
         for (i, line) in lines.iter().enumerate() {
+            let line = if colour {
+                live::coloured(line)
+            } else {
+                line.clone()
+            };
             queue!(
                 out,
                 cursor::MoveTo(0, i as u16),

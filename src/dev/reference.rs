@@ -1,9 +1,11 @@
 //! The exact GIL reference: uprobes on `take_gil` (entry and return) and `drop_gil` (entry and
-//! return) give every acquire and release. Used to measure gilscope's accuracy; it slows GIL
-//! hand-offs a little, so it is a tool for test hosts, never part of a normal recording.
+//! return) give every acquire and release, and optionally the scheduler's switches and wake-ups
+//! of the same threads. Used to measure gilscope's accuracy; it slows GIL hand-offs a little,
+//! so it is a tool for test hosts, never part of a normal recording.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -39,6 +41,39 @@ pub struct Event {
     /// CLOCK_MONOTONIC (µs resolution, as ftrace prints it), in ns.
     pub time_ns: u64,
     pub probe: Probe,
+}
+
+/// Why a thread left its CPU at a context switch (`prev_state` of `sched_switch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeftCpu {
+    /// Still runnable: preempted (by a woken task, its time slice, or the sampler).
+    Preempted,
+    /// Asleep (interruptible, uninterruptible, stopped...), or exiting.
+    Slept,
+}
+
+/// One scheduler event of a thread of the traced process (with
+/// [`Tracer::start_with_scheduler`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchedEvent {
+    /// `prev` left CPU `cpu` for `next` (either may belong to another process).
+    Switch {
+        time_ns: u64,
+        cpu: u32,
+        prev: i32,
+        left: LeftCpu,
+        next: i32,
+    },
+    /// `tid` was woken (made runnable) to run on `cpu`.
+    Wakeup { time_ns: u64, tid: i32, cpu: u32 },
+}
+
+impl SchedEvent {
+    pub fn time_ns(&self) -> u64 {
+        match self {
+            SchedEvent::Switch { time_ns, .. } | SchedEvent::Wakeup { time_ns, .. } => *time_ns,
+        }
+    }
 }
 
 /// Exact per-thread GIL time over a window.
@@ -152,12 +187,62 @@ pub struct Tracer {
     group: String,
     instance: PathBuf,
     events: Arc<Mutex<Vec<Event>>>,
+    sched: Arc<Mutex<Vec<SchedEvent>>>,
+    births: Arc<Mutex<HashMap<i32, u64>>>,
+    /// Set once the end marker is written: the reader stops at an empty pipe after it.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
     reader: Option<std::thread::JoinHandle<()>>,
 }
+
+/// Everything a tracer collected, each list in time order.
+#[derive(Debug, Clone, Default)]
+pub struct Trace {
+    pub events: Vec<Event>,
+    /// Empty unless the scheduler was traced too.
+    pub sched: Vec<SchedEvent>,
+    /// Events the kernel lost (its buffer full while the reader lagged): a trace that lost
+    /// any is not a reference.
+    pub lost: u64,
+    /// When each thread the process started during the trace was created: before that it
+    /// was nowhere, whatever its first event suggests.
+    pub births: HashMap<i32, u64>,
+}
+
+impl Trace {
+    /// Every thread's roles over the trace.
+    pub fn roles(&self) -> Roles {
+        Roles::with_births(&self.events, &self.births)
+    }
+
+    /// Each thread's exact hold and wait fractions over [start_ns, end_ns] (see [`truth`]).
+    pub fn truth(&self, start_ns: u64, end_ns: u64) -> HashMap<i32, Truth> {
+        self.roles().truth(start_ns, end_ns)
+    }
+
+    /// The process's figures over [start_ns, end_ns] (see [`process_truth`]).
+    pub fn process_truth(&self, start_ns: u64, end_ns: u64) -> ProcessTruth {
+        self.roles().process_truth(start_ns, end_ns)
+    }
+}
+
+/// Passes over the target's task list when filling `set_event_pid`: threads started while it
+/// is being written are caught by the next pass (after that, `event-fork` adds them).
+const PID_FILTER_PASSES: usize = 8;
 
 impl Tracer {
     /// Place the probes and start collecting. Only hits from process `pid` are kept.
     pub fn start(sites: &ProbeSites, pid: i32) -> Result<Tracer, String> {
+        Tracer::start_with(sites, pid, false)
+    }
+
+    /// Like [`Tracer::start`], and also trace the scheduler's switches and wake-ups of the
+    /// process's threads (`sched_switch`, `sched_wakeup`): where each thread was, on a CPU,
+    /// queued for one, or asleep, at every instant.
+    pub fn start_with_scheduler(sites: &ProbeSites, pid: i32) -> Result<Tracer, String> {
+        Tracer::start_with(sites, pid, true)
+    }
+
+    fn start_with(sites: &ProbeSites, pid: i32, scheduler: bool) -> Result<Tracer, String> {
         available()?;
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let serial = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -181,6 +266,9 @@ impl Tracer {
             group: group.clone(),
             instance: instance.clone(),
             events: Arc::new(Mutex::new(Vec::new())),
+            sched: Arc::new(Mutex::new(Vec::new())),
+            births: Arc::new(Mutex::new(HashMap::new())),
+            stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             reader: None,
         };
         // From here on, Drop cleans up whatever was made.
@@ -189,31 +277,102 @@ impl Tracer {
         }
         write(&instance.join("trace_clock"), "mono")?;
         write(&instance.join("buffer_size_kb"), &BUFFER_KB.to_string())?;
+        // The kernel keeps only the events of the process's threads and of the tasks they
+        // start (child processes too), and says which new tasks are threads (`task_newtask`'s
+        // clone flags): a thread that lives a millisecond has ended long before its events are
+        // read, so its /proc entry could not say whose it was.
+        write(&instance.join("options").join("event-fork"), "1")?;
+        write(
+            &instance
+                .join("events")
+                .join("task")
+                .join("task_newtask")
+                .join("enable"),
+            "1",
+        )?;
+        let task_dir = PathBuf::from(format!("/proc/{pid}/task"));
+        let mut filtered: HashSet<i32> = HashSet::new();
+        for _ in 0..PID_FILTER_PASSES {
+            let tids: Vec<i32> = std::fs::read_dir(&task_dir)
+                .map_err(|e| format!("{}: {e}", task_dir.display()))?
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .filter(|tid| !filtered.contains(tid))
+                .collect();
+            if tids.is_empty() {
+                break;
+            }
+            for tid in tids {
+                // Appending adds to the list; a thread that ended meanwhile is refused.
+                let _ = append(&instance.join("set_event_pid"), &tid.to_string());
+                filtered.insert(tid);
+            }
+        }
         write(&instance.join("events").join(&group).join("enable"), "1")?;
+        if scheduler {
+            for event in ["sched_switch", "sched_wakeup"] {
+                let enable = instance
+                    .join("events")
+                    .join("sched")
+                    .join(event)
+                    .join("enable");
+                write(&enable, "1")?;
+            }
+        }
         write(&instance.join("tracing_on"), "1")?;
         let mut tracer = tracer;
-        let pipe = std::fs::File::open(instance.join("trace_pipe"))
+        // Read without blocking, at intervals: a reader asleep on trace_pipe is woken by the
+        // next event, on the CPU of the thread that hit the probe, and often preempts it right
+        // there, at the entry to take_gil or drop_gil: the reference would then make the very
+        // states (queued at the door of the GIL) that it is meant to time.
+        let pipe = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(instance.join("trace_pipe"))
             .map_err(|e| format!("trace_pipe: {e}"))?;
         let events = tracer.events.clone();
-        let task_dir = PathBuf::from(format!("/proc/{pid}/task"));
+        let sched = tracer.sched.clone();
+        let births = tracer.births.clone();
+        let stopping = tracer.stopping.clone();
+        // The process's threads: those listed now, and those they start as threads.
+        let mut members = filtered;
         tracer.reader = Some(std::thread::spawn(move || {
-            let mut belongs: HashMap<i32, bool> = HashMap::new();
-            for line in BufReader::with_capacity(1 << 20, pipe).lines() {
-                let Ok(line) = line else { break };
+            // Scheduler events and births are only read after the stop: kept apart until then.
+            let mut sched_events = Vec::new();
+            let mut born = HashMap::new();
+            for line in PolledLines::new(pipe, stopping) {
                 if line.contains("### STOP ###") {
                     break;
                 }
-                let Some(event) = parse_line(&line) else {
-                    continue;
-                };
-                let ours = *belongs
-                    .entry(event.tid)
-                    .or_insert_with(|| task_dir.join(event.tid.to_string()).exists());
-                if ours {
-                    if let Ok(mut all) = events.lock() {
-                        all.push(event);
+                if let Some(event) = parse_line(&line) {
+                    // `wait_until_known` looks at these while the reader works.
+                    if members.contains(&event.tid) {
+                        if let Ok(mut all) = events.lock() {
+                            all.push(event);
+                        }
+                    }
+                } else if let Some(event) = parse_sched_line(&line) {
+                    sched_events.push(event);
+                } else if let Some((time_ns, creator, task, thread)) = parse_new_task(&line) {
+                    if thread && members.contains(&creator) {
+                        members.insert(task);
+                        born.insert(task, time_ns);
+                    } else {
+                        // A tid handed out again (to a child process, say) is not ours.
+                        members.remove(&task);
                     }
                 }
+            }
+            // The kernel kept the switches and wake-ups of the process's children too.
+            let ours = |tid: i32| members.contains(&tid);
+            sched_events.retain(|event| match *event {
+                SchedEvent::Switch { prev, next, .. } => ours(prev) || ours(next),
+                SchedEvent::Wakeup { tid, .. } => ours(tid),
+            });
+            if let Ok(mut all) = sched.lock() {
+                all.append(&mut sched_events);
+            }
+            if let Ok(mut all) = births.lock() {
+                *all = born;
             }
         }));
         Ok(tracer)
@@ -243,8 +402,13 @@ impl Tracer {
         }
     }
 
-    /// Stop tracing and return every event, in time order.
-    pub fn stop(mut self) -> Vec<Event> {
+    /// Stop tracing and return every GIL event, in time order.
+    pub fn stop(self) -> Vec<Event> {
+        self.stop_all().events
+    }
+
+    /// Stop tracing and return everything collected, in time order.
+    pub fn stop_all(mut self) -> Trace {
         // Stop the probes, then mark the end of the stream for the reader.
         let _ = write(
             &self
@@ -254,14 +418,30 @@ impl Tracer {
                 .join("enable"),
             "0",
         );
+        let _ = write(
+            &self.instance.join("events").join("sched").join("enable"),
+            "0",
+        );
         let _ = write(&self.instance.join("tracing_on"), "1");
         let _ = append(&self.instance.join("trace_marker"), "### STOP ###");
+        // The marker is behind every event: once it is written, an empty pipe is the end.
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }
+        let lost = lost_events(&self.instance);
         let mut events = self.events.lock().map(|e| e.clone()).unwrap_or_default();
         events.sort_by_key(|e| e.time_ns);
-        events
+        let mut sched = self.sched.lock().map(|e| e.clone()).unwrap_or_default();
+        sched.sort_by_key(|e| e.time_ns());
+        let births = self.births.lock().map(|b| b.clone()).unwrap_or_default();
+        Trace {
+            events,
+            sched,
+            lost,
+            births,
+        }
     }
 }
 
@@ -274,6 +454,80 @@ impl Drop for Tracer {
         let _ = std::fs::remove_dir(&self.instance);
         remove_group(&self.group);
     }
+}
+
+/// How long the reader sleeps when trace_pipe is empty.
+const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The lines of a non-blocking trace_pipe, read in chunks, sleeping [`POLL_INTERVAL`] whenever
+/// it is empty. Ends on a read error other than "empty", or once `stopping` is set and the
+/// pipe is empty.
+struct PolledLines {
+    pipe: std::fs::File,
+    buf: Vec<u8>,
+    start: usize,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PolledLines {
+    fn new(pipe: std::fs::File, stopping: Arc<std::sync::atomic::AtomicBool>) -> PolledLines {
+        PolledLines {
+            pipe,
+            buf: Vec::with_capacity(1 << 20),
+            start: 0,
+            stopping,
+        }
+    }
+}
+
+impl Iterator for PolledLines {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        loop {
+            if let Some(at) = self.buf[self.start..].iter().position(|&b| b == b'\n') {
+                let line = String::from_utf8_lossy(&self.buf[self.start..self.start + at]);
+                self.start += at + 1;
+                return Some(line.into_owned());
+            }
+            self.buf.drain(..self.start);
+            self.start = 0;
+            let len = self.buf.len();
+            self.buf.resize(len + (1 << 20), 0);
+            match self.pipe.read(&mut self.buf[len..]) {
+                Ok(n) if n > 0 => self.buf.truncate(len + n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => self.buf.truncate(len),
+                Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => return None,
+                // Empty.
+                _ => {
+                    self.buf.truncate(len);
+                    if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                        return None;
+                    }
+                    std::thread::sleep(POLL_INTERVAL);
+                }
+            }
+        }
+    }
+}
+
+/// Events an ftrace instance overwrote or dropped, over all CPUs.
+fn lost_events(instance: &Path) -> u64 {
+    let Ok(cpus) = std::fs::read_dir(instance.join("per_cpu")) else {
+        return 0;
+    };
+    cpus.filter_map(|cpu| std::fs::read_to_string(cpu.ok()?.path().join("stats")).ok())
+        .flat_map(|stats| {
+            stats
+                .lines()
+                .filter_map(|line| {
+                    let (key, value) = line.split_once(':')?;
+                    matches!(key.trim(), "overrun" | "dropped events")
+                        .then(|| value.trim().parse::<u64>().ok())?
+                })
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }
 
 /// Remove every probe of `group` (one by one: not every kernel takes a wildcard).
@@ -341,6 +595,30 @@ fn append(path: &Path, line: &str) -> Result<(), String> {
         .map_err(|e| format!("{}: {line}: {e}", path.display()))
 }
 
+/// What every trace_pipe line starts with: `comm-TID [CPU] flags SECONDS.MICROS` (with the
+/// `record-tgid` option, `(TGID)` before the CPU: skipped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Head {
+    tid: i32,
+    cpu: u32,
+    time_ns: u64,
+}
+
+fn parse_head(head: &str) -> Option<Head> {
+    let stamp = head.split_whitespace().next_back()?.trim_end_matches(':');
+    let (secs, micros) = stamp.split_once('.')?;
+    let time_ns = secs.parse::<u64>().ok()? * 1_000_000_000 + micros.parse::<u64>().ok()? * 1000;
+    let (task, rest) = head.rsplit_once(" [")?;
+    let cpu = rest.split(']').next()?.trim().parse().ok()?;
+    let mut task = task.trim_end();
+    if let Some(open) = task.strip_suffix(')').and_then(|t| t.rfind('(')) {
+        task = task[..open].trim_end();
+    }
+    // The task is "comm-TID"; comm may itself contain '-' or spaces, the TID never does.
+    let tid = task.rsplit('-').next()?.parse().ok()?;
+    Some(Head { tid, cpu, time_ns })
+}
+
 /// Parse a trace_pipe line: `comm-TID [CPU] flags SECONDS.MICROS: take_entry_0: (...)`.
 pub fn parse_line(line: &str) -> Option<Event> {
     let (head, rest) = line.split_once(": ")?;
@@ -357,95 +635,326 @@ pub fn parse_line(line: &str) -> Option<Event> {
             .strip_prefix(p.event_name())
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('_'))
     })?;
-    let mut fields = head.split_whitespace().rev();
-    let stamp = fields.next()?;
-    let (secs, micros) = stamp.split_once('.')?;
-    let time_ns = secs.parse::<u64>().ok()? * 1_000_000_000 + micros.parse::<u64>().ok()? * 1000;
-    // The task is "comm-TID"; comm may itself contain '-' or spaces, the TID never does.
-    let task = head.split(" [").next()?.trim_end();
-    let tid = task.rsplit('-').next()?.parse().ok()?;
+    let head = parse_head(head)?;
     Some(Event {
-        tid,
-        time_ns,
+        tid: head.tid,
+        time_ns: head.time_ns,
         probe,
     })
+}
+
+/// Parse a trace_pipe line of `task_newtask`: (when, the creating thread, the new task, whether
+/// the new task is a thread of the creator's process: `CLONE_THREAD`).
+fn parse_new_task(line: &str) -> Option<(u64, i32, i32, bool)> {
+    const CLONE_THREAD: u64 = 0x10000;
+    let (head, body) = line.split_once(": task_newtask: ")?;
+    let head = parse_head(head)?;
+    let task = body
+        .strip_prefix("pid=")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let flags = body
+        .rsplit_once(" clone_flags=")?
+        .1
+        .split_whitespace()
+        .next()?;
+    let flags = u64::from_str_radix(flags, 16).ok()?;
+    Some((head.time_ns, head.tid, task, flags & CLONE_THREAD != 0))
+}
+
+/// Parse a trace_pipe line of `sched_switch` or `sched_wakeup`. Command names may hold spaces
+/// and `=`, so fields are found from the right.
+pub fn parse_sched_line(line: &str) -> Option<SchedEvent> {
+    let (head, rest) = line.split_once(": sched_")?;
+    let head = parse_head(head)?;
+    let (time_ns, cpu) = (head.time_ns, head.cpu);
+    fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+        let at = text.rfind(key)? + key.len();
+        text[at..].split_whitespace().next()
+    }
+    fn number<T: std::str::FromStr>(text: Option<&str>) -> Option<T> {
+        text?.parse().ok()
+    }
+    if let Some(body) = rest.strip_prefix("switch: ") {
+        let (before, after) = body.split_once(" ==> ")?;
+        let left = match field(before, " prev_state=")? {
+            "R" | "R+" => LeftCpu::Preempted,
+            _ => LeftCpu::Slept,
+        };
+        Some(SchedEvent::Switch {
+            time_ns,
+            cpu,
+            prev: number(field(before, " prev_pid="))?,
+            left,
+            next: number(field(after, " next_pid="))?,
+        })
+    } else if let Some(body) = rest.strip_prefix("wakeup: ") {
+        Some(SchedEvent::Wakeup {
+            time_ns,
+            tid: number(field(body, " pid="))?,
+            cpu: number(field(body, " target_cpu="))?,
+        })
+    } else {
+        None
+    }
+}
+
+/// Where the reference puts a thread at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GilRole {
+    /// Between take_gil's return and the start of the next release.
+    Hold,
+    /// Inside take_gil or a release (drop_gil and the functions that inline it).
+    Wait,
+    /// Anywhere else: running without the GIL, or asleep.
+    Elsewhere,
+}
+
+/// Each thread's roles in time order: `(from_ns, role)`, the first from 0 (before a thread's
+/// first event, its role follows from that event).
+#[derive(Debug, Clone, Default)]
+pub struct Roles {
+    by_thread: HashMap<i32, Vec<(u64, GilRole)>>,
+}
+
+impl Roles {
+    /// Follow every thread through `events` (in time order): waiting while inside any probed
+    /// function (calls may nest: drop_gil -> drop_gil_impl), holding from take_gil's return
+    /// until the next release starts, elsewhere otherwise.
+    pub fn new(events: &[Event]) -> Roles {
+        Roles::with_births(events, &HashMap::new())
+    }
+
+    /// [`Roles::new`] for threads some of which were created at known instants (`births`):
+    /// elsewhere until then, whatever their first event suggests.
+    pub fn with_births(events: &[Event], births: &HashMap<i32, u64>) -> Roles {
+        #[derive(Clone, Copy)]
+        struct Thread {
+            depth: u32,
+            holding: bool,
+        }
+        impl Thread {
+            fn role(&self) -> GilRole {
+                match (self.depth > 0, self.holding) {
+                    (true, _) => GilRole::Wait,
+                    (false, true) => GilRole::Hold,
+                    (false, false) => GilRole::Elsewhere,
+                }
+            }
+        }
+        let mut threads: HashMap<i32, Thread> = HashMap::new();
+        let mut by_thread: HashMap<i32, Vec<(u64, GilRole)>> = HashMap::new();
+        for event in events {
+            let thread = threads.entry(event.tid).or_insert_with(|| {
+                // A return probe armed while the thread was already inside take_gil never
+                // fires, so start tracing well before the window.
+                let (depth, holding) = match event.probe {
+                    Probe::TakeEntry => (0, false),
+                    Probe::TakeReturn | Probe::DropReturn => (1, false),
+                    Probe::DropEntry => (0, true),
+                };
+                Thread { depth, holding }
+            });
+            let roles = by_thread.entry(event.tid).or_default();
+            if roles.is_empty() {
+                match births.get(&event.tid) {
+                    Some(&born) => {
+                        roles.push((0, GilRole::Elsewhere));
+                        if thread.role() != GilRole::Elsewhere {
+                            roles.push((born.min(event.time_ns), thread.role()));
+                        }
+                    }
+                    None => roles.push((0, thread.role())),
+                }
+            }
+            match event.probe {
+                Probe::TakeEntry => thread.depth += 1,
+                Probe::TakeReturn => {
+                    thread.depth = thread.depth.saturating_sub(1);
+                    thread.holding = true;
+                }
+                Probe::DropEntry => {
+                    thread.depth += 1;
+                    thread.holding = false;
+                }
+                Probe::DropReturn => thread.depth = thread.depth.saturating_sub(1),
+            }
+            let role = thread.role();
+            if roles.last().is_some_and(|&(_, last)| last != role) {
+                roles.push((event.time_ns, role));
+            }
+        }
+        Roles { by_thread }
+    }
+
+    /// Every thread the events name.
+    pub fn threads(&self) -> impl Iterator<Item = i32> + '_ {
+        self.by_thread.keys().copied()
+    }
+
+    /// Thread `tid`'s role at `time_ns` (elsewhere for a thread without events).
+    pub fn at(&self, tid: i32, time_ns: u64) -> GilRole {
+        let Some(roles) = self.by_thread.get(&tid) else {
+            return GilRole::Elsewhere;
+        };
+        match roles.partition_point(|&(from, _)| from <= time_ns) {
+            0 => GilRole::Elsewhere,
+            i => roles[i - 1].1,
+        }
+    }
+
+    /// Thread `tid`'s time in each role within [start_ns, end_ns] (ns): (hold, wait).
+    fn times(&self, tid: i32, start_ns: u64, end_ns: u64) -> (u64, u64) {
+        let Some(roles) = self.by_thread.get(&tid) else {
+            return (0, 0);
+        };
+        let (mut hold, mut wait) = (0, 0);
+        for (i, &(from, role)) in roles.iter().enumerate() {
+            let to = roles.get(i + 1).map_or(u64::MAX, |&(next, _)| next);
+            let (a, b) = (from.max(start_ns), to.min(end_ns));
+            if b > a {
+                match role {
+                    GilRole::Hold => hold += b - a,
+                    GilRole::Wait => wait += b - a,
+                    GilRole::Elsewhere => {}
+                }
+            }
+        }
+        (hold, wait)
+    }
 }
 
 /// Each thread's exact hold and wait fractions over [start_ns, end_ns]: waiting while inside
 /// any probed function (calls may nest: drop_gil -> drop_gil_impl), holding from take_gil's
 /// return until the next release starts, elsewhere otherwise.
 pub fn truth(events: &[Event], start_ns: u64, end_ns: u64) -> HashMap<i32, Truth> {
-    #[derive(Clone, Copy)]
-    struct Thread {
-        depth: u32,
-        holding: bool,
-        since: u64,
+    Roles::new(events).truth(start_ns, end_ns)
+}
+
+impl Roles {
+    /// See [`truth`].
+    pub fn truth(&self, start_ns: u64, end_ns: u64) -> HashMap<i32, Truth> {
+        let span = end_ns.saturating_sub(start_ns).max(1) as f64;
+        self.threads()
+            .map(|tid| {
+                let (hold, wait) = self.times(tid, start_ns, end_ns);
+                (
+                    tid,
+                    Truth {
+                        hold: hold as f64 / span,
+                        wait: wait as f64 / span,
+                    },
+                )
+            })
+            .collect()
     }
-    impl Thread {
-        fn state(&self) -> (bool, bool) {
-            (self.depth == 0 && self.holding, self.depth > 0)
+}
+
+/// The process's exact GIL figures over a window, in the report's terms.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProcessTruth {
+    /// Share of the window in which some thread held the GIL.
+    pub held: f64,
+    /// Share of the window in which at least one thread waited.
+    pub contended: f64,
+    /// Waiting threads, averaged over the window.
+    pub mean_waiting: f64,
+}
+
+/// The process's held, contended and mean waiting figures over [start_ns, end_ns], from
+/// every thread's roles (one GIL: a process whose subinterpreters own GILs needs them apart).
+pub fn process_truth(events: &[Event], start_ns: u64, end_ns: u64) -> ProcessTruth {
+    Roles::new(events).process_truth(start_ns, end_ns)
+}
+
+impl Roles {
+    /// See [`process_truth`].
+    pub fn process_truth(&self, start_ns: u64, end_ns: u64) -> ProcessTruth {
+        let changes = self.changes(start_ns, end_ns);
+        let span = end_ns.saturating_sub(start_ns).max(1) as f64;
+        let (mut holders, mut waiters) = (0i64, 0i64);
+        let (mut held, mut contended, mut waiting) = (0u64, 0u64, 0u64);
+        let mut since = start_ns;
+        for (at, d_hold, d_wait) in changes {
+            let ns = at.saturating_sub(since);
+            held += ns * (holders > 0) as u64;
+            contended += ns * (waiters > 0) as u64;
+            waiting += ns * waiters.max(0) as u64;
+            since = since.max(at);
+            holders += d_hold;
+            waiters += d_wait;
+        }
+        let ns = end_ns.saturating_sub(since);
+        held += ns * (holders > 0) as u64;
+        contended += ns * (waiters > 0) as u64;
+        waiting += ns * waiters.max(0) as u64;
+        ProcessTruth {
+            held: held as f64 / span,
+            contended: contended as f64 / span,
+            mean_waiting: waiting as f64 / span,
         }
     }
-    let span = end_ns.saturating_sub(start_ns).max(1) as f64;
-    let mut threads: HashMap<i32, Thread> = HashMap::new();
-    let mut totals: HashMap<i32, (u64, u64)> = HashMap::new();
-    let mut add = |tid: i32, thread: &Thread, to: u64| {
-        let (a, b) = (thread.since.max(start_ns), to.min(end_ns));
-        let entry = totals.entry(tid).or_insert((0, 0));
-        if b > a {
-            match thread.state() {
-                (true, _) => entry.0 += b - a,
-                (_, true) => entry.1 += b - a,
-                _ => {}
+
+    /// The process's figures as a sampler sees them at `instants` (in time order): the share
+    /// of instants at which some thread held the GIL, at which some thread waited, and the
+    /// waiters averaged over them. Beside [`Roles::process_truth`] over the same window, the
+    /// difference is the sampling error of those instants alone, whatever any classifier
+    /// said at them.
+    pub fn process_at(&self, instants: &[u64]) -> ProcessTruth {
+        let (Some(&first), Some(&last)) = (instants.first(), instants.last()) else {
+            return ProcessTruth::default();
+        };
+        let changes = self.changes(first, last);
+        let (mut holders, mut waiters) = (0i64, 0i64);
+        let (mut held, mut contended, mut waiting) = (0u64, 0u64, 0u64);
+        let mut next = changes.iter().peekable();
+        for &at in instants {
+            while let Some(&&(when, d_hold, d_wait)) = next.peek() {
+                if when > at {
+                    break;
+                }
+                holders += d_hold;
+                waiters += d_wait;
+                next.next();
+            }
+            held += (holders > 0) as u64;
+            contended += (waiters > 0) as u64;
+            waiting += waiters.max(0) as u64;
+        }
+        let n = instants.len() as f64;
+        ProcessTruth {
+            held: held as f64 / n,
+            contended: contended as f64 / n,
+            mean_waiting: waiting as f64 / n,
+        }
+    }
+
+    /// Every change of any thread's role up to `end_ns`, in time order, as (time, +-holders,
+    /// +-waiters); those before `start_ns` are moved to it.
+    fn changes(&self, start_ns: u64, end_ns: u64) -> Vec<(u64, i64, i64)> {
+        let roles = self;
+        let mut changes: Vec<(u64, i64, i64)> = Vec::new();
+        for list in roles.by_thread.values() {
+            let mut previous = GilRole::Elsewhere;
+            for &(from, role) in list {
+                let at = from.max(start_ns);
+                if at > end_ns {
+                    break;
+                }
+                let count = |r: GilRole, which: GilRole| (r == which) as i64;
+                changes.push((
+                    at,
+                    count(role, GilRole::Hold) - count(previous, GilRole::Hold),
+                    count(role, GilRole::Wait) - count(previous, GilRole::Wait),
+                ));
+                previous = role;
             }
         }
-    };
-    for event in events {
-        let thread = threads.entry(event.tid).or_insert_with(|| {
-            // Before a thread's first event, its state follows from that event. (A return
-            // probe armed while the thread was already inside take_gil never fires, so start
-            // tracing well before the window.)
-            let (depth, holding) = match event.probe {
-                Probe::TakeEntry => (0, false),
-                Probe::TakeReturn | Probe::DropReturn => (1, false),
-                Probe::DropEntry => (0, true),
-            };
-            Thread {
-                depth,
-                holding,
-                since: 0,
-            }
-        });
-        add(event.tid, thread, event.time_ns);
-        match event.probe {
-            Probe::TakeEntry => thread.depth += 1,
-            Probe::TakeReturn => {
-                thread.depth = thread.depth.saturating_sub(1);
-                thread.holding = true;
-            }
-            Probe::DropEntry => {
-                thread.depth += 1;
-                thread.holding = false;
-            }
-            Probe::DropReturn => thread.depth = thread.depth.saturating_sub(1),
-        }
-        thread.since = event.time_ns;
+        changes.sort_by_key(|&(at, _, _)| at);
+        changes
     }
-    for (tid, thread) in &threads {
-        add(*tid, thread, end_ns);
-    }
-    totals
-        .into_iter()
-        .map(|(tid, (hold, wait))| {
-            (
-                tid,
-                Truth {
-                    hold: hold as f64 / span,
-                    wait: wait as f64 / span,
-                },
-            )
-        })
-        .collect()
 }
 
 /// A stay in take_gil/drop_gil that no GIL ever keeps a thread in: longer than `min_ns`
@@ -549,6 +1058,104 @@ mod tests {
         assert_eq!(event.time_ns, 7_351_123_456_000);
         assert_eq!(event.probe, Probe::TakeReturn);
         assert!(parse_line("# tracer: nop").is_none());
+    }
+
+    #[test]
+    fn parses_scheduler_and_new_task_lines() {
+        let line =
+            "  opt cgu.1-3317    [000] d..2.   642.893733: sched_switch: prev_comm=opt cgu.1 \
+                    prev_pid=3317 prev_prio=120 prev_state=R+ ==> next_comm=sleep next_pid=3316 \
+                    next_prio=120";
+        assert_eq!(
+            parse_sched_line(line),
+            Some(SchedEvent::Switch {
+                time_ns: 642_893_733_000,
+                cpu: 0,
+                prev: 3317,
+                left: LeftCpu::Preempted,
+                next: 3316
+            })
+        );
+        let line = "  sleep-3316  [001] dN.6.   642.893943: sched_wakeup: comm=bash pid=3312 \
+                    prio=120 target_cpu=000";
+        assert_eq!(
+            parse_sched_line(line),
+            Some(SchedEvent::Wakeup {
+                time_ns: 642_893_943_000,
+                tid: 3312,
+                cpu: 0
+            })
+        );
+        // With record-tgid the process id sits before the CPU.
+        let line = "  bash-559  (    559) [000] d..2.  2033.702365: sched_switch: prev_comm=bash \
+                    prev_pid=559 prev_prio=120 prev_state=S ==> next_comm=x next_pid=534 \
+                    next_prio=120";
+        assert!(matches!(
+            parse_sched_line(line),
+            Some(SchedEvent::Switch {
+                prev: 559,
+                left: LeftCpu::Slept,
+                ..
+            })
+        ));
+        let thread = "  python3-100  [001] .....  10.000001: task_newtask: pid=101 comm=python3 \
+                      clone_flags=3d0f00 oom_score_adj=0";
+        assert_eq!(
+            parse_new_task(thread),
+            Some((10_000_001_000, 100, 101, true))
+        );
+        let process = "  python3-100  [001] .....  10.000002: task_newtask: pid=102 \
+                       comm=python3 clone_flags=1200000 oom_score_adj=0";
+        assert_eq!(
+            parse_new_task(process),
+            Some((10_000_002_000, 100, 102, false))
+        );
+        assert!(parse_sched_line("# tracer: nop").is_none());
+    }
+
+    #[test]
+    fn the_process_figures_follow_every_thread() {
+        let ev = |tid, t: u64, probe| Event {
+            tid,
+            time_ns: t,
+            probe,
+        };
+        // Thread 1 holds 0-50 and drops; thread 2 waits 10-50 and holds 50-80; nobody holds
+        // 80-100. Held 80%, contended 40% (10-50), one waiter on average over 40%.
+        let events = [
+            ev(1, 0, Probe::TakeReturn),
+            ev(2, 10, Probe::TakeEntry),
+            ev(1, 50, Probe::DropEntry),
+            ev(2, 50, Probe::TakeReturn),
+            ev(1, 50, Probe::DropReturn),
+            ev(2, 80, Probe::DropEntry),
+            ev(2, 80, Probe::DropReturn),
+        ];
+        let p = process_truth(&events, 0, 100);
+        assert!((p.held - 0.8).abs() < 1e-9, "{p:?}");
+        assert!((p.contended - 0.4).abs() < 1e-9, "{p:?}");
+        assert!((p.mean_waiting - 0.4).abs() < 1e-9, "{p:?}");
+        let roles = Roles::new(&events);
+        assert_eq!(roles.at(2, 30), GilRole::Wait);
+        assert_eq!(roles.at(2, 60), GilRole::Hold);
+        assert_eq!(roles.at(3, 60), GilRole::Elsewhere);
+    }
+
+    #[test]
+    fn a_thread_born_during_the_trace_was_nowhere_before() {
+        let ev = |t: u64, probe| Event {
+            tid: 9,
+            time_ns: t,
+            probe,
+        };
+        // Its first event is a release: before it, it held, unless it was born at 60.
+        let events = [ev(70, Probe::DropEntry), ev(80, Probe::DropReturn)];
+        let before = Roles::new(&events).truth(0, 100)[&9];
+        assert!((before.hold - 0.7).abs() < 1e-9, "{before:?}");
+        let births = HashMap::from([(9, 60)]);
+        let born = Roles::with_births(&events, &births).truth(0, 100)[&9];
+        assert!((born.hold - 0.1).abs() < 1e-9, "{born:?}");
+        assert!((born.wait - 0.1).abs() < 1e-9, "{born:?}");
     }
 
     #[test]

@@ -125,11 +125,11 @@ fn process_events(
 pub struct Chrometrace;
 
 impl super::Report for Chrometrace {
-    fn one(&self, recording: &Recording, options: &RenderOptions) -> String {
-        render(recording, options)
+    fn one(&self, recording: &Recording, options: &RenderOptions) -> Vec<u8> {
+        render(recording, options).into_bytes()
     }
 
-    fn several(&self, recordings: &[Recording], options: &RenderOptions) -> String {
-        render_processes(recordings, options)
+    fn several(&self, recordings: &[Recording], options: &RenderOptions) -> Vec<u8> {
+        render_processes(recordings, options).into_bytes()
     }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use super::labels::Paths;
 use super::{RenderOptions, View};
 use crate::model::{Recording, TargetInfo};
 use crate::sample::ThreadState;
@@ -84,13 +85,25 @@ pub enum Node {
 }
 
 impl Node {
-    /// The node as folded stacks and flamegraphs name it (made safe for the folded format).
-    pub fn label(&self) -> String {
+    /// The node as folded stacks and flamegraphs name it (made safe for the folded format),
+    /// file names made short by `paths`.
+    pub fn label(&self, paths: &Paths) -> String {
         match self {
             Node::Process(label) | Node::Gil(label) | Node::Thread(label) => label.clone(),
             Node::State(state) => state_label(*state),
-            Node::Frame(frame) => clean(&super::labels::frame(frame)),
+            Node::Frame(frame) => clean(&super::labels::short(frame, paths)),
             Node::Unheld => UNHELD.to_string(),
+        }
+    }
+
+    /// The node's label with a frame's file named in full (for tooltips); None where it
+    /// reads as [`Node::label`] does.
+    pub fn full_label(&self, paths: &Paths) -> Option<String> {
+        match self {
+            Node::Frame(frame) if paths.short(&frame.file) != &*frame.file => {
+                Some(clean(&super::labels::frame(frame)))
+            }
+            _ => None,
         }
     }
 }
@@ -104,17 +117,6 @@ fn frame_nodes(recording: &Recording, stack: Option<StackId>) -> Vec<Node> {
         (Some(table), Some(id)) => table.frames(id).cloned().map(Node::Frame).collect(),
         _ => Vec::new(),
     }
-}
-
-/// The folded labels of every native frame of `recordings` (for drawing them apart).
-pub fn native_labels(recordings: &[Recording]) -> std::collections::HashSet<String> {
-    recordings
-        .iter()
-        .filter_map(|r| r.stacks.as_ref())
-        .flat_map(|table| table.all_frames())
-        .filter(|(_, f)| f.kind == crate::stack::FrameKind::Native)
-        .map(|(_, f)| clean(&crate::formats::labels::frame(f)))
-        .collect()
 }
 
 /// Every folded stack of the chosen view with its weight.
@@ -173,20 +175,24 @@ pub fn folded_processes(recordings: &[Recording], options: &RenderOptions) -> Fo
 
 /// The folded-stack file: one "frame;frame count" line per stack.
 pub fn render(recording: &Recording, options: &RenderOptions) -> String {
-    lines(folded(recording, options))
+    let paths = Paths::of(std::slice::from_ref(recording));
+    lines(folded(recording, options), &paths)
 }
 
 /// The folded-stack file of several processes, each process a root frame.
 pub fn render_processes(recordings: &[Recording], options: &RenderOptions) -> String {
-    lines(folded_processes(recordings, options))
+    lines(
+        folded_processes(recordings, options),
+        &Paths::of(recordings),
+    )
 }
 
 /// One "label;label count" line per path, sorted by their labels; paths whose labels are
 /// the same (two frames that read alike) are one line.
-fn lines(stacks: Folded) -> String {
+pub fn lines(stacks: Folded, paths: &Paths) -> String {
     let mut labelled: BTreeMap<String, u64> = BTreeMap::new();
     for (path, count) in stacks {
-        let labels: Vec<String> = path.iter().map(Node::label).collect();
+        let labels: Vec<String> = path.iter().map(|node| node.label(paths)).collect();
         *labelled.entry(labels.join(";")).or_default() += count;
     }
     let mut out = String::new();
@@ -203,12 +209,12 @@ fn lines(stacks: Folded) -> String {
 pub struct Collapsed;
 
 impl super::Report for Collapsed {
-    fn one(&self, recording: &Recording, options: &RenderOptions) -> String {
-        render(recording, options)
+    fn one(&self, recording: &Recording, options: &RenderOptions) -> Vec<u8> {
+        render(recording, options).into_bytes()
     }
 
-    fn several(&self, recordings: &[Recording], options: &RenderOptions) -> String {
-        render_processes(recordings, options)
+    fn several(&self, recordings: &[Recording], options: &RenderOptions) -> Vec<u8> {
+        render_processes(recordings, options).into_bytes()
     }
 }
 

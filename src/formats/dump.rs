@@ -1,17 +1,17 @@
 //! The `gilscope dump` outputs: every thread's GIL state and stack at one instant, in text and
-//! as JSON (schema `gilscope.dump/3`, docs/DUMP_SCHEMA.md). Rendering only.
+//! as JSON (schema `gilscope.dump/4`, docs/DUMP_SCHEMA.md). Rendering only.
 
 use std::fmt::Write;
 
 use serde_json::{json, Value};
 
-use super::printable;
-use crate::model::snapshot::Snapshot;
+use super::{hangs, printable, values};
+use crate::model::snapshot::{FrameVariables, Locals, Snapshot, Value as SnapshotValue, Variable};
 use crate::sample::ThreadState;
 use crate::stack::{Frame, FrameKind};
 
-pub const SCHEMA: &str = "gilscope.dump/3";
-pub const PROCESSES_SCHEMA: &str = "gilscope.dumps/3";
+pub const SCHEMA: &str = "gilscope.dump/4";
+pub const PROCESSES_SCHEMA: &str = "gilscope.dumps/4";
 
 fn state_text(state: ThreadState) -> &'static str {
     match state {
@@ -21,6 +21,7 @@ fn state_text(state: ThreadState) -> &'static str {
         ThreadState::Idle => "idle",
         ThreadState::Attached => "attached (running Python, no GIL)",
         ThreadState::Suspended => "suspended (stop-the-world pause)",
+        ThreadState::Stopped => "stopped (SIGSTOP, job control or a debugger)",
     }
 }
 
@@ -32,7 +33,7 @@ pub fn text(snapshot: &Snapshot) -> String {
         "gilscope dump: pid {} - Python {} ({})",
         super::id_with_namespace(t.pid, t.ns_pid),
         t.python_version,
-        t.binary
+        printable(&t.binary)
     );
     if !t.command_line.is_empty() {
         let _ = writeln!(out, "command: {}", printable(&t.command_line));
@@ -51,6 +52,11 @@ pub fn text(snapshot: &Snapshot) -> String {
             super::UNAVAILABLE.to_string()
         }
     };
+    let all_stopped = !snapshot.threads.is_empty()
+        && snapshot
+            .threads
+            .iter()
+            .all(|t| t.state == ThreadState::Stopped);
     let _ = writeln!(
         out,
         "GIL: {}; switch interval {}",
@@ -59,6 +65,9 @@ pub fn text(snapshot: &Snapshot) -> String {
                 "no GIL (free-threaded build, GIL disabled)".to_string()
             }
             Some(h) => format!("held by {} ({})", printable(&h.name), h.tid),
+            None if snapshot.gil_locked && all_stopped => {
+                "locked, and every thread stopped (SIGSTOP, job control or a debugger)".to_string()
+            }
             None if snapshot.gil_locked => "locked (being handed over)".to_string(),
             None => "free".to_string(),
         },
@@ -104,7 +113,7 @@ pub fn text(snapshot: &Snapshot) -> String {
             let place = top
                 .stack
                 .and_then(|s| table.place(s))
-                .map(|p| printable(&crate::formats::labels::place(table, p)))
+                .map(|p| printable(&crate::formats::labels::place(table, p, None)))
                 .unwrap_or_else(|| "(stack not captured)".into());
             let _ = writeln!(
                 out,
@@ -116,9 +125,7 @@ pub fn text(snapshot: &Snapshot) -> String {
             );
         }
     }
-    if let Some(recording) = &snapshot.recording {
-        super::text::findings_section(&mut out, recording);
-    }
+    findings_section(&mut out, snapshot);
     for thread in &snapshot.threads {
         let _ = writeln!(out);
         let _ = write!(
@@ -150,6 +157,10 @@ pub fn text(snapshot: &Snapshot) -> String {
                     100.0 * f[ThreadState::Suspended.index()]
                 );
             }
+            let stopped = f[ThreadState::Stopped.index()];
+            if stopped > 0.0 {
+                let _ = write!(out, "[stopped {:.1}%]", 100.0 * stopped);
+            }
         }
         let _ = writeln!(out);
         match &thread.stack {
@@ -157,12 +168,34 @@ pub fn text(snapshot: &Snapshot) -> String {
                 let _ = writeln!(out, "    (no Python frame)");
             }
             Some(frames) => {
-                for frame in frames {
+                let variables = match &thread.locals {
+                    Locals::Read(variables) => Some(variables),
+                    _ => None,
+                };
+                let ordinals = python_ordinals(frames);
+                for (i, frame) in frames.iter().enumerate() {
                     let _ = writeln!(
                         out,
                         "    {}",
                         printable(&crate::formats::labels::frame_in_full(frame))
                     );
+                    let Some(k) = ordinals[i] else {
+                        continue;
+                    };
+                    match variables.map(|v| (v.get(k), v.len())) {
+                        Some((Some(frame), _)) => frame_variables(&mut out, frame),
+                        Some((None, read)) if k == read => {
+                            let outer = frames[i..]
+                                .iter()
+                                .filter(|f| f.kind != FrameKind::Native)
+                                .count();
+                            let _ = writeln!(
+                                out,
+                                "        (variables of the {outer} outer frames not read)"
+                            );
+                        }
+                        _ => {}
+                    }
                 }
             }
             None if thread.thread_id.is_none() => {
@@ -172,8 +205,67 @@ pub fn text(snapshot: &Snapshot) -> String {
                 let _ = writeln!(out, "    (stack changed while being read)");
             }
         }
+        match thread.locals {
+            Locals::Moved => {
+                let _ = writeln!(
+                    out,
+                    "    (variables not read: the stack changed under every read)"
+                );
+            }
+            Locals::Unsupported => {
+                let _ = writeln!(
+                    out,
+                    "    (variables cannot be read on Python {})",
+                    t.python_version
+                );
+            }
+            Locals::NotAsked | Locals::Read(_) => {}
+        }
     }
     out
+}
+
+/// A frame's variables, a line each: its kind, its name and its value.
+fn frame_variables(out: &mut String, frame: &FrameVariables) {
+    if frame.unreadable {
+        let _ = writeln!(out, "        (variables not readable)");
+    }
+    for variable in &frame.variables {
+        let _ = writeln!(
+            out,
+            "        {:<8} {} = {}",
+            variable.kind.name(),
+            values::escaped(&variable.name),
+            values::repr(&variable.value)
+        );
+    }
+    if frame.not_read > 0 {
+        let _ = writeln!(out, "        ({} more variables not read)", frame.not_read);
+    }
+}
+
+/// Findings about stuck threads first, then those of the sample's figures.
+fn findings_section(out: &mut String, snapshot: &Snapshot) {
+    let Some(recording) = &snapshot.recording else {
+        return;
+    };
+    let mut findings: Vec<String> = hangs::hangs(snapshot)
+        .into_iter()
+        .map(|hang| hang.text)
+        .collect();
+    findings.extend(
+        super::findings::findings(recording)
+            .iter()
+            .map(|finding| printable(&finding.text)),
+    );
+    if findings.is_empty() {
+        return;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Findings:");
+    for finding in findings {
+        let _ = writeln!(out, "- {finding}");
+    }
 }
 
 /// "1" or "1, 2"; "?" for ids that could not be read.
@@ -195,13 +287,93 @@ fn frame_json(frame: &Frame) -> Value {
     })
 }
 
+/// Which Python frame of `frames` each one is (0: the innermost), the index of its variables
+/// in [`Locals::Read`]: native frames (`--native`) have none, nor do markers.
+fn python_ordinals(frames: &[Frame]) -> Vec<Option<usize>> {
+    let mut next = 0;
+    frames
+        .iter()
+        .map(|f| {
+            (f.kind == FrameKind::Python).then(|| {
+                next += 1;
+                next - 1
+            })
+        })
+        .collect()
+}
+
+/// A frame of a thread's stack, with its variables where they were read.
+fn stack_frame_json(frame: &Frame, variables: Option<&FrameVariables>) -> Value {
+    let mut value = frame_json(frame);
+    let readable = variables.filter(|v| !v.unreadable);
+    value["variables"] = match readable {
+        Some(v) => v.variables.iter().map(variable_json).collect(),
+        None => Value::Null,
+    };
+    value["variables_not_read"] = json!(readable.map(|v| v.not_read));
+    value
+}
+
+fn variable_json(variable: &Variable) -> Value {
+    let value = &variable.value;
+    let (length, address) = match *value {
+        SnapshotValue::Str { length, .. } | SnapshotValue::Bytes { length, .. } => {
+            (Some(length), None)
+        }
+        SnapshotValue::Sequence { length, addr, .. } | SnapshotValue::Dict { length, addr, .. } => {
+            (Some(length), Some(addr))
+        }
+        SnapshotValue::Object { addr, .. } | SnapshotValue::Recursive { addr, .. } => {
+            (None, Some(addr))
+        }
+        _ => (None, None),
+    };
+    json!({
+        "name": &*variable.name,
+        "kind": variable.kind.name(),
+        "type": value.type_name(),
+        "repr": values::repr(value),
+        "length": length,
+        "address": address.map(|a| format!("{a:#x}")),
+        "changed": matches!(value, SnapshotValue::Changed),
+    })
+}
+
+/// The findings about stuck threads, for JSON.
+fn hangs_json(snapshot: &Snapshot) -> Vec<Value> {
+    hangs::hangs(snapshot)
+        .iter()
+        .map(|hang| {
+            let threads: Vec<Value> = hang
+                .threads
+                .iter()
+                .map(|named| {
+                    let t = named.thread;
+                    let condition = t.condition.as_ref();
+                    json!({
+                        "native_id": t.tid,
+                        "name": t.name,
+                        "role": named.role.name(),
+                        "share": named.share,
+                        "frame": t.stack.as_deref().and_then(<[_]>::first).map(frame_json),
+                        "os_state": condition.map(|c| c.state.to_string()),
+                        "syscall": condition.and_then(|c| c.syscall).map(hangs::syscall_text),
+                        "sampled_cpu_s": t.sampled_cpu_s,
+                    })
+                })
+                .collect();
+            json!({"kind": hang.kind.name(), "text": hang.text, "threads": threads})
+        })
+        .collect()
+}
+
 /// Several processes (`--subprocesses`): each process's dump after a line for the tree.
 pub fn text_processes(snapshots: &[Snapshot]) -> String {
     super::process_sections(snapshots.iter().map(text))
 }
 
-/// Several processes: schema `gilscope.dumps/3`, whose `processes` holds a
-/// `gilscope.dump/3` document per process.
+/// Several processes: schema `gilscope.dumps/4`, whose `processes` holds a
+/// `gilscope.dump/4` document per process.
 pub fn json_processes(snapshots: &[Snapshot]) -> String {
     let processes: Vec<Value> = snapshots.iter().map(document).collect();
     let mut out = serde_json::to_string_pretty(&json!({
@@ -234,8 +406,21 @@ fn document(snapshot: &Snapshot) -> Value {
                 let ft = |state: ThreadState| free_threaded.then_some(f[state.index()]);
                 json!({"hold": f[0], "wait": wait_figure(f[1]), "running": f[2], "idle": f[3],
                        "attached": ft(ThreadState::Attached),
-                       "suspended": ft(ThreadState::Suspended)})
+                       "suspended": ft(ThreadState::Suspended),
+                       "stopped": f[ThreadState::Stopped.index()]})
             });
+            let variables = match &t.locals {
+                Locals::Read(variables) => Some(variables),
+                _ => None,
+            };
+            let frames = t.stack.as_deref().unwrap_or(&[]);
+            let stack: Vec<Value> = frames
+                .iter()
+                .zip(python_ordinals(frames))
+                .map(|(frame, k)| {
+                    stack_frame_json(frame, variables.zip(k).and_then(|(v, k)| v.get(k)))
+                })
+                .collect();
             json!({
                 "native_id": t.tid,
                 "ns_tid": t.ns_tid,
@@ -244,7 +429,13 @@ fn document(snapshot: &Snapshot) -> Value {
                 "os_name": t.os_name,
                 "state": t.state.name(),
                 "stack_captured": t.stack.is_some(),
-                "stack": t.stack.as_deref().unwrap_or(&[]).iter().map(frame_json).collect::<Vec<_>>(),
+                "stack": stack,
+                "variables": match t.locals {
+                    Locals::NotAsked => None,
+                    Locals::Unsupported => Some("unsupported"),
+                    Locals::Moved => Some("moved"),
+                    Locals::Read(_) => Some("read"),
+                },
                 "sampled": sampled,
                 "interpreter": t.interpreter,
                 "gil": t.gil,
@@ -272,6 +463,7 @@ fn document(snapshot: &Snapshot) -> Value {
             "held": (!no_gil).then_some(p.held()),
             "contended": wait_figure(p.contended()).filter(|_| !no_gil),
             "top_blame": blame,
+            "findings": hangs_json(snapshot),
         })
     });
     json!({

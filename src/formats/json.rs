@@ -1,16 +1,16 @@
-//! The JSON report: schema `gilscope.report/5` (and `gilscope.processes/4` around several),
+//! The JSON report: schema `gilscope.report/6` (and `gilscope.processes/5` around several),
 //! documented in docs/JSON_SCHEMA.md.
 //! Field names and meanings are a contract: add fields, never change or remove them.
 
 use serde::Serialize;
 
-use crate::model::profile::ThreadProfile;
+use crate::model::profile::{Latency, ThreadProfile};
 use crate::model::Recording;
 use crate::sample::ThreadState;
 use crate::stack::{FrameId, FrameKind, StackTable};
 
-pub const SCHEMA: &str = "gilscope.report/5";
-pub const PROCESSES_SCHEMA: &str = "gilscope.processes/4";
+pub const SCHEMA: &str = "gilscope.report/6";
+pub const PROCESSES_SCHEMA: &str = "gilscope.processes/5";
 
 /// Locations listed per thread and state, and blame stacks listed for the process.
 pub const TOP_LOCATIONS: usize = 5;
@@ -23,6 +23,8 @@ struct Report<'a> {
     duration_s: f64,
     rate_hz: f64,
     samples: u64,
+    /// Wall time the kernel had the whole process stopped (SIGSTOP, a debugger).
+    stopped_s: f64,
     window: Window,
     gil: Gil,
     gils: Vec<GilEntry>,
@@ -93,6 +95,49 @@ struct Gil {
     interval_s: Option<f64>,
     held_margin: Option<f64>,
     contended_margin: Option<f64>,
+    /// Every thread's waits together (null: waits not measured).
+    latency: Option<LatencyEntry>,
+}
+
+/// The distribution of waits for the GIL (episodes), in seconds.
+#[derive(Serialize)]
+struct LatencyEntry {
+    waits: u64,
+    mean_s: Option<f64>,
+    p50_s: Option<f64>,
+    p90_s: Option<f64>,
+    p99_s: Option<f64>,
+    max_s: Option<f64>,
+    /// The buckets holding waits, shortest first.
+    buckets: Vec<LatencyBucket>,
+}
+
+#[derive(Serialize)]
+struct LatencyBucket {
+    start_s: f64,
+    end_s: f64,
+    waits: u64,
+}
+
+fn latency_entry(latency: &Latency) -> LatencyEntry {
+    let some = latency.episodes > 0;
+    let s = |v: Option<f64>| v.map(|v| round(v, 7));
+    LatencyEntry {
+        waits: latency.episodes,
+        mean_s: s(latency.mean_s()),
+        p50_s: s(latency.quantile(0.5)),
+        p90_s: s(latency.quantile(0.9)),
+        p99_s: s(latency.quantile(0.99)),
+        max_s: s(some.then(|| latency.max_ns as f64 / 1e9)),
+        buckets: latency
+            .buckets()
+            .map(|(i, n)| LatencyBucket {
+                start_s: round(Latency::bucket_start_s(i), 9),
+                end_s: round(Latency::bucket_start_s(i + 1), 9),
+                waits: n,
+            })
+            .collect(),
+    }
 }
 
 /// One GIL and the interpreters and threads on it.
@@ -123,6 +168,7 @@ struct Thread {
     idle: f64,
     attached: Option<f64>,
     suspended: Option<f64>,
+    stopped: f64,
     samples: u64,
     margin: Option<f64>,
     top_hold: Vec<Location>,
@@ -130,6 +176,8 @@ struct Thread {
     top_running: Vec<Location>,
     top_idle: Vec<Location>,
     top_attached: Option<Vec<Location>>,
+    /// Its waits for the GIL (null: waits not measured).
+    gil_latency: Option<LatencyEntry>,
     /// Times it woke from something else and then had to wait for the GIL (None where
     /// waiting is not measured).
     wakeups: Option<u64>,
@@ -147,8 +195,8 @@ pub fn render(recording: &Recording) -> String {
     finish(serde_json::to_string_pretty(&report(recording)))
 }
 
-/// Several processes (`--subprocesses`): schema `gilscope.processes/4`, whose `processes`
-/// holds a `gilscope.report/5` document per process, in the order they were found.
+/// Several processes (`--subprocesses`): schema `gilscope.processes/5`, whose `processes`
+/// holds a `gilscope.report/6` document per process, in the order they were found.
 pub fn render_processes(recordings: &[Recording]) -> String {
     let processes: Vec<serde_json::Value> = recordings
         .iter()
@@ -187,6 +235,7 @@ fn report(recording: &Recording) -> Report<'_> {
         duration_s: round(profile.duration_s(), 6),
         rate_hz: recording.sampler.rate_hz,
         samples: profile.samples,
+        stopped_s: round(profile.stopped_s(), 6),
         window: Window {
             start_monotonic_ns: profile.start_ns,
             end_monotonic_ns: profile.end_ns,
@@ -214,13 +263,14 @@ fn report(recording: &Recording) -> Report<'_> {
                 .contended_margin()
                 .filter(|_| measured)
                 .map(|m| round(m, 4)),
+            latency: measured.then(|| latency_entry(&profile.latency())),
         },
         gils: gils(recording),
         threads: profile
             .threads()
             .into_iter()
             .map(|t| {
-                let [hold, wait, running, idle, attached, suspended] =
+                let [hold, wait, running, idle, attached, suspended, stopped] =
                     t.counts.fractions_summing_to_one();
                 let (interpreter, gil) = thread_gil(profile, t);
                 Thread {
@@ -238,6 +288,7 @@ fn report(recording: &Recording) -> Report<'_> {
                     idle,
                     attached: ft_figure(attached),
                     suspended: ft_figure(suspended),
+                    stopped,
                     samples: t.counts.total(),
                     margin: t.worst_margin().map(|m| round(m, 4)),
                     top_hold: locations(recording, t, ThreadState::Hold),
@@ -246,6 +297,7 @@ fn report(recording: &Recording) -> Report<'_> {
                     top_idle: locations(recording, t, ThreadState::Idle),
                     top_attached: free_threaded
                         .then(|| locations(recording, t, ThreadState::Attached)),
+                    gil_latency: measured.then(|| latency_entry(&t.latency)),
                     wakeups: measured.then_some(t.wakeups),
                     wait_after_wakeup_s: (measured && t.wakeups > 0).then(|| {
                         round(
@@ -262,7 +314,10 @@ fn report(recording: &Recording) -> Report<'_> {
             classifier: crate::model::CLASSIFIER_ERROR,
             confidence: 0.95,
         },
-        findings: super::findings::findings(recording),
+        findings: super::findings::findings(recording)
+            .into_iter()
+            .map(|f| f.text)
+            .collect(),
     }
 }
 
@@ -404,7 +459,7 @@ fn blame(recording: &Recording) -> Blame {
     }
 }
 
-/// `value` rounded to `digits` decimals.
+/// `value` rounded to `digits` decimals, as every figure of the report is.
 pub(super) fn round(value: f64, digits: i32) -> f64 {
     let scale = 10f64.powi(digits);
     (value * scale).round() / scale
@@ -414,11 +469,11 @@ pub(super) fn round(value: f64, digits: i32) -> f64 {
 pub struct Json;
 
 impl super::Report for Json {
-    fn one(&self, recording: &Recording, _: &super::RenderOptions) -> String {
-        render(recording)
+    fn one(&self, recording: &Recording, _: &super::RenderOptions) -> Vec<u8> {
+        render(recording).into_bytes()
     }
 
-    fn several(&self, recordings: &[Recording], _: &super::RenderOptions) -> String {
-        render_processes(recordings)
+    fn several(&self, recordings: &[Recording], _: &super::RenderOptions) -> Vec<u8> {
+        render_processes(recordings).into_bytes()
     }
 }

@@ -92,7 +92,9 @@ fn window_label(history: &History, n: usize) -> String {
     format!("{} s", history.covered(n).max(1))
 }
 
-fn blame_text(history: &History, view: &ViewState, wait_measured: bool) -> String {
+fn blame_text(history: &History, view: &ViewState, target: &TargetInfo) -> String {
+    let wait_measured = target.wait_measured;
+    let paths = super::labels::Paths::new(target.sys_path.iter().map(String::as_str));
     let label = window_label(history, STEADY);
     if !wait_measured {
         return format!("waited on: {}", super::UNAVAILABLE);
@@ -104,7 +106,7 @@ fn blame_text(history: &History, view: &ViewState, wait_measured: bool) -> Strin
         Some(b) => format!(
             "waited on most (last {label}): {} in {}, {} of waiting",
             b.holder,
-            location(b.frame.as_ref(), b.caller.as_ref(), true),
+            location(b.frame.as_ref(), b.caller.as_ref(), &paths, true),
             percent(b.share)
         ),
         None => format!("waited on most (last {label}): nobody waited for the GIL"),
@@ -112,15 +114,22 @@ fn blame_text(history: &History, view: &ViewState, wait_measured: bool) -> Strin
 }
 
 /// Where a holder was, as "function (file:line)", or for native code "symbol (module) called
-/// from function (file:line)"; `short` keeps a Python file's last two path components,
-/// which is what fits on a screen line.
-fn location(frame: Option<&Frame>, caller: Option<&Frame>, short: bool) -> String {
+/// from function (file:line)", a file named from its `sys.path` entry; `short`, a Python file
+/// under none keeps its last two path components, which is what fits on a screen line.
+fn location(
+    frame: Option<&Frame>,
+    caller: Option<&Frame>,
+    paths: &super::labels::Paths,
+    short: bool,
+) -> String {
     let Some(frame) = frame else {
         return "(stack not captured)".into();
     };
     let one = |frame: &Frame| {
-        if !short || frame.file.is_empty() || frame.kind != FrameKind::Python {
-            return crate::formats::labels::frame(frame);
+        let named = super::labels::short(frame, paths);
+        let python = frame.kind == FrameKind::Python;
+        if !short || !python || frame.file.is_empty() || paths.short(&frame.file) != &*frame.file {
+            return named;
         }
         let parts: Vec<&str> = frame.file.rsplitn(3, '/').collect();
         let file = if parts.len() == 3 {
@@ -299,7 +308,7 @@ pub fn screen(
             "no GIL: free-threaded build running without one; ATTACHED = running Python".into(),
         );
     } else {
-        lines.push(printable(&blame_text(history, view, target.wait_measured)));
+        lines.push(printable(&blame_text(history, view, target)));
     }
     lines.push(String::new());
 
@@ -515,6 +524,33 @@ fn state_label(state: ThreadState) -> String {
     }
 }
 
+/// The line of column names with each state's name in its colour (the palette every
+/// picture uses), for a terminal; any other line as it is. The colours add no width.
+pub fn coloured(line: &str) -> String {
+    let heads = line.trim_start().starts_with("TID ");
+    if !heads {
+        return line.to_string();
+    }
+    let mut out = String::with_capacity(line.len() + 64);
+    let mut rest = line;
+    while !rest.is_empty() {
+        let word_end = rest.find(' ').unwrap_or(rest.len());
+        let (word, after) = rest.split_at(word_end);
+        match ThreadState::ALL.iter().find(|&&s| state_label(s) == word) {
+            Some(&state) => {
+                out.push_str(&super::palette::ansi_foreground(state));
+                out.push_str(word);
+                out.push_str(super::palette::ANSI_RESET);
+            }
+            None => out.push_str(word),
+        }
+        let spaces = after.len() - after.trim_start_matches(' ').len();
+        out.push_str(&after[..spaces]);
+        rest = &after[spaces..];
+    }
+    out
+}
+
 /// The richest thread table that fits `width` with a readable name, and the name's width:
 /// every state over every window; else every state over the last second and hold and wait
 /// over the longer windows; else every state over the last second.
@@ -603,7 +639,12 @@ pub fn plain_line(
             line.push_str(&format!(
                 "; waited on {} in {} ({})",
                 b.holder,
-                location(b.frame.as_ref(), b.caller.as_ref(), false),
+                location(
+                    b.frame.as_ref(),
+                    b.caller.as_ref(),
+                    &super::labels::Paths::default(),
+                    false
+                ),
                 percent(b.share)
             ));
         }
@@ -676,6 +717,7 @@ mod tests {
             layout: crate::model::LayoutInfo::default(),
             wait_measured: true,
             free_threaded: false,
+            sys_path: Vec::new(),
         }
     }
 
@@ -769,7 +811,7 @@ mod tests {
             show_idle: false,
             stacks: true,
         };
-        let text = blame_text(&history, &view, true);
+        let text = blame_text(&history, &view, &target());
         assert!(
             text.contains("worker (9) in render (.../handlers/parse.py:40)"),
             "{text}"
@@ -953,6 +995,31 @@ mod tests {
             .iter()
             .all(|l| !l.contains('\x1b') && !l.contains('\r')));
         assert!(!plain_line(1.0, &history, &view, true).contains('\x1b'));
+    }
+
+    #[test]
+    fn state_names_in_the_column_heads_take_their_colours_and_nothing_else_does() {
+        let heads = "    TID NAME            HOLD   WAIT    RUN   IDLE";
+        let painted = coloured(heads);
+        assert!(painted.contains(&format!(
+            "{}HOLD{}",
+            crate::formats::palette::ansi_foreground(ThreadState::Hold),
+            crate::formats::palette::ANSI_RESET
+        )));
+        let plain: String = painted
+            .split('\x1b')
+            .enumerate()
+            .map(|(i, part)| {
+                if i == 0 {
+                    part
+                } else {
+                    &part[part.find('m').unwrap() + 1..]
+                }
+            })
+            .collect();
+        assert_eq!(plain, heads);
+        let row = "   4242 HOLD            50.0%";
+        assert_eq!(coloured(row), row);
     }
 
     #[test]

@@ -11,8 +11,10 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::model::profile::Latency;
 use crate::model::{Profile, TargetInfo};
 use crate::sample::{Health, ThreadState};
 
@@ -54,11 +56,24 @@ impl Exposition {
 
 type Seconds = Counter<f64, AtomicU64>;
 
+/// The wait histogram's buckets: 0.25 ms doubling to 2.048 s. Their edges are edges of the
+/// profile's finer buckets (whole octaves of a millisecond), so each wait lands in the
+/// right one.
+fn wait_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.00025, 2.0, 14))
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ThreadLabels {
     pid: String,
     thread: String,
     state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WaitLabels {
+    pid: String,
+    thread: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -118,6 +133,7 @@ pub const OTHER_GILS: &str = "[other interpreters]";
 pub struct Metrics {
     registry: Registry,
     thread_seconds: Family<ThreadLabels, Seconds>,
+    waits: Family<WaitLabels, Histogram, fn() -> Histogram>,
     held: Family<ProcessLabels, Seconds>,
     contended: Family<ProcessLabels, Seconds>,
     enabled: Family<ProcessLabels, Seconds>,
@@ -150,6 +166,15 @@ impl Metrics {
              the GIL, idle); threads of the same name add up",
             Unit::Seconds,
             thread_seconds.clone(),
+        );
+        let waits: Family<WaitLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(wait_histogram);
+        registry.register_with_unit(
+            "gil_wait",
+            "Each wait of a thread for the GIL, from its first waiting sample to the GIL \
+             (sampling resolution: one tick either way); threads of the same name add up",
+            Unit::Seconds,
+            waits.clone(),
         );
         let held = Family::<ProcessLabels, Seconds>::default();
         registry.register_with_unit(
@@ -229,6 +254,7 @@ impl Metrics {
         Metrics {
             registry,
             thread_seconds,
+            waits,
             held,
             contended,
             enabled,
@@ -337,6 +363,21 @@ impl Metrics {
                     cursor.thread_names.insert(name.to_string());
                 } else {
                     name = OTHER_THREADS;
+                }
+            }
+            if cursor.gil_seen && !cursor.no_wait && thread.latency.episodes > 0 {
+                let histogram = self.waits.get_or_create(&WaitLabels {
+                    pid: labels.pid.clone(),
+                    thread: name.to_string(),
+                });
+                // Each wait at the middle of its fine bucket: inside the same coarse bucket.
+                for (bucket, waits) in thread.latency.buckets() {
+                    let middle = (Latency::bucket_start_s(bucket)
+                        * Latency::bucket_start_s(bucket + 1))
+                    .sqrt();
+                    for _ in 0..waits {
+                        histogram.observe(middle);
+                    }
                 }
             }
             for state in ThreadState::ALL {
@@ -477,6 +518,7 @@ mod tests {
             layout: crate::model::LayoutInfo::default(),
             wait_measured: true,
             free_threaded: false,
+            sys_path: Vec::new(),
         }
     }
 
@@ -743,6 +785,48 @@ mod tests {
     }
 
     #[test]
+    fn each_wait_lands_in_its_bucket_of_the_wait_histogram() {
+        let mut metrics = Metrics::new();
+        metrics.attached(&target(42));
+        let mut profile = Profile::new();
+        // Thread 2 waits 3 ticks of 1 ms, four times.
+        let mut i = 0u64;
+        let mut tick = |profile: &mut Profile, state| {
+            profile.add(
+                &test_sample(i * 1_000_000, i, &[(1, Hold), (2, state)]),
+                |tid| format!("t{tid}"),
+            );
+            i += 1;
+        };
+        for _ in 0..4 {
+            tick(&mut profile, Idle);
+            for _ in 0..3 {
+                tick(&mut profile, Wait);
+            }
+        }
+        tick(&mut profile, Idle);
+        metrics.add_slice(42, &profile, &Health::default());
+        let text = metrics.encode(Exposition::OpenMetrics);
+        let series = |le: &str| {
+            value(
+                &text,
+                &format!(
+                    "gilscope_gil_wait_seconds_bucket{{le=\"{le}\",pid=\"42\",thread=\"t2\"}}"
+                ),
+            )
+        };
+        assert_eq!(series("0.002"), 0.0, "{text}");
+        assert_eq!(series("0.004"), 4.0, "{text}");
+        assert_eq!(
+            value(
+                &text,
+                "gilscope_gil_wait_seconds_count{pid=\"42\",thread=\"t2\"}"
+            ),
+            4.0
+        );
+    }
+
+    #[test]
     fn an_empty_slice_counts_nothing() {
         let mut metrics = Metrics::new();
         metrics.attached(&target(7));
@@ -780,14 +864,23 @@ mod tests {
             !text.contains("# UNIT") && !text.contains("# EOF"),
             "{text}"
         );
-        // Every family's metadata names a sample that exists.
+        // Every family's metadata names a sample that exists (a histogram's samples are its
+        // `_bucket`, `_sum` and `_count` series, alike in both formats).
         for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
             let name = line.split(' ').nth(2).unwrap();
-            assert!(
-                text.lines().any(|l| !l.starts_with('#')
-                    && (l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))),
-                "{line} names no sample in\n{text}"
-            );
+            let samples: &[&str] = if line.ends_with(" histogram") {
+                &["_bucket", "_sum", "_count"]
+            } else {
+                &[""]
+            };
+            for suffix in samples {
+                assert!(
+                    text.lines().any(|l| !l.starts_with('#')
+                        && (l.starts_with(&format!("{name}{suffix} "))
+                            || l.starts_with(&format!("{name}{suffix}{{")))),
+                    "{line} names no {name}{suffix} sample in\n{text}"
+                );
+            }
         }
         assert!(!text
             .lines()

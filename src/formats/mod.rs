@@ -7,13 +7,18 @@ pub mod collapsed;
 pub(crate) mod dump;
 pub(crate) mod findings;
 pub(crate) mod flamegraph;
+pub(crate) mod hangs;
+pub(crate) mod html;
 pub(crate) mod json;
 pub(crate) mod labels;
 pub(crate) mod live;
 pub(crate) mod metrics;
+pub(crate) mod palette;
+pub(crate) mod pprof;
 pub(crate) mod speedscope;
 pub(crate) mod text;
 pub(crate) mod timeline_svg;
+pub(crate) mod values;
 
 use std::path::Path;
 
@@ -45,7 +50,9 @@ pub const NO_GIL: &str = "no GIL: this free-threaded build ran without one, so t
      (docs/COMPATIBILITY.md)";
 
 /// The thread states a report shows as columns: the four GIL states; on a free-threaded
-/// build that never had its GIL on, the no-GIL states; on one that had it on, both.
+/// build that never had its GIL on, the no-GIL states; on one that had it on, both. Stopped
+/// threads (SIGSTOP, a debugger) are a column of their own where there were any
+/// ([`with_stopped`]).
 pub fn shown_states(free_threaded: bool, no_gil: bool) -> Vec<ThreadState> {
     match (free_threaded, no_gil) {
         (false, _) => ThreadState::WITH_GIL.to_vec(),
@@ -55,16 +62,48 @@ pub fn shown_states(free_threaded: bool, no_gil: bool) -> Vec<ThreadState> {
             ThreadState::Idle,
             ThreadState::Suspended,
         ],
-        (true, false) => ThreadState::ALL.to_vec(),
+        (true, false) => ThreadState::ALL
+            .into_iter()
+            .filter(|&s| s != ThreadState::Stopped)
+            .collect(),
     }
 }
 
-/// A report format: what every format module offers (`record`'s `--format`).
+/// `states` and, if some thread of `profile` was ever stopped, the stopped column.
+pub fn with_stopped(
+    mut states: Vec<ThreadState>,
+    profile: &crate::model::profile::Profile,
+) -> Vec<ThreadState> {
+    let any = profile
+        .threads()
+        .iter()
+        .any(|t| t.counts.get(ThreadState::Stopped) > 0);
+    if any {
+        states.push(ThreadState::Stopped);
+    }
+    states
+}
+
+/// The sentence reports give where the kernel stopped the whole process for a while.
+pub fn stopped_sentence(profile: &crate::model::profile::Profile) -> Option<String> {
+    let share = profile.stopped_share();
+    (share > 0.0).then(|| {
+        format!(
+            "the process was stopped (SIGSTOP, job control or a debugger) for {:.2} s, {:.1}% \
+             of the recording: nothing ran then, and the GIL figures cover the rest",
+            profile.stopped_s(),
+            share * 100.0
+        )
+    })
+}
+
+/// A report format: what every format module offers (`record`'s `--format`). Reports are
+/// bytes: most are text, pprof's is a gzip-compressed protobuf.
 pub trait Report {
     /// The report of one process's recording.
-    fn one(&self, recording: &Recording, options: &RenderOptions) -> String;
+    fn one(&self, recording: &Recording, options: &RenderOptions) -> Vec<u8>;
     /// The report of several processes (`--subprocesses`), each process's threads under it.
-    fn several(&self, recordings: &[Recording], options: &RenderOptions) -> String;
+    fn several(&self, recordings: &[Recording], options: &RenderOptions) -> Vec<u8>;
 }
 
 /// The report formats of `record`.
@@ -84,6 +123,10 @@ pub enum Format {
     Chrometrace,
     /// An SVG timeline: a row per thread, coloured by GIL state over time.
     Timeline,
+    /// One self-contained HTML page: summary, threads, latency, timeline, flamegraphs.
+    Html,
+    /// pprof's gzip-compressed protobuf profile, a sample type per state.
+    Pprof,
 }
 
 /// Which stacks a stack format shows.
@@ -138,11 +181,16 @@ impl Format {
         if name == "timeline.svg" || name.ends_with(".timeline.svg") {
             return Some(Format::Timeline);
         }
+        if name.ends_with(".pb.gz") || name.ends_with(".pprof.gz") {
+            return Some(Format::Pprof);
+        }
         match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
             "json" => Some(Format::Json),
             "txt" => Some(Format::Text),
             "svg" => Some(Format::Flamegraph),
             "folded" | "collapsed" => Some(Format::Collapsed),
+            "html" | "htm" => Some(Format::Html),
+            "pprof" => Some(Format::Pprof),
             _ => None,
         }
     }
@@ -156,12 +204,25 @@ impl Format {
                 | Format::Speedscope
                 | Format::Chrometrace
                 | Format::Timeline
+                | Format::Html
+                | Format::Pprof
         )
+    }
+
+    /// Does this format show the stacks `--state` and `--idle` choose? pprof has a sample
+    /// type for every state, whatever was chosen.
+    pub fn chooses_states(&self) -> bool {
+        self.shows_stacks() && *self != Format::Pprof
+    }
+
+    /// Does this format show the one view `--view` chooses? The HTML report has both.
+    pub fn chooses_view(&self) -> bool {
+        self.chooses_states() && *self != Format::Html
     }
 
     /// Does this format draw the recording in time order (and so need its timeline kept)?
     pub fn needs_timeline(&self) -> bool {
-        matches!(self, Format::Chrometrace | Format::Timeline)
+        matches!(self, Format::Chrometrace | Format::Timeline | Format::Html)
     }
 
     /// The file names that ask for a format, as help and errors list them.
@@ -174,6 +235,8 @@ impl Format {
         ".speedscope.json",
         "trace.json",
         "timeline.svg",
+        ".html",
+        ".pb.gz",
     ];
 
     /// The format's name, as `--format` takes it.
@@ -186,6 +249,8 @@ impl Format {
             Format::Speedscope => "speedscope",
             Format::Chrometrace => "chrometrace",
             Format::Timeline => "timeline",
+            Format::Html => "html",
+            Format::Pprof => "pprof",
         }
     }
 
@@ -199,6 +264,8 @@ impl Format {
             Format::Speedscope => &speedscope::Speedscope,
             Format::Chrometrace => &chrometrace::Chrometrace,
             Format::Timeline => &timeline_svg::TimelineSvg,
+            Format::Html => &html::Html,
+            Format::Pprof => &pprof::Pprof,
         }
     }
 }
@@ -218,17 +285,36 @@ pub fn process_sections(sections: impl ExactSizeIterator<Item = String>) -> Stri
 }
 
 /// Text from the target (names, code) with control characters escaped, so that it can
-/// never move a terminal's cursor or break a line.
+/// never move a terminal's cursor or break a line; and with the characters that reorder or
+/// break what follows them escaped too: bidirectional overrides and isolates (U+202E turns
+/// the rest of a line around, so that a name can pass for another) and the Unicode line and
+/// paragraph separators (U+2028, U+2029), which some terminals and editors break lines at.
 pub fn printable(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if c.is_control() {
             out.extend(c.escape_default());
+        } else if reorders_or_breaks(c) {
+            out.extend(c.escape_unicode());
         } else {
             out.push(c);
         }
     }
     out
+}
+
+/// Bidirectional formatting characters and the line and paragraph separators.
+fn reorders_or_breaks(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}'
+            | '\u{200e}'
+            | '\u{200f}'
+            | '\u{2028}'
+            | '\u{2029}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
+    )
 }
 
 /// Text from the target made safe inside XML text and attribute values.
@@ -244,6 +330,17 @@ pub fn xml_text(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bidirectional_overrides_and_line_separators_are_escaped() {
+        assert_eq!(
+            printable("evil\u{202e}fdp.exe\u{2028}next\u{2029}\u{2066}x\u{2069}"),
+            "evil\\u{202e}fdp.exe\\u{2028}next\\u{2029}\\u{2066}x\\u{2069}"
+        );
+        assert_eq!(printable("tab\tesc\u{1b}"), "tab\\tesc\\u{1b}");
+        // Letters of right-to-left scripts, and joiners within emoji, are text: kept.
+        assert_eq!(printable("שלום 👩\u{200d}💻"), "שלום 👩\u{200d}💻");
+    }
 
     #[test]
     fn formats_follow_the_extension() {
@@ -278,5 +375,15 @@ mod tests {
             Format::from_path(Path::new("Timeline.svg")),
             Some(Format::Timeline)
         );
+        assert_eq!(
+            Format::from_path(Path::new("report.html")),
+            Some(Format::Html)
+        );
+        assert_eq!(
+            Format::from_path(Path::new("/tmp/profile.pb.gz")),
+            Some(Format::Pprof)
+        );
+        assert_eq!(Format::from_path(Path::new("x.pprof")), Some(Format::Pprof));
+        assert_eq!(Format::from_path(Path::new("x.gz")), None);
     }
 }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use serde_json::{json, Value};
 
 use super::collapsed::{self, Folded, Node};
+use super::labels::Paths;
 use super::{RenderOptions, View};
 use crate::model::Recording;
 use crate::stack::FrameKind;
@@ -44,7 +45,7 @@ fn frame_value(node: &Node) -> Value {
             "name": collapsed::clean(&frame.function),
             "file": collapsed::clean(&frame.module),
         }),
-        other => json!({ "name": other.label() }),
+        other => json!({ "name": other.label(&Paths::default()) }),
     }
 }
 
@@ -65,7 +66,7 @@ fn document(folded: Folded, options: &RenderOptions, name: &str) -> String {
     let mut profile_index: HashMap<String, usize> = HashMap::new();
     for (path, count) in folded {
         let (root, rest) = path.split_at(root_len(&path));
-        let root: Vec<String> = root.iter().map(Node::label).collect();
+        let root: Vec<String> = root.iter().map(|n| n.label(&Paths::default())).collect();
         let root = root.join(" / ");
         let stack: Vec<usize> = rest
             .iter()
@@ -119,11 +120,11 @@ fn document(folded: Folded, options: &RenderOptions, name: &str) -> String {
 pub struct Speedscope;
 
 impl super::Report for Speedscope {
-    fn one(&self, recording: &Recording, options: &RenderOptions) -> String {
-        render(recording, options)
+    fn one(&self, recording: &Recording, options: &RenderOptions) -> Vec<u8> {
+        render(recording, options).into_bytes()
     }
 
-    fn several(&self, recordings: &[Recording], options: &RenderOptions) -> String {
-        render_processes(recordings, options)
+    fn several(&self, recordings: &[Recording], options: &RenderOptions) -> Vec<u8> {
+        render_processes(recordings, options).into_bytes()
     }
 }

@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use super::labels::Paths;
 use crate::model::profile::Location;
 use crate::model::{EndReason, Recording};
 use crate::sample::ThreadState;
@@ -23,7 +24,7 @@ pub fn render(recording: &Recording) -> String {
         "gilscope: pid {} - Python {} ({})",
         super::id_with_namespace(target.pid, target.ns_pid),
         target.python_version,
-        target.binary
+        super::printable(&target.binary)
     );
     if !target.command_line.is_empty() {
         let _ = writeln!(out, "command: {}", super::printable(&target.command_line));
@@ -33,6 +34,7 @@ pub fn render(recording: &Recording) -> String {
         EndReason::Interrupted => " (interrupted)",
         EndReason::TargetExited => " (target exited)",
         EndReason::TargetExeced => " (target exec'd another program)",
+        EndReason::TargetUnreadable => " (target could no longer be read)",
     };
     let _ = writeln!(
         out,
@@ -45,6 +47,18 @@ pub fn render(recording: &Recording) -> String {
         sampler.late_ticks,
         sampler.max_lag_s * 1e3
     );
+    if let Some(sentence) = super::stopped_sentence(profile) {
+        let _ = writeln!(out, "stopped: {sentence}");
+    }
+    // Stacks dropped matter once they are a share of the samples one can see missing.
+    if recording.stacks.is_some() && sampler.stack_errors * 100 >= profile.samples.max(1) {
+        let _ = writeln!(
+            out,
+            "stacks: {} could not be read (they changed under every read); their samples \
+             count in their threads' states, under [stack not captured]",
+            sampler.stack_errors
+        );
+    }
     let switches = profile
         .switches_per_s()
         .map(|s| format!("{s:.0}/s"))
@@ -148,7 +162,7 @@ pub fn render(recording: &Recording) -> String {
         .max()
         .unwrap_or(4)
         .clamp(4, 32);
-    let states = super::shown_states(target.free_threaded, no_gil);
+    let states = super::with_stopped(super::shown_states(target.free_threaded, no_gil), profile);
     // In a container seen from outside, each thread's id in the container follows ours.
     let tid_label = |thread: &crate::model::profile::ThreadProfile| match thread.ns_tid {
         Some(own) => format!("{} ({own})", thread.tid),
@@ -197,6 +211,9 @@ pub fn render(recording: &Recording) -> String {
         }
         let _ = writeln!(out);
     }
+    if measured {
+        latency_section(&mut out, recording);
+    }
     if let Some(table) = &recording.stacks {
         where_threads_are(&mut out, recording, table);
         // With one Python thread, nobody waits on anybody: no blame to give.
@@ -211,6 +228,59 @@ pub fn render(recording: &Recording) -> String {
     }
     findings_section(&mut out, recording);
     out
+}
+
+/// Each thread's waits for the GIL: how many, and how long each took (quantiles).
+fn latency_section(out: &mut String, recording: &Recording) {
+    let profile = &recording.profile;
+    let threads: Vec<_> = profile
+        .threads()
+        .into_iter()
+        .filter(|t| t.latency.episodes > 0)
+        .collect();
+    if threads.is_empty() {
+        return;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "GIL latency (each wait, from its first waiting sample to the GIL; +-{:.1} ms at \
+         this rate):",
+        profile.tick_s() * 1e3
+    );
+    let name_width = threads
+        .iter()
+        .map(|t| display_name(t.name()).chars().count())
+        .max()
+        .unwrap_or(4)
+        .clamp(13, 32);
+    let _ = writeln!(
+        out,
+        "{:>8}  {:<name_width$}  {:>7}  {:>9}  {:>9}  {:>9}  {:>9}",
+        "TID", "NAME", "WAITS", "P50", "P90", "P99", "MAX"
+    );
+    let ms = |s: Option<f64>| s.map_or_else(|| "-".to_string(), |s| format!("{:.1} ms", s * 1e3));
+    let mut rows: Vec<(String, &crate::model::profile::Latency, Option<i32>)> = threads
+        .iter()
+        .map(|t| (display_name(t.name()), &t.latency, Some(t.tid)))
+        .collect();
+    let all = profile.latency();
+    if rows.len() > 1 {
+        rows.push(("(all threads)".to_string(), &all, None));
+    }
+    for (name, latency, tid) in rows {
+        let name: String = name.chars().take(name_width).collect();
+        let tid = tid.map(|t| t.to_string()).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{tid:>8}  {name:<name_width$}  {:>7}  {:>9}  {:>9}  {:>9}  {:>9}",
+            latency.episodes,
+            ms(latency.quantile(0.5)),
+            ms(latency.quantile(0.9)),
+            ms(latency.quantile(0.99)),
+            ms(Some(latency.max_ns as f64 / 1e9)),
+        );
+    }
 }
 
 /// One line per GIL, where subinterpreters have GILs of their own (3.12+).
@@ -263,7 +333,7 @@ pub fn findings_section(out: &mut String, recording: &Recording) {
     let _ = writeln!(out);
     let _ = writeln!(out, "Findings:");
     for finding in findings {
-        let _ = writeln!(out, "- {}", display_name(&finding));
+        let _ = writeln!(out, "- {}", display_name(&finding.text));
     }
 }
 
@@ -274,28 +344,51 @@ const TEXT_BLAME: usize = 5;
 /// Caller frames shown after a blamed location.
 const TEXT_CALLERS: usize = 3;
 
+/// The states whose places in the code the text report shows.
+const SHOWN_STATES: [ThreadState; 4] = [
+    ThreadState::Hold,
+    ThreadState::Wait,
+    ThreadState::Attached,
+    ThreadState::Running,
+];
+
 /// Per thread: the innermost frames it held the GIL in, waited in, and ran native code in.
 fn where_threads_are(out: &mut String, recording: &Recording, table: &StackTable) {
+    let paths = Paths::of(std::slice::from_ref(recording));
     let _ = writeln!(out);
     let _ = writeln!(
         out,
         "Where (innermost frame; share of the thread's samples):"
     );
     for thread in recording.profile.threads() {
-        let rows: Vec<(ThreadState, Vec<Location>)> = [
-            ThreadState::Hold,
-            ThreadState::Wait,
-            ThreadState::Attached,
-            ThreadState::Running,
-        ]
-        .into_iter()
-        .map(|s| (s, thread.top_locations(s, table, TEXT_LOCATIONS)))
-        .filter(|(_, l)| !l.is_empty())
-        .collect();
-        if rows.is_empty() {
+        let rows: Vec<(ThreadState, Vec<Location>)> = SHOWN_STATES
+            .into_iter()
+            .map(|s| (s, thread.top_locations(s, table, TEXT_LOCATIONS)))
+            .filter(|(_, l)| !l.is_empty())
+            .collect();
+        // A Python thread whose stack was not read at a good share of its samples (a stack
+        // that changed under every read): say so rather than show a part as the whole.
+        let (unread, shown) = if thread.thread_id.is_some() {
+            SHOWN_STATES.iter().fold((0, 0), |(unread, shown), &s| {
+                let counts = &thread.stacks[s.index()];
+                let none = counts.get(&None).copied().unwrap_or(0);
+                (unread + none, shown + counts.values().sum::<u64>())
+            })
+        } else {
+            (0, 0)
+        };
+        let unread_note = unread > 0 && unread * 4 >= shown;
+        if rows.is_empty() && !unread_note {
             continue;
         }
         let _ = writeln!(out, "  {} ({})", display_name(thread.name()), thread.tid);
+        if unread_note {
+            let _ = writeln!(
+                out,
+                "    (no stack at {} of its samples here: it changed under every read)",
+                percent(unread as f64 / shown.max(1) as f64)
+            );
+        }
         for (state, locations) in rows {
             for (i, location) in locations.iter().enumerate() {
                 let label = if i == 0 { state.name() } else { "" };
@@ -309,7 +402,8 @@ fn where_threads_are(out: &mut String, recording: &Recording, table: &StackTable
                         Place {
                             frame: location.frame,
                             caller: location.caller,
-                        }
+                        },
+                        Some(&paths),
                     ))
                 );
             }
@@ -319,6 +413,7 @@ fn where_threads_are(out: &mut String, recording: &Recording, table: &StackTable
 
 /// The holders' code that the waiters waited on, weighted by the number of waiters.
 fn who_makes_them_wait(out: &mut String, recording: &Recording, table: &StackTable) {
+    let paths = Paths::of(std::slice::from_ref(recording));
     let profile = &recording.profile;
     let total = profile.waiter_ticks();
     if total == 0 {
@@ -333,7 +428,8 @@ fn who_makes_them_wait(out: &mut String, recording: &Recording, table: &StackTab
         let share = blame.waiter_ticks as f64 / total as f64;
         let code = match blame.stack.and_then(|s| Some((s, table.place(s)?))) {
             Some((stack, place)) => {
-                let mut text = display_name(&crate::formats::labels::place(table, place));
+                let mut text =
+                    display_name(&crate::formats::labels::place(table, place, Some(&paths)));
                 // The callers of the place's innermost Python frame (or of the place).
                 let from = place.caller.unwrap_or(place.frame);
                 let frames = table.stack(stack);
@@ -381,11 +477,45 @@ fn display_name(name: &str) -> String {
 pub struct Text;
 
 impl super::Report for Text {
-    fn one(&self, recording: &Recording, _: &super::RenderOptions) -> String {
-        render(recording)
+    fn one(&self, recording: &Recording, _: &super::RenderOptions) -> Vec<u8> {
+        render(recording).into_bytes()
     }
 
-    fn several(&self, recordings: &[Recording], _: &super::RenderOptions) -> String {
-        render_processes(recordings)
+    fn several(&self, recordings: &[Recording], _: &super::RenderOptions) -> Vec<u8> {
+        render_processes(recordings).into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::profile::test_sample;
+    use crate::model::{test_recording, Profile};
+    use crate::stack::{Frame, StackTable};
+
+    #[test]
+    fn a_thread_whose_stack_could_not_be_read_is_said_to_have_none() {
+        let mut table = StackTable::new();
+        let frame = table.intern_frame(Frame::python("spin".into(), "app.py".into(), 3));
+        let stack = table.intern_stack(&[frame]);
+        let mut profile = Profile::new();
+        for i in 0..100u64 {
+            let mut sample = test_sample(
+                i * 1_000_000,
+                i,
+                &[(1, ThreadState::Hold), (2, ThreadState::Running)],
+            );
+            sample.threads[0].stack = Some(stack);
+            profile.add(&sample, |tid| format!("t{tid}"));
+        }
+        let mut recording = test_recording(profile, Some(table));
+        recording.sampler.stack_errors = 100;
+        let report = render(&recording);
+        assert!(report.contains("stacks: 100 could not be read"), "{report}");
+        assert!(
+            report.contains("t2 (2)\n    (no stack at 100.0% of its samples here"),
+            "{report}"
+        );
+        assert!(!report.contains("t1 (1)\n    (no stack"), "{report}");
     }
 }

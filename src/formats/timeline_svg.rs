@@ -18,15 +18,8 @@ const ROW: usize = 18;
 const TOP: usize = 76;
 const TITLE: &str = "GIL timeline";
 
-fn colour(state: ThreadState) -> &'static str {
-    match state {
-        ThreadState::Hold => "#d62728",
-        ThreadState::Wait => "#ff9f1c",
-        ThreadState::Running => "#2ca02c",
-        ThreadState::Idle => "#c7c7c7",
-        ThreadState::Attached => "#1f77b4",
-        ThreadState::Suspended => "#9467bd",
-    }
+fn colour(state: ThreadState) -> String {
+    super::palette::state(state).hex()
 }
 
 pub fn render(recording: &Recording, options: &RenderOptions) -> String {
@@ -137,7 +130,25 @@ fn draw(recordings: &[Recording], options: &RenderOptions, headed: bool) -> Stri
         );
         x += 90;
     }
+    // What a blank stretch means: a state not drawn (idle, by default), so that a reader
+    // does not take the white for missing samples.
+    let free_threaded = timed.iter().any(|r| r.target.free_threaded);
+    let hidden: Vec<&str> = super::shown_states(free_threaded, false)
+        .into_iter()
+        .filter(|state| !options.states.contains(state))
+        .map(|state| state.name())
+        .collect();
+    if !hidden.is_empty() {
+        let _ = writeln!(
+            svg,
+            "<rect x=\"{x}\" y=\"54\" width=\"12\" height=\"12\" fill=\"#ffffff\" \
+             stroke=\"#999\"/><text x=\"{}\" y=\"65\">blank: {}</text>",
+            x + 16,
+            hidden.join(", ")
+        );
+    }
     let mut columns = vec![[0u64; ThreadState::COUNT]; PLOT];
+    let paths = super::labels::Paths::of(recordings);
     let mut process = 0;
     for (i, line) in lines.iter().enumerate() {
         let y = TOP + i * ROW;
@@ -189,6 +200,7 @@ fn draw(recordings: &[Recording], options: &RenderOptions, headed: bool) -> Stri
             y,
             columns: &columns,
             spans: &spans,
+            paths: &paths,
         };
         draw_row(
             &mut svg,
@@ -231,6 +243,7 @@ struct Row<'a> {
     y: usize,
     columns: &'a [[u64; ThreadState::COUNT]],
     spans: &'a [&'a Span],
+    paths: &'a super::labels::Paths,
 }
 
 /// One thread's row: runs of pixels whose dominant state is a shown one, with a tooltip
@@ -248,6 +261,7 @@ fn draw_row(
         y,
         columns,
         spans,
+        ..
     } = *row;
     let dominant = |c: &[u64; ThreadState::COUNT]| -> Option<ThreadState> {
         // The most time; on a tie, the state listed first.
@@ -283,9 +297,21 @@ fn draw_row(
         let place = longest
             .and_then(|s| s.stack)
             .zip(table)
-            .and_then(|(id, table)| Some(crate::formats::labels::place(table, table.place(id)?)));
-        if let Some(place) = place {
-            let _ = write!(tip, ", mostly in {place}");
+            .and_then(|(id, table)| Some((table, table.place(id)?)));
+        if let Some((table, place)) = place {
+            let paths = row.paths;
+            let _ = write!(
+                tip,
+                ", mostly in {}",
+                super::labels::place(table, place, Some(paths))
+            );
+            let file = table
+                .frame(place.frame)
+                .filter(|f| f.kind == crate::stack::FrameKind::Python)
+                .map_or("", |f| &*f.file);
+            if paths.short(file) != file {
+                let _ = write!(tip, " ({file})");
+            }
         }
         let _ = writeln!(
             svg,
@@ -343,11 +369,11 @@ fn format_seconds(value: f64, step: f64) -> String {
 pub struct TimelineSvg;
 
 impl super::Report for TimelineSvg {
-    fn one(&self, recording: &Recording, options: &RenderOptions) -> String {
-        render(recording, options)
+    fn one(&self, recording: &Recording, options: &RenderOptions) -> Vec<u8> {
+        render(recording, options).into_bytes()
     }
 
-    fn several(&self, recordings: &[Recording], options: &RenderOptions) -> String {
-        render_processes(recordings, options)
+    fn several(&self, recordings: &[Recording], options: &RenderOptions) -> Vec<u8> {
+        render_processes(recordings, options).into_bytes()
     }
 }

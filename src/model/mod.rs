@@ -119,6 +119,9 @@ pub struct TargetInfo {
     /// A free-threaded build (3.13t): the GIL may be off, and then threads are attached
     /// (running Python) or detached instead of holding or waiting (docs/COMPATIBILITY.md).
     pub free_threaded: bool,
+    /// The main interpreter's `sys.path`, read once: the directories modules were imported
+    /// from, which short file names are relative to. Empty where it could not be read.
+    pub sys_path: Vec<String>,
 }
 
 /// Why the recording ended.
@@ -134,12 +137,19 @@ pub enum EndReason {
     /// The target exec'd another program: the Python that was recorded is gone, though the
     /// process lives on.
     TargetExeced,
+    /// The target lives but could no longer be read: every tick failed for a long run (a
+    /// corrupt thread list), or gilscope ran out of open files. `sampler.unreadable` says why.
+    TargetUnreadable,
 }
 
 impl EndReason {
-    /// The recorded Python is gone: the process exited or became another program.
+    /// Sampling the process is over: it exited, became another program, or could no
+    /// longer be read.
     pub fn target_gone(self) -> bool {
-        matches!(self, EndReason::TargetExited | EndReason::TargetExeced)
+        matches!(
+            self,
+            EndReason::TargetExited | EndReason::TargetExeced | EndReason::TargetUnreadable
+        )
     }
 }
 
@@ -154,6 +164,8 @@ pub struct SamplerStats {
     pub max_lag_s: f64,
     pub mean_lag_s: f64,
     pub ended: EndReason,
+    /// Why the target could not be read any more (`ended` is `target_unreadable`).
+    pub unreadable: Option<String>,
     /// The sampler ran at real-time priority, so ticks were on time under load.
     pub realtime: bool,
     /// Methods the sampler had to do without for want of a privilege (real-time priority,
@@ -187,6 +199,44 @@ pub struct Recording {
     pub stacks: Option<StackTable>,
     /// The sampler's health over the whole recording (all slices).
     pub health: crate::sample::Health,
+}
+
+/// A recording of `profile` for tests of the formats: a 3.12 target at 1 kHz, ended by its
+/// duration, without errors.
+#[cfg(test)]
+pub(crate) fn test_recording(profile: Profile, stacks: Option<StackTable>) -> Recording {
+    Recording {
+        target: TargetInfo {
+            pid: 42,
+            ns_pid: None,
+            python_version: crate::python::version::Version::new(3, 12, 1),
+            binary: "python3.12".into(),
+            command_line: "python3.12 app.py".into(),
+            layout: LayoutInfo::default(),
+            wait_measured: true,
+            free_threaded: false,
+            sys_path: Vec::new(),
+        },
+        sampler: SamplerStats {
+            rate_hz: 1000.0,
+            errors: 0,
+            late_ticks: 0,
+            max_lag_s: 0.0,
+            mean_lag_s: 0.0,
+            ended: EndReason::Duration,
+            unreadable: None,
+            realtime: true,
+            degraded: Vec::new(),
+            host_steal: None,
+            stack_errors: 0,
+            cpu_clock: CpuClock::Perf,
+            native: None,
+            stats: Default::default(),
+        },
+        profile,
+        stacks,
+        health: Default::default(),
+    }
 }
 
 /// The classifier's error against the uprobe reference, as measured (docs/ACCURACY.md), in

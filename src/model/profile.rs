@@ -69,6 +69,120 @@ pub fn sampling_margin(p: f64, n: u64) -> Option<f64> {
     Some(1.96 * (p * (1.0 - p) / n as f64).sqrt())
 }
 
+/// Buckets per doubling of a wait's length: each bucket spans 9%, so a quantile read as
+/// its bucket's geometric middle is within 4.5% of the true one.
+pub const LATENCY_BUCKETS_PER_OCTAVE: usize = 8;
+/// The bucket whose lower edge is 1 ms. Bucket `i` starts at 2^((i - 80) / 8) ms, so that
+/// whole octaves fall on 1, 2, 4, 8... ms (the buckets of the Prometheus histogram); bucket
+/// 0 takes anything under ~1 µs.
+const LATENCY_MS_BUCKET: usize = 10 * LATENCY_BUCKETS_PER_OCTAVE;
+/// Buckets kept: the last one takes anything from 2^18 ms (4.4 minutes) on.
+pub const LATENCY_BUCKETS: usize = LATENCY_MS_BUCKET + 18 * LATENCY_BUCKETS_PER_OCTAVE + 1;
+
+/// The distribution of a thread's GIL wait episodes (from the first tick it waits to the
+/// tick it has the GIL again), in fixed logarithmic buckets: bounded memory whatever the
+/// recording's length, quantiles within 4.5%, and exact count, total and maximum.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Latency {
+    /// Episodes per bucket; empty until the first episode.
+    counts: Vec<u64>,
+    pub episodes: u64,
+    pub total_ns: u64,
+    pub min_ns: u64,
+    pub max_ns: u64,
+}
+
+impl Latency {
+    /// The bucket an episode of `ns` falls in.
+    pub fn bucket(ns: u64) -> usize {
+        if ns == 0 {
+            return 0;
+        }
+        let octaves = (ns as f64 / 1e6).log2();
+        let index =
+            (octaves * LATENCY_BUCKETS_PER_OCTAVE as f64).floor() as i64 + LATENCY_MS_BUCKET as i64;
+        index.clamp(0, LATENCY_BUCKETS as i64 - 1) as usize
+    }
+
+    /// Where bucket `i` starts (s).
+    pub fn bucket_start_s(i: usize) -> f64 {
+        let octaves = (i as f64 - LATENCY_MS_BUCKET as f64) / LATENCY_BUCKETS_PER_OCTAVE as f64;
+        1e-3 * octaves.exp2()
+    }
+
+    pub fn add(&mut self, ns: u64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; LATENCY_BUCKETS];
+            self.min_ns = ns;
+        }
+        self.counts[Latency::bucket(ns)] += 1;
+        self.episodes += 1;
+        self.total_ns = self.total_ns.saturating_add(ns);
+        self.min_ns = self.min_ns.min(ns);
+        self.max_ns = self.max_ns.max(ns);
+    }
+
+    pub fn merge(&mut self, other: &Latency) {
+        if other.episodes == 0 {
+            return;
+        }
+        if self.counts.is_empty() {
+            *self = other.clone();
+            return;
+        }
+        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
+            *mine += theirs;
+        }
+        self.episodes += other.episodes;
+        self.total_ns = self.total_ns.saturating_add(other.total_ns);
+        self.min_ns = self.min_ns.min(other.min_ns);
+        self.max_ns = self.max_ns.max(other.max_ns);
+    }
+
+    /// The `q` quantile (0-1) of the episodes' lengths in seconds, by nearest rank: the
+    /// geometric middle of the bucket holding it, kept within the shortest and longest
+    /// episode. None without episodes.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.episodes == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * self.episodes as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, &n) in self.counts.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                let middle = (Latency::bucket_start_s(i) * Latency::bucket_start_s(i + 1)).sqrt();
+                return Some(middle.clamp(self.min_ns as f64 / 1e9, self.max_ns as f64 / 1e9));
+            }
+        }
+        Some(self.max_ns as f64 / 1e9)
+    }
+
+    pub fn mean_s(&self) -> Option<f64> {
+        (self.episodes > 0).then(|| self.total_ns as f64 / self.episodes as f64 / 1e9)
+    }
+
+    /// The buckets holding episodes: (bucket, episodes), shortest first.
+    pub fn buckets(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+            .map(|(i, &n)| (i, n))
+    }
+}
+
+/// A thread's wait for the GIL still going when a slice of the recording was handed out
+/// (`serve`, `top`): the next slice finishes the episode instead of losing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OpenWait {
+    thread_id: Option<u64>,
+    /// When the thread's last tick was, and when its wait began (half-way between its
+    /// last tick before waiting and its first waiting tick).
+    last_ns: u64,
+    since_ns: u64,
+}
+
 /// New threads named as their rows are made, per sample: more than this at one tick (a pool
 /// of a thousand seen at attach) would hold the sampler up; the others are named over the
 /// next slices of [`Profile::refresh_some_names`].
@@ -98,6 +212,12 @@ pub struct ThreadProfile {
     pub wakeups: u64,
     /// Waiting ticks from such a wake-up until it stopped waiting.
     pub wakeup_wait_ticks: u64,
+    /// Its waits for the GIL, each from the first tick waiting to the tick it no longer
+    /// waited (it had the GIL). A wait under way when it was first seen or at the end is
+    /// left out: its length is not known.
+    pub latency: Latency,
+    /// When the wait under way began (None: not waiting, or waiting since first seen).
+    wait_since_ns: Option<u64>,
     /// In a process with more than one interpreter: the GIL its interpreter uses (its
     /// address, [`GilProfile::base`]) and the interpreter's id, as of the last tick it held
     /// or waited (else the first tick it was seen). None: one interpreter, or no thread state.
@@ -217,6 +337,7 @@ impl ThreadProfile {
         }
         self.wakeups += other.wakeups;
         self.wakeup_wait_ticks += other.wakeup_wait_ticks;
+        self.latency.merge(&other.latency);
     }
 
     /// 95% half-width for the fraction of `state`.
@@ -248,6 +369,9 @@ pub struct GilTicks {
     pub off: u64,
     /// ...and ticks at which it was on.
     pub on: u64,
+    /// Ticks at which the kernel had stopped every thread (SIGSTOP, a debugger): counted
+    /// apart, like `off`. Nothing held or waited for the GIL then; nothing ran at all.
+    pub stopped: u64,
 }
 
 impl GilTicks {
@@ -354,6 +478,8 @@ pub struct Profile {
     /// Threads that ended and were summed into one row (`FOLDED_TID`) to bound memory.
     pub folded_threads: u64,
     next_fold_ns: u64,
+    /// Waits under way at the end of the previous slice, by tid (see [`Profile::take_slice`]).
+    open_waits: HashMap<i32, OpenWait>,
 }
 
 /// Rows kept before threads that ended are folded together: a program that starts a thread
@@ -406,7 +532,42 @@ impl Profile {
             timeline: None,
             folded_threads: 0,
             next_fold_ns: 0,
+            open_waits: HashMap::new(),
         }
+    }
+
+    /// Hand out the recording so far as a slice (`serve`, `top`) and start the next one
+    /// empty, but for the waits for the GIL under way: the next slice counts each of them
+    /// whole when it ends, rather than losing the longest ones at every slice's edge.
+    pub fn take_slice(&mut self) -> Profile {
+        let mut open_waits = HashMap::new();
+        for (&tid, &row) in &self.rows {
+            let thread = &self.threads[row];
+            if let (Some(ThreadState::Wait), Some(since_ns)) =
+                (thread.previous, thread.wait_since_ns)
+            {
+                open_waits.insert(
+                    tid,
+                    OpenWait {
+                        thread_id: thread.thread_id,
+                        last_ns: thread.last_ns,
+                        since_ns,
+                    },
+                );
+            }
+        }
+        let slice = std::mem::take(self);
+        self.open_waits = open_waits;
+        slice
+    }
+
+    /// Every thread's waits for the GIL together.
+    pub fn latency(&self) -> Latency {
+        let mut all = Latency::default();
+        for thread in &self.threads {
+            all.merge(&thread.latency);
+        }
+        all
     }
 
     /// Keep the timeline from now on (for the chrometrace and timeline formats).
@@ -432,16 +593,26 @@ impl Profile {
         }
         let all_waiters = sample.waiters() as u64;
         self.all_waiters += all_waiters;
+        // A process the kernel had stopped whole is left out of the GIL figures: they say what
+        // its threads did with the GIL while they could run.
+        let stopped = !sample.threads.is_empty()
+            && sample
+                .threads
+                .iter()
+                .all(|t| t.state == ThreadState::Stopped);
+        self.gil.stopped += stopped as u64;
         // The process figures are the main GIL's: with several GILs, those of the threads
         // of the interpreters that use it (and of threads without a thread state).
         let tick = match sample.gils.is_empty() {
             true => gil_tick(sample.threads.iter()),
             false => {
-                self.add_gils(sample);
+                if !stopped {
+                    self.add_gils(sample);
+                }
                 gil_tick(sample.threads.iter().filter(|t| gil_index(t) == 0))
             }
         };
-        if !sample.gil.off() {
+        if !sample.gil.off() && !stopped {
             add_gil(&mut self.gil, &tick);
         }
         for thread in &sample.threads {
@@ -479,6 +650,8 @@ impl Profile {
                         waited_on: HashMap::new(),
                         wakeups: 0,
                         wakeup_wait_ticks: 0,
+                        latency: Latency::default(),
+                        wait_since_ns: None,
                         gil: None,
                         previous: None,
                         woken: false,
@@ -492,6 +665,28 @@ impl Profile {
             let entry = &mut self.threads[row];
             if entry.thread_id.is_none() {
                 entry.thread_id = thread.thread_id;
+            }
+            if entry.previous.is_none() {
+                // A wait under way when the previous slice was handed out goes on here.
+                if let Some(open) = self.open_waits.remove(&thread.tid) {
+                    if open.thread_id == thread.thread_id || open.thread_id.is_none() {
+                        entry.previous = Some(ThreadState::Wait);
+                        entry.last_ns = open.last_ns;
+                        entry.wait_since_ns = Some(open.since_ns);
+                    }
+                }
+            }
+            let half_way = entry.last_ns + sample.time_ns.saturating_sub(entry.last_ns) / 2;
+            match (entry.previous, thread.state) {
+                (Some(ThreadState::Wait), ThreadState::Wait) => {}
+                (Some(_), ThreadState::Wait) => entry.wait_since_ns = Some(half_way),
+                (None, ThreadState::Wait) => entry.wait_since_ns = None,
+                (Some(ThreadState::Wait), _) => {
+                    if let Some(since) = entry.wait_since_ns.take() {
+                        entry.latency.add(half_way.saturating_sub(since));
+                    }
+                }
+                _ => {}
             }
             entry.counts.add(thread.state);
             if let Some((index, interpreter)) = thread.gil {
@@ -681,6 +876,7 @@ impl Profile {
         sum.previous = None;
         sum.woken = false;
         sum.waking = false;
+        sum.wait_since_ns = None;
         let sum_row = kept.len();
         for (row, slot) in new_row.iter_mut().enumerate() {
             if fold.contains(&row) || Some(row) == existing {
@@ -753,6 +949,21 @@ impl Profile {
     /// the blame view).
     pub fn waiter_ticks(&self) -> u64 {
         self.all_waiters
+    }
+
+    /// Wall time the kernel had the whole process stopped (SIGSTOP, a debugger), from the
+    /// ticks that found it so (s).
+    pub fn stopped_s(&self) -> f64 {
+        self.gil.stopped as f64 * self.tick_s()
+    }
+
+    /// Share of the ticks at which the whole process was stopped.
+    pub fn stopped_share(&self) -> f64 {
+        if self.samples == 0 {
+            0.0
+        } else {
+            self.gil.stopped as f64 / self.samples as f64
+        }
     }
 
     /// Wall time covered by the samples (s).
@@ -987,7 +1198,7 @@ mod tests {
     #[test]
     fn rounded_fractions_add_up_to_exactly_one() {
         let mut counts = Counts {
-            by_state: [1, 1, 1, 0, 0, 0],
+            by_state: [1, 1, 1, 0, 0, 0, 0],
         };
         let f = counts.fractions_summing_to_one();
         assert_eq!(
@@ -995,7 +1206,7 @@ mod tests {
             10_000
         );
         assert_eq!(f[3], 0.0);
-        counts.by_state = [2, 3, 5, 7, 0, 0];
+        counts.by_state = [2, 3, 5, 7, 0, 0, 0];
         let f = counts.fractions_summing_to_one();
         assert_eq!(
             f.iter().map(|x| (x * 1e4).round() as u64).sum::<u64>(),
@@ -1008,6 +1219,33 @@ mod tests {
     }
 
     use test_sample as sample;
+
+    #[test]
+    fn ticks_at_which_the_process_was_stopped_stay_out_of_the_gil_figures() {
+        use ThreadState::{Hold, Stopped, Wait};
+        let mut profile = Profile::new();
+        for i in 0..40u64 {
+            // Held and contended while it runs; stopped whole for the last half.
+            let states: &[(i32, ThreadState)] = if i < 20 {
+                &[(1, Hold), (2, Wait)]
+            } else {
+                &[(1, Stopped), (2, Stopped)]
+            };
+            profile.add(&sample(i * 1_000_000, i, states), |_| String::new());
+        }
+        assert_eq!(profile.held(), 1.0);
+        assert_eq!(profile.contended(), 1.0);
+        assert_eq!(profile.gil_ticks().stopped, 20);
+        assert_eq!(profile.stopped_share(), 0.5);
+        assert!(
+            (profile.stopped_s() - 0.020).abs() < 1e-9,
+            "{}",
+            profile.stopped_s()
+        );
+        let holder = profile.threads().into_iter().find(|t| t.tid == 1).unwrap();
+        assert_eq!(holder.fraction(Stopped), 0.5);
+        assert_eq!(holder.fraction(Hold), 0.5);
+    }
 
     #[test]
     fn ticks_without_a_gil_stay_out_of_the_gil_figures() {
@@ -1370,6 +1608,99 @@ mod tests {
         let blame = profile.blame();
         assert_eq!(blame.len(), 1);
         assert_eq!((blame[0].holder.tid, blame[0].waiter_ticks), (1, 100));
+    }
+
+    #[test]
+    fn each_wait_for_the_gil_is_one_episode_from_its_first_waiting_tick_to_the_gil() {
+        let mut profile = Profile::new();
+        let ms = 1_000_000u64;
+        // Thread 2 waits from its very first tick (length unknown: left out), then every
+        // 10 ticks waits 3 ticks (3 ms) and holds; at the end it waits again, unfinished.
+        let mut states = vec![ThreadState::Wait, ThreadState::Wait, ThreadState::Hold];
+        for _ in 0..50 {
+            states.extend([ThreadState::Idle; 7]);
+            states.extend([ThreadState::Wait; 3]);
+            states.push(ThreadState::Hold);
+        }
+        states.extend([ThreadState::Wait; 5]);
+        for (i, &state) in states.iter().enumerate() {
+            let i = i as u64;
+            profile.add(
+                &sample(i * ms, i, &[(1, ThreadState::Hold), (2, state)]),
+                |_| "t".into(),
+            );
+        }
+        let threads = profile.threads();
+        let waiter = threads.iter().find(|t| t.tid == 2).unwrap();
+        let latency = &waiter.latency;
+        assert_eq!(latency.episodes, 50);
+        assert_eq!((latency.min_ns, latency.max_ns), (3 * ms, 3 * ms));
+        for q in [0.5, 0.9, 0.99] {
+            let value = latency.quantile(q).unwrap();
+            assert!((value - 0.003).abs() < 1e-9, "{q}: {value}");
+        }
+        assert_eq!(profile.latency().episodes, 50);
+        assert_eq!(
+            threads
+                .iter()
+                .find(|t| t.tid == 1)
+                .unwrap()
+                .latency
+                .episodes,
+            0
+        );
+    }
+
+    #[test]
+    fn latency_quantiles_are_within_their_bucket_of_the_exact_ones() {
+        let mut latency = Latency::default();
+        // 1,000 waits from 0.1 ms to 100 ms, spread evenly on a log scale.
+        let mut exact: Vec<u64> = (0..1000)
+            .map(|i| (1e5 * 1000f64.powf(i as f64 / 999.0)) as u64)
+            .collect();
+        for &ns in &exact {
+            latency.add(ns);
+        }
+        exact.sort_unstable();
+        for q in [0.5, 0.9, 0.99] {
+            let rank = (q * 1000.0_f64).ceil() as usize - 1;
+            let truth = exact[rank] as f64 / 1e9;
+            let estimate = latency.quantile(q).unwrap();
+            assert!(
+                (estimate / truth - 1.0).abs() <= 0.045,
+                "{q}: {estimate} vs {truth}"
+            );
+        }
+        assert_eq!(latency.quantile(1.0), Some(exact[999] as f64 / 1e9));
+        // Octaves fall on whole milliseconds: 1 ms starts a bucket, 2 ms the one 8 later.
+        assert_eq!(Latency::bucket(1_000_000) + 8, Latency::bucket(2_000_000));
+        assert!((Latency::bucket_start_s(Latency::bucket(4_000_000)) - 0.004).abs() < 1e-12);
+        assert_eq!(Latency::bucket(u64::MAX), LATENCY_BUCKETS - 1);
+        assert_eq!(Latency::bucket(1), 0);
+    }
+
+    #[test]
+    fn a_wait_under_way_at_a_slice_edge_is_counted_whole_in_the_next_slice() {
+        let ms = 1_000_000u64;
+        let mut profile = Profile::new();
+        let tick = |profile: &mut Profile, i: u64, state| {
+            profile.add(
+                &sample(i * ms, i, &[(1, ThreadState::Hold), (2, state)]),
+                |_| "t".into(),
+            );
+        };
+        tick(&mut profile, 0, ThreadState::Idle);
+        for i in 1..=4 {
+            tick(&mut profile, i, ThreadState::Wait);
+        }
+        let first = profile.take_slice();
+        assert_eq!(first.latency().episodes, 0);
+        for i in 5..=6 {
+            tick(&mut profile, i, ThreadState::Wait);
+        }
+        tick(&mut profile, 7, ThreadState::Hold);
+        let latency = profile.latency();
+        assert_eq!((latency.episodes, latency.max_ns), (1, 6 * ms));
     }
 
     #[test]

@@ -4,8 +4,49 @@
 use std::collections::HashMap;
 
 use super::{Recording, TargetInfo};
+pub use crate::python::locals::{
+    FrameVariables, Variable, VariableKind, MAX_FRAMES_WITH_VARIABLES,
+};
+pub use crate::python::values::{ContainerKind, Value};
 use crate::sample::ThreadState;
 use crate::stack::Frame;
+
+/// What the kernel said of a thread at the snapshot: what the findings about stuck threads
+/// rest on, with the sample's figures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    /// The scheduler state letter (R running, S asleep, D uninterruptible, T stopped by a
+    /// signal, t stopped by a tracer, ...).
+    pub state: char,
+    /// The system call it was blocked in.
+    pub syscall: Option<Syscall>,
+    /// The process tracing it (ptrace): its pid and name.
+    pub tracer: Option<(i32, String)>,
+}
+
+/// A system call a thread was blocked in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Syscall {
+    pub number: i64,
+    /// Its name, for the calls threads are commonly found blocked in.
+    pub name: Option<&'static str>,
+    /// A futex wait with no time limit: how a Python lock is waited on without a timeout.
+    pub untimed_futex: bool,
+}
+
+/// With `dump --locals`: what was read of a thread's variables.
+#[derive(Debug, Clone)]
+pub enum Locals {
+    /// Not asked for, or not a Python thread.
+    NotAsked,
+    /// This interpreter's frames or objects are not known well enough (Python 2.7).
+    Unsupported,
+    /// The thread's stack moved under every read.
+    Moved,
+    /// Each frame's variables, innermost first like `stack`: the innermost
+    /// [`MAX_FRAMES_WITH_VARIABLES`] frames.
+    Read(Vec<FrameVariables>),
+}
 
 /// One thread at the snapshot.
 #[derive(Debug, Clone)]
@@ -25,6 +66,14 @@ pub struct ThreadSnapshot {
     /// Index in [`Snapshot::gils`] of the GIL its interpreter uses; None without a thread
     /// state.
     pub gil: Option<usize>,
+    /// Its frames' variables (`--locals`). With them, `stack` is the stack read together
+    /// with the variables, a moment after the instant.
+    pub locals: Locals,
+    /// What the kernel said of it at the snapshot (None: it has exited since).
+    pub condition: Option<Condition>,
+    /// CPU time it used during the `--sample` recording (s), where it was there at both
+    /// ends.
+    pub sampled_cpu_s: Option<f64>,
 }
 
 /// One GIL at the instant: with subinterpreters that have their own (3.12+), several.

@@ -3,7 +3,8 @@
 
 use super::layout::{
     self, CodeFields, Current, EvalCalls, Flag, FrameFields, GilFields, GilPlacement, Layout,
-    LineTable, StackLayout, TextKind, ThreadLocalBytecode, UnicodeFields,
+    LineTable, LocalsLayout, ObjectFields, StackLayout, TextKind, ThreadLocalBytecode,
+    UnicodeFields, VariableNames,
 };
 use super::version::Version;
 use crate::target::memory::{u64_at, Memory};
@@ -394,6 +395,7 @@ fn build(block: &[u8], version: &Version, free_threaded: bool) -> Result<Layout,
             version,
             free_threaded,
             tstate_field("current_frame")?,
+            tstate_field("datastack_chunk").ok(),
         )
         .ok(),
     })
@@ -406,6 +408,7 @@ fn stack_layout(
     version: &Version,
     free_threaded: bool,
     current_frame: u64,
+    datastack: Option<u64>,
 ) -> Result<StackLayout, String> {
     let get = |section: &str, name: &str| -> Result<u64, String> {
         let v = sections
@@ -438,6 +441,7 @@ fn stack_layout(
         // 3.14 `FRAME_OWNED_BY_INTERPRETER`, which took value 3 (CSTACK moved to 4 and marks
         // no entry frame: ceval.c of 3.14.4).
         eval_calls: EvalCalls::EntryFrames { entry_owner: 3 },
+        datastack,
         frame: FrameFields::Interpreter {
             previous: frame("previous")?,
             code: frame("executable")?,
@@ -479,6 +483,49 @@ fn stack_layout(
         bytes_data: get("bytes_object", "ob_sval")?,
         ob_type: get("pyobject", "ob_type")?,
         tp_name: get("type_object", "tp_name")?,
+        locals: locals_layout(&get, version).ok(),
+    })
+}
+
+/// Where frames keep their variables, from the frame, code and object sections. Sets
+/// have a section from 3.14 on; 3.13's, like cells', lie after the object header as in
+/// every build (`ObjectFields::after_header`). An error leaves variables out.
+fn locals_layout(
+    get: &dyn Fn(&str, &str) -> Result<u64, String>,
+    version: &Version,
+) -> Result<LocalsLayout, String> {
+    let header = get("pyobject", "ob_type")? + 8;
+    let argcount = get("code_object", "argcount")?;
+    // `co_flags` and `co_kwonlyargcount` are not published: in every build from 3.12 on
+    // they are the ints right before and two after `co_argcount` (gdb `ptype /o
+    // PyCodeObject` on 3.12.1, 3.13.0, 3.13.5t, 3.14.4t, 3.14.10 and 3.15.2).
+    let flags = argcount
+        .checked_sub(4)
+        .ok_or("code_object.argcount lies at the start of the code object")?;
+    let mut objects = ObjectFields::after_header(header, 0);
+    objects.var_size = get("tuple_object", "ob_size")?;
+    objects.tuple_items = get("tuple_object", "ob_item")?;
+    objects.list_items = get("list_object", "ob_item")?;
+    objects.float_value = get("float_object", "ob_fval")?;
+    objects.type_flags = get("type_object", "tp_flags")?;
+    if let (Ok(used), Ok(mask), Ok(table)) = (
+        get("set_object", "used"),
+        get("set_object", "mask"),
+        get("set_object", "table"),
+    ) {
+        (objects.set_used, objects.set_mask, objects.set_table) = (used, mask, table);
+    }
+    Ok(LocalsLayout {
+        frame_slots: get("interpreter_frame", "localsplus")?,
+        tagged_slots: version.minor >= 14,
+        names: VariableNames::Combined {
+            names: get("code_object", "localsplusnames")?,
+            kinds: get("code_object", "localspluskinds")?,
+        },
+        argcount,
+        kwonlyargcount: Some(argcount + 8),
+        flags,
+        objects,
     })
 }
 

@@ -12,6 +12,7 @@ use crate::target::maps::{self, Mapping};
 use crate::target::memory::{check_pointer, i32_at, u32_at, u64_at, Memory, ReadError};
 use crate::target::namespace::ThreadIds;
 use crate::target::pthread::PthreadTids;
+use crate::target::pthread_sync::{GilSync, COND_BYTES, MUTEX_BYTES};
 
 /// Bounds on what a walk will follow: a target's lists are only trusted this far.
 pub const MAX_INTERPRETERS: usize = 256;
@@ -80,6 +81,22 @@ impl GilAddresses {
             .iter()
             .any(|(start, end)| (*start..*end).contains(&addr))
     }
+
+    /// Where `cond`, `mutex`, `switch_cond` and `switch_mutex` start, in that order, where
+    /// known: which one a thread sleeps on says where in the GIL it is.
+    pub fn sync_objects(&self) -> Option<[u64; 4]> {
+        match (self.block, self.sync.as_slice()) {
+            (Some((base, fields)), _) => {
+                let cond = base + fields.sync_start;
+                let [c, m] = [COND_BYTES as u64, MUTEX_BYTES as u64];
+                Some([cond, cond + c, cond + c + m, cond + 2 * c + m])
+            }
+            (None, [cond, mutex, switch_cond, switch_mutex]) => {
+                Some([cond.0, mutex.0, switch_cond.0, switch_mutex.0])
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A GIL and the interpreters that use it. 3.12+ lets a subinterpreter have a GIL of its own
@@ -110,6 +127,9 @@ pub struct RuntimeState {
     /// The other GILs, in the order of [`Interpreter::other_gils`].
     pub others: Vec<GilState>,
     pub threads: Vec<PyThread>,
+    /// Each GIL's mutexes and condition variables, the main one first then `others`, raw
+    /// (glibc's layout: [`GilSync`]); None where they could not be read.
+    pub syncs: Vec<Option<GilSync>>,
 }
 
 /// The GIL at one instant.
@@ -666,17 +686,23 @@ impl Interpreter {
             return Ok(state);
         }
         self.lists_unchanged = false;
-        let gil = self.gil_state(memory)?;
+        let (gil, sync) = read_gil_and_sync(memory, &self.gil)?;
         let threads = self.walk_threads(memory)?;
+        let mut syncs = vec![sync];
         let others = self
             .others
             .iter()
-            .map(|group| read_gil(memory, &group.addresses))
+            .map(|group| {
+                let (gil, sync) = read_gil_and_sync(memory, &group.addresses)?;
+                syncs.push(sync);
+                Ok(gil)
+            })
             .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(RuntimeState {
             gil,
             others,
             threads,
+            syncs,
         })
     }
 
@@ -855,28 +881,37 @@ impl Interpreter {
         }
         let gil = match gil_span {
             Some(_) => None,
-            None => Some(self.gil_state(memory).ok()?),
+            None => Some(read_gil_and_sync(memory, &self.gil).ok()?),
         };
         let mut batch = std::mem::take(&mut self.batch);
         let read = memory.read_many(&blocks, &mut batch).ok();
         let state = read.and_then(|()| {
-            let (gil, mut rest) = match (gil, gil_span) {
-                (Some(gil), _) => (gil, &batch[..]),
+            let ((gil, sync), mut rest) = match (gil, gil_span) {
+                (Some(read), _) => (read, &batch[..]),
                 (None, Some((_, len))) => {
                     let block = batch.get(..len)?;
-                    (gil_from_block(block, &self.gil).ok()?, batch.get(len..)?)
+                    let read = (
+                        gil_from_block(block, &self.gil).ok()?,
+                        sync_from_block(block, &self.gil),
+                    );
+                    (read, batch.get(len..)?)
                 }
                 (None, None) => return None,
             };
             let mut others = Vec::with_capacity(self.others.len());
+            let mut syncs = Vec::with_capacity(self.others.len() + 1);
+            syncs.push(sync);
             for (group, &(_, len)) in self.others.iter().zip(&other_spans) {
-                others.push(gil_from_block(rest.get(..len)?, &group.addresses).ok()?);
+                let block = rest.get(..len)?;
+                others.push(gil_from_block(block, &group.addresses).ok()?);
+                syncs.push(sync_from_block(block, &group.addresses));
                 rest = rest.get(len..)?;
             }
             Some(RuntimeState {
                 gil,
                 others,
                 threads: self.parse_batch(rest, read_size)?,
+                syncs,
             })
         });
         self.batch = batch;
@@ -966,11 +1001,12 @@ impl Interpreter {
     }
 }
 
-/// Where a GIL kept in one struct lies, `(base, length)`, with the current-thread pointer
-/// that sits just after it on 3.7-3.11 when it is near enough to come in the same read.
+/// Where a GIL kept in one struct lies, `(base, length)`, its mutexes and condition variables
+/// included, with the current-thread pointer that sits just after it on 3.7-3.11 when it is
+/// near enough to come in the same read.
 fn gil_span(gil: &GilAddresses) -> Option<(u64, usize)> {
     let (base, fields) = gil.block?;
-    let mut len = fields.switch_number + 8;
+    let mut len = fields.size();
     if let Some(current) = gil.current.filter(|&c| near_gil(base, c)) {
         len = len.max(current - base + 8);
     }
@@ -983,6 +1019,77 @@ fn near_gil(base: u64, addr: u64) -> bool {
 
 /// Read a GIL from its addresses: one read when it is a struct, field by field on 3.6.
 pub fn read_gil(
+    memory: &dyn Memory,
+    gil: &GilAddresses,
+) -> std::result::Result<GilState, ReadError> {
+    match read_gil_block(memory, gil)? {
+        Some((state, _)) => Ok(state),
+        None => read_gil_fields(memory, gil),
+    }
+}
+
+/// [`read_gil`], with the GIL's mutexes and condition variables (in the same read where the
+/// GIL is one struct; in one more on 3.6, whose are separate variables).
+fn read_gil_and_sync(
+    memory: &dyn Memory,
+    gil: &GilAddresses,
+) -> std::result::Result<(GilState, Option<GilSync>), ReadError> {
+    match read_gil_block(memory, gil)? {
+        Some(read) => Ok(read),
+        None => Ok((read_gil_fields(memory, gil)?, separate_sync(memory, gil))),
+    }
+}
+
+/// A GIL that is one struct, read in one go (None for a GIL of separate variables).
+fn read_gil_block(
+    memory: &dyn Memory,
+    gil: &GilAddresses,
+) -> std::result::Result<Option<(GilState, Option<GilSync>)>, ReadError> {
+    let (Some((base, len)), Some((_, fields))) = (gil_span(gil), gil.block) else {
+        return Ok(None);
+    };
+    let block = memory.read_bytes(base, len)?;
+    let sync = sync_from_block(&block, gil);
+    let state = match gil_from_block(&block, gil) {
+        Ok(state) => state,
+        Err(far_current) => {
+            let current = memory.read_u64(far_current)?;
+            block_state(&block, fields, Some(current))
+        }
+    };
+    Ok(Some((state, sync)))
+}
+
+/// The GIL's four objects where they are separate variables of their own sizes (3.6).
+fn separate_sync(memory: &dyn Memory, gil: &GilAddresses) -> Option<GilSync> {
+    let [cond, mutex, switch_cond, switch_mutex] = gil.sync.as_slice() else {
+        return None;
+    };
+    let sizes = [COND_BYTES, MUTEX_BYTES, COND_BYTES, MUTEX_BYTES];
+    let ranges = [*cond, *mutex, *switch_cond, *switch_mutex];
+    if ranges
+        .iter()
+        .zip(sizes)
+        .any(|(&(start, end), size)| end.saturating_sub(start) != size as u64)
+    {
+        return None;
+    }
+    let blocks: Vec<(u64, usize)> = ranges.iter().zip(sizes).map(|(r, n)| (r.0, n)).collect();
+    let mut bytes = Vec::new();
+    memory.read_many(&blocks, &mut bytes).ok()?;
+    GilSync::from_bytes(&bytes)
+}
+
+/// The GIL's mutexes and condition variables from its struct read in one block at
+/// [`gil_span`].
+fn sync_from_block(block: &[u8], gil: &GilAddresses) -> Option<GilSync> {
+    let (_, fields) = gil.block?;
+    let at = fields.sync_start as usize;
+    GilSync::from_bytes(block.get(at..at.checked_add(GilSync::BYTES)?)?)
+}
+
+/// A GIL read field by field (3.6, and a GIL of which only the holder is known).
+fn read_gil_fields(
     memory: &dyn Memory,
     gil: &GilAddresses,
 ) -> std::result::Result<GilState, ReadError> {
@@ -1001,29 +1108,17 @@ pub fn read_gil(
             enabled: None,
         });
     }
-    match (gil_span(gil), gil.block) {
-        (Some((base, len)), Some((_, fields))) => {
-            let block = memory.read_bytes(base, len)?;
-            match gil_from_block(&block, gil) {
-                Ok(state) => Ok(state),
-                Err(far_current) => {
-                    let current = memory.read_u64(far_current)?;
-                    Ok(block_state(&block, fields, Some(current)))
-                }
-            }
-        }
-        _ => Ok(gil_state(
-            memory.read_i32(gil.locked)?,
-            memory.read_u64(gil.last_holder)?,
-            memory.read_u64(gil.switch_number)?,
-            memory.read_u64(gil.interval)?,
-            match gil.current {
-                Some(c) => Some(memory.read_u64(c)?),
-                None => None,
-            },
-            None,
-        )),
-    }
+    Ok(gil_state(
+        memory.read_i32(gil.locked)?,
+        memory.read_u64(gil.last_holder)?,
+        memory.read_u64(gil.switch_number)?,
+        memory.read_u64(gil.interval)?,
+        match gil.current {
+            Some(c) => Some(memory.read_u64(c)?),
+            None => None,
+        },
+        None,
+    ))
 }
 
 /// The GIL from its struct read in one block at [`gil_span`]. Err(address) if the current
@@ -1226,6 +1321,9 @@ fn find_python_binary(pid: i32, mappings: &[Mapping]) -> Result<ElfFile> {
     let mut ranked: Vec<(u8, &Vec<&Mapping>)> = files.iter().map(|g| (rank(g), g)).collect();
     ranked.sort_by_key(|(r, _)| *r);
     let mut permission_error = None;
+    // Why libpython or the program itself could not be opened, if it could not: a target
+    // whose file was replaced (by a FIFO, say) is said to be unreadable, not "not Python".
+    let mut unreadable = None;
     for (rank, group) in ranked {
         if rank == 3 && elf::file_name(&group[0].path).starts_with("ld-") {
             continue;
@@ -1237,6 +1335,9 @@ fn find_python_binary(pid: i32, mappings: &[Mapping]) -> Result<ElfFile> {
                 if source.kind() == std::io::ErrorKind::PermissionDenied =>
             {
                 permission_error = Some(source);
+            }
+            Err(e @ elf::ElfError::Open { .. }) if rank <= 1 => {
+                unreadable.get_or_insert(e.to_string());
             }
             Err(_) => {}
         }
@@ -1250,6 +1351,7 @@ fn find_python_binary(pid: i32, mappings: &[Mapping]) -> Result<ElfFile> {
     Err(Error::NotPython {
         pid,
         exe: if exe.is_empty() { "?".into() } else { exe },
+        unreadable,
     })
 }
 

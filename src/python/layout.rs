@@ -167,13 +167,15 @@ pub struct ThreadLocalBytecode {
 /// What a frame is and where its fields are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameFields {
-    /// 3.6-3.10: heap `PyFrameObject`s linked by `f_back`. `lasti` (an int) times
+    /// 2.7-3.10: heap `PyFrameObject`s linked by `f_back`. `lasti` (an int) times
     /// `lasti_scale` is the byte offset of the last instruction.
     Object {
         back: u64,
         code: u64,
         lasti: u64,
         lasti_scale: u64,
+        /// 3.6-3.10: the field that says the frame is being run (2.7 has none).
+        executing: Option<Executing>,
     },
     /// 3.11+: `_PyInterpreterFrame`s on the thread's data stack, linked by `previous`.
     /// `instr` points at the last (3.11-3.12) or current (3.13+) instruction.
@@ -209,6 +211,22 @@ pub enum EvalCalls {
     EntryFrames { entry_owner: u8 },
 }
 
+/// 3.6-3.10: a frame object's one-byte field that the evaluation loop sets while it runs
+/// the frame, and the values that mean "running". A frame that returned and was kept for
+/// reuse (a code object's zombie frame, the free list) keeps its `f_back` and `f_code`, so
+/// this is what tells a frame of the stack from a dead one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Executing {
+    pub offset: u64,
+    pub running: &'static [i8],
+}
+
+/// `f_executing` (3.6-3.9): 1 while the evaluation loop runs the frame.
+const F_EXECUTING: &[i8] = &[1];
+/// `f_state` (3.10): `FRAME_EXECUTING` (0) or `FRAME_UNWINDING` (2, an exception on its way
+/// out of the frame), by the enum in the 3.10.13 DWARF.
+const F_STATE_RUNNING: &[i8] = &[0, 2];
+
 /// Field offsets in `str` objects (`PyASCIIObject`, `PyCompactUnicodeObject`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnicodeFields {
@@ -234,6 +252,81 @@ pub enum TextKind {
     Bytes,
 }
 
+/// Where a frame keeps its variables, and how its code object names them (`dump --locals`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalsLayout {
+    /// Offset in the frame of its first variable slot (`f_localsplus`; 3.11+ `localsplus`).
+    pub frame_slots: u64,
+    /// 3.14+: each slot is a `_PyStackRef`: a pointer with tag bits in its low two bits, or
+    /// (both bits set) an int shifted left by two.
+    pub tagged_slots: bool,
+    pub names: VariableNames,
+    /// `co_argcount`, `co_kwonlyargcount` (2.7 has none) and `co_flags`: ints in the code
+    /// object, which say how many of the first variables are arguments.
+    pub argcount: u64,
+    pub kwonlyargcount: Option<u64>,
+    pub flags: u64,
+    pub objects: ObjectFields,
+}
+
+/// How a code object names its frame's variable slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VariableNames {
+    /// 2.7-3.10: a slot per name of `co_varnames`, then a cell per name of `co_cellvars`,
+    /// then a free variable per name of `co_freevars` (three tuples of names).
+    Split {
+        varnames: u64,
+        cellvars: u64,
+        freevars: u64,
+    },
+    /// 3.11+: `co_localsplusnames`, a tuple with a name per slot, and `co_localspluskinds`,
+    /// a `bytes` with a kind per slot (local 0x20, cell 0x40, free 0x80, hidden 0x10).
+    Combined { names: u64, kinds: u64 },
+}
+
+/// Field offsets of the built-in objects a variable's value is read from (dicts and ints
+/// are read with the thread-name reader's layout, which has them for every version).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectFields {
+    /// `ob_size` of a variable-size object (tuple, list).
+    pub var_size: u64,
+    /// The first item of a tuple (inline; 3.14 put a cached hash before it).
+    pub tuple_items: u64,
+    /// The pointer to a list's item array.
+    pub list_items: u64,
+    /// A float's `double`.
+    pub float_value: u64,
+    /// A cell's content (`ob_ref`).
+    pub cell_ref: u64,
+    /// A set's `used` count, its `mask` (table size - 1) and the pointer to its table of
+    /// {key, hash} entries.
+    pub set_used: u64,
+    pub set_mask: u64,
+    pub set_table: u64,
+    /// `tp_flags` in a type object.
+    pub type_flags: u64,
+}
+
+impl ObjectFields {
+    /// The fields of a default build whose object header is `header` bytes (16; 32 on a
+    /// free-threaded build), with tuple items `tuple_hash` bytes further (3.14's cached
+    /// hash). These have kept their place after the header from 2.7 to 3.15 (gdb
+    /// `ptype /o` on every build in docs/COMPATIBILITY.md).
+    pub const fn after_header(header: u64, tuple_hash: u64) -> ObjectFields {
+        ObjectFields {
+            var_size: header,
+            tuple_items: header + 8 + tuple_hash,
+            list_items: header + 8,
+            float_value: header,
+            cell_ref: header,
+            set_used: header + 8,
+            set_mask: header + 16,
+            set_table: header + 24,
+            type_flags: header + 152,
+        }
+    }
+}
+
 /// Everything needed to read a thread's Python stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StackLayout {
@@ -244,6 +337,10 @@ pub struct StackLayout {
     pub cframe_frame: Option<u64>,
     /// Which frames one call of the evaluation loop runs (for `--native`'s merge).
     pub eval_calls: EvalCalls,
+    /// 3.11+: offset in the thread state of `datastack_chunk`, the data-stack chunk the
+    /// thread's newest frames live in; `datastack_top` (the end of its used part) is the
+    /// pointer after it in every version (3.11.7-3.15.2 DWARF).
+    pub datastack: Option<u64>,
     pub frame: FrameFields,
     pub code: CodeFields,
     pub text: TextKind,
@@ -252,6 +349,8 @@ pub struct StackLayout {
     pub bytes_data: u64,
     pub ob_type: u64,
     pub tp_name: u64,
+    /// Where frames keep their variables; None where not known.
+    pub locals: Option<LocalsLayout>,
 }
 
 const UNICODE_3_6: UnicodeFields = UnicodeFields {
@@ -272,12 +371,14 @@ const UNICODE_3_12: UnicodeFields = UnicodeFields {
 
 /// Stack layouts for the table versions (checked against the DWARF of the pyenv builds).
 pub(super) fn stack_table(major: u8, minor: u8) -> Option<StackLayout> {
-    let object_frame = |lasti, lasti_scale| FrameFields::Object {
+    let object_frame = |lasti, lasti_scale, executing| FrameFields::Object {
         back: 24,
         code: 32,
         lasti,
         lasti_scale,
+        executing,
     };
+    let executing = |offset, running| Some(Executing { offset, running });
     let code_36 = CodeFields {
         filename: 96,
         name: 104,
@@ -305,11 +406,44 @@ pub(super) fn stack_table(major: u8, minor: u8) -> Option<StackLayout> {
         first_instruction: Some(184),
         thread_local_bytecode: None,
     };
+    // Variables (gdb `ptype /o` of PyFrameObject, _PyInterpreterFrame and PyCodeObject in
+    // each pyenv build: docs/COMPATIBILITY.md).
+    let split = |frame_slots, varnames, argcount, kwonlyargcount, flags| LocalsLayout {
+        frame_slots,
+        tagged_slots: false,
+        names: VariableNames::Split {
+            varnames,
+            cellvars: varnames + 16,
+            freevars: varnames + 8,
+        },
+        argcount,
+        kwonlyargcount,
+        flags,
+        objects: ObjectFields::after_header(16, 0),
+    };
+    let locals_36 = split(376, 64, 16, Some(20), 32);
+    let locals_37 = LocalsLayout {
+        frame_slots: 360,
+        ..locals_36
+    };
+    let locals_38 = split(360, 72, 16, Some(24), 36);
+    let locals_311 = LocalsLayout {
+        frame_slots: 72,
+        names: VariableNames::Combined {
+            names: 96,
+            kinds: 104,
+        },
+        argcount: 56,
+        kwonlyargcount: Some(64),
+        flags: 48,
+        ..locals_36
+    };
     let base = StackLayout {
         tstate_frame: 24,
         cframe_frame: None,
         eval_calls: EvalCalls::OnePerFrame,
-        frame: object_frame(104, 1),
+        datastack: None,
+        frame: object_frame(104, 1, executing(116, F_EXECUTING)),
         code: code_36,
         text: TextKind::Unicode,
         unicode: UNICODE_3_6,
@@ -317,12 +451,13 @@ pub(super) fn stack_table(major: u8, minor: u8) -> Option<StackLayout> {
         bytes_data: 32,
         ob_type: 8,
         tp_name: 24,
+        locals: Some(locals_37),
     };
     if major == 2 {
         // 2.7.18: `PyStringObject` keeps `ob_shash` and `ob_sstate` before its bytes.
         return (minor == 7).then_some(StackLayout {
             tstate_frame: 16,
-            frame: object_frame(120, 1),
+            frame: object_frame(120, 1, None),
             code: CodeFields {
                 filename: 80,
                 name: 88,
@@ -333,6 +468,7 @@ pub(super) fn stack_table(major: u8, minor: u8) -> Option<StackLayout> {
             },
             text: TextKind::Bytes,
             bytes_data: 36,
+            locals: Some(split(376, 56, 16, None, 28)),
             ..base
         });
     }
@@ -341,20 +477,26 @@ pub(super) fn stack_table(major: u8, minor: u8) -> Option<StackLayout> {
     }
     Some(match minor {
         6 => StackLayout {
-            frame: object_frame(120, 1),
+            frame: object_frame(120, 1, executing(132, F_EXECUTING)),
+            locals: Some(locals_36),
             ..base
         },
         7 => base,
         8 | 9 => StackLayout {
             code: code_38,
+            locals: Some(locals_38),
             ..base
         },
         10 => StackLayout {
-            frame: object_frame(96, 2),
+            frame: object_frame(96, 2, executing(108, F_STATE_RUNNING)),
             code: CodeFields {
                 line_table: LineTable::Lines310,
                 ..code_38
             },
+            locals: Some(LocalsLayout {
+                frame_slots: 352,
+                ..locals_38
+            }),
             ..base
         },
         11 => StackLayout {
@@ -364,6 +506,7 @@ pub(super) fn stack_table(major: u8, minor: u8) -> Option<StackLayout> {
                 is_entry: 68,
                 cframe_previous: 16,
             },
+            datastack: Some(296),
             frame: FrameFields::Interpreter {
                 previous: 48,
                 code: 32,
@@ -374,12 +517,14 @@ pub(super) fn stack_table(major: u8, minor: u8) -> Option<StackLayout> {
                 tlbc_index: None,
             },
             code: code_311,
+            locals: Some(locals_311),
             ..base
         },
         12 => StackLayout {
             tstate_frame: 56,
             cframe_frame: Some(0),
             eval_calls: EvalCalls::EntryFrames { entry_owner: 3 },
+            datastack: Some(232),
             frame: FrameFields::Interpreter {
                 previous: 8,
                 code: 0,
@@ -395,6 +540,11 @@ pub(super) fn stack_table(major: u8, minor: u8) -> Option<StackLayout> {
                 ..code_311
             },
             unicode: UNICODE_3_12,
+            locals: Some(LocalsLayout {
+                argcount: 52,
+                kwonlyargcount: Some(60),
+                ..locals_311
+            }),
             ..base
         },
         _ => return None,

@@ -2,11 +2,14 @@
 //! runtime to interpreters, thread states and the GIL. It reads the target; it never classifies.
 
 pub(crate) mod debug_offsets;
+pub(crate) mod frame_copy;
 pub mod interpreter;
 pub(crate) mod layout;
+pub(crate) mod locals;
 pub(crate) mod objects;
 pub(crate) mod stack;
 pub mod thread_names;
+pub(crate) mod values;
 pub(crate) mod version;
 
 #[cfg(test)]

@@ -4,8 +4,21 @@
 use super::layout::{StackLayout, TextKind};
 use crate::target::memory::{check_pointer, u32_at, u64_at, Memory, ReadError};
 
-/// Longest string read (characters): names and file names are far shorter.
+/// Longest string read whole (characters): a longer name is cut here and marked
+/// ([`truncated`]), so that its frame (and the stack it is in) is still shown.
 pub const MAX_STR_CHARS: u64 = 4096;
+/// Longest string believed at all: a longer length is garbage (a string being freed, a
+/// wrong pointer), not a name.
+const MAX_PLAUSIBLE_CHARS: u64 = 1 << 30;
+
+/// The first [`MAX_STR_CHARS`] characters of a string of `length`, and a marker saying how
+/// many more there were.
+fn truncated(mut head: String, length: u64) -> String {
+    if length > MAX_STR_CHARS {
+        head.push_str(&format!("...[{} more characters]", length - MAX_STR_CHARS));
+    }
+    head
+}
 /// Longest `bytes` read: a line table of a very large function.
 pub const MAX_BYTES: u64 = 1 << 20;
 
@@ -21,7 +34,7 @@ fn code_point(value: u32) -> Option<char> {
 
 /// The `kind` of a compact string: bytes per character. Each unit is one code point (a
 /// UCS-2 string holds no surrogate pairs, only surrogates).
-fn decode(kind: u32, data: &[u8]) -> Option<String> {
+pub(super) fn decode(kind: u32, data: &[u8]) -> Option<String> {
     match kind {
         1 => Some(data.iter().map(|&b| b as char).collect()),
         2 => data
@@ -50,7 +63,7 @@ pub fn read_str(memory: &dyn Memory, addr: u64, layout: &StackLayout) -> Result<
         state >> (bit + 3) & 1 == 1,
         state >> (bit + 4) & 1 == 1,
     );
-    if !compact || length > MAX_STR_CHARS || (ascii && kind != 1) {
+    if !compact || length > MAX_PLAUSIBLE_CHARS || (ascii && kind != 1) {
         return Err(ReadError::BadPointer { addr });
     }
     let start = if ascii {
@@ -58,11 +71,13 @@ pub fn read_str(memory: &dyn Memory, addr: u64, layout: &StackLayout) -> Result<
     } else {
         fields.compact_data
     };
-    let data = memory.read_bytes(addr + start, (length * kind as u64) as usize)?;
+    let read = length.min(MAX_STR_CHARS);
+    let data = memory.read_bytes(addr + start, (read * kind as u64) as usize)?;
     if ascii && !data.is_ascii() {
         return Err(ReadError::BadPointer { addr });
     }
-    decode(kind, &data).ok_or(ReadError::BadPointer { addr })
+    let head = decode(kind, &data).ok_or(ReadError::BadPointer { addr })?;
+    Ok(truncated(head, length))
 }
 
 /// A name from a code object (`co_name`, `co_filename`), in whatever kind of object the
@@ -78,11 +93,15 @@ pub fn read_name(
         TextKind::Bytes => {
             check_pointer(addr, 8)?;
             let size = memory.read_u64(addr + layout.bytes_size)?;
-            if size > MAX_STR_CHARS {
+            if size > MAX_PLAUSIBLE_CHARS {
                 return Err(ReadError::BadPointer { addr });
             }
-            let bytes = memory.read_bytes(addr + layout.bytes_data, size as usize)?;
-            Ok(String::from_utf8_lossy(&bytes).into_owned())
+            let read = size.min(MAX_STR_CHARS);
+            let bytes = memory.read_bytes(addr + layout.bytes_data, read as usize)?;
+            Ok(truncated(
+                String::from_utf8_lossy(&bytes).into_owned(),
+                size,
+            ))
         }
     }
 }
@@ -263,6 +282,31 @@ mod tests {
             "café-\u{fffd}"
         );
         assert!(read_name(&image, 0x30000, &layout).is_err());
+    }
+
+    #[test]
+    fn a_name_longer_than_the_limit_is_cut_and_marked() {
+        let long = "x".repeat(10_000);
+        let expected = format!("{}...[5904 more characters]", "x".repeat(4096));
+        let layout = table_for(&Version::new(3, 12, 0)).unwrap().stack.unwrap();
+        let mut image = MemoryImage::new();
+        image.add(0x10000, str_object(&layout, &long));
+        assert_eq!(read_str(&image, 0x10000, &layout).unwrap(), expected);
+        // Wide characters are cut at the same count, not the same bytes.
+        let wide = "数".repeat(5_000);
+        let mut image = MemoryImage::new();
+        image.add(0x10000, str_object(&layout, &wide));
+        let read = read_str(&image, 0x10000, &layout).unwrap();
+        assert!(read.starts_with(&"数".repeat(4096)));
+        assert!(read.ends_with("...[904 more characters]"), "{read:.40}");
+        // Python 2 byte strings alike.
+        let layout = table_for(&Version::new(2, 7, 18)).unwrap().stack.unwrap();
+        let mut object = vec![0u8; 36];
+        object[16..24].copy_from_slice(&10_000u64.to_le_bytes());
+        object.extend_from_slice(long.as_bytes());
+        let mut image = MemoryImage::new();
+        image.add(0x10000, object);
+        assert_eq!(read_name(&image, 0x10000, &layout).unwrap(), expected);
     }
 
     #[test]

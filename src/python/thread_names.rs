@@ -1,5 +1,6 @@
 //! Python-level thread names (`threading.current_thread().name`), read from the target's
-//! `threading._active` dict by walking dicts and instance attributes. It reads objects only.
+//! `threading._active` dict by walking dicts and instance attributes, and `sys.path`, by the
+//! same walk. It reads objects only.
 
 use std::collections::{HashMap, HashSet};
 
@@ -14,6 +15,8 @@ const MAX_MODULES: u64 = 100_000;
 const MAX_NAMESPACE: u64 = 100_000;
 /// Most threads believed in `threading._active`.
 const MAX_THREADS: u64 = 16_384;
+/// Most `sys.path` entries read.
+const MAX_SYS_PATH: u64 = 256;
 /// Largest hash table believed (entries): a bigger size is garbage.
 const MAX_TABLE: u64 = 1 << 24;
 /// The instance attribute `Thread.name` returns.
@@ -82,7 +85,7 @@ enum InstanceDict {
 
 /// How an `int` (`PyLongObject`) stores its number of 30-bit digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum IntSize {
+pub(super) enum IntSize {
     /// Before 3.12: signed `ob_size`, the digit count with the sign.
     SignedCount(u64),
     /// 3.12+: `lv_tag`, digit count << 3 | sign (0 positive, 1 zero, 2 negative).
@@ -110,8 +113,12 @@ pub(super) struct ObjectLayout {
     /// `PyHeapTypeObject.ht_cached_keys`: the shared keys of instances' values (3.11+).
     type_cached_keys: Option<u64>,
     instance: InstanceDict,
-    int_size: IntSize,
-    int_digits: u64,
+    pub(super) int_size: IntSize,
+    /// The first 30-bit digit of an `int`.
+    pub(super) int_digits: u64,
+    /// `PyListObject`: `ob_size` (its length) and `ob_item` (the array of items).
+    pub(super) list_size: u64,
+    pub(super) list_items: u64,
 }
 
 const PY_TPFLAGS_INLINE_VALUES: u64 = 1 << 2;
@@ -141,6 +148,8 @@ const LAYOUT_3_6: ObjectLayout = ObjectLayout {
     instance: InstanceDict::DictOffset,
     int_size: IntSize::SignedCount(16),
     int_digits: 24,
+    list_size: 16,
+    list_items: 24,
 };
 
 const LAYOUT_3_11: ObjectLayout = ObjectLayout {
@@ -256,8 +265,160 @@ fn free_threaded_layout(default: ObjectLayout) -> Option<ObjectLayout> {
             IntSize::Tag(at) => IntSize::Tag(shift(at)),
         },
         int_digits: shift(default.int_digits),
+        list_size: shift(default.list_size),
+        list_items: shift(default.list_items),
         ..default
     })
+}
+
+/// Reading dicts: the thread names' walk, and the values `dump --locals` shows.
+impl ObjectLayout {
+    /// The entries of the dict at `dict`, split or combined.
+    fn dict_slots(&self, memory: &dyn Memory, dict: u64, max: u64) -> Result<Slots, ReadError> {
+        let (used, slots) = self.dict_first_slots(memory, dict, max, u64::MAX)?;
+        if used > slots.keys.len() as u64 {
+            return Err(ReadError::BadPointer { addr: dict });
+        }
+        Ok(slots)
+    }
+
+    /// The dict at `dict`: its length (`ma_used`) and its first `first` entries (of at most
+    /// `max`), live or not, in insertion order.
+    pub(super) fn dict_first_slots(
+        &self,
+        memory: &dyn Memory,
+        dict: u64,
+        max: u64,
+        first: u64,
+    ) -> Result<(u64, Slots), ReadError> {
+        check_pointer(dict, 8)?;
+        let end = self.dict_used.max(self.dict_keys).max(self.dict_values) + 8;
+        let header = memory.read_bytes(dict, end as usize)?;
+        let field = |at| u64_at(&header, at).ok_or(ReadError::BadPointer { addr: dict });
+        let used = field(self.dict_used)?;
+        let keys = field(self.dict_keys)?;
+        let values = field(self.dict_values)?;
+        let slots = self.first_slots(memory, keys, (values != 0).then_some(values), max, first)?;
+        Ok((used, slots))
+    }
+
+    /// Read the shape of the keys object at `keys`.
+    fn table(&self, memory: &dyn Memory, keys: u64, max: u64) -> Result<Table, ReadError> {
+        check_pointer(keys, 8)?;
+        let fields = self.keys;
+        let header = memory.read_bytes(keys, fields.indices as usize)?;
+        let bad = ReadError::BadPointer { addr: keys };
+        let nentries = u64_at(&header, fields.nentries).ok_or(bad.clone())?;
+        let general = (24, 8, 16);
+        let (size, index_bytes, (entry_size, key_at, value_at)) = match fields.size {
+            TableSize::Slots { size } => {
+                let size = u64_at(&header, size).ok_or(bad.clone())?;
+                if !size.is_power_of_two() || size > MAX_TABLE {
+                    return Err(bad);
+                }
+                let width = match size {
+                    0..=0xff => 1,
+                    0x100..=0xffff => 2,
+                    0x1_0000..=0xffff_ffff => 4,
+                    _ => 8,
+                };
+                (size, size * width, general)
+            }
+            TableSize::Log2 {
+                log2_size,
+                log2_index_bytes,
+                kind,
+            } => {
+                let log2_size = byte_at(&header, log2_size).ok_or(bad.clone())?;
+                let log2_index_bytes = byte_at(&header, log2_index_bytes).ok_or(bad.clone())?;
+                let entry = match byte_at(&header, kind).ok_or(bad.clone())? {
+                    0 => general,
+                    1 | 2 => (16, 0, 8),
+                    _ => return Err(bad),
+                };
+                let size = 1u64 << log2_size.min(63);
+                if size > MAX_TABLE || !(log2_size..=log2_size + 3).contains(&log2_index_bytes) {
+                    return Err(bad);
+                }
+                (size, 1 << log2_index_bytes, entry)
+            }
+        };
+        if nentries > size {
+            return Err(bad);
+        }
+        if nentries > max {
+            return Err(ReadError::TooLarge {
+                addr: keys,
+                len: nentries as usize,
+            });
+        }
+        Ok(Table {
+            nentries,
+            entries: keys + fields.indices + index_bytes,
+            entry_size,
+            key_at,
+            value_at,
+        })
+    }
+
+    /// The entries of the keys object at `keys`; values from its entries, or from the
+    /// `PyDictValues` at `values` for split tables and instances.
+    fn slots(
+        &self,
+        memory: &dyn Memory,
+        keys: u64,
+        values: Option<u64>,
+        max: u64,
+    ) -> Result<Slots, ReadError> {
+        self.first_slots(memory, keys, values, max, u64::MAX)
+    }
+
+    /// Like [`ObjectLayout::slots`], reading only the first `first` entries.
+    fn first_slots(
+        &self,
+        memory: &dyn Memory,
+        keys: u64,
+        values: Option<u64>,
+        max: u64,
+        first: u64,
+    ) -> Result<Slots, ReadError> {
+        let mut table = self.table(memory, keys, max)?;
+        table.nentries = table.nentries.min(first);
+        let entries = read_array(memory, table.entries, table.nentries, table.entry_size)?;
+        let column = |at: u64| -> Vec<u64> {
+            entries
+                .chunks_exact(table.entry_size as usize)
+                .map(|entry| u64_at(entry, at).unwrap_or(0))
+                .collect()
+        };
+        let keys_column = column(table.key_at);
+        let values_column = match values {
+            None => column(table.value_at),
+            Some(values) => {
+                check_pointer(values, 8)?;
+                let fields = self.values;
+                let mut count = table.nentries;
+                if let Some(capacity) = fields.capacity {
+                    let header = memory.read_bytes(values, fields.start as usize)?;
+                    let capacity =
+                        byte_at(&header, capacity).ok_or(ReadError::BadPointer { addr: values })?;
+                    count = count.min(capacity);
+                }
+                let array = read_array(memory, values + fields.start, count, 8)?;
+                let mut column: Vec<u64> = array
+                    .chunks_exact(8)
+                    .map(|v| u64_at(v, 0).unwrap_or(0))
+                    .collect();
+                column.resize(keys_column.len(), 0);
+                column
+            }
+        };
+        Ok(Slots {
+            table: keys,
+            keys: keys_column,
+            values: values_column,
+        })
+    }
 }
 
 /// A key string found before. Keys of module and instance dicts are interned, so one seen
@@ -280,16 +441,16 @@ struct ScannedUpTo {
 /// The key and value of each entry of a dict or an instance's values, by entry index;
 /// 0 where the entry is empty or deleted.
 #[derive(Debug, Default)]
-struct Slots {
+pub(super) struct Slots {
     /// The `PyDictKeysObject` the keys come from.
     table: u64,
-    keys: Vec<u64>,
-    values: Vec<u64>,
+    pub(super) keys: Vec<u64>,
+    pub(super) values: Vec<u64>,
 }
 
 impl Slots {
     /// (key, value) of the entries in use.
-    fn live(&self) -> Vec<(u64, u64)> {
+    pub(super) fn live(&self) -> Vec<(u64, u64)> {
         self.keys
             .iter()
             .zip(&self.values)
@@ -377,7 +538,7 @@ impl ThreadNames {
             return Ok(names);
         }
         let globals = memory.read_pointer(threading + self.objects.module_dict, 8)?;
-        let slots = self.dict_slots(memory, globals, MAX_NAMESPACE)?;
+        let slots = self.objects.dict_slots(memory, globals, MAX_NAMESPACE)?;
         let mut active_key = self.active_key;
         let active = self.find_key(memory, &slots, 0, "_active", &mut active_key)?;
         self.active_key = active_key;
@@ -388,7 +549,7 @@ impl ThreadNames {
         if !self.is_a(memory, active, "dict")? {
             return Ok(names);
         }
-        let threads = self.dict_slots(memory, active, MAX_THREADS)?.live();
+        let threads = self.objects.dict_slots(memory, active, MAX_THREADS)?.live();
         let mut read = Vec::new();
         for &(key, thread) in &threads {
             // A thread being torn down can leave a half-cleared object: skip it, not the rest.
@@ -403,6 +564,7 @@ impl ThreadNames {
         // (seen under thread churn: a name of NULs). A Thread still in `_active` now was alive
         // all along, and so was its name.
         let still_active: HashSet<(u64, u64)> = self
+            .objects
             .dict_slots(memory, active, MAX_THREADS)?
             .live()
             .into_iter()
@@ -413,6 +575,53 @@ impl ThreadNames {
             }
         }
         Ok(names)
+    }
+
+    /// The interpreter's `sys.path`: its `str` entries in order (anything else in the list is
+    /// skipped). Empty before `sys` has a `path`, or where it is not a list.
+    pub fn sys_path(&self, memory: &dyn Memory, interp: u64) -> Result<Vec<String>, ReadError> {
+        check_pointer(interp, 8)?;
+        let modules = memory.read_u64(interp + self.modules)?;
+        if modules == 0 {
+            return Ok(Vec::new());
+        }
+        let slots = self.objects.dict_slots(memory, modules, MAX_MODULES)?;
+        let found = self.find_key(memory, &slots, 0, "sys", &mut KnownKey::default())?;
+        let Some(sys) = found.filter(|&sys| self.is_a(memory, sys, "module").unwrap_or(false))
+        else {
+            return Ok(Vec::new());
+        };
+        let globals = memory.read_pointer(sys + self.objects.module_dict, 8)?;
+        let slots = self.objects.dict_slots(memory, globals, MAX_NAMESPACE)?;
+        let found = self.find_key(memory, &slots, 0, "path", &mut KnownKey::default())?;
+        let Some(list) = found.filter(|&list| self.is_a(memory, list, "list").unwrap_or(false))
+        else {
+            return Ok(Vec::new());
+        };
+        let objects = &self.objects;
+        let header = memory.read_bytes(list, objects.list_items as usize + 8)?;
+        let bad = ReadError::BadPointer { addr: list };
+        let length = u64_at(&header, objects.list_size).ok_or(bad.clone())?;
+        let items = u64_at(&header, objects.list_items).ok_or(bad.clone())?;
+        // A negative length (the high bit set) is garbage.
+        if length > i64::MAX as u64 {
+            return Err(bad);
+        }
+        let count = length.min(MAX_SYS_PATH);
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        check_pointer(items, 8)?;
+        let array = read_array(memory, items, count, 8)?;
+        let mut entries = Vec::new();
+        for item in array.chunks_exact(8).filter_map(|c| u64_at(c, 0)) {
+            match read_str(memory, item, &self.strings) {
+                Ok(entry) => entries.push(entry),
+                Err(e) if fatal(&e) => return Err(e),
+                Err(_) => {}
+            }
+        }
+        Ok(entries)
     }
 
     /// Is `object` of the built-in type named `name`?
@@ -427,7 +636,7 @@ impl ThreadNames {
         memory: &dyn Memory,
         modules: u64,
     ) -> Result<Option<u64>, ReadError> {
-        let slots = self.dict_slots(memory, modules, MAX_MODULES)?;
+        let slots = self.objects.dict_slots(memory, modules, MAX_MODULES)?;
         let from = if self.modules_scanned.keys == slots.table {
             self.modules_scanned.entries
         } else {
@@ -592,7 +801,7 @@ impl ThreadNames {
         if dict == 0 {
             return Ok(None);
         }
-        let slots = self.dict_slots(memory, dict, MAX_NAMESPACE)?;
+        let slots = self.objects.dict_slots(memory, dict, MAX_NAMESPACE)?;
         self.find_name(memory, &slots)
     }
 
@@ -612,7 +821,9 @@ impl ThreadNames {
         keys: u64,
         values: u64,
     ) -> Result<Option<u64>, ReadError> {
-        let slots = self.slots(memory, keys, Some(values), MAX_NAMESPACE)?;
+        let slots = self
+            .objects
+            .slots(memory, keys, Some(values), MAX_NAMESPACE)?;
         self.find_name(memory, &slots)
     }
 
@@ -668,132 +879,6 @@ impl ThreadNames {
             Err(e) if fatal(&e) => Err(e),
             Err(_) => Ok(false),
         }
-    }
-
-    /// The entries of the dict at `dict`, split or combined.
-    fn dict_slots(&self, memory: &dyn Memory, dict: u64, max: u64) -> Result<Slots, ReadError> {
-        check_pointer(dict, 8)?;
-        let objects = &self.objects;
-        let end = objects
-            .dict_used
-            .max(objects.dict_keys)
-            .max(objects.dict_values)
-            + 8;
-        let header = memory.read_bytes(dict, end as usize)?;
-        let field = |at| u64_at(&header, at).ok_or(ReadError::BadPointer { addr: dict });
-        let used = field(objects.dict_used)?;
-        let keys = field(objects.dict_keys)?;
-        let values = field(objects.dict_values)?;
-        let slots = self.slots(memory, keys, (values != 0).then_some(values), max)?;
-        if used > slots.keys.len() as u64 {
-            return Err(ReadError::BadPointer { addr: dict });
-        }
-        Ok(slots)
-    }
-
-    /// Read the shape of the keys object at `keys`.
-    fn table(&self, memory: &dyn Memory, keys: u64, max: u64) -> Result<Table, ReadError> {
-        check_pointer(keys, 8)?;
-        let fields = self.objects.keys;
-        let header = memory.read_bytes(keys, fields.indices as usize)?;
-        let bad = ReadError::BadPointer { addr: keys };
-        let nentries = u64_at(&header, fields.nentries).ok_or(bad.clone())?;
-        let general = (24, 8, 16);
-        let (size, index_bytes, (entry_size, key_at, value_at)) = match fields.size {
-            TableSize::Slots { size } => {
-                let size = u64_at(&header, size).ok_or(bad.clone())?;
-                if !size.is_power_of_two() || size > MAX_TABLE {
-                    return Err(bad);
-                }
-                let width = match size {
-                    0..=0xff => 1,
-                    0x100..=0xffff => 2,
-                    0x1_0000..=0xffff_ffff => 4,
-                    _ => 8,
-                };
-                (size, size * width, general)
-            }
-            TableSize::Log2 {
-                log2_size,
-                log2_index_bytes,
-                kind,
-            } => {
-                let log2_size = byte_at(&header, log2_size).ok_or(bad.clone())?;
-                let log2_index_bytes = byte_at(&header, log2_index_bytes).ok_or(bad.clone())?;
-                let entry = match byte_at(&header, kind).ok_or(bad.clone())? {
-                    0 => general,
-                    1 | 2 => (16, 0, 8),
-                    _ => return Err(bad),
-                };
-                let size = 1u64 << log2_size.min(63);
-                if size > MAX_TABLE || !(log2_size..=log2_size + 3).contains(&log2_index_bytes) {
-                    return Err(bad);
-                }
-                (size, 1 << log2_index_bytes, entry)
-            }
-        };
-        if nentries > size {
-            return Err(bad);
-        }
-        if nentries > max {
-            return Err(ReadError::TooLarge {
-                addr: keys,
-                len: nentries as usize,
-            });
-        }
-        Ok(Table {
-            nentries,
-            entries: keys + fields.indices + index_bytes,
-            entry_size,
-            key_at,
-            value_at,
-        })
-    }
-
-    /// The entries of the keys object at `keys`; values from its entries, or from the
-    /// `PyDictValues` at `values` for split tables and instances.
-    fn slots(
-        &self,
-        memory: &dyn Memory,
-        keys: u64,
-        values: Option<u64>,
-        max: u64,
-    ) -> Result<Slots, ReadError> {
-        let table = self.table(memory, keys, max)?;
-        let entries = read_array(memory, table.entries, table.nentries, table.entry_size)?;
-        let column = |at: u64| -> Vec<u64> {
-            entries
-                .chunks_exact(table.entry_size as usize)
-                .map(|entry| u64_at(entry, at).unwrap_or(0))
-                .collect()
-        };
-        let keys_column = column(table.key_at);
-        let values_column = match values {
-            None => column(table.value_at),
-            Some(values) => {
-                check_pointer(values, 8)?;
-                let fields = self.objects.values;
-                let mut count = table.nentries;
-                if let Some(capacity) = fields.capacity {
-                    let header = memory.read_bytes(values, fields.start as usize)?;
-                    let capacity =
-                        byte_at(&header, capacity).ok_or(ReadError::BadPointer { addr: values })?;
-                    count = count.min(capacity);
-                }
-                let array = read_array(memory, values + fields.start, count, 8)?;
-                let mut column: Vec<u64> = array
-                    .chunks_exact(8)
-                    .map(|v| u64_at(v, 0).unwrap_or(0))
-                    .collect();
-                column.resize(keys_column.len(), 0);
-                column
-            }
-        };
-        Ok(Slots {
-            table: keys,
-            keys: keys_column,
-            values: values_column,
-        })
     }
 }
 
@@ -1315,6 +1400,45 @@ mod tests {
             assert_eq!(names.read(&image, interp).unwrap(), expected, "{version}");
             // Again, now through the key strings it remembered.
             assert_eq!(names.read(&image, interp).unwrap(), expected, "{version}");
+        }
+    }
+
+    #[test]
+    fn sys_path_reads_back_in_every_family() {
+        for (version, objects, layout) in families() {
+            let mut t = Target::new(objects, layout.stack.unwrap());
+            let type_name = t.heap.alloc(b"list\0");
+            let mut list_type = vec![0u8; 416];
+            put(&mut list_type, t.strings.tp_name, &type_name.to_le_bytes());
+            let list_type = t.heap.alloc(&list_type);
+            let wanted = ["/srv/app", "/usr/lib/python3.12", "/opt/数据"];
+            let strs: Vec<u64> = wanted.iter().map(|e| t.str(e)).collect();
+            // Something that is not a string in the list is skipped.
+            let odd = t.int(5);
+            let items: Vec<u8> = [strs[0], odd, strs[1], strs[2]]
+                .iter()
+                .flat_map(|p| p.to_le_bytes())
+                .collect();
+            let items = t.heap.alloc(&items);
+            let mut list = vec![0u8; objects.list_items as usize + 8];
+            put(&mut list, 0, &1u64.to_le_bytes());
+            put(&mut list, t.strings.ob_type, &list_type.to_le_bytes());
+            put(&mut list, objects.list_size, &4u64.to_le_bytes());
+            put(&mut list, objects.list_items, &items.to_le_bytes());
+            let list = t.heap.alloc(&list);
+            let path_key = t.str("path");
+            let globals = t.dict(&[(path_key, list)], 1);
+            let sys = t.module(globals);
+            let sys_key = t.str("sys");
+            let interp = t.interpreter(layout.interp_modules.unwrap(), &[(sys_key, sys)]);
+            let names = ThreadNames::new(&version, &layout).unwrap();
+            let read = names.sys_path(&t.heap.image(), interp).unwrap();
+            assert_eq!(read, wanted, "{version}");
+            // No `sys` module yet: nothing, and no error.
+            let other = t.str("other");
+            let empty = t.interpreter(layout.interp_modules.unwrap(), &[(other, sys)]);
+            let read = names.sys_path(&t.heap.image(), empty).unwrap();
+            assert!(read.is_empty(), "{version}");
         }
     }
 

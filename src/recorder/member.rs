@@ -20,10 +20,12 @@ use crate::target::process::{self, Liveness};
 
 /// Share of the sampling interval a tick may spend on first walks of sleeping threads.
 const WALK_SHARE: f64 = 0.25;
-/// Python names come from a walk of `threading`'s registry: read again when threads came or
-/// went or some thread had no name yet (at most every [`NAME_REFRESH`]), and otherwise this
-/// often (a thread renamed).
+/// Python names come from a walk of `threading`'s registry: read again at the first slice
+/// after threads came or went, every [`NAME_REFRESH`] while some thread has no name yet, and
+/// otherwise this often (a thread renamed).
 const PYTHON_NAME_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a process that could no longer be read while alive is given to finish an exec.
+const EXEC_SETTLES: std::time::Duration = std::time::Duration::from_millis(200);
 /// Consecutive failed ticks after which the target is considered unreadable.
 const MAX_CONSECUTIVE_ERRORS: u64 = 1000;
 
@@ -39,13 +41,19 @@ pub(super) struct Member {
     pub(super) stack_errors: u64,
     /// Its process exited (or could no longer be read): it is sampled no more.
     pub(super) exited: bool,
-    /// What its process was when attached: an exec changes it (`process::exec_identity`).
-    pub(super) identity: Option<u64>,
+    /// What its process was when attached: an exec changes it, and so does the pid's reuse
+    /// by another process after this one exited (`process::identity`).
+    pub(super) identity: Option<process::Identity>,
+    /// It could not be read any more while its process still lived: maybe in the middle of
+    /// an exec (the kernel ends every other thread first), said once the exec is over.
+    pub(super) lost_alive: bool,
+    /// Why its process, alive, could no longer be read (`exited` is set too).
+    pub(super) unreadable: Option<String>,
     /// The program its process exec'd, if it did: its Python is gone (`exited` is set too).
     pub(super) execed: Option<PathBuf>,
-    /// When Python names were last read, the interpreter's lists generation then, and
-    /// whether they named every Python thread alive.
-    pub(super) python_names_read: Option<(Instant, u64, bool)>,
+    /// When Python names were last read, the interpreter's lists generation then, whether
+    /// they named every Python thread alive, and the profile's rows then.
+    pub(super) python_names_read: Option<(Instant, u64, bool, usize)>,
     /// Its last slice, the one that says it exited, was given out.
     pub(super) sliced_out: bool,
 }
@@ -54,7 +62,7 @@ impl Member {
     pub(super) fn new(mut observer: Observer<ProcessMemory>, options: &RecordOptions) -> Member {
         let target = super::target_info(&observer);
         let classifier = super::classifier_for(&observer);
-        let identity = process::exec_identity(observer.pid);
+        let identity = process::identity(observer.pid);
         let stacks = options.stacks && observer.enable_stacks();
         // Without Python stacks there is nothing to merge native frames into (--native
         // conflicts with --gil-only); an unreadable memory map leaves them out.
@@ -82,6 +90,8 @@ impl Member {
             stack_errors: 0,
             exited: false,
             identity,
+            lost_alive: false,
+            unreadable: None,
             execed: None,
             python_names_read: None,
             sliced_out: false,
@@ -89,17 +99,53 @@ impl Member {
     }
 
     /// Has the process exec'd another program since it was attached? Then its Python is gone
-    /// and the ticks to come would read a stranger's memory: sample it no more.
+    /// and the ticks to come would read a stranger's memory: sample it no more. Its pid taken
+    /// by another process means it exited.
     pub(super) fn check_exec(&mut self) -> bool {
-        let pid = self.observer.pid;
-        if self.execed.is_none()
-            && self.identity.is_some()
-            && process::exec_identity(pid).is_some_and(|now| Some(now) != self.identity)
-        {
-            self.execed = Some(process::executable(pid).unwrap_or_else(|| "?".into()));
-            self.exited = true;
+        if self.execed.is_some() {
+            return true;
+        }
+        let (Some(before), Some(now)) = (self.identity, process::identity(self.observer.pid))
+        else {
+            return false;
+        };
+        match now.change_from(&before) {
+            process::Change::Same => {}
+            process::Change::Execed => {
+                self.execed =
+                    Some(process::executable(self.observer.pid).unwrap_or_else(|| "?".into()));
+                self.exited = true;
+            }
+            process::Change::Reused => self.exited = true,
         }
         self.execed.is_some()
+    }
+
+    /// Is this member the process that has its pid now (not one that exited or exec'd, whose
+    /// pid now belongs to another process or program)?
+    pub(super) fn is_current(&self) -> bool {
+        if self.execed.is_some() {
+            return false;
+        }
+        match (self.identity, process::identity(self.observer.pid)) {
+            (Some(before), Some(now)) => now.change_from(&before) == process::Change::Same,
+            _ => true,
+        }
+    }
+
+    /// A member that could no longer be read while its process lived: wait a moment for an
+    /// exec under way to finish, so that it is said to have exec'd rather than exited.
+    fn settle_exec(&mut self) {
+        if !self.lost_alive || self.execed.is_some() {
+            return;
+        }
+        let deadline = Instant::now() + EXEC_SETTLES;
+        while Instant::now() < deadline {
+            if self.check_exec() || process::liveness(self.observer.pid) != Liveness::Alive {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     /// Take one tick of this process into its profile.
@@ -129,14 +175,29 @@ impl Member {
                 }
                 self.observer.stats.aggregate_ns += lap.split();
             }
-            Err(TickError::Gone) | Err(TickError::Denied) => self.exited = true,
+            Err(TickError::Gone) | Err(TickError::Denied) => {
+                self.exited = true;
+                // Alive but unreadable: an exec from a thread other than the main one makes
+                // the kernel end every other thread before the new program is there.
+                self.lost_alive = process::liveness(self.observer.pid) == Liveness::Alive;
+                self.check_exec();
+            }
+            Err(TickError::Limit(why)) => {
+                self.errors += 1;
+                self.unreadable = Some(why);
+                self.exited = true;
+            }
             Err(TickError::Torn(_)) if self.check_exec() => {}
-            Err(TickError::Torn(_)) => {
+            Err(TickError::Torn(why)) => {
                 self.errors += 1;
                 self.consecutive_errors += 1;
-                if self.consecutive_errors >= MAX_CONSECUTIVE_ERRORS
-                    || process::liveness(self.observer.pid) != Liveness::Alive
-                {
+                if process::liveness(self.observer.pid) != Liveness::Alive {
+                    self.exited = true;
+                } else if self.consecutive_errors >= MAX_CONSECUTIVE_ERRORS {
+                    // Alive, and not one tick in a long run could be read: not an exit.
+                    self.unreadable = Some(format!(
+                        "{MAX_CONSECUTIVE_ERRORS} ticks in a row failed, the last with: {why}"
+                    ));
                     self.exited = true;
                 }
             }
@@ -171,10 +232,20 @@ impl Member {
         self.profile
             .refresh_some_names(budget, |tid| observer.current_thread_name(tid));
         let generation = self.observer.interpreter.lists_generation();
-        let due = self.python_names_read.is_none_or(|(at, seen, complete)| {
-            let age = at.elapsed();
-            ((seen != generation || !complete) && age >= NAME_REFRESH) || age >= PYTHON_NAME_REFRESH
-        });
+        // A new thread is named at the first slice after it appears, and again once it has
+        // a row in the profile (its first samples may come after that read; a thread that lives
+        // less than NAME_REFRESH would otherwise keep its OS name); a thread still without
+        // a Python name is looked for again every NAME_REFRESH.
+        let rows = self.profile.threads().len();
+        let due = self
+            .python_names_read
+            .is_none_or(|(at, seen, complete, known)| {
+                let age = at.elapsed();
+                seen != generation
+                    || known != rows
+                    || (!complete && age >= NAME_REFRESH)
+                    || age >= PYTHON_NAME_REFRESH
+            });
         if due {
             self.read_python_names();
         }
@@ -192,6 +263,7 @@ impl Member {
             Instant::now(),
             observer.interpreter.lists_generation(),
             complete,
+            self.profile.threads().len(),
         ));
     }
 
@@ -204,6 +276,7 @@ impl Member {
         host_steal: Option<f64>,
         realtime: Result<(), i32>,
     ) -> (Recording, Observer<ProcessMemory>) {
+        self.settle_exec();
         // Attached while the program was starting (gilscope started it, or --subprocesses
         // caught a new worker), its version may have come from the library's name alone.
         if self.observer.refine_version() {
@@ -216,6 +289,13 @@ impl Member {
             });
         }
         self.name_threads();
+        // Read last, as complete as it gets; a target gone by now keeps what attach read.
+        if !self.exited {
+            let sys_path = self.observer.sys_path();
+            if !sys_path.is_empty() {
+                self.target.sys_path = sys_path;
+            }
+        }
         let stacks = if self.stacks {
             self.observer.take_stack_table()
         } else {
@@ -236,11 +316,14 @@ impl Member {
                 },
                 ended: if self.execed.is_some() {
                     EndReason::TargetExeced
+                } else if self.unreadable.is_some() {
+                    EndReason::TargetUnreadable
                 } else if self.exited {
                     EndReason::TargetExited
                 } else {
                     ended
                 },
+                unreadable: self.unreadable.take(),
                 realtime: realtime.is_ok(),
                 degraded: realtime
                     .err()

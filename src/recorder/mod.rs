@@ -16,7 +16,7 @@ use crate::python::interpreter::{Interpreter, LayoutSource};
 use crate::sample::classify::Classifier;
 use crate::sample::monotonic_ns;
 use crate::sample::observe::{Observation, Observer};
-use crate::sample::schedule::Schedule;
+use crate::sample::schedule::{Schedule, Wait};
 use crate::target::memory::ProcessMemory;
 use crate::target::namespace::ThreadIds;
 use crate::target::process::{self, Liveness};
@@ -293,6 +293,7 @@ pub fn target_info(observer: &Observer<ProcessMemory>) -> TargetInfo {
         },
         wait_measured: interpreter.measures_wait(),
         free_threaded: interpreter.layout.free_threaded,
+        sys_path: observer.sys_path(),
     }
 }
 
@@ -346,8 +347,10 @@ fn sample(
     let mut slice_start = Instant::now();
     let mut busy_ns = 0;
     let ended = loop {
-        if !schedule.wait(stop, busy_ns) {
-            break EndReason::Interrupted;
+        match schedule.wait(stop, busy_ns, deadline) {
+            Wait::Tick => {}
+            Wait::Stopped => break EndReason::Interrupted,
+            Wait::Deadline => break EndReason::Duration,
         }
         if deadline.is_some_and(|d| monotonic_ns() >= d) {
             break EndReason::Duration;
@@ -386,7 +389,7 @@ fn sample(
                     member.name_threads();
                     let health = health(member.errors, &schedule);
                     (slices.sink)(ProcessSlice {
-                        profile: std::mem::take(&mut member.profile),
+                        profile: member.profile.take_slice(),
                         health: &health,
                         observer: &member.observer,
                         exited: member.exited,

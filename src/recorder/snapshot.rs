@@ -1,18 +1,22 @@
 //! Snapshots for `gilscope dump`: every thread's GIL state and Python stack at an instant,
 //! optionally after a short recording that adds fractions and blame. Never stops the target.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use super::{RecordOptions, Recorder, Source};
 use crate::error::{Error, Result};
-use crate::model::snapshot::{GilSnapshot, Snapshot, ThreadSnapshot};
+use crate::model::snapshot::{Condition, GilSnapshot, Locals, Snapshot, Syscall, ThreadSnapshot};
 use crate::model::Recording;
+use crate::python::locals::LocalsReader;
+use crate::python::stack::StackError;
 use crate::sample::native::NativeOptions;
-use crate::sample::observe::{Observer, TickError};
+use crate::sample::observe::{Observation, Observer, TickError};
 use crate::sample::ThreadState;
-use crate::stack::{Frame, StackTable};
-use crate::target::memory::ProcessMemory;
+use crate::stack::{Frame, FrameKind, StackId, StackTable};
+use crate::target::memory::{ProcessMemory, ReadError};
+use crate::target::task;
 
 /// Between the reads a snapshot classifies from: the spacing of a recording's ticks, so that
 /// a runnable thread's CPU clock tells native work from a queue for the GIL the same way.
@@ -24,25 +28,47 @@ const SNAPSHOT_ATTEMPTS: usize = 20;
 const SNAPSHOT_PERF_PERIOD_NS: u64 = 1_000_000;
 const SNAPSHOT_PERF_WARM_UP: Duration = Duration::from_millis(10);
 
+/// What a dump reads besides every thread's state and stack.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DumpOptions {
+    /// Record this long first (`--sample`).
+    pub sample: Option<Duration>,
+    /// Read each frame's variables (`--locals`).
+    pub locals: bool,
+    /// Merge native frames into the stacks (`--native`).
+    pub native: bool,
+}
+
 /// Snapshots of process `pid`, and with `subprocesses` of every Python process below it,
-/// after recording them all together for `sample` if given; in the order found, `pid` first.
-/// Alone, a process that cannot be snapshot is an error; in a tree, one that exited since it
-/// was found is left out. With `native`, stacks have their native frames merged in.
-pub fn dump(
-    pid: i32,
-    subprocesses: bool,
-    sample: Option<Duration>,
-    native: bool,
-) -> Result<Vec<Snapshot>> {
+/// after recording them all together for `options.sample` if given; in the order found,
+/// `pid` first. Alone, a process that cannot be snapshot is an error; in a tree, one that
+/// exited since it was found is left out. With `options.native`, stacks have their native
+/// frames merged in.
+pub fn dump(pid: i32, subprocesses: bool, options: DumpOptions) -> Result<Vec<Snapshot>> {
     let stop = AtomicBool::new(false);
     let mut recorder = Recorder::open(&Source::Pid(pid), subprocesses, &stop)?;
+    let sample = options.sample;
+    // Each thread's CPU clock when the sample starts: what a thread did with the GIL it
+    // held (ran, or slept in a system call) shows in how far its clock moved.
+    let mut cpu_before = HashMap::new();
+    if sample.is_some() {
+        let mut pids = vec![pid];
+        if subprocesses {
+            pids.extend(crate::target::process::descendants(&[pid]));
+        }
+        for process in pids {
+            for (tid, ns) in task::cpu_times(process) {
+                cpu_before.insert((process, tid), ns);
+            }
+        }
+    }
     let observed: Vec<(Option<Recording>, Observer<ProcessMemory>)> = match sample {
         Some(duration) => {
             let options = RecordOptions {
                 rate_hz: 1000.0,
                 duration: Some(duration),
                 stacks: true,
-                native,
+                native: options.native,
                 timeline: false,
                 progress: None,
             };
@@ -61,7 +87,9 @@ pub fn dump(
     if !subprocesses {
         let mut observed = observed;
         return match observed.pop() {
-            Some((recording, observer)) => Ok(vec![snapshot(observer, recording, native)?]),
+            Some((recording, observer)) => {
+                Ok(vec![snapshot(observer, recording, options, &cpu_before)?])
+            }
             None => Err(Error::NoSuchProcess { pid }),
         };
     }
@@ -70,7 +98,9 @@ pub fn dump(
     }
     let snapshots: Vec<Snapshot> = observed
         .into_iter()
-        .filter_map(|(recording, observer)| snapshot(observer, recording, native).ok())
+        .filter_map(|(recording, observer)| {
+            snapshot(observer, recording, options, &cpu_before).ok()
+        })
         .collect();
     if snapshots.is_empty() {
         return Err(Error::NoSuchProcess { pid });
@@ -78,16 +108,19 @@ pub fn dump(
     Ok(snapshots)
 }
 
-/// Every thread of `observer`'s process at one instant.
+/// Every thread of `observer`'s process at one instant; with `options.locals`, each frame's
+/// variables, with `options.native` native frames merged into the stacks; with `cpu_before` (each thread's CPU clock when a sample started, by pid and
+/// tid), the CPU time each used since.
 fn snapshot(
     mut observer: Observer<ProcessMemory>,
     recording: Option<Recording>,
-    native: bool,
+    options: DumpOptions,
+    cpu_before: &HashMap<(i32, i32), u64>,
 ) -> Result<Snapshot> {
     let pid = observer.pid;
     let target = super::target_info(&observer);
     observer.enable_stacks();
-    if native {
+    if options.native {
         // Every thread followed at once: a snapshot has no time to learn which ones run.
         let options = NativeOptions {
             period_ns: SNAPSHOT_PERF_PERIOD_NS,
@@ -112,6 +145,7 @@ fn snapshot(
                     last_error = why;
                     break;
                 }
+                Err(TickError::Limit(why)) => return Err(Error::Unreadable { pid, why }),
                 Err(_) => return Err(Error::NoSuchProcess { pid }),
             }
         }
@@ -125,6 +159,16 @@ fn snapshot(
             continue;
         };
         let first = &ticks[1];
+        let mut variables = if options.locals {
+            read_locals(&mut observer, first)?
+        } else {
+            HashMap::new()
+        };
+        let cpu_now = if cpu_before.is_empty() {
+            HashMap::new()
+        } else {
+            task::cpu_times(pid)
+        };
         let python_names = observer.python_thread_names();
         let table = observer.stack_table().cloned().unwrap_or_default();
         let threads: Vec<ThreadSnapshot> = sample
@@ -138,6 +182,23 @@ fn snapshot(
                     .filter(|_| observer.thread_alive(t.tid))
                     .and_then(|id| python_names.get(&id).cloned())
                     .unwrap_or_else(|| os_name.clone());
+                let (locals, stack) = match variables.remove(&t.tid) {
+                    // With native frames, the stack of the tick keeps them where its Python
+                    // frames are those the variables were read with; else the variables'
+                    // own stack is shown, so that every variable is under its frame.
+                    Some((locals, Some(stack))) => match t.stack {
+                        Some(merged) if same_python_frames(&table, merged, stack) => {
+                            (locals, Some(merged))
+                        }
+                        _ => (locals, Some(stack)),
+                    },
+                    Some((locals, None)) => (locals, t.stack),
+                    None => (Locals::NotAsked, t.stack),
+                };
+                let sampled_cpu_s = cpu_before
+                    .get(&(pid, t.tid))
+                    .zip(cpu_now.get(&t.tid))
+                    .map(|(before, now)| now.saturating_sub(*before) as f64 / 1e9);
                 ThreadSnapshot {
                     tid: t.tid,
                     ns_tid: t.ns_tid,
@@ -145,7 +206,10 @@ fn snapshot(
                     name,
                     os_name,
                     state: t.state,
-                    stack: t.stack.map(|id| innermost_first(&table, id)),
+                    stack: stack.map(|id| innermost_first(&table, id)),
+                    locals,
+                    condition: task::condition(pid, t.tid).map(condition),
+                    sampled_cpu_s,
                     interpreter: match t.gil {
                         Some((_, interpreter)) => interpreter,
                         None if sample.gils.is_empty() && t.thread_id.is_some() => Some(0),
@@ -204,6 +268,59 @@ fn snapshot(
     Err(Error::Internal(format!(
         "the target changed under every one of {SNAPSHOT_ATTEMPTS} snapshots ({last_error})"
     )))
+}
+
+/// The kernel's view of a thread, in the model's terms.
+fn condition(condition: task::Condition) -> Condition {
+    Condition {
+        state: condition.state,
+        syscall: condition.syscall.map(|(number, args)| Syscall {
+            number,
+            name: task::syscall_name(number),
+            untimed_futex: number == task::SYS_FUTEX && args[3] == 0,
+        }),
+        tracer: condition.tracer,
+    }
+}
+
+/// Each Python thread's variables and the stack they were read with, by tid.
+fn read_locals(
+    observer: &mut Observer<ProcessMemory>,
+    tick: &Observation,
+) -> Result<HashMap<i32, (Locals, Option<StackId>)>> {
+    let interpreter = &observer.interpreter;
+    let mut reader = LocalsReader::new(&interpreter.version, &interpreter.layout);
+    let mut read = HashMap::new();
+    for thread in &tick.threads {
+        let Some(tstate) = thread.tstate else {
+            continue;
+        };
+        let Some(reader) = reader.as_mut() else {
+            read.insert(thread.tid, (Locals::Unsupported, None));
+            continue;
+        };
+        let entry = match observer.read_locals(reader, tstate) {
+            Ok(locals) => (Locals::Read(locals.frames), Some(locals.stack)),
+            Err(StackError::Read(ReadError::Gone)) => {
+                return Err(Error::NoSuchProcess { pid: observer.pid })
+            }
+            Err(_) => (Locals::Moved, None),
+        };
+        read.insert(thread.tid, entry);
+    }
+    Ok(read)
+}
+
+/// Do stacks `a` and `b` of `table` have the same Python frames, in the same order?
+fn same_python_frames(table: &StackTable, a: StackId, b: StackId) -> bool {
+    let python = |id| {
+        table
+            .frames(id)
+            .filter(|f| f.kind == FrameKind::Python)
+            .cloned()
+            .collect::<Vec<Frame>>()
+    };
+    a == b || python(a) == python(b)
 }
 
 fn innermost_first(table: &StackTable, id: u32) -> Vec<Frame> {

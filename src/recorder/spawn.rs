@@ -1,6 +1,7 @@
 //! Commands that gilscope starts (`-- python3 app.py`): started, waited for until they are a
 //! Python gilscope can sample, and ended when the recording is over.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -48,13 +49,37 @@ pub fn start(command: &[String]) -> Result<Spawned> {
     let (program, args) = command
         .split_first()
         .ok_or_else(|| Error::Usage("no command given after --".into()))?;
-    let child = Command::new(program)
-        .args(args)
-        .spawn()
-        .map_err(|source| Error::Spawn {
-            command: command.join(" "),
-            source,
-        })?;
+    let gilscope = std::process::id() as libc::pid_t;
+    let mut command_to_start = Command::new(program);
+    command_to_start.args(args);
+    // If gilscope dies without ending the command (SIGKILL, a crash), the kernel kills the
+    // command too, rather than leave it running with nobody to end it. A gilscope that died
+    // before this was set is seen as a changed parent. The kernel ties this to the thread
+    // that forks, not the process: commands are started from gilscope's main thread only.
+    // SAFETY: prctl, getppid and _exit are async-signal-safe; nothing else runs between fork
+    // and exec.
+    unsafe {
+        command_to_start.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != gilscope {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let child = command_to_start.spawn().map_err(|source| Error::Spawn {
+        command: command.join(" "),
+        source,
+    })?;
     Ok(Spawned { child })
 }
 

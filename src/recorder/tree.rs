@@ -78,8 +78,12 @@ impl Descendants {
         for pid in candidates {
             // A member that exec'd is gone as that Python; its new program may be another.
             if members
-                .iter()
-                .any(|m| m.observer.pid == pid && m.execed.is_none())
+                .iter_mut()
+                .filter(|m| m.observer.pid == pid)
+                .any(|m| {
+                    m.check_exec();
+                    m.is_current()
+                })
                 || self.refused.iter().any(|&(p, _)| p == pid)
                 || members.len() >= process::MAX_DESCENDANTS
             {

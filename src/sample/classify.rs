@@ -2,21 +2,26 @@
 //! the uprobe reference (docs/ACCURACY.md). Pure functions of observations: no reads here.
 //!
 //! A thread's own tick decides most cases: the holder holds; a thread asleep on a futex inside
-//! the GIL waits; a thread asleep on anything else is idle. A *runnable* thread that does not
-//! hold the GIL is the hard case: it may be running native code, or it may be on its way into
-//! or out of the GIL (woken by `drop_gil`, or preempted in it) and queued for a CPU. The
-//! difference shows in its CPU clock: GIL hand-off code runs for microseconds, native work for
-//! as long as it has a CPU. So a runnable thread that was *executing* just before the tick runs
-//! native code; one that was not is still wherever it was last seen doing something: in the
-//! GIL if it last held or waited for it, else wherever it was before. When the interval before
-//! the tick is polluted by holding (the thread held at the previous tick), the interval after
-//! the tick decides instead.
+//! the GIL, or owning the GIL's mutex, or in whose name the GIL is locked while it runs no
+//! Python, is inside `take_gil` or a release: it waits; a thread asleep on anything else is
+//! idle. A *runnable* thread that does not hold the GIL is the hard case: it may run native
+//! code, or sit on its way into or out of the GIL, queued for a CPU.
 //!
-//! One more piece of evidence comes from the ticks that follow. A runnable thread that next
-//! shows up in the GIL (asleep on it, or holding it) without having used the CPU in between
-//! was already on its way into the GIL at this tick: preempted, or woken from the GIL's mutex
-//! and queued for a CPU, before any flag or futex said so. Native code would have needed CPU
-//! to get there. So the classifier looks a few ticks ahead ([`LOOKAHEAD`]).
+//! Where the GIL's mutexes can be read (glibc), they say how many threads are inside
+//! `take_gil`'s critical section and a forced release's wait ([`Observation::unseen_in_gil`]
+//! counts those the tick did not see asleep there): that many runnable threads, the likeliest
+//! first, are queued inside the GIL; the others are not. Two places of the GIL's code lie
+//! outside those sections: a release's last steps after it hands the mutex on (where a
+//! waiter woken by the release often preempts the releasing thread), and the door of
+//! `take_gil`. A thread last seen inside the GIL's code, or released from a hold of a whole
+//! switch interval (a forced switch, which goes straight back into `take_gil`), and unseen
+//! since, is still there; anything else runnable and uncounted runs outside the GIL.
+//!
+//! Where the count cannot be read, history decides, as measured before it existed: a thread
+//! that was *executing* just before the tick runs native code (GIL hand-off code runs for
+//! microseconds, native work for as long as it has a CPU); one that was not is still wherever
+//! it was last seen doing something. A runnable thread that next shows up in the GIL without
+//! having used the CPU in between was already on its way in ([`LOOKAHEAD`]).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -39,6 +44,39 @@ pub const ENTERING_GIL_CPU_NS: u64 = 50_000;
 /// for a CPU is seen within a few scheduler slices of a few ms each.
 pub const LOOKAHEAD: usize = 24;
 
+/// Which rule decided a thread's state at a tick (for tools that compare ticks with the
+/// reference: examples/compare.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Rule {
+    /// The kernel had stopped it (SIGSTOP, job control, a debugger).
+    Stopped,
+    /// A free-threaded build without its GIL: the thread's own attach state.
+    NoGil,
+    /// The GIL's holder.
+    Holder,
+    /// Asleep on a GIL futex, or its own "requested" flag set.
+    InGil,
+    /// Owns the GIL's mutex, or the GIL is locked in its name while it is not running Python.
+    InGilCode,
+    /// Runnable, and among the threads the GIL's mutexes count inside it.
+    QueuedInGil,
+    /// Runnable, not among them: outside the GIL, though history put it inside.
+    OutsideGil,
+    /// Runnable, not among them, but last seen inside the GIL's code, or released from a
+    /// forced switch, and not seen to leave: in the parts of the GIL the count does not cover.
+    StillInGil,
+    /// Asleep somewhere else.
+    Asleep,
+    /// Runnable, and reached the GIL next without using the CPU on the way.
+    EntersGil,
+    /// Runnable and using the CPU: native code.
+    Executing,
+    /// Runnable, idle on its CPU, last seen in the GIL: still there.
+    LastInGil,
+    /// Runnable, idle on its CPU, last seen elsewhere.
+    LastElsewhere,
+}
+
 /// What a tick says on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Evidence {
@@ -55,6 +93,9 @@ fn evidence(thread: &ThreadObservation) -> Evidence {
         Evidence::Wait
     } else if thread.holder {
         Evidence::Hold
+    } else if thread.owns_gil_mutex || (thread.runnable && thread.gil_in_its_name) {
+        // Inside take_gil or a release, runnable or not.
+        Evidence::Wait
     } else if thread.runnable {
         Evidence::Runnable
     } else {
@@ -72,6 +113,21 @@ fn no_gil_state(thread: &ThreadObservation) -> ThreadState {
         _ if thread.runnable => ThreadState::Running,
         _ => ThreadState::Idle,
     }
+}
+
+/// A thread the kernel had stopped (SIGSTOP, job control, a debugger) is stopped, whatever
+/// its GIL flags say: it could run nothing, so it neither held nor waited for the GIL in any
+/// sense the program could feel, and its process's time stopped is not GIL time.
+fn stopped_sample(thread: &ThreadObservation) -> Option<ThreadSample> {
+    thread.stopped.then_some(ThreadSample {
+        tid: thread.tid,
+        ns_tid: thread.ns_tid,
+        thread_id: thread.thread_id,
+        state: ThreadState::Stopped,
+        stack: thread.stack,
+        deferred: thread.deferred,
+        gil: thread.gil,
+    })
 }
 
 /// Did the thread spend a real share of [from, to] on a CPU? (ns; cpu from schedstat)
@@ -104,7 +160,7 @@ fn enters_gil_without_cpu<'a>(
             return false;
         };
         let later = &tick.threads[i];
-        if later.thread_id != thread.thread_id || !later.cpu_exact {
+        if later.thread_id != thread.thread_id || !later.cpu_exact || later.stopped {
             return false;
         }
         if later.cpu_ns.saturating_sub(thread.cpu_ns) >= ENTERING_GIL_CPU_NS {
@@ -132,6 +188,16 @@ struct Track {
     anchor: Option<ThreadState>,
     /// Its previous tick.
     previous: Option<Seen>,
+    /// Its previous tick put it inside the GIL (asleep there, in its code, or counted).
+    was_in_gil: bool,
+    /// Its latest run of holding ticks: when the first was, and how long from the first to
+    /// the last.
+    hold_since: u64,
+    held_ns: u64,
+    /// Its anchor came from seeing it inside the GIL's code (owning its mutex, or the GIL
+    /// locked in its name while not running Python): a thread seen there and unseen since
+    /// has not been seen to leave.
+    in_gil_code: bool,
 }
 
 /// Turns a stream of observations into samples, [`LOOKAHEAD`] ticks behind (it looks ahead).
@@ -160,6 +226,23 @@ impl Classifier {
 
     /// Add a tick; returns the samples now complete (those with enough ticks after them).
     pub fn push(&mut self, observation: &Observation) -> Vec<Sample> {
+        self.push_explained(observation)
+            .into_iter()
+            .map(|(sample, _)| sample)
+            .collect()
+    }
+
+    /// The ticks held back, classified with whatever look ahead they have.
+    pub fn finish(&mut self) -> Vec<Sample> {
+        self.finish_explained()
+            .into_iter()
+            .map(|(sample, _)| sample)
+            .collect()
+    }
+
+    /// [`Classifier::push`], with the rule that decided each thread's state (in the order of
+    /// the sample's threads).
+    pub fn push_explained(&mut self, observation: &Observation) -> Vec<(Sample, Vec<Rule>)> {
         self.pending.push_back(observation.clone());
         let mut done = Vec::new();
         while self.pending.len() > LOOKAHEAD {
@@ -168,22 +251,23 @@ impl Classifier {
         done
     }
 
-    /// The ticks held back, classified with whatever look ahead they have.
-    pub fn finish(&mut self) -> Vec<Sample> {
+    /// [`Classifier::finish`], with the rules.
+    pub fn finish_explained(&mut self) -> Vec<(Sample, Vec<Rule>)> {
         std::iter::from_fn(|| self.classify_oldest()).collect()
     }
 
-    fn classify_oldest(&mut self) -> Option<Sample> {
+    fn classify_oldest(&mut self) -> Option<(Sample, Vec<Rule>)> {
         let tick = self.pending.pop_front()?;
         Some(self.classify(&tick))
     }
 
     /// Classify `tick`; the ticks after it are `self.pending`.
-    fn classify(&mut self, tick: &Observation) -> Sample {
+    fn classify(&mut self, tick: &Observation) -> (Sample, Vec<Rule>) {
         let next = self.pending.front();
         let time_ns = tick.time_ns();
         let next_time = next.map(|n| n.time_ns()).unwrap_or(time_ns);
-        let mut threads = Vec::with_capacity(tick.threads.len());
+        // Each thread on its own evidence and history first...
+        let mut decisions = Vec::with_capacity(tick.threads.len());
         for thread in &tick.threads {
             let track = self.tracks.entry(thread.tid).or_default();
             if track
@@ -194,6 +278,23 @@ impl Classifier {
                 // Python thread state): its history is not this one's.
                 *track = Track::default();
             }
+            if thread.stopped {
+                // Its history stands as it was for when it runs again (the last loop starts
+                // the interval after this tick here).
+                decisions.push(Decision {
+                    state: ThreadState::Stopped,
+                    rule: Rule::Stopped,
+                    likely: Likelihood {
+                        stayed: false,
+                        entering: false,
+                        anchor: 0,
+                        cpu_before_ns: std::cmp::Reverse(u64::MAX),
+                    },
+                    not_seen_leaving: false,
+                    native_on: false,
+                });
+                continue;
+            }
             // A tick's threads are sorted by tid.
             let after = next.and_then(|n| {
                 let i = n
@@ -202,17 +303,20 @@ impl Classifier {
                     .ok()?;
                 n.threads.get(i)
             });
-            let state = match evidence(thread) {
-                _ if thread.no_gil => no_gil_state(thread),
-                Evidence::Runnable
-                    if track.anchor != Some(ThreadState::Idle)
-                        && enters_gil_without_cpu(thread, &self.pending) =>
-                {
-                    ThreadState::Wait
+            let entering = evidence(thread) == Evidence::Runnable
+                && !thread.no_gil
+                && enters_gil_without_cpu(thread, &self.pending);
+            let (state, rule) = match evidence(thread) {
+                _ if thread.no_gil => (no_gil_state(thread), Rule::NoGil),
+                Evidence::Runnable if entering && track.anchor != Some(ThreadState::Idle) => {
+                    (ThreadState::Wait, Rule::EntersGil)
                 }
-                Evidence::Hold => ThreadState::Hold,
-                Evidence::Wait => ThreadState::Wait,
-                Evidence::Idle => ThreadState::Idle,
+                Evidence::Hold => (ThreadState::Hold, Rule::Holder),
+                Evidence::Wait if thread.gil_futex || thread.gil_requested == Some(true) => {
+                    (ThreadState::Wait, Rule::InGil)
+                }
+                Evidence::Wait => (ThreadState::Wait, Rule::InGilCode),
+                Evidence::Idle => (ThreadState::Idle, Rule::Asleep),
                 Evidence::Runnable => {
                     let executing = match track.previous {
                         // Nearest evidence first: the interval that ends at this tick...
@@ -231,28 +335,134 @@ impl Classifier {
                         }),
                     };
                     if executing {
-                        ThreadState::Running
+                        (ThreadState::Running, Rule::Executing)
                     } else {
                         match track.anchor {
-                            Some(ThreadState::Hold) | Some(ThreadState::Wait) => ThreadState::Wait,
-                            _ => ThreadState::Running,
+                            Some(ThreadState::Hold) | Some(ThreadState::Wait) => {
+                                (ThreadState::Wait, Rule::LastInGil)
+                            }
+                            _ => (ThreadState::Running, Rule::LastElsewhere),
                         }
                     }
                 }
             };
+            // A runnable thread whose exact CPU clock has not moved since the last tick has
+            // not run: it is wherever that tick found it.
+            let stayed = evidence(thread) == Evidence::Runnable
+                && thread.cpu_exact
+                && track.was_in_gil
+                && track.previous.is_some_and(|p| {
+                    same_clock(&p.thread, thread) && p.thread.cpu_ns == thread.cpu_ns
+                });
+            let likely = Likelihood {
+                stayed,
+                entering,
+                anchor: match track.anchor {
+                    Some(ThreadState::Wait) => 2,
+                    Some(ThreadState::Hold) => 1,
+                    _ => 0,
+                },
+                // A thread seen for the first time exists to run Python, and the first thing
+                // it does is take the GIL: as likely as one that has not run since.
+                cpu_before_ns: std::cmp::Reverse(match track.previous {
+                    None => 0,
+                    Some(p) if same_clock(&p.thread, thread) => {
+                        thread.cpu_ns.saturating_sub(p.thread.cpu_ns)
+                    }
+                    Some(_) => u64::MAX,
+                }),
+            };
+            // A holder asked to let go (it held for a whole switch interval, so another thread
+            // waited that long) goes from the release straight back into take_gil; one last
+            // seen inside the GIL's code has not been seen to leave it.
+            let gap = track
+                .previous
+                .map_or(0, |p| time_ns.saturating_sub(p.time_ns));
+            let forced_switch = track.anchor == Some(ThreadState::Hold)
+                && track.held_ns + gap >= tick.interval_us.saturating_mul(1000);
+            let not_seen_leaving = forced_switch || track.in_gil_code;
+            // Using the CPU after the tick too, without holding the GIL at the next one: native
+            // code, surely (the CPU before the tick may have been Python, held in between).
+            let native_on = rule == Rule::Executing
+                && after.is_some_and(|a| {
+                    evidence(a) == Evidence::Runnable
+                        && same_clock(thread, a)
+                        && executing(thread.cpu_ns, a.cpu_ns, time_ns, next_time)
+                });
+            decisions.push(Decision {
+                state,
+                rule,
+                likely,
+                not_seen_leaving,
+                native_on,
+            });
+        }
+        // ...then the GIL's own count of the threads inside it settles the runnable ones,
+        // where it can be read: the likeliest that many are there; of the others, those not
+        // seen leaving the GIL are in the parts the count does not cover, the rest outside.
+        for (gil, unseen) in tick.unseen_in_gil.iter().enumerate() {
+            let Some(unseen) = *unseen else { continue };
+            let mut candidates: Vec<usize> = (0..tick.threads.len())
+                .filter(|&i| {
+                    let t = &tick.threads[i];
+                    evidence(t) == Evidence::Runnable
+                        && !t.no_gil
+                        && !t.stopped
+                        && t.thread_id.is_some()
+                        && t.gil.map_or(0, |(g, _)| g as usize) == gil
+                })
+                .collect();
+            candidates.sort_by_key(|&i| std::cmp::Reverse(decisions[i].likely));
+            let mut unseen = unseen as usize;
+            for i in candidates {
+                let d = &mut decisions[i];
+                // A thread running native code on both sides of the tick is not one of those
+                // counted (that may be a thread the tick saw leaving, between its reads).
+                if unseen > 0 && !d.native_on {
+                    unseen -= 1;
+                    (d.state, d.rule) = (ThreadState::Wait, Rule::QueuedInGil);
+                } else if (d.not_seen_leaving || d.likely.stayed) && d.rule != Rule::Executing {
+                    (d.state, d.rule) = (ThreadState::Wait, Rule::StillInGil);
+                } else if d.state == ThreadState::Wait {
+                    (d.state, d.rule) = (ThreadState::Running, Rule::OutsideGil);
+                }
+            }
+        }
+        let mut threads = Vec::with_capacity(tick.threads.len());
+        let mut rules = Vec::with_capacity(tick.threads.len());
+        for (thread, Decision { state, rule, .. }) in tick.threads.iter().zip(decisions) {
+            let track = self.tracks.entry(thread.tid).or_default();
+            if state == ThreadState::Stopped {
+                track.previous = Some(Seen {
+                    time_ns,
+                    thread: *thread,
+                });
+                rules.push(rule);
+                threads.extend(stopped_sample(thread));
+                continue;
+            }
             let queued_in_gil =
                 evidence(thread) == Evidence::Runnable && state == ThreadState::Wait;
+            if state == ThreadState::Hold {
+                if track.anchor != Some(ThreadState::Hold) {
+                    track.hold_since = time_ns;
+                }
+                track.held_ns = time_ns.saturating_sub(track.hold_since);
+            }
             if !queued_in_gil {
                 track.anchor = Some(state);
+                track.in_gil_code = rule == Rule::InGilCode;
             }
             track.previous = Some(Seen {
                 time_ns,
                 thread: *thread,
             });
+            track.was_in_gil = state == ThreadState::Wait;
             let state = match state {
                 ThreadState::Wait if self.no_wait => ThreadState::Running,
                 state => state,
             };
+            rules.push(rule);
             threads.push(ThreadSample {
                 tid: thread.tid,
                 ns_tid: thread.ns_tid,
@@ -265,14 +475,40 @@ impl Classifier {
         }
         let alive: std::collections::HashSet<i32> = tick.threads.iter().map(|t| t.tid).collect();
         self.tracks.retain(|tid, _| alive.contains(tid));
-        Sample {
+        let sample = Sample {
             time_ns,
             gil: tick.gil,
             threads,
             gils: tick.gils.clone(),
             resolved: tick.resolved.clone(),
-        }
+        };
+        (sample, rules)
     }
+}
+
+/// One thread's state at a tick before the GIL's count is applied, and what the count needs.
+struct Decision {
+    state: ThreadState,
+    rule: Rule,
+    likely: Likelihood,
+    /// Last seen inside the GIL's code, or released from a forced switch, and not since.
+    not_seen_leaving: bool,
+    /// Runs native code on both sides of the tick.
+    native_on: bool,
+}
+
+/// How likely a runnable thread is to be inside the GIL (woken and queued for a CPU), for
+/// choosing which ones the GIL's count names: compared field by field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Likelihood {
+    /// It was placed in the GIL at the last tick and has not run since: it cannot have left.
+    stayed: bool,
+    /// It reached the GIL next with next to no CPU on the way.
+    entering: bool,
+    /// Where it was last seen: 2 in the GIL, 1 holding it, 0 elsewhere.
+    anchor: u8,
+    /// Less CPU since the last tick is likelier (a sleeper uses none): compared reversed.
+    cpu_before_ns: std::cmp::Reverse<u64>,
 }
 
 #[cfg(test)]
@@ -310,6 +546,9 @@ mod tests {
             gil_futex: kind == 'w',
             blocked: kind == 'i',
             gil_requested: None,
+            owns_gil_mutex: false,
+            gil_in_its_name: false,
+            stopped: false,
             no_gil: false,
             attach_state: None,
             stack: None,
@@ -326,10 +565,12 @@ mod tests {
             locked: false,
             holder: 0,
             switch_number: 0,
+            interval_us: 5000,
             threads,
             stack_errors: 0,
             gils: Vec::new(),
             resolved: Vec::new(),
+            unseen_in_gil: Vec::new(),
         }
     }
 
@@ -346,6 +587,118 @@ mod tests {
     }
 
     use ThreadState::{Hold as H, Idle as I, Running as R, Wait as W};
+
+    /// Like [`states`], with the GIL's count of unseen threads inside it at each tick:
+    /// (kind, cpu µs, unseen). Kind 'o' is runnable and owns the GIL's mutex.
+    fn counted(ticks: &[(char, u64, u32)]) -> Vec<(ThreadState, Rule)> {
+        let mut classifier = Classifier::new();
+        let mut out = Vec::new();
+        for (i, &(kind, cpu_us, unseen)) in ticks.iter().enumerate() {
+            let mut t = thread(7, if kind == 'o' { 'r' } else { kind }, cpu_us * 1000);
+            t.owns_gil_mutex = kind == 'o';
+            let mut obs = tick(i as u64, vec![t]);
+            obs.unseen_in_gil = vec![Some(unseen)];
+            out.extend(classifier.push_explained(&obs));
+        }
+        out.extend(classifier.finish_explained());
+        out.iter()
+            .map(|(s, rules)| (s.threads[0].state, rules[0]))
+            .collect()
+    }
+
+    fn just_states(found: Vec<(ThreadState, Rule)>) -> Vec<ThreadState> {
+        found.into_iter().map(|(state, _)| state).collect()
+    }
+
+    #[test]
+    fn a_runnable_thread_the_gil_counts_inside_it_waits_from_its_first_tick() {
+        // A new thread, runnable with no history, counted by the GIL's mutex: queued in
+        // take_gil (woken from its condition, waiting for a CPU), not running.
+        let found = counted(&[('r', 0, 1), ('r', 0, 1), ('h', 10, 0)]);
+        assert_eq!(just_states(found.clone()), vec![W, W, H]);
+        assert_eq!(found[0].1, Rule::QueuedInGil);
+    }
+
+    #[test]
+    fn a_runnable_thread_the_gil_does_not_count_is_outside_it() {
+        // Holds briefly, lets go, is preempted outside the GIL (in send(), say) with no CPU
+        // since: history alone would put it in the GIL; the count says it is not there.
+        let found = counted(&[('h', 0, 0), ('r', 900, 0), ('r', 900, 0), ('w', 910, 0)]);
+        assert_eq!(just_states(found.clone()), vec![H, R, R, W]);
+        assert_eq!(found[1].1, Rule::OutsideGil);
+        // Without the count, history decides as before.
+        assert_eq!(
+            states(&[('h', 0), ('r', 900), ('r', 900), ('w', 910)]),
+            vec![H, W, W, W]
+        );
+    }
+
+    #[test]
+    fn a_forced_switch_goes_back_into_the_gil() {
+        // Holds for a whole switch interval (5 ms), then is runnable, uncounted and idle on its
+        // CPU: asked to let go, it is in the release's last steps or back in take_gil.
+        let mut ticks: Vec<(char, u64, u32)> = (0..6).map(|i| ('h', 1000 * i, 0)).collect();
+        ticks.extend([('r', 6000, 0), ('r', 6000, 0), ('w', 6010, 0)]);
+        let found = counted(&ticks);
+        assert_eq!(&just_states(found.clone())[5..], &[H, W, W, W]);
+        assert_eq!(found[6].1, Rule::StillInGil);
+    }
+
+    #[test]
+    fn a_thread_seen_in_the_gils_code_is_still_there_until_seen_elsewhere() {
+        // Owns the GIL's mutex (inside a release), then is runnable and uncounted: the
+        // release's last steps, after the mutex was handed on.
+        let found = counted(&[('o', 0, 0), ('r', 5, 0), ('r', 5, 0), ('i', 10, 0)]);
+        assert_eq!(just_states(found.clone()), vec![W, W, W, I]);
+        assert_eq!(found[0].1, Rule::InGilCode);
+        assert_eq!(found[1].1, Rule::StillInGil);
+    }
+
+    #[test]
+    fn a_queued_thread_that_has_not_run_stays_where_it_was() {
+        // Counted inside the GIL, then not run since (its clock has not moved): it cannot
+        // have left, whatever the next tick's count says (a thread the tick saw going in
+        // after it read the mutexes makes the count miss one).
+        let found = counted(&[('r', 0, 1), ('r', 0, 0), ('r', 0, 0), ('h', 10, 0)]);
+        assert_eq!(just_states(found.clone()), vec![W, W, W, H]);
+        assert_eq!(found[1].1, Rule::StillInGil);
+        // Once it has run, the count decides again.
+        let found = counted(&[('r', 0, 1), ('r', 60, 0), ('r', 60, 0), ('i', 70, 0)]);
+        assert_eq!(just_states(found), vec![W, R, R, I]);
+    }
+
+    #[test]
+    fn the_count_names_the_likeliest_threads() {
+        // Two runnable threads, one counted: the one that reaches the GIL next without CPU
+        // (queued in it) rather than the one that goes on running native code.
+        let mut classifier = Classifier::new();
+        let mut out = Vec::new();
+        let ticks = [
+            (('r', 0), ('r', 0), 1),
+            (('r', 2), ('r', 900), 0),
+            (('h', 10), ('r', 1800), 0),
+        ];
+        for (i, &((a, ca), (b, cb), unseen)) in ticks.iter().enumerate() {
+            let mut obs = tick(
+                i as u64,
+                vec![thread(7, a, ca * 1000), thread(8, b, cb * 1000)],
+            );
+            obs.unseen_in_gil = vec![Some(unseen)];
+            out.extend(classifier.push(&obs));
+        }
+        out.extend(classifier.finish());
+        let first: Vec<ThreadState> = out[0].threads.iter().map(|t| t.state).collect();
+        assert_eq!(first, vec![W, R]);
+    }
+
+    #[test]
+    fn a_thread_running_native_code_on_both_sides_is_never_counted() {
+        // The count says one thread is inside the GIL, but the only runnable one executes
+        // native code before and after the tick: the count is of a thread the tick did not
+        // catch (it left between the reads), not of this one.
+        let found = counted(&[('r', 0, 0), ('r', 900, 1), ('r', 1800, 0), ('r', 2700, 0)]);
+        assert_eq!(just_states(found), vec![R, R, R, R]);
+    }
 
     #[test]
     fn a_queued_thread_after_the_gil_is_still_in_the_gil() {
@@ -504,6 +857,35 @@ mod tests {
         let states: Vec<ThreadState> = out.iter().map(|s| s.threads[0].state).collect();
         use ThreadState::{Attached as A, Suspended as S};
         assert_eq!(states, vec![A, A, R, I, S]);
+    }
+
+    #[test]
+    fn a_stopped_thread_is_stopped_whatever_its_gil_flags_and_resumes_where_it_was() {
+        // Holds, is stopped holding (a debugger), then holds again; a waiter stopped asleep on
+        // the GIL's futex is stopped too.
+        let mut classifier = Classifier::new();
+        let stopped = |mut t: ThreadObservation| {
+            t.stopped = true;
+            t.runnable = false;
+            t
+        };
+        let ticks = [
+            vec![thread(7, 'h', 0), thread(8, 'w', 0)],
+            vec![stopped(thread(7, 'h', 900)), stopped(thread(8, 'w', 0))],
+            vec![stopped(thread(7, 'h', 900)), stopped(thread(8, 'w', 0))],
+            vec![thread(7, 'h', 1800), thread(8, 'w', 0)],
+        ];
+        let mut out = Vec::new();
+        for (i, t) in ticks.into_iter().enumerate() {
+            out.extend(classifier.push(&tick(i as u64, t)));
+        }
+        out.extend(classifier.finish());
+        let got: Vec<(ThreadState, ThreadState)> = out
+            .iter()
+            .map(|s| (s.threads[0].state, s.threads[1].state))
+            .collect();
+        use ThreadState::Stopped as S;
+        assert_eq!(got, vec![(H, W), (S, S), (S, S), (H, W)]);
     }
 
     #[test]

@@ -30,10 +30,13 @@ pub enum ThreadState {
     Attached,
     /// No GIL: it was stopped by a stop-the-world pause (GC, fork) on its way to attaching.
     Suspended,
+    /// The kernel had stopped it (state T or t: SIGSTOP, job control, a debugger): it could
+    /// run no code at all, and neither held nor waited for the GIL as far as its program knew.
+    Stopped,
 }
 
 impl ThreadState {
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 7;
     pub const ALL: [ThreadState; ThreadState::COUNT] = [
         ThreadState::Hold,
         ThreadState::Wait,
@@ -41,6 +44,7 @@ impl ThreadState {
         ThreadState::Idle,
         ThreadState::Attached,
         ThreadState::Suspended,
+        ThreadState::Stopped,
     ];
     /// The states of a thread under a GIL, the columns every report shows.
     pub const WITH_GIL: [ThreadState; 4] = [
@@ -58,6 +62,7 @@ impl ThreadState {
             ThreadState::Idle => "idle",
             ThreadState::Attached => "attached",
             ThreadState::Suspended => "suspended",
+            ThreadState::Stopped => "stopped",
         }
     }
 

@@ -3,25 +3,33 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::native::{NativeOptions, NativeOutcome, NativeStacks};
 use super::stats::{Stopwatch, TickStats};
 use super::GilReading;
 use crate::python::interpreter::{GilState, Interpreter, PyThread};
+use crate::python::locals::{LocalsReader, ThreadLocals};
 use crate::python::stack::{StackError, StackReader};
 use crate::python::thread_names::ThreadNames;
 use crate::stack::{StackId, StackTable};
 use crate::target::cpu_clock::CpuClocks;
 use crate::target::memory::{Memory, ReadError};
 use crate::target::namespace::ThreadIds;
+use crate::target::pthread_sync::{
+    glibc_cond_sleeper, GilSync, MutexWords, COND_BYTES, MUTEX_BYTES,
+};
 use crate::target::task::{Activity, TaskError, TaskReading, Tasks};
 
 /// Subinterpreters whose `threading` is read for thread names: each costs a few reads per
 /// name refresh.
 const MAX_NAMED_SUBINTERPRETERS: usize = 16;
-/// Walks of one thread's stack per tick before it counts as unreadable.
-const STACK_ATTEMPTS: usize = 3;
+/// Reads of one thread's stack per tick before it counts as not captured, whatever the time
+/// left ([`Observer::set_retry_budget`])...
+const MIN_STACK_ATTEMPTS: usize = 4;
+/// ...and at most, however much time is left. A thread that calls and returns flat out
+/// moves under one read in a few (see python/frame_copy.rs); 64 reads take 0.1-0.5 ms.
+const MAX_STACK_ATTEMPTS: usize = 64;
 /// A thread asleep whose exact CPU clock has not moved is still asleep where it was: its
 /// /proc reading is reused, but never for longer than this (ns). A thread that ends leaves
 /// the task listing at once and is forgotten; this only bounds the case of its tid being
@@ -36,8 +44,10 @@ const MAX_DEFERRED: usize = 1 << 16;
 /// all walked in the end even while running threads' walks use the budget up.
 const MIN_FIRST_WALKS: usize = 8;
 
-/// One thread at one tick, before classification.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// One thread at one tick, before classification. Written by `record --observations` and read
+/// back by tools that replay the classifier (examples/compare.rs); the kernel reading itself
+/// is not kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThreadObservation {
     pub tid: i32,
     /// The id the thread knows itself by in its own PID namespace (a container's), where it
@@ -48,7 +58,7 @@ pub struct ThreadObservation {
     pub thread_id: Option<u64>,
     /// The thread state's address, for Python threads.
     pub tstate: Option<u64>,
-    #[serde(skip)]
+    #[serde(skip, default)]
     pub task: TaskReading,
     /// The kernel says it is runnable (on a CPU or about to be).
     pub runnable: bool,
@@ -64,12 +74,22 @@ pub struct ThreadObservation {
     pub blocked: bool,
     /// Its own "waiting for the GIL" flag, where the version has one.
     pub gil_requested: Option<bool>,
+    /// It owns its GIL's mutex or switch mutex: inside `take_gil` or a release, asleep or not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub owns_gil_mutex: bool,
+    /// Its GIL is locked in its name (the last holder) while CPython does not count it as
+    /// running Python: in `take_gil` after taking the GIL, or in a release before letting go.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gil_in_its_name: bool,
+    /// The kernel had stopped it (state T or t: SIGSTOP, job control, a debugger).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
     /// Its interpreter ran without a GIL at this tick (a free-threaded build): nobody holds
     /// or waits; `attach_state` says who runs Python.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_gil: bool,
     /// `tstate->state` on free-threaded builds: attached, detached or suspended.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attach_state: Option<u32>,
     /// Its Python stack, read just after the tick (None: not a Python thread, stacks off,
     /// or the stack moved while it was read, or its first walk was deferred).
@@ -77,37 +97,53 @@ pub struct ThreadObservation {
     /// Its stack was not walked at this tick: it was asleep, had never been walked, and the
     /// tick's walking budget was spent. A later tick's [`Observation::resolved`] says which
     /// stack it had (a thread that has not run since cannot have changed its stack).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deferred: bool,
     /// Its interpreter's GIL (an index into [`Observation::gils`]) and interpreter id, where
     /// the process has more than one interpreter.
-    #[serde(skip)]
+    #[serde(skip, default)]
     pub gil: Option<(u16, Option<i64>)>,
 }
 
 /// Everything read at one tick.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Observation {
     /// CLOCK_MONOTONIC at the start and end of the tick's reads (ns).
     pub start_ns: u64,
     pub end_ns: u64,
-    #[serde(skip)]
+    #[serde(skip, default)]
     pub gil: GilState,
     pub locked: bool,
     pub holder: u64,
     pub switch_number: u64,
+    /// The switch interval (µs): a holder is asked to let go once a waiter has waited this
+    /// long.
+    #[serde(default = "default_interval_us")]
+    pub interval_us: u64,
     /// Sorted by tid.
     pub threads: Vec<ThreadObservation>,
     /// Stacks that could not be read consistently at this tick.
     pub stack_errors: u32,
     /// Every GIL, the main one first, where the process has more than one interpreter.
-    #[serde(skip)]
+    #[serde(skip, default)]
     pub gils: Vec<GilReading>,
     /// Threads whose walks were deferred at earlier ticks and are walked now: (tid, the
     /// stack they had at every deferred tick), None if they ran in between (then those ticks
     /// stay without a stack).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resolved: Vec<(i32, Option<StackId>)>,
+    /// For each GIL (the main one first, as in [`Observation::gils`]): how many threads were
+    /// inside a wait on its condition variables without the tick seeing them asleep there,
+    /// that is woken and queued for a CPU, or on their way in or out. None where the count
+    /// cannot be read (another libc, a GIL without its objects, or before a waiter was seen
+    /// asleep to show the layout).
+    #[serde(default)]
+    pub unseen_in_gil: Vec<Option<u32>>,
+}
+
+/// CPython's default switch interval (µs), for observations written without one.
+fn default_interval_us() -> u64 {
+    5000
 }
 
 impl Observation {
@@ -169,6 +205,8 @@ pub enum TickError {
     Denied,
     /// A read failed or saw a list being changed: a torn tick, skipped and counted.
     Torn(String),
+    /// gilscope itself ran out of something (open files): no use trying again at once.
+    Limit(String),
 }
 
 impl From<ReadError> for TickError {
@@ -203,6 +241,9 @@ pub struct Observer<M: Memory> {
     last_stacks: HashMap<i32, (u64, u64, StackId)>,
     /// Time a tick may spend on first walks of sleeping threads (ns); None: no limit.
     walk_budget_ns: Option<u64>,
+    /// Time a tick may spend reading stacks again that moved under a read (ns); None: up to
+    /// [`MAX_STACK_ATTEMPTS`] reads of each.
+    retry_budget_ns: Option<u64>,
     /// Sleeping threads whose first walk was put off: their thread state and CPU time at the
     /// first deferred tick, and whether a later deferred tick saw them elsewhere (ran).
     deferred: HashMap<i32, Deferred>,
@@ -214,6 +255,9 @@ pub struct Observer<M: Memory> {
     /// Threads that held a GIL on a CPU at the last tick, and those doing so at this one.
     held_running: Vec<i32>,
     holding_running: Vec<i32>,
+    /// A GIL waiter was seen asleep where glibc's condition waits sleep: the GIL's mutexes
+    /// are glibc's, and their counts can be read.
+    glibc_mutexes: bool,
     /// What the ticks so far cost, phase by phase.
     pub stats: TickStats,
 }
@@ -235,11 +279,13 @@ impl<M: Memory> Observer<M> {
             held_last: HashMap::new(),
             last_stacks: HashMap::new(),
             walk_budget_ns: None,
+            retry_budget_ns: None,
             deferred: HashMap::new(),
             last_sleeps: HashMap::new(),
             live: Vec::new(),
             held_running: Vec::new(),
             holding_running: Vec::new(),
+            glibc_mutexes: false,
             stats: TickStats::default(),
         }
     }
@@ -289,6 +335,24 @@ impl<M: Memory> Observer<M> {
         names
     }
 
+    /// The main interpreter's `sys.path` (what short file names are relative to); empty
+    /// where the version's objects are not known or the target moved under the read.
+    pub fn sys_path(&self) -> Vec<String> {
+        let Some(reader) = ThreadNames::new(&self.interpreter.version, &self.interpreter.layout)
+        else {
+            return Vec::new();
+        };
+        let interps = self
+            .interpreter
+            .interpreters(&self.memory)
+            .unwrap_or_default();
+        // New interpreters are pushed at the head of the list: the main one is last.
+        match interps.last() {
+            Some(&main) => reader.sys_path(&self.memory, main).unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+
     /// Read Python stacks at every tick, where the interpreter's layout knows its frames.
     /// Returns whether stacks will be read.
     pub fn enable_stacks(&mut self) -> bool {
@@ -334,6 +398,13 @@ impl<M: Memory> Observer<M> {
     /// holder, waiters, runnable threads and threads walked before are always walked.
     pub fn set_walk_budget(&mut self, ns: Option<u64>) {
         self.walk_budget_ns = ns;
+    }
+
+    /// Bound the time a tick spends reading again the stacks that moved under a read: past
+    /// `ns` since the tick's stacks began, each thread gets [`MIN_STACK_ATTEMPTS`] reads,
+    /// and one still unread then is counted as not captured.
+    pub fn set_retry_budget(&mut self, ns: Option<u64>) {
+        self.retry_budget_ns = ns;
     }
 
     /// Every stack and frame seen so far.
@@ -417,7 +488,8 @@ impl<M: Memory> Observer<M> {
                 continue;
             }
             first_walks += usize::from(first_walk_of_sleeper);
-            let read = self.walk(tstate);
+            let retry_until = self.retry_budget_ns.map(|b| started.saturating_add(b));
+            let read = self.walk(tstate, retry_until);
             let was_deferred = self.deferred.remove(&thread.tid);
             match read {
                 Ok(stack) => {
@@ -437,6 +509,8 @@ impl<M: Memory> Observer<M> {
                 }
                 Err(_) => {
                     errors += 1;
+                    // Shown as such, with its weight, rather than as a sample of no stack.
+                    thread.stack = self.stacks.as_mut().map(StackReader::not_captured);
                     self.last_stacks.remove(&thread.tid);
                 }
             }
@@ -479,20 +553,45 @@ impl<M: Memory> Observer<M> {
         )
     }
 
-    /// Walk one thread's stack. A thread calling and returning fast moves its stack under
-    /// one walk in a few: another walk right away usually sees a still moment.
-    fn walk(&mut self, tstate: u64) -> Result<StackId, StackError> {
+    /// The stack of the thread state at `tstate` and each frame's variables (`dump
+    /// --locals`), read with `reader`; interned in this observer's stack table.
+    pub fn read_locals(
+        &mut self,
+        reader: &mut LocalsReader,
+        tstate: u64,
+    ) -> Result<ThreadLocals, StackError> {
+        match self.stacks.as_mut() {
+            Some(stacks) => reader.read(&self.memory, stacks, tstate),
+            None => Err(StackError::Moved),
+        }
+    }
+
+    /// Read one thread's stack. A thread calling and returning flat out moves under one
+    /// read in a few: it is read again at once, [`MIN_STACK_ATTEMPTS`] times at least, more
+    /// until `until` (CLOCK_MONOTONIC ns; None: [`MAX_STACK_ATTEMPTS`] times).
+    fn walk(&mut self, tstate: u64, until: Option<u64>) -> Result<StackId, StackError> {
         let Some(reader) = self.stacks.as_mut() else {
             return Err(StackError::Moved);
         };
-        let mut read = reader.read(&self.memory, tstate);
-        for _ in 1..STACK_ATTEMPTS {
-            if read != Err(StackError::Moved) {
-                break;
+        let mut attempts = 0;
+        self.stats.stack_walks += 1;
+        loop {
+            let read = reader.read(&self.memory, tstate);
+            attempts += 1;
+            self.stats.stack_attempts += 1;
+            let out_of_time = attempts >= MIN_STACK_ATTEMPTS
+                && until.is_some_and(|t| crate::sample::monotonic_ns() >= t);
+            // A read that faulted or found garbage raced the thread as much as one that saw
+            // it move (a pointer read before the frame it named was freed): both retry.
+            let raced = match &read {
+                Ok(_) => false,
+                Err(StackError::Moved) => true,
+                Err(StackError::Read(e)) => !matches!(e, ReadError::Gone | ReadError::Denied),
+            };
+            if !raced || attempts >= MAX_STACK_ATTEMPTS || out_of_time {
+                return read;
             }
-            read = reader.read(&self.memory, tstate);
         }
-        read
     }
 
     /// The target's pid in its own PID namespace (a container seen from outside), where it
@@ -551,12 +650,20 @@ impl<M: Memory> Observer<M> {
         let mut lap = Stopwatch::start();
         let start_ns = lap.last_ns();
         let state = self.interpreter.read_state(&self.memory)?;
-        let (gil, others, python) = (state.gil, state.others, state.threads);
+        let (gil, others, python, syncs) = (state.gil, state.others, state.threads, state.syncs);
         self.stats.memory_ns += lap.split();
-        let live = self
+        let mut live = self
             .tasks
             .list_unless_unchanged(self.interpreter.lists_unchanged(), start_ns)
             .map_err(|_| TickError::Gone)?;
+        // A main thread that has exited (`pthread_exit`) stays listed, a zombie, until the
+        // whole process exits: it is a thread that ended.
+        if matches!(self.tasks.leader_state(), Some('Z' | 'X')) {
+            live.retain(|&tid| tid != self.pid);
+        }
+        // A stop (SIGSTOP, job control, a debugger attaching) stops the main thread with the
+        // others: only then are the threads' own states read, one by one.
+        let stops_seen = matches!(self.tasks.leader_state(), Some('T' | 't'));
         self.stats.proc_ns += lap.split();
         if live.is_empty() {
             return Err(TickError::Gone);
@@ -581,6 +688,14 @@ impl<M: Memory> Observer<M> {
             Some(i) => others.get(i).copied().unwrap_or_default(),
             None => gil,
         };
+        let sync_of = |index: usize| syncs.get(index).copied().flatten();
+        // Where each GIL's mutexes and condition variables start, to count the threads seen
+        // asleep on each.
+        let objects: Vec<Option<[u64; 4]>> = std::iter::once(interpreter.gil())
+            .chain(interpreter.other_gils().iter().map(|g| &g.addresses))
+            .map(|g| g.sync_objects())
+            .collect();
+        let mut asleep_on = vec![[0u32; 4]; objects.len()];
         let mut threads = Vec::with_capacity(live.len());
         lap.split();
         self.holding_running.clear();
@@ -617,8 +732,14 @@ impl<M: Memory> Observer<M> {
                     continue;
                 }
                 Err(TaskError::Denied) => return Err(TickError::Denied),
+                Err(TaskError::Io(errno @ (libc::EMFILE | libc::ENFILE))) => {
+                    return Err(TickError::Limit(crate::target::fds::exhausted(errno)))
+                }
                 Err(TaskError::Io(errno)) => {
-                    return Err(TickError::Torn(format!("task {tid}: errno {errno}")))
+                    return Err(TickError::Torn(format!(
+                        "task {tid}: {}",
+                        std::io::Error::from_raw_os_error(errno)
+                    )))
                 }
             };
             let futex = task.activity.futex_addr();
@@ -665,6 +786,35 @@ impl<M: Memory> Observer<M> {
                 }),
             };
             let gil_requested = py.and_then(|t| t.gil_requested);
+            let gil_index = py.map_or(0, |t| t.gil);
+            if let (Some(addr), false) = (futex, no_gil) {
+                let sizes = [COND_BYTES, MUTEX_BYTES, COND_BYTES, MUTEX_BYTES];
+                let object = objects
+                    .get(gil_index)
+                    .copied()
+                    .flatten()
+                    .and_then(|starts| {
+                        (0..4).find_map(|i| {
+                            let offset = addr.checked_sub(starts[i])?;
+                            (offset < sizes[i] as u64).then_some((i, offset))
+                        })
+                    });
+                if let Some((i, offset)) = object {
+                    asleep_on[gil_index][i] += 1;
+                    // Asleep on `cond` or `switch_cond` where glibc's waiters sleep.
+                    self.glibc_mutexes |= i % 2 == 0 && glibc_cond_sleeper(offset);
+                }
+            }
+            let owns_gil_mutex =
+                !no_gil && sync_of(gil_index).is_some_and(|sync| sync.owned_by(tid));
+            let gil_in_its_name = !no_gil
+                && !holder
+                && py.is_some_and(|t| {
+                    let gil = state_of(t.gil);
+                    gil.locked
+                        && gil.holder == t.tstate
+                        && (t.active.is_some() || gil.current.is_some())
+                });
             // Left out above, the clock is wanted after all if the tick does not say "holds":
             // the thread let the GIL go, or sleeps on a GIL futex inside the release (off its
             // CPU: no interrupt), and the classifier compares its clock with the next tick's.
@@ -676,6 +826,9 @@ impl<M: Memory> Observer<M> {
                 read => read,
             };
             let runnable = task.activity == Activity::Running;
+            // A stopped thread is never runnable: its system call file shows where it sleeps.
+            let stopped =
+                stops_seen && !runnable && matches!(self.tasks.state_letter(tid), Some('T' | 't'));
             if holder && runnable {
                 self.holding_running.push(tid);
             }
@@ -692,6 +845,9 @@ impl<M: Memory> Observer<M> {
                 gil_futex,
                 blocked: !gil_futex && task.activity != Activity::Running,
                 gil_requested,
+                owns_gil_mutex,
+                gil_in_its_name,
+                stopped,
                 no_gil,
                 attach_state: py.and_then(|t| t.attach_state),
                 stack: None,
@@ -702,6 +858,12 @@ impl<M: Memory> Observer<M> {
             });
         }
         self.stats.proc_ns += lap.split();
+        let unseen_in_gil = (0..objects.len())
+            .map(|index| {
+                let sync = sync_of(index).filter(|_| self.glibc_mutexes)?;
+                unseen_inside(&sync, asleep_on[index], live.len())
+            })
+            .collect();
         std::mem::swap(&mut self.held_running, &mut self.holding_running);
         self.tasks.retain(&live);
         self.clocks.retain(&live);
@@ -731,12 +893,33 @@ impl<M: Memory> Observer<M> {
             locked: gil.locked,
             holder: gil.holder,
             switch_number: gil.switch_number,
+            interval_us: gil.interval_us,
             threads,
             stack_errors,
             gils,
             resolved,
+            unseen_in_gil,
         })
     }
+}
+
+/// The threads inside the GIL's mutexes (`take_gil`'s critical section with its condition
+/// wait, a forced release's wait) that a tick did not see: their users, less those seen
+/// asleep on each mutex or its condition (`asleep`: cond, mutex, switch_cond, switch_mutex)
+/// or owning it. A thread asleep taking a mutex it never held is no user: subtracting it may
+/// undercount, never overcount. None for a count no process of `threads` could have (a torn
+/// read, or not glibc's mutex after all).
+fn unseen_inside(sync: &GilSync, asleep: [u32; 4], threads: usize) -> Option<u32> {
+    let [cond, mutex, switch_cond, switch_mutex] = asleep;
+    let unseen = |m: MutexWords, asleep: u32| {
+        m.users()
+            .saturating_sub(asleep)
+            .saturating_sub(m.owner().is_some() as u32)
+    };
+    let users = sync.mutex.users() as usize + sync.switch_mutex.users() as usize;
+    (users <= threads).then(|| {
+        unseen(sync.mutex, cond + mutex) + unseen(sync.switch_mutex, switch_cond + switch_mutex)
+    })
 }
 
 /// A sleeping thread whose first walk was put off (see [`Observer::set_walk_budget`]).
@@ -834,6 +1017,32 @@ mod tests {
             cpu_ns: 0,
             runqueue_ns: 0,
         }
+    }
+
+    /// A GIL whose mutex has `users` users and is owned by `owner` (0: unlocked), and whose
+    /// switch mutex has `switch_users`.
+    fn gil_sync(users: u32, owner: i32, switch_users: u32) -> GilSync {
+        let mut bytes = vec![0u8; GilSync::BYTES];
+        let mutex = COND_BYTES;
+        bytes[mutex] = (owner != 0) as u8;
+        bytes[mutex + 8..mutex + 12].copy_from_slice(&owner.to_le_bytes());
+        bytes[mutex + 12..mutex + 16].copy_from_slice(&users.to_le_bytes());
+        let switch_mutex = 2 * COND_BYTES + MUTEX_BYTES;
+        bytes[switch_mutex + 12..switch_mutex + 16].copy_from_slice(&switch_users.to_le_bytes());
+        GilSync::from_bytes(&bytes).unwrap()
+    }
+
+    #[test]
+    fn the_threads_inside_the_gil_that_a_tick_did_not_see_are_counted() {
+        // Four users of the GIL's mutex: two asleep on its condition, one owning it; one
+        // is unseen (woken and queued for a CPU).
+        assert_eq!(unseen_inside(&gil_sync(4, 42, 0), [2, 0, 0, 0], 8), Some(1));
+        // A forced release waiting for the switch, seen asleep there: none unseen.
+        assert_eq!(unseen_inside(&gil_sync(0, 0, 1), [0, 0, 1, 0], 8), Some(0));
+        // More seen than counted (the tick saw them go in after it read the mutex): none.
+        assert_eq!(unseen_inside(&gil_sync(1, 0, 0), [3, 0, 0, 0], 8), Some(0));
+        // A count larger than the process's threads is not glibc's mutex, or torn: unknown.
+        assert_eq!(unseen_inside(&gil_sync(40, 0, 0), [0, 0, 0, 0], 8), None);
     }
 
     #[test]

@@ -15,6 +15,17 @@ const MAX_SLEEP_NS: u64 = 50_000_000;
 const MIN_REST_CREDIT_NS: i64 = 1_000_000;
 const MAX_REST_CREDIT_NS: i64 = 20_000_000;
 
+/// What ended a [`Schedule::wait`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// The next tick is due.
+    Tick,
+    /// The stop flag was raised.
+    Stopped,
+    /// The deadline came before the next tick was due: the recording is over.
+    Deadline,
+}
+
 pub struct Schedule {
     period_ns: u64,
     next_ns: u64,
@@ -32,6 +43,8 @@ pub struct Schedule {
     /// The most rest that may be banked (ns): a period, between [`MIN_REST_CREDIT_NS`] and
     /// [`MAX_REST_CREDIT_NS`].
     rest_credit_ns: i64,
+    /// This thread's CPU time when the last wait ended (ns), where the clock can be read.
+    cpu_at_wake_ns: Option<u64>,
 }
 
 impl Schedule {
@@ -50,19 +63,31 @@ impl Schedule {
             rest_credit_ns: i64::try_from(period_ns)
                 .unwrap_or(i64::MAX)
                 .clamp(MIN_REST_CREDIT_NS, MAX_REST_CREDIT_NS),
+            cpu_at_wake_ns: thread_cpu_ns(),
         }
     }
 
-    /// Sleep until the next tick is due. Returns false if `stop` was raised meanwhile.
-    /// `busy_ns` is how long the last tick took: the sampler rests at least as long as it
+    /// Sleep until the next tick is due, `stop` is raised or `deadline_ns` comes (a recording
+    /// at 0.1 Hz for 1 s ends after 1 s, not at its second tick 5 to 15 s later).
+    ///
+    /// `busy_ns` is how long the last tick took. The sampler rests at least as long as it
     /// works (beyond a credit of up to a period banked from longer rests), so that at
     /// real-time priority it can never take more than half of a CPU, however slow ticks get
-    /// (a target with thousands of threads); it falls behind instead, and says so.
-    pub fn wait(&mut self, stop: &AtomicBool, busy_ns: u64) -> bool {
+    /// (a target with thousands of threads); it falls behind instead, and says so. Its work
+    /// is what its own CPU clock says it used since the last wait ended, when that is more
+    /// than `busy_ns`: waking up and going back to sleep cost CPU too, and at 100 kHz that
+    /// cost alone took nearly a whole CPU.
+    pub fn wait(&mut self, stop: &AtomicBool, busy_ns: u64, deadline_ns: Option<u64>) -> Wait {
         let called = monotonic_ns();
+        let cpu_now = thread_cpu_ns();
+        let used = match (self.cpu_at_wake_ns, cpu_now) {
+            (Some(then), Some(now)) => now.saturating_sub(then),
+            _ => 0,
+        };
+        let worked = busy_ns.max(used);
         self.rest_balance_ns = self
             .rest_balance_ns
-            .saturating_sub(i64::try_from(busy_ns).unwrap_or(i64::MAX));
+            .saturating_sub(i64::try_from(worked).unwrap_or(i64::MAX));
         let owed = u64::try_from(-self.rest_balance_ns.min(0)).unwrap_or(u64::MAX);
         let earliest = called.saturating_add(owed);
         // Lateness is measured from when the tick was due, rest owed or not.
@@ -70,15 +95,16 @@ impl Schedule {
         if self.next_ns < earliest {
             self.next_ns = earliest;
         }
+        let wake_at = deadline_ns.map_or(self.next_ns, |d| d.min(self.next_ns));
         loop {
             if stop.load(Ordering::Relaxed) {
-                return false;
+                return Wait::Stopped;
             }
             let now = monotonic_ns();
-            if now >= self.next_ns {
+            if now >= wake_at {
                 break;
             }
-            let sleep = (self.next_ns - now).min(MAX_SLEEP_NS);
+            let sleep = (wake_at - now).min(MAX_SLEEP_NS);
             std::thread::sleep(std::time::Duration::from_nanos(sleep));
         }
         let now = monotonic_ns();
@@ -87,6 +113,10 @@ impl Schedule {
             .rest_balance_ns
             .saturating_add(rested)
             .min(self.rest_credit_ns);
+        self.cpu_at_wake_ns = thread_cpu_ns();
+        if deadline_ns.is_some_and(|d| now >= d) {
+            return Wait::Deadline;
+        }
         let lag = now.saturating_sub(due);
         self.ticks += 1;
         self.total_lag_ns += lag;
@@ -98,7 +128,7 @@ impl Schedule {
             self.next_ns = now;
         }
         self.next_ns += self.jittered_interval();
-        true
+        Wait::Tick
     }
 
     /// Uniform in [0.5, 1.5) periods: the mean rate is the requested one, and the phase
@@ -132,6 +162,12 @@ pub fn sample_on_time() -> Result<(), i32> {
         .unwrap_or(libc::EPERM))
 }
 
+/// The calling thread's CPU time (ns), user and system.
+fn thread_cpu_ns() -> Option<u64> {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).ok()?;
+    Some(ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
+}
+
 /// Ask the kernel for precise wake-ups (the default slack is 50 µs, 5% of a 1 ms period).
 fn set_fine_timer_slack() {
     // SAFETY: PR_SET_TIMERSLACK takes a plain integer and only affects this thread.
@@ -143,6 +179,47 @@ fn set_fine_timer_slack() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deadline_before_the_next_tick_ends_the_wait_at_the_deadline() {
+        let start = monotonic_ns();
+        // 0.1 Hz: the second tick is 5 to 15 s away; the deadline is 100 ms away.
+        let mut schedule = Schedule::new(0.1, start);
+        let stop = AtomicBool::new(false);
+        assert_eq!(
+            schedule.wait(&stop, 0, Some(start + 100_000_000)),
+            Wait::Tick
+        );
+        assert_eq!(
+            schedule.wait(&stop, 0, Some(start + 100_000_000)),
+            Wait::Deadline
+        );
+        let waited = monotonic_ns() - start;
+        assert!(
+            (100_000_000..2_000_000_000).contains(&waited),
+            "waited {waited} ns"
+        );
+    }
+
+    #[test]
+    fn cpu_spent_outside_the_ticks_counts_as_work() {
+        // Ticks that report no work, at a rate whose wake-ups alone would keep a CPU busy:
+        // the sampler's own CPU clock sees the cost, and rest is owed for it.
+        let stop = AtomicBool::new(false);
+        let mut schedule = Schedule::new(10_000.0, monotonic_ns());
+        schedule.wait(&stop, 0, None);
+        // Burn 20 ms of this thread's CPU between two waits, reporting none of it.
+        let burn_until = thread_cpu_ns().unwrap() + 20_000_000;
+        while thread_cpu_ns().unwrap() < burn_until {}
+        let before = monotonic_ns();
+        schedule.wait(&stop, 0, None);
+        let rested = monotonic_ns() - before;
+        // Owed 20 ms less at most one period of credit (1 ms at the least).
+        assert!(
+            rested >= 18_000_000,
+            "rested {rested} ns after 20 ms of work"
+        );
+    }
 
     #[test]
     fn intervals_are_jittered_around_the_period() {
@@ -165,7 +242,7 @@ mod tests {
         let mut schedule = Schedule::new(100_000.0, monotonic_ns());
         let stop = AtomicBool::new(false);
         let before = monotonic_ns();
-        assert!(schedule.wait(&stop, 5_000_000));
+        assert_eq!(schedule.wait(&stop, 5_000_000, None), Wait::Tick);
         assert!(monotonic_ns() - before >= 5_000_000);
         // The tick was due at once: resting made it late, and that is said.
         assert_eq!(schedule.late_ticks, 1);
@@ -178,7 +255,7 @@ mod tests {
         // 10 kHz: ticks of 40 us in intervals drawn from [50, 150) us keep the rate.
         let mut schedule = Schedule::new(10_000.0, monotonic_ns());
         for _ in 0..2_000 {
-            assert!(schedule.wait(&stop, 40_000));
+            assert_eq!(schedule.wait(&stop, 40_000, None), Wait::Tick);
         }
         // Mean interval 100 us, 40 of them work: rest accumulates. (Sleeps that overshoot on
         // a loaded machine only add to it; the rate itself is a benchmark's business.)
@@ -198,7 +275,7 @@ mod tests {
         assert_eq!(schedule.rest_credit_ns, MAX_REST_CREDIT_NS);
         schedule.rest_balance_ns = schedule.rest_credit_ns;
         let before = monotonic_ns();
-        assert!(schedule.wait(&stop, 50_000_000));
+        assert_eq!(schedule.wait(&stop, 50_000_000, None), Wait::Tick);
         assert!(monotonic_ns() - before >= 30_000_000);
     }
 
@@ -206,6 +283,6 @@ mod tests {
     fn a_raised_stop_flag_ends_the_wait() {
         let mut schedule = Schedule::new(1.0, monotonic_ns() + 10_000_000_000);
         let stop = AtomicBool::new(true);
-        assert!(!schedule.wait(&stop, 0));
+        assert_eq!(schedule.wait(&stop, 0, None), Wait::Stopped);
     }
 }

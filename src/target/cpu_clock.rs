@@ -34,7 +34,7 @@ struct PerfEventAttr {
 
 /// Open task-clock counters, one per thread.
 pub struct CpuClocks {
-    counters: HashMap<i32, OwnedFd>,
+    counters: HashMap<i32, (OwnedFd, super::fds::Kept)>,
     /// Out of file descriptors: open no more counters until one is closed.
     full: bool,
     /// perf_event_open was refused (seccomp in containers, perf_event_paranoid): do not retry.
@@ -68,9 +68,11 @@ impl CpuClocks {
             if self.full {
                 return None;
             }
+            // Past the open-file budget, threads go without an exact clock (schedstat).
+            let kept = super::fds::keep()?;
             match open_task_clock(tid) {
                 Ok(fd) => {
-                    slot.insert(fd);
+                    slot.insert((fd, kept));
                 }
                 Err(errno) => {
                     if matches!(
@@ -86,7 +88,7 @@ impl CpuClocks {
                 }
             }
         }
-        let fd = self.counters.get(&tid)?;
+        let (fd, _) = self.counters.get(&tid)?;
         self.reads += 1;
         let mut value = 0u64;
         // SAFETY: reading 8 bytes into a u64 from a perf counter fd we own.

@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::time::Duration;
 
 use goblin::container::{Container, Ctx, Endian};
 use goblin::elf::program_header::{ProgramHeader, PT_LOAD};
@@ -12,6 +13,9 @@ use goblin::elf::section_header::{SectionHeader, SHN_UNDEF, SHT_DYNSYM, SHT_SYMT
 use goblin::elf::sym::Sym;
 use goblin::elf::Elf;
 use memmap2::Mmap;
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::Mode;
 
 use super::maps::Mapping;
 
@@ -79,15 +83,8 @@ impl ElfFile {
         let first = mappings.first().ok_or_else(|| ElfError::NotMapped {
             path: String::new(),
         })?;
-        let path = first.path.clone();
-        let file = open_mapped_file(pid, first)?;
-        // SAFETY: the map is read-only and private; if the file changes under us the worst
-        // outcome is garbage symbols, which every reader already tolerates.
-        let data = unsafe { Mmap::map(&file) }.map_err(|source| ElfError::Open {
-            path: path.clone(),
-            source,
-        })?;
-        ElfFile::parse(path, ElfData::Mapped(data), mappings)
+        let data = mapped_file_data(pid, first)?;
+        ElfFile::parse(first.path.clone(), data, mappings)
     }
 
     /// Read the object in `data` as mapped at `mappings`: the one parser `open` uses, for
@@ -223,39 +220,135 @@ impl ElfFile {
     }
 }
 
-/// Open the file behind a mapping as the target sees it: through its root (containers), and
-/// if that is not the same file (replaced on disk, other namespace), through map_files.
-fn open_mapped_file(pid: i32, mapping: &Mapping) -> Result<File, ElfError> {
-    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-    let via_root = proc_dir
-        .join("root")
-        .join(mapping.path.trim_start_matches('/'));
-    let via_map_files = proc_dir
-        .join("map_files")
-        .join(format!("{:x}-{:x}", mapping.start, mapping.end));
-    let mut first_error = None;
-    for candidate in [&via_root, &via_map_files] {
-        match File::open(candidate) {
-            Ok(file) => {
-                let same_inode = file
-                    .metadata()
-                    .map(|m| m.ino() == mapping.inode)
-                    .unwrap_or(false);
-                if same_inode || candidate == &via_map_files {
-                    return Ok(file);
-                }
-            }
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    Err(ElfError::Open {
+/// How long opening and reading one of the target's files may take: a file the target
+/// controls may sit on a file system that never answers (FUSE).
+pub const OPEN_TIME_LIMIT: Duration = Duration::from_secs(10);
+/// Largest file read into memory (one that the target's user could change under a map).
+const MAX_READ_FILE: u64 = 1 << 30;
+/// FUSE's magic number (statfs(2)): its files answer as their daemon pleases.
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// The bytes of the file behind a mapping, as the target sees it: the very file mapped
+/// (/proc/PID/map_files), else the path in its root (/proc/PID/root, containers) if that is
+/// still the file mapped. The target's user may have put anything at that path since: a
+/// FIFO would block an open for good and a device would be opened as root, so nothing is
+/// opened until an O_PATH handle shows a regular file with the mapped inode. A file its
+/// user could truncate is read into memory rather than mapped (a truncated map faults with
+/// SIGBUS), and all of it happens within [`OPEN_TIME_LIMIT`].
+fn mapped_file_data(pid: i32, mapping: &Mapping) -> Result<ElfData, ElfError> {
+    let (pid, mapping_copy) = (pid, mapping.clone());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("gilscope-open".into())
+        .spawn(move || {
+            let _ = tx.send(open_and_read(pid, &mapping_copy));
+        });
+    let open_error = |source| ElfError::Open {
         path: mapping.path.clone(),
-        source: first_error.unwrap_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no longer on disk")
-        }),
-    })
+        source,
+    };
+    spawned.map_err(open_error)?;
+    match rx.recv_timeout(OPEN_TIME_LIMIT) {
+        Ok(result) => result.map_err(open_error),
+        // The thread is left to its fate: it holds nothing of ours.
+        Err(_) => Err(open_error(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "no answer within {} s (is its file system responding?)",
+                OPEN_TIME_LIMIT.as_secs()
+            ),
+        ))),
+    }
+}
+
+fn open_and_read(pid: i32, mapping: &Mapping) -> std::io::Result<ElfData> {
+    let handle = mapped_handle(pid, mapping)?;
+    let stat = nix::sys::stat::fstat(&handle)?;
+    // A handle opened with O_PATH reads nothing: open the same inode again, for reading.
+    let file = File::from(nix::fcntl::open(
+        format!("/proc/self/fd/{}", handle.as_raw_fd()).as_str(),
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?);
+    let fuse =
+        nix::sys::statfs::fstatfs(&file).is_ok_and(|s| s.filesystem_type().0 == FUSE_SUPER_MAGIC);
+    let only_root_writes = stat.st_uid == 0 && stat.st_mode & 0o022 == 0;
+    if only_root_writes && !fuse {
+        // SAFETY: read-only and private, of a file only root can change: the map cannot be
+        // truncated under us by the target's user.
+        return Ok(ElfData::Mapped(unsafe { Mmap::map(&file) }?));
+    }
+    let size = u64::try_from(stat.st_size).unwrap_or(0);
+    if size > MAX_READ_FILE {
+        return Err(std::io::Error::other(format!(
+            "{size} bytes, more than gilscope reads from a file its target's user can change"
+        )));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    std::io::Read::read_to_end(&mut std::io::Read::take(&file, MAX_READ_FILE), &mut bytes)?;
+    Ok(ElfData::Owned(bytes))
+}
+
+/// An O_PATH handle on the regular file with the mapping's inode: through map_files (the
+/// kernel's own link to the mapped file), else through the target's root, where links are
+/// resolved inside that root and never through /proc's magic links.
+fn mapped_handle(pid: i32, mapping: &Mapping) -> std::io::Result<OwnedFd> {
+    let pid = crate::target::process::memory_task(pid);
+    let via_map_files = format!(
+        "/proc/{pid}/map_files/{:x}-{:x}",
+        mapping.start, mapping.end
+    );
+    let first = nix::fcntl::open(
+        via_map_files.as_str(),
+        OFlag::O_PATH | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(std::io::Error::from)
+    .and_then(|fd| is_mapped_file(fd, mapping));
+    let first_error = match first {
+        Ok(fd) => return Ok(fd),
+        Err(e) => e,
+    };
+    let root = nix::fcntl::open(
+        format!("/proc/{pid}/root").as_str(),
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let relative = mapping.path.trim_start_matches('/');
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = match nix::fcntl::openat2(&root, relative, how) {
+        Err(Errno::ENOSYS) => nix::fcntl::openat(
+            &root,
+            relative,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ),
+        other => other,
+    };
+    match fd {
+        Ok(fd) => is_mapped_file(fd, mapping),
+        // Where map_files said why (permission, say), that is the better reason.
+        Err(_) => Err(first_error),
+    }
+}
+
+/// `fd` if it is a regular file with the mapping's inode.
+fn is_mapped_file(fd: OwnedFd, mapping: &Mapping) -> std::io::Result<OwnedFd> {
+    let stat = nix::sys::stat::fstat(&fd)?;
+    if stat.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(std::io::Error::other(
+            "not a regular file (the target's file was replaced)",
+        ));
+    }
+    if stat.st_ino != mapping.inode {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no longer on disk",
+        ));
+    }
+    Ok(fd)
 }
 
 /// The load bias: where the first PT_LOAD segment landed minus where the file says it goes.

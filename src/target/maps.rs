@@ -59,9 +59,10 @@ fn parse_line(line: &str) -> Option<Mapping> {
     })
 }
 
-/// Read and parse /proc/PID/maps.
+/// Read and parse /proc/PID/maps (through a live thread if the main one has exited).
 pub fn read_maps(pid: i32) -> std::io::Result<Vec<Mapping>> {
-    let text = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("maps"))?;
+    let task = crate::target::process::memory_task(pid);
+    let text = std::fs::read_to_string(Path::new("/proc").join(task.to_string()).join("maps"))?;
     Ok(parse_maps(&text))
 }
 

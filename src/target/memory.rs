@@ -157,15 +157,38 @@ pub fn i32_at(block: &[u8], offset: u64) -> Option<i32> {
 
 /// The memory of a live process, read with process_vm_readv through remoteprocess.
 pub struct ProcessMemory {
-    process: remoteprocess::Process,
+    pid: i32,
+    /// The task the reads go through: the process, or one of its threads once its main
+    /// thread has exited (the kernel finds no memory through that one then).
+    through: Cell<i32>,
     reads: Cell<u64>,
 }
 
 impl ProcessMemory {
     pub fn new(pid: i32) -> ProcessMemory {
         ProcessMemory {
-            process: remoteprocess::Process { pid },
+            pid,
+            through: Cell::new(crate::target::process::memory_task(pid)),
             reads: Cell::new(0),
+        }
+    }
+
+    /// Run `read` through the current task; if that task is gone but the process lives on
+    /// (its main thread, or the thread used, exited), once more through another.
+    fn with_task<T>(
+        &self,
+        mut read: impl FnMut(i32) -> Result<T, ReadError>,
+    ) -> Result<T, ReadError> {
+        match read(self.through.get()) {
+            Err(ReadError::Gone) => {
+                let other = crate::target::process::memory_task(self.pid);
+                if other == self.through.get() {
+                    return Err(ReadError::Gone);
+                }
+                self.through.set(other);
+                read(other)
+            }
+            result => result,
         }
     }
 }
@@ -183,9 +206,12 @@ impl Memory for ProcessMemory {
             return Err(ReadError::BadPointer { addr });
         };
         self.reads.set(self.reads.get() + 1);
-        self.process
-            .read(address, buf)
-            .map_err(|e| classify_read_error(addr, buf.len(), &e))
+        let len = buf.len();
+        self.with_task(|pid| {
+            remoteprocess::Process { pid }
+                .read(address, buf)
+                .map_err(|e| classify_read_error(addr, len, &e))
+        })
     }
 
     fn reads(&self) -> u64 {
@@ -227,21 +253,24 @@ impl Memory for ProcessMemory {
             self.reads.set(self.reads.get() + 1);
             // SAFETY: every local iovec lies inside `out`; remote addresses are only read by
             // the kernel, which checks them.
-            let got = unsafe {
-                libc::process_vm_readv(
-                    self.process.pid,
-                    local.as_ptr(),
-                    local.len() as libc::c_ulong,
-                    remote.as_ptr(),
-                    remote.len() as libc::c_ulong,
-                    0,
-                )
-            };
-            if got < 0 {
-                let errno = std::io::Error::last_os_error().raw_os_error();
-                let (addr, len) = chunk[0];
-                return Err(read_error(addr, len, errno));
-            }
+            let got = self.with_task(|pid| {
+                let got = unsafe {
+                    libc::process_vm_readv(
+                        pid,
+                        local.as_ptr(),
+                        local.len() as libc::c_ulong,
+                        remote.as_ptr(),
+                        remote.len() as libc::c_ulong,
+                        0,
+                    )
+                };
+                if got < 0 {
+                    let errno = std::io::Error::last_os_error().raw_os_error();
+                    let (addr, len) = chunk[0];
+                    return Err(read_error(addr, len, errno));
+                }
+                Ok(got)
+            })?;
             if got as usize != want {
                 // A partial read stops at the first block that faulted: name it.
                 let mut at = 0;

@@ -3,10 +3,12 @@
 
 pub mod cpu_clock;
 pub mod elf;
+pub mod fds;
 pub(crate) mod maps;
 pub mod memory;
 pub mod namespace;
 pub mod native;
 pub mod process;
 pub(crate) mod pthread;
+pub mod pthread_sync;
 pub mod task;

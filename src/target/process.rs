@@ -34,16 +34,49 @@ pub fn raise_open_file_limit() {
     }
 }
 
-/// What /proc/PID/stat says about the process.
+/// What /proc/PID/stat says about the process. A main thread that has exited (a zombie, as
+/// after `pthread_exit`) while other threads run leaves a live process.
 pub fn liveness(pid: i32) -> Liveness {
     let Ok(stat) = std::fs::read(format!("/proc/{pid}/stat")) else {
         return Liveness::Gone;
     };
     match stat_state(&stat) {
         None => Liveness::Gone,
+        Some('Z') | Some('X') if live_thread(pid).is_some() => Liveness::Alive,
         Some('Z') | Some('X') => Liveness::Zombie,
         Some(_) if stat_flags(&stat).is_some_and(|f| f & PF_KTHREAD != 0) => Liveness::KernelThread,
         Some(_) => Liveness::Alive,
+    }
+}
+
+/// A thread of `pid` other than its main one that has not exited, if any.
+fn live_thread(pid: i32) -> Option<i32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    tasks
+        .flatten()
+        .filter_map(|t| t.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&tid| tid != pid)
+        .find(|tid| {
+            std::fs::read(format!("/proc/{pid}/task/{tid}/stat"))
+                .ok()
+                .and_then(|stat| stat_state(&stat))
+                .is_some_and(|state| !matches!(state, 'Z' | 'X'))
+        })
+}
+
+/// The task through which the process's memory, mappings and files are reached: the process
+/// itself, or, where its main thread has exited while others run (`pthread_exit` in the main
+/// thread), one of those (the kernel finds no memory through the main thread then). Its
+/// /proc/TID directory describes the whole process.
+pub fn memory_task(pid: i32) -> i32 {
+    let leader_exited = std::fs::read(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat_state(&stat))
+        .is_some_and(|state| matches!(state, 'Z' | 'X'));
+    if leader_exited {
+        live_thread(pid).unwrap_or(pid)
+    } else {
+        pid
     }
 }
 
@@ -200,7 +233,7 @@ fn all_parents() -> Vec<(i32, i32)> {
 
 /// The command line, NUL-separated arguments joined by spaces (lossy UTF-8).
 pub fn command_line(pid: i32) -> Option<String> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let raw = std::fs::read(format!("/proc/{}/cmdline", memory_task(pid))).ok()?;
     let args: Vec<String> = raw
         .split(|&b| b == 0)
         .filter(|a| !a.is_empty())
@@ -211,29 +244,83 @@ pub fn command_line(pid: i32) -> Option<String> {
 
 /// The executable's path as the target sees it.
 pub fn executable(pid: i32) -> Option<PathBuf> {
-    std::fs::read_link(format!("/proc/{pid}/exe")).ok()
+    std::fs::read_link(format!("/proc/{}/exe", memory_task(pid))).ok()
 }
 
-/// What changes when a process execs another program and at no other time: the address of
-/// the random bytes the kernel puts on each new program's stack (`AT_RANDOM` in
-/// /proc/PID/auxv). None if the process is gone or hides it.
-pub fn exec_identity(pid: i32) -> Option<u64> {
+/// What a process is, to tell it from what its pid may become: another program (an exec) or
+/// another process (the pid reused after an exit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    /// When the process started (clock ticks after boot): an exec keeps it, a new process
+    /// with the same pid has another.
+    pub start_ticks: u64,
+    /// The address (`AT_RANDOM` in its auxiliary vector) and contents of the 16 random bytes
+    /// the kernel puts on each new program's stack: new at every exec. The address alone is
+    /// the same after an exec where address space randomisation is off (`setarch -R`) and
+    /// the stack holds strings of the same lengths; the bytes are random either way.
+    pub program: (u64, [u8; 16]),
+}
+
+/// How a process's identity now compares with what it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Same,
+    /// The same process runs another program.
+    Execed,
+    /// Another process has the pid: the one that had it exited.
+    Reused,
+}
+
+impl Identity {
+    pub fn change_from(&self, before: &Identity) -> Change {
+        if self.start_ticks != before.start_ticks {
+            Change::Reused
+        } else if self.program != before.program {
+            Change::Execed
+        } else {
+            Change::Same
+        }
+    }
+}
+
+/// The identity of process `pid`. None if it is gone or hides it.
+pub fn identity(pid: i32) -> Option<Identity> {
     const AT_RANDOM: u64 = 25;
-    let auxv = std::fs::read(format!("/proc/{pid}/auxv")).ok()?;
-    auxv.chunks_exact(16)
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let start_ticks = stat_field(&stat, 22)?;
+    let task = memory_task(pid);
+    let auxv = std::fs::read(format!("/proc/{task}/auxv")).ok()?;
+    let at = auxv
+        .chunks_exact(16)
         .map(|pair| {
             let word =
                 |at: usize| u64::from_ne_bytes(pair[at..at + 8].try_into().unwrap_or([0; 8]));
             (word(0), word(8))
         })
         .find(|&(key, _)| key == AT_RANDOM)
-        .map(|(_, value)| value)
+        .map(|(_, value)| value)?;
+    let mut bytes = [0u8; 16];
+    let local = libc::iovec {
+        iov_base: bytes.as_mut_ptr().cast(),
+        iov_len: bytes.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: at as usize as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: one local iovec over `bytes`; the remote address is only read by the kernel,
+    // which checks it.
+    let got = unsafe { libc::process_vm_readv(task, &local, 1, &remote, 1, 0) };
+    (got == 16).then_some(Identity {
+        start_ticks,
+        program: (at, bytes),
+    })
 }
 
 /// May this process read the target's memory? Opening /proc/PID/mem makes the kernel check
 /// the same ptrace access mode as process_vm_readv, without touching the target.
 pub fn may_inspect(pid: i32) -> Result<(), std::io::Error> {
-    std::fs::File::open(format!("/proc/{pid}/mem")).map(|_| ())
+    std::fs::File::open(format!("/proc/{}/mem", memory_task(pid))).map(|_| ())
 }
 
 /// (steal, total) CPU time of this machine so far, in clock ticks, from /proc/stat. "Steal"
@@ -285,16 +372,67 @@ mod tests {
             .expect("sh");
         let pid = child.id() as i32;
         std::thread::sleep(std::time::Duration::from_millis(100));
-        let before = exec_identity(pid);
-        assert!(before.is_some());
+        let before = identity(pid).expect("identity");
         std::thread::sleep(std::time::Duration::from_millis(100));
-        assert_eq!(exec_identity(pid), before, "no exec yet");
+        assert_eq!(
+            identity(pid).map(|i| i.change_from(&before)),
+            Some(Change::Same)
+        );
         std::thread::sleep(std::time::Duration::from_millis(700));
-        let after = exec_identity(pid);
+        let after = identity(pid).expect("identity");
         let _ = child.kill();
         let _ = child.wait();
-        assert!(after.is_some());
-        assert_ne!(after, before, "sh exec'd sleep");
+        assert_eq!(
+            after.change_from(&before),
+            Change::Execed,
+            "sh exec'd sleep"
+        );
+    }
+
+    #[test]
+    fn an_exec_without_address_randomisation_changes_the_identity() {
+        // The shell execs itself once with the very same arguments, address randomisation
+        // off: the random bytes sit at the same address before and after, only their
+        // contents tell the programs apart.
+        let dir = std::env::temp_dir().join(format!("gilscope-exec-{}", std::process::id()));
+        let _ = std::fs::remove_dir(&dir);
+        let script = format!(
+            "sleep 0.4; if mkdir {} 2>/dev/null; then exec /bin/sh -c \"$0\" \"$0\"; fi; sleep 5",
+            dir.display()
+        );
+        let Ok(mut child) = std::process::Command::new("setarch")
+            .args(["-R", "/bin/sh", "-c", &script, &script])
+            .spawn()
+        else {
+            eprintln!("skipped: no setarch");
+            return;
+        };
+        let pid = child.id() as i32;
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let before = identity(pid);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let after = identity(pid);
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir(&dir);
+        let (Some(before), Some(after)) = (before, after) else {
+            panic!("no identity");
+        };
+        assert_eq!(before.program.0, after.program.0, "the same address");
+        assert_eq!(after.change_from(&before), Change::Execed);
+    }
+
+    #[test]
+    fn a_pid_with_another_start_time_is_another_process() {
+        let before = Identity {
+            start_ticks: 100,
+            program: (0x7ffc_0000_0000, [1; 16]),
+        };
+        let reused = Identity {
+            start_ticks: 900,
+            ..before
+        };
+        assert_eq!(reused.change_from(&before), Change::Reused);
     }
 
     #[test]

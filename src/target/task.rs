@@ -8,6 +8,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
+use super::fds;
+
 /// How long a listing may be reused while nothing suggests a change (ns).
 pub const RELIST_NS: u64 = 50_000_000;
 
@@ -18,7 +20,7 @@ const MAX_LISTING_CALLS: usize = 1 << 15;
 pub const SYS_FUTEX: i64 = 202;
 
 /// What /proc/PID/task/TID/syscall says a thread is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Activity {
     /// Runnable: on a CPU or waiting for one (the kernel cannot tell us which).
     Running,
@@ -32,6 +34,7 @@ pub enum Activity {
     /// Blocked outside a system call (page fault, stopped by a tracer, ...).
     Blocked { sp: u64, pc: u64 },
     /// The file could not be parsed.
+    #[default]
     Unknown,
 }
 
@@ -46,7 +49,7 @@ impl Activity {
 }
 
 /// One reading of one task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TaskReading {
     pub tid: i32,
     pub activity: Activity,
@@ -76,9 +79,10 @@ impl From<io::Error> for TaskError {
     }
 }
 
+/// A task's files kept open between ticks, each with its share of the open-file budget.
 struct TaskFiles {
-    syscall: File,
-    schedstat: Option<File>,
+    syscall: (File, fds::Kept),
+    schedstat: Option<(File, fds::Kept)>,
 }
 
 /// Reads the tasks of one process, keeping each task's files open between ticks.
@@ -87,10 +91,12 @@ pub struct Tasks {
     open: HashMap<i32, TaskFiles>,
     buf: Vec<u8>,
     /// The task directory, kept open between listings, and a buffer for its entries.
-    dir_fd: Option<File>,
+    dir_fd: Option<(File, fds::Kept)>,
     dirents: Vec<u8>,
-    /// /proc/PID/stat, kept open for its thread count.
-    stat: Option<File>,
+    /// /proc/PID/stat, kept open for its thread count and its main thread's state.
+    stat: Option<(File, fds::Kept)>,
+    /// The main thread's state letter at the last read of /proc/PID/stat.
+    leader_state: Option<char>,
     /// The last full listing, the thread count then, and when it was taken (ns).
     listed: Vec<i32>,
     listed_count: Option<u64>,
@@ -110,6 +116,7 @@ impl Tasks {
             dir_fd: None,
             dirents: vec![0; 32 * 1024],
             stat: None,
+            leader_state: None,
             listed: Vec::new(),
             listed_count: None,
             listed_ns: 0,
@@ -154,29 +161,52 @@ impl Tasks {
         Ok(tids)
     }
 
-    /// num_threads from /proc/PID/stat (kept open), or None if it cannot be read.
+    /// num_threads from /proc/PID/stat (kept open if the budget allows), or None if it
+    /// cannot be read.
     fn thread_count(&mut self) -> Option<u64> {
+        let path = self.dir.with_file_name("stat");
         if self.stat.is_none() {
-            self.stat = File::open(self.dir.with_file_name("stat")).ok();
+            if let Some(kept) = fds::keep() {
+                self.stat = File::open(&path).ok().map(|f| (f, kept));
+            }
         }
         self.reads += 1;
-        let n = self.stat.as_ref()?.read_at(&mut self.buf, 0);
+        let n = match &self.stat {
+            Some((file, _)) => file.read_at(&mut self.buf, 0),
+            None => File::open(&path).and_then(|f| f.read_at(&mut self.buf, 0)),
+        };
         match n {
-            Ok(n) => crate::target::process::stat_field(&self.buf[..n], 20),
+            Ok(n) => {
+                self.leader_state = stat_state(&self.buf[..n]);
+                crate::target::process::stat_field(&self.buf[..n], 20)
+            }
             Err(_) => {
                 self.stat = None;
+                self.leader_state = None;
                 None
             }
         }
     }
 
+    /// The main thread's state letter as of the last listing (R, S, D, T, t, Z...).
+    pub fn leader_state(&self) -> Option<char> {
+        self.leader_state
+    }
+
     fn list_open(&mut self) -> io::Result<Vec<i32>> {
         if self.dir_fd.is_none() {
-            let dir = File::open(&self.dir)?;
-            self.dir_fd = Some(dir);
+            if let Some(kept) = fds::keep() {
+                self.dir_fd = Some((File::open(&self.dir)?, kept));
+            }
         }
-        let Some(dir) = self.dir_fd.as_ref() else {
-            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        // Without a share of the budget, the directory is opened for this listing alone.
+        let transient;
+        let dir = match self.dir_fd.as_ref() {
+            Some((dir, _)) => dir,
+            None => {
+                transient = File::open(&self.dir)?;
+                &transient
+            }
         };
         let fd = dir.as_raw_fd();
         // SAFETY: lseek on a directory fd we own.
@@ -218,31 +248,43 @@ impl Tasks {
     }
 
     fn read_open(&mut self, tid: i32, with_cpu: bool) -> Result<TaskReading, TaskError> {
-        if !self.open.contains_key(&tid) {
-            let syscall = File::open(self.dir.join(tid.to_string()).join("syscall"))?;
-            let files = TaskFiles {
-                syscall,
-                schedstat: None,
-            };
-            self.open.insert(tid, files);
-        }
-        let Some(files) = self.open.get_mut(&tid) else {
-            return Err(TaskError::Gone);
-        };
-        // schedstat only for threads without an exact clock: opened the first time it is needed.
-        if with_cpu && files.schedstat.is_none() {
-            files.schedstat = File::open(self.dir.join(tid.to_string()).join("schedstat")).ok();
-        }
-        self.reads += 1;
-        let n = files.syscall.read_at(&mut self.buf, 0)?;
-        let activity = parse_syscall(&self.buf[..n]);
-        let (cpu_ns, runqueue_ns) = match &files.schedstat {
-            Some(f) if with_cpu => {
-                self.reads += 1;
-                let n = f.read_at(&mut self.buf, 0)?;
-                parse_schedstat(&self.buf[..n])
+        let task_dir = self.dir.join(tid.to_string());
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.open.entry(tid) {
+            if let Some(kept) = fds::keep() {
+                let syscall = File::open(task_dir.join("syscall"))?;
+                slot.insert(TaskFiles {
+                    syscall: (syscall, kept),
+                    schedstat: None,
+                });
             }
-            _ => (0, 0),
+        }
+        // schedstat only for threads without an exact clock: opened the first time it is needed.
+        if let Some(files) = self.open.get_mut(&tid) {
+            if with_cpu && files.schedstat.is_none() {
+                if let Some(kept) = fds::keep() {
+                    files.schedstat = File::open(task_dir.join("schedstat"))
+                        .ok()
+                        .map(|f| (f, kept));
+                }
+            }
+        }
+        // Past the budget, a file is opened for this read alone.
+        let files = self.open.get(&tid);
+        self.reads += 1;
+        let n = match files {
+            Some(TaskFiles { syscall, .. }) => syscall.0.read_at(&mut self.buf, 0)?,
+            None => File::open(task_dir.join("syscall"))?.read_at(&mut self.buf, 0)?,
+        };
+        let activity = parse_syscall(&self.buf[..n]);
+        let (cpu_ns, runqueue_ns) = if with_cpu {
+            self.reads += 1;
+            let n = match files.and_then(|f| f.schedstat.as_ref()) {
+                Some((file, _)) => file.read_at(&mut self.buf, 0)?,
+                None => File::open(task_dir.join("schedstat"))?.read_at(&mut self.buf, 0)?,
+            };
+            parse_schedstat(&self.buf[..n])
+        } else {
+            (0, 0)
         };
         Ok(TaskReading {
             tid,
@@ -334,9 +376,118 @@ pub fn parse_schedstat(text: &[u8]) -> (u64, u64) {
     (fields.next().unwrap_or(0), fields.next().unwrap_or(0))
 }
 
+/// What the kernel says of a thread at one moment, for the findings about stuck threads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    /// The scheduler state letter (R running, S asleep, D uninterruptible, T stopped by a
+    /// signal, t stopped by a tracer, ...).
+    pub state: char,
+    /// The system call it is blocked in: its number and its six arguments.
+    pub syscall: Option<(i64, [u64; 6])>,
+    /// The process tracing it (ptrace): its pid and name.
+    pub tracer: Option<(i32, String)>,
+}
+
+/// Thread `tid` of process `pid` now, from its stat, syscall and status files; None if it
+/// has exited.
+pub fn condition(pid: i32, tid: i32) -> Option<Condition> {
+    let dir = PathBuf::from(format!("/proc/{pid}/task/{tid}"));
+    let state = stat_state(&std::fs::read(dir.join("stat")).ok()?)?;
+    let syscall = std::fs::read(dir.join("syscall"))
+        .ok()
+        .and_then(|text| syscall_arguments(&text));
+    let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+    let tracer = status
+        .lines()
+        .find_map(|line| line.strip_prefix("TracerPid:"))
+        .and_then(|pid| pid.trim().parse::<i32>().ok())
+        .filter(|&pid| pid > 0)
+        .map(|pid| {
+            let name = std::fs::read(format!("/proc/{pid}/comm"))
+                .map(|raw| String::from_utf8_lossy(&raw).trim_end().to_string())
+                .unwrap_or_default();
+            (pid, name)
+        });
+    Some(Condition {
+        state,
+        syscall,
+        tracer,
+    })
+}
+
+/// The system call number and six arguments of a syscall file's "NR a0 .. a5 SP PC" line.
+fn syscall_arguments(text: &[u8]) -> Option<(i64, [u64; 6])> {
+    let text = std::str::from_utf8(text).ok()?;
+    let mut fields = text.split_whitespace();
+    let nr = fields.next()?.parse::<i64>().ok().filter(|&nr| nr >= 0)?;
+    let values: Vec<u64> = fields.filter_map(parse_hex).collect();
+    let args: [u64; 6] = values.get(..6)?.try_into().ok()?;
+    (values.len() == 8).then_some((nr, args))
+}
+
+/// Total CPU time (ns) of each thread of `pid` now, by tid (schedstat).
+pub fn cpu_times(pid: i32) -> HashMap<i32, u64> {
+    let mut tasks = Tasks::new(pid);
+    let tids = tasks.list().unwrap_or_default();
+    tids.into_iter()
+        .filter_map(|tid| {
+            let raw = std::fs::read(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
+            Some((tid, parse_schedstat(&raw).0))
+        })
+        .collect()
+}
+
+/// The x86_64 name of the system calls a thread is commonly found blocked in.
+pub fn syscall_name(nr: i64) -> Option<&'static str> {
+    Some(match nr {
+        0 => "read",
+        1 => "write",
+        7 => "poll",
+        19 => "readv",
+        23 => "select",
+        34 => "pause",
+        35 => "nanosleep",
+        43 => "accept",
+        42 => "connect",
+        44 => "sendto",
+        45 => "recvfrom",
+        46 => "sendmsg",
+        47 => "recvmsg",
+        61 => "wait4",
+        202 => "futex",
+        230 => "clock_nanosleep",
+        232 => "epoll_wait",
+        247 => "waitid",
+        270 => "pselect6",
+        271 => "ppoll",
+        281 => "epoll_pwait",
+        288 => "accept4",
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_threads_condition_has_every_syscall_argument_and_its_tracer() {
+        let text =
+            b"202 0x7f10c9d41b28 0x189 0x0 0x0 0x0 0xffffffff 0x7ffd2c1a8e30 0x7f10c9e3a1f6\n";
+        assert_eq!(
+            syscall_arguments(text),
+            Some((202, [0x7f10c9d41b28, 0x189, 0, 0, 0, 0xffffffff]))
+        );
+        assert_eq!(syscall_arguments(b"running\n"), None);
+        assert_eq!(syscall_arguments(b"-1 0x7ffd 0x55d0\n"), None);
+        assert_eq!(syscall_arguments(b"202 0x1 0x2\n"), None);
+        let me = nix::unistd::gettid().as_raw();
+        let condition = condition(std::process::id() as i32, me).unwrap();
+        // Reading its own files, the thread is running; nothing traces a test.
+        assert_eq!(condition.state, 'R');
+        assert_eq!(condition.tracer, None);
+        assert!(cpu_times(std::process::id() as i32).contains_key(&me));
+    }
 
     #[test]
     fn parses_each_form_of_the_syscall_file() {

@@ -667,28 +667,53 @@ pub fn record_json_with(
     secs: f64,
     privileges: Privileges,
 ) -> Result<serde_json::Value, String> {
-    record_json_with_options(pid, secs, privileges, &[])
+    record_json_ticks(pid, secs, privileges, None, &[])
 }
 
-/// [`record_json_with`] with more options of `record` (`--native`).
-pub fn record_json_with_options(
+/// [`record_json_with`], also writing every raw tick to `ticks` (`record --observations`):
+/// the instants at which gilscope looked, to tell sampling error from classification error.
+pub fn record_json_observed(
     pid: i32,
     secs: f64,
     privileges: Privileges,
+    ticks: &Path,
+) -> Result<serde_json::Value, String> {
+    record_json_ticks(pid, secs, privileges, Some(ticks), &[])
+}
+
+/// [`record_json_observed`] with more options of `record` (`--native`).
+pub fn record_json_observed_with(
+    pid: i32,
+    secs: f64,
+    privileges: Privileges,
+    ticks: &Path,
     options: &[&str],
 ) -> Result<serde_json::Value, String> {
-    let out = privileges
-        .gilscope()
-        .args([
-            "record",
-            "--pid",
-            &pid.to_string(),
-            "--duration",
-            &secs.to_string(),
-            "--format",
-            "json",
-        ])
-        .args(options)
+    record_json_ticks(pid, secs, privileges, Some(ticks), options)
+}
+
+fn record_json_ticks(
+    pid: i32,
+    secs: f64,
+    privileges: Privileges,
+    ticks: Option<&Path>,
+    options: &[&str],
+) -> Result<serde_json::Value, String> {
+    let mut command = privileges.gilscope();
+    command.args([
+        "record",
+        "--pid",
+        &pid.to_string(),
+        "--duration",
+        &secs.to_string(),
+        "--format",
+        "json",
+    ]);
+    if let Some(ticks) = ticks {
+        command.arg("--observations").arg(ticks);
+    }
+    command.args(options);
+    let out = command
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("run gilscope: {e}"))?;
