@@ -105,6 +105,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "NAME", group = "target")]
     pub follow_name: Option<String>,
 
+    /// Follow only processes of this user (a name or a uid) with --follow-name. Without it,
+    /// the owner of --pid, or else of the first process sampled, is the one followed: a
+    /// process of that name started by another user is never sampled
+    #[arg(long, value_name = "USER", requires = "follow_name", value_parser = parse_user)]
+    pub follow_user: Option<u32>,
+
     /// Address and port to serve /metrics on (loopback unless told otherwise)
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9464")]
     pub listen: std::net::SocketAddr,
@@ -273,6 +279,18 @@ fn parse_rate(text: &str) -> Result<f64, String> {
         ));
     }
     Ok(rate)
+}
+
+/// A user by name or uid, for `--follow-user`.
+fn parse_user(text: &str) -> Result<u32, String> {
+    if let Ok(uid) = text.parse::<u32>() {
+        return Ok(uid);
+    }
+    match nix::unistd::User::from_name(text) {
+        Ok(Some(user)) => Ok(user.uid.as_raw()),
+        Ok(None) => Err(format!("no user named {text}")),
+        Err(e) => Err(format!("cannot look up user {text}: {e}")),
+    }
 }
 
 /// A process id: a whole number from 1 up (the kernel's pid_max is far below i32::MAX).

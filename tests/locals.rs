@@ -137,7 +137,20 @@ fn minor(python: &Python) -> u32 {
 
 fn every_kind(python: &Python) -> Result<Completion, Failed> {
     let fx = Fixture::start(&python.path, "locals", &["--duration", "60"])?;
-    let dump = dump_json(fx.pid, &["--locals"])?;
+    // The keeper announces itself before it has built its variables (a list of a million
+    // items takes a while on a loaded machine, longer on free-threaded builds): dump until
+    // it waits in `waiter`, for 30 s at most.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let dump = loop {
+        let dump = dump_json(fx.pid, &["--locals"])?;
+        let waiting = thread_of(&dump, fx.tid("keeper"))
+            .ok()
+            .is_some_and(|keeper| frame_of(keeper, "waiter").is_ok());
+        if waiting || std::time::Instant::now() > deadline {
+            break dump;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     let keeper = thread_of(&dump, fx.tid("keeper"))?;
     if keeper["variables"] != "read" {
         return Err(format!("keeper's variables: {}", keeper["variables"]).into());

@@ -20,7 +20,7 @@ type Test = fn(&Python) -> Result<Completion, Failed>;
 
 fn main() {
     let mut suite = common::Suite::new(common::pythons());
-    let tests: [(&str, Test); 16] = [
+    let tests: [(&str, Test); 17] = [
         (
             "subprocesses_are_served_as_series_of_their_own_pids",
             subprocesses,
@@ -33,6 +33,10 @@ fn main() {
         (
             "follow_name_samples_the_next_process_of_that_name",
             follows_name,
+        ),
+        (
+            "follow_name_never_samples_another_users_process_of_that_name",
+            follows_one_user,
         ),
         (
             "follow_name_with_two_matches_says_which_it_samples_and_how_to_choose",
@@ -578,6 +582,95 @@ fn follows_name(python: &Python) -> Result<Completion, Failed> {
         return Err(format!("exit {code} after SIGTERM:\n{}", serve.seen.join("\n")).into());
     }
     Ok(Completion::Completed)
+}
+
+/// `serve --pid P --follow-name NAME` run by root follows P's user only: once P exits, a
+/// process of the same name started by another user (here `nobody`, as a hostile local user
+/// would) is announced as not sampled and never attached; `--follow-user nobody` takes it.
+fn follows_one_user(python: &Python) -> Result<Completion, Failed> {
+    use std::os::unix::fs::PermissionsExt;
+    let system = Path::new("/usr/bin/python3");
+    if !system.exists() || !Path::new("/usr/bin/setpriv").exists() {
+        return Ok(Completion::ignored_with(
+            "needs /usr/bin/python3 and setpriv to run a process as nobody",
+        ));
+    }
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    let name = format!("owned_{}.py", std::process::id());
+    let script = dir.path().join(&name);
+    std::fs::copy(common::fixture_path("spinners"), &script).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| e.to_string())?;
+    let mut mine = Fixture::start_script(&python.path, &script, &["--threads", "1"])?;
+    let mut serve = Serve::start(&[
+        "--pid",
+        &mine.pid.to_string(),
+        "--follow-name",
+        &name,
+        "--listen",
+        "127.0.0.1:0",
+    ])?;
+    serve.wait_for(
+        &format!("sampling pid {}", mine.pid),
+        Duration::from_secs(10),
+    )?;
+    let mut theirs = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(system)
+        .arg(&script)
+        .args(["--threads", "1", "--duration", "60"])
+        .env(
+            "PYTHONPATH",
+            common::fixture_path("gilfixture")
+                .parent()
+                .expect("fixtures"),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let _ = mine.child.kill();
+    let _ = mine.child.wait();
+    let refused = serve.wait_for(
+        &format!("pid {} is named {name} but runs as nobody", theirs.id()),
+        Duration::from_secs(10),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let text = serve.metrics()?;
+    let _ = serve.child.kill();
+    let _ = serve.child.wait();
+    let result = (|| {
+        refused?;
+        if value(&text, "gilscope_attached") != Some(0.0)
+            || text.contains(&format!("pid=\"{}\"", theirs.id()))
+        {
+            return Err(Failed::from(format!(
+                "another user's process was sampled:\n{text}"
+            )));
+        }
+        // Chosen by the operator, it is followed.
+        let mut chosen = Serve::start(&[
+            "--follow-name",
+            &name,
+            "--follow-user",
+            "nobody",
+            "--listen",
+            "127.0.0.1:0",
+        ])?;
+        let seen = chosen.wait_for(
+            &format!("sampling pid {}", theirs.id()),
+            Duration::from_secs(10),
+        );
+        let _ = chosen.child.kill();
+        let _ = chosen.child.wait();
+        seen.map(|_| ())
+    })();
+    let _ = theirs.kill();
+    let _ = theirs.wait();
+    result.map(|()| Completion::Completed)
 }
 
 /// With --subprocesses, each worker of a pool is announced and counted under its own pid:

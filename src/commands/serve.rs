@@ -30,6 +30,8 @@ pub struct ServeOptions {
     pub pid: Option<i32>,
     /// Keep serving when the target exits, and sample the next process of this name.
     pub follow_name: Option<String>,
+    /// Only processes of this user are followed (None: the owner of the first one sampled).
+    pub follow_user: Option<u32>,
     pub listen: SocketAddr,
     pub rate_hz: f64,
     /// Also sample the Python processes below the target.
@@ -54,6 +56,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let options = ServeOptions {
         pid: args.pid,
         follow_name: args.follow_name,
+        follow_user: args.follow_user,
         listen: args.listen,
         rate_hz: args.rate,
         subprocesses: args.subprocesses,
@@ -87,11 +90,16 @@ pub fn serve(options: ServeOptions, stop: Arc<AtomicBool>, announce: fn(&str)) -
             announce,
         )?
     };
+    // Another user's process of the followed name is never sampled: root's exporter would
+    // otherwise publish (and read) whatever a local user starts under that name.
+    let mut owner = options
+        .follow_user
+        .or_else(|| options.pid.and_then(process::owner));
     let end = loop {
         let observer = match next.take() {
             Some(observer) => observer,
             None => match options.follow_name.as_deref() {
-                Some(name) => match wait_for(name, &stop, announce) {
+                Some(name) => match wait_for(name, &mut owner, &stop, announce) {
                     Some(observer) => observer,
                     None => break ServeEnd::Stopped,
                 },
@@ -191,16 +199,50 @@ fn lock(metrics: &Mutex<Metrics>) -> std::sync::MutexGuard<'_, Metrics> {
 
 /// Wait for a Python process of the name `name` and attach to it (the oldest, if several go
 /// by it: saying which, and how to choose another); None once `stop` is raised.
-fn wait_for(name: &str, stop: &AtomicBool, announce: fn(&str)) -> Option<Observer<ProcessMemory>> {
+/// Only processes of `owner` are taken; with none yet, the owner of the one taken is from
+/// then on the only one followed (said once).
+fn wait_for(
+    name: &str,
+    owner: &mut Option<u32>,
+    stop: &AtomicBool,
+    announce: fn(&str),
+) -> Option<Observer<ProcessMemory>> {
     announce(&format!("waiting for a process named {name}"));
     let mut last_error = String::new();
+    let mut skipped = std::collections::HashSet::new();
     while !stop.load(Ordering::Relaxed) {
-        let named = process::named(name);
+        let mut named = process::named(name);
+        if let Some(uid) = *owner {
+            named.retain(|&pid| match process::owner(pid) {
+                Some(other) if other != uid => {
+                    if skipped.insert(pid) {
+                        announce(&format!(
+                            "pid {pid} is named {name} but runs as {}, not {}: not sampled \
+                             (--follow-user chooses the user)",
+                            user_name(other),
+                            user_name(uid)
+                        ));
+                    }
+                    false
+                }
+                other => other.is_some(),
+            });
+        }
         for &pid in &named {
             match recorder::attach(pid) {
                 Ok(observer) => {
                     if named.len() > 1 {
                         announce(&several_named(name, &named, pid));
+                    }
+                    if owner.is_none() {
+                        if let Some(uid) = process::owner(pid) {
+                            *owner = Some(uid);
+                            announce(&format!(
+                                "following processes named {name} of user {} only \
+                                 (--follow-user chooses another)",
+                                user_name(uid)
+                            ));
+                        }
                     }
                     return Some(observer);
                 }
@@ -217,6 +259,14 @@ fn wait_for(name: &str, stop: &AtomicBool, announce: fn(&str)) -> Option<Observe
         std::thread::sleep(FOLLOW_POLL);
     }
     None
+}
+
+/// "app (uid 1000)", or the uid alone where it has no name.
+fn user_name(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(user)) => format!("{} (uid {uid})", user.name),
+        _ => format!("uid {uid}"),
+    }
 }
 
 /// The line that says which of several processes of a name is sampled, and how to choose.

@@ -93,6 +93,15 @@ fn stat_flags(stat: &[u8]) -> Option<u64> {
     stat_field(stat, 9)
 }
 
+/// The user a process runs as (the owner of its /proc directory: its effective uid while it
+/// is dumpable, root otherwise); None once it is gone.
+pub fn owner(pid: i32) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}"))
+        .ok()
+        .map(|m| m.uid())
+}
+
 /// Live processes that go by `name`, oldest first, never this one: their kernel name
 /// (`comm`), the file name of their program, or the script or module it runs (`python3 -u
 /// app.py` goes by python3 and app.py, `python3 -m http.server` by http.server).
