@@ -65,9 +65,6 @@ impl Frame {
 
 /// The function name of the marker frame at the root of a truncated stack.
 pub const TRUNCATED: &str = "[deeper frames not read]";
-/// The function name of the one frame of the stack of a sample whose stack could not be read
-/// consistently (it changed under every read within the tick).
-pub const NOT_CAPTURED: &str = "[stack not captured]";
 
 /// The function name of the marker frame that stands for every stack seen after the table
 /// was full.
@@ -184,12 +181,6 @@ impl StackTable {
         id
     }
 
-    /// The stack of samples whose stack was not captured, if any sample had it.
-    pub fn not_captured(&self) -> Option<StackId> {
-        let frame = self.frame_ids.get(&Frame::marker(NOT_CAPTURED))?;
-        self.stack_ids.get(&[*frame][..]).copied()
-    }
-
     /// How many frames and stacks were seen after the table was full (each stored as the
     /// marker [`OVER_BUDGET`]).
     pub fn over_budget(&self) -> u64 {
@@ -252,18 +243,6 @@ mod tests {
         let functions: Vec<&str> = table.frames(s1).map(|f| &*f.function).collect();
         assert_eq!(functions, ["main", "spin"]);
         assert!(table.frames(99).next().is_none());
-    }
-
-    #[test]
-    fn the_stack_not_captured_is_found_once_a_sample_had_it() {
-        let mut table = StackTable::new();
-        assert_eq!(table.not_captured(), None);
-        let marker = table.intern_frame(Frame::marker(NOT_CAPTURED));
-        let other = table.intern_frame(Frame::python("f".into(), "".into(), 0));
-        table.intern_stack(&[marker, other]);
-        assert_eq!(table.not_captured(), None);
-        let id = table.intern_stack(&[marker]);
-        assert_eq!(table.not_captured(), Some(id));
     }
 
     #[test]
