@@ -30,8 +30,9 @@ use nix::unistd::{linkat, unlinkat, Gid, Uid, UnlinkatFlags};
 const MAX_LINKS: usize = 40;
 /// The start of every temporary file's name; the rest is `PID-RANDOM`.
 const TEMP_PREFIX: &str = ".gilscope-";
-/// procfs's magic number (statfs(2)): links there are the kernel's, not files.
-const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+/// procfs's magic number (statfs(2)): links there are the kernel's, not files. (nix's
+/// typed constant: the raw field is signed in glibc and unsigned in musl.)
+const PROC_SUPER_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::PROC_SUPER_MAGIC;
 
 /// An output vetted before the recording starts and written when it is over. Dropped
 /// without [`Output::commit`], it leaves what was at the path untouched.
@@ -477,7 +478,7 @@ fn resolve(path: &Path) -> io::Result<Destination> {
 }
 
 fn is_procfs(dir: &OwnedFd) -> bool {
-    nix::sys::statfs::fstatfs(dir).is_ok_and(|s| s.filesystem_type().0 == PROC_SUPER_MAGIC)
+    nix::sys::statfs::fstatfs(dir).is_ok_and(|s| s.filesystem_type() == PROC_SUPER_MAGIC)
 }
 
 /// A link in /proc: only gilscope's own descriptors (`/dev/stdout` leads to

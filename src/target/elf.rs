@@ -225,8 +225,9 @@ impl ElfFile {
 pub const OPEN_TIME_LIMIT: Duration = Duration::from_secs(10);
 /// Largest file read into memory (one that the target's user could change under a map).
 const MAX_READ_FILE: u64 = 1 << 30;
-/// FUSE's magic number (statfs(2)): its files answer as their daemon pleases.
-const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+/// FUSE's magic number (statfs(2)): its files answer as their daemon pleases. (nix's typed
+/// constant: the raw field is signed in glibc and unsigned in musl.)
+const FUSE_SUPER_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FUSE_SUPER_MAGIC;
 
 /// The bytes of the file behind a mapping, as the target sees it: the very file mapped
 /// (/proc/PID/map_files), else the path in its root (/proc/PID/root, containers) if that is
@@ -271,7 +272,7 @@ fn open_and_read(pid: i32, mapping: &Mapping) -> std::io::Result<ElfData> {
         Mode::empty(),
     )?);
     let fuse =
-        nix::sys::statfs::fstatfs(&file).is_ok_and(|s| s.filesystem_type().0 == FUSE_SUPER_MAGIC);
+        nix::sys::statfs::fstatfs(&file).is_ok_and(|s| s.filesystem_type() == FUSE_SUPER_MAGIC);
     let only_root_writes = stat.st_uid == 0 && stat.st_mode & 0o022 == 0;
     if only_root_writes && !fuse {
         // SAFETY: read-only and private, of a file only root can change: the map cannot be
