@@ -261,6 +261,7 @@ fn record_run(o: &Options) -> Run {
         rate_hz: o.rate,
         duration: Some(Duration::from_secs_f64(o.secs)),
         stacks: true,
+        native: false,
         timeline: false,
         progress: None,
     };

@@ -154,6 +154,11 @@ pub struct TopArgs {
     #[arg(long)]
     pub gil_only: bool,
 
+    /// Show native (C, C++, Rust) frames in the holders' code: the innermost native function
+    /// and the Python frame it was called from; taken without stopping the target
+    #[arg(long, conflicts_with = "gil_only")]
+    pub native: bool,
+
     /// Also watch every Python process below PID (children, and theirs), including ones
     /// started later, each process's threads under it
     #[arg(short, long)]
@@ -174,6 +179,11 @@ pub struct DumpArgs {
     /// findings about stuck threads (a GIL kept while asleep, a deadlock, a stopped holder)
     #[arg(long, value_name = "SECS", value_parser = parse_duration, allow_negative_numbers = true)]
     pub sample: Option<f64>,
+
+    /// Also show native (C, C++, Rust) frames in each thread's stack, merged with its Python
+    /// frames; taken without stopping the target (docs/NATIVE.md)
+    #[arg(long)]
+    pub native: bool,
 
     /// Show each frame's arguments and local variables: short previews of built-in values
     /// (str, bytes, int, float, containers), other objects by type and address
@@ -213,6 +223,12 @@ pub struct RecordArgs {
     /// Measure the GIL and thread states only, without reading Python stacks (cheaper)
     #[arg(long)]
     pub gil_only: bool,
+
+    /// Also show native (C, C++, Rust) frames: each thread's stack is its native stack with
+    /// the interpreter's evaluation frames replaced by the Python frames they run. Taken
+    /// without stopping the target (docs/NATIVE.md)
+    #[arg(long, conflicts_with = "gil_only")]
+    pub native: bool,
 
     /// Stacks to show in flamegraph, collapsed and speedscope output
     #[arg(long, value_enum, default_value_t = ViewArg::Threads)]

@@ -52,6 +52,16 @@ impl Frame {
         }
     }
 
+    pub fn native(function: Arc<str>, module: Arc<str>, file: Arc<str>, line: u32) -> Frame {
+        Frame {
+            kind: FrameKind::Native,
+            function,
+            file,
+            line,
+            module,
+        }
+    }
+
     pub fn marker(what: &str) -> Frame {
         Frame {
             kind: FrameKind::Marker,
@@ -61,6 +71,33 @@ impl Frame {
             module: "".into(),
         }
     }
+}
+
+/// Where a stack is summed up in one line (a report's "where", blame, findings): a frame,
+/// and for a native one the innermost Python frame under it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Place {
+    pub frame: FrameId,
+    /// The innermost Python frame the native `frame` was called from (None for a Python
+    /// frame, or native code that no Python called).
+    pub caller: Option<FrameId>,
+}
+
+/// Is `module` the C library, its loader or the kernel's vDSO: code a program calls into
+/// (a system call's wrapper, a lock), rarely the place to blame?
+fn is_system_module(module: &str) -> bool {
+    let name = module.rsplit('/').next().unwrap_or(module);
+    [
+        "libc.so",
+        "libc-",
+        "libpthread",
+        "ld-linux",
+        "ld64.so",
+        "[vdso]",
+        "linux-vdso",
+    ]
+    .iter()
+    .any(|prefix| name.starts_with(prefix))
 }
 
 /// The function name of the marker frame at the root of a truncated stack.
@@ -214,6 +251,36 @@ impl StackTable {
         self.stack(id).last().copied()
     }
 
+    /// Where a stack is summed up: its innermost frame; where that is in the C library,
+    /// the native function that called into it (else the C library's entry point, such as
+    /// `usleep`); and for a native frame, the Python frame it was called from.
+    pub fn place(&self, id: StackId) -> Option<Place> {
+        let stack = self.stack(id);
+        let kind_of = |at: usize| self.frame(stack[at]).map(|f| (f.kind, &*f.module));
+        let system = |at: usize| matches!(kind_of(at), Some((FrameKind::Native, module)) if is_system_module(module));
+        let mut at = stack.len().checked_sub(1)?;
+        if system(at) {
+            while at > 0 && system(at - 1) {
+                at -= 1;
+            }
+            if at > 0 && matches!(kind_of(at - 1), Some((FrameKind::Native, _))) {
+                at -= 1;
+            }
+        }
+        let caller = match kind_of(at) {
+            Some((FrameKind::Native, _)) => stack[..at]
+                .iter()
+                .rev()
+                .copied()
+                .find(|&f| self.frame(f).is_some_and(|f| f.kind == FrameKind::Python)),
+            _ => None,
+        };
+        Some(Place {
+            frame: stack[at],
+            caller,
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.stacks.len()
     }
@@ -243,6 +310,42 @@ mod tests {
         let functions: Vec<&str> = table.frames(s1).map(|f| &*f.function).collect();
         assert_eq!(functions, ["main", "spin"]);
         assert!(table.frames(99).next().is_none());
+    }
+
+    #[test]
+    fn a_stack_is_placed_past_the_c_library_at_the_code_that_called_it() {
+        let mut table = StackTable::new();
+        let py = |t: &mut StackTable, f: &str| {
+            t.intern_frame(Frame::python(f.into(), "app.py".into(), 1))
+        };
+        let native = |t: &mut StackTable, f: &str, m: &str| {
+            t.intern_frame(Frame::native(f.into(), m.into(), "".into(), 0))
+        };
+        let handler = py(&mut table, "handler");
+        let nap = native(&mut table, "nap", "libfoo.so");
+        let usleep = native(&mut table, "usleep", "libc.so.6");
+        let nanosleep = native(&mut table, "clock_nanosleep", "libc.so.6");
+        let block = native(&mut table, "compress_block", "libz.so.1");
+        let place = |t: &mut StackTable, frames: &[FrameId]| {
+            let id = t.intern_stack(frames);
+            t.place(id).unwrap()
+        };
+        // Asleep in the C library under an extension's function: that function.
+        let p = place(&mut table, &[handler, nap, usleep, nanosleep]);
+        assert_eq!((p.frame, p.caller), (nap, Some(handler)));
+        // Called from Python straight into the C library: the library's entry point.
+        let p = place(&mut table, &[handler, usleep, nanosleep]);
+        assert_eq!((p.frame, p.caller), (usleep, Some(handler)));
+        // Native code on a CPU: itself.
+        let p = place(&mut table, &[handler, block]);
+        assert_eq!((p.frame, p.caller), (block, Some(handler)));
+        // A Python frame, or native code no Python called: no caller.
+        let p = place(&mut table, &[handler]);
+        assert_eq!((p.frame, p.caller), (handler, None));
+        let p = place(&mut table, &[nap, usleep]);
+        assert_eq!((p.frame, p.caller), (nap, None));
+        let empty = table.intern_stack(&[]);
+        assert!(table.place(empty).is_none());
     }
 
     #[test]

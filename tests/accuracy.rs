@@ -101,6 +101,12 @@ const QUIET_BUSY_HOST_VERSIONS: [&str; 1] = ["3.12"];
 /// `GILSCOPE_BUSY_HOST=all` runs them on every interpreter, and with the GIL on in the
 /// free-threaded builds (how docs/ACCURACY.md's tables were measured).
 const BUSY_HOST_VERSIONS: [&str; 3] = ["3.8", "3.12", "3.13"];
+/// `record --native` is measured with this fixture (threads in native code with and without
+/// the GIL, whose stacks perf samples and copies) on an old layout and 3.12's: native stacks
+/// must leave hold and wait as they were (issue 23). Two interpreters keep the suite short
+/// (issue 17); `GILSCOPE_ACCURACY=all` runs it on every one.
+const NATIVE_FIXTURE: &str = "native_release";
+const NATIVE_VERSIONS: [&str; 2] = ["3.8", "3.12"];
 const DEGRADED: [Privileges; 2] = [Privileges::SysPtraceOnly, Privileges::NoPerfEvents];
 
 /// What a trial holds the process's figures to (busy-host fixtures only).
@@ -131,6 +137,8 @@ struct Setup {
     gil_on: bool,
     container: Option<Container>,
     privileges: Privileges,
+    /// `record --native`: native stacks must leave hold and wait as they were (issue 23).
+    native: bool,
     /// Beside [`CPU_HOGS`] CPU-bound processes.
     loaded: bool,
 }
@@ -139,6 +147,7 @@ const PLAIN: Setup = Setup {
     gil_on: false,
     container: None,
     privileges: Privileges::Full,
+    native: false,
     loaded: false,
 };
 
@@ -294,6 +303,18 @@ fn main() {
             ));
         }
     }
+    // Native stacks on: perf samples of the fixture's threads and their stack copies must not
+    // change what is classified (threads in native code, with and without the GIL).
+    let native = Setup {
+        native: true,
+        ..PLAIN
+    };
+    trials.extend(setup_trials(
+        &narrowed(&NATIVE_VERSIONS),
+        NATIVE_FIXTURE,
+        native,
+        "_with_native_stacks",
+    ));
     libtest_mimic::run(&args, trials).exit();
 }
 
@@ -531,7 +552,17 @@ fn attempt(
     let load = load_average();
     let ticks_path =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("accuracy-ticks-{}.jsonl", fx.pid));
-    let report = common::record_json_observed(fx.pid, window_s, setup.privileges, &ticks_path)?;
+    let options: &[&str] = if setup.native { &["--native"] } else { &[] };
+    let report = common::record_json_observed_with(
+        fx.pid,
+        window_s,
+        setup.privileges,
+        &ticks_path,
+        options,
+    )?;
+    if setup.native && report["sampler"]["native"].is_null() {
+        return Err("--native recorded without native stacks (sampler.native null)".into());
+    }
     if setup.container.is_some() {
         names_and_stacks(&report, &fx)?;
     }
@@ -892,6 +923,9 @@ fn setup_label(setup: &Setup) -> String {
     }
     if setup.privileges != Privileges::Full {
         label.push_str(&format!(" {}", setup.privileges.label()));
+    }
+    if setup.native {
+        label.push_str(" native");
     }
     label
 }

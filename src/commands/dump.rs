@@ -14,6 +14,7 @@ pub fn run(args: DumpArgs) -> Result<()> {
     let options = snapshot::DumpOptions {
         sample: args.sample.map(Duration::from_secs_f64),
         locals: args.locals,
+        native: args.native,
     };
     let snapshots = snapshot::dump(args.pid, args.subprocesses, options)?;
     let text = match (args.subprocesses, args.json) {

@@ -108,6 +108,7 @@ impl RecordPlan {
                 rate_hz: args.rate,
                 duration: args.duration.map(Duration::from_secs_f64),
                 stacks: !args.gil_only,
+                native: args.native,
                 timeline: format.needs_timeline(),
                 progress: std::io::stderr()
                     .is_terminal()

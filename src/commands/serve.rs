@@ -133,6 +133,7 @@ fn sample(
         duration: None,
         // Metrics have no stacks: sampling stays cheap.
         stacks: false,
+        native: false,
         timeline: false,
         progress: None,
     };

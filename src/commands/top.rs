@@ -33,6 +33,8 @@ pub struct TopOptions {
     pub view: ViewState,
     /// Also watch the Python processes below `pid`, grouped by process.
     pub subprocesses: bool,
+    /// Merge native frames into the stacks (`--native`).
+    pub native: bool,
 }
 
 /// Why `top` ended.
@@ -90,6 +92,7 @@ pub fn run(args: TopArgs) -> Result<()> {
             stacks: !args.gil_only,
         },
         subprocesses: args.subprocesses,
+        native: args.native,
     };
     if top(options, stop)? == TopEnd::TargetExited {
         eprintln!("gilscope: process {} exited", args.pid);
@@ -108,6 +111,7 @@ pub fn top(options: TopOptions, stop: Arc<AtomicBool>) -> Result<TopEnd> {
         rate_hz: options.rate_hz,
         duration: None,
         stacks: options.view.stacks,
+        native: options.native,
         timeline: false,
         progress: None,
     };

@@ -200,6 +200,7 @@ pub fn recording(threads: usize, seconds: f64, rate_hz: f64) -> Recording {
             stack_errors: 0,
             unreadable: None,
             cpu_clock: CpuClock::Perf,
+            native: None,
             degraded: Vec::new(),
             stats: Default::default(),
         },

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::{hangs, printable, values};
 use crate::model::snapshot::{FrameVariables, Locals, Snapshot, Value as SnapshotValue, Variable};
 use crate::sample::ThreadState;
-use crate::stack::Frame;
+use crate::stack::{Frame, FrameKind};
 
 pub const SCHEMA: &str = "gilscope.dump/4";
 pub const PROCESSES_SCHEMA: &str = "gilscope.dumps/4";
@@ -112,9 +112,8 @@ pub fn text(snapshot: &Snapshot) -> String {
             let share = top.waiter_ticks as f64 / p.waiter_ticks().max(1) as f64;
             let place = top
                 .stack
-                .and_then(|s| table.leaf(s))
-                .and_then(|f| table.frame(f))
-                .map(|f| printable(&crate::formats::labels::frame(f)))
+                .and_then(|s| table.place(s))
+                .map(|p| printable(&crate::formats::labels::place(table, p, None)))
                 .unwrap_or_else(|| "(stack not captured)".into());
             let _ = writeln!(
                 out,
@@ -173,19 +172,26 @@ pub fn text(snapshot: &Snapshot) -> String {
                     Locals::Read(variables) => Some(variables),
                     _ => None,
                 };
+                let ordinals = python_ordinals(frames);
                 for (i, frame) in frames.iter().enumerate() {
                     let _ = writeln!(
                         out,
                         "    {}",
-                        printable(&crate::formats::labels::frame(frame))
+                        printable(&crate::formats::labels::frame_in_full(frame))
                     );
-                    match variables.map(|v| (v.get(i), v.len())) {
+                    let Some(k) = ordinals[i] else {
+                        continue;
+                    };
+                    match variables.map(|v| (v.get(k), v.len())) {
                         Some((Some(frame), _)) => frame_variables(&mut out, frame),
-                        Some((None, read)) if i == read => {
+                        Some((None, read)) if k == read => {
+                            let outer = frames[i..]
+                                .iter()
+                                .filter(|f| f.kind != FrameKind::Native)
+                                .count();
                             let _ = writeln!(
                                 out,
-                                "        (variables of the {} outer frames not read)",
-                                frames.len() - read
+                                "        (variables of the {outer} outer frames not read)"
                             );
                         }
                         _ => {}
@@ -272,7 +278,28 @@ fn interpreter_list(ids: &[Option<i64>]) -> String {
 }
 
 fn frame_json(frame: &Frame) -> Value {
-    json!({"function": &*frame.function, "file": &*frame.file, "line": frame.line})
+    json!({
+        "kind": frame.kind.name(),
+        "function": &*frame.function,
+        "file": &*frame.file,
+        "line": frame.line,
+        "module": (frame.kind == FrameKind::Native).then_some(&*frame.module),
+    })
+}
+
+/// Which Python frame of `frames` each one is (0: the innermost), the index of its variables
+/// in [`Locals::Read`]: native frames (`--native`) have none, nor do markers.
+fn python_ordinals(frames: &[Frame]) -> Vec<Option<usize>> {
+    let mut next = 0;
+    frames
+        .iter()
+        .map(|f| {
+            (f.kind == FrameKind::Python).then(|| {
+                next += 1;
+                next - 1
+            })
+        })
+        .collect()
 }
 
 /// A frame of a thread's stack, with its variables where they were read.
@@ -386,13 +413,13 @@ fn document(snapshot: &Snapshot) -> Value {
                 Locals::Read(variables) => Some(variables),
                 _ => None,
             };
-            let stack: Vec<Value> = t
-                .stack
-                .as_deref()
-                .unwrap_or(&[])
+            let frames = t.stack.as_deref().unwrap_or(&[]);
+            let stack: Vec<Value> = frames
                 .iter()
-                .enumerate()
-                .map(|(i, frame)| stack_frame_json(frame, variables.and_then(|v| v.get(i))))
+                .zip(python_ordinals(frames))
+                .map(|(frame, k)| {
+                    stack_frame_json(frame, variables.zip(k).and_then(|(v, k)| v.get(k)))
+                })
                 .collect();
             json!({
                 "native_id": t.tid,

@@ -128,9 +128,12 @@ pub fn findings(recording: &Recording) -> Vec<Finding> {
                     holder.tid
                 ));
                 let place = recording.stacks.as_ref().and_then(|table| {
-                    let frame = table.frame(table.leaf(stack?)?)?;
+                    let place = table.place(stack?)?;
                     let paths = super::labels::Paths::of(std::slice::from_ref(recording));
-                    Some(format!(" in {}", super::labels::short(frame, &paths)))
+                    Some(format!(
+                        " in {}",
+                        super::labels::place(table, place, Some(&paths))
+                    ))
                 });
                 text.push_str(&place.unwrap_or_default());
             }

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::model::profile::{Latency, ThreadProfile};
 use crate::model::Recording;
 use crate::sample::ThreadState;
-use crate::stack::{FrameId, StackTable};
+use crate::stack::{FrameId, FrameKind, StackTable};
 
 pub const SCHEMA: &str = "gilscope.report/6";
 pub const PROCESSES_SCHEMA: &str = "gilscope.processes/5";
@@ -39,15 +39,22 @@ struct Report<'a> {
 
 #[derive(Serialize)]
 struct Frame {
+    /// "python", "native" (`--native`) or "marker".
+    kind: &'static str,
     function: String,
+    /// "" where not known (a native frame without debug information).
     file: String,
     line: u32,
+    /// The shared object or executable of a native frame (null for others).
+    module: Option<String>,
 }
 
 #[derive(Serialize)]
 struct Location {
     #[serde(flatten)]
     frame: Frame,
+    /// For a native frame, the innermost Python frame it was called from (else null).
+    called_from: Option<Frame>,
     fraction: f64,
     samples: u64,
 }
@@ -388,9 +395,11 @@ fn gils(recording: &Recording) -> Vec<GilEntry> {
 fn frame(table: &StackTable, id: FrameId) -> Option<Frame> {
     let f = table.frame(id)?;
     Some(Frame {
+        kind: f.kind.name(),
         function: f.function.to_string(),
         file: f.file.to_string(),
         line: f.line,
+        module: (f.kind == FrameKind::Native).then(|| f.module.to_string()),
     })
 }
 
@@ -404,6 +413,7 @@ fn locations(recording: &Recording, thread: &ThreadProfile, state: ThreadState) 
         .filter_map(|l| {
             Some(Location {
                 frame: frame(table, l.frame)?,
+                called_from: l.caller.and_then(|c| frame(table, c)),
                 fraction: round(l.fraction, 4),
                 samples: l.samples,
             })

@@ -4,10 +4,11 @@
 
 use super::palette::Origin;
 use crate::model::Recording;
-use crate::stack::{Frame, FrameKind};
+use crate::stack::{Frame, FrameKind, Place, StackTable};
 
-/// "function (file:line)" for Python frames, the file as the code object names it;
-/// "symbol (file:line)" or "symbol (module)" for native ones; a marker's own words.
+/// "function (file:line)" for Python frames, the file as the code object names it; "symbol
+/// (module)" for native ones (their source line, where debug information gives one, is in
+/// the JSON and the dump); a marker's own words.
 pub fn frame(frame: &Frame) -> String {
     with_file(frame, &frame.file)
 }
@@ -22,13 +23,45 @@ pub fn short(frame: &Frame, paths: &Paths) -> String {
 fn with_file(frame: &Frame, file: &str) -> String {
     match frame.kind {
         FrameKind::Marker => frame.function.to_string(),
-        FrameKind::Python | FrameKind::Native if !file.is_empty() => {
-            format!("{} ({}:{})", frame.function, file, frame.line)
-        }
         FrameKind::Native if !frame.module.is_empty() => {
             format!("{} ({})", frame.function, short_module(&frame.module))
         }
+        FrameKind::Python if !file.is_empty() => {
+            format!("{} ({}:{})", frame.function, file, frame.line)
+        }
         _ => frame.function.to_string(),
+    }
+}
+
+/// A frame with everything known of it: a native frame's source line as well as its module
+/// ("gn_nap (gilnative.so, gilnative.c:46)"), for the dump's stacks.
+pub fn frame_in_full(frame: &Frame) -> String {
+    match frame.kind {
+        FrameKind::Native if !frame.file.is_empty() => format!(
+            "{} ({}, {}:{})",
+            frame.function,
+            short_module(&frame.module),
+            short_module(&frame.file),
+            frame.line
+        ),
+        _ => self::frame(frame),
+    }
+}
+
+/// A stack summed up at its [`Place`]: "compress_block (libz.so.1) called from handler
+/// (app.py:42)", or a Python frame alone; file names made short by `paths` where given,
+/// else as the code objects name them.
+pub fn place(table: &StackTable, place: Place, paths: Option<&Paths>) -> String {
+    let Some(at) = table.frame(place.frame) else {
+        return String::new();
+    };
+    let label = |f: &Frame| match paths {
+        Some(paths) => short(f, paths),
+        None => frame(f),
+    };
+    match place.caller.and_then(|c| table.frame(c)) {
+        Some(caller) => format!("{} called from {}", label(at), label(caller)),
+        None => label(at),
     }
 }
 
@@ -156,7 +189,35 @@ mod tests {
             module: "/usr/lib/libz.so.1".into(),
         };
         assert_eq!(frame(&native), "deflate (libz.so.1)");
+        let with_line = Frame {
+            file: "/src/zlib/deflate.c".into(),
+            line: 42,
+            ..native.clone()
+        };
+        assert_eq!(frame(&with_line), "deflate (libz.so.1)");
+        assert_eq!(
+            frame_in_full(&with_line),
+            "deflate (libz.so.1, deflate.c:42)"
+        );
         assert_eq!(short(&native, &Paths::default()), "deflate (libz.so.1)");
+        let mut table = StackTable::new();
+        let caller = table.intern_frame(Frame::python(
+            "handler".into(),
+            "/srv/app/app.py".into(),
+            42,
+        ));
+        let at = table.intern_frame(with_line);
+        assert_eq!(
+            place(
+                &table,
+                Place {
+                    frame: at,
+                    caller: Some(caller)
+                },
+                Some(&Paths::new(["/srv/app"])),
+            ),
+            "deflate (libz.so.1) called from handler (app.py:42)"
+        );
     }
 
     #[test]

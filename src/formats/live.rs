@@ -7,7 +7,7 @@ use super::printable;
 use crate::model::live::*;
 use crate::model::TargetInfo;
 use crate::sample::ThreadState;
-use crate::stack::Frame;
+use crate::stack::{Frame, FrameKind};
 
 /// Width of a percentage column ("100.0%" and a space).
 const COLUMN: usize = 7;
@@ -106,31 +106,43 @@ fn blame_text(history: &History, view: &ViewState, target: &TargetInfo) -> Strin
         Some(b) => format!(
             "waited on most (last {label}): {} in {}, {} of waiting",
             b.holder,
-            location(b.frame.as_ref(), &paths, true),
+            location(b.frame.as_ref(), b.caller.as_ref(), &paths, true),
             percent(b.share)
         ),
         None => format!("waited on most (last {label}): nobody waited for the GIL"),
     }
 }
 
-/// Where a holder was, as "function (file:line)", the file named from its `sys.path`
-/// entry; `short`, a file under none keeps its last two path components, which is what fits
-/// on a screen line.
-fn location(frame: Option<&Frame>, paths: &super::labels::Paths, short: bool) -> String {
+/// Where a holder was, as "function (file:line)", or for native code "symbol (module) called
+/// from function (file:line)", a file named from its `sys.path` entry; `short`, a Python file
+/// under none keeps its last two path components, which is what fits on a screen line.
+fn location(
+    frame: Option<&Frame>,
+    caller: Option<&Frame>,
+    paths: &super::labels::Paths,
+    short: bool,
+) -> String {
     let Some(frame) = frame else {
         return "(stack not captured)".into();
     };
-    let named = super::labels::short(frame, paths);
-    if !short || frame.file.is_empty() || paths.short(&frame.file) != &*frame.file {
-        return named;
-    }
-    let parts: Vec<&str> = frame.file.rsplitn(3, '/').collect();
-    let file = if parts.len() == 3 {
-        format!(".../{}/{}", parts[1], parts[0])
-    } else {
-        frame.file.to_string()
+    let one = |frame: &Frame| {
+        let named = super::labels::short(frame, paths);
+        let python = frame.kind == FrameKind::Python;
+        if !short || !python || frame.file.is_empty() || paths.short(&frame.file) != &*frame.file {
+            return named;
+        }
+        let parts: Vec<&str> = frame.file.rsplitn(3, '/').collect();
+        let file = if parts.len() == 3 {
+            format!(".../{}/{}", parts[1], parts[0])
+        } else {
+            frame.file.to_string()
+        };
+        format!("{} ({}:{})", frame.function, file, frame.line)
     };
-    format!("{} ({}:{})", frame.function, file, frame.line)
+    match caller {
+        Some(caller) => format!("{} called from {}", one(frame), one(caller)),
+        None => one(frame),
+    }
 }
 
 /// `text` cut to at most `width` terminal columns.
@@ -627,7 +639,12 @@ pub fn plain_line(
             line.push_str(&format!(
                 "; waited on {} in {} ({})",
                 b.holder,
-                location(b.frame.as_ref(), &super::labels::Paths::default(), false),
+                location(
+                    b.frame.as_ref(),
+                    b.caller.as_ref(),
+                    &super::labels::Paths::default(),
+                    false
+                ),
                 percent(b.share)
             ));
         }
@@ -779,6 +796,7 @@ mod tests {
             s.blame = vec![BlameSlice {
                 holder: "worker (9)".into(),
                 frame: Some(frame(f, 40)),
+                caller: None,
                 waiter_ticks: ticks,
             }];
             history.push(s);

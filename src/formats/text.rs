@@ -7,7 +7,7 @@ use super::labels::Paths;
 use crate::model::profile::Location;
 use crate::model::{EndReason, Recording};
 use crate::sample::ThreadState;
-use crate::stack::{FrameId, StackTable};
+use crate::stack::{Place, StackTable};
 
 /// Several processes (`--subprocesses`): a line for the tree, then each process's report.
 pub fn render_processes(recordings: &[Recording]) -> String {
@@ -358,7 +358,7 @@ fn where_threads_are(out: &mut String, recording: &Recording, table: &StackTable
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "Where (innermost Python frame; share of the thread's samples):"
+        "Where (innermost frame; share of the thread's samples):"
     );
     for thread in recording.profile.threads() {
         let rows: Vec<(ThreadState, Vec<Location>)> = SHOWN_STATES
@@ -397,7 +397,14 @@ fn where_threads_are(out: &mut String, recording: &Recording, table: &StackTable
                     "    {:<8} {:>6}  {}",
                     label,
                     percent(location.fraction),
-                    frame_text(table, location.frame, &paths)
+                    display_name(&crate::formats::labels::place(
+                        table,
+                        Place {
+                            frame: location.frame,
+                            caller: location.caller,
+                        },
+                        Some(&paths),
+                    ))
                 );
             }
         }
@@ -419,14 +426,15 @@ fn who_makes_them_wait(out: &mut String, recording: &Recording, table: &StackTab
     );
     for blame in profile.blame().into_iter().take(TEXT_BLAME) {
         let share = blame.waiter_ticks as f64 / total as f64;
-        let frames: Vec<FrameId> = blame
-            .stack
-            .map(|s| table.stack(s).to_vec())
-            .unwrap_or_default();
-        let code = match frames.split_last() {
-            Some((&leaf, callers)) => {
-                let mut text = frame_text(table, leaf, &paths);
-                for &caller in callers.iter().rev().take(TEXT_CALLERS) {
+        let code = match blame.stack.and_then(|s| Some((s, table.place(s)?))) {
+            Some((stack, place)) => {
+                let mut text =
+                    display_name(&crate::formats::labels::place(table, place, Some(&paths)));
+                // The callers of the place's innermost Python frame (or of the place).
+                let from = place.caller.unwrap_or(place.frame);
+                let frames = table.stack(stack);
+                let at = frames.iter().rposition(|&f| f == from).unwrap_or(0);
+                for &caller in frames[..at].iter().rev().take(TEXT_CALLERS) {
                     let name = table.frame(caller).map(|f| display_name(&f.function));
                     text.push_str(&format!(" <- {}", name.unwrap_or_default()));
                 }
@@ -451,13 +459,6 @@ fn who_makes_them_wait(out: &mut String, recording: &Recording, table: &StackTab
             percent(profile.blame_unheld as f64 / total as f64)
         );
     }
-}
-
-fn frame_text(table: &StackTable, id: FrameId, paths: &Paths) -> String {
-    table
-        .frame(id)
-        .map(|f| display_name(&super::labels::short(f, paths)))
-        .unwrap_or_default()
 }
 
 fn percent(fraction: f64) -> String {

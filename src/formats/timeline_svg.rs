@@ -294,15 +294,23 @@ fn draw_row(
             .iter()
             .filter(|s| s.state == state && s.end_ns >= t0 && s.start_ns <= t1)
             .max_by_key(|s| s.end_ns.min(t1).saturating_sub(s.start_ns.max(t0)));
-        let frame = longest
+        let place = longest
             .and_then(|s| s.stack)
             .zip(table)
-            .and_then(|(id, table)| table.frame(table.leaf(id)?));
-        if let Some(frame) = frame {
+            .and_then(|(id, table)| Some((table, table.place(id)?)));
+        if let Some((table, place)) = place {
             let paths = row.paths;
-            let _ = write!(tip, ", mostly in {}", super::labels::short(frame, paths));
-            if paths.short(&frame.file) != &*frame.file {
-                let _ = write!(tip, " ({})", frame.file);
+            let _ = write!(
+                tip,
+                ", mostly in {}",
+                super::labels::place(table, place, Some(paths))
+            );
+            let file = table
+                .frame(place.frame)
+                .filter(|f| f.kind == crate::stack::FrameKind::Python)
+                .map_or("", |f| &*f.file);
+            if paths.short(file) != file {
+                let _ = write!(tip, " ({file})");
             }
         }
         let _ = writeln!(

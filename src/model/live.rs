@@ -29,8 +29,11 @@ pub struct ThreadSlice {
 pub struct BlameSlice {
     /// "name (tid)".
     pub holder: String,
-    /// The innermost Python frame; None if the stack was not captured.
+    /// Where its stack is summed up ([`StackTable::place`]); None if the stack was not
+    /// captured.
     pub frame: Option<Frame>,
+    /// For a native `frame`, the innermost Python frame it was called from.
+    pub caller: Option<Frame>,
     /// Waiting threads summed over the ticks.
     pub waiter_ticks: u64,
 }
@@ -83,20 +86,19 @@ impl Slice {
         let mut blame: Vec<BlameSlice> = Vec::new();
         if let Some(table) = table {
             for entry in profile.blame() {
-                let frame = entry
-                    .stack
-                    .and_then(|s| table.leaf(s))
-                    .and_then(|f| table.frame(f))
-                    .cloned();
+                let place = entry.stack.and_then(|s| table.place(s));
+                let frame = place.and_then(|p| table.frame(p.frame)).cloned();
+                let caller = place.and_then(|p| table.frame(p.caller?)).cloned();
                 let holder = format!("{} ({})", entry.holder.name(), entry.holder.tid);
                 match blame
                     .iter_mut()
-                    .find(|b| b.holder == holder && b.frame == frame)
+                    .find(|b| b.holder == holder && b.frame == frame && b.caller == caller)
                 {
                     Some(b) => b.waiter_ticks += entry.waiter_ticks,
                     None => blame.push(BlameSlice {
                         holder,
                         frame,
+                        caller,
                         waiter_ticks: entry.waiter_ticks,
                     }),
                 }
@@ -181,6 +183,7 @@ pub fn steady_index() -> usize {
 pub struct TopBlame {
     pub holder: String,
     pub frame: Option<Frame>,
+    pub caller: Option<Frame>,
     /// Of all waiting-thread samples in the window.
     pub share: f64,
 }
@@ -330,22 +333,23 @@ impl History {
     /// The holder code waited on most over the last `n` slices (None if nobody waited, or
     /// no stacks were read).
     pub fn top_blame(&self, n: usize) -> Option<TopBlame> {
-        let mut by_code: HashMap<(&str, Option<&Frame>), u64> = HashMap::new();
+        let mut by_code: HashMap<(&str, Option<&Frame>, Option<&Frame>), u64> = HashMap::new();
         let mut waiters = 0u64;
         for slice in self.window(n) {
             waiters += slice.gil.waiters;
             for b in &slice.blame {
                 *by_code
-                    .entry((b.holder.as_str(), b.frame.as_ref()))
+                    .entry((b.holder.as_str(), b.frame.as_ref(), b.caller.as_ref()))
                     .or_default() += b.waiter_ticks;
             }
         }
-        let ((holder, frame), ticks) = by_code
+        let ((holder, frame, caller), ticks) = by_code
             .into_iter()
             .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))?;
         (waiters > 0).then(|| TopBlame {
             holder: holder.to_string(),
             frame: frame.cloned(),
+            caller: caller.cloned(),
             share: ticks as f64 / waiters as f64,
         })
     }

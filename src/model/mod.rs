@@ -65,6 +65,39 @@ impl fmt::Display for CpuClock {
     }
 }
 
+/// How native frames were taken (`--native`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NativeCapture {
+    /// Sleeping threads from their system call, runnable ones from perf samples.
+    Perf,
+    /// Sleeping threads only: `perf_event_open` failed with this errno, so runnable threads
+    /// have their Python stacks alone.
+    SleepersOnly { perf_errno: i32 },
+}
+
+impl fmt::Display for NativeCapture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NativeCapture::Perf => f.write_str("perf"),
+            NativeCapture::SleepersOnly { perf_errno } => write!(
+                f,
+                "sleeping threads only (perf_event_open: {})",
+                std::io::Error::from_raw_os_error(*perf_errno)
+            ),
+        }
+    }
+}
+
+fn as_optional_text<T: fmt::Display, S: Serializer>(
+    value: &Option<T>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(value) => serializer.collect_str(value),
+        None => serializer.serialize_none(),
+    }
+}
+
 /// What was recorded from.
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetInfo {
@@ -148,6 +181,9 @@ pub struct SamplerStats {
     /// Where per-thread CPU time came from.
     #[serde(serialize_with = "as_text")]
     pub cpu_clock: CpuClock,
+    /// Native frames were merged into the stacks (`--native`), and how they were taken.
+    #[serde(serialize_with = "as_optional_text")]
+    pub native: Option<NativeCapture>,
     /// What the ticks cost, phase by phase (`--stats`).
     pub stats: crate::sample::stats::TickStats,
 }
@@ -194,6 +230,7 @@ pub(crate) fn test_recording(profile: Profile, stacks: Option<StackTable>) -> Re
             host_steal: None,
             stack_errors: 0,
             cpu_clock: CpuClock::Perf,
+            native: None,
             stats: Default::default(),
         },
         profile,

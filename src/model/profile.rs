@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use super::timeline::Timeline;
 use crate::sample::{Sample, ThreadState};
-use crate::stack::{FrameId, StackId, StackTable};
+use crate::stack::{FrameId, FrameKind, Place, StackId, StackTable};
 
 /// Counts of one thread's states over a run of ticks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -234,8 +234,10 @@ pub struct ThreadProfile {
 /// A place in the code and how often a thread was there.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Location {
-    /// The innermost frame.
+    /// The innermost frame (past the C library's: [`StackTable::place`]).
     pub frame: FrameId,
+    /// For a native frame, the innermost Python frame it was called from.
+    pub caller: Option<FrameId>,
     pub samples: u64,
     /// Share of the thread's samples.
     pub fraction: f64,
@@ -277,22 +279,39 @@ impl ThreadProfile {
         table: &StackTable,
         limit: usize,
     ) -> Vec<Location> {
-        let mut by_leaf: HashMap<FrameId, u64> = HashMap::new();
+        let mut by_place: HashMap<Place, u64> = HashMap::new();
+        // A native function is one place whatever line of it ran (its frames differ by line
+        // where debug information gives lines): the first frame of it met stands for all.
+        let mut functions: HashMap<(&str, &str), FrameId> = HashMap::new();
         for (stack, &count) in &self.stacks[state.index()] {
-            if let Some(leaf) = stack.and_then(|s| table.leaf(s)) {
-                *by_leaf.entry(leaf).or_default() += count;
+            if let Some(mut place) = stack.and_then(|s| table.place(s)) {
+                if let Some(f) = table
+                    .frame(place.frame)
+                    .filter(|f| f.kind == FrameKind::Native)
+                {
+                    place.frame = *functions
+                        .entry((&*f.function, &*f.module))
+                        .or_insert(place.frame);
+                }
+                *by_place.entry(place).or_default() += count;
             }
         }
         let total = self.counts.total().max(1) as f64;
-        let mut top: Vec<Location> = by_leaf
+        let mut top: Vec<Location> = by_place
             .into_iter()
-            .map(|(frame, samples)| Location {
-                frame,
+            .map(|(place, samples)| Location {
+                frame: place.frame,
+                caller: place.caller,
                 samples,
                 fraction: samples as f64 / total,
             })
             .collect();
-        top.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.frame.cmp(&b.frame)));
+        top.sort_by(|a, b| {
+            b.samples
+                .cmp(&a.samples)
+                .then(a.frame.cmp(&b.frame))
+                .then(a.caller.cmp(&b.caller))
+        });
         top.truncate(limit);
         top
     }

@@ -2,9 +2,9 @@
 //! out-of-process tools. Field orders per version are data here; values come from the target.
 
 use super::layout::{
-    self, CodeFields, Current, Flag, FrameFields, GilFields, GilPlacement, Layout, LineTable,
-    LocalsLayout, ObjectFields, StackLayout, TextKind, ThreadLocalBytecode, UnicodeFields,
-    VariableNames,
+    self, CodeFields, Current, EvalCalls, Flag, FrameFields, GilFields, GilPlacement, Layout,
+    LineTable, LocalsLayout, ObjectFields, StackLayout, TextKind, ThreadLocalBytecode,
+    UnicodeFields, VariableNames,
 };
 use super::version::Version;
 use crate::target::memory::{u64_at, Memory};
@@ -435,6 +435,10 @@ fn stack_layout(
     Ok(StackLayout {
         tstate_frame: current_frame,
         cframe_frame: None,
+        // The evaluation loop's entry frame: `FRAME_OWNED_BY_CSTACK` (3) on 3.13, and from
+        // 3.14 `FRAME_OWNED_BY_INTERPRETER`, which took value 3 (CSTACK moved to 4 and marks
+        // no entry frame: ceval.c of 3.14.4).
+        eval_calls: EvalCalls::EntryFrames { entry_owner: 3 },
         frame: FrameFields::Interpreter {
             previous: frame("previous")?,
             code: frame("executable")?,

@@ -192,6 +192,23 @@ pub enum FrameFields {
     },
 }
 
+/// How the Python frames of a thread are grouped into calls of the evaluation loop, each of
+/// which is one native frame of `_PyEval_EvalFrameDefault` (`--native` puts the Python frames
+/// of a call where that native frame is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvalCalls {
+    /// 2.7, 3.6-3.10: every frame object is run by a call of its own.
+    OnePerFrame,
+    /// 3.11: a call runs frames back to the one with `is_entry` set (a byte of the frame). Each
+    /// call keeps a `_PyCFrame` as a local variable; the thread state's `cframe` and each
+    /// cframe's `previous` (at `cframe_previous`) chain them, innermost first.
+    EntryFlag { is_entry: u64, cframe_previous: u64 },
+    /// 3.12+: each call pushes an entry frame of its own, a local variable whose `owner` is
+    /// `entry_owner` (`FRAME_OWNED_BY_CSTACK` on 3.12-3.13, `FRAME_OWNED_BY_INTERPRETER` from
+    /// 3.14, both 3), below the frames it runs.
+    EntryFrames { entry_owner: u8 },
+}
+
 /// Field offsets in `str` objects (`PyASCIIObject`, `PyCompactUnicodeObject`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnicodeFields {
@@ -300,6 +317,8 @@ pub struct StackLayout {
     pub tstate_frame: u64,
     /// 3.11-3.12: offset of `current_frame` in `_PyCFrame`.
     pub cframe_frame: Option<u64>,
+    /// Which frames one call of the evaluation loop runs (for `--native`'s merge).
+    pub eval_calls: EvalCalls,
     pub frame: FrameFields,
     pub code: CodeFields,
     pub text: TextKind,
@@ -398,6 +417,7 @@ pub(super) fn stack_table(major: u8, minor: u8) -> Option<StackLayout> {
     let base = StackLayout {
         tstate_frame: 24,
         cframe_frame: None,
+        eval_calls: EvalCalls::OnePerFrame,
         frame: object_frame(104, 1),
         code: code_36,
         text: TextKind::Unicode,
@@ -457,6 +477,10 @@ pub(super) fn stack_table(major: u8, minor: u8) -> Option<StackLayout> {
         11 => StackLayout {
             tstate_frame: 56,
             cframe_frame: Some(8),
+            eval_calls: EvalCalls::EntryFlag {
+                is_entry: 68,
+                cframe_previous: 16,
+            },
             frame: FrameFields::Interpreter {
                 previous: 48,
                 code: 32,
@@ -473,6 +497,7 @@ pub(super) fn stack_table(major: u8, minor: u8) -> Option<StackLayout> {
         12 => StackLayout {
             tstate_frame: 56,
             cframe_frame: Some(0),
+            eval_calls: EvalCalls::EntryFrames { entry_owner: 3 },
             frame: FrameFields::Interpreter {
                 previous: 8,
                 code: 0,

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::layout::{FrameFields, LineTable, StackLayout, ThreadLocalBytecode};
+use super::layout::{EvalCalls, FrameFields, LineTable, StackLayout, ThreadLocalBytecode};
 use super::objects;
 use crate::stack::{Frame, FrameId, StackId, StackTable, TRUNCATED};
 use crate::target::memory::{check_pointer, i32_at, u64_at, Memory, ReadError};
@@ -50,6 +50,31 @@ struct Code {
     code_units: u64,
 }
 
+/// The Python frames that one call of the evaluation loop runs, in a stack read by
+/// [`StackReader::read`]: `--native` puts them where that call's native frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EvalCall {
+    /// How many frames of the stack, counted from the innermost frame on, the call runs
+    /// (the calls of a stack follow one another, innermost first).
+    pub frames: u32,
+    /// An address in that call's own native stack frame (a local variable of
+    /// `_PyEval_EvalFrameDefault`: 3.11 its `_PyCFrame`, 3.12+ its entry frame), which finds
+    /// it among native frames without symbols; None where the version has none (3.10 and
+    /// older) or it could not be read.
+    pub anchor: Option<u64>,
+}
+
+/// How a frame stands to the calls of the evaluation loop ([`EvalCalls`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallEdge {
+    /// It is run by the same call as the next frame outwards.
+    Inside,
+    /// It is the first (outermost) frame its call runs.
+    Entry,
+    /// It is an entry shim (3.12+): the frames before it were run by the call that pushed it.
+    Shim,
+}
+
 /// What a frame holds that the walk uses.
 #[derive(Debug, Clone, Copy)]
 struct FrameRecord {
@@ -59,6 +84,7 @@ struct FrameRecord {
     instr: u64,
     /// Whether it is a frame to show (not a C-stack shim).
     shown: bool,
+    edge: CallEdge,
     /// Free-threaded 3.14+: which copy of the bytecode `instr` points into (0: the code
     /// object's own).
     tlbc_index: i32,
@@ -83,8 +109,11 @@ pub struct StackReader {
     code_types: HashMap<u64, bool>,
     /// Free-threaded 3.14+: (code object, copy index) -> where that copy of its bytecode is.
     bytecode_copies: HashMap<(u64, i32), u64>,
-    /// Each thread state's innermost frame when its stack was last read, and that stack.
-    last: HashMap<u64, (Option<Top>, StackId)>,
+    /// Each thread state's innermost frame when its stack was last read, that stack, and its
+    /// calls of the evaluation loop (where they are wanted).
+    last: HashMap<u64, LastStack>,
+    /// Group frames into [`EvalCall`]s (for `--native`): 3.11 reads the cframe chain too.
+    eval_calls: bool,
     /// Each thread state's outermost frame and its code, once two walks agreed on it.
     roots: HashMap<u64, (u64, u64)>,
     /// A root seen once, waiting for a second walk to agree.
@@ -116,6 +145,10 @@ impl Top {
     }
 }
 
+/// A thread state's innermost frame when its stack was last read, that stack, and its calls
+/// of the evaluation loop.
+type LastStack = (Option<Top>, StackId, Arc<[EvalCall]>);
+
 /// Thread states whose last stack is remembered; past this the memory starts over.
 const MAX_REMEMBERED: usize = 65_536;
 
@@ -138,6 +171,10 @@ impl StackReader {
                     .max(instr)
                     .max(owner)
                     .max(tlbc_index.unwrap_or(0))
+                    .max(match layout.eval_calls {
+                        EvalCalls::EntryFlag { is_entry, .. } => is_entry,
+                        _ => 0,
+                    })
                     + 8
             }
         } as usize;
@@ -164,6 +201,7 @@ impl StackReader {
             code_types: HashMap::new(),
             bytecode_copies: HashMap::new(),
             last: HashMap::new(),
+            eval_calls: false,
             roots: HashMap::new(),
             pending_roots: HashMap::new(),
             table: StackTable::new(),
@@ -203,6 +241,7 @@ impl StackReader {
                     code: at(code)?,
                     instr: offset,
                     shown: true,
+                    edge: CallEdge::Entry,
                     tlbc_index: 0,
                 })
             }
@@ -220,6 +259,19 @@ impl StackReader {
                     code &= !7;
                 }
                 let owner = block.get(owner as usize).copied().unwrap_or(0);
+                let edge = match self.layout.eval_calls {
+                    EvalCalls::OnePerFrame => CallEdge::Entry,
+                    EvalCalls::EntryFlag { is_entry, .. } => {
+                        match block.get(is_entry as usize).copied().unwrap_or(0) {
+                            0 => CallEdge::Inside,
+                            _ => CallEdge::Entry,
+                        }
+                    }
+                    EvalCalls::EntryFrames { entry_owner } if owner == entry_owner => {
+                        CallEdge::Shim
+                    }
+                    EvalCalls::EntryFrames { .. } => CallEdge::Inside,
+                };
                 let tlbc_index = match tlbc_index {
                     Some(offset) => {
                         i32_at(&block, offset).ok_or(ReadError::BadPointer { addr: frame })?
@@ -231,6 +283,7 @@ impl StackReader {
                     code,
                     instr: at(instr)?,
                     shown: shim_owner != Some(owner),
+                    edge,
                     tlbc_index,
                 })
             }
@@ -426,6 +479,20 @@ impl StackReader {
         false
     }
 
+    /// Group the frames of each stack read from now on into calls of the evaluation loop
+    /// ([`StackReader::eval_calls`]), for `--native`.
+    pub fn group_eval_calls(&mut self) {
+        self.eval_calls = true;
+        self.last.clear();
+    }
+
+    /// The calls of the evaluation loop of `stack`, innermost first, if it is the last stack
+    /// read of the thread state at `tstate` and calls are grouped.
+    pub fn eval_calls(&self, tstate: u64, stack: StackId) -> Option<&[EvalCall]> {
+        let (_, last, calls) = self.last.get(&tstate)?;
+        (*last == stack && self.eval_calls).then_some(&calls[..])
+    }
+
     /// Read the stack of the thread state at `tstate` and intern it. An empty stack (a
     /// thread state with no Python frame) is a stack too.
     pub fn read(&mut self, memory: &dyn Memory, tstate: u64) -> Result<StackId, StackError> {
@@ -457,9 +524,9 @@ impl StackReader {
         mut frames_at: Option<&mut Vec<FrameAt>>,
     ) -> Result<StackId, StackError> {
         let before = self.top(memory, tstate)?;
-        if let Some(&(top, stack)) = self.last.get(&tstate).filter(|_| frames_at.is_none()) {
-            if top == before {
-                return Ok(stack);
+        if let Some((top, stack, _)) = self.last.get(&tstate).filter(|_| frames_at.is_none()) {
+            if *top == before {
+                return Ok(*stack);
             }
         }
         let mut frames: Vec<FrameId> = Vec::new();
@@ -470,6 +537,16 @@ impl StackReader {
         let mut truncated = false;
         let mut walked = 0;
         let mut root = (0, 0);
+        // Calls of the evaluation loop, innermost first: the frames each runs, its anchor,
+        // and (3.11) its innermost frame's address, which its cframe must point at.
+        let mut calls: Vec<(EvalCall, u64)> = Vec::new();
+        let mut call = (
+            EvalCall {
+                frames: 0,
+                anchor: None,
+            },
+            frame,
+        );
         while frame != 0 {
             if walked == MAX_FRAMES {
                 truncated = true;
@@ -500,12 +577,39 @@ impl StackReader {
                         return Err(StackError::Moved);
                     }
                     frames.push(self.frame_id(code_addr, &code, offset));
+                    call.0.frames += 1;
                     if let Some(at) = frames_at.as_deref_mut() {
                         at.push(FrameAt {
                             frame,
                             code: code_addr,
                         });
                     }
+                }
+            }
+            match record.edge {
+                CallEdge::Inside => {}
+                CallEdge::Entry => calls.push(std::mem::replace(
+                    &mut call,
+                    (
+                        EvalCall {
+                            frames: 0,
+                            anchor: None,
+                        },
+                        next,
+                    ),
+                )),
+                CallEdge::Shim => {
+                    call.0.anchor = Some(frame);
+                    calls.push(std::mem::replace(
+                        &mut call,
+                        (
+                            EvalCall {
+                                frames: 0,
+                                anchor: None,
+                            },
+                            next,
+                        ),
+                    ));
                 }
             }
             // A frame met twice: a chain that loops (read while it changed, or corrupt)
@@ -515,6 +619,17 @@ impl StackReader {
             }
             root = (frame, code_addr);
             frame = next;
+        }
+        if call.0.frames > 0 {
+            calls.push(call);
+        }
+        if self.eval_calls {
+            if let EvalCalls::EntryFlag {
+                cframe_previous, ..
+            } = self.layout.eval_calls
+            {
+                self.anchor_cframes(memory, tstate, cframe_previous, &mut calls);
+            }
         }
         if !Top::same_frame(self.top(memory, tstate)?, before) {
             self.last.remove(&tstate);
@@ -532,8 +647,43 @@ impl StackReader {
         if self.last.len() >= MAX_REMEMBERED {
             self.last.clear();
         }
-        self.last.insert(tstate, (before, stack));
+        let calls: Arc<[EvalCall]> = match self.eval_calls {
+            true => calls.into_iter().map(|(c, _)| c).collect(),
+            false => Arc::new([]),
+        };
+        self.last.insert(tstate, (before, stack, calls));
         Ok(stack)
+    }
+
+    /// 3.11: give each call the address of its `_PyCFrame`, from the thread state's chain of
+    /// them, where the cframe's `current_frame` is the call's innermost frame (a chain that
+    /// does not fit leaves the calls from there on without an anchor).
+    fn anchor_cframes(
+        &self,
+        memory: &dyn Memory,
+        tstate: u64,
+        cframe_previous: u64,
+        calls: &mut [(EvalCall, u64)],
+    ) {
+        let Some(current_frame) = self.layout.cframe_frame else {
+            return;
+        };
+        let Ok(mut cframe) = memory.read_u64(tstate + self.layout.tstate_frame) else {
+            return;
+        };
+        for (call, innermost) in calls.iter_mut() {
+            if cframe == 0 || check_pointer(cframe, 8).is_err() {
+                return;
+            }
+            match memory.read_u64(cframe + current_frame) {
+                Ok(frame) if frame == *innermost => call.anchor = Some(cframe),
+                _ => return,
+            }
+            match memory.read_u64(cframe + cframe_previous) {
+                Ok(previous) if previous != cframe => cframe = previous,
+                _ => return,
+            }
+        }
     }
 }
 

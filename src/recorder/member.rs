@@ -5,9 +5,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::{health, ObservationSink, RecordOptions, NAME_REFRESH, NAME_SLICES};
-use crate::model::{CpuClock, EndReason, Profile, Recording, SamplerStats, TargetInfo};
+use crate::model::{
+    CpuClock, EndReason, NativeCapture, Profile, Recording, SamplerStats, TargetInfo,
+};
 use crate::sample::classify::Classifier;
 use crate::sample::monotonic_ns;
+use crate::sample::native::NativeOptions;
 use crate::sample::observe::{Observer, TickError};
 use crate::sample::privileges;
 use crate::sample::schedule::Schedule;
@@ -61,6 +64,11 @@ impl Member {
         let classifier = super::classifier_for(&observer);
         let identity = process::identity(observer.pid);
         let stacks = options.stacks && observer.enable_stacks();
+        // Without Python stacks there is nothing to merge native frames into (--native
+        // conflicts with --gil-only); an unreadable memory map leaves them out.
+        if stacks && options.native {
+            let _ = observer.enable_native(NativeOptions::for_rate(options.rate_hz));
+        }
         // First walks of sleeping threads (a pool of idle workers seen at attach) may take a
         // quarter of the interval per tick; the rest wait for later ticks (exactly resolved,
         // as a sleeping thread's stack does not change).
@@ -323,6 +331,10 @@ impl Member {
                     None => CpuClock::Perf,
                     Some(perf_errno) => CpuClock::Schedstat { perf_errno },
                 },
+                native: self.observer.native_status().map(|perf| match perf {
+                    None => NativeCapture::Perf,
+                    Some(perf_errno) => NativeCapture::SleepersOnly { perf_errno },
+                }),
             },
             health: health(self.errors, schedule),
             profile: self.profile,

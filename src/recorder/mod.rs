@@ -47,6 +47,8 @@ pub struct RecordOptions {
     pub duration: Option<Duration>,
     /// Read Python stacks at every tick (off with --gil-only).
     pub stacks: bool,
+    /// Merge native stacks into them (`--native`; needs `stacks`).
+    pub native: bool,
     /// Keep each thread's states in time order (for the timeline formats).
     pub timeline: bool,
     /// Told how the recording is going every half second, and once at the end.

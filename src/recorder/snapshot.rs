@@ -11,9 +11,10 @@ use crate::model::snapshot::{Condition, GilSnapshot, Locals, Snapshot, Syscall, 
 use crate::model::Recording;
 use crate::python::locals::LocalsReader;
 use crate::python::stack::StackError;
+use crate::sample::native::NativeOptions;
 use crate::sample::observe::{Observation, Observer, TickError};
 use crate::sample::ThreadState;
-use crate::stack::{Frame, StackId, StackTable};
+use crate::stack::{Frame, FrameKind, StackId, StackTable};
 use crate::target::memory::{ProcessMemory, ReadError};
 use crate::target::task;
 
@@ -22,6 +23,10 @@ use crate::target::task;
 const SNAPSHOT_GAP: Duration = Duration::from_millis(1);
 /// Attempts at a snapshot whose reads a moving target tore.
 const SNAPSHOT_ATTEMPTS: usize = 20;
+/// With native frames: the perf period of a snapshot, and how long perf samples the threads
+/// before the snapshot's reads (a runnable thread's stack comes from a sample this recent).
+const SNAPSHOT_PERF_PERIOD_NS: u64 = 1_000_000;
+const SNAPSHOT_PERF_WARM_UP: Duration = Duration::from_millis(10);
 
 /// What a dump reads besides every thread's state and stack.
 #[derive(Debug, Clone, Copy, Default)]
@@ -30,12 +35,15 @@ pub struct DumpOptions {
     pub sample: Option<Duration>,
     /// Read each frame's variables (`--locals`).
     pub locals: bool,
+    /// Merge native frames into the stacks (`--native`).
+    pub native: bool,
 }
 
 /// Snapshots of process `pid`, and with `subprocesses` of every Python process below it,
 /// after recording them all together for `options.sample` if given; in the order found,
 /// `pid` first. Alone, a process that cannot be snapshot is an error; in a tree, one that
-/// exited since it was found is left out.
+/// exited since it was found is left out. With `options.native`, stacks have their native
+/// frames merged in.
 pub fn dump(pid: i32, subprocesses: bool, options: DumpOptions) -> Result<Vec<Snapshot>> {
     let stop = AtomicBool::new(false);
     let mut recorder = Recorder::open(&Source::Pid(pid), subprocesses, &stop)?;
@@ -60,6 +68,7 @@ pub fn dump(pid: i32, subprocesses: bool, options: DumpOptions) -> Result<Vec<Sn
                 rate_hz: 1000.0,
                 duration: Some(duration),
                 stacks: true,
+                native: options.native,
                 timeline: false,
                 progress: None,
             };
@@ -78,12 +87,9 @@ pub fn dump(pid: i32, subprocesses: bool, options: DumpOptions) -> Result<Vec<Sn
     if !subprocesses {
         let mut observed = observed;
         return match observed.pop() {
-            Some((recording, observer)) => Ok(vec![snapshot(
-                observer,
-                recording,
-                options.locals,
-                &cpu_before,
-            )?]),
+            Some((recording, observer)) => {
+                Ok(vec![snapshot(observer, recording, options, &cpu_before)?])
+            }
             None => Err(Error::NoSuchProcess { pid }),
         };
     }
@@ -93,7 +99,7 @@ pub fn dump(pid: i32, subprocesses: bool, options: DumpOptions) -> Result<Vec<Sn
     let snapshots: Vec<Snapshot> = observed
         .into_iter()
         .filter_map(|(recording, observer)| {
-            snapshot(observer, recording, options.locals, &cpu_before).ok()
+            snapshot(observer, recording, options, &cpu_before).ok()
         })
         .collect();
     if snapshots.is_empty() {
@@ -102,18 +108,28 @@ pub fn dump(pid: i32, subprocesses: bool, options: DumpOptions) -> Result<Vec<Sn
     Ok(snapshots)
 }
 
-/// Every thread of `observer`'s process at one instant; with `locals`, each frame's
-/// variables; with `cpu_before` (each thread's CPU clock when a sample started, by pid and
+/// Every thread of `observer`'s process at one instant; with `options.locals`, each frame's
+/// variables, with `options.native` native frames merged into the stacks; with `cpu_before` (each thread's CPU clock when a sample started, by pid and
 /// tid), the CPU time each used since.
 fn snapshot(
     mut observer: Observer<ProcessMemory>,
     recording: Option<Recording>,
-    locals: bool,
+    options: DumpOptions,
     cpu_before: &HashMap<(i32, i32), u64>,
 ) -> Result<Snapshot> {
     let pid = observer.pid;
     let target = super::target_info(&observer);
     observer.enable_stacks();
+    if options.native {
+        // Every thread followed at once: a snapshot has no time to learn which ones run.
+        let options = NativeOptions {
+            period_ns: SNAPSHOT_PERF_PERIOD_NS,
+            follow_every_thread: true,
+        };
+        if observer.enable_native(options).is_ok() && observer.observe().is_ok() {
+            std::thread::sleep(SNAPSHOT_PERF_WARM_UP);
+        }
+    }
     let mut last_error = String::new();
     for _ in 0..SNAPSHOT_ATTEMPTS {
         // Three reads a moment apart: the middle one is classified with a look at what
@@ -143,7 +159,7 @@ fn snapshot(
             continue;
         };
         let first = &ticks[1];
-        let mut variables = if locals {
+        let mut variables = if options.locals {
             read_locals(&mut observer, first)?
         } else {
             HashMap::new()
@@ -167,7 +183,15 @@ fn snapshot(
                     .and_then(|id| python_names.get(&id).cloned())
                     .unwrap_or_else(|| os_name.clone());
                 let (locals, stack) = match variables.remove(&t.tid) {
-                    Some((locals, Some(stack))) => (locals, Some(stack)),
+                    // With native frames, the stack of the tick keeps them where its Python
+                    // frames are those the variables were read with; else the variables'
+                    // own stack is shown, so that every variable is under its frame.
+                    Some((locals, Some(stack))) => match t.stack {
+                        Some(merged) if same_python_frames(&table, merged, stack) => {
+                            (locals, Some(merged))
+                        }
+                        _ => (locals, Some(stack)),
+                    },
                     Some((locals, None)) => (locals, t.stack),
                     None => (Locals::NotAsked, t.stack),
                 };
@@ -285,6 +309,18 @@ fn read_locals(
         read.insert(thread.tid, entry);
     }
     Ok(read)
+}
+
+/// Do stacks `a` and `b` of `table` have the same Python frames, in the same order?
+fn same_python_frames(table: &StackTable, a: StackId, b: StackId) -> bool {
+    let python = |id| {
+        table
+            .frames(id)
+            .filter(|f| f.kind == FrameKind::Python)
+            .cloned()
+            .collect::<Vec<Frame>>()
+    };
+    a == b || python(a) == python(b)
 }
 
 fn innermost_first(table: &StackTable, id: u32) -> Vec<Frame> {

@@ -2,6 +2,7 @@
 //! turn observations into classified `Sample`s. It knows nothing about how results are shown.
 
 pub mod classify;
+pub mod native;
 pub mod observe;
 pub(crate) mod privileges;
 pub(crate) mod schedule;
@@ -137,9 +138,5 @@ impl Sample {
     }
 }
 
-/// CLOCK_MONOTONIC now, in ns.
-pub fn monotonic_ns() -> u64 {
-    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
-    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
-}
+/// CLOCK_MONOTONIC now, in ns: the clock of ticks, perf samples and ftrace timestamps.
+pub use crate::target::native::monotonic_ns;

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::native::{NativeOptions, NativeOutcome, NativeStacks};
 use super::stats::{Stopwatch, TickStats};
 use super::GilReading;
 use crate::python::interpreter::{GilState, Interpreter, PyThread};
@@ -224,6 +225,8 @@ pub struct Observer<M: Memory> {
     ids: ThreadIds,
     clocks: CpuClocks,
     stacks: Option<StackReader>,
+    /// Native stacks merged into the Python ones (`--native`).
+    native: Option<NativeStacks>,
     thread_names: Option<ThreadNames>,
     /// For a tid with thread states in several interpreters, the one it last held with.
     held_last: HashMap<i32, u64>,
@@ -263,6 +266,7 @@ impl<M: Memory> Observer<M> {
             ids,
             clocks: CpuClocks::new(),
             stacks: None,
+            native: None,
             thread_names: None,
             sub_thread_names: Vec::new(),
             held_last: HashMap::new(),
@@ -347,7 +351,37 @@ impl<M: Memory> Observer<M> {
         self.stacks = self.interpreter.layout.stack.map(StackReader::new);
         // Remembered stacks name entries of the previous table.
         self.last_stacks.clear();
+        if let Some(native) = self.native.as_mut() {
+            native.forget_frames();
+            if let Some(reader) = self.stacks.as_mut() {
+                reader.group_eval_calls();
+            }
+        }
         self.stacks.is_some()
+    }
+
+    /// Merge each thread's native stack into its Python stack at every tick (`--native`),
+    /// and give threads that run no Python their native stacks. Python stacks must be on
+    /// ([`Observer::enable_stacks`]) for Python threads to have any stack.
+    pub fn enable_native(&mut self, options: NativeOptions) -> std::io::Result<()> {
+        let native = NativeStacks::new(
+            self.pid,
+            &self.memory,
+            &self.interpreter.binary,
+            self.interpreter.version.major == 2,
+            options,
+        )?;
+        self.native = Some(native);
+        if let Some(reader) = self.stacks.as_mut() {
+            reader.group_eval_calls();
+        }
+        self.last_stacks.clear();
+        Ok(())
+    }
+
+    /// Are native stacks taken? And why perf cannot sample running threads (errno), if so.
+    pub fn native_status(&self) -> Option<Option<i32>> {
+        self.native.as_ref().map(|n| n.perf_unavailable())
     }
 
     /// Bound the time a tick spends walking, for the first time, the stacks of threads that
@@ -365,18 +399,27 @@ impl<M: Memory> Observer<M> {
 
     /// Take the stack table out (at the end of a recording).
     pub fn take_stack_table(&mut self) -> Option<StackTable> {
+        if let Some(native) = self.native.as_mut() {
+            native.forget_frames();
+        }
+        self.last_stacks.clear();
         self.stacks.as_mut().map(|s| std::mem::take(&mut s.table))
     }
 
-    /// Read the stacks of the Python threads of a tick, after the tick's timed reads.
-    /// Returns the number of stacks that could not be read, and the deferred walks resolved.
+    /// Read the stacks of the Python threads of a tick, after the tick's timed reads (with
+    /// `--native`, every thread's merged stack). Returns the number of stacks that could not
+    /// be read, and the deferred walks resolved.
     fn read_stacks(
         &mut self,
         threads: &mut [ThreadObservation],
+        tick_ns: u64,
     ) -> (u32, Vec<(i32, Option<StackId>)>) {
         let mut resolved = Vec::new();
         if self.stacks.is_none() {
             return (0, resolved);
+        }
+        if let Some(native) = self.native.as_mut() {
+            native.start_tick(threads.iter().map(|t| (t.tid, t.runnable)), &self.live);
         }
         let mut errors = 0;
         let started = crate::sample::monotonic_ns();
@@ -384,6 +427,20 @@ impl<M: Memory> Observer<M> {
         let mut first_walks = 0;
         for thread in threads.iter_mut() {
             let Some(tstate) = thread.tstate else {
+                // A thread that runs no Python has a native stack only.
+                if let Some(native) = self.native.as_mut() {
+                    if let Some(reader) = self.stacks.as_mut() {
+                        let (stack, _) = native.stack(
+                            thread.tid,
+                            thread.task.activity,
+                            tick_ns,
+                            None,
+                            &mut reader.table,
+                            &self.memory,
+                        );
+                        thread.stack = stack;
+                    }
+                }
                 continue;
             };
             if let Some(&(was_tstate, cpu, stack)) = self.last_stacks.get(&thread.tid) {
@@ -420,10 +477,18 @@ impl<M: Memory> Observer<M> {
             let was_deferred = self.deferred.remove(&thread.tid);
             match read {
                 Ok(stack) => {
-                    thread.stack = Some(stack);
-                    if thread.cpu_exact {
-                        self.last_stacks
-                            .insert(thread.tid, (tstate, thread.cpu_ns, stack));
+                    let (stack, outcome) = self.merge_native(thread, tstate, stack, tick_ns);
+                    thread.stack = stack;
+                    // A stack without its native part is not kept for a thread that sleeps
+                    // on: its native stack may be had at the next tick.
+                    match (thread.cpu_exact, outcome, stack) {
+                        (true, NativeOutcome::Merged, Some(stack)) => {
+                            self.last_stacks
+                                .insert(thread.tid, (tstate, thread.cpu_ns, stack));
+                        }
+                        _ => {
+                            self.last_stacks.remove(&thread.tid);
+                        }
                     }
                 }
                 Err(_) => {
@@ -441,7 +506,33 @@ impl<M: Memory> Observer<M> {
                 resolved.push((thread.tid, stack));
             }
         }
+        if let Some(native) = self.native.as_ref() {
+            self.stats.native = native.stats;
+        }
         (errors, resolved)
+    }
+
+    /// `stack` (a Python stack just read) with the thread's native frames merged in, when
+    /// native stacks are taken.
+    fn merge_native(
+        &mut self,
+        thread: &ThreadObservation,
+        tstate: u64,
+        stack: StackId,
+        tick_ns: u64,
+    ) -> (Option<StackId>, NativeOutcome) {
+        let (Some(native), Some(reader)) = (self.native.as_mut(), self.stacks.as_mut()) else {
+            return (Some(stack), NativeOutcome::Merged);
+        };
+        let calls: Option<Vec<_>> = reader.eval_calls(tstate, stack).map(<[_]>::to_vec);
+        native.stack(
+            thread.tid,
+            thread.task.activity,
+            tick_ns,
+            Some((stack, calls.as_deref())),
+            &mut reader.table,
+            &self.memory,
+        )
     }
 
     /// The stack of the thread state at `tstate` and each frame's variables (`dump
@@ -762,7 +853,7 @@ impl<M: Memory> Observer<M> {
         lap.split();
         let end_ns = lap.last_ns();
         let reads = self.memory.reads();
-        let (stack_errors, resolved) = self.read_stacks(&mut threads);
+        let (stack_errors, resolved) = self.read_stacks(&mut threads, start_ns);
         self.stats.stack_ns += lap.split();
         self.stats.stack_reads += self.memory.reads() - reads;
         Ok(Observation {

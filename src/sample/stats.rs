@@ -69,6 +69,57 @@ pub struct TickStats {
     pub walks_resolved: u64,
     /// Classifying the tick and adding it to the profile.
     pub aggregate_ns: u64,
+    /// Native stacks (`--native`); all zero without it.
+    pub native: NativeStats,
+}
+
+/// What `--native` did, over the ticks of one process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct NativeStats {
+    /// Taking, unwinding, naming and merging native stacks (inside the stack walks' time).
+    pub native_ns: u64,
+    /// Stacks merged (or native alone, for threads that run no Python).
+    pub merged: u64,
+    /// Native stacks of threads asleep in a system call (read, or reused: not run since).
+    pub asleep: u64,
+    /// Native stacks of runnable threads, from perf samples.
+    pub from_perf: u64,
+    /// Runnable threads with no recent perf sample: Python stack alone.
+    pub no_sample: u64,
+    /// Sleeping threads that woke while their stack was read: Python stack alone.
+    pub moved: u64,
+    /// Native and Python stacks that did not fit (read at moments too far apart).
+    pub mismatched: u64,
+    /// Captures that failed otherwise (the thread ended, a read failed).
+    pub failed: u64,
+    /// perf samples read, and samples the kernel dropped (a full ring).
+    pub perf_samples: u64,
+    pub perf_lost: u64,
+    /// Most threads perf followed at once, and runnable threads it could not follow (the cap
+    /// was reached; each tick counts).
+    pub followed_max: usize,
+    pub not_followed: u64,
+}
+
+impl NativeStats {
+    pub fn is_empty(&self) -> bool {
+        *self == NativeStats::default()
+    }
+
+    fn add(&mut self, other: &NativeStats) {
+        self.native_ns += other.native_ns;
+        self.merged += other.merged;
+        self.asleep += other.asleep;
+        self.from_perf += other.from_perf;
+        self.no_sample += other.no_sample;
+        self.moved += other.moved;
+        self.mismatched += other.mismatched;
+        self.failed += other.failed;
+        self.perf_samples += other.perf_samples;
+        self.perf_lost += other.perf_lost;
+        self.followed_max = self.followed_max.max(other.followed_max);
+        self.not_followed += other.not_followed;
+    }
 }
 
 impl TickStats {
@@ -89,6 +140,7 @@ impl TickStats {
         self.walks_deferred += other.walks_deferred;
         self.walks_resolved += other.walks_resolved;
         self.aggregate_ns += other.aggregate_ns;
+        self.native.add(&other.native);
     }
 
     /// Time of a tick not in any phase counted (the clock reads themselves, bookkeeping).
@@ -156,6 +208,24 @@ impl TickStats {
                 "(first walks)", "(of sleeping threads)", self.walks_deferred, self.walks_resolved
             );
         }
+        if !self.native.is_empty() {
+            let n = &self.native;
+            text += &line("native stacks", n.native_ns, Some((n.merged, "merged")));
+            text += &format!(
+                "  {:<14}{:>38}  {} asleep, {} from perf, {} without a sample, {} moved, \
+                 {} not fitting; perf: {} samples, {} lost, {} threads at most\n",
+                "(native)",
+                "(in stack walks)",
+                n.asleep,
+                n.from_perf,
+                n.no_sample,
+                n.moved,
+                n.mismatched,
+                n.perf_samples,
+                n.perf_lost,
+                n.followed_max
+            );
+        }
         text += &line("aggregation", self.aggregate_ns, None);
         text += &line("other", self.other_ns(), None);
         text
@@ -184,6 +254,7 @@ mod tests {
             walks_deferred: 30,
             walks_resolved: 9,
             aggregate_ns: 20_000,
+            native: NativeStats::default(),
         };
         assert_eq!(stats.other_ns(), 40_000);
         let text = stats.render();

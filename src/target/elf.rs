@@ -90,12 +90,28 @@ impl ElfFile {
     /// Read the object in `data` as mapped at `mappings`: the one parser `open` uses, for
     /// files already in memory (fuzzing, saved binaries). Never panics on any bytes.
     pub fn parse(path: String, data: ElfData, mappings: &[&Mapping]) -> Result<ElfFile, ElfError> {
+        ElfFile::parse_at(path, data, Some(mappings))
+    }
+
+    /// Read an ELF file nothing maps (a separate debug file): its load bias is 0.
+    pub fn parse_unmapped(path: String, data: ElfData) -> Result<ElfFile, ElfError> {
+        ElfFile::parse_at(path, data, None)
+    }
+
+    fn parse_at(
+        path: String,
+        data: ElfData,
+        mappings: Option<&[&Mapping]>,
+    ) -> Result<ElfFile, ElfError> {
         let parsed = parse_tables(&data).map_err(|reason| ElfError::Parse {
             path: path.clone(),
             reason,
         })?;
-        let load_bias = load_bias(&parsed.program_headers, mappings)
-            .ok_or_else(|| ElfError::NotMapped { path: path.clone() })?;
+        let load_bias = match mappings {
+            Some(mappings) => load_bias(&parsed.program_headers, mappings)
+                .ok_or_else(|| ElfError::NotMapped { path: path.clone() })?,
+            None => 0,
+        };
         let mut symbols = HashMap::new();
         for (sym, name) in parsed.symbols(&data) {
             if sym.st_shndx == SHN_UNDEF as usize || sym.st_value == 0 || name.is_empty() {
@@ -147,6 +163,24 @@ impl ElfFile {
             .iter()
             .filter(move |(name, _)| pred(name))
             .map(|(name, sym)| (name.as_str(), *sym))
+    }
+
+    /// The whole file, as mapped (native unwinding reads its sections in place).
+    pub fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// Defined function symbols of .symtab and .dynsym: (name, link-time address, size).
+    pub fn function_symbols(&self) -> Vec<(&str, u64, u64)> {
+        let Ok(tables) = parse_tables(&self.data) else {
+            return Vec::new();
+        };
+        tables
+            .symbols(&self.data)
+            .into_iter()
+            .filter(|(sym, name)| sym.is_function() && sym.st_value != 0 && !name.is_empty())
+            .map(|(sym, name)| (name, sym.st_value, sym.st_size))
+            .collect()
     }
 
     pub fn section(&self, name: &str) -> Option<&Section> {

@@ -7,6 +7,7 @@ pub mod fds;
 pub(crate) mod maps;
 pub mod memory;
 pub mod namespace;
+pub mod native;
 pub mod process;
 pub(crate) mod pthread;
 pub mod pthread_sync;

@@ -667,7 +667,7 @@ pub fn record_json_with(
     secs: f64,
     privileges: Privileges,
 ) -> Result<serde_json::Value, String> {
-    record_json_ticks(pid, secs, privileges, None)
+    record_json_ticks(pid, secs, privileges, None, &[])
 }
 
 /// [`record_json_with`], also writing every raw tick to `ticks` (`record --observations`):
@@ -678,7 +678,18 @@ pub fn record_json_observed(
     privileges: Privileges,
     ticks: &Path,
 ) -> Result<serde_json::Value, String> {
-    record_json_ticks(pid, secs, privileges, Some(ticks))
+    record_json_ticks(pid, secs, privileges, Some(ticks), &[])
+}
+
+/// [`record_json_observed`] with more options of `record` (`--native`).
+pub fn record_json_observed_with(
+    pid: i32,
+    secs: f64,
+    privileges: Privileges,
+    ticks: &Path,
+    options: &[&str],
+) -> Result<serde_json::Value, String> {
+    record_json_ticks(pid, secs, privileges, Some(ticks), options)
 }
 
 fn record_json_ticks(
@@ -686,6 +697,7 @@ fn record_json_ticks(
     secs: f64,
     privileges: Privileges,
     ticks: Option<&Path>,
+    options: &[&str],
 ) -> Result<serde_json::Value, String> {
     let mut command = privileges.gilscope();
     command.args([
@@ -700,6 +712,7 @@ fn record_json_ticks(
     if let Some(ticks) = ticks {
         command.arg("--observations").arg(ticks);
     }
+    command.args(options);
     let out = command
         .stdin(Stdio::null())
         .output()

@@ -1,0 +1,562 @@
+//! Native stacks of threads on a CPU: perf `task-clock` sampling of each followed thread with
+//! its user registers and the top of its user stack copied by the kernel at the sample (as
+//! `perf record --call-graph dwarf`), and the same at each of its context switches (as
+//! `perf record -e context-switches`), so that a thread preempted or asleep has a sample of
+//! where it stopped. Nothing is stopped; each sample costs the target the copy, in its own
+//! timer interrupt or context switch. Samples are kept a short while and matched to ticks by
+//! their CLOCK_MONOTONIC time.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{fence, Ordering};
+
+use super::unwind::Modules;
+use super::{Capture, CaptureError, NativeStack, Registers};
+
+const PERF_TYPE_SOFTWARE: u32 = 1;
+const PERF_COUNT_SW_TASK_CLOCK: u64 = 1;
+const PERF_COUNT_SW_CONTEXT_SWITCHES: u64 = 3;
+/// `PERF_EVENT_IOC_SET_OUTPUT`: write an event's records into another event's ring.
+const PERF_EVENT_IOC_SET_OUTPUT: libc::c_ulong = 0x2405;
+const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
+/// `struct perf_event_attr` up to `clockid` (PERF_ATTR_SIZE_VER3).
+const PERF_ATTR_SIZE_VER3: u32 = 96;
+const SAMPLE_TID: u64 = 1 << 1;
+const SAMPLE_TIME: u64 = 1 << 2;
+const SAMPLE_REGS_USER: u64 = 1 << 12;
+const SAMPLE_STACK_USER: u64 = 1 << 13;
+/// x86_64 perf register numbers: BP, SP, IP (the sample lists them in this order).
+const REGS_BP_SP_IP: u64 = (1 << 6) | (1 << 7) | (1 << 8);
+const FLAG_SAMPLE_ID_ALL: u64 = 1 << 18;
+const FLAG_USE_CLOCKID: u64 = 1 << 25;
+const PERF_RECORD_LOST: u32 = 2;
+const PERF_RECORD_SAMPLE: u32 = 9;
+const PERF_SAMPLE_REGS_ABI_64: u64 = 2;
+/// Where `data_head` and `data_tail` are in `struct perf_event_mmap_page`.
+const DATA_HEAD: usize = 1024;
+const DATA_TAIL: usize = 1032;
+/// Samples kept per thread: enough to find the latest one before a tick read a little late.
+const KEPT_PER_THREAD: usize = 8;
+/// Samples a ring holds between two readings (a thread switching often fills it fastest).
+const RING_SAMPLES: usize = 16;
+/// Largest stack copy the kernel accepts (it must fit a 16-bit record size with the rest).
+pub const MAX_STACK_COPY: u32 = 65_000 & !7;
+
+/// `struct perf_event_attr` up to PERF_ATTR_SIZE_VER3.
+#[repr(C)]
+#[derive(Default)]
+struct PerfEventAttr {
+    kind: u32,
+    size: u32,
+    config: u64,
+    sample_period: u64,
+    sample_type: u64,
+    read_format: u64,
+    flags: u64,
+    wakeup_events: u32,
+    bp_type: u32,
+    config1: u64,
+    config2: u64,
+    branch_sample_type: u64,
+    sample_regs_user: u64,
+    sample_stack_user: u32,
+    clockid: i32,
+}
+
+/// One perf sample: a thread's user registers and the top of its stack at `time_ns`.
+#[derive(Debug, Clone)]
+pub struct UserSample {
+    pub tid: i32,
+    /// CLOCK_MONOTONIC (ns).
+    pub time_ns: u64,
+    pub regs: Registers,
+    /// The stack from `regs.sp` up, as much as the kernel copied.
+    pub stack: Vec<u8>,
+}
+
+/// A perf ring buffer mapped from the kernel.
+struct Ring {
+    fd: OwnedFd,
+    /// The context-switch event, whose samples go to this ring too (None where it could
+    /// not be opened: samples on the timer only).
+    _switches: Option<OwnedFd>,
+    base: *mut u8,
+    len: usize,
+    page: usize,
+}
+
+// SAFETY: the mapping belongs to this ring alone and is read and written only through
+// `&mut self`; moving it to another thread (the sampler's) moves that ownership whole.
+unsafe impl Send for Ring {}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what mmap returned; nothing points into it afterwards.
+        unsafe {
+            libc::munmap(self.base.cast(), self.len);
+        }
+        let _ = self.fd.as_raw_fd();
+    }
+}
+
+impl Ring {
+    fn data_size(&self) -> usize {
+        self.len - self.page
+    }
+
+    /// Every record written since the last call, each copied out whole (records wrap around
+    /// the end of the buffer), to `each`.
+    fn drain(&mut self, mut each: impl FnMut(&[u8])) {
+        // SAFETY: the metadata page is mapped for as long as `self`; the kernel writes
+        // data_head, we write data_tail, as perf_event_open(2) prescribes, with the fences it
+        // asks for.
+        let head = unsafe { std::ptr::read_volatile(self.base.add(DATA_HEAD) as *const u64) };
+        fence(Ordering::Acquire);
+        let tail = unsafe { std::ptr::read_volatile(self.base.add(DATA_TAIL) as *const u64) };
+        let size = self.data_size() as u64;
+        let data = unsafe { self.base.add(self.page) };
+        let mut at = tail;
+        let mut record = Vec::new();
+        // The kernel never writes more than the buffer holds between two reads; a head that
+        // says otherwise is not believed.
+        if head.wrapping_sub(tail) <= size {
+            while at < head {
+                let copy = |from: u64, out: &mut [u8]| {
+                    for (k, byte) in out.iter_mut().enumerate() {
+                        // SAFETY: the index is reduced modulo the data area's size.
+                        *byte = unsafe { *data.add(((from + k as u64) % size) as usize) };
+                    }
+                };
+                let mut header = [0u8; 8];
+                copy(at, &mut header);
+                let len = u16::from_le_bytes([header[6], header[7]]) as u64;
+                if len < 8 || at + len > head {
+                    break;
+                }
+                record.resize(len as usize, 0);
+                copy(at, &mut record);
+                each(&record);
+                at += len;
+            }
+        }
+        fence(Ordering::Release);
+        // SAFETY: see above; the tail tells the kernel the space is free again.
+        unsafe { std::ptr::write_volatile(self.base.add(DATA_TAIL) as *mut u64, head) };
+    }
+}
+
+/// perf sampling of the followed threads of one process.
+pub struct PerfStacks {
+    period_ns: u64,
+    stack_bytes: u32,
+    data_pages: usize,
+    rings: HashMap<i32, Ring>,
+    samples: HashMap<i32, VecDeque<UserSample>>,
+    /// When the kernel last dropped samples of each thread (a full ring): its samples from
+    /// before then may not be its latest (CLOCK_MONOTONIC ns).
+    lost_at: HashMap<i32, u64>,
+    /// perf_event_open was refused for a reason that will not change: do not retry.
+    pub unavailable: Option<i32>,
+    /// Samples read, and samples the kernel dropped because a ring was full (for `--stats`).
+    pub read: u64,
+    pub lost: u64,
+}
+
+impl PerfStacks {
+    /// Sample each followed thread every `period_ns` of its CPU time, copying `stack_bytes`
+    /// of its stack (rounded down to 8, at most [`MAX_STACK_COPY`]).
+    pub fn new(period_ns: u64, stack_bytes: u32) -> PerfStacks {
+        let stack_bytes = (stack_bytes & !7).clamp(8, MAX_STACK_COPY);
+        let want = RING_SAMPLES * (stack_bytes as usize + 128);
+        let page = page_size();
+        let data_pages = want.div_ceil(page).next_power_of_two();
+        PerfStacks {
+            period_ns: period_ns.max(10_000),
+            stack_bytes,
+            data_pages,
+            rings: HashMap::new(),
+            samples: HashMap::new(),
+            lost_at: HashMap::new(),
+            unavailable: None,
+            read: 0,
+            lost: 0,
+        }
+    }
+
+    /// Start sampling thread `tid` (no-op if it is sampled already).
+    pub fn follow(&mut self, tid: i32) -> Result<(), CaptureError> {
+        if let Some(errno) = self.unavailable {
+            return Err(CaptureError::PerfUnavailable(errno));
+        }
+        if self.rings.contains_key(&tid) {
+            return Ok(());
+        }
+        match self.open(tid) {
+            Ok(ring) => {
+                self.rings.insert(tid, ring);
+                Ok(())
+            }
+            Err(errno) => {
+                if matches!(
+                    errno,
+                    libc::EACCES | libc::EPERM | libc::ENOSYS | libc::ENOENT
+                ) {
+                    self.unavailable = Some(errno);
+                    return Err(CaptureError::PerfUnavailable(errno));
+                }
+                if errno == libc::ESRCH {
+                    return Err(CaptureError::Gone);
+                }
+                Err(CaptureError::Failed(format!(
+                    "perf_event_open for thread {tid}: {}",
+                    std::io::Error::from_raw_os_error(errno)
+                )))
+            }
+        }
+    }
+
+    /// Stop sampling threads not in `alive` (sorted).
+    pub fn retain(&mut self, alive: &[i32]) {
+        self.rings.retain(|t, _| alive.binary_search(t).is_ok());
+        self.samples.retain(|t, _| alive.binary_search(t).is_ok());
+        self.lost_at.retain(|t, _| alive.binary_search(t).is_ok());
+    }
+
+    /// Stop sampling thread `tid`.
+    pub fn forget(&mut self, tid: i32) {
+        self.rings.remove(&tid);
+        self.samples.remove(&tid);
+        self.lost_at.remove(&tid);
+    }
+
+    pub fn followed(&self) -> usize {
+        self.rings.len()
+    }
+
+    /// A sampling event of thread `tid`: `config` every `period` of it.
+    fn open_event(&self, tid: i32, config: u64, period: u64) -> Result<OwnedFd, i32> {
+        let attr = PerfEventAttr {
+            kind: PERF_TYPE_SOFTWARE,
+            size: PERF_ATTR_SIZE_VER3,
+            config,
+            sample_period: period,
+            sample_type: SAMPLE_TID | SAMPLE_TIME | SAMPLE_REGS_USER | SAMPLE_STACK_USER,
+            // Records of lost samples carry the thread and the time too.
+            flags: FLAG_USE_CLOCKID | FLAG_SAMPLE_ID_ALL,
+            sample_regs_user: REGS_BP_SP_IP,
+            sample_stack_user: self.stack_bytes,
+            clockid: libc::CLOCK_MONOTONIC,
+            ..PerfEventAttr::default()
+        };
+        // SAFETY: perf_event_open with a valid attr of the declared size.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_perf_event_open,
+                &attr as *const PerfEventAttr,
+                tid,
+                -1 as libc::c_int,
+                -1 as libc::c_int,
+                PERF_FLAG_FD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(errno());
+        }
+        // SAFETY: a new fd that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    fn open(&self, tid: i32) -> Result<Ring, i32> {
+        let fd = self.open_event(tid, PERF_COUNT_SW_TASK_CLOCK, self.period_ns)?;
+        let page = page_size();
+        let len = page * (1 + self.data_pages);
+        // SAFETY: mapping a perf fd as perf_event_open(2) describes; checked below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(errno());
+        }
+        let mut ring = Ring {
+            fd,
+            _switches: None,
+            base: base.cast(),
+            len,
+            page,
+        };
+        // Every switch: where a preempted thread waits for a CPU, or a thread went to sleep,
+        // which no timer sample after it will show. Its samples go to the ring just mapped
+        // (the kernel redirects only into a mapped one).
+        ring._switches = self
+            .open_event(tid, PERF_COUNT_SW_CONTEXT_SWITCHES, 1)
+            .ok()
+            .filter(|switches| {
+                // SAFETY: both fds are perf events of the same thread, open for this call.
+                let redirected = unsafe {
+                    libc::ioctl(
+                        switches.as_raw_fd(),
+                        PERF_EVENT_IOC_SET_OUTPUT as _,
+                        ring.fd.as_raw_fd(),
+                    )
+                };
+                redirected == 0
+            });
+        Ok(ring)
+    }
+
+    /// Read every ring: the samples taken since the last call join those kept.
+    pub fn drain(&mut self) {
+        self.drain_rings(None);
+    }
+
+    /// Read the ring of thread `tid` only (just before its stack is wanted).
+    pub fn drain_thread(&mut self, tid: i32) {
+        self.drain_rings(Some(tid));
+    }
+
+    fn drain_rings(&mut self, only: Option<i32>) {
+        let mut got: Vec<UserSample> = Vec::new();
+        let mut lost = 0u64;
+        let lost_at = &mut self.lost_at;
+        let rings = self
+            .rings
+            .iter_mut()
+            .filter(|(tid, _)| only.is_none_or(|only| only == **tid));
+        for (_, ring) in rings {
+            ring.drain(|record| match record_kind(record) {
+                Some(PERF_RECORD_SAMPLE) => got.extend(parse_sample(record)),
+                Some(PERF_RECORD_LOST) => {
+                    if let Some((count, tid, time)) = parse_lost(record) {
+                        lost += count;
+                        let at = lost_at.entry(tid).or_default();
+                        *at = (*at).max(time);
+                    }
+                }
+                _ => {}
+            });
+        }
+        self.lost += lost;
+        self.read += got.len() as u64;
+        for sample in got {
+            if !self.rings.contains_key(&sample.tid) {
+                continue;
+            }
+            let kept = self.samples.entry(sample.tid).or_default();
+            if kept.len() == KEPT_PER_THREAD {
+                kept.pop_front();
+            }
+            kept.push_back(sample);
+        }
+    }
+
+    /// The latest kept sample of `tid` taken by `now_ns`, if it was taken within `max_age_ns`
+    /// of it and no sample was lost after it.
+    ///
+    /// A followed thread is sampled every period of its own CPU time and at each context
+    /// switch, so its latest sample is where it stopped (preempted, or asleep), or at most
+    /// one period of its running behind: its wall-clock age says little on a busy machine.
+    pub fn latest(&self, tid: i32, now_ns: u64, max_age_ns: u64) -> Option<&UserSample> {
+        let lost_at = self.lost_at.get(&tid).copied().unwrap_or(0);
+        self.samples
+            .get(&tid)?
+            .iter()
+            .filter(|s| s.time_ns <= now_ns)
+            .max_by_key(|s| s.time_ns)
+            .filter(|s| now_ns - s.time_ns <= max_age_ns && s.time_ns > lost_at)
+    }
+
+    /// The native stack of `tid` from its latest sample, if taken within `max_age_ns` of
+    /// `now_ns`.
+    pub fn capture(
+        &self,
+        tid: i32,
+        now_ns: u64,
+        max_age_ns: u64,
+        modules: &mut Modules,
+    ) -> Result<NativeStack, CaptureError> {
+        let sample = self
+            .latest(tid, now_ns, max_age_ns)
+            .ok_or(CaptureError::Running)?;
+        Ok(unwind_sample(sample, modules))
+    }
+}
+
+/// Unwind a sample's stack copy.
+pub fn unwind_sample(sample: &UserSample, modules: &mut Modules) -> NativeStack {
+    let base = sample.regs.sp;
+    let bytes = &sample.stack;
+    let (frames, end) = modules.unwind(sample.regs, &mut |addr| {
+        let at = usize::try_from(addr.checked_sub(base)?).ok()?;
+        Some(u64::from_le_bytes(
+            bytes.get(at..at.checked_add(8)?)?.try_into().ok()?,
+        ))
+    });
+    NativeStack {
+        frames,
+        end,
+        capture: Capture::Perf {
+            time_ns: sample.time_ns,
+        },
+    }
+}
+
+fn record_kind(record: &[u8]) -> Option<u32> {
+    Some(u32::from_le_bytes(record.get(0..4)?.try_into().ok()?))
+}
+
+/// A PERF_RECORD_LOST: how many samples the kernel dropped, and the thread and time of the
+/// record (its sample_id fields: pid, tid, time, after the event id and the count).
+fn parse_lost(record: &[u8]) -> Option<(u64, i32, u64)> {
+    let u64_at = |at: usize| Some(u64::from_le_bytes(record.get(at..at + 8)?.try_into().ok()?));
+    let count = u64_at(16)?;
+    let tid = u32::from_le_bytes(record.get(28..32)?.try_into().ok()?) as i32;
+    Some((count, tid, u64_at(32)?))
+}
+
+/// A PERF_RECORD_SAMPLE of this file's sample type: pid, tid, time, abi, bp, sp, ip, size,
+/// stack bytes, dyn_size. None if it does not parse (a sample with no user registers: the
+/// thread was in the kernel on behalf of nobody).
+fn parse_sample(record: &[u8]) -> Option<UserSample> {
+    let u64_at = |at: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(record.get(at..at + 8)?.try_into().ok()?))
+    };
+    let tid = u32::from_le_bytes(record.get(12..16)?.try_into().ok()?) as i32;
+    let time_ns = u64_at(16)?;
+    if u64_at(24)? != PERF_SAMPLE_REGS_ABI_64 {
+        return None;
+    }
+    let (bp, sp, pc) = (u64_at(32)?, u64_at(40)?, u64_at(48)?);
+    let size = usize::try_from(u64_at(56)?).ok()?;
+    let data = record.get(64..64usize.checked_add(size)?)?;
+    let dyn_size = if size > 0 {
+        usize::try_from(u64_at(64 + size)?).ok()?.min(size)
+    } else {
+        0
+    };
+    Some(UserSample {
+        tid,
+        time_ns,
+        regs: Registers {
+            pc,
+            sp,
+            bp: Some(bp),
+        },
+        stack: data[..dyn_size].to_vec(),
+    })
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size)
+        .ok()
+        .filter(|&s| s > 0)
+        .unwrap_or(4096)
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_record(tid: u32, time: u64, abi: u64, stack: &[u8], dyn_size: u64) -> Vec<u8> {
+        let mut r = Vec::new();
+        r.extend(PERF_RECORD_SAMPLE.to_le_bytes());
+        r.extend(0u16.to_le_bytes());
+        r.extend(0u16.to_le_bytes()); // size, patched below
+        r.extend(7u32.to_le_bytes());
+        r.extend(tid.to_le_bytes());
+        r.extend(time.to_le_bytes());
+        r.extend(abi.to_le_bytes());
+        for reg in [0x10u64, 0x7ffd_0000, 0x40_1000] {
+            r.extend(reg.to_le_bytes());
+        }
+        r.extend((stack.len() as u64).to_le_bytes());
+        r.extend(stack);
+        if !stack.is_empty() {
+            r.extend(dyn_size.to_le_bytes());
+        }
+        let len = r.len() as u16;
+        r[6..8].copy_from_slice(&len.to_le_bytes());
+        r
+    }
+
+    #[test]
+    fn a_sample_record_gives_registers_and_the_stack_the_kernel_filled() {
+        let stack: Vec<u8> = (0..64).collect();
+        let s = parse_sample(&sample_record(42, 1234, 2, &stack, 16)).unwrap();
+        assert_eq!((s.tid, s.time_ns), (42, 1234));
+        assert_eq!(
+            s.regs,
+            Registers {
+                pc: 0x40_1000,
+                sp: 0x7ffd_0000,
+                bp: Some(0x10)
+            }
+        );
+        assert_eq!(s.stack, (0..16).collect::<Vec<u8>>());
+        // No user registers (a kernel-only moment), a cut record, a dyn_size past the copy.
+        assert!(parse_sample(&sample_record(42, 1, 0, &stack, 16)).is_none());
+        let whole = sample_record(42, 1, 2, &stack, 16);
+        assert!(parse_sample(&whole[..whole.len() - 20]).is_none());
+        let s = parse_sample(&sample_record(42, 1, 2, &stack, 1 << 40)).unwrap();
+        assert_eq!(s.stack.len(), 64);
+    }
+
+    #[test]
+    fn the_latest_sample_is_chosen_only_if_recent_enough() {
+        let mut perf = PerfStacks::new(1_000_000, 4096);
+        perf.rings.clear();
+        let kept = perf.samples.entry(5).or_default();
+        for t in [1_000, 2_000, 3_000] {
+            kept.push_back(UserSample {
+                tid: 5,
+                time_ns: t,
+                regs: Registers {
+                    pc: 1,
+                    sp: 2,
+                    bp: None,
+                },
+                stack: Vec::new(),
+            });
+        }
+        assert_eq!(perf.latest(5, 3_400, 500).unwrap().time_ns, 3_000);
+        assert_eq!(perf.latest(5, 3_000, 0).unwrap().time_ns, 3_000);
+        // Samples after the moment asked about are not the thread at that moment.
+        assert_eq!(perf.latest(5, 2_500, 1_000).unwrap().time_ns, 2_000);
+        assert!(perf.latest(5, 9_000, 500).is_none());
+        assert!(perf.latest(6, 3_000, 500).is_none());
+        // Samples were lost after its latest kept one: that one may not be its latest.
+        perf.lost_at.insert(5, 3_100);
+        assert!(perf.latest(5, 3_400, 500).is_none());
+        perf.lost_at.insert(5, 2_900);
+        assert_eq!(perf.latest(5, 3_400, 500).unwrap().time_ns, 3_000);
+    }
+
+    #[test]
+    fn a_lost_record_says_whose_samples_were_dropped_and_when() {
+        let mut r = Vec::new();
+        r.extend(PERF_RECORD_LOST.to_le_bytes());
+        r.extend(0u16.to_le_bytes());
+        r.extend(40u16.to_le_bytes());
+        r.extend(99u64.to_le_bytes());
+        r.extend(3u64.to_le_bytes());
+        r.extend(7u32.to_le_bytes());
+        r.extend(42u32.to_le_bytes());
+        r.extend(1234u64.to_le_bytes());
+        assert_eq!(parse_lost(&r), Some((3, 42, 1234)));
+        assert_eq!(parse_lost(&r[..36]), None);
+    }
+}

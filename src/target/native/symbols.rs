@@ -1,0 +1,320 @@
+//! Names for native code addresses: the module, the function (from DWARF where the module or
+//! its separate debug file has it, else .symtab, else .dynsym) and file:line. DWARF is read by
+//! addr2line; debug files are found by build-id and .gnu_debuglink as gdb finds them.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::unwind::{LoadedModule, Modules};
+use crate::target::elf::ElfFile;
+
+/// Addresses whose names are remembered; past this the memory starts over.
+const MAX_REMEMBERED: usize = 1 << 18;
+/// Inlined calls shown at one address at most.
+const MAX_INLINED: usize = 32;
+/// Longest function name kept (C++ templates can run to kilobytes).
+const MAX_NAME: usize = 1024;
+
+/// What an address is, one entry per function at it: the outermost is the real function,
+/// those before it were inlined into it (innermost first).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NativeSymbol {
+    /// The file name of the module ("libc.so.6"); "?" where no module maps the address.
+    pub module: Arc<str>,
+    /// The (demangled) function, if any table names it.
+    pub function: Option<Arc<str>>,
+    /// Source file and line, where debug information has them (line 0: none).
+    pub file: Option<Arc<str>>,
+    pub line: u32,
+    /// Offset of the address in its module (for frames without a function name).
+    pub module_offset: u64,
+    /// This function was inlined into the next entry.
+    pub inlined: bool,
+}
+
+/// One module's symbol tables, loaded on first use.
+struct ModuleSymbols {
+    /// (link-time start, end, name), sorted by start.
+    functions: Vec<(u64, u64, Arc<str>)>,
+    /// DWARF, from the module itself or its debug file; None if it has none.
+    dwarf: Option<addr2line::Loader>,
+}
+
+/// Names for the addresses of one process, remembered across ticks.
+#[derive(Default)]
+pub struct Symbols {
+    /// By module path and load address (a file loaded again elsewhere is read again).
+    modules: HashMap<(String, u64), ModuleSymbols>,
+    names: HashMap<u64, Arc<[NativeSymbol]>>,
+    /// The process's root (/proc/PID/root), under which its debug files are looked for
+    /// before the host's.
+    root: Option<PathBuf>,
+}
+
+impl Symbols {
+    pub fn new(pid: i32) -> Symbols {
+        Symbols {
+            root: Some(PathBuf::from(format!("/proc/{pid}/root"))),
+            ..Symbols::default()
+        }
+    }
+
+    /// What `addr` (a frame's lookup address) is.
+    pub fn lookup(&mut self, modules: &Modules, addr: u64) -> Arc<[NativeSymbol]> {
+        if let Some(known) = self.names.get(&addr) {
+            return known.clone();
+        }
+        let symbols: Arc<[NativeSymbol]> = match modules.module_at(addr) {
+            Some(module) => self.lookup_in(module, addr).into(),
+            // Not remembered: the module may be one loaded since the map was read.
+            None => {
+                return vec![NativeSymbol {
+                    module: "?".into(),
+                    function: None,
+                    file: None,
+                    line: 0,
+                    module_offset: addr,
+                    inlined: false,
+                }]
+                .into()
+            }
+        };
+        if self.names.len() >= MAX_REMEMBERED {
+            self.names.clear();
+        }
+        self.names.insert(addr, symbols.clone());
+        symbols
+    }
+
+    fn lookup_in(&mut self, module: &LoadedModule, addr: u64) -> Vec<NativeSymbol> {
+        let root = self.root.clone();
+        let tables = self
+            .modules
+            .entry((module.path.clone(), module.code.start))
+            .or_insert_with(|| ModuleSymbols::load(module, root.as_deref()));
+        let probe = module.link_address(addr);
+        let symbol = |function: Option<Arc<str>>, file, line, inlined| NativeSymbol {
+            module: module.name.clone(),
+            function,
+            file,
+            line,
+            module_offset: addr.wrapping_sub(module.code.start),
+            inlined,
+        };
+        let table_name = tables.function_at(probe);
+        let mut found = Vec::new();
+        if let Some(dwarf) = &tables.dwarf {
+            if let Ok(mut frames) = dwarf.find_frames(probe) {
+                while let Ok(Some(frame)) = frames.next() {
+                    if found.len() == MAX_INLINED {
+                        break;
+                    }
+                    let function = frame
+                        .function
+                        .as_ref()
+                        .and_then(|f| f.demangle().ok())
+                        .map(|n| short(without_internal_alias(&n)));
+                    let (file, line) = frame
+                        .location
+                        .map(|l| (l.file.map(Arc::from), l.line.unwrap_or(0)))
+                        .unwrap_or((None, 0));
+                    found.push(symbol(function, file, line, true));
+                }
+            }
+        }
+        if let Some(outermost) = found.last_mut() {
+            outermost.inlined = false;
+            // The symbol table names the real function (a `.cold` or `.constprop` clone of
+            // it, say) where DWARF names only the source function.
+            if outermost.function.is_none() {
+                outermost.function = table_name;
+            }
+            return found;
+        }
+        vec![symbol(table_name, None, 0, false)]
+    }
+}
+
+impl ModuleSymbols {
+    fn load(module: &LoadedModule, root: Option<&Path>) -> ModuleSymbols {
+        let debug_file = debug_file_for(&module.file, &module.path, root);
+        let with_dwarf = debug_file
+            .clone()
+            .or_else(|| has_dwarf(&module.file).then(|| opened_path(root, &module.path)));
+        let dwarf = with_dwarf.and_then(|path| addr2line::Loader::new(path).ok());
+        let mut functions: Vec<(u64, u64, Arc<str>)> = Vec::new();
+        let mut add = |file: &ElfFile| {
+            for (name, start, size) in file.function_symbols() {
+                let name = short(&addr2line::demangle_auto(Cow::Borrowed(name), None));
+                functions.push((start, start.saturating_add(size), name));
+            }
+        };
+        add(&module.file);
+        if let Some(path) = &debug_file {
+            // A stripped module's .symtab lives in its debug file.
+            if let Ok(debug) = open_debug(path) {
+                add(&debug);
+            }
+        }
+        // Where several names share an address (aliases), keep the first: .symtab's.
+        functions.sort_by_key(|f| f.0);
+        functions.dedup_by_key(|f| f.0);
+        ModuleSymbols { functions, dwarf }
+    }
+
+    /// The function whose code holds link-time address `probe`.
+    fn function_at(&self, probe: u64) -> Option<Arc<str>> {
+        let at = self.functions.partition_point(|f| f.0 <= probe);
+        let (start, end, name) = self.functions.get(at.checked_sub(1)?)?;
+        // A symbol of size 0 (hand-written assembly) is believed up to the next symbol.
+        (probe >= *start && (probe < *end || end == start)).then(|| name.clone())
+    }
+}
+
+/// glibc's DWARF names its functions by their internal aliases (`__GI___clock_nanosleep`
+/// for `__clock_nanosleep`): the name without the `__GI_` prefix is the one its symbol
+/// table and its users know.
+fn without_internal_alias(name: &str) -> &str {
+    name.strip_prefix("__GI_").unwrap_or(name)
+}
+
+/// A name cut to [`MAX_NAME`] characters.
+fn short(name: &str) -> Arc<str> {
+    match name.char_indices().nth(MAX_NAME) {
+        Some((at, _)) => format!("{}…", &name[..at]).into(),
+        None => name.into(),
+    }
+}
+
+fn has_dwarf(file: &ElfFile) -> bool {
+    file.section(".debug_info").is_some_and(|s| s.size > 0)
+        && !file.section_data(".debug_info").is_empty()
+}
+
+/// The path to open a target's file by: through its root, where it sees its files.
+fn opened_path(root: Option<&Path>, path: &str) -> PathBuf {
+    match root {
+        Some(root) => root.join(path.trim_start_matches('/')),
+        None => PathBuf::from(path),
+    }
+}
+
+fn open_debug(path: &Path) -> Result<ElfFile, crate::target::elf::ElfError> {
+    let file = std::fs::File::open(path).map_err(|source| crate::target::elf::ElfError::Open {
+        path: path.display().to_string(),
+        source,
+    })?;
+    // SAFETY: read-only private map; a file changed under us gives garbage names at worst.
+    let data = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| {
+        crate::target::elf::ElfError::Open {
+            path: path.display().to_string(),
+            source,
+        }
+    })?;
+    ElfFile::parse_unmapped(
+        path.display().to_string(),
+        crate::target::elf::ElfData::Mapped(data),
+    )
+}
+
+/// The GNU build id of an ELF file (the `.note.gnu.build-id` descriptor).
+pub fn build_id(file: &ElfFile) -> Option<Vec<u8>> {
+    let note = file.section_data(".note.gnu.build-id");
+    let word = |at: usize| Some(u32::from_le_bytes(note.get(at..at + 4)?.try_into().ok()?));
+    let (name_size, desc_size, kind) = (word(0)? as usize, word(4)? as usize, word(8)?);
+    const NT_GNU_BUILD_ID: u32 = 3;
+    if kind != NT_GNU_BUILD_ID || desc_size == 0 || desc_size > 64 {
+        return None;
+    }
+    let desc = 12 + name_size.next_multiple_of(4);
+    note.get(desc..desc + desc_size).map(<[u8]>::to_vec)
+}
+
+/// The file name in `.gnu_debuglink`.
+fn debug_link(file: &ElfFile) -> Option<String> {
+    let data = file.section_data(".gnu_debuglink");
+    let name = data.split(|&b| b == 0).next()?;
+    let name = std::str::from_utf8(name).ok()?;
+    // A bare file name: a path here would let the target point gilscope anywhere.
+    (!name.is_empty() && !name.contains('/') && name != "..").then(|| name.to_string())
+}
+
+/// The separate debug file of a module, where there is one whose build id matches (or, for
+/// a module without a build id, whose name its debug link gives): the places gdb looks, under
+/// the target's root first, then the host's.
+fn debug_file_for(file: &ElfFile, path: &str, root: Option<&Path>) -> Option<PathBuf> {
+    let id = build_id(file);
+    let link = debug_link(file);
+    let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
+    let dir = dir.strip_prefix("/").unwrap_or(dir);
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    let roots: Vec<&Path> = root.into_iter().chain([Path::new("/")]).collect();
+    for base in &roots {
+        if let Some(id) = id.as_ref().filter(|id| id.len() >= 2) {
+            let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+            candidates.push(
+                base.join("usr/lib/debug/.build-id")
+                    .join(&hex[..2])
+                    .join(format!("{}.debug", &hex[2..])),
+            );
+        }
+        if let Some(link) = &link {
+            candidates.push(base.join(dir).join(link));
+            candidates.push(base.join(dir).join(".debug").join(link));
+            candidates.push(base.join("usr/lib/debug").join(dir).join(link));
+        }
+        // `objcopy --only-keep-debug prog prog.debug` beside the program.
+        candidates.push(base.join(format!("{}.debug", path.trim_start_matches('/'))));
+    }
+    candidates.into_iter().find(|candidate| {
+        let Ok(debug) = open_debug(candidate) else {
+            return false;
+        };
+        match (&id, build_id(&debug)) {
+            (Some(want), Some(have)) => *want == have,
+            // Without build ids, the name the module links to is all there is to go by.
+            (None, _) => link
+                .as_deref()
+                .is_some_and(|l| candidate.file_name().is_some_and(|n| n == l)),
+            (Some(_), None) => false,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_cut_at_a_character_boundary() {
+        let long = "é".repeat(MAX_NAME + 10);
+        let cut = short(&long);
+        assert_eq!(cut.chars().count(), MAX_NAME + 1);
+        assert_eq!(&*short("compress_block"), "compress_block");
+        assert_eq!(
+            without_internal_alias("__GI___clock_nanosleep"),
+            "__clock_nanosleep"
+        );
+        assert_eq!(without_internal_alias("__GIANT"), "__GIANT");
+    }
+
+    #[test]
+    fn a_function_is_found_by_any_address_inside_it_and_not_past_its_end() {
+        let tables = ModuleSymbols {
+            functions: vec![
+                (0x1000, 0x1010, "first".into()),
+                (0x1020, 0x1020, "assembly".into()),
+                (0x1100, 0x1180, "last".into()),
+            ],
+            dwarf: None,
+        };
+        assert_eq!(tables.function_at(0x1000).as_deref(), Some("first"));
+        assert_eq!(tables.function_at(0x100f).as_deref(), Some("first"));
+        assert_eq!(tables.function_at(0x1010), None);
+        assert_eq!(tables.function_at(0x1050).as_deref(), Some("assembly"));
+        assert_eq!(tables.function_at(0x1180), None);
+        assert_eq!(tables.function_at(0xfff), None);
+    }
+}
