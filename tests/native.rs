@@ -89,12 +89,18 @@ enum Rule {
     /// It keeps the GIL all through its C call: it is mostly in `state` there (a tick may
     /// still read the GIL a moment before the thread took it).
     Mostly,
-    /// It released the GIL for its C call: it never holds it there. Running or waiting
-    /// depends on the machine's load (a preempted thread that had waited reads as waiting).
+    /// It released the GIL for its C call: it does not hold it there, but for the ticks at
+    /// the call's edges (its native stack and the GIL are read microseconds apart: 1 tick
+    /// of 283 once, under load), at most [`EDGE_TICKS`] of them. Running or waiting depends
+    /// on the machine's load (a preempted thread that had waited reads as waiting).
     NeverHolds,
     /// It competes for the GIL with the other roles while there: `state` at some ticks only.
     Contended,
 }
+
+/// The share of a releasing call's ticks that may read as holding: its edges. A thread
+/// that did not release would hold at most of them.
+const EDGE_TICKS: f64 = 0.02;
 
 const ANSWERS: &[Answer] = &[
     Answer {
@@ -378,7 +384,10 @@ fn check_answer(fx: &Fixture, stacks: &[Folded], answer: &Answer) -> Result<(), 
     let dominant = by_state.iter().max_by_key(|(_, n)| **n).map(|(s, _)| *s);
     let broken = match answer.rule {
         Rule::Mostly => dominant != Some(answer.state),
-        Rule::NeverHolds => by_state.contains_key("hold"),
+        Rule::NeverHolds => {
+            let all: usize = by_state.values().map(|&n| n as usize).sum();
+            by_state.get("hold").map_or(0, |&n| n as usize) as f64 > EDGE_TICKS * all as f64
+        }
         Rule::Contended => false,
     };
     if broken {
