@@ -86,10 +86,6 @@ const DEGRADED_FIXTURE: &str = "native_release";
 /// docs/ACCURACY.md's tables were measured).
 const EVERY_VERSION_FIXTURE: &str = "native_release";
 const WHOLE_SET_VERSIONS: [&str; 4] = ["3.6", "3.9", "3.12", "3.14"];
-/// Containers: the thread id a 3.6-3.10 thread state keeps (`pthread_t`'s) and the one of
-/// 3.11+ (`native_thread_id`), each translated from its namespace; deployments.rs runs the
-/// known answers in containers on every interpreter.
-const CONTAINED_VERSIONS: [&str; 2] = ["3.7", "3.12"];
 /// One interpreter per layout family, for the degraded modes (they change timing, not what
 /// is read): an old layout and 3.13's.
 const FAMILIES: [&str; 2] = ["3.8", "3.13"];
@@ -250,14 +246,16 @@ fn main() {
             ));
         }
     }
-    let contained = narrowed(&CONTAINED_VERSIONS);
+    // Containers on every interpreter: each keeps the thread id gilscope must translate in
+    // its own place (`pthread_t`'s before 3.11, `native_thread_id` after).
+    let contained = &pythons;
     for container in Container::ALL {
         let setup = Setup {
             container: Some(container),
             ..PLAIN
         };
         let suffix = format!("_in_its_own_{}", container.label());
-        trials.extend(setup_trials(&contained, CONTAINED_FIXTURE, setup, &suffix));
+        trials.extend(setup_trials(contained, CONTAINED_FIXTURE, setup, &suffix));
     }
     let every_fixture = std::env::var("GILSCOPE_DEGRADED").is_ok_and(|v| v == "all");
     let representatives = only(&pythons, Some(&FAMILIES));
