@@ -3,34 +3,13 @@
 //! a thread that keeps its CPU; a counter read brings it up to date. Nothing is stopped.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
-const PERF_TYPE_SOFTWARE: u32 = 1;
-const PERF_COUNT_SW_TASK_CLOCK: u64 = 1;
-/// The first published size of `struct perf_event_attr`: every kernel accepts it.
-const PERF_ATTR_SIZE_VER0: u32 = 64;
-const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
 /// `exclude_kernel` and `exclude_hv` in the attr's flags. A task clock counts the thread's
 /// whole time on a CPU all the same (it is no sampling event), and the kernel then opens it
 /// with CAP_SYS_PTRACE alone at perf_event_paranoid 2, where counting kernel time would
 /// need CAP_PERFMON.
 const EXCLUDE_KERNEL_AND_HV: u64 = (1 << 5) | (1 << 6);
-
-/// `struct perf_event_attr` up to PERF_ATTR_SIZE_VER0.
-#[repr(C)]
-#[derive(Default)]
-struct PerfEventAttr {
-    kind: u32,
-    size: u32,
-    config: u64,
-    sample_period: u64,
-    sample_type: u64,
-    read_format: u64,
-    flags: u64,
-    wakeup_events: u32,
-    bp_type: u32,
-    config1: u64,
-}
 
 /// Open task-clock counters, one per thread.
 pub struct CpuClocks {
@@ -121,6 +100,9 @@ impl CpuClocks {
 }
 
 fn open_task_clock(tid: i32) -> Result<OwnedFd, i32> {
+    use super::perf_event::{
+        PerfEventAttr, PERF_ATTR_SIZE_VER0, PERF_COUNT_SW_TASK_CLOCK, PERF_TYPE_SOFTWARE,
+    };
     let attr = PerfEventAttr {
         kind: PERF_TYPE_SOFTWARE,
         size: PERF_ATTR_SIZE_VER0,
@@ -128,24 +110,7 @@ fn open_task_clock(tid: i32) -> Result<OwnedFd, i32> {
         flags: EXCLUDE_KERNEL_AND_HV,
         ..PerfEventAttr::default()
     };
-    // SAFETY: perf_event_open with a valid attr of the declared size; the fd is owned below.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_perf_event_open,
-            &attr as *const PerfEventAttr,
-            tid,
-            -1 as libc::c_int,
-            -1 as libc::c_int,
-            PERF_FLAG_FD_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO));
-    }
-    // SAFETY: the kernel returned a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    super::perf_event::open(&attr, tid)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub(crate) mod maps;
 pub mod memory;
 pub mod namespace;
 pub mod native;
+pub mod perf_event;
 pub mod process;
 pub(crate) mod pthread;
 pub mod pthread_sync;

@@ -6,21 +6,19 @@
 //! timer interrupt or context switch. Samples are kept a short while and matched to ticks by
 //! their CLOCK_MONOTONIC time.
 
+use crate::target::perf_event::{
+    PerfEventAttr, PERF_ATTR_SIZE_VER3, PERF_COUNT_SW_TASK_CLOCK, PERF_TYPE_SOFTWARE,
+};
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{fence, Ordering};
 
 use super::unwind::Modules;
 use super::{Capture, CaptureError, NativeStack, Registers};
 
-const PERF_TYPE_SOFTWARE: u32 = 1;
-const PERF_COUNT_SW_TASK_CLOCK: u64 = 1;
 const PERF_COUNT_SW_CONTEXT_SWITCHES: u64 = 3;
 /// `PERF_EVENT_IOC_SET_OUTPUT`: write an event's records into another event's ring.
 const PERF_EVENT_IOC_SET_OUTPUT: libc::c_ulong = 0x2405;
-const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
-/// `struct perf_event_attr` up to `clockid` (PERF_ATTR_SIZE_VER3).
-const PERF_ATTR_SIZE_VER3: u32 = 96;
 const SAMPLE_TID: u64 = 1 << 1;
 const SAMPLE_TIME: u64 = 1 << 2;
 const SAMPLE_REGS_USER: u64 = 1 << 12;
@@ -41,27 +39,6 @@ const KEPT_PER_THREAD: usize = 8;
 const RING_SAMPLES: usize = 16;
 /// Largest stack copy the kernel accepts (it must fit a 16-bit record size with the rest).
 pub const MAX_STACK_COPY: u32 = 65_000 & !7;
-
-/// `struct perf_event_attr` up to PERF_ATTR_SIZE_VER3.
-#[repr(C)]
-#[derive(Default)]
-struct PerfEventAttr {
-    kind: u32,
-    size: u32,
-    config: u64,
-    sample_period: u64,
-    sample_type: u64,
-    read_format: u64,
-    flags: u64,
-    wakeup_events: u32,
-    bp_type: u32,
-    config1: u64,
-    config2: u64,
-    branch_sample_type: u64,
-    sample_regs_user: u64,
-    sample_stack_user: u32,
-    clockid: i32,
-}
 
 /// One perf sample: a thread's user registers and the top of its stack at `time_ns`.
 #[derive(Debug, Clone)]
@@ -248,22 +225,7 @@ impl PerfStacks {
             clockid: libc::CLOCK_MONOTONIC,
             ..PerfEventAttr::default()
         };
-        // SAFETY: perf_event_open with a valid attr of the declared size.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_perf_event_open,
-                &attr as *const PerfEventAttr,
-                tid,
-                -1 as libc::c_int,
-                -1 as libc::c_int,
-                PERF_FLAG_FD_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(errno());
-        }
-        // SAFETY: a new fd that nothing else owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+        crate::target::perf_event::open(&attr, tid)
     }
 
     fn open(&self, tid: i32) -> Result<Ring, i32> {
