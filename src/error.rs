@@ -82,6 +82,11 @@ pub enum Error {
         address: std::net::SocketAddr,
         source: std::io::Error,
     },
+    /// The target was attached to but ended (exited or exec'd) before its first sample.
+    GoneBeforeSampling {
+        pid: i32,
+        execed: bool,
+    },
     Usage(String),
     Internal(String),
 }
@@ -89,9 +94,10 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Error::NoSuchProcess { .. } | Error::Zombie { .. } | Error::KernelThread { .. } => {
-                ExitCode::NoSuchProcess
-            }
+            Error::NoSuchProcess { .. }
+            | Error::Zombie { .. }
+            | Error::KernelThread { .. }
+            | Error::GoneBeforeSampling { .. } => ExitCode::NoSuchProcess,
             Error::PermissionDenied { .. } | Error::ForeignNamespace { .. } => {
                 ExitCode::PermissionDenied
             }
@@ -279,6 +285,11 @@ impl fmt::Display for Error {
                 }
                 _ => write!(f, "cannot listen on {address}: {source}"),
             },
+            Error::GoneBeforeSampling { pid, execed } => write!(
+                f,
+                "process {pid} {} before its first sample: nothing was recorded",
+                if *execed { "exec'd another program" } else { "exited" }
+            ),
             Error::Usage(message) => write!(f, "{message}"),
             Error::Internal(message) => write!(f, "internal error: {message}"),
         }

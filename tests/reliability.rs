@@ -1039,6 +1039,11 @@ fn pid_reused(python: &Python) -> Result<(), Failed> {
     let mut stderr = std::io::BufReader::new(child.stderr.take().ok_or("stderr")?);
     let mut line = String::new();
     stderr.read_line(&mut line)?;
+    // The line is printed as sampling starts: after its first tick (at once), gilscope is
+    // frozen while the pid changes hands, so its next tick always meets the new process.
+    std::thread::sleep(Duration::from_millis(500));
+    let gilscope_pid = Pid::from_raw(child.id() as i32);
+    kill(gilscope_pid, Signal::SIGSTOP)?;
     target.kill()?;
     target.wait()?;
     let mut reused = None;
@@ -1052,6 +1057,7 @@ fn pid_reused(python: &Python) -> Result<(), Failed> {
         let _ = other.kill();
         let _ = other.wait();
     }
+    kill(gilscope_pid, Signal::SIGCONT)?;
     let Some(mut reused) = reused else {
         let _ = child.kill();
         return Err("could not give the pid to another process".into());

@@ -331,6 +331,18 @@ pub fn run(args: RecordArgs) -> Result<()> {
         });
     }
     if recordings.iter().all(|r| r.profile.samples == 0) {
+        // Attached, then gone before the first tick: a clear answer, not an internal error.
+        if let Some(first) = recordings.first().filter(|r| {
+            matches!(
+                r.sampler.ended,
+                EndReason::TargetExited | EndReason::TargetExeced
+            )
+        }) {
+            return Err(Error::GoneBeforeSampling {
+                pid: first.target.pid,
+                execed: first.sampler.ended == EndReason::TargetExeced,
+            });
+        }
         return Err(Error::Internal(
             "no samples were taken (the target exited or could not be read)".into(),
         ));

@@ -21,6 +21,9 @@ pub const MAX_THREADS: usize = 16_384;
 const MAX_REGROUPS: u32 = 64;
 /// Tries beyond the first to locate the interpreter's lists and GIL in a moving target.
 const ATTACH_ATTEMPTS: u32 = 4;
+/// Reads of the .bss for a version string start-up had not yet written at attach: start-up
+/// writes it within its first milliseconds, so a few seconds of reads are plenty.
+const MAX_VERSION_READS: u32 = 40;
 /// How far into `_PyRuntime` or an interpreter a scan for a drifted field may look.
 const SCAN_BYTES: u64 = 8192;
 /// The switch interval is set in µs; anything outside this is not a GIL.
@@ -204,6 +207,9 @@ pub struct Interpreter {
     /// Where to read the version again when it came from the library's name only (the
     /// process was caught before start-up wrote its version string): the .bss range.
     version_bss: Option<(u64, u64)>,
+    /// Reads of `version_bss` so far: bounded, as a process that never writes its version
+    /// string must not have its .bss scanned for ever.
+    version_reads: u32,
     /// Address of the pointer to the first interpreter (`interpreters.head`, `interp_head`).
     head: u64,
     /// Address of `_PyRuntime` (3.7+).
@@ -296,6 +302,11 @@ impl Interpreter {
         let Some((start, size)) = self.version_bss else {
             return false;
         };
+        self.version_reads += 1;
+        if self.version_reads > MAX_VERSION_READS {
+            self.version_bss = None;
+            return false;
+        }
         match version::version_in(memory, start, size) {
             Some(v) if (v.major, v.minor) == (self.version.major, self.version.minor) => {
                 self.version = v;
@@ -324,6 +335,7 @@ impl Interpreter {
             layout_source,
             notes: Vec::new(),
             version_bss: None,
+            version_reads: 0,
             head,
             runtime,
             gil,

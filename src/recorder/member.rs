@@ -23,6 +23,8 @@ const WALK_SHARE: f64 = 0.25;
 /// Python names come from a walk of `threading`'s registry: read again when threads came or
 /// went or some thread had no name yet (at most every [`NAME_REFRESH`]), and otherwise this
 /// often (a thread renamed).
+/// How often a version known only from the library's name is read again.
+const VERSION_REREAD: std::time::Duration = std::time::Duration::from_millis(200);
 const PYTHON_NAME_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long a process that could no longer be read while alive is given to finish an exec.
 const EXEC_SETTLES: std::time::Duration = std::time::Duration::from_millis(200);
@@ -56,6 +58,8 @@ pub(super) struct Member {
     pub(super) python_names_read: Option<(Instant, u64, bool)>,
     /// Its last slice, the one that says it exited, was given out.
     pub(super) sliced_out: bool,
+    /// When its version, known only from the library's name at attach, was last read again.
+    pub(super) version_read: Option<Instant>,
 }
 
 impl Member {
@@ -95,6 +99,7 @@ impl Member {
             execed: None,
             python_names_read: None,
             sliced_out: false,
+            version_read: None,
         }
     }
 
@@ -239,6 +244,24 @@ impl Member {
         if due {
             self.read_python_names();
         }
+        self.refine_version();
+    }
+
+    /// Attached while the program was starting (gilscope started it, or --subprocesses
+    /// caught a new worker), its version may have come from the library's name alone: read
+    /// it again while the process lives (a process gone by the end cannot be read then).
+    fn refine_version(&mut self) {
+        if self.target.python_version.exact
+            || self
+                .version_read
+                .is_some_and(|at| at.elapsed() < VERSION_REREAD)
+        {
+            return;
+        }
+        self.version_read = Some(Instant::now());
+        if self.observer.refine_version() {
+            self.target.python_version = self.observer.interpreter.version;
+        }
     }
 
     fn read_python_names(&mut self) {
@@ -266,10 +289,9 @@ impl Member {
         realtime: Result<(), i32>,
     ) -> (Recording, Observer<ProcessMemory>) {
         self.settle_exec();
-        // Attached while the program was starting (gilscope started it, or --subprocesses
-        // caught a new worker), its version may have come from the library's name alone.
-        if self.observer.refine_version() {
-            self.target.python_version = self.observer.interpreter.version;
+        if !self.exited {
+            self.version_read = None;
+            self.refine_version();
         }
         let observer = &self.observer;
         for sample in self.classifier.finish() {
