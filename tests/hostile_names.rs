@@ -45,8 +45,9 @@ fn main() {
     ];
     let one = common::cli_only(&pythons);
     let mut trials = Vec::new();
+    let family = common::matrix(&pythons);
     trials.extend(common::per_interpreter(
-        &pythons,
+        &family,
         "a_function_name_of_10000_characters_is_cut_and_its_stack_kept",
         |python| {
             let _exclusive = common::exclusive();
@@ -55,7 +56,7 @@ fn main() {
     ));
     for (name, check) in checks {
         let on = if name.starts_with("json_") {
-            &pythons
+            &family
         } else {
             &one
         };

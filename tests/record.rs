@@ -24,43 +24,52 @@ fn main() {
     args.test_threads = Some(1);
     let pythons = common::pythons();
     let mut trials = Vec::new();
-    // Every version: what is read from the interpreter (figures, stacks, names). Findings are
-    // drawn from the figures alone, whatever the version: one interpreter is enough for them.
-    let known: [(&str, KnownAnswer, bool); 10] = [
-        ("spinners_share_the_gil", spinners_share_the_gil, true),
+    // What is read from the interpreter (figures, stacks, names), table-driven: each known
+    // answer on its part of the interpreter matrix. Stacks in each state and thread names
+    // run on every interpreter in the default suite (they read the most of each version);
+    // the other known answers on one interpreter per layout family (`common::matrix`, the
+    // rest in CI's second pass). Findings are drawn from the figures alone, whatever the
+    // version: one interpreter is enough for them.
+    let every = common::every(&pythons);
+    let family = common::matrix(&pythons);
+    let one = common::cli_only(&pythons);
+    let known: [(&str, KnownAnswer, &common::Pythons); 10] = [
+        ("spinners_share_the_gil", spinners_share_the_gil, &family),
         (
             "a_thread_sleeping_in_c_with_the_gil_holds_it",
             sleeper_holds,
-            true,
+            &family,
         ),
-        ("native_code_runs_without_the_gil", native_runs, true),
-        ("an_io_thread_waits_after_each_wakeup", io_waits, true),
+        ("native_code_runs_without_the_gil", native_runs, &family),
+        ("an_io_thread_waits_after_each_wakeup", io_waits, &family),
         (
             "a_regex_holds_the_gil_while_the_ticker_waits",
             regex_holds,
-            true,
+            &family,
         ),
         (
             "stacks_show_each_threads_code_in_its_state",
             stacks_in_states,
-            true,
+            &every,
         ),
         (
             "deep_and_non_ascii_stacks_survive_folded_output",
             stacks_folded,
-            true,
+            &family,
         ),
         (
             "python_thread_names_match_threading_in_every_storage",
             thread_names,
-            true,
+            &every,
         ),
-        ("dump_shows_the_holder_and_every_stack", dump_snapshot, true),
-        ("findings_follow_the_figures_and_only_them", findings, false),
+        (
+            "dump_shows_the_holder_and_every_stack",
+            dump_snapshot,
+            &family,
+        ),
+        ("findings_follow_the_figures_and_only_them", findings, &one),
     ];
-    let one = common::cli_only(&pythons);
-    for (name, test, every_version) in known {
-        let on = if every_version { &pythons } else { &one };
+    for (name, test, on) in known {
         trials.extend(common::per_interpreter(on, name, move |python| {
             let _exclusive = common::exclusive();
             common::unless_host_steals(|| {

@@ -42,10 +42,14 @@ fn main() {
         ),
     ];
     for (name, test) in per_version {
-        trials.extend(common::per_interpreter(&pythons, name, move |python| {
-            let _exclusive = common::exclusive();
-            test(python).map(|()| Completion::Completed)
-        }));
+        trials.extend(common::per_interpreter(
+            &common::matrix(&pythons),
+            name,
+            move |python| {
+                let _exclusive = common::exclusive();
+                test(python).map(|()| Completion::Completed)
+            },
+        ));
     }
     let once: [(&str, Test); 5] = [
         ("every_format_roots_each_process", formats),

@@ -20,7 +20,7 @@ const PLAIN_LINES: usize = 3;
 fn main() {
     let mut suite = common::Suite::new(common::pythons());
     let trials = common::per_interpreter(
-        &suite.pythons,
+        &common::matrix(&suite.pythons),
         "top_prints_a_line_of_the_last_seconds_figures_into_a_pipe",
         |python| {
             let _exclusive = common::exclusive();
