@@ -17,7 +17,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use libtest_mimic::{Completion, Failed, Trial};
 
 use common::{Container, Fixture, Privileges, Python};
 use gilscope::dev::reference::{self, GilRole};
@@ -217,9 +217,6 @@ fn results_path() -> PathBuf {
 }
 
 fn main() {
-    let mut args = Arguments::from_args();
-    // These tests measure GIL time on a shared two-core machine: one at a time.
-    args.test_threads = Some(1);
     let _ = std::fs::remove_file(results_path());
     let pythons = common::pythons();
     // A free-threaded build with its GIL turned on (`-X gil=1`) takes and drops it through
@@ -343,7 +340,7 @@ fn main() {
         native,
         "_with_native_stacks",
     ));
-    libtest_mimic::run(&args, trials).exit();
+    common::Suite::run_trials(trials);
 }
 
 /// The interpreters of `pythons` whose version is one of `versions` (a minor: "3.8"), or

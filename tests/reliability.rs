@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use libtest_mimic::{Completion, Failed, Trial};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -21,9 +21,6 @@ const RATE_HZ: f64 = 1000.0;
 type Test = fn(&Python) -> Result<(), Failed>;
 
 fn main() {
-    let mut args = Arguments::from_args();
-    // Spinning fixtures on a shared two-core machine: one test at a time.
-    args.test_threads = Some(1);
     let pythons = common::pythons();
     let mut trials: Vec<Trial> = Vec::new();
     let per_version: [(&str, Test); 2] = [
@@ -163,7 +160,7 @@ fn main() {
             fifo_over_program,
         ),
     ));
-    libtest_mimic::run(&args, trials).exit();
+    common::Suite::run_trials(trials);
 }
 
 /// A script in `dir` that announces itself like a fixture, spins in a thread, and after

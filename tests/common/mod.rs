@@ -1122,4 +1122,22 @@ impl Suite {
     pub fn run(self) -> ! {
         libtest_mimic::run(&self.args, self.trials).exit()
     }
+
+    /// Run `trials` made by hand, one at a time, as [`Suite::run`] does.
+    pub fn run_trials(trials: Vec<libtest_mimic::Trial>) -> ! {
+        Suite::run_trials_then(trials, || ())
+    }
+
+    /// [`Suite::run_trials`], calling `after` once they are over (before the process exits:
+    /// a scratch directory's cleanup).
+    pub fn run_trials_then(trials: Vec<libtest_mimic::Trial>, after: impl FnOnce()) -> ! {
+        let mut suite = Suite::new(Pythons {
+            found: Vec::new(),
+            missing: Vec::new(),
+        });
+        suite.add(trials);
+        let conclusion = libtest_mimic::run(&suite.args, suite.trials);
+        after();
+        conclusion.exit()
+    }
 }
