@@ -1,5 +1,5 @@
-//! Attach-time discovery: which binary and version, which layout, where `_PyRuntime`, the
-//! interpreter list and the GIL are, checked against the live process. It reads no tick's state.
+//! Attach-time discovery: the binary, version and layout, where `_PyRuntime`, the interpreter
+//! list and the GIL are, checked against the live process. It keeps no tick's state.
 
 use std::collections::HashSet;
 
@@ -531,9 +531,9 @@ impl Description {
     }
 }
 
-/// Does `base` hold a GIL (`_gil_runtime_state`)? Its flags and interval in range, a default mutex, and a last
-/// holder that is null (only while unlocked) or, with `tstates`, one of them; without, any
-/// pointer a thread state could have.
+/// Does `base` hold a GIL (`_gil_runtime_state`)? Its flags and interval in range, a default
+/// mutex, and a last holder that is null (only while unlocked) or, with `tstates`, one of
+/// them; without, any pointer a thread state could have.
 pub(crate) fn looks_like_gil(
     memory: &dyn Memory,
     base: u64,

@@ -1,5 +1,5 @@
-//! What every tick reads of a CPython runtime that discovery described: the interpreter and
-//! thread lists, the GILs, in one batch where they are unchanged. It finds nothing, classifies nothing.
+//! What every tick reads of the runtime discovery described: interpreter and thread lists and
+//! the GILs (a new subinterpreter's too), batched while lists stand still. It never classifies.
 
 use std::collections::HashSet;
 
