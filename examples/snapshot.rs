@@ -51,7 +51,7 @@ fn take(pid: i32, out: &str, ticks: usize) -> Result<(), String> {
     let replayed = fuzzing::walk_snapshot(&bytes);
     eprintln!(
         "{out}: Python {}, {} regions, {} bytes; replay reads {} threads, {} frames, {} names",
-        observer.interpreter.version,
+        observer.interpreter.description().version,
         snapshot.regions.len(),
         bytes.len(),
         replayed.threads,

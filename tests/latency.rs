@@ -77,7 +77,7 @@ fn interpreter_binary(pid: i32) -> Result<PathBuf, Failed> {
             Ok(interpreter) => {
                 return Ok(PathBuf::from(format!(
                     "/proc/{pid}/root{}",
-                    interpreter.binary
+                    interpreter.description().binary
                 )))
             }
             Err(e) if Instant::now() > deadline => return Err(format!("attach: {e}").into()),

@@ -1459,8 +1459,11 @@ fn thread_names(python: &Python) -> Result<(), Failed> {
         let memory = ProcessMemory::new(pid);
         let mut interpreter =
             Interpreter::attach(pid, &memory).map_err(|e| format!("attach: {e}"))?;
-        let mut names = ThreadNames::new(&interpreter.version, &interpreter.layout)
-            .ok_or("no thread-name reader for this version")?;
+        let mut names = ThreadNames::new(
+            &interpreter.description().version,
+            &interpreter.description().layout,
+        )
+        .ok_or("no thread-name reader for this version")?;
         let interp = *interpreter
             .interpreters(&memory)?
             .first()

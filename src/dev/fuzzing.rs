@@ -24,7 +24,8 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use crate::python::debug_offsets;
-use crate::python::interpreter::{GilAddresses, Interpreter, LayoutSource};
+use crate::python::discovery::{Description, GilAddresses, LayoutSource};
+use crate::python::interpreter::Interpreter;
 use crate::python::layout::{self, GilPlacement};
 use crate::python::stack::{StackError, StackReader};
 use crate::python::thread_names::ThreadNames;
@@ -76,13 +77,14 @@ pub struct Snapshot {
 impl Snapshot {
     /// What `interpreter` found at attach time, with no memory yet.
     pub fn of(interpreter: &Interpreter, live_tids: &[i32]) -> Snapshot {
-        let v = interpreter.version;
-        let gil = interpreter.gil();
+        let found = interpreter.description();
+        let v = found.version;
+        let gil = &found.gil;
         Snapshot {
             version: u32::from_be_bytes([v.major, v.minor, v.micro, v.level << 4 | v.serial]),
-            debug_offsets: interpreter.layout_source == LayoutSource::DebugOffsets,
-            runtime: interpreter.runtime(),
-            head: interpreter.head(),
+            debug_offsets: found.layout_source == LayoutSource::DebugOffsets,
+            runtime: found.runtime,
+            head: found.head,
             gil_locked: gil.locked,
             gil_last_holder: gil.last_holder,
             gil_switch_number: gil.switch_number,
@@ -266,7 +268,7 @@ pub fn interpreter(snapshot: &Snapshot, memory: &dyn Memory) -> Option<Interpret
         block: snapshot.gil_block.map(|base| (base, layout.gil_fields)),
     };
     let saved = |layout, source| {
-        Interpreter::from_parts(
+        Description::from_parts(
             version,
             layout,
             source,
@@ -278,10 +280,10 @@ pub fn interpreter(snapshot: &Snapshot, memory: &dyn Memory) -> Option<Interpret
     if let (Some(runtime), false) = (snapshot.runtime, layout.gil == GilPlacement::Globals) {
         let mut located = saved(layout.clone(), source.clone());
         if located.locate_in_runtime(runtime, memory).is_ok() {
-            return Some(located);
+            return Some(Interpreter::new(located));
         }
     }
-    Some(saved(layout, source))
+    Some(Interpreter::new(saved(layout, source)))
 }
 
 /// Build the interpreter and take `TICKS` ticks' worth of reads over `memory`.
@@ -293,8 +295,9 @@ pub fn walk(snapshot: &Snapshot, memory: &dyn Memory) -> Walked {
     let mut tids = snapshot.live_tids.clone();
     tids.sort_unstable();
     tids.dedup();
-    let mut stacks = interpreter.layout.stack.map(StackReader::new);
-    let mut names = ThreadNames::new(&interpreter.version, &interpreter.layout);
+    let found = interpreter.description();
+    let mut stacks = found.layout.stack.map(StackReader::new);
+    let mut names = ThreadNames::new(&found.version, &found.layout);
     for _ in 0..TICKS {
         let (threads, frames) = tick(&mut interpreter, memory, &tids, stacks.as_mut());
         walked.threads = walked.threads.max(threads);

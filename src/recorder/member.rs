@@ -260,7 +260,7 @@ impl Member {
         }
         self.version_read = Some(Instant::now());
         if self.observer.refine_version() {
-            self.target.python_version = self.observer.interpreter.version;
+            self.target.python_version = self.observer.interpreter.description().version;
         }
     }
 

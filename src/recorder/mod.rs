@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::model::{EndReason, LayoutInfo, Profile, Recording, TargetInfo};
-use crate::python::interpreter::{Interpreter, LayoutSource};
+use crate::python::discovery::LayoutSource;
+use crate::python::interpreter::Interpreter;
 use crate::sample::classify::Classifier;
 use crate::sample::monotonic_ns;
 use crate::sample::observe::{Observation, Observer};
@@ -164,7 +165,7 @@ impl Recorder {
     pub fn python_version(&self) -> Option<String> {
         self.first
             .as_ref()
-            .map(|o| o.interpreter.version.to_string())
+            .map(|o| o.interpreter.description().version.to_string())
     }
 
     /// Sample until the duration passes, `stop` is raised, or the target exits (with
@@ -268,7 +269,7 @@ pub fn attach(pid: i32) -> Result<Observer<ProcessMemory>> {
 /// The classifier for an attached target: one that never says "waiting" where waits cannot
 /// be seen.
 pub(crate) fn classifier_for(observer: &Observer<ProcessMemory>) -> Classifier {
-    if observer.interpreter.measures_wait() {
+    if observer.interpreter.description().measures_wait() {
         Classifier::new()
     } else {
         Classifier::without_wait()
@@ -277,7 +278,7 @@ pub(crate) fn classifier_for(observer: &Observer<ProcessMemory>) -> Classifier {
 
 /// Describe the attached target for reports.
 pub fn target_info(observer: &Observer<ProcessMemory>) -> TargetInfo {
-    let interpreter = &observer.interpreter;
+    let interpreter = observer.interpreter.description();
     TargetInfo {
         pid: observer.pid,
         ns_pid: observer.ns_pid(),

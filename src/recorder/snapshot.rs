@@ -289,7 +289,10 @@ fn read_locals(
     tick: &Observation,
 ) -> Result<HashMap<i32, (Locals, Option<StackId>)>> {
     let interpreter = &observer.interpreter;
-    let mut reader = LocalsReader::new(&interpreter.version, &interpreter.layout);
+    let mut reader = LocalsReader::new(
+        &interpreter.description().version,
+        &interpreter.description().layout,
+    );
     let mut read = HashMap::new();
     for thread in &tick.threads {
         let Some(tstate) = thread.tstate else {

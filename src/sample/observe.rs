@@ -288,8 +288,10 @@ impl<M: Memory> Observer<M> {
     /// not known, before `threading` is imported, or when the target moved under the read.
     pub fn python_thread_names(&mut self) -> HashMap<u64, String> {
         if self.thread_names.is_none() {
-            self.thread_names =
-                ThreadNames::new(&self.interpreter.version, &self.interpreter.layout);
+            self.thread_names = ThreadNames::new(
+                &self.interpreter.description().version,
+                &self.interpreter.description().layout,
+            );
         }
         let Some(main_names) = self.thread_names.as_mut() else {
             return HashMap::new();
@@ -310,9 +312,10 @@ impl<M: Memory> Observer<M> {
             let at = match self.sub_thread_names.iter().position(|(i, _)| *i == interp) {
                 Some(at) => at,
                 None => {
-                    let Some(reader) =
-                        ThreadNames::new(&self.interpreter.version, &self.interpreter.layout)
-                    else {
+                    let Some(reader) = ThreadNames::new(
+                        &self.interpreter.description().version,
+                        &self.interpreter.description().layout,
+                    ) else {
                         break;
                     };
                     self.sub_thread_names.push((interp, reader));
@@ -330,8 +333,10 @@ impl<M: Memory> Observer<M> {
     /// The main interpreter's `sys.path` (what short file names are relative to); empty
     /// where the version's objects are not known or the target moved under the read.
     pub fn sys_path(&self) -> Vec<String> {
-        let Some(reader) = ThreadNames::new(&self.interpreter.version, &self.interpreter.layout)
-        else {
+        let Some(reader) = ThreadNames::new(
+            &self.interpreter.description().version,
+            &self.interpreter.description().layout,
+        ) else {
             return Vec::new();
         };
         let interps = self
@@ -348,7 +353,12 @@ impl<M: Memory> Observer<M> {
     /// Read Python stacks at every tick, where the interpreter's layout knows its frames.
     /// Returns whether stacks will be read.
     pub fn enable_stacks(&mut self) -> bool {
-        self.stacks = self.interpreter.layout.stack.map(StackReader::new);
+        self.stacks = self
+            .interpreter
+            .description()
+            .layout
+            .stack
+            .map(StackReader::new);
         // Remembered stacks name entries of the previous table.
         self.last_stacks.clear();
         if let Some(native) = self.native.as_mut() {
@@ -367,8 +377,8 @@ impl<M: Memory> Observer<M> {
         let native = NativeStacks::new(
             self.pid,
             &self.memory,
-            &self.interpreter.binary,
-            self.interpreter.version.major == 2,
+            &self.interpreter.description().binary,
+            self.interpreter.description().version.major == 2,
             options,
         )?;
         self.native = Some(native);
