@@ -200,10 +200,22 @@ struct Track {
     in_gil_code: bool,
 }
 
+/// The main GIL as a tick read it.
+#[derive(Debug, Clone, Copy)]
+struct LastGil {
+    time_ns: u64,
+    locked: bool,
+    holder: u64,
+    switch_number: u64,
+}
+
 /// Turns a stream of observations into samples, [`LOOKAHEAD`] ticks behind (it looks ahead).
 #[derive(Default)]
 pub struct Classifier {
     tracks: HashMap<i32, Track>,
+    /// The previous tick's main GIL: when it was, whether it was locked, by whom, and its
+    /// switch count.
+    last_gil: Option<LastGil>,
     pending: VecDeque<Observation>,
     /// Waiting cannot be seen on this interpreter (2.7, a stripped 3.6): no tick is waiting.
     no_wait: bool,
@@ -285,6 +297,8 @@ impl Classifier {
                     state: ThreadState::Stopped,
                     rule: Rule::Stopped,
                     likely: Likelihood {
+                        not_handed_on: false,
+                        woken: false,
                         stayed: false,
                         entering: false,
                         anchor: 0,
@@ -354,7 +368,36 @@ impl Classifier {
                 && track.previous.is_some_and(|p| {
                     same_clock(&p.thread, thread) && p.thread.cpu_ns == thread.cpu_ns
                 });
+            // Asleep in the GIL (or in its code) by its own tick last time, and next to no CPU
+            // since: woken there and not yet run far enough to have left. Leaving takes the
+            // GIL, runs Python and lets go again, while waking and queueing for a CPU costs the
+            // few µs of a futex return.
+            let woken = evidence(thread) == Evidence::Runnable
+                && thread.cpu_exact
+                && track.previous.is_some_and(|p| {
+                    evidence(&p.thread) == Evidence::Wait
+                        && same_clock(&p.thread, thread)
+                        && thread.cpu_ns.saturating_sub(p.thread.cpu_ns) < ENTERING_GIL_CPU_NS
+                });
+            // Asleep in the GIL at the previous tick while another thread held it, and the GIL
+            // has not changed hands since (CPython counts every take by a thread other than
+            // the last holder): it cannot have taken the GIL, so it has not left take_gil,
+            // whatever CPU it used (retrying its mutex, woken by a signal that was not for it).
+            let not_handed_on = evidence(thread) == Evidence::Runnable
+                && thread.gil.is_none_or(|(g, _)| g == 0)
+                && track.previous.is_some_and(|p| {
+                    p.thread.gil_futex
+                        && self.last_gil.is_some_and(|g| {
+                            g.time_ns == p.time_ns
+                                && g.locked
+                                && g.holder != 0
+                                && Some(g.holder) != p.thread.tstate
+                                && g.switch_number == tick.switch_number
+                        })
+                });
             let likely = Likelihood {
+                not_handed_on,
+                woken,
                 stayed,
                 entering,
                 anchor: match track.anchor {
@@ -421,7 +464,9 @@ impl Classifier {
                 if unseen > 0 && !d.native_on {
                     unseen -= 1;
                     (d.state, d.rule) = (ThreadState::Wait, Rule::QueuedInGil);
-                } else if (d.not_seen_leaving || d.likely.stayed) && d.rule != Rule::Executing {
+                } else if d.likely.not_handed_on
+                    || ((d.not_seen_leaving || d.likely.stayed) && d.rule != Rule::Executing)
+                {
                     (d.state, d.rule) = (ThreadState::Wait, Rule::StillInGil);
                 } else if d.state == ThreadState::Wait {
                     (d.state, d.rule) = (ThreadState::Running, Rule::OutsideGil);
@@ -473,6 +518,12 @@ impl Classifier {
                 gil: thread.gil,
             });
         }
+        self.last_gil = Some(LastGil {
+            time_ns,
+            locked: tick.locked,
+            holder: tick.holder,
+            switch_number: tick.switch_number,
+        });
         let alive: std::collections::HashSet<i32> = tick.threads.iter().map(|t| t.tid).collect();
         self.tracks.retain(|tid, _| alive.contains(tid));
         let sample = Sample {
@@ -501,6 +552,15 @@ struct Decision {
 /// choosing which ones the GIL's count names: compared field by field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Likelihood {
+    /// It was asleep in the GIL at the last tick and the GIL has not changed hands since:
+    /// it is still in take_gil, certainly.
+    not_handed_on: bool,
+    /// Its own last tick had it inside the GIL (asleep there or in its code) and it has used
+    /// next to no CPU since: woken there, queued for a CPU. This outranks a thread that
+    /// reaches the GIL next with little CPU ([`Likelihood::entering`]): that one may be
+    /// preempted just outside it (in `send()`, after a brief release), which the count does
+    /// not include, while a woken waiter is inside `take_gil` until it has run.
+    woken: bool,
     /// It was placed in the GIL at the last tick and has not run since: it cannot have left.
     stayed: bool,
     /// It reached the GIL next with next to no CPU on the way.
@@ -689,6 +749,63 @@ mod tests {
         out.extend(classifier.finish());
         let first: Vec<ThreadState> = out[0].threads.iter().map(|t| t.state).collect();
         assert_eq!(first, vec![W, R]);
+    }
+
+    #[test]
+    fn the_count_names_a_woken_waiter_before_a_thread_preempted_outside_the_gil() {
+        // Both were asleep in the GIL. 7 has since used 4 µs (woken, queued for a CPU) and
+        // then holds after running Python; 8 took the GIL, ran 120 µs of Python, let go for a
+        // send() and was preempted there, 4 µs from the GIL's futex. The count of one is 7.
+        let mut classifier = Classifier::new();
+        let mut out = Vec::new();
+        let ticks = [
+            (('w', 0), ('w', 0), 0),
+            (('r', 4), ('r', 120), 1),
+            (('h', 700), ('w', 124), 0),
+        ];
+        for (i, &((a, ca), (b, cb), unseen)) in ticks.iter().enumerate() {
+            let mut obs = tick(
+                i as u64,
+                vec![thread(7, a, ca * 1000), thread(8, b, cb * 1000)],
+            );
+            obs.unseen_in_gil = vec![Some(unseen)];
+            out.extend(classifier.push_explained(&obs));
+        }
+        out.extend(classifier.finish_explained());
+        let (sample, rules) = &out[1];
+        let states: Vec<ThreadState> = sample.threads.iter().map(|t| t.state).collect();
+        assert_eq!(states, vec![W, R]);
+        assert_eq!(rules, &vec![Rule::QueuedInGil, Rule::OutsideGil]);
+    }
+
+    #[test]
+    fn a_waiter_is_still_in_the_gil_until_the_gil_changes_hands() {
+        // 7 sleeps in the GIL while 8 holds it, then is runnable and uncounted (woken at the
+        // door of take_gil, retrying its mutex: 80 µs of CPU). While the GIL has not changed
+        // hands, 7 cannot have taken it: still waiting. Once it has (the switch count moved),
+        // the count decides: uncounted, 7 is outside.
+        let run = |switches: [u64; 3]| {
+            let mut classifier = Classifier::new();
+            let mut out = Vec::new();
+            let sevens = [('w', 0), ('r', 80), ('r', 80)];
+            for (i, &(kind, cpu_us)) in sevens.iter().enumerate() {
+                let mut holder = thread(8, 'h', 1000 * i as u64);
+                holder.tstate = Some(0x2000);
+                let mut obs = tick(i as u64, vec![thread(7, kind, cpu_us * 1000), holder]);
+                (obs.locked, obs.holder, obs.switch_number) = (true, 0x2000, switches[i]);
+                obs.unseen_in_gil = vec![Some(0)];
+                out.extend(classifier.push_explained(&obs));
+            }
+            out.extend(classifier.finish_explained());
+            out.iter()
+                .map(|(s, rules)| (s.threads[0].state, rules[0]))
+                .collect::<Vec<_>>()
+        };
+        let found = run([3, 3, 3]);
+        assert_eq!(found[1], (W, Rule::StillInGil));
+        assert_eq!(found[2].0, W);
+        let found = run([3, 4, 4]);
+        assert_eq!(found[1], (R, Rule::OutsideGil));
     }
 
     #[test]
