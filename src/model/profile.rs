@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use super::timeline::Timeline;
+use crate::sample::classify::EXECUTING_FLOOR_NS;
 use crate::sample::{Sample, ThreadState};
 use crate::stack::{FrameId, FrameKind, Place, StackId, StackTable};
 
@@ -221,6 +222,9 @@ pub struct ThreadProfile {
     /// Its stack at its last tick: a waiter whose stack moved between two waiting ticks ran
     /// Python in between, so it had the GIL: two waits, not one.
     previous_stack: Option<StackId>,
+    /// Its CPU time at its last tick (see [`crate::sample::ThreadSample::cpu`]): a waiter
+    /// that used CPU between two waiting ticks ran something, so it had the GIL.
+    previous_cpu: Option<(bool, u64)>,
     /// In a process with more than one interpreter: the GIL its interpreter uses (its
     /// address, [`GilProfile::base`]) and the interpreter's id, as of the last tick it held
     /// or waited (else the first tick it was seen). None: one interpreter, or no thread state.
@@ -661,6 +665,7 @@ impl Profile {
                         latency: Latency::default(),
                         wait_since_ns: None,
                         previous_stack: None,
+                        previous_cpu: None,
                         gil: None,
                         previous: None,
                         woken: false,
@@ -717,6 +722,7 @@ impl Profile {
             }
             entry.last_ns = sample.time_ns;
             entry.previous_stack = thread.stack;
+            entry.previous_cpu = thread.cpu;
             *entry.stacks[thread.state.index()]
                 .entry(thread.stack)
                 .or_default() += 1;
@@ -782,25 +788,26 @@ impl Profile {
         }
     }
 
-    /// The threads that waited for the GIL at the previous tick and at this one, yet took
-    /// it in between: a hold shorter than a tick, which no sample sees (an I/O thread that
-    /// gets the GIL back, sends a byte and asks again). CPython counts each change of holder
-    /// in the GIL's `switch_number` (a thread taking it back from itself is not counted), so
-    /// a waiter that took the GIL between two ticks at which others held it moved the count
-    /// by two at least. The changes of holder the other threads' ticks account for are taken
-    /// off: a waiter then that left waiting, a holder that took it (or took it back), a
-    /// thread whose stack moved (it ran Python). The changes left over were takes by waiters
-    /// of both ticks: first those whose own stack moved (they ran Python, so certainly held),
-    /// then the longest waiting (CPython signals its waiters in turn, glibc's condition
-    /// variable wakes the oldest first). Where the counter is not read (2.7, a GIL the
-    /// sampler could not read), or at a slice's first tick, nothing is split.
+    /// The threads that waited for the GIL at the previous tick and at this one, yet were not
+    /// waiting throughout: a hold shorter than a tick, which no sample sees (an I/O thread
+    /// that gets the GIL back, sends a byte and asks again). A waiter whose stack moved, or
+    /// that used more CPU than `take_gil`'s futex calls take ([`EXECUTING_FLOOR_NS`]), ran
+    /// in between. Otherwise the GIL's `switch_number` tells: CPython counts each change of
+    /// holder (a thread taking it back from itself is not counted), so a waiter served
+    /// between two ticks at which others held it moved the count by two at least. The
+    /// changes the other threads' ticks account for are taken off (a waiter then that left
+    /// waiting, a holder that took it or took it back, a thread whose stack moved), and
+    /// those left over go to the waiters that ran, then to the longest waiting (CPython
+    /// signals its waiters in turn; glibc's condition variable wakes the oldest first).
+    /// Where another thread may have taken the GIL more than once in between (it woke, ran
+    /// and slept, or left waiting for a native call), where the counter is not read, or at
+    /// a slice's first tick, only waiters that ran are split.
     fn served_waiters(&mut self, sample: &Sample) -> Vec<i32> {
         let mut served = Vec::new();
         let mut switches_now: Vec<(u64, Option<u64>)> = Vec::new();
         if sample.gils.is_empty() {
-            if sample.gil.created && !sample.gil.off() {
-                switches_now.push((0, Some(sample.gil.switch_number)));
-            }
+            let known = sample.gil.created && !sample.gil.off();
+            switches_now.push((0, known.then_some(sample.gil.switch_number)));
         } else {
             for reading in &sample.gils {
                 let known = reading.state.created && !reading.state.off();
@@ -823,13 +830,16 @@ impl Profile {
             };
         }
         let changes = left.clone();
+        // A thread that may have taken the GIL more than once between the ticks (it was not
+        // waiting at the first, or left waiting for something else than holding) leaves the
+        // count of changes without a bound: no waiter is then split on the count alone.
+        let mut unbounded = vec![false; changes.len()];
         for thread in &sample.threads {
             let index = match sample.gils.is_empty() {
                 true => 0,
                 false => gil_index(thread) as usize,
             };
-            // Unread, or no change of holder since the previous tick: nobody was served.
-            if changes.get(index).is_none_or(|&n| n <= 0) {
+            if index >= changes.len() {
                 continue;
             }
             let Some(&row) = self.rows.get(&thread.tid) else {
@@ -847,32 +857,41 @@ impl Profile {
             }
             let moved =
                 matches!((entry.previous_stack, thread.stack), (Some(a), Some(b)) if a != b);
+            // More CPU than a waiter's own futex calls take: it ran (it had the GIL, or a
+            // tick that saw it waiting saw it on its way into a native call).
+            let ran = matches!((entry.previous_cpu, thread.cpu),
+                (Some((exact_a, a)), Some((exact_b, b)))
+                    if exact_a == exact_b && b.saturating_sub(a) >= EXECUTING_FLOOR_NS);
             let took = match (entry.previous, thread.state) {
                 (Some(ThreadState::Wait), ThreadState::Wait) => {
                     if let Some(since) = entry.wait_since_ns {
-                        waiters[index].push((since, moved, thread.tid));
+                        waiters[index].push((since, moved || ran, thread.tid));
                     }
                     continue;
                 }
                 // A waiter leaves only by taking the GIL.
-                (Some(ThreadState::Wait), _) => true,
+                (Some(ThreadState::Wait), ThreadState::Hold) => true,
+                (Some(ThreadState::Wait), _) => {
+                    unbounded[index] = true;
+                    true
+                }
                 // Held at both ticks while the GIL changed hands: it took it back.
                 (Some(ThreadState::Hold), ThreadState::Hold) => true,
                 (_, ThreadState::Hold) => true,
-                _ => moved,
+                _ => {
+                    unbounded[index] |= moved;
+                    moved
+                }
             };
             left[index] -= took as i64;
         }
         for (index, mut waiters) in waiters.into_iter().enumerate() {
-            // A waiter of both ticks took the GIL in between only if it changed hands twice
-            // at least: to the waiter, then away from it.
-            if changes[index] < 2 {
-                continue;
-            }
-            // Those that ran Python first (certainly served), then the longest waiting.
-            waiters.sort_by_key(|&(since, moved, tid)| (!moved, since, tid));
-            for (_, moved, tid) in waiters {
-                if !moved && left[index] <= 0 {
+            // Those that ran first: they were not waiting throughout, whatever the counter
+            // says. Then, where the GIL changed hands twice at least (to the waiter, then away
+            // from it), the longest waiting, as many as the changes left over.
+            waiters.sort_by_key(|&(since, ran, tid)| (!ran, since, tid));
+            for (_, ran, tid) in waiters {
+                if !ran && (changes[index] < 2 || left[index] <= 0 || unbounded[index]) {
                     break;
                 }
                 left[index] -= 1;
@@ -1307,6 +1326,7 @@ pub(crate) fn test_sample(
                 stack: None,
                 deferred: false,
                 gil: None,
+                cpu: None,
             })
             .collect(),
         gils: Vec::new(),

@@ -127,6 +127,7 @@ fn stopped_sample(thread: &ThreadObservation) -> Option<ThreadSample> {
         stack: thread.stack,
         deferred: thread.deferred,
         gil: thread.gil,
+        cpu: Some((thread.cpu_exact, thread.cpu_ns)),
     })
 }
 
@@ -471,6 +472,7 @@ impl Classifier {
                 stack: thread.stack,
                 deferred: thread.deferred,
                 gil: thread.gil,
+                cpu: Some((thread.cpu_exact, thread.cpu_ns)),
             });
         }
         let alive: std::collections::HashSet<i32> = tick.threads.iter().map(|t| t.tid).collect();
