@@ -183,7 +183,6 @@ fn reference_waits(
                     ended.insert(event.tid, (since, event.time_ns));
                 }
             }
-            _ => {}
         }
     }
     for (tid, last) in ended {

@@ -692,14 +692,13 @@ impl Profile {
             }
             let half_way = entry.last_ns + sample.time_ns.saturating_sub(entry.last_ns) / 2;
             match (entry.previous, thread.state) {
-                (Some(ThreadState::Wait), ThreadState::Wait) => {
-                    // Served in between (see `served_waiters`): one wait ended, another began.
-                    if served.contains(&thread.tid) {
-                        if let Some(since) = entry.wait_since_ns.replace(half_way) {
-                            entry.latency.add(half_way.saturating_sub(since));
-                        }
+                // Served in between (see `served_waiters`): one wait ended, another began.
+                (Some(ThreadState::Wait), ThreadState::Wait) if served.contains(&thread.tid) => {
+                    if let Some(since) = entry.wait_since_ns.replace(half_way) {
+                        entry.latency.add(half_way.saturating_sub(since));
                     }
                 }
+                (Some(ThreadState::Wait), ThreadState::Wait) => {}
                 (Some(_), ThreadState::Wait) => entry.wait_since_ns = Some(half_way),
                 (None, ThreadState::Wait) => entry.wait_since_ns = None,
                 (Some(ThreadState::Wait), _) => {
