@@ -1852,6 +1852,39 @@ mod tests {
     }
 
     #[test]
+    fn a_waiter_that_used_cpu_between_two_waiting_ticks_waited_twice() {
+        let ms = 1_000_000u64;
+        let mut profile = Profile::new();
+        // Thread 2 waits from tick 1 to 8; between ticks 4 and 5 its CPU clock moves by
+        // 300 µs (it ran: more than take_gil's futex calls use), elsewhere by 10 µs. The
+        // switch counter stays put: the CPU time alone tells.
+        let mut cpu = 0;
+        for i in 0..=9u64 {
+            cpu += if i == 5 { 300_000 } else { 10_000 };
+            let two = match i {
+                0 => ThreadState::Idle,
+                9 => ThreadState::Hold,
+                _ => ThreadState::Wait,
+            };
+            let one = if i == 9 {
+                ThreadState::Idle
+            } else {
+                ThreadState::Hold
+            };
+            let mut tick = sample(i * ms, 7, &[(1, one), (2, two)]);
+            tick.threads[1].cpu = Some((false, cpu));
+            profile.add(&tick, |_| "t".into());
+        }
+        let threads = profile.threads();
+        let latency = &threads.iter().find(|t| t.tid == 2).unwrap().latency;
+        // From 0.5 to 4.5 ms, then to 8.5 ms.
+        assert_eq!(
+            (latency.episodes, latency.min_ns, latency.max_ns),
+            (2, 4 * ms, 4 * ms)
+        );
+    }
+
+    #[test]
     fn latency_quantiles_are_within_their_bucket_of_the_exact_ones() {
         let mut latency = Latency::default();
         // 1,000 waits from 0.1 ms to 100 ms, spread evenly on a log scale.
