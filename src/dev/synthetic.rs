@@ -151,6 +151,7 @@ pub fn recording(threads: usize, seconds: f64, rate_hz: f64) -> Recording {
                     stack: Some(stacks[i][state.index()]),
                     deferred: false,
                     gil: None,
+                    cpu: None,
                 }
             })
             .collect();

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use super::timeline::Timeline;
+use crate::sample::classify::EXECUTING_FLOOR_NS;
 use crate::sample::{Sample, ThreadState};
 use crate::stack::{FrameId, FrameKind, Place, StackId, StackTable};
 
@@ -218,6 +219,12 @@ pub struct ThreadProfile {
     pub latency: Latency,
     /// When the wait under way began (None: not waiting, or waiting since first seen).
     wait_since_ns: Option<u64>,
+    /// Its stack at its last tick: a waiter whose stack moved between two waiting ticks ran
+    /// Python in between, so it had the GIL: two waits, not one.
+    previous_stack: Option<StackId>,
+    /// Its CPU time at its last tick (see [`crate::sample::ThreadSample::cpu`]): a waiter
+    /// that used CPU between two waiting ticks ran something, so it had the GIL.
+    previous_cpu: Option<(bool, u64)>,
     /// In a process with more than one interpreter: the GIL its interpreter uses (its
     /// address, [`GilProfile::base`]) and the interpreter's id, as of the last tick it held
     /// or waited (else the first tick it was seen). None: one interpreter, or no thread state.
@@ -480,6 +487,9 @@ pub struct Profile {
     next_fold_ns: u64,
     /// Waits under way at the end of the previous slice, by tid (see [`Profile::take_slice`]).
     open_waits: HashMap<i32, OpenWait>,
+    /// Each GIL's switch counter at the previous tick, by the GIL's address (0: the only GIL):
+    /// how many times the GIL changed hands since, to tell one wait from two.
+    last_switches: HashMap<u64, u64>,
 }
 
 /// Rows kept before threads that ended are folded together: a program that starts a thread
@@ -533,6 +543,7 @@ impl Profile {
             folded_threads: 0,
             next_fold_ns: 0,
             open_waits: HashMap::new(),
+            last_switches: HashMap::new(),
         }
     }
 
@@ -615,6 +626,7 @@ impl Profile {
         if !sample.gil.off() && !stopped {
             add_gil(&mut self.gil, &tick);
         }
+        let served = self.served_waiters(sample);
         for thread in &sample.threads {
             let row = match self.rows.get(&thread.tid).copied() {
                 // A thread that gains a Python thread state is the same thread; one with a
@@ -652,6 +664,8 @@ impl Profile {
                         wakeup_wait_ticks: 0,
                         latency: Latency::default(),
                         wait_since_ns: None,
+                        previous_stack: None,
+                        previous_cpu: None,
                         gil: None,
                         previous: None,
                         woken: false,
@@ -678,6 +692,12 @@ impl Profile {
             }
             let half_way = entry.last_ns + sample.time_ns.saturating_sub(entry.last_ns) / 2;
             match (entry.previous, thread.state) {
+                // Served in between (see `served_waiters`): one wait ended, another began.
+                (Some(ThreadState::Wait), ThreadState::Wait) if served.contains(&thread.tid) => {
+                    if let Some(since) = entry.wait_since_ns.replace(half_way) {
+                        entry.latency.add(half_way.saturating_sub(since));
+                    }
+                }
                 (Some(ThreadState::Wait), ThreadState::Wait) => {}
                 (Some(_), ThreadState::Wait) => entry.wait_since_ns = Some(half_way),
                 (None, ThreadState::Wait) => entry.wait_since_ns = None,
@@ -700,6 +720,8 @@ impl Profile {
                 timeline.add(row, thread.state, thread.stack, sample.time_ns);
             }
             entry.last_ns = sample.time_ns;
+            entry.previous_stack = thread.stack;
+            entry.previous_cpu = thread.cpu;
             *entry.stacks[thread.state.index()]
                 .entry(thread.stack)
                 .or_default() += 1;
@@ -763,6 +785,125 @@ impl Profile {
             // Folding walks every row: not at every tick when many threads are recent.
             self.next_fold_ns = sample.time_ns + FOLD_EVERY_NS;
         }
+    }
+
+    /// The threads that waited for the GIL at the previous tick and at this one, yet were not
+    /// waiting throughout: a hold shorter than a tick, which no sample sees (an I/O thread
+    /// that gets the GIL back, sends a byte and asks again). A waiter whose stack moved, or
+    /// that used more CPU than `take_gil`'s futex calls take ([`EXECUTING_FLOOR_NS`]), ran
+    /// in between. Otherwise the GIL's `switch_number` tells: CPython counts each change of
+    /// holder (a thread taking it back from itself is not counted), so a waiter served
+    /// between two ticks at which others held it moved the count by two at least. The
+    /// changes the other threads' ticks account for are taken off (a waiter then that left
+    /// waiting, a holder that took it or took it back, a thread whose stack moved), and
+    /// those left over go to the waiters that ran, then to the longest waiting (CPython
+    /// signals its waiters in turn; glibc's condition variable wakes the oldest first).
+    /// Where another thread may have taken the GIL more than once in between (it woke, ran
+    /// and slept, or left waiting for a native call), where the counter is not read, or at
+    /// a slice's first tick, only waiters that ran are split.
+    fn served_waiters(&mut self, sample: &Sample) -> Vec<i32> {
+        let mut served = Vec::new();
+        let mut switches_now: Vec<(u64, Option<u64>)> = Vec::new();
+        if sample.gils.is_empty() {
+            let known = sample.gil.created && !sample.gil.off();
+            switches_now.push((0, known.then_some(sample.gil.switch_number)));
+        } else {
+            for reading in &sample.gils {
+                let known = reading.state.created && !reading.state.off();
+                switches_now.push((reading.base, known.then_some(reading.state.switch_number)));
+            }
+        }
+        // Per GIL (in `switches_now`'s order): the changes of holder since the previous tick
+        // not yet accounted for, and the waiters of both ticks (since, stack moved, tid).
+        let mut left: Vec<i64> = vec![0; switches_now.len()];
+        let mut waiters: Vec<Vec<(u64, bool, i32)>> = vec![Vec::new(); switches_now.len()];
+        for (index, &(base, now)) in switches_now.iter().enumerate() {
+            let before = self.last_switches.get(&base).copied();
+            left[index] = match (before, now) {
+                // A counter that went back or leapt is not this GIL's (garbage, a new GIL at
+                // the same address): nothing is split on it.
+                (Some(before), Some(now)) if now >= before && now - before < 1 << 20 => {
+                    (now - before) as i64
+                }
+                _ => 0,
+            };
+        }
+        let changes = left.clone();
+        // A thread that may have taken the GIL more than once between the ticks (it was not
+        // waiting at the first, or left waiting for something else than holding) leaves the
+        // count of changes without a bound: no waiter is then split on the count alone.
+        let mut unbounded = vec![false; changes.len()];
+        for thread in &sample.threads {
+            let index = match sample.gils.is_empty() {
+                true => 0,
+                false => gil_index(thread) as usize,
+            };
+            if index >= changes.len() {
+                continue;
+            }
+            let Some(&row) = self.rows.get(&thread.tid) else {
+                // A thread first seen holding took the GIL since the previous tick.
+                left[index] -= (thread.state == ThreadState::Hold) as i64;
+                continue;
+            };
+            let entry = &self.threads[row];
+            if entry.thread_id.is_some()
+                && thread.thread_id.is_some()
+                && entry.thread_id != thread.thread_id
+            {
+                left[index] -= (thread.state == ThreadState::Hold) as i64;
+                continue;
+            }
+            let moved =
+                matches!((entry.previous_stack, thread.stack), (Some(a), Some(b)) if a != b);
+            // More CPU than a waiter's own futex calls take: it ran (it had the GIL, or a
+            // tick that saw it waiting saw it on its way into a native call).
+            let ran = matches!((entry.previous_cpu, thread.cpu),
+                (Some((exact_a, a)), Some((exact_b, b)))
+                    if exact_a == exact_b && b.saturating_sub(a) >= EXECUTING_FLOOR_NS);
+            let took = match (entry.previous, thread.state) {
+                (Some(ThreadState::Wait), ThreadState::Wait) => {
+                    if let Some(since) = entry.wait_since_ns {
+                        waiters[index].push((since, moved || ran, thread.tid));
+                    }
+                    continue;
+                }
+                // A waiter leaves only by taking the GIL.
+                (Some(ThreadState::Wait), ThreadState::Hold) => true,
+                (Some(ThreadState::Wait), _) => {
+                    unbounded[index] = true;
+                    true
+                }
+                // Held at both ticks while the GIL changed hands: it took it back.
+                (Some(ThreadState::Hold), ThreadState::Hold) => true,
+                (_, ThreadState::Hold) => true,
+                _ => {
+                    unbounded[index] |= moved;
+                    moved
+                }
+            };
+            left[index] -= took as i64;
+        }
+        for (index, mut waiters) in waiters.into_iter().enumerate() {
+            // Those that ran first: they were not waiting throughout, whatever the counter
+            // says. Then, where the GIL changed hands twice at least (to the waiter, then away
+            // from it), the longest waiting, as many as the changes left over.
+            waiters.sort_by_key(|&(since, ran, tid)| (!ran, since, tid));
+            for (_, ran, tid) in waiters {
+                if !ran && (changes[index] < 2 || left[index] <= 0 || unbounded[index]) {
+                    break;
+                }
+                left[index] -= 1;
+                served.push(tid);
+            }
+        }
+        self.last_switches.clear();
+        for (base, now) in switches_now {
+            if let Some(now) = now {
+                self.last_switches.insert(base, now);
+            }
+        }
+        served
     }
 
     /// Add a tick's figures to each of its GILs' own.
@@ -1184,6 +1325,7 @@ pub(crate) fn test_sample(
                 stack: None,
                 deferred: false,
                 gil: None,
+                cpu: None,
             })
             .collect(),
         gils: Vec::new(),
@@ -1648,6 +1790,97 @@ mod tests {
                 .latency
                 .episodes,
             0
+        );
+    }
+
+    #[test]
+    fn a_hold_between_two_ticks_splits_the_wait_in_two_and_others_swapping_do_not() {
+        let ms = 1_000_000u64;
+        let mut profile = Profile::new();
+        // Thread 1 holds throughout but for what no tick sees; 2 and 3 wait from tick 1. At
+        // tick 6 the GIL went 1 -> 2 -> 1 (2's stack moved: it ran Python), at tick 11
+        // 1 -> 3 -> 1 with no stack to tell (the longest waiting is taken to be served: 3,
+        // which waits since tick 1 while 2 waits since tick 6), at tick 14 1 -> 4 -> 1
+        // (thread 4 woke, ran and went idle again: its own change of stack accounts for
+        // both), and at tick 16 one change only (1 -> 2, 2 holds).
+        let mut switches = 0;
+        for i in 0..=16u64 {
+            switches += match i {
+                6 | 11 | 14 => 2,
+                16 => 1,
+                _ => 0,
+            };
+            let two = if i == 16 {
+                ThreadState::Hold
+            } else {
+                ThreadState::Wait
+            };
+            let states = [
+                (
+                    1,
+                    if i == 16 {
+                        ThreadState::Idle
+                    } else {
+                        ThreadState::Hold
+                    },
+                ),
+                (2, if i == 0 { ThreadState::Idle } else { two }),
+                (
+                    3,
+                    if i == 0 {
+                        ThreadState::Idle
+                    } else {
+                        ThreadState::Wait
+                    },
+                ),
+                (4, ThreadState::Idle),
+            ];
+            let mut tick = sample(i * ms, switches, &states);
+            tick.threads[1].stack = Some(if i < 6 { 1 } else { 2 });
+            tick.threads[3].stack = Some(if i < 14 { 1 } else { 2 });
+            profile.add(&tick, |_| "t".into());
+        }
+        let episodes = |tid: i32| {
+            let threads = profile.threads();
+            let latency = &threads.iter().find(|t| t.tid == tid).unwrap().latency;
+            (latency.episodes, latency.min_ns, latency.max_ns)
+        };
+        // 2: from 0.5 to 5.5 ms, then to 15.5 ms (it holds at 16: the GIL went to it once).
+        assert_eq!(episodes(2), (2, 5 * ms, 10 * ms));
+        // 3: from 0.5 to 10.5 ms; still waiting at the end (left out).
+        assert_eq!(episodes(3), (1, 10 * ms, 10 * ms));
+    }
+
+    #[test]
+    fn a_waiter_that_used_cpu_between_two_waiting_ticks_waited_twice() {
+        let ms = 1_000_000u64;
+        let mut profile = Profile::new();
+        // Thread 2 waits from tick 1 to 8; between ticks 4 and 5 its CPU clock moves by
+        // 300 µs (it ran: more than take_gil's futex calls use), elsewhere by 10 µs. The
+        // switch counter stays put: the CPU time alone tells.
+        let mut cpu = 0;
+        for i in 0..=9u64 {
+            cpu += if i == 5 { 300_000 } else { 10_000 };
+            let two = match i {
+                0 => ThreadState::Idle,
+                9 => ThreadState::Hold,
+                _ => ThreadState::Wait,
+            };
+            let one = if i == 9 {
+                ThreadState::Idle
+            } else {
+                ThreadState::Hold
+            };
+            let mut tick = sample(i * ms, 7, &[(1, one), (2, two)]);
+            tick.threads[1].cpu = Some((false, cpu));
+            profile.add(&tick, |_| "t".into());
+        }
+        let threads = profile.threads();
+        let latency = &threads.iter().find(|t| t.tid == 2).unwrap().latency;
+        // From 0.5 to 4.5 ms, then to 8.5 ms.
+        assert_eq!(
+            (latency.episodes, latency.min_ns, latency.max_ns),
+            (2, 4 * ms, 4 * ms)
         );
     }
 

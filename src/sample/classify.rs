@@ -127,6 +127,7 @@ fn stopped_sample(thread: &ThreadObservation) -> Option<ThreadSample> {
         stack: thread.stack,
         deferred: thread.deferred,
         gil: thread.gil,
+        cpu: Some((thread.cpu_exact, thread.cpu_ns)),
     })
 }
 
@@ -516,6 +517,7 @@ impl Classifier {
                 stack: thread.stack,
                 deferred: thread.deferred,
                 gil: thread.gil,
+                cpu: Some((thread.cpu_exact, thread.cpu_ns)),
             });
         }
         self.last_gil = Some(LastGil {

@@ -111,6 +111,10 @@ pub struct ThreadSample {
     /// and its interpreter's id; None for threads without a Python thread state, and in a
     /// process with one interpreter.
     pub gil: Option<(u16, Option<i64>)>,
+    /// Its CPU time at the tick (ns) and whether that is the exact clock (perf task-clock,
+    /// counted from when gilscope opened it) or schedstat's (since the thread began): only
+    /// readings of one kind compare. None where not read.
+    pub cpu: Option<(bool, u64)>,
 }
 
 /// One tick: the GIL and every thread of the target, classified.

@@ -442,11 +442,35 @@ window.addEventListener("error", function (e) { window.gilscopeErrors.push(Strin
   // ---- timeline ------------------------------------------------------------------------
   var ROW = 16, LABELS = 210, AXIS = 22;
   var decoded = null;
+  // Each row's runs as typed arrays (first column, columns, state letter's code): a long
+  // recording of many threads has hundreds of thousands of runs, and small arrays per run
+  // cost more to make and to walk than the runs themselves.
   function decodeTimeline() {
     if (decoded || !P.timeline) return decoded;
     decoded = P.timeline.rows.map(function (text) {
-      var runs = [], at = 0, re = /([a-z-])(\d+)/g, m;
-      while ((m = re.exec(text))) { var n = +m[2]; if (m[1] !== "-") runs.push([at, n, m[1]]); at += n; }
+      var count = 0, i;
+      for (i = 0; i < text.length; i++) {
+        var c = text.charCodeAt(i);
+        if (c === 45 || (c >= 97 && c <= 122)) count++;
+      }
+      var runs = { start: new Float64Array(count), length: new Float64Array(count),
+                   state: new Uint8Array(count), count: 0 };
+      var at = 0, letter = 0, n = -1;
+      function close() {
+        if (n < 0) return;
+        if (letter !== 45) {
+          runs.start[runs.count] = at; runs.length[runs.count] = n; runs.state[runs.count] = letter;
+          runs.count++;
+        }
+        at += n;
+      }
+      for (i = 0; i < text.length; i++) {
+        var d = text.charCodeAt(i);
+        if (d >= 48 && d <= 57) { n = (n < 0 ? 0 : n) * 10 + (d - 48); continue; }
+        close();
+        letter = d; n = -1;
+      }
+      close();
       return runs;
     });
     return decoded;
@@ -467,6 +491,9 @@ window.addEventListener("error", function (e) { window.gilscopeErrors.push(Strin
     section.appendChild(box);
     return section;
   }
+  function hexRgb(hex) {
+    return [parseInt(hex.substr(1, 2), 16), parseInt(hex.substr(3, 2), 16), parseInt(hex.substr(5, 2), 16)];
+  }
   function drawTimeline() {
     var canvas = document.getElementById("timeline-canvas");
     if (!canvas || !P.timeline) return;
@@ -474,18 +501,27 @@ window.addEventListener("error", function (e) { window.gilscopeErrors.push(Strin
     var width = Math.max(400, canvas.parentNode.clientWidth - 2);
     var height = AXIS + rows.length * ROW + 4;
     var ratio = window.devicePixelRatio || 1;
-    canvas.width = width * ratio; canvas.height = height * ratio;
+    canvas.width = Math.round(width * ratio); canvas.height = Math.round(height * ratio);
     canvas.style.width = width + "px"; canvas.style.height = height + "px";
     var g = canvas.getContext("2d");
     g.setTransform(ratio, 0, 0, ratio, 0, 0);
     g.fillStyle = "#fff"; g.fillRect(0, 0, width, height);
     var plot = width - LABELS - 8, columns = P.timeline.columns;
-    var c0 = view.t0 * columns, c1 = view.t1 * columns, scale = plot / (c1 - c0);
+    var c0 = view.t0 * columns, c1 = view.t1 * columns;
     var total = P.duration;
     document.getElementById("timeline-range").textContent = "showing " + seconds(view.t0 * total) +
       " to " + seconds(view.t1 * total) + " of " + total.toFixed(2) + " s; one column = " +
       P.timeline.msPerColumn.toFixed(2) + " ms";
     g.font = "11px system-ui, sans-serif"; g.textBaseline = "middle";
+    rows.forEach(function (runs, r) {
+      var y = AXIS + r * ROW;
+      if (view.thread === r) { g.fillStyle = "#e8f0fe"; g.fillRect(0, y, width, ROW); }
+      else if (r % 2) { g.fillStyle = "#f7f7f7"; g.fillRect(0, y, width, ROW); }
+      g.fillStyle = "#1d1d1f";
+      var label = threadName(r);
+      if (label.length > 32) label = label.slice(0, 31) + "\u2026";
+      g.fillText(label, 6, y + ROW / 2);
+    });
     // time axis
     var span = (view.t1 - view.t0) * total, step = Math.pow(10, Math.floor(Math.log10(span / 8)));
     [1, 2, 5, 10].some(function (m) { if (span / (step * m) <= 10) { step *= m; return true; } return false; });
@@ -495,25 +531,53 @@ window.addEventListener("error", function (e) { window.gilscopeErrors.push(Strin
       g.beginPath(); g.moveTo(x, AXIS - 4); g.lineTo(x, height); g.stroke();
       g.fillText(seconds(s), x + 2, 9);
     }
+    // The runs, drawn pixel by pixel: each device pixel of a row takes the states' colours
+    // in proportion to the time each covers in it (what drawing every run antialiased would
+    // show), so that the work grows with the picture's size, not with the number of runs.
+    var px0 = Math.round(LABELS * ratio), pw = Math.max(1, Math.round(plot * ratio));
+    var scale = pw / (c1 - c0);
+    var rgb = {};
+    P.states.concat(P.shownStates).forEach(function (l) { rgb[l.charCodeAt(0)] = hexRgb(colour(l)); });
+    var red = new Float32Array(pw), green = new Float32Array(pw), blue = new Float32Array(pw),
+        cover = new Float32Array(pw);
+    var image = g.createImageData(pw, Math.max(1, Math.round(rows.length * ROW * ratio)));
+    var pixels = new Uint32Array(image.data.buffer);
+    function add(p, weight, c) {
+      cover[p] += weight; red[p] += weight * c[0]; green[p] += weight * c[1]; blue[p] += weight * c[2];
+    }
     rows.forEach(function (runs, r) {
-      var y = AXIS + r * ROW;
-      if (view.thread === r) { g.fillStyle = "#e8f0fe"; g.fillRect(0, y, width, ROW); }
-      else if (r % 2) { g.fillStyle = "#f7f7f7"; g.fillRect(0, y, width, ROW); }
-      g.fillStyle = "#1d1d1f";
-      var label = threadName(r);
-      if (label.length > 32) label = label.slice(0, 31) + "\u2026";
-      g.fillText(label, 6, y + ROW / 2);
-      var last = null;
-      for (var k = 0; k < runs.length; k++) {
-        var run = runs[k];
-        if (run[0] + run[1] < c0 || run[0] > c1) continue;
-        if (P.shownStates.indexOf(run[2]) < 0 && P.states.indexOf(run[2]) < 0) continue;
-        var x0 = LABELS + Math.max(0, (run[0] - c0) * scale), x1 = LABELS + Math.min(plot, (run[0] + run[1] - c0) * scale);
-        if (x1 - x0 < 0.3) x1 = x0 + 0.3;
-        if (run[2] !== last) { g.fillStyle = colour(run[2]); last = run[2]; }
-        g.fillRect(x0, y + 2, x1 - x0, ROW - 4);
+      red.fill(0); green.fill(0); blue.fill(0); cover.fill(0);
+      for (var k = 0; k < runs.count; k++) {
+        var a0 = runs.start[k], a1 = a0 + runs.length[k];
+        if (a1 <= c0 || a0 >= c1) continue;
+        var c = rgb[runs.state[k]];
+        if (!c) continue;
+        var x0 = Math.max(0, (a0 - c0) * scale), x1 = Math.min(pw, (a1 - c0) * scale);
+        var p0 = Math.floor(x0), p1 = Math.floor(x1);
+        if (p0 === p1) { if (p0 < pw) add(p0, x1 - x0, c); continue; }
+        add(p0, p0 + 1 - x0, c);
+        for (var p = p0 + 1; p < p1; p++) add(p, 1, c);
+        if (p1 < pw && x1 > p1) add(p1, x1 - p1, c);
+      }
+      var top = Math.round((r * ROW + 2) * ratio), bottom = Math.round((r * ROW + ROW - 2) * ratio);
+      for (var q = 0; q < pw; q++) {
+        var w = cover[q];
+        if (w <= 0) continue;
+        var alpha = Math.min(1, w);
+        // Little-endian RGBA in one word.
+        var word = ((Math.round(255 * alpha) << 24) | (Math.round(blue[q] / w) << 16) |
+                    (Math.round(green[q] / w) << 8) | Math.round(red[q] / w)) >>> 0;
+        for (var yy = top; yy < bottom; yy++) pixels[yy * pw + q] = word;
       }
     });
+    // Through a canvas of its own, so that the runs go over the stripes and the grid rather
+    // than replace them (putImageData replaces pixels, drawImage blends them).
+    var layer = document.createElement("canvas");
+    layer.width = image.width; layer.height = image.height;
+    layer.getContext("2d").putImageData(image, 0, 0);
+    g.setTransform(1, 0, 0, 1, 0, 0);
+    g.drawImage(layer, px0, Math.round(AXIS * ratio));
+    g.setTransform(ratio, 0, 0, ratio, 0, 0);
     canvas.dataset.rows = rows.length;
   }
   function timelineAt(event) {
@@ -556,7 +620,12 @@ window.addEventListener("error", function (e) { window.gilscopeErrors.push(Strin
       if (!a.inPlot || a.row < 0 || a.row >= rows.length) { hideTip(); return; }
       var column = a.f * P.timeline.columns, runs = rows[a.row];
       var run = null;
-      for (var k = 0; k < runs.length; k++) if (runs[k][0] <= column && column < runs[k][0] + runs[k][1]) { run = runs[k]; break; }
+      for (var k = 0; k < runs.count; k++) {
+        if (runs.start[k] <= column && column < runs.start[k] + runs.length[k]) {
+          run = [runs.start[k], runs.length[k], String.fromCharCode(runs.state[k])];
+          break;
+        }
+      }
       var t = a.f * P.duration;
       var text = threadName(a.row) + " at " + seconds(t);
       if (run) {
