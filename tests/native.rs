@@ -272,14 +272,6 @@ fn native_fixture(python: &Python) -> Result<Option<Fixture>, Failed> {
 }
 
 fn merged_recording(python: &Python) -> Result<Completion, Failed> {
-    // Known not to merge yet (docs/NATIVE.md, "Left to do"): on 3.15 the perf stacks of
-    // running threads never fit their Python calls (sampler.stats.native.mismatched), so
-    // they show their Python stack alone. Skipped with the reason rather than weakened.
-    if python.version.starts_with("3.15") {
-        return Ok(Completion::ignored_with(
-            "3.15: perf stacks do not merge yet (Python stack alone; docs/NATIVE.md)",
-        ));
-    }
     let Some(fx) = native_fixture(python)? else {
         return Ok(Completion::ignored_with(
             "no Python.h for this interpreter (Debian builds: libpython3.X-dev unpacked beside them)",
