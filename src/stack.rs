@@ -129,6 +129,8 @@ pub struct StackTable {
     bytes: usize,
     budget: usize,
     over_budget: u64,
+    /// The marker [`OVER_BUDGET`], once a frame or stack did not fit.
+    marker: Option<FrameId>,
 }
 
 impl Default for StackTable {
@@ -152,6 +154,7 @@ impl StackTable {
             bytes: 0,
             budget,
             over_budget: 0,
+            marker: None,
         }
     }
 
@@ -183,10 +186,12 @@ impl StackTable {
     /// The marker frame, stored outside the budget (once).
     fn over_budget_frame(&mut self) -> FrameId {
         let marker = Frame::marker(OVER_BUDGET);
-        match self.frame_ids.get(&marker) {
+        let id = match self.frame_ids.get(&marker) {
             Some(&id) => id,
             None => self.insert_frame(marker),
-        }
+        };
+        self.marker = Some(id);
+        id
     }
 
     /// Intern a stack given root first.
@@ -222,6 +227,13 @@ impl StackTable {
     /// marker [`OVER_BUDGET`]).
     pub fn over_budget(&self) -> u64 {
         self.over_budget
+    }
+
+    /// Was stack `id` cut by the budget: is it the marker [`OVER_BUDGET`], or does it hold
+    /// the marker in place of a frame that did not fit?
+    pub fn is_over_budget(&self, id: StackId) -> bool {
+        self.marker
+            .is_some_and(|marker| self.stack(id).contains(&marker))
     }
 
     pub fn frame(&self, id: FrameId) -> Option<&Frame> {
@@ -370,6 +382,8 @@ mod tests {
         let leaf = table.leaf(last).and_then(|f| table.frame(f)).unwrap();
         assert_eq!(&*leaf.function, OVER_BUDGET);
         assert!(table.over_budget() > 9_000);
+        assert!(table.is_over_budget(last));
+        assert!(!table.is_over_budget(first));
         // What was stored before stays as it was.
         assert_eq!(table.intern_frame(frame(0)), first_frame);
         assert_eq!(table.intern_stack(&[first_frame]), first);

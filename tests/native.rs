@@ -36,6 +36,7 @@ fn main() {
         "a_native_recording_puts_c_functions_under_their_python_frame_and_gil_state",
         merged_recording,
     );
+    suite.add([free_threaded_trial()]);
     let cli: [(&str, CliTest); 4] = [
         (
             "native_json_reports_place_the_holder_in_c_and_follow_the_schema",
@@ -272,14 +273,39 @@ fn native_fixture(python: &Python) -> Result<Option<Fixture>, Failed> {
 }
 
 fn merged_recording(python: &Python) -> Result<Completion, Failed> {
-    // Known not to merge yet (docs/NATIVE.md, "Left to do"): on 3.15 the perf stacks of
-    // running threads never fit their Python calls (sampler.stats.native.mismatched), so
-    // they show their Python stack alone. Skipped with the reason rather than weakened.
-    if python.version.starts_with("3.15") {
-        return Ok(Completion::ignored_with(
-            "3.15: perf stacks do not merge yet (Python stack alone; docs/NATIVE.md)",
-        ));
+    recording_known_answers(python, "hold")
+}
+
+/// One free-threaded build, the newest found: its frames and evaluation calls are those of
+/// the GIL build of its version (tested above); what it adds is that no thread holds a GIL,
+/// so a thread in C with its thread state attached shows as `attached`, and the extension
+/// must leave the GIL off (the fixture says it needs none).
+fn free_threaded_trial() -> libtest_mimic::Trial {
+    let mut pythons = common::free_threaded_pythons();
+    pythons.found.sort_by(|a, b| b.version.cmp(&a.version));
+    pythons.found.truncate(1);
+    if !pythons.found.is_empty() {
+        pythons.missing.clear();
     }
+    pythons.missing.truncate(1);
+    // The full matrix's second pass (GILSCOPE_MATRIX=rest) has run it already.
+    let pythons = common::every(&pythons);
+    common::per_interpreter(
+        &pythons,
+        "a_free_threaded_native_recording_puts_c_functions_under_their_python_frame",
+        |python| {
+            let _exclusive = common::exclusive();
+            recording_known_answers(python, "attached")
+        },
+    )
+    .into_iter()
+    .next()
+    .expect("one trial")
+}
+
+/// The known answers of a `--native` recording of the fixture; `holding` is the state of a
+/// thread that keeps the GIL (or, free-threaded, its attachment) through its C call.
+fn recording_known_answers(python: &Python, holding: &str) -> Result<Completion, Failed> {
     let Some(fx) = native_fixture(python)? else {
         return Ok(Completion::ignored_with(
             "no Python.h for this interpreter (Debian builds: libpython3.X-dev unpacked beside them)",
@@ -311,14 +337,23 @@ fn merged_recording(python: &Python) -> Result<Completion, Failed> {
     }
     let stacks = parse_folded(&std::fs::read_to_string(&out)?);
     for answer in ANSWERS {
-        check_answer(&fx, &stacks, answer)?;
+        check_answer(&fx, &stacks, answer, holding)?;
     }
     Ok(Completion::Completed)
 }
 
 /// A role's known stack shows at many ticks, in its GIL state mostly, and its C functions are
 /// never anywhere but where they belong.
-fn check_answer(fx: &Fixture, stacks: &[Folded], answer: &Answer) -> Result<(), Failed> {
+fn check_answer(
+    fx: &Fixture,
+    stacks: &[Folded],
+    answer: &Answer,
+    holding: &str,
+) -> Result<(), Failed> {
+    let state = match answer.state {
+        "hold" => holding,
+        other => other,
+    };
     let tid = fx.tid(answer.role);
     let mine: Vec<&Folded> = stacks.iter().filter(|s| s.tid == tid).collect();
     let describe = || {
@@ -355,7 +390,7 @@ fn check_answer(fx: &Fixture, stacks: &[Folded], answer: &Answer) -> Result<(), 
             continue;
         }
         *by_state.entry(&stack.state).or_default() += stack.count;
-        if stack.state == answer.state {
+        if stack.state == state {
             shown += stack.count;
         }
     }
@@ -376,17 +411,17 @@ fn check_answer(fx: &Fixture, stacks: &[Folded], answer: &Answer) -> Result<(), 
             "{} showed {:?} in {} at {shown} ticks only; its heaviest stacks:\n  {}",
             answer.role,
             answer.frames,
-            answer.state,
+            state,
             describe()
         )
         .into());
     }
     let dominant = by_state.iter().max_by_key(|(_, n)| **n).map(|(s, _)| *s);
     let broken = match answer.rule {
-        Rule::Mostly => dominant != Some(answer.state),
+        Rule::Mostly => dominant != Some(state),
         Rule::NeverHolds => {
             let all: usize = by_state.values().map(|&n| n as usize).sum();
-            by_state.get("hold").map_or(0, |&n| n as usize) as f64 > EDGE_TICKS * all as f64
+            by_state.get(holding).map_or(0, |&n| n as usize) as f64 > EDGE_TICKS * all as f64
         }
         Rule::Contended => false,
     };
@@ -394,7 +429,7 @@ fn check_answer(fx: &Fixture, stacks: &[Folded], answer: &Answer) -> Result<(), 
         return Err(format!(
             "{} in {own}: states {by_state:?}, expected {} ({})",
             answer.role,
-            answer.state,
+            state,
             match answer.rule {
                 Rule::Mostly => "mostly",
                 _ => "and never hold",

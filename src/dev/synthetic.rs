@@ -199,6 +199,7 @@ pub fn recording(threads: usize, seconds: f64, rate_hz: f64) -> Recording {
             realtime: true,
             host_steal: None,
             stack_errors: 0,
+            stacks_over_budget: 0,
             unreadable: None,
             cpu_clock: CpuClock::Perf,
             native: None,

@@ -59,6 +59,17 @@ pub fn render(recording: &Recording) -> String {
             sampler.stack_errors
         );
     }
+    // Never expected: said whenever it happens, since those samples lost where they were.
+    if sampler.stacks_over_budget > 0 {
+        let _ = writeln!(
+            out,
+            "stacks: {} samples past the memory budget for stacks ({} MiB of distinct frames \
+             and stacks): they show {} where frames did not fit",
+            sampler.stacks_over_budget,
+            crate::stack::MAX_TABLE_BYTES >> 20,
+            crate::stack::OVER_BUDGET
+        );
+    }
     let switches = profile
         .switches_per_s()
         .map(|s| format!("{s:.0}/s"))
@@ -517,5 +528,34 @@ mod tests {
             "{report}"
         );
         assert!(!report.contains("t1 (1)\n    (no stack"), "{report}");
+    }
+
+    #[test]
+    fn samples_whose_stacks_went_past_the_budget_are_counted_and_said() {
+        // A budget that holds the first stack only: every later new name is refused.
+        let mut table = StackTable::with_budget(1 << 10);
+        let kept = table.intern_frame(Frame::python("main".into(), "app.py".into(), 1));
+        let stored = table.intern_stack(&[kept]);
+        let mut profile = Profile::new();
+        for i in 0..50u64 {
+            let name = format!("made_at_tick_{i}_{}", "x".repeat(1000));
+            let frame = table.intern_frame(Frame::python(name.into(), "app.py".into(), 2));
+            let stack = table.intern_stack(&[kept, frame]);
+            let mut sample = test_sample(i * 1_000_000, i, &[(1, ThreadState::Hold)]);
+            // Every other tick is back in the stack that fitted.
+            sample.threads[0].stack = Some(if i % 2 == 0 { stack } else { stored });
+            profile.add(&sample, |tid| format!("t{tid}"));
+        }
+        let over = profile.samples_with_stack(|s| table.is_over_budget(s));
+        assert_eq!(over, 25);
+        let mut recording = test_recording(profile, Some(table));
+        recording.sampler.stacks_over_budget = over;
+        let report = render(&recording);
+        assert!(
+            report.contains("stacks: 25 samples past the memory budget for stacks (256 MiB"),
+            "{report}"
+        );
+        recording.sampler.stacks_over_budget = 0;
+        assert!(!render(&recording).contains("samples past the memory budget"));
     }
 }

@@ -178,6 +178,9 @@ pub struct SamplerStats {
     /// Python stacks dropped because they changed while being read (a thread's sample
     /// then counts in its state, without a stack).
     pub stack_errors: u64,
+    /// Samples whose stack did not fit, wholly or in part, in the stack table's memory
+    /// budget (src/stack.rs): shown as the marker frame instead of what was there.
+    pub stacks_over_budget: u64,
     /// Where per-thread CPU time came from.
     #[serde(serialize_with = "as_text")]
     pub cpu_clock: CpuClock,
@@ -229,6 +232,7 @@ pub(crate) fn test_recording(profile: Profile, stacks: Option<StackTable>) -> Re
             degraded: Vec::new(),
             host_steal: None,
             stack_errors: 0,
+            stacks_over_budget: 0,
             cpu_clock: CpuClock::Perf,
             native: None,
             stats: Default::default(),

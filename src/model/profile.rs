@@ -1115,6 +1115,17 @@ impl Profile {
         }
     }
 
+    /// Samples, over every thread and state, whose stack `stack` picks.
+    pub fn samples_with_stack(&self, stack: impl Fn(StackId) -> bool) -> u64 {
+        self.threads
+            .iter()
+            .flat_map(|t| t.stacks.iter())
+            .flat_map(|by_stack| by_stack.iter())
+            .filter(|(id, _)| id.is_some_and(&stack))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     /// Threads sorted by hold + wait, most first.
     pub fn threads(&self) -> Vec<&ThreadProfile> {
         self.threads_with_rows()

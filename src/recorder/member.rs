@@ -348,6 +348,10 @@ impl Member {
                     .collect(),
                 host_steal: host_steal.map(|s| (s * 1e4).round() / 1e4),
                 stack_errors: self.stack_errors,
+                stacks_over_budget: stacks.as_ref().map_or(0, |table| {
+                    self.profile
+                        .samples_with_stack(|stack| table.is_over_budget(stack))
+                }),
                 stats: self.observer.stats,
                 cpu_clock: match self.observer.cpu_clock_unavailable() {
                     None => CpuClock::Perf,

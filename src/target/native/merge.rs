@@ -67,6 +67,11 @@ pub fn merge<P: Clone>(
     is_evaluator: impl Fn(usize) -> bool,
     runs: &[PythonRun<P>],
 ) -> (Vec<Merged<P>>, Fit) {
+    // A run without Python frames has nothing to put in an evaluation call's place, and its
+    // anchor need not be on the C stack at all: 3.15 ends every thread's frame chain with a
+    // sentinel entry frame kept in the thread state (the heap), which no call owns. Counting
+    // it as unplaced would call every whole native stack of 3.15 a misfit.
+    let runs: Vec<&PythonRun<P>> = runs.iter().filter(|r| !r.frames.is_empty()).collect();
     // placed[i] = the run that native frame i runs.
     let mut placed: Vec<Option<usize>> = vec![None; native.len()];
     let mut cursor = 0;
@@ -252,6 +257,24 @@ mod tests {
             ["py:y", "py:x", "b", "_PyEval_EvalFrameDefault", "a"]
         );
         assert_eq!(fit, Fit::Partial { unplaced_runs: 2 });
+    }
+
+    #[test]
+    fn a_run_without_python_frames_is_not_left_unplaced() {
+        // 3.15: the outermost "run" is the thread state's own sentinel entry frame, anchored
+        // in the heap, with no Python frame; the stack still fits exactly.
+        let (frames, names) = native(&["burn", "?", "?", "start"]);
+        let runs = [
+            run(&["inner"], Some(0x7000_0110)),
+            run(&["outer"], Some(0x7000_0210)),
+            run(&[], Some(0x40bd_f748)),
+        ];
+        let (merged, fit) = merge(&frames, |_| false, &runs);
+        assert_eq!(
+            show(&merged, &names),
+            ["start", "py:outer", "py:inner", "burn"]
+        );
+        assert_eq!(fit, Fit::Exact);
     }
 
     #[test]
