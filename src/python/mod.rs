@@ -2,6 +2,7 @@
 //! runtime to interpreters, thread states and the GIL. It reads the target; it never classifies.
 
 pub(crate) mod debug_offsets;
+pub(crate) mod frame_copy;
 pub mod interpreter;
 pub(crate) mod layout;
 pub(crate) mod locals;
