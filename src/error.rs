@@ -288,7 +288,11 @@ impl fmt::Display for Error {
             Error::GoneBeforeSampling { pid, execed } => write!(
                 f,
                 "process {pid} {} before its first sample: nothing was recorded",
-                if *execed { "exec'd another program" } else { "exited" }
+                if *execed {
+                    "exec'd another program"
+                } else {
+                    "exited"
+                }
             ),
             Error::Usage(message) => write!(f, "{message}"),
             Error::Internal(message) => write!(f, "internal error: {message}"),

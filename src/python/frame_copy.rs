@@ -31,13 +31,15 @@ const MAX_PLANS: usize = 65_536;
 /// Frames whose caller was seen, for predicting chains of frames outside chunks; past this
 /// the predictions start over.
 const MAX_SUCCESSORS: usize = 65_536;
-/// Frames outside chunks, and code objects, read ahead per thread state.
-const MAX_PLANNED: usize = 512;
+/// Code objects read ahead per thread state (those a stack lacks are read by stack.rs).
+const MAX_PLANNED_CODES: usize = 512;
 /// Frames read ahead of a frame the copy lacked, along the chain seen before.
 const MAX_PREDICTED: usize = 64;
 /// Bytes copied past the used part of a data-stack chunk, for a stack that grows between
 /// two reads (about 20 frames of a small function).
 const CHUNK_SLACK: usize = 2048;
+/// The smallest page size: memory is mapped in whole pages of it.
+const PAGE: u64 = 4096;
 /// `_PyStackChunk`: `previous`, `size`, `top`, then the frames.
 const CHUNK_HEADER: usize = 24;
 /// `owner` of an interpreter frame (3.11+, the same values in every version): held by a
@@ -111,6 +113,9 @@ struct Plan {
 struct Copied {
     /// (address, length, where its bytes start in `bytes`).
     blocks: Vec<(u64, usize, usize)>,
+    /// The blocks that start at each address, oldest first: a deep stack's copy has thousands
+    /// of frames, each looked up once per walk, which a scan of every block made quadratic.
+    starts: HashMap<u64, Vec<usize>>,
     bytes: Vec<u8>,
 }
 
@@ -126,6 +131,7 @@ impl Copied {
         let mut at = self.bytes.len();
         self.bytes.extend_from_slice(bytes);
         for &(addr, len) in blocks {
+            self.starts.entry(addr).or_default().push(self.blocks.len());
             self.blocks.push((addr, len, at));
             at += len;
         }
@@ -139,8 +145,25 @@ impl Copied {
         Ok(())
     }
 
-    /// The bytes at `addr..addr + len`, from the latest block that holds them all.
+    /// The bytes at `addr..addr + len`: from the latest block that starts there and holds
+    /// them all, else from the latest block that holds them all. (Blocks of one copy that
+    /// overlap hold the same moment, but for the thread state a copy re-reads at its end,
+    /// which starts where the first read of it did.)
     fn get(&self, addr: u64, len: usize) -> Option<&[u8]> {
+        let bytes = |&(_, length, at): &(u64, usize, usize)| {
+            (len <= length)
+                .then(|| self.bytes.get(at..at + len))
+                .flatten()
+        };
+        let exact = self.starts.get(&addr).and_then(|indices| {
+            indices
+                .iter()
+                .rev()
+                .find_map(|&i| self.blocks.get(i).and_then(bytes))
+        });
+        if exact.is_some() {
+            return exact;
+        }
         self.blocks.iter().rev().find_map(|&(start, length, at)| {
             let offset = usize::try_from(addr.checked_sub(start)?).ok()?;
             if offset.checked_add(len)? > length {
@@ -411,7 +434,7 @@ impl FrameReader {
             if copy.get(frame, self.frame_size).is_none() {
                 let predicted = self.predicted(frame, copy);
                 if copy.fetch(memory, &predicted).is_err() {
-                    copy.fetch(memory, &predicted[..1])?;
+                    copy.fetch(memory, &[(frame, self.frame_size)])?;
                 }
                 *fetched = true;
             }
@@ -442,10 +465,20 @@ impl FrameReader {
     }
 
     /// `frame`, and the frames that followed it the last time it was seen, as far as the
-    /// copy lacks them.
+    /// copy lacks them; for a frame never seen before, the whole pages it lies in.
     fn predicted(&self, frame: u64, copy: &Copied) -> Vec<(u64, usize)> {
-        let mut blocks = vec![(frame, self.frame_size)];
         let mut next = self.successors.get(&frame).copied();
+        if next.is_none() {
+            // Nothing known of its callers (a first read, a new call): the pages that hold
+            // the frame are mapped if it is, and hold its neighbours, on 3.11+ the frames
+            // of its data-stack chunk below it (its callers), before 3.11 frame objects
+            // allocated together. A deep stack read for the first time then takes one read
+            // per page, not one per frame.
+            let start = frame & !(PAGE - 1);
+            let end = (frame + self.frame_size as u64).next_multiple_of(PAGE);
+            return vec![(start, (end - start) as usize)];
+        }
+        let mut blocks = vec![(frame, self.frame_size)];
         while let Some(f) = next.filter(|&f| f != 0) {
             if blocks.len() == MAX_PREDICTED
                 || check_pointer(f, 8).is_err()
@@ -488,18 +521,18 @@ impl FrameReader {
         if self.successors.len() >= MAX_SUCCESSORS {
             self.successors.clear();
         }
+        // Every frame the walk took (at most MAX_FRAMES): the confirming copy must hold them
+        // all, and a plan that kept only some lost every stack deeper than it kept.
         let mut outside = Vec::new();
         for &(addr, record) in frames.iter().filter(|(f, _)| !in_chunk(*f)) {
             self.successors.insert(addr, record.previous);
-            if outside.len() < MAX_PLANNED {
-                outside.push(addr);
-            }
+            outside.push(addr);
         }
         let mut codes: Vec<u64> = Vec::new();
         for (_, record) in frames {
             if record.shown && record.code != 0 && !codes.contains(&record.code) {
                 codes.push(record.code);
-                if codes.len() == MAX_PLANNED {
+                if codes.len() == MAX_PLANNED_CODES {
                     break;
                 }
             }

@@ -862,6 +862,57 @@ mod tests {
         }
     }
 
+    /// A 3.12 thread `depth` calls of recurse() deep under outer(), every frame outside
+    /// a data-stack chunk (as frames of older chunks and generators are).
+    fn deep_thread_3_12(depth: usize) -> (StackLayout, MemoryImage) {
+        let (layout, mut regions) = regions_3_12(true);
+        let gen_code = 0x61000;
+        let first = 0x100000u64;
+        let mut previous = OUTER;
+        for i in 0..depth {
+            let frame = first + 0x80 * i as u64;
+            regions.push((frame, vec![0; 80]));
+            put(&mut regions, frame, 0, gen_code);
+            put(&mut regions, frame, 8, previous);
+            put(&mut regions, frame, 56, gen_code + 192);
+            previous = frame;
+        }
+        put(&mut regions, CFRAME, 0, previous);
+        (layout, image_of(regions))
+    }
+
+    #[test]
+    fn a_deep_stack_is_read_whole_up_to_the_frame_limit_and_marked_beyond() {
+        // The confirming copy must hold every frame the walk took: a plan that kept only
+        // some of them lost every stack deeper than that (2,000 frames in tests/record.rs).
+        for depth in [600, 2000, MAX_FRAMES - 1] {
+            let (layout, image) = deep_thread_3_12(depth);
+            let mut reader = StackReader::new(layout);
+            for attempt in 0..3 {
+                // The first read learns where the frames are, later ones read by the plan.
+                let stack = reader
+                    .read(&image, TSTATE)
+                    .unwrap_or_else(|e| panic!("depth {depth}, read {attempt}: {e:?}"));
+                let names = functions(&reader, stack);
+                assert_eq!(names.len(), depth + 1, "depth {depth}, read {attempt}");
+                assert_eq!(names[0], "outer");
+                assert!(names[1..].iter().all(|n| n == "gen"));
+            }
+        }
+        // Deeper than the limit: the innermost MAX_FRAMES frames under the marker.
+        let (layout, image) = deep_thread_3_12(MAX_FRAMES + 100);
+        let mut reader = StackReader::new(layout);
+        for attempt in 0..3 {
+            let stack = reader
+                .read(&image, TSTATE)
+                .unwrap_or_else(|e| panic!("read {attempt}: {e:?}"));
+            let names = functions(&reader, stack);
+            assert_eq!(names.len(), MAX_FRAMES + 1, "read {attempt}");
+            assert_eq!(names[0], TRUNCATED);
+            assert!(names[1..].iter().all(|n| n == "gen"));
+        }
+    }
+
     /// Free-threaded 3.14+: gen() runs in its thread's copy of the bytecode (`tlbc_index`
     /// 1), so its line comes from its offset in that copy; outer() runs the code object's
     /// own bytecode (index 0).
