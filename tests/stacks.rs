@@ -29,22 +29,35 @@ const MAX_NOT_CAPTURED: f64 = 0.01;
 const DUMPS: usize = 30;
 const DUMPS_WITHOUT_STACK: usize = 2;
 const NOT_CAPTURED: &str = "[stack not captured]";
+/// One interpreter per way of reading frames (issue 17: the suite under 20 minutes): frame
+/// objects marked by `f_executing` (3.8) and by `f_state` (3.10), data-stack chunks under a
+/// cframe with entry flags (3.11), entry frames (3.12), and fields from `_Py_DebugOffsets`
+/// with tagged code pointers (3.14). `GILSCOPE_STACKS=all` runs every interpreter (how
+/// docs/STACKS.md's figures were measured).
+const FAMILIES: [&str; 5] = ["3.8", "3.10", "3.11", "3.12", "3.14"];
 
 fn main() {
     let mut args = Arguments::from_args();
     // Busy fixtures on a shared two-core machine: one at a time.
     args.test_threads = Some(1);
     let pythons = common::pythons();
+    let families = match std::env::var("GILSCOPE_STACKS").is_ok_and(|v| v == "all") {
+        true => common::Pythons {
+            found: pythons.found.clone(),
+            missing: pythons.missing.clone(),
+        },
+        false => one_per_family(&pythons),
+    };
     let mut trials = Vec::new();
     for shape in ["recursion", "pipeline", "tree"] {
         trials.extend(common::per_interpreter(
-            &pythons,
+            &families,
             &format!("every_sample_of_a_busy_{shape}_has_its_true_stack"),
             move |python| shape_quality(python, shape),
         ));
     }
     trials.extend(common::per_interpreter(
-        &pythons,
+        &families,
         "dump_shows_a_recursing_threads_true_stack",
         dumps_of_recursion,
     ));
@@ -58,6 +71,28 @@ fn main() {
         judge_self_test,
     ));
     libtest_mimic::run(&args, trials).exit();
+}
+
+/// The first interpreter found of each of [`FAMILIES`]; a family none was found of is a
+/// skipped trial that says so.
+fn one_per_family(pythons: &common::Pythons) -> common::Pythons {
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    for family in FAMILIES {
+        let prefix = format!("{family}.");
+        match pythons
+            .found
+            .iter()
+            .find(|p| p.version.starts_with(&prefix))
+        {
+            Some(python) => found.push(python.clone()),
+            None => missing.push((
+                format!("python-{family}"),
+                format!("no CPython {family} found (scripts/test-pythons installs it)"),
+            )),
+        }
+    }
+    common::Pythons { found, missing }
 }
 
 /// What the fixture says about one shape's true stacks.
