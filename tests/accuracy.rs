@@ -17,7 +17,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use libtest_mimic::{Completion, Failed, Trial};
 
 use common::{Container, Fixture, Privileges, Python};
 use gilscope::dev::reference::{self, GilRole};
@@ -82,10 +82,12 @@ const DEGRADED_FIXTURE: &str = "native_release";
 /// interpreter is measured against the truth on the fixture with every state in it (holds,
 /// waits, native work without the GIL), and the whole fixture set runs on one interpreter per
 /// GIL implementation (3.6's globals, 3.9's runtime state, 3.12's per-interpreter GIL,
-/// 3.14's). `GILSCOPE_ACCURACY=all` runs every trial on every interpreter (how
-/// docs/ACCURACY.md's tables were measured).
+/// 3.14's): the first and the third in the default pass of the suite, the others in the
+/// `rest` pass (`common::Matrix`). `GILSCOPE_ACCURACY=all` runs every trial on every
+/// interpreter (how docs/ACCURACY.md's tables were measured).
 const EVERY_VERSION_FIXTURE: &str = "native_release";
-const WHOLE_SET_VERSIONS: [&str; 4] = ["3.6", "3.9", "3.12", "3.14"];
+const WHOLE_SET_VERSIONS: [&str; 2] = ["3.6", "3.12"];
+const WHOLE_SET_REST_VERSIONS: [&str; 2] = ["3.9", "3.14"];
 /// One interpreter per layout family, for the degraded modes (they change timing, not what
 /// is read): an old layout and 3.13's.
 const FAMILIES: [&str; 2] = ["3.8", "3.13"];
@@ -93,10 +95,12 @@ const FAMILIES: [&str; 2] = ["3.8", "3.13"];
 const QUIET_BUSY_HOST_VERSIONS: [&str; 1] = ["3.12"];
 /// The busy-host fixtures measure the classifier on a loaded machine, the same code on every
 /// version (the layouts it reads are the six fixtures' matrix): an old GIL and layout, the
-/// 3.12 layout, and 3.13's GIL, quiet and loaded, so the suite stays short (issue 17).
+/// 3.12 layout, and 3.13's GIL, quiet and loaded, so the suite stays short (issue 17): the
+/// loaded runs on 3.8 and 3.13 in the default pass, on 3.12 in the `rest` pass.
 /// `GILSCOPE_BUSY_HOST=all` runs them on every interpreter, and with the GIL on in the
 /// free-threaded builds (how docs/ACCURACY.md's tables were measured).
-const BUSY_HOST_VERSIONS: [&str; 3] = ["3.8", "3.12", "3.13"];
+const BUSY_HOST_VERSIONS: [&str; 2] = ["3.8", "3.13"];
+const BUSY_HOST_REST_VERSIONS: [&str; 1] = ["3.12"];
 /// `record --native` is measured with this fixture (threads in native code with and without
 /// the GIL, whose stacks perf samples and copies) on an old layout and 3.12's: native stacks
 /// must leave hold and wait as they were (issue 23). Two interpreters keep the suite short
@@ -213,9 +217,6 @@ fn results_path() -> PathBuf {
 }
 
 fn main() {
-    let mut args = Arguments::from_args();
-    // These tests measure GIL time on a shared two-core machine: one at a time.
-    args.test_threads = Some(1);
     let _ = std::fs::remove_file(results_path());
     let pythons = common::pythons();
     // A free-threaded build with its GIL turned on (`-X gil=1`) takes and drops it through
@@ -227,12 +228,33 @@ fn main() {
         ..PLAIN
     };
     let everything = std::env::var("GILSCOPE_ACCURACY").is_ok_and(|v| v == "all");
-    let narrowed = |versions: &[&str]| only(&pythons, (!everything).then_some(versions));
-    let whole_set = narrowed(&WHOLE_SET_VERSIONS);
+    // The trials on chosen interpreters run in the default pass (`common::every` leaves them
+    // out of the `rest` one); the fixture of every version runs on this pass's part of the
+    // matrix (`common::matrix`: one interpreter per layout family, the rest in CI's second
+    // pass), as do the containers.
+    let rest = common::matrix_mode() == common::Matrix::Rest;
+    let narrowed =
+        |versions: &[&str]| common::every(&only(&pythons, (!everything).then_some(versions)));
+    let whole_set = if rest {
+        only(&pythons, Some(&WHOLE_SET_REST_VERSIONS))
+    } else if common::matrix_mode() == common::Matrix::All {
+        only(
+            &pythons,
+            Some(&[WHOLE_SET_VERSIONS, WHOLE_SET_REST_VERSIONS].concat()),
+        )
+    } else {
+        narrowed(&WHOLE_SET_VERSIONS)
+    };
+    let every_version = if everything {
+        pythons.clone()
+    } else {
+        common::matrix(&pythons)
+    };
+    let free_threaded = common::every(&free_threaded);
     for fixture in FIXTURES {
         let every = everything || fixture == EVERY_VERSION_FIXTURE;
         trials.extend(setup_trials(
-            if every { &pythons } else { &whole_set },
+            if every { &every_version } else { &whole_set },
             fixture,
             PLAIN,
             "",
@@ -246,9 +268,9 @@ fn main() {
             ));
         }
     }
-    // Containers on every interpreter: each keeps the thread id gilscope must translate in
-    // its own place (`pthread_t`'s before 3.11, `native_thread_id` after).
-    let contained = &pythons;
+    // Containers on every interpreter (in two passes): each keeps the thread id gilscope
+    // must translate in its own place (`pthread_t`'s before 3.11, `native_thread_id` after).
+    let contained = &every_version;
     for container in Container::ALL {
         let setup = Setup {
             container: Some(container),
@@ -258,7 +280,7 @@ fn main() {
         trials.extend(setup_trials(contained, CONTAINED_FIXTURE, setup, &suffix));
     }
     let every_fixture = std::env::var("GILSCOPE_DEGRADED").is_ok_and(|v| v == "all");
-    let representatives = only(&pythons, Some(&FAMILIES));
+    let representatives = common::every(&only(&pythons, Some(&FAMILIES)));
     for privileges in DEGRADED {
         let setup = Setup {
             privileges,
@@ -272,14 +294,19 @@ fn main() {
         }
     }
     let every_interpreter = std::env::var("GILSCOPE_BUSY_HOST").is_ok_and(|v| v == "all");
-    let busy_pythons = only(
-        &pythons,
-        (!every_interpreter).then_some(&BUSY_HOST_VERSIONS[..]),
-    );
-    let quiet_busy_pythons = only(
+    let busy_pythons = match common::matrix_mode() {
+        _ if every_interpreter => pythons.clone(),
+        common::Matrix::Rest => only(&pythons, Some(&BUSY_HOST_REST_VERSIONS)),
+        common::Matrix::All => only(
+            &pythons,
+            Some(&[&BUSY_HOST_VERSIONS[..], &BUSY_HOST_REST_VERSIONS[..]].concat()),
+        ),
+        common::Matrix::Default => only(&pythons, Some(&BUSY_HOST_VERSIONS)),
+    };
+    let quiet_busy_pythons = common::every(&only(
         &pythons,
         (!every_interpreter).then_some(&QUIET_BUSY_HOST_VERSIONS[..]),
-    );
+    ));
     let loaded = Setup {
         loaded: true,
         ..PLAIN
@@ -313,7 +340,7 @@ fn main() {
         native,
         "_with_native_stacks",
     ));
-    libtest_mimic::run(&args, trials).exit();
+    common::Suite::run_trials(trials);
 }
 
 /// The interpreters of `pythons` whose version is one of `versions` (a minor: "3.8"), or

@@ -35,13 +35,14 @@ fn main() {
             "a_python_in_its_own_{}_is_measured_from_the_host",
             kind.label()
         );
-        let trials = common::per_interpreter(&suite.pythons, &name, move |python| {
-            if let Some(why) = Container::unavailable() {
-                return Ok(Completion::ignored_with(why));
-            }
-            let _exclusive = common::exclusive();
-            contained(python, kind)
-        });
+        let trials =
+            common::per_interpreter(&common::matrix(&suite.pythons), &name, move |python| {
+                if let Some(why) = Container::unavailable() {
+                    return Ok(Completion::ignored_with(why));
+                }
+                let _exclusive = common::exclusive();
+                contained(python, kind)
+            });
         suite.add(trials);
     }
     let once: [(&str, Test); 5] = [

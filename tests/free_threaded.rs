@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use libtest_mimic::{Completion, Failed, Trial};
 use serde_json::Value;
 
 use common::{fraction, gilscope_ok, stdout_of, thread_row, thread_rows, Attempt, Fixture, Python};
@@ -41,9 +41,6 @@ const ENABLE_GIL_AFTER_S: f64 = 1.8;
 const SWITCHING_SHARE: (f64, f64) = (0.2, 0.8);
 
 fn main() {
-    let mut args = Arguments::from_args();
-    // These tests measure shares of time on a shared two-core machine: one at a time.
-    args.test_threads = Some(1);
     let pythons = common::free_threaded_pythons();
     let tests: [(&str, KnownAnswer); 5] = [
         (
@@ -73,7 +70,7 @@ fn main() {
             })
         }));
     }
-    libtest_mimic::run(&args, trials).exit();
+    common::Suite::run_trials(trials);
 }
 
 /// A test of one interpreter; a failure carries the host steal its recording measured.

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-use libtest_mimic::{Arguments, Completion, Failed};
+use libtest_mimic::{Completion, Failed};
 use serde_json::Value;
 
 use common::{gilscope_ok, stdout_of, Fixture, Python};
@@ -23,9 +23,6 @@ const RECORD_S: &str = "1";
 type Check = fn(&Hostile, &Fixture) -> Result<(), Failed>;
 
 fn main() {
-    let mut args = Arguments::from_args();
-    // Python processes on a shared two-core machine: one at a time.
-    args.test_threads = Some(1);
     let pythons = common::pythons();
     // The names are read on every version (the JSON check compares them exactly); how each
     // format escapes what was read does not depend on the version: one interpreter.
@@ -45,8 +42,9 @@ fn main() {
     ];
     let one = common::cli_only(&pythons);
     let mut trials = Vec::new();
+    let family = common::matrix(&pythons);
     trials.extend(common::per_interpreter(
-        &pythons,
+        &family,
         "a_function_name_of_10000_characters_is_cut_and_its_stack_kept",
         |python| {
             let _exclusive = common::exclusive();
@@ -55,7 +53,7 @@ fn main() {
     ));
     for (name, check) in checks {
         let on = if name.starts_with("json_") {
-            &pythons
+            &family
         } else {
             &one
         };
@@ -66,7 +64,7 @@ fn main() {
             check(&hostile, &fx).map(|()| Completion::Completed)
         }));
     }
-    libtest_mimic::run(&args, trials).exit();
+    common::Suite::run_trials(trials);
 }
 
 /// The names the fixture announced, as gilscope must show them in JSON.

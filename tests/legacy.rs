@@ -8,7 +8,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use libtest_mimic::{Completion, Failed, Trial};
 use serde_json::Value;
 
 use common::{fraction, gilscope_ok, stdout_of, thread_row, Fixture};
@@ -114,9 +114,6 @@ fn strip_library(python: &Path, name: &str, dir: &Path) -> Result<PathBuf, Strin
 type Test = fn(&Legacy) -> Result<(), Failed>;
 
 fn main() {
-    let mut args = Arguments::from_args();
-    // Every test here measures GIL time on a shared two-core machine: one at a time.
-    args.test_threads = Some(1);
     let scratch = tempfile::tempdir().expect("scratch directory");
     let (found, missing) = legacy_pythons(scratch.path());
     let tests: [(&str, Test); 7] = [
@@ -151,9 +148,7 @@ fn main() {
             ));
         }
     }
-    let conclusion = libtest_mimic::run(&args, trials);
-    drop(scratch);
-    conclusion.exit();
+    common::Suite::run_trials_then(trials, move || drop(scratch));
 }
 
 fn record(legacy: &Legacy, args: &[&str]) -> Result<(Fixture, Value), Failed> {

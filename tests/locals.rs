@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use libtest_mimic::{Arguments, Completion, Failed};
+use libtest_mimic::{Completion, Failed};
 use serde_json::Value;
 
 use common::{gilscope_ok, stdout_of, Fixture, Python, Pythons};
@@ -26,9 +26,6 @@ type ReadTest = fn(&Python) -> Result<Completion, Failed>;
 type HangTest = fn(&Python) -> Result<(), Failed>;
 
 fn main() {
-    let mut args = Arguments::from_args();
-    // Python processes on a shared two-core machine: one at a time.
-    args.test_threads = Some(1);
     let pythons = common::pythons();
     let free_threaded = common::free_threaded_pythons();
     let everything = Pythons {
@@ -75,7 +72,7 @@ fn main() {
             common::unless_host_steals(|| Ok(common::steal_measured(|| test(python))))
         }));
     }
-    libtest_mimic::run(&args, trials).exit();
+    common::Suite::run_trials(trials);
 }
 
 /// `gilscope dump --json` of `pid` with `extra` arguments, parsed.

@@ -44,14 +44,24 @@ fn pip_install_puts_a_working_gilscope_on_the_virtualenvs_path() {
             return;
         }
     }
-    // Its own target directory: the one of this `cargo test` is locked while tests run, and
-    // a persistent one makes the next run incremental.
-    let out = Command::new(venv.join("bin/pip"))
-        .args(["install", "--no-input", "--disable-pip-version-check"])
-        .arg(repo)
-        .env("CARGO_TARGET_DIR", repo.join("target/pip"))
-        .output()
-        .expect("run pip");
+    // What is under test is pip's path through pyproject.toml and maturin (the command on
+    // PATH, its completions and pages), not a second compilation of the source every other
+    // test runs: where the static build is there (`.ci/run` makes it first), pip builds that
+    // target into its directory and finds it up to date, instead of compiling the whole tree
+    // again for minutes. Otherwise a directory of its own (this `cargo test` locks
+    // `release/`), persistent so that the next run is incremental.
+    let mut pip = Command::new(venv.join("bin/pip"));
+    pip.args(["install", "--no-input", "--disable-pip-version-check"])
+        .arg(repo);
+    if musl_installed() {
+        pip.env("CARGO_TARGET_DIR", musl_target_dir()).env(
+            "MATURIN_PEP517_ARGS",
+            "--target x86_64-unknown-linux-musl --compatibility manylinux2014",
+        );
+    } else {
+        pip.env("CARGO_TARGET_DIR", repo.join("target/pip"));
+    }
+    let out = pip.output().expect("run pip");
     let said = text(&out);
     if !out.status.success() {
         let unreachable = [
@@ -112,11 +122,7 @@ fn pip_install_puts_a_working_gilscope_on_the_virtualenvs_path() {
 #[test]
 fn the_wheel_for_other_hosts_carries_a_static_binary_tagged_manylinux2014() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let musl_installed = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("x86_64-unknown-linux-musl"));
-    if !musl_installed {
+    if !musl_installed() {
         eprintln!("skipped: no musl target (rustup target add x86_64-unknown-linux-musl)");
         return;
     }
@@ -243,6 +249,13 @@ fn the_wheel_for_other_hosts_carries_a_static_binary_tagged_manylinux2014() {
         "the wheel's binary in Debian 11: {}",
         text(&out)
     );
+}
+
+fn musl_installed() -> bool {
+    Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("x86_64-unknown-linux-musl"))
 }
 
 /// Where maturin builds the static binary: this build's own target directory, whose musl part

@@ -6,17 +6,16 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use libtest_mimic::{Arguments, Completion, Failed};
+use libtest_mimic::{Completion, Failed};
 
 fn main() {
-    let args = Arguments::from_args();
     let pythons = common::pythons();
     let trials = vec![common::on_cli_python(
         &pythons,
         "go_tool_pprof_reads_a_sample_type_per_state_with_the_demos_functions",
         go_pprof,
     )];
-    libtest_mimic::run(&args, trials).exit();
+    common::Suite::run_trials(trials);
 }
 
 fn go_pprof(python: &common::Python) -> Result<Completion, Failed> {

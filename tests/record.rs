@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use libtest_mimic::{Arguments, Completion, Failed};
+use libtest_mimic::{Completion, Failed};
 use serde_json::Value;
 
 use common::{
@@ -19,48 +19,54 @@ use common::{
 const RECORD_S: f64 = 3.0;
 
 fn main() {
-    let mut args = Arguments::from_args();
-    // Every test here runs Python processes on a shared two-core machine: one at a time.
-    args.test_threads = Some(1);
     let pythons = common::pythons();
     let mut trials = Vec::new();
-    // Every version: what is read from the interpreter (figures, stacks, names). Findings are
-    // drawn from the figures alone, whatever the version: one interpreter is enough for them.
-    let known: [(&str, KnownAnswer, bool); 10] = [
-        ("spinners_share_the_gil", spinners_share_the_gil, true),
+    // What is read from the interpreter (figures, stacks, names), table-driven: each known
+    // answer on its part of the interpreter matrix. Stacks in each state and thread names
+    // run on every interpreter in the default suite (they read the most of each version);
+    // the other known answers on one interpreter per layout family (`common::matrix`, the
+    // rest in CI's second pass). Findings are drawn from the figures alone, whatever the
+    // version: one interpreter is enough for them.
+    let every = common::every(&pythons);
+    let family = common::matrix(&pythons);
+    let one = common::cli_only(&pythons);
+    let known: [(&str, KnownAnswer, &common::Pythons); 10] = [
+        ("spinners_share_the_gil", spinners_share_the_gil, &family),
         (
             "a_thread_sleeping_in_c_with_the_gil_holds_it",
             sleeper_holds,
-            true,
+            &family,
         ),
-        ("native_code_runs_without_the_gil", native_runs, true),
-        ("an_io_thread_waits_after_each_wakeup", io_waits, true),
+        ("native_code_runs_without_the_gil", native_runs, &family),
+        ("an_io_thread_waits_after_each_wakeup", io_waits, &family),
         (
             "a_regex_holds_the_gil_while_the_ticker_waits",
             regex_holds,
-            true,
+            &family,
         ),
         (
             "stacks_show_each_threads_code_in_its_state",
             stacks_in_states,
-            true,
+            &every,
         ),
         (
             "deep_and_non_ascii_stacks_survive_folded_output",
             stacks_folded,
-            true,
+            &family,
         ),
         (
             "python_thread_names_match_threading_in_every_storage",
             thread_names,
-            true,
+            &every,
         ),
-        ("dump_shows_the_holder_and_every_stack", dump_snapshot, true),
-        ("findings_follow_the_figures_and_only_them", findings, false),
+        (
+            "dump_shows_the_holder_and_every_stack",
+            dump_snapshot,
+            &family,
+        ),
+        ("findings_follow_the_figures_and_only_them", findings, &one),
     ];
-    let one = common::cli_only(&pythons);
-    for (name, test, every_version) in known {
-        let on = if every_version { &pythons } else { &one };
+    for (name, test, on) in known {
         trials.extend(common::per_interpreter(on, name, move |python| {
             let _exclusive = common::exclusive();
             common::unless_host_steals(|| {
@@ -119,7 +125,7 @@ fn main() {
             common::unless_host_steals(|| Ok(common::steal_measured(|| test(python))))
         }));
     }
-    libtest_mimic::run(&args, trials).exit();
+    common::Suite::run_trials(trials);
 }
 
 thread_local! {
@@ -258,21 +264,57 @@ fn spinners_share_the_gil(python: &Python) -> Result<(), Failed> {
     )
 }
 
+/// A known share of one state for one thread of a fixture: `role`'s `state` lies in
+/// `range` (fractions of the recording).
+struct Share {
+    role: &'static str,
+    state: &'static str,
+    range: std::ops::RangeInclusive<f64>,
+    why: &'static str,
+}
+
+/// Record `fixture` and hold each of its threads to its known shares.
+fn shares(python: &Python, fixture: &str, known: &[Share]) -> Result<(Fixture, Value), Failed> {
+    let (fx, report) = recorded(python, fixture, &[])?;
+    for share in known {
+        let got = fraction(row(&report, &fx, share.role)?, share.state);
+        expect(
+            share.range.contains(&got),
+            format!(
+                "{} {} {got}, expected {:?}: {}",
+                share.role, share.state, share.range, share.why
+            ),
+            &report,
+        )?;
+    }
+    Ok((fx, report))
+}
+
 /// ctypes.PyDLL calls keep the GIL: a thread in usleep through PyDLL is asleep to the OS and
 /// still the GIL holder. A tool that trusts the scheduler calls it idle.
+const SLEEPER: [Share; 3] = [
+    Share {
+        role: "sleeper",
+        state: "hold",
+        range: 0.3..=1.0,
+        why: "asleep in C with the GIL",
+    },
+    Share {
+        role: "sleeper",
+        state: "idle",
+        range: 0.0..=0.05,
+        why: "asleep, yet holding: not idle",
+    },
+    Share {
+        role: "spinner",
+        state: "wait",
+        range: 0.3..=1.0,
+        why: "the spinner waits for the sleeper",
+    },
+];
+
 fn sleeper_holds(python: &Python) -> Result<(), Failed> {
-    let (fx, report) = recorded(python, "gil_sleeper", &[])?;
-    let sleeper = row(&report, &fx, "sleeper")?;
-    let hold = fraction(sleeper, "hold");
-    expect(hold > 0.3, format!("sleeper hold {hold}"), &report)?;
-    let idle = fraction(sleeper, "idle");
-    expect(idle < 0.05, format!("sleeper idle {idle}"), &report)?;
-    let spinner = row(&report, &fx, "spinner")?;
-    expect(
-        fraction(spinner, "wait") > 0.3,
-        "spinner waits for the sleeper",
-        &report,
-    )
+    shares(python, "gil_sleeper", &SLEEPER).map(|_| ())
 }
 
 /// zlib releases the GIL around its work, and so does hashlib where OpenSSL backs it: those
@@ -306,11 +348,23 @@ fn native_runs(python: &Python) -> Result<(), Failed> {
 
 /// The I/O thread sleeps in recv (idle), then must win the GIL back from the CPU thread
 /// after every wake-up (wait): the convoy effect.
+const IO: [Share; 2] = [
+    Share {
+        role: "io",
+        state: "wait",
+        range: 0.3..=1.0,
+        why: "after each wake-up it waits for the GIL",
+    },
+    Share {
+        role: "io",
+        state: "idle",
+        range: 0.05..=1.0,
+        why: "it sleeps in recv between messages",
+    },
+];
+
 fn io_waits(python: &Python) -> Result<(), Failed> {
-    let (fx, report) = recorded(python, "io_pingpong", &[])?;
-    let io = row(&report, &fx, "io")?;
-    expect(fraction(io, "wait") > 0.3, "io waits for the GIL", &report)?;
-    expect(fraction(io, "idle") > 0.05, "io sleeps in recv", &report)?;
+    let (fx, report) = shares(python, "io_pingpong", &IO)?;
     // The I/O threads hold the GIL for microseconds at a time: when it is held, the CPU
     // thread holds it. (How much of the time it is held at all depends on how long
     // hand-offs take, which is the machine's load, not gilscope's.)
@@ -325,12 +379,23 @@ fn io_waits(python: &Python) -> Result<(), Failed> {
 }
 
 /// The re engine keeps the GIL for a whole match; the ticker wakes every 10 ms and waits.
+const REGEX: [Share; 2] = [
+    Share {
+        role: "regex",
+        state: "hold",
+        range: 0.95..=1.0,
+        why: "one match holds the GIL throughout",
+    },
+    Share {
+        role: "ticker",
+        state: "wait",
+        range: 0.85..=1.0,
+        why: "woken every 10 ms, it waits for the match to end",
+    },
+];
+
 fn regex_holds(python: &Python) -> Result<(), Failed> {
-    let (fx, report) = recorded(python, "regex_backtrack", &[])?;
-    let regex = fraction(row(&report, &fx, "regex")?, "hold");
-    expect(regex > 0.95, format!("regex hold {regex}"), &report)?;
-    let ticker = fraction(row(&report, &fx, "ticker")?, "wait");
-    expect(ticker > 0.85, format!("ticker wait {ticker}"), &report)
+    shares(python, "regex_backtrack", &REGEX).map(|_| ())
 }
 
 fn text_report(python: &Python) -> Result<(), Failed> {

@@ -20,7 +20,7 @@ const PLAIN_LINES: usize = 3;
 fn main() {
     let mut suite = common::Suite::new(common::pythons());
     let trials = common::per_interpreter(
-        &suite.pythons,
+        &common::matrix(&suite.pythons),
         "top_prints_a_line_of_the_last_seconds_figures_into_a_pipe",
         |python| {
             let _exclusive = common::exclusive();
@@ -183,6 +183,11 @@ fn parse_plain(line: &str) -> Result<(f64, Vec<PlainThread>), Failed> {
 /// `backtrack`, and the thread that waits on an event for ever is left out as idle.
 fn plain_lines(python: &Python) -> Result<Attempt, Failed> {
     let fx = Fixture::start(&python.path, "regex_backtrack", &["--duration", "60"])?;
+    // The idle thread must win the GIL from the regex (which keeps it for a whole match,
+    // most of a second) once more to enter its endless wait: until then it waits, and a
+    // thread that waited in the steady window is rightly not an idle one. top starts once
+    // a snapshot shows it in that wait.
+    idle_thread_settled(&fx)?;
     let cpu = gilscope::target::process::cpu_times();
     let top = PipedTop::start(fx.pid)?;
     let mut lines = Vec::new();
@@ -229,6 +234,33 @@ fn plain_lines(python: &Python) -> Result<Attempt, Failed> {
         }
     }
     Ok(Attempt::Done(Completion::Completed))
+}
+
+/// Wait (10 s at most) until a snapshot shows the fixture's "idle" thread idle inside
+/// `never`, its endless wait.
+fn idle_thread_settled(fx: &Fixture) -> Result<(), Failed> {
+    let idle = fx.tid("idle") as i64;
+    let start = std::time::Instant::now();
+    loop {
+        let out = common::gilscope(&["dump", "--pid", &fx.pid.to_string(), "--json"]);
+        let dump: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let settled = dump["threads"].as_array().is_some_and(|threads| {
+            threads.iter().any(|t| {
+                t["native_id"].as_i64() == Some(idle)
+                    && t["state"] == "idle"
+                    && t["stack"]
+                        .as_array()
+                        .is_some_and(|frames| frames.iter().any(|f| f["function"] == "never"))
+            })
+        });
+        if settled {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            return Err(format!("the idle thread never settled in its wait: {dump}").into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Into a pipe: a reader that goes (`| head -1`) ends top at its next line, with success;

@@ -22,6 +22,7 @@ pub struct Python {
 }
 
 /// What the suite expects to find, and what it found.
+#[derive(Debug, Clone)]
 pub struct Pythons {
     pub found: Vec<Python>,
     /// (label, why it is missing): reported as skipped trials, never as failures.
@@ -173,6 +174,86 @@ pub fn free_threaded_pythons() -> Pythons {
     Pythons { found, missing }
 }
 
+/// The interpreters the default suite leaves to the full matrix: each shares its way of being
+/// read with one that stays (3.7 with 3.6's tables and thread ids, 3.8 and 3.9 with 3.10's
+/// frames, pyenv's shared 3.11 with the static stripped 3.11, 3.14 with 3.13's and 3.15's
+/// debug offsets). Issue 17: the whole suite in under 20 minutes on two cores.
+const FULL_MATRIX_ONLY: [&str; 5] = [
+    "pyenv-3.7.",
+    "pyenv-3.8.",
+    "pyenv-3.9.",
+    "pyenv-3.11.",
+    "debian-3.14.",
+];
+
+/// Which part of the interpreter matrix this run takes: `GILSCOPE_MATRIX` unset runs one
+/// interpreter per layout family, `all` every interpreter, and `rest` only what the default
+/// leaves out (`.ci/run` runs the default, then the rest: every version is proved in CI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Matrix {
+    Default,
+    All,
+    Rest,
+}
+
+pub fn matrix_mode() -> Matrix {
+    match std::env::var("GILSCOPE_MATRIX").as_deref() {
+        Ok("all") => Matrix::All,
+        Ok("rest") => Matrix::Rest,
+        _ => Matrix::Default,
+    }
+}
+
+/// Does the default suite run tests of every version on the interpreter labelled `label`?
+pub fn in_default_matrix(label: &str) -> bool {
+    !FULL_MATRIX_ONLY.iter().any(|p| label.starts_with(p))
+}
+
+/// `pythons` narrowed to this run's part of the matrix ([`matrix_mode`]); an interpreter left
+/// out is a skipped trial that says where it runs. For tests of what is read from each
+/// version; a test whose subject is one version picks it from [`pythons`] itself.
+pub fn matrix(pythons: &Pythons) -> Pythons {
+    let mode = matrix_mode();
+    let mut found = Vec::new();
+    let mut missing = pythons.missing.clone();
+    for python in &pythons.found {
+        let default = in_default_matrix(&python.label);
+        match (mode, default) {
+            (Matrix::All, _) | (Matrix::Default, true) | (Matrix::Rest, false) => {
+                found.push(python.clone())
+            }
+            (Matrix::Default, false) => missing.push((
+                python.label.clone(),
+                "in the full matrix only (GILSCOPE_MATRIX=rest or all; .ci/run runs it)".into(),
+            )),
+            (Matrix::Rest, true) => missing.push((
+                python.label.clone(),
+                "in the default matrix (run without GILSCOPE_MATRIX)".into(),
+            )),
+        }
+    }
+    Pythons { found, missing }
+}
+
+/// Every interpreter of `pythons`, for the few tests that prove each version is read right
+/// in the default suite itself; in the `rest` pass (which only completes the default) none.
+pub fn every(pythons: &Pythons) -> Pythons {
+    if matrix_mode() != Matrix::Rest {
+        return pythons.clone();
+    }
+    let mut missing = pythons.missing.clone();
+    missing.extend(pythons.found.iter().map(|p| {
+        (
+            p.label.clone(),
+            "on every interpreter in the default matrix (run without GILSCOPE_MATRIX)".into(),
+        )
+    }));
+    Pythons {
+        found: Vec::new(),
+        missing,
+    }
+}
+
 /// The one interpreter that tests of the command line (not of a version) run against.
 pub fn cli_python(pythons: &Pythons) -> Option<Python> {
     pythons
@@ -187,6 +268,15 @@ pub fn cli_python(pythons: &Pythons) -> Option<Python> {
 /// version (what gilscope concludes from figures, how a format escapes a name): the versions
 /// themselves are covered by the tests that read them.
 pub fn cli_only(pythons: &Pythons) -> Pythons {
+    if matrix_mode() == Matrix::Rest {
+        return Pythons {
+            found: Vec::new(),
+            missing: vec![(
+                "cli".into(),
+                "in the default matrix (run without GILSCOPE_MATRIX)".into(),
+            )],
+        };
+    }
     match cli_python(pythons) {
         Some(python) => Pythons {
             found: vec![python],
@@ -233,7 +323,11 @@ where
     F: FnOnce(&Python) -> Result<libtest_mimic::Completion, libtest_mimic::Failed> + Send + 'static,
 {
     let python = cli_python(pythons);
+    let rest = matrix_mode() == Matrix::Rest;
     libtest_mimic::Trial::ignorable_test(name, move || match &python {
+        _ if rest => Ok(libtest_mimic::Completion::ignored_with(
+            "in the default matrix (run without GILSCOPE_MATRIX)",
+        )),
         Some(python) => {
             let _exclusive = exclusive();
             test(python)
@@ -992,17 +1086,20 @@ impl Suite {
         }
     }
 
-    /// `test` on every interpreter.
+    /// `test` on every interpreter of this run's part of the [`matrix`].
     pub fn every_version<T: Outcome + 'static>(
         &mut self,
         name: &str,
         test: fn(&Python) -> Result<T, libtest_mimic::Failed>,
     ) {
-        self.trials
-            .extend(per_interpreter(&self.pythons, name, move |python| {
+        self.trials.extend(per_interpreter(
+            &matrix(&self.pythons),
+            name,
+            move |python| {
                 let _exclusive = exclusive();
                 test(python).map(Outcome::completion)
-            }));
+            },
+        ));
     }
 
     /// `test` once, on the interpreter of [`cli_python`].
@@ -1024,5 +1121,23 @@ impl Suite {
 
     pub fn run(self) -> ! {
         libtest_mimic::run(&self.args, self.trials).exit()
+    }
+
+    /// Run `trials` made by hand, one at a time, as [`Suite::run`] does.
+    pub fn run_trials(trials: Vec<libtest_mimic::Trial>) -> ! {
+        Suite::run_trials_then(trials, || ())
+    }
+
+    /// [`Suite::run_trials`], calling `after` once they are over (before the process exits:
+    /// a scratch directory's cleanup).
+    pub fn run_trials_then(trials: Vec<libtest_mimic::Trial>, after: impl FnOnce()) -> ! {
+        let mut suite = Suite::new(Pythons {
+            found: Vec::new(),
+            missing: Vec::new(),
+        });
+        suite.add(trials);
+        let conclusion = libtest_mimic::run(&suite.args, suite.trials);
+        after();
+        conclusion.exit()
     }
 }
