@@ -14,7 +14,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use libtest_mimic::{Completion, Failed, Trial};
 use serde_json::Value;
 
 use common::{gilscope_ok, stdout_of, Fixture, Python};
@@ -29,70 +29,36 @@ const MAX_NOT_CAPTURED: f64 = 0.01;
 const DUMPS: usize = 30;
 const DUMPS_WITHOUT_STACK: usize = 2;
 const NOT_CAPTURED: &str = "[stack not captured]";
-/// One interpreter per way of reading frames (issue 17: the suite under 20 minutes): frame
-/// objects marked by `f_executing` (3.8) and by `f_state` (3.10), data-stack chunks under a
-/// cframe with entry flags (3.11), entry frames (3.12), and fields from `_Py_DebugOffsets`
-/// with tagged code pointers (3.14). `GILSCOPE_STACKS=all` runs every interpreter (how
-/// docs/STACKS.md's figures were measured).
-const FAMILIES: [&str; 5] = ["3.8", "3.10", "3.11", "3.12", "3.14"];
-
 fn main() {
-    let mut args = Arguments::from_args();
-    // Busy fixtures on a shared two-core machine: one at a time.
-    args.test_threads = Some(1);
-    let pythons = common::pythons();
-    let families = match std::env::var("GILSCOPE_STACKS").is_ok_and(|v| v == "all") {
-        true => common::Pythons {
-            found: pythons.found.clone(),
-            missing: pythons.missing.clone(),
-        },
-        false => one_per_family(&pythons),
-    };
-    let mut trials = Vec::new();
+    // Busy fixtures on a shared two-core machine: one at a time (the suite's harness). One
+    // interpreter per layout family by default (3.6's and 3.10's frame objects, the static
+    // 3.11's chunks, 3.12's entry frames, 3.13's and 3.15's debug offsets: issue 17's 20
+    // minutes), every one with GILSCOPE_MATRIX=all (how docs/STACKS.md's tables were
+    // measured).
+    let mut suite = common::Suite::new(common::pythons());
+    let families = common::matrix(&suite.pythons);
     for shape in ["recursion", "pipeline", "tree"] {
-        trials.extend(common::per_interpreter(
+        suite.add(common::per_interpreter(
             &families,
             &format!("every_sample_of_a_busy_{shape}_has_its_true_stack"),
             move |python| shape_quality(python, shape),
         ));
     }
-    trials.extend(common::per_interpreter(
+    suite.add(common::per_interpreter(
         &families,
         "dump_shows_a_recursing_threads_true_stack",
         dumps_of_recursion,
     ));
-    trials.push(common::on_cli_python(
-        &pythons,
+    suite.add([common::on_cli_python(
+        &suite.pythons,
         "threads_that_live_a_tenth_of_a_second_get_their_python_names",
         brief_threads_named,
-    ));
-    trials.push(Trial::test(
+    )]);
+    suite.add([Trial::test(
         "the_judge_tells_true_stacks_from_torn_ones",
         judge_self_test,
-    ));
-    libtest_mimic::run(&args, trials).exit();
-}
-
-/// The first interpreter found of each of [`FAMILIES`]; a family none was found of is a
-/// skipped trial that says so.
-fn one_per_family(pythons: &common::Pythons) -> common::Pythons {
-    let mut found = Vec::new();
-    let mut missing = Vec::new();
-    for family in FAMILIES {
-        let prefix = format!("{family}.");
-        match pythons
-            .found
-            .iter()
-            .find(|p| p.version.starts_with(&prefix))
-        {
-            Some(python) => found.push(python.clone()),
-            None => missing.push((
-                format!("python-{family}"),
-                format!("no CPython {family} found (scripts/test-pythons installs it)"),
-            )),
-        }
-    }
-    common::Pythons { found, missing }
+    )]);
+    suite.run();
 }
 
 /// What the fixture says about one shape's true stacks.
