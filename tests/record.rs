@@ -228,9 +228,11 @@ fn spinners_share_the_gil(python: &Python) -> Result<(), Failed> {
         &report,
     )?;
     let switches = report["gil"]["switches_per_s"].as_f64().unwrap_or(0.0);
-    // Forced switches every 5 ms at most: 200/s; never none with three spinners.
+    // Forced switches every 5 ms at most: 200/s; never none with three spinners. How many
+    // there are is how often the waiters get a CPU to ask (43/s on a host loaded 17 deep,
+    // over 100 quiet): a floor, not a rate.
     expect(
-        (50.0..=260.0).contains(&switches),
+        (10.0..=260.0).contains(&switches),
         format!("{switches} switches/s"),
         &report,
     )?;
@@ -352,7 +354,7 @@ const IO: [Share; 2] = [
     Share {
         role: "io",
         state: "wait",
-        range: 0.3..=1.0,
+        range: 0.15..=1.0,
         why: "after each wake-up it waits for the GIL",
     },
     Share {
@@ -365,6 +367,19 @@ const IO: [Share; 2] = [
 
 fn io_waits(python: &Python) -> Result<(), Failed> {
     let (fx, report) = shares(python, "io_pingpong", &IO)?;
+    // How long it sleeps in recv is the echo's pace (slower on a loaded host: 0.29 waiting
+    // there, 0.5 quiet); awake, it waits more than it does anything else.
+    let io = row(&report, &fx, "io")?;
+    let (wait, hold, running) = (
+        fraction(io, "wait"),
+        fraction(io, "hold"),
+        fraction(io, "running"),
+    );
+    expect(
+        wait > hold + running,
+        format!("io awake: wait {wait}, hold {hold}, running {running}: waiting should lead"),
+        &report,
+    )?;
     // The I/O threads hold the GIL for microseconds at a time: when it is held, the CPU
     // thread holds it. (How much of the time it is held at all depends on how long
     // hand-offs take, which is the machine's load, not gilscope's.)

@@ -429,7 +429,9 @@ fn churn(python: &Python) -> Result<(), Failed> {
         "the churn fixture",
     )?;
     let lives = churn_log(&log)?;
-    if (lives.len() as u64) < secs * 100 {
+    // Hundreds a second on a quiet host; a loaded one starts fewer (45 a second at a load of
+    // 17), still hundreds of lives to check.
+    if lives.len() < 200 {
         return Err(format!(
             "the fixture started only {} threads in {secs} s",
             lives.len()
