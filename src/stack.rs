@@ -102,6 +102,9 @@ fn is_system_module(module: &str) -> bool {
 
 /// The function name of the marker frame at the root of a truncated stack.
 pub const TRUNCATED: &str = "[deeper frames not read]";
+/// The function name of the one frame of the stack of a sample whose stack could not be read
+/// consistently (it changed under every read within the tick).
+pub const NOT_CAPTURED: &str = "[stack not captured]";
 
 /// The function name of the marker frame that stands for every stack seen after the table
 /// was full.
@@ -221,6 +224,12 @@ impl StackTable {
         self.stacks.push(stack.clone());
         self.stack_ids.insert(stack, id);
         id
+    }
+
+    /// The stack of samples whose stack was not captured, if any sample had it.
+    pub fn not_captured(&self) -> Option<StackId> {
+        let frame = self.frame_ids.get(&Frame::marker(NOT_CAPTURED))?;
+        self.stack_ids.get(&[*frame][..]).copied()
     }
 
     /// How many frames and stacks were seen after the table was full (each stored as the
@@ -358,6 +367,18 @@ mod tests {
         assert_eq!((p.frame, p.caller), (nap, None));
         let empty = table.intern_stack(&[]);
         assert!(table.place(empty).is_none());
+    }
+
+    #[test]
+    fn the_stack_not_captured_is_found_once_a_sample_had_it() {
+        let mut table = StackTable::new();
+        assert_eq!(table.not_captured(), None);
+        let marker = table.intern_frame(Frame::marker(NOT_CAPTURED));
+        let other = table.intern_frame(Frame::python("f".into(), "".into(), 0));
+        table.intern_stack(&[marker, other]);
+        assert_eq!(table.not_captured(), None);
+        let id = table.intern_stack(&[marker]);
+        assert_eq!(table.not_captured(), Some(id));
     }
 
     #[test]

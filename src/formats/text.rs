@@ -55,7 +55,7 @@ pub fn render(recording: &Recording) -> String {
         let _ = writeln!(
             out,
             "stacks: {} could not be read (they changed under every read); their samples \
-             count in their threads' states, without a place in the code",
+             count in their threads' states, under [stack not captured]",
             sampler.stack_errors
         );
     }

@@ -395,6 +395,7 @@ fn build(block: &[u8], version: &Version, free_threaded: bool) -> Result<Layout,
             version,
             free_threaded,
             tstate_field("current_frame")?,
+            tstate_field("datastack_chunk").ok(),
         )
         .ok(),
     })
@@ -407,6 +408,7 @@ fn stack_layout(
     version: &Version,
     free_threaded: bool,
     current_frame: u64,
+    datastack: Option<u64>,
 ) -> Result<StackLayout, String> {
     let get = |section: &str, name: &str| -> Result<u64, String> {
         let v = sections
@@ -439,6 +441,7 @@ fn stack_layout(
         // 3.14 `FRAME_OWNED_BY_INTERPRETER`, which took value 3 (CSTACK moved to 4 and marks
         // no entry frame: ceval.c of 3.14.4).
         eval_calls: EvalCalls::EntryFrames { entry_owner: 3 },
+        datastack,
         frame: FrameFields::Interpreter {
             previous: frame("previous")?,
             code: frame("executable")?,

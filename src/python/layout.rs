@@ -167,13 +167,15 @@ pub struct ThreadLocalBytecode {
 /// What a frame is and where its fields are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameFields {
-    /// 3.6-3.10: heap `PyFrameObject`s linked by `f_back`. `lasti` (an int) times
+    /// 2.7-3.10: heap `PyFrameObject`s linked by `f_back`. `lasti` (an int) times
     /// `lasti_scale` is the byte offset of the last instruction.
     Object {
         back: u64,
         code: u64,
         lasti: u64,
         lasti_scale: u64,
+        /// 3.6-3.10: the field that says the frame is being run (2.7 has none).
+        executing: Option<Executing>,
     },
     /// 3.11+: `_PyInterpreterFrame`s on the thread's data stack, linked by `previous`.
     /// `instr` points at the last (3.11-3.12) or current (3.13+) instruction.
@@ -208,6 +210,22 @@ pub enum EvalCalls {
     /// 3.14, both 3), below the frames it runs.
     EntryFrames { entry_owner: u8 },
 }
+
+/// 3.6-3.10: a frame object's one-byte field that the evaluation loop sets while it runs
+/// the frame, and the values that mean "running". A frame that returned and was kept for
+/// reuse (a code object's zombie frame, the free list) keeps its `f_back` and `f_code`, so
+/// this is what tells a frame of the stack from a dead one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Executing {
+    pub offset: u64,
+    pub running: &'static [i8],
+}
+
+/// `f_executing` (3.6-3.9): 1 while the evaluation loop runs the frame.
+const F_EXECUTING: &[i8] = &[1];
+/// `f_state` (3.10): `FRAME_EXECUTING` (0) or `FRAME_UNWINDING` (2, an exception on its way
+/// out of the frame), by the enum in the 3.10.13 DWARF.
+const F_STATE_RUNNING: &[i8] = &[0, 2];
 
 /// Field offsets in `str` objects (`PyASCIIObject`, `PyCompactUnicodeObject`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,6 +337,10 @@ pub struct StackLayout {
     pub cframe_frame: Option<u64>,
     /// Which frames one call of the evaluation loop runs (for `--native`'s merge).
     pub eval_calls: EvalCalls,
+    /// 3.11+: offset in the thread state of `datastack_chunk`, the data-stack chunk the
+    /// thread's newest frames live in; `datastack_top` (the end of its used part) is the
+    /// pointer after it in every version (3.11.7-3.15.2 DWARF).
+    pub datastack: Option<u64>,
     pub frame: FrameFields,
     pub code: CodeFields,
     pub text: TextKind,
@@ -349,12 +371,14 @@ const UNICODE_3_12: UnicodeFields = UnicodeFields {
 
 /// Stack layouts for the table versions (checked against the DWARF of the pyenv builds).
 pub(super) fn stack_table(major: u8, minor: u8) -> Option<StackLayout> {
-    let object_frame = |lasti, lasti_scale| FrameFields::Object {
+    let object_frame = |lasti, lasti_scale, executing| FrameFields::Object {
         back: 24,
         code: 32,
         lasti,
         lasti_scale,
+        executing,
     };
+    let executing = |offset, running| Some(Executing { offset, running });
     let code_36 = CodeFields {
         filename: 96,
         name: 104,
@@ -418,7 +442,8 @@ pub(super) fn stack_table(major: u8, minor: u8) -> Option<StackLayout> {
         tstate_frame: 24,
         cframe_frame: None,
         eval_calls: EvalCalls::OnePerFrame,
-        frame: object_frame(104, 1),
+        datastack: None,
+        frame: object_frame(104, 1, executing(116, F_EXECUTING)),
         code: code_36,
         text: TextKind::Unicode,
         unicode: UNICODE_3_6,
@@ -432,7 +457,7 @@ pub(super) fn stack_table(major: u8, minor: u8) -> Option<StackLayout> {
         // 2.7.18: `PyStringObject` keeps `ob_shash` and `ob_sstate` before its bytes.
         return (minor == 7).then_some(StackLayout {
             tstate_frame: 16,
-            frame: object_frame(120, 1),
+            frame: object_frame(120, 1, None),
             code: CodeFields {
                 filename: 80,
                 name: 88,
@@ -452,7 +477,7 @@ pub(super) fn stack_table(major: u8, minor: u8) -> Option<StackLayout> {
     }
     Some(match minor {
         6 => StackLayout {
-            frame: object_frame(120, 1),
+            frame: object_frame(120, 1, executing(132, F_EXECUTING)),
             locals: Some(locals_36),
             ..base
         },
@@ -463,7 +488,7 @@ pub(super) fn stack_table(major: u8, minor: u8) -> Option<StackLayout> {
             ..base
         },
         10 => StackLayout {
-            frame: object_frame(96, 2),
+            frame: object_frame(96, 2, executing(108, F_STATE_RUNNING)),
             code: CodeFields {
                 line_table: LineTable::Lines310,
                 ..code_38
@@ -481,6 +506,7 @@ pub(super) fn stack_table(major: u8, minor: u8) -> Option<StackLayout> {
                 is_entry: 68,
                 cframe_previous: 16,
             },
+            datastack: Some(296),
             frame: FrameFields::Interpreter {
                 previous: 48,
                 code: 32,
@@ -498,6 +524,7 @@ pub(super) fn stack_table(major: u8, minor: u8) -> Option<StackLayout> {
             tstate_frame: 56,
             cframe_frame: Some(0),
             eval_calls: EvalCalls::EntryFrames { entry_owner: 3 },
+            datastack: Some(232),
             frame: FrameFields::Interpreter {
                 previous: 8,
                 code: 0,

@@ -3,6 +3,7 @@
 
 pub(crate) mod debug_offsets;
 pub(crate) mod discovery;
+pub(crate) mod frame_copy;
 pub mod interpreter;
 pub(crate) mod layout;
 pub(crate) mod locals;

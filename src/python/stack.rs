@@ -1,13 +1,15 @@
-//! Python call stacks of the target's threads: the frame walk for every layout, line tables,
-//! caches of what does not change, and detection of stacks that moved while being read.
+//! Python call stacks of the target's threads: from a consistent chain of frames
+//! (frame_copy.rs) to frames with names and lines, line tables, and caches of what does not
+//! change. It must not report a stack that was not read consistently.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::frame_copy::{Chain, FrameReader, FrameRecord};
 use super::layout::{EvalCalls, FrameFields, LineTable, StackLayout, ThreadLocalBytecode};
 use super::objects;
-use crate::stack::{Frame, FrameId, StackId, StackTable, TRUNCATED};
-use crate::target::memory::{check_pointer, i32_at, u64_at, Memory, ReadError};
+use crate::stack::{Frame, FrameId, StackId, StackTable, NOT_CAPTURED, TRUNCATED};
+use crate::target::memory::{check_pointer, u64_at, Memory, ReadError};
 
 /// Deepest stack read: deeper recursion keeps its innermost frames, under a marker frame.
 pub const MAX_FRAMES: usize = 4096;
@@ -21,6 +23,8 @@ const MAX_CODE_BYTES: u64 = 1 << 26;
 const MAX_BYTECODE_COPIES: u64 = 1 << 20;
 /// (code, copy index) -> bytecode copy addresses remembered; past this they start over.
 const MAX_COPY_CACHE: usize = 1 << 16;
+/// Thread states whose last stack's calls are remembered; past this the memory starts over.
+const MAX_REMEMBERED: usize = 65_536;
 
 /// Why a stack was not read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,21 +79,6 @@ enum CallEdge {
     Shim,
 }
 
-/// What a frame holds that the walk uses.
-#[derive(Debug, Clone, Copy)]
-struct FrameRecord {
-    /// The next frame outwards (0: none).
-    previous: u64,
-    code: u64,
-    instr: u64,
-    /// Whether it is a frame to show (not a C-stack shim).
-    shown: bool,
-    edge: CallEdge,
-    /// Free-threaded 3.14+: which copy of the bytecode `instr` points into (0: the code
-    /// object's own).
-    tlbc_index: i32,
-}
-
 /// Where one Python frame of a stack is: the frame and its code object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameAt {
@@ -100,8 +89,9 @@ pub struct FrameAt {
 /// Reads stacks of one interpreter, remembering code objects and lines across ticks.
 pub struct StackReader {
     layout: StackLayout,
-    /// Bytes to read of each frame and each code object.
-    frame_size: usize,
+    /// Chains of frames, read consistently.
+    frames: FrameReader,
+    /// Bytes to read of each code object.
     code_size: usize,
     codes: HashMap<u64, Code>,
     lines: HashMap<(u64, u64), FrameId>,
@@ -109,75 +99,16 @@ pub struct StackReader {
     code_types: HashMap<u64, bool>,
     /// Free-threaded 3.14+: (code object, copy index) -> where that copy of its bytecode is.
     bytecode_copies: HashMap<(u64, i32), u64>,
-    /// Each thread state's innermost frame when its stack was last read, that stack, and its
-    /// calls of the evaluation loop (where they are wanted).
-    last: HashMap<u64, LastStack>,
     /// Group frames into [`EvalCall`]s (for `--native`): 3.11 reads the cframe chain too.
     eval_calls: bool,
-    /// Each thread state's outermost frame and its code, once two walks agreed on it.
-    roots: HashMap<u64, (u64, u64)>,
-    /// A root seen once, waiting for a second walk to agree.
-    pending_roots: HashMap<u64, (u64, u64)>,
+    /// Each thread state's last stack read and its calls of the evaluation loop, while
+    /// calls are grouped.
+    last: HashMap<u64, (StackId, Arc<[EvalCall]>)>,
     pub table: StackTable,
 }
 
-/// The innermost frame, its code object and its instruction.
-///
-/// Consistency: if the frame and code are the same before and after a walk, the walk saw one
-/// stack: a thread that returned from or called a function in between has another innermost
-/// frame, or the same frame slot holding another function's code. (The instruction moves on
-/// in a running thread; the lines read are each frame's at the time it was read.)
-///
-/// Reuse: if all three are what they were when the thread's stack was last read, the stack
-/// is that one. Python frames change only while their thread holds the GIL and runs
-/// bytecode, which moves the innermost instruction; a waiter, an idle thread and one in
-/// native code sit on the call they made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Top {
-    frame: u64,
-    code: u64,
-    instr: u64,
-}
-
-impl Top {
-    fn same_frame(a: Option<Top>, b: Option<Top>) -> bool {
-        a.map(|t| (t.frame, t.code)) == b.map(|t| (t.frame, t.code))
-    }
-}
-
-/// A thread state's innermost frame when its stack was last read, that stack, and its calls
-/// of the evaluation loop.
-type LastStack = (Option<Top>, StackId, Arc<[EvalCall]>);
-
-/// Thread states whose last stack is remembered; past this the memory starts over.
-const MAX_REMEMBERED: usize = 65_536;
-
 impl StackReader {
     pub fn new(layout: StackLayout) -> StackReader {
-        let frame_size = match layout.frame {
-            FrameFields::Object {
-                back, code, lasti, ..
-            } => back.max(code).max(lasti) + 8,
-            FrameFields::Interpreter {
-                previous,
-                code,
-                instr,
-                owner,
-                tlbc_index,
-                ..
-            } => {
-                previous
-                    .max(code)
-                    .max(instr)
-                    .max(owner)
-                    .max(tlbc_index.unwrap_or(0))
-                    .max(match layout.eval_calls {
-                        EvalCalls::EntryFlag { is_entry, .. } => is_entry,
-                        _ => 0,
-                    })
-                    + 8
-            }
-        } as usize;
         let c = layout.code;
         let code_size = [
             layout.ob_type,
@@ -194,113 +125,23 @@ impl StackReader {
             + 8;
         StackReader {
             layout,
-            frame_size,
+            frames: FrameReader::new(layout, code_size),
             code_size,
             codes: HashMap::new(),
             lines: HashMap::new(),
             code_types: HashMap::new(),
             bytecode_copies: HashMap::new(),
-            last: HashMap::new(),
             eval_calls: false,
-            roots: HashMap::new(),
-            pending_roots: HashMap::new(),
+            last: HashMap::new(),
             table: StackTable::new(),
         }
     }
 
-    /// The innermost frame of the thread state at `tstate` (0: no Python frame).
-    fn innermost(&self, memory: &dyn Memory, tstate: u64) -> Result<u64, ReadError> {
-        let first = memory.read_u64(tstate + self.layout.tstate_frame)?;
-        match self.layout.cframe_frame {
-            None => Ok(first),
-            Some(_) if first == 0 => Ok(0),
-            Some(offset) => {
-                check_pointer(first, 8)?;
-                memory.read_u64(first + offset)
-            }
-        }
-    }
-
-    /// Read a frame.
-    fn read_frame(&self, memory: &dyn Memory, frame: u64) -> Result<FrameRecord, ReadError> {
-        check_pointer(frame, 8)?;
-        let block = memory.read_bytes(frame, self.frame_size)?;
-        let at = |offset| u64_at(&block, offset).ok_or(ReadError::BadPointer { addr: frame });
-        match self.layout.frame {
-            FrameFields::Object {
-                back,
-                code,
-                lasti,
-                lasti_scale,
-            } => {
-                let lasti = i32_at(&block, lasti).ok_or(ReadError::BadPointer { addr: frame })?;
-                // -1 before the first instruction runs.
-                let offset = (lasti.max(0) as u64) * lasti_scale;
-                Ok(FrameRecord {
-                    previous: at(back)?,
-                    code: at(code)?,
-                    instr: offset,
-                    shown: true,
-                    edge: CallEdge::Entry,
-                    tlbc_index: 0,
-                })
-            }
-            FrameFields::Interpreter {
-                previous,
-                code,
-                instr,
-                owner,
-                shim_owner,
-                tagged_code,
-                tlbc_index,
-            } => {
-                let mut code = at(code)?;
-                if tagged_code {
-                    code &= !7;
-                }
-                let owner = block.get(owner as usize).copied().unwrap_or(0);
-                let edge = match self.layout.eval_calls {
-                    EvalCalls::OnePerFrame => CallEdge::Entry,
-                    EvalCalls::EntryFlag { is_entry, .. } => {
-                        match block.get(is_entry as usize).copied().unwrap_or(0) {
-                            0 => CallEdge::Inside,
-                            _ => CallEdge::Entry,
-                        }
-                    }
-                    EvalCalls::EntryFrames { entry_owner } if owner == entry_owner => {
-                        CallEdge::Shim
-                    }
-                    EvalCalls::EntryFrames { .. } => CallEdge::Inside,
-                };
-                let tlbc_index = match tlbc_index {
-                    Some(offset) => {
-                        i32_at(&block, offset).ok_or(ReadError::BadPointer { addr: frame })?
-                    }
-                    None => 0,
-                };
-                Ok(FrameRecord {
-                    previous: at(previous)?,
-                    code,
-                    instr: at(instr)?,
-                    shown: shim_owner != Some(owner),
-                    edge,
-                    tlbc_index,
-                })
-            }
-        }
-    }
-
-    fn top(&self, memory: &dyn Memory, tstate: u64) -> Result<Option<Top>, ReadError> {
-        let frame = self.innermost(memory, tstate)?;
-        if frame == 0 {
-            return Ok(None);
-        }
-        let record = self.read_frame(memory, frame)?;
-        Ok(Some(Top {
-            frame,
-            code: record.code,
-            instr: record.instr,
-        }))
+    /// The stack of samples whose stack could not be read consistently: one marker frame,
+    /// so that every format shows them with their true weight.
+    pub fn not_captured(&mut self) -> StackId {
+        let marker = self.table.intern_frame(Frame::marker(NOT_CAPTURED));
+        self.table.intern_stack(&[marker])
     }
 
     /// Is `ty` the `code` type? Learned once per type object.
@@ -316,13 +157,26 @@ impl StackReader {
         Ok(is_code)
     }
 
-    /// The code object at `addr`, from the cache if it is still the same object. None if
-    /// it is not a code object (a shim or entry frame's placeholder).
-    fn code(&mut self, memory: &dyn Memory, addr: u64) -> Result<Option<Code>, ReadError> {
+    /// The code object at `addr`, from the cache if it is still the same object (its
+    /// `header` read now says so, or is read here). None if it is not a code object (a shim
+    /// or entry frame's placeholder).
+    fn code(
+        &mut self,
+        memory: &dyn Memory,
+        addr: u64,
+        header: Option<&[u8]>,
+    ) -> Result<Option<Code>, ReadError> {
         check_pointer(addr, 8)?;
-        let block = memory.read_bytes(addr, self.code_size)?;
+        let read;
+        let block = match header {
+            Some(block) => block,
+            None => {
+                read = memory.read_bytes(addr, self.code_size)?;
+                &read[..]
+            }
+        };
         let c = self.layout.code;
-        let field = |offset| u64_at(&block, offset).ok_or(ReadError::BadPointer { addr });
+        let field = |offset| u64_at(block, offset).ok_or(ReadError::BadPointer { addr });
         let ty = field(self.layout.ob_type)?;
         check_pointer(ty, 8)?;
         if !self.is_code_type(memory, ty)? {
@@ -439,44 +293,25 @@ impl StackReader {
         Ok(record.instr - base)
     }
 
-    /// Is `root` (the outermost frame a walk reached and its code; 0 for no frame) the
-    /// thread's root?
-    ///
-    /// A thread's outermost frame stays put for its whole life, while a walk that raced the
-    /// thread ends early: a generator or coroutine frame that yields is unlinked from its
-    /// caller (`previous` becomes NULL) and may be linked again by the time the innermost
-    /// frame is checked, and a C-level re-entry swaps the frame pointer's holder. A known
-    /// root that is still a root (same code, nothing before it) makes any other ending a
-    /// torn walk. A new root (first sight, or the old one gone: a thread state reused by a
-    /// new thread) is believed once two walks in a row end there.
-    fn root_confirmed(&mut self, memory: &dyn Memory, tstate: u64, root: (u64, u64)) -> bool {
-        if let Some(&known) = self.roots.get(&tstate) {
-            if known == root {
-                self.pending_roots.remove(&tstate);
-                return true;
-            }
-            let still_root = known.0 != 0
-                && self
-                    .read_frame(memory, known.0)
-                    .is_ok_and(|f| f.previous == 0 && f.code == known.1);
-            if still_root {
-                return false;
-            }
-            self.roots.remove(&tstate);
-        }
-        if self.pending_roots.get(&tstate) == Some(&root) {
-            if self.roots.len() >= MAX_REMEMBERED {
-                self.roots.clear();
-            }
-            self.roots.insert(tstate, root);
-            self.pending_roots.remove(&tstate);
-            return true;
-        }
-        if self.pending_roots.len() >= MAX_REMEMBERED {
-            self.pending_roots.clear();
-        }
-        self.pending_roots.insert(tstate, root);
-        false
+    /// Read the stack of the thread state at `tstate` and intern it: one attempt, which
+    /// fails with `StackError::Moved` where the thread's stack changed under the read (the
+    /// caller may try again at once). An empty stack (a thread state with no Python frame)
+    /// is a stack too.
+    pub fn read(&mut self, memory: &dyn Memory, tstate: u64) -> Result<StackId, StackError> {
+        self.walk(memory, tstate, None)
+    }
+
+    /// Like [`StackReader::read`], with where each Python frame of the stack is, innermost
+    /// first (for readers of what frames hold: their variables). A marker frame (a cut
+    /// stack) has no entry.
+    pub fn read_frames(
+        &mut self,
+        memory: &dyn Memory,
+        tstate: u64,
+    ) -> Result<(StackId, Vec<FrameAt>), StackError> {
+        let mut at = Vec::new();
+        let stack = self.walk(memory, tstate, Some(&mut at))?;
+        Ok((stack, at))
     }
 
     /// Group the frames of each stack read from now on into calls of the evaluation loop
@@ -489,27 +324,21 @@ impl StackReader {
     /// The calls of the evaluation loop of `stack`, innermost first, if it is the last stack
     /// read of the thread state at `tstate` and calls are grouped.
     pub fn eval_calls(&self, tstate: u64, stack: StackId) -> Option<&[EvalCall]> {
-        let (_, last, calls) = self.last.get(&tstate)?;
+        let (last, calls) = self.last.get(&tstate)?;
         (*last == stack && self.eval_calls).then_some(&calls[..])
     }
 
-    /// Read the stack of the thread state at `tstate` and intern it. An empty stack (a
-    /// thread state with no Python frame) is a stack too.
-    pub fn read(&mut self, memory: &dyn Memory, tstate: u64) -> Result<StackId, StackError> {
-        self.walk(memory, tstate, None)
-    }
-
-    /// Like [`StackReader::read`], walked again whatever was read before, and with where
-    /// each Python frame of the stack is, innermost first (for readers of what frames hold:
-    /// their variables). A marker frame (a cut stack) has no entry.
-    pub fn read_frames(
-        &mut self,
-        memory: &dyn Memory,
-        tstate: u64,
-    ) -> Result<(StackId, Vec<FrameAt>), StackError> {
-        let mut at = Vec::new();
-        let stack = self.walk(memory, tstate, Some(&mut at))?;
-        Ok((stack, at))
+    /// How the frame `record` stands to the calls of the evaluation loop.
+    fn edge(&self, record: &FrameRecord) -> CallEdge {
+        match (self.layout.frame, self.layout.eval_calls) {
+            (FrameFields::Object { .. }, _) | (_, EvalCalls::OnePerFrame) => CallEdge::Entry,
+            (_, EvalCalls::EntryFlag { .. }) if record.is_entry => CallEdge::Entry,
+            (_, EvalCalls::EntryFlag { .. }) => CallEdge::Inside,
+            (_, EvalCalls::EntryFrames { entry_owner }) if record.owner == entry_owner => {
+                CallEdge::Shim
+            }
+            (_, EvalCalls::EntryFrames { .. }) => CallEdge::Inside,
+        }
     }
 
     /// The frame layout the walk follows.
@@ -523,136 +352,109 @@ impl StackReader {
         tstate: u64,
         mut frames_at: Option<&mut Vec<FrameAt>>,
     ) -> Result<StackId, StackError> {
-        let before = self.top(memory, tstate)?;
-        if let Some((top, stack, _)) = self.last.get(&tstate).filter(|_| frames_at.is_none()) {
-            if *top == before {
-                return Ok(*stack);
-            }
-        }
-        let mut frames: Vec<FrameId> = Vec::new();
+        let chain = self.frames.read(memory, tstate)?;
+        let mut frames: Vec<FrameId> = Vec::with_capacity(chain.frames.len() + 1);
         let mut seen_codes: HashMap<u64, Option<Code>> = HashMap::new();
-        let mut frame = before.map(|t| t.frame).unwrap_or(0);
-        let mut visited: std::collections::HashSet<u64> = std::collections::HashSet::new();
-        visited.insert(frame);
-        let mut truncated = false;
-        let mut walked = 0;
-        let mut root = (0, 0);
-        // Calls of the evaluation loop, innermost first: the frames each runs, its anchor,
-        // and (3.11) its innermost frame's address, which its cframe must point at.
+        // Calls of the evaluation loop, innermost first (for `--native`): the frames each
+        // runs, its anchor, and (3.11) its innermost frame's address, which its cframe must
+        // point at.
         let mut calls: Vec<(EvalCall, u64)> = Vec::new();
-        let mut call = (
-            EvalCall {
-                frames: 0,
-                anchor: None,
-            },
-            frame,
-        );
-        while frame != 0 {
-            if walked == MAX_FRAMES {
-                truncated = true;
-                break;
+        let new_call = |innermost: u64| {
+            (
+                EvalCall {
+                    frames: 0,
+                    anchor: None,
+                },
+                innermost,
+            )
+        };
+        let mut call = new_call(chain.frames.first().map_or(0, |f| f.0));
+        for &(frame, record) in &chain.frames {
+            let shown = self.shown_frame(memory, &chain, record, &mut seen_codes)?;
+            if let Some((code_addr, id)) = shown {
+                frames.push(id);
+                call.0.frames += 1;
+                if let Some(at) = frames_at.as_deref_mut() {
+                    at.push(FrameAt {
+                        frame,
+                        code: code_addr,
+                    });
+                }
             }
-            walked += 1;
-            let record = self.read_frame(memory, frame)?;
-            let (next, code_addr, instr) = (record.previous, record.code, record.instr);
-            if record.shown && code_addr != 0 {
-                let code = match seen_codes.get(&code_addr) {
-                    Some(code) => code.clone(),
-                    None => {
-                        let code = self.code(memory, code_addr)?;
-                        seen_codes.insert(code_addr, code.clone());
-                        code
+            if self.eval_calls {
+                match self.edge(&record) {
+                    CallEdge::Inside => {}
+                    CallEdge::Entry => {
+                        calls.push(std::mem::replace(&mut call, new_call(record.previous)))
                     }
-                };
-                if let Some(code) = code {
-                    let offset = match self.layout.code.first_instruction {
-                        Some(_) if record.tlbc_index != 0 => {
-                            self.copy_offset(memory, code_addr, &code, record)?
-                        }
-                        // 3.11-3.12 point one unit before the first instruction until it runs.
-                        Some(first) => instr.saturating_sub(code_addr + first),
-                        None => instr,
-                    };
-                    if offset > MAX_CODE_BYTES {
-                        return Err(StackError::Moved);
-                    }
-                    frames.push(self.frame_id(code_addr, &code, offset));
-                    call.0.frames += 1;
-                    if let Some(at) = frames_at.as_deref_mut() {
-                        at.push(FrameAt {
-                            frame,
-                            code: code_addr,
-                        });
+                    CallEdge::Shim => {
+                        call.0.anchor = Some(frame);
+                        calls.push(std::mem::replace(&mut call, new_call(record.previous)));
                     }
                 }
             }
-            match record.edge {
-                CallEdge::Inside => {}
-                CallEdge::Entry => calls.push(std::mem::replace(
-                    &mut call,
-                    (
-                        EvalCall {
-                            frames: 0,
-                            anchor: None,
-                        },
-                        next,
-                    ),
-                )),
-                CallEdge::Shim => {
-                    call.0.anchor = Some(frame);
-                    calls.push(std::mem::replace(
-                        &mut call,
-                        (
-                            EvalCall {
-                                frames: 0,
-                                anchor: None,
-                            },
-                            next,
-                        ),
-                    ));
-                }
-            }
-            // A frame met twice: a chain that loops (read while it changed, or corrupt)
-            // would otherwise be walked to MAX_FRAMES and shown as a deep recursion.
-            if next == frame || (next != 0 && !visited.insert(next)) {
-                return Err(StackError::Moved);
-            }
-            root = (frame, code_addr);
-            frame = next;
         }
-        if call.0.frames > 0 {
-            calls.push(call);
+        if chain.truncated {
+            frames.push(self.table.intern_frame(Frame::marker(TRUNCATED)));
         }
+        frames.reverse();
+        let stack = self.table.intern_stack(&frames);
         if self.eval_calls {
+            if call.0.frames > 0 {
+                calls.push(call);
+            }
             if let EvalCalls::EntryFlag {
                 cframe_previous, ..
             } = self.layout.eval_calls
             {
                 self.anchor_cframes(memory, tstate, cframe_previous, &mut calls);
             }
+            if self.last.len() >= MAX_REMEMBERED {
+                self.last.clear();
+            }
+            let calls: Arc<[EvalCall]> = calls.into_iter().map(|(c, _)| c).collect();
+            self.last.insert(tstate, (stack, calls));
         }
-        if !Top::same_frame(self.top(memory, tstate)?, before) {
-            self.last.remove(&tstate);
-            return Err(StackError::Moved);
-        }
-        if !truncated && !self.root_confirmed(memory, tstate, root) {
-            self.last.remove(&tstate);
-            return Err(StackError::Moved);
-        }
-        if truncated {
-            frames.push(self.table.intern_frame(Frame::marker(TRUNCATED)));
-        }
-        frames.reverse();
-        let stack = self.table.intern_stack(&frames);
-        if self.last.len() >= MAX_REMEMBERED {
-            self.last.clear();
-        }
-        let calls: Arc<[EvalCall]> = match self.eval_calls {
-            true => calls.into_iter().map(|(c, _)| c).collect(),
-            false => Arc::new([]),
-        };
-        self.last.insert(tstate, (before, stack, calls));
         Ok(stack)
+    }
+
+    /// A frame of `chain` to show: its code object's address and its frame entry. None for
+    /// a shim, an entry frame's placeholder or a frame without code.
+    fn shown_frame(
+        &mut self,
+        memory: &dyn Memory,
+        chain: &Chain,
+        record: FrameRecord,
+        seen_codes: &mut HashMap<u64, Option<Code>>,
+    ) -> Result<Option<(u64, FrameId)>, StackError> {
+        let code_addr = record.code;
+        if !record.shown || code_addr == 0 {
+            return Ok(None);
+        }
+        let code = match seen_codes.get(&code_addr) {
+            Some(code) => code.clone(),
+            None => {
+                let header = chain.code_header(code_addr, self.code_size);
+                let code = self.code(memory, code_addr, header)?;
+                seen_codes.insert(code_addr, code.clone());
+                code
+            }
+        };
+        let Some(code) = code else {
+            return Ok(None);
+        };
+        let offset = match self.layout.code.first_instruction {
+            Some(_) if record.tlbc_index != 0 => {
+                self.copy_offset(memory, code_addr, &code, record)?
+            }
+            // 3.11-3.12 point one unit before the first instruction until it runs.
+            Some(first) => record.instr.saturating_sub(code_addr + first),
+            None => record.instr,
+        };
+        if offset > MAX_CODE_BYTES {
+            return Err(StackError::Moved);
+        }
+        Ok(Some((code_addr, self.frame_id(code_addr, &code, offset))))
     }
 
     /// 3.11: give each call the address of its `_PyCFrame`, from the thread state's chain of
@@ -816,6 +618,7 @@ pub fn locations_line(table: &[u8], firstlineno: i32, index: u64) -> Option<i32>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::python::layout::FrameFields;
 
     #[test]
     fn lnotab_counts_lines_up_to_the_offset() {
@@ -956,7 +759,7 @@ mod tests {
     fn regions_3_12(linked: bool) -> (StackLayout, Vec<(u64, Vec<u8>)>) {
         let layout = table_for(&Version::new(3, 12, 1)).unwrap().stack.unwrap();
         let mut regions: Vec<(u64, Vec<u8>)> = Vec::new();
-        regions.push((TSTATE, vec![0; 128]));
+        regions.push((TSTATE, vec![0; 512]));
         put(&mut regions, TSTATE, 56, CFRAME);
         regions.push((CFRAME, vec![0; 16]));
         put(&mut regions, CFRAME, 0, GEN);
@@ -991,6 +794,8 @@ mod tests {
             put(&mut regions, frame, 8, previous);
             put(&mut regions, frame, 56, code + 192);
         }
+        // gen()'s frame is its generator's (`owner` 1, FRAME_OWNED_BY_GENERATOR).
+        regions.iter_mut().find(|(a, _)| *a == GEN).unwrap().1[70] = 1;
         (layout, regions)
     }
 
@@ -1002,24 +807,44 @@ mod tests {
             .collect()
     }
 
+    /// Read until a read confirms (a first read learns where the stack lives), at most 3 times.
+    fn settled(reader: &mut StackReader, memory: &dyn Memory) -> Result<StackId, StackError> {
+        let mut read = reader.read(memory, TSTATE);
+        for _ in 1..3 {
+            if read.is_ok() {
+                break;
+            }
+            read = reader.read(memory, TSTATE);
+        }
+        read
+    }
+
     #[test]
     fn a_walk_cut_short_by_a_yielding_generator_is_dropped() {
         let (layout, linked) = thread_3_12(true);
         let mut reader = StackReader::new(layout);
-        // The first walk ends at outer(), not yet known as the thread's root; a second walk
-        // that ends there too confirms it.
-        assert_eq!(reader.read(&linked, TSTATE), Err(StackError::Moved));
-        let first = reader.read(&linked, TSTATE).unwrap();
+        let first = settled(&mut reader, &linked).unwrap();
         assert_eq!(functions(&reader, first), ["outer", "gen"]);
-        // The generator yields after the innermost frame was read and is resumed before it
-        // is read again: the walk sees gen() alone, with outer() still the root.
+        // A generator's frame that yielded is unlinked from its caller: read at that moment,
+        // the stack would be gen() alone, and is not believed.
+        let (layout, unlinked) = thread_3_12(false);
+        let mut reader = StackReader::new(layout);
+        assert_eq!(settled(&mut reader, &unlinked), Err(StackError::Moved));
+    }
+
+    #[test]
+    fn a_stack_that_moved_between_the_two_copies_is_not_believed() {
+        let (layout, linked) = thread_3_12(true);
+        let mut reader = StackReader::new(layout);
+        settled(&mut reader, &linked).unwrap();
         let (_, unlinked) = thread_3_12(false);
-        reader.last.clear();
+        // The planned read copies the thread state, its cframe and both frames, then all four
+        // again: the generator yields between the two copies.
         let racing = Racing {
             before: linked,
             after: unlinked,
             reads: Cell::new(0),
-            switch_at: 3,
+            switch_at: 4,
         };
         assert_eq!(reader.read(&racing, TSTATE), Err(StackError::Moved));
     }
@@ -1037,22 +862,55 @@ mod tests {
         }
     }
 
+    /// A 3.12 thread `depth` calls of recurse() deep under outer(), every frame outside
+    /// a data-stack chunk (as frames of older chunks and generators are).
+    fn deep_thread_3_12(depth: usize) -> (StackLayout, MemoryImage) {
+        let (layout, mut regions) = regions_3_12(true);
+        let gen_code = 0x61000;
+        let first = 0x100000u64;
+        let mut previous = OUTER;
+        for i in 0..depth {
+            let frame = first + 0x80 * i as u64;
+            regions.push((frame, vec![0; 80]));
+            put(&mut regions, frame, 0, gen_code);
+            put(&mut regions, frame, 8, previous);
+            put(&mut regions, frame, 56, gen_code + 192);
+            previous = frame;
+        }
+        put(&mut regions, CFRAME, 0, previous);
+        (layout, image_of(regions))
+    }
+
     #[test]
-    fn a_stack_that_stands_still_is_not_walked_again() {
-        let (layout, image) = thread_3_12(true);
+    fn a_deep_stack_is_read_whole_up_to_the_frame_limit_and_marked_beyond() {
+        // The confirming copy must hold every frame the walk took: a plan that kept only
+        // some of them lost every stack deeper than that (2,000 frames in tests/record.rs).
+        for depth in [600, 2000, MAX_FRAMES - 1] {
+            let (layout, image) = deep_thread_3_12(depth);
+            let mut reader = StackReader::new(layout);
+            for attempt in 0..3 {
+                // The first read learns where the frames are, later ones read by the plan.
+                let stack = reader
+                    .read(&image, TSTATE)
+                    .unwrap_or_else(|e| panic!("depth {depth}, read {attempt}: {e:?}"));
+                let names = functions(&reader, stack);
+                assert_eq!(names.len(), depth + 1, "depth {depth}, read {attempt}");
+                assert_eq!(names[0], "outer");
+                assert!(names[1..].iter().all(|n| n == "gen"));
+            }
+        }
+        // Deeper than the limit: the innermost MAX_FRAMES frames under the marker.
+        let (layout, image) = deep_thread_3_12(MAX_FRAMES + 100);
         let mut reader = StackReader::new(layout);
-        let counting = Racing {
-            before: image,
-            after: MemoryImage::new(),
-            reads: Cell::new(0),
-            switch_at: usize::MAX,
-        };
-        assert_eq!(reader.read(&counting, TSTATE), Err(StackError::Moved));
-        let first = reader.read(&counting, TSTATE).unwrap();
-        let walked = counting.reads.get();
-        assert_eq!(reader.read(&counting, TSTATE), Ok(first));
-        // Only the innermost frame is read to see that nothing moved.
-        assert_eq!(counting.reads.get() - walked, 3);
+        for attempt in 0..3 {
+            let stack = reader
+                .read(&image, TSTATE)
+                .unwrap_or_else(|e| panic!("read {attempt}: {e:?}"));
+            let names = functions(&reader, stack);
+            assert_eq!(names.len(), MAX_FRAMES + 1, "read {attempt}");
+            assert_eq!(names[0], TRUNCATED);
+            assert!(names[1..].iter().all(|n| n == "gen"));
+        }
     }
 
     /// Free-threaded 3.14+: gen() runs in its thread's copy of the bytecode (`tlbc_index`
@@ -1092,17 +950,15 @@ mod tests {
         put(&mut regions, GEN, 72, 1);
         let mut reader = StackReader::new(layout);
         let image = image_of(regions.clone());
-        assert_eq!(reader.read(&image, TSTATE), Err(StackError::Moved));
-        let stack = reader.read(&image, TSTATE).unwrap();
+        let stack = settled(&mut reader, &image).unwrap();
         let lines: Vec<u32> = reader.table.frames(stack).map(|f| f.line).collect();
         assert_eq!(lines, [2, 4]);
         // An index past the array, or an instruction outside the copy, is a torn read.
         for (index, instr) in [(5, copy + 6), (1, copy + 64)] {
             put(&mut regions, GEN, 72, index);
             put(&mut regions, GEN, 56, instr);
-            reader.last.clear();
             assert_eq!(
-                reader.read(&image_of(regions.clone()), TSTATE),
+                settled(&mut reader, &image_of(regions.clone())),
                 Err(StackError::Moved),
                 "index {index}, instruction {instr:#x}"
             );

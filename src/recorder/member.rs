@@ -20,11 +20,11 @@ use crate::target::process::{self, Liveness};
 
 /// Share of the sampling interval a tick may spend on first walks of sleeping threads.
 const WALK_SHARE: f64 = 0.25;
-/// Python names come from a walk of `threading`'s registry: read again when threads came or
-/// went or some thread had no name yet (at most every [`NAME_REFRESH`]), and otherwise this
-/// often (a thread renamed).
 /// How often a version known only from the library's name is read again.
 const VERSION_REREAD: std::time::Duration = std::time::Duration::from_millis(200);
+/// Python names come from a walk of `threading`'s registry: read again at the first slice
+/// after threads came or went, every [`NAME_REFRESH`] while some thread has no name yet, and
+/// otherwise this often (a thread renamed).
 const PYTHON_NAME_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long a process that could no longer be read while alive is given to finish an exec.
 const EXEC_SETTLES: std::time::Duration = std::time::Duration::from_millis(200);
@@ -53,9 +53,9 @@ pub(super) struct Member {
     pub(super) unreadable: Option<String>,
     /// The program its process exec'd, if it did: its Python is gone (`exited` is set too).
     pub(super) execed: Option<PathBuf>,
-    /// When Python names were last read, the interpreter's lists generation then, and
-    /// whether they named every Python thread alive.
-    pub(super) python_names_read: Option<(Instant, u64, bool)>,
+    /// When Python names were last read, the interpreter's lists generation then, whether
+    /// they named every Python thread alive, and the profile's rows then.
+    pub(super) python_names_read: Option<(Instant, u64, bool, usize)>,
     /// Its last slice, the one that says it exited, was given out.
     pub(super) sliced_out: bool,
     /// When its version, known only from the library's name at attach, was last read again.
@@ -237,10 +237,20 @@ impl Member {
         self.profile
             .refresh_some_names(budget, |tid| observer.current_thread_name(tid));
         let generation = self.observer.interpreter.lists_generation();
-        let due = self.python_names_read.is_none_or(|(at, seen, complete)| {
-            let age = at.elapsed();
-            ((seen != generation || !complete) && age >= NAME_REFRESH) || age >= PYTHON_NAME_REFRESH
-        });
+        // A new thread is named at the first slice after it appears, and again once it has
+        // a row in the profile (its first samples may come after that read; a thread that lives
+        // less than NAME_REFRESH would otherwise keep its OS name); a thread still without
+        // a Python name is looked for again every NAME_REFRESH.
+        let rows = self.profile.threads().len();
+        let due = self
+            .python_names_read
+            .is_none_or(|(at, seen, complete, known)| {
+                let age = at.elapsed();
+                seen != generation
+                    || known != rows
+                    || (!complete && age >= NAME_REFRESH)
+                    || age >= PYTHON_NAME_REFRESH
+            });
         if due {
             self.read_python_names();
         }
@@ -276,6 +286,7 @@ impl Member {
             Instant::now(),
             observer.interpreter.lists_generation(),
             complete,
+            self.profile.threads().len(),
         ));
     }
 

@@ -24,8 +24,12 @@ use crate::target::task::{Activity, TaskError, TaskReading, Tasks};
 /// Subinterpreters whose `threading` is read for thread names: each costs a few reads per
 /// name refresh.
 const MAX_NAMED_SUBINTERPRETERS: usize = 16;
-/// Walks of one thread's stack per tick before it counts as unreadable.
-const STACK_ATTEMPTS: usize = 3;
+/// Reads of one thread's stack per tick before it counts as not captured, whatever the time
+/// left ([`Observer::set_retry_budget`])...
+const MIN_STACK_ATTEMPTS: usize = 4;
+/// ...and at most, however much time is left. A thread that calls and returns flat out
+/// moves under one read in a few (see python/frame_copy.rs); 64 reads take 0.1-0.5 ms.
+const MAX_STACK_ATTEMPTS: usize = 64;
 /// A thread asleep whose exact CPU clock has not moved is still asleep where it was: its
 /// /proc reading is reused, but never for longer than this (ns). A thread that ends leaves
 /// the task listing at once and is forgotten; this only bounds the case of its tid being
@@ -237,6 +241,9 @@ pub struct Observer<M: Memory> {
     last_stacks: HashMap<i32, (u64, u64, StackId)>,
     /// Time a tick may spend on first walks of sleeping threads (ns); None: no limit.
     walk_budget_ns: Option<u64>,
+    /// Time a tick may spend reading stacks again that moved under a read (ns); None: up to
+    /// [`MAX_STACK_ATTEMPTS`] reads of each.
+    retry_budget_ns: Option<u64>,
     /// Sleeping threads whose first walk was put off: their thread state and CPU time at the
     /// first deferred tick, and whether a later deferred tick saw them elsewhere (ran).
     deferred: HashMap<i32, Deferred>,
@@ -272,6 +279,7 @@ impl<M: Memory> Observer<M> {
             held_last: HashMap::new(),
             last_stacks: HashMap::new(),
             walk_budget_ns: None,
+            retry_budget_ns: None,
             deferred: HashMap::new(),
             last_sleeps: HashMap::new(),
             live: Vec::new(),
@@ -402,6 +410,13 @@ impl<M: Memory> Observer<M> {
         self.walk_budget_ns = ns;
     }
 
+    /// Bound the time a tick spends reading again the stacks that moved under a read: past
+    /// `ns` since the tick's stacks began, each thread gets [`MIN_STACK_ATTEMPTS`] reads,
+    /// and one still unread then is counted as not captured.
+    pub fn set_retry_budget(&mut self, ns: Option<u64>) {
+        self.retry_budget_ns = ns;
+    }
+
     /// Every stack and frame seen so far.
     pub fn stack_table(&self) -> Option<&StackTable> {
         self.stacks.as_ref().map(|s| &s.table)
@@ -483,7 +498,8 @@ impl<M: Memory> Observer<M> {
                 continue;
             }
             first_walks += usize::from(first_walk_of_sleeper);
-            let read = self.walk(tstate);
+            let retry_until = self.retry_budget_ns.map(|b| started.saturating_add(b));
+            let read = self.walk(tstate, retry_until);
             let was_deferred = self.deferred.remove(&thread.tid);
             match read {
                 Ok(stack) => {
@@ -503,6 +519,8 @@ impl<M: Memory> Observer<M> {
                 }
                 Err(_) => {
                     errors += 1;
+                    // Shown as such, with its weight, rather than as a sample of no stack.
+                    thread.stack = self.stacks.as_mut().map(StackReader::not_captured);
                     self.last_stacks.remove(&thread.tid);
                 }
             }
@@ -558,20 +576,32 @@ impl<M: Memory> Observer<M> {
         }
     }
 
-    /// Walk one thread's stack. A thread calling and returning fast moves its stack under
-    /// one walk in a few: another walk right away usually sees a still moment.
-    fn walk(&mut self, tstate: u64) -> Result<StackId, StackError> {
+    /// Read one thread's stack. A thread calling and returning flat out moves under one
+    /// read in a few: it is read again at once, [`MIN_STACK_ATTEMPTS`] times at least, more
+    /// until `until` (CLOCK_MONOTONIC ns; None: [`MAX_STACK_ATTEMPTS`] times).
+    fn walk(&mut self, tstate: u64, until: Option<u64>) -> Result<StackId, StackError> {
         let Some(reader) = self.stacks.as_mut() else {
             return Err(StackError::Moved);
         };
-        let mut read = reader.read(&self.memory, tstate);
-        for _ in 1..STACK_ATTEMPTS {
-            if read != Err(StackError::Moved) {
-                break;
+        let mut attempts = 0;
+        self.stats.stack_walks += 1;
+        loop {
+            let read = reader.read(&self.memory, tstate);
+            attempts += 1;
+            self.stats.stack_attempts += 1;
+            let out_of_time = attempts >= MIN_STACK_ATTEMPTS
+                && until.is_some_and(|t| crate::sample::monotonic_ns() >= t);
+            // A read that faulted or found garbage raced the thread as much as one that saw
+            // it move (a pointer read before the frame it named was freed): both retry.
+            let raced = match &read {
+                Ok(_) => false,
+                Err(StackError::Moved) => true,
+                Err(StackError::Read(e)) => !matches!(e, ReadError::Gone | ReadError::Denied),
+            };
+            if !raced || attempts >= MAX_STACK_ATTEMPTS || out_of_time {
+                return read;
             }
-            read = reader.read(&self.memory, tstate);
         }
-        read
     }
 
     /// The target's pid in its own PID namespace (a container seen from outside), where it

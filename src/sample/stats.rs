@@ -61,6 +61,10 @@ pub struct TickStats {
     pub stack_ns: u64,
     /// Remote reads of the stack walks.
     pub stack_reads: u64,
+    /// Stacks walked (not known unchanged), and attempts at them: a stack that moved under a
+    /// read is read again within the tick.
+    pub stack_walks: u64,
+    pub stack_attempts: u64,
     /// Walks put off to a later tick (first walks of sleeping threads past the tick's budget;
     /// each put-off tick counts).
     pub walks_deferred: u64,
@@ -137,6 +141,8 @@ impl TickStats {
         self.listings_reused += other.listings_reused;
         self.stack_ns += other.stack_ns;
         self.stack_reads += other.stack_reads;
+        self.stack_walks += other.stack_walks;
+        self.stack_attempts += other.stack_attempts;
         self.walks_deferred += other.walks_deferred;
         self.walks_resolved += other.walks_resolved;
         self.aggregate_ns += other.aggregate_ns;
@@ -202,6 +208,15 @@ impl TickStats {
             self.stack_ns,
             Some((self.stack_reads, "reads")),
         );
+        if self.stack_walks > 0 {
+            text += &format!(
+                "  {:<14}{:>38}  {:>8.1} walks/tick, {:.2} reads of each\n",
+                "(stacks)",
+                "(in stack walks)",
+                self.stack_walks as f64 / ticks,
+                self.stack_attempts as f64 / self.stack_walks as f64
+            );
+        }
         if self.walks_deferred > 0 {
             text += &format!(
                 "  {:<14}{:>38}  {:>8} ticks put off, {} threads resolved\n",
@@ -251,6 +266,8 @@ mod tests {
             listings_reused: 2,
             stack_ns: 40_000,
             stack_reads: 20,
+            stack_walks: 8,
+            stack_attempts: 10,
             walks_deferred: 30,
             walks_resolved: 9,
             aggregate_ns: 20_000,
@@ -267,6 +284,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("other               10.0 us/tick"), "{text}");
+        assert!(
+            text.contains("2.0 walks/tick, 1.25 reads of each"),
+            "{text}"
+        );
         assert!(
             text.contains("30 ticks put off, 9 threads resolved"),
             "{text}"

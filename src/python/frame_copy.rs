@@ -1,0 +1,669 @@
+//! A thread's chain of Python frames at one moment: copied in as few remote reads as the
+//! layout allows, walked locally, and believed only when a second copy confirms it. It knows
+//! thread states and frames; code objects, lines and names are stack.rs's.
+//!
+//! How a chain is read. Each thread state has a plan learned from its last walk: the blocks
+//! its stack lived in (3.11+: the used part of its data-stack chunk, with room to grow; the
+//! frames outside it, such as generators' and C-stack entry frames; before 3.11 every frame
+//! object) and the code objects it ran. One `process_vm_readv` reads the thread state's
+//! frame pointers and every planned block twice over, then the code objects' headers.
+//!
+//! What confirms a chain. The thread state of the second copy is read after every block of
+//! the first and before any other of the second: at a moment T inside every frame's two
+//! copies. A frame that reads the same in both copies (link, code, instruction; the innermost
+//! frame's instruction excepted, as it runs) was so at T, short of changing and changing back
+//! in between. So the chain is walked from the innermost frame that thread state names, over
+//! the frames of the first copy, and believed where every frame reads the same in the second
+//! and was part of the stack at T: below the data stack's top (3.11+) and, on 3.6-3.10,
+//! marked running (the innermost frame may be being entered or left). A chain that needed
+//! frames the plan lacked is fetched, then confirmed by a read of the thread state and every
+//! block, which must show the same thread state. A thread that moved under the read is read
+//! again by the caller, with a plan this attempt brought up to date.
+
+use std::collections::{HashMap, HashSet};
+
+use super::layout::{EvalCalls, FrameFields, StackLayout};
+use super::stack::{StackError, MAX_FRAMES};
+use crate::target::memory::{check_pointer, i32_at, u64_at, Memory, ReadError, MAX_READ};
+
+/// Thread states with a plan; past this the plans start over.
+const MAX_PLANS: usize = 65_536;
+/// Frames whose caller was seen, for predicting chains of frames outside chunks; past this
+/// the predictions start over.
+const MAX_SUCCESSORS: usize = 65_536;
+/// Code objects read ahead per thread state (those a stack lacks are read by stack.rs).
+const MAX_PLANNED_CODES: usize = 512;
+/// Frames read ahead of a frame the copy lacked, along the chain seen before.
+const MAX_PREDICTED: usize = 64;
+/// Bytes copied past the used part of a data-stack chunk, for a stack that grows between
+/// two reads (about 20 frames of a small function).
+const CHUNK_SLACK: usize = 2048;
+/// The smallest page size: memory is mapped in whole pages of it.
+const PAGE: u64 = 4096;
+/// `_PyStackChunk`: `previous`, `size`, `top`, then the frames.
+const CHUNK_HEADER: usize = 24;
+/// `owner` of an interpreter frame (3.11+, the same values in every version): held by a
+/// generator or coroutine object, and copied into a frame object that outlived its call.
+const OWNED_BY_GENERATOR: u8 = 1;
+const OWNED_BY_FRAME_OBJECT: u8 = 2;
+
+/// What a frame holds that the walk uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct FrameRecord {
+    /// The next frame outwards (0: none).
+    pub previous: u64,
+    pub code: u64,
+    /// 3.11+ a pointer to the instruction; before, its byte offset.
+    pub instr: u64,
+    /// Whether it is a frame to show (not a C-stack shim).
+    pub shown: bool,
+    /// Free-threaded 3.14+: which copy of the bytecode `instr` points into (0: the code
+    /// object's own).
+    pub tlbc_index: i32,
+    /// 3.11+: who holds the frame's memory (`owner`); 0 before.
+    pub owner: u8,
+    /// 3.6-3.10: the evaluation loop is running it; true where the version does not say.
+    pub running: bool,
+    /// 3.11: the first frame its call of the evaluation loop runs (`is_entry`); false in
+    /// other versions, whose calls [`EvalCalls`] tells otherwise.
+    pub is_entry: bool,
+}
+
+/// A thread's frames at one moment, innermost first, with the headers of the code objects
+/// read alongside (for stack.rs, which checks them).
+pub(super) struct Chain {
+    pub frames: Vec<(u64, FrameRecord)>,
+    /// [`MAX_FRAMES`] frames were read and there were more.
+    pub truncated: bool,
+    codes: Copied,
+}
+
+impl Chain {
+    /// The first `len` bytes of the code object at `addr`, if they were read with the chain.
+    pub fn code_header(&self, addr: u64, len: usize) -> Option<&[u8]> {
+        self.codes.get(addr, len)
+    }
+}
+
+/// What a thread state said about its stack, in one copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Head {
+    /// 3.11-3.12: the `_PyCFrame` the thread state points at (0: none).
+    cframe: u64,
+    /// The innermost frame (0: no Python frame).
+    frame: u64,
+    /// 3.11+: the data-stack chunk of the newest frames, and the end of its used part.
+    chunk: u64,
+    chunk_top: u64,
+}
+
+/// The blocks to read for a thread state's stack, learned from its last walk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Plan {
+    cframe: u64,
+    /// 3.11+: the data-stack chunk and the bytes of it to copy.
+    chunk: Option<(u64, usize)>,
+    /// Frames outside the chunk (every frame before 3.11), innermost first.
+    frames: Vec<u64>,
+    codes: Vec<u64>,
+}
+
+/// Blocks of the target's memory as reads saw them, looked up by address.
+#[derive(Debug, Default)]
+struct Copied {
+    /// (address, length, where its bytes start in `bytes`).
+    blocks: Vec<(u64, usize, usize)>,
+    /// The blocks that start at each address, oldest first: a deep stack's copy has thousands
+    /// of frames, each looked up once per walk, which a scan of every block made quadratic.
+    starts: HashMap<u64, Vec<usize>>,
+    bytes: Vec<u8>,
+}
+
+impl Copied {
+    /// `blocks` read one after the other into `bytes` (as `Memory::read_many` does).
+    fn from_parts(blocks: &[(u64, usize)], bytes: &[u8]) -> Copied {
+        let mut copied = Copied::default();
+        copied.push(blocks, bytes);
+        copied
+    }
+
+    fn push(&mut self, blocks: &[(u64, usize)], bytes: &[u8]) {
+        let mut at = self.bytes.len();
+        self.bytes.extend_from_slice(bytes);
+        for &(addr, len) in blocks {
+            self.starts.entry(addr).or_default().push(self.blocks.len());
+            self.blocks.push((addr, len, at));
+            at += len;
+        }
+    }
+
+    /// Read `blocks` together and keep them.
+    fn fetch(&mut self, memory: &dyn Memory, blocks: &[(u64, usize)]) -> Result<(), ReadError> {
+        let mut bytes = Vec::new();
+        memory.read_many(blocks, &mut bytes)?;
+        self.push(blocks, &bytes);
+        Ok(())
+    }
+
+    /// The bytes at `addr..addr + len`: from the latest block that starts there and holds
+    /// them all, else from the latest block that holds them all. (Blocks of one copy that
+    /// overlap hold the same moment, but for the thread state a copy re-reads at its end,
+    /// which starts where the first read of it did.)
+    fn get(&self, addr: u64, len: usize) -> Option<&[u8]> {
+        let bytes = |&(_, length, at): &(u64, usize, usize)| {
+            (len <= length)
+                .then(|| self.bytes.get(at..at + len))
+                .flatten()
+        };
+        let exact = self.starts.get(&addr).and_then(|indices| {
+            indices
+                .iter()
+                .rev()
+                .find_map(|&i| self.blocks.get(i).and_then(bytes))
+        });
+        if exact.is_some() {
+            return exact;
+        }
+        self.blocks.iter().rev().find_map(|&(start, length, at)| {
+            let offset = usize::try_from(addr.checked_sub(start)?).ok()?;
+            if offset.checked_add(len)? > length {
+                return None;
+            }
+            self.bytes.get(at + offset..at + offset + len)
+        })
+    }
+}
+
+/// Reads chains of frames of one interpreter's threads.
+pub(super) struct FrameReader {
+    layout: StackLayout,
+    /// Bytes read of each frame, and of each code object's header.
+    frame_size: usize,
+    code_size: usize,
+    /// The part of a thread state the walk reads: its first offset and length.
+    head: (u64, usize),
+    plans: HashMap<u64, Plan>,
+    /// Each frame outside chunks, and the frame that came after it (its caller) last time.
+    successors: HashMap<u64, u64>,
+}
+
+impl FrameReader {
+    pub fn new(layout: StackLayout, code_size: usize) -> FrameReader {
+        let frame_size = match layout.frame {
+            FrameFields::Object {
+                back,
+                code,
+                lasti,
+                executing,
+                ..
+            } => back
+                .max(code)
+                .max(lasti)
+                .max(executing.map_or(0, |e| e.offset)),
+            FrameFields::Interpreter {
+                previous,
+                code,
+                instr,
+                owner,
+                tlbc_index,
+                ..
+            } => previous
+                .max(code)
+                .max(instr)
+                .max(owner)
+                .max(tlbc_index.unwrap_or(0))
+                .max(match layout.eval_calls {
+                    EvalCalls::EntryFlag { is_entry, .. } => is_entry,
+                    _ => 0,
+                }),
+        } as usize
+            + 8;
+        // The frame pointer, and 3.11+ `datastack_chunk` and `datastack_top`.
+        let fields = [
+            Some((layout.tstate_frame, 8)),
+            layout.datastack.map(|offset| (offset, 16)),
+        ];
+        let first = fields.iter().flatten().map(|f| f.0).min().unwrap_or(0);
+        let end = fields
+            .iter()
+            .flatten()
+            .map(|f| f.0 + f.1)
+            .max()
+            .unwrap_or(8);
+        FrameReader {
+            layout,
+            frame_size,
+            code_size,
+            head: (first, (end - first) as usize),
+            plans: HashMap::new(),
+            successors: HashMap::new(),
+        }
+    }
+
+    /// One attempt at the chain of the thread state at `tstate`. `StackError::Moved`: the
+    /// copies disagreed (the thread moved under the read); the caller may try again, with a
+    /// plan that this attempt brought up to date.
+    pub fn read(&mut self, memory: &dyn Memory, tstate: u64) -> Result<Chain, StackError> {
+        check_pointer(tstate, 8)?;
+        let plan = self.plans.remove(&tstate).unwrap_or_default();
+        let blocks = self.blocks(tstate, &plan);
+        let code_blocks: Vec<(u64, usize)> =
+            plan.codes.iter().map(|&c| (c, self.code_size)).collect();
+        // With a plan, one read gives the copy, its confirmation and the code headers.
+        let twice = blocks.len() > 1;
+        let mut all = blocks.clone();
+        if twice {
+            all.extend_from_slice(&blocks);
+        }
+        all.extend_from_slice(&code_blocks);
+        let mut bytes = Vec::new();
+        // The thread state as the first copy saw it, before any of its frames.
+        let mut early = None;
+        let (mut first, mut second, mut codes) = match memory.read_many(&all, &mut bytes) {
+            Ok(()) => {
+                let copy_len: usize = blocks.iter().map(|b| b.1).sum();
+                let mut first = Copied::from_parts(&blocks, &bytes[..copy_len]);
+                early = self.head(&first, tstate).ok();
+                if twice {
+                    // The walk starts from the thread state as the second copy saw it: read
+                    // after every frame of the first copy and before any of the second, at a
+                    // moment when each frame that reads the same in both copies was as read.
+                    let heads =
+                        1 + usize::from(self.layout.cframe_frame.is_some() && plan.cframe != 0);
+                    let len: usize = blocks[..heads].iter().map(|b| b.1).sum();
+                    first.push(&blocks[..heads], &bytes[copy_len..copy_len + len]);
+                }
+                let (second, rest) = match twice {
+                    true => (
+                        Some(Copied::from_parts(&blocks, &bytes[copy_len..2 * copy_len])),
+                        2 * copy_len,
+                    ),
+                    false => (None, copy_len),
+                };
+                (
+                    first,
+                    second,
+                    Copied::from_parts(&code_blocks, &bytes[rest..]),
+                )
+            }
+            Err(e @ (ReadError::Gone | ReadError::Denied)) => return Err(e.into()),
+            // Something the plan named is gone (a chunk freed as the stack shrank, a
+            // finished generator's memory returned): start from the thread state alone.
+            Err(_) if all.len() > 1 => {
+                let mut first = Copied::default();
+                first.fetch(memory, &blocks[..1])?;
+                (first, None, Copied::default())
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut fetched = second.is_none();
+        let walked = self.walk(memory, tstate, &mut first, &mut fetched);
+        // What this attempt walked teaches the next one, confirmed or not.
+        let plan = match &walked {
+            Ok((head, frames, _)) => self.plan(head, frames, &first, &plan),
+            Err(_) => plan,
+        };
+        if self.plans.len() >= MAX_PLANS {
+            self.plans.clear();
+        }
+        self.plans.insert(tstate, plan);
+        let (head, frames, truncated) = walked?;
+        // 3.11+: a generator's frame is linked to its caller only while it runs, and a thread
+        // that resumes and suspends it flat out shows the same two frames in both copies
+        // at the same phases of its loop (the caller at a line past the call): a chain
+        // through one also needs the same thread state before the first copy as at T.
+        let generator = matches!(self.layout.frame, FrameFields::Interpreter { .. })
+            && frames.iter().any(|(_, r)| r.owner == OWNED_BY_GENERATOR);
+        if generator && !fetched && early != Some(head) {
+            return Err(StackError::Moved);
+        }
+        if fetched {
+            let plan = self.plans.get(&tstate).cloned().unwrap_or_default();
+            let blocks = self.blocks(tstate, &plan);
+            let missing: Vec<(u64, usize)> = plan
+                .codes
+                .iter()
+                .filter(|&&c| codes.get(c, self.code_size).is_none())
+                .map(|&c| (c, self.code_size))
+                .collect();
+            let mut all = blocks.clone();
+            all.extend_from_slice(&missing);
+            let mut bytes = Vec::new();
+            memory.read_many(&all, &mut bytes)?;
+            let copy_len: usize = blocks.iter().map(|b| b.1).sum();
+            second = Some(Copied::from_parts(&blocks, &bytes[..copy_len]));
+            codes.push(&missing, &bytes[copy_len..]);
+        }
+        match second {
+            Some(second) if self.confirms(tstate, &head, &frames, &second) => Ok(Chain {
+                frames,
+                truncated,
+                codes,
+            }),
+            _ => Err(StackError::Moved),
+        }
+    }
+
+    /// The blocks a plan reads: the thread state's frame pointers first.
+    fn blocks(&self, tstate: u64, plan: &Plan) -> Vec<(u64, usize)> {
+        let mut blocks = vec![(tstate + self.head.0, self.head.1)];
+        if let (Some(offset), true) = (self.layout.cframe_frame, plan.cframe != 0) {
+            blocks.push((plan.cframe + offset, 8));
+        }
+        blocks.extend(plan.chunk);
+        blocks.extend(plan.frames.iter().map(|&f| (f, self.frame_size)));
+        blocks
+    }
+
+    /// The thread state's frame pointers in `copy` (3.11-3.12: through its cframe, which the
+    /// copy must hold too).
+    fn head(&self, copy: &Copied, tstate: u64) -> Result<Head, StackError> {
+        let block = copy
+            .get(tstate + self.head.0, self.head.1)
+            .ok_or(StackError::Moved)?;
+        let field = |offset: u64| {
+            u64_at(block, offset - self.head.0).ok_or(ReadError::BadPointer { addr: tstate })
+        };
+        let mut head = Head::default();
+        if let Some(datastack) = self.layout.datastack {
+            head.chunk = field(datastack)?;
+            head.chunk_top = field(datastack + 8)?;
+        }
+        let first = field(self.layout.tstate_frame)?;
+        head.frame = match self.layout.cframe_frame {
+            None => first,
+            Some(_) if first == 0 => 0,
+            Some(offset) => {
+                head.cframe = first;
+                let current = copy.get(first + offset, 8).and_then(|b| u64_at(b, 0));
+                current.ok_or(StackError::Moved)?
+            }
+        };
+        Ok(head)
+    }
+
+    /// Walk the chain in `copy` from the thread state's innermost frame, fetching what the
+    /// copy lacks (and saying so in `fetched`). Checks what one copy can show: every
+    /// pointer plausible, no frame twice, every frame running where the version says, none
+    /// copied into a frame object, and the outermost frame not a generator's (a generator's
+    /// frame that yielded is cut from its caller).
+    #[allow(clippy::type_complexity)]
+    fn walk(
+        &mut self,
+        memory: &dyn Memory,
+        tstate: u64,
+        copy: &mut Copied,
+        fetched: &mut bool,
+    ) -> Result<(Head, Vec<(u64, FrameRecord)>, bool), StackError> {
+        if let Some(offset) = self.layout.cframe_frame {
+            // 3.11-3.12: the innermost frame is in the cframe the thread state points at.
+            let cframe = copy
+                .get(tstate + self.layout.tstate_frame, 8)
+                .and_then(|b| u64_at(b, 0))
+                .ok_or(StackError::Moved)?;
+            if cframe != 0 && copy.get(cframe + offset, 8).is_none() {
+                check_pointer(cframe, 8)?;
+                copy.fetch(memory, &[(cframe + offset, 8)])?;
+                *fetched = true;
+            }
+        }
+        let head = self.head(copy, tstate)?;
+        if head.chunk != 0 {
+            check_pointer(head.chunk, 8)?;
+            let used = head
+                .chunk_top
+                .checked_sub(head.chunk)
+                .filter(|&u| (CHUNK_HEADER as u64..=MAX_READ as u64).contains(&u))
+                .ok_or(StackError::Moved)? as usize;
+            if copy.get(head.chunk, used).is_none() {
+                copy.fetch(memory, &[(head.chunk, used)])?;
+                *fetched = true;
+            }
+        }
+        let mut frames: Vec<(u64, FrameRecord)> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut frame = head.frame;
+        while frame != 0 {
+            if frames.len() == MAX_FRAMES {
+                return Ok((head, frames, true));
+            }
+            check_pointer(frame, 8)?;
+            if !seen.insert(frame) {
+                return Err(StackError::Moved);
+            }
+            if copy.get(frame, self.frame_size).is_none() {
+                let predicted = self.predicted(frame, copy);
+                if copy.fetch(memory, &predicted).is_err() {
+                    copy.fetch(memory, &[(frame, self.frame_size)])?;
+                }
+                *fetched = true;
+            }
+            let block = copy
+                .get(frame, self.frame_size)
+                .ok_or(ReadError::BadPointer { addr: frame })?;
+            let record = self.decode(frame, block)?;
+            // The innermost frame may be between its call and its first instruction, or
+            // between its last one and its caller's taking over: not marked running, and
+            // still the thread state's frame (which `confirms` checks).
+            // One with no caller is a generator's frame between its caller's unlinking and
+            // its own end of run: never a stack on its own.
+            let innermost = frames.is_empty() && record.previous != 0;
+            if (!record.running && !innermost) || record.owner == OWNED_BY_FRAME_OBJECT {
+                return Err(StackError::Moved);
+            }
+            frames.push((frame, record));
+            frame = record.previous;
+        }
+        let generator_last = matches!(self.layout.frame, FrameFields::Interpreter { .. })
+            && frames
+                .last()
+                .is_some_and(|(_, r)| r.owner == OWNED_BY_GENERATOR);
+        if generator_last {
+            return Err(StackError::Moved);
+        }
+        Ok((head, frames, false))
+    }
+
+    /// `frame`, and the frames that followed it the last time it was seen, as far as the
+    /// copy lacks them; for a frame never seen before, the whole pages it lies in.
+    fn predicted(&self, frame: u64, copy: &Copied) -> Vec<(u64, usize)> {
+        let mut next = self.successors.get(&frame).copied();
+        if next.is_none() {
+            // Nothing known of its callers (a first read, a new call): the pages that hold
+            // the frame are mapped if it is, and hold its neighbours, on 3.11+ the frames
+            // of its data-stack chunk below it (its callers), before 3.11 frame objects
+            // allocated together. A deep stack read for the first time then takes one read
+            // per page, not one per frame.
+            let start = frame & !(PAGE - 1);
+            let end = (frame + self.frame_size as u64).next_multiple_of(PAGE);
+            return vec![(start, (end - start) as usize)];
+        }
+        let mut blocks = vec![(frame, self.frame_size)];
+        while let Some(f) = next.filter(|&f| f != 0) {
+            if blocks.len() == MAX_PREDICTED
+                || check_pointer(f, 8).is_err()
+                || copy.get(f, self.frame_size).is_some()
+                || blocks.iter().any(|b| b.0 == f)
+            {
+                break;
+            }
+            blocks.push((f, self.frame_size));
+            next = self.successors.get(&f).copied();
+        }
+        blocks
+    }
+
+    /// The plan for the next read of a thread state, from what this one walked.
+    fn plan(
+        &mut self,
+        head: &Head,
+        frames: &[(u64, FrameRecord)],
+        copy: &Copied,
+        last: &Plan,
+    ) -> Plan {
+        let chunk = (head.chunk != 0).then(|| {
+            let used = head.chunk_top.saturating_sub(head.chunk) as usize;
+            // Copy a little more than is used now (the stack may grow by the next read),
+            // never past the chunk's end (the memory after it may not be mapped).
+            let size = copy
+                .get(head.chunk, CHUNK_HEADER)
+                .and_then(|b| u64_at(b, 8))
+                .map_or(used, |s| (s as usize).clamp(used, MAX_READ));
+            let grown = match last.chunk {
+                Some((chunk, len)) if chunk == head.chunk => len.max(used + CHUNK_SLACK),
+                _ => used + CHUNK_SLACK,
+            };
+            (head.chunk, grown.min(size))
+        });
+        let in_chunk = |f: u64| {
+            chunk.is_some_and(|(c, len)| f >= c && f + self.frame_size as u64 <= c + len as u64)
+        };
+        if self.successors.len() >= MAX_SUCCESSORS {
+            self.successors.clear();
+        }
+        // Every frame the walk took (at most MAX_FRAMES): the confirming copy must hold them
+        // all, and a plan that kept only some lost every stack deeper than it kept.
+        let mut outside = Vec::new();
+        for &(addr, record) in frames.iter().filter(|(f, _)| !in_chunk(*f)) {
+            self.successors.insert(addr, record.previous);
+            outside.push(addr);
+        }
+        let mut codes: Vec<u64> = Vec::new();
+        for (_, record) in frames {
+            if record.shown && record.code != 0 && !codes.contains(&record.code) {
+                codes.push(record.code);
+                if codes.len() == MAX_PLANNED_CODES {
+                    break;
+                }
+            }
+        }
+        Plan {
+            cframe: head.cframe,
+            chunk,
+            frames: outside,
+            codes,
+        }
+    }
+
+    /// Does `second` confirm the chain walked in the first copy? See the module's comment.
+    fn confirms(
+        &self,
+        tstate: u64,
+        head: &Head,
+        frames: &[(u64, FrameRecord)],
+        second: &Copied,
+    ) -> bool {
+        let Ok(now) = self.head(second, tstate) else {
+            return false;
+        };
+        if now.chunk != head.chunk {
+            return false;
+        }
+        for (i, &(addr, was)) in frames.iter().enumerate() {
+            let Some(Ok(is)) = second
+                .get(addr, self.frame_size)
+                .map(|b| self.decode(addr, b))
+            else {
+                return false;
+            };
+            let same = (
+                is.previous,
+                is.code,
+                is.shown,
+                is.tlbc_index,
+                is.owner,
+                is.is_entry,
+            ) == (
+                was.previous,
+                was.code,
+                was.shown,
+                was.tlbc_index,
+                was.owner,
+                was.is_entry,
+            );
+            if !same || is.running != was.running || (i > 0 && is.instr != was.instr) {
+                return false;
+            }
+            // A frame of the newest chunk must still be below its top: a frame the thread
+            // returned from keeps its bytes until another call writes over them.
+            let in_chunk = head.chunk != 0 && addr >= head.chunk && addr < head.chunk_top;
+            if in_chunk && addr + self.frame_size as u64 > now.chunk_top {
+                return false;
+            }
+        }
+        // The thread state must read as the walk saw it: then it was read at a moment inside
+        // every frame's two copies (in one read, the second copy's first block; after a
+        // fetch, the confirming read's first block), when the chain it starts was the stack.
+        now == *head
+    }
+
+    /// A frame's fields from its bytes.
+    fn decode(&self, frame: u64, block: &[u8]) -> Result<FrameRecord, ReadError> {
+        let bad = ReadError::BadPointer { addr: frame };
+        let at = |offset| u64_at(block, offset).ok_or(bad.clone());
+        match self.layout.frame {
+            FrameFields::Object {
+                back,
+                code,
+                lasti,
+                lasti_scale,
+                executing,
+            } => {
+                let lasti = i32_at(block, lasti).ok_or(bad.clone())?;
+                let running = match executing {
+                    Some(e) => {
+                        let flag = *block.get(e.offset as usize).ok_or(bad.clone())? as i8;
+                        e.running.contains(&flag)
+                    }
+                    None => true,
+                };
+                Ok(FrameRecord {
+                    previous: at(back)?,
+                    code: at(code)?,
+                    // -1 before the first instruction runs.
+                    instr: (lasti.max(0) as u64) * lasti_scale,
+                    shown: true,
+                    tlbc_index: 0,
+                    owner: 0,
+                    running,
+                    is_entry: false,
+                })
+            }
+            FrameFields::Interpreter {
+                previous,
+                code,
+                instr,
+                owner,
+                shim_owner,
+                tagged_code,
+                tlbc_index,
+            } => {
+                let mut code = at(code)?;
+                if tagged_code {
+                    code &= !7;
+                }
+                let owner = block.get(owner as usize).copied().unwrap_or(0);
+                let tlbc_index = match tlbc_index {
+                    Some(offset) => i32_at(block, offset).ok_or(bad.clone())?,
+                    None => 0,
+                };
+                let is_entry = match self.layout.eval_calls {
+                    EvalCalls::EntryFlag { is_entry, .. } => {
+                        block.get(is_entry as usize).is_some_and(|&b| b != 0)
+                    }
+                    _ => false,
+                };
+                Ok(FrameRecord {
+                    previous: at(previous)?,
+                    code,
+                    instr: at(instr)?,
+                    shown: shim_owner != Some(owner),
+                    tlbc_index,
+                    owner,
+                    running: true,
+                    is_entry,
+                })
+            }
+        }
+    }
+}
