@@ -367,17 +367,14 @@ const IO: [Share; 2] = [
 
 fn io_waits(python: &Python) -> Result<(), Failed> {
     let (fx, report) = shares(python, "io_pingpong", &IO)?;
-    // How long it sleeps in recv is the echo's pace (slower on a loaded host: 0.29 waiting
-    // there, 0.5 quiet); awake, it waits more than it does anything else.
+    // How long it sleeps in recv is the echo's pace (slower on a loaded host: 0.26 waiting
+    // beside two CPU hogs, where it also queues for a CPU after each wake-up, 0.5 quiet);
+    // whatever the pace, it waits for the GIL far longer than it holds it (microseconds).
     let io = row(&report, &fx, "io")?;
-    let (wait, hold, running) = (
-        fraction(io, "wait"),
-        fraction(io, "hold"),
-        fraction(io, "running"),
-    );
+    let (wait, hold) = (fraction(io, "wait"), fraction(io, "hold"));
     expect(
-        wait > hold + running,
-        format!("io awake: wait {wait}, hold {hold}, running {running}: waiting should lead"),
+        wait > 4.0 * hold,
+        format!("io wait {wait}, hold {hold}: it should wait far longer than it holds"),
         &report,
     )?;
     // The I/O threads hold the GIL for microseconds at a time: when it is held, the CPU
