@@ -31,14 +31,7 @@ fn main() {
         ("thread_churn_reports_no_thread_after_it_ended", churn),
     ];
     for (name, test) in per_version {
-        trials.extend(common::per_interpreter(
-            &common::matrix(&pythons),
-            name,
-            move |python| {
-                let _exclusive = common::exclusive();
-                test(python).map(|()| Completion::Completed)
-            },
-        ));
+        trials.extend(common::matrix_trials(&pythons, name, test));
     }
     let once: [(&str, Test); 14] = [
         (

@@ -39,14 +39,7 @@ fn main() {
         ),
     ];
     for (name, test) in per_version {
-        trials.extend(common::per_interpreter(
-            &common::matrix(&pythons),
-            name,
-            move |python| {
-                let _exclusive = common::exclusive();
-                test(python).map(|()| Completion::Completed)
-            },
-        ));
+        trials.extend(common::matrix_trials(&pythons, name, test));
     }
     let once: [(&str, Test); 5] = [
         ("every_format_roots_each_process", formats),

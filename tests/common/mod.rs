@@ -1064,6 +1064,20 @@ impl Outcome for libtest_mimic::Completion {
     }
 }
 
+/// `test` on each interpreter of this run's part of the [`matrix`] of `pythons`, holding the
+/// machine-wide [`exclusive`] lock: [`Suite::every_version`] for binaries with a main of
+/// their own.
+pub fn matrix_trials<T: Outcome + 'static>(
+    pythons: &Pythons,
+    name: &str,
+    test: fn(&Python) -> Result<T, libtest_mimic::Failed>,
+) -> Vec<libtest_mimic::Trial> {
+    per_interpreter(&matrix(pythons), name, move |python| {
+        let _exclusive = exclusive();
+        test(python).map(Outcome::completion)
+    })
+}
+
 /// The harness every test binary of Python processes shares: trials run one at a time (they
 /// share two cores and measure time), a test of every version is named `name::LABEL` per
 /// interpreter (and ignored, with the reason, for one that is missing), and each holds the
@@ -1092,14 +1106,7 @@ impl Suite {
         name: &str,
         test: fn(&Python) -> Result<T, libtest_mimic::Failed>,
     ) {
-        self.trials.extend(per_interpreter(
-            &matrix(&self.pythons),
-            name,
-            move |python| {
-                let _exclusive = exclusive();
-                test(python).map(Outcome::completion)
-            },
-        ));
+        self.trials.extend(matrix_trials(&self.pythons, name, test));
     }
 
     /// `test` once, on the interpreter of [`cli_python`].
