@@ -98,10 +98,24 @@ impl Ring {
         // says otherwise is not believed.
         if head.wrapping_sub(tail) <= size {
             while at < head {
+                // At most two runs of bytes: to the end of the data area, then from its
+                // start (a record wraps around at most once: none is larger than the area).
+                // A byte at a time, with a division each, was four tenths of gilscope's CPU
+                // time with --native at 1 kHz (a stack copy is kilobytes).
                 let copy = |from: u64, out: &mut [u8]| {
-                    for (k, byte) in out.iter_mut().enumerate() {
-                        // SAFETY: the index is reduced modulo the data area's size.
-                        *byte = unsafe { *data.add(((from + k as u64) % size) as usize) };
+                    let area = size as usize;
+                    let start = (from % size) as usize;
+                    let whole = out.len().min(area);
+                    let first = whole.min(area - start);
+                    // SAFETY: `start + first <= area` and `whole - first <= start <= area`:
+                    // both runs lie in the mapped data area, and `out` holds `whole` bytes.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(data.add(start), out.as_mut_ptr(), first);
+                        std::ptr::copy_nonoverlapping(
+                            data,
+                            out.as_mut_ptr().add(first),
+                            whole - first,
+                        );
                     }
                 };
                 let mut header = [0u8; 8];
@@ -453,6 +467,73 @@ mod tests {
         let len = r.len() as u16;
         r[6..8].copy_from_slice(&len.to_le_bytes());
         r
+    }
+
+    /// A ring over an anonymous mapping (a metadata page and `data_pages` of data) whose
+    /// data area holds `records` written from byte `start` on, wrapping at its end.
+    fn ring_holding(data_pages: usize, start: u64, records: &[Vec<u8>]) -> Ring {
+        let page = page_size();
+        let len = page * (1 + data_pages);
+        // SAFETY: a fresh private anonymous mapping; the ring unmaps it when dropped.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let base = base.cast::<u8>();
+        let size = (len - page) as u64;
+        let mut at = start;
+        for record in records {
+            for &byte in record {
+                // SAFETY: reduced modulo the data area's size, inside the mapping.
+                unsafe { *base.add(page + (at % size) as usize) = byte };
+                at += 1;
+            }
+        }
+        // SAFETY: the metadata page is the mapping's first.
+        unsafe {
+            std::ptr::write(base.add(DATA_TAIL) as *mut u64, start);
+            std::ptr::write(base.add(DATA_HEAD) as *mut u64, at);
+        }
+        let fd = std::fs::File::open("/dev/null").unwrap().into();
+        Ring {
+            fd,
+            _switches: None,
+            base,
+            len,
+            page,
+        }
+    }
+
+    #[test]
+    fn records_that_wrap_around_the_ring_are_read_whole() {
+        let page = page_size() as u64;
+        let stack: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let records: Vec<Vec<u8>> = (0..3)
+            .map(|i| sample_record(40 + i, 100 + i as u64, 2, &stack, 1000))
+            .collect();
+        // The second record straddles the end of the data area; then one fits exactly.
+        for start in [page - 1100, page - 8, page * 2 - 10] {
+            let mut ring = ring_holding(1, start, &records[..2]);
+            let mut read = Vec::new();
+            ring.drain(|r| read.push(r.to_vec()));
+            assert_eq!(read, records[..2].to_vec(), "from {start}");
+            let s = parse_sample(&read[1]).unwrap();
+            assert_eq!((s.tid, s.time_ns, s.stack), (41, 101, stack.clone()));
+        }
+        // A head further on than the area can hold is not believed.
+        let mut ring = ring_holding(1, 0, &records);
+        // SAFETY: the metadata page of the test's own mapping.
+        unsafe { std::ptr::write(ring.base.add(DATA_HEAD) as *mut u64, page * 3) };
+        let mut read = 0;
+        ring.drain(|_| read += 1);
+        assert_eq!(read, 0);
     }
 
     #[test]
