@@ -292,30 +292,30 @@ impl FrameReader {
         // another), must now tear the opposite way in the second copy to be believed.
         let chunk_blocks = usize::from(plan.chunk.is_some());
         let chunked = self.layout.datastack.is_some();
-        let (outermost_first, innermost_first): (Vec<(u64, usize)>, Vec<(u64, usize)>) =
-            match twice && chunked {
-                true => {
-                    let (heads_and_chunk, frames) = blocks.split_at(heads + chunk_blocks);
-                    let (head_blocks, chunk) = heads_and_chunk.split_at(heads);
-                    let first = head_blocks
-                        .iter()
-                        .chain(chunk)
-                        .chain(frames.iter().rev())
-                        .copied()
-                        .collect();
-                    let second = head_blocks
-                        .iter()
-                        .chain(frames)
-                        .chain(chunk)
-                        .copied()
-                        .collect();
-                    (first, second)
-                }
-                // Before 3.11 (frame objects) the same order twice: reversed, a busy recursion on
-                // 3.8 lost 4-6% of its samples (frames recycled between calls are read further
-                // apart), and its pipeline still tore as often.
-                false => (blocks.clone(), blocks.clone()),
-            };
+        type Order = Vec<(u64, usize)>;
+        let (outermost_first, innermost_first): (Order, Order) = match twice && chunked {
+            true => {
+                let (heads_and_chunk, frames) = blocks.split_at(heads + chunk_blocks);
+                let (head_blocks, chunk) = heads_and_chunk.split_at(heads);
+                let first = head_blocks
+                    .iter()
+                    .chain(chunk)
+                    .chain(frames.iter().rev())
+                    .copied()
+                    .collect();
+                let second = head_blocks
+                    .iter()
+                    .chain(frames)
+                    .chain(chunk)
+                    .copied()
+                    .collect();
+                (first, second)
+            }
+            // Before 3.11 (frame objects) the same order twice: reversed, a busy recursion on
+            // 3.8 lost 4-6% of its samples (frames recycled between calls are read further
+            // apart), and its pipeline still tore as often.
+            false => (blocks.clone(), blocks.clone()),
+        };
         let mut all = outermost_first.clone();
         let head_len: usize = blocks[..heads].iter().map(|b| b.1).sum();
         if twice {
@@ -381,8 +381,29 @@ impl FrameReader {
         let partial = self.partial.take();
         let plan = match (&walked, partial) {
             (Ok((head, frames, _)), _) => self.plan(head, frames, &first, &plan),
+            // Added to the last plan, not in its place: the frames past where the walk
+            // stopped are still the stack's.
             (Err(_), Some((head, frames))) if !frames.is_empty() => {
-                self.plan(&head, &frames, &first, &plan)
+                let mut learned = self.plan(&head, &frames, &first, &plan);
+                let mut known: HashSet<u64> = learned.frames.iter().copied().collect();
+                for &f in &plan.frames {
+                    if learned.frames.len() >= MAX_FRAMES {
+                        break;
+                    }
+                    if known.insert(f) {
+                        learned.frames.push(f);
+                    }
+                }
+                let mut known: HashSet<u64> = learned.codes.iter().copied().collect();
+                for &c in &plan.codes {
+                    if learned.codes.len() >= MAX_PLANNED_CODES {
+                        break;
+                    }
+                    if known.insert(c) {
+                        learned.codes.push(c);
+                    }
+                }
+                learned
             }
             (Err(_), _) => plan,
         };
