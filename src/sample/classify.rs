@@ -28,6 +28,7 @@ use std::collections::{HashMap, VecDeque};
 use super::observe::{Observation, ThreadObservation};
 use super::{Sample, ThreadSample, ThreadState};
 use crate::python::layout::{ATTACHED, SUSPENDED};
+use crate::target::native::switches::SwitchedOut;
 
 /// A runnable thread is executing if it used at least this share of the interval on a CPU.
 /// GIL hand-off code never comes close; measured plateau 0.1-0.3 (docs/ACCURACY.md).
@@ -75,6 +76,10 @@ pub enum Rule {
     LastInGil,
     /// Runnable, idle on its CPU, last seen elsewhere.
     LastElsewhere,
+    /// Runnable, off its CPU since it left it inside `take_gil` or a release.
+    SwitchedOutInGil,
+    /// Runnable, off its CPU since it left it elsewhere.
+    SwitchedOutElsewhere,
 }
 
 /// What a tick says on its own.
@@ -298,6 +303,7 @@ impl Classifier {
                     state: ThreadState::Stopped,
                     rule: Rule::Stopped,
                     likely: Likelihood {
+                        switched_out_taking: false,
                         not_handed_on: false,
                         woken: false,
                         stayed: false,
@@ -323,6 +329,14 @@ impl Classifier {
                 && enters_gil_without_cpu(thread, &self.pending);
             let (state, rule) = match evidence(thread) {
                 _ if thread.no_gil => (no_gil_state(thread), Rule::NoGil),
+                // Off its CPU since it left it: where it left it is where it is, whatever
+                // history and the CPU it used before suggest.
+                Evidence::Runnable if thread.switched_out.is_some() => match thread.switched_out {
+                    Some(SwitchedOut::Elsewhere) => {
+                        (ThreadState::Running, Rule::SwitchedOutElsewhere)
+                    }
+                    _ => (ThreadState::Wait, Rule::SwitchedOutInGil),
+                },
                 Evidence::Runnable if entering && track.anchor != Some(ThreadState::Idle) => {
                     (ThreadState::Wait, Rule::EntersGil)
                 }
@@ -397,6 +411,7 @@ impl Classifier {
                         })
                 });
             let likely = Likelihood {
+                switched_out_taking: thread.switched_out == Some(SwitchedOut::Taking),
                 not_handed_on,
                 woken,
                 stayed,
@@ -460,6 +475,17 @@ impl Classifier {
             let mut unseen = unseen as usize;
             for i in candidates {
                 let d = &mut decisions[i];
+                // Located by its switch-out: decided. Inside take_gil it is one of those the
+                // count includes (but at the door, which no count covers); in a release or
+                // elsewhere it is none of them.
+                match tick.threads[i].switched_out {
+                    Some(SwitchedOut::Taking) => {
+                        unseen = unseen.saturating_sub(1);
+                        continue;
+                    }
+                    Some(_) => continue,
+                    None => {}
+                }
                 // A thread running native code on both sides of the tick is not one of those
                 // counted (that may be a thread the tick saw leaving, between its reads).
                 if unseen > 0 && !d.native_on {
@@ -554,6 +580,8 @@ struct Decision {
 /// choosing which ones the GIL's count names: compared field by field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Likelihood {
+    /// Its switch-out was inside take_gil: it is there, surely.
+    switched_out_taking: bool,
     /// It was asleep in the GIL at the last tick and the GIL has not changed hands since:
     /// it is still in take_gil, certainly.
     not_handed_on: bool,
@@ -616,6 +644,7 @@ mod tests {
             stack: None,
             deferred: false,
             gil: None,
+            switched_out: None,
         }
     }
 
