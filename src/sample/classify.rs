@@ -724,6 +724,55 @@ mod tests {
         );
     }
 
+    /// Two runnable threads at one tick with the GIL counting `unseen` inside it: 7 was
+    /// switched out at `sites.0`, 8 at `sites.1`, both holding at the tick before.
+    fn located(sites: (Option<SwitchedOut>, Option<SwitchedOut>), unseen: u32) -> [Rule; 2] {
+        let mut classifier = Classifier::new();
+        let mut first = tick(0, vec![thread(7, 'h', 0), thread(8, 'i', 0)]);
+        first.unseen_in_gil = vec![Some(0)];
+        let mut a = thread(7, 'r', 900_000);
+        a.switched_out = sites.0;
+        let mut b = thread(8, 'r', 0);
+        b.switched_out = sites.1;
+        let mut second = tick(1, vec![a, b]);
+        second.unseen_in_gil = vec![Some(unseen)];
+        classifier.push(&first);
+        classifier.push(&second);
+        let out = classifier.finish_explained();
+        [out[1].1[0], out[1].1[1]]
+    }
+
+    #[test]
+    fn where_a_runnable_thread_left_its_cpu_decides_where_it_is() {
+        use SwitchedOut::{Elsewhere, Releasing, Taking};
+        // Preempted in send() after a brief release, uncounted: elsewhere, as before...
+        assert_eq!(
+            located((Some(Elsewhere), None), 0),
+            [Rule::SwitchedOutElsewhere, Rule::LastElsewhere]
+        );
+        // ...and never one of those the count names, which goes to the other thread.
+        assert_eq!(
+            located((Some(Elsewhere), None), 1),
+            [Rule::SwitchedOutElsewhere, Rule::QueuedInGil]
+        );
+        // Preempted in a release's last steps, which no count covers: waiting, where history
+        // said it ran (it had used the CPU, it was not forced out).
+        assert_eq!(
+            located((Some(Releasing), None), 0),
+            [Rule::SwitchedOutInGil, Rule::LastElsewhere]
+        );
+        // Queued in take_gil: it is the one counted, not the other thread.
+        assert_eq!(
+            located((Some(Taking), None), 1),
+            [Rule::SwitchedOutInGil, Rule::LastElsewhere]
+        );
+        // In a release it is not counted: the count names the other.
+        assert_eq!(
+            located((Some(Releasing), None), 1),
+            [Rule::SwitchedOutInGil, Rule::QueuedInGil]
+        );
+    }
+
     #[test]
     fn a_forced_switch_goes_back_into_the_gil() {
         // Holds for a whole switch interval (5 ms), then is runnable, uncounted and idle on its

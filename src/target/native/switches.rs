@@ -128,7 +128,10 @@ impl SwitchOuts {
                     .filter(|(_, s)| s.size > 0)
                     .map(|(name, s)| {
                         let start = s.value.wrapping_add(bias);
-                        (start..start.saturating_add(s.size), name.starts_with("take_gil"))
+                        (
+                            start..start.saturating_add(s.size),
+                            name.starts_with("take_gil"),
+                        )
                     }),
             );
             if gil_code.len() > before {
@@ -137,6 +140,12 @@ impl SwitchOuts {
         }
         if gil_code.is_empty() {
             return Err("no take_gil/drop_gil symbols (stripped interpreter)".into());
+        }
+        // With glibc linked into the interpreter, its futex frames would be the interpreter's
+        // own and end the search before the GIL function above them.
+        let glibc = |name: &str| name.starts_with("libc.so") || name.starts_with("libc-");
+        if !modules.modules().iter().any(|m| glibc(&m.name)) {
+            return Err("no shared C library (a statically linked interpreter)".into());
         }
         gil_code.sort_by_key(|(r, _)| r.start);
         Ok(SwitchOuts {
@@ -343,7 +352,12 @@ mod tests {
         ] {
             assert!(is_gil_function(name), "{name}");
         }
-        for name in ["take_gil_x", "PyEval_RestoreThread", "drop", "_PyEval_SaveThread"] {
+        for name in [
+            "take_gil_x",
+            "PyEval_RestoreThread",
+            "drop",
+            "_PyEval_SaveThread",
+        ] {
             assert!(!is_gil_function(name), "{name}");
         }
     }
