@@ -17,7 +17,8 @@
 //! thread as TSV), `--replay DIR` (classify a dumped recording again: after changing the
 //! classifier, no new recording is needed), `--without-mutexes` (classify as where the GIL's
 //! mutexes cannot be read), `--without-reference` (record without the probes, to see what
-//! they change).
+//! they change), `--switch-sites` (record where runnable threads left their CPU, as `record
+//! --switch-sites` does) and `--without-switch-sites` (classify as if that were unknown).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -46,12 +47,16 @@ struct Options {
     /// Classify as if the GIL's mutexes could not be read (musl, 2.7): the rules from history
     /// alone, for comparison.
     without_mutexes: bool,
+    /// Record with `--switch-sites` (where runnable threads left their CPU).
+    switch_sites: bool,
+    /// Classify as if those locations were unknown, for comparison on the same ticks.
+    without_switch_sites: bool,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: compare [--duration S] [--rate HZ] [--debug-file F] [--list N] [--thread TID] \
-         [--dump DIR] (--pid PID | --replay DIR | -- COMMAND...)"
+         [--dump DIR] [--switch-sites] [--without-switch-sites] (--pid PID | --replay DIR | -- COMMAND...)"
     );
     std::process::exit(2)
 }
@@ -70,6 +75,8 @@ fn options() -> Options {
         replay: None,
         without_reference: false,
         without_mutexes: false,
+        switch_sites: false,
+        without_switch_sites: false,
     };
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| usage());
@@ -84,6 +91,8 @@ fn options() -> Options {
             "--replay" => o.replay = Some(PathBuf::from(value())),
             "--without-reference" => o.without_reference = true,
             "--without-mutexes" => o.without_mutexes = true,
+            "--switch-sites" => o.switch_sites = true,
+            "--without-switch-sites" => o.without_switch_sites = true,
             "--" => {
                 o.command = args.by_ref().collect();
                 break;
@@ -262,6 +271,7 @@ fn record_run(o: &Options) -> Run {
         duration: Some(Duration::from_secs_f64(o.secs)),
         stacks: true,
         native: false,
+        switch_sites: o.switch_sites,
         timeline: false,
         progress: None,
     };
@@ -424,11 +434,16 @@ fn analyze(run: &Run, o: &Options) {
     };
     let mut samples: Vec<(Sample, Vec<Rule>)> = Vec::new();
     for tick in observations {
-        if o.without_mutexes {
+        if o.without_mutexes || o.without_switch_sites {
             let mut tick = tick.clone();
-            tick.unseen_in_gil.iter_mut().for_each(|u| *u = None);
-            for t in &mut tick.threads {
-                (t.owns_gil_mutex, t.gil_in_its_name) = (false, false);
+            if o.without_mutexes {
+                tick.unseen_in_gil.iter_mut().for_each(|u| *u = None);
+                for t in &mut tick.threads {
+                    (t.owns_gil_mutex, t.gil_in_its_name) = (false, false);
+                }
+            }
+            if o.without_switch_sites {
+                tick.threads.iter_mut().for_each(|t| t.switched_out = None);
             }
             samples.extend(classifier.push_explained(&tick));
         } else {

@@ -230,6 +230,13 @@ pub struct RecordArgs {
     #[arg(long, conflicts_with = "gil_only")]
     pub native: bool,
 
+    /// Tell threads queued for a CPU inside the GIL from those preempted in native code by
+    /// where each left its CPU: a perf sample of its registers and 1 KiB of its stack at
+    /// every context switch (docs/ACCURACY.md, point 11). Costs the target about a
+    /// microsecond per switch; ignored where perf or the GIL's symbols are missing
+    #[arg(long)]
+    pub switch_sites: bool,
+
     /// Stacks to show in flamegraph, collapsed and speedscope output
     #[arg(long, value_enum, default_value_t = ViewArg::Threads)]
     pub view: ViewArg,

@@ -113,6 +113,13 @@ const BUSY_HOST_REST_VERSIONS: [&str; 2] = ["3.8", "3.12"];
 const NATIVE_FIXTURE: &str = "native_release";
 const NATIVE_VERSIONS: [&str; 1] = ["3.12"];
 const NATIVE_REST_VERSIONS: [&str; 1] = ["3.8"];
+/// `record --switch-sites` is measured on the busy-host fixtures beside CPU hogs (what it
+/// reads is the kernel's sample and the interpreter's symbols, the same on every version):
+/// in the default pass the two fixtures it changes most on 3.12, in the `rest` pass the
+/// others on 3.12 and all five on 3.9, to keep the default pass short (issue 17).
+const SWITCH_SITES_VERSIONS: [&str; 1] = ["3.12"];
+const SWITCH_SITES_REST_VERSIONS: [&str; 1] = ["3.9"];
+const SWITCH_SITES_DEFAULT_FIXTURES: [&str; 2] = ["socket_writers", "native_brief"];
 
 /// What a trial holds the process's figures to (busy-host fixtures only).
 #[derive(Debug, Clone, Copy)]
@@ -146,6 +153,8 @@ struct Setup {
     native: bool,
     /// Beside [`CPU_HOGS`] CPU-bound processes.
     loaded: bool,
+    /// `record --switch-sites`: runnable threads located by where they left their CPU.
+    switch_sites: bool,
 }
 
 const PLAIN: Setup = Setup {
@@ -154,6 +163,7 @@ const PLAIN: Setup = Setup {
     privileges: Privileges::Full,
     native: false,
     loaded: false,
+    switch_sites: false,
 };
 
 /// The mean error bound for the announced threads, and the bound for the thread `role`, both
@@ -161,6 +171,9 @@ const PLAIN: Setup = Setup {
 fn thread_bounds(fixture: &str, setup: &Setup, role: &str) -> (f64, f64) {
     match fixture {
         _ if setup.privileges != Privileges::Full => (DEGRADED_MEAN_ERROR, DEGRADED_THREAD_ERROR),
+        // Located by their switch-outs, the releases preempted in their last steps are no
+        // weak spot: issue 20's targets (docs/ACCURACY.md, point 11).
+        _ if setup.switch_sites => (MAX_MEAN_ERROR, MAX_THREAD_ERROR),
         "native_short" => (WEAK_SPOT_MEAN_ERROR, WEAK_SPOT_THREAD_ERROR),
         // Measured envelopes of the weak spots of docs/ACCURACY.md, not issue 20's targets
         // (2 and 5): a voluntary release preempted in its last steps is counted running,
@@ -181,12 +194,19 @@ fn thread_bounds(fixture: &str, setup: &Setup, role: &str) -> (f64, f64) {
 }
 
 /// What the process's figures are held to (busy-host fixtures), beyond the sampling error.
-fn process_bounds(fixture: &str) -> ProcessBounds {
+fn process_bounds(fixture: &str, setup: &Setup) -> ProcessBounds {
     // Measured envelopes where issue 20's targets are not met (docs/ACCURACY.md, "Known
     // weak spots"): mean waiting reads low where voluntary releases are preempted in
     // their last steps; GIL held reads high on Debian's 3.14/3.15 (the reference's
     // release probe, above); contended reads low on the thread-per-request server.
     match fixture {
+        // Located by their switch-outs, the workers' and hashes' releases count as waiting;
+        // threads that live milliseconds are followed from their second tick only.
+        "socket_writers" | "native_brief" | "lock_wakeups" | "frequent_switches"
+            if setup.switch_sites =>
+        {
+            PROCESS_TARGETS
+        }
         "socket_writers" => ProcessBounds {
             held: 0.06,
             mean_waiting: 0.5,
@@ -343,6 +363,30 @@ fn main() {
         native,
         "_with_native_stacks",
     ));
+    let switch_sites = Setup {
+        loaded: true,
+        switch_sites: true,
+        ..PLAIN
+    };
+    for fixture in BUSY_HOST_FIXTURES {
+        let (default, rest) = if SWITCH_SITES_DEFAULT_FIXTURES.contains(&fixture) {
+            (
+                &SWITCH_SITES_VERSIONS[..],
+                SWITCH_SITES_REST_VERSIONS.to_vec(),
+            )
+        } else {
+            (
+                &[][..],
+                [SWITCH_SITES_VERSIONS, SWITCH_SITES_REST_VERSIONS].concat(),
+            )
+        };
+        trials.extend(setup_trials(
+            &by_pass(&pythons, default, &rest),
+            fixture,
+            switch_sites,
+            "_with_switch_sites_beside_cpu_hogs",
+        ));
+    }
     common::Suite::run_trials(trials);
 }
 
@@ -590,7 +634,11 @@ fn attempt(
     let load = load_average();
     let ticks_path =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("accuracy-ticks-{}.jsonl", fx.pid));
-    let options: &[&str] = if setup.native { &["--native"] } else { &[] };
+    let options: &[&str] = match (setup.native, setup.switch_sites) {
+        (true, _) => &["--native"],
+        (false, true) => &["--switch-sites"],
+        (false, false) => &[],
+    };
     let report = common::record_json_observed_with(
         fx.pid,
         window_s,
@@ -728,7 +776,7 @@ fn attempt(
         .collect();
     let process_miss = process
         .as_ref()
-        .and_then(|p| p.miss(process_bounds(fixture)));
+        .and_then(|p| p.miss(process_bounds(fixture, &setup)));
     if mae_hold > max_mean + sampling_hold
         || mae_wait > max_mean + sampling_wait
         || thread_miss.is_some()
@@ -964,6 +1012,9 @@ fn setup_label(setup: &Setup) -> String {
     }
     if setup.native {
         label.push_str(" native");
+    }
+    if setup.switch_sites {
+        label.push_str(" switch-sites");
     }
     label
 }

@@ -109,6 +109,7 @@ impl RecordPlan {
                 duration: args.duration.map(Duration::from_secs_f64),
                 stacks: !args.gil_only,
                 native: args.native,
+                switch_sites: args.switch_sites,
                 timeline: format.needs_timeline(),
                 progress: std::io::stderr()
                     .is_terminal()

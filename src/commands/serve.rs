@@ -134,6 +134,7 @@ fn sample(
         // Metrics have no stacks: sampling stays cheap.
         stacks: false,
         native: false,
+        switch_sites: false,
         timeline: false,
         progress: None,
     };

@@ -112,6 +112,7 @@ pub fn top(options: TopOptions, stop: Arc<AtomicBool>) -> Result<TopEnd> {
         duration: None,
         stacks: options.view.stacks,
         native: options.native,
+        switch_sites: false,
         timeline: false,
         progress: None,
     };

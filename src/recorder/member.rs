@@ -73,6 +73,10 @@ impl Member {
         if stacks && options.native {
             let _ = observer.enable_native(NativeOptions::for_rate(options.rate_hz));
         }
+        // Without the GIL's symbols or a memory map, runnable threads are classified as before.
+        if options.switch_sites {
+            let _ = observer.enable_switch_outs();
+        }
         // First walks of sleeping threads (a pool of idle workers seen at attach) may take a
         // quarter of the interval per tick; the rest wait for later ticks (exactly resolved,
         // as a sleeping thread's stack does not change).

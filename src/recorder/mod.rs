@@ -50,6 +50,8 @@ pub struct RecordOptions {
     pub stacks: bool,
     /// Merge native stacks into them (`--native`; needs `stacks`).
     pub native: bool,
+    /// Locate runnable threads by where they left their CPU (`--switch-sites`).
+    pub switch_sites: bool,
     /// Keep each thread's states in time order (for the timeline formats).
     pub timeline: bool,
     /// Told how the recording is going every half second, and once at the end.

@@ -69,6 +69,7 @@ pub fn dump(pid: i32, subprocesses: bool, options: DumpOptions) -> Result<Vec<Sn
                 duration: Some(duration),
                 stacks: true,
                 native: options.native,
+                switch_sites: false,
                 timeline: false,
                 progress: None,
             };

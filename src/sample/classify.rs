@@ -28,6 +28,7 @@ use std::collections::{HashMap, VecDeque};
 use super::observe::{Observation, ThreadObservation};
 use super::{Sample, ThreadSample, ThreadState};
 use crate::python::layout::{ATTACHED, SUSPENDED};
+use crate::target::native::switches::SwitchedOut;
 
 /// A runnable thread is executing if it used at least this share of the interval on a CPU.
 /// GIL hand-off code never comes close; measured plateau 0.1-0.3 (docs/ACCURACY.md).
@@ -75,6 +76,10 @@ pub enum Rule {
     LastInGil,
     /// Runnable, idle on its CPU, last seen elsewhere.
     LastElsewhere,
+    /// Runnable, off its CPU since it left it inside `take_gil` or a release.
+    SwitchedOutInGil,
+    /// Runnable, off its CPU since it left it elsewhere.
+    SwitchedOutElsewhere,
 }
 
 /// What a tick says on its own.
@@ -298,6 +303,7 @@ impl Classifier {
                     state: ThreadState::Stopped,
                     rule: Rule::Stopped,
                     likely: Likelihood {
+                        switched_out_taking: false,
                         not_handed_on: false,
                         woken: false,
                         stayed: false,
@@ -323,6 +329,14 @@ impl Classifier {
                 && enters_gil_without_cpu(thread, &self.pending);
             let (state, rule) = match evidence(thread) {
                 _ if thread.no_gil => (no_gil_state(thread), Rule::NoGil),
+                // Off its CPU since it left it: where it left it is where it is, whatever
+                // history and the CPU it used before suggest.
+                Evidence::Runnable if thread.switched_out.is_some() => match thread.switched_out {
+                    Some(SwitchedOut::Elsewhere) => {
+                        (ThreadState::Running, Rule::SwitchedOutElsewhere)
+                    }
+                    _ => (ThreadState::Wait, Rule::SwitchedOutInGil),
+                },
                 Evidence::Runnable if entering && track.anchor != Some(ThreadState::Idle) => {
                     (ThreadState::Wait, Rule::EntersGil)
                 }
@@ -397,6 +411,7 @@ impl Classifier {
                         })
                 });
             let likely = Likelihood {
+                switched_out_taking: thread.switched_out == Some(SwitchedOut::Taking),
                 not_handed_on,
                 woken,
                 stayed,
@@ -460,6 +475,17 @@ impl Classifier {
             let mut unseen = unseen as usize;
             for i in candidates {
                 let d = &mut decisions[i];
+                // Located by its switch-out: decided. Inside take_gil it is one of those the
+                // count includes (but at the door, which no count covers); in a release or
+                // elsewhere it is none of them.
+                match tick.threads[i].switched_out {
+                    Some(SwitchedOut::Taking) => {
+                        unseen = unseen.saturating_sub(1);
+                        continue;
+                    }
+                    Some(_) => continue,
+                    None => {}
+                }
                 // A thread running native code on both sides of the tick is not one of those
                 // counted (that may be a thread the tick saw leaving, between its reads).
                 if unseen > 0 && !d.native_on {
@@ -554,6 +580,8 @@ struct Decision {
 /// choosing which ones the GIL's count names: compared field by field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Likelihood {
+    /// Its switch-out was inside take_gil: it is there, surely.
+    switched_out_taking: bool,
     /// It was asleep in the GIL at the last tick and the GIL has not changed hands since:
     /// it is still in take_gil, certainly.
     not_handed_on: bool,
@@ -616,6 +644,7 @@ mod tests {
             stack: None,
             deferred: false,
             gil: None,
+            switched_out: None,
         }
     }
 
@@ -692,6 +721,55 @@ mod tests {
         assert_eq!(
             states(&[('h', 0), ('r', 900), ('r', 900), ('w', 910)]),
             vec![H, W, W, W]
+        );
+    }
+
+    /// Two runnable threads at one tick with the GIL counting `unseen` inside it: 7 was
+    /// switched out at `sites.0`, 8 at `sites.1`, both holding at the tick before.
+    fn located(sites: (Option<SwitchedOut>, Option<SwitchedOut>), unseen: u32) -> [Rule; 2] {
+        let mut classifier = Classifier::new();
+        let mut first = tick(0, vec![thread(7, 'h', 0), thread(8, 'i', 0)]);
+        first.unseen_in_gil = vec![Some(0)];
+        let mut a = thread(7, 'r', 900_000);
+        a.switched_out = sites.0;
+        let mut b = thread(8, 'r', 0);
+        b.switched_out = sites.1;
+        let mut second = tick(1, vec![a, b]);
+        second.unseen_in_gil = vec![Some(unseen)];
+        classifier.push(&first);
+        classifier.push(&second);
+        let out = classifier.finish_explained();
+        [out[1].1[0], out[1].1[1]]
+    }
+
+    #[test]
+    fn where_a_runnable_thread_left_its_cpu_decides_where_it_is() {
+        use SwitchedOut::{Elsewhere, Releasing, Taking};
+        // Preempted in send() after a brief release, uncounted: elsewhere, as before...
+        assert_eq!(
+            located((Some(Elsewhere), None), 0),
+            [Rule::SwitchedOutElsewhere, Rule::LastElsewhere]
+        );
+        // ...and never one of those the count names, which goes to the other thread.
+        assert_eq!(
+            located((Some(Elsewhere), None), 1),
+            [Rule::SwitchedOutElsewhere, Rule::QueuedInGil]
+        );
+        // Preempted in a release's last steps, which no count covers: waiting, where history
+        // said it ran (it had used the CPU, it was not forced out).
+        assert_eq!(
+            located((Some(Releasing), None), 0),
+            [Rule::SwitchedOutInGil, Rule::LastElsewhere]
+        );
+        // Queued in take_gil: it is the one counted, not the other thread.
+        assert_eq!(
+            located((Some(Taking), None), 1),
+            [Rule::SwitchedOutInGil, Rule::LastElsewhere]
+        );
+        // In a release it is not counted: the count names the other.
+        assert_eq!(
+            located((Some(Releasing), None), 1),
+            [Rule::SwitchedOutInGil, Rule::QueuedInGil]
         );
     }
 

@@ -16,6 +16,7 @@ use crate::stack::{StackId, StackTable};
 use crate::target::cpu_clock::CpuClocks;
 use crate::target::memory::{Memory, ReadError};
 use crate::target::namespace::ThreadIds;
+use crate::target::native::switches::{SwitchOuts, SwitchStats, SwitchedOut};
 use crate::target::pthread_sync::{
     glibc_cond_sleeper, GilSync, MutexWords, COND_BYTES, MUTEX_BYTES,
 };
@@ -103,6 +104,10 @@ pub struct ThreadObservation {
     /// the process has more than one interpreter.
     #[serde(skip, default)]
     pub gil: Option<(u16, Option<i64>)>,
+    /// Runnable and off its CPU since its latest context switch: where it was then, in the
+    /// GIL's code or elsewhere (None: on a CPU, not followed, or not known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switched_out: Option<SwitchedOut>,
 }
 
 /// Everything read at one tick.
@@ -231,6 +236,8 @@ pub struct Observer<M: Memory> {
     stacks: Option<StackReader>,
     /// Native stacks merged into the Python ones (`--native`).
     native: Option<NativeStacks>,
+    /// Where runnable threads off their CPU left it ([`Observer::enable_switch_outs`]).
+    switch_outs: Option<SwitchOuts>,
     thread_names: Option<ThreadNames>,
     /// For a tid with thread states in several interpreters, the one it last held with.
     held_last: HashMap<i32, u64>,
@@ -274,6 +281,7 @@ impl<M: Memory> Observer<M> {
             clocks: CpuClocks::new(),
             stacks: None,
             native: None,
+            switch_outs: None,
             thread_names: None,
             sub_thread_names: Vec::new(),
             held_last: HashMap::new(),
@@ -395,6 +403,21 @@ impl<M: Memory> Observer<M> {
         }
         self.last_stacks.clear();
         Ok(())
+    }
+
+    /// Tell, for each runnable thread off its CPU, whether it left the CPU inside the GIL's
+    /// code (a perf sample at each of its context switches, unwound through the GIL's
+    /// functions). Fails where the interpreter has no symbols for them.
+    pub fn enable_switch_outs(&mut self) -> Result<(), String> {
+        let now = crate::target::native::monotonic_ns();
+        self.switch_outs = Some(SwitchOuts::new(self.pid, &self.memory, now)?);
+        Ok(())
+    }
+
+    /// Are switch-outs followed? And why perf refused them (errno), if it did, and what
+    /// they found so far.
+    pub fn switch_outs_status(&self) -> Option<(Option<i32>, SwitchStats)> {
+        self.switch_outs.as_ref().map(|s| (s.unavailable, s.stats))
     }
 
     /// Are native stacks taken? And why perf cannot sample running threads (errno), if so.
@@ -865,6 +888,7 @@ impl<M: Memory> Observer<M> {
                 gil: py
                     .filter(|_| !gils.is_empty())
                     .map(|t| (t.gil as u16, interpreter_id(interpreter, t.interp))),
+                switched_out: None,
             });
         }
         self.stats.proc_ns += lap.split();
@@ -892,6 +916,16 @@ impl<M: Memory> Observer<M> {
         self.live = live;
         lap.split();
         let end_ns = lap.last_ns();
+        // After the timed reads: the switches up to the tick are all in the rings by now.
+        if let Some(switches) = self.switch_outs.as_mut() {
+            switches.follow(&self.live);
+            switches.drain();
+            for thread in threads.iter_mut() {
+                if thread.runnable && !thread.holder && !thread.no_gil && !thread.stopped {
+                    thread.switched_out = switches.located(thread.tid, end_ns, &self.memory);
+                }
+            }
+        }
         let reads = self.memory.reads();
         let (stack_errors, resolved) = self.read_stacks(&mut threads, start_ns);
         self.stats.stack_ns += lap.split();

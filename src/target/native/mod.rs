@@ -12,6 +12,7 @@
 
 pub mod merge;
 pub mod perf;
+pub mod switches;
 pub mod symbols;
 pub mod syscall;
 pub mod unwind;

@@ -16,19 +16,19 @@ use std::sync::atomic::{fence, Ordering};
 use super::unwind::Modules;
 use super::{Capture, CaptureError, NativeStack, Registers};
 
-const PERF_COUNT_SW_CONTEXT_SWITCHES: u64 = 3;
+pub(super) const PERF_COUNT_SW_CONTEXT_SWITCHES: u64 = 3;
 /// `PERF_EVENT_IOC_SET_OUTPUT`: write an event's records into another event's ring.
 const PERF_EVENT_IOC_SET_OUTPUT: libc::c_ulong = 0x2405;
-const SAMPLE_TID: u64 = 1 << 1;
-const SAMPLE_TIME: u64 = 1 << 2;
-const SAMPLE_REGS_USER: u64 = 1 << 12;
-const SAMPLE_STACK_USER: u64 = 1 << 13;
+pub(super) const SAMPLE_TID: u64 = 1 << 1;
+pub(super) const SAMPLE_TIME: u64 = 1 << 2;
+pub(super) const SAMPLE_REGS_USER: u64 = 1 << 12;
+pub(super) const SAMPLE_STACK_USER: u64 = 1 << 13;
 /// x86_64 perf register numbers: BP, SP, IP (the sample lists them in this order).
-const REGS_BP_SP_IP: u64 = (1 << 6) | (1 << 7) | (1 << 8);
-const FLAG_SAMPLE_ID_ALL: u64 = 1 << 18;
-const FLAG_USE_CLOCKID: u64 = 1 << 25;
-const PERF_RECORD_LOST: u32 = 2;
-const PERF_RECORD_SAMPLE: u32 = 9;
+pub(super) const REGS_BP_SP_IP: u64 = (1 << 6) | (1 << 7) | (1 << 8);
+pub(super) const FLAG_SAMPLE_ID_ALL: u64 = 1 << 18;
+pub(super) const FLAG_USE_CLOCKID: u64 = 1 << 25;
+pub(super) const PERF_RECORD_LOST: u32 = 2;
+pub(super) const PERF_RECORD_SAMPLE: u32 = 9;
 const PERF_SAMPLE_REGS_ABI_64: u64 = 2;
 /// Where `data_head` and `data_tail` are in `struct perf_event_mmap_page`.
 const DATA_HEAD: usize = 1024;
@@ -52,7 +52,7 @@ pub struct UserSample {
 }
 
 /// A perf ring buffer mapped from the kernel.
-struct Ring {
+pub(super) struct Ring {
     fd: OwnedFd,
     /// The context-switch event, whose samples go to this ring too (None where it could
     /// not be opened: samples on the timer only).
@@ -77,13 +77,40 @@ impl Drop for Ring {
 }
 
 impl Ring {
+    /// Map `data_pages` (a power of two) of ring buffer for the perf event `fd`.
+    pub(super) fn map(fd: OwnedFd, data_pages: usize) -> Result<Ring, i32> {
+        let page = page_size();
+        let len = page * (1 + data_pages);
+        // SAFETY: mapping a perf fd as perf_event_open(2) describes; checked below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(errno());
+        }
+        Ok(Ring {
+            fd,
+            _switches: None,
+            base: base.cast(),
+            len,
+            page,
+        })
+    }
+
     fn data_size(&self) -> usize {
         self.len - self.page
     }
 
     /// Every record written since the last call, each copied out whole (records wrap around
     /// the end of the buffer), to `each`.
-    fn drain(&mut self, mut each: impl FnMut(&[u8])) {
+    pub(super) fn drain(&mut self, mut each: impl FnMut(&[u8])) {
         // SAFETY: the metadata page is mapped for as long as `self`; the kernel writes
         // data_head, we write data_tail, as perf_event_open(2) prescribes, with the fences it
         // asks for.
@@ -244,29 +271,7 @@ impl PerfStacks {
 
     fn open(&self, tid: i32) -> Result<Ring, i32> {
         let fd = self.open_event(tid, PERF_COUNT_SW_TASK_CLOCK, self.period_ns)?;
-        let page = page_size();
-        let len = page * (1 + self.data_pages);
-        // SAFETY: mapping a perf fd as perf_event_open(2) describes; checked below.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(errno());
-        }
-        let mut ring = Ring {
-            fd,
-            _switches: None,
-            base: base.cast(),
-            len,
-            page,
-        };
+        let mut ring = Ring::map(fd, self.data_pages)?;
         // Every switch: where a preempted thread waits for a CPU, or a thread went to sleep,
         // which no timer sample after it will show. Its samples go to the ring just mapped
         // (the kernel redirects only into a mapped one).
@@ -383,13 +388,13 @@ pub fn unwind_sample(sample: &UserSample, modules: &mut Modules) -> NativeStack 
     }
 }
 
-fn record_kind(record: &[u8]) -> Option<u32> {
+pub(super) fn record_kind(record: &[u8]) -> Option<u32> {
     Some(u32::from_le_bytes(record.get(0..4)?.try_into().ok()?))
 }
 
 /// A PERF_RECORD_LOST: how many samples the kernel dropped, and the thread and time of the
 /// record (its sample_id fields: pid, tid, time, after the event id and the count).
-fn parse_lost(record: &[u8]) -> Option<(u64, i32, u64)> {
+pub(super) fn parse_lost(record: &[u8]) -> Option<(u64, i32, u64)> {
     let u64_at = |at: usize| Some(u64::from_le_bytes(record.get(at..at + 8)?.try_into().ok()?));
     let count = u64_at(16)?;
     let tid = u32::from_le_bytes(record.get(28..32)?.try_into().ok()?) as i32;
@@ -399,7 +404,7 @@ fn parse_lost(record: &[u8]) -> Option<(u64, i32, u64)> {
 /// A PERF_RECORD_SAMPLE of this file's sample type: pid, tid, time, abi, bp, sp, ip, size,
 /// stack bytes, dyn_size. None if it does not parse (a sample with no user registers: the
 /// thread was in the kernel on behalf of nobody).
-fn parse_sample(record: &[u8]) -> Option<UserSample> {
+pub(super) fn parse_sample(record: &[u8]) -> Option<UserSample> {
     let u64_at = |at: usize| -> Option<u64> {
         Some(u64::from_le_bytes(record.get(at..at + 8)?.try_into().ok()?))
     };
@@ -428,7 +433,7 @@ fn parse_sample(record: &[u8]) -> Option<UserSample> {
     })
 }
 
-fn page_size() -> usize {
+pub(super) fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(size)
