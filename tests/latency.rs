@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
 use common::{Fixture, Python};
-use gilscope::dev::reference::{self, Probe};
+use gilscope::dev::reference;
 use gilscope::python::interpreter::Interpreter;
 use gilscope::target::memory::ProcessMemory;
 
@@ -47,11 +47,6 @@ const MIN_WAIT_S: f64 = 0.002;
 /// Fewer reference waits than this in a thread say too little about its quantiles.
 const MIN_WAITS: usize = 20;
 const RELATIVE: f64 = 0.10;
-/// A drop_gil return followed by take_gil within this (ns) is the eval loop handing the GIL
-/// over and asking it back, with nothing run in between (it takes a microsecond or two; the
-/// margin covers a preemption between the two calls).
-const HAND_BACK_NS: u64 = 100_000;
-
 /// Where each fixture runs by default (a minor version: "3.12"); see the module's comment.
 const VERSIONS: [(&str, &[&str]); 2] = [
     ("io_pingpong", &["3.6", "3.10", "3.12", "3.13"]),
@@ -117,78 +112,6 @@ fn interpreter_binary(pid: i32) -> Result<PathBuf, Failed> {
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
-}
-
-/// Every thread's waits by the reference, wholly inside the window, in seconds: each
-/// take_gil stay (entry to return), joined with the next where the thread got the GIL for
-/// less than `join_ns` in between (the holds no sample can see: a thread that gets the GIL,
-/// runs a few microseconds and asks again has, sample by sample, waited throughout). With
-/// `join_ns` 0, each take_gil stay on its own.
-fn reference_waits(
-    events: &[reference::Event],
-    start: u64,
-    end: u64,
-    join_ns: u64,
-) -> HashMap<i32, Vec<f64>> {
-    // Per thread: the wait under way (its start), or the last one's (start, end) while a
-    // next stay may still join it.
-    let mut entered: HashMap<i32, u64> = HashMap::new();
-    let mut ended: HashMap<i32, (u64, u64)> = HashMap::new();
-    // Each thread's drop_gil stay under way (its entry), and its last one (entry, return).
-    let mut dropping: HashMap<i32, u64> = HashMap::new();
-    let mut dropped: HashMap<i32, (u64, u64)> = HashMap::new();
-    let mut waits: HashMap<i32, Vec<f64>> = HashMap::new();
-    let mut close = |tid: i32, (since, until): (u64, u64)| {
-        if since >= start && until <= end {
-            waits
-                .entry(tid)
-                .or_default()
-                .push((until - since) as f64 / 1e9);
-        }
-    };
-    for event in events {
-        match event.probe {
-            Probe::DropEntry => {
-                dropping.insert(event.tid, event.time_ns);
-            }
-            Probe::DropReturn => {
-                if let Some(since) = dropping.remove(&event.tid) {
-                    dropped.insert(event.tid, (since, event.time_ns));
-                }
-            }
-            Probe::TakeEntry => {
-                if entered.contains_key(&event.tid) {
-                    continue;
-                }
-                // A thread made to let go (a forced switch) waits in drop_gil until another
-                // takes the GIL, then asks for it back at once: one wait, from drop_gil.
-                let asked = match dropped.remove(&event.tid) {
-                    Some((since, until)) if event.time_ns.saturating_sub(until) < HAND_BACK_NS => {
-                        since
-                    }
-                    _ => event.time_ns,
-                };
-                let since = match ended.remove(&event.tid) {
-                    Some((since, until)) if asked.saturating_sub(until) < join_ns => since,
-                    Some(last) => {
-                        close(event.tid, last);
-                        asked
-                    }
-                    None => asked,
-                };
-                entered.insert(event.tid, since);
-            }
-            Probe::TakeReturn => {
-                if let Some(since) = entered.remove(&event.tid) {
-                    ended.insert(event.tid, (since, event.time_ns));
-                }
-            }
-        }
-    }
-    for (tid, last) in ended {
-        close(tid, last);
-    }
-    waits
 }
 
 /// The `q` quantile by nearest rank of sorted `values`.
@@ -277,11 +200,14 @@ fn attempt(python: &Python, fixture: &str) -> Result<common::Attempt, Failed> {
         .ok_or("no window")?;
     let tick_s = report["duration_s"].as_f64().unwrap_or(0.0)
         / (report["samples"].as_f64().unwrap_or(1.0) - 1.0).max(1.0);
-    let join_ns = match std::env::var_os("GILSCOPE_LATENCY_JOIN") {
-        Some(_) => (tick_s * 1e9) as u64,
-        None => 0,
-    };
-    let truth = reference_waits(&events, start, end, join_ns);
+    // Every thread's waits by the reference, in seconds (src/dev/reference.rs).
+    let truth: HashMap<i32, Vec<f64>> = reference::wait_episodes(&events, start, end)
+        .into_iter()
+        .map(|(tid, waits)| {
+            let secs = waits.iter().map(|&(a, b)| (b - a) as f64 / 1e9).collect();
+            (tid, secs)
+        })
+        .collect();
     let mut compared = Vec::new();
     let mut misses = Vec::new();
     for (role, &tid) in &fx.threads {

@@ -5,6 +5,12 @@ use std::collections::HashMap;
 
 use super::timeline::Timeline;
 use crate::sample::classify::EXECUTING_FLOOR_NS;
+
+/// Less CPU than this (ns, by the exact clock) between two ticks: the thread did not run at
+/// all. A waiter served in between wakes, takes the GIL, runs and asks again: 12 µs and more
+/// measured (io_pingpong, 3.12); a waiter left asleep uses none (docs/ACCURACY.md, "GIL
+/// latency").
+const STILL_CPU_NS: u64 = 2_000;
 use crate::sample::{Sample, ThreadState};
 use crate::stack::{FrameId, FrameKind, Place, StackId, StackTable};
 
@@ -861,9 +867,16 @@ impl Profile {
             let ran = matches!((entry.previous_cpu, thread.cpu),
                 (Some((exact_a, a)), Some((exact_b, b)))
                     if exact_a == exact_b && b.saturating_sub(a) >= EXECUTING_FLOOR_NS);
+            // Its exact clock did not move: it never ran, so it took nothing (a waiter that
+            // was served had to wake, take the GIL and ask again: tens of µs).
+            let still = matches!((entry.previous_cpu, thread.cpu),
+                (Some((true, a)), Some((true, b))) if b.saturating_sub(a) < STILL_CPU_NS);
             let took = match (entry.previous, thread.state) {
                 (Some(ThreadState::Wait), ThreadState::Wait) => {
-                    if let Some(since) = entry.wait_since_ns {
+                    // A waiter that never ran was waiting throughout, whatever the counter
+                    // says: the changes were others' (a thread made to let go sits in
+                    // drop_gil, off any CPU, while two others pass the GIL to and fro).
+                    if let (Some(since), false) = (entry.wait_since_ns, still && !moved) {
                         waiters[index].push((since, moved || ran, thread.tid));
                     }
                     continue;
@@ -883,6 +896,9 @@ impl Profile {
                 }
             };
             left[index] -= took as i64;
+        }
+        if std::env::var_os("GILSCOPE_DEBUG_SERVED").is_some() {
+            eprintln!("served? t={} changes={changes:?} left={left:?} unbounded={unbounded:?} waiters={waiters:?}", sample.time_ns);
         }
         for (index, mut waiters) in waiters.into_iter().enumerate() {
             // Those that ran first: they were not waiting throughout, whatever the counter
