@@ -836,6 +836,8 @@ fn latency(run: &Run, samples: &[(Sample, Vec<Rule>)], o: &Options) {
         );
         // Reference waits of 2 ms and more, and what we made of them.
         let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
+        // Ours minus the reference's, at each end of a wait matched by one episode (ns).
+        let mut ends: Vec<(i64, i64)> = Vec::new();
         let mut listed = 0;
         for &(since, until) in exact.iter().filter(|&&(a, b)| b - a >= MIN_NS) {
             let over: Vec<(u64, u64)> = mine
@@ -854,6 +856,9 @@ fn latency(run: &Run, samples: &[(Sample, Vec<Rule>)], o: &Options) {
                 _ => "split",
             };
             *kinds.entry(kind).or_default() += 1;
+            if let [(a, b)] = over.as_slice() {
+                ends.push((*a as i64 - since as i64, *b as i64 - until as i64));
+            }
             if kind != "matched"
                 && listed < o.list
                 && (o.threads.is_empty() || o.threads.contains(&tid))
@@ -902,5 +907,19 @@ fn latency(run: &Run, samples: &[(Sample, Vec<Rule>)], o: &Options) {
             }
         }
         println!("      {kinds:?}, extra {extra}");
+        if !ends.is_empty() {
+            let n = ends.len() as f64;
+            let mean = |f: fn(&(i64, i64)) -> i64| ends.iter().map(f).sum::<i64>() as f64 / n / 1e3;
+            let mut len: Vec<i64> = ends.iter().map(|e| e.1 - e.0).collect();
+            len.sort();
+            println!(
+                "      one-to-one: start {:+.0} µs, end {:+.0} µs on average; length error p5 {:+.0} p50 {:+.0} p95 {:+.0} µs",
+                mean(|e| e.0),
+                mean(|e| e.1),
+                len[len.len() / 20] as f64 / 1e3,
+                len[len.len() / 2] as f64 / 1e3,
+                len[len.len() * 19 / 20] as f64 / 1e3
+            );
+        }
     }
 }
