@@ -897,9 +897,6 @@ impl Profile {
             };
             left[index] -= took as i64;
         }
-        if std::env::var_os("GILSCOPE_DEBUG_SERVED").is_some() {
-            eprintln!("served? t={} changes={changes:?} left={left:?} unbounded={unbounded:?} waiters={waiters:?}", sample.time_ns);
-        }
         for (index, mut waiters) in waiters.into_iter().enumerate() {
             // Those that ran first: they were not waiting throughout, whatever the counter
             // says. Then, where the GIL changed hands twice at least (to the waiter, then away
@@ -1909,6 +1906,39 @@ mod tests {
             (latency.episodes, latency.min_ns, latency.max_ns),
             (2, 4 * ms, 4 * ms)
         );
+    }
+
+    #[test]
+    fn a_waiter_that_never_ran_was_not_served_whatever_the_counter_says() {
+        let ms = 1_000_000u64;
+        // Thread 2 waits from tick 1 to 8 (a CPU-bound thread made to let go); between ticks
+        // 4 and 5 the GIL changes hands 50 times (two I/O threads, 1 and 3, passing it to and
+        // fro, seen idle at the same line at each tick). With thread 2's exact CPU clock
+        // still, it waited once; with 20 µs used (woken, served, asking again), twice.
+        let run = |used_ns: u64| {
+            let mut profile = Profile::new();
+            let mut cpu = 0;
+            for i in 0..=9u64 {
+                cpu += if i == 5 { used_ns } else { 0 };
+                let two = match i {
+                    0 | 9 => ThreadState::Hold,
+                    _ => ThreadState::Wait,
+                };
+                let switches = if i >= 5 { 50 } else { 0 };
+                let mut tick = sample(
+                    i * ms,
+                    switches,
+                    &[(1, ThreadState::Idle), (2, two), (3, ThreadState::Idle)],
+                );
+                tick.threads[1].cpu = Some((true, cpu));
+                profile.add(&tick, |_| "t".into());
+            }
+            let threads = profile.threads();
+            let latency = &threads.iter().find(|t| t.tid == 2).unwrap().latency;
+            (latency.episodes, latency.max_ns)
+        };
+        assert_eq!(run(0), (1, 8 * ms));
+        assert_eq!(run(20_000), (2, 4 * ms));
     }
 
     #[test]
