@@ -88,26 +88,31 @@ const DEGRADED_FIXTURE: &str = "native_release";
 const EVERY_VERSION_FIXTURE: &str = "native_release";
 const WHOLE_SET_VERSIONS: [&str; 2] = ["3.6", "3.12"];
 const WHOLE_SET_REST_VERSIONS: [&str; 2] = ["3.9", "3.14"];
-/// One interpreter per layout family, for the degraded modes (they change timing, not what
-/// is read): an old layout and 3.13's.
-const FAMILIES: [&str; 2] = ["3.8", "3.13"];
+/// The degraded modes change timing, not what is read: each runs on one interpreter in the
+/// default pass (an old layout for one, 3.13's for the other) and on the other in the `rest`
+/// pass.
+const DEGRADED_VERSIONS: [(Privileges, &str, &str); 2] = [
+    (Privileges::SysPtraceOnly, "3.13", "3.8"),
+    (Privileges::NoPerfEvents, "3.8", "3.13"),
+];
 /// The busy-host fixtures quiet (the loaded runs are on [`BUSY_HOST_VERSIONS`]).
 const QUIET_BUSY_HOST_VERSIONS: [&str; 1] = ["3.12"];
 /// The busy-host fixtures measure the classifier on a loaded machine, the same code on every
 /// version (the layouts it reads are the six fixtures' matrix): an old GIL and layout, the
 /// 3.12 layout, and 3.13's GIL, quiet and loaded, so the suite stays short (issue 17): the
-/// loaded runs on 3.8 and 3.13 in the default pass, on 3.12 in the `rest` pass.
+/// loaded runs on 3.13 in the default pass, on 3.8 and 3.12 in the `rest` pass.
 /// `GILSCOPE_BUSY_HOST=all` runs them on every interpreter, and with the GIL on in the
 /// free-threaded builds (how docs/ACCURACY.md's tables were measured).
-const BUSY_HOST_VERSIONS: [&str; 2] = ["3.8", "3.13"];
-const BUSY_HOST_REST_VERSIONS: [&str; 1] = ["3.12"];
+const BUSY_HOST_VERSIONS: [&str; 1] = ["3.13"];
+const BUSY_HOST_REST_VERSIONS: [&str; 2] = ["3.8", "3.12"];
 /// `record --native` is measured with this fixture (threads in native code with and without
 /// the GIL, whose stacks perf samples and copies) on an old layout and 3.12's: native stacks
-/// must leave hold and wait as they were (issue 23). Two interpreters keep the suite short
-/// (issue 17); `GILSCOPE_ACCURACY=all` runs it on every one.
+/// must leave hold and wait as they were (issue 23): 3.12 in the default pass, 3.8 in the
+/// `rest` pass, to keep the suite short (issue 17); `GILSCOPE_ACCURACY=all` runs it on every
+/// interpreter.
 const NATIVE_FIXTURE: &str = "native_release";
-const NATIVE_VERSIONS: [&str; 2] = ["3.8", "3.12"];
-const DEGRADED: [Privileges; 2] = [Privileges::SysPtraceOnly, Privileges::NoPerfEvents];
+const NATIVE_VERSIONS: [&str; 1] = ["3.12"];
+const NATIVE_REST_VERSIONS: [&str; 1] = ["3.8"];
 
 /// What a trial holds the process's figures to (busy-host fixtures only).
 #[derive(Debug, Clone, Copy)]
@@ -232,19 +237,14 @@ fn main() {
     // out of the `rest` one); the fixture of every version runs on this pass's part of the
     // matrix (`common::matrix`: one interpreter per layout family, the rest in CI's second
     // pass), as do the containers.
-    let rest = common::matrix_mode() == common::Matrix::Rest;
-    let narrowed =
-        |versions: &[&str]| common::every(&only(&pythons, (!everything).then_some(versions)));
-    let whole_set = if rest {
-        only(&pythons, Some(&WHOLE_SET_REST_VERSIONS))
-    } else if common::matrix_mode() == common::Matrix::All {
-        only(
-            &pythons,
-            Some(&[WHOLE_SET_VERSIONS, WHOLE_SET_REST_VERSIONS].concat()),
-        )
-    } else {
-        narrowed(&WHOLE_SET_VERSIONS)
+    let this_pass = |default: &[&str], rest: &[&str]| {
+        if everything {
+            pythons.clone()
+        } else {
+            by_pass(&pythons, default, rest)
+        }
     };
+    let whole_set = this_pass(&WHOLE_SET_VERSIONS, &WHOLE_SET_REST_VERSIONS);
     let every_version = if everything {
         pythons.clone()
     } else {
@@ -268,25 +268,32 @@ fn main() {
             ));
         }
     }
-    // Containers on every interpreter (in two passes): each keeps the thread id gilscope
-    // must translate in its own place (`pthread_t`'s before 3.11, `native_thread_id` after).
-    let contained = &every_version;
-    for container in Container::ALL {
+    // Both containers on every interpreter (over CI's two passes): each keeps the thread id
+    // gilscope must translate in its own place (`pthread_t`'s before 3.11,
+    // `native_thread_id` after). The default pass runs one container per interpreter of its
+    // matrix, in turn, so that every layout family is read from inside one; the `rest` pass
+    // runs the other there, and both on its own interpreters.
+    for (part, container) in Container::ALL.into_iter().enumerate() {
         let setup = Setup {
             container: Some(container),
             ..PLAIN
         };
         let suffix = format!("_in_its_own_{}", container.label());
-        trials.extend(setup_trials(contained, CONTAINED_FIXTURE, setup, &suffix));
+        let contained = if everything {
+            pythons.clone()
+        } else {
+            common::matrix_in_turn(&pythons, Container::ALL.len(), part)
+        };
+        trials.extend(setup_trials(&contained, CONTAINED_FIXTURE, setup, &suffix));
     }
     let every_fixture = std::env::var("GILSCOPE_DEGRADED").is_ok_and(|v| v == "all");
-    let representatives = common::every(&only(&pythons, Some(&FAMILIES)));
-    for privileges in DEGRADED {
+    for (privileges, default, rest) in DEGRADED_VERSIONS {
         let setup = Setup {
             privileges,
             ..PLAIN
         };
         let suffix = format!("_{}", privileges.label());
+        let representatives = this_pass(&[default], &[rest]);
         for fixture in FIXTURES {
             if every_fixture || fixture == DEGRADED_FIXTURE {
                 trials.extend(setup_trials(&representatives, fixture, setup, &suffix));
@@ -294,14 +301,10 @@ fn main() {
         }
     }
     let every_interpreter = std::env::var("GILSCOPE_BUSY_HOST").is_ok_and(|v| v == "all");
-    let busy_pythons = match common::matrix_mode() {
-        _ if every_interpreter => pythons.clone(),
-        common::Matrix::Rest => only(&pythons, Some(&BUSY_HOST_REST_VERSIONS)),
-        common::Matrix::All => only(
-            &pythons,
-            Some(&[&BUSY_HOST_VERSIONS[..], &BUSY_HOST_REST_VERSIONS[..]].concat()),
-        ),
-        common::Matrix::Default => only(&pythons, Some(&BUSY_HOST_VERSIONS)),
+    let busy_pythons = if every_interpreter {
+        pythons.clone()
+    } else {
+        by_pass(&pythons, &BUSY_HOST_VERSIONS, &BUSY_HOST_REST_VERSIONS)
     };
     let quiet_busy_pythons = common::every(&only(
         &pythons,
@@ -335,12 +338,22 @@ fn main() {
         ..PLAIN
     };
     trials.extend(setup_trials(
-        &narrowed(&NATIVE_VERSIONS),
+        &this_pass(&NATIVE_VERSIONS, &NATIVE_REST_VERSIONS),
         NATIVE_FIXTURE,
         native,
         "_with_native_stacks",
     ));
     common::Suite::run_trials(trials);
+}
+
+/// The interpreters this pass of the suite (`common::Matrix`) runs a trial on: `default` in
+/// the default pass, `rest` in the `rest` pass, both in `all`.
+fn by_pass(pythons: &common::Pythons, default: &[&str], rest: &[&str]) -> common::Pythons {
+    match common::matrix_mode() {
+        common::Matrix::Default => only(pythons, Some(default)),
+        common::Matrix::Rest => only(pythons, Some(rest)),
+        common::Matrix::All => only(pythons, Some(&[default, rest].concat())),
+    }
 }
 
 /// The interpreters of `pythons` whose version is one of `versions` (a minor: "3.8"), or

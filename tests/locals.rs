@@ -519,6 +519,33 @@ fn named(finding: &Value, tid: i32) -> Option<&Value> {
         .find(|t| t["native_id"].as_i64() == Some(tid as i64))
 }
 
+/// x86_64 system call numbers: nanosleep, clock_nanosleep; futex.
+const SLEEPS: [i64; 2] = [35, 230];
+const FUTEX: [i64; 1] = [202];
+
+/// Wait (up to 10 s) until each thread is blocked in one of its system calls
+/// (/proc/PID/task/TID/syscall), seen so twice 20 ms apart.
+fn settled(pid: i32, threads: &[(i32, &[i64])]) -> Result<(), Failed> {
+    let blocked = || {
+        threads.iter().all(|(tid, calls)| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<i64>().ok())
+                .is_some_and(|n| calls.contains(&n))
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut seen = 0;
+    while seen < 2 {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("threads {threads:?} of {pid} never all blocked").into());
+        }
+        seen = if blocked() { seen + 1 } else { 0 };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 fn innermost_function(thread: &Value) -> String {
     thread["frame"]["function"]
         .as_str()
@@ -532,6 +559,14 @@ fn asleep(python: &Python) -> Result<(), Failed> {
         "hangs",
         &["--case", "asleep", "--duration", "60"],
     )?;
+    // The fixture announces itself before the sleeper has taken the GIL (printing needs
+    // it): the sample starts once the sleeper sleeps and the others block on the GIL, not
+    // while a loaded host is still waking them.
+    settled(
+        fx.pid,
+        &[(fx.tid("sleeper"), &SLEEPS), (fx.tid("main"), &FUTEX)],
+    )?;
+    settled(fx.pid, &[(fx.tid("worker"), &FUTEX)])?;
     let dump = dump_json(fx.pid, &["--sample", SAMPLE_S])?;
     let found = findings(&dump, "gil_held_asleep");
     let [finding] = found.as_slice() else {

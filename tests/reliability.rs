@@ -369,17 +369,17 @@ fn wait_bounded(child: &mut Child, limit: Duration, what: &str) -> Result<(), Fa
     Err(format!("{what} did not end within {} s: a hang", limit.as_secs()).into())
 }
 
-/// Hundreds of threads started and ended a second (12 s on the versions whose thread ids are
+/// Hundreds of threads started and ended a second (8 s on the versions whose thread ids are
 /// hardest to follow, 5 s elsewhere): gilscope does not crash or hang, reports errors that
 /// stay bounded, reports no thread it did not see (every thread row is a thread the fixture
 /// started) and never lists a thread after the kernel freed it.
 fn churn(python: &Python) -> Result<(), Failed> {
-    // Hundreds of threads a second: 12 s is thousands of thread lives, each a chance to
+    // Hundreds of threads a second: 8 s is thousands of thread lives, each a chance to
     // list a thread the kernel freed (the long recording below runs for minutes).
     let long = ["3.6.", "3.12.", "3.13."]
         .iter()
         .any(|v| python.version.starts_with(v));
-    let secs: u64 = if long { 12 } else { 5 };
+    let secs: u64 = if long { 8 } else { 5 };
     let dir = tempfile::tempdir()?;
     let log = dir.path().join("churn.log");
     let observations = dir.path().join("ticks.jsonl");
@@ -1370,26 +1370,63 @@ fn rss_kb(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// A 1 kHz recording of a target that starts 300 threads a second aggregates as it goes:
-/// its memory after 25 s is within a few MB of its memory after 5 s (it grew by 1.2 MB
-/// every 10 s, a row per thread, before ended threads were folded), and the 6,000 threads
-/// that lived meanwhile are folded into one row, not a row each.
+/// A 1 kHz recording of a target that starts hundreds of threads a second aggregates as it
+/// goes: once more threads have lived than it keeps rows for (1,024), its memory stays within
+/// a few MB while a thousand more live (it grew by 1.2 MB every 3,000 threads, a row per
+/// thread, before ended threads were folded), and the threads that ended are folded into one
+/// row, not a row each. It runs until the fixture has started that many threads, however
+/// long a loaded host takes (bounded), rather than for a time a quiet host fills.
 fn long_churn_memory(python: &Python) -> Result<(), Failed> {
-    let fx = Fixture::start(&python.path, "churn", &["--duration", "60"])?;
+    const FOLDS_AFTER: u64 = 1_100;
+    const THEN: u64 = 1_000;
     let dir = tempfile::tempdir()?;
+    let progress = dir.path().join("started");
+    let fx = Fixture::start(
+        &python.path,
+        "churn",
+        &[
+            "--duration",
+            "150",
+            "--progress",
+            progress.to_str().ok_or("path")?,
+        ],
+    )?;
     let output = dir.path().join("r.json");
     let mut child = Command::new(common::gilscope_bin())
         .args(["record", "--pid", &fx.pid.to_string(), "--rate", "1000"])
-        .args(["--duration", "27", "--format", "json", "-o"])
+        .args(["--duration", "140", "--format", "json", "-o"])
         .arg(&output)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
-    std::thread::sleep(Duration::from_secs(5));
+    let started = || {
+        std::fs::read_to_string(&progress)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let wait_for = |count: u64| -> Result<(), Failed> {
+        while started() < count {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the fixture started only {} threads in 120 s ({count} wanted)",
+                    started()
+                )
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    };
+    wait_for(FOLDS_AFTER)?;
     let early = rss_kb(child.id()).ok_or("no rss")?;
-    std::thread::sleep(Duration::from_secs(20));
+    let at_early = started();
+    wait_for(at_early + THEN)?;
     let late = rss_kb(child.id()).ok_or("no rss")?;
+    // Ctrl-C ends the recording and writes what it has.
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT)?;
     wait_bounded(&mut child, Duration::from_secs(60), "gilscope")?;
     let report: Value = serde_json::from_slice(&std::fs::read(&output)?)?;
     let rows = report["threads"].as_array().map_or(0, Vec::len);
@@ -1397,10 +1434,13 @@ fn long_churn_memory(python: &Python) -> Result<(), Failed> {
         .as_array()
         .and_then(|t| t.iter().find(|t| t["native_id"] == 0))
         .map(|t| t["name"].to_string());
-    // 20 s more of 300 threads a second would be 6,000 rows, over 2 MB unfolded.
-    if late > early + 3 * 1024 || rows > 2000 || folded.is_none() {
+    // Rows are folded when there are more than 1,024 of them; the fixture has few threads
+    // alive at once.
+    if late > early + 3 * 1024 || rows > 1024 + 64 || folded.is_none() {
         return Err(format!(
-            "rss {early} kB at 5 s, {late} kB at 25 s; {rows} rows; folded row {folded:?}"
+            "rss {early} kB after {at_early} threads, {late} kB after {} more; {rows} rows; \
+             folded row {folded:?}",
+            THEN
         )
         .into());
     }

@@ -235,6 +235,52 @@ pub fn matrix(pythons: &Pythons) -> Pythons {
     Pythons { found, missing }
 }
 
+/// Part `part` of `parts` of the matrix, for a test made of variants that each need not run
+/// on every interpreter of the default pass: there variant `part` takes every `parts`-th
+/// interpreter (so each interpreter of the default matrix runs one variant, in turn); the
+/// `rest` pass takes its own interpreters and the default ones the variant left out, so
+/// that over both passes every variant runs on every interpreter; `all` takes them all.
+pub fn matrix_in_turn(pythons: &Pythons, parts: usize, part: usize) -> Pythons {
+    let mode = matrix_mode();
+    let mut found = Vec::new();
+    let mut missing = pythons.missing.clone();
+    let defaults = pythons
+        .found
+        .iter()
+        .filter(|p| in_default_matrix(&p.label))
+        .enumerate();
+    for (index, python) in defaults {
+        let in_turn = index % parts.max(1) == part;
+        match (mode, in_turn) {
+            (Matrix::All, _) | (Matrix::Default, true) | (Matrix::Rest, false) => {
+                found.push(python.clone())
+            }
+            (Matrix::Default, false) => missing.push((
+                python.label.clone(),
+                "another variant's turn in the default pass (GILSCOPE_MATRIX=rest runs it)".into(),
+            )),
+            (Matrix::Rest, true) => missing.push((
+                python.label.clone(),
+                "in the default matrix (run without GILSCOPE_MATRIX)".into(),
+            )),
+        }
+    }
+    let others = pythons
+        .found
+        .iter()
+        .filter(|p| !in_default_matrix(&p.label));
+    for python in others {
+        match mode {
+            Matrix::All | Matrix::Rest => found.push(python.clone()),
+            Matrix::Default => missing.push((
+                python.label.clone(),
+                "in the full matrix only (GILSCOPE_MATRIX=rest or all; .ci/run runs it)".into(),
+            )),
+        }
+    }
+    Pythons { found, missing }
+}
+
 /// Every interpreter of `pythons`, for the few tests that prove each version is read right
 /// in the default suite itself; in the `rest` pass (which only completes the default) none.
 pub fn every(pythons: &Pythons) -> Pythons {
