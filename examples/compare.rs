@@ -8,8 +8,8 @@
 //!
 //! Usage (docs/ACCURACY.md, "Finding a misclassification"):
 //!
-//!   cargo run --release --features dev --example compare -- [OPTIONS] --pid PID
-//!   cargo run --release --features dev --example compare -- [OPTIONS] -- python3 fixtures/spinners.py
+//!   cargo run --release --features dev-tools --example compare -- [OPTIONS] --pid PID
+//!   cargo run --release --features dev-tools --example compare -- [OPTIONS] -- python3 fixtures/spinners.py
 //!
 //! Options: `--duration S` (5), `--rate HZ` (1000), `--debug-file F` (symbols of a stripped
 //! interpreter), `--list N` (mismatched ticks to print, 40), `--thread TID` (print only this

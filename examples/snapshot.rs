@@ -1,7 +1,7 @@
 //! Developer tool: attach to a live Python, take a few ticks with stacks and thread names, and
 //! save every byte they read as a snapshot (src/fuzzing.rs) for the fuzzers and replay tests.
 //!
-//! cargo run --release --example snapshot -- --pid N -o FILE [--ticks N]
+//! cargo run --release --features dev-tools --example snapshot -- --pid N -o FILE [--ticks N]
 
 use std::time::Duration;
 

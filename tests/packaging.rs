@@ -46,21 +46,22 @@ fn pip_install_puts_a_working_gilscope_on_the_virtualenvs_path() {
     }
     // What is under test is pip's path through pyproject.toml and maturin (the command on
     // PATH, its completions and pages), not a second compilation of the source every other
-    // test runs: where the static build is there (`.ci/run` makes it first), pip builds that
-    // target into its directory and finds it up to date, instead of compiling the whole tree
-    // again for minutes. Otherwise a directory of its own (this `cargo test` locks
-    // `release/`), persistent so that the next run is incremental.
+    // test runs: pip builds the static target into the directory where `.ci/run` (or
+    // `cargo build --release --target x86_64-unknown-linux-musl`) built it, finds it up to
+    // date, and packs it. Without that build, the test says so and skips, rather than
+    // compiling the whole tree again for minutes inside a first `cargo test`.
+    if let Some(why) = no_static_build() {
+        eprintln!("skipped: {why}");
+        return;
+    }
     let mut pip = Command::new(venv.join("bin/pip"));
     pip.args(["install", "--no-input", "--disable-pip-version-check"])
-        .arg(repo);
-    if musl_installed() {
-        pip.env("CARGO_TARGET_DIR", musl_target_dir()).env(
+        .arg(repo)
+        .env("CARGO_TARGET_DIR", musl_target_dir())
+        .env(
             "MATURIN_PEP517_ARGS",
             "--target x86_64-unknown-linux-musl --compatibility manylinux2014",
         );
-    } else {
-        pip.env("CARGO_TARGET_DIR", repo.join("target/pip"));
-    }
     let out = pip.output().expect("run pip");
     let said = text(&out);
     if !out.status.success() {
@@ -122,8 +123,8 @@ fn pip_install_puts_a_working_gilscope_on_the_virtualenvs_path() {
 #[test]
 fn the_wheel_for_other_hosts_carries_a_static_binary_tagged_manylinux2014() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    if !musl_installed() {
-        eprintln!("skipped: no musl target (rustup target add x86_64-unknown-linux-musl)");
+    if let Some(why) = no_static_build() {
+        eprintln!("skipped: {why}");
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -256,6 +257,22 @@ fn musl_installed() -> bool {
         .args(["target", "list", "--installed"])
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("x86_64-unknown-linux-musl"))
+}
+
+/// Why the static build these tests pack is missing, if it is: the musl target, or its
+/// release build (`.ci/run` makes it before the suite).
+fn no_static_build() -> Option<String> {
+    if !musl_installed() {
+        return Some("no musl target (rustup target add x86_64-unknown-linux-musl)".into());
+    }
+    let binary = musl_target_dir().join("x86_64-unknown-linux-musl/release/gilscope");
+    (!binary.is_file()).then(|| {
+        format!(
+            "no static build at {} to pack (cargo build --release --target \
+             x86_64-unknown-linux-musl, as .ci/run does first)",
+            binary.display()
+        )
+    })
 }
 
 /// Where maturin builds the static binary: this build's own target directory, whose musl part

@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use common::{fraction, thread_row, thread_rows, Attempt, Fixture, Python};
 
-/// Seconds recorded.
-const RECORD_S: f64 = 3.0;
+/// Seconds recorded (2,000 ticks at the default rate).
+const RECORD_S: f64 = 2.0;
 /// The fixture's subinterpreter spinner starts 0.5 s after the subinterpreter exists; give
 /// it time to be spinning before the recording starts.
 const SETTLE_S: f64 = 1.0;
@@ -17,7 +17,7 @@ const SETTLE_S: f64 = 1.0;
 /// preempted holder still holds). What takes it away: the fixture's main thread waking
 /// every 200 ms takes the main GIL for up to one 5 ms switch interval (2.5%), more when the
 /// two cores are busy with the other spinner and the sampler and the hand-back is delayed;
-/// plus 2 points of classification error and a sampling margin of ~1.5 points at 3,000
+/// plus 2 points of classification error and a sampling margin of ~2 points at 2,000
 /// ticks. 0.6 leaves room for a loaded host; what tells two GILs from one is the sum below.
 const OWN_GIL_HOLD: f64 = 0.6;
 /// Two spinners holding two GILs at once: more than one GIL's worth of holding, which one

@@ -257,7 +257,7 @@ pub fn matrix_in_turn(pythons: &Pythons, parts: usize, part: usize) -> Pythons {
             }
             (Matrix::Default, false) => missing.push((
                 python.label.clone(),
-                "another variant's turn in the default pass (GILSCOPE_MATRIX=rest runs it)".into(),
+                "not its turn in the default pass (GILSCOPE_MATRIX=rest runs it)".into(),
             )),
             (Matrix::Rest, true) => missing.push((
                 python.label.clone(),
