@@ -51,12 +51,14 @@ struct Options {
     switch_sites: bool,
     /// Classify as if those locations were unknown, for comparison on the same ticks.
     without_switch_sites: bool,
+    /// Set each thread's wait episodes beside the reference's waits.
+    latency: bool,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: compare [--duration S] [--rate HZ] [--debug-file F] [--list N] [--thread TID] \
-         [--dump DIR] [--switch-sites] [--without-switch-sites] (--pid PID | --replay DIR | -- COMMAND...)"
+         [--dump DIR] [--switch-sites] [--without-switch-sites] [--latency] (--pid PID | --replay DIR | -- COMMAND...)"
     );
     std::process::exit(2)
 }
@@ -77,6 +79,7 @@ fn options() -> Options {
         without_mutexes: false,
         switch_sites: false,
         without_switch_sites: false,
+        latency: false,
     };
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| usage());
@@ -93,6 +96,7 @@ fn options() -> Options {
             "--without-mutexes" => o.without_mutexes = true,
             "--switch-sites" => o.switch_sites = true,
             "--without-switch-sites" => o.without_switch_sites = true,
+            "--latency" => o.latency = true,
             "--" => {
                 o.command = args.by_ref().collect();
                 break;
@@ -347,7 +351,21 @@ fn load_run(dir: &Path) -> Run {
     let observations = read("observations.jsonl")
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).expect("observation"))
+        .map(|l| {
+            let mut tick: Observation = serde_json::from_str(l).expect("observation");
+            // The GIL's reading is not written whole: its fields (the switch counter that
+            // splits wait episodes) are, so the replay sees what the recording saw.
+            tick.gil = gilscope::python::interpreter::GilState {
+                created: true,
+                locked: tick.locked,
+                holder: tick.holder,
+                switch_number: tick.switch_number,
+                interval_us: tick.interval_us,
+                current: None,
+                enabled: None,
+            };
+            tick
+        })
         .collect();
     let about: serde_json::Value = serde_json::from_str(&read("run.json")).expect("run.json");
     let probe = |name: &str| match name {
@@ -740,6 +758,9 @@ fn analyze(run: &Run, o: &Options) {
     for line in listed.iter().take(o.list) {
         println!("  {line}");
     }
+    if o.latency {
+        latency(run, &samples, o);
+    }
     if let Some(dir) = &o.dump {
         std::fs::create_dir_all(dir).expect("dump directory");
         let mut f = std::fs::File::create(dir.join("ticks.tsv")).expect("ticks.tsv");
@@ -749,6 +770,171 @@ fn analyze(run: &Run, o: &Options) {
         );
         for row in &dump_rows {
             let _ = writeln!(f, "{row}");
+        }
+    }
+}
+
+/// The `q` quantile by nearest rank of sorted `values` (ms).
+fn quantile_ms(sorted: &[u64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1] as f64 / 1e6
+}
+
+/// Each thread's wait episodes as gilscope's profile counts them, beside the reference's waits
+/// (`reference::wait_episodes`): quantiles of those of 2 ms and more, and every reference wait
+/// of 2 ms and more that no episode of ours matches within a tick at each end, with what we
+/// made of it (split, joined with the next, ends moved).
+fn latency(run: &Run, samples: &[(Sample, Vec<Rule>)], o: &Options) {
+    const MIN_NS: u64 = 2_000_000;
+    let (start, end) = (run.start_ns, run.end_ns);
+    let name = |tid: i32| run.names.get(&tid).cloned().unwrap_or_else(|| "?".into());
+    let mut profile = gilscope::model::profile::Profile::new();
+    // Ours, per thread: (since, until) of each episode, until half-way to the tick that ended it.
+    let mut ours: HashMap<i32, Vec<(u64, u64)>> = HashMap::new();
+    let mut last_tick: Option<u64> = None;
+    for (sample, _) in samples {
+        let before: HashMap<i32, (u64, u64)> = profile
+            .threads()
+            .iter()
+            .map(|t| (t.tid, (t.latency.episodes, t.latency.total_ns)))
+            .collect();
+        profile.add(sample, |_| String::new());
+        let half_way = last_tick.map_or(sample.time_ns, |l| l + (sample.time_ns - l) / 2);
+        for t in profile.threads() {
+            let (n, total) = before.get(&t.tid).copied().unwrap_or((0, 0));
+            if t.latency.episodes > n {
+                let ns = t.latency.total_ns - total;
+                ours.entry(t.tid)
+                    .or_default()
+                    .push((half_way.saturating_sub(ns), half_way));
+            }
+        }
+        last_tick = Some(sample.time_ns);
+    }
+    let tick_ns = (end - start) / samples.len().max(2) as u64;
+    let truth = reference::wait_episodes(&run.trace.events, start, end);
+    println!("\nWait episodes of 2 ms and more (ms), ours / reference:");
+    let mut tids: Vec<&i32> = truth.keys().collect();
+    tids.sort();
+    for &tid in tids {
+        let exact: Vec<(u64, u64)> = truth[&tid].clone();
+        let mine: Vec<(u64, u64)> = ours.get(&tid).cloned().unwrap_or_default();
+        let long = |w: &[(u64, u64)]| {
+            let mut v: Vec<u64> = w
+                .iter()
+                .map(|&(a, b)| b - a)
+                .filter(|&l| l >= MIN_NS)
+                .collect();
+            v.sort();
+            v
+        };
+        let (a, b) = (long(&mine), long(&exact));
+        if b.len() < 5 {
+            continue;
+        }
+        println!(
+            "  {tid:>7} {:<12} count {}/{} p50 {:.2}/{:.2} p90 {:.2}/{:.2} p99 {:.2}/{:.2} (all waits {}/{})",
+            name(tid),
+            a.len(),
+            b.len(),
+            quantile_ms(&a, 0.5),
+            quantile_ms(&b, 0.5),
+            quantile_ms(&a, 0.9),
+            quantile_ms(&b, 0.9),
+            quantile_ms(&a, 0.99),
+            quantile_ms(&b, 0.99),
+            mine.len(),
+            exact.len()
+        );
+        // Reference waits of 2 ms and more, and what we made of them.
+        let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
+        // Ours minus the reference's, at each end of a wait matched by one episode (ns).
+        let mut ends: Vec<(i64, i64)> = Vec::new();
+        let mut listed = 0;
+        for &(since, until) in exact.iter().filter(|&&(a, b)| b - a >= MIN_NS) {
+            let over: Vec<(u64, u64)> = mine
+                .iter()
+                .copied()
+                // Overlapping by more than a tick: the neighbours' ends are within a tick.
+                .filter(|&(a, b)| b.min(until).saturating_sub(a.max(since)) > tick_ns)
+                .collect();
+            let kind = match over.as_slice() {
+                [] => "missed",
+                [(a, b)] if a.abs_diff(since) <= tick_ns && b.abs_diff(until) <= tick_ns => {
+                    "matched"
+                }
+                [(a, b)] if *a + tick_ns < since || *b > until + tick_ns => "joined/longer",
+                [_] => "shorter",
+                _ => "split",
+            };
+            *kinds.entry(kind).or_default() += 1;
+            if let [(a, b)] = over.as_slice() {
+                ends.push((*a as i64 - since as i64, *b as i64 - until as i64));
+            }
+            if kind != "matched"
+                && listed < o.list
+                && (o.threads.is_empty() || o.threads.contains(&tid))
+            {
+                listed += 1;
+                let at = |ns: u64| ns.saturating_sub(start) as f64 / 1e6;
+                let spans: Vec<String> = over
+                    .iter()
+                    .map(|&(a, b)| format!("{:.3}-{:.3}", at(a), at(b)))
+                    .collect();
+                println!(
+                    "      {kind:<13} ref {:.3}-{:.3} ({:.2} ms) ours {}",
+                    at(since),
+                    at(until),
+                    (until - since) as f64 / 1e6,
+                    spans.join(" ")
+                );
+            }
+        }
+        // Ours of 2 ms and more that match no reference wait of 2 ms and more.
+        let mut extra = 0;
+        for &(a, b) in mine.iter().filter(|&&(a, b)| b - a >= MIN_NS) {
+            let over: Vec<(u64, u64)> = exact
+                .iter()
+                .copied()
+                .filter(|&(s, u)| b.min(u).saturating_sub(a.max(s)) > tick_ns / 2)
+                .collect();
+            if over.iter().any(|&(s, u)| u - s >= MIN_NS) {
+                continue;
+            }
+            extra += 1;
+            if listed < o.list && (o.threads.is_empty() || o.threads.contains(&tid)) {
+                listed += 1;
+                let at = |ns: u64| ns.saturating_sub(start) as f64 / 1e6;
+                let spans: Vec<String> = over
+                    .iter()
+                    .map(|&(s, u)| format!("{:.3}-{:.3}", at(s), at(u)))
+                    .collect();
+                println!(
+                    "      extra         ours {:.3}-{:.3} ({:.2} ms) ref {}",
+                    at(a),
+                    at(b),
+                    (b - a) as f64 / 1e6,
+                    spans.join(" ")
+                );
+            }
+        }
+        println!("      {kinds:?}, extra {extra}");
+        if !ends.is_empty() {
+            let n = ends.len() as f64;
+            let mean = |f: fn(&(i64, i64)) -> i64| ends.iter().map(f).sum::<i64>() as f64 / n / 1e3;
+            let mut len: Vec<i64> = ends.iter().map(|e| e.1 - e.0).collect();
+            len.sort();
+            println!(
+                "      one-to-one: start {:+.0} µs, end {:+.0} µs on average; length error p5 {:+.0} p50 {:+.0} p95 {:+.0} µs",
+                mean(|e| e.0),
+                mean(|e| e.1),
+                len[len.len() / 20] as f64 / 1e3,
+                len[len.len() / 2] as f64 / 1e3,
+                len[len.len() * 19 / 20] as f64 / 1e3
+            );
         }
     }
 }

@@ -1018,6 +1018,63 @@ pub fn implausible_waits(
     found
 }
 
+/// A drop_gil return followed by take_gil within this (ns) is the eval loop handing the GIL
+/// over and asking it back, with nothing run in between (it takes a microsecond or two; the
+/// margin covers a preemption between the two calls).
+pub const HAND_BACK_NS: u64 = 100_000;
+
+/// Every thread's waits for the GIL wholly inside [start_ns, end_ns], as (since, until) in ns:
+/// each take_gil stay (entry to return), begun at drop_gil's entry where the thread was made to
+/// let go and asked straight back (CPython holds it in drop_gil until another has taken the
+/// GIL, then it asks again: one wait). The exact counterpart of gilscope's wait episodes
+/// (tests/latency.rs, examples/compare's `--latency`).
+pub fn wait_episodes(
+    events: &[Event],
+    start_ns: u64,
+    end_ns: u64,
+) -> HashMap<i32, Vec<(u64, u64)>> {
+    let mut entered: HashMap<i32, u64> = HashMap::new();
+    // Each thread's drop_gil stay under way (its entry), and its last one (entry, return).
+    let mut dropping: HashMap<i32, u64> = HashMap::new();
+    let mut dropped: HashMap<i32, (u64, u64)> = HashMap::new();
+    let mut waits: HashMap<i32, Vec<(u64, u64)>> = HashMap::new();
+    for event in events {
+        match event.probe {
+            Probe::DropEntry => {
+                dropping.insert(event.tid, event.time_ns);
+            }
+            Probe::DropReturn => {
+                if let Some(since) = dropping.remove(&event.tid) {
+                    dropped.insert(event.tid, (since, event.time_ns));
+                }
+            }
+            Probe::TakeEntry => {
+                if entered.contains_key(&event.tid) {
+                    continue;
+                }
+                let since = match dropped.remove(&event.tid) {
+                    Some((since, until)) if event.time_ns.saturating_sub(until) < HAND_BACK_NS => {
+                        since
+                    }
+                    _ => event.time_ns,
+                };
+                entered.insert(event.tid, since);
+            }
+            Probe::TakeReturn => {
+                if let Some(since) = entered.remove(&event.tid) {
+                    if since >= start_ns && event.time_ns <= end_ns {
+                        waits
+                            .entry(event.tid)
+                            .or_default()
+                            .push((since, event.time_ns));
+                    }
+                }
+            }
+        }
+    }
+    waits
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,12 @@ use std::collections::HashMap;
 
 use super::timeline::Timeline;
 use crate::sample::classify::EXECUTING_FLOOR_NS;
+
+/// Less CPU than this (ns, by the exact clock) between two ticks: the thread did not run at
+/// all. A waiter served in between wakes, takes the GIL, runs and asks again: 12 µs and more
+/// measured (io_pingpong, 3.12); a waiter left asleep uses none (docs/ACCURACY.md, "GIL
+/// latency").
+const STILL_CPU_NS: u64 = 2_000;
 use crate::sample::{Sample, ThreadState};
 use crate::stack::{FrameId, FrameKind, Place, StackId, StackTable};
 
@@ -861,9 +867,16 @@ impl Profile {
             let ran = matches!((entry.previous_cpu, thread.cpu),
                 (Some((exact_a, a)), Some((exact_b, b)))
                     if exact_a == exact_b && b.saturating_sub(a) >= EXECUTING_FLOOR_NS);
+            // Its exact clock did not move: it never ran, so it took nothing (a waiter that
+            // was served had to wake, take the GIL and ask again: tens of µs).
+            let still = matches!((entry.previous_cpu, thread.cpu),
+                (Some((true, a)), Some((true, b))) if b.saturating_sub(a) < STILL_CPU_NS);
             let took = match (entry.previous, thread.state) {
                 (Some(ThreadState::Wait), ThreadState::Wait) => {
-                    if let Some(since) = entry.wait_since_ns {
+                    // A waiter that never ran was waiting throughout, whatever the counter
+                    // says: the changes were others' (a thread made to let go sits in
+                    // drop_gil, off any CPU, while two others pass the GIL to and fro).
+                    if let (Some(since), false) = (entry.wait_since_ns, still && !moved) {
                         waiters[index].push((since, moved || ran, thread.tid));
                     }
                     continue;
@@ -1893,6 +1906,39 @@ mod tests {
             (latency.episodes, latency.min_ns, latency.max_ns),
             (2, 4 * ms, 4 * ms)
         );
+    }
+
+    #[test]
+    fn a_waiter_that_never_ran_was_not_served_whatever_the_counter_says() {
+        let ms = 1_000_000u64;
+        // Thread 2 waits from tick 1 to 8 (a CPU-bound thread made to let go); between ticks
+        // 4 and 5 the GIL changes hands 50 times (two I/O threads, 1 and 3, passing it to and
+        // fro, seen idle at the same line at each tick). With thread 2's exact CPU clock
+        // still, it waited once; with 20 µs used (woken, served, asking again), twice.
+        let run = |used_ns: u64| {
+            let mut profile = Profile::new();
+            let mut cpu = 0;
+            for i in 0..=9u64 {
+                cpu += if i == 5 { used_ns } else { 0 };
+                let two = match i {
+                    0 | 9 => ThreadState::Hold,
+                    _ => ThreadState::Wait,
+                };
+                let switches = if i >= 5 { 50 } else { 0 };
+                let mut tick = sample(
+                    i * ms,
+                    switches,
+                    &[(1, ThreadState::Idle), (2, two), (3, ThreadState::Idle)],
+                );
+                tick.threads[1].cpu = Some((true, cpu));
+                profile.add(&tick, |_| "t".into());
+            }
+            let threads = profile.threads();
+            let latency = &threads.iter().find(|t| t.tid == 2).unwrap().latency;
+            (latency.episodes, latency.max_ns)
+        };
+        assert_eq!(run(0), (1, 8 * ms));
+        assert_eq!(run(20_000), (2, 4 * ms));
     }
 
     #[test]

@@ -439,7 +439,15 @@ impl Classifier {
                 .map_or(0, |p| time_ns.saturating_sub(p.time_ns));
             let forced_switch = track.anchor == Some(ThreadState::Hold)
                 && track.held_ns + gap >= tick.interval_us.saturating_mul(1000);
-            let not_seen_leaving = forced_switch || track.in_gil_code;
+            // A thread seen in the GIL's code whose exact clock has since moved by more than
+            // that code ever takes has left it unseen (took the GIL, ran, let go again: an I/O
+            // thread between its ping-pongs), and is now wherever that run took it.
+            let ran_since = thread.cpu_exact
+                && track.previous.is_some_and(|p| {
+                    same_clock(&p.thread, thread)
+                        && thread.cpu_ns.saturating_sub(p.thread.cpu_ns) >= EXECUTING_FLOOR_NS
+                });
+            let not_seen_leaving = forced_switch || (track.in_gil_code && !ran_since);
             // Using the CPU after the tick too, without holding the GIL at the next one: native
             // code, surely (the CPU before the tick may have been Python, held in between).
             let native_on = rule == Rule::Executing
