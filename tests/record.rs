@@ -197,7 +197,9 @@ fn check_report_invariants(report: &Value, python: &Python) -> Result<(), Failed
 fn spinners_share_the_gil(python: &Python) -> Result<(), Failed> {
     let (fx, report) = recorded(python, "spinners", &["--threads", "3"])?;
     let held = report["gil"]["held"].as_f64().unwrap_or(0.0);
-    expect(held > 0.95, format!("GIL held {held}"), &report)?;
+    // Each forced switch leaves the GIL free until the waiter it woke gets a CPU: a moment
+    // on a quiet host, more beside other work (0.936 held beside two CPU hogs, static 3.11).
+    expect(held > 0.9, format!("GIL held {held}"), &report)?;
     let mean_waiting = report["gil"]["mean_waiting"].as_f64().unwrap_or(0.0);
     // Two of three spinners wait while one holds. The main thread waits too after each of its
     // wake-ups, for as long as the spinners keep the GIL from it (up to 14% of its time on
