@@ -538,6 +538,33 @@ fn accuracy(python: &Python, fixture: &str, setup: Setup) -> Result<Completion, 
 /// CPU-bound processes (`python -c 'while 1: pass'`) that stop when dropped. They run the
 /// fixture's own interpreter: one thread never takes or drops the GIL after starting, and the
 /// reference keeps only the fixture's threads.
+/// How many CPUs other work keeps busy: non-idle time over 300 ms, from /proc/stat.
+fn busy_cpus() -> f64 {
+    let read = || -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        let fields: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal (guest time is inside user).
+        let total: u64 = fields.iter().take(8).sum();
+        let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
+        Some((total, idle))
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let Some(before) = read() else { return 0.0 };
+    std::thread::sleep(Duration::from_millis(300));
+    let Some(after) = read() else { return 0.0 };
+    let total = after.0.saturating_sub(before.0);
+    let idle = after.1.saturating_sub(before.1);
+    if total == 0 {
+        return 0.0;
+    }
+    cpus * total.saturating_sub(idle) as f64 / total as f64
+}
+
 struct CpuHogs(Vec<std::process::Child>);
 
 impl CpuHogs {
@@ -601,6 +628,15 @@ fn attempt(
         ))));
     }
     let _exclusive = common::exclusive();
+    // "Beside two CPU hogs" whatever else the host runs: where other work already keeps CPUs
+    // busy (the suite run beside hogs of its own), only the difference is started, so that
+    // the trial measures the load it names rather than twice it. Measured before the
+    // fixture starts, which is busy itself.
+    let hogs_wanted = if setup.loaded {
+        CPU_HOGS.saturating_sub(busy_cpus().round() as usize)
+    } else {
+        0
+    };
     let fx = if let Some(container) = setup.container {
         Fixture::start_contained(&python.path, fixture, &["--duration", "120"], container)?
     } else if setup.gil_on {
@@ -626,11 +662,7 @@ fn attempt(
             ))))
         }
     };
-    let _hogs = if setup.loaded {
-        Some(CpuHogs::start(python, CPU_HOGS)?)
-    } else {
-        None
-    };
+    let _hogs = CpuHogs::start(python, hogs_wanted)?;
     let tracer = reference::Tracer::start(&sites, fx.pid)?;
     // A fixture's "idle" thread blocks for good outside the GIL before tracing starts: it
     // never enters take_gil again, and the reference has it outside (waiting for it only
