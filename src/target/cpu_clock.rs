@@ -182,8 +182,11 @@ mod tests {
         // with kernel time excluded or not (measured both ways). A counter that left out
         // kernel time would have less than half.
         assert!(ran >= 200_000_000, "the worker ran {ran} ns");
+        // utime and stime are sampled a tick at a time: beside other work the split of a
+        // third of a second wobbles (11 user, 8 system ticks seen beside two CPU hogs). A
+        // third in the kernel is enough: a counter without it would read under 0.67.
         assert!(
-            system >= user,
+            system * 2 >= user,
             "user {user} ticks, system {system}: not a kernel workload"
         );
         let ratio = counted as f64 / ran as f64;
