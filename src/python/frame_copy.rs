@@ -97,6 +97,26 @@ struct Head {
     chunk_top: u64,
 }
 
+/// What a second copy confirms of a chain walked in the first (`FrameReader::confirmed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Confirmed {
+    /// Every frame read the same in both copies: the stack at the moment T between them.
+    Whole,
+    /// The chain's links read the same in both copies (each frame's caller and code object,
+    /// each caller running, the thread state naming the same innermost frame): at T the
+    /// stack was these frames. Its outermost `n` frames read the same whole, so T's stack
+    /// had them at these lines; a frame further in did not (an instruction that moved, an
+    /// innermost frame entered or left), and the rest is not known at one moment: the line
+    /// of a frame read at two instructions is neither's for sure, and its callees' lines
+    /// come from copies that straddle its change. A link that differs ends it all: the
+    /// frames past it may be another call's, or another thread's (a frame object reused
+    /// keeps the caller of its last call), so no outer part is believed without every link
+    /// from T's innermost frame out to it.
+    Outer(usize),
+    /// Not even the links: the thread moved under the read.
+    Nothing,
+}
+
 /// The blocks to read for a thread state's stack, learned from its last walk.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Plan {
@@ -194,6 +214,9 @@ pub(super) struct FrameReader {
     /// frames the next attempt needs in its copies; without them every attempt fetched
     /// them after the moment it read, and 3.12 lost 2% of a pipeline's samples).
     partial: Option<(Head, Vec<(u64, FrameRecord)>)>,
+    /// The outer part of the chain that the last attempt's copies confirmed, where they did
+    /// not confirm the whole ([`FrameReader::confirmed_part`]).
+    confirmed_part: Option<Chain>,
 }
 
 impl FrameReader {
@@ -267,13 +290,22 @@ impl FrameReader {
             plans: HashMap::new(),
             successors: HashMap::new(),
             partial: None,
+            confirmed_part: None,
         }
+    }
+
+    /// The outer frames of the chain that the last attempt, which failed, read the same in
+    /// both copies (see [`Confirmed::Outer`]): a true part of the stack at one moment. None
+    /// where the attempt confirmed nothing, or the whole chain.
+    pub fn confirmed_part(&mut self) -> Option<Chain> {
+        self.confirmed_part.take()
     }
 
     /// One attempt at the chain of the thread state at `tstate`. `StackError::Moved`: the
     /// copies disagreed (the thread moved under the read); the caller may try again, with a
     /// plan that this attempt brought up to date.
     pub fn read(&mut self, memory: &dyn Memory, tstate: u64) -> Result<Chain, StackError> {
+        self.confirmed_part = None;
         check_pointer(tstate, 8)?;
         let plan = self.plans.remove(&tstate).unwrap_or_default();
         let blocks = self.blocks(tstate, &plan);
@@ -440,22 +472,30 @@ impl FrameReader {
             second = Some(Copied::from_parts(&blocks, &bytes[..copy_len]));
             codes.push(&missing, &bytes[copy_len..]);
         }
-        match second {
-            // After a fetch the confirming read is the later moment.
-            Some(second)
-                if self.confirms(
-                    tstate,
-                    &head,
-                    &frames,
-                    &second,
-                    (!fetched).then_some((early, late)),
-                ) =>
-            {
-                Ok(Chain {
-                    frames,
-                    truncated,
+        let Some(second) = second else {
+            return Err(StackError::Moved);
+        };
+        // After a fetch the confirming read is the later moment.
+        match self.confirmed(
+            tstate,
+            &head,
+            &frames,
+            &second,
+            (!fetched).then_some((early, late)),
+        ) {
+            Confirmed::Whole => Ok(Chain {
+                frames,
+                truncated,
+                codes,
+            }),
+            // A chain cut at MAX_FRAMES has no outermost frames to keep.
+            Confirmed::Outer(kept) if kept > 0 && !truncated => {
+                self.confirmed_part = Some(Chain {
+                    frames: frames[frames.len() - kept..].to_vec(),
+                    truncated: false,
                     codes,
-                })
+                });
+                Err(StackError::Moved)
             }
             _ => Err(StackError::Moved),
         }
@@ -664,29 +704,35 @@ impl FrameReader {
         }
     }
 
-    /// Does `second` confirm the chain walked in the first copy? See the module's comment.
-    fn confirms(
+    /// What `second` confirms of the chain walked in the first copy. See the module's
+    /// comment; [`Confirmed`] says why an outer part may be believed when the whole is not.
+    fn confirmed(
         &self,
         tstate: u64,
         head: &Head,
         frames: &[(u64, FrameRecord)],
         second: &Copied,
         around: Option<(Option<Head>, Option<Head>)>,
-    ) -> bool {
-        let Ok(now) = self.head(second, tstate) else {
-            return false;
-        };
-        if now.chunk != head.chunk {
-            return false;
+    ) -> Confirmed {
+        // The thread state must read as the walk saw it: then it was read at a moment inside
+        // every frame's two copies (in one read, the second copy's first block; after a
+        // fetch, the confirming read's first block), when the chain it starts was the stack.
+        match self.head(second, tstate) {
+            Ok(now) if now == *head => {}
+            _ => return Confirmed::Nothing,
         }
+        // How many frames, counted from the outermost inwards, read the same in both copies.
+        let mut same_outer = 0;
         for (i, &(addr, was)) in frames.iter().enumerate() {
             let Some(Ok(is)) = second
                 .get(addr, self.frame_size)
                 .map(|b| self.decode(addr, b))
             else {
-                return false;
+                return Confirmed::Nothing;
             };
-            let same = (
+            // What makes the chain: each frame's caller and code, and that each frame past
+            // the innermost was running (the innermost may be being entered or left).
+            let linked = (
                 is.previous,
                 is.code,
                 is.shown,
@@ -700,9 +746,9 @@ impl FrameReader {
                 was.tlbc_index,
                 was.owner,
                 was.is_entry,
-            );
-            if !same || is.running != was.running || (i > 0 && is.instr != was.instr) {
-                return false;
+            ) && (i == 0 || is.running == was.running);
+            if !linked {
+                return Confirmed::Nothing;
             }
             // A frame of the newest chunk must still be below its top: a frame the thread
             // returned from keeps its bytes until another call writes over them. (Its fields
@@ -711,8 +757,8 @@ impl FrameReader {
             // length, 3.12 rejected every such frame: a tree whose leaves `return 0` lost
             // 4-13% of its samples.)
             let in_chunk = head.chunk != 0 && addr >= head.chunk && addr < head.chunk_top;
-            if in_chunk && addr + self.frame_fields_end > now.chunk_top {
-                return false;
+            if in_chunk && addr + self.frame_fields_end > head.chunk_top {
+                return Confirmed::Nothing;
             }
             // And a caller in it must have been below the top when each copy was read (the
             // thread state read just before the first and just after the second): a frame
@@ -726,14 +772,18 @@ impl FrameReader {
                     })
                 };
                 if !live(early) || !live(late) {
-                    return false;
+                    return Confirmed::Nothing;
                 }
             }
+            // Its line: the innermost frame's instruction moves as it runs, and is not
+            // compared (as its running flag is not above).
+            let same = is.running == was.running && (i == 0 || is.instr == was.instr);
+            same_outer = if same { same_outer + 1 } else { 0 };
         }
-        // The thread state must read as the walk saw it: then it was read at a moment inside
-        // every frame's two copies (in one read, the second copy's first block; after a
-        // fetch, the confirming read's first block), when the chain it starts was the stack.
-        now == *head
+        match same_outer == frames.len() {
+            true => Confirmed::Whole,
+            false => Confirmed::Outer(same_outer),
+        }
     }
 
     /// A frame's fields from its bytes.

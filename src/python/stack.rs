@@ -104,6 +104,9 @@ pub struct StackReader {
     /// Each thread state's last stack read and its calls of the evaluation loop, while
     /// calls are grouped.
     last: HashMap<u64, (StackId, Arc<[EvalCall]>)>,
+    /// The longest outer part of a stack that the failed reads of a thread state confirmed
+    /// since [`StackReader::begin_walk`]: (thread state, chain).
+    confirmed_part: Option<(u64, Chain)>,
     pub table: StackTable,
 }
 
@@ -133,6 +136,7 @@ impl StackReader {
             bytecode_copies: HashMap::new(),
             eval_calls: false,
             last: HashMap::new(),
+            confirmed_part: None,
             table: StackTable::new(),
         }
     }
@@ -142,6 +146,37 @@ impl StackReader {
     pub fn not_captured(&mut self) -> StackId {
         let marker = self.table.intern_frame(Frame::marker(NOT_CAPTURED));
         self.table.intern_stack(&[marker])
+    }
+
+    /// Start the reads of one thread state's stack at one tick: forget the outer part that
+    /// earlier failed reads confirmed.
+    pub fn begin_walk(&mut self) {
+        self.confirmed_part = None;
+    }
+
+    /// The stack of a sample of the thread state at `tstate` whose every read since
+    /// [`StackReader::begin_walk`] failed: the outer frames that one of them read the same in
+    /// both copies (the longest such part: each was the stack's at a moment of that read),
+    /// with the marker frame in place of the frames further in, which were not; the marker
+    /// alone where no read confirmed any ([`StackReader::not_captured`]). A flame graph then
+    /// puts the sample under the code that was running it, rather than beside the stack.
+    pub fn not_captured_at(&mut self, memory: &dyn Memory, tstate: u64) -> StackId {
+        let Some((_, chain)) = self.confirmed_part.take().filter(|p| p.0 == tstate) else {
+            return self.not_captured();
+        };
+        let mut frames: Vec<FrameId> = Vec::with_capacity(chain.frames.len() + 1);
+        let mut seen_codes: HashMap<u64, Option<Code>> = HashMap::new();
+        for &(_, record) in &chain.frames {
+            match self.shown_frame(memory, &chain, record, &mut seen_codes) {
+                Ok(Some((_, id))) => frames.push(id),
+                Ok(None) => {}
+                // A code object that does not read as one: keep nothing rather than a part.
+                Err(_) => return self.not_captured(),
+            }
+        }
+        frames.reverse();
+        frames.push(self.table.intern_frame(Frame::marker(NOT_CAPTURED)));
+        self.table.intern_stack(&frames)
     }
 
     /// Is `ty` the `code` type? Learned once per type object.
@@ -352,7 +387,24 @@ impl StackReader {
         tstate: u64,
         mut frames_at: Option<&mut Vec<FrameAt>>,
     ) -> Result<StackId, StackError> {
-        let chain = self.frames.read(memory, tstate)?;
+        let chain = match self.frames.read(memory, tstate) {
+            Ok(chain) => chain,
+            Err(e) => {
+                // Kept the longest (ties: the latest), for the sample if no read succeeds.
+                if let Some(part) = self.frames.confirmed_part() {
+                    let longer = match &self.confirmed_part {
+                        Some((was, kept)) => {
+                            *was != tstate || part.frames.len() >= kept.frames.len()
+                        }
+                        None => true,
+                    };
+                    if longer {
+                        self.confirmed_part = Some((tstate, part));
+                    }
+                }
+                return Err(e);
+            }
+        };
         let mut frames: Vec<FrameId> = Vec::with_capacity(chain.frames.len() + 1);
         let mut seen_codes: HashMap<u64, Option<Code>> = HashMap::new();
         // Calls of the evaluation loop, innermost first (for `--native`): the frames each
