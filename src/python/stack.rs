@@ -917,6 +917,13 @@ mod tests {
     /// A 3.12 thread `depth` calls of recurse() deep under outer(), every frame outside
     /// a data-stack chunk (as frames of older chunks and generators are).
     fn deep_thread_3_12(depth: usize) -> (StackLayout, MemoryImage) {
+        let (layout, regions) = deep_regions_3_12(depth);
+        (layout, image_of(regions))
+    }
+
+    /// [`deep_thread_3_12`]'s memory, as regions to change before making the image; the
+    /// frame of call `i` of recurse() (0: the outermost) is at [`deep_frame`]`(i)`.
+    fn deep_regions_3_12(depth: usize) -> (StackLayout, Vec<(u64, Vec<u8>)>) {
         let (layout, mut regions) = regions_3_12(true);
         let gen_code = 0x61000;
         let first = 0x100000u64;
@@ -930,7 +937,51 @@ mod tests {
             previous = frame;
         }
         put(&mut regions, CFRAME, 0, previous);
-        (layout, image_of(regions))
+        (layout, regions)
+    }
+
+    fn deep_frame(i: usize) -> u64 {
+        0x100000 + 0x80 * i as u64
+    }
+
+    #[test]
+    fn a_stack_whose_inner_frames_moved_between_the_copies_keeps_only_its_confirmed_outer_frames() {
+        // outer() -> recurse() x 6; the second copy sees recurse() calls 3 and 4 (of 0-5, 5
+        // the innermost) at other instructions, or call 4 with another caller.
+        let depth = 6;
+        let (layout, before) = deep_regions_3_12(depth);
+        let gen_code = 0x61000;
+        let mut moved = before.clone();
+        put(&mut moved, deep_frame(3), 56, gen_code + 192 + 4);
+        put(&mut moved, deep_frame(4), 56, gen_code + 192 + 6);
+        let mut relinked = before.clone();
+        put(&mut relinked, deep_frame(4), 8, deep_frame(1));
+        let marker = NOT_CAPTURED.to_string();
+        for (after, want) in [
+            // Calls 0-2 and outer() read the same whole, and every link agrees.
+            (moved, vec!["outer", "gen", "gen", "gen", &marker]),
+            // A link that differs: nothing past it is known to be this stack's.
+            (relinked, vec![&marker]),
+        ] {
+            let mut reader = StackReader::new(layout);
+            settled(&mut reader, &image_of(before.clone())).unwrap();
+            // The planned read copies the thread state, its cframe and the 7 frames, then
+            // all of them again: the second copy sees `after`.
+            let racing = Racing {
+                before: image_of(before.clone()),
+                after: image_of(after),
+                reads: Cell::new(0),
+                switch_at: 2 + depth + 1,
+            };
+            reader.begin_walk();
+            assert_eq!(reader.read(&racing, TSTATE), Err(StackError::Moved));
+            let stack = reader.not_captured_at(&image_of(before.clone()), TSTATE);
+            assert_eq!(functions(&reader, stack), want);
+            // Taken once: the next sample's failed walk starts without it.
+            reader.begin_walk();
+            let alone = reader.not_captured_at(&image_of(before.clone()), TSTATE);
+            assert_eq!(functions(&reader, alone), [marker.as_str()]);
+        }
     }
 
     #[test]
