@@ -601,14 +601,21 @@ impl FrameReader {
             let record = self.decode(frame, block)?;
             // The innermost frame may be between its call and its first instruction, or
             // between its last one and its caller's taking over: not marked running, and
-            // still the thread state's frame (which `confirms` checks).
+            // still the thread state's frame (which `confirmed` checks).
             // One with no caller is a generator's frame between its caller's unlinking and
             // its own end of run: never a stack on its own.
-            let innermost = frames.is_empty() && record.previous != 0;
-            if (!record.running && !innermost) || record.owner == OWNED_BY_FRAME_OBJECT {
+            let alone = frames.is_empty() && record.previous == 0;
+            if record.owner == OWNED_BY_FRAME_OBJECT || (!record.running && alone) {
                 self.partial = Some((head, frames));
                 return Err(StackError::Moved);
             }
+            // A caller not running in this copy (2.7-3.10: a frame object read before its
+            // call, which still holds its last call's fields) cannot be the stack whole
+            // (`confirmed` sees it differ, or not run in either copy), but the walk goes on
+            // through it: where its fields, read again, are those of a call that runs, the
+            // frames further out may still be confirmed. On a quiet host a deep tree's
+            // fastest levels were read before their call in most attempts, and the walk that
+            // stopped there confirmed nothing of the frames that did not move.
             frames.push((frame, record));
             frame = record.previous;
         }
@@ -731,7 +738,13 @@ impl FrameReader {
                 return Confirmed::Nothing;
             };
             // What makes the chain: each frame's caller and code, and that each frame past
-            // the innermost was running (the innermost may be being entered or left).
+            // the innermost was running in a copy (the innermost may be being entered or
+            // left). Read the same in both copies, a frame's caller and code were so at T
+            // (short of changing and changing back): T's innermost frame was the thread
+            // state's, so each frame out to the outermost was the caller of the one before.
+            // One not running in the first copy was read before its call (it held its last
+            // call's fields, the same here): it is not one that reads the same, but its
+            // callers may be. One running in neither copy is a chain that was not the stack.
             let linked = (
                 is.previous,
                 is.code,
@@ -746,7 +759,7 @@ impl FrameReader {
                 was.tlbc_index,
                 was.owner,
                 was.is_entry,
-            ) && (i == 0 || is.running == was.running);
+            ) && (i == 0 || is.running || was.running);
             if !linked {
                 return Confirmed::Nothing;
             }
