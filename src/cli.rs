@@ -233,7 +233,8 @@ pub struct RecordArgs {
     /// Tell threads queued for a CPU inside the GIL from those preempted in native code by
     /// where each left its CPU: a perf sample of its registers and 1 KiB of its stack at
     /// every context switch (docs/ACCURACY.md, point 11). Costs the target about a
-    /// microsecond per switch; ignored where perf or the GIL's symbols are missing
+    /// microsecond per switch. Where perf or take_gil's symbol is missing it is off, and the
+    /// report says so (a "degraded" line, JSON `sampler.switch_sites`)
     #[arg(long)]
     pub switch_sites: bool,
 

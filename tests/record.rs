@@ -23,37 +23,43 @@ fn main() {
     let pythons = common::pythons();
     let mut trials = Vec::new();
     // What is read from the interpreter (figures, stacks, names), table-driven: each known
-    // answer on its part of the interpreter matrix. Stacks in each state and thread names
-    // run on every interpreter in the default suite (they read the most of each version);
-    // the other known answers on one interpreter per layout family (`common::matrix`, the
-    // rest in CI's second pass). Findings are drawn from the figures alone, whatever the
-    // version: one interpreter is enough for them.
+    // answer on its part of the interpreter matrix. Thread names run on every interpreter in
+    // the default suite (they read the most of each version); stacks in each state and the
+    // dump on one interpreter per layout family (`common::matrix`); the fixtures' figures
+    // take turns over the families (`common::matrix_in_turn`: each family checks half of
+    // them, the other half in CI's second pass, which also runs the other interpreters).
+    // Findings are drawn from the figures alone, whatever the version: one interpreter is
+    // enough for them.
     let every = common::every(&pythons);
     let family = common::matrix(&pythons);
+    let turn = [
+        common::matrix_in_turn(&pythons, 2, 0),
+        common::matrix_in_turn(&pythons, 2, 1),
+    ];
     let one = common::cli_only(&pythons);
     let known: [(&str, KnownAnswer, &common::Pythons); 10] = [
-        ("spinners_share_the_gil", spinners_share_the_gil, &family),
+        ("spinners_share_the_gil", spinners_share_the_gil, &turn[0]),
         (
             "a_thread_sleeping_in_c_with_the_gil_holds_it",
             sleeper_holds,
-            &family,
+            &turn[1],
         ),
-        ("native_code_runs_without_the_gil", native_runs, &family),
-        ("an_io_thread_waits_after_each_wakeup", io_waits, &family),
+        ("native_code_runs_without_the_gil", native_runs, &turn[1]),
+        ("an_io_thread_waits_after_each_wakeup", io_waits, &turn[0]),
         (
             "a_regex_holds_the_gil_while_the_ticker_waits",
             regex_holds,
-            &family,
+            &turn[1],
         ),
         (
             "stacks_show_each_threads_code_in_its_state",
             stacks_in_states,
-            &every,
+            &family,
         ),
         (
             "deep_and_non_ascii_stacks_survive_folded_output",
             stacks_folded,
-            &family,
+            &turn[0],
         ),
         (
             "python_thread_names_match_threading_in_every_storage",
@@ -82,7 +88,7 @@ fn main() {
             })
         }));
     }
-    let cli: [(&str, KnownAnswer); 16] = [
+    let cli: [(&str, KnownAnswer); 17] = [
         (
             "chrome_traces_have_one_holder_at_a_time_and_spans_that_agree_with_samples",
             chrome_trace,
@@ -95,6 +101,10 @@ fn main() {
         ("speedscope_files_have_one_profile_per_thread", speedscope),
         ("blame_weights_the_holders_code_by_its_waiters", blame_view),
         ("gil_only_records_no_stacks", gil_only),
+        (
+            "switch_sites_say_whether_they_were_in_effect",
+            switch_sites_status,
+        ),
         (
             "a_holder_on_a_cpu_is_not_interrupted_for_its_cpu_clock",
             running_holder_clock,
@@ -1324,6 +1334,110 @@ fn gil_only(python: &Python) -> Result<(), Failed> {
         "--gil-only: no stacks, fractions still there",
         &report,
     )
+}
+
+/// `--switch-sites` says in the report whether it was in effect: "perf" where the GIL's
+/// symbols and perf are there (or, without perf, "unavailable" and a degraded line saying
+/// so); never silently off. With a copy of libpython stripped of its symbol table (no
+/// take_gil to tell where a thread left its CPU) it cannot be, and the report says why.
+/// Without the option: null.
+fn switch_sites_status(python: &Python) -> Result<(), Failed> {
+    let status = |library_dir: Option<&Path>, flag: bool| -> Result<(Value, String), Failed> {
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(dir) = library_dir {
+            argv.push(format!("LD_LIBRARY_PATH={}", dir.display()).into());
+        }
+        argv.push(python.path.clone().into());
+        argv.push(common::fixture_path("spinners").into());
+        argv.extend(["--duration", "60"].map(std::ffi::OsString::from));
+        // `env` execs the interpreter: the fixture's pid is the interpreter's.
+        let fx = Fixture::start_command(Path::new("/usr/bin/env"), &argv)?;
+        let dir = tempfile::tempdir()?;
+        let json = dir.path().join("r.json");
+        let pid = fx.pid.to_string();
+        let mut args = vec!["record", "--pid", &pid, "--duration", "0.5"];
+        if flag {
+            args.push("--switch-sites");
+        }
+        let mut text_args = args.clone();
+        args.extend(["-o", json.to_str().ok_or("path")?]);
+        gilscope_ok(&args)?;
+        text_args.extend(["--format", "text"]);
+        let text = stdout_of(&gilscope_ok(&text_args)?);
+        let report: Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+        Ok((report, text))
+    };
+    let (report, _) = status(None, false)?;
+    if !report["sampler"]["switch_sites"].is_null() {
+        return Err(format!(
+            "without --switch-sites: {}",
+            report["sampler"]["switch_sites"]
+        )
+        .into());
+    }
+    let (report, text) = status(None, true)?;
+    let said = report["sampler"]["switch_sites"].as_str().unwrap_or("");
+    let degraded = report["sampler"]["degraded"].to_string();
+    let consistent = match said {
+        "perf" => !degraded.contains("switch sites"),
+        other => {
+            other.starts_with("unavailable (perf_event_open")
+                && degraded.contains("switch sites")
+                && text.contains("degraded: without switch sites")
+        }
+    };
+    if !consistent {
+        return Err(format!(
+            "{}: switch_sites {said:?}, degraded {degraded}",
+            python.label
+        )
+        .into());
+    }
+    // The same interpreter with its libpython stripped: no GIL symbols.
+    let Some(library) = std::fs::read_dir(
+        python
+            .path
+            .parent()
+            .and_then(Path::parent)
+            .ok_or("no prefix")?
+            .join("lib"),
+    )
+    .ok()
+    .into_iter()
+    .flatten()
+    .flatten()
+    .map(|entry| entry.path())
+    .find(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("libpython3") && n.contains(".so."))
+    }) else {
+        eprintln!(
+            "{}: no shared libpython: the stripped case is not run",
+            python.label
+        );
+        return Ok(());
+    };
+    let stripped = tempfile::tempdir()?;
+    let copy = stripped.path().join(library.file_name().ok_or("name")?);
+    std::fs::copy(&library, &copy)?;
+    let stripped_ok = Command::new("strip")
+        .arg("--strip-all")
+        .arg(&copy)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !stripped_ok {
+        eprintln!("strip(1) failed or is missing: the stripped case is not run");
+        return Ok(());
+    }
+    let (report, text) = status(Some(stripped.path()), true)?;
+    let said = report["sampler"]["switch_sites"].as_str().unwrap_or("");
+    if !said.starts_with("unavailable (") || !text.contains("degraded: without switch sites (") {
+        return Err(
+            format!("stripped libpython: switch_sites {said:?}; text report:\n{text}").into(),
+        );
+    }
+    Ok(())
 }
 
 /// One thread running Python alone holds the GIL on a CPU at almost every tick: its CPU

@@ -203,6 +203,7 @@ pub fn recording(threads: usize, seconds: f64, rate_hz: f64) -> Recording {
             unreadable: None,
             cpu_clock: CpuClock::Perf,
             native: None,
+            switch_sites: None,
             degraded: Vec::new(),
             stats: Default::default(),
         },

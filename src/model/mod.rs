@@ -88,6 +88,25 @@ impl fmt::Display for NativeCapture {
     }
 }
 
+/// Whether `--switch-sites` was in effect (docs/ACCURACY.md, point 11).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SwitchSites {
+    /// A perf sample at each context switch of every followed thread.
+    Perf,
+    /// Asked for and not in effect, with the reason: runnable threads off their CPU were
+    /// classified as without the option.
+    Unavailable(String),
+}
+
+impl fmt::Display for SwitchSites {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SwitchSites::Perf => f.write_str("perf"),
+            SwitchSites::Unavailable(why) => write!(f, "unavailable ({why})"),
+        }
+    }
+}
+
 fn as_optional_text<T: fmt::Display, S: Serializer>(
     value: &Option<T>,
     serializer: S,
@@ -187,6 +206,9 @@ pub struct SamplerStats {
     /// Native frames were merged into the stacks (`--native`), and how they were taken.
     #[serde(serialize_with = "as_optional_text")]
     pub native: Option<NativeCapture>,
+    /// `--switch-sites` was asked for (None: it was not), and whether it was in effect.
+    #[serde(serialize_with = "as_optional_text")]
+    pub switch_sites: Option<SwitchSites>,
     /// What the ticks cost, phase by phase (`--stats`).
     pub stats: crate::sample::stats::TickStats,
 }
@@ -235,6 +257,7 @@ pub(crate) fn test_recording(profile: Profile, stacks: Option<StackTable>) -> Re
             stacks_over_budget: 0,
             cpu_clock: CpuClock::Perf,
             native: None,
+            switch_sites: None,
             stats: Default::default(),
         },
         profile,

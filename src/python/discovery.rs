@@ -123,7 +123,8 @@ pub struct Description {
     pub notes: Vec<String>,
     /// Address of the pointer to the first interpreter (`interpreters.head`, `interp_head`).
     pub(crate) head: u64,
-    /// Address of `_PyRuntime` (3.7+).
+    /// Address of `_PyRuntime` (3.7+). Kept for the fuzzing snapshots (feature `dev`).
+    #[cfg_attr(not(feature = "dev"), allow(dead_code))]
     pub(crate) runtime: Option<u64>,
     /// The main interpreter's GIL: the process's only one unless subinterpreters (3.12+)
     /// have their own, which the per-tick walk finds.

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::{health, ObservationSink, RecordOptions, NAME_REFRESH, NAME_SLICES};
 use crate::model::{
-    CpuClock, EndReason, NativeCapture, Profile, Recording, SamplerStats, TargetInfo,
+    CpuClock, EndReason, NativeCapture, Profile, Recording, SamplerStats, SwitchSites, TargetInfo,
 };
 use crate::sample::classify::Classifier;
 use crate::sample::monotonic_ns;
@@ -60,6 +60,8 @@ pub(super) struct Member {
     pub(super) sliced_out: bool,
     /// When its version, known only from the library's name at attach, was last read again.
     pub(super) version_read: Option<Instant>,
+    /// `--switch-sites` was asked for, and why it could not be followed, if it could not.
+    switch_sites: Option<Option<String>>,
 }
 
 impl Member {
@@ -74,9 +76,9 @@ impl Member {
             let _ = observer.enable_native(NativeOptions::for_rate(options.rate_hz));
         }
         // Without the GIL's symbols or a memory map, runnable threads are classified as before.
-        if options.switch_sites {
-            let _ = observer.enable_switch_outs();
-        }
+        let switch_sites = options
+            .switch_sites
+            .then(|| observer.enable_switch_outs().err());
         // First walks of sleeping threads (a pool of idle workers seen at attach) may take a
         // quarter of the interval per tick; the rest wait for later ticks (exactly resolved,
         // as a sleeping thread's stack does not change).
@@ -104,6 +106,7 @@ impl Member {
             python_names_read: None,
             sliced_out: false,
             version_read: None,
+            switch_sites,
         }
     }
 
@@ -327,6 +330,16 @@ impl Member {
         } else {
             None
         };
+        let switch_sites = self.switch_sites.as_ref().map(|refused| {
+            match (refused, self.observer.switch_outs_status()) {
+                (Some(why), _) => SwitchSites::Unavailable(why.clone()),
+                (None, Some((Some(errno), _))) => SwitchSites::Unavailable(format!(
+                    "perf_event_open: {}",
+                    std::io::Error::from_raw_os_error(errno)
+                )),
+                (None, _) => SwitchSites::Perf,
+            }
+        });
         let recording = Recording {
             target: self.target,
             sampler: SamplerStats {
@@ -360,6 +373,12 @@ impl Member {
                             .cpu_clock_unavailable()
                             .map(privileges::without_perf),
                     )
+                    .chain(match &switch_sites {
+                        Some(SwitchSites::Unavailable(why)) => {
+                            Some(privileges::without_switch_sites(why))
+                        }
+                        _ => None,
+                    })
                     .collect(),
                 host_steal: host_steal.map(|s| (s * 1e4).round() / 1e4),
                 stack_errors: self.stack_errors,
@@ -367,6 +386,7 @@ impl Member {
                     self.profile
                         .samples_with_stack(|stack| table.is_over_budget(stack))
                 }),
+                switch_sites: switch_sites.clone(),
                 stats: self.observer.stats,
                 cpu_clock: match self.observer.cpu_clock_unavailable() {
                     None => CpuClock::Perf,

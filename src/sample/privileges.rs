@@ -46,6 +46,18 @@ pub fn without_realtime(errno: i32) -> Degradation {
 }
 
 /// Per-thread CPU time came from schedstat: `errno` is what perf_event_open said.
+/// `--switch-sites` was asked for and could not be followed (`why`: no GIL symbols, an
+/// interpreter with the C library linked in, perf refused).
+pub fn without_switch_sites(why: &str) -> Degradation {
+    Degradation {
+        missing: format!("switch sites ({why})"),
+        fallback: "runnable threads off their CPU were classified as without --switch-sites".into(),
+        cost: "a thread preempted just after a brief GIL release can read as waiting, beside \
+               CPU hogs up to several points too much wait (docs/ACCURACY.md, point 11)"
+            .into(),
+    }
+}
+
 pub fn without_perf(errno: i32) -> Degradation {
     let caps = effective_capabilities();
     let paranoid = perf_event_paranoid();

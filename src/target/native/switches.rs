@@ -138,8 +138,10 @@ impl SwitchOuts {
                 python_code.push(module.code.clone());
             }
         }
-        if gil_code.is_empty() {
-            return Err("no take_gil/drop_gil symbols (stripped interpreter)".into());
+        // Without take_gil's own symbol (a stripped libpython still exports PyEval_SaveThread)
+        // a thread queued inside it could not be told from one preempted elsewhere.
+        if !gil_code.iter().any(|(_, takes)| *takes) {
+            return Err("no take_gil symbol (a stripped interpreter)".into());
         }
         // With glibc linked into the interpreter, its futex frames would be the interpreter's
         // own and end the search before the GIL function above them.
