@@ -1016,6 +1016,139 @@ mod tests {
         }
     }
 
+    /// A 3.6 thread whose stack is outer() -> step() x 5, its frame objects at
+    /// [`frame_3_6`]`(0..=5)` (0: outer's); every caller at instruction 10, the innermost at 20.
+    fn regions_3_6() -> (StackLayout, Vec<(u64, Vec<u8>)>) {
+        let layout = table_for(&Version::new(3, 6, 15)).unwrap().stack.unwrap();
+        let FrameFields::Object { back, code, .. } = layout.frame else {
+            panic!("3.6 has frame objects");
+        };
+        let c = layout.code;
+        let mut regions: Vec<(u64, Vec<u8>)> = Vec::new();
+        regions.push((TSTATE, vec![0; 512]));
+        put(
+            &mut regions,
+            TSTATE,
+            layout.tstate_frame as usize,
+            frame_3_6(5),
+        );
+        let ty = 0x50000;
+        regions.push((ty, vec![0; 64]));
+        put(&mut regions, ty, layout.tp_name as usize, ty + 40);
+        regions.last_mut().unwrap().1[40..45].copy_from_slice(b"code\0");
+        let empty_bytes = 0x58000;
+        regions.push((empty_bytes, vec![0; 40]));
+        for (i, name) in ["outer", "step"].into_iter().enumerate() {
+            let code_addr = 0x60000 + 0x1000 * i as u64;
+            let text = 0x70000 + 0x1000 * i as u64;
+            let u = layout.unicode;
+            let mut string = vec![0u8; u.ascii_data as usize];
+            let length = u.length as usize;
+            string[length..length + 8].copy_from_slice(&(name.len() as u64).to_le_bytes());
+            let state = u.state as usize;
+            string[state..state + 4]
+                .copy_from_slice(&((1u32 << u.kind_bit) | (1 << 5) | (1 << 6)).to_le_bytes());
+            string.extend_from_slice(name.as_bytes());
+            regions.push((text, string));
+            regions.push((code_addr, vec![0; 256]));
+            put(&mut regions, code_addr, layout.ob_type as usize, ty);
+            for field in [Some(c.filename), Some(c.name), c.qualname]
+                .into_iter()
+                .flatten()
+            {
+                put(&mut regions, code_addr, field as usize, text);
+            }
+            put(&mut regions, code_addr, c.linetable as usize, empty_bytes);
+        }
+        for i in 0..=5 {
+            let frame = frame_3_6(i);
+            regions.push((frame, vec![0; 256]));
+            let code_addr = if i == 0 { 0x60000 } else { 0x61000 };
+            put(&mut regions, frame, code as usize, code_addr);
+            let caller = if i == 0 { 0 } else { frame_3_6(i - 1) };
+            put(&mut regions, frame, back as usize, caller);
+            set_3_6(&mut regions, &layout, i, if i == 5 { 20 } else { 10 }, true);
+        }
+        (layout, regions)
+    }
+
+    fn frame_3_6(i: usize) -> u64 {
+        0x200000 + 0x200 * i as u64
+    }
+
+    /// Frame `i` of [`regions_3_6`] at instruction `lasti`, running or not.
+    fn set_3_6(
+        regions: &mut [(u64, Vec<u8>)],
+        layout: &StackLayout,
+        i: usize,
+        lasti: i32,
+        running: bool,
+    ) {
+        let FrameFields::Object {
+            lasti: at,
+            executing: Some(executing),
+            ..
+        } = layout.frame
+        else {
+            panic!("3.6 has frame objects with f_executing");
+        };
+        let frame = regions
+            .iter_mut()
+            .find(|(a, _)| *a == frame_3_6(i))
+            .unwrap();
+        frame.1[at as usize..at as usize + 4].copy_from_slice(&lasti.to_le_bytes());
+        frame.1[executing.offset as usize] = if running {
+            executing.running[0] as u8
+        } else {
+            0
+        };
+    }
+
+    #[test]
+    fn a_caller_read_before_its_call_leaves_the_frames_further_out_confirmed_on_3_6() {
+        let (layout, running) = regions_3_6();
+        let marker = NOT_CAPTURED.to_string();
+        // The first copy read step() call 2 (of 1-5; 0 is outer()) before its call: its frame object held
+        // its last call's fields, not running, at another instruction.
+        let mut stale = running.clone();
+        set_3_6(&mut stale, &layout, 2, 30, false);
+        // Not running in either copy: the chain through it was not the stack.
+        let mut never = stale.clone();
+        let mut moved = running.clone();
+        set_3_6(&mut moved, &layout, 3, 12, true);
+        set_3_6(&mut never, &layout, 3, 12, true);
+        let stale_too = stale.clone();
+        for (before, after, want) in [
+            (running.clone(), running.clone(), None),
+            // Calls 3-5 are not kept either (call 3 moved too, but they are inside call 2).
+            (stale, moved.clone(), Some(vec!["outer", "step", &marker])),
+            (never, stale_too, Some(vec![&marker])),
+        ] {
+            let mut reader = StackReader::new(layout);
+            let whole = settled(&mut reader, &image_of(running.clone())).unwrap();
+            assert_eq!(functions(&reader, whole).len(), 6);
+            // The planned read copies the thread state and the 6 frames, then all again.
+            let racing = Racing {
+                before: image_of(before),
+                after: image_of(after),
+                reads: Cell::new(0),
+                switch_at: 7,
+            };
+            reader.begin_walk();
+            match want {
+                None => {
+                    let stack = reader.read(&racing, TSTATE).unwrap();
+                    assert_eq!(functions(&reader, stack).len(), 6);
+                }
+                Some(want) => {
+                    assert_eq!(reader.read(&racing, TSTATE), Err(StackError::Moved));
+                    let stack = reader.not_captured_at(&image_of(running.clone()), TSTATE);
+                    assert_eq!(functions(&reader, stack), want);
+                }
+            }
+        }
+    }
+
     /// Free-threaded 3.14+: gen() runs in its thread's copy of the bytecode (`tlbc_index`
     /// 1), so its line comes from its offset in that copy; outer() runs the code object's
     /// own bytecode (index 0).
