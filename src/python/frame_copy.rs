@@ -217,6 +217,8 @@ pub(super) struct FrameReader {
     /// The outer part of the chain that the last attempt's copies confirmed, where they did
     /// not confirm the whole ([`FrameReader::confirmed_part`]).
     confirmed_part: Option<Chain>,
+    /// The last walk went through a caller not running in its copy (it cannot be whole).
+    stale_walk: bool,
 }
 
 impl FrameReader {
@@ -291,6 +293,7 @@ impl FrameReader {
             successors: HashMap::new(),
             partial: None,
             confirmed_part: None,
+            stale_walk: false,
         }
     }
 
@@ -411,31 +414,15 @@ impl FrameReader {
         let walked = self.walk(memory, tstate, &mut first, &mut fetched);
         // What this attempt walked teaches the next one, confirmed or not.
         let partial = self.partial.take();
+        let stale = std::mem::take(&mut self.stale_walk);
         let plan = match (&walked, partial) {
-            (Ok((head, frames, _)), _) => self.plan(head, frames, &first, &plan),
+            (Ok((head, frames, _)), _) if !stale => self.plan(head, frames, &first, &plan),
             // Added to the last plan, not in its place: the frames past where the walk
-            // stopped are still the stack's.
+            // stopped are still the stack's (and a walk through a caller read before its
+            // call may have gone on along its last call's callers).
+            (Ok((head, frames, _)), _) => self.plan_added(head, frames, &first, plan),
             (Err(_), Some((head, frames))) if !frames.is_empty() => {
-                let mut learned = self.plan(&head, &frames, &first, &plan);
-                let mut known: HashSet<u64> = learned.frames.iter().copied().collect();
-                for &f in &plan.frames {
-                    if learned.frames.len() >= MAX_FRAMES {
-                        break;
-                    }
-                    if known.insert(f) {
-                        learned.frames.push(f);
-                    }
-                }
-                let mut known: HashSet<u64> = learned.codes.iter().copied().collect();
-                for &c in &plan.codes {
-                    if learned.codes.len() >= MAX_PLANNED_CODES {
-                        break;
-                    }
-                    if known.insert(c) {
-                        learned.codes.push(c);
-                    }
-                }
-                learned
+                self.plan_added(&head, &frames, &first, plan)
             }
             (Err(_), _) => plan,
         };
@@ -616,6 +603,7 @@ impl FrameReader {
             // frames further out may still be confirmed. On a quiet host a deep tree's
             // fastest levels were read before their call in most attempts, and the walk that
             // stopped there confirmed nothing of the frames that did not move.
+            self.stale_walk |= !record.running && !frames.is_empty();
             frames.push((frame, record));
             frame = record.previous;
         }
@@ -657,6 +645,37 @@ impl FrameReader {
             next = self.successors.get(&f).copied();
         }
         blocks
+    }
+
+    /// [`FrameReader::plan`] from what a walk that failed (or cannot be whole) walked, with
+    /// what the `last` plan had besides.
+    fn plan_added(
+        &mut self,
+        head: &Head,
+        frames: &[(u64, FrameRecord)],
+        copy: &Copied,
+        last: Plan,
+    ) -> Plan {
+        let mut learned = self.plan(head, frames, copy, &last);
+        let mut known: HashSet<u64> = learned.frames.iter().copied().collect();
+        for &f in &last.frames {
+            if learned.frames.len() >= MAX_FRAMES {
+                break;
+            }
+            if known.insert(f) {
+                learned.frames.push(f);
+            }
+        }
+        let mut known: HashSet<u64> = learned.codes.iter().copied().collect();
+        for &c in &last.codes {
+            if learned.codes.len() >= MAX_PLANNED_CODES {
+                break;
+            }
+            if known.insert(c) {
+                learned.codes.push(c);
+            }
+        }
+        learned
     }
 
     /// The plan for the next read of a thread state, from what this one walked.
