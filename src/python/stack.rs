@@ -1016,6 +1016,35 @@ mod tests {
         }
     }
 
+    #[test]
+    fn of_a_tick_s_failed_reads_the_one_that_confirmed_the_most_frames_gives_the_sample() {
+        let depth = 6;
+        let (layout, before) = deep_regions_3_12(depth);
+        let gen_code = 0x61000;
+        // Read 1 confirms outer() and calls 0-2; read 2 only outer() and call 0.
+        let mut deep = before.clone();
+        put(&mut deep, deep_frame(3), 56, gen_code + 192 + 4);
+        let mut shallow = before.clone();
+        put(&mut shallow, deep_frame(1), 56, gen_code + 192 + 4);
+        let mut reader = StackReader::new(layout);
+        settled(&mut reader, &image_of(before.clone())).unwrap();
+        reader.begin_walk();
+        for after in [deep, shallow] {
+            let racing = Racing {
+                before: image_of(before.clone()),
+                after: image_of(after),
+                reads: Cell::new(0),
+                switch_at: 2 + depth + 1,
+            };
+            assert_eq!(reader.read(&racing, TSTATE), Err(StackError::Moved));
+        }
+        let stack = reader.not_captured_at(&image_of(before.clone()), TSTATE);
+        assert_eq!(
+            functions(&reader, stack),
+            ["outer", "gen", "gen", "gen", NOT_CAPTURED]
+        );
+    }
+
     /// A 3.6 thread whose stack is outer() -> step() x 5, its frame objects at
     /// [`frame_3_6`]`(0..=5)` (0: outer's); every caller at instruction 10, the innermost at 20.
     fn regions_3_6() -> (StackLayout, Vec<(u64, Vec<u8>)>) {
