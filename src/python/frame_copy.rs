@@ -97,26 +97,6 @@ struct Head {
     chunk_top: u64,
 }
 
-/// What a second copy confirms of a chain walked in the first (`FrameReader::confirmed`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Confirmed {
-    /// Every frame read the same in both copies: the stack at the moment T between them.
-    Whole,
-    /// The chain's links read the same in both copies (each frame's caller and code object,
-    /// each caller running, the thread state naming the same innermost frame): at T the
-    /// stack was these frames. Its outermost `n` frames read the same whole, so T's stack
-    /// had them at these lines; a frame further in did not (an instruction that moved, an
-    /// innermost frame entered or left), and the rest is not known at one moment: the line
-    /// of a frame read at two instructions is neither's for sure, and its callees' lines
-    /// come from copies that straddle its change. A link that differs ends it all: the
-    /// frames past it may be another call's, or another thread's (a frame object reused
-    /// keeps the caller of its last call), so no outer part is believed without every link
-    /// from T's innermost frame out to it.
-    Outer(usize),
-    /// Not even the links: the thread moved under the read.
-    Nothing,
-}
-
 /// The blocks to read for a thread state's stack, learned from its last walk.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Plan {
@@ -214,11 +194,6 @@ pub(super) struct FrameReader {
     /// frames the next attempt needs in its copies; without them every attempt fetched
     /// them after the moment it read, and 3.12 lost 2% of a pipeline's samples).
     partial: Option<(Head, Vec<(u64, FrameRecord)>)>,
-    /// The outer part of the chain that the last attempt's copies confirmed, where they did
-    /// not confirm the whole ([`FrameReader::confirmed_part`]).
-    confirmed_part: Option<Chain>,
-    /// The last walk went through a caller not running in its copy (it cannot be whole).
-    stale_walk: bool,
 }
 
 impl FrameReader {
@@ -292,23 +267,13 @@ impl FrameReader {
             plans: HashMap::new(),
             successors: HashMap::new(),
             partial: None,
-            confirmed_part: None,
-            stale_walk: false,
         }
-    }
-
-    /// The outer frames of the chain that the last attempt, which failed, read the same in
-    /// both copies (see [`Confirmed::Outer`]): a true part of the stack at one moment. None
-    /// where the attempt confirmed nothing, or the whole chain.
-    pub fn confirmed_part(&mut self) -> Option<Chain> {
-        self.confirmed_part.take()
     }
 
     /// One attempt at the chain of the thread state at `tstate`. `StackError::Moved`: the
     /// copies disagreed (the thread moved under the read); the caller may try again, with a
     /// plan that this attempt brought up to date.
     pub fn read(&mut self, memory: &dyn Memory, tstate: u64) -> Result<Chain, StackError> {
-        self.confirmed_part = None;
         check_pointer(tstate, 8)?;
         let plan = self.plans.remove(&tstate).unwrap_or_default();
         let blocks = self.blocks(tstate, &plan);
@@ -414,15 +379,31 @@ impl FrameReader {
         let walked = self.walk(memory, tstate, &mut first, &mut fetched);
         // What this attempt walked teaches the next one, confirmed or not.
         let partial = self.partial.take();
-        let stale = std::mem::take(&mut self.stale_walk);
         let plan = match (&walked, partial) {
-            (Ok((head, frames, _)), _) if !stale => self.plan(head, frames, &first, &plan),
+            (Ok((head, frames, _)), _) => self.plan(head, frames, &first, &plan),
             // Added to the last plan, not in its place: the frames past where the walk
-            // stopped are still the stack's (and a walk through a caller read before its
-            // call may have gone on along its last call's callers).
-            (Ok((head, frames, _)), _) => self.plan_added(head, frames, &first, plan),
+            // stopped are still the stack's.
             (Err(_), Some((head, frames))) if !frames.is_empty() => {
-                self.plan_added(&head, &frames, &first, plan)
+                let mut learned = self.plan(&head, &frames, &first, &plan);
+                let mut known: HashSet<u64> = learned.frames.iter().copied().collect();
+                for &f in &plan.frames {
+                    if learned.frames.len() >= MAX_FRAMES {
+                        break;
+                    }
+                    if known.insert(f) {
+                        learned.frames.push(f);
+                    }
+                }
+                let mut known: HashSet<u64> = learned.codes.iter().copied().collect();
+                for &c in &plan.codes {
+                    if learned.codes.len() >= MAX_PLANNED_CODES {
+                        break;
+                    }
+                    if known.insert(c) {
+                        learned.codes.push(c);
+                    }
+                }
+                learned
             }
             (Err(_), _) => plan,
         };
@@ -459,30 +440,22 @@ impl FrameReader {
             second = Some(Copied::from_parts(&blocks, &bytes[..copy_len]));
             codes.push(&missing, &bytes[copy_len..]);
         }
-        let Some(second) = second else {
-            return Err(StackError::Moved);
-        };
-        // After a fetch the confirming read is the later moment.
-        match self.confirmed(
-            tstate,
-            &head,
-            &frames,
-            &second,
-            (!fetched).then_some((early, late)),
-        ) {
-            Confirmed::Whole => Ok(Chain {
-                frames,
-                truncated,
-                codes,
-            }),
-            // A chain cut at MAX_FRAMES has no outermost frames to keep.
-            Confirmed::Outer(kept) if kept > 0 && !truncated => {
-                self.confirmed_part = Some(Chain {
-                    frames: frames[frames.len() - kept..].to_vec(),
-                    truncated: false,
+        match second {
+            // After a fetch the confirming read is the later moment.
+            Some(second)
+                if self.confirms(
+                    tstate,
+                    &head,
+                    &frames,
+                    &second,
+                    (!fetched).then_some((early, late)),
+                ) =>
+            {
+                Ok(Chain {
+                    frames,
+                    truncated,
                     codes,
-                });
-                Err(StackError::Moved)
+                })
             }
             _ => Err(StackError::Moved),
         }
@@ -588,22 +561,14 @@ impl FrameReader {
             let record = self.decode(frame, block)?;
             // The innermost frame may be between its call and its first instruction, or
             // between its last one and its caller's taking over: not marked running, and
-            // still the thread state's frame (which `confirmed` checks).
+            // still the thread state's frame (which `confirms` checks).
             // One with no caller is a generator's frame between its caller's unlinking and
             // its own end of run: never a stack on its own.
-            let alone = frames.is_empty() && record.previous == 0;
-            if record.owner == OWNED_BY_FRAME_OBJECT || (!record.running && alone) {
+            let innermost = frames.is_empty() && record.previous != 0;
+            if (!record.running && !innermost) || record.owner == OWNED_BY_FRAME_OBJECT {
                 self.partial = Some((head, frames));
                 return Err(StackError::Moved);
             }
-            // A caller not running in this copy (2.7-3.10: a frame object read before its
-            // call, which still holds its last call's fields) cannot be the stack whole
-            // (`confirmed` sees it differ, or not run in either copy), but the walk goes on
-            // through it: where its fields, read again, are those of a call that runs, the
-            // frames further out may still be confirmed. On a quiet host a deep tree's
-            // fastest levels were read before their call in most attempts, and the walk that
-            // stopped there confirmed nothing of the frames that did not move.
-            self.stale_walk |= !record.running && !frames.is_empty();
             frames.push((frame, record));
             frame = record.previous;
         }
@@ -645,37 +610,6 @@ impl FrameReader {
             next = self.successors.get(&f).copied();
         }
         blocks
-    }
-
-    /// [`FrameReader::plan`] from what a walk that failed (or cannot be whole) walked, with
-    /// what the `last` plan had besides.
-    fn plan_added(
-        &mut self,
-        head: &Head,
-        frames: &[(u64, FrameRecord)],
-        copy: &Copied,
-        last: Plan,
-    ) -> Plan {
-        let mut learned = self.plan(head, frames, copy, &last);
-        let mut known: HashSet<u64> = learned.frames.iter().copied().collect();
-        for &f in &last.frames {
-            if learned.frames.len() >= MAX_FRAMES {
-                break;
-            }
-            if known.insert(f) {
-                learned.frames.push(f);
-            }
-        }
-        let mut known: HashSet<u64> = learned.codes.iter().copied().collect();
-        for &c in &last.codes {
-            if learned.codes.len() >= MAX_PLANNED_CODES {
-                break;
-            }
-            if known.insert(c) {
-                learned.codes.push(c);
-            }
-        }
-        learned
     }
 
     /// The plan for the next read of a thread state, from what this one walked.
@@ -730,41 +664,29 @@ impl FrameReader {
         }
     }
 
-    /// What `second` confirms of the chain walked in the first copy. See the module's
-    /// comment; [`Confirmed`] says why an outer part may be believed when the whole is not.
-    fn confirmed(
+    /// Does `second` confirm the chain walked in the first copy? See the module's comment.
+    fn confirms(
         &self,
         tstate: u64,
         head: &Head,
         frames: &[(u64, FrameRecord)],
         second: &Copied,
         around: Option<(Option<Head>, Option<Head>)>,
-    ) -> Confirmed {
-        // The thread state must read as the walk saw it: then it was read at a moment inside
-        // every frame's two copies (in one read, the second copy's first block; after a
-        // fetch, the confirming read's first block), when the chain it starts was the stack.
-        match self.head(second, tstate) {
-            Ok(now) if now == *head => {}
-            _ => return Confirmed::Nothing,
+    ) -> bool {
+        let Ok(now) = self.head(second, tstate) else {
+            return false;
+        };
+        if now.chunk != head.chunk {
+            return false;
         }
-        // How many frames, counted from the outermost inwards, read the same in both copies.
-        let mut same_outer = 0;
         for (i, &(addr, was)) in frames.iter().enumerate() {
             let Some(Ok(is)) = second
                 .get(addr, self.frame_size)
                 .map(|b| self.decode(addr, b))
             else {
-                return Confirmed::Nothing;
+                return false;
             };
-            // What makes the chain: each frame's caller and code, and that each frame past
-            // the innermost was running in a copy (the innermost may be being entered or
-            // left). Read the same in both copies, a frame's caller and code were so at T
-            // (short of changing and changing back): T's innermost frame was the thread
-            // state's, so each frame out to the outermost was the caller of the one before.
-            // One not running in the first copy was read before its call (it held its last
-            // call's fields, the same here): it is not one that reads the same, but its
-            // callers may be. One running in neither copy is a chain that was not the stack.
-            let linked = (
+            let same = (
                 is.previous,
                 is.code,
                 is.shown,
@@ -778,9 +700,9 @@ impl FrameReader {
                 was.tlbc_index,
                 was.owner,
                 was.is_entry,
-            ) && (i == 0 || is.running || was.running);
-            if !linked {
-                return Confirmed::Nothing;
+            );
+            if !same || is.running != was.running || (i > 0 && is.instr != was.instr) {
+                return false;
             }
             // A frame of the newest chunk must still be below its top: a frame the thread
             // returned from keeps its bytes until another call writes over them. (Its fields
@@ -789,8 +711,8 @@ impl FrameReader {
             // length, 3.12 rejected every such frame: a tree whose leaves `return 0` lost
             // 4-13% of its samples.)
             let in_chunk = head.chunk != 0 && addr >= head.chunk && addr < head.chunk_top;
-            if in_chunk && addr + self.frame_fields_end > head.chunk_top {
-                return Confirmed::Nothing;
+            if in_chunk && addr + self.frame_fields_end > now.chunk_top {
+                return false;
             }
             // And a caller in it must have been below the top when each copy was read (the
             // thread state read just before the first and just after the second): a frame
@@ -804,18 +726,14 @@ impl FrameReader {
                     })
                 };
                 if !live(early) || !live(late) {
-                    return Confirmed::Nothing;
+                    return false;
                 }
             }
-            // Its line: the innermost frame's instruction moves as it runs, and is not
-            // compared (as its running flag is not above).
-            let same = is.running == was.running && (i == 0 || is.instr == was.instr);
-            same_outer = if same { same_outer + 1 } else { 0 };
         }
-        match same_outer == frames.len() {
-            true => Confirmed::Whole,
-            false => Confirmed::Outer(same_outer),
-        }
+        // The thread state must read as the walk saw it: then it was read at a moment inside
+        // every frame's two copies (in one read, the second copy's first block; after a
+        // fetch, the confirming read's first block), when the chain it starts was the stack.
+        now == *head
     }
 
     /// A frame's fields from its bytes.

@@ -104,9 +104,6 @@ pub struct StackReader {
     /// Each thread state's last stack read and its calls of the evaluation loop, while
     /// calls are grouped.
     last: HashMap<u64, (StackId, Arc<[EvalCall]>)>,
-    /// The longest outer part of a stack that the failed reads of a thread state confirmed
-    /// since [`StackReader::begin_walk`]: (thread state, chain).
-    confirmed_part: Option<(u64, Chain)>,
     pub table: StackTable,
 }
 
@@ -136,7 +133,6 @@ impl StackReader {
             bytecode_copies: HashMap::new(),
             eval_calls: false,
             last: HashMap::new(),
-            confirmed_part: None,
             table: StackTable::new(),
         }
     }
@@ -146,37 +142,6 @@ impl StackReader {
     pub fn not_captured(&mut self) -> StackId {
         let marker = self.table.intern_frame(Frame::marker(NOT_CAPTURED));
         self.table.intern_stack(&[marker])
-    }
-
-    /// Start the reads of one thread state's stack at one tick: forget the outer part that
-    /// earlier failed reads confirmed.
-    pub fn begin_walk(&mut self) {
-        self.confirmed_part = None;
-    }
-
-    /// The stack of a sample of the thread state at `tstate` whose every read since
-    /// [`StackReader::begin_walk`] failed: the outer frames that one of them read the same in
-    /// both copies (the longest such part: each was the stack's at a moment of that read),
-    /// with the marker frame in place of the frames further in, which were not; the marker
-    /// alone where no read confirmed any ([`StackReader::not_captured`]). A flame graph then
-    /// puts the sample under the code that was running it, rather than beside the stack.
-    pub fn not_captured_at(&mut self, memory: &dyn Memory, tstate: u64) -> StackId {
-        let Some((_, chain)) = self.confirmed_part.take().filter(|p| p.0 == tstate) else {
-            return self.not_captured();
-        };
-        let mut frames: Vec<FrameId> = Vec::with_capacity(chain.frames.len() + 1);
-        let mut seen_codes: HashMap<u64, Option<Code>> = HashMap::new();
-        for &(_, record) in &chain.frames {
-            match self.shown_frame(memory, &chain, record, &mut seen_codes) {
-                Ok(Some((_, id))) => frames.push(id),
-                Ok(None) => {}
-                // A code object that does not read as one: keep nothing rather than a part.
-                Err(_) => return self.not_captured(),
-            }
-        }
-        frames.reverse();
-        frames.push(self.table.intern_frame(Frame::marker(NOT_CAPTURED)));
-        self.table.intern_stack(&frames)
     }
 
     /// Is `ty` the `code` type? Learned once per type object.
@@ -387,24 +352,7 @@ impl StackReader {
         tstate: u64,
         mut frames_at: Option<&mut Vec<FrameAt>>,
     ) -> Result<StackId, StackError> {
-        let chain = match self.frames.read(memory, tstate) {
-            Ok(chain) => chain,
-            Err(e) => {
-                // Kept the longest (ties: the latest), for the sample if no read succeeds.
-                if let Some(part) = self.frames.confirmed_part() {
-                    let longer = match &self.confirmed_part {
-                        Some((was, kept)) => {
-                            *was != tstate || part.frames.len() >= kept.frames.len()
-                        }
-                        None => true,
-                    };
-                    if longer {
-                        self.confirmed_part = Some((tstate, part));
-                    }
-                }
-                return Err(e);
-            }
-        };
+        let chain = self.frames.read(memory, tstate)?;
         let mut frames: Vec<FrameId> = Vec::with_capacity(chain.frames.len() + 1);
         let mut seen_codes: HashMap<u64, Option<Code>> = HashMap::new();
         // Calls of the evaluation loop, innermost first (for `--native`): the frames each
@@ -917,13 +865,6 @@ mod tests {
     /// A 3.12 thread `depth` calls of recurse() deep under outer(), every frame outside
     /// a data-stack chunk (as frames of older chunks and generators are).
     fn deep_thread_3_12(depth: usize) -> (StackLayout, MemoryImage) {
-        let (layout, regions) = deep_regions_3_12(depth);
-        (layout, image_of(regions))
-    }
-
-    /// [`deep_thread_3_12`]'s memory, as regions to change before making the image; the
-    /// frame of call `i` of recurse() (0: the outermost) is at [`deep_frame`]`(i)`.
-    fn deep_regions_3_12(depth: usize) -> (StackLayout, Vec<(u64, Vec<u8>)>) {
         let (layout, mut regions) = regions_3_12(true);
         let gen_code = 0x61000;
         let first = 0x100000u64;
@@ -937,51 +878,7 @@ mod tests {
             previous = frame;
         }
         put(&mut regions, CFRAME, 0, previous);
-        (layout, regions)
-    }
-
-    fn deep_frame(i: usize) -> u64 {
-        0x100000 + 0x80 * i as u64
-    }
-
-    #[test]
-    fn a_stack_whose_inner_frames_moved_between_the_copies_keeps_only_its_confirmed_outer_frames() {
-        // outer() -> recurse() x 6; the second copy sees recurse() calls 3 and 4 (of 0-5, 5
-        // the innermost) at other instructions, or call 4 with another caller.
-        let depth = 6;
-        let (layout, before) = deep_regions_3_12(depth);
-        let gen_code = 0x61000;
-        let mut moved = before.clone();
-        put(&mut moved, deep_frame(3), 56, gen_code + 192 + 4);
-        put(&mut moved, deep_frame(4), 56, gen_code + 192 + 6);
-        let mut relinked = before.clone();
-        put(&mut relinked, deep_frame(4), 8, deep_frame(1));
-        let marker = NOT_CAPTURED.to_string();
-        for (after, want) in [
-            // Calls 0-2 and outer() read the same whole, and every link agrees.
-            (moved, vec!["outer", "gen", "gen", "gen", &marker]),
-            // A link that differs: nothing past it is known to be this stack's.
-            (relinked, vec![&marker]),
-        ] {
-            let mut reader = StackReader::new(layout);
-            settled(&mut reader, &image_of(before.clone())).unwrap();
-            // The planned read copies the thread state, its cframe and the 7 frames, then
-            // all of them again: the second copy sees `after`.
-            let racing = Racing {
-                before: image_of(before.clone()),
-                after: image_of(after),
-                reads: Cell::new(0),
-                switch_at: 2 + depth + 1,
-            };
-            reader.begin_walk();
-            assert_eq!(reader.read(&racing, TSTATE), Err(StackError::Moved));
-            let stack = reader.not_captured_at(&image_of(before.clone()), TSTATE);
-            assert_eq!(functions(&reader, stack), want);
-            // Taken once: the next sample's failed walk starts without it.
-            reader.begin_walk();
-            let alone = reader.not_captured_at(&image_of(before.clone()), TSTATE);
-            assert_eq!(functions(&reader, alone), [marker.as_str()]);
-        }
+        (layout, image_of(regions))
     }
 
     #[test]
@@ -1013,168 +910,6 @@ mod tests {
             assert_eq!(names.len(), MAX_FRAMES + 1, "read {attempt}");
             assert_eq!(names[0], TRUNCATED);
             assert!(names[1..].iter().all(|n| n == "gen"));
-        }
-    }
-
-    #[test]
-    fn of_a_tick_s_failed_reads_the_one_that_confirmed_the_most_frames_gives_the_sample() {
-        let depth = 6;
-        let (layout, before) = deep_regions_3_12(depth);
-        let gen_code = 0x61000;
-        // Read 1 confirms outer() and calls 0-2; read 2 only outer() and call 0.
-        let mut deep = before.clone();
-        put(&mut deep, deep_frame(3), 56, gen_code + 192 + 4);
-        let mut shallow = before.clone();
-        put(&mut shallow, deep_frame(1), 56, gen_code + 192 + 4);
-        let mut reader = StackReader::new(layout);
-        settled(&mut reader, &image_of(before.clone())).unwrap();
-        reader.begin_walk();
-        for after in [deep, shallow] {
-            let racing = Racing {
-                before: image_of(before.clone()),
-                after: image_of(after),
-                reads: Cell::new(0),
-                switch_at: 2 + depth + 1,
-            };
-            assert_eq!(reader.read(&racing, TSTATE), Err(StackError::Moved));
-        }
-        let stack = reader.not_captured_at(&image_of(before.clone()), TSTATE);
-        assert_eq!(
-            functions(&reader, stack),
-            ["outer", "gen", "gen", "gen", NOT_CAPTURED]
-        );
-    }
-
-    /// A 3.6 thread whose stack is outer() -> step() x 5, its frame objects at
-    /// [`frame_3_6`]`(0..=5)` (0: outer's); every caller at instruction 10, the innermost at 20.
-    fn regions_3_6() -> (StackLayout, Vec<(u64, Vec<u8>)>) {
-        let layout = table_for(&Version::new(3, 6, 15)).unwrap().stack.unwrap();
-        let FrameFields::Object { back, code, .. } = layout.frame else {
-            panic!("3.6 has frame objects");
-        };
-        let c = layout.code;
-        let mut regions: Vec<(u64, Vec<u8>)> = Vec::new();
-        regions.push((TSTATE, vec![0; 512]));
-        put(
-            &mut regions,
-            TSTATE,
-            layout.tstate_frame as usize,
-            frame_3_6(5),
-        );
-        let ty = 0x50000;
-        regions.push((ty, vec![0; 64]));
-        put(&mut regions, ty, layout.tp_name as usize, ty + 40);
-        regions.last_mut().unwrap().1[40..45].copy_from_slice(b"code\0");
-        let empty_bytes = 0x58000;
-        regions.push((empty_bytes, vec![0; 40]));
-        for (i, name) in ["outer", "step"].into_iter().enumerate() {
-            let code_addr = 0x60000 + 0x1000 * i as u64;
-            let text = 0x70000 + 0x1000 * i as u64;
-            let u = layout.unicode;
-            let mut string = vec![0u8; u.ascii_data as usize];
-            let length = u.length as usize;
-            string[length..length + 8].copy_from_slice(&(name.len() as u64).to_le_bytes());
-            let state = u.state as usize;
-            string[state..state + 4]
-                .copy_from_slice(&((1u32 << u.kind_bit) | (1 << 5) | (1 << 6)).to_le_bytes());
-            string.extend_from_slice(name.as_bytes());
-            regions.push((text, string));
-            regions.push((code_addr, vec![0; 256]));
-            put(&mut regions, code_addr, layout.ob_type as usize, ty);
-            for field in [Some(c.filename), Some(c.name), c.qualname]
-                .into_iter()
-                .flatten()
-            {
-                put(&mut regions, code_addr, field as usize, text);
-            }
-            put(&mut regions, code_addr, c.linetable as usize, empty_bytes);
-        }
-        for i in 0..=5 {
-            let frame = frame_3_6(i);
-            regions.push((frame, vec![0; 256]));
-            let code_addr = if i == 0 { 0x60000 } else { 0x61000 };
-            put(&mut regions, frame, code as usize, code_addr);
-            let caller = if i == 0 { 0 } else { frame_3_6(i - 1) };
-            put(&mut regions, frame, back as usize, caller);
-            set_3_6(&mut regions, &layout, i, if i == 5 { 20 } else { 10 }, true);
-        }
-        (layout, regions)
-    }
-
-    fn frame_3_6(i: usize) -> u64 {
-        0x200000 + 0x200 * i as u64
-    }
-
-    /// Frame `i` of [`regions_3_6`] at instruction `lasti`, running or not.
-    fn set_3_6(
-        regions: &mut [(u64, Vec<u8>)],
-        layout: &StackLayout,
-        i: usize,
-        lasti: i32,
-        running: bool,
-    ) {
-        let FrameFields::Object {
-            lasti: at,
-            executing: Some(executing),
-            ..
-        } = layout.frame
-        else {
-            panic!("3.6 has frame objects with f_executing");
-        };
-        let frame = regions
-            .iter_mut()
-            .find(|(a, _)| *a == frame_3_6(i))
-            .unwrap();
-        frame.1[at as usize..at as usize + 4].copy_from_slice(&lasti.to_le_bytes());
-        frame.1[executing.offset as usize] = if running {
-            executing.running[0] as u8
-        } else {
-            0
-        };
-    }
-
-    #[test]
-    fn a_caller_read_before_its_call_leaves_the_frames_further_out_confirmed_on_3_6() {
-        let (layout, running) = regions_3_6();
-        let marker = NOT_CAPTURED.to_string();
-        // The first copy read step() call 2 (of 1-5; 0 is outer()) before its call: its frame object held
-        // its last call's fields, not running, at another instruction.
-        let mut stale = running.clone();
-        set_3_6(&mut stale, &layout, 2, 30, false);
-        // Not running in either copy: the chain through it was not the stack.
-        let mut never = stale.clone();
-        let mut moved = running.clone();
-        set_3_6(&mut moved, &layout, 3, 12, true);
-        set_3_6(&mut never, &layout, 3, 12, true);
-        let stale_too = stale.clone();
-        for (before, after, want) in [
-            (running.clone(), running.clone(), None),
-            // Calls 3-5 are not kept either (call 3 moved too, but they are inside call 2).
-            (stale, moved.clone(), Some(vec!["outer", "step", &marker])),
-            (never, stale_too, Some(vec![&marker])),
-        ] {
-            let mut reader = StackReader::new(layout);
-            let whole = settled(&mut reader, &image_of(running.clone())).unwrap();
-            assert_eq!(functions(&reader, whole).len(), 6);
-            // The planned read copies the thread state and the 6 frames, then all again.
-            let racing = Racing {
-                before: image_of(before),
-                after: image_of(after),
-                reads: Cell::new(0),
-                switch_at: 7,
-            };
-            reader.begin_walk();
-            match want {
-                None => {
-                    let stack = reader.read(&racing, TSTATE).unwrap();
-                    assert_eq!(functions(&reader, stack).len(), 6);
-                }
-                Some(want) => {
-                    assert_eq!(reader.read(&racing, TSTATE), Err(StackError::Moved));
-                    let stack = reader.not_captured_at(&image_of(running.clone()), TSTATE);
-                    assert_eq!(functions(&reader, stack), want);
-                }
-            }
         }
     }
 

@@ -543,12 +543,7 @@ impl<M: Memory> Observer<M> {
                 Err(_) => {
                     errors += 1;
                     // Shown as such, with its weight, rather than as a sample of no stack.
-                    // Under the outer frames that a read confirmed, where one did.
-                    let memory = &self.memory;
-                    thread.stack = self
-                        .stacks
-                        .as_mut()
-                        .map(|reader| reader.not_captured_at(memory, tstate));
+                    thread.stack = self.stacks.as_mut().map(StackReader::not_captured);
                     self.last_stacks.remove(&thread.tid);
                 }
             }
@@ -613,7 +608,6 @@ impl<M: Memory> Observer<M> {
         };
         let mut attempts = 0;
         self.stats.stack_walks += 1;
-        reader.begin_walk();
         loop {
             let read = reader.read(&self.memory, tstate);
             attempts += 1;
