@@ -244,9 +244,14 @@ fn allowed_not_captured(n: u64) -> f64 {
 
 /// The share of a shape's samples that may be torn and still be reported as issue 19's known
 /// gap rather than fail: the double copy is fooled only by a frame that went from one value
-/// and back between its two reads (measured 0.05-0.6%), while a check that stopped working
-/// tears as py-spy's `--nonblocking` does (9-11% of a deep tree, docs/STACKS.md).
+/// and back between its two reads (a recursion or a tree: 0-0.1% measured), while a check
+/// that stopped working tears as py-spy's `--nonblocking` does (9-11% of a deep tree,
+/// docs/STACKS.md)...
 const MAX_TORN_OPEN: f64 = 0.01;
+/// ...and a generator pipeline's, whose frames on 3.11+ are linked to their caller only
+/// while they run: 0.05-1.4% of its samples measured on a quiet host (28 in 2,000 on the
+/// static 3.11 once), the gap issue 19 still has open there.
+const MAX_TORN_OPEN_PIPELINE: f64 = 0.03;
 
 /// Where issue 19 is still open: the stacks are measured and the figures printed, and such a
 /// failure is reported as an ignored trial that names it, not hidden. The double copy cannot
@@ -256,16 +261,20 @@ const MAX_TORN_OPEN: f64 = 0.01;
 /// and then. A busy thread can be left not captured in more than 1% of its samples: on
 /// 2.7-3.10 a deep tree on a quiet host loses about half of them (its frame objects are read
 /// one syscall-sized piece at a time, and its innermost four levels change faster than a
-/// piece is read; docs/STACKS.md). Torn stacks above [`MAX_TORN_OPEN`] fail, and so does a
-/// torn dump.
-fn still_open(counts: &Counts) -> bool {
+/// piece is read; docs/STACKS.md). Torn stacks above [`MAX_TORN_OPEN`] (a pipeline's above
+/// [`MAX_TORN_OPEN_PIPELINE`]) fail, and so does a torn dump.
+fn still_open(counts: &Counts, shape: &str) -> bool {
     let total = counts.total().max(1) as f64;
-    counts.torn as f64 <= MAX_TORN_OPEN * total
+    let bound = match shape {
+        "pipeline" => MAX_TORN_OPEN_PIPELINE,
+        _ => MAX_TORN_OPEN,
+    };
+    counts.torn as f64 <= bound * total
 }
 
 fn shape_quality(python: &Python, shape: &str) -> Result<Completion, Failed> {
     match measure_shape(python, shape) {
-        Err((failed, Some(counts))) if still_open(&counts) => Ok(Completion::ignored_with(
+        Err((failed, Some(counts))) if still_open(&counts, shape) => Ok(Completion::ignored_with(
             format!("issue 19 open on {} ({shape}): {failed:?}", python.version),
         )),
         Err((failed, _)) => Err(failed),
