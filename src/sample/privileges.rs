@@ -45,7 +45,6 @@ pub fn without_realtime(errno: i32) -> Degradation {
     }
 }
 
-/// Per-thread CPU time came from schedstat: `errno` is what perf_event_open said.
 /// `--switch-sites` was asked for and could not be followed (`why`: no GIL symbols, an
 /// interpreter with the C library linked in, perf refused).
 pub fn without_switch_sites(why: &str) -> Degradation {
@@ -58,6 +57,7 @@ pub fn without_switch_sites(why: &str) -> Degradation {
     }
 }
 
+/// Per-thread CPU time came from schedstat: `errno` is what perf_event_open said.
 pub fn without_perf(errno: i32) -> Degradation {
     let caps = effective_capabilities();
     let paranoid = perf_event_paranoid();

@@ -181,9 +181,9 @@ mod tests {
         // Each round of the loop is a system call and a few instructions around it in user
         // mode (a few ns): at 20 ns or more a call (65 ns on the test machine), three
         // quarters of the time at least was spent in the kernel, which a counter without
-        // kernel time would miss. (The
-        // kernel's utime/stime split is sampled a tick at a time and told nothing here:
-        // beside CPU hogs it read 11 user and 8 system ticks once, 20 and 0 another time.)
+        // kernel time would miss. (The kernel's utime/stime split is sampled a tick at a
+        // time and told nothing here: beside CPU hogs it read 11 user and 8 system ticks
+        // once, 20 and 0 another time.)
         let per_call = ran / calls.max(1);
         assert!(
             per_call >= 20,

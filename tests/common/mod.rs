@@ -1110,9 +1110,6 @@ impl Outcome for libtest_mimic::Completion {
     }
 }
 
-/// `test` on each interpreter of this run's part of the [`matrix`] of `pythons`, holding the
-/// machine-wide [`exclusive`] lock: [`Suite::every_version`] for binaries with a main of
-/// their own.
 /// `test` on its turn of the default matrix (part `part` of `parts`, see [`matrix_in_turn`]):
 /// for tests that read nothing a version's layout changes but need a few versions' processes
 /// (how they are found, followed, deployed); the `rest` pass runs the other turns.
@@ -1129,6 +1126,9 @@ pub fn turn_trials<T: Outcome + 'static>(
     })
 }
 
+/// `test` on each interpreter of this run's part of the [`matrix`] of `pythons`, holding the
+/// machine-wide [`exclusive`] lock: [`Suite::every_version`] for binaries with a main of
+/// their own.
 pub fn matrix_trials<T: Outcome + 'static>(
     pythons: &Pythons,
     name: &str,
