@@ -7,6 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use libtest_mimic::{Completion, Failed};
 use serde_json::Value;
@@ -373,39 +374,50 @@ fn formats(python: &Python) -> Result<(), Failed> {
     Ok(())
 }
 
+/// The threads of one process of a dump named `spinner-N`.
+fn spinners_of(process: &Value) -> usize {
+    process["threads"].as_array().map_or(0, |threads| {
+        threads
+            .iter()
+            .filter(|t| {
+                t["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("spinner-"))
+            })
+            .count()
+    })
+}
+
 /// `dump --subprocesses` shows the pool's main process and its live workers, each process's
 /// document as DUMP_SCHEMA.md has it.
 fn dump_tree(python: &Python) -> Result<(), Failed> {
     let fx = Fixture::start(&python.path, "pool", &["--duration", "60", "--task", "30"])?;
     let pid = fx.pid.to_string();
-    let out = gilscope_ok(&["dump", "--pid", &pid, "--subprocesses", "--json"])?;
-    let dump: Value = serde_json::from_str(&stdout_of(&out))?;
-    if dump["schema"] != "gilscope.dumps/4" {
-        return Err(format!("schema {}", dump["schema"]).into());
-    }
+    // The main process announces itself before its workers have forked and started their
+    // spinners (a second or more on a busy host): dump until both are there, for a while.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (dump, workers) = loop {
+        let out = gilscope_ok(&["dump", "--pid", &pid, "--subprocesses", "--json"])?;
+        let dump: Value = serde_json::from_str(&stdout_of(&out))?;
+        if dump["schema"] != "gilscope.dumps/4" {
+            return Err(format!("schema {}", dump["schema"]).into());
+        }
+        let workers = processes(&dump)?
+            .iter()
+            .filter(|p| spinners_of(p) == 2)
+            .count();
+        if workers == 2 || Instant::now() > deadline {
+            break (dump, workers);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let all = processes(&dump)?;
     if all[0]["target"]["pid"].as_i64() != Some(fx.pid as i64) {
         return Err("the pid given is not the first process".into());
     }
     // The two workers, each with its two spinners (and perhaps multiprocessing's helpers).
-    let workers: Vec<&Value> = all
-        .iter()
-        .filter(|p| {
-            p["threads"].as_array().is_some_and(|threads| {
-                threads
-                    .iter()
-                    .filter(|t| {
-                        t["name"]
-                            .as_str()
-                            .is_some_and(|n| n.starts_with("spinner-"))
-                    })
-                    .count()
-                    == 2
-            })
-        })
-        .collect();
-    if workers.len() != 2 {
-        return Err(format!("{} workers with two spinners in the dump", workers.len()).into());
+    if workers != 2 {
+        return Err(format!("{workers} workers with two spinners in the dump after 30 s").into());
     }
     for process in all {
         matches_documented_schema(process, "docs/DUMP_SCHEMA.md")?;

@@ -239,6 +239,9 @@ pub struct ThreadProfile {
     /// It was idle, and has not held or waited since.
     woken: bool,
     waking: bool,
+    /// The wait under way began at a tick after one at which it held the GIL (made to let
+    /// go, or releasing it around a call): see [`Profile::served_waiters`].
+    wait_from_hold: bool,
     /// Ticks per state counted without a stack because the walk was deferred: moved to the
     /// stack once a later tick resolves it.
     deferred: [u64; ThreadState::COUNT],
@@ -676,6 +679,7 @@ impl Profile {
                         previous: None,
                         woken: false,
                         waking: false,
+                        wait_from_hold: false,
                         deferred: [0; ThreadState::COUNT],
                     });
                     self.rows.insert(thread.tid, self.threads.len() - 1);
@@ -700,12 +704,16 @@ impl Profile {
             match (entry.previous, thread.state) {
                 // Served in between (see `served_waiters`): one wait ended, another began.
                 (Some(ThreadState::Wait), ThreadState::Wait) if served.contains(&thread.tid) => {
+                    entry.wait_from_hold = false;
                     if let Some(since) = entry.wait_since_ns.replace(half_way) {
                         entry.latency.add(half_way.saturating_sub(since));
                     }
                 }
                 (Some(ThreadState::Wait), ThreadState::Wait) => {}
-                (Some(_), ThreadState::Wait) => entry.wait_since_ns = Some(half_way),
+                (Some(before), ThreadState::Wait) => {
+                    entry.wait_since_ns = Some(half_way);
+                    entry.wait_from_hold = before == ThreadState::Hold;
+                }
                 (None, ThreadState::Wait) => entry.wait_since_ns = None,
                 (Some(ThreadState::Wait), _) => {
                     if let Some(since) = entry.wait_since_ns.take() {
@@ -805,8 +813,10 @@ impl Profile {
     /// those left over go to the waiters that ran, then to the longest waiting (CPython
     /// signals its waiters in turn; glibc's condition variable wakes the oldest first).
     /// Where another thread may have taken the GIL more than once in between (it woke, ran
-    /// and slept, or left waiting for a native call), where the counter is not read, or at
-    /// a slice's first tick, only waiters that ran are split.
+    /// and slept, or left waiting for a native call), the changes left over go only to
+    /// waiters that woke in between and did not begin waiting as they held the GIL (see the
+    /// loop's comment); where the counter is not read, or at a slice's first tick, only
+    /// waiters that ran are split.
     fn served_waiters(&mut self, sample: &Sample) -> Vec<i32> {
         let mut served = Vec::new();
         let mut switches_now: Vec<(u64, Option<u64>)> = Vec::new();
@@ -822,7 +832,7 @@ impl Profile {
         // Per GIL (in `switches_now`'s order): the changes of holder since the previous tick
         // not yet accounted for, and the waiters of both ticks (since, stack moved, tid).
         let mut left: Vec<i64> = vec![0; switches_now.len()];
-        let mut waiters: Vec<Vec<(u64, bool, i32)>> = vec![Vec::new(); switches_now.len()];
+        let mut waiters: Vec<Vec<(u64, bool, bool, i32)>> = vec![Vec::new(); switches_now.len()];
         for (index, &(base, now)) in switches_now.iter().enumerate() {
             let before = self.last_switches.get(&base).copied();
             left[index] = match (before, now) {
@@ -877,7 +887,12 @@ impl Profile {
                     // says: the changes were others' (a thread made to let go sits in
                     // drop_gil, off any CPU, while two others pass the GIL to and fro).
                     if let (Some(since), false) = (entry.wait_since_ns, still && !moved) {
-                        waiters[index].push((since, moved || ran, thread.tid));
+                        // Its exact clock moved (it woke) and its wait did not begin as it
+                        // held the GIL: see the loop below.
+                        let woke = !entry.wait_from_hold
+                            && matches!((entry.previous_cpu, thread.cpu),
+                                (Some((true, a)), Some((true, b))) if b.saturating_sub(a) >= STILL_CPU_NS);
+                        waiters[index].push((since, moved || ran, woke, thread.tid));
                     }
                     continue;
                 }
@@ -900,11 +915,21 @@ impl Profile {
         for (index, mut waiters) in waiters.into_iter().enumerate() {
             // Those that ran first: they were not waiting throughout, whatever the counter
             // says. Then, where the GIL changed hands twice at least (to the waiter, then away
-            // from it), the longest waiting, as many as the changes left over.
-            waiters.sort_by_key(|&(since, ran, tid)| (!ran, since, tid));
-            for (_, ran, tid) in waiters {
-                if !ran && (changes[index] < 2 || left[index] <= 0 || unbounded[index]) {
-                    break;
+            // from it), the longest waiting, as many as the changes left over. Where another
+            // thread may have taken the GIL more than once (the count is unbounded), only
+            // waiters that woke in between (their exact clock moved) and whose wait did not
+            // begin as they held the GIL: a thread made to let go, or releasing it around a
+            // call, is woken in turn by the others' releases without being served, and when
+            // served holds the GIL until made to let go again, longer than a tick; a thread
+            // woken from I/O that waits at both ticks and woke in between is the one the
+            // changes left over were for (io_pingpong on a quiet host: 17-22% of its waits
+            // read joined in pairs without this; docs/ACCURACY.md, "GIL latency").
+            waiters.sort_by_key(|&(since, ran, _, tid)| (!ran, since, tid));
+            for (_, ran, woke, tid) in waiters {
+                let bounded = !unbounded[index];
+                let counted = changes[index] >= 2 && left[index] > 0;
+                if !ran && !(counted && (bounded || woke)) {
+                    continue;
                 }
                 left[index] -= 1;
                 served.push(tid);
@@ -1939,6 +1964,47 @@ mod tests {
         };
         assert_eq!(run(0), (1, 8 * ms));
         assert_eq!(run(20_000), (2, 4 * ms));
+    }
+
+    #[test]
+    fn a_waiter_woken_from_io_that_woke_again_was_served_where_others_may_have_taken_twice() {
+        let ms = 1_000_000u64;
+        // Thread 1 holds at every tick (CPU-bound). Thread 2 waits from tick 1 to 8 and holds
+        // at 9; thread 3 waits at ticks 1-4 and sleeps from 5 on (it took the GIL, perhaps
+        // more than once: the count of changes has no bound). Between ticks 4 and 5 the GIL
+        // changed hands 4 times and thread 2's exact clock moved by `used_ns`. Woken from
+        // I/O (idle at tick 0) and woken in between, thread 2 was served: two waits. Made to
+        // let go (holding at tick 0), or never woken, it waited once.
+        let run = |before: ThreadState, used_ns: u64| {
+            let mut profile = Profile::new();
+            let mut cpu = 0;
+            for i in 0..=9u64 {
+                cpu += if i == 5 { used_ns } else { 0 };
+                let two = match i {
+                    0 => before,
+                    9 => ThreadState::Hold,
+                    _ => ThreadState::Wait,
+                };
+                let three = match i {
+                    1..=4 => ThreadState::Wait,
+                    _ => ThreadState::Idle,
+                };
+                let switches = if i >= 5 { 4 } else { 0 };
+                let mut tick = sample(
+                    i * ms,
+                    switches,
+                    &[(1, ThreadState::Hold), (2, two), (3, three)],
+                );
+                tick.threads[1].cpu = Some((true, cpu));
+                profile.add(&tick, |_| "t".into());
+            }
+            let threads = profile.threads();
+            let latency = &threads.iter().find(|t| t.tid == 2).unwrap().latency;
+            (latency.episodes, latency.max_ns)
+        };
+        assert_eq!(run(ThreadState::Idle, 15_000), (2, 4 * ms));
+        assert_eq!(run(ThreadState::Hold, 15_000), (1, 8 * ms));
+        assert_eq!(run(ThreadState::Idle, 0), (1, 8 * ms));
     }
 
     #[test]
