@@ -119,6 +119,12 @@ pub struct ServeArgs {
     #[arg(short, long, value_name = "HZ", default_value_t = 100.0, value_parser = parse_rate, allow_negative_numbers = true)]
     pub rate: f64,
 
+    /// Tell threads queued for a CPU inside the GIL from those preempted in native code by
+    /// where each left its CPU, as `record --switch-sites` does (docs/ACCURACY.md, point 11);
+    /// where it cannot be in effect for a process, serve says so and why when it samples it
+    #[arg(long)]
+    pub switch_sites: bool,
+
     /// Also sample every Python process below the target (children, and theirs), including
     /// ones started later: each is its own set of series, told apart by its pid label
     #[arg(short, long)]
@@ -158,6 +164,12 @@ pub struct TopArgs {
     /// and the Python frame it was called from; taken without stopping the target
     #[arg(long, conflicts_with = "gil_only")]
     pub native: bool,
+
+    /// Tell threads queued for a CPU inside the GIL from those preempted in native code by
+    /// where each left its CPU, as `record --switch-sites` does (docs/ACCURACY.md, point 11);
+    /// where it cannot be in effect, the view says so and why
+    #[arg(long)]
+    pub switch_sites: bool,
 
     /// Also watch every Python process below PID (children, and theirs), including ones
     /// started later, each process's threads under it

@@ -1343,15 +1343,8 @@ fn gil_only(python: &Python) -> Result<(), Failed> {
 /// Without the option: null.
 fn switch_sites_status(python: &Python) -> Result<(), Failed> {
     let status = |library_dir: Option<&Path>, flag: bool| -> Result<(Value, String), Failed> {
-        let mut argv: Vec<std::ffi::OsString> = Vec::new();
-        if let Some(dir) = library_dir {
-            argv.push(format!("LD_LIBRARY_PATH={}", dir.display()).into());
-        }
-        argv.push(python.path.clone().into());
-        argv.push(common::fixture_path("spinners").into());
-        argv.extend(["--duration", "60"].map(std::ffi::OsString::from));
-        // `env` execs the interpreter: the fixture's pid is the interpreter's.
-        let fx = Fixture::start_command(Path::new("/usr/bin/env"), &argv)?;
+        let fx =
+            common::start_with_libraries(python, library_dir, "spinners", &["--duration", "60"])?;
         let dir = tempfile::tempdir()?;
         let json = dir.path().join("r.json");
         let pid = fx.pid.to_string();
@@ -1394,42 +1387,9 @@ fn switch_sites_status(python: &Python) -> Result<(), Failed> {
         .into());
     }
     // The same interpreter with its libpython stripped: no GIL symbols.
-    let Some(library) = std::fs::read_dir(
-        python
-            .path
-            .parent()
-            .and_then(Path::parent)
-            .ok_or("no prefix")?
-            .join("lib"),
-    )
-    .ok()
-    .into_iter()
-    .flatten()
-    .flatten()
-    .map(|entry| entry.path())
-    .find(|p| {
-        p.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("libpython3") && n.contains(".so."))
-    }) else {
-        eprintln!(
-            "{}: no shared libpython: the stripped case is not run",
-            python.label
-        );
+    let Some(stripped) = common::stripped_libpython(python)? else {
         return Ok(());
     };
-    let stripped = tempfile::tempdir()?;
-    let copy = stripped.path().join(library.file_name().ok_or("name")?);
-    std::fs::copy(&library, &copy)?;
-    let stripped_ok = Command::new("strip")
-        .arg("--strip-all")
-        .arg(&copy)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !stripped_ok {
-        eprintln!("strip(1) failed or is missing: the stripped case is not run");
-        return Ok(());
-    }
     let (report, text) = status(Some(stripped.path()), true)?;
     let said = report["sampler"]["switch_sites"].as_str().unwrap_or("");
     if !said.starts_with("unavailable (") || !text.contains("degraded: without switch sites (") {

@@ -20,7 +20,7 @@ type Test = fn(&Python) -> Result<Completion, Failed>;
 
 fn main() {
     let mut suite = common::Suite::new(common::pythons());
-    let tests: [(&str, Test); 17] = [
+    let tests: [(&str, Test); 18] = [
         (
             "subprocesses_are_served_as_series_of_their_own_pids",
             subprocesses,
@@ -30,6 +30,10 @@ fn main() {
             prometheus_scrapes,
         ),
         ("serve_ends_when_its_target_exits", ends_with_target),
+        (
+            "switch_sites_not_in_effect_are_said_when_a_process_is_sampled",
+            switch_sites,
+        ),
         (
             "follow_name_samples_the_next_process_of_that_name",
             follows_name,
@@ -508,6 +512,65 @@ fn prometheus_scrapes(python: &Python) -> Result<Completion, Failed> {
             }
         }))
     })
+}
+
+/// `serve --switch-sites` says, for a process it samples, when they cannot be in effect (a
+/// libpython stripped of take_gil's symbol) and why; not where they are.
+fn switch_sites(python: &Python) -> Result<Completion, Failed> {
+    let Some(stripped) = common::stripped_libpython(python)? else {
+        return Ok(Completion::ignored_with(format!(
+            "{}: no shared libpython to strip",
+            python.label
+        )));
+    };
+    for library_dir in [None, Some(stripped.path())] {
+        let fx =
+            common::start_with_libraries(python, library_dir, "spinners", &["--duration", "60"])?;
+        let pid = fx.pid.to_string();
+        let mut serve =
+            Serve::start(&["--pid", &pid, "--listen", "127.0.0.1:0", "--switch-sites"])?;
+        serve.wait_for("sampling pid", Duration::from_secs(15))?;
+        // Its first slices (a second each) have been counted once the share is served.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !serve
+            .metrics()?
+            .contains("gilscope_thread_gil_seconds_total")
+        {
+            if Instant::now() > deadline {
+                return Err("no thread series in 15 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        while let Ok(line) = serve.lines.recv_timeout(Duration::from_millis(500)) {
+            serve.seen.push(line);
+        }
+        let said: Vec<&String> = serve
+            .seen
+            .iter()
+            .filter(|l| l.contains("without switch sites ("))
+            .collect();
+        match library_dir {
+            None if said.iter().any(|l| l.contains("perf_event_open")) => {
+                return Ok(Completion::ignored_with(format!(
+                    "perf is refused here: {}",
+                    said[0]
+                )))
+            }
+            None if !said.is_empty() => {
+                return Err(format!("with take_gil's symbol: {}", said[0]).into())
+            }
+            Some(_) if said.len() != 1 || !said[0].contains(&format!("pid {pid}: ")) => {
+                return Err(format!(
+                    "stripped libpython: {} lines saying so; serve said:\n{}",
+                    said.len(),
+                    serve.seen.join("\n")
+                )
+                .into())
+            }
+            _ => {}
+        }
+    }
+    Ok(Completion::Completed)
 }
 
 /// Without --follow-name, serve ends by itself (success) when its target exits.

@@ -31,7 +31,7 @@ fn main() {
     );
     suite.add(trials);
     type Cli = fn(&Python) -> Result<Completion, Failed>;
-    let cli: [(&str, Cli); 4] = [
+    let cli: [(&str, Cli); 5] = [
         (
             "top_with_subprocesses_shows_each_process_and_follows_new_workers",
             subprocesses,
@@ -48,6 +48,7 @@ fn main() {
             "top_into_a_pipe_ends_when_the_reader_goes_or_the_target_exits",
             pipe_ends,
         ),
+        ("top_says_when_switch_sites_are_not_in_effect", switch_sites),
     ];
     for (name, test) in cli {
         suite.once(name, test);
@@ -263,6 +264,40 @@ fn idle_thread_settled(fx: &Fixture) -> Result<(), Failed> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `top --switch-sites` says on its lines when they cannot be in effect (a libpython
+/// stripped of take_gil's symbol) and why; not where they are.
+fn switch_sites(python: &Python) -> Result<Completion, Failed> {
+    let Some(stripped) = common::stripped_libpython(python)? else {
+        return Ok(Completion::ignored_with(format!(
+            "{}: no shared libpython to strip",
+            python.label
+        )));
+    };
+    for library_dir in [None, Some(stripped.path())] {
+        let fx =
+            common::start_with_libraries(python, library_dir, "spinners", &["--duration", "60"])?;
+        let top = PipedTop::start_with(fx.pid, &["--switch-sites"])?;
+        // The second line: the first second's slice may come before the process's perf
+        // events were opened.
+        top.line(Duration::from_secs(15))?;
+        let line = top.line(Duration::from_secs(15))?;
+        let said = line.contains("| without switch sites (");
+        match library_dir {
+            None if line.contains("without switch sites (perf_event_open") => {
+                return Ok(Completion::ignored_with(format!(
+                    "perf is refused here: {line}"
+                )))
+            }
+            None if said => return Err(format!("with take_gil's symbol: {line}").into()),
+            Some(_) if !said => {
+                return Err(format!("stripped libpython, and nothing said: {line}").into())
+            }
+            _ => {}
+        }
+    }
+    Ok(Completion::Completed)
 }
 
 /// Into a pipe: a reader that goes (`| head -1`) ends top at its next line, with success;

@@ -11,7 +11,7 @@ use crate::cli::ServeArgs;
 use crate::error::{Error, Result};
 use crate::exporter::Endpoint;
 use crate::formats::metrics::Metrics;
-use crate::model::{EndReason, TargetInfo};
+use crate::model::{EndReason, SwitchSites, TargetInfo};
 use crate::recorder::{self, ProcessSlice, RecordOptions, Recorder, Slices};
 use crate::sample::observe::Observer;
 use crate::target::memory::ProcessMemory;
@@ -36,6 +36,8 @@ pub struct ServeOptions {
     pub rate_hz: f64,
     /// Also sample the Python processes below the target.
     pub subprocesses: bool,
+    /// Where runnable threads left their CPU (`--switch-sites`).
+    pub switch_sites: bool,
 }
 
 /// Why `serve` ended.
@@ -60,6 +62,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         listen: args.listen,
         rate_hz: args.rate,
         subprocesses: args.subprocesses,
+        switch_sites: args.switch_sites,
     };
     let announce: fn(&str) = |line| eprintln!("gilscope: {}", crate::formats::printable(line));
     if serve(options, stop, announce)? == ServeEnd::TargetExited {
@@ -134,7 +137,7 @@ fn sample(
         // Metrics have no stacks: sampling stays cheap.
         stacks: false,
         native: false,
-        switch_sites: false,
+        switch_sites: options.switch_sites,
         timeline: false,
         progress: None,
     };
@@ -152,7 +155,21 @@ fn sample(
         }
     };
     attach(&mut lock(metrics), &observer);
+    // `--switch-sites` not in effect for a process is said once, at its first slice (the
+    // perf events are opened when its sampling starts); a process is forgotten as it exits.
+    let mut switch_sites_said = std::collections::HashSet::new();
     let mut count = |slice: ProcessSlice| {
+        if slice.exited {
+            switch_sites_said.remove(&slice.observer.pid);
+        } else if options.switch_sites && switch_sites_said.insert(slice.observer.pid) {
+            if let Some(SwitchSites::Unavailable(why)) = recorder::switch_sites(slice.observer) {
+                announce(&format!(
+                    "pid {}: without switch sites ({why}): runnable threads off their CPU \
+                     are classified without them",
+                    slice.observer.pid
+                ));
+            }
+        }
         let mut metrics = lock(metrics);
         attach(&mut metrics, slice.observer);
         metrics.add_slice(slice.observer.pid, &slice.profile, slice.health);

@@ -35,6 +35,8 @@ pub struct TopOptions {
     pub subprocesses: bool,
     /// Merge native frames into the stacks (`--native`).
     pub native: bool,
+    /// Where runnable threads left their CPU (`--switch-sites`).
+    pub switch_sites: bool,
 }
 
 /// Why `top` ended.
@@ -93,6 +95,7 @@ pub fn run(args: TopArgs) -> Result<()> {
         },
         subprocesses: args.subprocesses,
         native: args.native,
+        switch_sites: args.switch_sites,
     };
     if top(options, stop)? == TopEnd::TargetExited {
         eprintln!("gilscope: process {} exited", args.pid);
@@ -112,7 +115,7 @@ pub fn top(options: TopOptions, stop: Arc<AtomicBool>) -> Result<TopEnd> {
         duration: None,
         stacks: options.view.stacks,
         native: options.native,
-        switch_sites: false,
+        switch_sites: options.switch_sites,
         timeline: false,
         progress: None,
     };
@@ -131,8 +134,9 @@ pub fn top(options: TopOptions, stop: Arc<AtomicBool>) -> Result<TopEnd> {
                         steal = process::steal_share(cpu, now);
                         cpu = now;
                     }
-                    let slice =
+                    let mut slice =
                         Slice::from_profile(&part.profile, part.observer.stack_table(), steal);
+                    slice.switch_sites = recorder::switch_sites(part.observer);
                     let _ = news.send(News::Slice {
                         target: Box::new(recorder::target_info(part.observer)),
                         slice: Box::new(slice),

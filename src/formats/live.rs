@@ -204,14 +204,19 @@ fn title(
 }
 
 /// A warning when the hypervisor took enough of the last second to make its figures less
-/// exact than stated (docs/ACCURACY.md).
+/// exact than stated (docs/ACCURACY.md), and when `--switch-sites` was asked for and is not
+/// in effect (docs/ACCURACY.md, point 11).
 fn steal_warning(history: &History) -> String {
-    match history.latest_host_steal() {
+    let mut warning = match history.latest_host_steal() {
         Some(steal) if steal > crate::model::STEAL_WARNING => {
             format!(" - host steal {}: figures less exact", percent(steal))
         }
         _ => String::new(),
+    };
+    if let Some(crate::model::SwitchSites::Unavailable(why)) = history.latest_switch_sites() {
+        warning.push_str(&format!(" - without switch sites ({why})"));
     }
+    warning
 }
 
 /// The whole screen, `height` lines of at most `width` columns each.
@@ -704,6 +709,7 @@ mod tests {
             blame: Vec::new(),
             host_steal: Some(0.0),
             gils: Vec::new(),
+            switch_sites: None,
         }
     }
 
@@ -1037,5 +1043,31 @@ mod tests {
         assert!(lines[0].contains("host steal 30.0%"), "{}", lines[0]);
         assert!(plain_line(4.0, &history, &view, true)
             .ends_with("| host steal 30.0%: figures less exact"));
+    }
+
+    #[test]
+    fn switch_sites_not_in_effect_are_said_and_in_effect_are_not() {
+        let view = ViewState {
+            sort: SortBy::Hold,
+            show_idle: false,
+            stacks: true,
+        };
+        let mut history = busy_history();
+        let mut s = slice(3, 990, 0, vec![]);
+        s.switch_sites = Some(crate::model::SwitchSites::Perf);
+        history.push(s);
+        let lines = screen(&target(), 1000.0, 4.0, &history, &view, 200, 30);
+        assert!(!lines[0].contains("switch sites"), "{}", lines[0]);
+        let mut s = slice(4, 990, 0, vec![]);
+        s.switch_sites = Some(crate::model::SwitchSites::Unavailable("no take_gil".into()));
+        history.push(s);
+        let lines = screen(&target(), 1000.0, 5.0, &history, &view, 200, 30);
+        assert!(
+            lines[0].ends_with(" - without switch sites (no take_gil)"),
+            "{}",
+            lines[0]
+        );
+        assert!(plain_line(5.0, &history, &view, true)
+            .ends_with("| without switch sites (no take_gil)"));
     }
 }

@@ -64,6 +64,8 @@ pub struct Slice {
     pub host_steal: Option<f64>,
     /// Each GIL, the main one first, when the process had more than one; else empty.
     pub gils: Vec<GilSlice>,
+    /// Whether `--switch-sites` was in effect (None: not asked for).
+    pub switch_sites: Option<super::SwitchSites>,
 }
 
 impl Slice {
@@ -127,6 +129,7 @@ impl Slice {
             blame,
             host_steal,
             gils,
+            switch_sites: None,
         }
     }
 }
@@ -223,6 +226,11 @@ impl History {
     /// The hypervisor's share of the CPU in the latest slice, where known.
     pub fn latest_host_steal(&self) -> Option<f64> {
         self.slices.back().and_then(|s| s.host_steal)
+    }
+
+    /// Whether `--switch-sites` was in effect in the latest slice (None: not asked for).
+    pub fn latest_switch_sites(&self) -> Option<&super::SwitchSites> {
+        self.slices.back().and_then(|s| s.switch_sites.as_ref())
     }
 
     /// Slices in the window of the last `n` (fewer at the start).

@@ -60,8 +60,6 @@ pub(super) struct Member {
     pub(super) sliced_out: bool,
     /// When its version, known only from the library's name at attach, was last read again.
     pub(super) version_read: Option<Instant>,
-    /// `--switch-sites` was asked for, and why it could not be followed, if it could not.
-    switch_sites: Option<Option<String>>,
 }
 
 impl Member {
@@ -75,10 +73,11 @@ impl Member {
         if stacks && options.native {
             let _ = observer.enable_native(NativeOptions::for_rate(options.rate_hz));
         }
-        // Without the GIL's symbols or a memory map, runnable threads are classified as before.
-        let switch_sites = options
-            .switch_sites
-            .then(|| observer.enable_switch_outs().err());
+        // Without the GIL's symbols or a memory map, runnable threads are classified as before
+        // (and the report says so: `super::switch_sites`).
+        if options.switch_sites {
+            let _ = observer.enable_switch_outs();
+        }
         // First walks of sleeping threads (a pool of idle workers seen at attach) may take a
         // quarter of the interval per tick; the rest wait for later ticks (exactly resolved,
         // as a sleeping thread's stack does not change).
@@ -106,7 +105,6 @@ impl Member {
             python_names_read: None,
             sliced_out: false,
             version_read: None,
-            switch_sites,
         }
     }
 
@@ -330,16 +328,7 @@ impl Member {
         } else {
             None
         };
-        let switch_sites = self.switch_sites.as_ref().map(|refused| {
-            match (refused, self.observer.switch_outs_status()) {
-                (Some(why), _) => SwitchSites::Unavailable(why.clone()),
-                (None, Some((Some(errno), _))) => SwitchSites::Unavailable(format!(
-                    "perf_event_open: {}",
-                    std::io::Error::from_raw_os_error(errno)
-                )),
-                (None, _) => SwitchSites::Perf,
-            }
-        });
+        let switch_sites = super::switch_sites(&self.observer);
         let recording = Recording {
             target: self.target,
             sampler: SamplerStats {

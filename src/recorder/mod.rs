@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::model::{EndReason, LayoutInfo, Profile, Recording, TargetInfo};
+use crate::model::{EndReason, LayoutInfo, Profile, Recording, SwitchSites, TargetInfo};
 use crate::python::discovery::LayoutSource;
 use crate::python::interpreter::Interpreter;
 use crate::sample::classify::Classifier;
@@ -276,6 +276,21 @@ pub(crate) fn classifier_for(observer: &Observer<ProcessMemory>) -> Classifier {
     } else {
         Classifier::without_wait()
     }
+}
+
+/// Whether `--switch-sites` is in effect on `observer`'s process (None: it was not asked
+/// for), and why not where it is not (docs/ACCURACY.md, point 11).
+pub fn switch_sites(observer: &Observer<ProcessMemory>) -> Option<SwitchSites> {
+    if let Some(why) = observer.switch_outs_refused() {
+        return Some(SwitchSites::Unavailable(why.to_string()));
+    }
+    observer.switch_outs_status().map(|(perf, _)| match perf {
+        Some(errno) => SwitchSites::Unavailable(format!(
+            "perf_event_open: {}",
+            std::io::Error::from_raw_os_error(errno)
+        )),
+        None => SwitchSites::Perf,
+    })
 }
 
 /// Describe the attached target for reports.

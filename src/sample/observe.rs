@@ -238,6 +238,8 @@ pub struct Observer<M: Memory> {
     native: Option<NativeStacks>,
     /// Where runnable threads off their CPU left it ([`Observer::enable_switch_outs`]).
     switch_outs: Option<SwitchOuts>,
+    /// Why [`Observer::enable_switch_outs`] could not follow them, where it could not.
+    switch_outs_refused: Option<String>,
     thread_names: Option<ThreadNames>,
     /// For a tid with thread states in several interpreters, the one it last held with.
     held_last: HashMap<i32, u64>,
@@ -282,6 +284,7 @@ impl<M: Memory> Observer<M> {
             stacks: None,
             native: None,
             switch_outs: None,
+            switch_outs_refused: None,
             thread_names: None,
             sub_thread_names: Vec::new(),
             held_last: HashMap::new(),
@@ -410,8 +413,24 @@ impl<M: Memory> Observer<M> {
     /// functions). Fails where the interpreter has no symbols for them.
     pub fn enable_switch_outs(&mut self) -> Result<(), String> {
         let now = crate::target::native::monotonic_ns();
-        self.switch_outs = Some(SwitchOuts::new(self.pid, &self.memory, now)?);
-        Ok(())
+        match SwitchOuts::new(self.pid, &self.memory, now) {
+            Ok(switch_outs) => {
+                self.switch_outs = Some(switch_outs);
+                self.switch_outs_refused = None;
+                Ok(())
+            }
+            Err(why) => {
+                self.switch_outs_refused = Some(why.clone());
+                Err(why)
+            }
+        }
+    }
+
+    /// Why switch-outs are not followed, where they were asked for
+    /// ([`Observer::enable_switch_outs`]) and the interpreter's symbols or memory map were
+    /// missing.
+    pub fn switch_outs_refused(&self) -> Option<&str> {
+        self.switch_outs_refused.as_deref()
     }
 
     /// Are switch-outs followed? And why perf refused them (errno), if it did, and what

@@ -407,6 +407,70 @@ pub fn exclusive() -> Exclusive {
     Exclusive { _lock: lock }
 }
 
+/// A directory holding a copy of `python`'s shared libpython stripped of its symbol table
+/// (no take_gil: `--switch-sites` cannot be in effect on it), for LD_LIBRARY_PATH. None,
+/// said on stderr, where the interpreter has no shared libpython or strip(1) fails.
+#[allow(dead_code)]
+pub fn stripped_libpython(
+    python: &Python,
+) -> Result<Option<tempfile::TempDir>, libtest_mimic::Failed> {
+    let prefix = python
+        .path
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("no prefix")?;
+    let library = std::fs::read_dir(prefix.join("lib"))
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libpython3") && n.contains(".so."))
+        });
+    let Some(library) = library else {
+        eprintln!(
+            "{}: no shared libpython: the stripped case is not run",
+            python.label
+        );
+        return Ok(None);
+    };
+    let stripped = tempfile::tempdir()?;
+    let copy = stripped.path().join(library.file_name().ok_or("name")?);
+    std::fs::copy(&library, &copy)?;
+    let stripped_ok = Command::new("strip")
+        .arg("--strip-all")
+        .arg(&copy)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !stripped_ok {
+        eprintln!("strip(1) failed or is missing: the stripped case is not run");
+        return Ok(None);
+    }
+    Ok(Some(stripped))
+}
+
+/// Start `fixture` on `python` with LD_LIBRARY_PATH set to `library_dir` where given, through
+/// env(1), which execs the interpreter: the fixture's pid is the interpreter's.
+#[allow(dead_code)]
+pub fn start_with_libraries(
+    python: &Python,
+    library_dir: Option<&Path>,
+    fixture: &str,
+    args: &[&str],
+) -> Result<Fixture, libtest_mimic::Failed> {
+    let mut argv: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(dir) = library_dir {
+        argv.push(format!("LD_LIBRARY_PATH={}", dir.display()).into());
+    }
+    argv.push(python.path.clone().into());
+    argv.push(fixture_path(fixture).into());
+    argv.extend(args.iter().map(std::ffi::OsString::from));
+    Ok(Fixture::start_command(Path::new("/usr/bin/env"), &argv)?)
+}
+
 pub fn fixture_path(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures")
