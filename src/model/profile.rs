@@ -188,6 +188,8 @@ struct OpenWait {
     /// last tick before waiting and its first waiting tick).
     last_ns: u64,
     since_ns: u64,
+    /// The wait began as it held the GIL (see `ThreadProfile::wait_from_hold`).
+    from_hold: bool,
 }
 
 /// New threads named as their rows are made, per sample: more than this at one tick (a pool
@@ -572,6 +574,7 @@ impl Profile {
                         thread_id: thread.thread_id,
                         last_ns: thread.last_ns,
                         since_ns,
+                        from_hold: thread.wait_from_hold,
                     },
                 );
             }
@@ -697,6 +700,7 @@ impl Profile {
                         entry.previous = Some(ThreadState::Wait);
                         entry.last_ns = open.last_ns;
                         entry.wait_since_ns = Some(open.since_ns);
+                        entry.wait_from_hold = open.from_hold;
                     }
                 }
             }
@@ -1974,11 +1978,15 @@ mod tests {
         // more than once: the count of changes has no bound). Between ticks 4 and 5 the GIL
         // changed hands 4 times and thread 2's exact clock moved by `used_ns`. Woken from
         // I/O (idle at tick 0) and woken in between, thread 2 was served: two waits. Made to
-        // let go (holding at tick 0), or never woken, it waited once.
-        let run = |before: ThreadState, used_ns: u64| {
+        // let go (holding at tick 0), or never woken, it waited once; also where a slice was
+        // handed out (top, serve) while it waited.
+        let run = |before: ThreadState, used_ns: u64, slice_at: Option<u64>| {
             let mut profile = Profile::new();
             let mut cpu = 0;
             for i in 0..=9u64 {
+                if slice_at == Some(i) {
+                    profile.take_slice();
+                }
                 cpu += if i == 5 { used_ns } else { 0 };
                 let two = match i {
                     0 => before,
@@ -2002,9 +2010,10 @@ mod tests {
             let latency = &threads.iter().find(|t| t.tid == 2).unwrap().latency;
             (latency.episodes, latency.max_ns)
         };
-        assert_eq!(run(ThreadState::Idle, 15_000), (2, 4 * ms));
-        assert_eq!(run(ThreadState::Hold, 15_000), (1, 8 * ms));
-        assert_eq!(run(ThreadState::Idle, 0), (1, 8 * ms));
+        assert_eq!(run(ThreadState::Idle, 15_000, None), (2, 4 * ms));
+        assert_eq!(run(ThreadState::Hold, 15_000, None), (1, 8 * ms));
+        assert_eq!(run(ThreadState::Hold, 15_000, Some(3)), (1, 8 * ms));
+        assert_eq!(run(ThreadState::Idle, 0, None), (1, 8 * ms));
     }
 
     #[test]
