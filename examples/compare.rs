@@ -18,7 +18,9 @@
 //! classifier, no new recording is needed), `--without-mutexes` (classify as where the GIL's
 //! mutexes cannot be read), `--without-reference` (record without the probes, to see what
 //! they change), `--switch-sites` (record where runnable threads left their CPU, as `record
-//! --switch-sites` does) and `--without-switch-sites` (classify as if that were unknown).
+//! --switch-sites` does) and `--without-switch-sites` (classify as if that were unknown; it
+//! also drops the releases the scheduler's clocks located, src/sample/handoff.rs: a replay with
+//! it is the classifier without both).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;

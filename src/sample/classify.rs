@@ -485,9 +485,10 @@ impl Classifier {
                 let d = &mut decisions[i];
                 // Located by its switch-out: decided. Inside take_gil it is one of those the
                 // count includes (but at the door, which no count covers); in a release or
-                // elsewhere it is none of them.
+                // elsewhere it is none of them, but a release located by when it was cut
+                // short may have gone on into a forced switch's wait, which the count includes.
                 match tick.threads[i].switched_out {
-                    Some(SwitchedOut::Taking) => {
+                    Some(SwitchedOut::Taking | SwitchedOut::HandedOff) => {
                         unseen = unseen.saturating_sub(1);
                         continue;
                     }
@@ -752,7 +753,7 @@ mod tests {
 
     #[test]
     fn where_a_runnable_thread_left_its_cpu_decides_where_it_is() {
-        use SwitchedOut::{Elsewhere, Releasing, Taking};
+        use SwitchedOut::{Elsewhere, HandedOff, Releasing, Taking};
         // Preempted in send() after a brief release, uncounted: elsewhere, as before...
         assert_eq!(
             located((Some(Elsewhere), None), 0),
@@ -777,6 +778,20 @@ mod tests {
         // In a release it is not counted: the count names the other.
         assert_eq!(
             located((Some(Releasing), None), 1),
+            [Rule::SwitchedOutInGil, Rule::QueuedInGil]
+        );
+        // Cut short by the waiter it woke (dated, not sampled): waiting, and possibly gone
+        // on into a forced release's wait, which the count covers: the other is not named.
+        assert_eq!(
+            located((Some(HandedOff), None), 0),
+            [Rule::SwitchedOutInGil, Rule::LastElsewhere]
+        );
+        assert_eq!(
+            located((Some(HandedOff), None), 1),
+            [Rule::SwitchedOutInGil, Rule::LastElsewhere]
+        );
+        assert_eq!(
+            located((Some(HandedOff), None), 2),
             [Rule::SwitchedOutInGil, Rule::QueuedInGil]
         );
     }

@@ -2,6 +2,7 @@
 //! turn observations into classified `Sample`s. It knows nothing about how results are shown.
 
 pub mod classify;
+pub mod handoff;
 pub mod native;
 pub mod observe;
 pub(crate) mod privileges;

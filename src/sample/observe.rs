@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::handoff::{Handoffs, SchedReader};
 use super::native::{NativeOptions, NativeOutcome, NativeStacks};
 use super::stats::{Stopwatch, TickStats};
 use super::GilReading;
@@ -240,6 +241,8 @@ pub struct Observer<M: Memory> {
     switch_outs: Option<SwitchOuts>,
     /// Why [`Observer::enable_switch_outs`] could not follow them, where it could not.
     switch_outs_refused: Option<String>,
+    /// Without them, the releases cut short by the waiter they woke, dated by the scheduler.
+    handoffs: Handoffs,
     thread_names: Option<ThreadNames>,
     /// For a tid with thread states in several interpreters, the one it last held with.
     held_last: HashMap<i32, u64>,
@@ -285,6 +288,7 @@ impl<M: Memory> Observer<M> {
             native: None,
             switch_outs: None,
             switch_outs_refused: None,
+            handoffs: Handoffs::new(),
             thread_names: None,
             sub_thread_names: Vec::new(),
             held_last: HashMap::new(),
@@ -944,6 +948,17 @@ impl<M: Memory> Observer<M> {
                     thread.switched_out = switches.located(thread.tid, end_ns, &self.memory);
                 }
             }
+        } else {
+            self.handoffs.retain(&self.live);
+            let mut reader = KernelSched {
+                tasks: &mut self.tasks,
+                clocks: &mut self.clocks,
+            };
+            let before = self.handoffs.counts;
+            self.handoffs.locate(&mut threads, &mut reader);
+            self.stats.handoff_reads += self.handoffs.counts.reads - before.reads;
+            self.stats.handoffs_located += self.handoffs.counts.located - before.located;
+            self.stats.proc_ns += lap.split();
         }
         let reads = self.memory.reads();
         let (stack_errors, resolved) = self.read_stacks(&mut threads, start_ns);
@@ -963,6 +978,26 @@ impl<M: Memory> Observer<M> {
             resolved,
             unseen_in_gil,
         })
+    }
+}
+
+/// The kernel's scheduler figures, as [`Handoffs`] reads them.
+struct KernelSched<'a> {
+    tasks: &'a mut Tasks,
+    clocks: &'a mut CpuClocks,
+}
+
+impl SchedReader for KernelSched<'_> {
+    fn run_totals(&mut self, tid: i32) -> Option<(u64, u64)> {
+        self.tasks.run_totals(tid)
+    }
+
+    fn last_accounted(&mut self, tid: i32) -> Option<crate::target::task::SchedClocks> {
+        self.tasks.last_accounted(tid)
+    }
+
+    fn exact_clock(&mut self, tid: i32) -> Option<u64> {
+        self.clocks.read(tid)
     }
 }
 

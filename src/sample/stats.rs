@@ -57,6 +57,10 @@ pub struct TickStats {
     pub proc_reads_reused: u64,
     /// Ticks whose thread listing was the last one, nothing suggesting a change.
     pub listings_reused: u64,
+    /// Scheduler figures read to date releases cut short by a woken waiter
+    /// ([`crate::sample::handoff`]), and the thread-ticks located in one.
+    pub handoff_reads: u64,
+    pub handoffs_located: u64,
     /// Walking the Python stacks (their remote reads included).
     pub stack_ns: u64,
     /// Remote reads of the stack walks.
@@ -139,6 +143,8 @@ impl TickStats {
         self.clock_reads_skipped += other.clock_reads_skipped;
         self.proc_reads_reused += other.proc_reads_reused;
         self.listings_reused += other.listings_reused;
+        self.handoff_reads += other.handoff_reads;
+        self.handoffs_located += other.handoffs_located;
         self.stack_ns += other.stack_ns;
         self.stack_reads += other.stack_reads;
         self.stack_walks += other.stack_walks;
@@ -203,6 +209,13 @@ impl TickStats {
             "(not re-listed)",
             self.listings_reused as f64 / ticks
         );
+        text += &format!(
+            "  {:<14}{:>38}  {:>8.1} reads/tick, {:.2} threads located/tick\n",
+            "(handoffs)",
+            "(in /proc reads)",
+            self.handoff_reads as f64 / ticks,
+            self.handoffs_located as f64 / ticks
+        );
         text += &line(
             "stack walks",
             self.stack_ns,
@@ -264,6 +277,8 @@ mod tests {
             clock_reads_skipped: 4,
             proc_reads_reused: 12,
             listings_reused: 2,
+            handoff_reads: 6,
+            handoffs_located: 2,
             stack_ns: 40_000,
             stack_reads: 20,
             stack_walks: 8,
@@ -279,6 +294,10 @@ mod tests {
         assert!(text.contains("remote reads        25.0 us/tick"), "{text}");
         assert!(text.contains("10.0 reads/tick"), "{text}");
         assert!(text.contains("3.0 reused/tick"), "{text}");
+        assert!(
+            text.contains("1.5 reads/tick, 0.50 threads located/tick"),
+            "{text}"
+        );
         assert!(
             text.contains("10.0 perf reads/tick, 1.0 left out"),
             "{text}"

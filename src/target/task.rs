@@ -237,6 +237,47 @@ impl Tasks {
         Ok(tids)
     }
 
+    /// The scheduler's run and queue totals of one task now (/proc/TID/schedstat: ns on a
+    /// CPU, ns queued for one), opened for this read alone: read only on the ticks that need
+    /// them ([`crate::sample::handoff`]).
+    pub fn run_totals(&mut self, tid: i32) -> Option<(u64, u64)> {
+        self.reads += 1;
+        // Kept open with the task's other files where the budget allows: the GIL's sleepers
+        // are read again at each sleep.
+        if let Some(files) = self.open.get_mut(&tid) {
+            if files.schedstat.is_none() {
+                if let Some(kept) = fds::keep() {
+                    files.schedstat = File::open(self.dir.join(tid.to_string()).join("schedstat"))
+                        .ok()
+                        .map(|f| (f, kept));
+                }
+            }
+        }
+        let n = match self.open.get(&tid).and_then(|f| f.schedstat.as_ref()) {
+            Some((file, _)) => file.read_at(&mut self.buf, 0).ok()?,
+            None => File::open(self.dir.join(tid.to_string()).join("schedstat"))
+                .ok()?
+                .read_at(&mut self.buf, 0)
+                .ok()?,
+        };
+        let text = self.buf.get(..n)?;
+        // An empty or junk file parses as zeros: no reading.
+        let (run, queued) = parse_schedstat(text);
+        (run > 0).then_some((run, queued))
+    }
+
+    /// When the task last stopped or was last accounted on its CPU, and its run total then,
+    /// both in its CPU's scheduler clock (/proc/TID/sched, [`SchedClocks`]). None where the
+    /// kernel has no such file (no CONFIG_SCHED_DEBUG) or it does not parse.
+    pub fn last_accounted(&mut self, tid: i32) -> Option<SchedClocks> {
+        self.reads += 1;
+        let file = File::open(self.dir.join(tid.to_string()).join("sched")).ok()?;
+        // The fields wanted are in the first 20 lines; the rest of the file is not needed.
+        let mut buf = [0u8; 2048];
+        let n = file.read_at(&mut buf, 0).ok()?;
+        parse_sched_clocks(buf.get(..n)?)
+    }
+
     /// Read one task; its CPU clock too if `with_cpu` (callers with a better clock skip it).
     /// A task that is gone is forgotten.
     pub fn read(&mut self, tid: i32, with_cpu: bool) -> Result<TaskReading, TaskError> {
@@ -376,6 +417,57 @@ pub fn parse_schedstat(text: &[u8]) -> (u64, u64) {
     (fields.next().unwrap_or(0), fields.next().unwrap_or(0))
 }
 
+/// A task's scheduler clocks (/proc/TID/sched), ns of its CPU's scheduler clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedClocks {
+    /// `se.exec_start`: when its time on a CPU was last accounted. Off its CPU, the instant it
+    /// left it (preempted, or gone to sleep).
+    pub accounted_ns: u64,
+    /// `se.sum_exec_runtime`: its total time on a CPU, as of that instant.
+    pub run_ns: u64,
+    /// `se.avg.last_update_time`: when its load average was last brought up to date (in 1,024
+    /// ns steps). Also on every wake-up: later than `accounted_ns` by its sleep for a task
+    /// woken since it left its CPU, not for one preempted there.
+    pub load_updated_ns: u64,
+}
+
+/// The [`SchedClocks`] of a /proc/TID/sched text. The kernel prints the first two as
+/// milliseconds with six decimals ("%Ld.%06ld"), the third in ns; any missing or malformed
+/// gives None.
+pub fn parse_sched_clocks(text: &[u8]) -> Option<SchedClocks> {
+    let text = std::str::from_utf8(text).ok().or_else(|| {
+        // Cut at a read's end inside a character: keep what is whole.
+        let valid = std::str::from_utf8(text).err()?.valid_up_to();
+        std::str::from_utf8(text.get(..valid)?).ok()
+    })?;
+    let field = |name: &str| {
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))?;
+        let value = line.rsplit(':').next()?.trim();
+        let (ms, frac) = value.split_once('.')?;
+        if frac.len() != 6 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let ms: u64 = ms.parse().ok()?;
+        let ns: u64 = frac.parse().ok()?;
+        ms.checked_mul(1_000_000)?.checked_add(ns)
+    };
+    let load_updated_ns = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("se.avg.last_update_time"))?
+        .rsplit(':')
+        .next()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(SchedClocks {
+        accounted_ns: field("se.exec_start")?,
+        run_ns: field("se.sum_exec_runtime")?,
+        load_updated_ns,
+    })
+}
+
 /// What the kernel says of a thread at one moment, for the findings about stuck threads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Condition {
@@ -507,6 +599,34 @@ mod tests {
         assert_eq!(parse_syscall(&[0xff, 0xfe]), Activity::Unknown);
         let sleep = parse_syscall(b"230 0x1 0x1 0x7f 0x0 0x0 0x0 0x7ffd 0x7f11\n");
         assert_eq!(sleep.futex_addr(), None);
+    }
+
+    #[test]
+    fn parses_the_scheduler_clocks_of_a_sched_file() {
+        let text = b"cat (7294, #threads: 1)\n-----\nse.exec_start                                :        542729.482086\nse.vruntime                                  :        299582.376412\nse.sum_exec_runtime                          :             0.118576\nnr_switches : 1\nse.avg.last_update_time                      :         542729481216\n";
+        assert_eq!(
+            parse_sched_clocks(text),
+            Some(SchedClocks {
+                accounted_ns: 542_729_482_086,
+                run_ns: 118_576,
+                load_updated_ns: 542_729_481_216,
+            })
+        );
+        // Cut short, junk, or a field that does not parse: nothing.
+        assert_eq!(parse_sched_clocks(&text[..90]), None);
+        assert_eq!(
+            parse_sched_clocks(
+                b"se.exec_start : 1.5\nse.sum_exec_runtime : 2.000001\nse.avg.last_update_time : 1\n"
+            ),
+            None
+        );
+        assert_eq!(parse_sched_clocks(b"\xff\xfe"), None);
+        assert_eq!(
+            parse_sched_clocks(
+                b"se.exec_start : 99999999999999999999.000000\nse.sum_exec_runtime : 0.000001\nse.avg.last_update_time : 1\n"
+            ),
+            None
+        );
     }
 
     #[test]

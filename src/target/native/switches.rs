@@ -56,6 +56,10 @@ pub enum SwitchedOut {
     Releasing,
     /// Anywhere else: native code, a system call for I/O, Python's own code outside the GIL.
     Elsewhere,
+    /// In a release, not located by a sample of where it left its CPU but by when: preempted
+    /// at the instant the waiter its release woke began to run ([`crate::sample::handoff`]).
+    /// It may have gone on into a forced release's wait since, which the switch mutex counts.
+    HandedOff,
 }
 
 /// One thread's latest switches.

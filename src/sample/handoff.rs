@@ -1,0 +1,450 @@
+//! Releases caught in their last steps, dated by the scheduler's own clocks.
+//!
+//! A thread that lets the GIL go wakes a waiter; where the waiter is woken onto the releasing
+//! thread's CPU it often preempts it at once, in the release's last steps (after the GIL's
+//! mutex is handed on, while its futex wake returns). The releasing thread is then runnable,
+//! off its CPU, counted by none of the GIL's mutexes, and on a busy host queued for
+//! milliseconds: the reference has it in the release (waiting), while its /proc files and the
+//! target's memory look exactly as if it had been preempted later, in its native call
+//! (docs/ACCURACY.md, "Known weak spots"). What tells the two apart is *when* it left its CPU:
+//!
+//! - the kernel keeps, for a task off its CPU, the instant it left it (`se.exec_start` in
+//!   /proc/TID/sched, its CPU's scheduler clock), and for every task its total time on a CPU
+//!   and queued for one (/proc/TID/schedstat);
+//! - a waiter that was asleep in the GIL at the last tick and has since run began its run at
+//!   `exec_start - (run total now - run total then)`, give or take the few µs it ran before
+//!   (a condition wake-up that retries the GIL's mutex), if it ran in one stretch; and if its
+//!   queue total grew by a few µs only, it got a CPU as soon as it was woken.
+//!
+//! A runnable thread that left its CPU at the very instant such a waiter began running, woken
+//! and served at once, was preempted by that waiter's wake-up: by the release that woke it.
+//! A thread preempted later in its native call leaves its CPU when its slice ends, not when a
+//! waiter is woken (replayed on native_brief beside CPU hogs, 2026-12-04: 1,120 thread-ticks
+//! in a release against 56 outside it). It is located there as `--switch-sites` would locate
+//! it ([`SwitchedOut::HandedOff`]), and stays there until its clock moves.
+//!
+//! Reads only on the ticks that need them: the run totals of threads newly asleep in the GIL,
+//! and, when one of them has been served, /proc/TID/sched of it and of the runnable threads
+//! that may have been preempted; each bounded per tick. Where /proc/TID/sched does not exist
+//! (kernels without CONFIG_SCHED_DEBUG) or no exact CPU clock confirms that a thread is off
+//! its CPU, nothing is located and the classifier decides as before.
+
+use std::collections::HashMap;
+
+use super::observe::ThreadObservation;
+use crate::target::native::switches::SwitchedOut;
+use crate::target::task::SchedClocks;
+
+/// How far (ns) the instant a thread left its CPU may lie after a served waiter's estimated
+/// start: the waiter's first steps (its condition wake-up, retrying the GIL's mutex while the
+/// releasing thread still owns it) run before its last switch-in and count in its run total.
+/// Measured 2-10 µs; native code preempted at a waiter's wake-up by chance falls inside this
+/// window as rarely as the window is short against the native call.
+pub const COINCIDENCE_NS: u64 = 30_000;
+/// A waiter queued longer than this (ns) in all between its wake-up and its run did not
+/// preempt the thread that woke it: it waited for that thread's slice to end, or for
+/// another CPU.
+pub const SERVED_AT_ONCE_NS: u64 = 30_000;
+/// The steps (ns) in which the kernel brings a task's load average up to date, and so how far
+/// that instant may lie from the one it left its CPU, twice over for rounding.
+pub const LOAD_STEP_NS: u64 = 2_048;
+/// At most this many served waiters, possibly preempted threads and new sleepers are read
+/// per tick (two, two and one reads each): at most some 20 reads, 100-150 µs, on a tick of a
+/// process with tens of threads contending; one or two on most ticks.
+pub const MAX_WAITERS: usize = 4;
+pub const MAX_CANDIDATES: usize = 8;
+pub const MAX_NEW_SLEEPERS: usize = 8;
+
+/// The kernel's figures for one thread, read on demand.
+pub trait SchedReader {
+    /// Total ns on a CPU and queued for one (/proc/TID/schedstat).
+    fn run_totals(&mut self, tid: i32) -> Option<(u64, u64)>;
+    /// When it last left or was last accounted on its CPU, and its run total then
+    /// (/proc/TID/sched).
+    fn last_accounted(&mut self, tid: i32) -> Option<SchedClocks>;
+    /// Its exact CPU clock now (perf), if it has one.
+    fn exact_clock(&mut self, tid: i32) -> Option<u64>;
+}
+
+/// A thread asleep in the GIL: its totals then, and its clock when they were read.
+#[derive(Debug, Clone, Copy)]
+struct Asleep {
+    run_ns: u64,
+    queued_ns: u64,
+    cpu_ns: u64,
+}
+
+/// What [`Handoffs::locate`] did, for `--stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HandoffCounts {
+    /// /proc reads and extra clock reads it made.
+    pub reads: u64,
+    /// Thread-ticks it located in a release (newly or still there).
+    pub located: u64,
+}
+
+/// Follows the GIL's sleepers between ticks and locates the releases their wake-ups cut
+/// short.
+#[derive(Default)]
+pub struct Handoffs {
+    asleep: HashMap<i32, Asleep>,
+    /// Threads located in a release, with their clock then: still there while it stands.
+    located: HashMap<i32, u64>,
+    /// The kernel has no /proc/TID/sched: nothing to date a switch-out with.
+    unavailable: bool,
+    pub counts: HandoffCounts,
+}
+
+/// A thread that may be sitting in a release's last steps: runnable, not holding, not
+/// counted inside the GIL by anything the tick read, a Python thread with an exact clock.
+fn may_be_releasing(t: &ThreadObservation) -> bool {
+    t.runnable
+        && !t.holder
+        && !t.gil_futex
+        && !t.no_gil
+        && !t.stopped
+        && !t.owns_gil_mutex
+        && !t.gil_in_its_name
+        && t.gil_requested != Some(true)
+        && t.thread_id.is_some()
+        && t.cpu_exact
+        && t.switched_out.is_none()
+}
+
+impl Handoffs {
+    pub fn new() -> Handoffs {
+        Handoffs::default()
+    }
+
+    /// Locate, among `threads` (one tick), those preempted in a release by the waiter it
+    /// woke, and note the GIL's sleepers for the next tick.
+    pub fn locate(&mut self, threads: &mut [ThreadObservation], reader: &mut dyn SchedReader) {
+        if self.unavailable {
+            return;
+        }
+        // Still where a tick located them: their clock has not moved since.
+        for t in threads.iter_mut() {
+            if let Some(&cpu_ns) = self.located.get(&t.tid) {
+                if may_be_releasing(t) && t.cpu_ns == cpu_ns {
+                    t.switched_out = Some(SwitchedOut::HandedOff);
+                    self.counts.located += 1;
+                } else {
+                    self.located.remove(&t.tid);
+                }
+            }
+        }
+        // When each sleeper of the last tick that has since left the GIL's futex began its
+        // run, if it was served at once and ran in one stretch since.
+        let mut starts = Vec::new();
+        for t in threads.iter() {
+            if starts.len() >= MAX_WAITERS {
+                break;
+            }
+            if t.gil_futex || t.stopped {
+                continue;
+            }
+            let Some(before) = self.asleep.get(&t.tid).copied() else {
+                continue;
+            };
+            self.counts.reads += 2;
+            let Some((_, queued_ns)) = reader.run_totals(t.tid) else {
+                continue;
+            };
+            let Some(SchedClocks {
+                accounted_ns,
+                run_ns,
+                ..
+            }) = reader.last_accounted(t.tid)
+            else {
+                self.unavailable = true;
+                return;
+            };
+            let queued = queued_ns.checked_sub(before.queued_ns);
+            let ran = run_ns.checked_sub(before.run_ns);
+            if let (Some(queued), Some(ran)) = (queued, ran) {
+                if queued <= SERVED_AT_ONCE_NS && ran > 0 {
+                    starts.extend(accounted_ns.checked_sub(ran).map(|at| (t.tid, at)));
+                }
+            }
+        }
+        if !starts.is_empty() {
+            let mut read = 0;
+            for t in threads.iter_mut() {
+                if read >= MAX_CANDIDATES {
+                    break;
+                }
+                if !may_be_releasing(t) {
+                    continue;
+                }
+                read += 1;
+                self.counts.reads += 1;
+                let Some(clocks) = reader.last_accounted(t.tid) else {
+                    continue;
+                };
+                // Preempted, not gone to sleep and woken since: its load average was last
+                // brought up to date as it left its CPU (within the 1,024 ns steps it moves in).
+                let left_ns = clocks.accounted_ns;
+                if clocks.load_updated_ns.abs_diff(left_ns) > LOAD_STEP_NS {
+                    continue;
+                }
+                // Another thread's start: a thread's own run began before it left its CPU.
+                let coincides = starts.iter().any(|&(tid, start)| {
+                    tid != t.tid
+                        && left_ns
+                            .checked_sub(start)
+                            .is_some_and(|d| d <= COINCIDENCE_NS)
+                });
+                if !coincides {
+                    continue;
+                }
+                // A thread on a CPU has its last accounting instant, not a switch-out: its
+                // clock moves between two reads. Off its CPU it does not.
+                self.counts.reads += 1;
+                if reader.exact_clock(t.tid) == Some(t.cpu_ns) {
+                    t.switched_out = Some(SwitchedOut::HandedOff);
+                    self.located.insert(t.tid, t.cpu_ns);
+                    self.counts.located += 1;
+                }
+            }
+        }
+        // The sleepers of this tick, for the next: their totals are read once per sleep (a
+        // sleeper's clock, and so its totals, stand still).
+        let mut asleep = HashMap::with_capacity(self.asleep.len());
+        let mut new_sleepers = 0;
+        for t in threads.iter() {
+            if !t.gil_futex || t.stopped || !t.cpu_exact {
+                continue;
+            }
+            let known = self
+                .asleep
+                .get(&t.tid)
+                .copied()
+                .filter(|a| a.cpu_ns == t.cpu_ns);
+            let reading = known.or_else(|| {
+                if new_sleepers >= MAX_NEW_SLEEPERS {
+                    return None;
+                }
+                new_sleepers += 1;
+                self.counts.reads += 1;
+                let (run_ns, queued_ns) = reader.run_totals(t.tid)?;
+                Some(Asleep {
+                    run_ns,
+                    queued_ns,
+                    cpu_ns: t.cpu_ns,
+                })
+            });
+            if let Some(a) = reading {
+                asleep.insert(t.tid, a);
+            }
+        }
+        self.asleep = asleep;
+    }
+
+    /// Forget threads that are gone.
+    pub fn retain(&mut self, live: &[i32]) {
+        self.asleep.retain(|tid, _| live.binary_search(tid).is_ok());
+        self.located
+            .retain(|tid, _| live.binary_search(tid).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::task::{Activity, TaskReading};
+
+    /// The kernel's figures as a test sets them: per tid, schedstat's totals, /proc/TID/sched's
+    /// clocks, and the exact clock a second read gives.
+    #[derive(Default)]
+    struct Kernel {
+        totals: HashMap<i32, (u64, u64)>,
+        clocks: HashMap<i32, SchedClocks>,
+        exact: HashMap<i32, u64>,
+        no_sched_file: bool,
+    }
+
+    impl SchedReader for Kernel {
+        fn run_totals(&mut self, tid: i32) -> Option<(u64, u64)> {
+            self.totals.get(&tid).copied()
+        }
+        fn last_accounted(&mut self, tid: i32) -> Option<SchedClocks> {
+            if self.no_sched_file {
+                return None;
+            }
+            self.clocks.get(&tid).copied()
+        }
+        fn exact_clock(&mut self, tid: i32) -> Option<u64> {
+            self.exact.get(&tid).copied()
+        }
+    }
+
+    /// `kind`: w(aiting, asleep on the GIL), h(older), r(unnable).
+    fn thread(tid: i32, kind: char, cpu_ns: u64) -> ThreadObservation {
+        ThreadObservation {
+            tid,
+            ns_tid: None,
+            thread_id: Some(tid as u64),
+            tstate: Some(0x1000 + tid as u64),
+            task: TaskReading {
+                tid,
+                activity: Activity::Running,
+                cpu_ns,
+                runqueue_ns: 0,
+            },
+            runnable: kind != 'w',
+            cpu_ns,
+            cpu_exact: true,
+            holder: kind == 'h',
+            gil_futex: kind == 'w',
+            blocked: false,
+            gil_requested: None,
+            owns_gil_mutex: false,
+            gil_in_its_name: false,
+            stopped: false,
+            no_gil: false,
+            attach_state: None,
+            stack: None,
+            deferred: false,
+            gil: None,
+            switched_out: None,
+        }
+    }
+
+    const W: i32 = 10;
+    const T: i32 = 20;
+
+    /// Tick 1: W asleep in the GIL (run total 5 ms, queued 1 ms), T holds. Tick 2: W holds,
+    /// having run `w_ran` since it began at 100 ms + `w_began_us`, after `w_queued` ns in
+    /// queue; T is runnable, off its CPU since 100 ms + `t_left_us`, woken since if
+    /// `t_woken`. Where T is at tick 2, and at a tick 3 where nothing moved.
+    fn handoff(
+        w_began_us: u64,
+        w_queued: u64,
+        t_left_us: u64,
+        t_woken: bool,
+    ) -> (Option<SwitchedOut>, Option<SwitchedOut>) {
+        let mut kernel = Kernel::default();
+        let mut handoffs = Handoffs::new();
+        kernel.totals.insert(W, (5_000_000, 1_000_000));
+        let mut tick = vec![thread(W, 'w', 7_000), thread(T, 'h', 50_000)];
+        handoffs.locate(&mut tick, &mut kernel);
+        assert!(tick.iter().all(|t| t.switched_out.is_none()));
+        // W began at 100 ms + w_began_us and has run 300 µs since, accounted just now.
+        let began = 100_000_000 + w_began_us * 1000;
+        kernel.totals.insert(W, (5_300_000, 1_000_000 + w_queued));
+        kernel.clocks.insert(
+            W,
+            SchedClocks {
+                accounted_ns: began + 300_000,
+                run_ns: 5_300_000,
+                load_updated_ns: began + 300_000,
+            },
+        );
+        let left = 100_000_000 + t_left_us * 1000;
+        kernel.clocks.insert(
+            T,
+            SchedClocks {
+                accounted_ns: left,
+                run_ns: 9_000_000,
+                load_updated_ns: if t_woken { left + 150_000 } else { left - 700 },
+            },
+        );
+        kernel.exact.insert(T, 60_000);
+        let mut tick = vec![thread(W, 'h', 307_000), thread(T, 'r', 60_000)];
+        handoffs.locate(&mut tick, &mut kernel);
+        let second = tick[1].switched_out;
+        assert_eq!(tick[0].switched_out, None, "the holder is never located");
+        let mut tick = vec![thread(W, 'h', 900_000), thread(T, 'r', 60_000)];
+        handoffs.locate(&mut tick, &mut kernel);
+        (second, tick[1].switched_out)
+    }
+
+    #[test]
+    fn a_thread_preempted_as_the_waiter_it_woke_began_is_in_its_release_until_it_runs() {
+        // Left its CPU 4 µs after the waiter's estimated start (the waiter's first steps).
+        let found = handoff(0, 3_000, 4, false);
+        assert_eq!(
+            found,
+            (Some(SwitchedOut::HandedOff), Some(SwitchedOut::HandedOff))
+        );
+        // Once its clock moves it has left: not located any more.
+        let mut kernel = Kernel::default();
+        let mut handoffs = Handoffs::new();
+        handoffs.located.insert(T, 60_000);
+        let mut tick = vec![thread(T, 'r', 61_000)];
+        handoffs.locate(&mut tick, &mut kernel);
+        assert_eq!(tick[0].switched_out, None);
+    }
+
+    #[test]
+    fn a_thread_that_left_its_cpu_at_another_instant_is_not_located() {
+        // 200 µs after the waiter began: preempted later, in its native call.
+        assert_eq!(handoff(0, 3_000, 200, false), (None, None));
+        // Before it: the waiter did not take its CPU.
+        assert_eq!(handoff(50, 3_000, 10, false), (None, None));
+    }
+
+    #[test]
+    fn a_waiter_that_was_queued_did_not_preempt_the_thread_that_woke_it() {
+        // Queued 200 µs: it waited for the releasing thread's slice to end, and that thread
+        // left its CPU in its native call when it did.
+        assert_eq!(handoff(0, 200_000, 4, false), (None, None));
+    }
+
+    #[test]
+    fn a_thread_that_went_to_sleep_and_was_woken_is_not_located() {
+        // It left its CPU as the waiter began, but asleep (a 100 µs nap), and was woken.
+        assert_eq!(handoff(0, 3_000, 4, true), (None, None));
+    }
+
+    #[test]
+    fn a_thread_on_its_cpu_is_not_located() {
+        let mut kernel = Kernel::default();
+        let mut handoffs = Handoffs::new();
+        kernel.totals.insert(W, (5_000_000, 1_000_000));
+        let mut tick = vec![thread(W, 'w', 7_000), thread(T, 'r', 50_000)];
+        handoffs.locate(&mut tick, &mut kernel);
+        kernel.totals.insert(W, (5_300_000, 1_001_000));
+        kernel.clocks.insert(
+            W,
+            SchedClocks {
+                accounted_ns: 100_300_000,
+                run_ns: 5_300_000,
+                load_updated_ns: 100_300_000,
+            },
+        );
+        // Last accounted by chance as the waiter began, but its clock moves between reads.
+        kernel.clocks.insert(
+            T,
+            SchedClocks {
+                accounted_ns: 100_004_000,
+                run_ns: 9_000_000,
+                load_updated_ns: 100_003_500,
+            },
+        );
+        kernel.exact.insert(T, 60_500);
+        let mut tick = vec![thread(W, 'h', 307_000), thread(T, 'r', 60_000)];
+        handoffs.locate(&mut tick, &mut kernel);
+        assert_eq!(tick[1].switched_out, None);
+    }
+
+    #[test]
+    fn without_the_kernels_sched_file_nothing_is_located_or_read_again() {
+        let mut kernel = Kernel {
+            no_sched_file: true,
+            ..Kernel::default()
+        };
+        let mut handoffs = Handoffs::new();
+        kernel.totals.insert(W, (5_000_000, 1_000_000));
+        let mut tick = vec![thread(W, 'w', 7_000), thread(T, 'h', 50_000)];
+        handoffs.locate(&mut tick, &mut kernel);
+        kernel.totals.insert(W, (5_300_000, 1_001_000));
+        let mut tick = vec![thread(W, 'h', 307_000), thread(T, 'r', 60_000)];
+        handoffs.locate(&mut tick, &mut kernel);
+        assert!(tick.iter().all(|t| t.switched_out.is_none()));
+        let reads = handoffs.counts.reads;
+        let mut tick = vec![thread(W, 'w', 307_000), thread(T, 'h', 60_000)];
+        handoffs.locate(&mut tick, &mut kernel);
+        assert_eq!(handoffs.counts.reads, reads);
+    }
+}
