@@ -197,6 +197,12 @@ pub struct DumpArgs {
     #[arg(long)]
     pub native: bool,
 
+    /// With --sample: classify runnable threads by where each left its CPU, as `record
+    /// --switch-sites` does (docs/ACCURACY.md, point 11); where perf or take_gil's symbol is
+    /// missing it is off, and the dump says so (JSON `sample.switch_sites`)
+    #[arg(long, requires = "sample")]
+    pub switch_sites: bool,
+
     /// Show each frame's arguments and local variables: short previews of built-in values
     /// (str, bytes, int, float, containers), other objects by type and address
     #[arg(long)]

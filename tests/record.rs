@@ -1397,6 +1397,55 @@ fn switch_sites_status(python: &Python) -> Result<(), Failed> {
             format!("stripped libpython: switch_sites {said:?}; text report:\n{text}").into(),
         );
     }
+    // `dump --sample` says the same in its own terms, and takes the option with --sample only.
+    let dump = |library_dir: Option<&Path>, flag: bool| -> Result<(Value, String), Failed> {
+        let fx =
+            common::start_with_libraries(python, library_dir, "spinners", &["--duration", "60"])?;
+        let pid = fx.pid.to_string();
+        let mut args = vec!["dump", "--pid", &pid, "--sample", "0.5"];
+        if flag {
+            args.push("--switch-sites");
+        }
+        let text = stdout_of(&gilscope_ok(&args)?);
+        args.push("--json");
+        let json: Value = serde_json::from_str(&stdout_of(&gilscope_ok(&args)?))?;
+        matches_documented_schema(&json, "docs/DUMP_SCHEMA.md")?;
+        Ok((json, text))
+    };
+    let (json, _) = dump(None, false)?;
+    if !json["sample"]["switch_sites"].is_null() {
+        return Err(format!(
+            "dump without --switch-sites: {}",
+            json["sample"]["switch_sites"]
+        )
+        .into());
+    }
+    let (json, text) = dump(None, true)?;
+    let said = json["sample"]["switch_sites"].as_str().unwrap_or("");
+    let consistent = match said {
+        "perf" => !text.contains("degraded: without switch sites"),
+        other => {
+            other.starts_with("unavailable (perf_event_open")
+                && text.contains("degraded: without switch sites (")
+        }
+    };
+    if !consistent {
+        return Err(format!("dump --switch-sites: {said:?}; text:\n{text}").into());
+    }
+    let (json, text) = dump(Some(stripped.path()), true)?;
+    let said = json["sample"]["switch_sites"].as_str().unwrap_or("");
+    if !said.starts_with("unavailable (") || !text.contains("degraded: without switch sites (") {
+        return Err(format!("dump, stripped libpython: {said:?}; text:\n{text}").into());
+    }
+    let out = common::gilscope(&["dump", "--pid", "1", "--switch-sites"]);
+    if out.status.code() != Some(2) || !String::from_utf8_lossy(&out.stderr).contains("--sample") {
+        return Err(format!(
+            "dump --switch-sites without --sample: {:?}, {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
     Ok(())
 }
 

@@ -15,6 +15,7 @@ pub fn run(args: DumpArgs) -> Result<()> {
         sample: args.sample.map(Duration::from_secs_f64),
         locals: args.locals,
         native: args.native,
+        switch_sites: args.switch_sites,
     };
     let snapshots = snapshot::dump(args.pid, args.subprocesses, options)?;
     let text = match (args.subprocesses, args.json) {

@@ -108,6 +108,15 @@ pub fn text(snapshot: &Snapshot) -> String {
             wait_percent(p.contended()),
             p.samples
         );
+        if let Some(crate::model::SwitchSites::Unavailable(why)) = &recording.sampler.switch_sites {
+            let lost = crate::sample::privileges::without_switch_sites(why);
+            let _ = writeln!(
+                out,
+                "degraded: without {}, {}",
+                printable(&lost.missing),
+                lost.fallback
+            );
+        }
         if let (Some(top), Some(table)) = (p.blame().first(), &recording.stacks) {
             let share = top.waiter_ticks as f64 / p.waiter_ticks().max(1) as f64;
             let place = top
@@ -463,6 +472,7 @@ fn document(snapshot: &Snapshot) -> Value {
             "held": (!no_gil).then_some(p.held()),
             "contended": wait_figure(p.contended()).filter(|_| !no_gil),
             "top_blame": blame,
+            "switch_sites": r.sampler.switch_sites.as_ref().map(|s| s.to_string()),
             "findings": hangs_json(snapshot),
         })
     });

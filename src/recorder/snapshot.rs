@@ -37,6 +37,9 @@ pub struct DumpOptions {
     pub locals: bool,
     /// Merge native frames into the stacks (`--native`).
     pub native: bool,
+    /// Classify the sample's runnable threads by where they left their CPU
+    /// (`--switch-sites`, with `sample` only).
+    pub switch_sites: bool,
 }
 
 /// Snapshots of process `pid`, and with `subprocesses` of every Python process below it,
@@ -69,7 +72,7 @@ pub fn dump(pid: i32, subprocesses: bool, options: DumpOptions) -> Result<Vec<Sn
                 duration: Some(duration),
                 stacks: true,
                 native: options.native,
-                switch_sites: false,
+                switch_sites: options.switch_sites,
                 timeline: false,
                 progress: None,
             };
