@@ -54,6 +54,8 @@ pub const LOAD_STEP_NS: u64 = 2_048;
 pub const MAX_WAITERS: usize = 4;
 pub const MAX_CANDIDATES: usize = 8;
 pub const MAX_NEW_SLEEPERS: usize = 8;
+/// Reads of /proc/TID/sched in a row that gave nothing before it counts as missing.
+pub const MAX_FAILED_READS: u32 = 64;
 
 /// The kernel's figures for one thread, read on demand.
 pub trait SchedReader {
@@ -90,8 +92,11 @@ pub struct Handoffs {
     asleep: HashMap<i32, Asleep>,
     /// Threads located in a release, with their clock then: still there while it stands.
     located: HashMap<i32, u64>,
-    /// The kernel has no /proc/TID/sched: nothing to date a switch-out with.
+    /// The kernel has no /proc/TID/sched (or none this code can read): nothing to date a
+    /// switch-out with. Decided after [`MAX_FAILED_READS`] reads in a row gave nothing, not
+    /// at the first: a thread that exits between the listing and its read gives nothing too.
     unavailable: bool,
+    failed_reads: u32,
     pub counts: HandoffCounts,
 }
 
@@ -154,10 +159,12 @@ impl Handoffs {
                 accounted_ns,
                 run_ns,
                 ..
-            }) = reader.last_accounted(t.tid)
+            }) = self.sched_clocks(reader, t.tid)
             else {
-                self.unavailable = true;
-                return;
+                if self.unavailable {
+                    return;
+                }
+                continue;
             };
             let queued = queued_ns.checked_sub(before.queued_ns);
             let ran = run_ns.checked_sub(before.run_ns);
@@ -178,7 +185,10 @@ impl Handoffs {
                 }
                 read += 1;
                 self.counts.reads += 1;
-                let Some(clocks) = reader.last_accounted(t.tid) else {
+                let Some(clocks) = self.sched_clocks(reader, t.tid) else {
+                    if self.unavailable {
+                        return;
+                    }
                     continue;
                 };
                 // Preempted, not gone to sleep and woken since: its load average was last
@@ -238,6 +248,19 @@ impl Handoffs {
             }
         }
         self.asleep = asleep;
+    }
+
+    /// /proc/TID/sched's clocks, counting reads that give nothing.
+    fn sched_clocks(&mut self, reader: &mut dyn SchedReader, tid: i32) -> Option<SchedClocks> {
+        let clocks = reader.last_accounted(tid);
+        match clocks {
+            Some(_) => self.failed_reads = 0,
+            None => {
+                self.failed_reads += 1;
+                self.unavailable = self.failed_reads >= MAX_FAILED_READS;
+            }
+        }
+        clocks
     }
 
     /// Forget threads that are gone.
@@ -436,15 +459,29 @@ mod tests {
         };
         let mut handoffs = Handoffs::new();
         kernel.totals.insert(W, (5_000_000, 1_000_000));
-        let mut tick = vec![thread(W, 'w', 7_000), thread(T, 'h', 50_000)];
-        handoffs.locate(&mut tick, &mut kernel);
-        kernel.totals.insert(W, (5_300_000, 1_001_000));
-        let mut tick = vec![thread(W, 'h', 307_000), thread(T, 'r', 60_000)];
-        handoffs.locate(&mut tick, &mut kernel);
-        assert!(tick.iter().all(|t| t.switched_out.is_none()));
-        let reads = handoffs.counts.reads;
-        let mut tick = vec![thread(W, 'w', 307_000), thread(T, 'h', 60_000)];
-        handoffs.locate(&mut tick, &mut kernel);
-        assert_eq!(handoffs.counts.reads, reads);
+        // A waiter served at each tick, whose sched file gives nothing: read until that has
+        // happened MAX_FAILED_READS times in a row (a thread that exits between the listing
+        // and its read gives nothing once), then never again.
+        let mut located = 0;
+        let mut reads = Vec::new();
+        for i in 0..(2 * MAX_FAILED_READS as u64 + 4) {
+            let kind = if i % 2 == 0 { ['w', 'h'] } else { ['h', 'r'] };
+            let mut tick = vec![
+                thread(W, kind[0], 7_000 + i * 300_000),
+                thread(T, kind[1], 50_000 + i * 10_000),
+            ];
+            handoffs.locate(&mut tick, &mut kernel);
+            located += tick.iter().filter(|t| t.switched_out.is_some()).count();
+            reads.push(handoffs.counts.reads);
+        }
+        assert_eq!(located, 0);
+        assert!(handoffs.unavailable);
+        let last = reads.len() - 1;
+        assert_eq!(
+            reads[last],
+            reads[last - 3],
+            "read on after it counted as missing"
+        );
+        assert!(reads[last] >= MAX_FAILED_READS as u64);
     }
 }
