@@ -141,8 +141,9 @@ impl Handoffs {
         // When each sleeper of the last tick that has since left the GIL's futex began its
         // run, if it was served at once and ran in one stretch since.
         let mut starts = Vec::new();
+        let mut waiters = 0;
         for t in threads.iter() {
-            if starts.len() >= MAX_WAITERS {
+            if waiters >= MAX_WAITERS {
                 break;
             }
             if t.gil_futex || t.stopped {
@@ -151,6 +152,7 @@ impl Handoffs {
             let Some(before) = self.asleep.get(&t.tid).copied() else {
                 continue;
             };
+            waiters += 1;
             self.counts.reads += 2;
             let Some((_, queued_ns)) = reader.run_totals(t.tid) else {
                 continue;
