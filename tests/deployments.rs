@@ -110,8 +110,8 @@ fn main() {
 }
 
 /// Record the spinners fixture (three threads) for a second and check that gilscope saw what
-/// it does: the GIL held nearly all the time, each spinner holding a fair share and waiting
-/// for the rest. Returns the report.
+/// it does: the GIL held nearly all the time, by the spinners, each holding some of it and
+/// waiting for the rest. Returns the report.
 fn spinners_measured(fx: &Fixture) -> Result<Value, Failed> {
     let out = gilscope_ok(&[
         "record",
@@ -137,12 +137,21 @@ fn spinners_in(report: &Value, tids: &BTreeMap<String, i32>) -> Result<(), Faile
     if held < 0.8 {
         return Err(format!("GIL held {held}: three spinners hold it all the time").into());
     }
+    // Over a second the scheduler does not share the GIL fairly between three spinners on a
+    // loaded machine (one held 12% beside two CPU hogs): what gilscope must get right is that
+    // each holds some of it, the three together all that is held, and each waits the rest.
+    // A gilscope that matches the wrong threads gives a spinner nothing.
+    let mut holds = 0.0;
     for role in ["spinner-0", "spinner-1", "spinner-2"] {
         let row = common::thread_row(report, tids[role]).ok_or(format!("no {role}"))?;
         let (hold, wait) = (common::fraction(row, "hold"), common::fraction(row, "wait"));
-        if hold < 0.15 || hold + wait < 0.9 {
+        holds += hold;
+        if hold < 0.03 || hold + wait < 0.9 {
             return Err(format!("{role}: hold {hold} wait {wait}").into());
         }
+    }
+    if holds < held - 0.05 {
+        return Err(format!("the spinners held {holds} of a GIL held {held}").into());
     }
     Ok(())
 }
