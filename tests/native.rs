@@ -928,8 +928,9 @@ fn check_roles(fx: &Fixture) -> Result<(), Failed> {
             } else {
                 std::thread::sleep(Duration::from_millis(10));
                 let t = Instant::now();
-                perf.drain();
-                let stack = perf.capture(tid, monotonic_ns(), 20_000_000, &mut modules);
+                let now = monotonic_ns();
+                perf.drain(now);
+                let stack = perf.capture(tid, now, 20_000_000, &mut modules);
                 costs.push(("perf drain+unwind", t.elapsed()));
                 stack
             };

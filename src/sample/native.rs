@@ -15,11 +15,11 @@ use crate::python::stack::EvalCall;
 use crate::stack::{Frame, FrameId, FrameKind, StackId, StackTable};
 use crate::target::memory::Memory;
 use crate::target::native::merge::{self, Fit, Merged, PythonRun};
-use crate::target::native::perf::{self, PerfStacks};
+use crate::target::native::perf::PerfStacks;
 use crate::target::native::symbols::Symbols;
 use crate::target::native::syscall::Sleepers;
 use crate::target::native::unwind::Modules;
-use crate::target::native::{monotonic_ns, CaptureError, NativeStack, StackEnd};
+use crate::target::native::{monotonic_ns, CaptureError, NativeStack, Registers, StackEnd};
 use crate::target::task::Activity;
 
 /// Stack bytes the kernel copies at each perf sample: deep enough for dozens of nested calls
@@ -173,8 +173,14 @@ impl NativeStacks {
     }
 
     /// Before a tick's stacks: follow its runnable threads with perf, let go of those that
-    /// slept long or ended, and read what perf sampled since the last tick.
-    pub fn start_tick(&mut self, threads: impl Iterator<Item = (i32, bool)>, live: &[i32]) {
+    /// slept long or ended, and read what perf sampled since the last tick (the tick that
+    /// began at `tick_ns`: no stack from before it will be asked for again).
+    pub fn start_tick(
+        &mut self,
+        threads: impl Iterator<Item = (i32, bool)>,
+        live: &[i32],
+        tick_ns: u64,
+    ) {
         let now = monotonic_ns();
         for (tid, runnable) in threads {
             if !(runnable || self.options.follow_every_thread) {
@@ -207,7 +213,7 @@ impl NativeStacks {
             self.perf.retain(&kept);
         }
         self.sleepers.retain(live);
-        self.perf.drain();
+        self.perf.drain(tick_ns);
         self.stats.perf_samples = self.perf.read;
         self.stats.perf_lost = self.perf.lost;
     }
@@ -217,17 +223,23 @@ impl NativeStacks {
     /// its native stack merged with its Python stack (`python`: the stack and its calls of
     /// the evaluation loop, read since; None for a thread that runs no Python), interned in
     /// `table`. None where neither stack is known.
+    ///
+    /// `still`, where the tick read the thread's exact CPU clock before its system call, says
+    /// whether that clock still reads the same: a thread asleep then and still is unwound from
+    /// the registers the tick read, with no file read of its own.
+    #[allow(clippy::too_many_arguments)]
     pub fn stack(
         &mut self,
         tid: i32,
         activity: Activity,
+        still: Option<&mut dyn FnMut() -> bool>,
         tick_ns: u64,
         python: Option<(StackId, Option<&[EvalCall]>)>,
         table: &mut StackTable,
         memory: &dyn Memory,
     ) -> (Option<StackId>, NativeOutcome) {
         let started = monotonic_ns();
-        let native = self.capture(tid, activity, tick_ns, memory, started);
+        let native = self.capture(tid, activity, still, tick_ns, memory, started);
         let merged = native.and_then(|native| self.merge(&native, python, table, memory));
         let stack = match merged {
             Some(frames) => {
@@ -245,6 +257,7 @@ impl NativeStacks {
         &mut self,
         tid: i32,
         activity: Activity,
+        still: Option<&mut dyn FnMut() -> bool>,
         tick_ns: u64,
         memory: &dyn Memory,
         now: u64,
@@ -255,12 +268,24 @@ impl NativeStacks {
             activity,
             Activity::Syscall { .. } | Activity::Blocked { .. }
         );
-        let result = match asleep {
-            true => match self.asleep_stack(tid, memory, now) {
+        let at_tick = match (activity, still) {
+            (Activity::Syscall { sp, pc, .. } | Activity::Blocked { sp, pc }, Some(still)) => {
+                let regs = Registers { pc, sp, bp: None };
+                self.sleepers
+                    .capture_since_tick(regs, still, memory, &mut self.modules, now)
+                    .inspect(|_| self.stats.asleep += 1)
+                    .ok()
+            }
+            _ => None,
+        };
+        let result = match (at_tick, asleep) {
+            (Some(stack), _) => Ok(stack),
+            // It ran since the tick (or no clock says): its files say where it is now.
+            (None, true) => match self.asleep_stack(tid, memory, now) {
                 Err(CaptureError::Running) => self.perf_stack(tid, tick_ns, memory, now),
                 other => other,
             },
-            false => match self.perf_stack(tid, tick_ns, memory, now) {
+            (None, false) => match self.perf_stack(tid, tick_ns, memory, now) {
                 Err(CaptureError::Running) => self.asleep_stack(tid, memory, now),
                 other => other,
             },
@@ -308,15 +333,15 @@ impl NativeStacks {
         now: u64,
     ) -> Result<NativeStack, CaptureError> {
         // Read its ring now: it may have gone to sleep since the last reading.
-        self.perf.drain_thread(tid);
-        let sample = self
+        self.perf.drain_thread(tid, tick_ns);
+        let sample = *self
             .perf
             .latest(tid, tick_ns, MAX_SAMPLE_AGE_NS)
             .ok_or(CaptureError::Running)?;
         if self.modules.module_at(sample.regs.pc).is_none() {
             self.modules.refresh_for(sample.regs.pc, memory, now);
         }
-        let stack = perf::unwind_sample(sample, &mut self.modules);
+        let stack = self.perf.unwind(tid, &sample, &mut self.modules);
         self.stats.from_perf += 1;
         Ok(stack)
     }

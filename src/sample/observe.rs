@@ -490,7 +490,11 @@ impl<M: Memory> Observer<M> {
             return (0, resolved);
         }
         if let Some(native) = self.native.as_mut() {
-            native.start_tick(threads.iter().map(|t| (t.tid, t.runnable)), &self.live);
+            native.start_tick(
+                threads.iter().map(|t| (t.tid, t.runnable)),
+                &self.live,
+                tick_ns,
+            );
         }
         let mut errors = 0;
         let started = crate::sample::monotonic_ns();
@@ -504,6 +508,7 @@ impl<M: Memory> Observer<M> {
                         let (stack, _) = native.stack(
                             thread.tid,
                             thread.task.activity,
+                            None,
                             tick_ns,
                             None,
                             &mut reader.table,
@@ -599,9 +604,18 @@ impl<M: Memory> Observer<M> {
             return (Some(stack), NativeOutcome::Merged);
         };
         let calls: Option<Vec<_>> = reader.eval_calls(tstate, stack).map(<[_]>::to_vec);
+        // The tick read the thread's exact clock before its system call: the same clock now
+        // means it has not run since, and the registers the tick read are still its own.
+        let (clocks, tid, cpu_ns) = (&mut self.clocks, thread.tid, thread.cpu_ns);
+        let mut still = || clocks.read(tid) == Some(cpu_ns);
+        let still: Option<&mut dyn FnMut() -> bool> = match thread.cpu_exact {
+            true => Some(&mut still),
+            false => None,
+        };
         native.stack(
             thread.tid,
             thread.task.activity,
+            still,
             tick_ns,
             Some((stack, calls.as_deref())),
             &mut reader.table,

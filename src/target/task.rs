@@ -83,6 +83,8 @@ impl From<io::Error> for TaskError {
 struct TaskFiles {
     syscall: (File, fds::Kept),
     schedstat: Option<(File, fds::Kept)>,
+    /// /proc/TID/sched, for threads whose switches are dated (handoffs).
+    sched: Option<(File, fds::Kept)>,
 }
 
 /// Reads the tasks of one process, keeping each task's files open between ticks.
@@ -271,10 +273,26 @@ impl Tasks {
     /// kernel has no such file (no CONFIG_SCHED_DEBUG) or it does not parse.
     pub fn last_accounted(&mut self, tid: i32) -> Option<SchedClocks> {
         self.reads += 1;
-        let file = File::open(self.dir.join(tid.to_string()).join("sched")).ok()?;
+        // Kept open with the task's other files where the budget allows: a GIL waiter's is
+        // read again at each of its runs.
+        if let Some(files) = self.open.get_mut(&tid) {
+            if files.sched.is_none() {
+                if let Some(kept) = fds::keep() {
+                    files.sched = File::open(self.dir.join(tid.to_string()).join("sched"))
+                        .ok()
+                        .map(|f| (f, kept));
+                }
+            }
+        }
         // The fields wanted are in the first 20 lines; the rest of the file is not needed.
         let mut buf = [0u8; 2048];
-        let n = file.read_at(&mut buf, 0).ok()?;
+        let n = match self.open.get(&tid).and_then(|f| f.sched.as_ref()) {
+            Some((file, _)) => file.read_at(&mut buf, 0).ok()?,
+            None => File::open(self.dir.join(tid.to_string()).join("sched"))
+                .ok()?
+                .read_at(&mut buf, 0)
+                .ok()?,
+        };
         parse_sched_clocks(buf.get(..n)?)
     }
 
@@ -296,6 +314,7 @@ impl Tasks {
                 slot.insert(TaskFiles {
                     syscall: (syscall, kept),
                     schedstat: None,
+                    sched: None,
                 });
             }
         }

@@ -33,12 +33,28 @@ const PERF_SAMPLE_REGS_ABI_64: u64 = 2;
 /// Where `data_head` and `data_tail` are in `struct perf_event_mmap_page`.
 const DATA_HEAD: usize = 1024;
 const DATA_TAIL: usize = 1032;
-/// Samples kept per thread: enough to find the latest one before a tick read a little late.
-const KEPT_PER_THREAD: usize = 8;
+/// Samples kept per thread (unread, in its ring): the newest taken by the tick being read and
+/// those taken since, a few at most.
+const KEPT_PER_THREAD: usize = 4;
 /// Samples a ring holds between two readings (a thread switching often fills it fastest).
 const RING_SAMPLES: usize = 16;
 /// Largest stack copy the kernel accepts (it must fit a 16-bit record size with the rest).
 pub const MAX_STACK_COPY: u32 = 65_000 & !7;
+
+/// One perf sample of a followed thread, left in its ring until no tick can want it: the stack
+/// copy is kilobytes, cold in the cache (the kernel wrote it on another CPU), and an unwind
+/// reads a few hundred bytes of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingSample {
+    /// CLOCK_MONOTONIC (ns).
+    pub time_ns: u64,
+    pub regs: Registers,
+    /// Where the record begins in the ring, and where its stack bytes (`stack_len` of them,
+    /// from `regs.sp` up) are.
+    record_at: u64,
+    stack_at: u64,
+    pub stack_len: usize,
+}
 
 /// One perf sample: a thread's user registers and the top of its stack at `time_ns`.
 #[derive(Debug, Clone)]
@@ -60,6 +76,9 @@ pub(super) struct Ring {
     base: *mut u8,
     len: usize,
     page: usize,
+    /// Records before this position were listed by [`Ring::pending`] already (the tail may
+    /// lag behind: records kept in the ring until they are read).
+    seen: u64,
 }
 
 // SAFETY: the mapping belongs to this ring alone and is read and written only through
@@ -101,6 +120,7 @@ impl Ring {
             base: base.cast(),
             len,
             page,
+            seen: 0,
         })
     }
 
@@ -108,58 +128,188 @@ impl Ring {
         self.len - self.page
     }
 
-    /// Every record written since the last call, each copied out whole (records wrap around
-    /// the end of the buffer), to `each`.
-    pub(super) fn drain(&mut self, mut each: impl FnMut(&[u8])) {
+    /// Every record written since the last call, to `each`, read in place: a record's bytes
+    /// are copied out only as its reader asks for them. The space is given back at once.
+    pub(super) fn drain(&mut self, mut each: impl FnMut(&Record<'_>)) {
+        let mut records = Vec::new();
+        let head = self.pending(&mut records);
+        for record in &records {
+            each(record);
+        }
+        drop(records);
+        self.seen = head;
+        self.consume(head);
+    }
+
+    /// The kernel's write position (bytes ever written) and our read position.
+    fn head_tail(&self) -> (u64, u64) {
         // SAFETY: the metadata page is mapped for as long as `self`; the kernel writes
         // data_head, we write data_tail, as perf_event_open(2) prescribes, with the fences it
         // asks for.
         let head = unsafe { std::ptr::read_volatile(self.base.add(DATA_HEAD) as *const u64) };
         fence(Ordering::Acquire);
         let tail = unsafe { std::ptr::read_volatile(self.base.add(DATA_TAIL) as *const u64) };
+        (head, tail)
+    }
+
+    fn data(&self) -> *const u8 {
+        // SAFETY: the data area follows the metadata page, inside the mapping.
+        unsafe { self.base.add(self.page) }
+    }
+
+    /// The records written since the last call, oldest first, into `out`; returns the head to
+    /// give back to (with [`Ring::consume`]) once they are read, and marks them seen.
+    pub(super) fn pending<'a>(&'a self, out: &mut Vec<Record<'a>>) -> u64 {
+        let (head, tail) = self.head_tail();
         let size = self.data_size() as u64;
-        let data = unsafe { self.base.add(self.page) };
-        let mut at = tail;
-        let mut record = Vec::new();
         // The kernel never writes more than the buffer holds between two reads; a head that
-        // says otherwise is not believed.
-        if head.wrapping_sub(tail) <= size {
-            while at < head {
-                // At most two runs of bytes: to the end of the data area, then from its
-                // start (a record wraps around at most once: none is larger than the area).
-                // A byte at a time, with a division each, was four tenths of gilscope's CPU
-                // time with --native at 1 kHz (a stack copy is kilobytes).
-                let copy = |from: u64, out: &mut [u8]| {
-                    let area = size as usize;
-                    let start = (from % size) as usize;
-                    let whole = out.len().min(area);
-                    let first = whole.min(area - start);
-                    // SAFETY: `start + first <= area` and `whole - first <= start <= area`:
-                    // both runs lie in the mapped data area, and `out` holds `whole` bytes.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(data.add(start), out.as_mut_ptr(), first);
-                        std::ptr::copy_nonoverlapping(
-                            data,
-                            out.as_mut_ptr().add(first),
-                            whole - first,
-                        );
-                    }
-                };
-                let mut header = [0u8; 8];
-                copy(at, &mut header);
-                let len = u16::from_le_bytes([header[6], header[7]]) as u64;
-                if len < 8 || at + len > head {
-                    break;
-                }
-                record.resize(len as usize, 0);
-                copy(at, &mut record);
-                each(&record);
-                at += len;
-            }
+        // says otherwise is not believed (nor a tail outside what we have seen).
+        if head.wrapping_sub(tail) > size || self.seen < tail || self.seen > head {
+            return head;
         }
+        let mut at = self.seen;
+        while at < head {
+            let mut record = Record {
+                data: self.data(),
+                area: size as usize,
+                at,
+                len: 8,
+                _ring: std::marker::PhantomData,
+            };
+            let mut header = [0u8; 8];
+            record.read(0, &mut header);
+            let len = u16::from_le_bytes([header[6], header[7]]) as u64;
+            if len < 8 || at + len > head {
+                break;
+            }
+            record.len = len as usize;
+            out.push(record);
+            at += len;
+        }
+        head
+    }
+
+    /// Bytes `at..at + len` of the ring, if they are in the part not given back yet and seen.
+    pub(super) fn bytes_at(&self, at: u64, len: usize) -> Option<Record<'_>> {
+        let (_, tail) = self.head_tail();
+        let end = at.checked_add(len as u64)?;
+        (at >= tail && end <= self.seen && len <= self.data_size()).then(|| Record {
+            data: self.data(),
+            area: self.data_size(),
+            at,
+            len,
+            _ring: std::marker::PhantomData,
+        })
+    }
+
+    /// Give the kernel back the space before `tail` (at most what was seen): records there
+    /// must not be read after this.
+    pub(super) fn consume(&self, tail: u64) {
+        let tail = tail.min(self.seen);
         fence(Ordering::Release);
-        // SAFETY: see above; the tail tells the kernel the space is free again.
-        unsafe { std::ptr::write_volatile(self.base.add(DATA_TAIL) as *mut u64, head) };
+        // SAFETY: see `head_tail`; the tail tells the kernel the space is free again.
+        unsafe { std::ptr::write_volatile(self.base.add(DATA_TAIL) as *mut u64, tail) };
+    }
+}
+
+/// Bytes of one perf record, wherever they lie: in a ring (where a record may wrap around the
+/// end of the data area) or in a slice (tests).
+pub(super) trait RecordBytes {
+    fn len(&self) -> usize;
+    /// Copy `out.len()` bytes from `offset` of the record; false (and nothing copied) if they
+    /// are not all inside it.
+    fn read(&self, offset: usize, out: &mut [u8]) -> bool;
+
+    /// Replace `out`'s bytes with `len` bytes from `offset`; false if they are not all inside
+    /// the record.
+    fn read_vec(&self, offset: usize, len: usize, out: &mut Vec<u8>) -> bool {
+        out.clear();
+        out.resize(len, 0);
+        self.read(offset, out)
+    }
+
+    fn u64_at(&self, offset: usize) -> Option<u64> {
+        let mut b = [0u8; 8];
+        self.read(offset, &mut b).then(|| u64::from_le_bytes(b))
+    }
+
+    fn u32_at(&self, offset: usize) -> Option<u32> {
+        let mut b = [0u8; 4];
+        self.read(offset, &mut b).then(|| u32::from_le_bytes(b))
+    }
+}
+
+impl RecordBytes for [u8] {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+
+    fn read(&self, offset: usize, out: &mut [u8]) -> bool {
+        match offset
+            .checked_add(out.len())
+            .and_then(|end| self.get(offset..end))
+        {
+            Some(bytes) => {
+                out.copy_from_slice(bytes);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// One record in a mapped ring, valid while the ring's tail has not passed it (for the call
+/// of [`Ring::drain`]'s `each` that receives it).
+pub(super) struct Record<'a> {
+    data: *const u8,
+    area: usize,
+    /// Where the record begins, as a count of bytes the ring has ever held.
+    at: u64,
+    len: usize,
+    _ring: std::marker::PhantomData<&'a Ring>,
+}
+
+impl RecordBytes for Record<'_> {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn read(&self, offset: usize, out: &mut [u8]) -> bool {
+        if offset
+            .checked_add(out.len())
+            .is_none_or(|end| end > self.len)
+        {
+            return false;
+        }
+        // At most two runs of bytes: to the end of the data area, then from its start (a
+        // record wraps around at most once: none is larger than the area). A byte at a time,
+        // with a division each, was four tenths of gilscope's CPU time with --native at 1 kHz.
+        let start = ((self.at + offset as u64) % self.area as u64) as usize;
+        let whole = out.len().min(self.area);
+        let first = whole.min(self.area - start);
+        // SAFETY: `start + first <= area` and `whole - first <= start <= area`: both runs lie
+        // in the mapped data area, which outlives `self`, and `out` holds `whole` bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.data.add(start), out.as_mut_ptr(), first);
+            std::ptr::copy_nonoverlapping(self.data, out.as_mut_ptr().add(first), whole - first);
+        }
+        true
+    }
+
+    fn read_vec(&self, offset: usize, len: usize, out: &mut Vec<u8>) -> bool {
+        if offset.checked_add(len).is_none_or(|end| end > self.len) {
+            return false;
+        }
+        let start = ((self.at + offset as u64) % self.area as u64) as usize;
+        let whole = len.min(self.area);
+        let first = whole.min(self.area - start);
+        out.clear();
+        // SAFETY: as in `read`: both runs lie in the mapped data area, which outlives `self`.
+        unsafe {
+            out.extend_from_slice(std::slice::from_raw_parts(self.data.add(start), first));
+            out.extend_from_slice(std::slice::from_raw_parts(self.data, whole - first));
+        }
+        true
     }
 }
 
@@ -169,7 +319,8 @@ pub struct PerfStacks {
     stack_bytes: u32,
     data_pages: usize,
     rings: HashMap<i32, Ring>,
-    samples: HashMap<i32, VecDeque<UserSample>>,
+    /// Oldest first; each in its thread's ring, which is given back only up to the oldest.
+    samples: HashMap<i32, VecDeque<RingSample>>,
     /// When the kernel last dropped samples of each thread (a full ring): its samples from
     /// before then may not be its latest (CLOCK_MONOTONIC ns).
     lost_at: HashMap<i32, u64>,
@@ -292,49 +443,65 @@ impl PerfStacks {
         Ok(ring)
     }
 
-    /// Read every ring: the samples taken since the last call join those kept.
-    pub fn drain(&mut self) {
-        self.drain_rings(None);
+    /// Read every ring: the samples taken since the last call join those kept. `horizon_ns`
+    /// is the time of the tick being read (CLOCK_MONOTONIC): no tick from now on asks for a
+    /// thread's stack before it, so of its samples taken by then only the newest is kept.
+    pub fn drain(&mut self, horizon_ns: u64) {
+        self.drain_rings(None, horizon_ns);
     }
 
     /// Read the ring of thread `tid` only (just before its stack is wanted).
-    pub fn drain_thread(&mut self, tid: i32) {
-        self.drain_rings(Some(tid));
+    pub fn drain_thread(&mut self, tid: i32, horizon_ns: u64) {
+        self.drain_rings(Some(tid), horizon_ns);
     }
 
-    fn drain_rings(&mut self, only: Option<i32>) {
-        let mut got: Vec<UserSample> = Vec::new();
+    fn drain_rings(&mut self, only: Option<i32>, horizon_ns: u64) {
         let mut lost = 0u64;
-        let lost_at = &mut self.lost_at;
-        let rings = self
-            .rings
-            .iter_mut()
-            .filter(|(tid, _)| only.is_none_or(|only| only == **tid));
-        for (_, ring) in rings {
-            ring.drain(|record| match record_kind(record) {
-                Some(PERF_RECORD_SAMPLE) => got.extend(parse_sample(record)),
-                Some(PERF_RECORD_LOST) => {
-                    if let Some((count, tid, time)) = parse_lost(record) {
-                        lost += count;
-                        let at = lost_at.entry(tid).or_default();
-                        *at = (*at).max(time);
-                    }
-                }
-                _ => {}
-            });
-        }
-        self.lost += lost;
-        self.read += got.len() as u64;
-        for sample in got {
-            if !self.rings.contains_key(&sample.tid) {
+        let mut read = 0u64;
+        for (&tid, ring) in self.rings.iter_mut() {
+            if only.is_some_and(|only| only != tid) {
                 continue;
             }
-            let kept = self.samples.entry(sample.tid).or_default();
-            if kept.len() == KEPT_PER_THREAD {
+            let kept = self.samples.entry(tid).or_default();
+            let mut records = Vec::new();
+            let head = ring.pending(&mut records);
+            for record in &records {
+                match record_kind(record) {
+                    Some(PERF_RECORD_SAMPLE) => {
+                        read += 1;
+                        if let Some(sample) = parse_sample_header(record).filter(|(t, _)| *t == tid)
+                        {
+                            kept.push_back(sample.1);
+                        }
+                    }
+                    Some(PERF_RECORD_LOST) => {
+                        if let Some((count, _, time)) = parse_lost(record) {
+                            lost += count;
+                            let at = self.lost_at.entry(tid).or_default();
+                            *at = (*at).max(time);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            drop(records);
+            ring.seen = head;
+            // No tick from now on asks for a stack before the horizon: of the samples taken
+            // by then only the newest can still be a thread's latest. Past the few kept, the
+            // oldest go (the ring must keep room for new samples).
+            let newest_by_horizon = kept
+                .iter()
+                .filter(|s| s.time_ns <= horizon_ns)
+                .map(|s| s.time_ns)
+                .max();
+            kept.retain(|s| s.time_ns > horizon_ns || Some(s.time_ns) == newest_by_horizon);
+            while kept.len() > KEPT_PER_THREAD {
                 kept.pop_front();
             }
-            kept.push_back(sample);
+            ring.consume(kept.front().map_or(head, |s| s.record_at));
         }
+        self.lost += lost;
+        self.read += read;
     }
 
     /// The latest kept sample of `tid` taken by `now_ns`, if it was taken within `max_age_ns`
@@ -343,7 +510,7 @@ impl PerfStacks {
     /// A followed thread is sampled every period of its own CPU time and at each context
     /// switch, so its latest sample is where it stopped (preempted, or asleep), or at most
     /// one period of its running behind: its wall-clock age says little on a busy machine.
-    pub fn latest(&self, tid: i32, now_ns: u64, max_age_ns: u64) -> Option<&UserSample> {
+    pub fn latest(&self, tid: i32, now_ns: u64, max_age_ns: u64) -> Option<&RingSample> {
         let lost_at = self.lost_at.get(&tid).copied().unwrap_or(0);
         self.samples
             .get(&tid)?
@@ -351,6 +518,27 @@ impl PerfStacks {
             .filter(|s| s.time_ns <= now_ns)
             .max_by_key(|s| s.time_ns)
             .filter(|s| now_ns - s.time_ns <= max_age_ns && s.time_ns > lost_at)
+    }
+
+    /// Unwind `sample` of thread `tid` (from [`PerfStacks::latest`]), reading its stack copy
+    /// where the kernel wrote it.
+    pub fn unwind(&self, tid: i32, sample: &RingSample, modules: &mut Modules) -> NativeStack {
+        let stack = self
+            .rings
+            .get(&tid)
+            .and_then(|ring| ring.bytes_at(sample.stack_at, sample.stack_len));
+        let base = sample.regs.sp;
+        let (frames, end) = modules.unwind(sample.regs, &mut |addr| {
+            let at = usize::try_from(addr.checked_sub(base)?).ok()?;
+            stack.as_ref()?.u64_at(at)
+        });
+        NativeStack {
+            frames,
+            end,
+            capture: Capture::Perf {
+                time_ns: sample.time_ns,
+            },
+        }
     }
 
     /// The native stack of `tid` from its latest sample, if taken within `max_age_ns` of
@@ -365,71 +553,84 @@ impl PerfStacks {
         let sample = self
             .latest(tid, now_ns, max_age_ns)
             .ok_or(CaptureError::Running)?;
-        Ok(unwind_sample(sample, modules))
+        Ok(self.unwind(tid, sample, modules))
     }
 }
 
-/// Unwind a sample's stack copy.
-pub fn unwind_sample(sample: &UserSample, modules: &mut Modules) -> NativeStack {
-    let base = sample.regs.sp;
-    let bytes = &sample.stack;
-    let (frames, end) = modules.unwind(sample.regs, &mut |addr| {
-        let at = usize::try_from(addr.checked_sub(base)?).ok()?;
-        Some(u64::from_le_bytes(
-            bytes.get(at..at.checked_add(8)?)?.try_into().ok()?,
-        ))
-    });
-    NativeStack {
-        frames,
-        end,
-        capture: Capture::Perf {
-            time_ns: sample.time_ns,
-        },
-    }
-}
-
-pub(super) fn record_kind(record: &[u8]) -> Option<u32> {
-    Some(u32::from_le_bytes(record.get(0..4)?.try_into().ok()?))
+pub(super) fn record_kind<R: RecordBytes + ?Sized>(record: &R) -> Option<u32> {
+    record.u32_at(0)
 }
 
 /// A PERF_RECORD_LOST: how many samples the kernel dropped, and the thread and time of the
 /// record (its sample_id fields: pid, tid, time, after the event id and the count).
-pub(super) fn parse_lost(record: &[u8]) -> Option<(u64, i32, u64)> {
-    let u64_at = |at: usize| Some(u64::from_le_bytes(record.get(at..at + 8)?.try_into().ok()?));
-    let count = u64_at(16)?;
-    let tid = u32::from_le_bytes(record.get(28..32)?.try_into().ok()?) as i32;
-    Some((count, tid, u64_at(32)?))
+pub(super) fn parse_lost<R: RecordBytes + ?Sized>(record: &R) -> Option<(u64, i32, u64)> {
+    let count = record.u64_at(16)?;
+    let tid = record.u32_at(28)? as i32;
+    Some((count, tid, record.u64_at(32)?))
 }
 
-/// A PERF_RECORD_SAMPLE of this file's sample type: pid, tid, time, abi, bp, sp, ip, size,
-/// stack bytes, dyn_size. None if it does not parse (a sample with no user registers: the
-/// thread was in the kernel on behalf of nobody).
-pub(super) fn parse_sample(record: &[u8]) -> Option<UserSample> {
-    let u64_at = |at: usize| -> Option<u64> {
-        Some(u64::from_le_bytes(record.get(at..at + 8)?.try_into().ok()?))
-    };
-    let tid = u32::from_le_bytes(record.get(12..16)?.try_into().ok()?) as i32;
-    let time_ns = u64_at(16)?;
-    if u64_at(24)? != PERF_SAMPLE_REGS_ABI_64 {
+/// The thread of a PERF_RECORD_SAMPLE of this file's sample type, and the sample, its stack
+/// left where the record is.
+fn parse_sample_header(record: &Record<'_>) -> Option<(i32, RingSample)> {
+    let (tid, time_ns, regs, size, dyn_size) = sample_fields(record)?;
+    let _ = size;
+    Some((
+        tid,
+        RingSample {
+            time_ns,
+            regs,
+            record_at: record.at,
+            stack_at: record.at + 64,
+            stack_len: dyn_size,
+        },
+    ))
+}
+
+/// A sample's thread, time, registers, stack copy size and the part of it the kernel filled.
+fn sample_fields<R: RecordBytes + ?Sized>(
+    record: &R,
+) -> Option<(i32, u64, Registers, usize, usize)> {
+    let tid = record.u32_at(12)? as i32;
+    let time_ns = record.u64_at(16)?;
+    if record.u64_at(24)? != PERF_SAMPLE_REGS_ABI_64 {
         return None;
     }
-    let (bp, sp, pc) = (u64_at(32)?, u64_at(40)?, u64_at(48)?);
-    let size = usize::try_from(u64_at(56)?).ok()?;
-    let data = record.get(64..64usize.checked_add(size)?)?;
+    let (bp, sp, pc) = (record.u64_at(32)?, record.u64_at(40)?, record.u64_at(48)?);
+    let size = usize::try_from(record.u64_at(56)?).ok()?;
+    let end = 64usize.checked_add(size)?;
+    if end > record.len() {
+        return None;
+    }
     let dyn_size = if size > 0 {
-        usize::try_from(u64_at(64 + size)?).ok()?.min(size)
+        usize::try_from(record.u64_at(end)?).ok()?.min(size)
     } else {
         0
     };
+    let regs = Registers {
+        pc,
+        sp,
+        bp: Some(bp),
+    };
+    Some((tid, time_ns, regs, size, dyn_size))
+}
+
+/// A PERF_RECORD_SAMPLE of this file's sample type: pid, tid, time, abi, bp, sp, ip, size,
+/// stack bytes, dyn_size. The stack bytes the kernel filled (dyn_size of them) go to `stack`,
+/// whose allocation is used again. None if it does not parse (a sample with no user
+/// registers: the thread was in the kernel on behalf of nobody).
+pub(super) fn parse_sample<R: RecordBytes + ?Sized>(
+    record: &R,
+    mut stack: Vec<u8>,
+) -> Option<UserSample> {
+    let (tid, time_ns, regs, _, dyn_size) = sample_fields(record)?;
+    if !record.read_vec(64, dyn_size, &mut stack) {
+        return None;
+    }
     Some(UserSample {
         tid,
         time_ns,
-        regs: Registers {
-            pc,
-            sp,
-            bp: Some(bp),
-        },
-        stack: data[..dyn_size].to_vec(),
+        regs,
+        stack,
     })
 }
 
@@ -513,6 +714,7 @@ mod tests {
             base,
             len,
             page,
+            seen: start,
         }
     }
 
@@ -527,9 +729,13 @@ mod tests {
         for start in [page - 1100, page - 8, page * 2 - 10] {
             let mut ring = ring_holding(1, start, &records[..2]);
             let mut read = Vec::new();
-            ring.drain(|r| read.push(r.to_vec()));
+            ring.drain(|r| {
+                let mut whole = vec![0u8; r.len()];
+                assert!(r.read(0, &mut whole));
+                read.push(whole);
+            });
             assert_eq!(read, records[..2].to_vec(), "from {start}");
-            let s = parse_sample(&read[1]).unwrap();
+            let s = parse_sample(&read[1][..], Vec::new()).unwrap();
             assert_eq!((s.tid, s.time_ns, s.stack), (41, 101, stack.clone()));
         }
         // A head further on than the area can hold is not believed.
@@ -541,10 +747,61 @@ mod tests {
         assert_eq!(read, 0);
     }
 
+    /// The words of a sample's stack, read where the kernel left them.
+    fn stack_of(perf: &PerfStacks, tid: i32, sample: &RingSample) -> Vec<u8> {
+        let ring = &perf.rings[&tid];
+        let bytes = ring.bytes_at(sample.stack_at, sample.stack_len).unwrap();
+        let mut out = vec![0; sample.stack_len];
+        assert!(bytes.read(0, &mut out));
+        out
+    }
+
+    fn tail_of(ring: &Ring) -> u64 {
+        ring.head_tail().1
+    }
+
+    #[test]
+    fn samples_stay_in_the_ring_until_no_tick_can_want_them() {
+        let stack: Vec<u8> = (0..=255u8).cycle().take(512).collect();
+        let other: Vec<u8> = (0..=255u8).rev().cycle().take(512).collect();
+        let records: Vec<Vec<u8>> = [100u64, 200, 300]
+            .iter()
+            .map(|&t| sample_record(7, t, 2, if t == 200 { &stack } else { &other }, 512))
+            .collect();
+        // A sample of another thread in its ring is not taken for this one's.
+        let mut written = records.clone();
+        written.insert(1, sample_record(8, 250, 2, &stack, 512));
+        let mut perf = PerfStacks::new(1_000_000, 4096);
+        let len = written[0].len() as u64;
+        perf.rings.insert(7, ring_holding(2, 0, &written));
+        perf.drain(250);
+        let kept: Vec<u64> = perf.samples[&7].iter().map(|s| s.time_ns).collect();
+        // 100 is older than 200, the newest by the tick at 250; 300 may be a later tick's.
+        assert_eq!(kept, [200, 300]);
+        assert_eq!(perf.read, 4);
+        let latest = *perf.latest(7, 250, 1_000).unwrap();
+        assert_eq!(stack_of(&perf, 7, &latest), stack);
+        // The space before the oldest kept sample (the third record) is given back; the rest
+        // is not.
+        assert_eq!(tail_of(&perf.rings[&7]), 2 * len);
+        assert_eq!(perf.latest(7, 350, 1_000).unwrap().time_ns, 300);
+        // A tick at 350: 300 is its sample, 200 is no longer wanted and its space goes back.
+        perf.drain_thread(7, 350);
+        let kept: Vec<u64> = perf.samples[&7].iter().map(|s| s.time_ns).collect();
+        assert_eq!(kept, [300]);
+        assert_eq!(tail_of(&perf.rings[&7]), 3 * len);
+        let latest = *perf.latest(7, 350, 1_000).unwrap();
+        assert_eq!(stack_of(&perf, 7, &latest), other);
+        // Bytes outside the part kept are not handed out.
+        let ring = &perf.rings[&7];
+        assert!(ring.bytes_at(0, 8).is_none());
+        assert!(ring.bytes_at(4 * len, 8).is_none());
+    }
+
     #[test]
     fn a_sample_record_gives_registers_and_the_stack_the_kernel_filled() {
         let stack: Vec<u8> = (0..64).collect();
-        let s = parse_sample(&sample_record(42, 1234, 2, &stack, 16)).unwrap();
+        let s = parse_sample(&sample_record(42, 1234, 2, &stack, 16)[..], Vec::new()).unwrap();
         assert_eq!((s.tid, s.time_ns), (42, 1234));
         assert_eq!(
             s.regs,
@@ -556,28 +813,28 @@ mod tests {
         );
         assert_eq!(s.stack, (0..16).collect::<Vec<u8>>());
         // No user registers (a kernel-only moment), a cut record, a dyn_size past the copy.
-        assert!(parse_sample(&sample_record(42, 1, 0, &stack, 16)).is_none());
+        assert!(parse_sample(&sample_record(42, 1, 0, &stack, 16)[..], Vec::new()).is_none());
         let whole = sample_record(42, 1, 2, &stack, 16);
-        assert!(parse_sample(&whole[..whole.len() - 20]).is_none());
-        let s = parse_sample(&sample_record(42, 1, 2, &stack, 1 << 40)).unwrap();
+        assert!(parse_sample(&whole[..whole.len() - 20], Vec::new()).is_none());
+        let s = parse_sample(&sample_record(42, 1, 2, &stack, 1 << 40)[..], vec![9; 3]).unwrap();
         assert_eq!(s.stack.len(), 64);
     }
 
     #[test]
     fn the_latest_sample_is_chosen_only_if_recent_enough() {
         let mut perf = PerfStacks::new(1_000_000, 4096);
-        perf.rings.clear();
         let kept = perf.samples.entry(5).or_default();
         for t in [1_000, 2_000, 3_000] {
-            kept.push_back(UserSample {
-                tid: 5,
+            kept.push_back(RingSample {
                 time_ns: t,
                 regs: Registers {
                     pc: 1,
                     sp: 2,
                     bp: None,
                 },
-                stack: Vec::new(),
+                record_at: 0,
+                stack_at: 0,
+                stack_len: 0,
             });
         }
         assert_eq!(perf.latest(5, 3_400, 500).unwrap().time_ns, 3_000);
@@ -604,7 +861,7 @@ mod tests {
         r.extend(7u32.to_le_bytes());
         r.extend(42u32.to_le_bytes());
         r.extend(1234u64.to_le_bytes());
-        assert_eq!(parse_lost(&r), Some((3, 42, 1234)));
+        assert_eq!(parse_lost(&r[..]), Some((3, 42, 1234)));
         assert_eq!(parse_lost(&r[..36]), None);
     }
 }

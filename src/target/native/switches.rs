@@ -16,9 +16,9 @@ use std::os::fd::OwnedFd;
 use serde::{Deserialize, Serialize};
 
 use super::perf::{
-    self, Ring, UserSample, FLAG_SAMPLE_ID_ALL, FLAG_USE_CLOCKID, PERF_COUNT_SW_CONTEXT_SWITCHES,
-    PERF_RECORD_LOST, PERF_RECORD_SAMPLE, REGS_BP_SP_IP, SAMPLE_REGS_USER, SAMPLE_STACK_USER,
-    SAMPLE_TID, SAMPLE_TIME,
+    self, RecordBytes, Ring, UserSample, FLAG_SAMPLE_ID_ALL, FLAG_USE_CLOCKID,
+    PERF_COUNT_SW_CONTEXT_SWITCHES, PERF_RECORD_LOST, PERF_RECORD_SAMPLE, REGS_BP_SP_IP,
+    SAMPLE_REGS_USER, SAMPLE_STACK_USER, SAMPLE_TID, SAMPLE_TIME,
 };
 use super::unwind::Modules;
 use crate::target::fds::{self, Kept};
@@ -208,11 +208,15 @@ impl SwitchOuts {
             let kept = switches.entry(tid).or_default();
             ring.drain(|record| match perf::record_kind(record) {
                 Some(PERF_RECORD_SAMPLE) => {
-                    if let Some(sample) = perf::parse_sample(record).filter(|s| s.tid == tid) {
+                    // The stack buffer of the oldest kept switch-out is used again.
+                    let buffer = match kept.outs.len() == KEPT {
+                        true => kept.outs.pop_front().map(|s| s.stack).unwrap_or_default(),
+                        false => Vec::new(),
+                    };
+                    if let Some(sample) =
+                        perf::parse_sample(record, buffer).filter(|s| s.tid == tid)
+                    {
                         stats.switch_outs += 1;
-                        if kept.outs.len() == KEPT {
-                            kept.outs.pop_front();
-                        }
                         kept.outs.push_back(sample);
                     }
                 }
@@ -335,10 +339,10 @@ fn open(tid: i32) -> Result<Ring, i32> {
 }
 
 /// A PERF_RECORD_SWITCH: its misc bits and the time of its sample_id (pid, tid, time).
-fn parse_switch(record: &[u8]) -> Option<(u16, u64)> {
-    let misc = u16::from_le_bytes(record.get(4..6)?.try_into().ok()?);
-    let time = u64::from_le_bytes(record.get(16..24)?.try_into().ok()?);
-    Some((misc, time))
+fn parse_switch<R: RecordBytes + ?Sized>(record: &R) -> Option<(u16, u64)> {
+    let mut misc = [0u8; 2];
+    record.read(4, &mut misc).then_some(())?;
+    Some((u16::from_le_bytes(misc), record.u64_at(16)?))
 }
 
 #[cfg(test)]
@@ -377,7 +381,10 @@ mod tests {
         r.extend(7u32.to_le_bytes());
         r.extend(42u32.to_le_bytes());
         r.extend(1234u64.to_le_bytes());
-        assert_eq!(parse_switch(&r), Some((PERF_RECORD_MISC_SWITCH_OUT, 1234)));
+        assert_eq!(
+            parse_switch(&r[..]),
+            Some((PERF_RECORD_MISC_SWITCH_OUT, 1234))
+        );
         assert_eq!(parse_switch(&r[..20]), None);
     }
 }

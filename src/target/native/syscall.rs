@@ -60,10 +60,9 @@ struct ThreadFiles {
     schedstat: File,
 }
 
-/// What a thread was doing when its stack was last read, and that stack.
+/// How many times a thread had run when its stack was last read, and that stack.
 struct Remembered {
     runs: u64,
-    regs: Registers,
     stack: NativeStack,
 }
 
@@ -91,9 +90,8 @@ impl Sleepers {
         }
     }
 
-    /// How many times the thread was put on a CPU (schedstat's third field), and what it is
-    /// doing now.
-    fn observe(&mut self, tid: i32) -> Result<(u64, Activity), CaptureError> {
+    /// Open the thread's files, the first time they are needed.
+    fn open_files(&mut self, tid: i32) -> Result<(), CaptureError> {
         if !self.files.contains_key(&tid) {
             let dir = format!("/proc/{}/task/{tid}", self.pid);
             let open = |name: &str| File::open(format!("{dir}/{name}")).map_err(gone_or_failed);
@@ -103,24 +101,40 @@ impl Sleepers {
             };
             self.files.insert(tid, files);
         }
+        Ok(())
+    }
+
+    /// How many times the thread was put on a CPU (schedstat's third field). It counts each
+    /// arrival on a CPU, so a count unchanged between two reads means the thread did not run
+    /// in between: its registers and stack are as they were.
+    fn runs(&mut self, tid: i32) -> Result<u64, CaptureError> {
+        self.open_files(tid)?;
         let files = self.files.get(&tid).ok_or(CaptureError::Gone)?;
         let n = files
             .schedstat
             .read_at(&mut self.buf, 0)
             .map_err(gone_or_failed)?;
-        let runs = std::str::from_utf8(&self.buf[..n])
+        std::str::from_utf8(&self.buf[..n])
             .ok()
             .and_then(|t| t.split_whitespace().nth(2)?.parse().ok())
-            .ok_or_else(|| CaptureError::Failed("unreadable schedstat".into()))?;
+            .ok_or_else(|| CaptureError::Failed("unreadable schedstat".into()))
+    }
+
+    /// What the thread is doing now (its system call, with its stack pointer and program
+    /// counter).
+    fn activity(&mut self, tid: i32) -> Result<Activity, CaptureError> {
+        self.open_files(tid)?;
+        let files = self.files.get(&tid).ok_or(CaptureError::Gone)?;
         let n = files
             .syscall
             .read_at(&mut self.buf, 0)
             .map_err(gone_or_failed)?;
-        Ok((runs, parse_syscall(&self.buf[..n])))
+        Ok(parse_syscall(&self.buf[..n]))
     }
 
     /// The native stack of thread `tid` if it is asleep (in a system call or a page fault).
-    /// A thread that has not run since its stack was last read costs two small file reads.
+    /// A thread that has not run since its stack was last read costs one small file read; one
+    /// that has, three and a read of its stack.
     pub fn capture(
         &mut self,
         tid: i32,
@@ -142,46 +156,27 @@ impl Sleepers {
         modules: &mut Modules,
         now_ns: u64,
     ) -> Result<NativeStack, CaptureError> {
-        let (runs, activity) = self.observe(tid)?;
-        let regs = match activity {
+        let runs = self.runs(tid)?;
+        // Not run since its stack was last read: the same stack (it cannot have moved without
+        // arriving on a CPU), for one file read.
+        if let Some(last) = self.last.get(&tid) {
+            if last.runs == runs {
+                self.reused += 1;
+                return Ok(last.stack.clone());
+            }
+        }
+        let regs = match self.activity(tid)? {
             Activity::Syscall { sp, pc, .. } | Activity::Blocked { sp, pc } => {
                 Registers { pc, sp, bp: None }
             }
             Activity::Running => return Err(CaptureError::Running),
             Activity::Unknown => return Err(CaptureError::Failed("unreadable syscall".into())),
         };
-        if let Some(last) = self.last.get(&tid) {
-            if last.runs == runs && last.regs == regs {
-                self.reused += 1;
-                return Ok(last.stack.clone());
-            }
-        }
-        if modules.mapping_at(regs.sp).is_none() || modules.module_at(regs.pc).is_none() {
-            // A thread started (its stack mapped) or a library loaded since the map was read.
-            modules.refresh_for(regs.pc, memory, now_ns);
-            if modules.mapping_at(regs.sp).is_none() {
-                let _ = modules.refresh(memory, now_ns);
-            }
-        }
-        let high = modules
-            .mapping_at(regs.sp)
-            .map(|m| m.end)
-            .unwrap_or(regs.sp.saturating_add(CHUNK))
-            .min(regs.sp.saturating_add(MAX_STACK_READ));
-        let mut stack = RemoteStack {
-            memory,
-            low: regs.sp,
-            high,
-            chunks: Vec::new(),
-            failed: false,
-        };
-        let (frames, end) = modules.unwind(regs, &mut |addr| stack.read(addr));
+        let (frames, end) = unwind_asleep(regs, memory, modules, now_ns);
         self.read += 1;
-        let (runs_after, activity_after) = self.observe(tid)?;
-        let still = matches!(activity_after,
-            Activity::Syscall { sp, pc, .. } | Activity::Blocked { sp, pc }
-                if sp == regs.sp && pc == regs.pc);
-        if runs_after != runs || !still {
+        // Still the same count of runs: it did not run from before its registers were read
+        // until after its stack was, so the two belong together.
+        if self.runs(tid)? != runs {
             self.last.remove(&tid);
             return Err(CaptureError::Moved);
         }
@@ -197,11 +192,33 @@ impl Sleepers {
             tid,
             Remembered {
                 runs,
-                regs,
                 stack: stack.clone(),
             },
         );
         Ok(stack)
+    }
+
+    /// The native stack of a thread a tick saw asleep with registers `regs`, where `still`
+    /// says whether it is still as it was then (it has not run since: its exact CPU clock has
+    /// not moved, read before its registers were). No file is read: the tick read them.
+    pub fn capture_since_tick(
+        &mut self,
+        regs: Registers,
+        still: &mut dyn FnMut() -> bool,
+        memory: &dyn Memory,
+        modules: &mut Modules,
+        now_ns: u64,
+    ) -> Result<NativeStack, CaptureError> {
+        let (frames, end) = unwind_asleep(regs, memory, modules, now_ns);
+        self.read += 1;
+        if !still() {
+            return Err(CaptureError::Moved);
+        }
+        Ok(NativeStack {
+            frames,
+            end,
+            capture: Capture::Syscall,
+        })
     }
 
     /// Close the files of a thread that is gone (its tid may be reused).
@@ -215,6 +232,35 @@ impl Sleepers {
         self.files.retain(|t, _| alive.binary_search(t).is_ok());
         self.last.retain(|t, _| alive.binary_search(t).is_ok());
     }
+}
+
+/// Unwind a sleeping thread from `regs`, reading its stack where the unwind looks.
+fn unwind_asleep(
+    regs: Registers,
+    memory: &dyn Memory,
+    modules: &mut Modules,
+    now_ns: u64,
+) -> (Vec<super::NativeFrame>, super::StackEnd) {
+    if modules.mapping_at(regs.sp).is_none() || modules.module_at(regs.pc).is_none() {
+        // A thread started (its stack mapped) or a library loaded since the map was read.
+        modules.refresh_for(regs.pc, memory, now_ns);
+        if modules.mapping_at(regs.sp).is_none() {
+            let _ = modules.refresh(memory, now_ns);
+        }
+    }
+    let high = modules
+        .mapping_at(regs.sp)
+        .map(|m| m.end)
+        .unwrap_or(regs.sp.saturating_add(CHUNK))
+        .min(regs.sp.saturating_add(MAX_STACK_READ));
+    let mut stack = RemoteStack {
+        memory,
+        low: regs.sp,
+        high,
+        chunks: Vec::new(),
+        failed: false,
+    };
+    modules.unwind(regs, &mut |addr| stack.read(addr))
 }
 
 fn gone_or_failed(e: std::io::Error) -> CaptureError {
