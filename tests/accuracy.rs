@@ -114,6 +114,11 @@ const BUSY_HOST_REST_VERSIONS: [&str; 2] = ["3.8", "3.12"];
 const NATIVE_FIXTURE: &str = "native_release";
 const NATIVE_VERSIONS: [&str; 1] = ["3.12"];
 const NATIVE_REST_VERSIONS: [&str; 1] = ["3.8"];
+/// Other shapes with native stacks on, on 3.12 in the `rest` pass: threads that switch the GIL
+/// every interval (perf samples at each switch), a thread woken by I/O, and writers to sockets
+/// that release the GIL briefly (a perf sample where each leaves its CPU).
+const NATIVE_REST_FIXTURES: [&str; 3] = ["spinners", "io_pingpong", "socket_writers"];
+const NATIVE_REST_FIXTURE_VERSIONS: [&str; 1] = ["3.12"];
 /// `record --switch-sites` is measured on the busy-host fixtures beside CPU hogs (what it
 /// reads is the kernel's sample and the interpreter's symbols, the same on every version):
 /// in the default pass the two fixtures it changes most on 3.12, in the `rest` pass the
@@ -367,6 +372,14 @@ fn main() {
         native,
         "_with_native_stacks",
     ));
+    for fixture in NATIVE_REST_FIXTURES {
+        trials.extend(setup_trials(
+            &this_pass(&[], &NATIVE_REST_FIXTURE_VERSIONS),
+            fixture,
+            native,
+            "_with_native_stacks",
+        ));
+    }
     let switch_sites = Setup {
         loaded: true,
         switch_sites: true,
