@@ -114,10 +114,21 @@ const BUSY_HOST_REST_VERSIONS: [&str; 2] = ["3.8", "3.12"];
 const NATIVE_FIXTURE: &str = "native_release";
 const NATIVE_VERSIONS: [&str; 1] = ["3.12"];
 const NATIVE_REST_VERSIONS: [&str; 1] = ["3.8"];
-/// Other shapes with native stacks on, on 3.12 in the `rest` pass: threads that switch the GIL
-/// every interval (perf samples at each switch), a thread woken by I/O, and writers to sockets
-/// that release the GIL briefly (a perf sample where each leaves its CPU).
-const NATIVE_REST_FIXTURES: [&str; 3] = ["spinners", "io_pingpong", "socket_writers"];
+/// Every other fixture with native stacks on, on 3.12 in the `rest` pass (quiet): perf samples
+/// at each switch of threads that trade the GIL, a sleeper in C, I/O wake-ups, brief releases,
+/// threads that live milliseconds, none may change what is classified.
+const NATIVE_REST_FIXTURES: [&str; 10] = [
+    "spinners",
+    "gil_sleeper",
+    "io_pingpong",
+    "regex_backtrack",
+    "native_short",
+    "socket_writers",
+    "lock_wakeups",
+    "thread_per_request",
+    "frequent_switches",
+    "native_brief",
+];
 const NATIVE_REST_FIXTURE_VERSIONS: [&str; 1] = ["3.12"];
 /// `record --switch-sites` is measured on the busy-host fixtures beside CPU hogs (what it
 /// reads is the kernel's sample and the interpreter's symbols, the same on every version):
