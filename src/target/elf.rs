@@ -237,15 +237,24 @@ const FUSE_SUPER_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FUSE_SUPER_
 /// user could truncate is read into memory rather than mapped (a truncated map faults with
 /// SIGBUS), and all of it happens within [`OPEN_TIME_LIMIT`].
 fn mapped_file_data(pid: i32, mapping: &Mapping) -> Result<ElfData, ElfError> {
-    let (pid, mapping_copy) = (pid, mapping.clone());
+    let mapping_copy = mapping.clone();
+    within_time_limit(&mapping.path, move || open_and_read(pid, &mapping_copy))
+}
+
+/// `open` on a thread of its own, given up after [`OPEN_TIME_LIMIT`] (a file system that does
+/// not answer); errors name `path`.
+fn within_time_limit(
+    path: &str,
+    open: impl FnOnce() -> std::io::Result<ElfData> + Send + 'static,
+) -> Result<ElfData, ElfError> {
     let (tx, rx) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("gilscope-open".into())
         .spawn(move || {
-            let _ = tx.send(open_and_read(pid, &mapping_copy));
+            let _ = tx.send(open());
         });
     let open_error = |source| ElfError::Open {
-        path: mapping.path.clone(),
+        path: path.to_string(),
         source,
     };
     spawned.map_err(open_error)?;
@@ -262,9 +271,53 @@ fn mapped_file_data(pid: i32, mapping: &Mapping) -> Result<ElfData, ElfError> {
     }
 }
 
+/// A file gilscope chose by name rather than by mapping (a separate debug file): `relative`
+/// resolved inside `root` (a target's /proc/PID/root, or the host's /) as the target would,
+/// never through /proc's magic links, and read only if it is a regular file, as
+/// [`mapped_file_data`] reads the target's files (a FIFO there would block an open for good,
+/// a device would be read as root, a file its owner truncates would fault a map).
+pub fn read_file_under(root: &Path, relative: &Path) -> Result<ElfFile, ElfError> {
+    let shown = root.join(relative).display().to_string();
+    let (root, relative) = (root.to_path_buf(), relative.to_path_buf());
+    let data = within_time_limit(&shown, move || {
+        let root = nix::fcntl::open(
+            root.as_path(),
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let relative = relative.strip_prefix("/").unwrap_or(&relative);
+        // Links are followed (build-id entries are links), inside the root.
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        let handle = match nix::fcntl::openat2(&root, relative, how) {
+            // Without openat2, no link is followed at all.
+            Err(Errno::ENOSYS) => nix::fcntl::openat(
+                &root,
+                relative,
+                OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            ),
+            other => other,
+        }?;
+        let stat = nix::sys::stat::fstat(&handle)?;
+        if stat.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(std::io::Error::other("not a regular file"));
+        }
+        read_regular(&handle, &stat)
+    })?;
+    ElfFile::parse_unmapped(shown, data)
+}
+
 fn open_and_read(pid: i32, mapping: &Mapping) -> std::io::Result<ElfData> {
     let handle = mapped_handle(pid, mapping)?;
     let stat = nix::sys::stat::fstat(&handle)?;
+    read_regular(&handle, &stat)
+}
+
+/// The bytes of the regular file behind the O_PATH `handle` (whose `stat` was taken): mapped
+/// if only root can change it, else read into memory (at most [`MAX_READ_FILE`]).
+fn read_regular(handle: &OwnedFd, stat: &nix::sys::stat::FileStat) -> std::io::Result<ElfData> {
     // A handle opened with O_PATH reads nothing: open the same inode again, for reading.
     let file = File::from(nix::fcntl::open(
         format!("/proc/self/fd/{}", handle.as_raw_fd()).as_str(),

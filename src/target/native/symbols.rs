@@ -1,6 +1,10 @@
 //! Names for native code addresses: the module, the function (from DWARF where the module or
 //! its separate debug file has it, else .symtab, else .dynsym) and file:line. DWARF is read by
-//! addr2line; debug files are found by build-id and .gnu_debuglink as gdb finds them.
+//! addr2line from bytes gilscope read itself; debug files are found by build-id and
+//! .gnu_debuglink as gdb finds them, and opened as the target's own files are (regular files
+//! only, inside the target's root, within a time limit). Split DWARF (.dwo, .dwp files named
+//! by the target's debug information) is never followed: the target would choose what root
+//! opens.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -9,6 +13,9 @@ use std::sync::Arc;
 
 use super::unwind::{LoadedModule, Modules};
 use crate::target::elf::ElfFile;
+
+/// DWARF sections, each in memory of its own (decompressed where the file compresses it).
+type DwarfReader = gimli::EndianArcSlice<gimli::RunTimeEndian>;
 
 /// Addresses whose names are remembered; past this the memory starts over.
 const MAX_REMEMBERED: usize = 1 << 18;
@@ -39,7 +46,7 @@ struct ModuleSymbols {
     /// (link-time start, end, name), sorted by start.
     functions: Vec<(u64, u64, Arc<str>)>,
     /// DWARF, from the module itself or its debug file; None if it has none.
-    dwarf: Option<addr2line::Loader>,
+    dwarf: Option<addr2line::Context<DwarfReader>>,
 }
 
 /// Names for the addresses of one process, remembered across ticks.
@@ -106,7 +113,7 @@ impl Symbols {
         let table_name = tables.function_at(probe);
         let mut found = Vec::new();
         if let Some(dwarf) = &tables.dwarf {
-            if let Ok(mut frames) = dwarf.find_frames(probe) {
+            if let Ok(mut frames) = dwarf.find_frames(probe).skip_all_loads() {
                 while let Ok(Some(frame)) = frames.next() {
                     if found.len() == MAX_INLINED {
                         break;
@@ -139,11 +146,12 @@ impl Symbols {
 
 impl ModuleSymbols {
     fn load(module: &LoadedModule, root: Option<&Path>) -> ModuleSymbols {
-        let debug_file = debug_file_for(&module.file, &module.path, root);
-        let with_dwarf = debug_file
-            .clone()
-            .or_else(|| has_dwarf(&module.file).then(|| opened_path(root, &module.path)));
-        let dwarf = with_dwarf.and_then(|path| addr2line::Loader::new(path).ok());
+        let debug = debug_file_for(&module.file, &module.path, root);
+        let dwarf = match &debug {
+            Some(debug) if has_dwarf(debug) => dwarf_of(debug),
+            _ if has_dwarf(&module.file) => dwarf_of(&module.file),
+            _ => None,
+        };
         let mut functions: Vec<(u64, u64, Arc<str>)> = Vec::new();
         let mut add = |file: &ElfFile| {
             for (name, start, size) in file.function_symbols() {
@@ -152,11 +160,9 @@ impl ModuleSymbols {
             }
         };
         add(&module.file);
-        if let Some(path) = &debug_file {
-            // A stripped module's .symtab lives in its debug file.
-            if let Ok(debug) = open_debug(path) {
-                add(&debug);
-            }
+        // A stripped module's .symtab lives in its debug file.
+        if let Some(debug) = &debug {
+            add(debug);
         }
         // Where several names share an address (aliases), keep the first: .symtab's.
         functions.sort_by_key(|f| f.0);
@@ -193,30 +199,24 @@ fn has_dwarf(file: &ElfFile) -> bool {
         && !file.section_data(".debug_info").is_empty()
 }
 
-/// The path to open a target's file by: through its root, where it sees its files.
-fn opened_path(root: Option<&Path>, path: &str) -> PathBuf {
-    match root {
-        Some(root) => root.join(path.trim_start_matches('/')),
-        None => PathBuf::from(path),
-    }
-}
-
-fn open_debug(path: &Path) -> Result<ElfFile, crate::target::elf::ElfError> {
-    let file = std::fs::File::open(path).map_err(|source| crate::target::elf::ElfError::Open {
-        path: path.display().to_string(),
-        source,
-    })?;
-    // SAFETY: read-only private map; a file changed under us gives garbage names at worst.
-    let data = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| {
-        crate::target::elf::ElfError::Open {
-            path: path.display().to_string(),
-            source,
-        }
-    })?;
-    ElfFile::parse_unmapped(
-        path.display().to_string(),
-        crate::target::elf::ElfData::Mapped(data),
-    )
+/// The DWARF of an ELF file, its sections copied out of it (decompressed where compressed).
+/// None where it does not parse.
+fn dwarf_of(file: &ElfFile) -> Option<addr2line::Context<DwarfReader>> {
+    use object::{Object, ObjectSection};
+    let object = object::File::parse(file.bytes()).ok()?;
+    let endian = match object.is_little_endian() {
+        true => gimli::RunTimeEndian::Little,
+        false => gimli::RunTimeEndian::Big,
+    };
+    let load = |id: gimli::SectionId| -> Result<DwarfReader, gimli::Error> {
+        let data = object
+            .section_by_name(id.name())
+            .and_then(|section| section.uncompressed_data().ok())
+            .unwrap_or(Cow::Borrowed(&[]));
+        Ok(gimli::EndianArcSlice::new(Arc::from(&*data), endian))
+    };
+    let dwarf = gimli::Dwarf::load(load).ok()?;
+    addr2line::Context::from_dwarf(dwarf).ok()
 }
 
 /// The GNU build id of an ELF file (the `.note.gnu.build-id` descriptor).
@@ -243,49 +243,118 @@ fn debug_link(file: &ElfFile) -> Option<String> {
 
 /// The separate debug file of a module, where there is one whose build id matches (or, for
 /// a module without a build id, whose name its debug link gives): the places gdb looks, under
-/// the target's root first, then the host's.
-fn debug_file_for(file: &ElfFile, path: &str, root: Option<&Path>) -> Option<PathBuf> {
+/// the target's root first, then the host's. Each is opened by
+/// [`crate::target::elf::read_file_under`]: a regular file, resolved inside its root.
+fn debug_file_for(file: &ElfFile, path: &str, root: Option<&Path>) -> Option<ElfFile> {
     let id = build_id(file);
     let link = debug_link(file);
     let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
     let dir = dir.strip_prefix("/").unwrap_or(dir);
-    let mut candidates: Vec<PathBuf> = Vec::new();
+    let mut candidates: Vec<(&Path, PathBuf)> = Vec::new();
     let roots: Vec<&Path> = root.into_iter().chain([Path::new("/")]).collect();
-    for base in &roots {
+    for base in roots {
         if let Some(id) = id.as_ref().filter(|id| id.len() >= 2) {
             let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
-            candidates.push(
-                base.join("usr/lib/debug/.build-id")
+            candidates.push((
+                base,
+                Path::new("usr/lib/debug/.build-id")
                     .join(&hex[..2])
                     .join(format!("{}.debug", &hex[2..])),
-            );
+            ));
         }
         if let Some(link) = &link {
-            candidates.push(base.join(dir).join(link));
-            candidates.push(base.join(dir).join(".debug").join(link));
-            candidates.push(base.join("usr/lib/debug").join(dir).join(link));
+            candidates.push((base, dir.join(link)));
+            candidates.push((base, dir.join(".debug").join(link)));
+            candidates.push((base, Path::new("usr/lib/debug").join(dir).join(link)));
         }
         // `objcopy --only-keep-debug prog prog.debug` beside the program.
-        candidates.push(base.join(format!("{}.debug", path.trim_start_matches('/'))));
+        candidates.push((
+            base,
+            PathBuf::from(format!("{}.debug", path.trim_start_matches('/'))),
+        ));
     }
-    candidates.into_iter().find(|candidate| {
-        let Ok(debug) = open_debug(candidate) else {
-            return false;
-        };
-        match (&id, build_id(&debug)) {
+    candidates.into_iter().find_map(|(base, relative)| {
+        // A directory that does not exist is the common case: not worth a thread.
+        if !base.join(&relative).parent().is_some_and(Path::exists) {
+            return None;
+        }
+        let debug = crate::target::elf::read_file_under(base, &relative).ok()?;
+        let matches = match (&id, build_id(&debug)) {
             (Some(want), Some(have)) => *want == have,
             // Without build ids, the name the module links to is all there is to go by.
             (None, _) => link
                 .as_deref()
-                .is_some_and(|l| candidate.file_name().is_some_and(|n| n == l)),
+                .is_some_and(|l| relative.file_name().is_some_and(|n| n == l)),
             (Some(_), None) => false,
-        }
+        };
+        matches.then_some(debug)
     })
+}
+
+/// The separate debug file of the module at `path` (as the target `pid` sees it), if one is
+/// found: for the GIL's symbols of a stripped interpreter whose debug file is installed.
+pub fn debug_file(pid: i32, file: &ElfFile, path: &str) -> Option<ElfFile> {
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    debug_file_for(file, path, Some(&root))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// This test binary, as an ELF file with a build id.
+    fn this_binary() -> ElfFile {
+        let bytes = std::fs::read("/proc/self/exe").unwrap();
+        let file = ElfFile::parse_unmapped(
+            "/proc/self/exe".into(),
+            crate::target::elf::ElfData::Owned(bytes),
+        )
+        .unwrap();
+        assert!(build_id(&file).is_some(), "the test binary has no build id");
+        file
+    }
+
+    #[test]
+    fn a_debug_file_planted_in_the_targets_root_is_read_only_if_it_is_a_regular_file_inside_it() {
+        let exe = this_binary();
+        let hex: String = build_id(&exe)
+            .unwrap()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("usr/lib/debug/.build-id").join(&hex[..2]);
+        std::fs::create_dir_all(&dir).unwrap();
+        let entry = dir.join(format!("{}.debug", &hex[2..]));
+        let program = "/opt/app/bin/app";
+        let look = |root: &Path| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let root = root.to_path_buf();
+            let exe = this_binary();
+            std::thread::spawn(move || {
+                let _ = tx.send(debug_file_for(&exe, program, Some(&root)).is_some());
+            });
+            // A hang is the failure looked for; the bound only keeps the suite from hanging.
+            rx.recv_timeout(std::time::Duration::from_secs(60))
+                .expect("looking for a debug file hung")
+        };
+        // A FIFO where the build id points: opened, it would block root's gilscope for good.
+        nix::unistd::mkfifo(&entry, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        assert!(!look(root.path()));
+        // A link out of the root: resolved inside it, where nothing is.
+        std::fs::remove_file(&entry).unwrap();
+        std::os::unix::fs::symlink("/proc/self/exe", &entry).unwrap();
+        assert!(!look(root.path()));
+        // A device.
+        std::fs::remove_file(&entry).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &entry).unwrap();
+        assert!(!look(root.path()));
+        // The real thing: a regular file with the build id, through a link inside the root.
+        std::fs::remove_file(&entry).unwrap();
+        std::fs::copy("/proc/self/exe", root.path().join("copy.debug")).unwrap();
+        std::os::unix::fs::symlink("/copy.debug", &entry).unwrap();
+        assert!(look(root.path()));
+    }
 
     #[test]
     fn names_are_cut_at_a_character_boundary() {
