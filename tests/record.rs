@@ -1339,7 +1339,8 @@ fn gil_only(python: &Python) -> Result<(), Failed> {
 /// `--switch-sites` says in the report whether it was in effect: "perf" where the GIL's
 /// symbols and perf are there (or, without perf, "unavailable" and a degraded line saying
 /// so); never silently off. With a copy of libpython stripped of its symbol table (no
-/// take_gil to tell where a thread left its CPU) it cannot be, and the report says why.
+/// take_gil to tell where a thread left its CPU) it cannot be, and the report says why; with
+/// the stripped copy's separate debug file beside it, it is again.
 /// Without the option: null.
 fn switch_sites_status(python: &Python) -> Result<(), Failed> {
     let status = |library_dir: Option<&Path>, flag: bool| -> Result<(Value, String), Failed> {
@@ -1370,6 +1371,7 @@ fn switch_sites_status(python: &Python) -> Result<(), Failed> {
     }
     let (report, text) = status(None, true)?;
     let said = report["sampler"]["switch_sites"].as_str().unwrap_or("");
+    let said_first = said.to_string();
     let degraded = report["sampler"]["degraded"].to_string();
     let consistent = match said {
         "perf" => !degraded.contains("switch sites"),
@@ -1396,6 +1398,20 @@ fn switch_sites_status(python: &Python) -> Result<(), Failed> {
         return Err(
             format!("stripped libpython: switch_sites {said:?}; text report:\n{text}").into(),
         );
+    }
+    // Stripped, with its debug file beside it (a distribution's -dbg package): take_gil is
+    // found there, and switch sites are in effect as with the unstripped library.
+    let Some(with_debug) = common::stripped_libpython_with(python, true)? else {
+        return Ok(());
+    };
+    let (report, text) = status(Some(with_debug.path()), true)?;
+    let with_debug_said = report["sampler"]["switch_sites"].as_str().unwrap_or("");
+    if with_debug_said != said_first {
+        return Err(format!(
+            "stripped libpython with its debug file: switch_sites {with_debug_said:?}, \
+             unstripped {said_first:?}; text report:\n{text}"
+        )
+        .into());
     }
     // `dump --sample` says the same in its own terms, and takes the option with --sample only.
     let dump = |library_dir: Option<&Path>, flag: bool| -> Result<(Value, String), Failed> {

@@ -414,6 +414,16 @@ pub fn exclusive() -> Exclusive {
 pub fn stripped_libpython(
     python: &Python,
 ) -> Result<Option<tempfile::TempDir>, libtest_mimic::Failed> {
+    stripped_libpython_with(python, false)
+}
+
+/// As [`stripped_libpython`], with `debug_file`: its symbols and DWARF kept in a separate
+/// debug file beside it, which its `.gnu_debuglink` names (as distributions ship them).
+#[allow(dead_code)]
+pub fn stripped_libpython_with(
+    python: &Python,
+    debug_file: bool,
+) -> Result<Option<tempfile::TempDir>, libtest_mimic::Failed> {
     let prefix = python
         .path
         .parent()
@@ -440,13 +450,33 @@ pub fn stripped_libpython(
     let stripped = tempfile::tempdir()?;
     let copy = stripped.path().join(library.file_name().ok_or("name")?);
     std::fs::copy(&library, &copy)?;
-    let stripped_ok = Command::new("strip")
-        .arg("--strip-all")
-        .arg(&copy)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !stripped_ok {
+    let run = |program: &str, args: &[&std::ffi::OsStr]| {
+        Command::new(program)
+            .args(args)
+            .current_dir(stripped.path())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let name = copy.file_name().ok_or("name")?.to_os_string();
+    let mut debug_name = name.clone();
+    debug_name.push(".debug");
+    if debug_file
+        && !run(
+            "objcopy",
+            &["--only-keep-debug".as_ref(), &name, &debug_name],
+        )
+    {
+        eprintln!("objcopy(1) failed or is missing: the debug-file case is not run");
+        return Ok(None);
+    }
+    if !run("strip", &["--strip-all".as_ref(), &name]) {
         eprintln!("strip(1) failed or is missing: the stripped case is not run");
+        return Ok(None);
+    }
+    let mut link = std::ffi::OsString::from("--add-gnu-debuglink=");
+    link.push(&debug_name);
+    if debug_file && !run("objcopy", &[&link, &name]) {
+        eprintln!("objcopy --add-gnu-debuglink failed: the debug-file case is not run");
         return Ok(None);
     }
     Ok(Some(stripped))

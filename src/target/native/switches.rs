@@ -124,11 +124,8 @@ impl SwitchOuts {
         let mut python_code = Vec::new();
         for module in modules.modules() {
             let bias = module.file.load_bias;
-            let before = gil_code.len();
-            gil_code.extend(
-                module
-                    .file
-                    .symbols_matching(is_gil_function)
+            let gil_functions = |file: &crate::target::elf::ElfFile| {
+                file.symbols_matching(is_gil_function)
                     .filter(|(_, s)| s.size > 0)
                     .map(|(name, s)| {
                         let start = s.value.wrapping_add(bias);
@@ -136,16 +133,29 @@ impl SwitchOuts {
                             start..start.saturating_add(s.size),
                             name.starts_with("take_gil"),
                         )
-                    }),
-            );
-            if gil_code.len() > before {
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let mut found = gil_functions(&module.file);
+            // A stripped interpreter still exports PyEval_SaveThread; its take_gil is in its
+            // separate debug file, where one is installed (Debian's python3-dbg, a build-id
+            // directory), at the same link-time addresses.
+            if !found.is_empty() && !found.iter().any(|(_, takes)| *takes) {
+                if let Some(debug) = super::symbols::debug_file(pid, &module.file, &module.path) {
+                    found.extend(gil_functions(&debug));
+                }
+            }
+            if !found.is_empty() {
                 python_code.push(module.code.clone());
             }
+            gil_code.extend(found);
         }
         // Without take_gil's own symbol (a stripped libpython still exports PyEval_SaveThread)
         // a thread queued inside it could not be told from one preempted elsewhere.
         if !gil_code.iter().any(|(_, takes)| *takes) {
-            return Err("no take_gil symbol (a stripped interpreter)".into());
+            return Err(
+                "no take_gil symbol (a stripped interpreter without its debug file)".into(),
+            );
         }
         // With glibc linked into the interpreter, its futex frames would be the interpreter's
         // own and end the search before the GIL function above them.
