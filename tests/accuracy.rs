@@ -137,6 +137,12 @@ const NATIVE_REST_FIXTURE_VERSIONS: [&str; 1] = ["3.12"];
 const SWITCH_SITES_VERSIONS: [&str; 1] = ["3.12"];
 const SWITCH_SITES_REST_VERSIONS: [&str; 1] = ["3.9"];
 const SWITCH_SITES_DEFAULT_FIXTURES: [&str; 2] = ["socket_writers", "native_brief"];
+/// 3.13's layout and a container (user and PID namespaces), with `--switch-sites` on the two
+/// fixtures it changes most, in the `rest` pass. (The Debian 3.14 and 3.15 the suite fetches
+/// keep their symbols in a debug file outside any directory gdb or gilscope searches: switch
+/// sites are not in effect on them here.)
+const SWITCH_SITES_MORE_VERSIONS: [&str; 1] = ["3.13"];
+const SWITCH_SITES_CONTAINED_VERSIONS: [&str; 1] = ["3.12"];
 
 /// What a trial holds the process's figures to (busy-host fixtures only).
 #[derive(Debug, Clone, Copy)]
@@ -413,6 +419,24 @@ fn main() {
             fixture,
             switch_sites,
             "_with_switch_sites_beside_cpu_hogs",
+        ));
+    }
+    for fixture in SWITCH_SITES_DEFAULT_FIXTURES {
+        trials.extend(setup_trials(
+            &by_pass(&pythons, &[], &SWITCH_SITES_MORE_VERSIONS),
+            fixture,
+            switch_sites,
+            "_with_switch_sites_beside_cpu_hogs",
+        ));
+        let contained = Setup {
+            container: Some(Container::PidAndUser),
+            ..switch_sites
+        };
+        trials.extend(setup_trials(
+            &by_pass(&pythons, &[], &SWITCH_SITES_CONTAINED_VERSIONS),
+            fixture,
+            contained,
+            "_with_switch_sites_in_a_container_beside_cpu_hogs",
         ));
     }
     common::Suite::run_trials(trials);
@@ -716,6 +740,15 @@ fn attempt(
     )?;
     if setup.native && report["sampler"]["native"].is_null() {
         return Err("--native recorded without native stacks (sampler.native null)".into());
+    }
+    // A switch-sites trial measures switch sites: one degraded to the default classification
+    // would pass or fail under the wrong name.
+    if setup.switch_sites && report["sampler"]["switch_sites"] != "perf" {
+        return Err(format!(
+            "--switch-sites not in effect: sampler.switch_sites {}",
+            report["sampler"]["switch_sites"]
+        )
+        .into());
     }
     if setup.container.is_some() {
         names_and_stacks(&report, &fx)?;
