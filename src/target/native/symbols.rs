@@ -14,8 +14,41 @@ use std::sync::Arc;
 use super::unwind::{LoadedModule, Modules};
 use crate::target::elf::ElfFile;
 
-/// DWARF sections, each in memory of its own (decompressed where the file compresses it).
-type DwarfReader = gimli::EndianArcSlice<gimli::RunTimeEndian>;
+/// DWARF sections: in place in their file, or decompressed into memory of their own.
+type DwarfReader = gimli::EndianReader<gimli::RunTimeEndian, DwarfBytes>;
+
+/// One DWARF section's bytes.
+#[derive(Clone)]
+enum DwarfBytes {
+    /// Uncompressed, in the file as gilscope read or mapped it: nothing copied.
+    InFile(Arc<ElfFile>, std::ops::Range<usize>),
+    /// Decompressed (SHF_COMPRESSED), or empty.
+    Owned(Arc<[u8]>),
+}
+
+impl std::ops::Deref for DwarfBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            DwarfBytes::InFile(file, range) => file.bytes().get(range.clone()).unwrap_or(&[]),
+            DwarfBytes::Owned(bytes) => bytes,
+        }
+    }
+}
+
+impl std::fmt::Debug for DwarfBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DwarfBytes({} bytes)", self.len())
+    }
+}
+
+// SAFETY: the bytes live in an `Arc` (the file's data, never moved or changed while the file
+// is alive, or a slice of their own) that every clone shares: dereferencing a moved or cloned
+// value gives the same address.
+unsafe impl stable_deref_trait::StableDeref for DwarfBytes {}
+// SAFETY: as above; a clone shares the same allocation.
+unsafe impl stable_deref_trait::CloneStableDeref for DwarfBytes {}
 
 /// Addresses whose names are remembered; past this the memory starts over.
 const MAX_REMEMBERED: usize = 1 << 18;
@@ -146,7 +179,7 @@ impl Symbols {
 
 impl ModuleSymbols {
     fn load(module: &LoadedModule, root: Option<&Path>) -> ModuleSymbols {
-        let debug = debug_file_for(&module.file, &module.path, root);
+        let debug = debug_file_for(&module.file, &module.path, root).map(Arc::new);
         let dwarf = match &debug {
             Some(debug) if has_dwarf(debug) => dwarf_of(debug),
             _ if has_dwarf(&module.file) => dwarf_of(&module.file),
@@ -199,9 +232,9 @@ fn has_dwarf(file: &ElfFile) -> bool {
         && !file.section_data(".debug_info").is_empty()
 }
 
-/// The DWARF of an ELF file, its sections copied out of it (decompressed where compressed).
-/// None where it does not parse.
-fn dwarf_of(file: &ElfFile) -> Option<addr2line::Context<DwarfReader>> {
+/// The DWARF of an ELF file, read in place (sections the file compresses are decompressed
+/// into memory). None where it does not parse.
+fn dwarf_of(file: &Arc<ElfFile>) -> Option<addr2line::Context<DwarfReader>> {
     use object::{Object, ObjectSection};
     let object = object::File::parse(file.bytes()).ok()?;
     let endian = match object.is_little_endian() {
@@ -209,11 +242,24 @@ fn dwarf_of(file: &ElfFile) -> Option<addr2line::Context<DwarfReader>> {
         false => gimli::RunTimeEndian::Big,
     };
     let load = |id: gimli::SectionId| -> Result<DwarfReader, gimli::Error> {
-        let data = object
-            .section_by_name(id.name())
-            .and_then(|section| section.uncompressed_data().ok())
-            .unwrap_or(Cow::Borrowed(&[]));
-        Ok(gimli::EndianArcSlice::new(Arc::from(&*data), endian))
+        let bytes = object.section_by_name(id.name()).and_then(|section| {
+            let compressed = section
+                .compressed_file_range()
+                .is_ok_and(|r| r.format != object::CompressionFormat::None);
+            match (compressed, section.file_range()) {
+                (false, Some((offset, size))) => {
+                    let start = usize::try_from(offset).ok()?;
+                    let end = start.checked_add(usize::try_from(size).ok()?)?;
+                    (end <= file.bytes().len())
+                        .then(|| DwarfBytes::InFile(file.clone(), start..end))
+                }
+                _ => Some(DwarfBytes::Owned(Arc::from(
+                    &*section.uncompressed_data().ok()?,
+                ))),
+            }
+        });
+        let bytes = bytes.unwrap_or_else(|| DwarfBytes::Owned(Arc::from(&[][..])));
+        Ok(gimli::EndianReader::new(bytes, endian))
     };
     let dwarf = gimli::Dwarf::load(load).ok()?;
     addr2line::Context::from_dwarf(dwarf).ok()
