@@ -319,12 +319,24 @@ fn debug_file_for(file: &ElfFile, path: &str, root: Option<&Path>) -> Option<Elf
             PathBuf::from(format!("{}.debug", path.trim_start_matches('/'))),
         ));
     }
-    candidates.into_iter().find_map(|(base, relative)| {
-        // A directory that does not exist is the common case: not worth a thread.
-        if !base.join(&relative).parent().is_some_and(Path::exists) {
-            return None;
+    // Every look, even a stat, goes through `read_file_under`'s time limit: a file system
+    // that does not answer (a FUSE mount the target made) must not stall gilscope, and after
+    // one such answer the rest of that root is not tried.
+    let mut unanswered: Vec<&Path> = Vec::new();
+    for (base, relative) in candidates {
+        if unanswered.contains(&base) {
+            continue;
         }
-        let debug = crate::target::elf::read_file_under(base, &relative).ok()?;
+        let debug = match crate::target::elf::read_file_under(base, &relative) {
+            Ok(debug) => debug,
+            Err(crate::target::elf::ElfError::Open { source, .. })
+                if source.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                unanswered.push(base);
+                continue;
+            }
+            Err(_) => continue,
+        };
         let matches = match (&id, build_id(&debug)) {
             (Some(want), Some(have)) => *want == have,
             // Without build ids, the name the module links to is all there is to go by.
@@ -333,8 +345,11 @@ fn debug_file_for(file: &ElfFile, path: &str, root: Option<&Path>) -> Option<Elf
                 .is_some_and(|l| relative.file_name().is_some_and(|n| n == l)),
             (Some(_), None) => false,
         };
-        matches.then_some(debug)
-    })
+        if matches {
+            return Some(debug);
+        }
+    }
+    None
 }
 
 /// The separate debug file of the module at `path` (as the target `pid` sees it), if one is
