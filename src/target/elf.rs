@@ -287,19 +287,7 @@ pub fn read_file_under(root: &Path, relative: &Path) -> Result<ElfFile, ElfError
         )?;
         let relative = relative.strip_prefix("/").unwrap_or(&relative);
         // Links are followed (build-id entries are links), inside the root.
-        let how = OpenHow::new()
-            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
-            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-        let handle = match nix::fcntl::openat2(&root, relative, how) {
-            // Without openat2, no link is followed at all.
-            Err(Errno::ENOSYS) => nix::fcntl::openat(
-                &root,
-                relative,
-                OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            ),
-            other => other,
-        }?;
+        let handle = open_in_root(&root, relative, true)?;
         let stat = nix::sys::stat::fstat(&handle)?;
         if stat.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Err(std::io::Error::other("not a regular file"));
@@ -369,22 +357,36 @@ fn mapped_handle(pid: i32, mapping: &Mapping) -> std::io::Result<OwnedFd> {
         Mode::empty(),
     )?;
     let relative = mapping.path.trim_start_matches('/');
+    match open_in_root(&root, relative, false) {
+        Ok(fd) => is_mapped_file(fd, mapping),
+        // Where map_files said why (permission, say), that is the better reason.
+        Err(_) => Err(first_error),
+    }
+}
+
+/// An O_PATH handle on `relative` resolved inside the directory `root` as if it were `/`, never
+/// through /proc's magic links; a last component that is a link is followed (inside the root)
+/// only if `follow_last`. Without openat2 (before Linux 5.6) no link is followed at all.
+fn open_in_root<P: ?Sized + nix::NixPath>(
+    root: &OwnedFd,
+    relative: &P,
+    follow_last: bool,
+) -> nix::Result<OwnedFd> {
+    let nofollow = match follow_last {
+        true => OFlag::empty(),
+        false => OFlag::O_NOFOLLOW,
+    };
     let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .flags(OFlag::O_PATH | nofollow | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let fd = match nix::fcntl::openat2(&root, relative, how) {
+    match nix::fcntl::openat2(root, relative, how) {
         Err(Errno::ENOSYS) => nix::fcntl::openat(
-            &root,
+            root,
             relative,
             OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::empty(),
         ),
         other => other,
-    };
-    match fd {
-        Ok(fd) => is_mapped_file(fd, mapping),
-        // Where map_files said why (permission, say), that is the better reason.
-        Err(_) => Err(first_error),
     }
 }
 

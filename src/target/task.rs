@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::fds;
 
@@ -246,22 +246,14 @@ impl Tasks {
         self.reads += 1;
         // Kept open with the task's other files where the budget allows: the GIL's sleepers
         // are read again at each sleep.
-        if let Some(files) = self.open.get_mut(&tid) {
-            if files.schedstat.is_none() {
-                if let Some(kept) = fds::keep() {
-                    files.schedstat = File::open(self.dir.join(tid.to_string()).join("schedstat"))
-                        .ok()
-                        .map(|f| (f, kept));
-                }
-            }
-        }
-        let n = match self.open.get(&tid).and_then(|f| f.schedstat.as_ref()) {
-            Some((file, _)) => file.read_at(&mut self.buf, 0).ok()?,
-            None => File::open(self.dir.join(tid.to_string()).join("schedstat"))
-                .ok()?
-                .read_at(&mut self.buf, 0)
-                .ok()?,
-        };
+        let n = read_task_file(
+            &self.dir,
+            &mut self.open,
+            tid,
+            "schedstat",
+            |f| &mut f.schedstat,
+            &mut self.buf,
+        )?;
         let text = self.buf.get(..n)?;
         // An empty or junk file parses as zeros: no reading.
         let (run, queued) = parse_schedstat(text);
@@ -274,25 +266,17 @@ impl Tasks {
     pub fn last_accounted(&mut self, tid: i32) -> Option<SchedClocks> {
         self.reads += 1;
         // Kept open with the task's other files where the budget allows: a GIL waiter's is
-        // read again at each of its runs.
-        if let Some(files) = self.open.get_mut(&tid) {
-            if files.sched.is_none() {
-                if let Some(kept) = fds::keep() {
-                    files.sched = File::open(self.dir.join(tid.to_string()).join("sched"))
-                        .ok()
-                        .map(|f| (f, kept));
-                }
-            }
-        }
-        // The fields wanted are in the first 20 lines; the rest of the file is not needed.
+        // read again at each of its runs. The fields wanted are in the first 20 lines; the
+        // rest of the file is not needed.
         let mut buf = [0u8; 2048];
-        let n = match self.open.get(&tid).and_then(|f| f.sched.as_ref()) {
-            Some((file, _)) => file.read_at(&mut buf, 0).ok()?,
-            None => File::open(self.dir.join(tid.to_string()).join("sched"))
-                .ok()?
-                .read_at(&mut buf, 0)
-                .ok()?,
-        };
+        let n = read_task_file(
+            &self.dir,
+            &mut self.open,
+            tid,
+            "sched",
+            |f| &mut f.sched,
+            &mut buf,
+        )?;
         parse_sched_clocks(buf.get(..n)?)
     }
 
@@ -374,6 +358,32 @@ impl Tasks {
         let raw = std::fs::read(self.dir.join(tid.to_string()).join("stat")).ok()?;
         stat_state(&raw)
     }
+}
+
+/// Read task `tid`'s file `name` from its start into `buf`: through the handle in its `slot`
+/// of the task's kept files (opened there the first time, where the budget allows), else
+/// opened for this read alone. The bytes read, None where it cannot be read.
+fn read_task_file(
+    dir: &Path,
+    open: &mut HashMap<i32, TaskFiles>,
+    tid: i32,
+    name: &str,
+    slot: fn(&mut TaskFiles) -> &mut Option<(File, fds::Kept)>,
+    buf: &mut [u8],
+) -> Option<usize> {
+    let path = dir.join(tid.to_string()).join(name);
+    if let Some(files) = open.get_mut(&tid) {
+        let kept = slot(files);
+        if kept.is_none() {
+            if let Some(budget) = fds::keep() {
+                *kept = File::open(&path).ok().map(|f| (f, budget));
+            }
+        }
+        if let Some((file, _)) = kept.as_ref() {
+            return file.read_at(buf, 0).ok();
+        }
+    }
+    File::open(&path).ok()?.read_at(buf, 0).ok()
 }
 
 /// The numeric names in a getdents64 buffer: records of d_ino (8 bytes), d_off (8), d_reclen
