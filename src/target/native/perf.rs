@@ -158,7 +158,8 @@ impl Ring {
     }
 
     /// The records written since the last call, oldest first, into `out`; returns the head to
-    /// give back to (with [`Ring::consume`]) once they are read, and marks them seen.
+    /// give back to (with [`Ring::consume`]) once they are read. The caller marks them seen
+    /// (`seen = head`) when it is done with the list.
     pub(super) fn pending<'a>(&'a self, out: &mut Vec<Record<'a>>) -> u64 {
         let (head, tail) = self.head_tail();
         let size = self.data_size() as u64;
@@ -572,8 +573,7 @@ pub(super) fn parse_lost<R: RecordBytes + ?Sized>(record: &R) -> Option<(u64, i3
 /// The thread of a PERF_RECORD_SAMPLE of this file's sample type, and the sample, its stack
 /// left where the record is.
 fn parse_sample_header(record: &Record<'_>) -> Option<(i32, RingSample)> {
-    let (tid, time_ns, regs, size, dyn_size) = sample_fields(record)?;
-    let _ = size;
+    let (tid, time_ns, regs, _, dyn_size) = sample_fields(record)?;
     Some((
         tid,
         RingSample {
