@@ -756,6 +756,7 @@ fn attempt(
     let steal = report["sampler"]["host_steal"].as_f64();
     let trace = tracer.stop_all();
     let ticks = read_ticks(&ticks_path);
+    let observed = std::fs::read(&ticks_path).unwrap_or_default();
     let _ = std::fs::remove_file(&ticks_path);
     let ticks = ticks?;
     let events = &trace.events;
@@ -907,9 +908,84 @@ fn attempt(
                 .unwrap_or_else(|| "unknown".into()),
             process.map(|p| p.table()).unwrap_or_default(),
         );
+        let dump = save_for_replay(
+            &format!("{fixture}{}-{}", setup_label(&setup), python.label),
+            &observed,
+            &report,
+            &trace,
+        );
+        let message = match dump {
+            Some(dir) => format!(
+                "{message}(ticks and reference kept for `examples/compare --replay {}`)\n",
+                dir.display()
+            ),
+            None => message,
+        };
         return Ok(common::Attempt::Missed { message, steal });
     }
+    // GILSCOPE_KEEP_TICKS=1 keeps a passing attempt's too, to look into one that passed near
+    // its bound.
+    if std::env::var_os("GILSCOPE_KEEP_TICKS").is_some() {
+        let name = format!("{fixture}{}-{}", setup_label(&setup), python.label);
+        if let Some(dir) = save_for_replay(&name, &observed, &report, &trace) {
+            eprintln!("ticks and reference kept in {}", dir.display());
+        }
+    }
     Ok(common::Attempt::Done(Completion::Completed))
+}
+
+/// Keep a missed attempt's ticks and reference where `examples/compare --replay DIR` reads
+/// them (docs/ACCURACY.md, "Finding a misclassification"): the instant-by-instant comparison
+/// of the very window that missed. The scheduler was not traced, so its events are empty.
+fn save_for_replay(
+    name: &str,
+    observations: &[u8],
+    report: &serde_json::Value,
+    trace: &reference::Trace,
+) -> Option<PathBuf> {
+    let name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("replay-{name}"));
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("observations.jsonl"), observations)?;
+        let names: serde_json::Map<String, serde_json::Value> = report["threads"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| Some((t["native_id"].as_i64()?.to_string(), t["name"].clone())))
+            .collect();
+        let about = serde_json::json!({
+            "start_ns": report["window"]["start_monotonic_ns"],
+            "end_ns": report["window"]["end_monotonic_ns"],
+            "measures_wait": true,
+            "names": names,
+            "lost": trace.lost,
+        });
+        std::fs::write(dir.join("run.json"), about.to_string())?;
+        let mut events =
+            std::io::BufWriter::new(std::fs::File::create(dir.join("gil_events.tsv"))?);
+        for e in &trace.events {
+            writeln!(events, "{}\t{}\t{:?}", e.time_ns, e.tid, e.probe)?;
+        }
+        events.flush()?;
+        std::fs::write(dir.join("sched_events.tsv"), "")?;
+        let births: String = trace
+            .births
+            .iter()
+            .map(|(tid, at)| format!("{tid}\t{at}\n"))
+            .collect();
+        std::fs::write(dir.join("births.tsv"), births)
+    };
+    write().ok().map(|()| dir)
 }
 
 /// The 1-minute load average now (for the record: these machines are shared).

@@ -92,6 +92,12 @@ pub struct Handoffs {
     asleep: HashMap<i32, Asleep>,
     /// Threads located in a release, with their clock then: still there while it stands.
     located: HashMap<i32, u64>,
+    /// The last tick's main GIL: who held it (None: nobody, or not known) and its switch
+    /// count. Who can have released it since follows from them ([`may_have_handed_on`]).
+    last_gil: Option<(Option<i32>, u64)>,
+    /// The threads asleep in the GIL at the last tick, sorted (whether or not their totals
+    /// were read).
+    last_sleepers: Vec<i32>,
     /// The kernel has no /proc/TID/sched (or none this code can read): nothing to date a
     /// switch-out with. Decided after [`MAX_FAILED_READS`] reads in a row gave nothing, not
     /// at the first: a thread that exits between the listing and its read gives nothing too.
@@ -116,17 +122,89 @@ fn may_be_releasing(t: &ThreadObservation) -> bool {
         && t.switched_out.is_none()
 }
 
+/// A waiter that ran this long (ns) after it was woken took the GIL: taking it costs 7-45 µs
+/// (docs/ACCURACY.md), and a waiter that fails goes back to sleep on the GIL's condition.
+pub const TOOK_THE_GIL_NS: u64 = 50_000;
+
+/// The GIL since the last tick, as far as it bears on who can have released it.
+struct SinceLastTick<'a> {
+    /// Who held the main GIL at the last tick (None: nobody, or not known), and its switch
+    /// count then and now.
+    held_by: Option<i32>,
+    before: u64,
+    switches: u64,
+    /// Who holds it now.
+    holder_now: Option<i32>,
+    /// Threads asleep in the GIL at the last tick and asleep elsewhere now: they took it
+    /// in between (nothing leaves `take_gil` without the GIL).
+    slept_elsewhere: &'a [i32],
+}
+
+/// Can `t` have handed the main GIL to `waiter` (its tid and the CPU it has used since it
+/// began its run) since the last tick, as the GIL's switch count tells it? The count grows
+/// by one each time a thread other than the GIL's last holder takes it, so each thread other
+/// than the last tick's holder that took the GIL since moved it at least once, and that
+/// holder, if it holds the GIL again now after others did, once more. The threads that
+/// surely took it: `t` (if it handed it on), the waiter where it holds it now or ran long
+/// after its wake-up, the holder now, and the GIL's sleepers since gone to sleep elsewhere.
+/// A waiter woken by another thread's release onto the CPU where `t` ran native code
+/// preempts `t` all the same, and the count shows it: it moved too little for `t` to have
+/// held the GIL. A thread under another interpreter's GIL is not judged.
+fn may_have_handed_on(since: &SinceLastTick, t: &ThreadObservation, waiter: (i32, u64)) -> bool {
+    let Some(moved) = since.switches.checked_sub(since.before) else {
+        return true;
+    };
+    if !main_gil(t) {
+        return true;
+    }
+    let (waiter, waiter_ran) = waiter;
+    let mut took: Vec<i32> = since.slept_elsewhere.to_vec();
+    took.push(t.tid);
+    if since.holder_now == Some(waiter) || waiter_ran >= TOOK_THE_GIL_NS {
+        took.push(waiter);
+    }
+    took.extend(since.holder_now);
+    took.sort_unstable();
+    took.dedup();
+    let least = match since.held_by {
+        Some(held_by) => {
+            let others = took.iter().filter(|&&tid| tid != held_by).count();
+            others + usize::from(others > 0 && since.holder_now == Some(held_by))
+        }
+        // Its last holder, unknown, may be among them: its first take did not count.
+        None => took.len().saturating_sub(1),
+    };
+    moved >= least as u64
+}
+
+/// Does the thread run under the main interpreter's GIL (the one whose switch count the tick
+/// reads)?
+fn main_gil(t: &ThreadObservation) -> bool {
+    t.gil.is_none_or(|(index, _)| index == 0)
+}
+
 impl Handoffs {
     pub fn new() -> Handoffs {
         Handoffs::default()
     }
 
-    /// Locate, among `threads` (one tick), those preempted in a release by the waiter it
-    /// woke, and note the GIL's sleepers for the next tick.
-    pub fn locate(&mut self, threads: &mut [ThreadObservation], reader: &mut dyn SchedReader) {
+    /// Locate, among `threads` (one tick, whose main GIL's switch count is `switches`),
+    /// those preempted in a release by the waiter it woke, and note the GIL's sleepers for
+    /// the next tick.
+    pub fn locate(
+        &mut self,
+        threads: &mut [ThreadObservation],
+        switches: u64,
+        reader: &mut dyn SchedReader,
+    ) {
         if self.unavailable {
             return;
         }
+        let holder_now = threads
+            .iter()
+            .find(|t| t.holder && main_gil(t))
+            .map(|t| t.tid);
+        let last_gil = self.last_gil.replace((holder_now, switches));
         // Still where a tick located them: their clock has not moved since.
         for t in threads.iter_mut() {
             if let Some(&cpu_ns) = self.located.get(&t.tid) {
@@ -172,11 +250,28 @@ impl Handoffs {
             let ran = run_ns.checked_sub(before.run_ns);
             if let (Some(queued), Some(ran)) = (queued, ran) {
                 if queued <= SERVED_AT_ONCE_NS && ran > 0 {
-                    starts.extend(accounted_ns.checked_sub(ran).map(|at| (t.tid, at)));
+                    starts.extend(accounted_ns.checked_sub(ran).map(|at| (t.tid, at, ran)));
                 }
             }
         }
         if !starts.is_empty() {
+            let slept_elsewhere: Vec<i32> = threads
+                .iter()
+                .filter(|t| {
+                    !t.runnable
+                        && !t.gil_futex
+                        && !t.stopped
+                        && self.last_sleepers.binary_search(&t.tid).is_ok()
+                })
+                .map(|t| t.tid)
+                .collect();
+            let since = last_gil.map(|(held_by, before)| SinceLastTick {
+                held_by,
+                before,
+                switches,
+                holder_now,
+                slept_elsewhere: &slept_elsewhere,
+            });
             let mut read = 0;
             for t in threads.iter_mut() {
                 if read >= MAX_CANDIDATES {
@@ -200,11 +295,15 @@ impl Handoffs {
                     continue;
                 }
                 // Another thread's start: a thread's own run began before it left its CPU.
-                let coincides = starts.iter().any(|&(tid, start)| {
+                // ...which the switch count allows to be one it handed the GIL to.
+                let coincides = starts.iter().any(|&(tid, start, ran)| {
                     tid != t.tid
                         && left_ns
                             .checked_sub(start)
                             .is_some_and(|d| d <= COINCIDENCE_NS)
+                        && since
+                            .as_ref()
+                            .is_none_or(|since| may_have_handed_on(since, t, (tid, ran)))
                 });
                 if !coincides {
                     continue;
@@ -250,6 +349,10 @@ impl Handoffs {
             }
         }
         self.asleep = asleep;
+        self.last_sleepers.clear();
+        self.last_sleepers
+            .extend(threads.iter().filter(|t| t.gil_futex).map(|t| t.tid));
+        self.last_sleepers.sort_unstable();
     }
 
     /// /proc/TID/sched's clocks, counting reads that give nothing.
@@ -352,7 +455,7 @@ mod tests {
         let mut handoffs = Handoffs::new();
         kernel.totals.insert(W, (5_000_000, 1_000_000));
         let mut tick = vec![thread(W, 'w', 7_000), thread(T, 'h', 50_000)];
-        handoffs.locate(&mut tick, &mut kernel);
+        handoffs.locate(&mut tick, 10, &mut kernel);
         assert!(tick.iter().all(|t| t.switched_out.is_none()));
         // W began at 100 ms + w_began_us and has run 300 µs since, accounted just now.
         let began = 100_000_000 + w_began_us * 1000;
@@ -376,11 +479,11 @@ mod tests {
         );
         kernel.exact.insert(T, 60_000);
         let mut tick = vec![thread(W, 'h', 307_000), thread(T, 'r', 60_000)];
-        handoffs.locate(&mut tick, &mut kernel);
+        handoffs.locate(&mut tick, 11, &mut kernel);
         let second = tick[1].switched_out;
         assert_eq!(tick[0].switched_out, None, "the holder is never located");
         let mut tick = vec![thread(W, 'h', 900_000), thread(T, 'r', 60_000)];
-        handoffs.locate(&mut tick, &mut kernel);
+        handoffs.locate(&mut tick, 11, &mut kernel);
         (second, tick[1].switched_out)
     }
 
@@ -397,8 +500,101 @@ mod tests {
         let mut handoffs = Handoffs::new();
         handoffs.located.insert(T, 60_000);
         let mut tick = vec![thread(T, 'r', 61_000)];
-        handoffs.locate(&mut tick, &mut kernel);
+        handoffs.locate(&mut tick, 10, &mut kernel);
         assert_eq!(tick[0].switched_out, None);
+    }
+
+    /// Tick 1: W asleep in the GIL, H holding it, T runnable (in native code, or holding if
+    /// `t_held`). Tick 2, the switch count `moved` further: `now` holds the GIL (W, H or
+    /// nobody: '-'); W has run 300 µs since it began its run, served at once, the instant T
+    /// left its CPU. Is T located?
+    fn preempted_at_a_wake_up(t_held: bool, moved: u64, now: char) -> Option<SwitchedOut> {
+        preempted_beside_a_sleeper(t_held, moved, now, false)
+    }
+
+    /// [`preempted_at_a_wake_up`], with a thread M asleep in the GIL at tick 1 too, and
+    /// asleep elsewhere at tick 2 if `m_took` (it took the GIL in between), still in the GIL
+    /// otherwise.
+    fn preempted_beside_a_sleeper(
+        t_held: bool,
+        moved: u64,
+        now: char,
+        m_took: bool,
+    ) -> Option<SwitchedOut> {
+        const H: i32 = 30;
+        const M: i32 = 40;
+        let mut kernel = Kernel::default();
+        let mut handoffs = Handoffs::new();
+        kernel.totals.insert(W, (5_000_000, 1_000_000));
+        let (t_kind, h_kind) = if t_held { ('h', 'r') } else { ('r', 'h') };
+        let mut tick = vec![
+            thread(W, 'w', 7_000),
+            thread(T, t_kind, 50_000),
+            thread(H, h_kind, 80_000),
+            thread(M, 'w', 3_000),
+        ];
+        handoffs.locate(&mut tick, 10, &mut kernel);
+        let began = 100_000_000;
+        kernel.totals.insert(W, (5_300_000, 1_003_000));
+        kernel.clocks.insert(
+            W,
+            SchedClocks {
+                accounted_ns: began + 300_000,
+                run_ns: 5_300_000,
+                load_updated_ns: began + 300_000,
+            },
+        );
+        kernel.clocks.insert(
+            T,
+            SchedClocks {
+                accounted_ns: began + 4_000,
+                run_ns: 9_000_000,
+                load_updated_ns: began + 3_300,
+            },
+        );
+        kernel.exact.insert(T, 60_000);
+        let kind = |who: char| if who == now { 'h' } else { 'r' };
+        let mut tick = vec![
+            thread(W, kind('W'), 307_000),
+            thread(T, 'r', 60_000),
+            thread(H, kind('H'), 90_000),
+            if m_took {
+                ThreadObservation {
+                    runnable: false,
+                    gil_futex: false,
+                    ..thread(M, 'r', 40_000)
+                }
+            } else {
+                thread(M, 'w', 3_000)
+            },
+        ];
+        handoffs.locate(&mut tick, 10 + moved, &mut kernel);
+        tick[1].switched_out
+    }
+
+    #[test]
+    fn a_thread_preempted_by_a_waiter_another_thread_woke_is_not_located() {
+        // H released to W (the count moved once: W's take), and W, woken onto T's CPU,
+        // preempted T in its native call: T never held the GIL since the last tick.
+        assert_eq!(preempted_at_a_wake_up(false, 1, 'W'), None);
+        assert_eq!(preempted_at_a_wake_up(false, 1, '-'), None);
+        // H, W, H: twice, where T handing on to W needs H, T, W, H.
+        assert_eq!(preempted_at_a_wake_up(false, 2, 'H'), None);
+        // Nobody but H took the GIL.
+        assert_eq!(preempted_at_a_wake_up(false, 0, '-'), None);
+        // Counts that allow T to have handed the GIL to W: T held it at the last tick, or
+        // took it since (H, T, W: twice; H, T, W, H: three times).
+        let located = Some(SwitchedOut::HandedOff);
+        assert_eq!(preempted_at_a_wake_up(true, 1, 'W'), located);
+        assert_eq!(preempted_at_a_wake_up(true, 2, 'H'), located);
+        assert_eq!(preempted_at_a_wake_up(false, 2, 'W'), located);
+        assert_eq!(preempted_at_a_wake_up(false, 2, '-'), located);
+        assert_eq!(preempted_at_a_wake_up(false, 3, 'H'), located);
+        // H, T, W, H: three times, but M left the GIL to sleep elsewhere, so it took the
+        // GIL too: H, T, W, M, H is four.
+        assert_eq!(preempted_beside_a_sleeper(false, 3, 'H', true), None);
+        assert_eq!(preempted_beside_a_sleeper(false, 4, 'H', true), located);
+        assert_eq!(preempted_beside_a_sleeper(false, 3, 'H', false), located);
     }
 
     #[test]
@@ -428,7 +624,7 @@ mod tests {
         let mut handoffs = Handoffs::new();
         kernel.totals.insert(W, (5_000_000, 1_000_000));
         let mut tick = vec![thread(W, 'w', 7_000), thread(T, 'r', 50_000)];
-        handoffs.locate(&mut tick, &mut kernel);
+        handoffs.locate(&mut tick, 10, &mut kernel);
         kernel.totals.insert(W, (5_300_000, 1_001_000));
         kernel.clocks.insert(
             W,
@@ -449,7 +645,7 @@ mod tests {
         );
         kernel.exact.insert(T, 60_500);
         let mut tick = vec![thread(W, 'h', 307_000), thread(T, 'r', 60_000)];
-        handoffs.locate(&mut tick, &mut kernel);
+        handoffs.locate(&mut tick, 10, &mut kernel);
         assert_eq!(tick[1].switched_out, None);
     }
 
@@ -472,7 +668,7 @@ mod tests {
                 thread(W, kind[0], 7_000 + i * 300_000),
                 thread(T, kind[1], 50_000 + i * 10_000),
             ];
-            handoffs.locate(&mut tick, &mut kernel);
+            handoffs.locate(&mut tick, 10, &mut kernel);
             located += tick.iter().filter(|t| t.switched_out.is_some()).count();
             reads.push(handoffs.counts.reads);
         }

@@ -969,7 +969,8 @@ impl<M: Memory> Observer<M> {
                 clocks: &mut self.clocks,
             };
             let before = self.handoffs.counts;
-            self.handoffs.locate(&mut threads, &mut reader);
+            self.handoffs
+                .locate(&mut threads, gil.switch_number, &mut reader);
             self.stats.handoff_reads += self.handoffs.counts.reads - before.reads;
             self.stats.handoffs_located += self.handoffs.counts.located - before.located;
             self.stats.proc_ns += lap.split();
