@@ -141,15 +141,15 @@ struct SinceLastTick<'a> {
 }
 
 /// Can `t` have handed the main GIL to `waiter` (its tid and the CPU it has used since it
-/// began its run) since the last tick, as the GIL's switch count tells it? The count grows
-/// by one each time a thread other than the GIL's last holder takes it, so each thread other
-/// than the last tick's holder that took the GIL since moved it at least once, and that
-/// holder, if it holds the GIL again now after others did, once more. The threads that
-/// surely took it: `t` (if it handed it on), the waiter where it holds it now or ran long
-/// after its wake-up, the holder now, and the GIL's sleepers since gone to sleep elsewhere.
-/// A waiter woken by another thread's release onto the CPU where `t` ran native code
-/// preempts `t` all the same, and the count shows it: it moved too little for `t` to have
-/// held the GIL. A thread under another interpreter's GIL is not judged.
+/// began its run, up to this tick) since the last tick, as the GIL's switch count tells it?
+/// The count grows by one each time a thread other than the GIL's last holder takes it, so
+/// each thread other than the last tick's holder that took the GIL since moved it at least
+/// once, and that holder, if it holds the GIL again now after others did, once more. The
+/// threads that surely took it: `t` (if it handed it on), the waiter where it holds it now
+/// or ran long after its wake-up, the holder now, and the GIL's sleepers since gone to sleep
+/// elsewhere. A waiter woken by another thread's release onto the CPU where `t` ran native
+/// code preempts `t` all the same, and the count shows it: it moved too little for `t` to
+/// have held the GIL. A thread under another interpreter's GIL is not judged.
 fn may_have_handed_on(since: &SinceLastTick, t: &ThreadObservation, waiter: (i32, u64)) -> bool {
     let Some(moved) = since.switches.checked_sub(since.before) else {
         return true;
@@ -250,7 +250,14 @@ impl Handoffs {
             let ran = run_ns.checked_sub(before.run_ns);
             if let (Some(queued), Some(ran)) = (queued, ran) {
                 if queued <= SERVED_AT_ONCE_NS && ran > 0 {
-                    starts.extend(accounted_ns.checked_sub(ran).map(|at| (t.tid, at, ran)));
+                    // What it has run by now: /proc/TID/sched's total stops at its last
+                    // accounting, microseconds into its run for a thread still on a CPU;
+                    // its exact clock does not.
+                    let by_now = match t.cpu_exact {
+                        true => ran.max(t.cpu_ns.saturating_sub(before.cpu_ns)),
+                        false => ran,
+                    };
+                    starts.extend(accounted_ns.checked_sub(ran).map(|at| (t.tid, at, by_now)));
                 }
             }
         }
