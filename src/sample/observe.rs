@@ -259,9 +259,8 @@ pub struct Observer<M: Memory> {
     /// Sleeping threads whose first walk was put off: their thread state and CPU time at the
     /// first deferred tick, and whether a later deferred tick saw them elsewhere (ran).
     deferred: HashMap<i32, Deferred>,
-    /// Each sleeping thread's last real /proc reading: the exact CPU time at it, when it was
-    /// taken, and the reading.
-    last_sleeps: HashMap<i32, (u64, u64, TaskReading)>,
+    /// Each sleeping thread's last real /proc reading.
+    last_sleeps: HashMap<i32, Sleeper>,
     /// The process's threads at the last tick, sorted.
     live: Vec<i32>,
     /// Threads that held a GIL on a CPU at the last tick, and those doing so at this one.
@@ -283,7 +282,10 @@ impl<M: Memory> Observer<M> {
             interpreter,
             tasks: Tasks::new(pid),
             ids,
-            clocks: CpuClocks::new(),
+            clocks: match super::privileges::can_lock_memory() {
+                true => CpuClocks::with_pages(),
+                false => CpuClocks::new(),
+            },
             stacks: None,
             native: None,
             switch_outs: None,
@@ -778,19 +780,49 @@ impl<M: Memory> Observer<M> {
             // the look-ahead of [`crate::sample::classify`], which needs it exact). One that
             // no longer holds is read below, once the tick shows it.
             let skip_clock = self.held_running.contains(&tid);
+            // Read before its clock (see `CpuClocks::schedules`).
+            let schedules = match skip_clock {
+                true => None,
+                false => self.clocks.schedules(tid),
+            };
             let exact_cpu = if skip_clock {
                 self.stats.clock_reads_skipped += 1;
                 None
+            } else if let Some(cpu) =
+                unscheduled_sleeper(&self.last_sleeps, tid, schedules, start_ns)
+            {
+                // A sleeper not put on a CPU since its reading: its clock stands.
+                self.stats.clock_reads_unscheduled += 1;
+                Some(cpu)
             } else {
-                self.clocks.read(tid)
+                let cpu = self.clocks.read(tid);
+                // Read anyway (its reading was old): the page must have told the truth.
+                if let (Some(cpu), Some(was)) = (cpu, self.last_sleeps.get(&tid)) {
+                    if schedules.is_some() && was.schedules == schedules {
+                        self.clocks.check_schedules(was.cpu_ns, cpu);
+                    }
+                }
+                cpu
             };
             let task = match sleeper_reading(&self.last_sleeps, tid, exact_cpu, start_ns) {
                 Some(task) => {
                     self.stats.proc_reads_reused += 1;
+                    // Its clock, read after this count, had not moved: the count stands for
+                    // that clock too (a thread first read before its counter was open had
+                    // none).
+                    if let (Some(count), Some(was)) = (schedules, self.last_sleeps.get_mut(&tid)) {
+                        was.schedules = Some(count);
+                    }
                     Ok(task)
                 }
                 None => self.tasks.read(tid, exact_cpu.is_none()).inspect(|&task| {
-                    remember_sleeper(&mut self.last_sleeps, tid, exact_cpu, start_ns, task);
+                    remember_sleeper(
+                        &mut self.last_sleeps,
+                        tid,
+                        (exact_cpu, schedules),
+                        start_ns,
+                        task,
+                    );
                 }),
             };
             let task = match task {
@@ -1082,26 +1114,53 @@ fn interpreter_id(interpreter: &Interpreter, interp: u64) -> Option<i64> {
         .and_then(|&(_, id)| id)
 }
 
+/// A sleeping thread's last real /proc reading, with its exact CPU clock then, when it was
+/// taken, and its counter page's schedule count read before that clock (if mapped).
+#[derive(Debug, Clone, Copy)]
+struct Sleeper {
+    cpu_ns: u64,
+    read_ns: u64,
+    reading: TaskReading,
+    schedules: Option<u32>,
+}
+
 /// The last reading of a thread that was asleep then and, by its exact CPU clock, has not
 /// run since: it cannot have left the system call it slept in (a thread woken but not yet
 /// on a CPU is still where it slept as far as its state goes). Saves most of a tick's
 /// /proc reads on targets whose threads mostly sleep.
 fn sleeper_reading(
-    last_sleeps: &HashMap<i32, (u64, u64, TaskReading)>,
+    last_sleeps: &HashMap<i32, Sleeper>,
     tid: i32,
     exact_cpu: Option<u64>,
     now_ns: u64,
 ) -> Option<TaskReading> {
     let cpu = exact_cpu?;
-    let &(was_cpu, read_ns, reading) = last_sleeps.get(&tid)?;
-    (was_cpu == cpu && now_ns.saturating_sub(read_ns) <= REUSE_SLEEPER_NS).then_some(reading)
+    let was = last_sleeps.get(&tid)?;
+    (was.cpu_ns == cpu && now_ns.saturating_sub(was.read_ns) <= REUSE_SLEEPER_NS)
+        .then_some(was.reading)
 }
 
-/// Keep a real reading of a sleeping thread for [`sleeper_reading`].
-fn remember_sleeper(
-    last_sleeps: &mut HashMap<i32, (u64, u64, TaskReading)>,
+/// The clock of a sleeper whose counter page counts no schedule since its last reading: it
+/// has not been on a CPU since, so its clock is the one read then, and [`sleeper_reading`]
+/// will reuse that reading, without the system call that reads the counter.
+fn unscheduled_sleeper(
+    last_sleeps: &HashMap<i32, Sleeper>,
     tid: i32,
-    exact_cpu: Option<u64>,
+    schedules: Option<u32>,
+    now_ns: u64,
+) -> Option<u64> {
+    let schedules = schedules?;
+    let was = last_sleeps.get(&tid)?;
+    (was.schedules == Some(schedules) && now_ns.saturating_sub(was.read_ns) <= REUSE_SLEEPER_NS)
+        .then_some(was.cpu_ns)
+}
+
+/// Keep a real reading of a sleeping thread for [`sleeper_reading`], with its exact clock and
+/// its schedule count before it.
+fn remember_sleeper(
+    last_sleeps: &mut HashMap<i32, Sleeper>,
+    tid: i32,
+    (exact_cpu, schedules): (Option<u64>, Option<u32>),
     now_ns: u64,
     task: TaskReading,
 ) {
@@ -1110,8 +1169,16 @@ fn remember_sleeper(
         Activity::Syscall { .. } | Activity::Blocked { .. }
     );
     match exact_cpu {
-        Some(cpu) if asleep => {
-            last_sleeps.insert(tid, (cpu, now_ns, task));
+        Some(cpu_ns) if asleep => {
+            last_sleeps.insert(
+                tid,
+                Sleeper {
+                    cpu_ns,
+                    read_ns: now_ns,
+                    reading: task,
+                    schedules,
+                },
+            );
         }
         _ => {
             last_sleeps.remove(&tid);
@@ -1167,7 +1234,7 @@ mod tests {
             sp: 1,
             pc: 2,
         });
-        remember_sleeper(&mut last, 7, Some(500), 1_000, futex);
+        remember_sleeper(&mut last, 7, (Some(500), None), 1_000, futex);
         assert_eq!(sleeper_reading(&last, 7, Some(500), 2_000), Some(futex));
         // It ran (however briefly): it may be anywhere now.
         assert_eq!(sleeper_reading(&last, 7, Some(501), 2_000), None);
@@ -1178,12 +1245,43 @@ mod tests {
         let late = 1_000 + REUSE_SLEEPER_NS + 1;
         assert_eq!(sleeper_reading(&last, 7, Some(500), late), None);
         // A runnable thread is never reused, and forgets what it was.
-        remember_sleeper(&mut last, 7, Some(900), 3_000, reading(Activity::Running));
+        remember_sleeper(
+            &mut last,
+            7,
+            (Some(900), None),
+            3_000,
+            reading(Activity::Running),
+        );
         assert_eq!(sleeper_reading(&last, 7, Some(900), 3_000), None);
         let fault = reading(Activity::Blocked { sp: 1, pc: 2 });
-        remember_sleeper(&mut last, 7, Some(900), 3_000, fault);
+        remember_sleeper(&mut last, 7, (Some(900), None), 3_000, fault);
         assert_eq!(sleeper_reading(&last, 7, Some(900), 4_000), Some(fault));
-        remember_sleeper(&mut last, 7, None, 5_000, fault);
+        remember_sleeper(&mut last, 7, (None, Some(3)), 5_000, fault);
         assert!(last.is_empty());
+    }
+
+    #[test]
+    fn a_sleeper_not_put_on_a_cpu_since_keeps_its_clock_unread() {
+        let mut last = HashMap::new();
+        let futex = reading(Activity::Syscall {
+            nr: 202,
+            args: [0x1000, 0x189, 0],
+            sp: 1,
+            pc: 2,
+        });
+        remember_sleeper(&mut last, 7, (Some(500), Some(40)), 1_000, futex);
+        // The same count of schedules: the clock read then, and so the reading.
+        assert_eq!(unscheduled_sleeper(&last, 7, Some(40), 2_000), Some(500));
+        assert_eq!(sleeper_reading(&last, 7, Some(500), 2_000), Some(futex));
+        // Put on a CPU since (the kernel wrote its page): its clock is read.
+        assert_eq!(unscheduled_sleeper(&last, 7, Some(42), 2_000), None);
+        // No page, another thread, a reading too old: read.
+        assert_eq!(unscheduled_sleeper(&last, 7, None, 2_000), None);
+        assert_eq!(unscheduled_sleeper(&last, 8, Some(40), 2_000), None);
+        let late = 1_000 + REUSE_SLEEPER_NS + 1;
+        assert_eq!(unscheduled_sleeper(&last, 7, Some(40), late), None);
+        // A reading without a page never matches one.
+        remember_sleeper(&mut last, 7, (Some(500), None), 3_000, futex);
+        assert_eq!(unscheduled_sleeper(&last, 7, Some(40), 3_000), None);
     }
 }

@@ -95,6 +95,15 @@ pub fn without_perf(errno: i32) -> Degradation {
     }
 }
 
+/// May this process lock memory beyond its limits (CAP_IPC_LOCK, as root has)? perf counts
+/// the pages of every perf mapping against the user's locked-memory allowance; without this
+/// capability the pages of `--native`'s rings come out of the same allowance, and nothing
+/// else may take from it.
+pub fn can_lock_memory() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    effective_capabilities().is_some_and(|caps| has(caps, CAP_IPC_LOCK))
+}
+
 fn has(caps: u64, cap: u32) -> bool {
     caps & (1u64 << cap) != 0
 }

@@ -53,6 +53,9 @@ pub struct TickStats {
     /// CPU clock reads left out: holders still holding on a CPU, whose counter read would
     /// interrupt the target's CPU and whose clock nothing needs.
     pub clock_reads_skipped: u64,
+    /// CPU clock reads of sleepers left out: their counter's page counted no schedule since
+    /// their last reading.
+    pub clock_reads_unscheduled: u64,
     /// /proc readings of sleeping threads reused because their exact CPU clock had not moved.
     pub proc_reads_reused: u64,
     /// Ticks whose thread listing was the last one, nothing suggesting a change.
@@ -141,6 +144,7 @@ impl TickStats {
         self.proc_reads += other.proc_reads;
         self.clock_reads += other.clock_reads;
         self.clock_reads_skipped += other.clock_reads_skipped;
+        self.clock_reads_unscheduled += other.clock_reads_unscheduled;
         self.proc_reads_reused += other.proc_reads_reused;
         self.listings_reused += other.listings_reused;
         self.handoff_reads += other.handoff_reads;
@@ -191,11 +195,12 @@ impl TickStats {
             Some((self.proc_reads, "reads")),
         );
         text += &format!(
-            "  {:<14}{:>38}  {:>8.1} perf reads/tick, {:.1} left out\n",
+            "  {:<14}{:>38}  {:>8.1} perf reads/tick, {:.1} left out, {:.1} unscheduled\n",
             "(cpu clocks)",
             "(in /proc reads)",
             self.clock_reads as f64 / ticks,
-            self.clock_reads_skipped as f64 / ticks
+            self.clock_reads_skipped as f64 / ticks,
+            self.clock_reads_unscheduled as f64 / ticks
         );
         text += &format!(
             "  {:<14}{:>38}  {:>8.1} reused/tick\n",
@@ -275,6 +280,7 @@ mod tests {
             proc_reads: 80,
             clock_reads: 40,
             clock_reads_skipped: 4,
+            clock_reads_unscheduled: 8,
             proc_reads_reused: 12,
             listings_reused: 2,
             handoff_reads: 6,
@@ -299,7 +305,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("10.0 perf reads/tick, 1.0 left out"),
+            text.contains("10.0 perf reads/tick, 1.0 left out, 2.0 unscheduled"),
             "{text}"
         );
         assert!(text.contains("other               10.0 us/tick"), "{text}");

@@ -1,6 +1,13 @@
 //! Exact per-thread CPU clocks of the target, from perf `task-clock` software counters.
 //! schedstat's `sum_exec_runtime` only advances at scheduler ticks (every 4 ms at HZ=250) for
 //! a thread that keeps its CPU; a counter read brings it up to date. Nothing is stopped.
+//!
+//! Each counter's first page (`perf_event_mmap_page`) is mapped too, read-only: the kernel
+//! brings it up to date, under its sequence count, each time the thread is put on a CPU (a
+//! task clock's `add`). A thread whose count has not moved since it was read off its CPU has
+//! not run since, and its clock is what was read then: on targets whose threads mostly sleep
+//! (a pool of idle workers), that saves a system call per thread and tick
+//! ([`CpuClocks::schedules`]).
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -11,15 +18,86 @@ use std::os::fd::{AsRawFd, OwnedFd};
 /// need CAP_PERFMON.
 const EXCLUDE_KERNEL_AND_HV: u64 = (1 << 5) | (1 << 6);
 
+/// How far (ns) a clock may move under an unchanged schedule count: the time a thread read on
+/// its CPU ran on before it went to sleep (the page is written when a thread is put on a CPU,
+/// not when it leaves it), microseconds between the two reads of a tick.
+const UNSCHEDULED_SLACK_NS: u64 = 1_000_000;
+
+/// Where `lock`, the sequence count, sits in `perf_event_mmap_page` (after `version` and
+/// `compat_version`).
+const USER_PAGE_LOCK: usize = 8;
+
+/// A counter's first page, mapped read-only and shared with the kernel.
+struct UserPage {
+    at: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping belongs to this value alone (unmapped when it drops) and is only read,
+// with volatile loads, from whichever thread owns the value.
+unsafe impl Send for UserPage {}
+
+impl UserPage {
+    fn map(fd: &OwnedFd) -> Option<UserPage> {
+        // SAFETY: sysconf has no preconditions.
+        let len = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+        // SAFETY: a new shared read-only mapping of one page of a perf fd we own; the kernel
+        // picks the address. Refused (locked-memory limits, old kernels), the thread's clock
+        // is read as before.
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if at == libc::MAP_FAILED {
+            return None;
+        }
+        std::ptr::NonNull::new(at.cast()).map(|at| UserPage { at, len })
+    }
+
+    /// The page's sequence count: it moves each time the kernel writes the page.
+    fn sequence(&self) -> u32 {
+        // SAFETY: the page is mapped (len >= 4 KiB) and readable for as long as self lives;
+        // the kernel writes it concurrently, hence the volatile, aligned 4-byte load.
+        let value =
+            unsafe { std::ptr::read_volatile(self.at.as_ptr().add(USER_PAGE_LOCK).cast::<u32>()) };
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+        value
+    }
+}
+
+impl Drop for UserPage {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping this value made, once.
+        unsafe { libc::munmap(self.at.as_ptr().cast(), self.len) };
+    }
+}
+
+struct Counter {
+    fd: OwnedFd,
+    _kept: super::fds::Kept,
+    page: Option<UserPage>,
+}
+
 /// Open task-clock counters, one per thread.
 pub struct CpuClocks {
-    counters: HashMap<i32, (OwnedFd, super::fds::Kept)>,
+    counters: HashMap<i32, Counter>,
+    /// The kernel was seen not to write a counter's page when its thread was put on a CPU
+    /// (a count that moved under an unchanged sequence): pages are not read any more.
+    pub pages_untrusted: bool,
     /// Out of file descriptors: open no more counters until one is closed.
     full: bool,
     /// perf_event_open was refused (seccomp in containers, perf_event_paranoid): do not retry.
     pub unavailable: Option<i32>,
     /// Counter reads so far (for `--stats`).
     pub reads: u64,
+    /// Map each counter's page (see [`CpuClocks::with_pages`]).
+    map_pages: bool,
 }
 
 impl Default for CpuClocks {
@@ -32,9 +110,21 @@ impl CpuClocks {
     pub fn new() -> CpuClocks {
         CpuClocks {
             counters: HashMap::new(),
+            pages_untrusted: false,
             full: false,
             unavailable: None,
             reads: 0,
+            map_pages: false,
+        }
+    }
+
+    /// Counters whose first page is mapped too, for [`CpuClocks::schedules`]. Each page
+    /// counts against the locked-memory allowance perf grants a user, which `--native`'s
+    /// rings need: ask for this only where that allowance does not bind (CAP_IPC_LOCK).
+    pub fn with_pages() -> CpuClocks {
+        CpuClocks {
+            map_pages: true,
+            ..CpuClocks::new()
         }
     }
 
@@ -51,7 +141,12 @@ impl CpuClocks {
             let kept = super::fds::keep()?;
             match open_task_clock(tid) {
                 Ok(fd) => {
-                    slot.insert((fd, kept));
+                    let page = self.map_pages.then(|| UserPage::map(&fd)).flatten();
+                    slot.insert(Counter {
+                        fd,
+                        _kept: kept,
+                        page,
+                    });
                 }
                 Err(errno) => {
                     if matches!(
@@ -67,7 +162,7 @@ impl CpuClocks {
                 }
             }
         }
-        let (fd, _) = self.counters.get(&tid)?;
+        let fd = &self.counters.get(&tid)?.fd;
         self.reads += 1;
         let mut value = 0u64;
         // SAFETY: reading 8 bytes into a u64 from a perf counter fd we own.
@@ -83,6 +178,29 @@ impl CpuClocks {
             return None;
         }
         Some(value)
+    }
+
+    /// How many times thread `tid` has been put on a CPU, as its counter's page counts (in
+    /// steps the caller must only compare for equality), if its counter is open and mapped.
+    /// Read before its clock: a thread off its CPU when its clock was read whose count is
+    /// the same later has not run in between, and its clock has not moved.
+    pub fn schedules(&self, tid: i32) -> Option<u32> {
+        if self.pages_untrusted {
+            return None;
+        }
+        self.counters
+            .get(&tid)?
+            .page
+            .as_ref()
+            .map(UserPage::sequence)
+    }
+
+    /// A clock read (`cpu_ns`) under the same [`CpuClocks::schedules`] count as an earlier
+    /// read that gave `was_ns`: if it moved, this kernel does not count schedules on the
+    /// page, and pages are not read again. (It may move by the few µs a thread ran between
+    /// that read and going to sleep: it left its CPU without the page being written.)
+    pub fn check_schedules(&mut self, was_ns: u64, cpu_ns: u64) {
+        self.pages_untrusted |= cpu_ns.abs_diff(was_ns) > UNSCHEDULED_SLACK_NS;
     }
 
     /// Close the counter of a thread that is gone (its tid may be reused by a new thread).
@@ -116,6 +234,47 @@ fn open_task_clock(tid: i32) -> Result<OwnedFd, i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A thread's counter page counts the times it is put on a CPU: the same count while it
+    /// sleeps (and the same clock), another once it has run.
+    #[test]
+    fn the_counter_page_counts_schedules() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (wake_tx, wake_rx) = std::sync::mpsc::channel::<()>();
+        let (woke_tx, woke_rx) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::spawn(move || {
+            tx.send(nix::unistd::gettid().as_raw()).unwrap();
+            while wake_rx.recv().is_ok() {
+                woke_tx.send(()).unwrap();
+            }
+        });
+        let tid = rx.recv().unwrap();
+        let mut clocks = CpuClocks::with_pages();
+        let Some(_) = clocks.read(tid) else {
+            eprintln!(
+                "skipped: no perf task clocks here ({:?})",
+                clocks.unavailable
+            );
+            return;
+        };
+        let Some(_) = clocks.schedules(tid) else {
+            eprintln!("skipped: the counter's page could not be mapped");
+            return;
+        };
+        // Asleep on the channel: let it settle, then nothing moves for 50 ms.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let (before, cpu) = (clocks.schedules(tid), clocks.read(tid));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(clocks.schedules(tid), before);
+        assert_eq!(clocks.read(tid), cpu);
+        // Woken: it ran, and the page says so.
+        wake_tx.send(()).unwrap();
+        woke_rx.recv().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_ne!(clocks.schedules(tid), before);
+        drop(wake_tx);
+        worker.join().unwrap();
+    }
 
     /// The counter is opened with kernel time excluded (so that CAP_SYS_PTRACE alone may open
     /// it): it must count a thread's time in system calls all the same, as schedstat does.
