@@ -95,7 +95,7 @@ pub struct Handoffs {
     /// The last tick's main GIL: who held it (None: nobody, or not known) and its switch
     /// count. Who can have released it since follows from them ([`may_have_handed_on`]).
     last_gil: Option<(Option<i32>, u64)>,
-    /// The threads asleep in the GIL at the last tick, sorted (whether or not their totals
+    /// The threads asleep in take_gil at the last tick, sorted (whether or not their totals
     /// were read).
     last_sleepers: Vec<i32>,
     /// The kernel has no /proc/TID/sched (or none this code can read): nothing to date a
@@ -135,8 +135,8 @@ struct SinceLastTick<'a> {
     switches: u64,
     /// Who holds it now.
     holder_now: Option<i32>,
-    /// Threads asleep in the GIL at the last tick and asleep elsewhere now: they took it
-    /// in between (nothing leaves `take_gil` without the GIL).
+    /// Threads asleep in take_gil at the last tick and asleep elsewhere now: they took the
+    /// GIL in between (nothing leaves `take_gil` without it).
     slept_elsewhere: &'a [i32],
 }
 
@@ -188,13 +188,13 @@ impl Handoffs {
         Handoffs::default()
     }
 
-    /// Locate, among `threads` (one tick, whose main GIL's switch count is `switches`),
-    /// those preempted in a release by the waiter it woke, and note the GIL's sleepers for
-    /// the next tick.
+    /// Locate, among `threads` (one tick, whose main GIL's switch count is `switches`, and
+    /// of which those `in_release` sleep in a release's forced-switch wait), those preempted
+    /// in a release by the waiter it woke, and note the GIL's sleepers for the next tick.
     pub fn locate(
         &mut self,
         threads: &mut [ThreadObservation],
-        switches: u64,
+        (switches, in_release): (u64, &[i32]),
         reader: &mut dyn SchedReader,
     ) {
         if self.unavailable {
@@ -356,9 +356,16 @@ impl Handoffs {
             }
         }
         self.asleep = asleep;
+        // Those that will have taken the GIL if they next sleep elsewhere: in take_gil, not
+        // in a release's forced-switch wait (which a thread leaves once another has taken
+        // the GIL, and goes on without it).
         self.last_sleepers.clear();
-        self.last_sleepers
-            .extend(threads.iter().filter(|t| t.gil_futex).map(|t| t.tid));
+        self.last_sleepers.extend(
+            threads
+                .iter()
+                .filter(|t| t.gil_futex && !in_release.contains(&t.tid))
+                .map(|t| t.tid),
+        );
         self.last_sleepers.sort_unstable();
     }
 
@@ -462,7 +469,7 @@ mod tests {
         let mut handoffs = Handoffs::new();
         kernel.totals.insert(W, (5_000_000, 1_000_000));
         let mut tick = vec![thread(W, 'w', 7_000), thread(T, 'h', 50_000)];
-        handoffs.locate(&mut tick, 10, &mut kernel);
+        handoffs.locate(&mut tick, (10, &[]), &mut kernel);
         assert!(tick.iter().all(|t| t.switched_out.is_none()));
         // W began at 100 ms + w_began_us and has run 300 µs since, accounted just now.
         let began = 100_000_000 + w_began_us * 1000;
@@ -486,11 +493,11 @@ mod tests {
         );
         kernel.exact.insert(T, 60_000);
         let mut tick = vec![thread(W, 'h', 307_000), thread(T, 'r', 60_000)];
-        handoffs.locate(&mut tick, 11, &mut kernel);
+        handoffs.locate(&mut tick, (11, &[]), &mut kernel);
         let second = tick[1].switched_out;
         assert_eq!(tick[0].switched_out, None, "the holder is never located");
         let mut tick = vec![thread(W, 'h', 900_000), thread(T, 'r', 60_000)];
-        handoffs.locate(&mut tick, 11, &mut kernel);
+        handoffs.locate(&mut tick, (11, &[]), &mut kernel);
         (second, tick[1].switched_out)
     }
 
@@ -507,7 +514,7 @@ mod tests {
         let mut handoffs = Handoffs::new();
         handoffs.located.insert(T, 60_000);
         let mut tick = vec![thread(T, 'r', 61_000)];
-        handoffs.locate(&mut tick, 10, &mut kernel);
+        handoffs.locate(&mut tick, (10, &[]), &mut kernel);
         assert_eq!(tick[0].switched_out, None);
     }
 
@@ -540,7 +547,7 @@ mod tests {
             thread(H, h_kind, 80_000),
             thread(M, 'w', 3_000),
         ];
-        handoffs.locate(&mut tick, 10, &mut kernel);
+        handoffs.locate(&mut tick, (10, &[]), &mut kernel);
         let began = 100_000_000;
         kernel.totals.insert(W, (5_300_000, 1_003_000));
         kernel.clocks.insert(
@@ -575,7 +582,7 @@ mod tests {
                 thread(M, 'w', 3_000)
             },
         ];
-        handoffs.locate(&mut tick, 10 + moved, &mut kernel);
+        handoffs.locate(&mut tick, (10 + moved, &[]), &mut kernel);
         tick[1].switched_out
     }
 
@@ -605,6 +612,55 @@ mod tests {
     }
 
     #[test]
+    fn a_sleeper_in_a_forced_switch_wait_is_not_counted_as_taking_the_gil() {
+        // M slept in a release's forced-switch wait at tick 1 (it goes on without the GIL
+        // once another takes it) and sleeps elsewhere at tick 2: H, T, W, H is three.
+        const H: i32 = 30;
+        const M: i32 = 40;
+        let mut kernel = Kernel::default();
+        let mut handoffs = Handoffs::new();
+        kernel.totals.insert(W, (5_000_000, 1_000_000));
+        let mut tick = vec![
+            thread(W, 'w', 7_000),
+            thread(T, 'r', 50_000),
+            thread(H, 'h', 80_000),
+            thread(M, 'w', 3_000),
+        ];
+        handoffs.locate(&mut tick, (10, &[M]), &mut kernel);
+        kernel.totals.insert(W, (5_300_000, 1_003_000));
+        let began = 100_000_000;
+        kernel.clocks.insert(
+            W,
+            SchedClocks {
+                accounted_ns: began + 300_000,
+                run_ns: 5_300_000,
+                load_updated_ns: began + 300_000,
+            },
+        );
+        kernel.clocks.insert(
+            T,
+            SchedClocks {
+                accounted_ns: began + 4_000,
+                run_ns: 9_000_000,
+                load_updated_ns: began + 3_300,
+            },
+        );
+        kernel.exact.insert(T, 60_000);
+        let mut tick = vec![
+            thread(W, 'r', 307_000),
+            thread(T, 'r', 60_000),
+            thread(H, 'h', 90_000),
+            ThreadObservation {
+                runnable: false,
+                gil_futex: false,
+                ..thread(M, 'r', 40_000)
+            },
+        ];
+        handoffs.locate(&mut tick, (13, &[]), &mut kernel);
+        assert_eq!(tick[1].switched_out, Some(SwitchedOut::HandedOff));
+    }
+
+    #[test]
     fn a_thread_that_left_its_cpu_at_another_instant_is_not_located() {
         // 200 µs after the waiter began: preempted later, in its native call.
         assert_eq!(handoff(0, 3_000, 200, false), (None, None));
@@ -631,7 +687,7 @@ mod tests {
         let mut handoffs = Handoffs::new();
         kernel.totals.insert(W, (5_000_000, 1_000_000));
         let mut tick = vec![thread(W, 'w', 7_000), thread(T, 'r', 50_000)];
-        handoffs.locate(&mut tick, 10, &mut kernel);
+        handoffs.locate(&mut tick, (10, &[]), &mut kernel);
         kernel.totals.insert(W, (5_300_000, 1_001_000));
         kernel.clocks.insert(
             W,
@@ -652,7 +708,7 @@ mod tests {
         );
         kernel.exact.insert(T, 60_500);
         let mut tick = vec![thread(W, 'h', 307_000), thread(T, 'r', 60_000)];
-        handoffs.locate(&mut tick, 10, &mut kernel);
+        handoffs.locate(&mut tick, (10, &[]), &mut kernel);
         assert_eq!(tick[1].switched_out, None);
     }
 
@@ -675,7 +731,7 @@ mod tests {
                 thread(W, kind[0], 7_000 + i * 300_000),
                 thread(T, kind[1], 50_000 + i * 10_000),
             ];
-            handoffs.locate(&mut tick, 10, &mut kernel);
+            handoffs.locate(&mut tick, (10, &[]), &mut kernel);
             located += tick.iter().filter(|t| t.switched_out.is_some()).count();
             reads.push(handoffs.counts.reads);
         }

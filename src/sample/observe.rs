@@ -1001,8 +1001,29 @@ impl<M: Memory> Observer<M> {
                 clocks: &mut self.clocks,
             };
             let before = self.handoffs.counts;
+            // Threads asleep in a release's forced-switch wait (the main GIL's switch
+            // condition or mutex): they leave it without taking the GIL.
+            let switch_objects = self.interpreter.gil().sync_objects().map(|o| {
+                use crate::target::pthread_sync::{COND_BYTES, MUTEX_BYTES};
+                [
+                    (o[2], o[2] + COND_BYTES as u64),
+                    (o[3], o[3] + MUTEX_BYTES as u64),
+                ]
+            });
+            let in_release: Vec<i32> = threads
+                .iter()
+                .filter(|t| {
+                    let futex = t.task.activity.futex_addr();
+                    switch_objects.is_some_and(|objects| {
+                        objects
+                            .iter()
+                            .any(|(start, end)| futex.is_some_and(|a| (*start..*end).contains(&a)))
+                    })
+                })
+                .map(|t| t.tid)
+                .collect();
             self.handoffs
-                .locate(&mut threads, gil.switch_number, &mut reader);
+                .locate(&mut threads, (gil.switch_number, &in_release), &mut reader);
             self.stats.handoff_reads += self.handoffs.counts.reads - before.reads;
             self.stats.handoffs_located += self.handoffs.counts.located - before.located;
             self.stats.proc_ns += lap.split();
