@@ -523,17 +523,17 @@ mod tests {
     /// nobody: '-'); W has run 300 µs since it began its run, served at once, the instant T
     /// left its CPU. Is T located?
     fn preempted_at_a_wake_up(t_held: bool, moved: u64, now: char) -> Option<SwitchedOut> {
-        preempted_beside_a_sleeper(t_held, moved, now, false)
+        preempted_beside_a_sleeper(t_held, moved, now, (false, false))
     }
 
-    /// [`preempted_at_a_wake_up`], with a thread M asleep in the GIL at tick 1 too, and
-    /// asleep elsewhere at tick 2 if `m_took` (it took the GIL in between), still in the GIL
-    /// otherwise.
+    /// [`preempted_at_a_wake_up`], with a thread M asleep in the GIL at tick 1 too (in a
+    /// release's forced-switch wait if `m.1`, else in take_gil), and asleep elsewhere at tick
+    /// 2 if `m.0`, still in the GIL otherwise.
     fn preempted_beside_a_sleeper(
         t_held: bool,
         moved: u64,
         now: char,
-        m_took: bool,
+        (m_left, m_in_release): (bool, bool),
     ) -> Option<SwitchedOut> {
         const H: i32 = 30;
         const M: i32 = 40;
@@ -547,7 +547,8 @@ mod tests {
             thread(H, h_kind, 80_000),
             thread(M, 'w', 3_000),
         ];
-        handoffs.locate(&mut tick, (10, &[]), &mut kernel);
+        let in_release: &[i32] = if m_in_release { &[M] } else { &[] };
+        handoffs.locate(&mut tick, (10, in_release), &mut kernel);
         let began = 100_000_000;
         kernel.totals.insert(W, (5_300_000, 1_003_000));
         kernel.clocks.insert(
@@ -572,7 +573,7 @@ mod tests {
             thread(W, kind('W'), 307_000),
             thread(T, 'r', 60_000),
             thread(H, kind('H'), 90_000),
-            if m_took {
+            if m_left {
                 ThreadObservation {
                     runnable: false,
                     gil_futex: false,
@@ -606,58 +607,28 @@ mod tests {
         assert_eq!(preempted_at_a_wake_up(false, 3, 'H'), located);
         // H, T, W, H: three times, but M left the GIL to sleep elsewhere, so it took the
         // GIL too: H, T, W, M, H is four.
-        assert_eq!(preempted_beside_a_sleeper(false, 3, 'H', true), None);
-        assert_eq!(preempted_beside_a_sleeper(false, 4, 'H', true), located);
-        assert_eq!(preempted_beside_a_sleeper(false, 3, 'H', false), located);
+        assert_eq!(
+            preempted_beside_a_sleeper(false, 3, 'H', (true, false)),
+            None
+        );
+        assert_eq!(
+            preempted_beside_a_sleeper(false, 4, 'H', (true, false)),
+            located
+        );
+        assert_eq!(
+            preempted_beside_a_sleeper(false, 3, 'H', (false, false)),
+            located
+        );
     }
 
     #[test]
     fn a_sleeper_in_a_forced_switch_wait_is_not_counted_as_taking_the_gil() {
         // M slept in a release's forced-switch wait at tick 1 (it goes on without the GIL
         // once another takes it) and sleeps elsewhere at tick 2: H, T, W, H is three.
-        const H: i32 = 30;
-        const M: i32 = 40;
-        let mut kernel = Kernel::default();
-        let mut handoffs = Handoffs::new();
-        kernel.totals.insert(W, (5_000_000, 1_000_000));
-        let mut tick = vec![
-            thread(W, 'w', 7_000),
-            thread(T, 'r', 50_000),
-            thread(H, 'h', 80_000),
-            thread(M, 'w', 3_000),
-        ];
-        handoffs.locate(&mut tick, (10, &[M]), &mut kernel);
-        kernel.totals.insert(W, (5_300_000, 1_003_000));
-        let began = 100_000_000;
-        kernel.clocks.insert(
-            W,
-            SchedClocks {
-                accounted_ns: began + 300_000,
-                run_ns: 5_300_000,
-                load_updated_ns: began + 300_000,
-            },
+        assert_eq!(
+            preempted_beside_a_sleeper(false, 3, 'H', (true, true)),
+            Some(SwitchedOut::HandedOff)
         );
-        kernel.clocks.insert(
-            T,
-            SchedClocks {
-                accounted_ns: began + 4_000,
-                run_ns: 9_000_000,
-                load_updated_ns: began + 3_300,
-            },
-        );
-        kernel.exact.insert(T, 60_000);
-        let mut tick = vec![
-            thread(W, 'r', 307_000),
-            thread(T, 'r', 60_000),
-            thread(H, 'h', 90_000),
-            ThreadObservation {
-                runnable: false,
-                gil_futex: false,
-                ..thread(M, 'r', 40_000)
-            },
-        ];
-        handoffs.locate(&mut tick, (13, &[]), &mut kernel);
-        assert_eq!(tick[1].switched_out, Some(SwitchedOut::HandedOff));
     }
 
     #[test]

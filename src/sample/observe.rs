@@ -1156,9 +1156,16 @@ fn sleeper_reading(
     now_ns: u64,
 ) -> Option<TaskReading> {
     let cpu = exact_cpu?;
-    let was = last_sleeps.get(&tid)?;
-    (was.cpu_ns == cpu && now_ns.saturating_sub(was.read_ns) <= REUSE_SLEEPER_NS)
-        .then_some(was.reading)
+    recent_sleeper(last_sleeps, tid, now_ns)
+        .filter(|was| was.cpu_ns == cpu)
+        .map(|was| was.reading)
+}
+
+/// A sleeper's last reading, unless it is too old to stand for now ([`REUSE_SLEEPER_NS`]).
+fn recent_sleeper(last_sleeps: &HashMap<i32, Sleeper>, tid: i32, now_ns: u64) -> Option<&Sleeper> {
+    last_sleeps
+        .get(&tid)
+        .filter(|was| now_ns.saturating_sub(was.read_ns) <= REUSE_SLEEPER_NS)
 }
 
 /// The clock of a sleeper whose counter page counts no schedule since its last reading: it
@@ -1171,9 +1178,9 @@ fn unscheduled_sleeper(
     now_ns: u64,
 ) -> Option<u64> {
     let schedules = schedules?;
-    let was = last_sleeps.get(&tid)?;
-    (was.schedules == Some(schedules) && now_ns.saturating_sub(was.read_ns) <= REUSE_SLEEPER_NS)
-        .then_some(was.cpu_ns)
+    recent_sleeper(last_sleeps, tid, now_ns)
+        .filter(|was| was.schedules == Some(schedules))
+        .map(|was| was.cpu_ns)
 }
 
 /// Keep a real reading of a sleeping thread for [`sleeper_reading`], with its exact clock and
