@@ -176,6 +176,9 @@ pub enum FrameFields {
         lasti_scale: u64,
         /// 3.6-3.10: the field that says the frame is being run (2.7 has none).
         executing: Option<Executing>,
+        /// 3.6-3.10: `f_gen`, the generator or coroutine that owns the frame (0: none; 2.7
+        /// has no such field).
+        generator: Option<u64>,
     },
     /// 3.11+: `_PyInterpreterFrame`s on the thread's data stack, linked by `previous`.
     /// `instr` points at the last (3.11-3.12) or current (3.13+) instruction.
@@ -371,13 +374,16 @@ const UNICODE_3_12: UnicodeFields = UnicodeFields {
 
 /// Stack layouts for the table versions (checked against the DWARF of the pyenv builds).
 pub(super) fn stack_table(major: u8, minor: u8) -> Option<StackLayout> {
-    let object_frame = |lasti, lasti_scale, executing| FrameFields::Object {
-        back: 24,
-        code: 32,
-        lasti,
-        lasti_scale,
-        executing,
-    };
+    // `f_gen` is the word just before `f_lasti` in 3.6-3.10.
+    let object_frame =
+        |lasti: u64, lasti_scale, executing: Option<Executing>| FrameFields::Object {
+            back: 24,
+            code: 32,
+            lasti,
+            lasti_scale,
+            generator: executing.map(|_| lasti - 8),
+            executing,
+        };
     let executing = |offset, running| Some(Executing { offset, running });
     let code_36 = CodeFields {
         filename: 96,
