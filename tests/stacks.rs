@@ -4,7 +4,8 @@
 //! Also: a thread is named as `threading` names it even when it lives a tenth of a second.
 //!
 //! Known answers from fixtures/stack_shapes.py: each shape's announcement says which stacks are
-//! true (a recursion of known depth, a generator pipeline, a generated call tree), so a stack
+//! true (a recursion of known depth, a generator pipeline, a generated call tree, a walk of
+//! nested data that dispatches on types and reuses frames in new orders), so a stack
 //! is judged without knowing the interpreter. A torn stack (half of one moment, half of another)
 //! is a defect at any rate: none is allowed. A stack not captured is allowed under
 //! [`MAX_NOT_CAPTURED`] of the samples (issue 19's target), with the sampling error of the count.
@@ -37,7 +38,7 @@ fn main() {
     // measured).
     let mut suite = common::Suite::new(common::pythons());
     let families = common::matrix(&suite.pythons);
-    for shape in ["recursion", "pipeline", "tree"] {
+    for shape in ["recursion", "pipeline", "tree", "dispatch"] {
         suite.add(common::per_interpreter(
             &families,
             &format!("every_sample_of_a_busy_{shape}_has_its_true_stack"),
