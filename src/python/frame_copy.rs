@@ -125,6 +125,10 @@ struct Plan {
     /// walk that met a frame the plan lacked fetched it and then confirmed the chain by
     /// another read, too late for a stack that changes every microsecond.
     pages: Vec<u64>,
+    /// 3.6-3.10: the recent frames that neither the last walk met nor a page of `pages`
+    /// holds, read one by one by a long copy (on 3.6 and 3.10 a walk of nested data lost
+    /// 2.4-12% of its samples without them, 1.0-2.1% with).
+    lone: Vec<u64>,
     codes: Vec<u64>,
 }
 
@@ -580,17 +584,7 @@ impl FrameReader {
                 blocks.push((page, PAGE as usize));
             }
         }
-        // And the recent frames alone in their page, not in the last chain (on 3.6 and 3.10
-        // a walk of nested data lost 2.4-12% of its samples without them, 1.0-2.1% with).
-        blocks.extend(
-            plan.recent
-                .iter()
-                .filter(|(f, _)| {
-                    !plan.frames.contains(f) && !plan.pages.iter().any(|&p| self.in_page(*f, p))
-                })
-                .take(MAX_LONE_FRAMES)
-                .map(|&(f, _)| (f, self.frame_size)),
-        );
+        blocks.extend(plan.lone.iter().map(|&f| (f, self.frame_size)));
         blocks
     }
 
@@ -778,6 +772,7 @@ impl FrameReader {
         // meet; and the pages that hold two of them.
         let mut recent: Vec<(u64, u8)> = Vec::new();
         let mut pages: Vec<u64> = Vec::new();
+        let mut lone: Vec<u64> = Vec::new();
         if matches!(self.layout.frame, FrameFields::Object { .. }) {
             let met: HashSet<u64> = outside.iter().copied().collect();
             recent.extend(outside.iter().take(MAX_RECENT).map(|&f| (f, 0)));
@@ -803,6 +798,13 @@ impl FrameReader {
                     pages.push(page);
                 }
             }
+            lone.extend(
+                recent
+                    .iter()
+                    .map(|&(f, _)| f)
+                    .filter(|f| !met.contains(f) && !pages.iter().any(|&p| self.in_page(*f, p)))
+                    .take(MAX_LONE_FRAMES),
+            );
         }
         let mut codes: Vec<u64> = Vec::new();
         for (_, record) in frames {
@@ -818,6 +820,7 @@ impl FrameReader {
             chunk,
             frames: outside,
             pages,
+            lone,
             recent,
             codes,
         }
@@ -1045,23 +1048,32 @@ mod tests {
         chain.frames.iter().map(|(a, _)| *a).collect()
     }
 
-    #[test]
-    fn the_long_copy_finds_a_new_call_s_frame_in_the_pages_of_recent_ones() {
+    fn counted(image: MemoryImage) -> Counted {
+        Counted {
+            image: RefCell::new(image),
+            reads: Cell::new(0),
+        }
+    }
+
+    /// A reader that has walked the thread at `INNER` a few times, and its memory.
+    fn primed() -> (FrameReader, Counted) {
         let chain = [
             (OUTER, 0, true),
             (MIDDLE, OUTER, true),
             (INNER, MIDDLE, true),
         ];
         let (layout, image) = thread_3_8(INNER, &chain);
-        let memory = Counted {
-            image: RefCell::new(image),
-            reads: Cell::new(0),
-        };
+        let memory = counted(image);
         let mut reader = FrameReader::new(layout, 64);
         for _ in 0..3 {
             let read = reader.attempt(&memory, TSTATE, false).unwrap();
             assert_eq!(addresses(&read), vec![INNER, MIDDLE, OUTER]);
         }
+        (reader, memory)
+    }
+
+    #[test]
+    fn the_long_copy_finds_a_new_call_s_frame_in_the_pages_of_recent_ones() {
         // The thread returns from INNER and calls a function whose frame is new to the
         // reader, in the same page.
         let called = [
@@ -1069,27 +1081,18 @@ mod tests {
             (MIDDLE, OUTER, true),
             (OTHER, MIDDLE, true),
         ];
-        let (_, moved) = thread_3_8(OTHER, &called);
-        *memory.image.borrow_mut() = moved;
-        let mut short = FrameReader::new(layout, 64);
-        let (_, before) = thread_3_8(INNER, &chain);
-        let seen = Counted {
-            image: RefCell::new(before),
-            reads: Cell::new(0),
-        };
-        for _ in 0..3 {
-            short.attempt(&seen, TSTATE, false).unwrap();
-        }
-        let (_, after) = thread_3_8(OTHER, &called);
-        *seen.image.borrow_mut() = after;
-        // The short copy lacked the frame: fetched, then confirmed by another read.
+        let (mut short, seen) = primed();
+        *seen.image.borrow_mut() = thread_3_8(OTHER, &called).1;
         seen.reads.set(0);
+        // The short copy lacked the frame: fetched, then confirmed by another read.
         let read = short.attempt(&seen, TSTATE, false).unwrap();
         assert_eq!(addresses(&read), vec![OTHER, MIDDLE, OUTER]);
         assert!(seen.reads.get() > 1, "{} reads", seen.reads.get());
         // The long copy holds it: one read gives the chain and its confirmation.
+        let (mut long, memory) = primed();
+        *memory.image.borrow_mut() = thread_3_8(OTHER, &called).1;
         memory.reads.set(0);
-        let read = reader.attempt(&memory, TSTATE, true).unwrap();
+        let read = long.attempt(&memory, TSTATE, true).unwrap();
         assert_eq!(addresses(&read), vec![OTHER, MIDDLE, OUTER]);
         assert_eq!(memory.reads.get(), 1);
     }
@@ -1103,10 +1106,7 @@ mod tests {
             (INNER, MIDDLE, false),
         ];
         let (layout, image) = thread_3_8(INNER, &frames);
-        let memory = Counted {
-            image: RefCell::new(image),
-            reads: Cell::new(0),
-        };
+        let memory = counted(image);
         let mut reader = FrameReader::new(layout, 64);
         for _ in 0..3 {
             assert!(matches!(
