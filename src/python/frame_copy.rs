@@ -355,23 +355,24 @@ impl FrameReader {
             self.copies.clear();
         }
         let stats = self.copies.entry(tstate).or_default();
-        let with_recent = stats.choose();
-        let read = self.attempt(memory, tstate, with_recent);
+        let long = stats.choose();
+        let read = self.attempt(memory, tstate, long);
         if let Some(stats) = self.copies.get_mut(&tstate) {
-            stats.count(with_recent, read.is_ok());
+            stats.count(long, read.is_ok());
         }
         read
     }
 
+    /// One attempt, with the long copy (3.6-3.10, [`CopyWays`]) or the short one.
     fn attempt(
         &mut self,
         memory: &dyn Memory,
         tstate: u64,
-        with_recent: bool,
+        long: bool,
     ) -> Result<Chain, StackError> {
         check_pointer(tstate, 8)?;
         let plan = self.plans.remove(&tstate).unwrap_or_default();
-        let blocks = self.blocks(tstate, &plan, with_recent);
+        let blocks = self.blocks(tstate, &plan, long);
         let code_blocks: Vec<(u64, usize)> =
             plan.codes.iter().map(|&c| (c, self.code_size)).collect();
         // With a plan, one read gives the copy, its confirmation and the code headers.
@@ -555,14 +556,15 @@ impl FrameReader {
         }
     }
 
-    /// The blocks a plan reads: the thread state's frame pointers first.
-    fn blocks(&self, tstate: u64, plan: &Plan, with_recent: bool) -> Vec<(u64, usize)> {
+    /// The blocks a plan reads: the thread state's frame pointers first; `long`: the long
+    /// copy of 3.6-3.10 ([`CopyWays`]).
+    fn blocks(&self, tstate: u64, plan: &Plan, long: bool) -> Vec<(u64, usize)> {
         let mut blocks = vec![(tstate + self.head.0, self.head.1)];
         if let (Some(offset), true) = (self.layout.cframe_frame, plan.cframe != 0) {
             blocks.push((plan.cframe + offset, 8));
         }
         blocks.extend(plan.chunk);
-        if !with_recent {
+        if !long {
             blocks.extend(plan.frames.iter().map(|&f| (f, self.frame_size)));
             return blocks;
         }
